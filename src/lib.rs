@@ -1,0 +1,15 @@
+//! vigi-turn: a TURN/STUN server (RFC 8656, RFC 8489) that drops in for coturn.
+//!
+//! Bytes come in on a socket owned by a **worker** ([`io`]), are classified and parsed by **wire**
+//! code ([`proto`]), and are decided on by the **engine** ([`engine`]): a sans-IO state machine that
+//! owns allocations, permissions, channels, nonces, auth and accounting, and that never touches a
+//! socket or a clock. The engine answers with routing decisions (data plane) or messages to send
+//! (control plane); the worker does the I/O. Everything a user configures enters through [`config`],
+//! everything a user can watch leaves through [`metrics`] and [`http`].
+
+pub mod config;
+pub mod engine;
+pub mod http;
+pub mod io;
+pub mod metrics;
+pub mod proto;
