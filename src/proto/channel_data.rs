@@ -1,0 +1,83 @@
+//! TURN ChannelData messages (RFC 8656 §12.4): a 4-byte header (channel number, length) and the
+//! application data. Parsed by hand, zero-copy: this is the data path.
+
+/// Smallest and largest channel numbers a client may bind (RFC 8656 §12).
+pub const CHANNEL_MIN: u16 = 0x4000;
+pub const CHANNEL_MAX: u16 = 0x4FFF;
+/// Length of the ChannelData header.
+pub const HEADER_LEN: usize = 4;
+
+/// A ChannelData message borrowed from a received buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelData<'a> {
+    pub channel: u16,
+    pub data: &'a [u8],
+}
+
+/// Why bytes are not a ChannelData message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelDataError {
+    #[error("shorter than the ChannelData header")]
+    TooShort,
+    #[error("channel number outside 0x4000..=0x4FFF")]
+    BadChannel,
+    #[error("length field larger than the packet")]
+    BadLength,
+}
+
+impl<'a> ChannelData<'a> {
+    /// Decode a ChannelData message. Bytes after the length (padding on a stream, or anything a
+    /// UDP sender appended) are ignored (RFC 8656 §12.5).
+    #[inline]
+    pub fn decode(buf: &'a [u8]) -> Result<Self, ChannelDataError> {
+        if buf.len() < HEADER_LEN {
+            return Err(ChannelDataError::TooShort);
+        }
+        let channel = u16::from_be_bytes([buf[0], buf[1]]);
+        if !(CHANNEL_MIN..=CHANNEL_MAX).contains(&channel) {
+            return Err(ChannelDataError::BadChannel);
+        }
+        let len = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
+        let data = buf
+            .get(HEADER_LEN..HEADER_LEN + len)
+            .ok_or(ChannelDataError::BadLength)?;
+        Ok(ChannelData { channel, data })
+    }
+}
+
+/// Write a ChannelData header for `len` bytes of data into `out[..4]`.
+#[inline]
+pub fn write_header(out: &mut [u8], channel: u16, len: usize) {
+    out[0..2].copy_from_slice(&channel.to_be_bytes());
+    out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+}
+
+/// Padding a ChannelData message of `len` data bytes needs on a stream transport (RFC 8656 §12.5).
+#[inline]
+pub fn stream_padding(len: usize) -> usize {
+    (4 - (len % 4)) % 4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_and_write() {
+        let mut b = vec![0u8; 4];
+        write_header(&mut b, 0x4001, 5);
+        b.extend_from_slice(b"hello");
+        let cd = ChannelData::decode(&b).unwrap();
+        assert_eq!(cd.channel, 0x4001);
+        assert_eq!(cd.data, b"hello");
+        b.extend_from_slice(&[0, 0, 0]);
+        assert_eq!(ChannelData::decode(&b).unwrap().data, b"hello");
+        assert_eq!(stream_padding(5), 3);
+        assert_eq!(stream_padding(8), 0);
+        assert_eq!(ChannelData::decode(&[0x40, 0]), Err(ChannelDataError::TooShort));
+        assert_eq!(ChannelData::decode(&[0x50, 0, 0, 0]), Err(ChannelDataError::BadChannel));
+        assert_eq!(ChannelData::decode(&[0x3F, 0xFF, 0, 0]), Err(ChannelDataError::BadChannel));
+        assert_eq!(ChannelData::decode(&[0x40, 0, 0, 1]), Err(ChannelDataError::BadLength));
+        assert_eq!(ChannelData::decode(&[0x4F, 0xFF, 0, 0]).unwrap().data, b"");
+    }
+}
