@@ -1,0 +1,78 @@
+//! Allocations (RFC 8656 §2.2, §7): the relayed transport address a client holds, with its
+//! lifetime, credentials, permissions, channels, bandwidth buckets and counters.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::auth::Key;
+use super::channel::Channels;
+use super::permission::Permissions;
+use super::policy::TokenBucket;
+use super::stats::AllocationStats;
+use super::FiveTuple;
+use crate::proto::TransactionId;
+
+/// Identifies an allocation inside one engine: a slab index and a generation, so an id kept by a
+/// worker after its allocation ended never finds a newer one in the same slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AllocationId {
+    pub(crate) index: u32,
+    pub(crate) generation: u32,
+}
+
+impl AllocationId {
+    /// The slab index, for workers that keep a parallel vector of relay sockets.
+    pub fn index(&self) -> usize {
+        self.index as usize
+    }
+}
+
+/// Where an allocation is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// The relay socket is being bound; the Allocate request waits for [`super::Server::handle_relay_bound`].
+    Binding { attempts: u8 },
+    Active,
+}
+
+#[derive(Debug)]
+pub struct Allocation {
+    pub id: AllocationId,
+    pub five_tuple: FiveTuple,
+    pub state: State,
+    /// The address the relay socket is bound to.
+    pub relay: SocketAddr,
+    /// What XOR-RELAYED-ADDRESS reports (the `--external-ip` mapping of `relay`).
+    pub reported_relay: SocketAddr,
+    pub created: Instant,
+    pub expires: Instant,
+    pub username: String,
+    pub key: Key,
+    pub permissions: Permissions,
+    pub channels: Channels,
+    pub stats: AllocationStats,
+    pub to_peer_bucket: TokenBucket,
+    pub to_client_bucket: TokenBucket,
+    pub dont_fragment: bool,
+    /// The port reserved alongside this one (EVEN-PORT with R), released if never claimed.
+    pub reservation: Option<u64>,
+    /// The last request answered and its response, so a retransmission gets the same answer
+    /// (RFC 8489 §6.3.1: the server should cache responses for idempotence).
+    pub last_tid: TransactionId,
+    pub last_response: Vec<u8>,
+    /// The response being built while the relay socket binds.
+    pub pending: Option<PendingAllocate>,
+}
+
+/// What the Allocate response will need once the relay socket is bound.
+#[derive(Debug, Clone)]
+pub struct PendingAllocate {
+    pub tid: TransactionId,
+    pub lifetime: u32,
+    /// The port was asked for (EVEN-PORT or RESERVATION-TOKEN): no other port may replace it.
+    pub fixed_port: bool,
+    pub reservation_token: Option<u64>,
+    pub address_error: Option<u16>,
+    pub fingerprint: bool,
+    pub sha256: bool,
+}

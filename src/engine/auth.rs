@@ -1,0 +1,377 @@
+//! Long-term credentials (RFC 8489 §9.2), the TURN REST API scheme (draft-uberti-behave-turn-rest,
+//! coturn's `use-auth-secret`), and stateless nonces.
+//!
+//! Keys: MD5(username:realm:password) for PASSWORD-ALGORITHM MD5 (the default) and
+//! SHA-256(username:realm:password) for SHA-256 (RFC 8489 §9.2.2). REST usernames are
+//! `expiry[sep]user` or a bare `expiry` (Unix seconds); their password is
+//! base64(HMAC-SHA1(secret, username)). Several secrets may be configured: any of them is accepted,
+//! so a secret can be rotated without refusing credentials minted with the previous one.
+//!
+//! Nonces carry their own issue time and a MAC over it and the client's IP, so any worker (and any
+//! restart that keeps the key) can check one without shared state. They begin with the RFC 8489
+//! §9.2 nonce cookie `obMatJos2` and the security-feature bits for PASSWORD-ALGORITHMS and USERHASH.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use md5::Md5;
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
+
+/// The RFC 8489 §9.2 nonce cookie and the feature set (password algorithms + username anonymity).
+pub const NONCE_PREFIX: &str = "obMatJos2wAAA";
+
+/// A message-integrity key, as derived by the password algorithm.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Key {
+    Md5([u8; 16]),
+    Sha256([u8; 32]),
+}
+
+impl Key {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Key::Md5(k) => k,
+            Key::Sha256(k) => k,
+        }
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Key(..)")
+    }
+}
+
+/// Which password algorithm a request uses (RFC 8489 §18.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordAlgorithm {
+    Md5,
+    Sha256,
+}
+
+/// MD5(username:realm:password), the classic long-term key.
+pub fn key_md5(username: &str, realm: &str, password: &str) -> [u8; 16] {
+    let mut h = Md5::new();
+    h.update(username.as_bytes());
+    h.update(b":");
+    h.update(realm.as_bytes());
+    h.update(b":");
+    h.update(password.as_bytes());
+    h.finalize().into()
+}
+
+/// SHA-256(username:realm:password) (RFC 8489 §9.2.2).
+pub fn key_sha256(username: &str, realm: &str, password: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(username.as_bytes());
+    h.update(b":");
+    h.update(realm.as_bytes());
+    h.update(b":");
+    h.update(password.as_bytes());
+    h.finalize().into()
+}
+
+/// USERHASH: SHA-256(username:realm) (RFC 8489 §14.4).
+pub fn userhash(username: &str, realm: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(username.as_bytes());
+    h.update(b":");
+    h.update(realm.as_bytes());
+    h.finalize().into()
+}
+
+/// The TURN REST password for a username: base64(HMAC-SHA1(secret, username)).
+pub fn rest_password(secret: &[u8], username: &str) -> String {
+    let mut mac = Hmac::<Sha1>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(username.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// Credentials minted by the REST scheme.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RestCredentials {
+    pub username: String,
+    pub password: String,
+    /// Unix time at which they stop being accepted.
+    pub expires: u64,
+}
+
+impl fmt::Debug for RestCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RestCredentials")
+            .field("username", &self.username)
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Mint REST credentials valid for `ttl` seconds from `unix_now`: username `expiry[sep]user`
+/// (or the bare expiry when `user` is empty), as coturn and the draft define.
+pub fn mint_rest_credentials(secret: &[u8], user: &str, ttl: u64, unix_now: u64, sep: char) -> RestCredentials {
+    let expires = unix_now.saturating_add(ttl);
+    let username = if user.is_empty() {
+        expires.to_string()
+    } else {
+        format!("{expires}{sep}{user}")
+    };
+    let password = rest_password(secret, &username);
+    RestCredentials {
+        username,
+        password,
+        expires,
+    }
+}
+
+/// The expiry of a REST username: the digits before the first separator (or the whole name).
+/// coturn also accepts the timestamp after the separator (`user:expiry`); so do we.
+pub fn rest_expiry(username: &str, sep: char) -> Option<u64> {
+    let mut parts = username.splitn(2, sep);
+    let first = parts.next()?;
+    if let Ok(t) = first.parse::<u64>() {
+        return Some(t);
+    }
+    parts.next()?.parse::<u64>().ok()
+}
+
+/// A static user's secret: the password or coturn's precomputed hex key (MD5 only).
+#[derive(Clone)]
+pub enum UserSecret {
+    Password(String),
+    Key([u8; 16]),
+}
+
+#[derive(Clone)]
+struct UserKeys {
+    md5: [u8; 16],
+    sha256: Option<[u8; 32]>,
+}
+
+/// Why a request's credentials were not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    UnknownUser,
+    Expired,
+    /// Only an MD5 key is known for this user, and SHA-256 was asked for.
+    NoKeyForAlgorithm,
+}
+
+/// Everything needed to check a request's credentials.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    realm: String,
+    users: HashMap<String, UserKeys>,
+    by_userhash: HashMap<[u8; 32], String>,
+    rest_secrets: Vec<Vec<u8>>,
+    rest_separator: char,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("realm", &self.realm)
+            .field("users", &self.users.len())
+            .field("rest_secrets", &self.rest_secrets.len())
+            .finish()
+    }
+}
+
+impl Credentials {
+    pub fn new(realm: &str, rest_separator: char) -> Self {
+        Credentials {
+            realm: realm.to_owned(),
+            rest_separator,
+            ..Default::default()
+        }
+    }
+
+    pub fn realm(&self) -> &str {
+        &self.realm
+    }
+
+    pub fn add_user(&mut self, name: &str, secret: &UserSecret) {
+        let keys = match secret {
+            UserSecret::Password(p) => UserKeys {
+                md5: key_md5(name, &self.realm, p),
+                sha256: Some(key_sha256(name, &self.realm, p)),
+            },
+            UserSecret::Key(k) => UserKeys {
+                md5: *k,
+                sha256: None,
+            },
+        };
+        self.by_userhash
+            .insert(userhash(name, &self.realm), name.to_owned());
+        self.users.insert(name.to_owned(), keys);
+    }
+
+    pub fn add_rest_secret(&mut self, secret: &[u8]) {
+        self.rest_secrets.push(secret.to_vec());
+    }
+
+    pub fn has_rest(&self) -> bool {
+        !self.rest_secrets.is_empty()
+    }
+
+    /// The username a USERHASH stands for (static users only; a REST name cannot be recovered).
+    pub fn user_for_hash(&self, hash: &[u8]) -> Option<&str> {
+        let h: [u8; 32] = hash.try_into().ok()?;
+        self.by_userhash.get(&h).map(String::as_str)
+    }
+
+    /// The candidate keys for `username`: one for a static user, one per REST secret otherwise.
+    /// The caller accepts the request if MESSAGE-INTEGRITY matches any of them.
+    pub fn keys_for(&self, username: &str, alg: PasswordAlgorithm, unix_now: u64) -> Result<Vec<Key>, AuthFailure> {
+        if let Some(u) = self.users.get(username) {
+            return match alg {
+                PasswordAlgorithm::Md5 => Ok(vec![Key::Md5(u.md5)]),
+                PasswordAlgorithm::Sha256 => u
+                    .sha256
+                    .map(|k| vec![Key::Sha256(k)])
+                    .ok_or(AuthFailure::NoKeyForAlgorithm),
+            };
+        }
+        if self.rest_secrets.is_empty() {
+            return Err(AuthFailure::UnknownUser);
+        }
+        let expiry = rest_expiry(username, self.rest_separator).ok_or(AuthFailure::UnknownUser)?;
+        if expiry < unix_now {
+            return Err(AuthFailure::Expired);
+        }
+        Ok(self
+            .rest_secrets
+            .iter()
+            .map(|s| {
+                let pw = rest_password(s, username);
+                match alg {
+                    PasswordAlgorithm::Md5 => Key::Md5(key_md5(username, &self.realm, &pw)),
+                    PasswordAlgorithm::Sha256 => Key::Sha256(key_sha256(username, &self.realm, &pw)),
+                }
+            })
+            .collect())
+    }
+}
+
+/// The secret behind stateless nonces; shared by all workers.
+#[derive(Clone)]
+pub struct NonceKey(pub [u8; 32]);
+
+impl fmt::Debug for NonceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NonceKey(..)")
+    }
+}
+
+/// What a nonce check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceCheck {
+    Valid,
+    /// Expired, forged, or issued to another address: answer 438 with a fresh one.
+    Stale,
+}
+
+impl NonceKey {
+    fn mac(&self, issued: u64, ip: IpAddr) -> u64 {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(&issued.to_be_bytes());
+        match ip {
+            IpAddr::V4(v4) => mac.update(&v4.octets()),
+            IpAddr::V6(v6) => mac.update(&v6.octets()),
+        }
+        let out = mac.finalize().into_bytes();
+        u64::from_be_bytes(out[..8].try_into().expect("SHA-256 is 32 bytes"))
+    }
+
+    /// A nonce for a client at `ip`, issued at `unix_now`.
+    pub fn make(&self, unix_now: u64, ip: IpAddr) -> String {
+        format!("{NONCE_PREFIX}{unix_now:016x}{:016x}", self.mac(unix_now, ip))
+    }
+
+    /// Check a nonce from a client at `ip`: issued by us for this address, at most `lifetime`
+    /// seconds ago.
+    pub fn check(&self, nonce: &[u8], unix_now: u64, lifetime: u64, ip: IpAddr) -> NonceCheck {
+        let Some(rest) = nonce.strip_prefix(NONCE_PREFIX.as_bytes()) else {
+            return NonceCheck::Stale;
+        };
+        if rest.len() != 32 {
+            return NonceCheck::Stale;
+        }
+        let parse = |b: &[u8]| std::str::from_utf8(b).ok().and_then(|s| u64::from_str_radix(s, 16).ok());
+        let (Some(issued), Some(mac)) = (parse(&rest[..16]), parse(&rest[16..])) else {
+            return NonceCheck::Stale;
+        };
+        let want = self.mac(issued, ip);
+        let same: bool = subtle::ConstantTimeEq::ct_eq(&want.to_be_bytes()[..], &mac.to_be_bytes()[..]).into();
+        if !same || issued > unix_now.saturating_add(5) || unix_now.saturating_sub(issued) > lifetime {
+            return NonceCheck::Stale;
+        }
+        NonceCheck::Valid
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rest_credentials_match_coturns_scheme() {
+        // The scheme: password = base64(HMAC-SHA1(secret, "expiry:user")). Known answer computed
+        // with `printf '1700000000:alice' | openssl dgst -sha1 -hmac north -binary | base64`.
+        let c = mint_rest_credentials(b"north", "alice", 100, 1_699_999_900, ':');
+        assert_eq!(c.username, "1700000000:alice");
+        assert_eq!(c.password, rest_password(b"north", "1700000000:alice"));
+        assert_eq!(c.password, "Cd/49soE35ICqcJF/bCTn8Z4OyE=");
+        assert_eq!(rest_expiry("1700000000:alice", ':'), Some(1_700_000_000));
+        assert_eq!(rest_expiry("alice:1700000000", ':'), Some(1_700_000_000));
+        assert_eq!(rest_expiry("1700000000", ':'), Some(1_700_000_000));
+        assert_eq!(rest_expiry("alice", ':'), None);
+        assert_eq!(mint_rest_credentials(b"s", "", 1, 1, ':').username, "2");
+    }
+
+    #[test]
+    fn keys_for_static_and_rest_users() {
+        let mut c = Credentials::new("example.org", ':');
+        c.add_user("bob", &UserSecret::Password("pw".into()));
+        c.add_user("hex", &UserSecret::Key([7; 16]));
+        c.add_rest_secret(b"old");
+        c.add_rest_secret(b"new");
+        let k = c.keys_for("bob", PasswordAlgorithm::Md5, 0).unwrap();
+        assert_eq!(k, vec![Key::Md5(key_md5("bob", "example.org", "pw"))]);
+        assert!(c.keys_for("bob", PasswordAlgorithm::Sha256, 0).is_ok());
+        assert_eq!(c.keys_for("hex", PasswordAlgorithm::Md5, 0).unwrap(), vec![Key::Md5([7; 16])]);
+        assert_eq!(
+            c.keys_for("hex", PasswordAlgorithm::Sha256, 0),
+            Err(AuthFailure::NoKeyForAlgorithm)
+        );
+        let rest = c.keys_for("2000:carol", PasswordAlgorithm::Md5, 1000).unwrap();
+        assert_eq!(rest.len(), 2);
+        let pw = rest_password(b"new", "2000:carol");
+        assert!(rest.contains(&Key::Md5(key_md5("2000:carol", "example.org", &pw))));
+        assert_eq!(c.keys_for("999:carol", PasswordAlgorithm::Md5, 1000), Err(AuthFailure::Expired));
+        assert_eq!(c.keys_for("carol", PasswordAlgorithm::Md5, 1000), Err(AuthFailure::UnknownUser));
+        assert_eq!(c.user_for_hash(&userhash("bob", "example.org")), Some("bob"));
+        assert_eq!(c.user_for_hash(&[0; 3]), None);
+    }
+
+    #[test]
+    fn nonces_are_stateless_and_expire() {
+        let k = NonceKey([3; 32]);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let n = k.make(1000, ip);
+        assert!(n.starts_with("obMatJos2"));
+        assert!(n.len() < 128);
+        assert_eq!(k.check(n.as_bytes(), 1000, 600, ip), NonceCheck::Valid);
+        assert_eq!(k.check(n.as_bytes(), 1600, 600, ip), NonceCheck::Valid);
+        assert_eq!(k.check(n.as_bytes(), 1601, 600, ip), NonceCheck::Stale);
+        assert_eq!(k.check(n.as_bytes(), 1000, 600, "192.0.2.2".parse().unwrap()), NonceCheck::Stale);
+        assert_eq!(NonceKey([4; 32]).check(n.as_bytes(), 1000, 600, ip), NonceCheck::Stale);
+        let mut forged = n.clone().into_bytes();
+        forged[20] = if forged[20] == b'0' { b'1' } else { b'0' };
+        assert_eq!(k.check(&forged, 1000, 600, ip), NonceCheck::Stale);
+        assert_eq!(k.check(b"short", 1000, 600, ip), NonceCheck::Stale);
+        assert_eq!(k.check("obMatJos2wAAAé".as_bytes(), 1000, 600, ip), NonceCheck::Stale);
+    }
+}

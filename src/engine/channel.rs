@@ -1,0 +1,117 @@
+//! Channel bindings (RFC 8656 §12): a channel number stands for a peer transport address, so data
+//! travels as 4-byte-header ChannelData instead of Send/Data indications. A binding lasts 10 minutes
+//! unless refreshed; after it expires neither the number nor the peer address may be bound to
+//! anything else for 5 more minutes (§12, "quarantine"). Bounded per allocation.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// How long an expired binding keeps its number and peer from being rebound (RFC 8656 §12).
+pub const QUARANTINE: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone, Copy)]
+pub struct Channel {
+    pub number: u16,
+    pub peer: SocketAddr,
+    pub expires: Instant,
+}
+
+/// Why a ChannelBind cannot be honoured (all are 400 Bad Request, RFC 8656 §11.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindConflict {
+    NumberTaken,
+    PeerTaken,
+    TooMany,
+}
+
+#[derive(Debug, Default)]
+pub struct Channels {
+    list: Vec<Channel>,
+}
+
+impl Channels {
+    /// The peer bound to `number` and live at `now`.
+    #[inline]
+    pub fn peer(&self, number: u16, now: Instant) -> Option<SocketAddr> {
+        self.list
+            .iter()
+            .find(|c| c.number == number && c.expires > now)
+            .map(|c| c.peer)
+    }
+
+    /// The live channel number bound to `peer`.
+    #[inline]
+    pub fn number(&self, peer: SocketAddr, now: Instant) -> Option<u16> {
+        self.list
+            .iter()
+            .find(|c| c.peer == peer && c.expires > now)
+            .map(|c| c.number)
+    }
+
+    /// Whether `number` may be bound to `peer` (RFC 8656 §11.2 steps on rebinding): a fresh pair,
+    /// or the same pair again (a refresh). Entries past their quarantine are forgotten first.
+    pub fn check(&mut self, number: u16, peer: SocketAddr, now: Instant, max: usize) -> Result<(), BindConflict> {
+        self.list.retain(|c| c.expires + QUARANTINE > now);
+        for c in &self.list {
+            if c.number == number && c.peer != peer {
+                return Err(BindConflict::NumberTaken);
+            }
+            if c.peer == peer && c.number != number {
+                return Err(BindConflict::PeerTaken);
+            }
+        }
+        let exists = self.list.iter().any(|c| c.number == number);
+        if !exists && self.list.len() >= max {
+            return Err(BindConflict::TooMany);
+        }
+        Ok(())
+    }
+
+    /// Bind or refresh (after [`Channels::check`] said yes).
+    pub fn bind(&mut self, number: u16, peer: SocketAddr, expires: Instant) {
+        match self.list.iter_mut().find(|c| c.number == number) {
+            Some(c) => c.expires = expires,
+            None => self.list.push(Channel {
+                number,
+                peer,
+                expires,
+            }),
+        }
+    }
+
+    pub fn len(&self, now: Instant) -> usize {
+        self.list.iter().filter(|c| c.expires > now).count()
+    }
+
+    pub fn is_empty(&self, now: Instant) -> bool {
+        self.len(now) == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rebinding_rules_and_quarantine() {
+        let t0 = Instant::now();
+        let a: SocketAddr = "192.0.2.1:1000".parse().unwrap();
+        let b: SocketAddr = "192.0.2.1:1001".parse().unwrap();
+        let mut ch = Channels::default();
+        assert_eq!(ch.check(0x4000, a, t0, 8), Ok(()));
+        ch.bind(0x4000, a, t0 + Duration::from_secs(600));
+        assert_eq!(ch.peer(0x4000, t0), Some(a));
+        assert_eq!(ch.number(a, t0), Some(0x4000));
+        assert_eq!(ch.check(0x4000, a, t0, 8), Ok(()));
+        assert_eq!(ch.check(0x4000, b, t0, 8), Err(BindConflict::NumberTaken));
+        assert_eq!(ch.check(0x4001, a, t0, 8), Err(BindConflict::PeerTaken));
+        let expired = t0 + Duration::from_secs(601);
+        assert_eq!(ch.peer(0x4000, expired), None);
+        // Still quarantined five minutes after expiry...
+        assert_eq!(ch.check(0x4000, b, expired, 8), Err(BindConflict::NumberTaken));
+        // ...and free after.
+        let later = t0 + Duration::from_secs(901);
+        assert_eq!(ch.check(0x4000, b, later, 8), Ok(()));
+        assert_eq!(ch.check(0x4002, b, later, 0), Err(BindConflict::TooMany));
+    }
+}

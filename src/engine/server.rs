@@ -1,0 +1,1273 @@
+//! The engine's front door: [`Server`] takes client and peer packets and timer ticks, answers
+//! STUN Binding (RFC 8489 §6.3) and the TURN methods (RFC 8656 §7–§12), routes data, and leaves
+//! everything that needs I/O in a queue of [`Command`]s.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::allocation::{Allocation, AllocationId, PendingAllocate, State};
+use super::auth::{AuthFailure, Credentials, Key, NonceCheck, NonceKey, PasswordAlgorithm};
+use super::channel::BindConflict;
+use super::policy::{PeerPolicy, TokenBucket};
+use super::ports::PortPool;
+use super::stats::AllocationStats;
+use super::FiveTuple;
+use crate::proto::attr;
+use crate::proto::channel_data::{self, ChannelData};
+use crate::proto::{demux, Class, Message, MessageBuilder, Method, PacketKind, TransactionId, MAGIC_COOKIE};
+
+/// Room a worker leaves before a peer's payload so a Data indication header (IPv6 peer: 48 bytes)
+/// or ChannelData header can be written in place.
+pub const PEER_HEADROOM: usize = 48;
+/// Room a worker leaves after a peer's payload for padding.
+pub const PEER_TAILROOM: usize = 4;
+/// How long an EVEN-PORT reservation is kept (RFC 8656 §14.9 suggests about 30 s).
+const RESERVATION_SECS: u64 = 30;
+/// How many ports to try when binds fail because another process holds them.
+const BIND_ATTEMPTS: u8 = 5;
+
+/// What the engine is configured with; built by the caller from [`crate::config::Config`].
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub realm: String,
+    /// SOFTWARE attribute in responses; None = none (`--no-software-attribute`).
+    pub software: Option<String>,
+    /// FINGERPRINT on every response (`--fingerprint`); otherwise only when the request had one.
+    pub fingerprint: bool,
+    /// No authentication at all (`--no-auth`).
+    pub no_auth: bool,
+    pub credentials: Credentials,
+    /// Answer Binding requests (not `--no-stun`).
+    pub stun: bool,
+    /// Serve TURN (not `--stun-only`).
+    pub turn: bool,
+    /// Addresses relay sockets bind to; the first of a family is preferred, others are chosen at random.
+    pub relay_ips: Vec<IpAddr>,
+    /// `--external-ip` mappings: (public, private); without private the mapping applies to every
+    /// relay address of the public one's family.
+    pub external_ips: Vec<(IpAddr, Option<IpAddr>)>,
+    pub default_lifetime: u32,
+    pub max_lifetime: u32,
+    pub permission_lifetime: u32,
+    pub channel_lifetime: u32,
+    pub nonce_lifetime: u32,
+    pub peer_policy: PeerPolicy,
+    /// Allocations per username, 0 = unlimited.
+    pub user_quota: u32,
+    /// Allocations per server, 0 = unlimited.
+    pub total_quota: u32,
+    /// Bytes/s per allocation and direction, 0 = unlimited.
+    pub max_bps: u64,
+    pub udp_relay: bool,
+    pub max_permissions: usize,
+    pub max_channels: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            realm: "vigi-turn".into(),
+            software: Some(format!("vigi-turn {}", env!("CARGO_PKG_VERSION"))),
+            fingerprint: false,
+            no_auth: false,
+            credentials: Credentials::new("vigi-turn", ':'),
+            stun: true,
+            turn: true,
+            relay_ips: Vec::new(),
+            external_ips: Vec::new(),
+            default_lifetime: 600,
+            max_lifetime: 3600,
+            permission_lifetime: 300,
+            channel_lifetime: 600,
+            nonce_lifetime: 600,
+            peer_policy: PeerPolicy::default(),
+            user_quota: 0,
+            total_quota: 0,
+            max_bps: 0,
+            udp_relay: true,
+            max_permissions: 256,
+            max_channels: 256,
+        }
+    }
+}
+
+/// State shared by the engines of all workers: the port pool, the nonce key, quota counts and
+/// EVEN-PORT reservations. Touched on control-plane requests only.
+#[derive(Debug)]
+pub struct Shared {
+    pub ports: PortPool,
+    pub nonce_key: NonceKey,
+    pub total_allocations: AtomicU32,
+    allocations_by_user: Mutex<HashMap<String, u32>>,
+    reservations: Mutex<HashMap<u64, Reservation>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Reservation {
+    addr: SocketAddr,
+    expires_unix: u64,
+}
+
+impl Shared {
+    pub fn new(min_port: u16, max_port: u16, nonce_key: [u8; 32]) -> Self {
+        Shared {
+            ports: PortPool::new(min_port, max_port),
+            nonce_key: NonceKey(nonce_key),
+            total_allocations: AtomicU32::new(0),
+            allocations_by_user: Mutex::new(HashMap::new()),
+            reservations: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Count an allocation for `user` if both quotas allow it.
+    fn try_count(&self, user: &str, user_quota: u32, total_quota: u32) -> bool {
+        let mut by_user = self.allocations_by_user.lock().unwrap_or_else(|e| e.into_inner());
+        let n = by_user.get(user).copied().unwrap_or(0);
+        if user_quota > 0 && n >= user_quota {
+            return false;
+        }
+        let total = self.total_allocations.load(Ordering::Relaxed);
+        if total_quota > 0 && total >= total_quota {
+            return false;
+        }
+        self.total_allocations.fetch_add(1, Ordering::Relaxed);
+        by_user.insert(user.to_owned(), n + 1);
+        true
+    }
+
+    fn uncount(&self, user: &str) {
+        let mut by_user = self.allocations_by_user.lock().unwrap_or_else(|e| e.into_inner());
+        if let Entry::Occupied(mut e) = by_user.entry(user.to_owned()) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+        self.total_allocations.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Free reservations whose time is up.
+    fn sweep_reservations(&self, unix_now: u64) {
+        let mut r = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
+        r.retain(|_, v| {
+            let keep = v.expires_unix > unix_now;
+            if !keep {
+                self.ports.release(v.addr.ip(), v.addr.port());
+            }
+            keep
+        });
+    }
+}
+
+/// Something the worker must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Send these bytes to the client on this 5-tuple.
+    Send { to: FiveTuple, data: Vec<u8> },
+    /// Bind a UDP relay socket to `addr` and report with [`Server::handle_relay_bound`].
+    BindRelay {
+        id: AllocationId,
+        addr: SocketAddr,
+        dont_fragment: bool,
+    },
+    /// Close the relay socket of this allocation.
+    FreeRelay { id: AllocationId },
+}
+
+/// What to do with a packet from a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientDecision {
+    /// Send `packet[payload]` from the allocation's relay socket to `peer`.
+    Forward {
+        relay: AllocationId,
+        peer: SocketAddr,
+        payload: Range<usize>,
+    },
+    /// Nothing to relay (the packet was answered through commands, or dropped).
+    Done,
+}
+
+/// What to do with a packet from a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerDecision {
+    /// Send `buf[frame]` (header written in place before the payload) to the client.
+    Forward { to: FiveTuple, frame: Range<usize> },
+    Drop,
+}
+
+/// Event counts since start, for metrics (summed across workers at scrape time).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counters {
+    pub binding_requests: u64,
+    pub binding_responses: u64,
+    pub binding_errors: u64,
+    pub allocations_created: u64,
+    pub allocations_expired: u64,
+    pub allocations_deleted: u64,
+    pub allocations_refused: u64,
+    pub unauthorized: u64,
+    pub auth_failures: u64,
+    pub stale_nonces: u64,
+    pub malformed: u64,
+    pub dropped_no_permission: u64,
+    pub dropped_bandwidth: u64,
+    /// Traffic of allocations that have ended.
+    pub closed_traffic: AllocationStats,
+}
+
+struct Slot {
+    generation: u32,
+    alloc: Option<Allocation>,
+}
+
+/// Who a request authenticated as, and how to sign the answer.
+struct Auth {
+    username: String,
+    key: Option<Key>,
+    sha256: bool,
+}
+
+/// How a response is to be finished.
+#[derive(Clone, Copy)]
+struct Sign<'k> {
+    key: Option<&'k Key>,
+    sha256: bool,
+    fingerprint: bool,
+}
+
+/// One worker's TURN/STUN engine. See the module docs for the calling contract.
+pub struct Server {
+    config: Arc<ServerConfig>,
+    shared: Arc<Shared>,
+    slots: Vec<Slot>,
+    free_slots: Vec<u32>,
+    by_five_tuple: HashMap<FiveTuple, AllocationId>,
+    timers: BinaryHeap<Reverse<(Instant, AllocationId)>>,
+    commands: VecDeque<Command>,
+    rng: SmallRng,
+    /// A monotonic instant and the Unix time it corresponds to.
+    unix_base: (Instant, u64),
+    counters: Counters,
+}
+
+impl Server {
+    /// A new engine. `now`/`unix_now` anchor Unix time (REST expiry, nonces) to the monotonic
+    /// clock; `seed` drives port choice and transaction ids.
+    pub fn new(config: Arc<ServerConfig>, shared: Arc<Shared>, now: Instant, unix_now: u64, seed: u64) -> Self {
+        Server {
+            config,
+            shared,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            by_five_tuple: HashMap::new(),
+            timers: BinaryHeap::new(),
+            commands: VecDeque::new(),
+            rng: SmallRng::seed_from_u64(seed),
+            unix_base: (now, unix_now),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Swap in a new configuration (reload). Live allocations keep their credentials and state.
+    pub fn set_config(&mut self, config: Arc<ServerConfig>) {
+        self.config = config;
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Live allocations.
+    pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
+        self.slots.iter().filter_map(|s| s.alloc.as_ref())
+    }
+
+    fn unix(&self, now: Instant) -> u64 {
+        self.unix_base.1 + now.saturating_duration_since(self.unix_base.0).as_secs()
+    }
+
+    /// The next command for the worker. Call until None after every `handle_*`.
+    #[must_use]
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    /// When [`Server::handle_timeout`] should next be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Expire allocations whose time is up (RFC 8656 §7: an allocation lives until its lifetime
+    /// ends without a Refresh).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((t, id))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            if let Some(a) = self.get(id) {
+                if a.expires <= now && a.state == State::Active {
+                    self.counters.allocations_expired += 1;
+                    self.free(id);
+                }
+            }
+        }
+        self.shared.sweep_reservations(self.unix(now));
+    }
+
+    fn get(&self, id: AllocationId) -> Option<&Allocation> {
+        let s = self.slots.get(id.index as usize)?;
+        if s.generation != id.generation {
+            return None;
+        }
+        s.alloc.as_ref()
+    }
+
+    fn get_mut(&mut self, id: AllocationId) -> Option<&mut Allocation> {
+        let s = self.slots.get_mut(id.index as usize)?;
+        if s.generation != id.generation {
+            return None;
+        }
+        s.alloc.as_mut()
+    }
+
+    /// The allocation on this 5-tuple, if any (for workers and tests).
+    pub fn allocation_on(&self, five: &FiveTuple) -> Option<&Allocation> {
+        self.get(*self.by_five_tuple.get(five)?)
+    }
+
+    /// The client's connection closed (TCP/TLS): its allocation ends (RFC 8656 §3.1).
+    pub fn handle_transport_closed(&mut self, five: FiveTuple) {
+        if let Some(&id) = self.by_five_tuple.get(&five) {
+            self.counters.allocations_deleted += 1;
+            self.free(id);
+        }
+    }
+
+    /// Remove an allocation and give back everything it held.
+    fn free(&mut self, id: AllocationId) {
+        let Some(slot) = self.slots.get_mut(id.index as usize) else {
+            return;
+        };
+        if slot.generation != id.generation {
+            return;
+        }
+        let Some(a) = slot.alloc.take() else {
+            return;
+        };
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free_slots.push(id.index);
+        self.by_five_tuple.remove(&a.five_tuple);
+        if a.relay.port() != 0 {
+            self.shared.ports.release(a.relay.ip(), a.relay.port());
+        }
+        self.shared.uncount(&a.username);
+        self.counters.closed_traffic.merge(&a.stats);
+        self.commands.push_back(Command::FreeRelay { id });
+    }
+
+    // ---------------------------------------------------------------- client input
+
+    /// A packet from a client on `five`. Returns a data-plane decision; control-plane answers
+    /// are queued as commands.
+    pub fn handle_client_input(&mut self, now: Instant, five: FiveTuple, packet: &[u8]) -> ClientDecision {
+        match demux(packet) {
+            PacketKind::ChannelData => self.handle_channel_data(now, five, packet),
+            PacketKind::Stun => match Message::decode(packet) {
+                Ok(m) => self.handle_stun(now, five, &m),
+                Err(_) => {
+                    self.counters.malformed += 1;
+                    ClientDecision::Done
+                }
+            },
+            _ => {
+                self.counters.malformed += 1;
+                ClientDecision::Done
+            }
+        }
+    }
+
+    /// ChannelData from a client (RFC 8656 §12.6).
+    fn handle_channel_data(&mut self, now: Instant, five: FiveTuple, packet: &[u8]) -> ClientDecision {
+        let Ok(cd) = ChannelData::decode(packet) else {
+            self.counters.malformed += 1;
+            return ClientDecision::Done;
+        };
+        let Some(&id) = self.by_five_tuple.get(&five) else {
+            return ClientDecision::Done;
+        };
+        let len = cd.data.len();
+        let Some(a) = self.get_mut(id) else {
+            return ClientDecision::Done;
+        };
+        a.stats.client_rcv.add(len);
+        let Some(peer) = a.channels.peer(cd.channel, now) else {
+            a.stats.dropped.add(len);
+            self.counters.dropped_no_permission += 1;
+            return ClientDecision::Done;
+        };
+        self.forward_to_peer(now, id, peer, channel_data::HEADER_LEN..channel_data::HEADER_LEN + len)
+    }
+
+    /// Shared tail of ChannelData and Send: permission, bandwidth, counters.
+    #[inline]
+    fn forward_to_peer(&mut self, now: Instant, id: AllocationId, peer: SocketAddr, payload: Range<usize>) -> ClientDecision {
+        let Some(a) = self.get_mut(id) else {
+            return ClientDecision::Done;
+        };
+        let len = payload.len();
+        if a.state != State::Active || a.expires <= now || !a.permissions.allows(peer.ip(), now) {
+            a.stats.dropped.add(len);
+            self.counters.dropped_no_permission += 1;
+            return ClientDecision::Done;
+        }
+        if !a.to_peer_bucket.try_take(now, len) {
+            a.stats.dropped.add(len);
+            self.counters.dropped_bandwidth += 1;
+            return ClientDecision::Done;
+        }
+        a.stats.peer_sent.add(len);
+        ClientDecision::Forward {
+            relay: id,
+            peer,
+            payload,
+        }
+    }
+
+    fn handle_stun(&mut self, now: Instant, five: FiveTuple, m: &Message) -> ClientDecision {
+        if m.is_classic() {
+            // RFC 5389 §12: only Binding is answered for an RFC 3489 client.
+            if m.class() == Class::Request && m.method() == Method::BINDING && self.config.stun {
+                self.handle_binding(five, m);
+            }
+            return ClientDecision::Done;
+        }
+        match m.class() {
+            Class::Indication if m.method() == Method::SEND => self.handle_send(now, five, m),
+            Class::Request => {
+                self.handle_request(now, five, m);
+                ClientDecision::Done
+            }
+            // Responses and other indications to a server are ignored.
+            _ => ClientDecision::Done,
+        }
+    }
+
+    /// Send indication (RFC 8656 §10.2).
+    fn handle_send(&mut self, now: Instant, five: FiveTuple, m: &Message) -> ClientDecision {
+        let Some(&id) = self.by_five_tuple.get(&five) else {
+            return ClientDecision::Done;
+        };
+        let (Some(peer), Some(data)) = (m.get_xor_address(attr::XOR_PEER_ADDRESS), m.get_range(attr::DATA)) else {
+            self.counters.malformed += 1;
+            return ClientDecision::Done;
+        };
+        if let Some(a) = self.get_mut(id) {
+            a.stats.client_rcv.add(data.len());
+        }
+        self.forward_to_peer(now, id, peer, data)
+    }
+
+    fn handle_request(&mut self, now: Instant, five: FiveTuple, m: &Message) {
+        // RFC 8489 §6.3.1: unknown comprehension-required attributes get 420.
+        let unknown = m.unknown_required(16);
+        if !unknown.is_empty() {
+            let value: Vec<u8> = unknown.iter().flat_map(|t| t.to_be_bytes()).collect();
+            let sign = self.plain_sign(m);
+            self.respond_error(five, m, 420, sign, |b| {
+                b.attr(attr::UNKNOWN_ATTRIBUTES, &value);
+            });
+            return;
+        }
+        let method = m.method();
+        if method == Method::BINDING {
+            if self.config.stun {
+                self.handle_binding(five, m);
+            }
+            return;
+        }
+        if !self.config.turn {
+            let sign = self.plain_sign(m);
+            self.respond_error(five, m, 403, sign, |_| {});
+            return;
+        }
+        // A retransmitted request on an allocation gets the cached answer (RFC 8489 §6.3.1,
+        // RFC 8656 §7.2 on retransmitted Allocates).
+        if let Some(a) = self.by_five_tuple.get(&five).and_then(|&id| self.get(id)) {
+            if &a.last_tid == m.transaction_id() && !a.last_response.is_empty() {
+                let data = a.last_response.clone();
+                self.commands.push_back(Command::Send { to: five, data });
+                return;
+            }
+            if a.state != State::Active {
+                return; // still binding: the answer will come
+            }
+        }
+        match method {
+            Method::ALLOCATE => self.handle_allocate(now, five, m),
+            Method::REFRESH => self.handle_refresh(now, five, m),
+            Method::CREATE_PERMISSION => self.handle_create_permission(now, five, m),
+            Method::CHANNEL_BIND => self.handle_channel_bind(now, five, m),
+            _ => {
+                let sign = self.plain_sign(m);
+                self.respond_error(five, m, 400, sign, |_| {});
+            }
+        }
+    }
+
+    /// Binding request (RFC 8489 §6.3.1.1; RFC 5389 §15.1 MAPPED-ADDRESS for RFC 3489 clients).
+    fn handle_binding(&mut self, five: FiveTuple, m: &Message) {
+        self.counters.binding_requests += 1;
+        self.counters.binding_responses += 1;
+        let mut out = Vec::with_capacity(64);
+        let mut b = if m.is_classic() {
+            let mut b = MessageBuilder::new_raw(&mut out, Method::BINDING, Class::Success, m.raw_transaction());
+            b.address(attr::MAPPED_ADDRESS, &five.client);
+            b
+        } else {
+            let mut b = MessageBuilder::new(&mut out, Method::BINDING, Class::Success, m.transaction_id());
+            b.xor_address(attr::XOR_MAPPED_ADDRESS, &five.client);
+            b
+        };
+        if let Some(s) = &self.config.software {
+            b.attr(attr::SOFTWARE, s.as_bytes());
+        }
+        if !m.is_classic() && (m.has_fingerprint() || self.config.fingerprint) {
+            b.fingerprint();
+        }
+        self.commands.push_back(Command::Send { to: five, data: out });
+    }
+
+    fn plain_sign(&self, m: &Message) -> Sign<'static> {
+        Sign {
+            key: None,
+            sha256: false,
+            fingerprint: m.has_fingerprint() || self.config.fingerprint,
+        }
+    }
+
+    /// Build a response to `m` with the attributes `fill` adds, then SOFTWARE, integrity and
+    /// FINGERPRINT as `sign` says.
+    fn build_response(&self, m: &Message, class: Class, sign: Sign, fill: impl FnOnce(&mut MessageBuilder)) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        let mut b = MessageBuilder::new(&mut out, m.method(), class, m.transaction_id());
+        fill(&mut b);
+        if let Some(s) = &self.config.software {
+            b.attr(attr::SOFTWARE, s.as_bytes());
+        }
+        if let Some(k) = sign.key {
+            b.integrity(k.as_bytes());
+            if sign.sha256 {
+                b.integrity_sha256(k.as_bytes());
+            }
+        }
+        if sign.fingerprint {
+            b.fingerprint();
+        }
+        out
+    }
+
+    fn respond_error(&mut self, five: FiveTuple, m: &Message, code: u16, sign: Sign, fill: impl FnOnce(&mut MessageBuilder)) {
+        let data = self.build_response(m, Class::Error, sign, |b| {
+            b.error_code(code, "");
+            fill(b);
+        });
+        self.send_and_cache(five, m.transaction_id(), data);
+    }
+
+    fn send_and_cache(&mut self, five: FiveTuple, tid: &TransactionId, data: Vec<u8>) {
+        if let Some(&id) = self.by_five_tuple.get(&five) {
+            if let Some(a) = self.get_mut(id) {
+                a.last_tid = *tid;
+                a.last_response.clear();
+                a.last_response.extend_from_slice(&data);
+            }
+        }
+        self.commands.push_back(Command::Send { to: five, data });
+    }
+
+    /// 401 or 438 with REALM, a fresh NONCE and PASSWORD-ALGORITHMS (RFC 8489 §9.2.4).
+    fn challenge(&mut self, now: Instant, five: FiveTuple, m: &Message, code: u16) {
+        let nonce = self.shared.nonce_key.make(self.unix(now), five.client.ip());
+        let realm = self.config.realm.clone();
+        let sign = self.plain_sign(m);
+        self.respond_error(five, m, code, sign, |b| {
+            b.attr(attr::REALM, realm.as_bytes());
+            b.attr(attr::NONCE, nonce.as_bytes());
+            b.attr(
+                attr::PASSWORD_ALGORITHMS,
+                &[0, attr::PASSWORD_ALGORITHM_MD5 as u8, 0, 0, 0, attr::PASSWORD_ALGORITHM_SHA256 as u8, 0, 0],
+            );
+        });
+    }
+
+    /// Long-term credential check (RFC 8489 §9.2.4). None when a challenge or error was sent.
+    /// `owner` is the username of the allocation the request acts on (441 on mismatch,
+    /// RFC 8656 §5).
+    fn authenticate(&mut self, now: Instant, five: FiveTuple, m: &Message, owner: Option<&str>) -> Option<Auth> {
+        if self.config.no_auth {
+            return Some(Auth {
+                username: String::new(),
+                key: None,
+                sha256: false,
+            });
+        }
+        if !m.has_integrity() && !m.has_integrity_sha256() {
+            self.counters.unauthorized += 1;
+            self.challenge(now, five, m, 401);
+            return None;
+        }
+        let user_attr = m.get(attr::USERNAME);
+        let hash_attr = m.get(attr::USERHASH);
+        let (Some(realm), Some(nonce)) = (m.get(attr::REALM), m.get(attr::NONCE)) else {
+            let sign = self.plain_sign(m);
+            self.respond_error(five, m, 400, sign, |_| {});
+            return None;
+        };
+        if user_attr.is_none() && hash_attr.is_none() {
+            let sign = self.plain_sign(m);
+            self.respond_error(five, m, 400, sign, |_| {});
+            return None;
+        }
+        let unix = self.unix(now);
+        if self.shared.nonce_key.check(nonce, unix, u64::from(self.config.nonce_lifetime), five.client.ip())
+            == NonceCheck::Stale
+        {
+            self.counters.stale_nonces += 1;
+            self.challenge(now, five, m, 438);
+            return None;
+        }
+        let alg = match m.get(attr::PASSWORD_ALGORITHM) {
+            None => PasswordAlgorithm::Md5,
+            Some(v) if v.len() >= 2 => match u16::from_be_bytes([v[0], v[1]]) {
+                attr::PASSWORD_ALGORITHM_MD5 => PasswordAlgorithm::Md5,
+                attr::PASSWORD_ALGORITHM_SHA256 => PasswordAlgorithm::Sha256,
+                _ => {
+                    let sign = self.plain_sign(m);
+                    self.respond_error(five, m, 400, sign, |_| {});
+                    return None;
+                }
+            },
+            Some(_) => {
+                let sign = self.plain_sign(m);
+                self.respond_error(five, m, 400, sign, |_| {});
+                return None;
+            }
+        };
+        let username = match (user_attr, hash_attr) {
+            (Some(u), _) => std::str::from_utf8(u).ok().map(str::to_owned),
+            (None, Some(h)) => self.config.credentials.user_for_hash(h).map(str::to_owned),
+            _ => None,
+        };
+        let creds = &self.config.credentials;
+        let keys = match username.as_deref() {
+            Some(u) if realm == creds.realm().as_bytes() => creds.keys_for(u, alg, unix),
+            _ => Err(AuthFailure::UnknownUser),
+        };
+        let use_sha256 = m.has_integrity_sha256();
+        let matched = keys.ok().and_then(|keys| {
+            keys.into_iter().find(|k| {
+                if use_sha256 {
+                    m.check_integrity_sha256(k.as_bytes())
+                } else {
+                    m.check_integrity(k.as_bytes())
+                }
+            })
+        });
+        let (Some(key), Some(username)) = (matched, username) else {
+            self.counters.auth_failures += 1;
+            self.challenge(now, five, m, 401);
+            return None;
+        };
+        let auth = Auth {
+            username,
+            key: Some(key),
+            sha256: use_sha256,
+        };
+        if let Some(owner) = owner {
+            if owner != auth.username {
+                let sign = self.signed(m, &auth);
+                let data = self.build_response(m, Class::Error, sign, |b| {
+                    b.error_code(441, "");
+                });
+                self.commands.push_back(Command::Send { to: five, data });
+                return None;
+            }
+        }
+        Some(auth)
+    }
+
+    fn signed<'k>(&self, m: &Message, auth: &'k Auth) -> Sign<'k> {
+        Sign {
+            key: auth.key.as_ref(),
+            sha256: auth.sha256,
+            fingerprint: m.has_fingerprint() || self.config.fingerprint,
+        }
+    }
+
+    /// RFC 8656 §7.2 lifetime rule: min(requested, max), but never below the default.
+    fn lifetime(&self, m: &Message) -> u32 {
+        let c = &self.config;
+        match m.get(attr::LIFETIME).and_then(attr::read_u32) {
+            Some(req) => req.min(c.max_lifetime).max(c.default_lifetime.min(c.max_lifetime)),
+            None => c.default_lifetime.min(c.max_lifetime),
+        }
+    }
+
+    /// The address XOR-RELAYED-ADDRESS reports for a relay bound to `relay`.
+    fn reported(&self, relay: SocketAddr) -> SocketAddr {
+        for (public, private) in &self.config.external_ips {
+            match private {
+                Some(p) if *p == relay.ip() => return SocketAddr::new(*public, relay.port()),
+                None if public.is_ipv4() == relay.is_ipv4() => return SocketAddr::new(*public, relay.port()),
+                _ => {}
+            }
+        }
+        relay
+    }
+
+    /// Allocate (RFC 8656 §7.2).
+    fn handle_allocate(&mut self, now: Instant, five: FiveTuple, m: &Message) {
+        // Step 1: long-term credentials.
+        let Some(auth) = self.authenticate(now, five, m, None) else {
+            return;
+        };
+        let sign_fp = m.has_fingerprint() || self.config.fingerprint;
+        macro_rules! refuse {
+            ($code:expr) => {{
+                self.counters.allocations_refused += 1;
+                let sign = self.signed(m, &auth);
+                let data = self.build_response(m, Class::Error, sign, |b| {
+                    b.error_code($code, "");
+                });
+                self.commands.push_back(Command::Send { to: five, data });
+                return;
+            }};
+        }
+        // Step 2: one allocation per 5-tuple (retransmissions were answered from the cache).
+        if self.by_five_tuple.contains_key(&five) {
+            refuse!(437);
+        }
+        // Step 3: REQUESTED-TRANSPORT.
+        match m.get(attr::REQUESTED_TRANSPORT).map(attr::read_requested_transport) {
+            None | Some(None) => refuse!(400),
+            Some(Some(attr::PROTO_UDP)) if self.config.udp_relay => {}
+            Some(Some(_)) => refuse!(442),
+        }
+        // Step 4: DONT-FRAGMENT is supported (IP_PMTUDISC_DO on the relay socket).
+        let dont_fragment = m.get(attr::DONT_FRAGMENT).is_some();
+        // Steps 5–7: RESERVATION-TOKEN, EVEN-PORT, address families.
+        let token = m.get(attr::RESERVATION_TOKEN);
+        let even = m.get(attr::EVEN_PORT).map(attr::read_even_port);
+        let req_family = m.get(attr::REQUESTED_ADDRESS_FAMILY).map(attr::read_address_family);
+        let add_family = m.get(attr::ADDITIONAL_ADDRESS_FAMILY).map(attr::read_address_family);
+        if token.is_some() && (even.is_some() || req_family.is_some() || add_family.is_some()) {
+            refuse!(400);
+        }
+        if matches!(even, Some(None)) || matches!(req_family, Some(None)) || matches!(add_family, Some(None)) {
+            refuse!(400);
+        }
+        if req_family.is_some() && add_family.is_some() {
+            refuse!(400);
+        }
+        let want_v6 = match req_family.flatten() {
+            None | Some(attr::FAMILY_IPV4) => false,
+            Some(attr::FAMILY_IPV6) => true,
+            Some(_) => refuse!(440),
+        };
+        let mut address_error = None;
+        match add_family.flatten() {
+            None => {}
+            Some(attr::FAMILY_IPV6) => {
+                // Dual allocations come with the IPv6 transport work; until then the IPv4 relay is
+                // granted and the IPv6 one refused in ADDRESS-ERROR-CODE (RFC 8656 §7.2 step 7).
+                address_error = Some(440);
+            }
+            Some(_) => refuse!(400),
+        }
+        // Step 8: quotas.
+        if !self.shared.try_count(&auth.username, self.config.user_quota, self.config.total_quota) {
+            refuse!(486);
+        }
+        // Pick the relayed transport address.
+        let unix = self.unix(now);
+        let mut reservation_token = None;
+        let relay = if let Some(t) = token {
+            let Ok(t) = <[u8; 8]>::try_from(t) else {
+                self.shared.uncount(&auth.username);
+                refuse!(400);
+            };
+            let r = {
+                let mut res = self.shared.reservations.lock().unwrap_or_else(|e| e.into_inner());
+                res.remove(&u64::from_be_bytes(t))
+            };
+            match r {
+                Some(r) if r.expires_unix >= unix => Some(r.addr),
+                Some(r) => {
+                    self.shared.ports.release(r.addr.ip(), r.addr.port());
+                    None
+                }
+                None => None,
+            }
+        } else {
+            let ip = self.pick_relay_ip(want_v6);
+            let Some(ip) = ip else {
+                self.shared.uncount(&auth.username);
+                refuse!(440);
+            };
+            let (is_even, reserve) = match even.flatten() {
+                Some(r) => (true, r),
+                None => (false, false),
+            };
+            let port = self.shared.ports.take(ip, self.rng.gen(), is_even, reserve);
+            if let (Some(p), true) = (port, reserve) {
+                let t: u64 = self.rng.gen();
+                reservation_token = Some(t);
+                let mut res = self.shared.reservations.lock().unwrap_or_else(|e| e.into_inner());
+                res.insert(
+                    t,
+                    Reservation {
+                        addr: SocketAddr::new(ip, p + 1),
+                        expires_unix: unix + RESERVATION_SECS,
+                    },
+                );
+            }
+            port.map(|p| SocketAddr::new(ip, p))
+        };
+        let Some(relay) = relay else {
+            self.shared.uncount(&auth.username);
+            refuse!(508);
+        };
+        let lifetime = self.lifetime(m);
+        let pending = PendingAllocate {
+            tid: *m.transaction_id(),
+            lifetime,
+            fixed_port: even.is_some() || token.is_some(),
+            reservation_token,
+            address_error,
+            fingerprint: sign_fp,
+            sha256: auth.sha256,
+        };
+        let index = match self.free_slots.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    alloc: None,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let id = AllocationId {
+            index,
+            generation: self.slots[index as usize].generation,
+        };
+        let max_bps = self.config.max_bps;
+        let alloc = Allocation {
+            id,
+            five_tuple: five,
+            state: State::Binding { attempts: 1 },
+            relay,
+            reported_relay: self.reported(relay),
+            created: now,
+            expires: now + Duration::from_secs(u64::from(lifetime)),
+            username: auth.username,
+            key: auth.key.unwrap_or(Key::Md5([0; 16])),
+            permissions: Default::default(),
+            channels: Default::default(),
+            stats: Default::default(),
+            to_peer_bucket: TokenBucket::new(max_bps, now),
+            to_client_bucket: TokenBucket::new(max_bps, now),
+            dont_fragment,
+            reservation: reservation_token,
+            last_tid: *m.transaction_id(),
+            last_response: Vec::new(),
+            pending: Some(pending),
+        };
+        self.slots[index as usize].alloc = Some(alloc);
+        self.by_five_tuple.insert(five, id);
+        self.commands.push_back(Command::BindRelay {
+            id,
+            addr: relay,
+            dont_fragment,
+        });
+    }
+
+    fn pick_relay_ip(&mut self, v6: bool) -> Option<IpAddr> {
+        let n = self.config.relay_ips.iter().filter(|ip| ip.is_ipv6() == v6).count();
+        if n == 0 {
+            return None;
+        }
+        let k = self.rng.gen_range(0..n);
+        self.config.relay_ips.iter().filter(|ip| ip.is_ipv6() == v6).nth(k).copied()
+    }
+
+    /// The worker's answer to [`Command::BindRelay`]: the socket is bound (`Ok`) or the bind
+    /// failed (`Err`, e.g. the port is held by another process). On failure another port is tried
+    /// a few times before the client gets 508.
+    pub fn handle_relay_bound(&mut self, now: Instant, id: AllocationId, result: Result<(), ()>) {
+        let Some(a) = self.get_mut(id) else {
+            return;
+        };
+        let State::Binding { attempts } = a.state else {
+            return;
+        };
+        let five = a.five_tuple;
+        if result.is_err() {
+            let old = a.relay;
+            let fixed = a.pending.as_ref().is_some_and(|p| p.fixed_port);
+            self.shared.ports.release(old.ip(), old.port());
+            let retry = if attempts < BIND_ATTEMPTS && !fixed {
+                self.shared.ports.take(old.ip(), self.rng.gen(), false, false)
+            } else {
+                None
+            };
+            if let Some(port) = retry {
+                let relay = SocketAddr::new(old.ip(), port);
+                let reported = self.reported(relay);
+                let Some(a) = self.get_mut(id) else {
+                    return;
+                };
+                a.relay = relay;
+                a.reported_relay = reported;
+                a.state = State::Binding {
+                    attempts: attempts + 1,
+                };
+                let dont_fragment = a.dont_fragment;
+                self.commands.push_back(Command::BindRelay {
+                    id,
+                    addr: relay,
+                    dont_fragment,
+                });
+                return;
+            }
+            // Out of ports (or the one asked for is held elsewhere): 508, and the allocation goes.
+            let Some(a) = self.get_mut(id) else {
+                return;
+            };
+            a.relay = SocketAddr::new(old.ip(), 0);
+            let pending = a.pending.take();
+            let key = a.key.clone();
+            if let Some(t) = a.reservation.take() {
+                let r = self.shared.reservations.lock().unwrap_or_else(|e| e.into_inner()).remove(&t);
+                if let Some(r) = r {
+                    self.shared.ports.release(r.addr.ip(), r.addr.port());
+                }
+            }
+            self.counters.allocations_refused += 1;
+            self.free(id);
+            if let Some(p) = pending {
+                let mut out = Vec::with_capacity(96);
+                let mut b = MessageBuilder::new(&mut out, Method::ALLOCATE, Class::Error, &p.tid);
+                b.error_code(508, "");
+                if let Some(s) = &self.config.software {
+                    b.attr(attr::SOFTWARE, s.as_bytes());
+                }
+                if !self.config.no_auth {
+                    b.integrity(key.as_bytes());
+                }
+                if p.fingerprint {
+                    b.fingerprint();
+                }
+                self.commands.push_back(Command::Send { to: five, data: out });
+            }
+            return;
+        }
+        // RFC 8656 §7.2: the success response.
+        a.state = State::Active;
+        let expires = now + Duration::from_secs(u64::from(a.pending.as_ref().map_or(0, |p| p.lifetime)));
+        a.expires = expires;
+        let Some(p) = a.pending.take() else {
+            return;
+        };
+        let relay = a.reported_relay;
+        let key = a.key.clone();
+        let mut out = Vec::with_capacity(128);
+        let mut b = MessageBuilder::new(&mut out, Method::ALLOCATE, Class::Success, &p.tid);
+        b.xor_address(attr::XOR_RELAYED_ADDRESS, &relay);
+        b.attr_u32(attr::LIFETIME, p.lifetime);
+        if let Some(t) = p.reservation_token {
+            b.attr(attr::RESERVATION_TOKEN, &t.to_be_bytes());
+        }
+        b.xor_address(attr::XOR_MAPPED_ADDRESS, &five.client);
+        if let Some(code) = p.address_error {
+            // ADDRESS-ERROR-CODE: family (IPv6), reserved, then an ERROR-CODE-style value.
+            let reason = attr::reason_phrase(code).as_bytes();
+            b.attr_with(attr::ADDRESS_ERROR_CODE, 4 + reason.len(), |o| {
+                o[0] = attr::FAMILY_IPV6;
+                o[2] = (code / 100) as u8;
+                o[3] = (code % 100) as u8;
+                o[4..].copy_from_slice(reason);
+            });
+        }
+        if let Some(s) = &self.config.software {
+            b.attr(attr::SOFTWARE, s.as_bytes());
+        }
+        if !self.config.no_auth {
+            b.integrity(key.as_bytes());
+            if p.sha256 {
+                b.integrity_sha256(key.as_bytes());
+            }
+        }
+        if p.fingerprint {
+            b.fingerprint();
+        }
+        self.counters.allocations_created += 1;
+        self.timers.push(Reverse((expires, id)));
+        self.send_and_cache(five, &p.tid, out);
+    }
+
+    /// Refresh (RFC 8656 §7.3).
+    fn handle_refresh(&mut self, now: Instant, five: FiveTuple, m: &Message) {
+        let Some(&id) = self.by_five_tuple.get(&five) else {
+            // No allocation: 437 after authentication (so unauthenticated probes learn nothing).
+            let Some(auth) = self.authenticate(now, five, m, None) else {
+                return;
+            };
+            let sign = self.signed(m, &auth);
+            let data = self.build_response(m, Class::Error, sign, |b| {
+                b.error_code(437, "");
+            });
+            self.commands.push_back(Command::Send { to: five, data });
+            return;
+        };
+        let owner = self.get(id).map(|a| a.username.clone());
+        let Some(auth) = self.authenticate(now, five, m, owner.as_deref()) else {
+            return;
+        };
+        let Some(a) = self.get(id) else {
+            return;
+        };
+        // RFC 8656 §7.3: a REQUESTED-ADDRESS-FAMILY other than the allocation's is 443.
+        if let Some(fam) = m.get(attr::REQUESTED_ADDRESS_FAMILY).and_then(attr::read_address_family) {
+            let mine = if a.relay.is_ipv6() {
+                attr::FAMILY_IPV6
+            } else {
+                attr::FAMILY_IPV4
+            };
+            if fam != mine {
+                let sign = self.signed(m, &auth);
+                self.respond_error(five, m, 443, sign, |_| {});
+                return;
+            }
+        }
+        let requested = m.get(attr::LIFETIME).and_then(attr::read_u32);
+        let sign = self.signed(m, &auth);
+        if requested == Some(0) {
+            self.counters.allocations_deleted += 1;
+            self.free(id);
+            let data = self.build_response(m, Class::Success, sign, |b| {
+                b.attr_u32(attr::LIFETIME, 0);
+            });
+            self.commands.push_back(Command::Send { to: five, data });
+            return;
+        }
+        let lifetime = self.lifetime(m);
+        let expires = now + Duration::from_secs(u64::from(lifetime));
+        if let Some(a) = self.get_mut(id) {
+            a.expires = expires;
+        }
+        self.timers.push(Reverse((expires, id)));
+        let data = self.build_response(m, Class::Success, sign, |b| {
+            b.attr_u32(attr::LIFETIME, lifetime);
+        });
+        self.send_and_cache(five, m.transaction_id(), data);
+    }
+
+    /// Common opening of CreatePermission and ChannelBind: the allocation (437) and the
+    /// authentication of its owner (401/438/441).
+    fn allocation_for_request(&mut self, now: Instant, five: FiveTuple, m: &Message) -> Option<(AllocationId, Auth)> {
+        let Some(&id) = self.by_five_tuple.get(&five) else {
+            let auth = self.authenticate(now, five, m, None)?;
+            let sign = self.signed(m, &auth);
+            let data = self.build_response(m, Class::Error, sign, |b| {
+                b.error_code(437, "");
+            });
+            self.commands.push_back(Command::Send { to: five, data });
+            return None;
+        };
+        let owner = self.get(id).map(|a| a.username.clone());
+        let auth = self.authenticate(now, five, m, owner.as_deref())?;
+        Some((id, auth))
+    }
+
+    /// Whether a peer may be used by allocation `id`: 443 on a family mismatch, 403 by policy.
+    fn peer_error(&self, id: AllocationId, peer: &SocketAddr) -> Option<u16> {
+        let a = self.get(id)?;
+        if a.relay.is_ipv6() != peer.is_ipv6() {
+            return Some(443);
+        }
+        if !self.config.peer_policy.permits(peer.ip()) {
+            return Some(403);
+        }
+        None
+    }
+
+    /// CreatePermission (RFC 8656 §9.2).
+    fn handle_create_permission(&mut self, now: Instant, five: FiveTuple, m: &Message) {
+        let Some((id, auth)) = self.allocation_for_request(now, five, m) else {
+            return;
+        };
+        let sign = self.signed(m, &auth);
+        let tid = m.transaction_id();
+        let peers: Vec<SocketAddr> = m
+            .attributes()
+            .filter(|a| a.ty == attr::XOR_PEER_ADDRESS)
+            .map(|a| attr::read_xor_address(&m.as_bytes()[a.offset..a.offset + a.len], tid))
+            .collect::<Option<Vec<_>>>()
+            .unwrap_or_default();
+        if peers.is_empty() {
+            self.respond_error(five, m, 400, sign, |_| {});
+            return;
+        }
+        // All or nothing: every address is checked before any permission is installed.
+        for p in &peers {
+            if let Some(code) = self.peer_error(id, p) {
+                self.respond_error(five, m, code, sign, |_| {});
+                return;
+            }
+        }
+        let ips: Vec<IpAddr> = peers.iter().map(SocketAddr::ip).collect();
+        let max = self.config.max_permissions;
+        let expires = now + Duration::from_secs(u64::from(self.config.permission_lifetime));
+        let Some(a) = self.get_mut(id) else {
+            return;
+        };
+        if !a.permissions.room_for(&ips, now, max) {
+            self.respond_error(five, m, 508, sign, |_| {});
+            return;
+        }
+        for ip in ips {
+            a.permissions.install(ip, expires);
+        }
+        let data = self.build_response(m, Class::Success, sign, |_| {});
+        self.send_and_cache(five, tid, data);
+    }
+
+    /// ChannelBind (RFC 8656 §11.2).
+    fn handle_channel_bind(&mut self, now: Instant, five: FiveTuple, m: &Message) {
+        let Some((id, auth)) = self.allocation_for_request(now, five, m) else {
+            return;
+        };
+        let sign = self.signed(m, &auth);
+        let number = m.get(attr::CHANNEL_NUMBER).and_then(attr::read_channel_number);
+        let peer = m.get_xor_address(attr::XOR_PEER_ADDRESS);
+        let (Some(number), Some(peer)) = (number, peer) else {
+            self.respond_error(five, m, 400, sign, |_| {});
+            return;
+        };
+        if !(channel_data::CHANNEL_MIN..=channel_data::CHANNEL_MAX).contains(&number) {
+            self.respond_error(five, m, 400, sign, |_| {});
+            return;
+        }
+        if let Some(code) = self.peer_error(id, &peer) {
+            self.respond_error(five, m, code, sign, |_| {});
+            return;
+        }
+        let (max_ch, max_perm) = (self.config.max_channels, self.config.max_permissions);
+        let ch_expires = now + Duration::from_secs(u64::from(self.config.channel_lifetime));
+        let perm_expires = now + Duration::from_secs(u64::from(self.config.permission_lifetime));
+        let Some(a) = self.get_mut(id) else {
+            return;
+        };
+        match a.channels.check(number, peer, now, max_ch) {
+            Ok(()) => {}
+            Err(BindConflict::TooMany) => {
+                self.respond_error(five, m, 508, sign, |_| {});
+                return;
+            }
+            Err(_) => {
+                self.respond_error(five, m, 400, sign, |_| {});
+                return;
+            }
+        }
+        if !a.permissions.room_for(&[peer.ip()], now, max_perm) {
+            self.respond_error(five, m, 508, sign, |_| {});
+            return;
+        }
+        a.channels.bind(number, peer, ch_expires);
+        // RFC 8656 §11.2: a channel binding also installs or refreshes the permission.
+        a.permissions.install(peer.ip(), perm_expires);
+        let data = self.build_response(m, Class::Success, sign, |_| {});
+        self.send_and_cache(five, m.transaction_id(), data);
+    }
+
+    // ---------------------------------------------------------------- peer input
+
+    /// A datagram from `peer` arrived on the relay socket of allocation `relay`; it lies in
+    /// `buf[payload]`, with at least [`PEER_HEADROOM`] bytes before and [`PEER_TAILROOM`] after.
+    /// On `Forward`, the ChannelData or Data-indication header has been written in place in front
+    /// of the payload (RFC 8656 §11.3 and §12.7), and `buf[frame]` is what to send.
+    pub fn handle_peer_input(&mut self, now: Instant, relay: AllocationId, peer: SocketAddr, buf: &mut [u8], payload: Range<usize>) -> PeerDecision {
+        let len = payload.len();
+        if payload.start < PEER_HEADROOM || payload.end + PEER_TAILROOM > buf.len() || len > 0xFFFF - 64 {
+            return PeerDecision::Drop;
+        }
+        let tid: [u8; 12] = self.rng.gen();
+        let Some(a) = self.get_mut(relay) else {
+            return PeerDecision::Drop;
+        };
+        a.stats.peer_rcv.add(len);
+        if a.state != State::Active || a.expires <= now || !a.permissions.allows(peer.ip(), now) {
+            a.stats.dropped.add(len);
+            self.counters.dropped_no_permission += 1;
+            return PeerDecision::Drop;
+        }
+        if !a.to_client_bucket.try_take(now, len) {
+            a.stats.dropped.add(len);
+            self.counters.dropped_bandwidth += 1;
+            return PeerDecision::Drop;
+        }
+        a.stats.client_sent.add(len);
+        let to = a.five_tuple;
+        if let Some(number) = a.channels.number(peer, now) {
+            let start = payload.start - channel_data::HEADER_LEN;
+            channel_data::write_header(&mut buf[start..payload.start], number, len);
+            let mut end = payload.end;
+            if to.transport.is_stream() {
+                let pad = channel_data::stream_padding(len);
+                buf[end..end + pad].fill(0);
+                end += pad;
+            }
+            return PeerDecision::Forward { to, frame: start..end };
+        }
+        // Data indication: header, XOR-PEER-ADDRESS, DATA (RFC 8656 §11.3).
+        let alen = attr::address_len(&peer);
+        let head = 20 + 4 + alen + 4;
+        let start = payload.start - head;
+        let pad = (4 - len % 4) % 4;
+        let body = head - 20 + len + pad;
+        let h = &mut buf[start..payload.start];
+        h[0..2].copy_from_slice(&crate::proto::message::message_type(Method::DATA, Class::Indication).to_be_bytes());
+        h[2..4].copy_from_slice(&(body as u16).to_be_bytes());
+        h[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+        h[8..20].copy_from_slice(&tid);
+        h[20..22].copy_from_slice(&attr::XOR_PEER_ADDRESS.to_be_bytes());
+        h[22..24].copy_from_slice(&(alen as u16).to_be_bytes());
+        attr::write_xor_address(&mut h[24..24 + alen], &peer, &tid);
+        h[24 + alen..26 + alen].copy_from_slice(&attr::DATA.to_be_bytes());
+        h[26 + alen..28 + alen].copy_from_slice(&(len as u16).to_be_bytes());
+        buf[payload.end..payload.end + pad].fill(0);
+        PeerDecision::Forward {
+            to,
+            frame: start..payload.end + pad,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
