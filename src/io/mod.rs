@@ -1,1 +1,106 @@
-//! io
+//! Every syscall: worker threads, UDP listeners, TCP streams and relay sockets.
+//!
+//! Workers share nothing (DESIGN.md, "The data path"): each is a thread with its own
+//! current-thread tokio runtime, its own engine shard ([`crate::engine::Server`]), its own
+//! SO_REUSEPORT listening socket per address and the relay sockets of the allocations it made.
+//! The kernel hashes a client's 5-tuple to one worker, so a flow never crosses threads and no
+//! lock is taken per packet. All sockets are bound by [`start`] before any worker runs, so a
+//! busy port is an error at start-up, not a log line later.
+
+pub mod relay;
+pub mod stream;
+pub mod udp;
+pub mod worker;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::engine::{ServerConfig, Shared};
+
+/// What the I/O layer needs to run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Worker threads (each with its own listeners and engine shard).
+    pub workers: usize,
+    /// UDP listening addresses (every worker binds each).
+    pub udp: Vec<SocketAddr>,
+    /// TCP listening addresses.
+    pub tcp: Vec<SocketAddr>,
+    /// SO_RCVBUF/SO_SNDBUF for listeners and relay sockets.
+    pub sock_buf_size: Option<usize>,
+    /// Open TCP connections allowed at once, all workers together.
+    pub max_tcp_connections: usize,
+    pub engine: Arc<ServerConfig>,
+    pub shared: Arc<Shared>,
+}
+
+/// Running workers; dropping it does not stop them, [`Running::shutdown`] does.
+pub struct Running {
+    threads: Vec<JoinHandle<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    /// The addresses actually bound (with ports resolved when 0 was asked for, worker 0's).
+    pub udp_addrs: Vec<SocketAddr>,
+    pub tcp_addrs: Vec<SocketAddr>,
+}
+
+/// Bind every listener for every worker, then start the workers.
+///
+/// With port 0 in an address, worker 0 picks the port and the other workers bind the same one.
+pub fn start(rc: RunConfig) -> io::Result<Running> {
+    let workers = rc.workers.max(1);
+    let mut per_worker: Vec<(Vec<std::net::UdpSocket>, Vec<std::net::TcpListener>)> = Vec::new();
+    let mut udp_addrs = rc.udp.clone();
+    let mut tcp_addrs = rc.tcp.clone();
+    for w in 0..workers {
+        let mut udp = Vec::new();
+        for a in udp_addrs.iter_mut() {
+            let s = udp::bind_udp(*a, true, rc.sock_buf_size)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on udp {a}: {e}")))?;
+            if w == 0 {
+                *a = s.local_addr()?;
+            }
+            udp.push(s);
+        }
+        let mut tcp = Vec::new();
+        for a in tcp_addrs.iter_mut() {
+            let l = udp::bind_tcp(*a, 1024)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on tcp {a}: {e}")))?;
+            if w == 0 {
+                *a = l.local_addr()?;
+            }
+            tcp.push(l);
+        }
+        per_worker.push((udp, tcp));
+    }
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let tcp_count = Arc::new(AtomicUsize::new(0));
+    let mut threads = Vec::new();
+    for (i, (udp, tcp)) in per_worker.into_iter().enumerate() {
+        let rc = rc.clone();
+        let stop_rx = stop_rx.clone();
+        let tcp_count = tcp_count.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("vigi-worker-{i}"))
+            .spawn(move || worker::run(i, rc, udp, tcp, tcp_count, stop_rx))?;
+        threads.push(t);
+    }
+    Ok(Running {
+        threads,
+        stop,
+        udp_addrs,
+        tcp_addrs,
+    })
+}
+
+impl Running {
+    /// Stop every worker, close every socket, and wait for the threads.
+    pub fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! STUN/TURN over TCP (RFC 8656 §3.1, RFC 8489 §6.2.2): messages and ChannelData (padded to 4
+//! bytes) back to back on one connection, framed check-then-parse. One connection is one 5-tuple,
+//! so it holds at most one allocation, which ends when the connection closes. Connections are
+//! capped across workers and closed when idle.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use super::worker::WorkerState;
+use crate::engine::{ClientDecision, FiveTuple, Transport};
+use crate::proto::framing::{frame_len, MAX_FRAME};
+
+/// A connection with nothing to read for this long is closed. Clients with an allocation refresh
+/// permissions every 5 minutes at the latest, so a live one is never idle this long.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Frames queued for a client that does not read; beyond this they are dropped.
+const SEND_QUEUE: usize = 1024;
+
+pub(crate) async fn accept_loop(st: Rc<WorkerState>, listener: TcpListener) {
+    let local = match listener.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off rather than spin.
+                tracing::warn!("tcp accept on {local}: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let n = st.tcp_count.fetch_add(1, Ordering::Relaxed);
+        if n >= st.max_tcp {
+            st.tcp_count.fetch_sub(1, Ordering::Relaxed);
+            tracing::debug!("tcp connection from {peer} refused: {n} open");
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let st2 = st.clone();
+        tokio::task::spawn_local(async move {
+            connection(st2.clone(), stream, peer, local).await;
+            st2.tcp_count.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+async fn connection(st: Rc<WorkerState>, stream: TcpStream, client: SocketAddr, local: SocketAddr) {
+    let five = FiveTuple {
+        transport: Transport::Tcp,
+        client,
+        server: local,
+    };
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(SEND_QUEUE);
+    st.streams.borrow_mut().insert(five, tx);
+    let writer = tokio::task::spawn_local(async move {
+        while let Some(buf) = rx.recv().await {
+            if wr.write_all(&buf).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut buf = vec![0u8; 4096];
+    let mut filled = 0usize;
+    'conn: loop {
+        if filled == buf.len() {
+            if buf.len() >= MAX_FRAME {
+                break;
+            }
+            buf.resize((buf.len() * 2).min(MAX_FRAME), 0);
+        }
+        let n = match tokio::time::timeout(IDLE_TIMEOUT, rd.read(&mut buf[filled..])).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => n,
+        };
+        filled += n;
+        let mut start = 0;
+        while start < filled {
+            let len = match frame_len(&buf[start..filled]) {
+                Ok(Some(len)) => len,
+                Ok(None) => break,
+                Err(_) => break 'conn, // not STUN/TURN: the stream cannot be resynchronised
+            };
+            let frame = &buf[start..start + len];
+            let now = Instant::now();
+            let decision = st.engine.borrow_mut().handle_client_input(now, five, frame);
+            if let ClientDecision::Forward { relay, peer, payload } = decision {
+                st.send_to_peer(relay, peer, &frame[payload]);
+            }
+            st.drain_commands(now);
+            start += len;
+        }
+        buf.copy_within(start..filled, 0);
+        filled -= start;
+    }
+    st.streams.borrow_mut().remove(&five);
+    writer.abort();
+    st.engine.borrow_mut().handle_transport_closed(five);
+    st.drain_commands(Instant::now());
+}

@@ -1,0 +1,216 @@
+//! One worker: a thread, a current-thread tokio runtime, an engine shard, and the tasks that read
+//! its sockets. Tasks hold no buffers across awaits: they wait for readiness, then read into the
+//! worker's one buffer and hand it to the engine synchronously, so an idle allocation costs a
+//! socket and a small task, not a 64 KiB buffer.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{relay, stream, RunConfig};
+use crate::engine::server::{PEER_HEADROOM, PEER_TAILROOM};
+use crate::engine::{AllocationId, ClientDecision, Command, FiveTuple, Server, Transport};
+
+/// Datagrams read per readiness wake-up before yielding to other sockets.
+pub(crate) const READ_BUDGET: usize = 64;
+/// Largest UDP payload.
+pub(crate) const MAX_DATAGRAM: usize = 65_535;
+
+pub(crate) struct Relay {
+    pub id: AllocationId,
+    pub socket: Rc<UdpSocket>,
+    pub task: JoinHandle<()>,
+}
+
+/// Everything a worker's tasks share. Single-threaded: RefCells are never borrowed across an await.
+pub(crate) struct WorkerState {
+    pub engine: RefCell<Server>,
+    pub udp: Vec<(SocketAddr, Rc<UdpSocket>)>,
+    pub relays: RefCell<Vec<Option<Relay>>>,
+    pub streams: RefCell<HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>>,
+    /// The one receive buffer; its front has room for headers written in place.
+    pub buf: RefCell<Vec<u8>>,
+    pub sock_buf_size: Option<usize>,
+    pub tcp_count: Arc<AtomicUsize>,
+    pub max_tcp: usize,
+}
+
+pub(crate) fn run(
+    index: usize,
+    rc: RunConfig,
+    udp: Vec<std::net::UdpSocket>,
+    tcp: Vec<std::net::TcpListener>,
+    tcp_count: Arc<AtomicUsize>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("worker {index}: cannot start its runtime: {e}");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let now = Instant::now();
+        let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let seed = rand::random::<u64>() ^ index as u64;
+        let engine = Server::new(rc.engine.clone(), rc.shared.clone(), now, unix, seed);
+        let mut udp_socks = Vec::new();
+        for s in udp {
+            let addr = match s.local_addr() {
+                Ok(a) => a,
+                Err(_) => continue,
+            };
+            match UdpSocket::from_std(s) {
+                Ok(s) => udp_socks.push((addr, Rc::new(s))),
+                Err(e) => tracing::error!("worker {index}: udp {addr}: {e}"),
+            }
+        }
+        let st = Rc::new(WorkerState {
+            engine: RefCell::new(engine),
+            udp: udp_socks,
+            relays: RefCell::new(Vec::new()),
+            streams: RefCell::new(HashMap::new()),
+            buf: RefCell::new(vec![0; PEER_HEADROOM + MAX_DATAGRAM + PEER_TAILROOM]),
+            sock_buf_size: rc.sock_buf_size,
+            tcp_count,
+            max_tcp: rc.max_tcp_connections,
+        });
+        for (addr, sock) in st.udp.clone() {
+            tokio::task::spawn_local(udp_listener(st.clone(), addr, sock));
+        }
+        for l in tcp {
+            match tokio::net::TcpListener::from_std(l) {
+                Ok(l) => {
+                    tokio::task::spawn_local(stream::accept_loop(st.clone(), l));
+                }
+                Err(e) => tracing::error!("worker {index}: tcp listener: {e}"),
+            }
+        }
+        tokio::task::spawn_local(timer_loop(st.clone()));
+        tracing::debug!("worker {index} running");
+        let _ = stop.wait_for(|s| *s).await;
+        // Free every relay socket before the runtime goes away.
+        for r in st.relays.borrow_mut().drain(..).flatten() {
+            r.task.abort();
+        }
+    });
+}
+
+/// Read client datagrams from one listening socket.
+async fn udp_listener(st: Rc<WorkerState>, local: SocketAddr, sock: Rc<UdpSocket>) {
+    loop {
+        if sock.readable().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        for _ in 0..READ_BUDGET {
+            let mut buf = st.buf.borrow_mut();
+            let (n, from) = match sock.try_recv_from(&mut buf[..MAX_DATAGRAM]) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // ICMP errors surface as recv errors on Linux; they concern one peer, not us.
+                Err(_) => continue,
+            };
+            let now = Instant::now();
+            let five = FiveTuple {
+                transport: Transport::Udp,
+                client: from,
+                server: local,
+            };
+            let decision = st.engine.borrow_mut().handle_client_input(now, five, &buf[..n]);
+            if let ClientDecision::Forward { relay, peer, payload } = decision {
+                st.send_to_peer(relay, peer, &buf[payload]);
+            }
+            drop(buf);
+            st.drain_commands(now);
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Expire allocations once a second (the engine's own heap orders them).
+async fn timer_loop(st: Rc<WorkerState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        st.engine.borrow_mut().handle_timeout(now);
+        st.drain_commands(now);
+    }
+}
+
+impl WorkerState {
+    /// Send a payload from an allocation's relay socket. Non-blocking: a full socket buffer drops
+    /// the datagram, as the network would.
+    pub fn send_to_peer(&self, id: AllocationId, peer: SocketAddr, data: &[u8]) {
+        let relays = self.relays.borrow();
+        if let Some(Some(r)) = relays.get(id.index()) {
+            if r.id == id {
+                let _ = r.socket.try_send_to(data, peer);
+            }
+        }
+    }
+
+    /// Send bytes to a client on its 5-tuple.
+    pub fn send_to_client(&self, to: FiveTuple, data: &[u8]) {
+        match to.transport {
+            Transport::Udp | Transport::Dtls => {
+                if let Some((_, s)) = self.udp.iter().find(|(a, _)| *a == to.server) {
+                    let _ = s.try_send_to(data, to.client);
+                }
+            }
+            Transport::Tcp | Transport::Tls => {
+                if let Some(tx) = self.streams.borrow().get(&to) {
+                    // A client that does not read loses data rather than growing our memory.
+                    let _ = tx.try_send(data.to_vec());
+                }
+            }
+        }
+    }
+
+    /// Carry out everything the engine asked for.
+    pub fn drain_commands(self: &Rc<Self>, now: Instant) {
+        loop {
+            let cmd = self.engine.borrow_mut().poll_command();
+            let Some(cmd) = cmd else {
+                return;
+            };
+            match cmd {
+                Command::Send { to, data } => self.send_to_client(to, &data),
+                Command::BindRelay {
+                    id,
+                    addr,
+                    dont_fragment,
+                } => {
+                    let result = relay::bind(self, id, addr, dont_fragment);
+                    if let Err(e) = &result {
+                        tracing::debug!("relay bind {addr}: {e}");
+                    }
+                    self.engine.borrow_mut().handle_relay_bound(now, id, result.map_err(|_| ()));
+                }
+                Command::FreeRelay { id } => {
+                    let mut relays = self.relays.borrow_mut();
+                    if let Some(slot) = relays.get_mut(id.index()) {
+                        if slot.as_ref().is_some_and(|r| r.id == id) {
+                            if let Some(r) = slot.take() {
+                                r.task.abort();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
