@@ -1,1 +1,757 @@
-//! config
+//! Everything a user configures: coturn's command-line options and `turnserver.conf`, resolved
+//! into one validated [`Config`] before anything binds.
+//!
+//! One parser serves both sources. The config file's lines become `--key=value` tokens
+//! ([`conf_file`]) that the command-line parser ([`cli`]) reads, so a file key and a flag can
+//! never disagree. Each file line is first parsed alone, so a bad value is reported as
+//! `FILE:LINE: ...`; then the file's tokens and the real arguments are parsed together, file
+//! first, so the command line beats the file for single-valued options and repeatable options
+//! (`--user`, `--listening-ip`, ...) accumulate from both.
+//!
+//! Options coturn has and vigi-turn does not implement are listed in [`cli::UNSUPPORTED`]: the
+//! harmless ones are accepted with a warning, the ones whose absence would weaken security or
+//! authentication make [`Config::load`] fail.
+
+pub mod cli;
+pub mod conf_file;
+pub mod types;
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{ArgMatches, Command, FromArgMatches};
+use tracing::warn;
+
+use cli::{Cli, Policy, Unsupported};
+pub use types::{ExternalIp, IpRange, UserEntry, UserEntryError, UserSecret};
+
+/// Which credential mechanism TURN requests go through, resolved from `--lt-cred-mech`,
+/// `--use-auth-secret`, `--no-auth` and `--user`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// `-z`/`--no-auth`: anonymous TURN.
+    NoAuth,
+    /// Long-term credentials (RFC 8489 §9.2) against the static `--user` list. This is also the
+    /// mode when no auth option is given at all: vigi-turn never runs an open relay by default
+    /// (with no users, every Allocate is then rejected).
+    LongTerm,
+    /// TURN REST API: time-limited user names, passwords derived from `--static-auth-secret`.
+    RestApi,
+}
+
+/// The resolved, validated configuration. Built only by [`Config::load`] and
+/// [`Config::load_with_file_text`]. `Debug` never prints passwords or secrets.
+#[derive(Clone)]
+pub struct Config {
+    // ---- listeners ----
+    pub listening_port: u16,
+    pub tls_listening_port: u16,
+    /// RFC 5780 alternative port: `--alt-listening-port`, else listening port + 1 (0 if that
+    /// would overflow, meaning none).
+    pub alt_listening_port: u16,
+    /// Same for TLS/DTLS: `--alt-tls-listening-port`, else TLS port + 1.
+    pub alt_tls_listening_port: u16,
+    /// Empty: all interfaces.
+    pub listening_ips: Vec<IpAddr>,
+    /// Empty: relay from the address the client reached us on.
+    pub relay_ips: Vec<IpAddr>,
+    pub external_ips: Vec<ExternalIp>,
+    pub no_udp: bool,
+    pub no_tcp: bool,
+    pub no_tls: bool,
+    pub no_dtls: bool,
+    pub no_udp_relay: bool,
+    pub no_tcp_relay: bool,
+
+    // ---- relay ----
+    /// Resolved: never 0 (absent or 0 means one per CPU).
+    pub relay_threads: usize,
+    pub min_port: u16,
+    pub max_port: u16,
+    pub allow_loopback_peers: bool,
+    pub no_multicast_peers: bool,
+    pub denied_peer_ips: Vec<IpRange>,
+    pub allowed_peer_ips: Vec<IpRange>,
+    pub mobility: bool,
+
+    // ---- STUN behaviour ----
+    pub fingerprint: bool,
+    pub stun_only: bool,
+    pub no_stun: bool,
+    pub no_software_attribute: bool,
+    /// `--software-attribute` (vigi-turn extension): replaces the default SOFTWARE text.
+    pub software_attribute: Option<String>,
+    pub no_rfc5780: bool,
+    pub no_stun_backward_compatibility: bool,
+    pub response_origin_only_with_rfc5780: bool,
+
+    // ---- authentication ----
+    pub auth: AuthMode,
+    /// As given on the command line or in the file; [`Config::auth`] is what to act on.
+    pub lt_cred_mech: bool,
+    pub no_auth: bool,
+    pub use_auth_secret: bool,
+    pub users: Vec<UserEntry>,
+    pub static_auth_secrets: Vec<String>,
+    /// `None` when not given or empty; the caller picks the fallback.
+    pub realm: Option<String>,
+    pub server_name: Option<String>,
+    pub rest_api_separator: char,
+    /// `-b`/`--userdb`: recorded only, never read or written.
+    pub userdb: Option<PathBuf>,
+
+    // ---- quotas and lifetimes (0 quota = unlimited) ----
+    pub user_quota: u32,
+    pub total_quota: u32,
+    pub max_bps: u64,
+    pub bps_capacity: u64,
+    /// Nonce lifetime in seconds; 0 = unlimited.
+    pub stale_nonce: u32,
+    pub max_allocate_lifetime: u32,
+    pub default_allocate_lifetime: u32,
+    pub permission_lifetime: u32,
+    pub channel_lifetime: u32,
+    pub strict_expiry: bool,
+
+    // ---- TLS ----
+    pub cert: Option<PathBuf>,
+    pub pkey: Option<PathBuf>,
+    pub cipher_list: Option<String>,
+    pub dh_file: Option<PathBuf>,
+    pub no_tlsv1: bool,
+    pub no_tlsv1_1: bool,
+    pub no_tlsv1_2: bool,
+
+    // ---- redirection: `IP`, `IPv4:PORT` or `[IPv6]:PORT`, checked ----
+    pub alternate_servers: Vec<String>,
+    pub tls_alternate_servers: Vec<String>,
+
+    // ---- logging and process ----
+    /// `None` when not given or empty; "stdout", "-" and "syslog" are special, as in coturn.
+    pub log_file: Option<String>,
+    pub simple_log: bool,
+    pub no_stdout_log: bool,
+    pub syslog: bool,
+    /// 0 normal, 1 `-v`/`--verbose`, 2 `-V`/`--Verbose`.
+    pub verbose: u8,
+    pub pidfile: Option<PathBuf>,
+    pub daemon: bool,
+    pub proc_user: Option<String>,
+    pub proc_group: Option<String>,
+    pub no_cli: bool,
+    /// Seconds to wait for allocations to end after SIGUSR1 before exiting.
+    pub drain_timeout: u32,
+
+    // ---- sockets (vigi-turn extensions) ----
+    /// SO_RCVBUF/SO_SNDBUF in bytes; `None` = kernel default.
+    pub sock_buf_size: Option<usize>,
+    /// Concurrent TCP/TLS client connections; 0 = unlimited. Default 10000.
+    pub max_tcp_connections: usize,
+
+    // ---- metrics ----
+    pub prometheus: bool,
+    pub prometheus_port: u16,
+    /// `None`: all interfaces.
+    pub prometheus_address: Option<IpAddr>,
+    pub prometheus_username_labels: bool,
+
+    // ---- provenance ----
+    /// The config file actually read, if any.
+    pub conf_file: Option<PathBuf>,
+    /// Every warning emitted while loading (already sent to `tracing::warn!`). Logging is set
+    /// up from this very config, so a caller that installs its subscriber only after
+    /// [`Config::load`] should log these itself.
+    pub warnings: Vec<String>,
+}
+
+/// Why the configuration was refused. `Display` is one line naming the flag (`--min-port: ...`)
+/// or the file line (`FILE:LINE: ...`); the caller prints it and exits with status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The command line did not parse, or asked for `--help`/`--version`. For the latter,
+    /// [`ConfigError::is_help_or_version`] is true and `clap::Error::exit` prints the text and
+    /// exits 0; [`ConfigError::exit`] does all of this.
+    #[error("{}", first_line(.0))]
+    Clap(clap::Error),
+    /// A config file line is invalid.
+    #[error("{file}:{line}: {message}")]
+    File {
+        file: String,
+        line: usize,
+        message: String,
+    },
+    /// The config file named by `-c` (or found in the search path) cannot be read.
+    #[error("{}: cannot read config file: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// An option vigi-turn knows but does not implement, and that it will not ignore because
+    /// that would weaken security. `at` is `--flag` or `FILE:LINE: key`.
+    #[error("{at}: not supported yet ({what}); vigi-turn refuses to start rather than run with weaker security")]
+    Unsupported { at: String, what: &'static str },
+    /// Values that parse but do not make sense (together). `flag` is `--name`.
+    #[error("{flag}: {message}")]
+    Invalid { flag: &'static str, message: String },
+}
+
+impl ConfigError {
+    /// True for `--help` and `--version`: not an error, the caller should print and exit 0.
+    pub fn is_help_or_version(&self) -> bool {
+        matches!(self, ConfigError::Clap(e) if !e.use_stderr())
+    }
+
+    /// Ends the process as coturn would: help/version text on stdout with status 0, anything
+    /// else as one line `vigi-turn: <message>` on stderr with status 2.
+    pub fn exit(&self) -> ! {
+        match self {
+            ConfigError::Clap(e) if !e.use_stderr() => e.exit(),
+            other => {
+                eprintln!("vigi-turn: {other}");
+                std::process::exit(2)
+            }
+        }
+    }
+
+    fn invalid(flag: &'static str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            flag,
+            message: message.into(),
+        }
+    }
+}
+
+/// The first line of a clap error, without clap's `error: ` prefix and usage hints.
+fn first_line(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    line.strip_prefix("error: ").unwrap_or(line).to_owned()
+}
+
+impl Config {
+    /// Parses the command line (`args[0]` is the program name) plus the config file it points
+    /// to: `-c FILE`, else `turnserver.conf` from [`conf_file::SEARCH_DIRS`] if present; `-n`
+    /// reads no file. A file that is found or named but cannot be read is an error.
+    ///
+    /// `--help` and `--version` come back as a [`ConfigError::Clap`] for which
+    /// [`ConfigError::is_help_or_version`] is true; [`ConfigError::exit`] handles both cases.
+    pub fn load<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let mut cmd = cli::command();
+        let mut warnings = Warnings::default();
+        let matches = parse_cli(&mut cmd, &args, &mut warnings)?;
+        let named = matches.get_one::<PathBuf>("conf_file");
+        let path = if flag(&matches, "no_config") {
+            if let Some(p) = named {
+                warnings.push(format!(
+                    "-c {}: ignored because -n was given; no config file is read",
+                    p.display()
+                ));
+            }
+            None
+        } else if let Some(p) = named {
+            Some(conf_file::resolve_explicit(p))
+        } else {
+            conf_file::search(Path::new(conf_file::DEFAULT_NAME))
+        };
+        let file = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                Some((path, text))
+            }
+            None => None,
+        };
+        let file = file
+            .as_ref()
+            .map(|(path, text)| (path.display().to_string(), path.clone(), text.as_str()));
+        finish(cmd, &args, file, warnings)
+    }
+
+    /// As [`Config::load`], but the config file's text is given and `-c`/`-n` are not looked
+    /// at; `name` stands for the file in messages and in [`Config::conf_file`]. For tests.
+    pub fn load_with_file_text(
+        args: &[&str],
+        name: &str,
+        text: &str,
+    ) -> Result<Config, ConfigError> {
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        let mut cmd = cli::command();
+        let mut warnings = Warnings::default();
+        parse_cli(&mut cmd, &args, &mut warnings)?;
+        finish(
+            cmd,
+            &args,
+            Some((name.to_owned(), PathBuf::from(name), text)),
+            warnings,
+        )
+    }
+}
+
+/// Warnings, each emitted once.
+#[derive(Default)]
+struct Warnings {
+    once: HashSet<&'static str>,
+    list: Vec<String>,
+}
+
+impl Warnings {
+    fn push(&mut self, message: String) {
+        warn!("{message}");
+        self.list.push(message);
+    }
+
+    fn push_once(&mut self, key: &'static str, message: String) {
+        if self.once.insert(key) {
+            self.push(message);
+        }
+    }
+}
+
+fn flag(m: &ArgMatches, id: &str) -> bool {
+    m.get_one::<bool>(id).copied().unwrap_or(false)
+}
+
+/// Parses the real command line alone: reports its errors without any file in the way, and
+/// applies the [`cli::UNSUPPORTED`] policies to it.
+fn parse_cli(
+    cmd: &mut Command,
+    args: &[OsString],
+    warnings: &mut Warnings,
+) -> Result<ArgMatches, ConfigError> {
+    let matches = cmd
+        .try_get_matches_from_mut(args.iter().cloned())
+        .map_err(ConfigError::Clap)?;
+    for opt in cli::unsupported_set(&matches) {
+        apply_policy(opt, format!("--{}", opt.long), warnings)?;
+    }
+    Ok(matches)
+}
+
+fn apply_policy(opt: &Unsupported, at: String, warnings: &mut Warnings) -> Result<(), ConfigError> {
+    match opt.policy {
+        Policy::Refuse(what) => Err(ConfigError::Unsupported { at, what }),
+        Policy::Ignore => {
+            warnings.push_once(
+                opt.long,
+                format!("{at}: option is accepted but not implemented; ignored"),
+            );
+            Ok(())
+        }
+        Policy::IgnoreCli => {
+            warnings.push_once(
+                opt.long,
+                format!("{at}: vigi-turn has no telnet CLI; option ignored"),
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Validates each file line on its own, then parses file tokens and arguments together.
+fn finish(
+    mut cmd: Command,
+    args: &[OsString],
+    file: Option<(String, PathBuf, &str)>,
+    mut warnings: Warnings,
+) -> Result<Config, ConfigError> {
+    let program = args
+        .first()
+        .cloned()
+        .unwrap_or_else(|| OsString::from("vigi-turn"));
+    let mut tokens = vec![program.clone()];
+    let mut conf_path = None;
+    if let Some((name, path, text)) = file {
+        tokens.extend(
+            file_tokens(&mut cmd, &program, &name, text, &mut warnings)?
+                .into_iter()
+                .map(OsString::from),
+        );
+        conf_path = Some(path);
+    }
+    tokens.extend(args.iter().skip(1).cloned());
+    let matches = cmd
+        .try_get_matches_from_mut(tokens)
+        .map_err(ConfigError::Clap)?;
+    let cli = Cli::from_arg_matches(&matches).map_err(ConfigError::Clap)?;
+    resolve(cli, conf_path, warnings)
+}
+
+/// The tokens of a config file's lines, each line checked alone: a bad value is a `FILE:LINE`
+/// error, an unknown key a `FILE:LINE` warning (the line is skipped).
+fn file_tokens(
+    cmd: &mut Command,
+    program: &OsString,
+    name: &str,
+    text: &str,
+    warnings: &mut Warnings,
+) -> Result<Vec<String>, ConfigError> {
+    let mut tokens = Vec::new();
+    for line in conf_file::lines(text) {
+        let at = |message: String| ConfigError::File {
+            file: name.to_owned(),
+            line: line.number,
+            message,
+        };
+        if cli::CLI_ONLY.contains(&line.key) {
+            warnings.push(format!(
+                "{name}:{}: {}: only valid on the command line; line skipped",
+                line.number, line.key
+            ));
+            continue;
+        }
+        let known = cmd.get_arguments().any(|a| {
+            a.get_long() == Some(line.key)
+                || a.get_all_aliases()
+                    .is_some_and(|aliases| aliases.contains(&line.key))
+        });
+        if !known {
+            warnings.push(format!(
+                "{name}:{}: unknown option '{}'; line skipped",
+                line.number, line.key
+            ));
+            continue;
+        }
+        let token = line.token();
+        let matches = cmd
+            .try_get_matches_from_mut([program.clone(), OsString::from(&token)])
+            .map_err(|e| at(first_line(&e)))?;
+        for opt in cli::unsupported_set(&matches) {
+            apply_policy(
+                opt,
+                format!("{name}:{}: {}", line.number, line.key),
+                warnings,
+            )?;
+        }
+        tokens.push(token);
+    }
+    Ok(tokens)
+}
+
+fn non_empty(s: Option<String>) -> Option<String> {
+    s.filter(|s| !s.is_empty())
+}
+
+fn resolve(
+    cli: Cli,
+    conf_file: Option<PathBuf>,
+    mut warnings: Warnings,
+) -> Result<Config, ConfigError> {
+    validate(&cli)?;
+
+    let auth = if cli.no_auth {
+        AuthMode::NoAuth
+    } else if cli.use_auth_secret {
+        AuthMode::RestApi
+    } else {
+        AuthMode::LongTerm
+    };
+    match auth {
+        AuthMode::RestApi if !cli.user.is_empty() => warnings.push(
+            "--user: static users are not used with --use-auth-secret (TURN REST API)".into(),
+        ),
+        AuthMode::NoAuth if !cli.user.is_empty() => {
+            warnings.push("--user: static users are not used with --no-auth".into())
+        }
+        AuthMode::LongTerm if cli.user.is_empty() && !cli.stun_only => warnings.push(
+            "no --user configured: every TURN Allocate will be rejected \
+             (use --user, --use-auth-secret or --no-auth)"
+                .into(),
+        ),
+        _ => {}
+    }
+    if let Some(db) = &cli.userdb {
+        warnings.push(format!(
+            "--userdb {}: the user database is not read; only static --user entries ({}) \
+             and --static-auth-secret values are used",
+            db.display(),
+            cli.user.len()
+        ));
+    }
+
+    let relay_threads = match cli.relay_threads {
+        None | Some(0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Some(n) => n,
+    };
+    let derived = |explicit: u16, base: u16| {
+        if explicit != 0 {
+            explicit
+        } else {
+            base.checked_add(1).unwrap_or(0)
+        }
+    };
+
+    Ok(Config {
+        alt_listening_port: derived(cli.alt_listening_port, cli.listening_port),
+        alt_tls_listening_port: derived(cli.alt_tls_listening_port, cli.tls_listening_port),
+        listening_port: cli.listening_port,
+        tls_listening_port: cli.tls_listening_port,
+        listening_ips: cli.listening_ip,
+        relay_ips: cli.relay_ip,
+        external_ips: cli.external_ip,
+        no_udp: cli.no_udp,
+        no_tcp: cli.no_tcp,
+        no_tls: cli.no_tls,
+        no_dtls: cli.no_dtls,
+        no_udp_relay: cli.no_udp_relay,
+        no_tcp_relay: cli.no_tcp_relay,
+        relay_threads,
+        min_port: cli.min_port,
+        max_port: cli.max_port,
+        allow_loopback_peers: cli.allow_loopback_peers,
+        no_multicast_peers: cli.no_multicast_peers,
+        denied_peer_ips: cli.denied_peer_ip,
+        allowed_peer_ips: cli.allowed_peer_ip,
+        mobility: cli.mobility,
+        fingerprint: cli.fingerprint,
+        stun_only: cli.stun_only,
+        no_stun: cli.no_stun,
+        no_software_attribute: cli.no_software_attribute,
+        software_attribute: cli.software_attribute,
+        no_rfc5780: cli.no_rfc5780,
+        no_stun_backward_compatibility: cli.no_stun_backward_compatibility,
+        response_origin_only_with_rfc5780: cli.response_origin_only_with_rfc5780,
+        auth,
+        lt_cred_mech: cli.lt_cred_mech,
+        no_auth: cli.no_auth,
+        use_auth_secret: cli.use_auth_secret,
+        users: cli.user,
+        static_auth_secrets: cli.static_auth_secret,
+        realm: non_empty(cli.realm),
+        server_name: non_empty(cli.server_name),
+        rest_api_separator: cli.rest_api_separator,
+        userdb: cli.userdb,
+        user_quota: cli.user_quota,
+        total_quota: cli.total_quota,
+        max_bps: cli.max_bps,
+        bps_capacity: cli.bps_capacity,
+        stale_nonce: cli.stale_nonce,
+        max_allocate_lifetime: cli.max_allocate_lifetime,
+        default_allocate_lifetime: cli.default_allocate_lifetime,
+        permission_lifetime: cli.permission_lifetime,
+        channel_lifetime: cli.channel_lifetime,
+        strict_expiry: cli.strict_expiry,
+        cert: cli.cert,
+        pkey: cli.pkey,
+        cipher_list: non_empty(cli.cipher_list),
+        dh_file: cli.dh_file,
+        no_tlsv1: cli.no_tlsv1,
+        no_tlsv1_1: cli.no_tlsv1_1,
+        no_tlsv1_2: cli.no_tlsv1_2,
+        alternate_servers: cli.alternate_server,
+        tls_alternate_servers: cli.tls_alternate_server,
+        log_file: non_empty(cli.log_file),
+        simple_log: cli.simple_log,
+        no_stdout_log: cli.no_stdout_log,
+        syslog: cli.syslog,
+        verbose: if cli.extra_verbose {
+            2
+        } else {
+            u8::from(cli.verbose)
+        },
+        pidfile: cli.pidfile,
+        daemon: cli.daemon,
+        proc_user: non_empty(cli.proc_user),
+        proc_group: non_empty(cli.proc_group),
+        no_cli: cli.no_cli,
+        drain_timeout: cli.drain_timeout,
+        sock_buf_size: cli
+            .sock_buf_size
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        max_tcp_connections: cli.max_tcp_connections,
+        prometheus: cli.prometheus,
+        prometheus_port: cli.prometheus_port,
+        prometheus_address: cli.prometheus_address,
+        prometheus_username_labels: cli.prometheus_username_labels,
+        conf_file,
+        warnings: warnings.list,
+    })
+}
+
+/// Cross-option checks; each error names the flag to change.
+fn validate(cli: &Cli) -> Result<(), ConfigError> {
+    if cli.min_port > cli.max_port {
+        return Err(ConfigError::invalid(
+            "--min-port",
+            format!(
+                "must not exceed --max-port ({} > {})",
+                cli.min_port, cli.max_port
+            ),
+        ));
+    }
+    if cli.no_auth && cli.lt_cred_mech {
+        return Err(ConfigError::invalid(
+            "--no-auth",
+            "cannot be combined with --lt-cred-mech",
+        ));
+    }
+    if cli.no_auth && cli.use_auth_secret {
+        return Err(ConfigError::invalid(
+            "--no-auth",
+            "cannot be combined with --use-auth-secret",
+        ));
+    }
+    if cli.use_auth_secret && cli.static_auth_secret.is_empty() {
+        return Err(ConfigError::invalid(
+            "--use-auth-secret",
+            "needs at least one --static-auth-secret (secrets cannot be read from a database)",
+        ));
+    }
+    if cli.static_auth_secret.iter().any(String::is_empty) {
+        return Err(ConfigError::invalid(
+            "--static-auth-secret",
+            "must not be empty",
+        ));
+    }
+    if cli.default_allocate_lifetime > cli.max_allocate_lifetime {
+        return Err(ConfigError::invalid(
+            "--default-allocate-lifetime",
+            format!(
+                "must not exceed --max-allocate-lifetime ({} > {})",
+                cli.default_allocate_lifetime, cli.max_allocate_lifetime
+            ),
+        ));
+    }
+    if cli.stun_only && cli.no_stun {
+        return Err(ConfigError::invalid(
+            "--stun-only",
+            "cannot be combined with --no-stun (nothing would be served)",
+        ));
+    }
+    if cli.no_udp && cli.no_tcp && cli.no_tls && cli.no_dtls {
+        return Err(ConfigError::invalid(
+            "--no-udp",
+            "with --no-tcp, --no-tls and --no-dtls no listener is left",
+        ));
+    }
+    if cli.no_udp_relay && cli.no_tcp_relay && !cli.stun_only {
+        return Err(ConfigError::invalid(
+            "--no-udp-relay",
+            "with --no-tcp-relay no relay endpoint is possible (use --stun-only for a STUN server)",
+        ));
+    }
+    if cli.external_ip.len() > 1 && cli.external_ip.iter().any(|x| x.private.is_none()) {
+        return Err(ConfigError::invalid(
+            "--external-ip",
+            "when given several times, every value must be PUBLIC/PRIVATE",
+        ));
+    }
+    Ok(())
+}
+
+/// Prints secrets as a count only.
+struct Redacted(usize);
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{} redacted]", self.0)
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listening_port", &self.listening_port)
+            .field("tls_listening_port", &self.tls_listening_port)
+            .field("alt_listening_port", &self.alt_listening_port)
+            .field("alt_tls_listening_port", &self.alt_tls_listening_port)
+            .field("listening_ips", &self.listening_ips)
+            .field("relay_ips", &self.relay_ips)
+            .field("external_ips", &self.external_ips)
+            .field("no_udp", &self.no_udp)
+            .field("no_tcp", &self.no_tcp)
+            .field("no_tls", &self.no_tls)
+            .field("no_dtls", &self.no_dtls)
+            .field("no_udp_relay", &self.no_udp_relay)
+            .field("no_tcp_relay", &self.no_tcp_relay)
+            .field("relay_threads", &self.relay_threads)
+            .field("min_port", &self.min_port)
+            .field("max_port", &self.max_port)
+            .field("allow_loopback_peers", &self.allow_loopback_peers)
+            .field("no_multicast_peers", &self.no_multicast_peers)
+            .field("denied_peer_ips", &self.denied_peer_ips)
+            .field("allowed_peer_ips", &self.allowed_peer_ips)
+            .field("mobility", &self.mobility)
+            .field("fingerprint", &self.fingerprint)
+            .field("stun_only", &self.stun_only)
+            .field("no_stun", &self.no_stun)
+            .field("no_software_attribute", &self.no_software_attribute)
+            .field("software_attribute", &self.software_attribute)
+            .field("no_rfc5780", &self.no_rfc5780)
+            .field(
+                "no_stun_backward_compatibility",
+                &self.no_stun_backward_compatibility,
+            )
+            .field(
+                "response_origin_only_with_rfc5780",
+                &self.response_origin_only_with_rfc5780,
+            )
+            .field("auth", &self.auth)
+            .field("lt_cred_mech", &self.lt_cred_mech)
+            .field("no_auth", &self.no_auth)
+            .field("use_auth_secret", &self.use_auth_secret)
+            .field("users", &self.users)
+            .field(
+                "static_auth_secrets",
+                &Redacted(self.static_auth_secrets.len()),
+            )
+            .field("realm", &self.realm)
+            .field("server_name", &self.server_name)
+            .field("rest_api_separator", &self.rest_api_separator)
+            .field("userdb", &self.userdb)
+            .field("user_quota", &self.user_quota)
+            .field("total_quota", &self.total_quota)
+            .field("max_bps", &self.max_bps)
+            .field("bps_capacity", &self.bps_capacity)
+            .field("stale_nonce", &self.stale_nonce)
+            .field("max_allocate_lifetime", &self.max_allocate_lifetime)
+            .field("default_allocate_lifetime", &self.default_allocate_lifetime)
+            .field("permission_lifetime", &self.permission_lifetime)
+            .field("channel_lifetime", &self.channel_lifetime)
+            .field("strict_expiry", &self.strict_expiry)
+            .field("cert", &self.cert)
+            .field("pkey", &self.pkey)
+            .field("cipher_list", &self.cipher_list)
+            .field("dh_file", &self.dh_file)
+            .field("no_tlsv1", &self.no_tlsv1)
+            .field("no_tlsv1_1", &self.no_tlsv1_1)
+            .field("no_tlsv1_2", &self.no_tlsv1_2)
+            .field("alternate_servers", &self.alternate_servers)
+            .field("tls_alternate_servers", &self.tls_alternate_servers)
+            .field("log_file", &self.log_file)
+            .field("simple_log", &self.simple_log)
+            .field("no_stdout_log", &self.no_stdout_log)
+            .field("syslog", &self.syslog)
+            .field("verbose", &self.verbose)
+            .field("pidfile", &self.pidfile)
+            .field("daemon", &self.daemon)
+            .field("proc_user", &self.proc_user)
+            .field("proc_group", &self.proc_group)
+            .field("no_cli", &self.no_cli)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("sock_buf_size", &self.sock_buf_size)
+            .field("max_tcp_connections", &self.max_tcp_connections)
+            .field("prometheus", &self.prometheus)
+            .field("prometheus_port", &self.prometheus_port)
+            .field("prometheus_address", &self.prometheus_address)
+            .field(
+                "prometheus_username_labels",
+                &self.prometheus_username_labels,
+            )
+            .field("conf_file", &self.conf_file)
+            .field("warnings", &self.warnings)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,593 @@
+//! The one clap [`Command`] that parses both the command line and `turnserver.conf`.
+//!
+//! Option names and short letters are coturn's (`turnserver -h`), so an existing command line or
+//! config file works unchanged. [`Cli`] holds the options vigi-turn implements, typed; every other
+//! coturn option is listed once in [`UNSUPPORTED`] with its policy (ignore with a warning, or
+//! refuse to start). Moving an option to "implemented" means deleting its row there and adding a
+//! field to [`Cli`].
+//!
+//! coturn accepts a value on boolean flags (`--no-udp=0`, `fingerprint=off` in the file), so every
+//! flag here takes an optional `=VALUE` understood by clap's boolish parser (1/0, on/off, yes/no,
+//! true/false, t/f, y/n).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::builder::{BoolishValueParser, TypedValueParser};
+use clap::error::ErrorKind;
+use clap::{Arg, ArgAction, ArgMatches, Command, CommandFactory, Parser};
+
+use super::types::{check_server_address, ExternalIp, IpRange, UserEntry};
+
+/// The implemented options, as parsed (defaults applied, nothing resolved or cross-checked yet).
+#[derive(Parser)]
+#[command(
+    name = "vigi-turn",
+    version,
+    disable_version_flag = true,
+    args_override_self = true,
+    about = "TURN/STUN server (RFC 8656, RFC 8489); accepts coturn's options and turnserver.conf"
+)]
+pub struct Cli {
+    // ---- configuration file ----
+    /// Configuration file (default: turnserver.conf searched in ., ./etc, ../etc, /etc,
+    /// /etc/coturn, /usr/local/etc, /usr/local/etc/coturn).
+    #[arg(short = 'c', long = "conf-file", value_name = "FILE")]
+    pub conf_file: Option<PathBuf>,
+    /// Do not read any configuration file.
+    #[arg(short = 'n')]
+    pub no_config: bool,
+
+    // ---- listeners ----
+    /// TURN listener port for UDP and TCP.
+    #[arg(short = 'p', long = "listening-port", value_name = "PORT", default_value_t = 3478,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub listening_port: u16,
+    /// TURN listener port for TLS and DTLS.
+    #[arg(long = "tls-listening-port", value_name = "PORT", default_value_t = 5349,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub tls_listening_port: u16,
+    /// Alternative port for RFC 5780 (default: listening port + 1).
+    #[arg(long = "alt-listening-port", value_name = "PORT", default_value_t = 0)]
+    pub alt_listening_port: u16,
+    /// Alternative TLS/DTLS port (default: TLS port + 1).
+    #[arg(
+        long = "alt-tls-listening-port",
+        value_name = "PORT",
+        default_value_t = 0
+    )]
+    pub alt_tls_listening_port: u16,
+    /// Listener IP address; repeatable (default: all interfaces).
+    #[arg(short = 'L', long = "listening-ip", value_name = "IP")]
+    pub listening_ip: Vec<IpAddr>,
+    /// Relay IP address (local address of relay sockets); repeatable.
+    #[arg(short = 'E', long = "relay-ip", value_name = "IP")]
+    pub relay_ip: Vec<IpAddr>,
+    /// Public address of the server behind NAT, PUBLIC or PUBLIC/PRIVATE; repeatable.
+    #[arg(short = 'X', long = "external-ip", value_name = "PUBLIC[/PRIVATE]")]
+    pub external_ip: Vec<ExternalIp>,
+    /// Do not start UDP client listeners.
+    #[arg(long = "no-udp")]
+    pub no_udp: bool,
+    /// Do not start TCP client listeners.
+    #[arg(long = "no-tcp")]
+    pub no_tcp: bool,
+    /// Do not start TLS client listeners.
+    #[arg(long = "no-tls")]
+    pub no_tls: bool,
+    /// Do not start DTLS client listeners.
+    #[arg(long = "no-dtls", alias = "no_dtls")]
+    pub no_dtls: bool,
+    /// Do not allow UDP relay endpoints.
+    #[arg(long = "no-udp-relay")]
+    pub no_udp_relay: bool,
+    /// Do not allow TCP relay endpoints.
+    #[arg(long = "no-tcp-relay")]
+    pub no_tcp_relay: bool,
+
+    // ---- relay ----
+    /// Worker threads (0 or absent: one per CPU).
+    #[arg(short = 'm', long = "relay-threads", value_name = "N")]
+    pub relay_threads: Option<usize>,
+    /// Lowest relay port.
+    #[arg(long = "min-port", value_name = "PORT", default_value_t = 49152,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub min_port: u16,
+    /// Highest relay port.
+    #[arg(long = "max-port", value_name = "PORT", default_value_t = 65535,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_port: u16,
+    /// Allow peers on loopback addresses.
+    #[arg(long = "allow-loopback-peers")]
+    pub allow_loopback_peers: bool,
+    /// Refuse peers on multicast/broadcast addresses.
+    #[arg(long = "no-multicast-peers")]
+    pub no_multicast_peers: bool,
+    /// Peer addresses explicitly allowed: IP, IP-IP or IP/LEN; repeatable.
+    #[arg(long = "allowed-peer-ip", value_name = "IP[-IP]")]
+    pub allowed_peer_ip: Vec<IpRange>,
+    /// Peer addresses refused: IP, IP-IP or IP/LEN; repeatable.
+    #[arg(long = "denied-peer-ip", value_name = "IP[-IP]")]
+    pub denied_peer_ip: Vec<IpRange>,
+    /// Mobility with ICE (MICE).
+    #[arg(long = "mobility")]
+    pub mobility: bool,
+
+    // ---- STUN behaviour ----
+    /// Add FINGERPRINT to messages.
+    #[arg(short = 'f', long = "fingerprint")]
+    pub fingerprint: bool,
+    /// Serve STUN only; TURN requests are ignored.
+    #[arg(short = 'S', long = "stun-only")]
+    pub stun_only: bool,
+    /// Serve TURN only; STUN Binding requests are ignored.
+    #[arg(long = "no-stun")]
+    pub no_stun: bool,
+    /// Do not send the SOFTWARE attribute (formerly --prod).
+    #[arg(long = "no-software-attribute", alias = "prod")]
+    pub no_software_attribute: bool,
+    /// SOFTWARE attribute text (vigi-turn extension).
+    #[arg(long = "software-attribute", value_name = "TEXT")]
+    pub software_attribute: Option<String>,
+    /// Disable RFC 5780 NAT behaviour discovery.
+    #[arg(long = "no-rfc5780")]
+    pub no_rfc5780: bool,
+    /// Answer only RFC 5389+ Binding requests, without MAPPED-ADDRESS.
+    #[arg(long = "no-stun-backward-compatibility")]
+    pub no_stun_backward_compatibility: bool,
+    /// Send RESPONSE-ORIGIN only when RFC 5780 is enabled.
+    #[arg(long = "response-origin-only-with-rfc5780")]
+    pub response_origin_only_with_rfc5780: bool,
+
+    // ---- authentication ----
+    /// Use the long-term credential mechanism.
+    #[arg(short = 'a', long = "lt-cred-mech")]
+    pub lt_cred_mech: bool,
+    /// Allow anonymous access.
+    #[arg(short = 'z', long = "no-auth")]
+    pub no_auth: bool,
+    /// Static user NAME:PASSWORD or NAME:0x<32 hex digits key>; repeatable.
+    #[arg(short = 'u', long = "user", value_name = "NAME:PASSWORD", value_parser = UserParser)]
+    pub user: Vec<UserEntry>,
+    /// Default realm.
+    #[arg(short = 'r', long = "realm", value_name = "REALM")]
+    pub realm: Option<String>,
+    /// Server name (default: the realm).
+    #[arg(long = "server-name", value_name = "NAME")]
+    pub server_name: Option<String>,
+    /// TURN REST API: time-limited credentials from a shared secret.
+    #[arg(long = "use-auth-secret")]
+    pub use_auth_secret: bool,
+    /// Shared secret for the TURN REST API; repeatable.
+    #[arg(long = "static-auth-secret", value_name = "SECRET")]
+    pub static_auth_secret: Vec<String>,
+    /// Separator between timestamp and user name in TURN REST API user names.
+    #[arg(
+        short = 'C',
+        long = "rest-api-separator",
+        value_name = "CHAR",
+        default_value_t = ':'
+    )]
+    pub rest_api_separator: char,
+    /// SQLite user database (accepted; not read: only static --user entries are used).
+    #[arg(
+        short = 'b',
+        long = "userdb",
+        visible_alias = "db",
+        value_name = "FILE"
+    )]
+    pub userdb: Option<PathBuf>,
+
+    // ---- quotas and lifetimes ----
+    /// Concurrent allocations per user (0: unlimited).
+    #[arg(
+        short = 'q',
+        long = "user-quota",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    pub user_quota: u32,
+    /// Concurrent allocations in total (0: unlimited).
+    #[arg(
+        short = 'Q',
+        long = "total-quota",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    pub total_quota: u32,
+    /// Bytes per second per session and direction (0: unlimited).
+    #[arg(short = 's', long = "max-bps", value_name = "N", default_value_t = 0)]
+    pub max_bps: u64,
+    /// Bytes per second for all sessions together (0: unlimited).
+    #[arg(
+        short = 'B',
+        long = "bps-capacity",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    pub bps_capacity: u64,
+    /// Nonce lifetime in seconds (0: unlimited); the bare flag means 600.
+    #[arg(long = "stale-nonce", value_name = "SECONDS", num_args = 0..=1, require_equals = true,
+          default_missing_value = "600", default_value_t = 600)]
+    pub stale_nonce: u32,
+    /// Largest allocation lifetime a client may request, in seconds.
+    #[arg(long = "max-allocate-lifetime", value_name = "SECONDS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_allocate_lifetime: u32,
+    /// Allocation lifetime when the client asks for none, in seconds (vigi-turn extension).
+    #[arg(long = "default-allocate-lifetime", value_name = "SECONDS", default_value_t = 600,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub default_allocate_lifetime: u32,
+    /// Channel binding lifetime in seconds.
+    #[arg(long = "channel-lifetime", value_name = "SECONDS", default_value_t = 600,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub channel_lifetime: u32,
+    /// Permission lifetime in seconds.
+    #[arg(long = "permission-lifetime", value_name = "SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub permission_lifetime: u32,
+    /// Expire allocations, permissions and channels exactly at their lifetime (vigi-turn extension).
+    #[arg(long = "strict-expiry")]
+    pub strict_expiry: bool,
+
+    // ---- TLS ----
+    /// Certificate file, PEM.
+    #[arg(long = "cert", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// Private key file, PEM.
+    #[arg(long = "pkey", value_name = "FILE")]
+    pub pkey: Option<PathBuf>,
+    /// Allowed TLS cipher list.
+    #[arg(long = "cipher-list", value_name = "CIPHERS")]
+    pub cipher_list: Option<String>,
+    /// DH parameters file, PEM.
+    #[arg(long = "dh-file", value_name = "FILE")]
+    pub dh_file: Option<PathBuf>,
+    /// Do not allow TLSv1 / DTLSv1.
+    #[arg(long = "no-tlsv1")]
+    pub no_tlsv1: bool,
+    /// Do not allow TLSv1.1.
+    #[arg(long = "no-tlsv1_1")]
+    pub no_tlsv1_1: bool,
+    /// Do not allow TLSv1.2 / DTLSv1.2.
+    #[arg(long = "no-tlsv1_2")]
+    pub no_tlsv1_2: bool,
+
+    // ---- redirection ----
+    /// Server to redirect UDP/TCP Allocate requests to (300 ALTERNATE-SERVER); repeatable.
+    #[arg(long = "alternate-server", value_name = "IP[:PORT]", value_parser = check_server_address)]
+    pub alternate_server: Vec<String>,
+    /// Server to redirect TLS/DTLS Allocate requests to; repeatable.
+    #[arg(long = "tls-alternate-server", value_name = "IP[:PORT]",
+          value_parser = check_server_address)]
+    pub tls_alternate_server: Vec<String>,
+
+    // ---- logging and process ----
+    /// Log file ("stdout", "-" and "syslog" are special).
+    #[arg(short = 'l', long = "log-file", value_name = "FILE")]
+    pub log_file: Option<String>,
+    /// Use the log file name as given (no PID/date suffix, no rollover).
+    #[arg(long = "simple-log")]
+    pub simple_log: bool,
+    /// Do not log to stdout.
+    #[arg(long = "no-stdout-log")]
+    pub no_stdout_log: bool,
+    /// Log to syslog.
+    #[arg(long = "syslog")]
+    pub syslog: bool,
+    /// Moderate verbose mode.
+    #[arg(short = 'v', long = "verbose")]
+    pub verbose: bool,
+    /// Extra verbose mode.
+    #[arg(short = 'V', long = "Verbose")]
+    pub extra_verbose: bool,
+    /// PID file.
+    #[arg(long = "pidfile", value_name = "FILE")]
+    pub pidfile: Option<PathBuf>,
+    /// Run as a daemon.
+    #[arg(short = 'o', long = "daemon")]
+    pub daemon: bool,
+    /// User to switch to after binding.
+    #[arg(long = "proc-user", value_name = "USER")]
+    pub proc_user: Option<String>,
+    /// Group to switch to after binding.
+    #[arg(long = "proc-group", value_name = "GROUP")]
+    pub proc_group: Option<String>,
+    /// Turn off the telnet CLI (vigi-turn has none; accepted for compatibility).
+    #[arg(long = "no-cli")]
+    pub no_cli: bool,
+    /// Seconds to wait for allocations to end on SIGUSR1 drain (vigi-turn extension).
+    #[arg(long = "drain-timeout", value_name = "SECONDS", default_value_t = 30)]
+    pub drain_timeout: u32,
+
+    // ---- sockets (vigi-turn extensions) ----
+    /// SO_RCVBUF/SO_SNDBUF size in bytes for client and relay sockets (default: the kernel's).
+    #[arg(long = "sock-buf-size", value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub sock_buf_size: Option<u64>,
+    /// Concurrent TCP/TLS client connections in total (0: unlimited).
+    #[arg(
+        long = "max-tcp-connections",
+        value_name = "N",
+        default_value_t = 10000
+    )]
+    pub max_tcp_connections: usize,
+
+    // ---- metrics ----
+    /// Serve Prometheus metrics.
+    #[arg(long = "prometheus")]
+    pub prometheus: bool,
+    /// Prometheus listener port.
+    #[arg(long = "prometheus-port", value_name = "PORT", default_value_t = 9641,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub prometheus_port: u16,
+    /// Prometheus listener address (default: all interfaces).
+    #[arg(long = "prometheus-address", value_name = "IP")]
+    pub prometheus_address: Option<IpAddr>,
+    /// Label traffic metrics with user names (unbounded label set: use with care).
+    #[arg(long = "prometheus-username-labels")]
+    pub prometheus_username_labels: bool,
+}
+
+/// How an option vigi-turn does not implement is treated when it is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Ignoring it is harmless: warn once and go on.
+    Ignore,
+    /// A telnet-CLI option: vigi-turn has no CLI, so warn once and go on.
+    IgnoreCli,
+    /// Ignoring it would weaken security or authentication: refuse to start. The text says what
+    /// is missing.
+    Refuse(&'static str),
+}
+
+/// Whether an unsupported option takes a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A boolean flag (optional `=BOOL`).
+    Flag,
+    /// Requires a value; an empty value counts as unset (coturn's `psql-userdb=""`).
+    Value,
+    /// Takes an optional `=VALUE`.
+    OptValue,
+}
+
+/// One coturn option vigi-turn accepts but does not implement.
+#[derive(Debug, Clone, Copy)]
+pub struct Unsupported {
+    pub long: &'static str,
+    pub short: Option<char>,
+    pub aliases: &'static [&'static str],
+    pub kind: Kind,
+    pub policy: Policy,
+}
+
+const fn u(long: &'static str, kind: Kind, policy: Policy) -> Unsupported {
+    Unsupported {
+        long,
+        short: None,
+        aliases: &[],
+        kind,
+        policy,
+    }
+}
+
+const fn us(long: &'static str, short: char, kind: Kind, policy: Policy) -> Unsupported {
+    Unsupported {
+        long,
+        short: Some(short),
+        aliases: &[],
+        kind,
+        policy,
+    }
+}
+
+const USER_DB: &str = "a user database (only static --user and --static-auth-secret are supported)";
+
+/// Every coturn option that is known but not implemented, with its policy.
+pub const UNSUPPORTED: &[Unsupported] = &[
+    // Listeners and relays.
+    us(
+        "listening-device",
+        'd',
+        Kind::Value,
+        Policy::Refuse("binding listeners to a device; use --listening-ip so vigi-turn does not listen on more interfaces than intended"),
+    ),
+    us("relay-device", 'i', Kind::Value, Policy::Ignore),
+    u("tcp-proxy-port", Kind::Value, Policy::Ignore),
+    u("aux-server", Kind::Value, Policy::Ignore),
+    u("udp-self-balance", Kind::Flag, Policy::Ignore),
+    us("keep-address-family", 'K', Kind::Flag, Policy::Ignore),
+    us("allocation-default-address-family", 'A', Kind::Value, Policy::Ignore),
+    u("max-allocate-timeout", Kind::Value, Policy::Ignore),
+    // Ignoring it keeps the permission check, which is the stricter behaviour.
+    u("server-relay", Kind::Flag, Policy::Ignore),
+    u("ne", Kind::Value, Policy::Ignore),
+    // Authentication and user databases.
+    Unsupported {
+        long: "psql-userdb",
+        short: Some('e'),
+        aliases: &["sql-userdb"],
+        kind: Kind::Value,
+        policy: Policy::Refuse(USER_DB),
+    },
+    us("mysql-userdb", 'M', Kind::Value, Policy::Refuse(USER_DB)),
+    us("mongo-userdb", 'J', Kind::Value, Policy::Refuse(USER_DB)),
+    us("redis-userdb", 'N', Kind::Value, Policy::Refuse(USER_DB)),
+    us(
+        "redis-statsdb",
+        'O',
+        Kind::Value,
+        Policy::Refuse("a Redis statistics database"),
+    ),
+    // Only used to decrypt a MySQL password, and MySQL is refused above.
+    u("secret-key-file", Kind::Value, Policy::Ignore),
+    u("oauth", Kind::Flag, Policy::Refuse("OAuth authentication")),
+    u(
+        "secure-stun",
+        Kind::Flag,
+        Policy::Refuse("authenticated STUN Binding requests"),
+    ),
+    u(
+        "check-origin-consistency",
+        Kind::Flag,
+        Policy::Refuse("the ORIGIN consistency check"),
+    ),
+    u("no-auth-pings", Kind::Flag, Policy::Ignore),
+    u("no-dynamic-ip-list", Kind::Flag, Policy::Ignore),
+    u("no-dynamic-realms", Kind::Flag, Policy::Ignore),
+    // TLS.
+    u(
+        "CA-file",
+        Kind::Value,
+        Policy::Refuse("verification of client certificates"),
+    ),
+    u("pkey-pwd", Kind::Value, Policy::Ignore),
+    u("ec-curve-name", Kind::Value, Policy::Ignore),
+    u("dh566", Kind::Flag, Policy::Ignore),
+    u("dh1066", Kind::Flag, Policy::Ignore),
+    // Logging.
+    u("syslog-facility", Kind::Value, Policy::Ignore),
+    u("new-log-timestamp", Kind::Flag, Policy::Ignore),
+    u("new-log-timestamp-format", Kind::Value, Policy::Ignore),
+    u("log-binding", Kind::Flag, Policy::Ignore),
+    // Telnet CLI and web admin: not having them exposes less, never more.
+    u("cli-ip", Kind::Value, Policy::IgnoreCli),
+    u("cli-port", Kind::Value, Policy::IgnoreCli),
+    u("cli-password", Kind::Value, Policy::IgnoreCli),
+    u("cli-max-output-sessions", Kind::OptValue, Policy::IgnoreCli),
+    u("web-admin", Kind::Flag, Policy::Ignore),
+    u("web-admin-ip", Kind::Value, Policy::Ignore),
+    u("web-admin-port", Kind::Value, Policy::Ignore),
+    u("web-admin-listen-on-workers", Kind::Flag, Policy::Ignore),
+    u("acme-redirect", Kind::Value, Policy::Ignore),
+];
+
+/// Keys that make sense only on the command line; a config file line naming one is skipped.
+pub const CLI_ONLY: &[&str] = &["conf-file", "help", "version"];
+
+/// Builds the command: the derived [`Cli`] arguments, coturn's boolean-flag convention, our
+/// `--version` (coturn's `-V` is `--Verbose`), and the [`UNSUPPORTED`] options.
+pub fn command() -> Command {
+    let cmd = Cli::command()
+        .arg(
+            Arg::new("version")
+                .long("version")
+                .action(ArgAction::Version)
+                .help("Print version"),
+        )
+        .args(UNSUPPORTED.iter().map(unsupported_arg));
+    cmd.mut_args(|arg| {
+        if matches!(arg.get_action(), ArgAction::SetTrue) {
+            flag_with_optional_bool(arg)
+        } else {
+            arg
+        }
+    })
+}
+
+fn flag_with_optional_bool(arg: Arg) -> Arg {
+    arg.action(ArgAction::Set)
+        .num_args(0..=1)
+        .require_equals(true)
+        .value_name("BOOL")
+        .default_value("false")
+        .default_missing_value("true")
+        .hide_default_value(true)
+        .hide_possible_values(true)
+        .value_parser(BoolishValueParser::new())
+}
+
+fn unsupported_arg(opt: &Unsupported) -> Arg {
+    let mut arg = Arg::new(opt.long)
+        .long(opt.long)
+        .aliases(opt.aliases.iter().copied())
+        .help(match opt.policy {
+            Policy::Refuse(_) => "coturn option; not supported (refused)",
+            Policy::Ignore | Policy::IgnoreCli => "coturn option; accepted and ignored",
+        })
+        .help_heading("coturn options not implemented");
+    if let Some(short) = opt.short {
+        arg = arg.short(short);
+    }
+    match opt.kind {
+        Kind::Flag => arg.action(ArgAction::SetTrue),
+        Kind::Value => arg.action(ArgAction::Set).value_name("VALUE"),
+        Kind::OptValue => arg
+            .action(ArgAction::Set)
+            .value_name("VALUE")
+            .num_args(0..=1)
+            .require_equals(true)
+            .default_missing_value(""),
+    }
+}
+
+/// The [`UNSUPPORTED`] options that `matches` sets (a flag set to true, a value that is not
+/// empty), in table order.
+pub fn unsupported_set(matches: &ArgMatches) -> impl Iterator<Item = &'static Unsupported> + '_ {
+    UNSUPPORTED.iter().filter(move |opt| {
+        if matches.value_source(opt.long) != Some(clap::parser::ValueSource::CommandLine) {
+            return false;
+        }
+        match opt.kind {
+            Kind::Flag => matches.get_one::<bool>(opt.long) == Some(&true),
+            Kind::Value => matches
+                .get_one::<String>(opt.long)
+                .is_some_and(|v| !v.is_empty()),
+            Kind::OptValue => true,
+        }
+    })
+}
+
+/// Parses `--user` without ever echoing the value: it holds a password.
+#[derive(Clone, Copy)]
+struct UserParser;
+
+impl TypedValueParser for UserParser {
+    type Value = UserEntry;
+
+    fn parse_ref(
+        &self,
+        cmd: &Command,
+        arg: Option<&Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<UserEntry, clap::Error> {
+        let text = value.to_str().unwrap_or("");
+        text.parse::<UserEntry>().map_err(|e| {
+            let name = arg.map_or_else(|| "--user".to_owned(), |a| a.to_string());
+            // The user name alone identifies the entry; the value after ':' is secret.
+            let shown = match text.split_once(':') {
+                Some((user, _)) => format!("{user}:<redacted>"),
+                None => "<redacted>".to_owned(),
+            };
+            clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!("invalid value '{shown}' for '{name}': {e}\n"),
+            )
+            .with_cmd(cmd)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_is_well_formed() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn every_unsupported_name_is_unique_and_not_implemented() {
+        let cmd = Cli::command();
+        for opt in UNSUPPORTED {
+            assert!(
+                cmd.get_arguments()
+                    .all(|a| a.get_long() != Some(opt.long) && a.get_short() != opt.short),
+                "{} is both implemented and unsupported",
+                opt.long
+            );
+        }
+    }
+}

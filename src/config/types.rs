@@ -1,0 +1,320 @@
+//! Typed values of single options: static users (`--user`), peer address ranges
+//! (`--allowed-peer-ip`, `--denied-peer-ip`) and NAT mappings (`--external-ip`).
+//!
+//! Each type parses itself with [`std::str::FromStr`]; the parse error is a short text that clap
+//! (or the config file reader) wraps into a message naming the option. Secrets never appear in a
+//! `Debug` output or an error message.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+/// One static user account from `-u`/`--user NAME:PASSWORD` or `--user NAME:0x<32 hex digits>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserEntry {
+    pub name: String,
+    pub secret: UserSecret,
+}
+
+/// The credential of a static user.
+#[derive(Clone, PartialEq, Eq)]
+pub enum UserSecret {
+    /// A plain password; the long-term key is derived with the realm at run time.
+    Password(String),
+    /// coturn's precomputed long-term key: MD5(username ":" realm ":" password), RFC 8489 §9.2.2.
+    Key([u8; 16]),
+}
+
+impl fmt::Debug for UserSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UserSecret::Password(_) => f.write_str("Password(<redacted>)"),
+            UserSecret::Key(_) => f.write_str("Key(<redacted>)"),
+        }
+    }
+}
+
+impl fmt::Debug for UserEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserEntry")
+            .field("name", &self.name)
+            .field("secret", &self.secret)
+            .finish()
+    }
+}
+
+/// Why a `--user` value was rejected. The text never contains the secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserEntryError {
+    MissingColon,
+    EmptyName,
+    EmptyPassword,
+    BadHexKey,
+}
+
+impl fmt::Display for UserEntryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UserEntryError::MissingColon => {
+                "expected NAME:PASSWORD or NAME:0x<32 hex digits> (no ':' found)"
+            }
+            UserEntryError::EmptyName => "the user name before ':' is empty",
+            UserEntryError::EmptyPassword => "the password after ':' is empty",
+            UserEntryError::BadHexKey => "a key given as 0x... must be exactly 32 hex digits",
+        })
+    }
+}
+
+impl std::error::Error for UserEntryError {}
+
+impl FromStr for UserEntry {
+    type Err = UserEntryError;
+
+    /// The name ends at the first `:`, so a password may contain `:` (a name may not).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, secret) = s.split_once(':').ok_or(UserEntryError::MissingColon)?;
+        if name.is_empty() {
+            return Err(UserEntryError::EmptyName);
+        }
+        if secret.is_empty() {
+            return Err(UserEntryError::EmptyPassword);
+        }
+        // coturn's convention: a secret starting with 0x is the hex long-term key.
+        let secret = match secret
+            .strip_prefix("0x")
+            .or_else(|| secret.strip_prefix("0X"))
+        {
+            Some(hex) => UserSecret::Key(parse_hex_key(hex).ok_or(UserEntryError::BadHexKey)?),
+            None => UserSecret::Password(secret.to_owned()),
+        };
+        Ok(UserEntry {
+            name: name.to_owned(),
+            secret,
+        })
+    }
+}
+
+fn parse_hex_key(hex: &str) -> Option<[u8; 16]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 32 {
+        return None;
+    }
+    let mut key = [0u8; 16];
+    for (out, pair) in key.iter_mut().zip(bytes.chunks_exact(2)) {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        *out = (hi * 16 + lo) as u8;
+    }
+    Some(key)
+}
+
+/// An inclusive range of peer addresses of one family, from `A`, `A-B` (coturn) or `A/LEN` (CIDR).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    pub start: IpAddr,
+    pub end: IpAddr,
+}
+
+impl IpRange {
+    /// Whether `addr` lies in the range. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is
+    /// compared as the IPv4 address it carries, so a mapped form cannot slip past an IPv4 rule.
+    pub fn contains(&self, addr: &IpAddr) -> bool {
+        match (self.start, self.end, addr.to_canonical()) {
+            (IpAddr::V4(s), IpAddr::V4(e), IpAddr::V4(a)) => s <= a && a <= e,
+            (IpAddr::V6(s), IpAddr::V6(e), IpAddr::V6(a)) => s <= a && a <= e,
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for IpRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ip = |t: &str| {
+            t.trim()
+                .parse::<IpAddr>()
+                .map_err(|_| format!("'{}' is not an IP address", t.trim()))
+        };
+        if let Some((addr, len)) = s.split_once('/') {
+            let addr = ip(addr)?;
+            let len: u8 = len
+                .trim()
+                .parse()
+                .map_err(|_| format!("'{}' is not a prefix length", len.trim()))?;
+            return cidr(addr, len);
+        }
+        let (start, end) = match s.split_once('-') {
+            Some((a, b)) => (ip(a)?, ip(b)?),
+            None => {
+                let a = ip(s)?;
+                (a, a)
+            }
+        };
+        match (start, end) {
+            (IpAddr::V4(a), IpAddr::V4(b)) if a <= b => Ok(IpRange { start, end }),
+            (IpAddr::V6(a), IpAddr::V6(b)) if a <= b => Ok(IpRange { start, end }),
+            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
+                Err(format!("range start {start} is after its end {end}"))
+            }
+            _ => Err(format!(
+                "range {start}-{end} mixes IPv4 and IPv6 (both ends must be one family)"
+            )),
+        }
+    }
+}
+
+fn cidr(addr: IpAddr, len: u8) -> Result<IpRange, String> {
+    match addr {
+        IpAddr::V4(a) => {
+            if len > 32 {
+                return Err(format!("prefix length {len} is longer than 32"));
+            }
+            let host_bits = u32::MAX.checked_shr(u32::from(len)).unwrap_or(0);
+            let a = u32::from(a);
+            Ok(IpRange {
+                start: IpAddr::V4((a & !host_bits).into()),
+                end: IpAddr::V4((a | host_bits).into()),
+            })
+        }
+        IpAddr::V6(a) => {
+            if len > 128 {
+                return Err(format!("prefix length {len} is longer than 128"));
+            }
+            let host_bits = u128::MAX.checked_shr(u32::from(len)).unwrap_or(0);
+            let a = u128::from(a);
+            Ok(IpRange {
+                start: IpAddr::V6((a & !host_bits).into()),
+                end: IpAddr::V6((a | host_bits).into()),
+            })
+        }
+    }
+}
+
+/// A NAT mapping from `-X`/`--external-ip PUBLIC[/PRIVATE]`: the address reported to clients as
+/// the relay address, and optionally the local relay address it stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExternalIp {
+    pub public: IpAddr,
+    pub private: Option<IpAddr>,
+}
+
+impl FromStr for ExternalIp {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ip = |t: &str| {
+            t.trim()
+                .parse::<IpAddr>()
+                .map_err(|_| format!("'{}' is not an IP address", t.trim()))
+        };
+        match s.split_once('/') {
+            Some((public, private)) => Ok(ExternalIp {
+                public: ip(public)?,
+                private: Some(ip(private)?),
+            }),
+            None => Ok(ExternalIp {
+                public: ip(s)?,
+                private: None,
+            }),
+        }
+    }
+}
+
+/// Checks an `--alternate-server` value: `IP`, `IPv4:PORT` or `[IPv6]:PORT`.
+pub(crate) fn check_server_address(s: &str) -> Result<String, String> {
+    let ok = s.parse::<IpAddr>().is_ok() || s.parse::<std::net::SocketAddr>().is_ok();
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("expected IP, IPv4:PORT or [IPv6]:PORT".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_password_and_key() {
+        let u: UserEntry = "bob:pa:ss".parse().unwrap();
+        assert_eq!(u.name, "bob");
+        assert_eq!(u.secret, UserSecret::Password("pa:ss".into()));
+        let u: UserEntry = "ninefingers:0xbc807ee29df3c9ffa736523fb2c4e8ee"
+            .parse()
+            .unwrap();
+        let UserSecret::Key(k) = u.secret else {
+            panic!("not a key")
+        };
+        assert_eq!(k[0], 0xbc);
+        assert_eq!(k[15], 0xee);
+        assert_eq!(
+            "a:0xbc80".parse::<UserEntry>(),
+            Err(UserEntryError::BadHexKey)
+        );
+        assert_eq!(
+            "a:0xzz807ee29df3c9ffa736523fb2c4e8ee".parse::<UserEntry>(),
+            Err(UserEntryError::BadHexKey)
+        );
+        assert_eq!(
+            "nocolon".parse::<UserEntry>(),
+            Err(UserEntryError::MissingColon)
+        );
+        assert_eq!(":pw".parse::<UserEntry>(), Err(UserEntryError::EmptyName));
+        assert_eq!(
+            "a:".parse::<UserEntry>(),
+            Err(UserEntryError::EmptyPassword)
+        );
+    }
+
+    #[test]
+    fn user_debug_hides_secret() {
+        let u: UserEntry = "bob:hunter2".parse().unwrap();
+        let s = format!("{u:?}");
+        assert!(s.contains("bob") && !s.contains("hunter2"), "{s}");
+    }
+
+    #[test]
+    fn ranges() {
+        let r: IpRange = "10.0.0.0-10.0.0.255".parse().unwrap();
+        assert!(r.contains(&"10.0.0.7".parse().unwrap()));
+        assert!(!r.contains(&"10.0.1.0".parse().unwrap()));
+        assert!(r.contains(&"::ffff:10.0.0.9".parse().unwrap()));
+        let r: IpRange = "192.168.1.77/24".parse().unwrap();
+        assert_eq!(r.start, "192.168.1.0".parse::<IpAddr>().unwrap());
+        assert_eq!(r.end, "192.168.1.255".parse::<IpAddr>().unwrap());
+        let r: IpRange = "0.0.0.0/0".parse().unwrap();
+        assert!(r.contains(&"255.255.255.255".parse().unwrap()));
+        assert!(!r.contains(&"::1".parse().unwrap()));
+        let r: IpRange = "fe80::/10".parse().unwrap();
+        assert!(r.contains(&"fe80::1".parse().unwrap()));
+        let r: IpRange = "::1".parse().unwrap();
+        assert!(r.contains(&"::1".parse().unwrap()));
+        assert!("10.0.0.1-::1".parse::<IpRange>().is_err());
+        assert!("10.0.0.9-10.0.0.1".parse::<IpRange>().is_err());
+        assert!("10.0.0.0/33".parse::<IpRange>().is_err());
+        assert!("nope".parse::<IpRange>().is_err());
+    }
+
+    #[test]
+    fn external_ip() {
+        let x: ExternalIp = "60.70.80.91/172.17.19.101".parse().unwrap();
+        assert_eq!(x.private, Some("172.17.19.101".parse().unwrap()));
+        let x: ExternalIp = "60.70.80.91".parse().unwrap();
+        assert_eq!(x.private, None);
+        assert!("60.70.80.91/x".parse::<ExternalIp>().is_err());
+    }
+
+    #[test]
+    fn server_addresses() {
+        for ok in [
+            "1.2.3.4:5678",
+            "5.6.7.8",
+            "[2001:db8::1]:3478",
+            "2001:db8::1",
+        ] {
+            assert!(check_server_address(ok).is_ok(), "{ok}");
+        }
+        assert!(check_server_address("host:1").is_err());
+    }
+}
