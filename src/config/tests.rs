@@ -246,6 +246,15 @@ fn benchmark_command_rest_api() {
     assert_eq!(c.auth, AuthMode::RestApi);
     assert_eq!(c.static_auth_secrets, vec!["benchsecret".to_owned()]);
     assert!(c.users.is_empty());
+    // A static secret alone selects the REST API too, with a warning.
+    let c = load(&["vigi-turn", "-n", "--static-auth-secret=s"]).unwrap();
+    assert_eq!(c.auth, AuthMode::RestApi);
+    assert!(c
+        .warnings
+        .iter()
+        .any(|w| w.starts_with("--static-auth-secret")));
+    let c = load(&["vigi-turn", "-n", "-z", "--static-auth-secret=s"]).unwrap();
+    assert_eq!(c.auth, AuthMode::NoAuth);
 }
 
 #[test]
