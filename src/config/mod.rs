@@ -35,10 +35,12 @@ pub enum AuthMode {
     /// `-z`/`--no-auth`: anonymous TURN.
     NoAuth,
     /// Long-term credentials (RFC 8489 §9.2) against the static `--user` list. This is also the
-    /// mode when no auth option is given at all: vigi-turn never runs an open relay by default
-    /// (with no users, every Allocate is then rejected).
+    /// mode when no auth option is given at all, where coturn would fall back to no-auth:
+    /// vigi-turn never runs an open relay unless told to with `--no-auth` (with no users, every
+    /// Allocate is rejected, and a warning says so).
     LongTerm,
     /// TURN REST API: time-limited user names, passwords derived from `--static-auth-secret`.
+    /// Selected by `--use-auth-secret`, or by a `--static-auth-secret` alone (as coturn does).
     RestApi,
 }
 
@@ -450,11 +452,18 @@ fn resolve(
 
     let auth = if cli.no_auth {
         AuthMode::NoAuth
-    } else if cli.use_auth_secret {
+    } else if cli.use_auth_secret || !cli.static_auth_secret.is_empty() {
         AuthMode::RestApi
     } else {
         AuthMode::LongTerm
     };
+    if !cli.static_auth_secret.is_empty() && !cli.use_auth_secret {
+        warnings.push(match auth {
+            AuthMode::NoAuth => "--static-auth-secret: not used with --no-auth".into(),
+            _ => "--static-auth-secret: implies --use-auth-secret (TURN REST API), as in coturn"
+                .into(),
+        });
+    }
     match auth {
         AuthMode::RestApi if !cli.user.is_empty() => warnings.push(
             "--user: static users are not used with --use-auth-secret (TURN REST API)".into(),

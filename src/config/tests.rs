@@ -1,1 +1,516 @@
+use super::cli::{Policy, UNSUPPORTED};
+use super::*;
 
+const SAMPLE: &str = include_str!("testdata/coturn_sample_options.conf");
+
+fn load(args: &[&str]) -> Result<Config, ConfigError> {
+    Config::load(args.iter().copied())
+}
+
+fn file(args: &[&str], text: &str) -> Result<Config, ConfigError> {
+    Config::load_with_file_text(args, "t.conf", text)
+}
+
+fn err(r: Result<Config, ConfigError>) -> String {
+    let msg = r.expect_err("expected an error").to_string();
+    assert!(!msg.contains('\n'), "message is not one line: {msg:?}");
+    msg
+}
+
+fn refused(key: &str) -> bool {
+    UNSUPPORTED.iter().any(|o| {
+        matches!(o.policy, Policy::Refuse(_)) && (o.long == key || o.aliases.contains(&key))
+    })
+}
+
+/// Option lines of a coturn sample: commented-out `#key[=value]` lines (uncommented) and live
+/// ones; prose comments (`# text`, `#Several words here`) are left out.
+fn sample_option_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|raw| {
+            let l = raw.trim();
+            let body = l.strip_prefix('#').unwrap_or(l);
+            let key_end = body
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+                .unwrap_or(body.len());
+            let (key, rest) = body.split_at(key_end);
+            let starts_alpha = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
+            let one_value = rest.is_empty()
+                || rest.starts_with('=')
+                || (rest.starts_with(char::is_whitespace) && rest.split_whitespace().count() == 1);
+            (starts_alpha && one_value).then(|| body.to_owned())
+        })
+        .collect()
+}
+
+/// Each option line alone must load, unless its option is classified as refused, in which case
+/// it must fail with `Unsupported` naming file, line and key. A static secret is given so that
+/// `use-auth-secret` on its own is complete.
+fn check_sample(name: &str, text: &str) -> usize {
+    let base = ["vigi-turn", "--static-auth-secret=base"];
+    let lines = sample_option_lines(text);
+    assert!(
+        lines.len() > 50,
+        "{name}: only {} option lines",
+        lines.len()
+    );
+    for line in &lines {
+        let key = conf_file::lines(line).next().unwrap().key;
+        let result = Config::load_with_file_text(&base, name, line);
+        if refused(key) {
+            match result {
+                Err(ConfigError::Unsupported { at, .. }) => {
+                    assert_eq!(at, format!("{name}:1: {key}"))
+                }
+                other => panic!("{name}: `{line}` should be refused, got {other:?}"),
+            }
+        } else if let Err(e) = result {
+            panic!("{name}: `{line}` failed: {e}");
+        }
+    }
+    // All non-refused lines together also tokenize and parse (cross-option validation aside).
+    let kept: Vec<&str> = lines
+        .iter()
+        .map(String::as_str)
+        .filter(|l| !refused(conf_file::lines(l).next().unwrap().key))
+        .collect();
+    let mut warnings = Warnings::default();
+    let tokens = file_tokens(
+        &mut cli::command(),
+        &"vigi-turn".into(),
+        name,
+        &kept.join("\n"),
+        &mut warnings,
+    )
+    .unwrap();
+    assert_eq!(tokens.len(), kept.len());
+    assert!(
+        warnings.list.iter().all(|w| !w.contains("unknown option")),
+        "{:?}",
+        warnings.list
+    );
+    lines.len()
+}
+
+#[test]
+fn sample_fixture_accepted_or_refused_by_policy() {
+    check_sample("coturn_sample_options.conf", SAMPLE);
+}
+
+#[test]
+fn system_turnserver_conf_when_present() {
+    // CI installs coturn, which ships this file; elsewhere the fixture above stands in.
+    match std::fs::read_to_string("/etc/turnserver.conf") {
+        Ok(text) => {
+            check_sample("/etc/turnserver.conf", &text);
+        }
+        Err(e) => eprintln!("skipping: /etc/turnserver.conf: {e}"),
+    }
+}
+
+#[test]
+fn every_option_of_turnserver_help_is_known() {
+    let Ok(out) = std::process::Command::new("turnserver").arg("-h").output() else {
+        eprintln!("skipping: turnserver not installed");
+        return;
+    };
+    let help =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let mut cmd = cli::command();
+    cmd.build();
+    let mut seen = 0;
+    for word in help.split(|c: char| c.is_whitespace() || c == ',' || c == '=' || c == '[') {
+        let Some(name) = word.strip_prefix("--") else {
+            continue;
+        };
+        let name = name.trim_end_matches(|c: char| !(c.is_ascii_alphanumeric()));
+        if name.is_empty() || name.contains('<') {
+            continue;
+        }
+        seen += 1;
+        let known = cmd.get_arguments().any(|a| {
+            a.get_long() == Some(name)
+                || a.get_all_aliases()
+                    .is_some_and(|aliases| aliases.contains(&name))
+        });
+        assert!(known, "coturn option --{name} is unknown to vigi-turn");
+    }
+    assert!(seen > 80, "parsed only {seen} options from turnserver -h");
+}
+
+#[test]
+fn defaults() {
+    let c = load(&["vigi-turn", "-n"]).unwrap();
+    assert_eq!(c.listening_port, 3478);
+    assert_eq!(c.tls_listening_port, 5349);
+    assert_eq!(c.alt_listening_port, 3479);
+    assert_eq!(c.alt_tls_listening_port, 5350);
+    assert_eq!((c.min_port, c.max_port), (49152, 65535));
+    assert!(c.relay_threads >= 1);
+    assert_eq!(c.stale_nonce, 600);
+    assert_eq!(c.max_allocate_lifetime, 3600);
+    assert_eq!(c.default_allocate_lifetime, 600);
+    assert_eq!(c.permission_lifetime, 300);
+    assert_eq!(c.channel_lifetime, 600);
+    assert_eq!(c.prometheus_port, 9641);
+    assert_eq!(c.rest_api_separator, ':');
+    assert_eq!(c.auth, AuthMode::LongTerm);
+    assert_eq!(c.realm, None);
+    assert_eq!(c.verbose, 0);
+    assert_eq!(c.conf_file, None);
+    assert!(!c.no_udp && !c.fingerprint && !c.allow_loopback_peers);
+}
+
+#[test]
+fn docker_compose_command() {
+    let args = [
+        "turnserver",
+        "--listening-port=3478",
+        "--min-port=49152",
+        "--max-port=65535",
+        "--user=vigiturn:vigisecret123",
+        "--realm=vigi.local",
+    ];
+    let c = file(&args, "").unwrap();
+    assert_eq!(c.listening_port, 3478);
+    assert_eq!(c.realm.as_deref(), Some("vigi.local"));
+    assert_eq!(c.auth, AuthMode::LongTerm);
+    assert_eq!(c.users.len(), 1);
+    assert_eq!(c.users[0].name, "vigiturn");
+    assert_eq!(
+        c.users[0].secret,
+        UserSecret::Password("vigisecret123".into())
+    );
+    let mut with_n = args.to_vec();
+    with_n.insert(1, "-n");
+    load(&with_n).unwrap();
+}
+
+const BENCH: &[&str] = &[
+    "turnserver",
+    "-n",
+    "-L",
+    "127.0.0.1",
+    "-E",
+    "127.0.0.1",
+    "-p",
+    "37478",
+    "--min-port",
+    "61000",
+    "--max-port",
+    "65535",
+    "--allow-loopback-peers",
+    "--no-cli",
+    "--no-tls",
+    "--no-dtls",
+    "--realm",
+    "bench.local",
+    "--userdb",
+    "/tmp/x/turndb",
+    "--pidfile",
+    "/tmp/x/turnserver.pid",
+    "--log-file",
+    "/tmp/x/turnserver.log",
+    "--simple-log",
+    "--no-stdout-log",
+    "-m",
+    "2",
+];
+
+#[test]
+fn benchmark_command_long_term() {
+    let mut args = BENCH.to_vec();
+    args.extend(["--lt-cred-mech", "--user", "bench:benchpw"]);
+    let c = load(&args).unwrap();
+    let lo: IpAddr = "127.0.0.1".parse().unwrap();
+    assert_eq!(c.listening_ips, vec![lo]);
+    assert_eq!(c.relay_ips, vec![lo]);
+    assert_eq!(c.listening_port, 37478);
+    assert_eq!((c.min_port, c.max_port), (61000, 65535));
+    assert!(c.allow_loopback_peers && c.no_cli && c.no_tls && c.no_dtls);
+    assert!(c.simple_log && c.no_stdout_log);
+    assert_eq!(c.relay_threads, 2);
+    assert_eq!(c.auth, AuthMode::LongTerm);
+    assert_eq!(c.userdb, Some(PathBuf::from("/tmp/x/turndb")));
+    assert_eq!(c.pidfile, Some(PathBuf::from("/tmp/x/turnserver.pid")));
+    assert_eq!(c.log_file.as_deref(), Some("/tmp/x/turnserver.log"));
+    assert_eq!(c.conf_file, None);
+    assert!(c.warnings.iter().any(|w| w.starts_with("--userdb")));
+}
+
+#[test]
+fn benchmark_command_rest_api() {
+    let mut args = BENCH.to_vec();
+    args.extend(["--use-auth-secret", "--static-auth-secret", "benchsecret"]);
+    let c = load(&args).unwrap();
+    assert_eq!(c.auth, AuthMode::RestApi);
+    assert_eq!(c.static_auth_secrets, vec!["benchsecret".to_owned()]);
+    assert!(c.users.is_empty());
+    // A static secret alone selects the REST API too, with a warning.
+    let c = load(&["vigi-turn", "-n", "--static-auth-secret=s"]).unwrap();
+    assert_eq!(c.auth, AuthMode::RestApi);
+    assert!(c
+        .warnings
+        .iter()
+        .any(|w| w.starts_with("--static-auth-secret")));
+    let c = load(&["vigi-turn", "-n", "-z", "--static-auth-secret=s"]).unwrap();
+    assert_eq!(c.auth, AuthMode::NoAuth);
+}
+
+#[test]
+fn bad_values_name_the_flag() {
+    let m = err(load(&["vigi-turn", "-n", "--min-port=70000"]));
+    assert!(m.contains("--min-port"), "{m}");
+    let m = err(load(&["vigi-turn", "-n", "--listening-ip=not-an-ip"]));
+    assert!(m.contains("--listening-ip"), "{m}");
+    let m = err(load(&["vigi-turn", "-n", "--user=nocolon"]));
+    assert!(m.contains("--user") && !m.contains("nocolon"), "{m}");
+    let m = err(load(&[
+        "vigi-turn",
+        "-n",
+        "--min-port",
+        "5000",
+        "--max-port",
+        "4000",
+    ]));
+    assert!(m.starts_with("--min-port: "), "{m}");
+    let m = err(load(&["vigi-turn", "-n", "-u", "bob:0x1234"]));
+    assert!(m.contains("--user") && m.contains("bob:<redacted>") && !m.contains("1234"));
+    let m = err(load(&["vigi-turn", "-n", "--listening-port=0"]));
+    assert!(m.contains("--listening-port"), "{m}");
+    let m = err(load(&["vigi-turn", "-n", "--denied-peer-ip=10.0.0.1-::1"]));
+    assert!(m.contains("--denied-peer-ip"), "{m}");
+    let m = err(load(&["vigi-turn", "-n", "--bogus"]));
+    assert!(m.contains("--bogus"), "{m}");
+}
+
+#[test]
+fn cross_option_validation() {
+    let m = err(load(&["vigi-turn", "-n", "--use-auth-secret"]));
+    assert!(m.starts_with("--use-auth-secret: "), "{m}");
+    let m = err(load(&["vigi-turn", "-n", "-a", "-z"]));
+    assert!(m.starts_with("--no-auth: "), "{m}");
+    let m = err(load(&[
+        "vigi-turn",
+        "-n",
+        "--default-allocate-lifetime=4000",
+    ]));
+    assert!(m.starts_with("--default-allocate-lifetime: "), "{m}");
+    let m = err(load(&[
+        "vigi-turn",
+        "-n",
+        "--no-udp",
+        "--no-tcp",
+        "--no-tls",
+        "--no-dtls",
+    ]));
+    assert!(m.starts_with("--no-udp: "), "{m}");
+    let m = err(load(&[
+        "vigi-turn",
+        "-n",
+        "-X",
+        "1.2.3.4",
+        "-X",
+        "5.6.7.8/10.0.0.1",
+    ]));
+    assert!(m.starts_with("--external-ip: "), "{m}");
+    let m = err(load(&["vigi-turn", "-n", "--static-auth-secret="]));
+    assert!(m.starts_with("--static-auth-secret: "), "{m}");
+    // Equal bounds are a one-port range.
+    load(&["vigi-turn", "-n", "--min-port=5000", "--max-port=5000"]).unwrap();
+}
+
+#[test]
+fn grammar_through_the_parser() {
+    let text = "\
+# a comment
+   # an indented comment
+listening-port=4000
+realm \"example.org\"
+fingerprint
+no-udp=off
+static-auth-secret=abc#def
+  use-auth-secret  
+--verbose
+";
+    let c = file(&["vigi-turn"], text).unwrap();
+    assert_eq!(c.listening_port, 4000);
+    assert_eq!(c.realm.as_deref(), Some("example.org"));
+    assert!(c.fingerprint);
+    assert!(!c.no_udp);
+    assert_eq!(c.static_auth_secrets, vec!["abc#def".to_owned()]);
+    assert!(c.use_auth_secret);
+    assert_eq!(c.verbose, 1);
+    assert_eq!(c.conf_file, Some(PathBuf::from("t.conf")));
+}
+
+#[test]
+fn cli_beats_file_and_lists_accumulate() {
+    let text = "min-port=50000\nrealm=file.org\nuser=a:1\nuser=b:2\nlistening-ip=10.0.0.1\n\
+                no-tcp\nstale-nonce=100\n";
+    let c = file(
+        &[
+            "vigi-turn",
+            "--realm=cli.org",
+            "-u",
+            "c:3",
+            "--no-tcp=0",
+            "--stale-nonce",
+        ],
+        text,
+    )
+    .unwrap();
+    assert_eq!(c.min_port, 50000);
+    assert_eq!(c.realm.as_deref(), Some("cli.org"));
+    let names: Vec<_> = c.users.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    assert_eq!(c.listening_ips.len(), 1);
+    assert!(!c.no_tcp);
+    assert_eq!(c.stale_nonce, 600);
+    // The last occurrence wins within the file too.
+    let c = file(&["vigi-turn"], "realm=one\nrealm=two\n").unwrap();
+    assert_eq!(c.realm.as_deref(), Some("two"));
+}
+
+#[test]
+fn unknown_key_warns_and_continues() {
+    let c = file(&["vigi-turn"], "realm=x\nno-such-option=1\nconf-file=/x\n").unwrap();
+    assert_eq!(c.realm.as_deref(), Some("x"));
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.starts_with("t.conf:2: ") && w.contains("no-such-option")),
+        "{:?}",
+        c.warnings
+    );
+    assert!(c.warnings.iter().any(|w| w.starts_with("t.conf:3: ")));
+}
+
+#[test]
+fn bad_file_value_names_file_and_line() {
+    let m = err(file(&["vigi-turn"], "realm=x\n\nmin-port=70000\n"));
+    assert!(
+        m.starts_with("t.conf:3: ") && m.contains("--min-port"),
+        "{m}"
+    );
+    let m = err(file(&["vigi-turn"], "fingerprint=maybe\n"));
+    assert!(
+        m.starts_with("t.conf:1: ") && m.contains("--fingerprint"),
+        "{m}"
+    );
+    let m = err(file(&["vigi-turn"], "min-port\n"));
+    assert!(
+        m.starts_with("t.conf:1: ") && m.contains("--min-port"),
+        "{m}"
+    );
+    let m = err(file(&["vigi-turn"], "user=alice:0xnothex\n"));
+    assert!(m.starts_with("t.conf:1: ") && !m.contains("nothex"), "{m}");
+    // A command-line error is reported before the file is looked at.
+    let m = err(file(&["vigi-turn", "--min-port=x"], "min-port=70000\n"));
+    assert!(m.contains("--min-port") && !m.starts_with("t.conf"), "{m}");
+}
+
+#[test]
+fn boolean_flags_take_coturn_values() {
+    let c = load(&["vigi-turn", "-n", "--no-udp=yes", "-f", "--syslog=0"]).unwrap();
+    assert!(c.no_udp && c.fingerprint && !c.syslog);
+    let c = file(
+        &["vigi-turn"],
+        "no-tcp=1\nno-tls=on\nno-dtls=t\nsyslog=false\n",
+    )
+    .unwrap();
+    assert!(c.no_tcp && c.no_tls && c.no_dtls && !c.syslog);
+}
+
+#[test]
+fn verbosity_help_and_version() {
+    assert_eq!(load(&["vigi-turn", "-n", "-v"]).unwrap().verbose, 1);
+    assert_eq!(load(&["vigi-turn", "-n", "-V"]).unwrap().verbose, 2);
+    assert_eq!(load(&["vigi-turn", "-n", "--Verbose"]).unwrap().verbose, 2);
+    for flag in ["--help", "-h", "--version"] {
+        let e = load(&["vigi-turn", flag]).unwrap_err();
+        assert!(e.is_help_or_version(), "{flag}: {e}");
+    }
+    assert!(!load(&["vigi-turn", "--bogus"])
+        .unwrap_err()
+        .is_help_or_version());
+}
+
+#[test]
+fn unsupported_options() {
+    let m = err(load(&["vigi-turn", "-n", "--oauth"]));
+    assert!(m.starts_with("--oauth: not supported yet"), "{m}");
+    let m = err(load(&["vigi-turn", "-n", "-e", "host=db"]));
+    assert!(m.starts_with("--psql-userdb: "), "{m}");
+    let m = err(file(&["vigi-turn"], "realm=x\nsecure-stun\n"));
+    assert!(
+        m.starts_with("t.conf:2: secure-stun: not supported yet"),
+        "{m}"
+    );
+    // Switched off or empty is not "set".
+    load(&["vigi-turn", "-n", "--oauth=0", "--psql-userdb="]).unwrap();
+    // Ignored ones warn once.
+    let c = load(&["vigi-turn", "-n", "--cli-port=1", "--cli-port=2", "--dh566"]).unwrap();
+    assert_eq!(
+        c.warnings.iter().filter(|w| w.contains("cli-port")).count(),
+        1
+    );
+    assert!(c.warnings.iter().any(|w| w.starts_with("--dh566: ")));
+}
+
+#[test]
+fn alt_ports_and_threads() {
+    let c = load(&[
+        "vigi-turn",
+        "-n",
+        "-p",
+        "65535",
+        "--tls-listening-port=6000",
+        "--alt-tls-listening-port=7000",
+        "-m",
+        "0",
+    ])
+    .unwrap();
+    assert_eq!(c.alt_listening_port, 0);
+    assert_eq!(c.alt_tls_listening_port, 7000);
+    assert!(c.relay_threads >= 1);
+}
+
+#[test]
+fn debug_hides_secrets() {
+    let c = load(&[
+        "vigi-turn",
+        "-n",
+        "--user=bob:hunter2",
+        "--static-auth-secret=sesame",
+    ])
+    .unwrap();
+    let s = format!("{c:?}");
+    assert!(
+        s.contains("bob") && !s.contains("hunter2") && !s.contains("sesame"),
+        "{s}"
+    );
+}
+
+#[test]
+fn conf_file_option() {
+    let dir = std::env::temp_dir().join(format!("vigi-turn-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("my.conf");
+    std::fs::write(&path, "realm=from.file\nlistening-port=4444\n").unwrap();
+    let p = path.to_str().unwrap();
+    let c = load(&["vigi-turn", "-c", p, "-p", "5555"]).unwrap();
+    assert_eq!(c.realm.as_deref(), Some("from.file"));
+    assert_eq!(c.listening_port, 5555);
+    assert_eq!(c.conf_file.as_deref(), Some(path.as_path()));
+    // -n wins over -c.
+    let c = load(&["vigi-turn", "-n", "-c", p]).unwrap();
+    assert_eq!(c.realm, None);
+    let missing = dir.join("missing.conf");
+    let m = err(load(&["vigi-turn", "-c", missing.to_str().unwrap()]));
+    assert!(
+        m.contains("missing.conf") && m.contains("cannot read"),
+        "{m}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
