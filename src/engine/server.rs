@@ -582,6 +582,7 @@ impl Server {
     }
 
     fn respond_error(&mut self, five: FiveTuple, m: &Message, code: u16, sign: Sign, fill: impl FnOnce(&mut MessageBuilder)) {
+        tracing::debug!(client = %five.client, method = m.method().0, code, "error response");
         let data = self.build_response(m, Class::Error, sign, |b| {
             b.error_code(code, "");
             fill(b);
@@ -1166,6 +1167,7 @@ impl Server {
         let sign = self.signed(m, &auth);
         let number = m.get(attr::CHANNEL_NUMBER).and_then(attr::read_channel_number);
         let peer = m.get_xor_address(attr::XOR_PEER_ADDRESS);
+        tracing::trace!(?number, ?peer, attrs = ?m.attributes().map(|a| a.ty).collect::<Vec<_>>(), "channel bind");
         let (Some(number), Some(peer)) = (number, peer) else {
             self.respond_error(five, m, 400, sign, |_| {});
             return;

@@ -1,9 +1,11 @@
 //! TURN ChannelData messages (RFC 8656 §12.4): a 4-byte header (channel number, length) and the
 //! application data. Parsed by hand, zero-copy: this is the data path.
 
-/// Smallest and largest channel numbers a client may bind (RFC 8656 §12).
+/// Smallest and largest channel numbers a client may bind. RFC 8656 §12 narrowed the range to
+/// 0x4000..=0x4FFF, but RFC 5766 allowed up to 0x7FFF and coturn's clients (turnutils_uclient)
+/// still pick numbers there, so the older range is accepted.
 pub const CHANNEL_MIN: u16 = 0x4000;
-pub const CHANNEL_MAX: u16 = 0x4FFF;
+pub const CHANNEL_MAX: u16 = 0x7FFF;
 /// Length of the ChannelData header.
 pub const HEADER_LEN: usize = 4;
 
@@ -19,7 +21,7 @@ pub struct ChannelData<'a> {
 pub enum ChannelDataError {
     #[error("shorter than the ChannelData header")]
     TooShort,
-    #[error("channel number outside 0x4000..=0x4FFF")]
+    #[error("channel number outside 0x4000..=0x7FFF")]
     BadChannel,
     #[error("length field larger than the packet")]
     BadLength,
@@ -75,7 +77,8 @@ mod tests {
         assert_eq!(stream_padding(5), 3);
         assert_eq!(stream_padding(8), 0);
         assert_eq!(ChannelData::decode(&[0x40, 0]), Err(ChannelDataError::TooShort));
-        assert_eq!(ChannelData::decode(&[0x50, 0, 0, 0]), Err(ChannelDataError::BadChannel));
+        assert_eq!(ChannelData::decode(&[0x80, 0, 0, 0]), Err(ChannelDataError::BadChannel));
+        assert_eq!(ChannelData::decode(&[0x7F, 0xFF, 0, 0]).unwrap().channel, 0x7FFF);
         assert_eq!(ChannelData::decode(&[0x3F, 0xFF, 0, 0]), Err(ChannelDataError::BadChannel));
         assert_eq!(ChannelData::decode(&[0x40, 0, 0, 1]), Err(ChannelDataError::BadLength));
         assert_eq!(ChannelData::decode(&[0x4F, 0xFF, 0, 0]).unwrap().data, b"");

@@ -30,7 +30,7 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, FramingError> {
             }
             super::HEADER_LEN + len
         }
-        0x40..=0x4F => {
+        0x40..=0x7F => {
             if buf.len() < 4 {
                 return Ok(None);
             }

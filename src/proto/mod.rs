@@ -25,7 +25,8 @@ pub const HEADER_LEN: usize = 20;
 pub enum PacketKind {
     /// 0..=3: a STUN message.
     Stun,
-    /// 64..=79 (0x40..=0x4F): a TURN ChannelData message.
+    /// 64..=127 (0x40..=0x7F): a TURN ChannelData message (RFC 7983 gives TURN 64..=79; RFC 5766
+    /// channel numbers reach 0x7FFF and coturn's clients use them).
     ChannelData,
     /// 20..=63: DTLS (a later transport).
     Dtls,
@@ -38,7 +39,7 @@ pub enum PacketKind {
 pub fn demux(packet: &[u8]) -> PacketKind {
     match packet.first() {
         Some(0..=3) => PacketKind::Stun,
-        Some(0x40..=0x4F) => PacketKind::ChannelData,
+        Some(0x40..=0x7F) => PacketKind::ChannelData,
         Some(20..=63) => PacketKind::Dtls,
         _ => PacketKind::Other,
     }
@@ -55,7 +56,7 @@ mod tests {
         assert_eq!(demux(&[0x01]), PacketKind::Stun);
         assert_eq!(demux(&[0x40]), PacketKind::ChannelData);
         assert_eq!(demux(&[0x4F]), PacketKind::ChannelData);
-        assert_eq!(demux(&[0x50]), PacketKind::Other);
+        assert_eq!(demux(&[0x7F]), PacketKind::ChannelData);
         assert_eq!(demux(&[22]), PacketKind::Dtls);
         assert_eq!(demux(&[0x80]), PacketKind::Other);
     }
