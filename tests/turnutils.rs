@@ -1,0 +1,129 @@
+//! TURN over UDP (and TCP) against the real binary, driven by coturn's own `turnutils_uclient`
+//! relaying to `turnutils_peer`: channels, Send indications, client-to-client, many clients,
+//! long-term and REST credentials. Every message must come back.
+
+mod common;
+
+use common::*;
+
+fn lt_server() -> Server {
+    start_server(&[
+        "-n",
+        "-L",
+        "127.0.0.1",
+        "-E",
+        "127.0.0.1",
+        "--allow-loopback-peers",
+        "--realm",
+        "bench.local",
+        "--lt-cred-mech",
+        "--user",
+        "bench:benchpw",
+        "--min-port",
+        "61000",
+        "--max-port",
+        "61999",
+        "-m",
+        "2",
+    ])
+}
+
+fn assert_all_echoed(r: &UclientResult, expect: u64) {
+    assert_eq!(r.sent, expect, "sent count; output:\n{}", r.output);
+    assert_eq!(r.received, r.sent, "every message echoed; output:\n{}", r.output);
+    assert!(
+        r.lost_line.contains("Total lost packets 0 "),
+        "no loss; output:\n{}",
+        r.output
+    );
+}
+
+const LT: [&str; 4] = ["-u", "bench", "-w", "benchpw"];
+
+#[test]
+fn uclient_channels_long_term() {
+    let srv = lt_server();
+    let (_peer, pport) = start_peer();
+    let r = uclient(srv.port, pport, &[&LT[..], &["-m", "2", "-n", "50", "-l", "100"]].concat());
+    assert_all_echoed(&r, 100);
+}
+
+#[test]
+fn uclient_send_indications() {
+    let srv = lt_server();
+    let (_peer, pport) = start_peer();
+    let r = uclient(srv.port, pport, &[&LT[..], &["-s", "-m", "2", "-n", "50", "-l", "100"]].concat());
+    assert_all_echoed(&r, 100);
+}
+
+#[test]
+fn uclient_client_to_client() {
+    let srv = lt_server();
+    let (_peer, pport) = start_peer();
+    let r = uclient(srv.port, pport, &[&LT[..], &["-y", "-m", "2", "-n", "50", "-l", "100"]].concat());
+    assert_all_echoed(&r, 200);
+}
+
+#[test]
+fn uclient_ten_clients() {
+    let srv = lt_server();
+    let (_peer, pport) = start_peer();
+    let r = uclient(srv.port, pport, &[&LT[..], &["-c", "-m", "10", "-n", "50", "-l", "120"]].concat());
+    assert_all_echoed(&r, 500);
+}
+
+#[test]
+fn uclient_over_tcp() {
+    let srv = lt_server();
+    let (_peer, pport) = start_peer();
+    let r = uclient(srv.port, pport, &[&LT[..], &["-t", "-m", "2", "-n", "50", "-l", "100"]].concat());
+    assert_all_echoed(&r, 100);
+}
+
+#[test]
+fn uclient_rest_secret() {
+    let srv = start_server(&[
+        "-n",
+        "-L",
+        "127.0.0.1",
+        "--allow-loopback-peers",
+        "--realm",
+        "bench.local",
+        "--use-auth-secret",
+        "--static-auth-secret",
+        "old-secret",
+        "--static-auth-secret",
+        "benchsecret",
+    ]);
+    let (_peer, pport) = start_peer();
+    // turnutils_uclient mints `expiry:user` with the secret it is given (-W).
+    let r = uclient(srv.port, pport, &["-u", "bench", "-W", "benchsecret", "-m", "2", "-n", "50", "-l", "100"]);
+    assert_all_echoed(&r, 100);
+    let r = uclient(srv.port, pport, &["-u", "bench", "-W", "old-secret", "-m", "2", "-n", "20", "-l", "100"]);
+    assert_all_echoed(&r, 20);
+}
+
+#[test]
+fn wrong_password_relays_nothing() {
+    let srv = lt_server();
+    let (_peer, pport) = start_peer();
+    let r = uclient(srv.port, pport, &["-u", "bench", "-w", "wrong", "-m", "1", "-n", "10", "-l", "100"]);
+    assert_eq!(r.received, 0, "output:\n{}", r.output);
+}
+
+#[test]
+fn loopback_peer_refused_by_default() {
+    let srv = start_server(&[
+        "-n",
+        "-L",
+        "127.0.0.1",
+        "--realm",
+        "bench.local",
+        "--user",
+        "bench:benchpw",
+    ]);
+    let (_peer, pport) = start_peer();
+    let r = uclient(srv.port, pport, &[&LT[..], &["-m", "1", "-n", "10", "-l", "100"]].concat());
+    assert_eq!(r.received, 0, "loopback peers must be refused without --allow-loopback-peers:\n{}", r.output);
+    assert!(r.output.contains("403"), "expected 403 Forbidden:\n{}", r.output);
+}
