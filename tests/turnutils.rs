@@ -100,7 +100,7 @@ fn uclient_rest_secret() {
     let r = uclient(srv.port, pport, &["-u", "bench", "-W", "benchsecret", "-m", "2", "-n", "50", "-l", "100"]);
     assert_all_echoed(&r, 100);
     let r = uclient(srv.port, pport, &["-u", "bench", "-W", "old-secret", "-m", "2", "-n", "20", "-l", "100"]);
-    assert_all_echoed(&r, 20);
+    assert_all_echoed(&r, 40);
 }
 
 #[test]
