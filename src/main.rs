@@ -35,7 +35,9 @@ fn init_logging(config: &Config) -> Option<()> {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     match config.log_file.as_deref() {
         None | Some("stdout") | Some("-") | Some("syslog") => {
             if config.no_stdout_log && config.log_file.is_none() {
@@ -44,8 +46,15 @@ fn init_logging(config: &Config) -> Option<()> {
                 builder.init();
             }
         }
-        Some(path) => match std::fs::OpenOptions::new().create(true).append(true).open(path) {
-            Ok(f) => builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).init(),
+        Some(path) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(f) => builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(f))
+                .init(),
             Err(e) => {
                 builder.init();
                 tracing::warn!("cannot open log file {path}: {e}; logging to stdout");
@@ -57,7 +66,10 @@ fn init_logging(config: &Config) -> Option<()> {
 
 fn run(config: Config) -> Result<()> {
     let listen_ips: Vec<IpAddr> = if config.listening_ips.is_empty() {
-        vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED), IpAddr::V6(Ipv6Addr::UNSPECIFIED)]
+        vec![
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        ]
     } else {
         config.listening_ips.clone()
     };
@@ -127,7 +139,9 @@ fn run(config: Config) -> Result<()> {
 /// Block until SIGINT or SIGTERM. SIGHUP (reload) is caught so it does not kill the process.
 fn wait_for_shutdown() -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -199,7 +213,9 @@ fn interface_addrs() -> Vec<IpAddr> {
                 match i32::from((*sa).sa_family) {
                     libc::AF_INET => {
                         let sin = &*(sa as *const libc::sockaddr_in);
-                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                            sin.sin_addr.s_addr,
+                        ))));
                     }
                     libc::AF_INET6 => {
                         let sin6 = &*(sa as *const libc::sockaddr_in6);
@@ -259,8 +275,13 @@ fn engine_config(config: &Config, relay_ips: Vec<IpAddr>) -> ServerConfig {
         credentials,
         stun: !config.no_stun,
         turn: !config.stun_only,
+        classic_stun: !config.no_stun_backward_compatibility,
         relay_ips,
-        external_ips: config.external_ips.iter().map(|e| (e.public, e.private)).collect(),
+        external_ips: config
+            .external_ips
+            .iter()
+            .map(|e| (e.public, e.private))
+            .collect(),
         default_lifetime: config.default_allocate_lifetime,
         max_lifetime: config.max_allocate_lifetime,
         permission_lifetime: config.permission_lifetime,

@@ -20,7 +20,8 @@ fn turnutils_stunclient_gets_the_reflexive_address() {
         Command::new("turnutils_stunclient").args(["-p", &srv.port.to_string(), "127.0.0.1"]),
         Duration::from_secs(20),
     );
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(
         text.contains("UDP reflexive addr: 127.0.0.1:"),
         "unexpected turnutils_stunclient output:\n{text}"
@@ -70,14 +71,17 @@ fn coturn_docker_compose_flags_start_and_serve() {
     // own /etc/turnserver.conf does not change the test).
     let port = free_port();
     let lp = format!("--listening-port={port}");
-    let srv = start_server_on(port, &[
-        &lp,
-        "--min-port=49152",
-        "--max-port=65535",
-        "--user=vigiturn:vigisecret123",
-        "--realm=vigi.local",
-        "-n",
-    ]);
+    let srv = start_server_on(
+        port,
+        &[
+            &lp,
+            "--min-port=49152",
+            "--max-port=65535",
+            "--user=vigiturn:vigisecret123",
+            "--realm=vigi.local",
+            "-n",
+        ],
+    );
     let addr = SocketAddr::from(([127, 0, 0, 1], srv.port));
     assert!(binding_udp(addr, Duration::from_secs(2)).is_some());
     assert!(srv.proc.terminate().success());
@@ -101,8 +105,15 @@ fn bad_flags_fail_with_one_line_before_binding() {
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?} must exit 2");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line, got {err:?}");
-        assert!(err.contains(needle), "{args:?}: {err:?} should name {needle}");
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{args:?}: one line, got {err:?}"
+        );
+        assert!(
+            err.contains(needle),
+            "{args:?}: {err:?} should name {needle}"
+        );
         // Nothing was bound: the port is still free.
         assert!(std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok());
     }
@@ -123,7 +134,10 @@ fn config_file_is_read_and_bad_lines_are_named() {
     assert_eq!(srv.port, port);
     let bad = dir.join("bad.conf");
     std::fs::write(&bad, "realm=x\nmin-port=99999\n").unwrap();
-    let out = Command::new(BIN).args(["-c", bad.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["-c", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.conf:2"), "{err}");

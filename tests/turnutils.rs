@@ -30,7 +30,11 @@ fn lt_server() -> Server {
 
 fn assert_all_echoed(r: &UclientResult, expect: u64) {
     assert_eq!(r.sent, expect, "sent count; output:\n{}", r.output);
-    assert_eq!(r.received, r.sent, "every message echoed; output:\n{}", r.output);
+    assert_eq!(
+        r.received, r.sent,
+        "every message echoed; output:\n{}",
+        r.output
+    );
     assert!(
         r.lost_line.contains("Total lost packets 0 "),
         "no loss; output:\n{}",
@@ -44,7 +48,11 @@ const LT: [&str; 4] = ["-u", "bench", "-w", "benchpw"];
 fn uclient_channels_long_term() {
     let srv = lt_server();
     let (_peer, pport) = start_peer();
-    let r = uclient(srv.port, pport, &[&LT[..], &["-m", "2", "-n", "50", "-l", "100"]].concat());
+    let r = uclient(
+        srv.port,
+        pport,
+        &[&LT[..], &["-m", "2", "-n", "50", "-l", "100"]].concat(),
+    );
     assert_all_echoed(&r, 100);
 }
 
@@ -52,7 +60,11 @@ fn uclient_channels_long_term() {
 fn uclient_send_indications() {
     let srv = lt_server();
     let (_peer, pport) = start_peer();
-    let r = uclient(srv.port, pport, &[&LT[..], &["-s", "-m", "2", "-n", "50", "-l", "100"]].concat());
+    let r = uclient(
+        srv.port,
+        pport,
+        &[&LT[..], &["-s", "-m", "2", "-n", "50", "-l", "100"]].concat(),
+    );
     assert_all_echoed(&r, 100);
 }
 
@@ -60,7 +72,11 @@ fn uclient_send_indications() {
 fn uclient_client_to_client() {
     let srv = lt_server();
     let (_peer, pport) = start_peer();
-    let r = uclient(srv.port, pport, &[&LT[..], &["-y", "-m", "2", "-n", "50", "-l", "100"]].concat());
+    let r = uclient(
+        srv.port,
+        pport,
+        &[&LT[..], &["-y", "-m", "2", "-n", "50", "-l", "100"]].concat(),
+    );
     assert_all_echoed(&r, 200);
 }
 
@@ -68,7 +84,11 @@ fn uclient_client_to_client() {
 fn uclient_ten_clients() {
     let srv = lt_server();
     let (_peer, pport) = start_peer();
-    let r = uclient(srv.port, pport, &[&LT[..], &["-c", "-m", "10", "-n", "50", "-l", "120"]].concat());
+    let r = uclient(
+        srv.port,
+        pport,
+        &[&LT[..], &["-c", "-m", "10", "-n", "50", "-l", "120"]].concat(),
+    );
     assert_all_echoed(&r, 500);
 }
 
@@ -76,7 +96,11 @@ fn uclient_ten_clients() {
 fn uclient_over_tcp() {
     let srv = lt_server();
     let (_peer, pport) = start_peer();
-    let r = uclient(srv.port, pport, &[&LT[..], &["-t", "-m", "2", "-n", "50", "-l", "100"]].concat());
+    let r = uclient(
+        srv.port,
+        pport,
+        &[&LT[..], &["-t", "-m", "2", "-n", "50", "-l", "100"]].concat(),
+    );
     assert_all_echoed(&r, 100);
 }
 
@@ -97,9 +121,39 @@ fn uclient_rest_secret() {
     ]);
     let (_peer, pport) = start_peer();
     // turnutils_uclient mints `expiry:user` with the secret it is given (-W).
-    let r = uclient(srv.port, pport, &["-u", "bench", "-W", "benchsecret", "-m", "2", "-n", "50", "-l", "100"]);
+    let r = uclient(
+        srv.port,
+        pport,
+        &[
+            "-u",
+            "bench",
+            "-W",
+            "benchsecret",
+            "-m",
+            "2",
+            "-n",
+            "50",
+            "-l",
+            "100",
+        ],
+    );
     assert_all_echoed(&r, 100);
-    let r = uclient(srv.port, pport, &["-u", "bench", "-W", "old-secret", "-m", "2", "-n", "20", "-l", "100"]);
+    let r = uclient(
+        srv.port,
+        pport,
+        &[
+            "-u",
+            "bench",
+            "-W",
+            "old-secret",
+            "-m",
+            "2",
+            "-n",
+            "20",
+            "-l",
+            "100",
+        ],
+    );
     assert_all_echoed(&r, 40);
 }
 
@@ -107,7 +161,13 @@ fn uclient_rest_secret() {
 fn wrong_password_relays_nothing() {
     let srv = lt_server();
     let (_peer, pport) = start_peer();
-    let r = uclient(srv.port, pport, &["-u", "bench", "-w", "wrong", "-m", "1", "-n", "10", "-l", "100"]);
+    let r = uclient(
+        srv.port,
+        pport,
+        &[
+            "-u", "bench", "-w", "wrong", "-m", "1", "-n", "10", "-l", "100",
+        ],
+    );
     assert_eq!(r.received, 0, "output:\n{}", r.output);
 }
 
@@ -123,7 +183,19 @@ fn loopback_peer_refused_by_default() {
         "bench:benchpw",
     ]);
     let (_peer, pport) = start_peer();
-    let r = uclient(srv.port, pport, &[&LT[..], &["-m", "1", "-n", "10", "-l", "100"]].concat());
-    assert_eq!(r.received, 0, "loopback peers must be refused without --allow-loopback-peers:\n{}", r.output);
-    assert!(r.output.contains("403"), "expected 403 Forbidden:\n{}", r.output);
+    let r = uclient(
+        srv.port,
+        pport,
+        &[&LT[..], &["-m", "1", "-n", "10", "-l", "100"]].concat(),
+    );
+    assert_eq!(
+        r.received, 0,
+        "loopback peers must be refused without --allow-loopback-peers:\n{}",
+        r.output
+    );
+    assert!(
+        r.output.contains("403"),
+        "expected 403 Forbidden:\n{}",
+        r.output
+    );
 }

@@ -31,7 +31,9 @@ impl AllocationId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     /// The relay socket is being bound; the Allocate request waits for [`super::Server::handle_relay_bound`].
-    Binding { attempts: u8 },
+    Binding {
+        attempts: u8,
+    },
     Active,
 }
 

@@ -111,7 +111,13 @@ impl fmt::Debug for RestCredentials {
 
 /// Mint REST credentials valid for `ttl` seconds from `unix_now`: username `expiry[sep]user`
 /// (or the bare expiry when `user` is empty), as coturn and the draft define.
-pub fn mint_rest_credentials(secret: &[u8], user: &str, ttl: u64, unix_now: u64, sep: char) -> RestCredentials {
+pub fn mint_rest_credentials(
+    secret: &[u8],
+    user: &str,
+    ttl: u64,
+    unix_now: u64,
+    sep: char,
+) -> RestCredentials {
     let expires = unix_now.saturating_add(ttl);
     let username = if user.is_empty() {
         expires.to_string()
@@ -224,7 +230,12 @@ impl Credentials {
 
     /// The candidate keys for `username`: one for a static user, one per REST secret otherwise.
     /// The caller accepts the request if MESSAGE-INTEGRITY matches any of them.
-    pub fn keys_for(&self, username: &str, alg: PasswordAlgorithm, unix_now: u64) -> Result<Vec<Key>, AuthFailure> {
+    pub fn keys_for(
+        &self,
+        username: &str,
+        alg: PasswordAlgorithm,
+        unix_now: u64,
+    ) -> Result<Vec<Key>, AuthFailure> {
         if let Some(u) = self.users.get(username) {
             return match alg {
                 PasswordAlgorithm::Md5 => Ok(vec![Key::Md5(u.md5)]),
@@ -248,7 +259,9 @@ impl Credentials {
                 let pw = rest_password(s, username);
                 match alg {
                     PasswordAlgorithm::Md5 => Key::Md5(key_md5(username, &self.realm, &pw)),
-                    PasswordAlgorithm::Sha256 => Key::Sha256(key_sha256(username, &self.realm, &pw)),
+                    PasswordAlgorithm::Sha256 => {
+                        Key::Sha256(key_sha256(username, &self.realm, &pw))
+                    }
                 }
             })
             .collect())
@@ -287,7 +300,10 @@ impl NonceKey {
 
     /// A nonce for a client at `ip`, issued at `unix_now`.
     pub fn make(&self, unix_now: u64, ip: IpAddr) -> String {
-        format!("{NONCE_PREFIX}{unix_now:016x}{:016x}", self.mac(unix_now, ip))
+        format!(
+            "{NONCE_PREFIX}{unix_now:016x}{:016x}",
+            self.mac(unix_now, ip)
+        )
     }
 
     /// Check a nonce from a client at `ip`: issued by us for this address, at most `lifetime`
@@ -299,13 +315,21 @@ impl NonceKey {
         if rest.len() != 32 {
             return NonceCheck::Stale;
         }
-        let parse = |b: &[u8]| std::str::from_utf8(b).ok().and_then(|s| u64::from_str_radix(s, 16).ok());
+        let parse = |b: &[u8]| {
+            std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| u64::from_str_radix(s, 16).ok())
+        };
         let (Some(issued), Some(mac)) = (parse(&rest[..16]), parse(&rest[16..])) else {
             return NonceCheck::Stale;
         };
         let want = self.mac(issued, ip);
-        let same: bool = subtle::ConstantTimeEq::ct_eq(&want.to_be_bytes()[..], &mac.to_be_bytes()[..]).into();
-        if !same || issued > unix_now.saturating_add(5) || unix_now.saturating_sub(issued) > lifetime {
+        let same: bool =
+            subtle::ConstantTimeEq::ct_eq(&want.to_be_bytes()[..], &mac.to_be_bytes()[..]).into();
+        if !same
+            || issued > unix_now.saturating_add(5)
+            || unix_now.saturating_sub(issued) > lifetime
+        {
             return NonceCheck::Stale;
         }
         NonceCheck::Valid
@@ -341,18 +365,32 @@ mod tests {
         let k = c.keys_for("bob", PasswordAlgorithm::Md5, 0).unwrap();
         assert_eq!(k, vec![Key::Md5(key_md5("bob", "example.org", "pw"))]);
         assert!(c.keys_for("bob", PasswordAlgorithm::Sha256, 0).is_ok());
-        assert_eq!(c.keys_for("hex", PasswordAlgorithm::Md5, 0).unwrap(), vec![Key::Md5([7; 16])]);
+        assert_eq!(
+            c.keys_for("hex", PasswordAlgorithm::Md5, 0).unwrap(),
+            vec![Key::Md5([7; 16])]
+        );
         assert_eq!(
             c.keys_for("hex", PasswordAlgorithm::Sha256, 0),
             Err(AuthFailure::NoKeyForAlgorithm)
         );
-        let rest = c.keys_for("2000:carol", PasswordAlgorithm::Md5, 1000).unwrap();
+        let rest = c
+            .keys_for("2000:carol", PasswordAlgorithm::Md5, 1000)
+            .unwrap();
         assert_eq!(rest.len(), 2);
         let pw = rest_password(b"new", "2000:carol");
         assert!(rest.contains(&Key::Md5(key_md5("2000:carol", "example.org", &pw))));
-        assert_eq!(c.keys_for("999:carol", PasswordAlgorithm::Md5, 1000), Err(AuthFailure::Expired));
-        assert_eq!(c.keys_for("carol", PasswordAlgorithm::Md5, 1000), Err(AuthFailure::UnknownUser));
-        assert_eq!(c.user_for_hash(&userhash("bob", "example.org")), Some("bob"));
+        assert_eq!(
+            c.keys_for("999:carol", PasswordAlgorithm::Md5, 1000),
+            Err(AuthFailure::Expired)
+        );
+        assert_eq!(
+            c.keys_for("carol", PasswordAlgorithm::Md5, 1000),
+            Err(AuthFailure::UnknownUser)
+        );
+        assert_eq!(
+            c.user_for_hash(&userhash("bob", "example.org")),
+            Some("bob")
+        );
         assert_eq!(c.user_for_hash(&[0; 3]), None);
     }
 
@@ -366,12 +404,21 @@ mod tests {
         assert_eq!(k.check(n.as_bytes(), 1000, 600, ip), NonceCheck::Valid);
         assert_eq!(k.check(n.as_bytes(), 1600, 600, ip), NonceCheck::Valid);
         assert_eq!(k.check(n.as_bytes(), 1601, 600, ip), NonceCheck::Stale);
-        assert_eq!(k.check(n.as_bytes(), 1000, 600, "192.0.2.2".parse().unwrap()), NonceCheck::Stale);
-        assert_eq!(NonceKey([4; 32]).check(n.as_bytes(), 1000, 600, ip), NonceCheck::Stale);
+        assert_eq!(
+            k.check(n.as_bytes(), 1000, 600, "192.0.2.2".parse().unwrap()),
+            NonceCheck::Stale
+        );
+        assert_eq!(
+            NonceKey([4; 32]).check(n.as_bytes(), 1000, 600, ip),
+            NonceCheck::Stale
+        );
         let mut forged = n.clone().into_bytes();
         forged[20] = if forged[20] == b'0' { b'1' } else { b'0' };
         assert_eq!(k.check(&forged, 1000, 600, ip), NonceCheck::Stale);
         assert_eq!(k.check(b"short", 1000, 600, ip), NonceCheck::Stale);
-        assert_eq!(k.check("obMatJos2wAAAé".as_bytes(), 1000, 600, ip), NonceCheck::Stale);
+        assert_eq!(
+            k.check("obMatJos2wAAAé".as_bytes(), 1000, 600, ip),
+            NonceCheck::Stale
+        );
     }
 }

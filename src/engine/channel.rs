@@ -50,7 +50,13 @@ impl Channels {
 
     /// Whether `number` may be bound to `peer` (RFC 8656 §11.2 steps on rebinding): a fresh pair,
     /// or the same pair again (a refresh). Entries past their quarantine are forgotten first.
-    pub fn check(&mut self, number: u16, peer: SocketAddr, now: Instant, max: usize) -> Result<(), BindConflict> {
+    pub fn check(
+        &mut self,
+        number: u16,
+        peer: SocketAddr,
+        now: Instant,
+        max: usize,
+    ) -> Result<(), BindConflict> {
         self.list.retain(|c| c.expires + QUARANTINE > now);
         for c in &self.list {
             if c.number == number && c.peer != peer {
@@ -108,7 +114,10 @@ mod tests {
         let expired = t0 + Duration::from_secs(601);
         assert_eq!(ch.peer(0x4000, expired), None);
         // Still quarantined five minutes after expiry...
-        assert_eq!(ch.check(0x4000, b, expired, 8), Err(BindConflict::NumberTaken));
+        assert_eq!(
+            ch.check(0x4000, b, expired, 8),
+            Err(BindConflict::NumberTaken)
+        );
         // ...and free after.
         let later = t0 + Duration::from_secs(901);
         assert_eq!(ch.check(0x4000, b, later, 8), Ok(()));

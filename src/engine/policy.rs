@@ -78,7 +78,10 @@ impl PeerPolicy {
         if !builtin_ok {
             return false;
         }
-        let listed = |list: &[IpRange]| list.iter().any(|r| r.contains(&ip) || r.contains(&canonical));
+        let listed = |list: &[IpRange]| {
+            list.iter()
+                .any(|r| r.contains(&ip) || r.contains(&canonical))
+        };
         if listed(&self.allowed) {
             return true;
         }

@@ -142,7 +142,9 @@ mod tests {
     #[test]
     fn takes_every_port_once_then_none() {
         let p = PortPool::new(50000, 50009);
-        let mut got: Vec<u16> = (0..10).map(|i| p.take(IP, i * 7919, false, false).unwrap()).collect();
+        let mut got: Vec<u16> = (0..10)
+            .map(|i| p.take(IP, i * 7919, false, false).unwrap())
+            .collect();
         got.sort();
         assert_eq!(got, (50000..=50009).collect::<Vec<_>>());
         assert_eq!(p.take(IP, 3, false, false), None);
@@ -150,7 +152,9 @@ mod tests {
         p.release(IP, 50004);
         assert_eq!(p.take(IP, 0, false, false), Some(50004));
         // Another IP has its own ports.
-        assert!(p.take(IpAddr::V4([10, 0, 0, 1].into()), 0, false, false).is_some());
+        assert!(p
+            .take(IpAddr::V4([10, 0, 0, 1].into()), 0, false, false)
+            .is_some());
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //! STUN Binding (RFC 8489 §6.3) and the TURN methods (RFC 8656 §7–§12), routes data, and leaves
 //! everything that needs I/O in a queue of [`Command`]s.
 
+use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::cmp::Reverse;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -23,7 +23,9 @@ use super::stats::AllocationStats;
 use super::FiveTuple;
 use crate::proto::attr;
 use crate::proto::channel_data::{self, ChannelData};
-use crate::proto::{demux, Class, Message, MessageBuilder, Method, PacketKind, TransactionId, MAGIC_COOKIE};
+use crate::proto::{
+    demux, Class, Message, MessageBuilder, Method, PacketKind, TransactionId, MAGIC_COOKIE,
+};
 
 /// Room a worker leaves before a peer's payload so a Data indication header (IPv6 peer: 48 bytes)
 /// or ChannelData header can be written in place.
@@ -50,6 +52,9 @@ pub struct ServerConfig {
     pub stun: bool,
     /// Serve TURN (not `--stun-only`).
     pub turn: bool,
+    /// Answer RFC 3489 Binding requests (no magic cookie) with MAPPED-ADDRESS (not
+    /// `--no-stun-backward-compatibility`).
+    pub classic_stun: bool,
     /// Addresses relay sockets bind to; the first of a family is preferred, others are chosen at random.
     pub relay_ips: Vec<IpAddr>,
     /// `--external-ip` mappings: (public, private); without private the mapping applies to every
@@ -82,6 +87,7 @@ impl Default for ServerConfig {
             credentials: Credentials::new("vigi-turn", ':'),
             stun: true,
             turn: true,
+            classic_stun: true,
             relay_ips: Vec::new(),
             external_ips: Vec::new(),
             default_lifetime: 600,
@@ -130,7 +136,10 @@ impl Shared {
 
     /// Count an allocation for `user` if both quotas allow it.
     fn try_count(&self, user: &str, user_quota: u32, total_quota: u32) -> bool {
-        let mut by_user = self.allocations_by_user.lock().unwrap_or_else(|e| e.into_inner());
+        let mut by_user = self
+            .allocations_by_user
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let n = by_user.get(user).copied().unwrap_or(0);
         if user_quota > 0 && n >= user_quota {
             return false;
@@ -145,7 +154,10 @@ impl Shared {
     }
 
     fn uncount(&self, user: &str) {
-        let mut by_user = self.allocations_by_user.lock().unwrap_or_else(|e| e.into_inner());
+        let mut by_user = self
+            .allocations_by_user
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Entry::Occupied(mut e) = by_user.entry(user.to_owned()) {
             *e.get_mut() -= 1;
             if *e.get() == 0 {
@@ -200,7 +212,10 @@ pub enum ClientDecision {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerDecision {
     /// Send `buf[frame]` (header written in place before the payload) to the client.
-    Forward { to: FiveTuple, frame: Range<usize> },
+    Forward {
+        to: FiveTuple,
+        frame: Range<usize>,
+    },
     Drop,
 }
 
@@ -262,7 +277,13 @@ pub struct Server {
 impl Server {
     /// A new engine. `now`/`unix_now` anchor Unix time (REST expiry, nonces) to the monotonic
     /// clock; `seed` drives port choice and transaction ids.
-    pub fn new(config: Arc<ServerConfig>, shared: Arc<Shared>, now: Instant, unix_now: u64, seed: u64) -> Self {
+    pub fn new(
+        config: Arc<ServerConfig>,
+        shared: Arc<Shared>,
+        now: Instant,
+        unix_now: u64,
+        seed: u64,
+    ) -> Self {
         Server {
             config,
             shared,
@@ -384,7 +405,12 @@ impl Server {
 
     /// A packet from a client on `five`. Returns a data-plane decision; control-plane answers
     /// are queued as commands.
-    pub fn handle_client_input(&mut self, now: Instant, five: FiveTuple, packet: &[u8]) -> ClientDecision {
+    pub fn handle_client_input(
+        &mut self,
+        now: Instant,
+        five: FiveTuple,
+        packet: &[u8],
+    ) -> ClientDecision {
         match demux(packet) {
             PacketKind::ChannelData => self.handle_channel_data(now, five, packet),
             PacketKind::Stun => match Message::decode(packet) {
@@ -402,7 +428,12 @@ impl Server {
     }
 
     /// ChannelData from a client (RFC 8656 §12.6).
-    fn handle_channel_data(&mut self, now: Instant, five: FiveTuple, packet: &[u8]) -> ClientDecision {
+    fn handle_channel_data(
+        &mut self,
+        now: Instant,
+        five: FiveTuple,
+        packet: &[u8],
+    ) -> ClientDecision {
         let Ok(cd) = ChannelData::decode(packet) else {
             self.counters.malformed += 1;
             return ClientDecision::Done;
@@ -420,12 +451,23 @@ impl Server {
             self.counters.dropped_no_permission += 1;
             return ClientDecision::Done;
         };
-        self.forward_to_peer(now, id, peer, channel_data::HEADER_LEN..channel_data::HEADER_LEN + len)
+        self.forward_to_peer(
+            now,
+            id,
+            peer,
+            channel_data::HEADER_LEN..channel_data::HEADER_LEN + len,
+        )
     }
 
     /// Shared tail of ChannelData and Send: permission, bandwidth, counters.
     #[inline]
-    fn forward_to_peer(&mut self, now: Instant, id: AllocationId, peer: SocketAddr, payload: Range<usize>) -> ClientDecision {
+    fn forward_to_peer(
+        &mut self,
+        now: Instant,
+        id: AllocationId,
+        peer: SocketAddr,
+        payload: Range<usize>,
+    ) -> ClientDecision {
         let Some(a) = self.get_mut(id) else {
             return ClientDecision::Done;
         };
@@ -451,7 +493,11 @@ impl Server {
     fn handle_stun(&mut self, now: Instant, five: FiveTuple, m: &Message) -> ClientDecision {
         if m.is_classic() {
             // RFC 5389 §12: only Binding is answered for an RFC 3489 client.
-            if m.class() == Class::Request && m.method() == Method::BINDING && self.config.stun {
+            if m.class() == Class::Request
+                && m.method() == Method::BINDING
+                && self.config.stun
+                && self.config.classic_stun
+            {
                 self.handle_binding(five, m);
             }
             return ClientDecision::Done;
@@ -472,7 +518,10 @@ impl Server {
         let Some(&id) = self.by_five_tuple.get(&five) else {
             return ClientDecision::Done;
         };
-        let (Some(peer), Some(data)) = (m.get_xor_address(attr::XOR_PEER_ADDRESS), m.get_range(attr::DATA)) else {
+        let (Some(peer), Some(data)) = (
+            m.get_xor_address(attr::XOR_PEER_ADDRESS),
+            m.get_range(attr::DATA),
+        ) else {
             self.counters.malformed += 1;
             return ClientDecision::Done;
         };
@@ -535,11 +584,21 @@ impl Server {
         self.counters.binding_responses += 1;
         let mut out = Vec::with_capacity(64);
         let mut b = if m.is_classic() {
-            let mut b = MessageBuilder::new_raw(&mut out, Method::BINDING, Class::Success, m.raw_transaction());
+            let mut b = MessageBuilder::new_raw(
+                &mut out,
+                Method::BINDING,
+                Class::Success,
+                m.raw_transaction(),
+            );
             b.address(attr::MAPPED_ADDRESS, &five.client);
             b
         } else {
-            let mut b = MessageBuilder::new(&mut out, Method::BINDING, Class::Success, m.transaction_id());
+            let mut b = MessageBuilder::new(
+                &mut out,
+                Method::BINDING,
+                Class::Success,
+                m.transaction_id(),
+            );
             b.xor_address(attr::XOR_MAPPED_ADDRESS, &five.client);
             b
         };
@@ -549,7 +608,10 @@ impl Server {
         if !m.is_classic() && (m.has_fingerprint() || self.config.fingerprint) {
             b.fingerprint();
         }
-        self.commands.push_back(Command::Send { to: five, data: out });
+        self.commands.push_back(Command::Send {
+            to: five,
+            data: out,
+        });
     }
 
     fn plain_sign(&self, m: &Message) -> Sign<'static> {
@@ -562,7 +624,13 @@ impl Server {
 
     /// Build a response to `m` with the attributes `fill` adds, then SOFTWARE, integrity and
     /// FINGERPRINT as `sign` says.
-    fn build_response(&self, m: &Message, class: Class, sign: Sign, fill: impl FnOnce(&mut MessageBuilder)) -> Vec<u8> {
+    fn build_response(
+        &self,
+        m: &Message,
+        class: Class,
+        sign: Sign,
+        fill: impl FnOnce(&mut MessageBuilder),
+    ) -> Vec<u8> {
         let mut out = Vec::with_capacity(128);
         let mut b = MessageBuilder::new(&mut out, m.method(), class, m.transaction_id());
         fill(&mut b);
@@ -581,7 +649,14 @@ impl Server {
         out
     }
 
-    fn respond_error(&mut self, five: FiveTuple, m: &Message, code: u16, sign: Sign, fill: impl FnOnce(&mut MessageBuilder)) {
+    fn respond_error(
+        &mut self,
+        five: FiveTuple,
+        m: &Message,
+        code: u16,
+        sign: Sign,
+        fill: impl FnOnce(&mut MessageBuilder),
+    ) {
         tracing::debug!(client = %five.client, method = m.method().0, code, "error response");
         let data = self.build_response(m, Class::Error, sign, |b| {
             b.error_code(code, "");
@@ -611,7 +686,16 @@ impl Server {
             b.attr(attr::NONCE, nonce.as_bytes());
             b.attr(
                 attr::PASSWORD_ALGORITHMS,
-                &[0, attr::PASSWORD_ALGORITHM_MD5 as u8, 0, 0, 0, attr::PASSWORD_ALGORITHM_SHA256 as u8, 0, 0],
+                &[
+                    0,
+                    attr::PASSWORD_ALGORITHM_MD5 as u8,
+                    0,
+                    0,
+                    0,
+                    attr::PASSWORD_ALGORITHM_SHA256 as u8,
+                    0,
+                    0,
+                ],
             );
         });
     }
@@ -619,7 +703,13 @@ impl Server {
     /// Long-term credential check (RFC 8489 §9.2.4). None when a challenge or error was sent.
     /// `owner` is the username of the allocation the request acts on (441 on mismatch,
     /// RFC 8656 §5).
-    fn authenticate(&mut self, now: Instant, five: FiveTuple, m: &Message, owner: Option<&str>) -> Option<Auth> {
+    fn authenticate(
+        &mut self,
+        now: Instant,
+        five: FiveTuple,
+        m: &Message,
+        owner: Option<&str>,
+    ) -> Option<Auth> {
         if self.config.no_auth {
             return Some(Auth {
                 username: String::new(),
@@ -645,8 +735,12 @@ impl Server {
             return None;
         }
         let unix = self.unix(now);
-        if self.shared.nonce_key.check(nonce, unix, u64::from(self.config.nonce_lifetime), five.client.ip())
-            == NonceCheck::Stale
+        if self.shared.nonce_key.check(
+            nonce,
+            unix,
+            u64::from(self.config.nonce_lifetime),
+            five.client.ip(),
+        ) == NonceCheck::Stale
         {
             self.counters.stale_nonces += 1;
             self.challenge(now, five, m, 438);
@@ -724,7 +818,9 @@ impl Server {
     fn lifetime(&self, m: &Message) -> u32 {
         let c = &self.config;
         match m.get(attr::LIFETIME).and_then(attr::read_u32) {
-            Some(req) => req.min(c.max_lifetime).max(c.default_lifetime.min(c.max_lifetime)),
+            Some(req) => req
+                .min(c.max_lifetime)
+                .max(c.default_lifetime.min(c.max_lifetime)),
             None => c.default_lifetime.min(c.max_lifetime),
         }
     }
@@ -734,7 +830,9 @@ impl Server {
         for (public, private) in &self.config.external_ips {
             match private {
                 Some(p) if *p == relay.ip() => return SocketAddr::new(*public, relay.port()),
-                None if public.is_ipv4() == relay.is_ipv4() => return SocketAddr::new(*public, relay.port()),
+                None if public.is_ipv4() == relay.is_ipv4() => {
+                    return SocketAddr::new(*public, relay.port())
+                }
                 _ => {}
             }
         }
@@ -764,7 +862,10 @@ impl Server {
             refuse!(437);
         }
         // Step 3: REQUESTED-TRANSPORT.
-        match m.get(attr::REQUESTED_TRANSPORT).map(attr::read_requested_transport) {
+        match m
+            .get(attr::REQUESTED_TRANSPORT)
+            .map(attr::read_requested_transport)
+        {
             None | Some(None) => refuse!(400),
             Some(Some(attr::PROTO_UDP)) if self.config.udp_relay => {}
             Some(Some(_)) => refuse!(442),
@@ -774,12 +875,19 @@ impl Server {
         // Steps 5–7: RESERVATION-TOKEN, EVEN-PORT, address families.
         let token = m.get(attr::RESERVATION_TOKEN);
         let even = m.get(attr::EVEN_PORT).map(attr::read_even_port);
-        let req_family = m.get(attr::REQUESTED_ADDRESS_FAMILY).map(attr::read_address_family);
-        let add_family = m.get(attr::ADDITIONAL_ADDRESS_FAMILY).map(attr::read_address_family);
+        let req_family = m
+            .get(attr::REQUESTED_ADDRESS_FAMILY)
+            .map(attr::read_address_family);
+        let add_family = m
+            .get(attr::ADDITIONAL_ADDRESS_FAMILY)
+            .map(attr::read_address_family);
         if token.is_some() && (even.is_some() || req_family.is_some() || add_family.is_some()) {
             refuse!(400);
         }
-        if matches!(even, Some(None)) || matches!(req_family, Some(None)) || matches!(add_family, Some(None)) {
+        if matches!(even, Some(None))
+            || matches!(req_family, Some(None))
+            || matches!(add_family, Some(None))
+        {
             refuse!(400);
         }
         if req_family.is_some() && add_family.is_some() {
@@ -801,7 +909,11 @@ impl Server {
             Some(_) => refuse!(400),
         }
         // Step 8: quotas.
-        if !self.shared.try_count(&auth.username, self.config.user_quota, self.config.total_quota) {
+        if !self.shared.try_count(
+            &auth.username,
+            self.config.user_quota,
+            self.config.total_quota,
+        ) {
             refuse!(486);
         }
         // Pick the relayed transport address.
@@ -813,7 +925,11 @@ impl Server {
                 refuse!(400);
             };
             let r = {
-                let mut res = self.shared.reservations.lock().unwrap_or_else(|e| e.into_inner());
+                let mut res = self
+                    .shared
+                    .reservations
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 res.remove(&u64::from_be_bytes(t))
             };
             match r {
@@ -838,7 +954,11 @@ impl Server {
             if let (Some(p), true) = (port, reserve) {
                 let t: u64 = self.rng.gen();
                 reservation_token = Some(t);
-                let mut res = self.shared.reservations.lock().unwrap_or_else(|e| e.into_inner());
+                let mut res = self
+                    .shared
+                    .reservations
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 res.insert(
                     t,
                     Reservation {
@@ -909,12 +1029,22 @@ impl Server {
     }
 
     fn pick_relay_ip(&mut self, v6: bool) -> Option<IpAddr> {
-        let n = self.config.relay_ips.iter().filter(|ip| ip.is_ipv6() == v6).count();
+        let n = self
+            .config
+            .relay_ips
+            .iter()
+            .filter(|ip| ip.is_ipv6() == v6)
+            .count();
         if n == 0 {
             return None;
         }
         let k = self.rng.gen_range(0..n);
-        self.config.relay_ips.iter().filter(|ip| ip.is_ipv6() == v6).nth(k).copied()
+        self.config
+            .relay_ips
+            .iter()
+            .filter(|ip| ip.is_ipv6() == v6)
+            .nth(k)
+            .copied()
     }
 
     /// The worker's answer to [`Command::BindRelay`]: the socket is bound (`Ok`) or the bind
@@ -933,7 +1063,9 @@ impl Server {
             let fixed = a.pending.as_ref().is_some_and(|p| p.fixed_port);
             self.shared.ports.release(old.ip(), old.port());
             let retry = if attempts < BIND_ATTEMPTS && !fixed {
-                self.shared.ports.take(old.ip(), self.rng.gen(), false, false)
+                self.shared
+                    .ports
+                    .take(old.ip(), self.rng.gen(), false, false)
             } else {
                 None
             };
@@ -964,7 +1096,12 @@ impl Server {
             let pending = a.pending.take();
             let key = a.key.clone();
             if let Some(t) = a.reservation.take() {
-                let r = self.shared.reservations.lock().unwrap_or_else(|e| e.into_inner()).remove(&t);
+                let r = self
+                    .shared
+                    .reservations
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&t);
                 if let Some(r) = r {
                     self.shared.ports.release(r.addr.ip(), r.addr.port());
                 }
@@ -984,13 +1121,17 @@ impl Server {
                 if p.fingerprint {
                     b.fingerprint();
                 }
-                self.commands.push_back(Command::Send { to: five, data: out });
+                self.commands.push_back(Command::Send {
+                    to: five,
+                    data: out,
+                });
             }
             return;
         }
         // RFC 8656 §7.2: the success response.
         a.state = State::Active;
-        let expires = now + Duration::from_secs(u64::from(a.pending.as_ref().map_or(0, |p| p.lifetime)));
+        let expires =
+            now + Duration::from_secs(u64::from(a.pending.as_ref().map_or(0, |p| p.lifetime)));
         a.expires = expires;
         let Some(p) = a.pending.take() else {
             return;
@@ -1054,7 +1195,10 @@ impl Server {
             return;
         };
         // RFC 8656 §7.3: a REQUESTED-ADDRESS-FAMILY other than the allocation's is 443.
-        if let Some(fam) = m.get(attr::REQUESTED_ADDRESS_FAMILY).and_then(attr::read_address_family) {
+        if let Some(fam) = m
+            .get(attr::REQUESTED_ADDRESS_FAMILY)
+            .and_then(attr::read_address_family)
+        {
             let mine = if a.relay.is_ipv6() {
                 attr::FAMILY_IPV6
             } else {
@@ -1091,7 +1235,12 @@ impl Server {
 
     /// Common opening of CreatePermission and ChannelBind: the allocation (437) and the
     /// authentication of its owner (401/438/441).
-    fn allocation_for_request(&mut self, now: Instant, five: FiveTuple, m: &Message) -> Option<(AllocationId, Auth)> {
+    fn allocation_for_request(
+        &mut self,
+        now: Instant,
+        five: FiveTuple,
+        m: &Message,
+    ) -> Option<(AllocationId, Auth)> {
         let Some(&id) = self.by_five_tuple.get(&five) else {
             let auth = self.authenticate(now, five, m, None)?;
             let sign = self.signed(m, &auth);
@@ -1165,7 +1314,9 @@ impl Server {
             return;
         };
         let sign = self.signed(m, &auth);
-        let number = m.get(attr::CHANNEL_NUMBER).and_then(attr::read_channel_number);
+        let number = m
+            .get(attr::CHANNEL_NUMBER)
+            .and_then(attr::read_channel_number);
         let peer = m.get_xor_address(attr::XOR_PEER_ADDRESS);
         tracing::trace!(?number, ?peer, attrs = ?m.attributes().map(|a| a.ty).collect::<Vec<_>>(), "channel bind");
         let (Some(number), Some(peer)) = (number, peer) else {
@@ -1214,9 +1365,19 @@ impl Server {
     /// `buf[payload]`, with at least [`PEER_HEADROOM`] bytes before and [`PEER_TAILROOM`] after.
     /// On `Forward`, the ChannelData or Data-indication header has been written in place in front
     /// of the payload (RFC 8656 §11.3 and §12.7), and `buf[frame]` is what to send.
-    pub fn handle_peer_input(&mut self, now: Instant, relay: AllocationId, peer: SocketAddr, buf: &mut [u8], payload: Range<usize>) -> PeerDecision {
+    pub fn handle_peer_input(
+        &mut self,
+        now: Instant,
+        relay: AllocationId,
+        peer: SocketAddr,
+        buf: &mut [u8],
+        payload: Range<usize>,
+    ) -> PeerDecision {
         let len = payload.len();
-        if payload.start < PEER_HEADROOM || payload.end + PEER_TAILROOM > buf.len() || len > 0xFFFF - 64 {
+        if payload.start < PEER_HEADROOM
+            || payload.end + PEER_TAILROOM > buf.len()
+            || len > 0xFFFF - 64
+        {
             return PeerDecision::Drop;
         }
         let tid: [u8; 12] = self.rng.gen();
@@ -1245,7 +1406,10 @@ impl Server {
                 buf[end..end + pad].fill(0);
                 end += pad;
             }
-            return PeerDecision::Forward { to, frame: start..end };
+            return PeerDecision::Forward {
+                to,
+                frame: start..end,
+            };
         }
         // Data indication: header, XOR-PEER-ADDRESS, DATA (RFC 8656 §11.3).
         let alen = attr::address_len(&peer);
@@ -1254,7 +1418,9 @@ impl Server {
         let pad = (4 - len % 4) % 4;
         let body = head - 20 + len + pad;
         let h = &mut buf[start..payload.start];
-        h[0..2].copy_from_slice(&crate::proto::message::message_type(Method::DATA, Class::Indication).to_be_bytes());
+        h[0..2].copy_from_slice(
+            &crate::proto::message::message_type(Method::DATA, Class::Indication).to_be_bytes(),
+        );
         h[2..4].copy_from_slice(&(body as u16).to_be_bytes());
         h[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
         h[8..20].copy_from_slice(&tid);

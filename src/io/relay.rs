@@ -14,7 +14,12 @@ use crate::engine::server::PEER_HEADROOM;
 use crate::engine::{AllocationId, PeerDecision};
 
 /// Bind the relay socket of allocation `id` and start reading it.
-pub(crate) fn bind(st: &Rc<WorkerState>, id: AllocationId, addr: SocketAddr, dont_fragment: bool) -> io::Result<()> {
+pub(crate) fn bind(
+    st: &Rc<WorkerState>,
+    id: AllocationId,
+    addr: SocketAddr,
+    dont_fragment: bool,
+) -> io::Result<()> {
     let s = super::udp::bind_relay(addr, dont_fragment, st.sock_buf_size)?;
     let socket = Rc::new(UdpSocket::from_std(s)?);
     let task = tokio::task::spawn_local(read_loop(st.clone(), id, socket.clone()));
@@ -44,7 +49,10 @@ async fn read_loop(st: Rc<WorkerState>, id: AllocationId, sock: Rc<UdpSocket>) {
             };
             let now = Instant::now();
             let payload = PEER_HEADROOM..PEER_HEADROOM + n;
-            let decision = st.engine.borrow_mut().handle_peer_input(now, id, peer, &mut buf, payload);
+            let decision = st
+                .engine
+                .borrow_mut()
+                .handle_peer_input(now, id, peer, &mut buf, payload);
             if let PeerDecision::Forward { to, frame } = decision {
                 st.send_to_client(to, &buf[frame]);
             }

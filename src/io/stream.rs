@@ -93,7 +93,12 @@ async fn connection(st: Rc<WorkerState>, stream: TcpStream, client: SocketAddr, 
             let frame = &buf[start..start + len];
             let now = Instant::now();
             let decision = st.engine.borrow_mut().handle_client_input(now, five, frame);
-            if let ClientDecision::Forward { relay, peer, payload } = decision {
+            if let ClientDecision::Forward {
+                relay,
+                peer,
+                payload,
+            } = decision
+            {
                 st.send_to_peer(relay, peer, &frame[payload]);
             }
             st.drain_commands(now);

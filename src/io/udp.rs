@@ -9,7 +9,11 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 /// A non-blocking UDP socket bound to `addr`. With `reuse_port`, every worker binds its own socket
 /// to the same address and the kernel spreads clients over them by 5-tuple hash.
-pub fn bind_udp(addr: SocketAddr, reuse_port: bool, buf_size: Option<usize>) -> io::Result<std::net::UdpSocket> {
+pub fn bind_udp(
+    addr: SocketAddr,
+    reuse_port: bool,
+    buf_size: Option<usize>,
+) -> io::Result<std::net::UdpSocket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
@@ -25,7 +29,11 @@ pub fn bind_udp(addr: SocketAddr, reuse_port: bool, buf_size: Option<usize>) -> 
 
 /// A relay socket (RFC 8656 §7.2 step 6) on exactly `addr`, with the DF bit set when the client
 /// asked for DONT-FRAGMENT (§7.2 step 4).
-pub fn bind_relay(addr: SocketAddr, dont_fragment: bool, buf_size: Option<usize>) -> io::Result<std::net::UdpSocket> {
+pub fn bind_relay(
+    addr: SocketAddr,
+    dont_fragment: bool,
+    buf_size: Option<usize>,
+) -> io::Result<std::net::UdpSocket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
@@ -52,7 +60,11 @@ fn set_dont_fragment(s: &Socket, v6: bool) -> io::Result<()> {
     let (level, name, value) = if v6 {
         (libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 1)
     } else {
-        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO)
+        (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        )
     };
     // SAFETY: fd is a valid socket owned by `s`; the option value is a c_int that outlives the call.
     let rc = unsafe {

@@ -52,7 +52,10 @@ pub(crate) fn run(
     tcp_count: Arc<AtomicUsize>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("worker {index}: cannot start its runtime: {e}");
@@ -62,7 +65,9 @@ pub(crate) fn run(
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let now = Instant::now();
-        let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let seed = rand::random::<u64>() ^ index as u64;
         let engine = Server::new(rc.engine.clone(), rc.shared.clone(), now, unix, seed);
         let mut udp_socks = Vec::new();
@@ -128,8 +133,16 @@ async fn udp_listener(st: Rc<WorkerState>, local: SocketAddr, sock: Rc<UdpSocket
                 client: from,
                 server: local,
             };
-            let decision = st.engine.borrow_mut().handle_client_input(now, five, &buf[..n]);
-            if let ClientDecision::Forward { relay, peer, payload } = decision {
+            let decision = st
+                .engine
+                .borrow_mut()
+                .handle_client_input(now, five, &buf[..n]);
+            if let ClientDecision::Forward {
+                relay,
+                peer,
+                payload,
+            } = decision
+            {
                 st.send_to_peer(relay, peer, &buf[payload]);
             }
             drop(buf);
@@ -198,7 +211,9 @@ impl WorkerState {
                     if let Err(e) = &result {
                         tracing::debug!("relay bind {addr}: {e}");
                     }
-                    self.engine.borrow_mut().handle_relay_bound(now, id, result.map_err(|_| ()));
+                    self.engine
+                        .borrow_mut()
+                        .handle_relay_bound(now, id, result.map_err(|_| ()));
                 }
                 Command::FreeRelay { id } => {
                     let mut relays = self.relays.borrow_mut();

@@ -309,7 +309,9 @@ mod tests {
             0x00, 0x02, 0xa1, 0x47, 0x01, 0x13, 0xa9, 0xfa, 0xa5, 0xd3, 0xf1, 0x79, 0xbc, 0x25,
             0xf4, 0xb5, 0xbe, 0xd2, 0xb9, 0xd9,
         ];
-        let a6: SocketAddr = "[2001:db8:1234:5678:11:2233:4455:6677]:32853".parse().unwrap();
+        let a6: SocketAddr = "[2001:db8:1234:5678:11:2233:4455:6677]:32853"
+            .parse()
+            .unwrap();
         assert_eq!(read_xor_address(&v6, &TID), Some(a6));
         let mut out6 = [0u8; 20];
         write_xor_address(&mut out6, &a6, &TID);

@@ -76,11 +76,26 @@ mod tests {
         assert_eq!(ChannelData::decode(&b).unwrap().data, b"hello");
         assert_eq!(stream_padding(5), 3);
         assert_eq!(stream_padding(8), 0);
-        assert_eq!(ChannelData::decode(&[0x40, 0]), Err(ChannelDataError::TooShort));
-        assert_eq!(ChannelData::decode(&[0x80, 0, 0, 0]), Err(ChannelDataError::BadChannel));
-        assert_eq!(ChannelData::decode(&[0x7F, 0xFF, 0, 0]).unwrap().channel, 0x7FFF);
-        assert_eq!(ChannelData::decode(&[0x3F, 0xFF, 0, 0]), Err(ChannelDataError::BadChannel));
-        assert_eq!(ChannelData::decode(&[0x40, 0, 0, 1]), Err(ChannelDataError::BadLength));
+        assert_eq!(
+            ChannelData::decode(&[0x40, 0]),
+            Err(ChannelDataError::TooShort)
+        );
+        assert_eq!(
+            ChannelData::decode(&[0x80, 0, 0, 0]),
+            Err(ChannelDataError::BadChannel)
+        );
+        assert_eq!(
+            ChannelData::decode(&[0x7F, 0xFF, 0, 0]).unwrap().channel,
+            0x7FFF
+        );
+        assert_eq!(
+            ChannelData::decode(&[0x3F, 0xFF, 0, 0]),
+            Err(ChannelDataError::BadChannel)
+        );
+        assert_eq!(
+            ChannelData::decode(&[0x40, 0, 0, 1]),
+            Err(ChannelDataError::BadLength)
+        );
         assert_eq!(ChannelData::decode(&[0x4F, 0xFF, 0, 0]).unwrap().data, b"");
     }
 }

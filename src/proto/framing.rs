@@ -54,7 +54,10 @@ mod tests {
         assert_eq!(frame_len(&[]), Ok(None));
         assert_eq!(frame_len(&[0x40, 0]), Ok(None));
         assert_eq!(frame_len(&[0x40, 0, 0, 5, 1, 2, 3, 4, 5]), Ok(None));
-        assert_eq!(frame_len(&[0x40, 0, 0, 5, 1, 2, 3, 4, 5, 0, 0, 0, 9]), Ok(Some(12)));
+        assert_eq!(
+            frame_len(&[0x40, 0, 0, 5, 1, 2, 3, 4, 5, 0, 0, 0, 9]),
+            Ok(Some(12))
+        );
         assert_eq!(frame_len(&[0x40, 0, 0, 0]), Ok(Some(4)));
         let mut stun = vec![0, 1, 0, 4];
         stun.extend_from_slice(&[0; 16]);

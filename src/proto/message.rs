@@ -84,7 +84,9 @@ pub enum DecodeError {
     AttributeOverrun,
     #[error("an attribute follows FINGERPRINT")]
     AfterFingerprint,
-    #[error("an attribute other than MESSAGE-INTEGRITY-SHA256 or FINGERPRINT follows MESSAGE-INTEGRITY")]
+    #[error(
+        "an attribute other than MESSAGE-INTEGRITY-SHA256 or FINGERPRINT follows MESSAGE-INTEGRITY"
+    )]
     AfterIntegrity,
     #[error("malformed FINGERPRINT or MESSAGE-INTEGRITY attribute")]
     BadSecurityAttribute,

@@ -70,7 +70,11 @@ impl Proc {
             if let Some(st) = self.child.try_wait().expect("wait") {
                 return st;
             }
-            assert!(t0.elapsed() < Duration::from_secs(10), "{} did not exit on SIGTERM", self.name);
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{} did not exit on SIGTERM",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -106,13 +110,21 @@ pub fn start_server_on(port: u16, all: &[&str]) -> Server {
     };
     let t0 = Instant::now();
     loop {
-        if binding_udp(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_some() {
+        if binding_udp(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_millis(200),
+        )
+        .is_some()
+        {
             break;
         }
         if let Some(st) = proc.child.try_wait().unwrap() {
             panic!("vigi-turn exited early with {st} (args {all:?})");
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "vigi-turn did not answer STUN on port {port}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "vigi-turn did not answer STUN on port {port}"
+        );
     }
     Server { proc, port }
 }
@@ -210,8 +222,14 @@ pub fn uclient(port: u16, peer_port: u16, args: &[&str]) -> UclientResult {
     for line in text.lines() {
         if let Some(rest) = line.split("start_mclient: tot_send_msgs=").nth(1) {
             let mut parts = rest.split(", tot_recv_msgs=");
-            sent = parts.next().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-            received = parts.next().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+            sent = parts
+                .next()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            received = parts
+                .next()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
         }
         if line.contains("Total lost packets") {
             lost_line = line.to_owned();

@@ -63,7 +63,10 @@ fn rfc5769_sample_request() {
 fn rfc5769_sample_responses() {
     for (v, addr) in [
         (IPV4_RESPONSE, "192.0.2.1:32853"),
-        (IPV6_RESPONSE, "[2001:db8:1234:5678:11:2233:4455:6677]:32853"),
+        (
+            IPV6_RESPONSE,
+            "[2001:db8:1234:5678:11:2233:4455:6677]:32853",
+        ),
     ] {
         let b = hex(v);
         let m = Message::decode(&b).unwrap();
@@ -75,7 +78,12 @@ fn rfc5769_sample_responses() {
         // Built again from its parts it matches byte for byte, except the SOFTWARE padding,
         // which the RFC fills with spaces and we fill with zeros (both are allowed).
         let mut out = Vec::new();
-        let mut mb = MessageBuilder::new(&mut out, Method::BINDING, Class::Success, m.transaction_id());
+        let mut mb = MessageBuilder::new(
+            &mut out,
+            Method::BINDING,
+            Class::Success,
+            m.transaction_id(),
+        );
         mb.attr(attr::SOFTWARE, b"test vector")
             .xor_address(attr::XOR_MAPPED_ADDRESS, &want);
         let mut expected = b.clone();
@@ -115,7 +123,10 @@ fn rfc5769_long_term_request() {
     let user = "マトリックス";
     assert_eq!(m.get(attr::USERNAME), Some(user.as_bytes()));
     assert_eq!(m.get(attr::REALM), Some(&b"example.org"[..]));
-    assert_eq!(m.get(attr::NONCE), Some(&b"f//499k954d6OL34oL9FSTvy64sA"[..]));
+    assert_eq!(
+        m.get(attr::NONCE),
+        Some(&b"f//499k954d6OL34oL9FSTvy64sA"[..])
+    );
     assert!(!m.has_fingerprint());
     // The password "TheM\u{00aa}tr\u{2168}" is "TheMatrIX" after SASLprep.
     let key = Md5::digest(format!("{user}:example.org:TheMatrIX").as_bytes());
@@ -124,11 +135,16 @@ fn rfc5769_long_term_request() {
     assert!(!m.check_integrity(&bad));
     // Re-encoded from its parts with the same key, byte for byte.
     let mut out = Vec::new();
-    MessageBuilder::new(&mut out, Method::BINDING, Class::Request, m.transaction_id())
-        .attr(attr::USERNAME, user.as_bytes())
-        .attr(attr::NONCE, b"f//499k954d6OL34oL9FSTvy64sA")
-        .attr(attr::REALM, b"example.org")
-        .integrity(&key);
+    MessageBuilder::new(
+        &mut out,
+        Method::BINDING,
+        Class::Request,
+        m.transaction_id(),
+    )
+    .attr(attr::USERNAME, user.as_bytes())
+    .attr(attr::NONCE, b"f//499k954d6OL34oL9FSTvy64sA")
+    .attr(attr::REALM, b"example.org")
+    .integrity(&key);
     assert_eq!(out, b);
 }
 
@@ -178,7 +194,10 @@ fn builder_round_trip_with_sha256_and_fingerprint() {
     // A flipped bit anywhere before FINGERPRINT is caught by it.
     let mut bad = out[3..].to_vec();
     bad[25] ^= 1;
-    assert_eq!(Message::decode(&bad).unwrap_err(), DecodeError::BadFingerprint);
+    assert_eq!(
+        Message::decode(&bad).unwrap_err(),
+        DecodeError::BadFingerprint
+    );
 }
 
 fn sample() -> Vec<u8> {
@@ -192,12 +211,21 @@ fn sample() -> Vec<u8> {
 fn malformed_shapes_are_errors() {
     let good = sample();
     assert!(Message::decode(&good).is_ok());
-    assert_eq!(Message::decode(&good[..19]).unwrap_err(), DecodeError::TooShort);
+    assert_eq!(
+        Message::decode(&good[..19]).unwrap_err(),
+        DecodeError::TooShort
+    );
     assert_eq!(Message::decode(&[]).unwrap_err(), DecodeError::TooShort);
-    assert_eq!(Message::decode(&good[..good.len() - 1]).unwrap_err(), DecodeError::BadLength);
+    assert_eq!(
+        Message::decode(&good[..good.len() - 1]).unwrap_err(),
+        DecodeError::BadLength
+    );
     let mut longer = good.clone();
     longer.extend_from_slice(&[0; 4]);
-    assert_eq!(Message::decode(&longer).unwrap_err(), DecodeError::BadLength);
+    assert_eq!(
+        Message::decode(&longer).unwrap_err(),
+        DecodeError::BadLength
+    );
     let mut top = good.clone();
     top[0] |= 0x80;
     assert_eq!(Message::decode(&top).unwrap_err(), DecodeError::NotStun);
@@ -208,7 +236,10 @@ fn malformed_shapes_are_errors() {
     // Attribute length running past the end.
     let mut over = good.clone();
     over[22..24].copy_from_slice(&9u16.to_be_bytes());
-    assert_eq!(Message::decode(&over).unwrap_err(), DecodeError::AttributeOverrun);
+    assert_eq!(
+        Message::decode(&over).unwrap_err(),
+        DecodeError::AttributeOverrun
+    );
     // Bad padding: value length 3 but only 3 bytes (no pad) left.
     let mut nopad = good.clone();
     nopad.truncate(nopad.len() - 1);
@@ -222,7 +253,10 @@ fn malformed_shapes_are_errors() {
     cut.truncate(24);
     cut[22] = 0;
     cut[23] = 4;
-    assert_eq!(Message::decode(&cut).unwrap_err(), DecodeError::AttributeOverrun);
+    assert_eq!(
+        Message::decode(&cut).unwrap_err(),
+        DecodeError::AttributeOverrun
+    );
 }
 
 #[test]
@@ -232,35 +266,53 @@ fn security_attribute_order_is_enforced() {
     MessageBuilder::new(&mut out, Method::BINDING, Class::Request, &[1; 12])
         .integrity(b"k")
         .attr(attr::SOFTWARE, b"x");
-    assert_eq!(Message::decode(&out).unwrap_err(), DecodeError::AfterIntegrity);
+    assert_eq!(
+        Message::decode(&out).unwrap_err(),
+        DecodeError::AfterIntegrity
+    );
     // Duplicate MESSAGE-INTEGRITY.
     let mut out = Vec::new();
     MessageBuilder::new(&mut out, Method::BINDING, Class::Request, &[1; 12])
         .integrity(b"k")
         .integrity(b"k");
-    assert_eq!(Message::decode(&out).unwrap_err(), DecodeError::AfterIntegrity);
+    assert_eq!(
+        Message::decode(&out).unwrap_err(),
+        DecodeError::AfterIntegrity
+    );
     // MI-SHA256 then MI.
     let mut out = Vec::new();
     MessageBuilder::new(&mut out, Method::BINDING, Class::Request, &[1; 12])
         .integrity_sha256(b"k")
         .integrity(b"k");
-    assert_eq!(Message::decode(&out).unwrap_err(), DecodeError::AfterIntegrity);
+    assert_eq!(
+        Message::decode(&out).unwrap_err(),
+        DecodeError::AfterIntegrity
+    );
     // Anything after FINGERPRINT, FINGERPRINT twice.
     let mut out = Vec::new();
     MessageBuilder::new(&mut out, Method::BINDING, Class::Request, &[1; 12])
         .fingerprint()
         .attr(attr::SOFTWARE, b"x");
-    assert_eq!(Message::decode(&out).unwrap_err(), DecodeError::AfterFingerprint);
+    assert_eq!(
+        Message::decode(&out).unwrap_err(),
+        DecodeError::AfterFingerprint
+    );
     let mut out = Vec::new();
     MessageBuilder::new(&mut out, Method::BINDING, Class::Request, &[1; 12])
         .fingerprint()
         .fingerprint();
-    assert_eq!(Message::decode(&out).unwrap_err(), DecodeError::AfterFingerprint);
+    assert_eq!(
+        Message::decode(&out).unwrap_err(),
+        DecodeError::AfterFingerprint
+    );
     // MESSAGE-INTEGRITY of the wrong size.
     let mut out = Vec::new();
     MessageBuilder::new(&mut out, Method::BINDING, Class::Request, &[1; 12])
         .attr(attr::MESSAGE_INTEGRITY, &[0; 16]);
-    assert_eq!(Message::decode(&out).unwrap_err(), DecodeError::BadSecurityAttribute);
+    assert_eq!(
+        Message::decode(&out).unwrap_err(),
+        DecodeError::BadSecurityAttribute
+    );
     // MI then MI-SHA256 then FINGERPRINT is the allowed order.
     let mut out = Vec::new();
     MessageBuilder::new(&mut out, Method::BINDING, Class::Request, &[1; 12])
