@@ -199,3 +199,91 @@ fn loopback_peer_refused_by_default() {
         r.output
     );
 }
+
+#[test]
+fn our_rest_credentials_are_accepted_by_coturn() {
+    // The other direction of compatibility: credentials minted by vigi-turn's library work on a
+    // real coturn configured with the same secret.
+    require_tool("turnserver");
+    let port = free_port();
+    let (rmin, rmax) = free_range(20);
+    let dir = std::env::temp_dir().join(format!("vigi-coturn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let child = std::process::Command::new("turnserver")
+        .args([
+            "-n",
+            "-L",
+            "127.0.0.1",
+            "-E",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .args([
+            "--min-port",
+            &rmin.to_string(),
+            "--max-port",
+            &rmax.to_string(),
+        ])
+        .args([
+            "--allow-loopback-peers",
+            "--no-cli",
+            "--no-tls",
+            "--no-dtls",
+            "--realm",
+            "bench.local",
+        ])
+        .args([
+            "--use-auth-secret",
+            "--static-auth-secret",
+            "shared-secret",
+            "--no-stdout-log",
+        ])
+        .arg("--userdb")
+        .arg(dir.join("turndb"))
+        .arg("--pidfile")
+        .arg(dir.join("pid"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start coturn");
+    let _coturn = Proc {
+        child,
+        name: "turnserver".into(),
+    };
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let t0 = std::time::Instant::now();
+    while binding_udp(addr, std::time::Duration::from_millis(200)).is_none() {
+        assert!(t0.elapsed().as_secs() < 10, "coturn did not start");
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let creds =
+        vigi_turn::engine::auth::mint_rest_credentials(b"shared-secret", "carol", 600, now, ':');
+    let (_peer, pport) = start_peer();
+    let r = uclient(
+        port,
+        pport,
+        &[
+            "-u",
+            &creds.username,
+            "-w",
+            &creds.password,
+            "-m",
+            "1",
+            "-n",
+            "20",
+            "-l",
+            "100",
+        ],
+    );
+    assert!(r.sent > 0, "output:\n{}", r.output);
+    assert_eq!(
+        r.received, r.sent,
+        "coturn accepted our credentials; output:\n{}",
+        r.output
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,149 @@
+//! The `turn` crate's client (webrtc-rs, what Rust WebRTC stacks use) allocates, relays both ways
+//! and refreshes through the real binary, with static and with REST credentials.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use tokio::net::UdpSocket;
+use turn::client::{Client, ClientConfig};
+use vigi_turn::engine::auth::mint_rest_credentials;
+use webrtc_util::Conn;
+
+/// Allocate with `user`/`password`, then echo `rounds` messages between a peer socket and the
+/// relay; `pause` between rounds lets the client's refresh timers run.
+async fn relay_round_trips(
+    port: u16,
+    user: &str,
+    password: &str,
+    realm: &str,
+    rounds: usize,
+    pause: Duration,
+) {
+    let conn = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let server = format!("127.0.0.1:{port}");
+    let client = Client::new(ClientConfig {
+        stun_serv_addr: server.clone(),
+        turn_serv_addr: server,
+        username: user.to_owned(),
+        password: password.to_owned(),
+        realm: realm.to_owned(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn: Arc::new(conn),
+        vnet: None,
+    })
+    .await
+    .expect("client");
+    client.listen().await.expect("listen");
+    let relay = tokio::time::timeout(Duration::from_secs(10), client.allocate())
+        .await
+        .expect("allocate in time")
+        .expect("allocate");
+    let relay_addr = relay.local_addr().unwrap();
+    assert_eq!(relay_addr.ip().to_string(), "127.0.0.1");
+    assert!(
+        (62000..=62999).contains(&relay_addr.port()),
+        "relay port {relay_addr} in range"
+    );
+
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let mut buf = vec![0u8; 2048];
+    for i in 0..rounds {
+        let msg = format!("ping {i}");
+        // Client -> relay -> peer (the first send installs the permission).
+        relay
+            .send_to(msg.as_bytes(), peer_addr)
+            .await
+            .expect("send via relay");
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), peer.recv_from(&mut buf))
+            .await
+            .expect("peer received in time")
+            .unwrap();
+        assert_eq!(&buf[..n], msg.as_bytes());
+        assert_eq!(from, relay_addr, "peer sees the relayed address");
+        // Peer -> relay -> client.
+        let pong = format!("pong {i}");
+        peer.send_to(pong.as_bytes(), relay_addr).await.unwrap();
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), relay.recv_from(&mut buf))
+            .await
+            .expect("client received in time")
+            .unwrap();
+        assert_eq!(&buf[..n], pong.as_bytes());
+        assert_eq!(from, peer_addr);
+        tokio::time::sleep(pause).await;
+    }
+    relay
+        .close()
+        .await
+        .expect("close relay (Refresh lifetime 0)");
+    client.close().await.expect("close");
+}
+
+fn server_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "-n",
+        "-L",
+        "127.0.0.1",
+        "--allow-loopback-peers",
+        "--realm",
+        "turn.test",
+        "--min-port",
+        "62000",
+        "--max-port",
+        "62999",
+        "-m",
+        "1",
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_crate_client_with_static_user_relays_and_refreshes() {
+    // A 4-second allocation: the client must refresh it (at half-life) for the last rounds,
+    // 8 seconds in, to get through.
+    let srv = start_server(&server_args(&[
+        "--user",
+        "alice:wonderland",
+        "--max-allocate-lifetime",
+        "4",
+        "--default-allocate-lifetime",
+        "4",
+    ]));
+    relay_round_trips(
+        srv.port,
+        "alice",
+        "wonderland",
+        "turn.test",
+        5,
+        Duration::from_secs(2),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_crate_client_with_rest_credentials() {
+    let srv = start_server(&server_args(&[
+        "--use-auth-secret",
+        "--static-auth-secret",
+        "s3cret",
+    ]));
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let creds = mint_rest_credentials(b"s3cret", "bob", 3600, now, ':');
+    relay_round_trips(
+        srv.port,
+        &creds.username,
+        &creds.password,
+        "turn.test",
+        3,
+        Duration::ZERO,
+    )
+    .await;
+}
