@@ -18,7 +18,9 @@ pub mod stats;
 use std::net::SocketAddr;
 
 pub use allocation::AllocationId;
-pub use server::{ClientDecision, Command, Counters, PeerDecision, Server, ServerConfig, Shared};
+pub use server::{
+    AllocationInfo, ClientDecision, Command, Counters, PeerDecision, Server, ServerConfig, Shared,
+};
 
 /// The transport between client and server (RFC 8656 §3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

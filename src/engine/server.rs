@@ -272,6 +272,7 @@ pub struct Server {
     /// A monotonic instant and the Unix time it corresponds to.
     unix_base: (Instant, u64),
     counters: Counters,
+    draining: bool,
 }
 
 impl Server {
@@ -295,6 +296,7 @@ impl Server {
             rng: SmallRng::seed_from_u64(seed),
             unix_base: (now, unix_now),
             counters: Counters::default(),
+            draining: false,
         }
     }
 
@@ -860,6 +862,10 @@ impl Server {
         // Step 2: one allocation per 5-tuple (retransmissions were answered from the cache).
         if self.by_five_tuple.contains_key(&five) {
             refuse!(437);
+        }
+        // A draining node takes no new allocations (SIGUSR1); live ones keep relaying.
+        if self.draining {
+            refuse!(403);
         }
         // Step 3: REQUESTED-TRANSPORT.
         match m
@@ -1435,6 +1441,74 @@ impl Server {
             frame: start..payload.end + pad,
         }
     }
+}
+
+/// Operations the worker performs on behalf of operators (admin API, signals).
+impl Server {
+    /// End an allocation now, as if it had expired. False when there is no such allocation.
+    pub fn kill(&mut self, id: AllocationId) -> bool {
+        if self.get(id).is_none() {
+            return false;
+        }
+        self.counters.allocations_deleted += 1;
+        self.free(id);
+        true
+    }
+
+    /// End every allocation of `username`; how many ended.
+    pub fn kill_user(&mut self, username: &str) -> usize {
+        let ids: Vec<AllocationId> = self
+            .allocations()
+            .filter(|a| a.username == username)
+            .map(|a| a.id)
+            .collect();
+        ids.into_iter().filter(|&id| self.kill(id)).count()
+    }
+
+    /// Refuse (`true`) or accept again (`false`) new allocations; existing ones keep relaying.
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// A copy of every live allocation's state and counters, for metrics and the admin API.
+    pub fn snapshot(&self, now: Instant) -> Vec<AllocationInfo> {
+        let unix = self.unix(now);
+        self.allocations()
+            .filter(|a| a.state == State::Active)
+            .map(|a| AllocationInfo {
+                id: a.id,
+                username: a.username.clone(),
+                five_tuple: a.five_tuple,
+                relay: a.relay,
+                reported_relay: a.reported_relay,
+                started_unix: unix
+                    .saturating_sub(now.saturating_duration_since(a.created).as_secs()),
+                expires_in: a.expires.saturating_duration_since(now).as_secs(),
+                permissions: a.permissions.len(now),
+                channels: a.channels.len(now),
+                stats: a.stats,
+            })
+            .collect()
+    }
+}
+
+/// One allocation as seen from outside the worker.
+#[derive(Debug, Clone)]
+pub struct AllocationInfo {
+    pub id: AllocationId,
+    pub username: String,
+    pub five_tuple: FiveTuple,
+    pub relay: SocketAddr,
+    pub reported_relay: SocketAddr,
+    pub started_unix: u64,
+    pub expires_in: u64,
+    pub permissions: usize,
+    pub channels: usize,
+    pub stats: AllocationStats,
 }
 
 #[cfg(test)]

@@ -15,10 +15,41 @@ pub mod worker;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crate::engine::{ServerConfig, Shared};
+use tokio::sync::mpsc;
+
+use crate::engine::{AllocationId, AllocationInfo, Counters, ServerConfig, Shared};
+
+/// What the rest of the process can ask of a worker.
+#[derive(Debug, Clone)]
+pub enum Control {
+    /// Swap in a new engine configuration (SIGHUP); allocations stay.
+    Reload(Arc<ServerConfig>),
+    /// Refuse new allocations (`true`) or accept them again.
+    Drain(bool),
+    /// End one allocation of this worker now.
+    Kill(AllocationId),
+    /// End every allocation of this user on this worker.
+    KillUser(String),
+}
+
+/// What a worker last published about itself (about once a second).
+#[derive(Debug, Clone, Default)]
+pub struct WorkerSnapshot {
+    pub counters: Counters,
+    pub allocations: Vec<AllocationInfo>,
+    pub draining: bool,
+}
+
+/// A running worker: how to reach it and what it last said.
+#[derive(Debug, Clone)]
+pub struct WorkerHandle {
+    pub index: usize,
+    pub control: mpsc::UnboundedSender<Control>,
+    pub snapshot: Arc<Mutex<WorkerSnapshot>>,
+}
 
 /// What the I/O layer needs to run.
 #[derive(Debug, Clone)]
@@ -40,6 +71,7 @@ pub struct RunConfig {
 /// Running workers; dropping it does not stop them, [`Running::shutdown`] does.
 pub struct Running {
     threads: Vec<JoinHandle<()>>,
+    pub workers: Vec<WorkerHandle>,
     stop: tokio::sync::watch::Sender<bool>,
     /// The addresses actually bound (with ports resolved when 0 was asked for, worker 0's).
     pub udp_addrs: Vec<SocketAddr>,
@@ -78,17 +110,38 @@ pub fn start(rc: RunConfig) -> io::Result<Running> {
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let tcp_count = Arc::new(AtomicUsize::new(0));
     let mut threads = Vec::new();
+    let mut workers = Vec::new();
     for (i, (udp, tcp)) in per_worker.into_iter().enumerate() {
         let rc = rc.clone();
         let stop_rx = stop_rx.clone();
         let tcp_count = tcp_count.clone();
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let snapshot = Arc::new(Mutex::new(WorkerSnapshot::default()));
+        let snap = snapshot.clone();
         let t = std::thread::Builder::new()
             .name(format!("vigi-worker-{i}"))
-            .spawn(move || worker::run(i, rc, udp, tcp, tcp_count, stop_rx))?;
+            .spawn(move || {
+                worker::run(worker::WorkerInit {
+                    index: i,
+                    rc,
+                    udp,
+                    tcp,
+                    tcp_count,
+                    stop: stop_rx,
+                    control: control_rx,
+                    snapshot: snap,
+                })
+            })?;
         threads.push(t);
+        workers.push(WorkerHandle {
+            index: i,
+            control,
+            snapshot,
+        });
     }
     Ok(Running {
         threads,
+        workers,
         stop,
         udp_addrs,
         tcp_addrs,
@@ -96,6 +149,21 @@ pub fn start(rc: RunConfig) -> io::Result<Running> {
 }
 
 impl Running {
+    /// Send a control message to every worker.
+    pub fn broadcast(&self, c: Control) {
+        for w in &self.workers {
+            let _ = w.control.send(c.clone());
+        }
+    }
+
+    /// The last snapshot of every worker.
+    pub fn snapshots(&self) -> Vec<WorkerSnapshot> {
+        self.workers
+            .iter()
+            .map(|w| w.snapshot.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect()
+    }
+
     /// Stop every worker, close every socket, and wait for the threads.
     pub fn shutdown(self) {
         let _ = self.stop.send(true);

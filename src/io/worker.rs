@@ -9,14 +9,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{relay, stream, RunConfig};
+use super::{relay, stream, Control, RunConfig, WorkerSnapshot};
 use crate::engine::server::{PEER_HEADROOM, PEER_TAILROOM};
 use crate::engine::{AllocationId, ClientDecision, Command, FiveTuple, Server, Transport};
 
@@ -44,14 +44,29 @@ pub(crate) struct WorkerState {
     pub max_tcp: usize,
 }
 
-pub(crate) fn run(
-    index: usize,
-    rc: RunConfig,
-    udp: Vec<std::net::UdpSocket>,
-    tcp: Vec<std::net::TcpListener>,
-    tcp_count: Arc<AtomicUsize>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+/// Everything a worker thread starts with.
+pub(crate) struct WorkerInit {
+    pub index: usize,
+    pub rc: RunConfig,
+    pub udp: Vec<std::net::UdpSocket>,
+    pub tcp: Vec<std::net::TcpListener>,
+    pub tcp_count: Arc<AtomicUsize>,
+    pub stop: tokio::sync::watch::Receiver<bool>,
+    pub control: mpsc::UnboundedReceiver<Control>,
+    pub snapshot: Arc<Mutex<WorkerSnapshot>>,
+}
+
+pub(crate) fn run(init: WorkerInit) {
+    let WorkerInit {
+        index,
+        rc,
+        udp,
+        tcp,
+        tcp_count,
+        mut stop,
+        control,
+        snapshot,
+    } = init;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -102,7 +117,8 @@ pub(crate) fn run(
                 Err(e) => tracing::error!("worker {index}: tcp listener: {e}"),
             }
         }
-        tokio::task::spawn_local(timer_loop(st.clone()));
+        tokio::task::spawn_local(timer_loop(st.clone(), snapshot));
+        tokio::task::spawn_local(control_loop(st.clone(), control));
         tracing::debug!("worker {index} running");
         let _ = stop.wait_for(|s| *s).await;
         // Free every relay socket before the runtime goes away.
@@ -152,8 +168,9 @@ async fn udp_listener(st: Rc<WorkerState>, local: SocketAddr, sock: Rc<UdpSocket
     }
 }
 
-/// Expire allocations once a second (the engine's own heap orders them).
-async fn timer_loop(st: Rc<WorkerState>) {
+/// Expire allocations once a second (the engine's own heap orders them), and publish what the
+/// worker holds for metrics and the admin API.
+async fn timer_loop(st: Rc<WorkerState>, snapshot: Arc<Mutex<WorkerSnapshot>>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -161,10 +178,43 @@ async fn timer_loop(st: Rc<WorkerState>) {
         let now = Instant::now();
         st.engine.borrow_mut().handle_timeout(now);
         st.drain_commands(now);
+        st.publish(now, &snapshot);
+    }
+}
+
+/// Carry out what the rest of the process asks (reload, drain, kill).
+async fn control_loop(st: Rc<WorkerState>, mut control: mpsc::UnboundedReceiver<Control>) {
+    while let Some(c) = control.recv().await {
+        let now = Instant::now();
+        {
+            let mut engine = st.engine.borrow_mut();
+            match c {
+                Control::Reload(cfg) => engine.set_config(cfg),
+                Control::Drain(on) => engine.set_draining(on),
+                Control::Kill(id) => {
+                    engine.kill(id);
+                }
+                Control::KillUser(user) => {
+                    engine.kill_user(&user);
+                }
+            }
+        }
+        st.drain_commands(now);
     }
 }
 
 impl WorkerState {
+    fn publish(&self, now: Instant, snapshot: &Mutex<WorkerSnapshot>) {
+        let engine = self.engine.borrow();
+        let snap = WorkerSnapshot {
+            counters: *engine.counters(),
+            allocations: engine.snapshot(now),
+            draining: engine.is_draining(),
+        };
+        drop(engine);
+        *snapshot.lock().unwrap_or_else(|e| e.into_inner()) = snap;
+    }
+
     /// Send a payload from an allocation's relay socket. Non-blocking: a full socket buffer drops
     /// the datagram, as the network would.
     pub fn send_to_peer(&self, id: AllocationId, peer: SocketAddr, data: &[u8]) {
