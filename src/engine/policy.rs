@@ -193,7 +193,10 @@ mod tests {
         let mut b = TokenBucket::new(1000, t0);
         assert!(b.try_take(t0, 600));
         assert!(!b.try_take(t0, 600));
+        // 400 left, 300 more after 0.3 s: 700, then 100 after taking 600.
         assert!(b.try_take(t0 + Duration::from_millis(300), 600));
+        assert!(!b.try_take(t0 + Duration::from_millis(300), 101));
+        assert!(b.try_take(t0 + Duration::from_millis(300), 100));
         assert!(!b.try_take(t0 + Duration::from_millis(300), 1));
         // Never more than one second's worth.
         assert!(b.try_take(t0 + Duration::from_secs(100), 1000));
