@@ -930,12 +930,13 @@ impl Server {
         if result.is_err() {
             let old = a.relay;
             let fixed = a.pending.as_ref().is_some_and(|p| p.fixed_port);
-            self.shared.ports.release(old.ip(), old.port());
+            // Pick the next port while the failed one is still held, so it is not picked again.
             let retry = if attempts < BIND_ATTEMPTS && !fixed {
                 self.shared.ports.take(old.ip(), self.rng.gen(), false, false)
             } else {
                 None
             };
+            self.shared.ports.release(old.ip(), old.port());
             if let Some(port) = retry {
                 let relay = SocketAddr::new(old.ip(), port);
                 let reported = self.reported(relay);
