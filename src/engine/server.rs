@@ -505,6 +505,14 @@ impl Server {
             self.respond_error(five, m, 403, sign, |_| {});
             return;
         }
+        // An allocation past its lifetime is gone even if the timer has not fired yet (RFC 8656
+        // §7): a late timer must not let a request revive it.
+        if let Some(&id) = self.by_five_tuple.get(&five) {
+            if self.get(id).is_some_and(|a| a.state == State::Active && a.expires <= now) {
+                self.counters.allocations_expired += 1;
+                self.free(id);
+            }
+        }
         // A retransmitted request on an allocation gets the cached answer (RFC 8489 §6.3.1,
         // RFC 8656 §7.2 on retransmitted Allocates).
         if let Some(a) = self.by_five_tuple.get(&five).and_then(|&id| self.get(id)) {
