@@ -1223,7 +1223,11 @@ impl Server {
     /// of the payload (RFC 8656 §11.3 and §12.7), and `buf[frame]` is what to send.
     pub fn handle_peer_input(&mut self, now: Instant, relay: AllocationId, peer: SocketAddr, buf: &mut [u8], payload: Range<usize>) -> PeerDecision {
         let len = payload.len();
-        if payload.start < PEER_HEADROOM || payload.end + PEER_TAILROOM > buf.len() || len > 0xFFFF - 64 {
+        if payload.start < PEER_HEADROOM
+            || payload.start > payload.end
+            || payload.end.saturating_add(PEER_TAILROOM) > buf.len()
+            || len > 0xFFFF - 64
+        {
             return PeerDecision::Drop;
         }
         let tid: [u8; 12] = self.rng.gen();
