@@ -508,7 +508,10 @@ impl Server {
         // An allocation past its lifetime is gone even if the timer has not fired yet (RFC 8656
         // §7): a late timer must not let a request revive it.
         if let Some(&id) = self.by_five_tuple.get(&five) {
-            if self.get(id).is_some_and(|a| a.state == State::Active && a.expires <= now) {
+            if self
+                .get(id)
+                .is_some_and(|a| a.state == State::Active && a.expires <= now)
+            {
                 self.counters.allocations_expired += 1;
                 self.free(id);
             }
