@@ -117,7 +117,7 @@ impl TokenBucket {
         if !elapsed.is_zero() {
             let add = (elapsed.as_nanos() as u64).saturating_mul(self.rate) / 1_000_000_000;
             if add > 0 {
-                self.tokens = (self.tokens + add).min(self.rate);
+                self.tokens = self.tokens.saturating_add(add).min(self.rate);
                 self.last = now;
             }
         }
@@ -196,7 +196,10 @@ mod tests {
         let mut b = TokenBucket::new(1000, t0);
         assert!(b.try_take(t0, 600));
         assert!(!b.try_take(t0, 600));
+        // 400 left, 300 more after 0.3 s: 700, then 100 after taking 600.
         assert!(b.try_take(t0 + Duration::from_millis(300), 600));
+        assert!(!b.try_take(t0 + Duration::from_millis(300), 101));
+        assert!(b.try_take(t0 + Duration::from_millis(300), 100));
         assert!(!b.try_take(t0 + Duration::from_millis(300), 1));
         // Never more than one second's worth.
         assert!(b.try_take(t0 + Duration::from_secs(100), 1000));

@@ -556,6 +556,17 @@ impl Server {
             self.respond_error(five, m, 403, sign, |_| {});
             return;
         }
+        // An allocation past its lifetime is gone even if the timer has not fired yet (RFC 8656
+        // §7): a late timer must not let a request revive it.
+        if let Some(&id) = self.by_five_tuple.get(&five) {
+            if self
+                .get(id)
+                .is_some_and(|a| a.state == State::Active && a.expires <= now)
+            {
+                self.counters.allocations_expired += 1;
+                self.free(id);
+            }
+        }
         // A retransmitted request on an allocation gets the cached answer (RFC 8489 §6.3.1,
         // RFC 8656 §7.2 on retransmitted Allocates).
         if let Some(a) = self.by_five_tuple.get(&five).and_then(|&id| self.get(id)) {
@@ -1067,7 +1078,7 @@ impl Server {
         if result.is_err() {
             let old = a.relay;
             let fixed = a.pending.as_ref().is_some_and(|p| p.fixed_port);
-            self.shared.ports.release(old.ip(), old.port());
+            // Pick the next port while the failed one is still held, so it is not picked again.
             let retry = if attempts < BIND_ATTEMPTS && !fixed {
                 self.shared
                     .ports
@@ -1075,6 +1086,7 @@ impl Server {
             } else {
                 None
             };
+            self.shared.ports.release(old.ip(), old.port());
             if let Some(port) = retry {
                 let relay = SocketAddr::new(old.ip(), port);
                 let reported = self.reported(relay);
@@ -1381,7 +1393,8 @@ impl Server {
     ) -> PeerDecision {
         let len = payload.len();
         if payload.start < PEER_HEADROOM
-            || payload.end + PEER_TAILROOM > buf.len()
+            || payload.start > payload.end
+            || payload.end.saturating_add(PEER_TAILROOM) > buf.len()
             || len > 0xFFFF - 64
         {
             return PeerDecision::Drop;
