@@ -11,5 +11,6 @@ pub mod config;
 pub mod engine;
 pub mod http;
 pub mod io;
+pub mod logging;
 pub mod metrics;
 pub mod proto;

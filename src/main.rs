@@ -15,7 +15,7 @@ fn main() {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    let _log_guard = init_logging(&config);
+    vigi_turn::logging::init(&config);
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
@@ -24,44 +24,6 @@ fn main() {
         eprintln!("vigi-turn: {e:#}");
         std::process::exit(1);
     }
-}
-
-/// Log to stdout, or to `--log-file` (appended), at the level `-v`/`-V` ask for; `RUST_LOG` wins.
-fn init_logging(config: &Config) -> Option<()> {
-    use tracing_subscriber::EnvFilter;
-    let level = match config.verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    match config.log_file.as_deref() {
-        None | Some("stdout") | Some("-") | Some("syslog") => {
-            if config.no_stdout_log && config.log_file.is_none() {
-                builder.with_writer(std::io::sink).init();
-            } else {
-                builder.init();
-            }
-        }
-        Some(path) => match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            Ok(f) => builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(f))
-                .init(),
-            Err(e) => {
-                builder.init();
-                tracing::warn!("cannot open log file {path}: {e}; logging to stdout");
-            }
-        },
-    }
-    Some(())
 }
 
 fn run(config: Config) -> Result<()> {
@@ -111,7 +73,9 @@ fn run(config: Config) -> Result<()> {
         engine,
         shared,
     };
+    let observe = vigi_turn::http::Observe::from(&rc);
     let running = io::start(rc).context("starting listeners")?;
+    let _http = vigi_turn::http::spawn(&config, &running, observe).context("starting HTTP")?;
     if let Some(p) = &config.pidfile {
         if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
             tracing::warn!("cannot write pid file {}: {e}", p.display());

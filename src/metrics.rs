@@ -1,1 +1,642 @@
-//! metrics
+//! Every metric name in one place, and the Prometheus text rendering.
+//!
+//! The workers count in plain integers they own ([`crate::engine::Counters`],
+//! [`crate::engine::stats::AllocationStats`]) and publish a [`WorkerSnapshot`] about once a
+//! second. This module never touches the data path: at scrape time it sums the snapshots and
+//! writes the Prometheus text exposition format (version 0.0.4) directly.
+//!
+//! Why not the `metrics` + `metrics-exporter-prometheus` crates: they are built for code that
+//! *records* events (`counter!(..).increment(1)`), which would put a registry lookup or an atomic
+//! per packet on the workers, or a second copy of every number pushed into a registry once a
+//! second from the snapshots. Our numbers already exist as totals; writing them out is a few
+//! dozen lines, keeps one source of truth, and lets series vanish (top-K allocations) without
+//! a registry that remembers them.
+//!
+//! Names follow coturn (`src/apps/relay/prom_server.c`): `stun_binding_{request,response,error}`,
+//! `turn_total_allocations{type}`, `turn_traffic_*{realm}` and `turn_traffic_peer_*{realm}` (plus
+//! `user` with `--prometheus-username-labels`), `turn_total_traffic_*` and
+//! `turn_total_traffic_peer_*`. Unlike coturn, traffic counts are live (live allocations
+//! included), not added at session end. Our own series are `vigi_turn_*`.
+//!
+//! Cardinality is bounded by configuration, never by the number of sessions: per-worker and
+//! per-relay-IP series, and at most K per-allocation series (`--prometheus-top-allocations`).
+//! Only the opt-in `--prometheus-username-labels` grows with users, as in coturn.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::engine::stats::{AllocationStats, Flow};
+use crate::engine::{AllocationId, AllocationInfo, Counters, Shared, Transport};
+use crate::io::{WorkerHandle, WorkerSnapshot};
+
+/// An allocation's id outside its worker: `w<worker>-<slot>-<generation>`, e.g. `w0-12-3`.
+pub fn format_id(worker: usize, id: AllocationId) -> String {
+    format!("w{worker}-{}-{}", id.index, id.generation)
+}
+
+/// The inverse of [`format_id`].
+pub fn parse_id(s: &str) -> Option<(usize, AllocationId)> {
+    let mut parts = s.strip_prefix('w')?.split('-');
+    let worker = parts.next()?.parse().ok()?;
+    let index = parts.next()?.parse().ok()?;
+    let generation = parts.next()?.parse().ok()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((worker, AllocationId { index, generation }))
+}
+
+/// coturn's `type` label of `turn_total_allocations` (its `socket_type_name`).
+pub fn coturn_type(t: Transport) -> &'static str {
+    match t {
+        Transport::Udp => "UDP",
+        Transport::Tcp => "TCP",
+        Transport::Tls => "TLS/TCP",
+        Transport::Dtls => "DTLS",
+    }
+}
+
+/// Bytes the server received on behalf of an allocation, from the client and from peers: each
+/// relayed byte counted once. Its rate is the allocation's "current rate".
+pub fn relayed_bytes(s: &AllocationStats) -> u64 {
+    s.client_rcv.bytes + s.peer_rcv.bytes
+}
+
+/// What the rendering needs besides the snapshots.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Add a `user` label to `turn_traffic_*` (coturn's `--prometheus-username-labels`).
+    pub username_labels: bool,
+    /// Per-allocation series for this many of the busiest allocations (0 = none).
+    pub top_k: usize,
+    /// The realm label (one realm per server).
+    pub realm: String,
+    /// Relay addresses, for `vigi_turn_relay_ports_free`.
+    pub relay_ips: Vec<IpAddr>,
+}
+
+/// Samples kept per allocation for its rate: about three seconds at one sample a second.
+const RATE_SAMPLES: usize = 4;
+
+/// The recent history of one live allocation, kept between samples for its rate.
+#[derive(Debug)]
+struct Track {
+    samples: VecDeque<(Instant, u64)>,
+    rate: f64,
+    username: String,
+    last: AllocationStats,
+    seen: u64,
+}
+
+#[derive(Debug, Default)]
+struct Tracker {
+    by_alloc: HashMap<(usize, AllocationId), Track>,
+    /// Traffic of ended allocations per user (only with username labels), as last sampled.
+    closed_by_user: HashMap<String, AllocationStats>,
+    round: u64,
+}
+
+/// The view of the running workers that metrics and the admin API share: the workers' handles,
+/// the shared relay state, and the per-allocation rates sampled once a second.
+pub struct Monitor {
+    workers: Vec<WorkerHandle>,
+    shared: Arc<Shared>,
+    pub opts: Options,
+    tracker: Mutex<Tracker>,
+}
+
+impl Monitor {
+    pub fn new(workers: Vec<WorkerHandle>, shared: Arc<Shared>, opts: Options) -> Self {
+        Monitor {
+            workers,
+            shared,
+            opts,
+            tracker: Mutex::new(Tracker::default()),
+        }
+    }
+
+    pub fn workers(&self) -> &[WorkerHandle] {
+        &self.workers
+    }
+
+    /// The last snapshot of every worker, by worker index.
+    pub fn snapshots(&self) -> Vec<WorkerSnapshot> {
+        self.workers
+            .iter()
+            .map(|w| w.snapshot.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect()
+    }
+
+    /// Take a sample of every allocation's totals; call about once a second. Rates are bytes/s
+    /// over the last few samples; allocations that ended are forgotten.
+    pub fn sample(&self, now: Instant) {
+        let snaps = self.snapshots();
+        let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+        t.round += 1;
+        let round = t.round;
+        for (w, snap) in snaps.iter().enumerate() {
+            for a in &snap.allocations {
+                let total = relayed_bytes(&a.stats);
+                let track = t.by_alloc.entry((w, a.id)).or_insert_with(|| Track {
+                    samples: VecDeque::with_capacity(RATE_SAMPLES + 1),
+                    rate: 0.0,
+                    username: a.username.clone(),
+                    last: AllocationStats::default(),
+                    seen: round,
+                });
+                track.samples.push_back((now, total));
+                while track.samples.len() > RATE_SAMPLES {
+                    track.samples.pop_front();
+                }
+                track.rate = match (track.samples.front(), track.samples.back()) {
+                    (Some(&(t0, b0)), Some(&(t1, b1))) if t1 > t0 => {
+                        b1.saturating_sub(b0) as f64 / (t1 - t0).as_secs_f64()
+                    }
+                    _ => 0.0,
+                };
+                track.last = a.stats;
+                track.seen = round;
+            }
+        }
+        let ended: Vec<(usize, AllocationId)> = t
+            .by_alloc
+            .iter()
+            .filter(|(_, tr)| tr.seen != round)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in ended {
+            if let Some(tr) = t.by_alloc.remove(&k) {
+                if self.opts.username_labels {
+                    t.closed_by_user
+                        .entry(tr.username)
+                        .or_default()
+                        .merge(&tr.last);
+                }
+            }
+        }
+    }
+
+    /// The current rate (bytes/s) of an allocation, 0 until it has been sampled twice.
+    pub fn rate(&self, worker: usize, id: AllocationId) -> f64 {
+        let t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+        t.by_alloc.get(&(worker, id)).map_or(0.0, |tr| tr.rate)
+    }
+
+    /// Every worker's counters added up.
+    pub fn total_counters(snaps: &[WorkerSnapshot]) -> Counters {
+        let mut c = Counters::default();
+        for s in snaps {
+            add_counters(&mut c, &s.counters);
+        }
+        c
+    }
+
+    /// Free relay ports per relay address.
+    pub fn ports_free(&self) -> Vec<(IpAddr, u32)> {
+        self.opts
+            .relay_ips
+            .iter()
+            .map(|ip| (*ip, self.shared.ports.free(*ip)))
+            .collect()
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn render(&self) -> String {
+        let snaps = self.snapshots();
+        let c = Self::total_counters(&snaps);
+        let mut live = AllocationStats::default();
+        let mut by_type: [(Transport, u64); 4] = [
+            (Transport::Udp, 0),
+            (Transport::Tcp, 0),
+            (Transport::Tls, 0),
+            (Transport::Dtls, 0),
+        ];
+        let (mut permissions, mut channels) = (0usize, 0usize);
+        for s in &snaps {
+            for a in &s.allocations {
+                live.merge(&a.stats);
+                permissions += a.permissions;
+                channels += a.channels;
+                if let Some(e) = by_type
+                    .iter_mut()
+                    .find(|(t, _)| *t == a.five_tuple.transport)
+                {
+                    e.1 += 1;
+                }
+            }
+        }
+        let mut total = c.closed_traffic;
+        total.merge(&live);
+
+        let mut out = String::with_capacity(8192);
+        let o = &mut out;
+
+        // ---- coturn's names ----
+        counter(
+            o,
+            "stun_binding_request",
+            "Incoming STUN Binding requests",
+            c.binding_requests,
+        );
+        counter(
+            o,
+            "stun_binding_response",
+            "Outgoing STUN Binding responses",
+            c.binding_responses,
+        );
+        counter(
+            o,
+            "stun_binding_error",
+            "STUN Binding errors",
+            c.binding_errors,
+        );
+
+        header(
+            o,
+            "turn_total_allocations",
+            "Represents current allocations number",
+            "gauge",
+        );
+        for (t, n) in by_type {
+            let _ = writeln!(
+                o,
+                "turn_total_allocations{{type=\"{}\"}} {n}",
+                coturn_type(t)
+            );
+        }
+
+        let realm = escape(&self.opts.realm);
+        if self.opts.username_labels {
+            let mut per_user: HashMap<&str, AllocationStats> = HashMap::new();
+            for s in &snaps {
+                for a in &s.allocations {
+                    per_user.entry(&a.username).or_default().merge(&a.stats);
+                }
+            }
+            let t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+            let mut rows: Vec<(String, AllocationStats)> = t
+                .closed_by_user
+                .iter()
+                .map(|(u, s)| (u.clone(), *s))
+                .collect();
+            drop(t);
+            for (u, s) in per_user {
+                match rows.iter_mut().find(|(name, _)| name == u) {
+                    Some(r) => r.1.merge(&s),
+                    None => rows.push((u.to_owned(), s)),
+                }
+            }
+            rows.sort_by(|a, b| a.0.cmp(&b.0));
+            let labelled: Vec<(String, AllocationStats)> = rows
+                .into_iter()
+                .map(|(u, s)| (format!("realm=\"{realm}\",user=\"{}\"", escape(&u)), s))
+                .collect();
+            traffic_family(o, "turn_traffic", "", &labelled);
+        } else {
+            traffic_family(
+                o,
+                "turn_traffic",
+                "",
+                &[(format!("realm=\"{realm}\""), total)],
+            );
+        }
+        traffic_family(o, "turn_total_traffic", "total ", &[(String::new(), total)]);
+
+        // ---- vigi-turn's own ----
+        counter(
+            o,
+            "vigi_turn_allocations_created_total",
+            "Allocations created",
+            c.allocations_created,
+        );
+        counter(
+            o,
+            "vigi_turn_allocations_expired_total",
+            "Allocations ended because their lifetime ran out",
+            c.allocations_expired,
+        );
+        counter(
+            o,
+            "vigi_turn_allocations_deleted_total",
+            "Allocations ended by the client (Refresh 0, connection closed) or an operator",
+            c.allocations_deleted,
+        );
+        counter(
+            o,
+            "vigi_turn_allocations_refused_total",
+            "Allocate requests refused (quota, capacity, draining, no port)",
+            c.allocations_refused,
+        );
+        counter(
+            o,
+            "vigi_turn_unauthorized_total",
+            "401 answers (challenges and failed credentials)",
+            c.unauthorized,
+        );
+        counter(
+            o,
+            "vigi_turn_auth_failures_total",
+            "Requests whose credentials were wrong",
+            c.auth_failures,
+        );
+        counter(
+            o,
+            "vigi_turn_stale_nonces_total",
+            "438 Stale Nonce answers",
+            c.stale_nonces,
+        );
+        counter(
+            o,
+            "vigi_turn_malformed_total",
+            "Packets that did not parse",
+            c.malformed,
+        );
+        header(
+            o,
+            "vigi_turn_dropped_packets_total",
+            "Relayed packets dropped, by reason",
+            "counter",
+        );
+        let _ = writeln!(
+            o,
+            "vigi_turn_dropped_packets_total{{reason=\"no_permission\"}} {}",
+            c.dropped_no_permission
+        );
+        let _ = writeln!(
+            o,
+            "vigi_turn_dropped_packets_total{{reason=\"bandwidth\"}} {}",
+            c.dropped_bandwidth
+        );
+        counter(
+            o,
+            "vigi_turn_dropped_bytes_total",
+            "Payload bytes of relayed packets dropped by policy, quota or bandwidth cap",
+            total.dropped.bytes,
+        );
+        gauge(
+            o,
+            "vigi_turn_permissions",
+            "Live permissions",
+            permissions as f64,
+        );
+        gauge(
+            o,
+            "vigi_turn_channels",
+            "Live channel bindings",
+            channels as f64,
+        );
+
+        header(
+            o,
+            "vigi_turn_relay_ports_free",
+            "Relay ports free, per relay address",
+            "gauge",
+        );
+        for (ip, n) in self.ports_free() {
+            let _ = writeln!(o, "vigi_turn_relay_ports_free{{ip=\"{ip}\"}} {n}");
+        }
+
+        header(
+            o,
+            "vigi_turn_worker_allocations",
+            "Live allocations per worker",
+            "gauge",
+        );
+        for (w, s) in snaps.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "vigi_turn_worker_allocations{{worker=\"{w}\"}} {}",
+                s.allocations.len()
+            );
+        }
+        header(
+            o,
+            "vigi_turn_worker_relayed_packets_total",
+            "Packets received for relaying (client and peer side) per worker",
+            "counter",
+        );
+        for (w, s) in snaps.iter().enumerate() {
+            let mut t = s.counters.closed_traffic;
+            for a in &s.allocations {
+                t.merge(&a.stats);
+            }
+            let _ = writeln!(
+                o,
+                "vigi_turn_worker_relayed_packets_total{{worker=\"{w}\"}} {}",
+                t.client_rcv.packets + t.peer_rcv.packets
+            );
+        }
+        header(
+            o,
+            "vigi_turn_worker_draining",
+            "1 when the worker refuses new allocations",
+            "gauge",
+        );
+        for (w, s) in snaps.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "vigi_turn_worker_draining{{worker=\"{w}\"}} {}",
+                u8::from(s.draining)
+            );
+        }
+
+        if self.opts.top_k > 0 {
+            self.render_top(o, &snaps);
+        }
+        out
+    }
+
+    /// `vigi_turn_top_allocation_*`: the K allocations with the highest current rate (then the
+    /// most bytes), labelled by id, user and relay address. An allocation's series vanish when it
+    /// ends or drops out of the top K.
+    fn render_top(&self, o: &mut String, snaps: &[WorkerSnapshot]) {
+        let mut all: Vec<(f64, usize, &AllocationInfo)> = {
+            let t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+            snaps
+                .iter()
+                .enumerate()
+                .flat_map(|(w, s)| s.allocations.iter().map(move |a| (w, a)))
+                .map(|(w, a)| {
+                    let rate = t.by_alloc.get(&(w, a.id)).map_or(0.0, |tr| tr.rate);
+                    (rate, w, a)
+                })
+                .collect()
+        };
+        let k = self.opts.top_k.min(all.len());
+        let key = |x: &(f64, usize, &AllocationInfo)| (x.0, relayed_bytes(&x.2.stats));
+        if k < all.len() {
+            all.select_nth_unstable_by(k, |a, b| key(b).partial_cmp(&key(a)).unwrap());
+            all.truncate(k);
+        }
+        all.sort_by(|a, b| key(b).partial_cmp(&key(a)).unwrap());
+        let labels: Vec<String> = all
+            .iter()
+            .map(|(_, w, a)| {
+                format!(
+                    "id=\"{}\",user=\"{}\",relay=\"{}\"",
+                    format_id(*w, a.id),
+                    escape(&a.username),
+                    a.relay
+                )
+            })
+            .collect();
+        header(
+            o,
+            "vigi_turn_top_allocation_rate_bytes",
+            "Current rate (bytes/s received from client and peers) of the busiest allocations",
+            "gauge",
+        );
+        for ((rate, _, _), l) in all.iter().zip(&labels) {
+            let _ = writeln!(o, "vigi_turn_top_allocation_rate_bytes{{{l}}} {rate:.1}");
+        }
+        header(
+            o,
+            "vigi_turn_top_allocation_bytes",
+            "Bytes of the busiest allocations by flow (rcv/sent: client side, peer_rcv/peer_sent: peer side)",
+            "gauge",
+        );
+        for ((_, _, a), l) in all.iter().zip(&labels) {
+            for (flow, f) in [
+                ("rcv", a.stats.client_rcv),
+                ("sent", a.stats.client_sent),
+                ("peer_rcv", a.stats.peer_rcv),
+                ("peer_sent", a.stats.peer_sent),
+            ] {
+                let _ = writeln!(
+                    o,
+                    "vigi_turn_top_allocation_bytes{{{l},flow=\"{flow}\"}} {}",
+                    f.bytes
+                );
+            }
+        }
+    }
+}
+
+/// Add `b` into `a`, field by field (destructured, so a new counter cannot be forgotten).
+pub fn add_counters(a: &mut Counters, b: &Counters) {
+    let Counters {
+        binding_requests,
+        binding_responses,
+        binding_errors,
+        allocations_created,
+        allocations_expired,
+        allocations_deleted,
+        allocations_refused,
+        unauthorized,
+        auth_failures,
+        stale_nonces,
+        malformed,
+        dropped_no_permission,
+        dropped_bandwidth,
+        closed_traffic,
+    } = b;
+    a.binding_requests += binding_requests;
+    a.binding_responses += binding_responses;
+    a.binding_errors += binding_errors;
+    a.allocations_created += allocations_created;
+    a.allocations_expired += allocations_expired;
+    a.allocations_deleted += allocations_deleted;
+    a.allocations_refused += allocations_refused;
+    a.unauthorized += unauthorized;
+    a.auth_failures += auth_failures;
+    a.stale_nonces += stale_nonces;
+    a.malformed += malformed;
+    a.dropped_no_permission += dropped_no_permission;
+    a.dropped_bandwidth += dropped_bandwidth;
+    a.closed_traffic.merge(closed_traffic);
+}
+
+fn header(o: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn counter(o: &mut String, name: &str, help: &str, v: u64) {
+    header(o, name, help, "counter");
+    let _ = writeln!(o, "{name} {v}");
+}
+
+fn gauge(o: &mut String, name: &str, help: &str, v: f64) {
+    header(o, name, help, "gauge");
+    let _ = writeln!(o, "{name} {v}");
+}
+
+/// `{prefix}_{rcvp,rcvb,sentp,sentb}` and `{prefix}_peer_*`, one sample per label set.
+fn traffic_family(o: &mut String, prefix: &str, what: &str, rows: &[(String, AllocationStats)]) {
+    type Pick = fn(&AllocationStats) -> Flow;
+    let sides: [(&str, &str, Pick, Pick); 2] = [
+        ("", "", |s| s.client_rcv, |s| s.client_sent),
+        ("_peer", "peer ", |s| s.peer_rcv, |s| s.peer_sent),
+    ];
+    for (side, side_help, rcv, sent) in sides {
+        for (suffix, help, pick) in [
+            ("rcvp", "received packets", rcv as Pick),
+            ("rcvb", "received bytes", rcv),
+            ("sentp", "sent packets", sent),
+            ("sentb", "sent bytes", sent),
+        ] {
+            let name = format!("{prefix}{side}_{suffix}");
+            header(
+                o,
+                &name,
+                &format!("Represents {what}sessions {side_help}{help} (live)"),
+                "counter",
+            );
+            for (labels, s) in rows {
+                let f = pick(s);
+                let v = if suffix.ends_with('p') {
+                    f.packets
+                } else {
+                    f.bytes
+                };
+                if labels.is_empty() {
+                    let _ = writeln!(o, "{name} {v}");
+                } else {
+                    let _ = writeln!(o, "{name}{{{labels}}} {v}");
+                }
+            }
+        }
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped, as the text format requires.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for ch in s.chars() {
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// How often [`Monitor::sample`] should run.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip() {
+        let id = AllocationId {
+            index: 12,
+            generation: 3,
+        };
+        assert_eq!(format_id(0, id), "w0-12-3");
+        assert_eq!(parse_id("w0-12-3"), Some((0, id)));
+        assert_eq!(parse_id("w0-12"), None);
+        assert_eq!(parse_id("w0-12-3-4"), None);
+        assert_eq!(parse_id("0-12-3"), None);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

@@ -345,7 +345,7 @@ impl Server {
             if let Some(a) = self.get(id) {
                 if a.expires <= now && a.state == State::Active {
                     self.counters.allocations_expired += 1;
-                    self.free(id);
+                    self.free(id, "allocation timeout");
                 }
             }
         }
@@ -377,12 +377,13 @@ impl Server {
     pub fn handle_transport_closed(&mut self, five: FiveTuple) {
         if let Some(&id) = self.by_five_tuple.get(&five) {
             self.counters.allocations_deleted += 1;
-            self.free(id);
+            self.free(id, "TCP connection closed by client");
         }
     }
 
-    /// Remove an allocation and give back everything it held.
-    fn free(&mut self, id: AllocationId) {
+    /// Remove an allocation and give back everything it held; `reason` goes to the session-end
+    /// log line.
+    fn free(&mut self, id: AllocationId, reason: &str) {
         let Some(slot) = self.slots.get_mut(id.index as usize) else {
             return;
         };
@@ -400,6 +401,9 @@ impl Server {
         }
         self.shared.uncount(&a.username);
         self.counters.closed_traffic.merge(&a.stats);
+        if a.state == State::Active {
+            crate::logging::allocation_ended(&self.config.realm, &a, reason);
+        }
         self.commands.push_back(Command::FreeRelay { id });
     }
 
@@ -564,7 +568,7 @@ impl Server {
                 .is_some_and(|a| a.state == State::Active && a.expires <= now)
             {
                 self.counters.allocations_expired += 1;
-                self.free(id);
+                self.free(id, "allocation timeout");
             }
         }
         // A retransmitted request on an allocation gets the cached answer (RFC 8489 §6.3.1,
@@ -1125,7 +1129,7 @@ impl Server {
                 }
             }
             self.counters.allocations_refused += 1;
-            self.free(id);
+            self.free(id, "no relay port");
             if let Some(p) = pending {
                 let mut out = Vec::with_capacity(96);
                 let mut b = MessageBuilder::new(&mut out, Method::ALLOCATE, Class::Error, &p.tid);
@@ -1187,6 +1191,9 @@ impl Server {
             b.fingerprint();
         }
         self.counters.allocations_created += 1;
+        if let Some(a) = self.get(id) {
+            crate::logging::allocation_started(&self.config.realm, a, p.lifetime);
+        }
         self.timers.push(Reverse((expires, id)));
         self.send_and_cache(five, &p.tid, out);
     }
@@ -1232,7 +1239,7 @@ impl Server {
         let sign = self.signed(m, &auth);
         if requested == Some(0) {
             self.counters.allocations_deleted += 1;
-            self.free(id);
+            self.free(id, "deleted by client (Refresh lifetime 0)");
             let data = self.build_response(m, Class::Success, sign, |b| {
                 b.attr_u32(attr::LIFETIME, 0);
             });
@@ -1464,7 +1471,7 @@ impl Server {
             return false;
         }
         self.counters.allocations_deleted += 1;
-        self.free(id);
+        self.free(id, "killed by operator");
         true
     }
 
