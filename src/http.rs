@@ -213,25 +213,24 @@ fn token_digest(token: &str) -> [u8; 32] {
 }
 
 impl Admin {
-    /// `Authorization: Bearer <token>`, compared in constant time; else 401.
-    fn check(&self, headers: &HeaderMap) -> Result<(), Response> {
+    /// `Authorization: Bearer <token>`, compared in constant time.
+    fn authorized(&self, headers: &HeaderMap) -> bool {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        let ok = given.is_some_and(|t| bool::from(token_digest(t).ct_eq(&self.token)));
-        if ok {
-            Ok(())
-        } else {
-            Err((
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                Json(json!({"error": "unauthorized"})),
-            )
-                .into_response())
-        }
+        given.is_some_and(|t| bool::from(token_digest(t).ct_eq(&self.token)))
     }
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(json!({"error": "unauthorized"})),
+    )
+        .into_response()
 }
 
 #[derive(Serialize)]
@@ -319,8 +318,8 @@ async fn list_allocations(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = s.check(&headers) {
-        return r;
+    if !s.authorized(&headers) {
+        return unauthorized();
     }
     let user = q.get("user");
     let snaps = s.monitor.snapshots();
@@ -339,8 +338,8 @@ async fn kill_allocation(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = s.check(&headers) {
-        return r;
+    if !s.authorized(&headers) {
+        return unauthorized();
     }
     let Some((w, aid)) = metrics::parse_id(&id) else {
         return (
@@ -375,8 +374,8 @@ async fn kill_user(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    if let Err(r) = s.check(&headers) {
-        return r;
+    if !s.authorized(&headers) {
+        return unauthorized();
     }
     let mut killed = Vec::new();
     for (w, snap) in s.monitor.snapshots().iter().enumerate() {
@@ -395,8 +394,8 @@ async fn kill_user(
 }
 
 async fn stats(State(s): State<Arc<Admin>>, headers: HeaderMap) -> Response {
-    if let Err(r) = s.check(&headers) {
-        return r;
+    if !s.authorized(&headers) {
+        return unauthorized();
     }
     let snaps = s.monitor.snapshots();
     let c = Monitor::total_counters(&snaps);

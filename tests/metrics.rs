@@ -92,8 +92,8 @@ const LT: [&str; 3] = ["--lt-cred-mech", "--user", "mu:mupw"];
 fn uclient_bytes(out: &str) -> (u64, u64) {
     let line = out
         .lines()
-        .filter(|l| l.contains("start_mclient: tot_send_bytes ~ "))
-        .last()
+        .rev()
+        .find(|l| l.contains("start_mclient: tot_send_bytes ~ "))
         .unwrap_or_else(|| panic!("no byte totals in uclient output:\n{out}"));
     let nums: Vec<u64> = line
         .split(|c: char| !c.is_ascii_digit())
