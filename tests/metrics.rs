@@ -131,6 +131,41 @@ fn health_and_metrics_paths() {
     assert_eq!(status, 404);
 }
 
+/// Every metric the Grafana dashboard queries is one the server exports.
+#[test]
+fn dashboard_queries_exported_metrics() {
+    let pp = free_port();
+    let _srv = server(pp, 1, &LT);
+    let (_, body) = http_get(pp, "/metrics");
+    let exported: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/grafana-dashboard.json");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("dashboard JSON");
+    let mut checked = 0;
+    for panel in dash["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("turn_")
+                    || word.starts_with("vigi_turn_")
+                    || word.starts_with("stun_")
+                {
+                    assert!(
+                        exported.contains(&word),
+                        "dashboard uses {word}, not exported"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked >= 15);
+}
+
 #[test]
 fn coturn_counters_are_live_and_exact() {
     require_tool("turnutils_uclient");
