@@ -87,15 +87,48 @@ struct Track {
     samples: VecDeque<(Instant, u64)>,
     rate: f64,
     username: String,
+    transport: Transport,
+    started_unix: u64,
     last: AllocationStats,
     seen: u64,
 }
+
+/// coturn's `turn_allocations_duration` buckets (seconds).
+const DURATION_BUCKETS: [u64; 4] = [10, 60, 600, 3600];
+
+/// A fixed-bucket histogram of allocation durations (non-cumulative counts per bucket, the last
+/// one being +Inf).
+#[derive(Debug, Default, Clone, Copy)]
+struct Durations {
+    buckets: [u64; DURATION_BUCKETS.len() + 1],
+    sum: u64,
+}
+
+impl Durations {
+    fn observe(&mut self, secs: u64) {
+        let i = DURATION_BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.buckets[i] += 1;
+        self.sum += secs;
+    }
+}
+
+const TRANSPORTS: [Transport; 4] = [
+    Transport::Udp,
+    Transport::Tcp,
+    Transport::Tls,
+    Transport::Dtls,
+];
 
 #[derive(Debug, Default)]
 struct Tracker {
     by_alloc: HashMap<(usize, AllocationId), Track>,
     /// Traffic of ended allocations per user (only with username labels), as last sampled.
     closed_by_user: HashMap<String, AllocationStats>,
+    /// Durations of ended allocations, by transport (in [`TRANSPORTS`] order).
+    durations: [Durations; 4],
     round: u64,
 }
 
@@ -132,7 +165,13 @@ impl Monitor {
 
     /// Take a sample of every allocation's totals; call about once a second. Rates are bytes/s
     /// over the last few samples; allocations that ended are forgotten.
+    ///
+    /// Ended allocations are also observed into `turn_allocations_duration`; one that lived and
+    /// ended between two samples (under a second) is not.
     pub fn sample(&self, now: Instant) {
+        let unix_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let snaps = self.snapshots();
         let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
         t.round += 1;
@@ -144,6 +183,8 @@ impl Monitor {
                     samples: VecDeque::with_capacity(RATE_SAMPLES + 1),
                     rate: 0.0,
                     username: a.username.clone(),
+                    transport: a.five_tuple.transport,
+                    started_unix: a.started_unix,
                     last: AllocationStats::default(),
                     seen: round,
                 });
@@ -169,6 +210,11 @@ impl Monitor {
             .collect();
         for k in ended {
             if let Some(tr) = t.by_alloc.remove(&k) {
+                let i = TRANSPORTS
+                    .iter()
+                    .position(|&x| x == tr.transport)
+                    .unwrap_or(0);
+                t.durations[i].observe(unix_now.saturating_sub(tr.started_unix));
                 if self.opts.username_labels {
                     t.closed_by_user
                         .entry(tr.username)
@@ -267,6 +313,8 @@ impl Monitor {
                 coturn_type(t)
             );
         }
+
+        self.render_durations(o);
 
         let realm = escape(&self.opts.realm);
         if self.opts.username_labels {
@@ -447,6 +495,30 @@ impl Monitor {
             self.render_top(o, &snaps);
         }
         out
+    }
+
+    /// coturn's `turn_allocations_duration{type}` histogram.
+    fn render_durations(&self, o: &mut String) {
+        let durations = self
+            .tracker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .durations;
+        let name = "turn_allocations_duration";
+        header(o, name, "Represents duration of allocations", "histogram");
+        for (t, d) in TRANSPORTS.iter().zip(durations) {
+            let ty = coturn_type(*t);
+            let mut cumulative = 0;
+            for (i, n) in d.buckets.iter().enumerate() {
+                cumulative += n;
+                let le = DURATION_BUCKETS
+                    .get(i)
+                    .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
+                let _ = writeln!(o, "{name}_bucket{{type=\"{ty}\",le=\"{le}\"}} {cumulative}");
+            }
+            let _ = writeln!(o, "{name}_sum{{type=\"{ty}\"}} {}", d.sum);
+            let _ = writeln!(o, "{name}_count{{type=\"{ty}\"}} {cumulative}");
+        }
     }
 
     /// `vigi_turn_top_allocation_*`: the K allocations with the highest current rate (then the
@@ -633,6 +705,16 @@ mod tests {
         assert_eq!(parse_id("w0-12"), None);
         assert_eq!(parse_id("w0-12-3-4"), None);
         assert_eq!(parse_id("0-12-3"), None);
+    }
+
+    #[test]
+    fn durations_fall_in_coturn_buckets() {
+        let mut d = Durations::default();
+        for s in [0, 10, 11, 600, 3601, 99999] {
+            d.observe(s);
+        }
+        assert_eq!(d.buckets, [2, 1, 1, 0, 2]);
+        assert_eq!(d.sum, 10 + 11 + 600 + 3601 + 99999);
     }
 
     #[test]

@@ -266,6 +266,17 @@ fn coturn_counters_are_live_and_exact() {
     assert!(value(&m, "turn_total_allocations{type=\"UDP\"}") < max_allocations);
     assert!(value(&m, "vigi_turn_allocations_deleted_total") >= 1);
     assert!(!busy_ids.is_empty(), "a busy allocation had a rate");
+    assert!(
+        value(&m, "turn_allocations_duration_count{type=\"UDP\"}") >= 1,
+        "ended allocations observed"
+    );
+    assert_eq!(
+        value(
+            &m,
+            "turn_allocations_duration_bucket{type=\"UDP\",le=\"+Inf\"}"
+        ),
+        value(&m, "turn_allocations_duration_count{type=\"UDP\"}")
+    );
     for id in &busy_ids {
         let quoted = format!("id=\"{id}\"");
         assert!(
