@@ -105,7 +105,7 @@ fn relaying_allocates_nothing_after_warm_up() {
     let mut buf = vec![0u8; PEER_HEADROOM + 2048 + PEER_TAILROOM];
 
     let mut now = t0;
-    let mut round = |now: Instant, buf: &mut Vec<u8>, s: &mut Server| {
+    let round = |now: Instant, buf: &mut Vec<u8>, s: &mut Server| {
         assert!(matches!(
             s.handle_client_input(now, five, &cd),
             ClientDecision::Forward { .. }

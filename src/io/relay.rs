@@ -4,14 +4,18 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-use super::worker::{Relay, WorkerState, MAX_DATAGRAM, READ_BUDGET};
-use crate::engine::server::PEER_HEADROOM;
-use crate::engine::{AllocationId, PeerDecision};
+use super::udp::BATCH;
+
+use super::worker::{Relay, WorkerState, READ_BUDGET};
+use crate::engine::{AllocationId, FiveTuple, PeerDecision};
 
 /// Bind the relay socket of allocation `id` and start reading it.
 pub(crate) fn bind(
@@ -34,27 +38,44 @@ pub(crate) fn bind(
 }
 
 async fn read_loop(st: Rc<WorkerState>, id: AllocationId, sock: Rc<UdpSocket>) {
+    let fd = sock.as_raw_fd();
     loop {
         if sock.readable().await.is_err() {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         }
         for _ in 0..READ_BUDGET {
-            let mut buf = st.buf.borrow_mut();
-            let end = PEER_HEADROOM + MAX_DATAGRAM;
-            let (n, peer) = match sock.try_recv_from(&mut buf[PEER_HEADROOM..end]) {
-                Ok(r) => r,
+            let mut batch = st.batch.borrow_mut();
+            let n = match sock.try_io(Interest::READABLE, || batch.recv(fd)) {
+                Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => continue,
             };
             let now = Instant::now();
-            let payload = PEER_HEADROOM..PEER_HEADROOM + n;
-            let decision = st
-                .engine
-                .borrow_mut()
-                .handle_peer_input(now, id, peer, &mut buf, payload);
-            if let PeerDecision::Forward { to, frame } = decision {
-                st.send_to_client(to, &buf[frame]);
+            // Every datagram of one relay goes to the same client: collect the framed ones and
+            // send them with one sendmmsg.
+            let mut out: [(Range<usize>, Option<FiveTuple>); BATCH] =
+                std::array::from_fn(|_| (0..0, None));
+            let mut count = 0;
+            for i in 0..n {
+                let Some(peer) = batch.addr(i) else {
+                    continue;
+                };
+                let base = batch.slot_start(i);
+                let (slot, range) = batch.slot_mut(i);
+                let decision = st
+                    .engine
+                    .borrow_mut()
+                    .handle_peer_input(now, id, peer, slot, range);
+                if let PeerDecision::Forward { to, frame } = decision {
+                    out[count] = (base + frame.start..base + frame.end, Some(to));
+                    count += 1;
+                }
+            }
+            st.send_frames_to_client(&batch, &out[..count]);
+            drop(batch);
+            if n < BATCH {
+                break;
             }
         }
         tokio::task::yield_now().await;
