@@ -3,14 +3,13 @@
 //! the ChannelData or Data-indication header in place.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use tokio::io::unix::AsyncFd;
 
 use super::udp::BATCH;
 
@@ -25,7 +24,9 @@ pub(crate) fn bind(
     dont_fragment: bool,
 ) -> io::Result<()> {
     let s = super::udp::bind_relay(addr, dont_fragment, st.sock_buf_size)?;
-    let socket = Rc::new(UdpSocket::from_std(s)?);
+    // SAFETY: the AsyncFd owns the std socket, whose fd stays open and unchanged until the
+    // AsyncFd is dropped.
+    let socket = Rc::new(unsafe { AsyncFd::register(s) }.map_err(io::Error::from)?);
     let task = tokio::task::spawn_local(read_loop(st.clone(), id, socket.clone()));
     let mut relays = st.relays.borrow_mut();
     if relays.len() <= id.index() {
@@ -37,18 +38,24 @@ pub(crate) fn bind(
     Ok(())
 }
 
-async fn read_loop(st: Rc<WorkerState>, id: AllocationId, sock: Rc<UdpSocket>) {
+async fn read_loop(st: Rc<WorkerState>, id: AllocationId, sock: Rc<AsyncFd<UdpSocket>>) {
     let fd = sock.as_raw_fd();
     loop {
-        if sock.readable().await.is_err() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        }
+        let mut ready = match sock.readable().await {
+            Ok(r) => r,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
         for _ in 0..READ_BUDGET {
             let mut batch = st.batch.borrow_mut();
-            let n = match sock.try_io(Interest::READABLE, || batch.recv(fd)) {
+            let n = match batch.recv(fd) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready.clear_ready();
+                    break;
+                }
                 Err(_) => continue,
             };
             let now = Instant::now();
@@ -75,6 +82,8 @@ async fn read_loop(st: Rc<WorkerState>, id: AllocationId, sock: Rc<UdpSocket>) {
             st.send_frames_to_client(&batch, &out[..count]);
             drop(batch);
             if n < BATCH {
+                // See udp_listener: no EAGAIN round trip when the queue is known empty.
+                ready.clear_ready();
                 break;
             }
         }

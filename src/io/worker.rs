@@ -12,10 +12,10 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -31,14 +31,14 @@ pub(crate) const MAX_DATAGRAM: usize = 65_535;
 
 pub(crate) struct Relay {
     pub id: AllocationId,
-    pub socket: Rc<UdpSocket>,
+    pub socket: Rc<AsyncFd<UdpSocket>>,
     pub task: JoinHandle<()>,
 }
 
 /// Everything a worker's tasks share. Single-threaded: RefCells are never borrowed across an await.
 pub(crate) struct WorkerState {
     pub engine: RefCell<Server>,
-    pub udp: Vec<(SocketAddr, Rc<UdpSocket>)>,
+    pub udp: Vec<(SocketAddr, Rc<AsyncFd<UdpSocket>>)>,
     pub relays: RefCell<Vec<Option<Relay>>>,
     pub streams: RefCell<HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>>,
     /// The receive slots every socket of this worker reads into; each slot has room in front
@@ -96,7 +96,9 @@ pub(crate) fn run(init: WorkerInit) {
                 Ok(a) => a,
                 Err(_) => continue,
             };
-            match UdpSocket::from_std(s) {
+            // SAFETY: the AsyncFd owns the std socket, whose fd stays open and unchanged until
+            // the AsyncFd is dropped.
+            match unsafe { AsyncFd::register(s) } {
                 Ok(s) => udp_socks.push((addr, Rc::new(s))),
                 Err(e) => tracing::error!("worker {index}: udp {addr}: {e}"),
             }
@@ -134,18 +136,24 @@ pub(crate) fn run(init: WorkerInit) {
 }
 
 /// Read client datagrams from one listening socket, a batch per system call.
-async fn udp_listener(st: Rc<WorkerState>, local: SocketAddr, sock: Rc<UdpSocket>) {
+async fn udp_listener(st: Rc<WorkerState>, local: SocketAddr, sock: Rc<AsyncFd<UdpSocket>>) {
     let fd = sock.as_raw_fd();
     loop {
-        if sock.readable().await.is_err() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        }
+        let mut ready = match sock.readable().await {
+            Ok(r) => r,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
         for _ in 0..READ_BUDGET {
             let mut batch = st.batch.borrow_mut();
-            let n = match sock.try_io(Interest::READABLE, || batch.recv(fd)) {
+            let n = match batch.recv(fd) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready.clear_ready();
+                    break;
+                }
                 // ICMP errors surface as recv errors on Linux; they concern one peer, not us.
                 Err(_) => continue,
             };
@@ -177,6 +185,9 @@ async fn udp_listener(st: Rc<WorkerState>, local: SocketAddr, sock: Rc<UdpSocket
             drop(batch);
             st.drain_commands(now);
             if n < super::udp::BATCH {
+                // The queue was empty when recvmmsg returned: skip the call that would say
+                // EAGAIN. A datagram arriving since raised a new event, which clear_ready keeps.
+                ready.clear_ready();
                 break;
             }
         }
@@ -237,7 +248,7 @@ impl WorkerState {
         let relays = self.relays.borrow();
         if let Some(Some(r)) = relays.get(id.index()) {
             if r.id == id {
-                let _ = r.socket.try_send_to(data, peer);
+                let _ = r.socket.get_ref().send_to(data, peer);
             }
         }
     }
@@ -252,7 +263,7 @@ impl WorkerState {
         let mut msgs: [(&[u8], SocketAddr); super::udp::BATCH] =
             [(&[], SocketAddr::from(([0, 0, 0, 0], 0))); super::udp::BATCH];
         let mut n = 0;
-        let mut sock: Option<&Rc<UdpSocket>> = None;
+        let mut sock: Option<&Rc<AsyncFd<UdpSocket>>> = None;
         for (range, to) in frames {
             let Some(to) = to else {
                 continue;
@@ -285,7 +296,7 @@ impl WorkerState {
         match to.transport {
             Transport::Udp | Transport::Dtls => {
                 if let Some((_, s)) = self.udp.iter().find(|(a, _)| *a == to.server) {
-                    let _ = s.try_send_to(data, to.client);
+                    let _ = s.get_ref().send_to(data, to.client);
                 }
             }
             Transport::Tcp | Transport::Tls => {
