@@ -3,15 +3,18 @@
 //! the ChannelData or Data-indication header in place.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
+use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
+use tokio::io::unix::AsyncFd;
 
-use super::worker::{Relay, WorkerState, MAX_DATAGRAM, READ_BUDGET};
-use crate::engine::server::PEER_HEADROOM;
-use crate::engine::{AllocationId, PeerDecision};
+use super::udp::BATCH;
+
+use super::worker::{Relay, WorkerState, READ_BUDGET};
+use crate::engine::{AllocationId, FiveTuple, PeerDecision};
 
 /// Bind the relay socket of allocation `id` and start reading it.
 pub(crate) fn bind(
@@ -21,7 +24,9 @@ pub(crate) fn bind(
     dont_fragment: bool,
 ) -> io::Result<()> {
     let s = super::udp::bind_relay(addr, dont_fragment, st.sock_buf_size)?;
-    let socket = Rc::new(UdpSocket::from_std(s)?);
+    // SAFETY: the AsyncFd owns the std socket, whose fd stays open and unchanged until the
+    // AsyncFd is dropped.
+    let socket = Rc::new(unsafe { AsyncFd::register(s) }.map_err(io::Error::from)?);
     let task = tokio::task::spawn_local(read_loop(st.clone(), id, socket.clone()));
     let mut relays = st.relays.borrow_mut();
     if relays.len() <= id.index() {
@@ -33,28 +38,53 @@ pub(crate) fn bind(
     Ok(())
 }
 
-async fn read_loop(st: Rc<WorkerState>, id: AllocationId, sock: Rc<UdpSocket>) {
+async fn read_loop(st: Rc<WorkerState>, id: AllocationId, sock: Rc<AsyncFd<UdpSocket>>) {
+    let fd = sock.as_raw_fd();
     loop {
-        if sock.readable().await.is_err() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        }
+        let mut ready = match sock.readable().await {
+            Ok(r) => r,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
         for _ in 0..READ_BUDGET {
-            let mut buf = st.buf.borrow_mut();
-            let end = PEER_HEADROOM + MAX_DATAGRAM;
-            let (n, peer) = match sock.try_recv_from(&mut buf[PEER_HEADROOM..end]) {
-                Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            let mut batch = st.batch.borrow_mut();
+            let n = match batch.recv(fd) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready.clear_ready();
+                    break;
+                }
                 Err(_) => continue,
             };
             let now = Instant::now();
-            let payload = PEER_HEADROOM..PEER_HEADROOM + n;
-            let decision = st
-                .engine
-                .borrow_mut()
-                .handle_peer_input(now, id, peer, &mut buf, payload);
-            if let PeerDecision::Forward { to, frame } = decision {
-                st.send_to_client(to, &buf[frame]);
+            // Every datagram of one relay goes to the same client: collect the framed ones and
+            // send them with one sendmmsg.
+            let mut out: [(Range<usize>, Option<FiveTuple>); BATCH] =
+                std::array::from_fn(|_| (0..0, None));
+            let mut count = 0;
+            for i in 0..n {
+                let Some(peer) = batch.addr(i) else {
+                    continue;
+                };
+                let base = batch.slot_start(i);
+                let (slot, range) = batch.slot_mut(i);
+                let decision = st
+                    .engine
+                    .borrow_mut()
+                    .handle_peer_input(now, id, peer, slot, range);
+                if let PeerDecision::Forward { to, frame } = decision {
+                    out[count] = (base + frame.start..base + frame.end, Some(to));
+                    count += 1;
+                }
+            }
+            st.send_frames_to_client(&batch, &out[..count]);
+            drop(batch);
+            if n < BATCH {
+                // See udp_listener: no EAGAIN round trip when the queue is known empty.
+                ready.clear_ready();
+                break;
             }
         }
         tokio::task::yield_now().await;

@@ -12,33 +12,38 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::net::UdpSocket;
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+
+use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::udp::RecvBatch;
 use super::{relay, stream, Control, RunConfig, WorkerSnapshot};
 use crate::engine::server::{PEER_HEADROOM, PEER_TAILROOM};
 use crate::engine::{AllocationId, ClientDecision, Command, FiveTuple, Server, Transport};
 
-/// Datagrams read per readiness wake-up before yielding to other sockets.
-pub(crate) const READ_BUDGET: usize = 64;
+/// Batches read per readiness wake-up before yielding to other sockets.
+pub(crate) const READ_BUDGET: usize = 8;
 /// Largest UDP payload.
 pub(crate) const MAX_DATAGRAM: usize = 65_535;
 
 pub(crate) struct Relay {
     pub id: AllocationId,
-    pub socket: Rc<UdpSocket>,
+    pub socket: Rc<AsyncFd<UdpSocket>>,
     pub task: JoinHandle<()>,
 }
 
 /// Everything a worker's tasks share. Single-threaded: RefCells are never borrowed across an await.
 pub(crate) struct WorkerState {
     pub engine: RefCell<Server>,
-    pub udp: Vec<(SocketAddr, Rc<UdpSocket>)>,
+    pub udp: Vec<(SocketAddr, Rc<AsyncFd<UdpSocket>>)>,
     pub relays: RefCell<Vec<Option<Relay>>>,
     pub streams: RefCell<HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>>,
-    /// The one receive buffer; its front has room for headers written in place.
-    pub buf: RefCell<Vec<u8>>,
+    /// The receive slots every socket of this worker reads into; each slot has room in front
+    /// for headers written in place.
+    pub batch: RefCell<RecvBatch>,
     pub sock_buf_size: Option<usize>,
     pub tcp_count: Arc<AtomicUsize>,
     pub max_tcp: usize,
@@ -91,7 +96,9 @@ pub(crate) fn run(init: WorkerInit) {
                 Ok(a) => a,
                 Err(_) => continue,
             };
-            match UdpSocket::from_std(s) {
+            // SAFETY: the AsyncFd owns the std socket, whose fd stays open and unchanged until
+            // the AsyncFd is dropped.
+            match unsafe { AsyncFd::register(s) } {
                 Ok(s) => udp_socks.push((addr, Rc::new(s))),
                 Err(e) => tracing::error!("worker {index}: udp {addr}: {e}"),
             }
@@ -101,7 +108,7 @@ pub(crate) fn run(init: WorkerInit) {
             udp: udp_socks,
             relays: RefCell::new(Vec::new()),
             streams: RefCell::new(HashMap::new()),
-            buf: RefCell::new(vec![0; PEER_HEADROOM + MAX_DATAGRAM + PEER_TAILROOM]),
+            batch: RefCell::new(RecvBatch::new(PEER_HEADROOM, MAX_DATAGRAM, PEER_TAILROOM)),
             sock_buf_size: rc.sock_buf_size,
             tcp_count,
             max_tcp: rc.max_tcp_connections,
@@ -128,41 +135,61 @@ pub(crate) fn run(init: WorkerInit) {
     });
 }
 
-/// Read client datagrams from one listening socket.
-async fn udp_listener(st: Rc<WorkerState>, local: SocketAddr, sock: Rc<UdpSocket>) {
+/// Read client datagrams from one listening socket, a batch per system call.
+async fn udp_listener(st: Rc<WorkerState>, local: SocketAddr, sock: Rc<AsyncFd<UdpSocket>>) {
+    let fd = sock.as_raw_fd();
     loop {
-        if sock.readable().await.is_err() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        }
+        let mut ready = match sock.readable().await {
+            Ok(r) => r,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
         for _ in 0..READ_BUDGET {
-            let mut buf = st.buf.borrow_mut();
-            let (n, from) = match sock.try_recv_from(&mut buf[..MAX_DATAGRAM]) {
-                Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            let mut batch = st.batch.borrow_mut();
+            let n = match batch.recv(fd) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready.clear_ready();
+                    break;
+                }
                 // ICMP errors surface as recv errors on Linux; they concern one peer, not us.
                 Err(_) => continue,
             };
             let now = Instant::now();
-            let five = FiveTuple {
-                transport: Transport::Udp,
-                client: from,
-                server: local,
-            };
-            let decision = st
-                .engine
-                .borrow_mut()
-                .handle_client_input(now, five, &buf[..n]);
-            if let ClientDecision::Forward {
-                relay,
-                peer,
-                payload,
-            } = decision
-            {
-                st.send_to_peer(relay, peer, &buf[payload]);
+            for i in 0..n {
+                let Some(from) = batch.addr(i) else {
+                    continue;
+                };
+                let five = FiveTuple {
+                    transport: Transport::Udp,
+                    client: from,
+                    server: local,
+                };
+                let (slot, range) = batch.slot_mut(i);
+                let packet = &slot[range];
+                let decision = st
+                    .engine
+                    .borrow_mut()
+                    .handle_client_input(now, five, packet);
+                if let ClientDecision::Forward {
+                    relay,
+                    peer,
+                    payload,
+                } = decision
+                {
+                    st.send_to_peer(relay, peer, &packet[payload]);
+                }
             }
-            drop(buf);
+            drop(batch);
             st.drain_commands(now);
+            if n < super::udp::BATCH {
+                // The queue was empty when recvmmsg returned: skip the call that would say
+                // EAGAIN. A datagram arriving since raised a new event, which clear_ready keeps.
+                ready.clear_ready();
+                break;
+            }
         }
         tokio::task::yield_now().await;
     }
@@ -221,8 +248,46 @@ impl WorkerState {
         let relays = self.relays.borrow();
         if let Some(Some(r)) = relays.get(id.index()) {
             if r.id == id {
-                let _ = r.socket.try_send_to(data, peer);
+                let _ = r.socket.get_ref().send_to(data, peer);
             }
+        }
+    }
+
+    /// Send framed datagrams (ranges of `batch`'s receive area) to their clients: UDP ones
+    /// through their listening socket with one sendmmsg per run of the same socket.
+    pub fn send_frames_to_client(
+        &self,
+        batch: &RecvBatch,
+        frames: &[(std::ops::Range<usize>, Option<FiveTuple>)],
+    ) {
+        let mut msgs: [(&[u8], SocketAddr); super::udp::BATCH] =
+            [(&[], SocketAddr::from(([0, 0, 0, 0], 0))); super::udp::BATCH];
+        let mut n = 0;
+        let mut sock: Option<&Rc<AsyncFd<UdpSocket>>> = None;
+        for (range, to) in frames {
+            let Some(to) = to else {
+                continue;
+            };
+            let data = batch.bytes(range.clone());
+            if to.transport != Transport::Udp {
+                self.send_to_client(*to, data);
+                continue;
+            }
+            let Some((_, s)) = self.udp.iter().find(|(a, _)| *a == to.server) else {
+                continue;
+            };
+            if sock.is_some_and(|cur| !Rc::ptr_eq(cur, s)) {
+                if let Some(cur) = sock {
+                    super::udp::send_batch(cur.as_raw_fd(), &msgs[..n]);
+                }
+                n = 0;
+            }
+            sock = Some(s);
+            msgs[n] = (data, to.client);
+            n += 1;
+        }
+        if let (Some(s), true) = (sock, n > 0) {
+            super::udp::send_batch(s.as_raw_fd(), &msgs[..n]);
         }
     }
 
@@ -231,7 +296,7 @@ impl WorkerState {
         match to.transport {
             Transport::Udp | Transport::Dtls => {
                 if let Some((_, s)) = self.udp.iter().find(|(a, _)| *a == to.server) {
-                    let _ = s.try_send_to(data, to.client);
+                    let _ = s.get_ref().send_to(data, to.client);
                 }
             }
             Transport::Tcp | Transport::Tls => {
