@@ -40,13 +40,15 @@ fn json(body: &str) -> serde_json::Value {
 }
 
 fn admin_server() -> (Server, u16) {
+    admin_server_with(&["--no-auth"])
+}
+
+fn admin_server_with(auth: &[&str]) -> (Server, u16) {
     let admin_port = free_port();
     let listen = format!("127.0.0.1:{admin_port}");
-    let srv = start_server(&[
-        "-n",
-        "-L",
-        "127.0.0.1",
-        "--no-auth",
+    let mut args = vec!["-n", "-L", "127.0.0.1"];
+    args.extend(auth);
+    args.extend([
         "--allow-loopback-peers",
         "--realm",
         "admin.local",
@@ -57,6 +59,7 @@ fn admin_server() -> (Server, u16) {
         "--admin-token",
         TOKEN,
     ]);
+    let srv = start_server(&args);
     (srv, admin_port)
 }
 
@@ -186,30 +189,86 @@ fn list_shows_counters_and_kill_ends_the_allocation() {
     assert_eq!(status, 400);
 }
 
+/// A long-term-credential client: its socket, and what it signs requests with.
+struct LtClient {
+    sock: UdpSocket,
+    server: SocketAddr,
+    user: &'static str,
+    key: [u8; 16],
+    nonce: Vec<u8>,
+}
+
+const REALM: &str = "admin.local";
+
+impl LtClient {
+    /// Allocate (after the 401 challenge) as `user`.
+    fn allocate(server: SocketAddr, user: &'static str, password: &str) -> LtClient {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let challenge = request(&sock, server, Method::ALLOCATE, |b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        });
+        assert_eq!(error_code(&challenge), Some(401));
+        let nonce = Message::decode(&challenge)
+            .unwrap()
+            .get(attr::NONCE)
+            .expect("nonce")
+            .to_vec();
+        let c = LtClient {
+            sock,
+            server,
+            user,
+            key: vigi_turn::engine::auth::key_md5(user, REALM, password),
+            nonce,
+        };
+        let a = c.signed(Method::ALLOCATE, |b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        });
+        assert_eq!(error_code(&a), None, "allocate as {user}");
+        c
+    }
+
+    fn signed(&self, method: Method, build: impl Fn(&mut MessageBuilder)) -> Vec<u8> {
+        request(&self.sock, self.server, method, |b| {
+            build(b);
+            b.attr(attr::USERNAME, self.user.as_bytes())
+                .attr(attr::REALM, REALM.as_bytes())
+                .attr(attr::NONCE, &self.nonce)
+                .integrity(&self.key);
+        })
+    }
+
+    fn refresh_error(&self) -> Option<u16> {
+        error_code(&self.signed(Method::REFRESH, |_| {}))
+    }
+}
+
 #[test]
 fn kill_by_user() {
-    let (srv, admin) = admin_server();
+    let (srv, admin) = admin_server_with(&[
+        "--lt-cred-mech",
+        "--user",
+        "alice:alicepw",
+        "--user",
+        "bob:bobpw",
+    ]);
     let server = SocketAddr::from(([127, 0, 0, 1], srv.port));
-    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .unwrap();
-    let a = request(&client, server, Method::ALLOCATE, |b| {
-        b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-    });
-    assert_eq!(Message::decode(&a).unwrap().class(), Class::Success);
+    let alice1 = LtClient::allocate(server, "alice", "alicepw");
+    let alice2 = LtClient::allocate(server, "alice", "alicepw");
+    let bob = LtClient::allocate(server, "bob", "bobpw");
     std::thread::sleep(Duration::from_millis(1200));
-    // With --no-auth the username is empty; a user with no allocations kills nothing.
-    let (status, body) = http(
-        admin,
-        "DELETE",
-        "/api/users/someone/allocations",
-        Some(TOKEN),
-    );
+    let (_, body) = http(admin, "GET", "/api/allocations?user=alice", Some(TOKEN));
+    let listed = json(&body)["allocations"].as_array().unwrap().clone();
+    assert_eq!(listed.len(), 2, "{body}");
+    assert!(listed.iter().all(|a| a["username"] == "alice"));
+
+    let (status, body) = http(admin, "DELETE", "/api/users/alice/allocations", Some(TOKEN));
     assert_eq!(status, 200);
-    assert_eq!(json(&body)["killed"].as_array().unwrap().len(), 0);
-    let r = request(&client, server, Method::REFRESH, |_| {});
-    assert_eq!(error_code(&r), None, "still alive");
+    assert_eq!(json(&body)["killed"].as_array().unwrap().len(), 2, "{body}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(alice1.refresh_error(), Some(437));
+    assert_eq!(alice2.refresh_error(), Some(437));
+    assert_eq!(bob.refresh_error(), None, "bob's allocation lives on");
 }
 
 #[test]
