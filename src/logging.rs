@@ -1,5 +1,5 @@
-//! Logging: the `tracing` subscriber (coturn's `--log-file` semantics, `-v`/`-V` levels,
-//! `RUST_LOG` override, `--log-json`), and the allocation lifecycle lines operators grep for.
+//! Logging: the `tracing` subscriber (coturn's `--log-file` semantics with [`reopen`] for
+//! SIGHUP, `-v`/`-V` levels, `RUST_LOG` override, `--log-json`), and the allocation lifecycle lines operators grep for.
 //!
 //! The session-end lines keep coturn's wording (`session ...: usage: realm=<..>, username=<..>,
 //! rp=.., rb=.., sp=.., sb=..`, `peer usage: ...`, `closed (2nd stage), user <..> realm <..> ...,
@@ -8,8 +8,58 @@
 //! they are written only when the debug level is on (`-v`), and shown as `-` otherwise. No
 //! password, key, secret or token is ever logged.
 
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
 use crate::config::Config;
 use crate::engine::allocation::Allocation;
+
+/// The `--log-file` being written, if any, so [`reopen`] can swap it.
+static LOG_FILE: OnceLock<Arc<LogFile>> = OnceLock::new();
+
+/// A log file that can be reopened in place (after logrotate moved it away).
+#[derive(Debug)]
+struct LogFile {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+fn open_append(path: &PathBuf) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Reopen `--log-file` at its path (call on SIGHUP, as coturn does, so logrotate works). A no-op
+/// when logging to stdout.
+pub fn reopen() -> io::Result<()> {
+    if let Some(lf) = LOG_FILE.get() {
+        let f = open_append(&lf.path)?;
+        *lf.file.lock().unwrap_or_else(|e| e.into_inner()) = f;
+    }
+    Ok(())
+}
+
+/// Writes to the current [`LogFile`]; one per event.
+struct LogWriter(Arc<LogFile>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .file
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0
+            .file
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .flush()
+    }
+}
 
 /// Install the global subscriber: stdout, or `--log-file` (appended), at the level `-v`/`-V` ask
 /// for; `RUST_LOG` wins. With `--log-json`, one JSON object per line.
@@ -27,30 +77,39 @@ pub fn init(config: &Config) {
     // Where the lines go; `None` = stdout.
     let file = match config.log_file.as_deref() {
         None | Some("stdout") | Some("-") | Some("syslog") => None,
-        Some(path) => match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            Ok(f) => Some(f),
-            Err(e) => {
-                eprintln!("vigi-turn: cannot open log file {path}: {e}; logging to stdout");
-                None
+        Some(path) => {
+            let path = PathBuf::from(path);
+            match open_append(&path) {
+                Ok(f) => {
+                    let lf = Arc::new(LogFile {
+                        path,
+                        file: Mutex::new(f),
+                    });
+                    let _ = LOG_FILE.set(lf.clone());
+                    Some(lf)
+                }
+                Err(e) => {
+                    eprintln!(
+                        "vigi-turn: cannot open log file {}: {e}; logging to stdout",
+                        path.display()
+                    );
+                    None
+                }
             }
-        },
+        }
     };
     let silent = config.no_stdout_log && config.log_file.is_none();
     match (config.log_json, file) {
         (true, Some(f)) => builder
             .json()
             .with_ansi(false)
-            .with_writer(std::sync::Mutex::new(f))
+            .with_writer(move || LogWriter(f.clone()))
             .init(),
         (true, None) if silent => builder.json().with_writer(std::io::sink).init(),
         (true, None) => builder.json().init(),
         (false, Some(f)) => builder
             .with_ansi(false)
-            .with_writer(std::sync::Mutex::new(f))
+            .with_writer(move || LogWriter(f.clone()))
             .init(),
         (false, None) if silent => builder.with_writer(std::io::sink).init(),
         (false, None) => builder.init(),

@@ -245,12 +245,17 @@ impl LtClient {
 
 #[test]
 fn kill_by_user() {
+    let log = std::env::temp_dir().join(format!("vigi-admin-test-{}.log", free_port()));
+    let log_s = log.to_str().unwrap().to_owned();
     let (srv, admin) = admin_server_with(&[
         "--lt-cred-mech",
         "--user",
         "alice:alicepw",
         "--user",
         "bob:bobpw",
+        "--log-file",
+        &log_s,
+        "--log-json",
     ]);
     let server = SocketAddr::from(([127, 0, 0, 1], srv.port));
     let alice1 = LtClient::allocate(server, "alice", "alicepw");
@@ -269,6 +274,44 @@ fn kill_by_user() {
     assert_eq!(alice1.refresh_error(), Some(437));
     assert_eq!(alice2.refresh_error(), Some(437));
     assert_eq!(bob.refresh_error(), None, "bob's allocation lives on");
+
+    // The log: JSON lines, coturn's session-end lines with the reason, and at the default level
+    // neither usernames nor passwords.
+    let text = std::fs::read_to_string(&log).expect("log file");
+    let _ = std::fs::remove_file(&log);
+    let messages: Vec<String> = text
+        .lines()
+        .map(|l| {
+            json(l)["fields"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        messages
+            .iter()
+            .filter(|m| m.contains(": new, realm=<admin.local>, username=<->"))
+            .count(),
+        3,
+        "{text}"
+    );
+    let closed: Vec<&String> = messages
+        .iter()
+        .filter(|m| m.contains("closed (2nd stage), user <-> realm <admin.local>"))
+        .collect();
+    assert_eq!(closed.len(), 2, "{text}");
+    assert!(closed
+        .iter()
+        .all(|m| m.contains("reason: killed by operator")));
+    assert_eq!(
+        messages
+            .iter()
+            .filter(|m| m.contains(": usage: realm="))
+            .count(),
+        2
+    );
+    assert!(!text.contains("alice") && !text.contains("bobpw"), "{text}");
 }
 
 #[test]

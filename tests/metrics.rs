@@ -305,7 +305,7 @@ fn allocate(server: SocketAddr) -> UdpSocket {
 #[test]
 fn top_k_stays_bounded_with_many_allocations() {
     let pp = free_port();
-    let srv = server(pp, 5, &["--no-auth"]);
+    let srv = server(pp, 5, &["--no-auth", "--prometheus-username-labels"]);
     let addr = SocketAddr::from(([127, 0, 0, 1], srv.port));
     let small = {
         let _one = allocate(addr);
@@ -321,6 +321,9 @@ fn top_k_stays_bounded_with_many_allocations() {
         "the first allocation lives on (its socket closed, not its allocation)"
     );
     assert_eq!(count_prefix(&m, "vigi_turn_top_allocation_rate_bytes{"), 5);
+    // With username labels, one series per user (here the empty no-auth user), not per session.
+    assert_eq!(count_prefix(&m, "turn_traffic_rcvb{"), 1);
+    assert!(m.contains_key("turn_traffic_rcvb{realm=\"metrics.local\",user=\"\"}"));
     assert_eq!(count_prefix(&m, "vigi_turn_top_allocation_bytes{"), 5 * 4);
     // One allocation or 201: the same series but for top-K (1 vs 5 allocations, 5 series each).
     assert_eq!(m.len(), small + 4 * 5, "series count bounded");
