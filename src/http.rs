@@ -130,7 +130,7 @@ pub fn spawn(config: &Config, running: &Running, obs: Observe) -> io::Result<Opt
     }))
 }
 
-/// coturn's default: every interface, IPv6 and IPv4 when the host has IPv6.
+/// coturn's default: every interface, IPv6 and IPv4 (dual stack) when the host has IPv6.
 fn default_any(port: u16) -> SocketAddr {
     if std::net::UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).is_ok() {
         SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)
@@ -139,12 +139,20 @@ fn default_any(port: u16) -> SocketAddr {
     }
 }
 
+/// A non-blocking TCP listener; `[::]` also takes IPv4 whatever `net.ipv6.bindv6only` says.
 fn bind(addr: SocketAddr, what: &str) -> io::Result<TcpListener> {
-    let l = TcpListener::bind(addr).map_err(|e| {
-        io::Error::new(e.kind(), format!("cannot listen for {what} on {addr}: {e}"))
-    })?;
-    l.set_nonblocking(true)?;
-    Ok(l)
+    use socket2::{Domain, Socket, Type};
+    let err =
+        |e: io::Error| io::Error::new(e.kind(), format!("cannot listen for {what} on {addr}: {e}"));
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+        s.set_only_v6(false)?;
+    }
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into()).map_err(err)?;
+    s.listen(128).map_err(err)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
 }
 
 async fn serve(m: Arc<Monitor>, prom: Option<TcpListener>, admin: Option<(TcpListener, [u8; 32])>) {
