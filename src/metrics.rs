@@ -693,6 +693,87 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::FiveTuple;
+    use crate::io::WorkerSnapshot;
+
+    fn info(index: u32, user: &str, rcv_bytes: u64) -> AllocationInfo {
+        let mut stats = AllocationStats::default();
+        stats.client_rcv = Flow {
+            packets: rcv_bytes / 100,
+            bytes: rcv_bytes,
+        };
+        AllocationInfo {
+            id: AllocationId {
+                index,
+                generation: 0,
+            },
+            username: user.to_owned(),
+            five_tuple: FiveTuple {
+                transport: Transport::Udp,
+                client: ([127, 0, 0, 1], 5000 + index as u16).into(),
+                server: ([127, 0, 0, 1], 3478).into(),
+            },
+            relay: ([127, 0, 0, 1], 50000 + index as u16).into(),
+            reported_relay: ([127, 0, 0, 1], 50000 + index as u16).into(),
+            started_unix: 0,
+            expires_in: 600,
+            permissions: 1,
+            channels: 1,
+            stats,
+        }
+    }
+
+    fn monitor(top_k: usize) -> (Monitor, Arc<Mutex<WorkerSnapshot>>) {
+        let snapshot = Arc::new(Mutex::new(WorkerSnapshot::default()));
+        let handle = WorkerHandle {
+            index: 0,
+            control: tokio::sync::mpsc::unbounded_channel().0,
+            snapshot: snapshot.clone(),
+        };
+        let opts = Options {
+            top_k,
+            realm: "r".into(),
+            relay_ips: vec![[127, 0, 0, 1].into()],
+            ..Options::default()
+        };
+        let m = Monitor::new(
+            vec![handle],
+            Arc::new(Shared::new(50000, 50099, [0; 32])),
+            opts,
+        );
+        (m, snapshot)
+    }
+
+    #[test]
+    fn top_k_follows_the_current_rate_and_forgets_ended_allocations() {
+        let (m, snap) = monitor(1);
+        let t0 = Instant::now();
+        snap.lock().unwrap().allocations = vec![info(0, "a", 50_000), info(1, "b", 0)];
+        m.sample(t0);
+        // One second later "b" relayed 3000 bytes, "a" nothing: "b" is the busiest now.
+        snap.lock().unwrap().allocations = vec![info(0, "a", 50_000), info(1, "b", 3000)];
+        m.sample(t0 + Duration::from_secs(1));
+        let b = AllocationId {
+            index: 1,
+            generation: 0,
+        };
+        assert_eq!(m.rate(0, b), 3000.0);
+        let text = m.render();
+        let top: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("vigi_turn_top_allocation_rate_bytes{"))
+            .collect();
+        assert_eq!(top, ["vigi_turn_top_allocation_rate_bytes{id=\"w0-1-0\",user=\"b\",relay=\"127.0.0.1:50001\"} 3000.0"]);
+        assert!(text.contains("turn_total_traffic_rcvb 53000\n"));
+        assert!(text.contains("vigi_turn_relay_ports_free{ip=\"127.0.0.1\"} 100\n"));
+        // "b" ends: its series go, and its lifetime is observed.
+        snap.lock().unwrap().allocations = vec![info(0, "a", 50_000)];
+        m.sample(t0 + Duration::from_secs(2));
+        let text = m.render();
+        assert!(!text.contains("w0-1-0"), "{text}");
+        assert!(text.contains("vigi_turn_top_allocation_rate_bytes{id=\"w0-0-0\""));
+        assert!(text.contains("turn_allocations_duration_count{type=\"UDP\"} 1\n"));
+    }
 
     #[test]
     fn ids_round_trip() {
