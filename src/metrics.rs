@@ -697,10 +697,12 @@ mod tests {
     use crate::io::WorkerSnapshot;
 
     fn info(index: u32, user: &str, rcv_bytes: u64) -> AllocationInfo {
-        let mut stats = AllocationStats::default();
-        stats.client_rcv = Flow {
-            packets: rcv_bytes / 100,
-            bytes: rcv_bytes,
+        let stats = AllocationStats {
+            client_rcv: Flow {
+                packets: rcv_bytes / 100,
+                bytes: rcv_bytes,
+            },
+            ..AllocationStats::default()
         };
         AllocationInfo {
             id: AllocationId {
