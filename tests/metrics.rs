@@ -47,6 +47,19 @@ fn scrape(port: u16) -> HashMap<String, f64> {
         .collect()
 }
 
+/// Scrape until `ready` holds (the workers publish once a second); at most 10 s.
+fn scrape_when(port: u16, ready: impl Fn(&HashMap<String, f64>) -> bool) -> HashMap<String, f64> {
+    let t0 = Instant::now();
+    loop {
+        let m = scrape(port);
+        if ready(&m) {
+            return m;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "never ready: {m:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn value(m: &HashMap<String, f64>, key: &str) -> u64 {
     *m.get(key)
         .unwrap_or_else(|| panic!("no {key} in scrape: {m:?}")) as u64
@@ -56,8 +69,9 @@ fn count_prefix(m: &HashMap<String, f64>, prefix: &str) -> usize {
     m.keys().filter(|k| k.starts_with(prefix)).count()
 }
 
+/// A server with `--prometheus` on `prom_port`, top-K `top`, and [`RELAY_PORTS`] relay ports.
 fn server(prom_port: u16, top: usize, extra: &[&str]) -> Server {
-    let (min, max) = free_range(400);
+    let (min, max) = free_range(RELAY_PORTS);
     let pp = prom_port.to_string();
     let top = top.to_string();
     let (min, max) = (min.to_string(), max.to_string());
@@ -85,6 +99,8 @@ fn server(prom_port: u16, top: usize, extra: &[&str]) -> Server {
     args.extend(extra);
     start_server(&args)
 }
+
+const RELAY_PORTS: u16 = 250;
 
 const LT: [&str; 3] = ["--lt-cred-mech", "--user", "mu:mupw"];
 
@@ -125,7 +141,7 @@ fn health_and_metrics_paths() {
     }
     assert_eq!(
         value(&m, "vigi_turn_relay_ports_free{ip=\"127.0.0.1\"}"),
-        400
+        u64::from(RELAY_PORTS)
     );
     let (status, _) = http_get(pp, "/nope");
     assert_eq!(status, 404);
@@ -175,7 +191,7 @@ fn coturn_counters_are_live_and_exact() {
     let mut child = Command::new("turnutils_uclient")
         .args(["-p", &srv.port.to_string(), "-e", "127.0.0.1"])
         .args(["-r", &peer_port.to_string(), "-u", "mu", "-w", "mupw"])
-        .args(["-m", "1", "-n", "80", "-l", "120", "127.0.0.1"])
+        .args(["-m", "1", "-n", "200", "-l", "120", "127.0.0.1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -212,7 +228,7 @@ fn coturn_counters_are_live_and_exact() {
                 }
             }
         }
-        std::thread::sleep(Duration::from_millis(700));
+        std::thread::sleep(Duration::from_millis(400));
     }
     let status = child.wait().unwrap();
     let out = reader.join().unwrap();
@@ -234,8 +250,11 @@ fn coturn_counters_are_live_and_exact() {
     );
 
     // After it ends (and the workers publish again): exact totals, payload bytes.
-    std::thread::sleep(Duration::from_millis(2500));
-    let m = scrape(pp);
+    let m = scrape_when(pp, |m| {
+        value(m, "turn_total_traffic_rcvb") == sent
+            && value(m, "turn_total_allocations{type=\"UDP\"}") < max_allocations
+            && value(m, "turn_allocations_duration_count{type=\"UDP\"}") >= 1
+    });
     assert_eq!(
         value(&m, "turn_total_traffic_rcvb"),
         sent,
@@ -309,12 +328,15 @@ fn top_k_stays_bounded_with_many_allocations() {
     let addr = SocketAddr::from(([127, 0, 0, 1], srv.port));
     let small = {
         let _one = allocate(addr);
-        std::thread::sleep(Duration::from_millis(2200));
-        scrape(pp).len()
+        scrape_when(pp, |m| {
+            count_prefix(m, "vigi_turn_top_allocation_rate_bytes{") == 1
+        })
+        .len()
     };
     let socks: Vec<UdpSocket> = (0..200).map(|_| allocate(addr)).collect();
-    std::thread::sleep(Duration::from_millis(2200));
-    let m = scrape(pp);
+    let m = scrape_when(pp, |m| {
+        value(m, "turn_total_allocations{type=\"UDP\"}") == 201
+    });
     assert_eq!(
         value(&m, "turn_total_allocations{type=\"UDP\"}"),
         200 + 1,
