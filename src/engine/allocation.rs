@@ -71,8 +71,10 @@ pub struct Allocation {
 pub struct PendingAllocate {
     pub tid: TransactionId,
     pub lifetime: u32,
-    /// The port was asked for (EVEN-PORT or RESERVATION-TOKEN): no other port may replace it.
+    /// The port was reserved earlier (RESERVATION-TOKEN): no other port may replace it.
     pub fixed_port: bool,
+    /// EVEN-PORT was asked for: a replacement port must be even too.
+    pub even: bool,
     pub reservation_token: Option<u64>,
     pub address_error: Option<u16>,
     pub fingerprint: bool,

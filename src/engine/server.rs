@@ -994,7 +994,8 @@ impl Server {
         let pending = PendingAllocate {
             tid: *m.transaction_id(),
             lifetime,
-            fixed_port: even.is_some() || token.is_some(),
+            fixed_port: token.is_some(),
+            even: even.is_some(),
             reservation_token,
             address_error,
             fingerprint: sign_fp,
@@ -1078,15 +1079,33 @@ impl Server {
         if result.is_err() {
             let old = a.relay;
             let fixed = a.pending.as_ref().is_some_and(|p| p.fixed_port);
+            let even = a.pending.as_ref().is_some_and(|p| p.even);
+            let token = a.reservation;
             // Pick the next port while the failed one is still held, so it is not picked again.
+            // EVEN-PORT asks for a parity, not a port: another even port (and its successor,
+            // with the R bit) will do.
             let retry = if attempts < BIND_ATTEMPTS && !fixed {
                 self.shared
                     .ports
-                    .take(old.ip(), self.rng.gen(), false, false)
+                    .take(old.ip(), self.rng.gen(), even, token.is_some())
             } else {
                 None
             };
             self.shared.ports.release(old.ip(), old.port());
+            if let (Some(port), Some(t)) = (retry, token) {
+                // The reservation moves along to the new port's successor.
+                let mut res = self
+                    .shared
+                    .reservations
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if let Some(r) = res.get_mut(&t) {
+                    self.shared.ports.release(r.addr.ip(), r.addr.port());
+                    r.addr = SocketAddr::new(old.ip(), port + 1);
+                } else {
+                    self.shared.ports.release(old.ip(), port + 1);
+                }
+            }
             if let Some(port) = retry {
                 let relay = SocketAddr::new(old.ip(), port);
                 let reported = self.reported(relay);
