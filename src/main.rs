@@ -121,7 +121,6 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         config.max_port,
         config.relay_threads
     );
-    notifier.ready();
     let pidfile = config.pidfile.clone();
     let mut ops = ops::Ops {
         args,

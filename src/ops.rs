@@ -42,7 +42,7 @@ pub struct Ops<'a> {
 const DRAIN_POLL: Duration = Duration::from_millis(250);
 
 impl Ops<'_> {
-    /// Serve signals until the process should stop.
+    /// Tell the service manager we are ready, then serve signals until the process should stop.
     pub fn serve(&mut self) -> Result<Exit> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -56,6 +56,8 @@ impl Ops<'_> {
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
         let mut usr1 = signal(SignalKind::user_defined1())?;
+        // Ready only once a signal can no longer kill us: systemd may send one right away.
+        self.notifier.ready();
         let watchdog_every = self.notifier.watchdog_interval();
         let mut watchdog =
             tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
