@@ -203,7 +203,8 @@ async fn sighup_new_secret_works_and_live_allocation_keeps_relaying() {
     let dir = tmpdir("hup");
     let conf = dir.join("turnserver.conf");
     let log = dir.join("vigi.log");
-    write_conf(&conf, "first-secret", "");
+    let lifetime = "max-allocate-lifetime=4\ndefault-allocate-lifetime=4\n";
+    write_conf(&conf, "first-secret", lifetime);
     let mut srv = start_server(&[
         "-c",
         conf.to_str().unwrap(),
@@ -219,7 +220,7 @@ async fn sighup_new_secret_works_and_live_allocation_keeps_relaying() {
     let p1 = peer().await;
     live.round_trip(&p1, "before").await.unwrap();
 
-    write_conf(&conf, "second-secret", "");
+    write_conf(&conf, "second-secret", lifetime);
     kill(&srv, libc::SIGHUP);
     wait_for_log(&log, "configuration reloaded");
 
@@ -237,11 +238,14 @@ async fn sighup_new_secret_works_and_live_allocation_keeps_relaying() {
         "the old secret must no longer allocate"
     );
 
-    // The allocation made before the reload relays on, and can still sign requests: a new
-    // peer needs a CreatePermission made with the old key.
+    // The allocation made before the reload relays on, and can still sign requests: a peer on
+    // a new IP needs a CreatePermission made with the old key, and the 4-second allocation
+    // must have been refreshed (at half-life) with it too.
     live.round_trip(&p1, "after").await.unwrap();
-    let p2 = peer().await;
-    live.round_trip(&p2, "after, new peer").await.unwrap();
+    let p2 = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    live.round_trip(&p2, "after, new peer IP").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    live.round_trip(&p1, "after a refresh").await.unwrap();
 
     // An invalid edit is refused and the running configuration stays.
     write_conf(&conf, "third-secret", "max-port=not-a-port\n");
