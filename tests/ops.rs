@@ -83,6 +83,10 @@ struct Live {
 }
 
 async fn allocate(port: u16, user: &str, password: &str) -> Result<Live, String> {
+    allocate_in(port, user, password, REALM).await
+}
+
+async fn allocate_in(port: u16, user: &str, password: &str, realm: &str) -> Result<Live, String> {
     let conn = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let server = format!("127.0.0.1:{port}");
     let client = Client::new(ClientConfig {
@@ -90,7 +94,7 @@ async fn allocate(port: u16, user: &str, password: &str) -> Result<Live, String>
         turn_serv_addr: server,
         username: user.to_owned(),
         password: password.to_owned(),
-        realm: REALM.to_owned(),
+        realm: realm.to_owned(),
         software: String::new(),
         rto_in_ms: 0,
         conn: Arc::new(conn),
@@ -543,4 +547,200 @@ fn proc_user_drops_privileges_or_fails_clearly() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--proc-user no-such-user-vigi"));
+}
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Run config/docker-entrypoint.sh with `args`, the server replaced by a stub printing one
+/// `[arg]` line per argument; no config file mounted unless `conf` is given.
+fn entrypoint(args: &[&str], conf: Option<&Path>, env: &[(&str, &str)]) -> Vec<String> {
+    let dir = tmpdir("entry");
+    let stub = dir.join("server-stub");
+    std::fs::write(&stub, "#!/bin/sh\nfor a; do echo \"[$a]\"; done\n").unwrap();
+    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{REPO}/config:{}", std::env::var("PATH").unwrap());
+    let mut cmd = Command::new("bash");
+    cmd.arg(format!("{REPO}/config/docker-entrypoint.sh"))
+        .args(args)
+        .env("VIGI_TURN_BIN", &stub)
+        .env("PATH", path)
+        .env_remove("EXTERNAL_IP")
+        .env(
+            "VIGI_TURN_CONF",
+            conf.map_or(dir.join("absent.conf"), Path::to_path_buf),
+        );
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn entrypoint_passes_options_to_the_server_like_coturns_image() {
+    let seed = [
+        "--listening-port=3478",
+        "--min-port=49152",
+        "--max-port=65535",
+        "--user=vigiturn:vigisecret123",
+        "--realm=vigi.local",
+    ];
+    let want: Vec<String> = seed.iter().map(|a| format!("[{a}]")).collect();
+    // Options alone, or after coturn's binary name, or after ours.
+    assert_eq!(entrypoint(&seed, None, &[]), want);
+    let mut with_name = vec!["turnserver"];
+    with_name.extend(seed);
+    assert_eq!(entrypoint(&with_name, None, &[]), want);
+    with_name[0] = "vigi-turn";
+    assert_eq!(entrypoint(&with_name, None, &[]), want);
+    // An argument with spaces stays one argument.
+    assert_eq!(entrypoint(&["--realm=a b"], None, &[]), ["[--realm=a b]"]);
+    // Anything else runs as given.
+    assert_eq!(
+        entrypoint(&["echo", "not", "the-server"], None, &[]),
+        ["not the-server"]
+    );
+}
+
+#[test]
+fn entrypoint_expands_command_substitutions() {
+    assert_eq!(
+        entrypoint(&["-p", "3478", "--relay-ip=$(echo 10.0.0.1)"], None, &[]),
+        ["[-p]", "[3478]", "[--relay-ip=10.0.0.1]"]
+    );
+    // detect-external-ip prints nothing offline: the empty option is dropped...
+    assert_eq!(
+        entrypoint(&["--external-ip=$(detect-external-ip)", "-v"], None, &[]),
+        ["[-v]"]
+    );
+    // ...and the address it is given otherwise.
+    assert_eq!(
+        entrypoint(
+            &["--external-ip=$(detect-external-ip)"],
+            None,
+            &[("EXTERNAL_IP", "203.0.113.9")]
+        ),
+        ["[--external-ip=203.0.113.9]"]
+    );
+}
+
+#[test]
+fn entrypoint_reads_the_mounted_coturn_config() {
+    let dir = tmpdir("entryconf");
+    let conf = dir.join("turnserver.conf");
+    std::fs::write(&conf, "realm=x\n").unwrap();
+    let c = conf.to_str().unwrap();
+    assert_eq!(
+        entrypoint(&["-v"], Some(&conf), &[]),
+        ["[-c]".to_owned(), format!("[{c}]"), "[-v]".to_owned()]
+    );
+    // A config file named on the command line, or -n, wins.
+    assert_eq!(
+        entrypoint(&["-c", "/other.conf"], Some(&conf), &[]),
+        ["[-c]", "[/other.conf]"]
+    );
+    assert_eq!(entrypoint(&["-n"], Some(&conf), &[]), ["[-n]"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn entrypoint_runs_the_real_binary_as_turnserver_and_healthcheck_sees_it() {
+    // The image links turnserver -> vigi-turn; so does this test.
+    let dockerfile = std::fs::read_to_string(format!("{REPO}/Dockerfile")).unwrap();
+    assert!(dockerfile.contains("ln -s vigi-turn /usr/local/bin/turnserver"));
+    let dir = tmpdir("alias");
+    std::os::unix::fs::symlink(BIN, dir.join("turnserver")).unwrap();
+    let port = free_port();
+    let port_s = port.to_string();
+    let child = Command::new("bash")
+        .arg(format!("{REPO}/config/docker-entrypoint.sh"))
+        .args([
+            "turnserver",
+            "-n",
+            "-L",
+            "127.0.0.1",
+            "--listening-port",
+            &port_s,
+        ])
+        .env("VIGI_TURN_BIN", dir.join("turnserver"))
+        .env("VIGI_TURN_CONF", dir.join("absent.conf"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let proc = Proc {
+        child,
+        name: "turnserver".into(),
+    };
+    let t0 = Instant::now();
+    let health = |port: &str| {
+        Command::new("bash")
+            .arg(format!("{REPO}/config/healthcheck.sh"))
+            .env("VIGI_TURN_HEALTH_PORT", port)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    while !health(&port_s) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "never healthy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(proc.terminate().success());
+    assert!(!health(&port_s), "unhealthy once stopped");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn systemd_unit_passes_systemd_analyze_verify() {
+    require_tool("systemd-analyze");
+    let unit = std::fs::read_to_string(format!("{REPO}/systemd/vigi-turn.service")).unwrap();
+    assert!(unit.contains("Type=notify") && unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+    // verify insists that ExecStart's binary exists: point it at the one just built.
+    let dir = tmpdir("unit");
+    let path = dir.join("vigi-turn.service");
+    std::fs::write(&path, unit.replace("/usr/bin/vigi-turn", BIN)).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.trim().is_empty(), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_compose_flags_start_and_serve() {
+    // The seed application's coturn flags, read from config/docker-compose.yml, given unchanged
+    // but for the port (3478 may be taken on a test machine); -n keeps stray config files out.
+    let compose = std::fs::read_to_string(format!("{REPO}/config/docker-compose.yml")).unwrap();
+    let port = free_port();
+    let mut args: Vec<String> = vec!["-n".into()];
+    let coturn_service = compose.split("\n  prometheus:").next().unwrap();
+    for line in coturn_service.lines() {
+        let Some(flag) = line.trim().strip_prefix("- --") else {
+            continue;
+        };
+        if flag.starts_with("listening-port=") {
+            args.push(format!("--listening-port={port}"));
+        } else if !flag.starts_with("prometheus") {
+            args.push(format!("--{flag}"));
+        }
+    }
+    assert_eq!(args.len(), 6, "{args:?}");
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let srv = start_server_on(port, &argv);
+    let live = allocate_in(port, "vigiturn", "vigisecret123", "vigi.local")
+        .await
+        .expect("allocate with the seed's user");
+    let relay = live.relay.local_addr().unwrap();
+    assert!(relay.port() >= 49152, "{relay}");
+    live.close().await;
+    assert!(srv.proc.terminate().success());
 }
