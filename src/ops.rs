@@ -158,7 +158,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
 
 /// Raise RLIMIT_NOFILE's soft limit to the hard limit: each allocation holds a relay socket, and
 /// 16k of them need more than the usual 1024. Returns the limit in force.
-pub fn raise_nofile_limit() -> u64 {
+pub fn raise_nofile_limit() -> libc::rlim_t {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -178,7 +178,7 @@ pub fn raise_nofile_limit() -> u64 {
             }
         }
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 /// `--proc-group` then `--proc-user` (names or numbers): setgroups, setgid, setuid, in that order
