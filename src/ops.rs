@@ -109,6 +109,8 @@ impl Ops<'_> {
         let new = match Config::load(self.args.iter().cloned()) {
             Ok(c) => c,
             Err(e) => {
+                // Still reopen the log file: logrotate's HUP must work with a broken edit too.
+                self.logging.reload(&self.config);
                 tracing::error!("SIGHUP: reload refused, keeping the running configuration: {e}");
                 return;
             }

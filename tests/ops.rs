@@ -224,9 +224,15 @@ async fn sighup_new_secret_works_and_live_allocation_keeps_relaying() {
     let p1 = peer().await;
     live.round_trip(&p1, "before").await.unwrap();
 
-    write_conf(&conf, "second-secret", lifetime);
+    // Also: more logging (-v), and a relay range that only a restart can apply.
+    write_conf(
+        &conf,
+        "second-secret",
+        &format!("{lifetime}verbose\nmin-port=50000\n"),
+    );
     kill(&srv, libc::SIGHUP);
     wait_for_log(&log, "configuration reloaded");
+    wait_for_log(&log, "min-port changed; that needs a restart");
 
     // Credentials from the new secret work; from the old one, no new allocation.
     let new = mint_rest_credentials(b"second-secret", "bob", 3600, unix_now(), ':');
@@ -234,6 +240,7 @@ async fn sighup_new_secret_works_and_live_allocation_keeps_relaying() {
         .await
         .expect("new secret allocates after reload");
     fresh.round_trip(&p1, "new secret").await.unwrap();
+    wait_for_log(&log, "DEBUG"); // the 401 challenge, logged at the new level
     let old2 = mint_rest_credentials(b"first-secret", "carol", 3600, unix_now(), ':');
     assert!(
         allocate(srv.port, &old2.username, &old2.password)
@@ -251,7 +258,9 @@ async fn sighup_new_secret_works_and_live_allocation_keeps_relaying() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     live.round_trip(&p1, "after a refresh").await.unwrap();
 
-    // An invalid edit is refused and the running configuration stays.
+    // An invalid edit is refused and the running configuration stays; the log file is
+    // reopened all the same (logrotate moved it away).
+    std::fs::rename(&log, dir.join("vigi.log.1")).unwrap();
     write_conf(&conf, "third-secret", "max-port=not-a-port\n");
     kill(&srv, libc::SIGHUP);
     wait_for_log(&log, "reload refused");
