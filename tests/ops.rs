@@ -753,3 +753,66 @@ async fn seed_compose_flags_start_and_serve() {
     live.close().await;
     assert!(srv.proc.terminate().success());
 }
+
+#[test]
+fn reload_storm_under_traffic_loses_nothing() {
+    // turnutils_uclient relays through 4 allocations while the config (a rotating REST secret,
+    // a quota) is reloaded every 50 ms: every message must come back.
+    let dir = tmpdir("storm");
+    let conf = dir.join("turnserver.conf");
+    let write = {
+        let conf = conf.clone();
+        move |i: u32| {
+            std::fs::write(
+                &conf,
+                format!(
+                    "listening-ip=127.0.0.1\nrealm=bench.local\nallow-loopback-peers\n\
+                 user=bench:benchpw\nstatic-auth-secret=rotating-{i}\nuser-quota={}\n",
+                    10 + i % 3
+                ),
+            )
+            .unwrap()
+        }
+    };
+    write(0);
+    let srv = start_server(&["-c", conf.to_str().unwrap(), "-m", "2"]);
+    let (_peer, pport) = start_peer();
+    let pid = srv.proc.child.id() as i32;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stormer = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u32;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                write(n);
+                // SAFETY: kill(2) on the server we started.
+                unsafe {
+                    libc::kill(pid, libc::SIGHUP);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            n
+        })
+    };
+    let r = uclient(
+        srv.port,
+        pport,
+        &[
+            "-u", "bench", "-w", "benchpw", "-m", "4", "-n", "100", "-l", "100",
+        ],
+    );
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reloads = stormer.join().unwrap();
+    assert_eq!(r.sent, 400, "sent; output:\n{}", r.output);
+    assert_eq!(r.received, 400, "all echoed; output:\n{}", r.output);
+    assert!(
+        r.lost_line.contains("Total lost packets 0 "),
+        "{}",
+        r.lost_line
+    );
+    assert!(reloads >= 5, "only {reloads} reloads during the run");
+    eprintln!("{reloads} reloads during the run, 400/400 messages echoed");
+    assert!(srv.proc.terminate().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
