@@ -53,6 +53,7 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         );
     }
     let notifier = notify::Notifier::from_env();
+    let signals = ops::Signals::install()?;
     let listen_ips: Vec<IpAddr> = if config.listening_ips.is_empty() {
         vec![
             IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -130,7 +131,7 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         notifier: &notifier,
         logging,
     };
-    let exit = ops.serve();
+    let exit = ops.serve(signals);
     notifier.stopping();
     match &exit {
         Ok(ops::Exit::Signal(name)) => tracing::info!("{name}: shutting down"),

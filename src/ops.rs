@@ -38,25 +38,65 @@ pub struct Ops<'a> {
     pub logging: &'a Logging,
 }
 
+/// The signals vigi-turn handles, caught from before the first socket is bound: a SIGTERM or
+/// SIGHUP during start-up is then handled (or queued) instead of killing the process.
+pub struct Signals {
+    rt: tokio::runtime::Runtime,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        // Registering a signal needs the runtime's context; the streams outlive the guard.
+        let (term, int, hup, usr1) = {
+            let _in_rt = rt.enter();
+            (
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::hangup())?,
+                signal(SignalKind::user_defined1())?,
+            )
+        };
+        Ok(Signals {
+            rt,
+            term,
+            int,
+            hup,
+            usr1,
+        })
+    }
+}
+
 /// How often the drain checks the workers' snapshots (they refresh every second).
 const DRAIN_POLL: Duration = Duration::from_millis(250);
 
 impl Ops<'_> {
     /// Tell the service manager we are ready, then serve signals until the process should stop.
-    pub fn serve(&mut self) -> Result<Exit> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(self.signal_loop())
+    pub fn serve(&mut self, signals: Signals) -> Result<Exit> {
+        let Signals {
+            rt,
+            mut term,
+            mut int,
+            mut hup,
+            mut usr1,
+        } = signals;
+        rt.block_on(self.signal_loop(&mut term, &mut int, &mut hup, &mut usr1))
     }
 
-    async fn signal_loop(&mut self) -> Result<Exit> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
-        let mut usr1 = signal(SignalKind::user_defined1())?;
-        // Ready only once a signal can no longer kill us: systemd may send one right away.
+    async fn signal_loop(
+        &mut self,
+        term: &mut tokio::signal::unix::Signal,
+        int: &mut tokio::signal::unix::Signal,
+        hup: &mut tokio::signal::unix::Signal,
+        usr1: &mut tokio::signal::unix::Signal,
+    ) -> Result<Exit> {
         self.notifier.ready();
         let watchdog_every = self.notifier.watchdog_interval();
         let mut watchdog =
