@@ -64,6 +64,8 @@ pub struct Allocation {
     pub last_response: Vec<u8>,
     /// The response being built while the relay socket binds.
     pub pending: Option<PendingAllocate>,
+    /// When the REST credential it was made with expires (`--strict-expiry` only).
+    pub credential_expiry: Option<Instant>,
 }
 
 /// What the Allocate response will need once the relay socket is bound.
