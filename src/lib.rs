@@ -11,6 +11,5 @@ pub mod config;
 pub mod engine;
 pub mod http;
 pub mod io;
-pub mod logging;
 pub mod metrics;
 pub mod proto;

@@ -1,5 +1,6 @@
 //! `vigi-turn`: configuration, then workers, then signals.
 
+use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -10,23 +11,49 @@ use vigi_turn::engine::policy::{IpRange, PeerPolicy};
 use vigi_turn::engine::{ServerConfig, Shared};
 use vigi_turn::io::{self, RunConfig};
 
+mod logging;
+mod notify;
+mod ops;
+
 fn main() {
-    let config = match Config::load(std::env::args_os()) {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let config = match Config::load(args.iter().cloned()) {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    vigi_turn::logging::init(&config);
+    if config.daemon {
+        // Forking is the service manager's job: a daemonizing child would escape systemd's
+        // and Docker's supervision, readiness and log capture.
+        eprintln!(
+            "vigi-turn: -o/--daemon is not supported: vigi-turn runs in the foreground; \
+             run it under systemd (systemd/vigi-turn.service, Type=notify) or Docker instead"
+        );
+        std::process::exit(2);
+    }
+    let logging = logging::Logging::init(&config);
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    if let Err(e) = run(config) {
-        tracing::error!("{e:#}");
-        eprintln!("vigi-turn: {e:#}");
-        std::process::exit(1);
+    match run(config, args, &logging) {
+        Ok(()) => {}
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("vigi-turn: {e:#}");
+            std::process::exit(1);
+        }
     }
 }
 
-fn run(config: Config) -> Result<()> {
+fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Result<()> {
+    let nofile = ops::raise_nofile_limit();
+    if nofile < 16_384 {
+        tracing::warn!(
+            "open files limited to {nofile} (hard limit): fewer than 16k relay sockets fit; \
+             raise it (LimitNOFILE=, ulimit -n, docker --ulimit nofile=)"
+        );
+    }
+    let notifier = notify::Notifier::from_env();
+    let signals = ops::Signals::install()?;
     let listen_ips: Vec<IpAddr> = if config.listening_ips.is_empty() {
         vec![
             IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -81,6 +108,12 @@ fn run(config: Config) -> Result<()> {
             tracing::warn!("cannot write pid file {}: {e}", p.display());
         }
     }
+    // Every listener is bound: privileged ports are no longer needed.
+    if let Err(e) = ops::drop_privileges(config.proc_user.as_deref(), config.proc_group.as_deref())
+    {
+        running.shutdown();
+        return Err(e.context("dropping privileges"));
+    }
     tracing::info!(
         "vigi-turn {} listening on udp {:?} tcp {:?}, relaying from {:?} ports {}-{}, {} workers",
         env!("CARGO_PKG_VERSION"),
@@ -91,35 +124,30 @@ fn run(config: Config) -> Result<()> {
         config.max_port,
         config.relay_threads
     );
-    wait_for_shutdown()?;
-    tracing::info!("shutting down");
+    let pidfile = config.pidfile.clone();
+    let mut ops = ops::Ops {
+        args,
+        config,
+        relay_ips,
+        running: &running,
+        notifier: &notifier,
+        logging,
+    };
+    let exit = ops.serve(signals);
+    notifier.stopping();
+    match &exit {
+        Ok(ops::Exit::Signal(name)) => tracing::info!("{name}: shutting down"),
+        Ok(ops::Exit::Drained) => tracing::info!("drained: no allocation left; exiting"),
+        Ok(ops::Exit::DrainTimeout(n)) => {
+            tracing::warn!("drain timeout: ending {n} allocation(s) still live; exiting")
+        }
+        Err(_) => {}
+    }
     running.shutdown();
-    if let Some(p) = &config.pidfile {
+    if let Some(p) = &pidfile {
         let _ = std::fs::remove_file(p);
     }
-    Ok(())
-}
-
-/// Block until SIGINT or SIGTERM. SIGHUP (reload) is caught so it does not kill the process.
-fn wait_for_shutdown() -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
-        loop {
-            tokio::select! {
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-                _ = hup.recv() => tracing::warn!("SIGHUP: configuration reload is not implemented yet; ignored"),
-            }
-        }
-        Ok::<(), std::io::Error>(())
-    })?;
-    Ok(())
+    exit.map(|_| ())
 }
 
 fn ipv6_available() -> bool {
@@ -197,8 +225,8 @@ fn interface_addrs() -> Vec<IpAddr> {
     out
 }
 
-/// The engine's view of the configuration.
-fn engine_config(config: &Config, relay_ips: Vec<IpAddr>) -> ServerConfig {
+/// The engine's view of the configuration (at start and on every SIGHUP).
+pub(crate) fn engine_config(config: &Config, relay_ips: Vec<IpAddr>) -> ServerConfig {
     let realm = config
         .realm
         .clone()
@@ -265,6 +293,18 @@ fn engine_config(config: &Config, relay_ips: Vec<IpAddr>) -> ServerConfig {
         total_quota: config.total_quota,
         max_bps: config.max_bps,
         udp_relay: !config.no_udp_relay,
+        strict_expiry: config.strict_expiry,
+        alternate_server: config
+            .alternate_servers
+            .first()
+            .and_then(|a| parse_alternate(a)),
         ..ServerConfig::default()
     }
+}
+
+/// `--alternate-server`: `IP`, `IPv4:PORT` or `[IPv6]:PORT` (port 3478 when absent).
+fn parse_alternate(s: &str) -> Option<SocketAddr> {
+    s.parse::<SocketAddr>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 3478)))
 }

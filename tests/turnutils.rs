@@ -287,3 +287,106 @@ fn our_rest_credentials_are_accepted_by_coturn() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn uclient_over_ipv6_loopback() {
+    require_tool("turnutils_peer");
+    // Listener, relay and peer on ::1 (RFC 6156: IPv6 relayed addresses).
+    let port = free_port();
+    let (_srv, srv) = start_server_on_v6(port);
+    let peer_port = free_port();
+    let child = std::process::Command::new("turnutils_peer")
+        .args(["-L", "::1", "-p", &peer_port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start turnutils_peer");
+    let _peer = Proc {
+        child,
+        name: "turnutils_peer".into(),
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = run_with_timeout(
+        std::process::Command::new("turnutils_uclient").args([
+            "-p",
+            &srv.to_string(),
+            "-e",
+            "::1",
+            "-r",
+            &peer_port.to_string(),
+            "-u",
+            "bench",
+            "-w",
+            "benchpw",
+            "-m",
+            "2",
+            "-n",
+            "20",
+            "-l",
+            "100",
+            "::1",
+        ]),
+        std::time::Duration::from_secs(60),
+    );
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("tot_send_msgs=40, tot_recv_msgs=40")
+            && text.contains("Total lost packets 0 "),
+        "all 40 messages echoed over IPv6:\n{text}"
+    );
+}
+
+/// Start vigi-turn listening and relaying on ::1 only; returns it and its port once it answers.
+fn start_server_on_v6(port: u16) -> (Proc, u16) {
+    let child = std::process::Command::new(BIN)
+        .args([
+            "-n",
+            "-L",
+            "::1",
+            "-E",
+            "::1",
+            "--allow-loopback-peers",
+            "--realm",
+            "bench.local",
+        ])
+        .args([
+            "--user",
+            "bench:benchpw",
+            "-m",
+            "1",
+            "-p",
+            &port.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start vigi-turn");
+    let proc = Proc {
+        child,
+        name: "vigi-turn".into(),
+    };
+    let addr: std::net::SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        let s = std::net::UdpSocket::bind("[::1]:0").expect("IPv6 loopback is needed");
+        s.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+            .unwrap();
+        let mut req = Vec::new();
+        vigi_turn::proto::MessageBuilder::new(
+            &mut req,
+            vigi_turn::proto::Method::BINDING,
+            vigi_turn::proto::Class::Request,
+            &[5; 12],
+        );
+        s.send_to(&req, addr).unwrap();
+        let mut buf = [0u8; 512];
+        if s.recv_from(&mut buf).is_ok() {
+            break;
+        }
+        assert!(
+            t0.elapsed().as_secs() < 10,
+            "vigi-turn did not answer on [::1]:{port}"
+        );
+    }
+    (proc, port)
+}

@@ -64,6 +64,8 @@ pub struct Allocation {
     pub last_response: Vec<u8>,
     /// The response being built while the relay socket binds.
     pub pending: Option<PendingAllocate>,
+    /// When the REST credential it was made with expires (`--strict-expiry` only).
+    pub credential_expiry: Option<Instant>,
 }
 
 /// What the Allocate response will need once the relay socket is bound.
@@ -71,8 +73,10 @@ pub struct Allocation {
 pub struct PendingAllocate {
     pub tid: TransactionId,
     pub lifetime: u32,
-    /// The port was asked for (EVEN-PORT or RESERVATION-TOKEN): no other port may replace it.
+    /// The port was reserved earlier (RESERVATION-TOKEN): no other port may replace it.
     pub fixed_port: bool,
+    /// EVEN-PORT was asked for: a replacement port must be even too.
+    pub even: bool,
     pub reservation_token: Option<u64>,
     pub address_error: Option<u16>,
     pub fingerprint: bool,

@@ -222,6 +222,15 @@ impl Credentials {
         !self.rest_secrets.is_empty()
     }
 
+    pub fn rest_separator(&self) -> char {
+        self.rest_separator
+    }
+
+    /// True for a `--user` name (whose key never expires), false for a REST name.
+    pub fn is_static_user(&self, username: &str) -> bool {
+        self.users.contains_key(username)
+    }
+
     /// The username a USERHASH stands for (static users only; a REST name cannot be recovered).
     pub fn user_for_hash(&self, hash: &[u8]) -> Option<&str> {
         let h: [u8; 32] = hash.try_into().ok()?;

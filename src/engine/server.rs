@@ -75,6 +75,10 @@ pub struct ServerConfig {
     pub udp_relay: bool,
     pub max_permissions: usize,
     pub max_channels: usize,
+    /// End an allocation when the expiry in its REST username passes (`--strict-expiry`).
+    pub strict_expiry: bool,
+    /// Where a draining node sends new Allocates (300 Try Alternate, RFC 8656 §7.2 step 2).
+    pub alternate_server: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -102,6 +106,8 @@ impl Default for ServerConfig {
             udp_relay: true,
             max_permissions: 256,
             max_channels: 256,
+            strict_expiry: false,
+            alternate_server: None,
         }
     }
 }
@@ -343,7 +349,8 @@ impl Server {
             }
             self.timers.pop();
             if let Some(a) = self.get(id) {
-                if a.expires <= now && a.state == State::Active {
+                let credential_ended = a.credential_expiry.is_some_and(|e| e <= now);
+                if (a.expires <= now || credential_ended) && a.state == State::Active {
                     self.counters.allocations_expired += 1;
                     self.free(id, "allocation timeout");
                 }
@@ -402,7 +409,7 @@ impl Server {
         self.shared.uncount(&a.username);
         self.counters.closed_traffic.merge(&a.stats);
         if a.state == State::Active {
-            crate::logging::allocation_ended(&self.config.realm, &a, reason);
+            crate::metrics::log_allocation_ended(&self.config.realm, &a, reason);
         }
         self.commands.push_back(Command::FreeRelay { id });
     }
@@ -790,6 +797,20 @@ impl Server {
             Some(u) if realm == creds.realm().as_bytes() => creds.keys_for(u, alg, unix),
             _ => Err(AuthFailure::UnknownUser),
         };
+        // An allocation keeps the key it was made with, so a reload (SIGHUP) that changes a
+        // secret, password or realm never cuts a live call; an expired REST name still fails.
+        let mut keys = match keys {
+            Ok(k) => Some(k),
+            Err(AuthFailure::Expired) => None,
+            Err(_) => Some(Vec::new()),
+        };
+        if let (Some(list), Some(owner), Some(u)) = (keys.as_mut(), owner, username.as_deref()) {
+            if owner == u {
+                let held = self.by_five_tuple.get(&five).and_then(|id| self.get(*id));
+                list.extend(held.map(|a| a.key.clone()));
+            }
+        }
+        let keys = keys.ok_or(AuthFailure::Expired);
         let use_sha256 = m.has_integrity_sha256();
         let matched = keys.ok().and_then(|keys| {
             keys.into_iter().find(|k| {
@@ -880,6 +901,16 @@ impl Server {
         }
         // A draining node takes no new allocations (SIGUSR1); live ones keep relaying.
         if self.draining {
+            if let Some(alt) = self.config.alternate_server {
+                self.counters.allocations_refused += 1;
+                let sign = self.signed(m, &auth);
+                let data = self.build_response(m, Class::Error, sign, |b| {
+                    b.error_code(300, "Try Alternate");
+                    b.address(attr::ALTERNATE_SERVER, &alt);
+                });
+                self.commands.push_back(Command::Send { to: five, data });
+                return;
+            }
             refuse!(403);
         }
         // Step 3: REQUESTED-TRANSPORT.
@@ -998,7 +1029,8 @@ impl Server {
         let pending = PendingAllocate {
             tid: *m.transaction_id(),
             lifetime,
-            fixed_port: even.is_some() || token.is_some(),
+            fixed_port: token.is_some(),
+            even: even.is_some(),
             reservation_token,
             address_error,
             fingerprint: sign_fp,
@@ -1019,6 +1051,15 @@ impl Server {
             generation: self.slots[index as usize].generation,
         };
         let max_bps = self.config.max_bps;
+        // `--strict-expiry`: a REST credential's allocation ends with the credential.
+        let credential_expiry = if self.config.strict_expiry && self.config.credentials.has_rest() {
+            let sep = self.config.credentials.rest_separator();
+            super::auth::rest_expiry(&auth.username, sep)
+                .filter(|_| !self.config.credentials.is_static_user(&auth.username))
+                .map(|t| now + Duration::from_secs(t.saturating_sub(self.unix(now))))
+        } else {
+            None
+        };
         let alloc = Allocation {
             id,
             five_tuple: five,
@@ -1039,6 +1080,7 @@ impl Server {
             last_tid: *m.transaction_id(),
             last_response: Vec::new(),
             pending: Some(pending),
+            credential_expiry,
         };
         self.slots[index as usize].alloc = Some(alloc);
         self.by_five_tuple.insert(five, id);
@@ -1082,15 +1124,33 @@ impl Server {
         if result.is_err() {
             let old = a.relay;
             let fixed = a.pending.as_ref().is_some_and(|p| p.fixed_port);
+            let even = a.pending.as_ref().is_some_and(|p| p.even);
+            let token = a.reservation;
             // Pick the next port while the failed one is still held, so it is not picked again.
+            // EVEN-PORT asks for a parity, not a port: another even port (and its successor,
+            // with the R bit) will do.
             let retry = if attempts < BIND_ATTEMPTS && !fixed {
                 self.shared
                     .ports
-                    .take(old.ip(), self.rng.gen(), false, false)
+                    .take(old.ip(), self.rng.gen(), even, token.is_some())
             } else {
                 None
             };
             self.shared.ports.release(old.ip(), old.port());
+            if let (Some(port), Some(t)) = (retry, token) {
+                // The reservation moves along to the new port's successor.
+                let mut res = self
+                    .shared
+                    .reservations
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if let Some(r) = res.get_mut(&t) {
+                    self.shared.ports.release(r.addr.ip(), r.addr.port());
+                    r.addr = SocketAddr::new(old.ip(), port + 1);
+                } else {
+                    self.shared.ports.release(old.ip(), port + 1);
+                }
+            }
             if let Some(port) = retry {
                 let relay = SocketAddr::new(old.ip(), port);
                 let reported = self.reported(relay);
@@ -1192,9 +1252,12 @@ impl Server {
         }
         self.counters.allocations_created += 1;
         if let Some(a) = self.get(id) {
-            crate::logging::allocation_started(&self.config.realm, a, p.lifetime);
+            crate::metrics::log_allocation_started(&self.config.realm, a, p.lifetime);
         }
         self.timers.push(Reverse((expires, id)));
+        if let Some(e) = self.get(id).and_then(|a| a.credential_expiry) {
+            self.timers.push(Reverse((e, id)));
+        }
         self.send_and_cache(five, &p.tid, out);
     }
 

@@ -2173,3 +2173,31 @@ fn dont_fragment_reaches_the_bind_command() {
     h.s.handle_client_input(h.now, c.five, &req);
     assert_eq!(h.s.poll_command(), None);
 }
+
+#[test]
+fn even_port_with_reservation_survives_a_busy_port() {
+    // turnutils_uclient asks for EVEN-PORT with the R bit; a port held by another process must
+    // not turn that into 508: another even port is tried, and the reservation follows it.
+    let mut h = H::new(config());
+    h.fail_binds = 2;
+    let r = Client::alice(udp(40010)).allocate_with(&mut h, &|b| {
+        b.attr(attr::EVEN_PORT, &[0x80]);
+    });
+    let port = r.assert_ok().xor(attr::XOR_RELAYED_ADDRESS).unwrap().port();
+    assert_eq!(port % 2, 0);
+    assert_eq!(h.binds.len(), 3, "two failed binds, then one that worked");
+    assert!(h.binds.iter().all(|(_, a)| a.port() % 2 == 0));
+    let token = r.get(attr::RESERVATION_TOKEN).expect("token").to_vec();
+    // The failed ports and their reserved successors went back to the pool.
+    for (_, a) in &h.binds[..2] {
+        assert!(h.shared.ports.take_exact(RELAY_IP, a.port()));
+        assert!(h.shared.ports.take_exact(RELAY_IP, a.port() + 1));
+    }
+    let r = Client::alice(udp(40011)).allocate_with(&mut h, &|b| {
+        b.attr(attr::RESERVATION_TOKEN, &token);
+    });
+    assert_eq!(
+        r.assert_ok().xor(attr::XOR_RELAYED_ADDRESS).unwrap().port(),
+        port + 1
+    );
+}

@@ -1,0 +1,38 @@
+# vigi-turn container image: a drop-in for coturn's (coturn/coturn).
+#
+#   docker build -t vigi-turn .
+#   docker run --rm --network host vigi-turn --listening-port=3478 --min-port=49152 \
+#       --max-port=65535 --user=vigiturn:vigisecret123 --realm=vigi.local
+#
+# Like coturn's image: arguments starting with `-` go to the server, `turnserver` is an alias of
+# `vigi-turn`, `$(...)` forms such as `--external-ip=$(detect-external-ip)` are expanded, and
+# /etc/coturn/turnserver.conf is read when mounted. See config/docker-entrypoint.sh.
+
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin vigi-turn \
+    && strip target/release/vigi-turn
+
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin vigiturn \
+    && mkdir -p /etc/coturn /etc/vigi-turn
+COPY --from=build /src/target/release/vigi-turn /usr/local/bin/vigi-turn
+RUN ln -s vigi-turn /usr/local/bin/turnserver
+COPY config/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
+COPY config/detect-external-ip /usr/local/bin/detect-external-ip
+COPY config/healthcheck.sh /usr/local/bin/vigi-turn-healthcheck
+COPY config/turnserver.conf /usr/share/doc/vigi-turn/turnserver.conf.example
+
+# Non-root: ports below 1024 then need `--cap-add NET_BIND_SERVICE` (or a higher port).
+USER vigiturn:vigiturn
+# STUN/TURN over UDP and TCP, and the TLS/DTLS ports coturn's image exposes. The relay range
+# (49152-65535 by default) is best served with `network_mode: host`.
+EXPOSE 3478 3478/udp 5349 5349/udp
+# A STUN Binding request to 127.0.0.1:3478 (set VIGI_TURN_HEALTH_PORT for another port).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=5s --retries=3 \
+    CMD ["/usr/local/bin/vigi-turn-healthcheck"]
+# SIGTERM stops cleanly; `docker kill -s USR1` drains, `docker kill -s HUP` reloads.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]
+CMD ["--log-file=stdout"]

@@ -1,0 +1,307 @@
+//! Running the process once the workers are up: signals (SIGHUP reload, SIGUSR1 drain,
+//! SIGTERM/SIGINT stop), the systemd watchdog, and the process-level settings applied around
+//! binding (RLIMIT_NOFILE before, `--proc-user`/`--proc-group` after).
+
+use std::ffi::{CString, OsString};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use vigi_turn::config::Config;
+use vigi_turn::io::{Control, Running};
+
+use crate::logging::Logging;
+use crate::notify::Notifier;
+
+/// Why the signal loop returned.
+#[derive(Debug)]
+pub enum Exit {
+    /// SIGTERM or SIGINT.
+    Signal(&'static str),
+    /// SIGUSR1, and the last allocation ended.
+    Drained,
+    /// SIGUSR1, and `--drain-timeout` passed with this many allocations left.
+    DrainTimeout(usize),
+}
+
+/// What the signal loop needs: how to reload, and what to reload.
+pub struct Ops<'a> {
+    /// The original command line, re-parsed on SIGHUP (so `-c FILE` is read again).
+    pub args: Vec<OsString>,
+    /// The configuration in force.
+    pub config: Config,
+    /// The relay addresses chosen at start (fixed: sockets and the port pool depend on them).
+    pub relay_ips: Vec<IpAddr>,
+    pub running: &'a Running,
+    pub notifier: &'a Notifier,
+    pub logging: &'a Logging,
+}
+
+/// The signals vigi-turn handles, caught from before the first socket is bound: a SIGTERM or
+/// SIGHUP during start-up is then handled (or queued) instead of killing the process.
+pub struct Signals {
+    rt: tokio::runtime::Runtime,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        // Registering a signal needs the runtime's context; the streams outlive the guard.
+        let (term, int, hup, usr1) = {
+            let _in_rt = rt.enter();
+            (
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::hangup())?,
+                signal(SignalKind::user_defined1())?,
+            )
+        };
+        Ok(Signals {
+            rt,
+            term,
+            int,
+            hup,
+            usr1,
+        })
+    }
+}
+
+/// How often the drain checks the workers' snapshots (they refresh every second).
+const DRAIN_POLL: Duration = Duration::from_millis(250);
+
+impl Ops<'_> {
+    /// Tell the service manager we are ready, then serve signals until the process should stop.
+    pub fn serve(&mut self, signals: Signals) -> Result<Exit> {
+        let Signals {
+            rt,
+            mut term,
+            mut int,
+            mut hup,
+            mut usr1,
+        } = signals;
+        rt.block_on(self.signal_loop(&mut term, &mut int, &mut hup, &mut usr1))
+    }
+
+    async fn signal_loop(
+        &mut self,
+        term: &mut tokio::signal::unix::Signal,
+        int: &mut tokio::signal::unix::Signal,
+        hup: &mut tokio::signal::unix::Signal,
+        usr1: &mut tokio::signal::unix::Signal,
+    ) -> Result<Exit> {
+        self.notifier.ready();
+        let watchdog_every = self.notifier.watchdog_interval();
+        let mut watchdog =
+            tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
+        let mut poll = tokio::time::interval(DRAIN_POLL);
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = term.recv() => return Ok(Exit::Signal("SIGTERM")),
+                _ = int.recv() => return Ok(Exit::Signal("SIGINT")),
+                _ = hup.recv() => {
+                    self.notifier.reloading();
+                    self.reload();
+                    self.notifier.ready();
+                }
+                _ = usr1.recv() => {
+                    if drain_deadline.is_none() {
+                        let timeout = Duration::from_secs(u64::from(self.config.drain_timeout));
+                        tracing::info!(
+                            "SIGUSR1: draining; new allocations are refused, live ones go on for up to {}s",
+                            timeout.as_secs()
+                        );
+                        self.notifier.status("draining");
+                        self.running.broadcast(Control::Drain(true));
+                        drain_deadline = Some(Instant::now() + timeout);
+                    } else {
+                        tracing::info!("SIGUSR1: already draining");
+                    }
+                }
+                _ = poll.tick(), if drain_deadline.is_some() => {
+                    let snaps = self.running.snapshots();
+                    // A snapshot taken before the workers saw Drain(true) proves nothing.
+                    let all_draining = snaps.iter().all(|s| s.draining);
+                    let left: usize = snaps.iter().map(|s| s.allocations.len()).sum();
+                    if all_draining && left == 0 {
+                        return Ok(Exit::Drained);
+                    }
+                    if drain_deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Ok(Exit::DrainTimeout(left));
+                    }
+                }
+                _ = watchdog.tick(), if watchdog_every.is_some() => self.notifier.watchdog(),
+            }
+        }
+    }
+
+    /// SIGHUP: read the configuration again and hand what can change live to every worker. An
+    /// invalid configuration changes nothing.
+    fn reload(&mut self) {
+        let new = match Config::load(self.args.iter().cloned()) {
+            Ok(c) => c,
+            Err(e) => {
+                // Still reopen the log file: logrotate's HUP must work with a broken edit too.
+                self.logging.reload(&self.config);
+                tracing::error!("SIGHUP: reload refused, keeping the running configuration: {e}");
+                return;
+            }
+        };
+        for w in &new.warnings {
+            tracing::warn!("{w}");
+        }
+        for what in needs_restart(&self.config, &new) {
+            tracing::warn!("SIGHUP: {what} changed; that needs a restart and is not applied");
+        }
+        let engine = crate::engine_config(&new, self.relay_ips.clone());
+        self.running.broadcast(Control::Reload(Arc::new(engine)));
+        self.logging.reload(&new);
+        self.config = new;
+        tracing::info!("SIGHUP: configuration reloaded; live allocations keep their credentials");
+    }
+}
+
+/// The settings a reload cannot apply (sockets, threads, the port pool, the process identity).
+fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    macro_rules! check {
+        ($($field:ident => $name:literal),* $(,)?) => {
+            $(if old.$field != new.$field { out.push($name); })*
+        };
+    }
+    check!(
+        listening_port => "listening-port",
+        tls_listening_port => "tls-listening-port",
+        alt_listening_port => "alt-listening-port",
+        alt_tls_listening_port => "alt-tls-listening-port",
+        listening_ips => "listening-ip",
+        relay_ips => "relay-ip",
+        min_port => "min-port",
+        max_port => "max-port",
+        relay_threads => "relay-threads",
+        no_udp => "no-udp",
+        no_tcp => "no-tcp",
+        sock_buf_size => "sock-buf-size",
+        max_tcp_connections => "max-tcp-connections",
+        proc_user => "proc-user",
+        proc_group => "proc-group",
+        pidfile => "pidfile",
+    );
+    out
+}
+
+/// Raise RLIMIT_NOFILE's soft limit to the hard limit: each allocation holds a relay socket, and
+/// 16k of them need more than the usual 1024. Returns the limit in force.
+pub fn raise_nofile_limit() -> libc::rlim_t {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one rlimit we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                lim = want;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+/// `--proc-group` then `--proc-user` (names or numbers): setgroups, setgid, setuid, in that order
+/// so that root's groups are gone before root is. A user without a group takes the user's own
+/// primary group. All threads change together (glibc applies set*id to every thread).
+pub fn drop_privileges(user: Option<&str>, group: Option<&str>) -> Result<()> {
+    if user.is_none() && group.is_none() {
+        return Ok(());
+    }
+    let (uid, user_gid) = match user {
+        Some(u) => {
+            let (uid, gid) = lookup_user(u).with_context(|| format!("--proc-user {u}"))?;
+            (Some(uid), Some(gid))
+        }
+        None => (None, None),
+    };
+    let gid = match group {
+        Some(g) => Some(lookup_group(g).with_context(|| format!("--proc-group {g}"))?),
+        None => user_gid,
+    };
+    // SAFETY: plain system calls on integers.
+    unsafe {
+        if let Some(gid) = gid {
+            if libc::setgroups(1, &gid) != 0 {
+                bail!("setgroups({gid}): {}", std::io::Error::last_os_error());
+            }
+            if libc::setgid(gid) != 0 {
+                bail!("setgid({gid}): {}", std::io::Error::last_os_error());
+            }
+        }
+        if let Some(uid) = uid {
+            if libc::setuid(uid) != 0 {
+                bail!("setuid({uid}): {}", std::io::Error::last_os_error());
+            }
+        }
+    }
+    tracing::info!(
+        "running as uid {} gid {}",
+        // SAFETY: getuid/getgid cannot fail.
+        unsafe { libc::getuid() },
+        unsafe { libc::getgid() }
+    );
+    Ok(())
+}
+
+/// A user name or number: its uid and primary gid.
+fn lookup_user(name: &str) -> Result<(libc::uid_t, libc::gid_t)> {
+    let c = CString::new(name).context("NUL in name")?;
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16384];
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwnam_r fills `pw` with pointers into `buf`, both outliving the call's use.
+    let rc =
+        unsafe { libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if rc == 0 && !out.is_null() {
+        return Ok((pw.pw_uid, pw.pw_gid));
+    }
+    if let Ok(uid) = name.parse::<libc::uid_t>() {
+        // SAFETY: as above, by number.
+        let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
+        let gid = if rc == 0 && !out.is_null() {
+            pw.pw_gid
+        } else {
+            uid
+        };
+        return Ok((uid, gid));
+    }
+    bail!("no such user")
+}
+
+/// A group name or number.
+fn lookup_group(name: &str) -> Result<libc::gid_t> {
+    let c = CString::new(name).context("NUL in name")?;
+    let mut gr: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16384];
+    let mut out: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: getgrnam_r fills `gr` with pointers into `buf`.
+    let rc =
+        unsafe { libc::getgrnam_r(c.as_ptr(), &mut gr, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if rc == 0 && !out.is_null() {
+        return Ok(gr.gr_gid);
+    }
+    name.parse::<libc::gid_t>().ok().context("no such group")
+}

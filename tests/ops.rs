@@ -1,0 +1,818 @@
+//! Operating the real binary: SIGHUP reload without losing a call, SIGUSR1 drain, SIGTERM
+//! freeing every port, systemd's readiness protocol, `--strict-expiry`, privileges, and the
+//! Docker entrypoint script.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener, UdpSocket as StdUdpSocket};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use tokio::net::UdpSocket;
+use turn::client::{Client, ClientConfig};
+use vigi_turn::engine::auth::{key_md5, mint_rest_credentials};
+use vigi_turn::proto::{attr, Class, Message, MessageBuilder, Method};
+use webrtc_util::Conn;
+
+const REALM: &str = "turn.test";
+
+/// A fresh directory under the system temp dir.
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "vigi-ops-{tag}-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn kill(srv: &Server, sig: i32) {
+    // SAFETY: kill(2) on a child we started and have not reaped.
+    unsafe {
+        libc::kill(srv.proc.child.id() as i32, sig);
+    }
+}
+
+/// Wait until `file` contains `needle` (the server logs to it), at most 10 s.
+fn wait_for_log(file: &Path, needle: &str) {
+    let t0 = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if text.contains(needle) {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "log never said {needle:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Wait for the server to exit on its own, at most `limit`.
+fn wait_exit(srv: &mut Server, limit: Duration) -> ExitStatus {
+    let t0 = Instant::now();
+    loop {
+        if let Some(st) = srv.proc.child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "vigi-turn did not exit within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A `turn` crate client with one allocation.
+struct Live {
+    client: Client,
+    relay: Box<dyn Conn + Send + Sync>,
+}
+
+async fn allocate(port: u16, user: &str, password: &str) -> Result<Live, String> {
+    allocate_in(port, user, password, REALM).await
+}
+
+async fn allocate_in(port: u16, user: &str, password: &str, realm: &str) -> Result<Live, String> {
+    let conn = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let server = format!("127.0.0.1:{port}");
+    let client = Client::new(ClientConfig {
+        stun_serv_addr: server.clone(),
+        turn_serv_addr: server,
+        username: user.to_owned(),
+        password: password.to_owned(),
+        realm: realm.to_owned(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn: Arc::new(conn),
+        vnet: None,
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    client.listen().await.map_err(|e| e.to_string())?;
+    let relay = tokio::time::timeout(Duration::from_secs(10), client.allocate())
+        .await
+        .map_err(|_| "allocate timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    Ok(Live {
+        client,
+        relay: Box::new(relay),
+    })
+}
+
+impl Live {
+    /// One message each way between the client (through its relay) and `peer`.
+    async fn round_trip(&self, peer: &UdpSocket, tag: &str) -> Result<(), String> {
+        let relay_addr = self.relay.local_addr().unwrap();
+        let peer_addr = peer.local_addr().unwrap();
+        let mut buf = vec![0u8; 1500];
+        let ping = format!("ping {tag}");
+        self.relay
+            .send_to(ping.as_bytes(), peer_addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (n, from) = tokio::time::timeout(Duration::from_secs(3), peer.recv_from(&mut buf))
+            .await
+            .map_err(|_| format!("{tag}: peer got nothing"))?
+            .unwrap();
+        assert_eq!(&buf[..n], ping.as_bytes());
+        assert_eq!(from, relay_addr);
+        let pong = format!("pong {tag}");
+        peer.send_to(pong.as_bytes(), relay_addr).await.unwrap();
+        let (n, _) = tokio::time::timeout(Duration::from_secs(3), self.relay.recv_from(&mut buf))
+            .await
+            .map_err(|_| format!("{tag}: client got nothing"))?
+            .map_err(|e| e.to_string())?;
+        assert_eq!(&buf[..n], pong.as_bytes());
+        Ok(())
+    }
+
+    async fn close(self) {
+        let _ = self.relay.close().await;
+        let _ = self.client.close().await;
+    }
+}
+
+async fn peer() -> UdpSocket {
+    UdpSocket::bind("127.0.0.1:0").await.unwrap()
+}
+
+/// Allocate over raw STUN (401 challenge, then signed): the error code (0 on success) and the
+/// ALTERNATE-SERVER of the answer.
+fn raw_allocate(port: u16, user: &str, password: &str) -> (u16, Option<SocketAddr>) {
+    let s = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let server = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut buf = [0u8; 1500];
+    let tid: [u8; 12] = rand::random();
+    let mut req = Vec::new();
+    MessageBuilder::new(&mut req, Method::ALLOCATE, Class::Request, &tid)
+        .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    s.send_to(&req, server).unwrap();
+    let n = s.recv(&mut buf).expect("challenge");
+    let m = Message::decode(&buf[..n]).unwrap();
+    let realm = String::from_utf8(m.get(attr::REALM).expect("REALM").to_vec()).unwrap();
+    let nonce = m.get(attr::NONCE).expect("NONCE").to_vec();
+    let tid: [u8; 12] = rand::random();
+    let mut req = Vec::new();
+    MessageBuilder::new(&mut req, Method::ALLOCATE, Class::Request, &tid)
+        .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+        .attr(attr::USERNAME, user.as_bytes())
+        .attr(attr::REALM, realm.as_bytes())
+        .attr(attr::NONCE, &nonce)
+        .integrity(&key_md5(user, &realm, password));
+    s.send_to(&req, server).unwrap();
+    let n = s.recv(&mut buf).expect("answer");
+    let m = Message::decode(&buf[..n]).unwrap();
+    if m.class() == Class::Success {
+        return (0, None);
+    }
+    let code = m
+        .get(attr::ERROR_CODE)
+        .and_then(attr::read_error_code)
+        .map(|(c, _)| c)
+        .expect("ERROR-CODE");
+    (
+        code,
+        m.get(attr::ALTERNATE_SERVER).and_then(attr::read_address),
+    )
+}
+
+fn write_conf(path: &Path, secret: &str, extra: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "listening-ip=127.0.0.1\nrealm={REALM}\nallow-loopback-peers\n\
+             use-auth-secret\nstatic-auth-secret={secret}\n{extra}"
+        ),
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_new_secret_works_and_live_allocation_keeps_relaying() {
+    let dir = tmpdir("hup");
+    let conf = dir.join("turnserver.conf");
+    let log = dir.join("vigi.log");
+    let lifetime = "max-allocate-lifetime=4\ndefault-allocate-lifetime=4\n";
+    write_conf(&conf, "first-secret", lifetime);
+    let mut srv = start_server(&[
+        "-c",
+        conf.to_str().unwrap(),
+        "-m",
+        "2",
+        "--log-file",
+        log.to_str().unwrap(),
+    ]);
+    let old = mint_rest_credentials(b"first-secret", "alice", 3600, unix_now(), ':');
+    let live = allocate(srv.port, &old.username, &old.password)
+        .await
+        .expect("allocate before reload");
+    let p1 = peer().await;
+    live.round_trip(&p1, "before").await.unwrap();
+
+    // Also: more logging (-v), and a relay range that only a restart can apply.
+    write_conf(
+        &conf,
+        "second-secret",
+        &format!("{lifetime}verbose\nmin-port=50000\n"),
+    );
+    kill(&srv, libc::SIGHUP);
+    wait_for_log(&log, "configuration reloaded");
+    wait_for_log(&log, "min-port changed; that needs a restart");
+
+    // Credentials from the new secret work; from the old one, no new allocation.
+    let new = mint_rest_credentials(b"second-secret", "bob", 3600, unix_now(), ':');
+    let fresh = allocate(srv.port, &new.username, &new.password)
+        .await
+        .expect("new secret allocates after reload");
+    fresh.round_trip(&p1, "new secret").await.unwrap();
+    wait_for_log(&log, "DEBUG"); // the 401 challenge, logged at the new level
+    let old2 = mint_rest_credentials(b"first-secret", "carol", 3600, unix_now(), ':');
+    assert!(
+        allocate(srv.port, &old2.username, &old2.password)
+            .await
+            .is_err(),
+        "the old secret must no longer allocate"
+    );
+
+    // The allocation made before the reload relays on, and can still sign requests: a peer on
+    // a new IP needs a CreatePermission made with the old key, and the 4-second allocation
+    // must have been refreshed (at half-life) with it too.
+    live.round_trip(&p1, "after").await.unwrap();
+    let p2 = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    live.round_trip(&p2, "after, new peer IP").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    live.round_trip(&p1, "after a refresh").await.unwrap();
+
+    // An invalid edit is refused and the running configuration stays; the log file is
+    // reopened all the same (logrotate moved it away).
+    std::fs::rename(&log, dir.join("vigi.log.1")).unwrap();
+    write_conf(&conf, "third-secret", "max-port=not-a-port\n");
+    kill(&srv, libc::SIGHUP);
+    wait_for_log(&log, "reload refused");
+    assert!(
+        srv.proc.child.try_wait().unwrap().is_none(),
+        "still running"
+    );
+    let again = mint_rest_credentials(b"second-secret", "dave", 3600, unix_now(), ':');
+    let third = allocate(srv.port, &again.username, &again.password)
+        .await
+        .expect("the second secret is still in force");
+    third.round_trip(&p2, "kept config").await.unwrap();
+    live.round_trip(&p1, "after refused reload").await.unwrap();
+
+    live.close().await;
+    fresh.close().await;
+    third.close().await;
+    kill(&srv, libc::SIGTERM);
+    assert!(wait_exit(&mut srv, Duration::from_secs(10)).success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn static_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "-n",
+        "-L",
+        "127.0.0.1",
+        "--allow-loopback-peers",
+        "--realm",
+        REALM,
+        "--user",
+        "alice:wonderland",
+        "-m",
+        "2",
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_drain_refuses_new_keeps_live_and_exits_when_it_ends() {
+    let dir = tmpdir("drain");
+    let log = dir.join("vigi.log");
+    let mut srv = start_server(&static_args(&[
+        "--drain-timeout",
+        "60",
+        "--log-file",
+        log.to_str().unwrap(),
+    ]));
+    let live = allocate(srv.port, "alice", "wonderland").await.unwrap();
+    let p = peer().await;
+    live.round_trip(&p, "before drain").await.unwrap();
+
+    kill(&srv, libc::SIGUSR1);
+    wait_for_log(&log, "draining");
+    assert_eq!(raw_allocate(srv.port, "alice", "wonderland"), (403, None));
+    live.round_trip(&p, "while draining").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        srv.proc.child.try_wait().unwrap().is_none(),
+        "a draining server waits for its live allocation"
+    );
+    live.round_trip(&p, "still draining").await.unwrap();
+
+    live.close().await; // Refresh with LIFETIME 0 ends the last allocation.
+    let st = wait_exit(&mut srv, Duration::from_secs(5));
+    assert!(st.success(), "drained exit: {st}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_drain_ends_at_drain_timeout_and_sends_alternate_server() {
+    let mut srv = start_server(&static_args(&[
+        "--drain-timeout",
+        "2",
+        "--alternate-server",
+        "192.0.2.7:3479",
+    ]));
+    let live = allocate(srv.port, "alice", "wonderland").await.unwrap();
+    let t0 = Instant::now();
+    kill(&srv, libc::SIGUSR1);
+    // Until the workers apply the drain, an Allocate may still succeed; wait for the 300.
+    let alt = SocketAddr::from(([192, 0, 2, 7], 3479));
+    let mut answer = (0, None);
+    for _ in 0..50 {
+        answer = raw_allocate(srv.port, "alice", "wonderland");
+        if answer.0 != 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        answer,
+        (300, Some(alt)),
+        "300 Try Alternate with ALTERNATE-SERVER"
+    );
+    let st = wait_exit(&mut srv, Duration::from_secs(8));
+    assert!(st.success(), "exit at drain timeout: {st}");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1900),
+        "waited for the timeout"
+    );
+    drop(live);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_zero_and_frees_every_port() {
+    let (min, max) = free_range(4);
+    let (min_s, max_s) = (min.to_string(), max.to_string());
+    let srv = start_server(&static_args(&["--min-port", &min_s, "--max-port", &max_s]));
+    let port = srv.port;
+    let live = allocate(port, "alice", "wonderland").await.unwrap();
+    let relay_port = live.relay.local_addr().unwrap().port();
+    assert!((min..=max).contains(&relay_port));
+    let st = srv.proc.terminate();
+    assert!(st.success(), "SIGTERM exit: {st}");
+    StdUdpSocket::bind(("127.0.0.1", port)).expect("listening UDP port is free");
+    TcpListener::bind(("127.0.0.1", port)).expect("listening TCP port is free");
+    for p in min..=max {
+        StdUdpSocket::bind(("127.0.0.1", p)).expect("relay port is free");
+    }
+    drop(live);
+}
+
+/// Receive one sd_notify datagram, skipping WATCHDOG=1 pings unless asked for.
+fn recv_notify(sock: &UnixDatagram, want_watchdog: bool) -> String {
+    let mut buf = [0u8; 512];
+    loop {
+        let n = sock.recv(&mut buf).expect("a notify message in time");
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if msg == "WATCHDOG=1" && !want_watchdog {
+            continue;
+        }
+        return msg;
+    }
+}
+
+fn spawn_notified(notify_socket: &str, port: u16) -> Server {
+    let port_s = port.to_string();
+    let child = Command::new(BIN)
+        .args(static_args(&["-p", &port_s]))
+        .env("NOTIFY_SOCKET", notify_socket)
+        .env("WATCHDOG_USEC", "400000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    Server {
+        proc: Proc {
+            child,
+            name: "vigi-turn".into(),
+        },
+        port,
+    }
+}
+
+#[test]
+fn sd_notify_ready_after_listeners_reloading_watchdog_stopping() {
+    let dir = tmpdir("notify");
+    let path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let port = free_port();
+    let mut srv = spawn_notified(path.to_str().unwrap(), port);
+    assert_eq!(recv_notify(&sock, false), "READY=1", "first message");
+    // READY=1 means the listeners answer now, without any retry.
+    assert!(
+        binding_udp(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(1)
+        )
+        .is_some(),
+        "STUN answers as soon as READY=1 is sent"
+    );
+    assert_eq!(recv_notify(&sock, true), "WATCHDOG=1");
+    kill(&srv, libc::SIGHUP);
+    let reloading = recv_notify(&sock, false);
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading:?}"
+    );
+    assert_eq!(recv_notify(&sock, false), "READY=1");
+    kill(&srv, libc::SIGTERM);
+    assert_eq!(recv_notify(&sock, false), "STOPPING=1");
+    assert!(wait_exit(&mut srv, Duration::from_secs(10)).success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sd_notify_abstract_socket() {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("vigi-ops-{}-{}", std::process::id(), rand::random::<u32>());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let sock = UnixDatagram::bind_addr(&addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let srv = spawn_notified(&format!("@{name}"), free_port());
+    assert_eq!(recv_notify(&sock, false), "READY=1");
+    assert!(srv.proc.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_expiry_ends_the_allocation_with_its_credential() {
+    let srv = start_server(&[
+        "-n",
+        "-L",
+        "127.0.0.1",
+        "--allow-loopback-peers",
+        "--realm",
+        REALM,
+        "--use-auth-secret",
+        "--static-auth-secret",
+        "s3cret",
+        "--strict-expiry",
+        "-m",
+        "1",
+    ]);
+    let creds = mint_rest_credentials(b"s3cret", "eve", 3, unix_now(), ':');
+    let live = allocate(srv.port, &creds.username, &creds.password)
+        .await
+        .unwrap();
+    let p = peer().await;
+    live.round_trip(&p, "before expiry").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        live.round_trip(&p, "after expiry").await.is_err(),
+        "the allocation ended when its credential expired"
+    );
+    drop(live);
+}
+
+#[test]
+fn daemon_flag_is_refused_with_a_pointer_to_systemd() {
+    let out = Command::new(BIN)
+        .args(["-n", "-o", "-L", "127.0.0.1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("foreground") && err.contains("systemd"),
+        "{err}"
+    );
+}
+
+#[test]
+fn proc_user_drops_privileges_or_fails_clearly() {
+    let port = free_port();
+    // SAFETY: getuid cannot fail.
+    if unsafe { libc::getuid() } == 0 {
+        let srv = start_server_on(
+            port,
+            &[
+                "-n",
+                "-L",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "--proc-user",
+                "nobody",
+            ],
+        );
+        // Privileges go right after binding, a moment after STUN first answers.
+        let t0 = Instant::now();
+        loop {
+            let status =
+                std::fs::read_to_string(format!("/proc/{}/status", srv.proc.child.id())).unwrap();
+            let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+            if uid_line.split_whitespace().skip(1).all(|u| u != "0") {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "still root: {uid_line}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(srv.proc.terminate().success());
+    }
+    let out = Command::new(BIN)
+        .args([
+            "-n",
+            "-L",
+            "127.0.0.1",
+            "-p",
+            &free_port().to_string(),
+            "--proc-user",
+            "no-such-user-vigi",
+        ])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--proc-user no-such-user-vigi"));
+}
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Run config/docker-entrypoint.sh with `args`, the server replaced by a stub printing one
+/// `[arg]` line per argument; no config file mounted unless `conf` is given.
+fn entrypoint(args: &[&str], conf: Option<&Path>, env: &[(&str, &str)]) -> Vec<String> {
+    let dir = tmpdir("entry");
+    let stub = dir.join("server-stub");
+    std::fs::write(&stub, "#!/bin/sh\nfor a; do echo \"[$a]\"; done\n").unwrap();
+    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{REPO}/config:{}", std::env::var("PATH").unwrap());
+    let mut cmd = Command::new("bash");
+    cmd.arg(format!("{REPO}/config/docker-entrypoint.sh"))
+        .args(args)
+        .env("VIGI_TURN_BIN", &stub)
+        .env("PATH", path)
+        .env_remove("EXTERNAL_IP")
+        .env(
+            "VIGI_TURN_CONF",
+            conf.map_or(dir.join("absent.conf"), Path::to_path_buf),
+        );
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn entrypoint_passes_options_to_the_server_like_coturns_image() {
+    let seed = [
+        "--listening-port=3478",
+        "--min-port=49152",
+        "--max-port=65535",
+        "--user=vigiturn:vigisecret123",
+        "--realm=vigi.local",
+    ];
+    let want: Vec<String> = seed.iter().map(|a| format!("[{a}]")).collect();
+    // Options alone, or after coturn's binary name, or after ours.
+    assert_eq!(entrypoint(&seed, None, &[]), want);
+    let mut with_name = vec!["turnserver"];
+    with_name.extend(seed);
+    assert_eq!(entrypoint(&with_name, None, &[]), want);
+    with_name[0] = "vigi-turn";
+    assert_eq!(entrypoint(&with_name, None, &[]), want);
+    // An argument with spaces stays one argument.
+    assert_eq!(entrypoint(&["--realm=a b"], None, &[]), ["[--realm=a b]"]);
+    // Anything else runs as given.
+    assert_eq!(
+        entrypoint(&["echo", "not", "the-server"], None, &[]),
+        ["not the-server"]
+    );
+}
+
+#[test]
+fn entrypoint_expands_command_substitutions() {
+    assert_eq!(
+        entrypoint(&["-p", "3478", "--relay-ip=$(echo 10.0.0.1)"], None, &[]),
+        ["[-p]", "[3478]", "[--relay-ip=10.0.0.1]"]
+    );
+    // detect-external-ip prints nothing offline: the empty option is dropped...
+    assert_eq!(
+        entrypoint(&["--external-ip=$(detect-external-ip)", "-v"], None, &[]),
+        ["[-v]"]
+    );
+    // ...and the address it is given otherwise.
+    assert_eq!(
+        entrypoint(
+            &["--external-ip=$(detect-external-ip)"],
+            None,
+            &[("EXTERNAL_IP", "203.0.113.9")]
+        ),
+        ["[--external-ip=203.0.113.9]"]
+    );
+}
+
+#[test]
+fn entrypoint_reads_the_mounted_coturn_config() {
+    let dir = tmpdir("entryconf");
+    let conf = dir.join("turnserver.conf");
+    std::fs::write(&conf, "realm=x\n").unwrap();
+    let c = conf.to_str().unwrap();
+    assert_eq!(
+        entrypoint(&["-v"], Some(&conf), &[]),
+        ["[-c]".to_owned(), format!("[{c}]"), "[-v]".to_owned()]
+    );
+    // A config file named on the command line, or -n, wins.
+    assert_eq!(
+        entrypoint(&["-c", "/other.conf"], Some(&conf), &[]),
+        ["[-c]", "[/other.conf]"]
+    );
+    assert_eq!(entrypoint(&["-n"], Some(&conf), &[]), ["[-n]"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn entrypoint_runs_the_real_binary_as_turnserver_and_healthcheck_sees_it() {
+    // The image links turnserver -> vigi-turn; so does this test.
+    let dockerfile = std::fs::read_to_string(format!("{REPO}/Dockerfile")).unwrap();
+    assert!(dockerfile.contains("ln -s vigi-turn /usr/local/bin/turnserver"));
+    let dir = tmpdir("alias");
+    std::os::unix::fs::symlink(BIN, dir.join("turnserver")).unwrap();
+    let port = free_port();
+    let port_s = port.to_string();
+    let child = Command::new("bash")
+        .arg(format!("{REPO}/config/docker-entrypoint.sh"))
+        .args([
+            "turnserver",
+            "-n",
+            "-L",
+            "127.0.0.1",
+            "--listening-port",
+            &port_s,
+        ])
+        .env("VIGI_TURN_BIN", dir.join("turnserver"))
+        .env("VIGI_TURN_CONF", dir.join("absent.conf"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let proc = Proc {
+        child,
+        name: "turnserver".into(),
+    };
+    let t0 = Instant::now();
+    let health = |port: &str| {
+        Command::new("bash")
+            .arg(format!("{REPO}/config/healthcheck.sh"))
+            .env("VIGI_TURN_HEALTH_PORT", port)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    while !health(&port_s) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "never healthy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(proc.terminate().success());
+    assert!(!health(&port_s), "unhealthy once stopped");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn systemd_unit_passes_systemd_analyze_verify() {
+    require_tool("systemd-analyze");
+    let unit = std::fs::read_to_string(format!("{REPO}/systemd/vigi-turn.service")).unwrap();
+    assert!(unit.contains("Type=notify") && unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+    // verify insists that ExecStart's binary exists: point it at the one just built.
+    let dir = tmpdir("unit");
+    let path = dir.join("vigi-turn.service");
+    std::fs::write(&path, unit.replace("/usr/bin/vigi-turn", BIN)).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.trim().is_empty(), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_compose_flags_start_and_serve() {
+    // The seed application's coturn flags, read from config/docker-compose.yml, given unchanged
+    // but for the port (3478 may be taken on a test machine); -n keeps stray config files out.
+    let compose = std::fs::read_to_string(format!("{REPO}/config/docker-compose.yml")).unwrap();
+    let port = free_port();
+    let mut args: Vec<String> = vec!["-n".into()];
+    let coturn_service = compose.split("\n  prometheus:").next().unwrap();
+    for line in coturn_service.lines() {
+        let Some(flag) = line.trim().strip_prefix("- --") else {
+            continue;
+        };
+        if flag.starts_with("listening-port=") {
+            args.push(format!("--listening-port={port}"));
+        } else if !flag.starts_with("prometheus") {
+            args.push(format!("--{flag}"));
+        }
+    }
+    assert_eq!(args.len(), 6, "{args:?}");
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let srv = start_server_on(port, &argv);
+    let live = allocate_in(port, "vigiturn", "vigisecret123", "vigi.local")
+        .await
+        .expect("allocate with the seed's user");
+    let relay = live.relay.local_addr().unwrap();
+    assert!(relay.port() >= 49152, "{relay}");
+    live.close().await;
+    assert!(srv.proc.terminate().success());
+}
+
+#[test]
+fn reload_storm_under_traffic_loses_nothing() {
+    // turnutils_uclient relays through 4 allocations while the config (a rotating REST secret,
+    // a quota) is reloaded every 50 ms: every message must come back.
+    let dir = tmpdir("storm");
+    let conf = dir.join("turnserver.conf");
+    let write = {
+        let conf = conf.clone();
+        move |i: u32| {
+            std::fs::write(
+                &conf,
+                format!(
+                    "listening-ip=127.0.0.1\nrealm=bench.local\nallow-loopback-peers\n\
+                 user=bench:benchpw\nstatic-auth-secret=rotating-{i}\nuser-quota={}\n",
+                    10 + i % 3
+                ),
+            )
+            .unwrap()
+        }
+    };
+    write(0);
+    let srv = start_server(&["-c", conf.to_str().unwrap(), "-m", "2"]);
+    let (_peer, pport) = start_peer();
+    let pid = srv.proc.child.id() as i32;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stormer = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u32;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                write(n);
+                // SAFETY: kill(2) on the server we started.
+                unsafe {
+                    libc::kill(pid, libc::SIGHUP);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            n
+        })
+    };
+    let r = uclient(
+        srv.port,
+        pport,
+        &[
+            "-u", "bench", "-w", "benchpw", "-m", "4", "-n", "100", "-l", "100",
+        ],
+    );
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reloads = stormer.join().unwrap();
+    assert_eq!(r.sent, 400, "sent; output:\n{}", r.output);
+    assert_eq!(r.received, 400, "all echoed; output:\n{}", r.output);
+    assert!(
+        r.lost_line.contains("Total lost packets 0 "),
+        "{}",
+        r.lost_line
+    );
+    assert!(reloads >= 5, "only {reloads} reloads during the run");
+    eprintln!("{reloads} reloads during the run, 400/400 messages echoed");
+    assert!(srv.proc.terminate().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
