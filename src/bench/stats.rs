@@ -310,7 +310,8 @@ impl Report {
             "{{\"clients\":{},\"mode\":\"{}\",\"length\":{},\"offered_rate\":{},\"connect_s\":{:.6},\
              \"allocations_per_s\":{:.1},\"setup_failures\":{},\"transmit_s\":{:.6},\"sent\":{},\
              \"received\":{},\"lost\":{},\"loss_pct\":{:.6},\"send_dropped\":{},\"stray\":{},\
-             \"send_rate\":{:.1},\"recv_rate\":{:.1},\"relay_pps\":{:.1},\"rtt_us\":{},\"jitter_us\":{}}}",
+             \"send_rate\":{:.1},\"recv_rate\":{:.1},\"relay_pps\":{:.1},\"rtt_p50_us\":{},\"rtt_p99_us\":{},\
+             \"rtt_us\":{},\"jitter_us\":{}}}",
             self.clients,
             self.mode,
             self.length,
@@ -329,6 +330,8 @@ impl Report {
             s.send_rate(),
             s.recv_rate(),
             2.0 * s.recv_rate(),
+            pct(&s.rtt_us, 0.5),
+            pct(&s.rtt_us, 0.99),
             h(&s.rtt_us, s.rtt_mean_us()),
             h(&s.jitter_us, s.jitter_mean_us())
         )
