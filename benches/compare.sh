@@ -33,7 +33,7 @@
 #   THREADS       relay threads (-m) for all but sweep1 [2]
 #   CLIENTS       [50]   DURATION [5]   PER_CLIENT_RATE msg/s [1000]
 #   MAX_LOSS      % [1]  SWEEP_START msg/s [20000]  SWEEP_STEP s [2]  SWEEP_STEPS [8]  SWEEP_CLIENTS [20]
-#   FLOOD_ALLOCS  [2000] HOLD_ALLOCS [10000]  SETUP_THREADS [16]
+#   FLOOD_ALLOCS  [5000] HOLD_ALLOCS [10000]  SETUP_THREADS [16]
 #   COTURN_BIN    [turnserver]  VIGI_BIN [target/release/vigi-turn]  BENCH_BIN [target/release/vigi-bench]
 #   LPORT [38478]  PEER_PORT [38480]  RMIN RMAX relay range [10000 31999] (below the ephemeral range)
 #   PIN           1: server on CPU 0, load on CPU 1 (taskset) [0]
@@ -66,7 +66,7 @@ SWEEP_START=${SWEEP_START:-20000}
 SWEEP_STEP=${SWEEP_STEP:-2}
 SWEEP_STEPS=${SWEEP_STEPS:-8}
 SWEEP_CLIENTS=${SWEEP_CLIENTS:-20}
-FLOOD_ALLOCS=${FLOOD_ALLOCS:-2000}
+FLOOD_ALLOCS=${FLOOD_ALLOCS:-5000}
 HOLD_ALLOCS=${HOLD_ALLOCS:-10000}
 SETUP_THREADS=${SETUP_THREADS:-16}
 COTURN_BIN=${COTURN_BIN:-turnserver}
@@ -174,7 +174,8 @@ run_one() {  # label profile run#
   case "$prof" in
     allocflood) extra=$(printf "alloc/s=%.0f setup_failures=%d" "$aps" "$fails") ;;
     hold) extra=$(awk -v a=$rssh -v b=$rss0 -v n=$HOLD_ALLOCS -v f=$fails 'BEGIN{printf "rss_held_kb=%d kb/alloc=%.2f setup_failures=%d", a, (a-b)/(n-f>0?n-f:1), f}') ;;
-    sweep1) extra=$(awk -v b=$best 'BEGIN{printf "best_pps=%.0f", 2*b}') ;;
+    sweep1) extra=$(awk -v b=$best 'BEGIN{printf "best_pps=%.0f", 2*b}')
+            sent=0; recv=0 ;;  # the JSON holds the best step only: no per-packet CPU figure
   esac
   awk -v L=$L -v prof=$prof -v k=$k -v sent=$sent -v recv=$recv -v relay=$relay -v loss=$loss \
       -v p50=$p50 -v p99=$p99 -v s=$((s1 - s0)) -v hz=$HZ -v wall=$(echo "$t1 - $t0" | bc) \

@@ -416,8 +416,8 @@ impl Worker<'_> {
             };
             ready.clear();
             ep.wait(timeout_ms, |t| ready.push(t as usize))?;
-            for k in 0..ready.len() {
-                self.drain(ready[k], &mut buf)?;
+            for &i in &ready {
+                self.drain(i, &mut buf)?;
             }
             self.publish();
         }
