@@ -45,7 +45,9 @@
 #   rtt_p50_us rtt_p99_us   round trip client -> server -> peer -> server -> client
 #   cpu_us/pkt    server CPU (utime+stime of its process tree, /proc/PID/stat) per relayed packet
 #   rss_kb        server RSS after the load (VmRSS of its process tree)
-#   alloc/s       allocflood: allocations per second;  kb/alloc  hold: RSS growth per allocation
+#   alloc/s       allocflood: allocations per second (the client's 16 blocking threads may be the
+#                 limit: cpu_us/alloc, server CPU per allocation, is the robust figure)
+#   kb/alloc      hold: server RSS growth per held allocation
 #   best_pps      sweep1: highest relayed packets/s with loss < MAX_LOSS
 #   bench_cpu_s peer_cpu_s   CPU of the load client and the echo peer (same machine: they compete)
 #   other_cpu_s   CPU used by everything else meanwhile (noise from other users of the box)
@@ -172,7 +174,8 @@ run_one() {  # label profile run#
   aps=$(jget allocations_per_s "$json"); fails=$(jget setup_failures "$json"); best=$(jget offered_rate "$json")
   extra=""
   case "$prof" in
-    allocflood) extra=$(printf "alloc/s=%.0f setup_failures=%d" "$aps" "$fails") ;;
+    allocflood) extra=$(awk -v a=$aps -v f=$fails -v n=$FLOOD_ALLOCS -v s=$((s1 - s0)) -v hz=$HZ \
+                  'BEGIN{printf "alloc/s=%.0f cpu_us/alloc=%.1f setup_failures=%d", a, s/hz*1e6/(n-f>0?n-f:1), f}') ;;
     hold) extra=$(awk -v a=$rssh -v b=$rss0 -v n=$HOLD_ALLOCS -v f=$fails 'BEGIN{printf "rss_held_kb=%d kb/alloc=%.2f setup_failures=%d", a, (a-b)/(n-f>0?n-f:1), f}') ;;
     sweep1) extra=$(awk -v b=$best 'BEGIN{printf "best_pps=%.0f", 2*b}')
             sent=0; recv=0 ;;  # the JSON holds the best step only: no per-packet CPU figure
@@ -199,10 +202,10 @@ summarize() {
    END {
      for (o=1;o<=no;o++) { key=order[o]; split(key,kk," "); nf=split(forder[kk[2]],F," "); line="SUMMARY server=" kk[1] " profile=" kk[2] " runs=" n[key]
        for (j=1;j<=nf;j++) { M[key,F[j]]=med(key,F[j]); line=line sprintf(" %s=%g", F[j], M[key,F[j]]) } print line }
-     split("relay_pps loss% rtt_p50_us rtt_p99_us cpu_us/pkt rss_kb alloc/s kb/alloc best_pps", R, " ")
+     split("relay_pps loss% rtt_p50_us rtt_p99_us cpu_us/pkt rss_kb alloc/s cpu_us/alloc kb/alloc best_pps", R, " ")
      for (o=1;o<=no;o++) { key=order[o]; split(key,kk," "); if (kk[1]!="vigi") continue; ref="coturn " kk[2]; if (!(ref in n)) continue
        line="RATIO vigi/coturn profile=" kk[2]
-       for (j=1;j<=9;j++) { f=R[j]; if (!((key,f) in fields)) continue
+       for (j=1;j<=10;j++) { f=R[j]; if (!((key,f) in fields)) continue
          if (f=="loss%") { line=line sprintf(" loss%%=%.3f/%.3f", M[key,f], M[ref,f]); continue }
          line=line sprintf(" %s=%s", f, (M[ref,f]>0 ? sprintf("%.3f", M[key,f]/M[ref,f]) : "n/a")) }
        print line }
