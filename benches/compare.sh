@@ -34,6 +34,8 @@
 #   CLIENTS       [50]   DURATION [5]   PER_CLIENT_RATE msg/s [1000]
 #   MAX_LOSS      % [1]  SWEEP_START msg/s [20000]  SWEEP_STEP s [2]  SWEEP_STEPS [8]  SWEEP_CLIENTS [20]
 #   FLOOD_ALLOCS  [5000] HOLD_ALLOCS [10000]  SETUP_THREADS [16]
+#   VIGI_EXTRA    flags appended to vigi-turn's command only (e.g. "--sock-buf-size 4194304");
+#                 the flags are then no longer identical: say so when quoting the figures []
 #   COTURN_BIN    [turnserver]  VIGI_BIN [target/release/vigi-turn]  BENCH_BIN [target/release/vigi-bench]
 #   LPORT [38478]  PEER_PORT [38480]  RMIN RMAX relay range [10000 31999] (below the ephemeral range)
 #   PIN           1: server on CPU 0, load on CPU 1 (taskset) [0]
@@ -71,6 +73,7 @@ SWEEP_CLIENTS=${SWEEP_CLIENTS:-20}
 FLOOD_ALLOCS=${FLOOD_ALLOCS:-5000}
 HOLD_ALLOCS=${HOLD_ALLOCS:-10000}
 SETUP_THREADS=${SETUP_THREADS:-16}
+VIGI_EXTRA=${VIGI_EXTRA:-}
 COTURN_BIN=${COTURN_BIN:-turnserver}
 VIGI_BIN=${VIGI_BIN:-$REPO/target/release/vigi-turn}
 BENCH_BIN=${BENCH_BIN:-$REPO/target/release/vigi-bench}
@@ -117,6 +120,7 @@ server_cmd() {  # label auth(lt|rest) threads rundir -> command
   [ "$1" = coturn ] && bin=$COTURN_BIN || bin=$VIGI_BIN
   if [ "$2" = lt ]; then auth="--lt-cred-mech --user $TUSER:$TPASS"
   else auth="--use-auth-secret --static-auth-secret $SECRET"; fi
+  [ "$1" = vigi ] && auth="$auth $VIGI_EXTRA"
   echo "$bin -n -L 127.0.0.1 -E 127.0.0.1 -p $LPORT --min-port $RMIN --max-port $RMAX --allow-loopback-peers --no-cli --no-tls --no-dtls --realm $REALM --pidfile $4/turnserver.pid --log-file $4/turnserver.log --simple-log --no-stdout-log -m $3 $auth"
 }
 
