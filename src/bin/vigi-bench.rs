@@ -496,6 +496,9 @@ fn run_with_progress(
 
 /// Bisection on the offered rate: double until loss reaches the threshold (or the harness cannot
 /// offer the rate), then halve the interval between the best passing and the first failing rate.
+/// A failing step is run again before it counts, and the failing bound is tested once more after
+/// convergence (climbing again if it passes), so one burst of machine noise does not cap the
+/// result. At most `--sweep-steps` steps (plus retries) are run.
 fn sweep(
     a: &ClientArgs,
     out: &Out,
@@ -510,6 +513,7 @@ fn sweep(
     let mut rate = a.rate.unwrap_or(10_000.0).max(n);
     let mut lo: Option<(f64, Stats)> = None;
     let mut hi: Option<f64> = None;
+    let mut rechecked: Vec<u64> = Vec::new();
     for k in 0..a.sweep_steps {
         let plan = Plan {
             messages: u64::MAX,
@@ -559,11 +563,16 @@ fn sweep(
         let lo_rate = lo.as_ref().map_or(0.0, |l| l.0);
         rate = match hi {
             None => rate * 2.0,
+            Some(h) if h - lo_rate > 0.05 * h => (lo_rate + h) / 2.0,
             Some(h) => {
-                if h - lo_rate <= 0.05 * h {
+                // Converged. The failing bound may have failed on noise: test it once more,
+                // and climb again from there if it passes.
+                if rechecked.contains(&h.to_bits()) {
                     break;
                 }
-                (lo_rate + h) / 2.0
+                rechecked.push(h.to_bits());
+                hi = None;
+                h
             }
         };
         // Let queues drain between steps.
