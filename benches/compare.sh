@@ -30,6 +30,8 @@
 #   PROFILES      [fixed100 fixed1000 send tcp rest sweep1 allocflood hold]
 #   TU_PROFILES   profiles of ../shared/bench/compare-coturn.sh to run as well [none]
 #   RUNS          runs per (server, profile) [1]
+#   RETRIES       extra attempts when a run was disturbed by other users of the box [1]
+#   OTHER_MAX     a run is clean if other processes used < this many cores on average [0.15]
 #   THREADS       relay threads (-m) for all but sweep1 [2]
 #   CLIENTS       [50]   DURATION [5]   PER_CLIENT_RATE msg/s [1000]
 #   MAX_LOSS      % [1]  SWEEP_START msg/s [20000]  SWEEP_STEP s [2]  SWEEP_STEPS [8]  SWEEP_CLIENTS [20]
@@ -41,7 +43,8 @@
 #   PIN           1: server on CPU 0, load on CPU 1 (taskset) [0]
 #   MAX_TOTAL_S   [1200]   OUT result directory [$TMPDIR/vigi-compare-<timestamp>]
 #
-# Output: RUN lines (one per run), SUMMARY lines (median over runs), RATIO lines (vigi/coturn).
+# Output: RUN lines (one per run), SUMMARY lines (median over the clean runs, or over all runs
+# if none was clean), RATIO lines (vigi/coturn).
 #   relay_pps     packets/s relayed by the server (client->peer + peer->client) = 2 x echoes/s
 #   loss%         (sent - echoed) / sent
 #   rtt_p50_us rtt_p99_us   round trip client -> server -> peer -> server -> client
@@ -61,6 +64,8 @@ REPO=$(cd "$HERE/.." && pwd)
 PROFILES=${PROFILES:-"fixed100 fixed1000 send tcp rest sweep1 allocflood hold"}
 TU_PROFILES=${TU_PROFILES:-}
 RUNS=${RUNS:-1}
+RETRIES=${RETRIES:-1}
+OTHER_MAX=${OTHER_MAX:-0.15}
 THREADS=${THREADS:-2}
 CLIENTS=${CLIENTS:-50}
 DURATION=${DURATION:-5}
@@ -187,24 +192,30 @@ run_one() {  # label profile run#
   awk -v L=$L -v prof=$prof -v k=$k -v sent=$sent -v recv=$recv -v relay=$relay -v loss=$loss \
       -v p50=$p50 -v p99=$p99 -v s=$((s1 - s0)) -v hz=$HZ -v wall=$(echo "$t1 - $t0" | bc) \
       -v rss0=$rss0 -v rss1=$rss1 -v extra="$extra" -v p=$((p1 - p0)) -v busy=$((b1 - b0)) -v bcpu=$bcpu \
-      -v drops=$((d1 - d0)) 'BEGIN{
+      -v drops=$((d1 - d0)) -v omax=$OTHER_MAX 'BEGIN{
       cpu=s/hz; cpp=(sent+recv>0)? cpu/(sent+recv)*1e6 : 0; peer=p/hz
       other=busy/hz - cpu - peer - bcpu; if (other < 0) other=0
-      printf "RUN server=%s profile=%s run=%d relay_pps=%.0f loss%%=%.3f rtt_p50_us=%d rtt_p99_us=%d srv_cpu_s=%.2f cpu_us/pkt=%.2f rss_kb=%d idle_rss_kb=%d bench_cpu_s=%.2f peer_cpu_s=%.2f other_cpu_s=%.2f udp_buf_drops=%d wall_s=%.1f sent=%d recv=%d %s\n",
-        L, prof, k, relay, loss, p50, p99, cpu, cpp, rss1, rss0, bcpu, peer, other, drops, wall, sent, recv, extra }' | tee -a "$OUT/runs.txt"
+      clean=(other/(wall > 2 ? wall : 2) < omax) ? 1 : 0  # short runs: our own ps/awk count as other
+      printf "RUN server=%s profile=%s run=%d clean=%d relay_pps=%.0f loss%%=%.3f rtt_p50_us=%d rtt_p99_us=%d srv_cpu_s=%.2f cpu_us/pkt=%.2f rss_kb=%d idle_rss_kb=%d bench_cpu_s=%.2f peer_cpu_s=%.2f other_cpu_s=%.2f udp_buf_drops=%d wall_s=%.1f sent=%d recv=%d %s\n",
+        L, prof, k, clean, relay, loss, p50, p99, cpu, cpp, rss1, rss0, bcpu, peer, other, drops, wall, sent, recv, extra
+      exit(clean ? 0 : 1) }' | tee -a "$OUT/runs.txt"
+  return ${PIPESTATUS[0]}
 }
 
 summarize() {
   awk '
+   NR==FNR && /^RUN / { delete v; for (i=2;i<=NF;i++) { split($i,a,"="); v[a[1]]=a[2] }
+     if (v["clean"]==1) anyclean[v["server"] " " v["profile"]]=1; next }
    /^RUN /{ delete v; for (i=2;i<=NF;i++) { split($i,a,"="); v[a[1]]=a[2] }
-     key=v["server"] " " v["profile"]; if (!(key in seen)) { seen[key]=1; order[++no]=key }
-     n[key]++; for (i=2;i<=NF;i++) { split($i,a,"="); f=a[1]; if (f=="server" || f=="profile" || f=="run") continue
+     key=v["server"] " " v["profile"]; if ((key in anyclean) && v["clean"]!=1) next
+     if (!(key in seen)) { seen[key]=1; order[++no]=key }
+     n[key]++; for (i=2;i<=NF;i++) { split($i,a,"="); f=a[1]; if (f=="server" || f=="profile" || f=="run" || f=="clean") continue
        vals[key,f,n[key]]=v[f]; fields[key,f]=1; if (!((v["profile"],f) in fo)) { fo[v["profile"],f]=1; forder[v["profile"]]=forder[v["profile"]] " " f } } }
    function med(key,f,   m,i,j,t,x) { m=n[key]; for(i=1;i<=m;i++) x[i]=vals[key,f,i]+0
        for(i=1;i<=m;i++) for(j=i+1;j<=m;j++) if (x[j]<x[i]) {t=x[i];x[i]=x[j];x[j]=t}
        if (m%2) return x[(m+1)/2]; return (x[m/2]+x[m/2+1])/2 }
    END {
-     for (o=1;o<=no;o++) { key=order[o]; split(key,kk," "); nf=split(forder[kk[2]],F," "); line="SUMMARY server=" kk[1] " profile=" kk[2] " runs=" n[key]
+     for (o=1;o<=no;o++) { key=order[o]; split(key,kk," "); nf=split(forder[kk[2]],F," "); line="SUMMARY server=" kk[1] " profile=" kk[2] " runs=" n[key] ((key in anyclean) ? "(clean)" : "(ALL-NOISY)")
        for (j=1;j<=nf;j++) { M[key,F[j]]=med(key,F[j]); line=line sprintf(" %s=%g", F[j], M[key,F[j]]) } print line }
      split("relay_pps loss% rtt_p50_us rtt_p99_us cpu_us/pkt rss_kb alloc/s cpu_us/alloc kb/alloc best_pps", R, " ")
      for (o=1;o<=no;o++) { key=order[o]; split(key,kk," "); if (kk[1]!="vigi") continue; ref="coturn " kk[2]; if (!(ref in n)) continue
@@ -213,11 +224,11 @@ summarize() {
          if (f=="loss%") { line=line sprintf(" loss%%=%.3f/%.3f", M[key,f], M[ref,f]); continue }
          line=line sprintf(" %s=%s", f, (M[ref,f]>0 ? sprintf("%.3f", M[key,f]/M[ref,f]) : "n/a")) }
        print line }
-   }' "$OUT/runs.txt"
+   }' "$OUT/runs.txt" "$OUT/runs.txt"
 }
 
 main() {
-  local prof k L
+  local prof k L att rc
   mkdir -p "$OUT"; : > "$OUT/runs.txt"
   for b in "$COTURN_BIN" "$VIGI_BIN" "$BENCH_BIN"; do command -v "$b" >/dev/null || { echo "missing $b (cargo build --release --bins; apt-get install coturn)" >&2; exit 2; }; done
   for p in $LPORT $PEER_PORT; do port_busy $p && { echo "ERROR: port $p in use; set LPORT/PEER_PORT" >&2; exit 2; }; done
@@ -233,7 +244,11 @@ main() {
     for prof in $PROFILES; do
       for L in coturn vigi; do
         if [ $(( $(date +%s) - T_START )) -gt $MAX_TOTAL_S ]; then echo "# MAX_TOTAL_S reached, stopping"; break 3; fi
-        run_one $L $prof $k
+        for att in $(seq 0 $RETRIES); do
+          run_one $L $prof $k; rc=$?
+          [ $rc = 0 ] || [ $rc = 2 ] && break
+          [ $att -lt $RETRIES ] && echo "# run disturbed by other processes (other_cpu_s), trying again"
+        done
       done
     done
   done
