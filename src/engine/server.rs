@@ -72,6 +72,9 @@ pub struct ServerConfig {
     pub total_quota: u32,
     /// Bytes/s per allocation and direction, 0 = unlimited.
     pub max_bps: u64,
+    /// Bytes/s this engine relays in all, both directions, 0 = unlimited (`--bps-capacity`
+    /// divided among the workers by the caller, so no bucket is shared between threads).
+    pub bps_capacity: u64,
     pub udp_relay: bool,
     pub max_permissions: usize,
     pub max_channels: usize,
@@ -103,6 +106,7 @@ impl Default for ServerConfig {
             user_quota: 0,
             total_quota: 0,
             max_bps: 0,
+            bps_capacity: 0,
             udp_relay: true,
             max_permissions: 256,
             max_channels: 256,
@@ -250,6 +254,16 @@ struct Slot {
     alloc: Option<Allocation>,
 }
 
+/// The live allocation in slot `id`, borrowing only the slab (so other fields stay usable).
+#[inline]
+fn slot_mut(slots: &mut [Slot], id: AllocationId) -> Option<&mut Allocation> {
+    let s = slots.get_mut(id.index as usize)?;
+    if s.generation != id.generation {
+        return None;
+    }
+    s.alloc.as_mut()
+}
+
 /// Who a request authenticated as, and how to sign the answer.
 struct Auth {
     username: String,
@@ -278,6 +292,8 @@ pub struct Server {
     /// A monotonic instant and the Unix time it corresponds to.
     unix_base: (Instant, u64),
     counters: Counters,
+    /// The server-wide bandwidth cap (this worker's share of `--bps-capacity`).
+    capacity: TokenBucket,
     draining: bool,
 }
 
@@ -292,6 +308,7 @@ impl Server {
         seed: u64,
     ) -> Self {
         Server {
+            capacity: TokenBucket::new(config.bps_capacity, now),
             config,
             shared,
             slots: Vec::new(),
@@ -308,6 +325,9 @@ impl Server {
 
     /// Swap in a new configuration (reload). Live allocations keep their credentials and state.
     pub fn set_config(&mut self, config: Arc<ServerConfig>) {
+        if config.bps_capacity != self.config.bps_capacity {
+            self.capacity = TokenBucket::new(config.bps_capacity, self.unix_base.0);
+        }
         self.config = config;
     }
 
@@ -481,7 +501,7 @@ impl Server {
         peer: SocketAddr,
         payload: Range<usize>,
     ) -> ClientDecision {
-        let Some(a) = self.get_mut(id) else {
+        let Some(a) = slot_mut(&mut self.slots, id) else {
             return ClientDecision::Done;
         };
         let len = payload.len();
@@ -490,7 +510,7 @@ impl Server {
             self.counters.dropped_no_permission += 1;
             return ClientDecision::Done;
         }
-        if !a.to_peer_bucket.try_take(now, len) {
+        if !a.to_peer_bucket.try_take(now, len) || !self.capacity.try_take(now, len) {
             a.stats.dropped.add(len);
             self.counters.dropped_bandwidth += 1;
             return ClientDecision::Done;
@@ -1470,7 +1490,7 @@ impl Server {
             return PeerDecision::Drop;
         }
         let tid: [u8; 12] = self.rng.gen();
-        let Some(a) = self.get_mut(relay) else {
+        let Some(a) = slot_mut(&mut self.slots, relay) else {
             return PeerDecision::Drop;
         };
         a.stats.peer_rcv.add(len);
@@ -1479,7 +1499,7 @@ impl Server {
             self.counters.dropped_no_permission += 1;
             return PeerDecision::Drop;
         }
-        if !a.to_client_bucket.try_take(now, len) {
+        if !a.to_client_bucket.try_take(now, len) || !self.capacity.try_take(now, len) {
             a.stats.dropped.add(len);
             self.counters.dropped_bandwidth += 1;
             return PeerDecision::Drop;

@@ -2201,3 +2201,38 @@ fn even_port_with_reservation_survives_a_busy_port() {
         port + 1
     );
 }
+
+#[test]
+fn bps_capacity_caps_the_whole_server() {
+    // Two allocations, no per-allocation cap, 1000 bytes/s for the engine in all.
+    let mut h = H::new(ServerConfig {
+        bps_capacity: 1000,
+        ..config()
+    });
+    let mut a = Client::alice(udp(41000));
+    let mut b = Client::alice(udp(41001));
+    for c in [&mut a, &mut b] {
+        c.allocate(&mut h).assert_ok();
+        c.permit(&mut h, peer()).assert_ok();
+    }
+    let data = [7u8; 400];
+    let si_a = a.send_indication(peer(), &data);
+    let si_b = b.send_indication(peer(), &data);
+    assert!(matches!(
+        h.input(udp(41000), &si_a),
+        ClientDecision::Forward { .. }
+    ));
+    assert!(matches!(
+        h.input(udp(41001), &si_b),
+        ClientDecision::Forward { .. }
+    ));
+    // 800 of 1000 bytes used: the third 400-byte packet, from either client, is dropped.
+    assert_eq!(h.input(udp(41000), &si_a), ClientDecision::Done);
+    assert_eq!(h.s.counters().dropped_bandwidth, 1);
+    // A second later the bucket has refilled.
+    h.at(1);
+    assert!(matches!(
+        h.input(udp(41001), &si_b),
+        ClientDecision::Forward { .. }
+    ));
+}
