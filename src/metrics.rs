@@ -391,6 +391,36 @@ impl Monitor {
             "Requests whose credentials were wrong",
             c.auth_failures,
         );
+        header(
+            o,
+            "vigi_turn_allocations_refused_by_code_total",
+            "Allocate requests refused, by the error code answered (0: any other)",
+            "counter",
+        );
+        for (code, n) in c.refused_by_code.iter() {
+            let _ = writeln!(
+                o,
+                "vigi_turn_allocations_refused_by_code_total{{code=\"{code}\"}} {n}"
+            );
+        }
+        header(
+            o,
+            "vigi_turn_auth_failures_by_reason_total",
+            "Requests whose credentials were refused, by reason",
+            "counter",
+        );
+        let r = &c.auth_failures_by_reason;
+        for (reason, n) in [
+            ("unknown_user", r.unknown_user),
+            ("wrong_credentials", r.wrong_credentials),
+            ("expired", r.expired),
+            ("algorithm", r.algorithm),
+        ] {
+            let _ = writeln!(
+                o,
+                "vigi_turn_auth_failures_by_reason_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
         counter(
             o,
             "vigi_turn_stale_nonces_total",
@@ -604,8 +634,12 @@ pub fn add_counters(a: &mut Counters, b: &Counters) {
         malformed,
         dropped_no_permission,
         dropped_bandwidth,
+        refused_by_code,
+        auth_failures_by_reason,
         closed_traffic,
     } = b;
+    a.refused_by_code.merge(refused_by_code);
+    a.auth_failures_by_reason.merge(auth_failures_by_reason);
     a.binding_requests += binding_requests;
     a.binding_responses += binding_responses;
     a.binding_errors += binding_errors;

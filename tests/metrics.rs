@@ -100,7 +100,7 @@ fn server(prom_port: u16, top: usize, extra: &[&str]) -> Server {
     start_server(&args)
 }
 
-const RELAY_PORTS: u16 = 250;
+const RELAY_PORTS: u16 = 2000;
 
 const LT: [&str; 3] = ["--lt-cred-mech", "--user", "mu:mupw"];
 
@@ -305,6 +305,21 @@ fn coturn_counters_are_live_and_exact() {
     }
 }
 
+/// Raise this process's open-file soft limit to at least `n` (within the hard limit).
+fn raise_nofile(n: u64) {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < n {
+            rl.rlim_cur = n.min(rl.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+        }
+    }
+}
+
 /// A no-auth Allocate from a fresh socket; the socket (kept open so the allocation lives).
 fn allocate(server: SocketAddr) -> UdpSocket {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -317,7 +332,12 @@ fn allocate(server: SocketAddr) -> UdpSocket {
     let mut buf = [0u8; 1500];
     let (n, _) = s.recv_from(&mut buf).expect("allocate answer");
     let m = Message::decode(&buf[..n]).unwrap();
-    assert_eq!(m.class(), Class::Success, "allocate");
+    assert_eq!(
+        m.class(),
+        Class::Success,
+        "allocate: {:?}",
+        m.get(attr::ERROR_CODE).and_then(attr::read_error_code)
+    );
     s
 }
 
@@ -333,13 +353,16 @@ fn top_k_stays_bounded_with_many_allocations() {
         })
         .len()
     };
-    let socks: Vec<UdpSocket> = (0..200).map(|_| allocate(addr)).collect();
+    // 1,000 client sockets: make sure this process may hold them. Their ephemeral ports may
+    // land in the relay range too, hence a range twice the allocations.
+    raise_nofile(4096);
+    let socks: Vec<UdpSocket> = (0..1000).map(|_| allocate(addr)).collect();
     let m = scrape_when(pp, |m| {
-        value(m, "turn_total_allocations{type=\"UDP\"}") == 201
+        value(m, "turn_total_allocations{type=\"UDP\"}") == 1001
     });
     assert_eq!(
         value(&m, "turn_total_allocations{type=\"UDP\"}"),
-        200 + 1,
+        1000 + 1,
         "the first allocation lives on (its socket closed, not its allocation)"
     );
     assert_eq!(count_prefix(&m, "vigi_turn_top_allocation_rate_bytes{"), 5);
@@ -347,7 +370,7 @@ fn top_k_stays_bounded_with_many_allocations() {
     assert_eq!(count_prefix(&m, "turn_traffic_rcvb{"), 1);
     assert!(m.contains_key("turn_traffic_rcvb{realm=\"metrics.local\",user=\"\"}"));
     assert_eq!(count_prefix(&m, "vigi_turn_top_allocation_bytes{"), 5 * 4);
-    // One allocation or 201: the same series but for top-K (1 vs 5 allocations, 5 series each).
+    // One allocation or 1,001: the same series but for top-K (1 vs 5 allocations, 5 series each).
     assert_eq!(m.len(), small + 4 * 5, "series count bounded");
     drop(socks);
 }

@@ -229,6 +229,56 @@ pub enum PeerDecision {
     Drop,
 }
 
+/// Error codes an Allocate can be refused with, counted one by one (the last slot: any other).
+pub const REFUSAL_CODES: [u16; 9] = [300, 400, 403, 437, 440, 442, 486, 508, 0];
+
+/// Refused Allocates by error code ([`REFUSAL_CODES`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RefusedByCode(pub [u64; REFUSAL_CODES.len()]);
+
+impl RefusedByCode {
+    pub fn add(&mut self, code: u16) {
+        let i = REFUSAL_CODES
+            .iter()
+            .position(|&c| c == code)
+            .unwrap_or(REFUSAL_CODES.len() - 1);
+        self.0[i] += 1;
+    }
+
+    /// (code, count); code 0 stands for "other".
+    pub fn iter(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        REFUSAL_CODES.iter().copied().zip(self.0.iter().copied())
+    }
+
+    pub fn merge(&mut self, o: &RefusedByCode) {
+        for (a, b) in self.0.iter_mut().zip(o.0) {
+            *a += b;
+        }
+    }
+}
+
+/// Failed credentials by reason.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AuthFailures {
+    /// No such user (or a realm that is not ours, or an unreadable username).
+    pub unknown_user: u64,
+    /// The user exists, MESSAGE-INTEGRITY did not match: wrong password or secret.
+    pub wrong_credentials: u64,
+    /// A REST username whose expiry has passed.
+    pub expired: u64,
+    /// SHA-256 asked for a user known only by an MD5 key.
+    pub algorithm: u64,
+}
+
+impl AuthFailures {
+    pub fn merge(&mut self, o: &AuthFailures) {
+        self.unknown_user += o.unknown_user;
+        self.wrong_credentials += o.wrong_credentials;
+        self.expired += o.expired;
+        self.algorithm += o.algorithm;
+    }
+}
+
 /// Event counts since start, for metrics (summed across workers at scrape time).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Counters {
@@ -245,6 +295,10 @@ pub struct Counters {
     pub malformed: u64,
     pub dropped_no_permission: u64,
     pub dropped_bandwidth: u64,
+    /// Refused Allocates by error code.
+    pub refused_by_code: RefusedByCode,
+    /// Failed credentials by reason (their sum is `auth_failures`).
+    pub auth_failures_by_reason: AuthFailures,
     /// Traffic of allocations that have ended.
     pub closed_traffic: AllocationStats,
 }
@@ -819,6 +873,7 @@ impl Server {
         };
         // An allocation keeps the key it was made with, so a reload (SIGHUP) that changes a
         // secret, password or realm never cuts a live call; an expired REST name still fails.
+        let lookup_failure = keys.as_ref().err().copied();
         let mut keys = match keys {
             Ok(k) => Some(k),
             Err(AuthFailure::Expired) => None,
@@ -830,6 +885,11 @@ impl Server {
                 list.extend(held.map(|a| a.key.clone()));
             }
         }
+        let failure = match (&keys, &username) {
+            (None, _) => AuthFailure::Expired,
+            (Some(_), None) => AuthFailure::UnknownUser,
+            (Some(_), Some(_)) => lookup_failure.unwrap_or(AuthFailure::WrongCredentials),
+        };
         let keys = keys.ok_or(AuthFailure::Expired);
         let use_sha256 = m.has_integrity_sha256();
         let matched = keys.ok().and_then(|keys| {
@@ -843,6 +903,13 @@ impl Server {
         });
         let (Some(key), Some(username)) = (matched, username) else {
             self.counters.auth_failures += 1;
+            let r = &mut self.counters.auth_failures_by_reason;
+            match failure {
+                AuthFailure::UnknownUser => r.unknown_user += 1,
+                AuthFailure::Expired => r.expired += 1,
+                AuthFailure::NoKeyForAlgorithm => r.algorithm += 1,
+                AuthFailure::WrongCredentials => r.wrong_credentials += 1,
+            }
             self.challenge(now, five, m, 401);
             return None;
         };
@@ -907,6 +974,7 @@ impl Server {
         macro_rules! refuse {
             ($code:expr) => {{
                 self.counters.allocations_refused += 1;
+                self.counters.refused_by_code.add($code);
                 let sign = self.signed(m, &auth);
                 let data = self.build_response(m, Class::Error, sign, |b| {
                     b.error_code($code, "");
@@ -923,6 +991,7 @@ impl Server {
         if self.draining {
             if let Some(alt) = self.config.alternate_server {
                 self.counters.allocations_refused += 1;
+                self.counters.refused_by_code.add(300);
                 let sign = self.signed(m, &auth);
                 let data = self.build_response(m, Class::Error, sign, |b| {
                     b.error_code(300, "Try Alternate");
@@ -1209,6 +1278,7 @@ impl Server {
                 }
             }
             self.counters.allocations_refused += 1;
+            self.counters.refused_by_code.add(508);
             self.free(id, "no relay port");
             if let Some(p) = pending {
                 let mut out = Vec::with_capacity(96);

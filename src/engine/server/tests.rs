@@ -643,6 +643,8 @@ fn wrong_password_and_unknown_user_are_401() {
     assert!(r.has(attr::NONCE));
     assert!(h.binds.is_empty());
     assert_eq!(h.s.counters().auth_failures, 2);
+    let r = h.s.counters().auth_failures_by_reason;
+    assert_eq!((r.wrong_credentials, r.unknown_user, r.expired), (1, 1, 0));
 }
 
 #[test]
@@ -932,6 +934,13 @@ fn quotas_are_486() {
     Client::new(udp(40003), "bob", "bob-pw")
         .allocate(&mut h)
         .assert_err(486);
+    let by_code: Vec<(u16, u64)> =
+        h.s.counters()
+            .refused_by_code
+            .iter()
+            .filter(|c| c.1 > 0)
+            .collect();
+    assert_eq!(by_code, vec![(486, 2)]);
     assert_eq!(h.shared.total_allocations.load(Ordering::Relaxed), 2);
 }
 
@@ -1207,6 +1216,8 @@ fn rest_credentials_authenticate_until_they_expire() {
     h.at(101);
     let mut late = Client::new(udp(40004), &cred.username, &cred.password);
     late.allocate(&mut h).assert_err(401);
+    let r = h.s.counters().auth_failures_by_reason;
+    assert_eq!((r.wrong_credentials, r.expired), (1, 2));
     // Static users still work alongside.
     Client::alice(udp(40005)).allocate(&mut h).assert_ok();
 }
