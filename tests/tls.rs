@@ -293,16 +293,23 @@ fn bad_certificate_is_a_startup_error_naming_the_flag() {
 }
 
 #[test]
-fn silent_handshake_is_cut_off() {
+fn silent_handshake_is_cut_off_and_counts_toward_the_cap() {
     let dir = TempDir::new();
-    let (c, k, _) = make_cert();
+    let (c, k, der) = make_cert();
     let (cert, key) = write_cert(&dir.0, &c, &k);
-    let (_srv, tls_port) = tls_server(&cert, &key, &[]);
+    let (_srv, tls_port) = tls_server(&cert, &key, &["--max-tcp-connections", "1"]);
     let mut s = TcpStream::connect(("127.0.0.1", tls_port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let t0 = Instant::now();
+    std::thread::sleep(Duration::from_millis(200));
+    // The silent connection holds the only slot: a second one is closed at once.
+    let mut second = TcpStream::connect(("127.0.0.1", tls_port)).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
     let mut buf = [0u8; 16];
-    // The server says nothing until the ClientHello, then closes the connection at its timeout.
+    assert_eq!(second.read(&mut buf).expect("closed, not timed out"), 0);
+    // The server says nothing until the ClientHello, then closes at its handshake timeout.
     let n = s.read(&mut buf).unwrap_or(0);
     assert_eq!(n, 0, "closed without data");
     let waited = t0.elapsed();
@@ -310,4 +317,8 @@ fn silent_handshake_is_cut_off() {
         waited >= Duration::from_secs(9) && waited < Duration::from_secs(15),
         "closed after {waited:?}"
     );
+    // The slot is free again.
+    std::thread::sleep(Duration::from_millis(100));
+    let mut ok = connect(tls_port, client_config(&[&der], false));
+    binding(&mut ok);
 }
