@@ -256,6 +256,10 @@ fn bad_certificate_is_a_startup_error_naming_the_flag() {
     let garbage = dir.0.join("garbage.pem");
     std::fs::write(&garbage, "hello").unwrap();
     let garbage = garbage.display().to_string();
+    let (_, other_key_pem, _) = make_cert();
+    let other_key = dir.0.join("other-key.pem");
+    std::fs::write(&other_key, other_key_pem).unwrap();
+    let other_key = other_key.display().to_string();
     let port = free_port().to_string();
     for (args, flag) in [
         (
@@ -269,6 +273,10 @@ fn bad_certificate_is_a_startup_error_naming_the_flag() {
         (
             vec!["--cert", garbage.as_str(), "--pkey", key.as_str()],
             "--cert",
+        ),
+        (
+            vec!["--cert", cert.as_str(), "--pkey", other_key.as_str()],
+            "--pkey",
         ),
     ] {
         let mut cmd = Command::new(BIN);
@@ -321,4 +329,75 @@ fn silent_handshake_is_cut_off_and_counts_toward_the_cap() {
     std::thread::sleep(Duration::from_millis(100));
     let mut ok = connect(tls_port, client_config(&[&der], false));
     binding(&mut ok);
+}
+
+#[test]
+fn sigusr2_storm_while_uclient_relays_over_tls() {
+    let dir = TempDir::new();
+    let (c1, k1, der1) = make_cert();
+    let (c2, k2, der2) = make_cert();
+    let (cert, key) = write_cert(&dir.0, &c1, &k1);
+    let (srv, tls_port) = tls_server(
+        &cert,
+        &key,
+        &[
+            "--allow-loopback-peers",
+            "--realm",
+            "bench.local",
+            "--lt-cred-mech",
+            "--user",
+            "bench:benchpw",
+            "--min-port",
+            "63000",
+            "--max-port",
+            "63999",
+            "-m",
+            "2",
+        ],
+    );
+    let (_peer, pport) = start_peer();
+    let pid = srv.proc.child.id() as i32;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let storm = {
+        let stop = stop.clone();
+        let dir = dir.0.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (c, k) = if n % 2 == 0 { (&c2, &k2) } else { (&c1, &k1) };
+                write_cert(&dir, c, k);
+                // SAFETY: kill(2) on a child of this test process, not yet reaped.
+                unsafe {
+                    libc::kill(pid, libc::SIGUSR2);
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            n
+        })
+    };
+    let r = uclient(
+        tls_port,
+        pport,
+        &[
+            "-t", "-S", "-u", "bench", "-w", "benchpw", "-m", "4", "-n", "100", "-l", "100",
+        ],
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reloads = storm.join().unwrap();
+    assert!(reloads >= 10, "only {reloads} SIGUSR2 sent");
+    assert_eq!(r.sent, 400, "sent count; output:\n{}", r.output);
+    assert_eq!(r.received, r.sent, "all echoed; output:\n{}", r.output);
+    assert!(
+        r.lost_line.contains("Total lost packets 0 "),
+        "no loss; output:\n{}",
+        r.output
+    );
+    // The last certificate written is the one served.
+    let last = if reloads % 2 == 1 { &der2 } else { &der1 };
+    std::thread::sleep(Duration::from_millis(200));
+    let mut s = connect(tls_port, client_config(&[&der1, &der2], false));
+    assert_eq!(&peer_cert(&s), last);
+    binding(&mut s);
+    eprintln!("{reloads} SIGUSR2 reloads while relaying 400 messages over TLS: all echoed");
 }
