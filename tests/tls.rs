@@ -401,3 +401,80 @@ fn sigusr2_storm_while_uclient_relays_over_tls() {
     binding(&mut s);
     eprintln!("{reloads} SIGUSR2 reloads while relaying 400 messages over TLS: all echoed");
 }
+
+#[test]
+fn uclient_over_tls_on_ipv6_loopback() {
+    require_tool("turnutils_peer");
+    let dir = TempDir::new();
+    let (c, k, _) = make_cert();
+    let (cert, key) = write_cert(&dir.0, &c, &k);
+    // UDP answers on 127.0.0.1 (how start_server knows it is up); TLS, relay and peer on ::1.
+    let tls_port = free_port();
+    let tls_s = tls_port.to_string();
+    let srv = start_server(&[
+        "-n",
+        "-L",
+        "127.0.0.1",
+        "-L",
+        "::1",
+        "-E",
+        "::1",
+        "--tls-listening-port",
+        &tls_s,
+        "--cert",
+        &cert,
+        "--pkey",
+        &key,
+        "--allow-loopback-peers",
+        "--realm",
+        "bench.local",
+        "--user",
+        "bench:benchpw",
+        "-m",
+        "1",
+    ]);
+    let peer_port = free_port();
+    let child = Command::new("turnutils_peer")
+        .args(["-L", "::1", "-p", &peer_port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start turnutils_peer");
+    let _peer = Proc {
+        child,
+        name: "turnutils_peer".into(),
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let out = run_with_timeout(
+        Command::new("turnutils_uclient").args([
+            "-t",
+            "-S",
+            "-p",
+            &tls_s,
+            "-e",
+            "::1",
+            "-r",
+            &peer_port.to_string(),
+            "-u",
+            "bench",
+            "-w",
+            "benchpw",
+            "-m",
+            "2",
+            "-n",
+            "20",
+            "-l",
+            "100",
+            "::1",
+        ]),
+        Duration::from_secs(60),
+    );
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("tot_send_msgs=40, tot_recv_msgs=40")
+            && text.contains("Total lost packets 0 "),
+        "all 40 messages echoed over TLS on IPv6:\n{text}"
+    );
+    drop(srv);
+}
