@@ -55,6 +55,7 @@ pub(crate) struct WorkerInit {
     pub rc: RunConfig,
     pub udp: Vec<std::net::UdpSocket>,
     pub tcp: Vec<std::net::TcpListener>,
+    pub tls: Vec<std::net::TcpListener>,
     pub tcp_count: Arc<AtomicUsize>,
     pub stop: tokio::sync::watch::Receiver<bool>,
     pub control: mpsc::UnboundedReceiver<Control>,
@@ -67,6 +68,7 @@ pub(crate) fn run(init: WorkerInit) {
         rc,
         udp,
         tcp,
+        tls,
         tcp_count,
         mut stop,
         control,
@@ -119,9 +121,20 @@ pub(crate) fn run(init: WorkerInit) {
         for l in tcp {
             match tokio::net::TcpListener::from_std(l) {
                 Ok(l) => {
-                    tokio::task::spawn_local(stream::accept_loop(st.clone(), l));
+                    tokio::task::spawn_local(stream::accept_loop(st.clone(), l, None));
                 }
                 Err(e) => tracing::error!("worker {index}: tcp listener: {e}"),
+            }
+        }
+        if let Some(source) = &rc.tls_source {
+            for l in tls {
+                match tokio::net::TcpListener::from_std(l) {
+                    Ok(l) => {
+                        let source = Some(source.clone());
+                        tokio::task::spawn_local(stream::accept_loop(st.clone(), l, source));
+                    }
+                    Err(e) => tracing::error!("worker {index}: tls listener: {e}"),
+                }
             }
         }
         tokio::task::spawn_local(timer_loop(st.clone(), snapshot));
