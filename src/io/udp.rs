@@ -7,6 +7,12 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+/// Listening sockets get this much buffer unless `--sock-buf-size` says otherwise: every client
+/// of a worker shares one listening socket, so a burst must not overflow the kernel's default
+/// (about 208 KiB). 2 MiB is what coturn gives its listeners; the kernel caps it at
+/// net.core.{r,w}mem_max.
+pub const LISTENER_BUF_DEFAULT: usize = 2 << 20;
+
 /// A non-blocking UDP socket bound to `addr`. With `reuse_port`, every worker binds its own socket
 /// to the same address and the kernel spreads clients over them by 5-tuple hash.
 pub fn bind_udp(
@@ -21,7 +27,7 @@ pub fn bind_udp(
     if reuse_port {
         s.set_reuse_port(true)?;
     }
-    set_buffers(&s, buf_size);
+    set_buffers(&s, Some(buf_size.unwrap_or(LISTENER_BUF_DEFAULT)));
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     Ok(s.into())
