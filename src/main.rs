@@ -290,6 +290,7 @@ pub(crate) fn engine_config(config: &Config, relay_ips: Vec<IpAddr>) -> ServerCo
         user_quota: config.user_quota,
         total_quota: config.total_quota,
         max_bps: config.max_bps,
+        unauthorized_ratelimit: config.unauthorized_ratelimit,
         udp_relay: !config.no_udp_relay,
         strict_expiry: config.strict_expiry,
         alternate_server: config

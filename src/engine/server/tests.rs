@@ -2201,3 +2201,5 @@ fn even_port_with_reservation_survives_a_busy_port() {
         port + 1
     );
 }
+
+mod hardening;
