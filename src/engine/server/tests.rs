@@ -2203,3 +2203,4 @@ fn even_port_with_reservation_survives_a_busy_port() {
 }
 
 mod hardening;
+mod props;
