@@ -129,7 +129,7 @@ proptest! {
             prop_assert!(cd.data.len() + channel_data::HEADER_LEN <= bytes.len());
         }
         if let Ok(Some(n)) = frame_len(&bytes) {
-            prop_assert!(n <= bytes.len() && n <= MAX_FRAME && n >= 4);
+            prop_assert!(n <= bytes.len() && (4..=MAX_FRAME).contains(&n));
         }
     }
 
