@@ -50,6 +50,12 @@ impl Limiter {
     }
 
     fn slot(&self, ip: IpAddr) -> usize {
+        // An IPv4 client seen on a dual-stack socket (::ffff:a.b.c.d) is that IPv4 client: its
+        // /64 would lump every IPv4 client together.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
         let bits: u128 = match ip {
             IpAddr::V4(v4) => u128::from(u32::from(v4)),
             // IPv6 sources are keyed by their /64: one host usually holds a whole /64, and keying
@@ -168,6 +174,20 @@ mod tests {
             l.try_take(t0, ip, 20);
         }
         assert_eq!(l.memory(), m);
+    }
+
+    #[test]
+    fn ipv4_mapped_sources_are_their_ipv4_address() {
+        let t0 = Instant::now();
+        let mut l = Limiter::new(t0, (9, 10));
+        let a = IpAddr::V6(Ipv4Addr::new(198, 51, 100, 1).to_ipv6_mapped());
+        let b = IpAddr::V6(Ipv4Addr::new(198, 51, 100, 2).to_ipv6_mapped());
+        assert_eq!(l.slot(a), l.slot(v4(0xC633_6401)));
+        while l.try_take(t0, a, 1) {}
+        assert!(
+            l.try_take(t0, b, 1),
+            "another IPv4 client is another source"
+        );
     }
 
     #[test]
