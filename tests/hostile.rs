@@ -410,3 +410,54 @@ fn unauthenticated_flood_is_rate_limited_and_never_amplified() {
     assert!(answers >= 25 && answers <= most, "{answers} answers");
     assert!(binding_udp(server_addr, Duration::from_secs(2)).is_some());
 }
+
+/// Slowloris over TCP: a frame dribbled a byte at a time is cut after 10 s (the frame timeout),
+/// while a connection that completes a Binding every 2 s stays open.
+#[test]
+fn tcp_frame_dribbled_too_slowly_is_cut() {
+    let srv = start_server(&["-n", "-L", "127.0.0.1", "--no-auth", "-m", "1"]);
+    let server = SocketAddr::from(([127, 0, 0, 1], srv.port));
+    let mut req = Vec::new();
+    let mut b = MessageBuilder::new(&mut req, Method::ALLOCATE, Class::Request, &[1; 12]);
+    b.attr(attr::REQUESTED_TRANSPORT, &[attr::PROTO_UDP, 0, 0, 0]);
+    let mut slow = TcpStream::connect(server).unwrap();
+    let mut good = TcpStream::connect(server).unwrap();
+    slow.write_all(&req[..10]).unwrap();
+    let t0 = Instant::now();
+    let mut binding = Vec::new();
+    MessageBuilder::new(&mut binding, Method::BINDING, Class::Request, &[2; 12]);
+    good.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut cut_after = None;
+    let mut sent = 10;
+    let mut buf = [0u8; 1500];
+    while t0.elapsed() < Duration::from_secs(16) {
+        std::thread::sleep(Duration::from_secs(2));
+        if cut_after.is_none() && sent < req.len() - 1 {
+            // One more byte; never the last one.
+            if slow.write_all(&req[sent..sent + 1]).is_err() {
+                cut_after = Some(t0.elapsed());
+            }
+            sent += 1;
+        }
+        if cut_after.is_none() {
+            slow.set_nonblocking(true).unwrap();
+            match std::io::Read::read(&mut slow, &mut buf) {
+                Ok(0) => cut_after = Some(t0.elapsed()),
+                Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {
+                    cut_after = Some(t0.elapsed())
+                }
+                _ => {}
+            }
+            slow.set_nonblocking(false).unwrap();
+        }
+        good.write_all(&binding).unwrap();
+        let n = std::io::Read::read(&mut good, &mut buf).expect("Binding answered");
+        assert!(n >= 20, "the well-behaved connection stays open");
+    }
+    let cut = cut_after.expect("the dribbling connection was closed");
+    eprintln!("dribbling connection closed after {cut:?}");
+    assert!(
+        cut >= Duration::from_secs(9) && cut <= Duration::from_secs(14),
+        "{cut:?}"
+    );
+}
