@@ -8,7 +8,7 @@ mod common;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -224,6 +224,10 @@ struct Tally {
     tcp_conns: AtomicU64,
     idle_conns: AtomicU64,
     answers: AtomicU64,
+    /// Answers without MESSAGE-INTEGRITY (unauthenticated) matched to their request by
+    /// transaction id, and the largest excess of such an answer over its request.
+    unauthenticated_answers: AtomicU64,
+    worst_excess: AtomicI64,
 }
 
 /// The attack; returns when `stop` is set or a bound is reached.
@@ -245,10 +249,14 @@ fn attack(server: SocketAddr, peer: SocketAddr, stop: Arc<AtomicBool>, tally: Ar
     let t0 = Instant::now();
     let mut sent = 0u64;
     let mut buf = [0u8; 1500];
+    let mut sizes: std::collections::HashMap<[u8; 12], usize> = std::collections::HashMap::new();
     while !stop.load(Ordering::Relaxed) && sent < MAX_PACKETS && t0.elapsed() < MAX_TIME {
         let kind = KINDS[rng.gen_range(0..KINDS.len())];
         let p = packet(&mut rng, kind, nonce.as_deref(), peer);
         if rng.gen_bool(0.9) {
+            if p.len() >= 20 {
+                sizes.insert(p[8..20].try_into().unwrap(), p.len());
+            }
             let _ = udp.send_to(&p, server);
             tally.udp.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -270,8 +278,26 @@ fn attack(server: SocketAddr, peer: SocketAddr, stop: Arc<AtomicBool>, tally: Ar
             }
         }
         sent += 1;
-        while let Ok((_, _)) = udp.recv_from(&mut buf) {
+        while let Ok((n, _)) = udp.recv_from(&mut buf) {
             tally.answers.fetch_add(1, Ordering::Relaxed);
+            // ChannelData and Data indications relayed back from the peer are not answers.
+            let Ok(m) = Message::decode(&buf[..n]) else {
+                continue;
+            };
+            if m.has_integrity() || m.class() == Class::Indication {
+                continue;
+            }
+            if let Some(&len) = sizes.get(m.transaction_id()) {
+                let excess = n as i64 - len as i64;
+                assert!(
+                    excess <= vigi_turn::engine::server::AMPLIFICATION_SLACK as i64,
+                    "{n}-byte unauthenticated answer to a {len}-byte request"
+                );
+                tally
+                    .unauthenticated_answers
+                    .fetch_add(1, Ordering::Relaxed);
+                tally.worst_excess.fetch_max(excess, Ordering::Relaxed);
+            }
         }
         // About 1000 packets a second: hostile but not a benchmark of loopback.
         if sent % 10 == 0 {
@@ -330,13 +356,17 @@ fn client_loses_nothing_while_hostile_traffic_flows() {
     stop.store(true, Ordering::Relaxed);
     attacker.join().expect("attacker thread");
     eprintln!(
-        "attack: {} UDP packets, {} TCP frames on {} connections, {} idle connections, {} UDP answers",
+        "attack: {} UDP packets, {} TCP frames on {} connections, {} idle connections, {} UDP \
+         answers, {} unauthenticated ones matched to their request, largest excess {} bytes",
         tally.udp.load(Ordering::Relaxed),
         tally.tcp.load(Ordering::Relaxed),
         tally.tcp_conns.load(Ordering::Relaxed),
         tally.idle_conns.load(Ordering::Relaxed),
         tally.answers.load(Ordering::Relaxed),
+        tally.unauthenticated_answers.load(Ordering::Relaxed),
+        tally.worst_excess.load(Ordering::Relaxed),
     );
+    assert!(tally.unauthenticated_answers.load(Ordering::Relaxed) > 100);
     assert!(
         tally.udp.load(Ordering::Relaxed) > 500,
         "the attack did run"
