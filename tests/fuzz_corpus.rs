@@ -1,7 +1,8 @@
 //! The fuzz targets of `fuzz/` as a plain test on stable (issue 9): each target's committed
 //! corpus (`fuzz/seeds/TARGET/`), plus a few thousand inputs made here from it (mutations,
-//! truncations, random bytes, seeded so a failure repeats). `cargo fuzz run TARGET` explores the
-//! same code for as long as one likes; a crasher it finds is copied into `fuzz/seeds/TARGET/` and so runs here from then on.
+//! truncations, random bytes, seeded so a failure repeats). `fuzz/run SECONDS TARGET` explores
+//! the same code for as long as one likes; a crasher it finds is copied into `fuzz/seeds/TARGET/`
+//! and so runs here from then on.
 
 #[path = "../fuzz/targets.rs"]
 mod targets;
