@@ -1,1 +1,453 @@
-//! http
+//! HTTP listeners, served by axum on a thread and runtime of their own so that a slow scrape or
+//! admin call never delays a worker: the Prometheus endpoint (`--prometheus`: `GET /metrics`,
+//! and `GET /` answering 200 for health checks, as coturn) and the admin API
+//! (`--admin-listen ADDR:PORT`, bearer `--admin-token`):
+//!
+//! - `GET /api/allocations[?user=NAME]`: every live allocation with its counters (JSON);
+//! - `DELETE /api/allocations/{id}`: end one (`id` as listed, e.g. `w0-12-3`);
+//! - `DELETE /api/users/{name}/allocations`: end every allocation of a user;
+//! - `GET /api/stats`: the counters of every worker added up.
+//!
+//! Everything is read from the workers' snapshots (at most about a second old), and kills go to
+//! the owning worker's control channel: the HTTP thread never touches an engine.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::Config;
+use crate::engine::stats::{AllocationStats, Flow};
+use crate::engine::{AllocationInfo, Shared};
+use crate::io::{Control, RunConfig, Running};
+use crate::metrics::{self, Monitor, Options};
+
+/// What the HTTP side needs from the run configuration; take it before [`crate::io::start`]
+/// consumes the [`RunConfig`].
+#[derive(Clone)]
+pub struct Observe {
+    shared: Arc<Shared>,
+    realm: String,
+    relay_ips: Vec<IpAddr>,
+}
+
+impl From<&RunConfig> for Observe {
+    fn from(rc: &RunConfig) -> Self {
+        Observe {
+            shared: rc.shared.clone(),
+            realm: rc.engine.realm.clone(),
+            relay_ips: rc.engine.relay_ips.clone(),
+        }
+    }
+}
+
+/// The running HTTP thread and the addresses it serves. Dropping it leaves the thread running
+/// (it ends with the process).
+pub struct HttpHandle {
+    _thread: JoinHandle<()>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
+    pub monitor: Arc<Monitor>,
+}
+
+/// Bind the Prometheus and admin listeners the configuration asks for and serve them from a new
+/// thread. `Ok(None)` when neither is configured. Binding happens here, so a busy port is an
+/// error at start-up.
+pub fn spawn(config: &Config, running: &Running, obs: Observe) -> io::Result<Option<HttpHandle>> {
+    if !config.prometheus && config.admin_listen.is_none() {
+        return Ok(None);
+    }
+    let monitor = Arc::new(Monitor::new(
+        running.workers.clone(),
+        obs.shared,
+        Options {
+            username_labels: config.prometheus_username_labels,
+            top_k: config.prometheus_top_allocations,
+            realm: obs.realm,
+            relay_ips: obs.relay_ips,
+        },
+    ));
+    let prom = if config.prometheus {
+        let addr = match config.prometheus_address {
+            Some(ip) => SocketAddr::new(ip, config.prometheus_port),
+            None => default_any(config.prometheus_port),
+        };
+        Some(bind(addr, "prometheus")?)
+    } else {
+        None
+    };
+    let admin = match (config.admin_listen, config.admin_token.as_deref()) {
+        (Some(addr), Some(token)) => Some((bind(addr, "admin API")?, token_digest(token))),
+        (Some(_), None) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "--admin-listen needs --admin-token",
+            ))
+        }
+        _ => None,
+    };
+    let metrics_addr = prom.as_ref().map(|l| l.local_addr()).transpose()?;
+    let admin_addr = admin.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
+    let m = monitor.clone();
+    let thread = std::thread::Builder::new()
+        .name("vigi-http".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("HTTP runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(serve(m, prom, admin));
+        })?;
+    if let Some(a) = metrics_addr {
+        tracing::info!("prometheus metrics on http://{a}/metrics");
+    }
+    if let Some(a) = admin_addr {
+        tracing::info!("admin API on http://{a}/api/");
+    }
+    Ok(Some(HttpHandle {
+        _thread: thread,
+        metrics_addr,
+        admin_addr,
+        monitor,
+    }))
+}
+
+/// coturn's default: every interface, IPv6 and IPv4 (dual stack) when the host has IPv6.
+fn default_any(port: u16) -> SocketAddr {
+    if std::net::UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).is_ok() {
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)
+    } else {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
+    }
+}
+
+/// A non-blocking TCP listener; `[::]` also takes IPv4 whatever `net.ipv6.bindv6only` says.
+fn bind(addr: SocketAddr, what: &str) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let err =
+        |e: io::Error| io::Error::new(e.kind(), format!("cannot listen for {what} on {addr}: {e}"));
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+        s.set_only_v6(false)?;
+    }
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into()).map_err(err)?;
+    s.listen(128).map_err(err)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+async fn serve(m: Arc<Monitor>, prom: Option<TcpListener>, admin: Option<(TcpListener, [u8; 32])>) {
+    let sampler = m.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(metrics::SAMPLE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            sampler.sample(Instant::now());
+        }
+    });
+    let mut tasks = Vec::new();
+    if let Some(l) = prom {
+        let app = Router::new()
+            .route("/metrics", get(metrics_handler))
+            .route("/", get(|| async { "ok" }))
+            .with_state(m.clone());
+        tasks.push(tokio::spawn(run(l, app, "prometheus")));
+    }
+    if let Some((l, token)) = admin {
+        let app = Router::new()
+            .route("/api/allocations", get(list_allocations))
+            .route("/api/allocations/{id}", delete(kill_allocation))
+            .route("/api/users/{name}/allocations", delete(kill_user))
+            .route("/api/stats", get(stats))
+            .with_state(Arc::new(Admin { monitor: m, token }));
+        tasks.push(tokio::spawn(run(l, app, "admin API")));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+async fn run(l: TcpListener, app: Router, what: &'static str) {
+    let l = match tokio::net::TcpListener::from_std(l) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{what} listener: {e}");
+            return;
+        }
+    };
+    if let Err(e) = axum::serve(l, app).await {
+        tracing::error!("{what} server: {e}");
+    }
+}
+
+async fn metrics_handler(State(m): State<Arc<Monitor>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        m.render(),
+    )
+        .into_response()
+}
+
+// ------------------------------------------------------------------ admin API
+
+struct Admin {
+    monitor: Arc<Monitor>,
+    /// SHA-256 of the token: comparing digests in constant time hides the token's length too.
+    token: [u8; 32],
+}
+
+fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+impl Admin {
+    /// `Authorization: Bearer <token>`, compared in constant time.
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        given.is_some_and(|t| bool::from(token_digest(t).ct_eq(&self.token)))
+    }
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(json!({"error": "unauthorized"})),
+    )
+        .into_response()
+}
+
+#[derive(Serialize)]
+struct FlowJson {
+    packets: u64,
+    bytes: u64,
+}
+
+impl From<Flow> for FlowJson {
+    fn from(f: Flow) -> Self {
+        FlowJson {
+            packets: f.packets,
+            bytes: f.bytes,
+        }
+    }
+}
+
+/// coturn's four flows: the server's view of the client side (`rcv` from, `sent` to the client)
+/// and of the peer side.
+#[derive(Serialize)]
+struct TrafficJson {
+    rcv: FlowJson,
+    sent: FlowJson,
+    peer_rcv: FlowJson,
+    peer_sent: FlowJson,
+    dropped: FlowJson,
+}
+
+impl From<&AllocationStats> for TrafficJson {
+    fn from(s: &AllocationStats) -> Self {
+        TrafficJson {
+            rcv: s.client_rcv.into(),
+            sent: s.client_sent.into(),
+            peer_rcv: s.peer_rcv.into(),
+            peer_sent: s.peer_sent.into(),
+            dropped: s.dropped.into(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct AllocationJson {
+    id: String,
+    worker: usize,
+    username: String,
+    realm: String,
+    transport: &'static str,
+    client: SocketAddr,
+    server: SocketAddr,
+    relay: SocketAddr,
+    reported_relay: SocketAddr,
+    started_unix: u64,
+    expires_in: u64,
+    permissions: usize,
+    channels: usize,
+    /// Bytes/s received from the client and from peers, over the last few seconds.
+    rate_bytes_per_sec: f64,
+    traffic: TrafficJson,
+}
+
+impl AllocationJson {
+    fn new(m: &Monitor, worker: usize, a: &AllocationInfo) -> Self {
+        AllocationJson {
+            id: metrics::format_id(worker, a.id),
+            worker,
+            username: a.username.clone(),
+            realm: m.opts.realm.clone(),
+            transport: a.five_tuple.transport.as_str(),
+            client: a.five_tuple.client,
+            server: a.five_tuple.server,
+            relay: a.relay,
+            reported_relay: a.reported_relay,
+            started_unix: a.started_unix,
+            expires_in: a.expires_in,
+            permissions: a.permissions,
+            channels: a.channels,
+            rate_bytes_per_sec: m.rate(worker, a.id),
+            traffic: (&a.stats).into(),
+        }
+    }
+}
+
+async fn list_allocations(
+    State(s): State<Arc<Admin>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if !s.authorized(&headers) {
+        return unauthorized();
+    }
+    let user = q.get("user");
+    let snaps = s.monitor.snapshots();
+    let list: Vec<AllocationJson> = snaps
+        .iter()
+        .enumerate()
+        .flat_map(|(w, snap)| snap.allocations.iter().map(move |a| (w, a)))
+        .filter(|(_, a)| user.map_or(true, |u| &a.username == u))
+        .map(|(w, a)| AllocationJson::new(&s.monitor, w, a))
+        .collect();
+    Json(json!({ "allocations": list })).into_response()
+}
+
+async fn kill_allocation(
+    State(s): State<Arc<Admin>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if !s.authorized(&headers) {
+        return unauthorized();
+    }
+    let Some((w, aid)) = metrics::parse_id(&id) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "bad allocation id"})),
+        )
+            .into_response();
+    };
+    let workers = s.monitor.workers();
+    let known = workers.get(w).is_some_and(|h| {
+        h.snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allocations
+            .iter()
+            .any(|a| a.id == aid)
+    });
+    if !known {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no such allocation"})),
+        )
+            .into_response();
+    }
+    let _ = workers[w].control.send(Control::Kill(aid));
+    tracing::info!("admin API: ending allocation {id}");
+    Json(json!({ "killed": [id] })).into_response()
+}
+
+async fn kill_user(
+    State(s): State<Arc<Admin>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if !s.authorized(&headers) {
+        return unauthorized();
+    }
+    let mut killed = Vec::new();
+    for (w, snap) in s.monitor.snapshots().iter().enumerate() {
+        for a in snap.allocations.iter().filter(|a| a.username == name) {
+            killed.push(metrics::format_id(w, a.id));
+        }
+    }
+    // Every worker, not only those whose snapshot lists the user: an allocation made in the last
+    // second is not in a snapshot yet.
+    for h in s.monitor.workers() {
+        let _ = h.control.send(Control::KillUser(name.clone()));
+    }
+    tracing::info!("admin API: ending {} allocation(s) of a user", killed.len());
+    tracing::debug!("admin API: ending the allocations of user {name}");
+    Json(json!({ "killed": killed })).into_response()
+}
+
+async fn stats(State(s): State<Arc<Admin>>, headers: HeaderMap) -> Response {
+    if !s.authorized(&headers) {
+        return unauthorized();
+    }
+    let snaps = s.monitor.snapshots();
+    let c = Monitor::total_counters(&snaps);
+    let mut traffic = c.closed_traffic;
+    for snap in &snaps {
+        for a in &snap.allocations {
+            traffic.merge(&a.stats);
+        }
+    }
+    let workers: Vec<_> = snaps
+        .iter()
+        .enumerate()
+        .map(|(w, snap)| {
+            json!({
+                "worker": w,
+                "allocations": snap.allocations.len(),
+                "draining": snap.draining,
+            })
+        })
+        .collect();
+    let ports: Vec<_> = s
+        .monitor
+        .ports_free()
+        .into_iter()
+        .map(|(ip, free)| json!({"ip": ip, "free": free}))
+        .collect();
+    Json(json!({
+        "allocations": snaps.iter().map(|x| x.allocations.len()).sum::<usize>(),
+        "traffic": TrafficJson::from(&traffic),
+        "binding_requests": c.binding_requests,
+        "binding_responses": c.binding_responses,
+        "binding_errors": c.binding_errors,
+        "allocations_created": c.allocations_created,
+        "allocations_expired": c.allocations_expired,
+        "allocations_deleted": c.allocations_deleted,
+        "allocations_refused": c.allocations_refused,
+        "unauthorized": c.unauthorized,
+        "auth_failures": c.auth_failures,
+        "stale_nonces": c.stale_nonces,
+        "malformed": c.malformed,
+        "dropped_no_permission": c.dropped_no_permission,
+        "dropped_bandwidth": c.dropped_bandwidth,
+        "relay_ports_free": ports,
+        "workers": workers,
+    }))
+    .into_response()
+}

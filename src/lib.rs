@@ -5,8 +5,10 @@
 //! owns allocations, permissions, channels, nonces, auth and accounting, and that never touches a
 //! socket or a clock. The engine answers with routing decisions (data plane) or messages to send
 //! (control plane); the worker does the I/O. Everything a user configures enters through [`config`],
-//! everything a user can watch leaves through [`metrics`] and [`http`].
+//! everything a user can watch leaves through [`metrics`] and [`http`]. The load harness ([`bench`],
+//! binary `vigi-bench`) sits beside the relay and shares only [`proto`] and the credential code.
 
+pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod http;

@@ -1,6 +1,8 @@
 //! Logging that a SIGHUP can change: the level (`-v`/`-V`, unless `RUST_LOG` is set) through a
 //! `tracing_subscriber::reload` layer, and the destination (`--log-file`), which is reopened on
-//! every reload so that logrotate's move-then-HUP works.
+//! every reload so that logrotate's move-then-HUP works. `--log-json` writes one JSON object per
+//! line. The allocation lifecycle lines are [`vigi_turn::metrics::log_allocation_started`] and
+//! [`vigi_turn::metrics::log_allocation_ended`].
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -71,14 +73,23 @@ impl Logging {
         let (target, problem) = open_target(config);
         let ansi = matches!(target, Target::Stdout) && io::IsTerminal::is_terminal(&io::stdout());
         let sink = Sink(Arc::new(Mutex::new(target)));
+        // `--log-json`: one JSON object per line instead of text (exactly one of the two layers).
+        let json = config.log_json.then(|| {
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_target(false)
+                .with_writer(sink.clone())
+        });
+        let text = (!config.log_json).then(|| {
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_ansi(ansi)
+                .with_writer(sink.clone())
+        });
         tracing_subscriber::registry()
             .with(filter)
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_target(false)
-                    .with_ansi(ansi)
-                    .with_writer(sink.clone()),
-            )
+            .with(json)
+            .with(text)
             .init();
         if let Some(p) = problem {
             tracing::warn!("{p}");

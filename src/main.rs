@@ -70,8 +70,10 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
     let engine = Arc::new(engine_config(&config, relay_ips.clone()));
     let nonce_key: [u8; 32] = rand::random();
     let shared = Arc::new(Shared::new(config.min_port, config.max_port, nonce_key));
+    let tls_source = tls_source(&config)?;
     let mut udp = Vec::new();
     let mut tcp = Vec::new();
+    let mut tls = Vec::new();
     for ip in &listen_ips {
         if ip.is_ipv6() && wildcard_default && !ipv6_available() {
             continue;
@@ -83,14 +85,16 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         if !config.no_tcp {
             tcp.push(addr);
         }
-    }
-    if config.cert.is_some() && !config.no_tls {
-        tracing::warn!("TLS and DTLS listeners are not implemented yet; serving UDP and TCP only");
+        if tls_source.is_some() {
+            tls.push(SocketAddr::new(*ip, config.tls_listening_port));
+        }
     }
     let rc = RunConfig {
         workers: config.relay_threads,
         udp,
         tcp,
+        tls,
+        tls_source,
         sock_buf_size: config.sock_buf_size,
         max_tcp_connections: if config.max_tcp_connections == 0 {
             usize::MAX
@@ -100,7 +104,9 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         engine,
         shared,
     };
+    let observe = vigi_turn::http::Observe::from(&rc);
     let running = io::start(rc).context("starting listeners")?;
+    let _http = vigi_turn::http::spawn(&config, &running, observe).context("starting HTTP")?;
     if let Some(p) = &config.pidfile {
         if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
             tracing::warn!("cannot write pid file {}: {e}", p.display());
@@ -113,10 +119,11 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         return Err(e.context("dropping privileges"));
     }
     tracing::info!(
-        "vigi-turn {} listening on udp {:?} tcp {:?}, relaying from {:?} ports {}-{}, {} workers",
+        "vigi-turn {} listening on udp {:?} tcp {:?} tls {:?}, relaying from {:?} ports {}-{}, {} workers",
         env!("CARGO_PKG_VERSION"),
         running.udp_addrs,
         running.tcp_addrs,
+        running.tls_addrs,
         relay_ips,
         config.min_port,
         config.max_port,
@@ -146,6 +153,32 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         let _ = std::fs::remove_file(p);
     }
     exit.map(|_| ())
+}
+
+/// The TLS certificate source, following coturn: no `--cert`, no TLS. A `--cert` without `--pkey`
+/// reads the key from the certificate file. An unusable certificate or key is a start-up error,
+/// before any socket is bound.
+fn tls_source(config: &Config) -> Result<Option<Arc<io::tls::TlsSource>>> {
+    if config.no_tls {
+        return Ok(None);
+    }
+    let Some(cert) = config.cert.clone() else {
+        tracing::info!("no --cert given: TLS listeners are off (DTLS is not implemented)");
+        return Ok(None);
+    };
+    if config.cipher_list.is_some() {
+        tracing::warn!(
+            "--cipher-list is accepted and ignored: rustls serves its own safe suites \
+             (TLS 1.3 and TLS 1.2 ECDHE-AEAD)"
+        );
+    }
+    let settings = io::tls::TlsSettings {
+        pkey: config.pkey.clone().unwrap_or_else(|| cert.clone()),
+        cert,
+        no_tls12: config.no_tlsv1_2,
+    };
+    let source = io::tls::TlsSource::new(settings)?;
+    Ok(Some(Arc::new(source)))
 }
 
 fn ipv6_available() -> bool {
@@ -290,6 +323,7 @@ pub(crate) fn engine_config(config: &Config, relay_ips: Vec<IpAddr>) -> ServerCo
         user_quota: config.user_quota,
         total_quota: config.total_quota,
         max_bps: config.max_bps,
+        bps_capacity: config.bps_capacity / config.relay_threads.max(1) as u64,
         unauthorized_ratelimit: config.unauthorized_ratelimit,
         udp_relay: !config.no_udp_relay,
         strict_expiry: config.strict_expiry,

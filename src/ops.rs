@@ -1,5 +1,5 @@
 //! Running the process once the workers are up: signals (SIGHUP reload, SIGUSR1 drain,
-//! SIGTERM/SIGINT stop), the systemd watchdog, and the process-level settings applied around
+//! SIGUSR2 TLS certificate reload, SIGTERM/SIGINT stop), the systemd watchdog, and the process-level settings applied around
 //! binding (RLIMIT_NOFILE before, `--proc-user`/`--proc-group` after).
 
 use std::ffi::{CString, OsString};
@@ -46,6 +46,7 @@ pub struct Signals {
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
     usr1: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -55,13 +56,14 @@ impl Signals {
             .enable_all()
             .build()?;
         // Registering a signal needs the runtime's context; the streams outlive the guard.
-        let (term, int, hup, usr1) = {
+        let (term, int, hup, usr1, usr2) = {
             let _in_rt = rt.enter();
             (
                 signal(SignalKind::terminate())?,
                 signal(SignalKind::interrupt())?,
                 signal(SignalKind::hangup())?,
                 signal(SignalKind::user_defined1())?,
+                signal(SignalKind::user_defined2())?,
             )
         };
         Ok(Signals {
@@ -70,6 +72,7 @@ impl Signals {
             int,
             hup,
             usr1,
+            usr2,
         })
     }
 }
@@ -86,8 +89,9 @@ impl Ops<'_> {
             mut int,
             mut hup,
             mut usr1,
+            mut usr2,
         } = signals;
-        rt.block_on(self.signal_loop(&mut term, &mut int, &mut hup, &mut usr1))
+        rt.block_on(self.signal_loop(&mut term, &mut int, &mut hup, &mut usr1, &mut usr2))
     }
 
     async fn signal_loop(
@@ -96,6 +100,7 @@ impl Ops<'_> {
         int: &mut tokio::signal::unix::Signal,
         hup: &mut tokio::signal::unix::Signal,
         usr1: &mut tokio::signal::unix::Signal,
+        usr2: &mut tokio::signal::unix::Signal,
     ) -> Result<Exit> {
         self.notifier.ready();
         let watchdog_every = self.notifier.watchdog_interval();
@@ -126,6 +131,15 @@ impl Ops<'_> {
                         tracing::info!("SIGUSR1: already draining");
                     }
                 }
+                _ = usr2.recv() => match &self.running.tls {
+                    // The next handshake on any worker gets the new certificate; live
+                    // connections keep the session they have.
+                    Some(tls) => match tls.reload() {
+                        Ok(()) => tracing::info!("SIGUSR2: TLS certificate and key reloaded"),
+                        Err(e) => tracing::error!("SIGUSR2: keeping the old TLS certificate: {e}"),
+                    },
+                    None => tracing::info!("SIGUSR2: TLS is off; nothing to reload"),
+                },
                 _ = poll.tick(), if drain_deadline.is_some() => {
                     let snaps = self.running.snapshots();
                     // A snapshot taken before the workers saw Drain(true) proves nothing.
@@ -189,6 +203,10 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         relay_threads => "relay-threads",
         no_udp => "no-udp",
         no_tcp => "no-tcp",
+        no_tls => "no-tls",
+        no_tlsv1_2 => "no-tlsv1_2",
+        cert => "cert (path; SIGUSR2 re-reads the files)",
+        pkey => "pkey (path; SIGUSR2 re-reads the files)",
         sock_buf_size => "sock-buf-size",
         max_tcp_connections => "max-tcp-connections",
         proc_user => "proc-user",

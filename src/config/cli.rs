@@ -340,6 +340,24 @@ pub struct Cli {
     /// Label traffic metrics with user names (unbounded label set: use with care).
     #[arg(long = "prometheus-username-labels")]
     pub prometheus_username_labels: bool,
+    /// Export per-allocation series for the K busiest allocations (0 = off); bounded cardinality.
+    #[arg(
+        long = "prometheus-top-allocations",
+        value_name = "K",
+        default_value_t = 0
+    )]
+    pub prometheus_top_allocations: usize,
+
+    // ---- admin API and logs (vigi-turn extensions) ----
+    /// Serve the admin HTTP API on this address (needs --admin-token).
+    #[arg(long = "admin-listen", value_name = "ADDR:PORT")]
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// Bearer token the admin API requires.
+    #[arg(long = "admin-token", value_name = "TOKEN", env = "VIGI_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
+    /// Log as JSON lines (one object per event).
+    #[arg(long = "log-json")]
+    pub log_json: bool,
 }
 
 /// How an option vigi-turn does not implement is treated when it is set.

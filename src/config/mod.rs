@@ -19,7 +19,7 @@ pub mod types;
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use clap::{ArgMatches, Command, FromArgMatches};
@@ -161,6 +161,15 @@ pub struct Config {
     /// `None`: all interfaces.
     pub prometheus_address: Option<IpAddr>,
     pub prometheus_username_labels: bool,
+    /// Per-allocation series for the K busiest allocations; 0 = none.
+    pub prometheus_top_allocations: usize,
+
+    // ---- admin API and logs ----
+    /// Where the admin API listens; `None` = no admin API.
+    pub admin_listen: Option<SocketAddr>,
+    /// The admin API's bearer token (always set when `admin_listen` is).
+    pub admin_token: Option<String>,
+    pub log_json: bool,
 
     // ---- provenance ----
     /// The config file actually read, if any.
@@ -584,6 +593,10 @@ fn resolve(
         prometheus_port: cli.prometheus_port,
         prometheus_address: cli.prometheus_address,
         prometheus_username_labels: cli.prometheus_username_labels,
+        prometheus_top_allocations: cli.prometheus_top_allocations,
+        admin_listen: cli.admin_listen,
+        admin_token: non_empty(cli.admin_token),
+        log_json: cli.log_json,
         conf_file,
         warnings: warnings.list,
     })
@@ -591,6 +604,12 @@ fn resolve(
 
 /// Cross-option checks; each error names the flag to change.
 fn validate(cli: &Cli) -> Result<(), ConfigError> {
+    if cli.admin_listen.is_some() && cli.admin_token.as_deref().unwrap_or("").is_empty() {
+        return Err(ConfigError::invalid(
+            "--admin-listen",
+            "needs --admin-token (the admin API never runs without authentication)",
+        ));
+    }
     if cli.min_port > cli.max_port {
         return Err(ConfigError::invalid(
             "--min-port",
@@ -760,6 +779,16 @@ impl fmt::Debug for Config {
                 "prometheus_username_labels",
                 &self.prometheus_username_labels,
             )
+            .field(
+                "prometheus_top_allocations",
+                &self.prometheus_top_allocations,
+            )
+            .field("admin_listen", &self.admin_listen)
+            .field(
+                "admin_token",
+                &Redacted(usize::from(self.admin_token.is_some())),
+            )
+            .field("log_json", &self.log_json)
             .field("conf_file", &self.conf_file)
             .field("warnings", &self.warnings)
             .finish()

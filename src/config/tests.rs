@@ -530,3 +530,45 @@ fn unauthorized_ratelimit_flag_and_file_key() {
     let e = err(file(&["vigi-turn"], "unauthorized-ratelimit=lots\n"));
     assert!(e.contains("unauthorized-ratelimit"), "{e}");
 }
+
+#[test]
+fn observability_flags() {
+    let c = load(&[
+        "vigi-turn",
+        "-n",
+        "--prometheus-top-allocations",
+        "10",
+        "--admin-listen",
+        "127.0.0.1:9000",
+        "--admin-token",
+        "tok-s3cret",
+        "--log-json",
+    ])
+    .unwrap();
+    assert_eq!(c.prometheus_top_allocations, 10);
+    assert_eq!(c.admin_listen, Some("127.0.0.1:9000".parse().unwrap()));
+    assert_eq!(c.admin_token.as_deref(), Some("tok-s3cret"));
+    assert!(c.log_json);
+    assert!(!format!("{c:?}").contains("tok-s3cret"), "token redacted");
+    let d = load(&["vigi-turn", "-n"]).unwrap();
+    assert_eq!(d.prometheus_top_allocations, 0);
+    assert_eq!(d.admin_listen, None);
+    // The file form works too.
+    let f = file(
+        &["vigi-turn"],
+        "admin-listen=127.0.0.1:9001\nadmin-token=t\n",
+    )
+    .unwrap();
+    assert_eq!(f.admin_listen, Some("127.0.0.1:9001".parse().unwrap()));
+}
+
+#[test]
+fn admin_listen_needs_a_token() {
+    let e = err(load(&[
+        "vigi-turn",
+        "-n",
+        "--admin-listen",
+        "127.0.0.1:9000",
+    ]));
+    assert!(e.starts_with("--admin-listen:"), "{e}");
+}

@@ -163,6 +163,8 @@ pub enum AuthFailure {
     Expired,
     /// Only an MD5 key is known for this user, and SHA-256 was asked for.
     NoKeyForAlgorithm,
+    /// The user is known; MESSAGE-INTEGRITY matched none of its keys.
+    WrongCredentials,
 }
 
 /// Everything needed to check a request's credentials.

@@ -78,6 +78,9 @@ pub struct ServerConfig {
     pub total_quota: u32,
     /// Bytes/s per allocation and direction, 0 = unlimited.
     pub max_bps: u64,
+    /// Bytes/s this engine relays in all, both directions, 0 = unlimited (`--bps-capacity`
+    /// divided among the workers by the caller, so no bucket is shared between threads).
+    pub bps_capacity: u64,
     pub udp_relay: bool,
     pub max_permissions: usize,
     pub max_channels: usize,
@@ -112,6 +115,7 @@ impl Default for ServerConfig {
             user_quota: 0,
             total_quota: 0,
             max_bps: 0,
+            bps_capacity: 0,
             udp_relay: true,
             max_permissions: 256,
             max_channels: 256,
@@ -235,6 +239,56 @@ pub enum PeerDecision {
     Drop,
 }
 
+/// Error codes an Allocate can be refused with, counted one by one (the last slot: any other).
+pub const REFUSAL_CODES: [u16; 9] = [300, 400, 403, 437, 440, 442, 486, 508, 0];
+
+/// Refused Allocates by error code ([`REFUSAL_CODES`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RefusedByCode(pub [u64; REFUSAL_CODES.len()]);
+
+impl RefusedByCode {
+    pub fn add(&mut self, code: u16) {
+        let i = REFUSAL_CODES
+            .iter()
+            .position(|&c| c == code)
+            .unwrap_or(REFUSAL_CODES.len() - 1);
+        self.0[i] += 1;
+    }
+
+    /// (code, count); code 0 stands for "other".
+    pub fn iter(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        REFUSAL_CODES.iter().copied().zip(self.0.iter().copied())
+    }
+
+    pub fn merge(&mut self, o: &RefusedByCode) {
+        for (a, b) in self.0.iter_mut().zip(o.0) {
+            *a += b;
+        }
+    }
+}
+
+/// Failed credentials by reason.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AuthFailures {
+    /// No such user (or a realm that is not ours, or an unreadable username).
+    pub unknown_user: u64,
+    /// The user exists, MESSAGE-INTEGRITY did not match: wrong password or secret.
+    pub wrong_credentials: u64,
+    /// A REST username whose expiry has passed.
+    pub expired: u64,
+    /// SHA-256 asked for a user known only by an MD5 key.
+    pub algorithm: u64,
+}
+
+impl AuthFailures {
+    pub fn merge(&mut self, o: &AuthFailures) {
+        self.unknown_user += o.unknown_user;
+        self.wrong_credentials += o.wrong_credentials;
+        self.expired += o.expired;
+        self.algorithm += o.algorithm;
+    }
+}
+
 /// Event counts since start, for metrics (summed across workers at scrape time).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Counters {
@@ -251,6 +305,10 @@ pub struct Counters {
     pub malformed: u64,
     pub dropped_no_permission: u64,
     pub dropped_bandwidth: u64,
+    /// Refused Allocates by error code.
+    pub refused_by_code: RefusedByCode,
+    /// Failed credentials by reason (their sum is `auth_failures`).
+    pub auth_failures_by_reason: AuthFailures,
     /// Challenges and Allocate attempts not answered: the source was over
     /// `--unauthorized-ratelimit`.
     pub rate_limited: u64,
@@ -264,6 +322,16 @@ pub struct Counters {
 struct Slot {
     generation: u32,
     alloc: Option<Allocation>,
+}
+
+/// The live allocation in slot `id`, borrowing only the slab (so other fields stay usable).
+#[inline]
+fn slot_mut(slots: &mut [Slot], id: AllocationId) -> Option<&mut Allocation> {
+    let s = slots.get_mut(id.index as usize)?;
+    if s.generation != id.generation {
+        return None;
+    }
+    s.alloc.as_mut()
 }
 
 /// Who a request authenticated as, and how to sign the answer.
@@ -294,6 +362,8 @@ pub struct Server {
     /// A monotonic instant and the Unix time it corresponds to.
     unix_base: (Instant, u64),
     counters: Counters,
+    /// The server-wide bandwidth cap (this worker's share of `--bps-capacity`).
+    capacity: TokenBucket,
     draining: bool,
     limiter: Limiter,
 }
@@ -312,6 +382,7 @@ impl Server {
         let mut key_rng = SmallRng::seed_from_u64(seed ^ 0x6c69_6d69_7465_7221);
         let limiter = Limiter::new(now, (key_rng.gen(), key_rng.gen()));
         Server {
+            capacity: TokenBucket::new(config.bps_capacity, now),
             config,
             shared,
             slots: Vec::new(),
@@ -329,6 +400,9 @@ impl Server {
 
     /// Swap in a new configuration (reload). Live allocations keep their credentials and state.
     pub fn set_config(&mut self, config: Arc<ServerConfig>) {
+        if config.bps_capacity != self.config.bps_capacity {
+            self.capacity = TokenBucket::new(config.bps_capacity, self.unix_base.0);
+        }
         self.config = config;
     }
 
@@ -373,7 +447,7 @@ impl Server {
                 let credential_ended = a.credential_expiry.is_some_and(|e| e <= now);
                 if (a.expires <= now || credential_ended) && a.state == State::Active {
                     self.counters.allocations_expired += 1;
-                    self.free(id);
+                    self.free(id, "allocation timeout");
                 }
             }
         }
@@ -405,12 +479,13 @@ impl Server {
     pub fn handle_transport_closed(&mut self, five: FiveTuple) {
         if let Some(&id) = self.by_five_tuple.get(&five) {
             self.counters.allocations_deleted += 1;
-            self.free(id);
+            self.free(id, "TCP connection closed by client");
         }
     }
 
-    /// Remove an allocation and give back everything it held.
-    fn free(&mut self, id: AllocationId) {
+    /// Remove an allocation and give back everything it held; `reason` goes to the session-end
+    /// log line.
+    fn free(&mut self, id: AllocationId, reason: &str) {
         let Some(slot) = self.slots.get_mut(id.index as usize) else {
             return;
         };
@@ -428,6 +503,9 @@ impl Server {
         }
         self.shared.uncount(&a.username);
         self.counters.closed_traffic.merge(&a.stats);
+        if a.state == State::Active {
+            crate::metrics::log_allocation_ended(&self.config.realm, &a, reason);
+        }
         self.commands.push_back(Command::FreeRelay { id });
     }
 
@@ -498,7 +576,7 @@ impl Server {
         peer: SocketAddr,
         payload: Range<usize>,
     ) -> ClientDecision {
-        let Some(a) = self.get_mut(id) else {
+        let Some(a) = slot_mut(&mut self.slots, id) else {
             return ClientDecision::Done;
         };
         let len = payload.len();
@@ -507,7 +585,7 @@ impl Server {
             self.counters.dropped_no_permission += 1;
             return ClientDecision::Done;
         }
-        if !a.to_peer_bucket.try_take(now, len) {
+        if !a.to_peer_bucket.try_take(now, len) || !self.capacity.try_take(now, len) {
             a.stats.dropped.add(len);
             self.counters.dropped_bandwidth += 1;
             return ClientDecision::Done;
@@ -592,7 +670,7 @@ impl Server {
                 .is_some_and(|a| a.state == State::Active && a.expires <= now)
             {
                 self.counters.allocations_expired += 1;
-                self.free(id);
+                self.free(id, "allocation timeout");
             }
         }
         // A retransmitted request on an allocation gets the cached answer (RFC 8489 §6.3.1,
@@ -875,6 +953,7 @@ impl Server {
         };
         // An allocation keeps the key it was made with, so a reload (SIGHUP) that changes a
         // secret, password or realm never cuts a live call; an expired REST name still fails.
+        let lookup_failure = keys.as_ref().err().copied();
         let mut keys = match keys {
             Ok(k) => Some(k),
             Err(AuthFailure::Expired) => None,
@@ -886,6 +965,11 @@ impl Server {
                 list.extend(held.map(|a| a.key.clone()));
             }
         }
+        let failure = match (&keys, &username) {
+            (None, _) => AuthFailure::Expired,
+            (Some(_), None) => AuthFailure::UnknownUser,
+            (Some(_), Some(_)) => lookup_failure.unwrap_or(AuthFailure::WrongCredentials),
+        };
         let keys = keys.ok_or(AuthFailure::Expired);
         let use_sha256 = m.has_integrity_sha256();
         let matched = keys.ok().and_then(|keys| {
@@ -899,6 +983,13 @@ impl Server {
         });
         let (Some(key), Some(username)) = (matched, username) else {
             self.counters.auth_failures += 1;
+            let r = &mut self.counters.auth_failures_by_reason;
+            match failure {
+                AuthFailure::UnknownUser => r.unknown_user += 1,
+                AuthFailure::Expired => r.expired += 1,
+                AuthFailure::NoKeyForAlgorithm => r.algorithm += 1,
+                AuthFailure::WrongCredentials => r.wrong_credentials += 1,
+            }
             self.challenge(now, five, m, 401);
             return None;
         };
@@ -967,6 +1058,7 @@ impl Server {
         macro_rules! refuse {
             ($code:expr) => {{
                 self.counters.allocations_refused += 1;
+                self.counters.refused_by_code.add($code);
                 let sign = self.signed(m, &auth);
                 let data = self.build_response(m, Class::Error, sign, |b| {
                     b.error_code($code, "");
@@ -983,6 +1075,7 @@ impl Server {
         if self.draining {
             if let Some(alt) = self.config.alternate_server {
                 self.counters.allocations_refused += 1;
+                self.counters.refused_by_code.add(300);
                 let sign = self.signed(m, &auth);
                 let data = self.build_response(m, Class::Error, sign, |b| {
                     b.error_code(300, "Try Alternate");
@@ -1269,7 +1362,8 @@ impl Server {
                 }
             }
             self.counters.allocations_refused += 1;
-            self.free(id);
+            self.counters.refused_by_code.add(508);
+            self.free(id, "no relay port");
             if let Some(p) = pending {
                 let mut out = Vec::with_capacity(96);
                 let mut b = MessageBuilder::new(&mut out, Method::ALLOCATE, Class::Error, &p.tid);
@@ -1331,6 +1425,9 @@ impl Server {
             b.fingerprint();
         }
         self.counters.allocations_created += 1;
+        if let Some(a) = self.get(id) {
+            crate::metrics::log_allocation_started(&self.config.realm, a, p.lifetime);
+        }
         self.timers.push(Reverse((expires, id)));
         if let Some(e) = self.get(id).and_then(|a| a.credential_expiry) {
             self.timers.push(Reverse((e, id)));
@@ -1379,7 +1476,7 @@ impl Server {
         let sign = self.signed(m, &auth);
         if requested == Some(0) {
             self.counters.allocations_deleted += 1;
-            self.free(id);
+            self.free(id, "deleted by client (Refresh lifetime 0)");
             let data = self.build_response(m, Class::Success, sign, |b| {
                 b.attr_u32(attr::LIFETIME, 0);
             });
@@ -1547,7 +1644,7 @@ impl Server {
             return PeerDecision::Drop;
         }
         let tid: [u8; 12] = self.rng.gen();
-        let Some(a) = self.get_mut(relay) else {
+        let Some(a) = slot_mut(&mut self.slots, relay) else {
             return PeerDecision::Drop;
         };
         a.stats.peer_rcv.add(len);
@@ -1556,7 +1653,7 @@ impl Server {
             self.counters.dropped_no_permission += 1;
             return PeerDecision::Drop;
         }
-        if !a.to_client_bucket.try_take(now, len) {
+        if !a.to_client_bucket.try_take(now, len) || !self.capacity.try_take(now, len) {
             a.stats.dropped.add(len);
             self.counters.dropped_bandwidth += 1;
             return PeerDecision::Drop;
@@ -1611,7 +1708,7 @@ impl Server {
             return false;
         }
         self.counters.allocations_deleted += 1;
-        self.free(id);
+        self.free(id, "killed by operator");
         true
     }
 

@@ -1,4 +1,4 @@
-//! Every syscall: worker threads, UDP listeners, TCP streams and relay sockets.
+//! Every syscall: worker threads, UDP listeners, TCP and TLS streams and relay sockets.
 //!
 //! Workers share nothing (DESIGN.md, "The data path"): each is a thread with its own
 //! current-thread tokio runtime, its own engine shard ([`crate::engine::Server`]), its own
@@ -9,6 +9,7 @@
 
 pub mod relay;
 pub mod stream;
+pub mod tls;
 pub mod udp;
 pub mod worker;
 
@@ -60,6 +61,10 @@ pub struct RunConfig {
     pub udp: Vec<SocketAddr>,
     /// TCP listening addresses.
     pub tcp: Vec<SocketAddr>,
+    /// TLS listening addresses (served only when `tls_source` is set).
+    pub tls: Vec<SocketAddr>,
+    /// The certificate in force for TLS listeners (swapped on SIGUSR2).
+    pub tls_source: Option<Arc<tls::TlsSource>>,
     /// SO_RCVBUF/SO_SNDBUF for listeners and relay sockets.
     pub sock_buf_size: Option<usize>,
     /// Open TCP connections allowed at once, all workers together.
@@ -76,6 +81,9 @@ pub struct Running {
     /// The addresses actually bound (with ports resolved when 0 was asked for, worker 0's).
     pub udp_addrs: Vec<SocketAddr>,
     pub tcp_addrs: Vec<SocketAddr>,
+    pub tls_addrs: Vec<SocketAddr>,
+    /// The TLS certificate source shared by the workers (for SIGUSR2).
+    pub tls: Option<Arc<tls::TlsSource>>,
 }
 
 /// Bind every listener for every worker, then start the workers.
@@ -83,9 +91,14 @@ pub struct Running {
 /// With port 0 in an address, worker 0 picks the port and the other workers bind the same one.
 pub fn start(rc: RunConfig) -> io::Result<Running> {
     let workers = rc.workers.max(1);
-    let mut per_worker: Vec<(Vec<std::net::UdpSocket>, Vec<std::net::TcpListener>)> = Vec::new();
+    let mut per_worker = Vec::new();
     let mut udp_addrs = rc.udp.clone();
     let mut tcp_addrs = rc.tcp.clone();
+    let mut tls_addrs = if rc.tls_source.is_some() {
+        rc.tls.clone()
+    } else {
+        Vec::new()
+    };
     for w in 0..workers {
         let mut udp = Vec::new();
         for a in udp_addrs.iter_mut() {
@@ -105,13 +118,22 @@ pub fn start(rc: RunConfig) -> io::Result<Running> {
             }
             tcp.push(l);
         }
-        per_worker.push((udp, tcp));
+        let mut tls = Vec::new();
+        for a in tls_addrs.iter_mut() {
+            let l = udp::bind_tcp(*a, 1024)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on tls {a}: {e}")))?;
+            if w == 0 {
+                *a = l.local_addr()?;
+            }
+            tls.push(l);
+        }
+        per_worker.push((udp, tcp, tls));
     }
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let tcp_count = Arc::new(AtomicUsize::new(0));
     let mut threads = Vec::new();
     let mut workers = Vec::new();
-    for (i, (udp, tcp)) in per_worker.into_iter().enumerate() {
+    for (i, (udp, tcp, tls)) in per_worker.into_iter().enumerate() {
         let rc = rc.clone();
         let stop_rx = stop_rx.clone();
         let tcp_count = tcp_count.clone();
@@ -126,6 +148,7 @@ pub fn start(rc: RunConfig) -> io::Result<Running> {
                     rc,
                     udp,
                     tcp,
+                    tls,
                     tcp_count,
                     stop: stop_rx,
                     control: control_rx,
@@ -145,6 +168,8 @@ pub fn start(rc: RunConfig) -> io::Result<Running> {
         stop,
         udp_addrs,
         tcp_addrs,
+        tls_addrs,
+        tls: rc.tls_source.clone(),
     })
 }
 

@@ -5,15 +5,13 @@
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::ops::Range;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 
 use super::udp::BATCH;
 
-use super::worker::{Relay, WorkerState, READ_BUDGET};
+use super::worker::{read_batches, Relay, WorkerState};
 use crate::engine::{AllocationId, FiveTuple, PeerDecision};
 
 /// Bind the relay socket of allocation `id` and start reading it.
@@ -39,54 +37,28 @@ pub(crate) fn bind(
 }
 
 async fn read_loop(st: Rc<WorkerState>, id: AllocationId, sock: Rc<AsyncFd<UdpSocket>>) {
-    let fd = sock.as_raw_fd();
-    loop {
-        let mut ready = match sock.readable().await {
-            Ok(r) => r,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+    read_batches(st, sock, move |st, batch, now| {
+        // Every datagram of one relay goes to the same client: collect the framed ones and send
+        // them with one sendmmsg.
+        let mut out: [(Range<usize>, Option<FiveTuple>); BATCH] =
+            std::array::from_fn(|_| (0..0, None));
+        let mut count = 0;
+        for i in 0..batch.len() {
+            let Some(peer) = batch.addr(i) else {
                 continue;
-            }
-        };
-        for _ in 0..READ_BUDGET {
-            let mut batch = st.batch.borrow_mut();
-            let n = match batch.recv(fd) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ready.clear_ready();
-                    break;
-                }
-                Err(_) => continue,
             };
-            let now = Instant::now();
-            // Every datagram of one relay goes to the same client: collect the framed ones and
-            // send them with one sendmmsg.
-            let mut out: [(Range<usize>, Option<FiveTuple>); BATCH] =
-                std::array::from_fn(|_| (0..0, None));
-            let mut count = 0;
-            for i in 0..n {
-                let Some(peer) = batch.addr(i) else {
-                    continue;
-                };
-                let base = batch.slot_start(i);
-                let (slot, range) = batch.slot_mut(i);
-                let decision = st
-                    .engine
-                    .borrow_mut()
-                    .handle_peer_input(now, id, peer, slot, range);
-                if let PeerDecision::Forward { to, frame } = decision {
-                    out[count] = (base + frame.start..base + frame.end, Some(to));
-                    count += 1;
-                }
-            }
-            st.send_frames_to_client(&batch, &out[..count]);
-            drop(batch);
-            if n < BATCH {
-                // See udp_listener: no EAGAIN round trip when the queue is known empty.
-                ready.clear_ready();
-                break;
+            let base = batch.slot_start(i);
+            let (slot, range) = batch.slot_mut(i);
+            let decision = st
+                .engine
+                .borrow_mut()
+                .handle_peer_input(now, id, peer, slot, range);
+            if let PeerDecision::Forward { to, frame } = decision {
+                out[count] = (base + frame.start..base + frame.end, Some(to));
+                count += 1;
             }
         }
-        tokio::task::yield_now().await;
-    }
+        st.send_frames_to_client(batch, &out[..count]);
+    })
+    .await
 }

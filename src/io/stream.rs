@@ -1,17 +1,20 @@
 //! STUN/TURN over TCP (RFC 8656 §3.1, RFC 8489 §6.2.2): messages and ChannelData (padded to 4
 //! bytes) back to back on one connection, framed check-then-parse. One connection is one 5-tuple,
 //! so it holds at most one allocation, which ends when the connection closes. Connections are
-//! capped across workers and closed when idle.
+//! capped across workers and closed when idle. TLS connections (`turns:`) take the same path once
+//! the handshake is done: the handler is generic over the byte stream.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use super::tls::TlsSource;
 use super::worker::WorkerState;
 use crate::engine::{ClientDecision, FiveTuple, Transport};
 use crate::proto::framing::{frame_len, MAX_FRAME};
@@ -27,8 +30,16 @@ const NO_ALLOCATION_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames queued for a client that does not read; beyond this they are dropped.
 const SEND_QUEUE: usize = 1024;
+/// A TLS handshake not done in this time is dropped (half-open and slowloris clients).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(crate) async fn accept_loop(st: Rc<WorkerState>, listener: TcpListener) {
+/// Accept connections on one listener: plain TCP when `tls` is `None`, else TLS with the
+/// certificate in force at each handshake. Both count toward `--max-tcp-connections`.
+pub(crate) async fn accept_loop(
+    st: Rc<WorkerState>,
+    listener: TcpListener,
+    tls: Option<Arc<TlsSource>>,
+) {
     let local = match listener.local_addr() {
         Ok(a) => a,
         Err(_) => return,
@@ -52,26 +63,54 @@ pub(crate) async fn accept_loop(st: Rc<WorkerState>, listener: TcpListener) {
         }
         let _ = stream.set_nodelay(true);
         let st2 = st.clone();
+        let tls = tls.clone();
         tokio::task::spawn_local(async move {
-            connection(st2.clone(), stream, peer, local).await;
+            match tls {
+                None => connection(st2.clone(), stream, Transport::Tcp, peer, local).await,
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => connection(st2.clone(), s, Transport::Tls, peer, local).await,
+                        Ok(Err(e)) => tracing::debug!("tls handshake from {peer}: {e}"),
+                        Err(_) => tracing::debug!("tls handshake from {peer}: timed out"),
+                    }
+                }
+            }
             st2.tcp_count.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
 
-async fn connection(st: Rc<WorkerState>, stream: TcpStream, client: SocketAddr, local: SocketAddr) {
+async fn connection<S>(
+    st: Rc<WorkerState>,
+    stream: S,
+    transport: Transport,
+    client: SocketAddr,
+    local: SocketAddr,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
     let five = FiveTuple {
-        transport: Transport::Tcp,
+        transport,
         client,
         server: local,
     };
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(SEND_QUEUE);
     st.streams.borrow_mut().insert(five, tx);
     let writer = tokio::task::spawn_local(async move {
         while let Some(buf) = rx.recv().await {
             if wr.write_all(&buf).await.is_err() {
-                break;
+                return;
+            }
+            // Write what else is queued, then flush once (TLS buffers records; TCP is a no-op).
+            while let Ok(buf) = rx.try_recv() {
+                if wr.write_all(&buf).await.is_err() {
+                    return;
+                }
+            }
+            if wr.flush().await.is_err() {
+                return;
             }
         }
     });

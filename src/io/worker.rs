@@ -55,6 +55,7 @@ pub(crate) struct WorkerInit {
     pub rc: RunConfig,
     pub udp: Vec<std::net::UdpSocket>,
     pub tcp: Vec<std::net::TcpListener>,
+    pub tls: Vec<std::net::TcpListener>,
     pub tcp_count: Arc<AtomicUsize>,
     pub stop: tokio::sync::watch::Receiver<bool>,
     pub control: mpsc::UnboundedReceiver<Control>,
@@ -67,6 +68,7 @@ pub(crate) fn run(init: WorkerInit) {
         rc,
         udp,
         tcp,
+        tls,
         tcp_count,
         mut stop,
         control,
@@ -119,9 +121,20 @@ pub(crate) fn run(init: WorkerInit) {
         for l in tcp {
             match tokio::net::TcpListener::from_std(l) {
                 Ok(l) => {
-                    tokio::task::spawn_local(stream::accept_loop(st.clone(), l));
+                    tokio::task::spawn_local(stream::accept_loop(st.clone(), l, None));
                 }
                 Err(e) => tracing::error!("worker {index}: tcp listener: {e}"),
+            }
+        }
+        if let Some(source) = &rc.tls_source {
+            for l in tls {
+                match tokio::net::TcpListener::from_std(l) {
+                    Ok(l) => {
+                        let source = Some(source.clone());
+                        tokio::task::spawn_local(stream::accept_loop(st.clone(), l, source));
+                    }
+                    Err(e) => tracing::error!("worker {index}: tls listener: {e}"),
+                }
             }
         }
         tokio::task::spawn_local(timer_loop(st.clone(), snapshot));
@@ -135,8 +148,14 @@ pub(crate) fn run(init: WorkerInit) {
     });
 }
 
-/// Read client datagrams from one listening socket, a batch per system call.
-async fn udp_listener(st: Rc<WorkerState>, local: SocketAddr, sock: Rc<AsyncFd<UdpSocket>>) {
+/// Read `sock` in batches (recvmmsg into the worker's slots) for as long as it is readable, up
+/// to [`READ_BUDGET`] batches per wake-up, handing each batch to `on_batch(state, batch, now)`.
+/// Shared by the listening sockets and the relay sockets.
+pub(crate) async fn read_batches(
+    st: Rc<WorkerState>,
+    sock: Rc<AsyncFd<UdpSocket>>,
+    mut on_batch: impl FnMut(&Rc<WorkerState>, &mut RecvBatch, Instant),
+) {
     let fd = sock.as_raw_fd();
     loop {
         let mut ready = match sock.readable().await {
@@ -157,33 +176,8 @@ async fn udp_listener(st: Rc<WorkerState>, local: SocketAddr, sock: Rc<AsyncFd<U
                 // ICMP errors surface as recv errors on Linux; they concern one peer, not us.
                 Err(_) => continue,
             };
-            let now = Instant::now();
-            for i in 0..n {
-                let Some(from) = batch.addr(i) else {
-                    continue;
-                };
-                let five = FiveTuple {
-                    transport: Transport::Udp,
-                    client: from,
-                    server: local,
-                };
-                let (slot, range) = batch.slot_mut(i);
-                let packet = &slot[range];
-                let decision = st
-                    .engine
-                    .borrow_mut()
-                    .handle_client_input(now, five, packet);
-                if let ClientDecision::Forward {
-                    relay,
-                    peer,
-                    payload,
-                } = decision
-                {
-                    st.send_to_peer(relay, peer, &packet[payload]);
-                }
-            }
+            on_batch(&st, &mut batch, Instant::now());
             drop(batch);
-            st.drain_commands(now);
             if n < super::udp::BATCH {
                 // The queue was empty when recvmmsg returned: skip the call that would say
                 // EAGAIN. A datagram arriving since raised a new event, which clear_ready keeps.
@@ -193,6 +187,38 @@ async fn udp_listener(st: Rc<WorkerState>, local: SocketAddr, sock: Rc<AsyncFd<U
         }
         tokio::task::yield_now().await;
     }
+}
+
+/// Read client datagrams from one listening socket.
+async fn udp_listener(st: Rc<WorkerState>, local: SocketAddr, sock: Rc<AsyncFd<UdpSocket>>) {
+    read_batches(st, sock, move |st, batch, now| {
+        for i in 0..batch.len() {
+            let Some(from) = batch.addr(i) else {
+                continue;
+            };
+            let five = FiveTuple {
+                transport: Transport::Udp,
+                client: from,
+                server: local,
+            };
+            let (slot, range) = batch.slot_mut(i);
+            let packet = &slot[range];
+            let decision = st
+                .engine
+                .borrow_mut()
+                .handle_client_input(now, five, packet);
+            if let ClientDecision::Forward {
+                relay,
+                peer,
+                payload,
+            } = decision
+            {
+                st.send_to_peer(relay, peer, &packet[payload]);
+            }
+        }
+        st.drain_commands(now);
+    })
+    .await
 }
 
 /// Expire allocations once a second (the engine's own heap orders them), and publish what the

@@ -643,6 +643,8 @@ fn wrong_password_and_unknown_user_are_401() {
     assert!(r.has(attr::NONCE));
     assert!(h.binds.is_empty());
     assert_eq!(h.s.counters().auth_failures, 2);
+    let r = h.s.counters().auth_failures_by_reason;
+    assert_eq!((r.wrong_credentials, r.unknown_user, r.expired), (1, 1, 0));
 }
 
 #[test]
@@ -932,6 +934,13 @@ fn quotas_are_486() {
     Client::new(udp(40003), "bob", "bob-pw")
         .allocate(&mut h)
         .assert_err(486);
+    let by_code: Vec<(u16, u64)> =
+        h.s.counters()
+            .refused_by_code
+            .iter()
+            .filter(|c| c.1 > 0)
+            .collect();
+    assert_eq!(by_code, vec![(486, 2)]);
     assert_eq!(h.shared.total_allocations.load(Ordering::Relaxed), 2);
 }
 
@@ -1207,6 +1216,8 @@ fn rest_credentials_authenticate_until_they_expire() {
     h.at(101);
     let mut late = Client::new(udp(40004), &cred.username, &cred.password);
     late.allocate(&mut h).assert_err(401);
+    let r = h.s.counters().auth_failures_by_reason;
+    assert_eq!((r.wrong_credentials, r.expired), (1, 2));
     // Static users still work alongside.
     Client::alice(udp(40005)).allocate(&mut h).assert_ok();
 }
@@ -2200,6 +2211,41 @@ fn even_port_with_reservation_survives_a_busy_port() {
         r.assert_ok().xor(attr::XOR_RELAYED_ADDRESS).unwrap().port(),
         port + 1
     );
+}
+
+#[test]
+fn bps_capacity_caps_the_whole_server() {
+    // Two allocations, no per-allocation cap, 1000 bytes/s for the engine in all.
+    let mut h = H::new(ServerConfig {
+        bps_capacity: 1000,
+        ..config()
+    });
+    let mut a = Client::alice(udp(41000));
+    let mut b = Client::alice(udp(41001));
+    for c in [&mut a, &mut b] {
+        c.allocate(&mut h).assert_ok();
+        c.permit(&mut h, peer()).assert_ok();
+    }
+    let data = [7u8; 400];
+    let si_a = a.send_indication(peer(), &data);
+    let si_b = b.send_indication(peer(), &data);
+    assert!(matches!(
+        h.input(udp(41000), &si_a),
+        ClientDecision::Forward { .. }
+    ));
+    assert!(matches!(
+        h.input(udp(41001), &si_b),
+        ClientDecision::Forward { .. }
+    ));
+    // 800 of 1000 bytes used: the third 400-byte packet, from either client, is dropped.
+    assert_eq!(h.input(udp(41000), &si_a), ClientDecision::Done);
+    assert_eq!(h.s.counters().dropped_bandwidth, 1);
+    // A second later the bucket has refilled.
+    h.at(1);
+    assert!(matches!(
+        h.input(udp(41001), &si_b),
+        ClientDecision::Forward { .. }
+    ));
 }
 
 mod hardening;

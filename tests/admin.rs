@@ -1,0 +1,348 @@
+//! The admin HTTP API against the real binary: the live allocation is listed with its counters,
+//! killing it ends it (the client's next Refresh gets 437), and a wrong or missing bearer token
+//! gets 401.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use vigi_turn::proto::{attr, Class, Message, MessageBuilder, Method};
+
+const TOKEN: &str = "admin-test-token-0123456789";
+
+/// One HTTP/1.1 request; (status, body).
+fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read response");
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map_or("", |x| x.1).to_owned();
+    (status, body)
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+fn admin_server() -> (Server, u16) {
+    admin_server_with(&["--no-auth"])
+}
+
+fn admin_server_with(auth: &[&str]) -> (Server, u16) {
+    let admin_port = free_port();
+    let listen = format!("127.0.0.1:{admin_port}");
+    let mut args = vec!["-n", "-L", "127.0.0.1"];
+    args.extend(auth);
+    args.extend([
+        "--allow-loopback-peers",
+        "--realm",
+        "admin.local",
+        "-m",
+        "2",
+        "--admin-listen",
+        &listen,
+        "--admin-token",
+        TOKEN,
+    ]);
+    let srv = start_server(&args);
+    (srv, admin_port)
+}
+
+/// A request on `s` to `server`; the answer.
+fn request(
+    s: &UdpSocket,
+    server: SocketAddr,
+    method: Method,
+    build: impl Fn(&mut MessageBuilder),
+) -> Vec<u8> {
+    let tid: [u8; 12] = rand::random();
+    let mut req = Vec::new();
+    let mut b = MessageBuilder::new(&mut req, method, Class::Request, &tid);
+    build(&mut b);
+    s.send_to(&req, server).unwrap();
+    let mut buf = vec![0u8; 1500];
+    loop {
+        let (n, _) = s.recv_from(&mut buf).expect("answer");
+        let m = Message::decode(&buf[..n]).expect("STUN answer");
+        if m.transaction_id() == &tid {
+            buf.truncate(n);
+            return buf;
+        }
+    }
+}
+
+fn error_code(answer: &[u8]) -> Option<u16> {
+    let m = Message::decode(answer).unwrap();
+    m.get(attr::ERROR_CODE)
+        .and_then(attr::read_error_code)
+        .map(|(c, _)| c)
+}
+
+#[test]
+fn list_shows_counters_and_kill_ends_the_allocation() {
+    let (srv, admin) = admin_server();
+    let server = SocketAddr::from(([127, 0, 0, 1], srv.port));
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+
+    let a = request(&client, server, Method::ALLOCATE, |b| {
+        b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    assert_eq!(Message::decode(&a).unwrap().class(), Class::Success);
+    let p = request(&client, server, Method::CREATE_PERMISSION, |b| {
+        b.xor_address(attr::XOR_PEER_ADDRESS, &peer_addr);
+    });
+    assert_eq!(Message::decode(&p).unwrap().class(), Class::Success);
+    // Three Send indications of 100 bytes each reach the peer.
+    for _ in 0..3 {
+        let tid: [u8; 12] = rand::random();
+        let mut ind = Vec::new();
+        MessageBuilder::new(&mut ind, Method::SEND, Class::Indication, &tid)
+            .xor_address(attr::XOR_PEER_ADDRESS, &peer_addr)
+            .attr(attr::DATA, &[7u8; 100]);
+        client.send_to(&ind, server).unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, _) = peer.recv_from(&mut buf).expect("relayed to peer");
+        assert_eq!(n, 100);
+    }
+
+    // The list (snapshots are published once a second).
+    let t0 = Instant::now();
+    let alloc = loop {
+        let (status, body) = http(admin, "GET", "/api/allocations", Some(TOKEN));
+        assert_eq!(status, 200, "{body}");
+        let v = json(&body);
+        let list = v["allocations"].as_array().unwrap().clone();
+        if let Some(a) = list
+            .into_iter()
+            .find(|a| a["traffic"]["rcv"]["packets"] == 3)
+        {
+            break a;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "not listed: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(alloc["traffic"]["rcv"]["bytes"], 300);
+    assert_eq!(alloc["traffic"]["peer_sent"]["bytes"], 300);
+    assert_eq!(alloc["traffic"]["peer_sent"]["packets"], 3);
+    assert_eq!(alloc["transport"], "udp");
+    assert_eq!(alloc["realm"], "admin.local");
+    assert_eq!(alloc["permissions"], 1);
+    assert_eq!(
+        alloc["client"].as_str().unwrap(),
+        client.local_addr().unwrap().to_string()
+    );
+    assert!(alloc["started_unix"].as_u64().unwrap() > 1_600_000_000);
+    let id = alloc["id"].as_str().unwrap().to_owned();
+
+    // Filter by user: nobody is called "nobody".
+    let (_, body) = http(admin, "GET", "/api/allocations?user=nobody", Some(TOKEN));
+    assert_eq!(json(&body)["allocations"].as_array().unwrap().len(), 0);
+
+    // Stats add up.
+    let (status, body) = http(admin, "GET", "/api/stats", Some(TOKEN));
+    assert_eq!(status, 200);
+    let st = json(&body);
+    assert_eq!(st["allocations"], 1);
+    assert_eq!(st["traffic"]["peer_sent"]["bytes"], 300);
+
+    // Kill: the allocation ends, and the client's next Refresh gets 437.
+    let (status, body) = http(
+        admin,
+        "DELETE",
+        &format!("/api/allocations/{id}"),
+        Some(TOKEN),
+    );
+    assert_eq!(status, 200, "{body}");
+    std::thread::sleep(Duration::from_millis(200));
+    let r = request(&client, server, Method::REFRESH, |_| {});
+    assert_eq!(error_code(&r), Some(437), "refresh after kill");
+    std::thread::sleep(Duration::from_millis(1200));
+    let (status, _) = http(
+        admin,
+        "DELETE",
+        &format!("/api/allocations/{id}"),
+        Some(TOKEN),
+    );
+    assert_eq!(status, 404, "gone from the list");
+    let (status, _) = http(admin, "DELETE", "/api/allocations/bogus", Some(TOKEN));
+    assert_eq!(status, 400);
+}
+
+/// A long-term-credential client: its socket, and what it signs requests with.
+struct LtClient {
+    sock: UdpSocket,
+    server: SocketAddr,
+    user: &'static str,
+    key: [u8; 16],
+    nonce: Vec<u8>,
+}
+
+const REALM: &str = "admin.local";
+
+impl LtClient {
+    /// Allocate (after the 401 challenge) as `user`.
+    fn allocate(server: SocketAddr, user: &'static str, password: &str) -> LtClient {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let challenge = request(&sock, server, Method::ALLOCATE, |b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        });
+        assert_eq!(error_code(&challenge), Some(401));
+        let nonce = Message::decode(&challenge)
+            .unwrap()
+            .get(attr::NONCE)
+            .expect("nonce")
+            .to_vec();
+        let c = LtClient {
+            sock,
+            server,
+            user,
+            key: vigi_turn::engine::auth::key_md5(user, REALM, password),
+            nonce,
+        };
+        let a = c.signed(Method::ALLOCATE, |b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        });
+        assert_eq!(error_code(&a), None, "allocate as {user}");
+        c
+    }
+
+    fn signed(&self, method: Method, build: impl Fn(&mut MessageBuilder)) -> Vec<u8> {
+        request(&self.sock, self.server, method, |b| {
+            build(b);
+            b.attr(attr::USERNAME, self.user.as_bytes())
+                .attr(attr::REALM, REALM.as_bytes())
+                .attr(attr::NONCE, &self.nonce)
+                .integrity(&self.key);
+        })
+    }
+
+    fn refresh_error(&self) -> Option<u16> {
+        error_code(&self.signed(Method::REFRESH, |_| {}))
+    }
+}
+
+#[test]
+fn kill_by_user() {
+    let log = std::env::temp_dir().join(format!("vigi-admin-test-{}.log", free_port()));
+    let log_s = log.to_str().unwrap().to_owned();
+    let (srv, admin) = admin_server_with(&[
+        "--lt-cred-mech",
+        "--user",
+        "alice:alicepw",
+        "--user",
+        "bob:bobpw",
+        "--log-file",
+        &log_s,
+        "--log-json",
+    ]);
+    let server = SocketAddr::from(([127, 0, 0, 1], srv.port));
+    let alice1 = LtClient::allocate(server, "alice", "alicepw");
+    let alice2 = LtClient::allocate(server, "alice", "alicepw");
+    let bob = LtClient::allocate(server, "bob", "bobpw");
+    std::thread::sleep(Duration::from_millis(1200));
+    let (_, body) = http(admin, "GET", "/api/allocations?user=alice", Some(TOKEN));
+    let listed = json(&body)["allocations"].as_array().unwrap().clone();
+    assert_eq!(listed.len(), 2, "{body}");
+    assert!(listed.iter().all(|a| a["username"] == "alice"));
+
+    let (status, body) = http(admin, "DELETE", "/api/users/alice/allocations", Some(TOKEN));
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["killed"].as_array().unwrap().len(), 2, "{body}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(alice1.refresh_error(), Some(437));
+    assert_eq!(alice2.refresh_error(), Some(437));
+    assert_eq!(bob.refresh_error(), None, "bob's allocation lives on");
+
+    // The log: JSON lines, coturn's session-end lines with the reason, and at the default level
+    // neither usernames nor passwords.
+    let text = std::fs::read_to_string(&log).expect("log file");
+    let _ = std::fs::remove_file(&log);
+    let messages: Vec<String> = text
+        .lines()
+        .map(|l| {
+            json(l)["fields"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        messages
+            .iter()
+            .filter(|m| m.contains(": new, realm=<admin.local>, username=<->"))
+            .count(),
+        3,
+        "{text}"
+    );
+    let closed: Vec<&String> = messages
+        .iter()
+        .filter(|m| m.contains("closed (2nd stage), user <-> realm <admin.local>"))
+        .collect();
+    assert_eq!(closed.len(), 2, "{text}");
+    assert!(closed
+        .iter()
+        .all(|m| m.contains("reason: killed by operator")));
+    assert_eq!(
+        messages
+            .iter()
+            .filter(|m| m.contains(": usage: realm="))
+            .count(),
+        2
+    );
+    assert!(!text.contains("alice") && !text.contains("bobpw"), "{text}");
+}
+
+#[test]
+fn wrong_or_missing_token_is_401() {
+    let (_srv, admin) = admin_server();
+    for token in [None, Some("wrong"), Some("admin-test-token-012345678")] {
+        for (method, path) in [
+            ("GET", "/api/allocations"),
+            ("GET", "/api/stats"),
+            ("DELETE", "/api/allocations/w0-0-0"),
+            ("DELETE", "/api/users/x/allocations"),
+        ] {
+            let (status, body) = http(admin, method, path, token);
+            assert_eq!(status, 401, "{method} {path} with {token:?}: {body}");
+        }
+    }
+    let (status, _) = http(admin, "GET", "/api/stats", Some(TOKEN));
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn admin_listen_without_token_refuses_to_start() {
+    let port = free_port();
+    let out = Command::new(BIN)
+        .args(["-n", "-L", "127.0.0.1", "-p", &port.to_string()])
+        .args(["--admin-listen", "127.0.0.1:1"])
+        .env_remove("VIGI_ADMIN_TOKEN")
+        .stdout(Stdio::null())
+        .output()
+        .expect("run vigi-turn");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--admin-listen"), "{err}");
+}

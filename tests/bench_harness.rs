@@ -1,0 +1,270 @@
+//! The load harness against real programs: `vigi-bench` (client) through the real vigi-turn to
+//! `vigi-bench peer` and to coturn's `turnutils_peer`, and coturn's `turnutils_uclient` through
+//! vigi-turn to `vigi-bench peer`. Every message must come back and the summary lines that
+//! turnutils_uclient prints must parse. These check correctness, not speed.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_vigi-bench");
+
+fn server(rest: bool) -> Server {
+    let (min, max) = free_range(64);
+    let (min, max) = (min.to_string(), max.to_string());
+    let mut args = vec![
+        "-n",
+        "-L",
+        "127.0.0.1",
+        "-E",
+        "127.0.0.1",
+        "--allow-loopback-peers",
+        "--realm",
+        "bench.local",
+        "--min-port",
+        &min,
+        "--max-port",
+        &max,
+        "-m",
+        "2",
+    ];
+    if rest {
+        args.extend(["--use-auth-secret", "--static-auth-secret", "benchsecret"]);
+    } else {
+        args.extend(["--lt-cred-mech", "--user", "bench:benchpw"]);
+    }
+    start_server(&args)
+}
+
+/// Start `vigi-bench peer` on a free port of 127.0.0.1, bounded in time.
+fn bench_peer() -> (Proc, u16) {
+    let port = free_port();
+    let child = Command::new(BENCH)
+        .args([
+            "peer",
+            "-L",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "--threads",
+            "2",
+            "--duration",
+            "60",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start vigi-bench peer");
+    std::thread::sleep(Duration::from_millis(200));
+    (
+        Proc {
+            child,
+            name: "vigi-bench peer".into(),
+        },
+        port,
+    )
+}
+
+/// Run the vigi-bench client against 127.0.0.1:`port`; its output, parsed as uclient's.
+fn bench_client(port: u16, args: &[&str]) -> UclientResult {
+    let mut cmd = Command::new(BENCH);
+    cmd.args(["-p", &port.to_string()])
+        .args(args)
+        .arg("127.0.0.1");
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(60));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "vigi-bench failed:\n{text}");
+    let mut sent = 0;
+    let mut received = 0;
+    let mut lost_line = String::new();
+    for line in text.lines() {
+        if let Some(rest) = line.split("start_mclient: tot_send_msgs=").nth(1) {
+            let mut parts = rest.split(", tot_recv_msgs=");
+            sent = parts.next().unwrap().trim().parse().unwrap();
+            received = parts.next().unwrap().trim().parse().unwrap();
+        }
+        if line.contains("Total lost packets") {
+            lost_line = line.to_owned();
+        }
+    }
+    UclientResult {
+        sent,
+        received,
+        lost_line,
+        output: text,
+    }
+}
+
+#[track_caller]
+fn assert_all_echoed(r: &UclientResult, expect: u64) {
+    assert_eq!(r.sent, expect, "sent count; output:\n{}", r.output);
+    assert_eq!(r.received, r.sent, "all echoed; output:\n{}", r.output);
+    assert!(
+        r.lost_line
+            .contains("Total lost packets 0 (0.000000%), total send dropped 0 (0.000000%)"),
+        "no loss; output:\n{}",
+        r.output
+    );
+    for prefix in [
+        "start_mclient: tot_send_bytes ~ ",
+        "Average round trip delay ",
+        "Average jitter ",
+    ] {
+        assert!(
+            r.output.lines().any(|l| l.contains(prefix)),
+            "missing line {prefix:?}; output:\n{}",
+            r.output
+        );
+    }
+    let rtt = r
+        .output
+        .lines()
+        .find(|l| l.contains("Average round trip delay"))
+        .unwrap();
+    // `N: : Average round trip delay X ms; min = A ms, max = B ms`, as uclient prints it.
+    let f: Vec<&str> = rtt.split_whitespace().collect();
+    assert_eq!(f[1], ":", "{rtt}");
+    assert!(f[6].parse::<f64>().is_ok(), "{rtt}");
+    assert_eq!(f[7], "ms;", "{rtt}");
+    assert!(f[10].parse::<u64>().is_ok(), "{rtt}");
+}
+
+const LT: [&str; 4] = ["-u", "bench", "-w", "benchpw"];
+
+#[test]
+fn bench_client_to_bench_peer_all_modes() {
+    let srv = server(false);
+    let (_peer, pport) = bench_peer();
+    let pport = pport.to_string();
+    for mode in [&[][..], &["-s"], &["-t"], &["-t", "-s"]] {
+        let args = [
+            &LT[..],
+            &["-e", "127.0.0.1", "-r", &pport, "-c", "-m", "4", "-n", "50"],
+            &["-l", "120", "-z", "2"],
+            mode,
+        ]
+        .concat();
+        let r = bench_client(srv.port, &args);
+        assert_all_echoed(&r, 200);
+    }
+}
+
+#[test]
+fn bench_client_rest_and_client_to_client() {
+    let srv = server(true);
+    let r = bench_client(
+        srv.port,
+        &[
+            "-u",
+            "bench",
+            "-W",
+            "benchsecret",
+            "-y",
+            "-m",
+            "4",
+            "-n",
+            "40",
+            "-z",
+            "2",
+        ],
+    );
+    assert_all_echoed(&r, 160);
+}
+
+#[test]
+fn bench_client_rate_duration_json() {
+    let srv = server(false);
+    let (_peer, pport) = bench_peer();
+    let mut cmd = Command::new(BENCH);
+    cmd.args(["-p", &srv.port.to_string()])
+        .args(LT)
+        .args(["-e", "127.0.0.1", "-r", &pport.to_string(), "-c", "-m", "5"])
+        .args(["--rate", "1000", "--duration", "1", "--json", "127.0.0.1"]);
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(30));
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = stdout.trim();
+    assert!(json.starts_with('{') && json.ends_with('}'), "{json}");
+    let field = |k: &str| -> f64 {
+        let at = json.find(&format!("\"{k}\":")).expect(k) + k.len() + 3;
+        let rest = &json[at..];
+        let end = rest.find([',', '}']).unwrap();
+        rest[..end].parse().unwrap()
+    };
+    let sent = field("sent");
+    // 1000 msg/s for 1 s, paced in whole milliseconds: within a few percent.
+    assert!((900.0..=1100.0).contains(&sent), "{json}");
+    assert_eq!(field("received"), sent, "{json}");
+    assert_eq!(field("loss_pct"), 0.0, "{json}");
+}
+
+#[test]
+fn bench_client_to_turnutils_peer() {
+    let srv = server(false);
+    let (_peer, pport) = start_peer();
+    let pport = pport.to_string();
+    let args = [
+        &LT[..],
+        &[
+            "-e",
+            "127.0.0.1",
+            "-r",
+            &pport,
+            "-c",
+            "-m",
+            "3",
+            "-n",
+            "30",
+            "-z",
+            "2",
+        ],
+    ]
+    .concat();
+    let r = bench_client(srv.port, &args);
+    assert_all_echoed(&r, 90);
+}
+
+#[test]
+fn turnutils_uclient_to_bench_peer() {
+    let srv = server(false);
+    let (_peer, pport) = bench_peer();
+    let r = uclient(
+        srv.port,
+        pport,
+        &[&LT[..], &["-c", "-m", "2", "-n", "30", "-l", "100"]].concat(),
+    );
+    assert_eq!(r.sent, 60, "output:\n{}", r.output);
+    assert_eq!(r.received, 60, "output:\n{}", r.output);
+    assert!(
+        r.lost_line.contains("Total lost packets 0 "),
+        "{}",
+        r.output
+    );
+}
+
+#[test]
+fn bench_client_sweep_is_bounded() {
+    let srv = server(false);
+    let (_peer, pport) = bench_peer();
+    let mut cmd = Command::new(BENCH);
+    cmd.args(["-p", &srv.port.to_string()])
+        .args(LT)
+        .args(["-e", "127.0.0.1", "-r", &pport.to_string(), "-c", "-m", "2"])
+        .args(["--sweep", "--rate", "500", "--sweep-step", "0.3"])
+        .args(["--sweep-steps", "3", "--linger", "0.3", "127.0.0.1"]);
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches("sweep: step").count(), 3, "{text}");
+    assert!(
+        text.contains("sweep: highest rate with loss < 1 %"),
+        "{text}"
+    );
+}

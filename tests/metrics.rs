@@ -1,0 +1,386 @@
+//! The Prometheus endpoint against the real binary: coturn-named traffic counters move while a
+//! `turnutils_uclient` session is live and end equal to the payload bytes the client reports;
+//! top-K per-allocation series come and go with their allocations, and stay bounded with many
+//! allocations.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use vigi_turn::proto::{attr, Class, Message, MessageBuilder, Method};
+
+/// `GET path` over plain HTTP/1.1; (status, body).
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read response");
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map_or("", |x| x.1).to_owned();
+    (status, body)
+}
+
+/// Every sample of a scrape: `name{labels}` -> value.
+fn scrape(port: u16) -> HashMap<String, f64> {
+    let (status, body) = http_get(port, "/metrics");
+    assert_eq!(status, 200, "scrape: {body}");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Scrape until `ready` holds (the workers publish once a second); at most 10 s.
+fn scrape_when(port: u16, ready: impl Fn(&HashMap<String, f64>) -> bool) -> HashMap<String, f64> {
+    let t0 = Instant::now();
+    loop {
+        let m = scrape(port);
+        if ready(&m) {
+            return m;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "never ready: {m:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn value(m: &HashMap<String, f64>, key: &str) -> u64 {
+    *m.get(key)
+        .unwrap_or_else(|| panic!("no {key} in scrape: {m:?}")) as u64
+}
+
+fn count_prefix(m: &HashMap<String, f64>, prefix: &str) -> usize {
+    m.keys().filter(|k| k.starts_with(prefix)).count()
+}
+
+/// A server with `--prometheus` on `prom_port`, top-K `top`, and [`RELAY_PORTS`] relay ports.
+fn server(prom_port: u16, top: usize, extra: &[&str]) -> Server {
+    let (min, max) = free_range(RELAY_PORTS);
+    let pp = prom_port.to_string();
+    let top = top.to_string();
+    let (min, max) = (min.to_string(), max.to_string());
+    let mut args = vec![
+        "-n",
+        "-L",
+        "127.0.0.1",
+        "--allow-loopback-peers",
+        "--realm",
+        "metrics.local",
+        "--min-port",
+        &min,
+        "--max-port",
+        &max,
+        "-m",
+        "2",
+        "--prometheus",
+        "--prometheus-address",
+        "127.0.0.1",
+        "--prometheus-port",
+        &pp,
+        "--prometheus-top-allocations",
+        &top,
+    ];
+    args.extend(extra);
+    start_server(&args)
+}
+
+const RELAY_PORTS: u16 = 2000;
+
+const LT: [&str; 3] = ["--lt-cred-mech", "--user", "mu:mupw"];
+
+/// The totals uclient prints last: `tot_send_bytes ~ N, tot_recv_bytes ~ N`.
+fn uclient_bytes(out: &str) -> (u64, u64) {
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.contains("start_mclient: tot_send_bytes ~ "))
+        .unwrap_or_else(|| panic!("no byte totals in uclient output:\n{out}"));
+    let nums: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let n = nums.len();
+    (nums[n - 2], nums[n - 1])
+}
+
+#[test]
+fn health_and_metrics_paths() {
+    let pp = free_port();
+    let _srv = server(pp, 0, &LT);
+    let (status, body) = http_get(pp, "/");
+    assert_eq!(status, 200);
+    assert_eq!(body, "ok");
+    let m = scrape(pp);
+    for k in [
+        "stun_binding_request",
+        "turn_total_allocations{type=\"UDP\"}",
+        "turn_total_traffic_rcvb",
+        "turn_traffic_peer_sentb{realm=\"metrics.local\"}",
+        "vigi_turn_allocations_created_total",
+        "vigi_turn_relay_ports_free{ip=\"127.0.0.1\"}",
+        "vigi_turn_worker_allocations{worker=\"1\"}",
+    ] {
+        assert!(m.contains_key(k), "{k} missing: {m:?}");
+    }
+    assert_eq!(
+        value(&m, "vigi_turn_relay_ports_free{ip=\"127.0.0.1\"}"),
+        u64::from(RELAY_PORTS)
+    );
+    let (status, _) = http_get(pp, "/nope");
+    assert_eq!(status, 404);
+}
+
+/// Every metric the Grafana dashboard queries is one the server exports.
+#[test]
+fn dashboard_queries_exported_metrics() {
+    let pp = free_port();
+    let _srv = server(pp, 1, &LT);
+    let (_, body) = http_get(pp, "/metrics");
+    let exported: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/grafana-dashboard.json");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("dashboard JSON");
+    let mut checked = 0;
+    for panel in dash["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("turn_")
+                    || word.starts_with("vigi_turn_")
+                    || word.starts_with("stun_")
+                {
+                    assert!(
+                        exported.contains(&word),
+                        "dashboard uses {word}, not exported"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked >= 15);
+}
+
+#[test]
+fn coturn_counters_are_live_and_exact() {
+    require_tool("turnutils_uclient");
+    let pp = free_port();
+    let srv = server(pp, 2, &LT);
+    let (_peer, peer_port) = start_peer();
+    let mut child = Command::new("turnutils_uclient")
+        .args(["-p", &srv.port.to_string(), "-e", "127.0.0.1"])
+        .args(["-r", &peer_port.to_string(), "-u", "mu", "-w", "mupw"])
+        .args(["-m", "1", "-n", "200", "-l", "120", "127.0.0.1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start turnutils_uclient");
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out
+    });
+
+    // While the session runs: the counters move, and the top-K series show the allocations.
+    let t0 = Instant::now();
+    let mut seen: Vec<u64> = Vec::new();
+    let mut top_series = 0;
+    let mut max_allocations = 0;
+    let mut busy_ids: Vec<String> = Vec::new();
+    while child.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(40) {
+        let m = scrape(pp);
+        if value(&m, "turn_total_allocations{type=\"UDP\"}") > 0 {
+            seen.push(value(&m, "turn_total_traffic_rcvb"));
+            top_series = top_series.max(count_prefix(&m, "vigi_turn_top_allocation_rate_bytes{"));
+            max_allocations =
+                max_allocations.max(value(&m, "turn_total_allocations{type=\"UDP\"}"));
+            for (k, v) in &m {
+                if k.starts_with("vigi_turn_top_allocation_rate_bytes{") && *v > 0.0 {
+                    let id = k.split('"').nth(1).unwrap().to_owned();
+                    if !busy_ids.contains(&id) {
+                        busy_ids.push(id);
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let status = child.wait().unwrap();
+    let out = reader.join().unwrap();
+    assert!(status.success(), "uclient failed:\n{out}");
+    let (sent, received) = uclient_bytes(&out);
+    assert!(sent > 0, "uclient sent nothing:\n{out}");
+    let live: Vec<u64> = seen
+        .iter()
+        .copied()
+        .filter(|&b| b > 0 && b < sent)
+        .collect();
+    assert!(
+        live.len() >= 2 && live.windows(2).any(|w| w[1] > w[0]),
+        "turn_total_traffic_rcvb grew while the session was live (samples {seen:?}, final {sent})"
+    );
+    assert!(
+        (1..=2).contains(&top_series),
+        "top-K series during the session: {top_series}"
+    );
+
+    // After it ends (and the workers publish again): exact totals, payload bytes.
+    let m = scrape_when(pp, |m| {
+        value(m, "turn_total_traffic_rcvb") == sent
+            && value(m, "turn_total_allocations{type=\"UDP\"}") < max_allocations
+            && value(m, "turn_allocations_duration_count{type=\"UDP\"}") >= 1
+    });
+    assert_eq!(
+        value(&m, "turn_total_traffic_rcvb"),
+        sent,
+        "client -> server"
+    );
+    assert_eq!(
+        value(&m, "turn_total_traffic_sentb"),
+        received,
+        "server -> client"
+    );
+    assert_eq!(
+        value(&m, "turn_total_traffic_peer_sentb"),
+        sent,
+        "server -> peer"
+    );
+    assert_eq!(
+        value(&m, "turn_total_traffic_peer_rcvb"),
+        received,
+        "peer -> server"
+    );
+    assert_eq!(
+        value(&m, "turn_traffic_rcvb{realm=\"metrics.local\"}"),
+        sent,
+        "per realm"
+    );
+    assert_eq!(value(&m, "turn_total_traffic_rcvp"), sent / 120, "packets");
+    // uclient deletes the allocations it relayed on (it leaves an idle extra one to expire).
+    assert!(value(&m, "turn_total_allocations{type=\"UDP\"}") < max_allocations);
+    assert!(value(&m, "vigi_turn_allocations_deleted_total") >= 1);
+    assert!(!busy_ids.is_empty(), "a busy allocation had a rate");
+    assert!(
+        value(&m, "turn_allocations_duration_count{type=\"UDP\"}") >= 1,
+        "ended allocations observed"
+    );
+    assert_eq!(
+        value(
+            &m,
+            "turn_allocations_duration_bucket{type=\"UDP\",le=\"+Inf\"}"
+        ),
+        value(&m, "turn_allocations_duration_count{type=\"UDP\"}")
+    );
+    for id in &busy_ids {
+        let quoted = format!("id=\"{id}\"");
+        assert!(
+            !m.keys().any(|k| k.contains(&quoted)),
+            "top-K series of {id} vanish with it: {m:?}"
+        );
+    }
+}
+
+/// Raise this process's open-file soft limit to at least `n` (within the hard limit).
+fn raise_nofile(n: u64) {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < n {
+            rl.rlim_cur = n.min(rl.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+        }
+    }
+}
+
+/// A no-auth Allocate from a fresh socket; the socket (kept open so the allocation lives).
+fn allocate(server: SocketAddr) -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let tid: [u8; 12] = rand::random();
+    let mut req = Vec::new();
+    MessageBuilder::new(&mut req, Method::ALLOCATE, Class::Request, &tid)
+        .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    s.send_to(&req, server).unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, _) = s.recv_from(&mut buf).expect("allocate answer");
+    let m = Message::decode(&buf[..n]).unwrap();
+    assert_eq!(
+        m.class(),
+        Class::Success,
+        "allocate: {:?}",
+        m.get(attr::ERROR_CODE).and_then(attr::read_error_code)
+    );
+    s
+}
+
+#[test]
+fn top_k_stays_bounded_with_many_allocations() {
+    let pp = free_port();
+    // 1,001 Allocates from one address at once: past the default --unauthorized-ratelimit.
+    let srv = server(
+        pp,
+        5,
+        &[
+            "--no-auth",
+            "--prometheus-username-labels",
+            "--unauthorized-ratelimit",
+            "0",
+        ],
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], srv.port));
+    let small = {
+        let _one = allocate(addr);
+        scrape_when(pp, |m| {
+            count_prefix(m, "vigi_turn_top_allocation_rate_bytes{") == 1
+        })
+        .len()
+    };
+    // 1,000 client sockets: make sure this process may hold them. Their ephemeral ports may
+    // land in the relay range too, hence a range twice the allocations.
+    raise_nofile(4096);
+    let socks: Vec<UdpSocket> = (0..1000).map(|_| allocate(addr)).collect();
+    let m = scrape_when(pp, |m| {
+        value(m, "turn_total_allocations{type=\"UDP\"}") == 1001
+    });
+    assert_eq!(
+        value(&m, "turn_total_allocations{type=\"UDP\"}"),
+        1000 + 1,
+        "the first allocation lives on (its socket closed, not its allocation)"
+    );
+    assert_eq!(count_prefix(&m, "vigi_turn_top_allocation_rate_bytes{"), 5);
+    // With username labels, one series per user (here the empty no-auth user), not per session.
+    assert_eq!(count_prefix(&m, "turn_traffic_rcvb{"), 1);
+    assert!(m.contains_key("turn_traffic_rcvb{realm=\"metrics.local\",user=\"\"}"));
+    assert_eq!(count_prefix(&m, "vigi_turn_top_allocation_bytes{"), 5 * 4);
+    // One allocation or 1,001: the same series but for top-K (1 vs 5 allocations, 5 series each).
+    assert_eq!(m.len(), small + 4 * 5, "series count bounded");
+    drop(socks);
+}
