@@ -324,6 +324,7 @@ pub(crate) fn engine_config(config: &Config, relay_ips: Vec<IpAddr>) -> ServerCo
         total_quota: config.total_quota,
         max_bps: config.max_bps,
         bps_capacity: config.bps_capacity / config.relay_threads.max(1) as u64,
+        unauthorized_ratelimit: config.unauthorized_ratelimit,
         udp_relay: !config.no_udp_relay,
         strict_expiry: config.strict_expiry,
         alternate_server: config

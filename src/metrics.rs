@@ -433,6 +433,18 @@ impl Monitor {
             "Packets that did not parse",
             c.malformed,
         );
+        counter(
+            o,
+            "vigi_turn_rate_limited_total",
+            "Challenges and Allocate attempts not answered: the source IP was over --unauthorized-ratelimit",
+            c.rate_limited,
+        );
+        counter(
+            o,
+            "vigi_turn_amplification_dropped_total",
+            "Answers to unauthenticated requests not sent: they would exceed the request by more than the amplification bound",
+            c.amplification_dropped,
+        );
         header(
             o,
             "vigi_turn_dropped_packets_total",
@@ -636,6 +648,8 @@ pub fn add_counters(a: &mut Counters, b: &Counters) {
         dropped_bandwidth,
         refused_by_code,
         auth_failures_by_reason,
+        rate_limited,
+        amplification_dropped,
         closed_traffic,
     } = b;
     a.refused_by_code.merge(refused_by_code);
@@ -653,6 +667,8 @@ pub fn add_counters(a: &mut Counters, b: &Counters) {
     a.malformed += malformed;
     a.dropped_no_permission += dropped_no_permission;
     a.dropped_bandwidth += dropped_bandwidth;
+    a.rate_limited += rate_limited;
+    a.amplification_dropped += amplification_dropped;
     a.closed_traffic.merge(closed_traffic);
 }
 

@@ -344,7 +344,17 @@ fn allocate(server: SocketAddr) -> UdpSocket {
 #[test]
 fn top_k_stays_bounded_with_many_allocations() {
     let pp = free_port();
-    let srv = server(pp, 5, &["--no-auth", "--prometheus-username-labels"]);
+    // 1,001 Allocates from one address at once: past the default --unauthorized-ratelimit.
+    let srv = server(
+        pp,
+        5,
+        &[
+            "--no-auth",
+            "--prometheus-username-labels",
+            "--unauthorized-ratelimit",
+            "0",
+        ],
+    );
     let addr = SocketAddr::from(([127, 0, 0, 1], srv.port));
     let small = {
         let _one = allocate(addr);

@@ -211,6 +211,14 @@ pub struct Cli {
         default_value_t = 0
     )]
     pub bps_capacity: u64,
+    /// 401/438 challenges plus Allocate attempts answered per client IP per second, with bursts
+    /// of five seconds' worth; beyond it requests get no answer (0: no limit; vigi-turn extension).
+    #[arg(
+        long = "unauthorized-ratelimit",
+        value_name = "N",
+        default_value_t = 20
+    )]
+    pub unauthorized_ratelimit: u32,
     /// Nonce lifetime in seconds (0: unlimited); the bare flag means 600.
     #[arg(long = "stale-nonce", value_name = "SECONDS", num_args = 0..=1, require_equals = true,
           default_missing_value = "600", default_value_t = 600)]

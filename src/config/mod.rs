@@ -110,6 +110,8 @@ pub struct Config {
     pub total_quota: u32,
     pub max_bps: u64,
     pub bps_capacity: u64,
+    /// Challenges and Allocate attempts per client IP per second; 0 = no limit.
+    pub unauthorized_ratelimit: u32,
     /// Nonce lifetime in seconds; 0 = unlimited.
     pub stale_nonce: u32,
     pub max_allocate_lifetime: u32,
@@ -552,6 +554,7 @@ fn resolve(
         total_quota: cli.total_quota,
         max_bps: cli.max_bps,
         bps_capacity: cli.bps_capacity,
+        unauthorized_ratelimit: cli.unauthorized_ratelimit,
         stale_nonce: cli.stale_nonce,
         max_allocate_lifetime: cli.max_allocate_lifetime,
         default_allocate_lifetime: cli.default_allocate_lifetime,
@@ -739,6 +742,7 @@ impl fmt::Debug for Config {
             .field("user_quota", &self.user_quota)
             .field("total_quota", &self.total_quota)
             .field("max_bps", &self.max_bps)
+            .field("unauthorized_ratelimit", &self.unauthorized_ratelimit)
             .field("bps_capacity", &self.bps_capacity)
             .field("stale_nonce", &self.stale_nonce)
             .field("max_allocate_lifetime", &self.max_allocate_lifetime)

@@ -516,6 +516,22 @@ fn conf_file_option() {
 }
 
 #[test]
+fn unauthorized_ratelimit_flag_and_file_key() {
+    assert_eq!(load(&["vigi-turn"]).unwrap().unauthorized_ratelimit, 20);
+    let c = load(&["vigi-turn", "--unauthorized-ratelimit=0"]).unwrap();
+    assert_eq!(c.unauthorized_ratelimit, 0);
+    let c = file(&["vigi-turn"], "unauthorized-ratelimit=7\n").unwrap();
+    assert_eq!(c.unauthorized_ratelimit, 7);
+    let c = file(
+        &["vigi-turn", "--unauthorized-ratelimit", "3"],
+        "unauthorized-ratelimit 7\n",
+    );
+    assert_eq!(c.unwrap().unauthorized_ratelimit, 3);
+    let e = err(file(&["vigi-turn"], "unauthorized-ratelimit=lots\n"));
+    assert!(e.contains("unauthorized-ratelimit"), "{e}");
+}
+
+#[test]
 fn observability_flags() {
     let c = load(&[
         "vigi-turn",

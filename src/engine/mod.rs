@@ -9,6 +9,7 @@
 pub mod allocation;
 pub mod auth;
 pub mod channel;
+pub mod limiter;
 pub mod permission;
 pub mod policy;
 pub mod ports;

@@ -17,6 +17,7 @@ use rand::{Rng, SeedableRng};
 use super::allocation::{Allocation, AllocationId, PendingAllocate, State};
 use super::auth::{AuthFailure, Credentials, Key, NonceCheck, NonceKey, PasswordAlgorithm};
 use super::channel::BindConflict;
+use super::limiter::Limiter;
 use super::policy::{PeerPolicy, TokenBucket};
 use super::ports::PortPool;
 use super::stats::AllocationStats;
@@ -36,6 +37,11 @@ pub const PEER_TAILROOM: usize = 4;
 const RESERVATION_SECS: u64 = 30;
 /// How many ports to try when binds fail because another process holds them.
 const BIND_ATTEMPTS: u8 = 5;
+/// The most a response to an unauthenticated request may exceed the request by, in bytes
+/// (RFC 8489 §16.1.3, no amplification). A 401 with REALM (up to about 24 bytes), NONCE (45),
+/// PASSWORD-ALGORITHMS and ERROR-CODE fits it even for a 20-byte request once SOFTWARE and the
+/// reason phrase are left out; a Binding response (at most 44 bytes more) always fits.
+pub const AMPLIFICATION_SLACK: usize = 100;
 
 /// What the engine is configured with; built by the caller from [`crate::config::Config`].
 #[derive(Debug, Clone)]
@@ -82,6 +88,9 @@ pub struct ServerConfig {
     pub strict_expiry: bool,
     /// Where a draining node sends new Allocates (300 Try Alternate, RFC 8656 §7.2 step 2).
     pub alternate_server: Option<SocketAddr>,
+    /// Challenges and Allocate attempts per client IP per second (`--unauthorized-ratelimit`),
+    /// 0 = no limit; see [`super::limiter`].
+    pub unauthorized_ratelimit: u32,
 }
 
 impl Default for ServerConfig {
@@ -112,6 +121,7 @@ impl Default for ServerConfig {
             max_channels: 256,
             strict_expiry: false,
             alternate_server: None,
+            unauthorized_ratelimit: 20,
         }
     }
 }
@@ -299,6 +309,12 @@ pub struct Counters {
     pub refused_by_code: RefusedByCode,
     /// Failed credentials by reason (their sum is `auth_failures`).
     pub auth_failures_by_reason: AuthFailures,
+    /// Challenges and Allocate attempts not answered: the source was over
+    /// `--unauthorized-ratelimit`.
+    pub rate_limited: u64,
+    /// Responses to unauthenticated requests not sent because they would have exceeded the
+    /// request by more than [`AMPLIFICATION_SLACK`].
+    pub amplification_dropped: u64,
     /// Traffic of allocations that have ended.
     pub closed_traffic: AllocationStats,
 }
@@ -349,6 +365,7 @@ pub struct Server {
     /// The server-wide bandwidth cap (this worker's share of `--bps-capacity`).
     capacity: TokenBucket,
     draining: bool,
+    limiter: Limiter,
 }
 
 impl Server {
@@ -361,6 +378,9 @@ impl Server {
         unix_now: u64,
         seed: u64,
     ) -> Self {
+        // A stream of its own, so the limiter key does not shift port choice and transaction ids.
+        let mut key_rng = SmallRng::seed_from_u64(seed ^ 0x6c69_6d69_7465_7221);
+        let limiter = Limiter::new(now, (key_rng.gen(), key_rng.gen()));
         Server {
             capacity: TokenBucket::new(config.bps_capacity, now),
             config,
@@ -374,6 +394,7 @@ impl Server {
             unix_base: (now, unix_now),
             counters: Counters::default(),
             draining: false,
+            limiter,
         }
     }
 
@@ -700,10 +721,17 @@ impl Server {
             b.xor_address(attr::XOR_MAPPED_ADDRESS, &five.client);
             b
         };
+        let fingerprint = !m.is_classic() && (m.has_fingerprint() || self.config.fingerprint);
+        // SOFTWARE only while the answer stays within AMPLIFICATION_SLACK of the request (a long
+        // `--software-attribute` must not turn Binding into a reflector).
         if let Some(s) = &self.config.software {
-            b.attr(attr::SOFTWARE, s.as_bytes());
+            let after =
+                b.len() + 4 + ((s.len().min(0xFFFF) + 3) & !3) + 8 * usize::from(fingerprint);
+            if after <= m.as_bytes().len() + AMPLIFICATION_SLACK {
+                b.attr(attr::SOFTWARE, s.as_bytes());
+            }
         }
-        if !m.is_classic() && (m.has_fingerprint() || self.config.fingerprint) {
+        if fingerprint {
             b.fingerprint();
         }
         self.commands.push_back(Command::Send {
@@ -729,10 +757,22 @@ impl Server {
         sign: Sign,
         fill: impl FnOnce(&mut MessageBuilder),
     ) -> Vec<u8> {
+        self.build_with(m, class, sign, true, fill)
+    }
+
+    /// [`Server::build_response`], with SOFTWARE only if `software`.
+    fn build_with(
+        &self,
+        m: &Message,
+        class: Class,
+        sign: Sign,
+        software: bool,
+        fill: impl FnOnce(&mut MessageBuilder),
+    ) -> Vec<u8> {
         let mut out = Vec::with_capacity(128);
         let mut b = MessageBuilder::new(&mut out, m.method(), class, m.transaction_id());
         fill(&mut b);
-        if let Some(s) = &self.config.software {
+        if let Some(s) = self.config.software.as_ref().filter(|_| software) {
             b.attr(attr::SOFTWARE, s.as_bytes());
         }
         if let Some(k) = sign.key {
@@ -753,14 +793,38 @@ impl Server {
         m: &Message,
         code: u16,
         sign: Sign,
-        fill: impl FnOnce(&mut MessageBuilder),
+        fill: impl Fn(&mut MessageBuilder),
     ) {
         tracing::debug!(client = %five.client, method = m.method().0, code, "error response");
-        let data = self.build_response(m, Class::Error, sign, |b| {
-            b.error_code(code, "");
-            fill(b);
-        });
-        self.send_and_cache(five, m.transaction_id(), data);
+        if sign.key.is_some() {
+            let data = self.build_response(m, Class::Error, sign, |b| {
+                b.error_code(code, "");
+                fill(b);
+            });
+            self.send_and_cache(five, m.transaction_id(), data);
+            return;
+        }
+        // Unauthenticated: no more than AMPLIFICATION_SLACK bytes over the request. Shed
+        // SOFTWARE, then the reason phrase, then answer nothing.
+        let budget = m.as_bytes().len() + AMPLIFICATION_SLACK;
+        for (software, reason) in [(true, true), (false, true), (false, false)] {
+            let data = self.build_with(m, Class::Error, sign, software, |b| {
+                if reason {
+                    b.error_code(code, "");
+                } else {
+                    b.attr_with(attr::ERROR_CODE, 4, |out| {
+                        out[2] = (code / 100) as u8;
+                        out[3] = (code % 100) as u8;
+                    });
+                }
+                fill(b);
+            });
+            if data.len() <= budget {
+                self.send_and_cache(five, m.transaction_id(), data);
+                return;
+            }
+        }
+        self.counters.amplification_dropped += 1;
     }
 
     fn send_and_cache(&mut self, five: FiveTuple, tid: &TransactionId, data: Vec<u8>) {
@@ -774,8 +838,24 @@ impl Server {
         self.commands.push_back(Command::Send { to: five, data });
     }
 
+    /// Whether this source may have one more challenge or Allocate attempt now
+    /// (`--unauthorized-ratelimit`); counts the refusals.
+    fn limiter_allows(&mut self, now: Instant, five: FiveTuple) -> bool {
+        let ok = self
+            .limiter
+            .try_take(now, five.client.ip(), self.config.unauthorized_ratelimit);
+        if !ok {
+            self.counters.rate_limited += 1;
+        }
+        ok
+    }
+
     /// 401 or 438 with REALM, a fresh NONCE and PASSWORD-ALGORITHMS (RFC 8489 §9.2.4).
     fn challenge(&mut self, now: Instant, five: FiveTuple, m: &Message, code: u16) {
+        // An Allocate paid for itself in handle_allocate.
+        if m.method() != Method::ALLOCATE && !self.limiter_allows(now, five) {
+            return;
+        }
         let nonce = self.shared.nonce_key.make(self.unix(now), five.client.ip());
         let realm = self.config.realm.clone();
         let sign = self.plain_sign(m);
@@ -966,6 +1046,10 @@ impl Server {
 
     /// Allocate (RFC 8656 §7.2).
     fn handle_allocate(&mut self, now: Instant, five: FiveTuple, m: &Message) {
+        // Every attempt costs the source a token before any hashing (`--unauthorized-ratelimit`).
+        if !self.limiter_allows(now, five) {
+            return;
+        }
         // Step 1: long-term credentials.
         let Some(auth) = self.authenticate(now, five, m, None) else {
             return;

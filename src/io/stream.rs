@@ -22,6 +22,12 @@ use crate::proto::framing::{frame_len, MAX_FRAME};
 /// A connection with nothing to read for this long is closed. Clients with an allocation refresh
 /// permissions every 5 minutes at the latest, so a live one is never idle this long.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// A connection without an allocation (Binding only, or nothing at all yet) with nothing to read
+/// for this long is closed, so idle connections cannot hold `--max-tcp-connections` for long.
+const NO_ALLOCATION_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A frame begun must be complete within this time (slowloris: a byte every few seconds never
+/// finishing a frame would otherwise hold the connection and its buffer).
+const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames queued for a client that does not read; beyond this they are dropped.
 const SEND_QUEUE: usize = 1024;
 /// A TLS handshake not done in this time is dropped (half-open and slowloris clients).
@@ -110,6 +116,8 @@ async fn connection<S>(
     });
     let mut buf = vec![0u8; 4096];
     let mut filled = 0usize;
+    // When the partial frame at the start of `buf` began arriving.
+    let mut frame_started: Option<Instant> = None;
     'conn: loop {
         if filled == buf.len() {
             if buf.len() >= MAX_FRAME {
@@ -117,7 +125,16 @@ async fn connection<S>(
             }
             buf.resize((buf.len() * 2).min(MAX_FRAME), 0);
         }
-        let n = match tokio::time::timeout(IDLE_TIMEOUT, rd.read(&mut buf[filled..])).await {
+        let idle = if st.engine.borrow().allocation_on(&five).is_some() {
+            IDLE_TIMEOUT
+        } else {
+            NO_ALLOCATION_IDLE_TIMEOUT
+        };
+        let wait = match frame_started {
+            Some(t) => idle.min(FRAME_TIMEOUT.saturating_sub(t.elapsed())),
+            None => idle,
+        };
+        let n = match tokio::time::timeout(wait, rd.read(&mut buf[filled..])).await {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
             Ok(Ok(n)) => n,
         };
@@ -145,6 +162,11 @@ async fn connection<S>(
         }
         buf.copy_within(start..filled, 0);
         filled -= start;
+        if filled == 0 {
+            frame_started = None;
+        } else if start > 0 || frame_started.is_none() {
+            frame_started = Some(Instant::now());
+        }
     }
     st.streams.borrow_mut().remove(&five);
     writer.abort();

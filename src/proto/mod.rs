@@ -46,6 +46,9 @@ pub fn demux(packet: &[u8]) -> PacketKind {
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -2247,3 +2247,6 @@ fn bps_capacity_caps_the_whole_server() {
         ClientDecision::Forward { .. }
     ));
 }
+
+mod hardening;
+mod props;

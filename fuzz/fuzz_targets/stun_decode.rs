@@ -1,0 +1,7 @@
+//! `cargo fuzz run stun_decode`: see `fuzz/targets.rs`.
+#![no_main]
+
+#[path = "../targets.rs"]
+mod targets;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::stun_decode(data));
