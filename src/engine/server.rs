@@ -121,7 +121,7 @@ impl Default for ServerConfig {
             max_channels: 256,
             strict_expiry: false,
             alternate_server: None,
-            unauthorized_ratelimit: 20,
+            unauthorized_ratelimit: 100,
         }
     }
 }
