@@ -240,6 +240,25 @@ fn turn_uris_and_cors_origin_are_configurable() {
         "{resp}"
     );
     let body: Value = serde_json::from_str(resp.split_once("\r\n\r\n").unwrap().1).unwrap();
+    // Preflights and Socket.io's long-polling carry the same origin.
+    for req in [
+        "OPTIONS /api/turn-credentials HTTP/1.1",
+        "GET /socket.io/?EIO=4&transport=polling HTTP/1.1",
+    ] {
+        let resp = raw(
+            sig_port,
+            &format!(
+                "{req}\r\nHost: x\r\nOrigin: https://app.example.org\r\n\
+                 Access-Control-Request-Method: GET\r\nConnection: close\r\n\r\n"
+            ),
+        );
+        assert!(
+            resp.to_ascii_lowercase()
+                .contains("access-control-allow-origin: https://app.example.org"),
+            "{req}: {resp}"
+        );
+        assert!(resp.starts_with("HTTP/1.1 2"), "{req}: {resp}");
+    }
     assert_eq!(
         body["uris"],
         serde_json::json!([
@@ -247,4 +266,13 @@ fn turn_uris_and_cors_origin_are_configurable() {
             "turns:turn.example.org:5349?transport=tcp"
         ])
     );
+}
+
+fn raw(port: u16, request: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    resp
 }

@@ -27,8 +27,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -501,10 +502,8 @@ async fn turn_credentials(
     headers: HeaderMap,
     Query(q): Query<CredQuery>,
 ) -> Response {
-    let cors = [(header::ACCESS_CONTROL_ALLOW_ORIGIN, http.cors())];
-    let fail = |status: StatusCode, msg: String| {
-        (status, cors.clone(), Json(json!({ "error": msg }))).into_response()
-    };
+    let fail =
+        |status: StatusCode, msg: String| (status, Json(json!({ "error": msg }))).into_response();
     let mut user = String::new();
     if let Some(secret) = &http.cfg.secret {
         let mut auth = Map::new();
@@ -544,28 +543,40 @@ async fn turn_credentials(
         "iceServers": [{ "urls": uris, "username": c.username, "credential": c.password }],
     });
     let no_store = [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))];
-    (StatusCode::OK, cors, no_store, Json(body)).into_response()
+    (StatusCode::OK, no_store, Json(body)).into_response()
 }
 
-async fn preflight(State(http): State<Arc<Http>>) -> impl IntoResponse {
-    (
-        StatusCode::NO_CONTENT,
-        [
-            (header::ACCESS_CONTROL_ALLOW_ORIGIN, http.cors()),
-            (
-                header::ACCESS_CONTROL_ALLOW_METHODS,
-                HeaderValue::from_static("GET, OPTIONS"),
-            ),
-            (
-                header::ACCESS_CONTROL_ALLOW_HEADERS,
-                HeaderValue::from_static("*"),
-            ),
-            (
-                header::ACCESS_CONTROL_MAX_AGE,
-                HeaderValue::from_static("600"),
-            ),
-        ],
-    )
+/// CORS for every response, Socket.io's long-polling included (a browser app served from
+/// another origin polls before it upgrades to WebSocket); preflights are answered here.
+async fn cors(State(http): State<Arc<Http>>, req: Request, next: Next) -> Response {
+    let origin = http.cors();
+    if req.method() == Method::OPTIONS {
+        return (
+            StatusCode::NO_CONTENT,
+            [
+                (header::ACCESS_CONTROL_ALLOW_ORIGIN, origin),
+                (
+                    header::ACCESS_CONTROL_ALLOW_METHODS,
+                    HeaderValue::from_static("GET, POST, OPTIONS"),
+                ),
+                (
+                    header::ACCESS_CONTROL_ALLOW_HEADERS,
+                    HeaderValue::from_static("content-type, authorization"),
+                ),
+                (
+                    header::ACCESS_CONTROL_MAX_AGE,
+                    HeaderValue::from_static("600"),
+                ),
+                (header::VARY, HeaderValue::from_static("Origin")),
+            ],
+        )
+            .into_response();
+    }
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    resp
 }
 
 /// The running signaling thread and its address. Dropping it leaves the thread running (it
@@ -629,13 +640,12 @@ async fn serve(listener: TcpListener, cfg: SignalConfig) {
         (move |s: SocketRef| on_connect(h.clone(), s)).with(check),
     );
     tokio::spawn(ring_timer(hub));
+    let http = Arc::new(Http { cfg });
     let app = Router::new()
-        .route(
-            "/api/turn-credentials",
-            get(turn_credentials).options(preflight),
-        )
-        .with_state(Arc::new(Http { cfg }))
-        .layer(layer);
+        .route("/api/turn-credentials", get(turn_credentials))
+        .with_state(http.clone())
+        .layer(layer)
+        .layer(axum::middleware::from_fn_with_state(http, cors));
     let l = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {

@@ -190,6 +190,17 @@ step('disconnect ends the call for the other party', async () => {
   await ring(alice, carol, 'alice', 'carol');
 });
 
+step('call_initiate is rate limited per user', async () => {
+  const dave = await login('dave');
+  const codes = [];
+  for (let i = 0; i < 6; i++) {
+    const err = next(dave, 'call_error');
+    dave.emit('call_initiate', { calleeId: 'nobody', type: 'voice' });
+    codes.push((await err).code);
+  }
+  assert.deepEqual(codes, [...Array(5).fill('user_offline'), 'rate_limited']);
+});
+
 const deadline = setTimeout(() => {
   console.error('call_flow: timed out');
   process.exit(1);
