@@ -597,6 +597,7 @@ pub fn spawn(cfg: SignalConfig) -> io::Result<SignalHandle> {
     })?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
+    let cfg_secret_missing = cfg.secret.is_none();
     let thread = std::thread::Builder::new()
         .name("vigi-signal".into())
         .spawn(move || {
@@ -613,6 +614,12 @@ pub fn spawn(cfg: SignalConfig) -> io::Result<SignalHandle> {
             rt.block_on(serve(listener, cfg));
         })?;
     tracing::info!("signaling (Socket.io) on http://{addr}/");
+    if cfg_secret_missing {
+        tracing::warn!(
+            "--signaling-secret is not set: any client may claim any userId; \
+             set it outside a trusted network"
+        );
+    }
     Ok(SignalHandle {
         _thread: thread,
         addr,
