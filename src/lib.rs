@@ -5,8 +5,9 @@
 //! owns allocations, permissions, channels, nonces, auth and accounting, and that never touches a
 //! socket or a clock. The engine answers with routing decisions (data plane) or messages to send
 //! (control plane); the worker does the I/O. Everything a user configures enters through [`config`],
-//! everything a user can watch leaves through [`metrics`] and [`http`]. The load harness ([`bench`],
-//! binary `vigi-bench`) sits beside the relay and shares only [`proto`] and the credential code.
+//! everything a user can watch leaves through [`metrics`] and [`http`]. The signaling companion
+//! ([`signal`]) and the load harness ([`bench`], binary `vigi-bench`) sit beside the relay and share
+//! only [`proto`] and the credential code.
 
 pub mod bench;
 pub mod config;
@@ -15,3 +16,4 @@ pub mod http;
 pub mod io;
 pub mod metrics;
 pub mod proto;
+pub mod signal;

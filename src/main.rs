@@ -107,6 +107,10 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
     let observe = vigi_turn::http::Observe::from(&rc);
     let running = io::start(rc).context("starting listeners")?;
     let _http = vigi_turn::http::spawn(&config, &running, observe).context("starting HTTP")?;
+    let _signal = vigi_turn::signal::SignalConfig::from_config(&config)
+        .map(vigi_turn::signal::spawn)
+        .transpose()
+        .context("starting signaling")?;
     if let Some(p) = &config.pidfile {
         if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
             tracing::warn!("cannot write pid file {}: {e}", p.display());

@@ -358,6 +358,31 @@ pub struct Cli {
     /// Log as JSON lines (one object per event).
     #[arg(long = "log-json")]
     pub log_json: bool,
+
+    // ---- signaling companion (vigi-turn extensions) ----
+    /// Serve Socket.io call signaling and `GET /api/turn-credentials` on this address (off unless given).
+    #[arg(long = "signaling-listen", value_name = "ADDR:PORT")]
+    pub signaling_listen: Option<std::net::SocketAddr>,
+    /// Require a signed token in the Socket.io handshake (HMAC-SHA256 of `userId:expiry`).
+    #[arg(
+        long = "signaling-secret",
+        value_name = "SECRET",
+        env = "VIGI_SIGNALING_SECRET"
+    )]
+    pub signaling_secret: Option<String>,
+    /// The origin allowed to call the signaling HTTP API from a browser (default: any).
+    #[arg(long = "signaling-cors-origin", value_name = "ORIGIN")]
+    pub signaling_cors_origin: Option<String>,
+    /// Lifetime in seconds of the credentials `GET /api/turn-credentials` mints.
+    #[arg(
+        long = "turn-credentials-ttl",
+        value_name = "SECONDS",
+        default_value_t = 86_400
+    )]
+    pub turn_credentials_ttl: u64,
+    /// A TURN URI handed out with credentials (e.g. `turns:turn.example.org:5349?transport=tcp`); repeatable.
+    #[arg(long = "turn-uri", value_name = "URI")]
+    pub turn_uri: Vec<String>,
 }
 
 /// How an option vigi-turn does not implement is treated when it is set.

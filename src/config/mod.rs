@@ -171,6 +171,18 @@ pub struct Config {
     pub admin_token: Option<String>,
     pub log_json: bool,
 
+    // ---- signaling companion ----
+    /// Where the Socket.io signaling server listens; `None` = off.
+    pub signaling_listen: Option<SocketAddr>,
+    /// The secret signaling tokens are checked against; `None` = the `userId` alone is trusted.
+    pub signaling_secret: Option<String>,
+    /// The CORS origin of the signaling HTTP API; `None` = any.
+    pub signaling_cors_origin: Option<String>,
+    /// Lifetime of minted TURN REST credentials, in seconds.
+    pub turn_credentials_ttl: u64,
+    /// TURN URIs handed out with credentials; empty = derived from the listeners.
+    pub turn_uris: Vec<String>,
+
     // ---- provenance ----
     /// The config file actually read, if any.
     pub conf_file: Option<PathBuf>,
@@ -597,6 +609,11 @@ fn resolve(
         admin_listen: cli.admin_listen,
         admin_token: non_empty(cli.admin_token),
         log_json: cli.log_json,
+        signaling_listen: cli.signaling_listen,
+        signaling_secret: non_empty(cli.signaling_secret),
+        signaling_cors_origin: non_empty(cli.signaling_cors_origin),
+        turn_credentials_ttl: cli.turn_credentials_ttl,
+        turn_uris: cli.turn_uri,
         conf_file,
         warnings: warnings.list,
     })
@@ -789,6 +806,14 @@ impl fmt::Debug for Config {
                 &Redacted(usize::from(self.admin_token.is_some())),
             )
             .field("log_json", &self.log_json)
+            .field("signaling_listen", &self.signaling_listen)
+            .field(
+                "signaling_secret",
+                &Redacted(usize::from(self.signaling_secret.is_some())),
+            )
+            .field("signaling_cors_origin", &self.signaling_cors_origin)
+            .field("turn_credentials_ttl", &self.turn_credentials_ttl)
+            .field("turn_uris", &self.turn_uris)
             .field("conf_file", &self.conf_file)
             .field("warnings", &self.warnings)
             .finish()

@@ -1,0 +1,383 @@
+//! Call state of the signaling companion: who is online, who is in which call, which calls are
+//! ringing, and how often each user may place a call. No sockets and no clock: time is a
+//! parameter, and every method says what to tell whom by returning it.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// How long a call may ring before it is ended as unanswered.
+pub const RING_TIMEOUT: Duration = Duration::from_secs(30);
+/// `call_initiate` budget per user: this many calls ...
+pub const INITIATE_BURST: u32 = 5;
+/// ... refilled at one call per this interval.
+pub const INITIATE_REFILL: Duration = Duration::from_secs(4);
+
+/// Audio only or audio and video, as the seed's `type` field says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    Voice,
+    Video,
+}
+
+impl CallKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "voice" => Some(CallKind::Voice),
+            "video" => Some(CallKind::Video),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallKind::Voice => "voice",
+            CallKind::Video => "video",
+        }
+    }
+}
+
+/// Why a call operation was refused; sent to the client as `call_error {code, message}`
+/// (except [`CallError::CalleeBusy`], which the seed reports as `call_busy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("you cannot call yourself")]
+    SelfCall,
+    #[error("the callee is not online")]
+    CalleeOffline,
+    #[error("the callee is in another call")]
+    CalleeBusy,
+    #[error("you are already in a call")]
+    AlreadyInCall,
+    #[error("no such call")]
+    UnknownCall,
+    #[error("not allowed in this state of the call")]
+    WrongState,
+    #[error("too many calls placed; wait a little")]
+    RateLimited,
+}
+
+impl CallError {
+    /// The stable `code` clients switch on.
+    pub fn code(self) -> &'static str {
+        match self {
+            CallError::SelfCall => "self_call",
+            CallError::CalleeOffline => "user_offline",
+            CallError::CalleeBusy => "busy",
+            CallError::AlreadyInCall => "already_in_call",
+            CallError::UnknownCall => "unknown_call",
+            CallError::WrongState => "wrong_state",
+            CallError::RateLimited => "rate_limited",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Ringing { since: Instant },
+    Active,
+}
+
+#[derive(Debug, Clone)]
+struct Call {
+    caller: String,
+    callee: String,
+    phase: Phase,
+}
+
+impl Call {
+    fn other(&self, user: &str) -> Option<&str> {
+        if user == self.caller {
+            Some(&self.callee)
+        } else if user == self.callee {
+            Some(&self.caller)
+        } else {
+            None
+        }
+    }
+}
+
+/// A call that ended without either party asking: its id and both parties.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    pub call_id: String,
+    pub caller: String,
+    pub callee: String,
+}
+
+/// Token bucket for `call_initiate`.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: u32,
+    at: Instant,
+}
+
+/// Every call and online user of one signaling server.
+#[derive(Debug, Default)]
+pub struct Calls {
+    call_by_id: HashMap<String, Call>,
+    call_id_by_user: HashMap<String, String>,
+    sockets_by_user: HashMap<String, usize>,
+    bucket_by_user: HashMap<String, Bucket>,
+}
+
+impl Calls {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A socket of `user` connected.
+    pub fn handle_connect(&mut self, user: &str) {
+        *self.sockets_by_user.entry(user.to_owned()).or_default() += 1;
+    }
+
+    /// A socket of `user` disconnected. When it was the user's last one, the user's call ends:
+    /// the returned call's other party is to be told `call_ended`.
+    pub fn handle_disconnect(&mut self, user: &str) -> Option<Ended> {
+        let n = self.sockets_by_user.get_mut(user)?;
+        *n -= 1;
+        if *n > 0 {
+            return None;
+        }
+        self.sockets_by_user.remove(user);
+        self.bucket_by_user.remove(user);
+        let call_id = self.call_id_by_user.get(user)?.clone();
+        self.remove(&call_id)
+    }
+
+    pub fn is_online(&self, user: &str) -> bool {
+        self.sockets_by_user.contains_key(user)
+    }
+
+    /// `call_initiate`: the new call's id, ringing at `callee`.
+    pub fn handle_initiate(
+        &mut self,
+        now: Instant,
+        caller: &str,
+        callee: &str,
+        call_id: String,
+    ) -> Result<String, CallError> {
+        if caller == callee {
+            return Err(CallError::SelfCall);
+        }
+        self.try_take_token(now, caller)?;
+        if self.call_id_by_user.contains_key(caller) {
+            return Err(CallError::AlreadyInCall);
+        }
+        if !self.is_online(callee) {
+            return Err(CallError::CalleeOffline);
+        }
+        if self.call_id_by_user.contains_key(callee) {
+            return Err(CallError::CalleeBusy);
+        }
+        self.call_id_by_user
+            .insert(caller.to_owned(), call_id.clone());
+        self.call_id_by_user
+            .insert(callee.to_owned(), call_id.clone());
+        self.call_by_id.insert(
+            call_id.clone(),
+            Call {
+                caller: caller.to_owned(),
+                callee: callee.to_owned(),
+                phase: Phase::Ringing { since: now },
+            },
+        );
+        Ok(call_id)
+    }
+
+    /// `call_answer` by the callee of a ringing call: the caller, to be told `call_answered`.
+    pub fn handle_answer(&mut self, user: &str, call_id: &str) -> Result<String, CallError> {
+        let call = self
+            .call_by_id
+            .get_mut(call_id)
+            .ok_or(CallError::UnknownCall)?;
+        if call.callee != user {
+            return Err(if call.caller == user {
+                CallError::WrongState
+            } else {
+                CallError::UnknownCall
+            });
+        }
+        if call.phase == Phase::Active {
+            return Err(CallError::WrongState);
+        }
+        call.phase = Phase::Active;
+        Ok(call.caller.clone())
+    }
+
+    /// `call_reject`/`call_decline` by the callee of a ringing call: the caller, to be told
+    /// `call_rejected`.
+    pub fn handle_reject(&mut self, user: &str, call_id: &str) -> Result<String, CallError> {
+        let call = self.call_by_id.get(call_id).ok_or(CallError::UnknownCall)?;
+        if call.callee != user {
+            return Err(if call.caller == user {
+                CallError::WrongState
+            } else {
+                CallError::UnknownCall
+            });
+        }
+        if call.phase == Phase::Active {
+            return Err(CallError::WrongState);
+        }
+        let caller = call.caller.clone();
+        self.remove(call_id);
+        Ok(caller)
+    }
+
+    /// `call_end` by either party, ringing or not: the other party, to be told `call_ended`.
+    pub fn handle_end(&mut self, user: &str, call_id: &str) -> Result<String, CallError> {
+        let call = self.call_by_id.get(call_id).ok_or(CallError::UnknownCall)?;
+        let other = call.other(user).ok_or(CallError::UnknownCall)?.to_owned();
+        self.remove(call_id);
+        Ok(other)
+    }
+
+    /// May `from` relay WebRTC messages to `to`? Only between the two parties of one call.
+    pub fn are_peers(&self, from: &str, to: &str) -> bool {
+        self.call_id_by_user
+            .get(from)
+            .and_then(|id| self.call_by_id.get(id))
+            .and_then(|c| c.other(from))
+            == Some(to)
+    }
+
+    /// End every call that has rung for longer than [`RING_TIMEOUT`].
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Ended> {
+        let expired: Vec<String> = self
+            .call_by_id
+            .iter()
+            .filter(|(_, c)| match c.phase {
+                Phase::Ringing { since } => now.saturating_duration_since(since) >= RING_TIMEOUT,
+                Phase::Active => false,
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        expired.iter().filter_map(|id| self.remove(id)).collect()
+    }
+
+    fn remove(&mut self, call_id: &str) -> Option<Ended> {
+        let call = self.call_by_id.remove(call_id)?;
+        self.call_id_by_user.remove(&call.caller);
+        self.call_id_by_user.remove(&call.callee);
+        Some(Ended {
+            call_id: call_id.to_owned(),
+            caller: call.caller,
+            callee: call.callee,
+        })
+    }
+
+    fn try_take_token(&mut self, now: Instant, user: &str) -> Result<(), CallError> {
+        let b = self
+            .bucket_by_user
+            .entry(user.to_owned())
+            .or_insert(Bucket {
+                tokens: INITIATE_BURST,
+                at: now,
+            });
+        let refill = now.saturating_duration_since(b.at).as_millis() / INITIATE_REFILL.as_millis();
+        if refill > 0 {
+            let refill = u32::try_from(refill).unwrap_or(u32::MAX);
+            b.tokens = b.tokens.saturating_add(refill).min(INITIATE_BURST);
+            b.at = now;
+        }
+        if b.tokens == 0 {
+            return Err(CallError::RateLimited);
+        }
+        b.tokens -= 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn online(users: &[&str]) -> Calls {
+        let mut c = Calls::new();
+        for u in users {
+            c.handle_connect(u);
+        }
+        c
+    }
+
+    #[test]
+    fn initiate_answer_end() {
+        let t = Instant::now();
+        let mut c = online(&["a", "b"]);
+        let id = c.handle_initiate(t, "a", "b", "c1".into()).unwrap();
+        assert!(c.are_peers("a", "b") && c.are_peers("b", "a"));
+        assert_eq!(c.handle_answer("a", &id), Err(CallError::WrongState));
+        assert_eq!(c.handle_answer("b", &id).unwrap(), "a");
+        assert_eq!(c.handle_answer("b", &id), Err(CallError::WrongState));
+        assert_eq!(c.handle_end("x", &id), Err(CallError::UnknownCall));
+        assert_eq!(c.handle_end("b", &id).unwrap(), "a");
+        assert!(!c.are_peers("a", "b"));
+    }
+
+    #[test]
+    fn busy_offline_self() {
+        let t = Instant::now();
+        let mut c = online(&["a", "b", "c"]);
+        assert_eq!(
+            c.handle_initiate(t, "a", "a", "x".into()),
+            Err(CallError::SelfCall)
+        );
+        assert_eq!(
+            c.handle_initiate(t, "a", "z", "x".into()),
+            Err(CallError::CalleeOffline)
+        );
+        c.handle_initiate(t, "a", "b", "c1".into()).unwrap();
+        assert_eq!(
+            c.handle_initiate(t, "c", "b", "c2".into()),
+            Err(CallError::CalleeBusy)
+        );
+        assert_eq!(
+            c.handle_initiate(t, "a", "c", "c3".into()),
+            Err(CallError::AlreadyInCall)
+        );
+        assert!(!c.are_peers("c", "b"));
+        assert_eq!(c.handle_reject("b", "c1").unwrap(), "a");
+        c.handle_initiate(t, "c", "b", "c4".into()).unwrap();
+    }
+
+    #[test]
+    fn last_socket_ends_the_call() {
+        let t = Instant::now();
+        let mut c = online(&["a", "b", "b"]);
+        c.handle_initiate(t, "a", "b", "c1".into()).unwrap();
+        assert_eq!(c.handle_disconnect("b"), None);
+        let e = c.handle_disconnect("b").unwrap();
+        assert_eq!((e.caller.as_str(), e.callee.as_str()), ("a", "b"));
+        assert!(!c.is_online("b"));
+        assert_eq!(c.handle_disconnect("zz"), None);
+    }
+
+    #[test]
+    fn ringing_times_out_and_active_does_not() {
+        let t = Instant::now();
+        let mut c = online(&["a", "b", "c", "d"]);
+        c.handle_initiate(t, "a", "b", "c1".into()).unwrap();
+        c.handle_initiate(t, "c", "d", "c2".into()).unwrap();
+        c.handle_answer("d", "c2").unwrap();
+        assert!(c.handle_timeout(t + RING_TIMEOUT / 2).is_empty());
+        let ended = c.handle_timeout(t + RING_TIMEOUT);
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].call_id, "c1");
+        assert!(c.are_peers("c", "d"));
+    }
+
+    #[test]
+    fn initiate_is_rate_limited() {
+        let t = Instant::now();
+        let mut c = online(&["a", "b"]);
+        for i in 0..INITIATE_BURST {
+            c.handle_initiate(t, "a", "b", format!("c{i}")).unwrap();
+            c.handle_end("a", &format!("c{i}")).unwrap();
+        }
+        assert_eq!(
+            c.handle_initiate(t, "a", "b", "x".into()),
+            Err(CallError::RateLimited)
+        );
+        c.handle_initiate(t + INITIATE_REFILL, "a", "b", "y".into())
+            .unwrap();
+    }
+}

@@ -1,0 +1,722 @@
+//! The signaling companion (`--signaling-listen ADDR:PORT`, off unless given): Socket.io call
+//! signaling (protocol v5, so `socket.io-client` 4.x connects unchanged) and the TURN REST
+//! credential endpoint (draft-uberti-behave-turn-rest-00 §2), served by axum + socketioxide on a
+//! thread and runtime of their own so that signaling never delays a relay worker.
+//!
+//! Handshake: `auth: {userId}`, plus `{token, expiry}` when `--signaling-secret` is set, where
+//! `token` = hex HMAC-SHA256(secret, `"{userId}:{expiry}"`) ([`mint_token`]) and `expiry` is in
+//! Unix seconds. Each socket joins room `user_<userId>`.
+//!
+//! Events (the seed's names and fields): `call_initiate {calleeId, type}` → `incoming_call
+//! {callId, callerId, type}` to the callee and `call_initiated {callId}` to the caller (or
+//! `call_busy`); `call_answer {callId}` → `call_answered {callId}` to both; `call_reject` /
+//! `call_decline {callId}` → `call_rejected {callId}` to the caller; `call_end {callId}` →
+//! `call_ended {callId}` to the other party; `webrtc_offer {offer, to}`, `webrtc_answer
+//! {answer, to}`, `webrtc_ice_candidate {candidate, to}` → relayed to `user_<to>` with `from`
+//! added, only between the two parties of one call. Refusals come back as `call_error {code,
+//! message}`. The call state itself lives in [`calls`].
+//!
+//! HTTP: `GET /api/turn-credentials[?userId=&expiry=&token=]` →
+//! `{username, password, ttl, uris, iceServers}` minted from the first `--static-auth-secret`.
+
+pub mod calls;
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use sha2::Sha256;
+use socketioxide::extract::{SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
+use socketioxide::SocketIo;
+use subtle::ConstantTimeEq;
+
+use crate::config::Config;
+use crate::engine::auth::mint_rest_credentials;
+use calls::{CallError, CallKind, Calls};
+
+/// The largest event payload accepted (JSON-encoded); larger ones get `call_error
+/// payload_too_large`. SDP offers with many codecs stay well below.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+/// The largest Engine.IO packet read at all; larger ones close the connection.
+const MAX_PACKET_BYTES: u64 = 256 * 1024;
+/// The longest user id accepted.
+pub const MAX_USER_ID_LEN: usize = 128;
+
+/// What the signaling companion needs from the configuration.
+#[derive(Clone, Debug)]
+pub struct SignalConfig {
+    pub listen: SocketAddr,
+    /// `--signaling-secret`: handshake tokens are required when set.
+    pub secret: Option<Vec<u8>>,
+    /// `--signaling-cors-origin`; `None` = `*`.
+    pub cors_origin: Option<String>,
+    /// The first `--static-auth-secret`; `None` = the credential endpoint answers 503.
+    pub rest_secret: Option<Vec<u8>>,
+    pub rest_separator: char,
+    pub credentials_ttl: u64,
+    /// `--turn-uri`s; empty = derived per request from [`SignalConfig::default_host`] or the
+    /// request's `Host`.
+    pub turn_uris: Vec<String>,
+    /// The specific listening IP, if any, for the default URIs.
+    pub default_host: Option<IpAddr>,
+    pub turn_port: u16,
+    pub udp: bool,
+    pub tcp: bool,
+}
+
+impl SignalConfig {
+    /// `None` unless `--signaling-listen` is given.
+    pub fn from_config(c: &Config) -> Option<Self> {
+        Some(SignalConfig {
+            listen: c.signaling_listen?,
+            secret: c.signaling_secret.as_ref().map(|s| s.as_bytes().to_vec()),
+            cors_origin: c.signaling_cors_origin.clone(),
+            rest_secret: c.static_auth_secrets.first().map(|s| s.as_bytes().to_vec()),
+            rest_separator: c.rest_api_separator,
+            credentials_ttl: c.turn_credentials_ttl,
+            turn_uris: c.turn_uris.clone(),
+            default_host: c
+                .listening_ips
+                .iter()
+                .copied()
+                .find(|ip| !ip.is_unspecified()),
+            turn_port: c.listening_port,
+            udp: !c.no_udp,
+            tcp: !c.no_tcp,
+        })
+    }
+}
+
+/// Why a handshake or credential request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing or invalid userId")]
+    BadUser,
+    #[error("missing token or expiry")]
+    MissingToken,
+    #[error("token expired")]
+    Expired,
+    #[error("invalid token")]
+    BadToken,
+}
+
+/// The handshake token of `user` valid until `expiry` (Unix seconds): hex HMAC-SHA256 of
+/// `"{user}:{expiry}"` under the signaling secret. An app's backend mints it the same way.
+pub fn mint_token(secret: &[u8], user: &str, expiry: u64) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(format!("{user}:{expiry}").as_bytes());
+    hex(&mac.finalize().into_bytes())
+}
+
+/// Check a handshake token; compared in constant time.
+pub fn verify_token(
+    secret: &[u8],
+    user: &str,
+    expiry: u64,
+    token: &str,
+    unix_now: u64,
+) -> Result<(), AuthError> {
+    if expiry <= unix_now {
+        return Err(AuthError::Expired);
+    }
+    let want = mint_token(secret, user, expiry);
+    if want.as_bytes().ct_eq(token.as_bytes()).into() {
+        Ok(())
+    } else {
+        Err(AuthError::BadToken)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A user id from JSON: a non-empty string without control characters, or a number (the seed's
+/// ids may be either).
+fn user_id(v: Option<&Value>) -> Option<String> {
+    let s = match v? {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    let ok = !s.is_empty() && s.len() <= MAX_USER_ID_LEN && !s.chars().any(char::is_control);
+    ok.then_some(s)
+}
+
+fn unix_secs(v: Option<&Value>) -> Option<u64> {
+    match v? {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Check the identity a client claims (handshake `auth` or query string).
+fn authenticate(secret: Option<&[u8]>, auth: &Value, now: u64) -> Result<String, AuthError> {
+    let user = user_id(auth.get("userId")).ok_or(AuthError::BadUser)?;
+    if let Some(secret) = secret {
+        let expiry = unix_secs(auth.get("expiry")).ok_or(AuthError::MissingToken)?;
+        let token = auth
+            .get("token")
+            .and_then(Value::as_str)
+            .ok_or(AuthError::MissingToken)?;
+        verify_token(secret, &user, expiry, token, now)?;
+    }
+    Ok(user)
+}
+
+/// The authenticated user of a socket, kept in its extensions.
+#[derive(Clone)]
+struct UserId(Arc<str>);
+
+struct Hub {
+    io: SocketIo,
+    calls: Mutex<Calls>,
+}
+
+impl Hub {
+    fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
+        self.calls.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn to_user(&self, user: &str, event: &str, data: &Value) {
+        let _ = self.io.to(room(user)).emit(event, data).await;
+    }
+}
+
+fn room(user: &str) -> String {
+    format!("user_{user}")
+}
+
+fn call_error(s: &SocketRef, code: &str, message: &str) {
+    let _ = s.emit("call_error", &json!({ "code": code, "message": message }));
+}
+
+fn refuse(s: &SocketRef, e: CallError) {
+    call_error(s, e.code(), &e.to_string());
+}
+
+/// The payload of an event if it is a JSON object within [`MAX_EVENT_BYTES`]; otherwise the
+/// client is told why and `None` is returned.
+fn payload(
+    s: &SocketRef,
+    data: Result<Value, impl std::fmt::Display>,
+) -> Option<Map<String, Value>> {
+    let v = match data {
+        Ok(v) => v,
+        Err(_) => {
+            call_error(s, "invalid_payload", "payload is not JSON");
+            return None;
+        }
+    };
+    let size = serde_json::to_vec(&v).map_or(usize::MAX, |b| b.len());
+    if size > MAX_EVENT_BYTES {
+        call_error(
+            s,
+            "payload_too_large",
+            &format!("payload of {size} bytes exceeds {MAX_EVENT_BYTES}"),
+        );
+        return None;
+    }
+    match v {
+        Value::Object(m) => Some(m),
+        _ => {
+            call_error(s, "invalid_payload", "payload must be an object");
+            None
+        }
+    }
+}
+
+fn call_id_of(s: &SocketRef, m: &Map<String, Value>) -> Option<String> {
+    match m.get("callId").and_then(Value::as_str) {
+        Some(id) if !id.is_empty() && id.len() <= 64 => Some(id.to_owned()),
+        _ => {
+            call_error(s, "invalid_payload", "callId (string) is required");
+            None
+        }
+    }
+}
+
+fn user_of(s: &SocketRef) -> Option<Arc<str>> {
+    s.extensions.get::<UserId>().map(|u| u.0)
+}
+
+fn new_call_id() -> String {
+    hex(&rand::random::<[u8; 16]>())
+}
+
+async fn on_initiate(hub: Arc<Hub>, s: SocketRef, data: Result<Value, impl std::fmt::Display>) {
+    let (Some(me), Some(m)) = (user_of(&s), payload(&s, data)) else {
+        return;
+    };
+    let Some(callee) = user_id(m.get("calleeId")) else {
+        return call_error(&s, "invalid_payload", "calleeId is required");
+    };
+    let Some(kind) = m
+        .get("type")
+        .and_then(Value::as_str)
+        .and_then(CallKind::parse)
+    else {
+        return call_error(&s, "invalid_payload", "type must be \"voice\" or \"video\"");
+    };
+    let r = hub
+        .calls()
+        .handle_initiate(Instant::now(), &me, &callee, new_call_id());
+    match r {
+        Ok(call_id) => {
+            let incoming = json!({ "callId": call_id, "callerId": &*me, "type": kind.as_str() });
+            hub.to_user(&callee, "incoming_call", &incoming).await;
+            let _ = s.emit("call_initiated", &json!({ "callId": call_id }));
+        }
+        Err(CallError::CalleeBusy) => {
+            let _ = s.emit("call_busy", &json!({ "calleeId": callee }));
+        }
+        Err(e) => refuse(&s, e),
+    }
+}
+
+/// `call_answer`, `call_reject`/`call_decline`, `call_end`.
+#[derive(Clone, Copy)]
+enum Step {
+    Answer,
+    Reject,
+    End,
+}
+
+async fn on_step(
+    hub: Arc<Hub>,
+    s: SocketRef,
+    data: Result<Value, impl std::fmt::Display>,
+    step: Step,
+) {
+    let (Some(me), Some(m)) = (user_of(&s), payload(&s, data)) else {
+        return;
+    };
+    let Some(call_id) = call_id_of(&s, &m) else {
+        return;
+    };
+    let r = {
+        let mut calls = hub.calls();
+        match step {
+            Step::Answer => calls.handle_answer(&me, &call_id),
+            Step::Reject => calls.handle_reject(&me, &call_id),
+            Step::End => calls.handle_end(&me, &call_id),
+        }
+    };
+    let other = match r {
+        Ok(other) => other,
+        Err(e) => return refuse(&s, e),
+    };
+    let msg = json!({ "callId": call_id });
+    match step {
+        Step::Answer => {
+            hub.to_user(&other, "call_answered", &msg).await;
+            hub.to_user(&me, "call_answered", &msg).await;
+        }
+        Step::Reject => hub.to_user(&other, "call_rejected", &msg).await,
+        Step::End => {
+            let msg = json!({ "callId": call_id, "endedBy": &*me });
+            hub.to_user(&other, "call_ended", &msg).await;
+        }
+    }
+}
+
+/// `webrtc_offer`/`webrtc_answer`/`webrtc_ice_candidate`: relay `field` to `to` with `from`.
+async fn on_relay(
+    hub: Arc<Hub>,
+    s: SocketRef,
+    data: Result<Value, impl std::fmt::Display>,
+    event: &'static str,
+    field: &'static str,
+) {
+    let (Some(me), Some(mut m)) = (user_of(&s), payload(&s, data)) else {
+        return;
+    };
+    let Some(to) = user_id(m.get("to")) else {
+        return call_error(&s, "invalid_payload", "to is required");
+    };
+    let Some(body) = m.remove(field).filter(|v| !v.is_null()) else {
+        return call_error(&s, "invalid_payload", &format!("{field} is required"));
+    };
+    if !hub.calls().are_peers(&me, &to) {
+        return call_error(
+            &s,
+            "not_in_call",
+            "relaying only to the other party of your call",
+        );
+    }
+    let mut out = Map::new();
+    out.insert(field.to_owned(), body);
+    out.insert("from".to_owned(), Value::String(me.to_string()));
+    hub.to_user(&to, event, &Value::Object(out)).await;
+}
+
+fn on_connect(hub: Arc<Hub>, s: SocketRef) {
+    let Some(me) = user_of(&s) else {
+        let _ = s.disconnect();
+        return;
+    };
+    hub.calls().handle_connect(&me);
+    s.join(room(&me));
+    tracing::debug!(user = %me, "signaling socket connected");
+
+    let h = hub.clone();
+    s.on(
+        "call_initiate",
+        move |s: SocketRef, TryData(d): TryData<Value>| on_initiate(h.clone(), s, d),
+    );
+    for (event, step) in [
+        ("call_answer", Step::Answer),
+        ("call_reject", Step::Reject),
+        ("call_decline", Step::Reject),
+        ("call_end", Step::End),
+    ] {
+        let h = hub.clone();
+        s.on(event, move |s: SocketRef, TryData(d): TryData<Value>| {
+            on_step(h.clone(), s, d, step)
+        });
+    }
+    for (event, field) in [
+        ("webrtc_offer", "offer"),
+        ("webrtc_answer", "answer"),
+        ("webrtc_ice_candidate", "candidate"),
+    ] {
+        let h = hub.clone();
+        s.on(event, move |s: SocketRef, TryData(d): TryData<Value>| {
+            on_relay(h.clone(), s, d, event, field)
+        });
+    }
+    let h = hub;
+    s.on_disconnect(move |s: SocketRef| {
+        let h = h.clone();
+        async move {
+            let Some(me) = user_of(&s) else { return };
+            let ended = h.calls().handle_disconnect(&me);
+            if let Some(e) = ended {
+                let other = if *me == *e.caller { e.callee } else { e.caller };
+                let msg = json!({ "callId": e.call_id, "endedBy": &*me, "reason": "disconnected" });
+                h.to_user(&other, "call_ended", &msg).await;
+            }
+        }
+    });
+}
+
+/// End calls that rang unanswered for [`calls::RING_TIMEOUT`].
+async fn ring_timer(hub: Arc<Hub>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let ended = hub.calls().handle_timeout(Instant::now());
+        for e in ended {
+            let msg = json!({ "callId": e.call_id, "reason": "timeout" });
+            hub.to_user(&e.caller, "call_ended", &msg).await;
+            hub.to_user(&e.callee, "call_ended", &msg).await;
+        }
+    }
+}
+
+/// The credential endpoint's view of the configuration.
+struct Http {
+    cfg: SignalConfig,
+}
+
+impl Http {
+    fn cors(&self) -> HeaderValue {
+        self.cfg
+            .cors_origin
+            .as_deref()
+            .and_then(|o| HeaderValue::from_str(o).ok())
+            .unwrap_or(HeaderValue::from_static("*"))
+    }
+
+    fn uris(&self, headers: &HeaderMap) -> Vec<String> {
+        if !self.cfg.turn_uris.is_empty() {
+            return self.cfg.turn_uris.clone();
+        }
+        let host = match self.cfg.default_host {
+            Some(IpAddr::V6(ip)) => format!("[{ip}]"),
+            Some(ip) => ip.to_string(),
+            None => request_host(headers).unwrap_or_else(|| "localhost".to_owned()),
+        };
+        let port = self.cfg.turn_port;
+        let mut out = Vec::new();
+        if self.cfg.udp {
+            out.push(format!("turn:{host}:{port}?transport=udp"));
+        }
+        if self.cfg.tcp {
+            out.push(format!("turn:{host}:{port}?transport=tcp"));
+        }
+        out
+    }
+}
+
+/// The host part of the request's `Host` header (IPv6 literals keep their brackets).
+fn request_host(headers: &HeaderMap) -> Option<String> {
+    let h = headers.get(header::HOST)?.to_str().ok()?;
+    let host = if h.starts_with('[') {
+        &h[..=h.find(']')?]
+    } else {
+        h.split(':').next()?
+    };
+    let ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.[]:".contains(c));
+    ok.then(|| host.to_owned())
+}
+
+#[derive(Deserialize)]
+struct CredQuery {
+    #[serde(rename = "userId")]
+    user_id: Option<String>,
+    expiry: Option<String>,
+    token: Option<String>,
+}
+
+async fn turn_credentials(
+    State(http): State<Arc<Http>>,
+    headers: HeaderMap,
+    Query(q): Query<CredQuery>,
+) -> Response {
+    let fail =
+        |status: StatusCode, msg: String| (status, Json(json!({ "error": msg }))).into_response();
+    let mut user = String::new();
+    if let Some(secret) = &http.cfg.secret {
+        let mut auth = Map::new();
+        for (k, v) in [
+            ("userId", &q.user_id),
+            ("expiry", &q.expiry),
+            ("token", &q.token),
+        ] {
+            if let Some(v) = v {
+                auth.insert(k.to_owned(), Value::String(v.clone()));
+            }
+        }
+        match authenticate(Some(secret), &Value::Object(auth), unix_now()) {
+            Ok(u) => user = u,
+            Err(e) => return fail(StatusCode::UNAUTHORIZED, e.to_string()),
+        }
+    } else if let Some(u) = &q.user_id {
+        match user_id(Some(&Value::String(u.clone()))) {
+            Some(u) => user = u,
+            None => return fail(StatusCode::BAD_REQUEST, AuthError::BadUser.to_string()),
+        }
+    }
+    let Some(rest_secret) = &http.cfg.rest_secret else {
+        return fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no --static-auth-secret configured".to_owned(),
+        );
+    };
+    let ttl = http.cfg.credentials_ttl;
+    let c = mint_rest_credentials(rest_secret, &user, ttl, unix_now(), http.cfg.rest_separator);
+    let uris = http.uris(&headers);
+    let body = json!({
+        "username": c.username,
+        "password": c.password,
+        "ttl": ttl,
+        "uris": uris,
+        "iceServers": [{ "urls": uris, "username": c.username, "credential": c.password }],
+    });
+    let no_store = [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))];
+    (StatusCode::OK, no_store, Json(body)).into_response()
+}
+
+/// CORS for every response, Socket.io's long-polling included (a browser app served from
+/// another origin polls before it upgrades to WebSocket); preflights are answered here.
+async fn cors(State(http): State<Arc<Http>>, req: Request, next: Next) -> Response {
+    let origin = http.cors();
+    if req.method() == Method::OPTIONS {
+        return (
+            StatusCode::NO_CONTENT,
+            [
+                (header::ACCESS_CONTROL_ALLOW_ORIGIN, origin),
+                (
+                    header::ACCESS_CONTROL_ALLOW_METHODS,
+                    HeaderValue::from_static("GET, POST, OPTIONS"),
+                ),
+                (
+                    header::ACCESS_CONTROL_ALLOW_HEADERS,
+                    HeaderValue::from_static("content-type, authorization"),
+                ),
+                (
+                    header::ACCESS_CONTROL_MAX_AGE,
+                    HeaderValue::from_static("600"),
+                ),
+                (header::VARY, HeaderValue::from_static("Origin")),
+            ],
+        )
+            .into_response();
+    }
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    resp
+}
+
+/// The running signaling thread and its address. Dropping it leaves the thread running (it
+/// ends with the process).
+pub struct SignalHandle {
+    _thread: JoinHandle<()>,
+    pub addr: SocketAddr,
+}
+
+/// Bind `cfg.listen` and serve signaling from a new thread. Binding happens here, so a busy port
+/// is an error at start-up.
+pub fn spawn(cfg: SignalConfig) -> io::Result<SignalHandle> {
+    let listener = TcpListener::bind(cfg.listen).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot listen for signaling on {}: {e}", cfg.listen),
+        )
+    })?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let cfg_secret_missing = cfg.secret.is_none();
+    let thread = std::thread::Builder::new()
+        .name("vigi-signal".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("signaling runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(serve(listener, cfg));
+        })?;
+    tracing::info!("signaling (Socket.io) on http://{addr}/");
+    if cfg_secret_missing {
+        tracing::warn!(
+            "--signaling-secret is not set: any client may claim any userId; \
+             set it outside a trusted network"
+        );
+    }
+    Ok(SignalHandle {
+        _thread: thread,
+        addr,
+    })
+}
+
+async fn serve(listener: TcpListener, cfg: SignalConfig) {
+    let (layer, io) = SocketIo::builder()
+        .max_payload(MAX_PACKET_BYTES)
+        .build_layer();
+    let hub = Arc::new(Hub {
+        io: io.clone(),
+        calls: Mutex::new(Calls::new()),
+    });
+    let secret = cfg.secret.clone();
+    let check = move |s: SocketRef, TryData(auth): TryData<Value>| {
+        let auth = auth.unwrap_or(Value::Null);
+        let user = authenticate(secret.as_deref(), &auth, unix_now())?;
+        s.extensions.insert(UserId(user.into()));
+        Ok::<(), AuthError>(())
+    };
+    let h = hub.clone();
+    io.ns(
+        "/",
+        (move |s: SocketRef| on_connect(h.clone(), s)).with(check),
+    );
+    tokio::spawn(ring_timer(hub));
+    let http = Arc::new(Http { cfg });
+    let app = Router::new()
+        .route("/api/turn-credentials", get(turn_credentials))
+        .with_state(http.clone())
+        .layer(layer)
+        .layer(axum::middleware::from_fn_with_state(http, cors));
+    let l = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("signaling listener: {e}");
+            return;
+        }
+    };
+    if let Err(e) = axum::serve(l, app).await {
+        tracing::error!("signaling server: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens() {
+        let t = mint_token(b"k", "alice", 2_000);
+        assert_eq!(t.len(), 64);
+        assert_eq!(verify_token(b"k", "alice", 2_000, &t, 1_000), Ok(()));
+        assert_eq!(
+            verify_token(b"k", "alice", 2_000, &t, 2_000),
+            Err(AuthError::Expired)
+        );
+        assert_eq!(
+            verify_token(b"k", "bob", 2_000, &t, 1_000),
+            Err(AuthError::BadToken)
+        );
+        assert_eq!(
+            verify_token(b"x", "alice", 2_000, &t, 1_000),
+            Err(AuthError::BadToken)
+        );
+        let auth = json!({ "userId": "alice", "expiry": 2_000, "token": t });
+        assert_eq!(
+            authenticate(Some(b"k"), &auth, 1_000).as_deref(),
+            Ok("alice")
+        );
+        assert_eq!(
+            authenticate(Some(b"k"), &json!({ "userId": "alice" }), 1_000),
+            Err(AuthError::MissingToken)
+        );
+        assert_eq!(
+            authenticate(None, &json!({ "userId": 42 }), 0).as_deref(),
+            Ok("42")
+        );
+        assert_eq!(authenticate(None, &json!({}), 0), Err(AuthError::BadUser));
+        assert_eq!(
+            authenticate(None, &json!({ "userId": "a\nb" }), 0),
+            Err(AuthError::BadUser)
+        );
+    }
+
+    #[test]
+    fn host_header() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::HOST,
+            HeaderValue::from_static("turn.example.org:8080"),
+        );
+        assert_eq!(request_host(&h).as_deref(), Some("turn.example.org"));
+        h.insert(header::HOST, HeaderValue::from_static("[::1]:8080"));
+        assert_eq!(request_host(&h).as_deref(), Some("[::1]"));
+        h.insert(header::HOST, HeaderValue::from_static("a/b"));
+        assert_eq!(request_host(&h), None);
+    }
+}

@@ -1,0 +1,278 @@
+//! The signaling companion through the real binary: the seed's Socket.io call flow driven by the
+//! real `socket.io-client` (npm, tests/signaling/call_flow.mjs), and `GET /api/turn-credentials`
+//! whose credentials allocate on the same server.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use common::*;
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use turn::client::{Client, ClientConfig};
+use vigi_turn::signal::mint_token;
+
+const SIGNAL_SECRET: &str = "signal-s3cret";
+const REST_SECRET: &str = "rest-s3cret";
+
+/// vigi-turn with signaling on a free port of 127.0.0.1; the signaling port.
+fn start_with_signaling(extra: &[&str]) -> (Server, u16) {
+    let sig_port = free_port();
+    let listen = format!("127.0.0.1:{sig_port}");
+    let mut args = vec![
+        "-n",
+        "-L",
+        "127.0.0.1",
+        "--realm",
+        "turn.test",
+        "--use-auth-secret",
+        "--static-auth-secret",
+        REST_SECRET,
+        "--signaling-secret",
+        SIGNAL_SECRET,
+        "--signaling-listen",
+        &listen,
+    ];
+    args.extend_from_slice(extra);
+    let srv = start_server(&args);
+    // The signaling thread binds before the workers report ready; wait for it all the same.
+    let t0 = Instant::now();
+    while TcpStream::connect(("127.0.0.1", sig_port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "signaling not listening"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (srv, sig_port)
+}
+
+fn require_node() {
+    for tool in ["node", "npm"] {
+        let ok = Command::new(tool)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "{tool} is not installed: run `apt-get install nodejs npm` (see .ci/run)"
+        );
+    }
+}
+
+#[test]
+fn socket_io_client_runs_the_call_flow() {
+    require_node();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/signaling");
+    if !dir
+        .join("node_modules/socket.io-client/package.json")
+        .is_file()
+    {
+        let out = run_with_timeout(
+            Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(&dir),
+            Duration::from_secs(300),
+        );
+        assert!(
+            out.status.success(),
+            "npm ci failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (_srv, sig_port) = start_with_signaling(&[]);
+    let out = run_with_timeout(
+        Command::new("node")
+            .arg("call_flow.mjs")
+            .current_dir(&dir)
+            .env("SIGNAL_URL", format!("http://127.0.0.1:{sig_port}"))
+            .env("SIGNAL_SECRET", SIGNAL_SECRET),
+        Duration::from_secs(90),
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(out.status.success(), "call_flow.mjs failed:\n{text}");
+    assert!(text.contains("ok - disconnect ends the call"), "{text}");
+}
+
+/// A plain HTTP/1.1 GET; the status code and the body.
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read response");
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_credentials_endpoint_mints_working_credentials() {
+    let (srv, sig_port) = start_with_signaling(&["--turn-credentials-ttl", "600"]);
+
+    // The socket's auth guards the endpoint too.
+    let (status, _) = http_get(sig_port, "/api/turn-credentials");
+    assert_eq!(status, 401);
+    let expiry = unix_now() + 60;
+    let bad = mint_token(b"wrong", "alice", expiry);
+    let (status, _) = http_get(
+        sig_port,
+        &format!("/api/turn-credentials?userId=alice&expiry={expiry}&token={bad}"),
+    );
+    assert_eq!(status, 401);
+
+    let token = mint_token(SIGNAL_SECRET.as_bytes(), "alice", expiry);
+    let (status, body) = http_get(
+        sig_port,
+        &format!("/api/turn-credentials?userId=alice&expiry={expiry}&token={token}"),
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("JSON body");
+    let username = v["username"].as_str().unwrap().to_owned();
+    let password = v["password"].as_str().unwrap().to_owned();
+    assert_eq!(v["ttl"], 600);
+    let (exp, user) = username.split_once(':').expect("expiry:user");
+    assert_eq!(user, "alice");
+    let exp: u64 = exp.parse().unwrap();
+    assert!(
+        (unix_now() + 590..=unix_now() + 610).contains(&exp),
+        "{exp}"
+    );
+    // draft-uberti TURN REST: password = base64(HMAC-SHA1(secret, username)).
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(REST_SECRET.as_bytes()).unwrap();
+    mac.update(username.as_bytes());
+    let want = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    assert_eq!(password, want);
+    let port = srv.port;
+    let uris = serde_json::json!([
+        format!("turn:127.0.0.1:{port}?transport=udp"),
+        format!("turn:127.0.0.1:{port}?transport=tcp"),
+    ]);
+    assert_eq!(v["uris"], uris);
+    assert_eq!(v["iceServers"][0]["urls"], uris);
+    assert_eq!(v["iceServers"][0]["username"], username.as_str());
+    assert_eq!(v["iceServers"][0]["credential"], password.as_str());
+
+    // The credentials allocate on the running server.
+    let conn = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let server = format!("127.0.0.1:{port}");
+    let client = Client::new(ClientConfig {
+        stun_serv_addr: server.clone(),
+        turn_serv_addr: server,
+        username,
+        password,
+        realm: "turn.test".to_owned(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn: Arc::new(conn),
+        vnet: None,
+    })
+    .await
+    .expect("client");
+    client.listen().await.expect("listen");
+    let relay = tokio::time::timeout(Duration::from_secs(10), client.allocate())
+        .await
+        .expect("allocate in time")
+        .expect("allocate with minted credentials");
+    use webrtc_util::Conn;
+    assert_eq!(relay.local_addr().unwrap().ip().to_string(), "127.0.0.1");
+    relay.close().await.expect("close relay");
+    client.close().await.expect("close");
+}
+
+#[test]
+fn turn_uris_and_cors_origin_are_configurable() {
+    let (_srv, sig_port) = start_with_signaling(&[
+        "--turn-uri",
+        "turn:turn.example.org:3478?transport=udp",
+        "--turn-uri",
+        "turns:turn.example.org:5349?transport=tcp",
+        "--signaling-cors-origin",
+        "https://app.example.org",
+    ]);
+    let expiry = unix_now() + 60;
+    let token = mint_token(SIGNAL_SECRET.as_bytes(), "7", expiry);
+    let mut s = TcpStream::connect(("127.0.0.1", sig_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET /api/turn-credentials?userId=7&expiry={expiry}&token={token} HTTP/1.1\r\n\
+         Host: x\r\nOrigin: https://app.example.org\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase()
+            .contains("access-control-allow-origin: https://app.example.org"),
+        "{resp}"
+    );
+    let body: Value = serde_json::from_str(resp.split_once("\r\n\r\n").unwrap().1).unwrap();
+    // Preflights and Socket.io's long-polling carry the same origin.
+    for req in [
+        "OPTIONS /api/turn-credentials HTTP/1.1",
+        "GET /socket.io/?EIO=4&transport=polling HTTP/1.1",
+    ] {
+        let resp = raw(
+            sig_port,
+            &format!(
+                "{req}\r\nHost: x\r\nOrigin: https://app.example.org\r\n\
+                 Access-Control-Request-Method: GET\r\nConnection: close\r\n\r\n"
+            ),
+        );
+        assert!(
+            resp.to_ascii_lowercase()
+                .contains("access-control-allow-origin: https://app.example.org"),
+            "{req}: {resp}"
+        );
+        assert!(resp.starts_with("HTTP/1.1 2"), "{req}: {resp}");
+    }
+    assert_eq!(
+        body["uris"],
+        serde_json::json!([
+            "turn:turn.example.org:3478?transport=udp",
+            "turns:turn.example.org:5349?transport=tcp"
+        ])
+    );
+}
+
+fn raw(port: u16, request: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    resp
+}

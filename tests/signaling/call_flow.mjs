@@ -1,0 +1,222 @@
+// The seed's Socket.io call flow between real socket.io-client 4.x clients, against a running
+// vigi-turn --signaling-listen. Driven by tests/signaling.rs:
+//   SIGNAL_URL=http://127.0.0.1:PORT SIGNAL_SECRET=... node call_flow.mjs
+// Exits 0 when every step passed, 1 (with the failed step) otherwise.
+import { createHmac } from 'node:crypto';
+import assert from 'node:assert/strict';
+import { io } from 'socket.io-client';
+
+const URL = process.env.SIGNAL_URL;
+const SECRET = process.env.SIGNAL_SECRET;
+assert.ok(URL, 'SIGNAL_URL is required');
+assert.ok(SECRET, 'SIGNAL_SECRET is required');
+
+const token = (user, expiry, secret = SECRET) =>
+  createHmac('sha256', secret).update(`${user}:${expiry}`).digest('hex');
+const later = () => Math.floor(Date.now() / 1000) + 3600;
+
+const sockets = [];
+function open(auth, opts = {}) {
+  const s = io(URL, { auth, reconnection: false, forceNew: true, timeout: 5000, ...opts });
+  sockets.push(s);
+  return s;
+}
+
+// The next `event` on `s` (fails after `ms`).
+function next(s, event, ms = 5000) {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`timed out waiting for ${event}`)), ms);
+    s.once(event, (data) => {
+      clearTimeout(t);
+      resolve(data);
+    });
+  });
+}
+
+// Fails if `event` arrives on `s` within `ms`.
+function never(s, event, ms = 400) {
+  return new Promise((resolve, reject) => {
+    const h = (data) => reject(new Error(`unexpected ${event}: ${JSON.stringify(data)}`));
+    s.once(event, h);
+    setTimeout(() => {
+      s.off(event, h);
+      resolve();
+    }, ms);
+  });
+}
+
+async function login(user, opts) {
+  const expiry = later();
+  const s = open({ userId: user, expiry, token: token(user, expiry) }, opts);
+  await next(s, 'connect');
+  return s;
+}
+
+async function refused(auth) {
+  const s = open(auth);
+  const err = await next(s, 'connect_error');
+  s.close();
+  return err.message;
+}
+
+// One call from `a` (user `aId`) to `b`; returns the call id.
+async function ring(a, b, aId, calleeId, type = 'video') {
+  const incoming = next(b, 'incoming_call');
+  const initiated = next(a, 'call_initiated');
+  a.emit('call_initiate', { calleeId, type });
+  const inc = await incoming;
+  const ini = await initiated;
+  assert.equal(inc.callerId, aId);
+  assert.equal(inc.type, type);
+  assert.equal(inc.callId, ini.callId);
+  assert.ok(ini.callId);
+  return ini.callId;
+}
+
+const steps = [];
+const step = (name, fn) => steps.push([name, fn]);
+let alice, bob, carol;
+
+step('unauthorized handshakes are refused', async () => {
+  const exp = later();
+  assert.match(await refused({ userId: 'mallory', expiry: exp, token: token('mallory', exp, 'wrong') }), /invalid token/);
+  const past = Math.floor(Date.now() / 1000) - 10;
+  assert.match(await refused({ userId: 'mallory', expiry: past, token: token('mallory', past) }), /expired/);
+  assert.match(await refused({ userId: 'mallory' }), /missing token/);
+  assert.match(await refused({ userId: 'bob', expiry: exp, token: token('alice', exp) }), /invalid token/);
+  assert.match(await refused({}), /userId/);
+});
+
+step('clients connect (polling+upgrade and websocket only)', async () => {
+  alice = await login('alice');
+  bob = await login('bob', { transports: ['websocket'] });
+  carol = await login('carol');
+});
+
+let callId;
+step('initiate -> incoming_call and call_initiated', async () => {
+  callId = await ring(alice, bob, 'alice', 'bob', 'video');
+});
+
+step('busy callee -> call_busy', async () => {
+  const busy = next(carol, 'call_busy');
+  const noRing = never(bob, 'incoming_call');
+  carol.emit('call_initiate', { calleeId: 'bob', type: 'voice' });
+  await busy;
+  await noRing;
+});
+
+step('answer -> call_answered to both', async () => {
+  const a = next(alice, 'call_answered');
+  const b = next(bob, 'call_answered');
+  bob.emit('call_answer', { callId });
+  assert.equal((await a).callId, callId);
+  assert.equal((await b).callId, callId);
+});
+
+step('offer, answer and candidates are relayed with from', async () => {
+  const offer = { type: 'offer', sdp: 'v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n' };
+  let got = next(bob, 'webrtc_offer');
+  alice.emit('webrtc_offer', { offer, to: 'bob' });
+  assert.deepEqual(await got, { offer, from: 'alice' });
+
+  const answer = { type: 'answer', sdp: 'v=0\r\n' };
+  got = next(alice, 'webrtc_answer');
+  bob.emit('webrtc_answer', { answer, to: 'alice' });
+  assert.deepEqual(await got, { answer, from: 'bob' });
+
+  const candidate = { candidate: 'candidate:1 1 udp 2113937151 127.0.0.1 5000 typ relay', sdpMid: '0', sdpMLineIndex: 0 };
+  got = next(bob, 'webrtc_ice_candidate');
+  alice.emit('webrtc_ice_candidate', { candidate, to: 'bob' });
+  assert.deepEqual(await got, { candidate, from: 'alice' });
+  got = next(alice, 'webrtc_ice_candidate');
+  bob.emit('webrtc_ice_candidate', { candidate, to: 'alice' });
+  assert.deepEqual(await got, { candidate, from: 'bob' });
+});
+
+step('a third party cannot relay into the call', async () => {
+  const err = next(carol, 'call_error');
+  const nothing = never(bob, 'webrtc_offer');
+  carol.emit('webrtc_offer', { offer: { type: 'offer', sdp: 'x' }, to: 'bob' });
+  assert.equal((await err).code, 'not_in_call');
+  await nothing;
+});
+
+step('oversized and invalid payloads are refused', async () => {
+  let err = next(alice, 'call_error');
+  const nothing = never(bob, 'webrtc_offer');
+  alice.emit('webrtc_offer', { offer: { type: 'offer', sdp: 'a'.repeat(100 * 1024) }, to: 'bob' });
+  const e = await err;
+  assert.equal(e.code, 'payload_too_large');
+  assert.ok(e.message);
+  await nothing;
+  err = next(carol, 'call_error');
+  carol.emit('call_initiate', { calleeId: 'alice', type: 'fax' });
+  assert.equal((await err).code, 'invalid_payload');
+  err = next(carol, 'call_error');
+  carol.emit('call_answer', { nope: 1 });
+  assert.equal((await err).code, 'invalid_payload');
+});
+
+step('end -> the other party gets call_ended', async () => {
+  const ended = next(bob, 'call_ended');
+  const quiet = never(alice, 'call_ended');
+  alice.emit('call_end', { callId });
+  assert.equal((await ended).callId, callId);
+  await quiet;
+  const err = next(alice, 'call_error');
+  alice.emit('webrtc_offer', { offer: { type: 'offer', sdp: 'x' }, to: 'bob' });
+  assert.equal((await err).code, 'not_in_call');
+});
+
+step('reject and decline -> call_rejected', async () => {
+  for (const ev of ['call_reject', 'call_decline']) {
+    const id = await ring(carol, bob, 'carol', 'bob', 'voice');
+    const rejected = next(carol, 'call_rejected');
+    bob.emit(ev, { callId: id });
+    assert.equal((await rejected).callId, id);
+  }
+});
+
+step('disconnect ends the call for the other party', async () => {
+  const id = await ring(alice, bob, 'alice', 'bob');
+  const answered = next(alice, 'call_answered');
+  bob.emit('call_answer', { callId: id });
+  await answered;
+  const ended = next(alice, 'call_ended');
+  bob.close();
+  assert.equal((await ended).callId, id);
+  // Alice is free again.
+  await ring(alice, carol, 'alice', 'carol');
+});
+
+step('call_initiate is rate limited per user', async () => {
+  const dave = await login('dave');
+  const codes = [];
+  for (let i = 0; i < 6; i++) {
+    const err = next(dave, 'call_error');
+    dave.emit('call_initiate', { calleeId: 'nobody', type: 'voice' });
+    codes.push((await err).code);
+  }
+  assert.deepEqual(codes, [...Array(5).fill('user_offline'), 'rate_limited']);
+});
+
+const deadline = setTimeout(() => {
+  console.error('call_flow: timed out');
+  process.exit(1);
+}, 60000);
+
+let failed = false;
+for (const [name, fn] of steps) {
+  try {
+    await fn();
+    console.log(`ok - ${name}`);
+  } catch (e) {
+    console.error(`FAILED - ${name}: ${e.stack || e}`);
+    failed = true;
+    break;
+  }
+}
+for (const s of sockets) s.close();
+clearTimeout(deadline);
+process.exit(failed ? 1 : 0);
