@@ -534,6 +534,8 @@ impl Monitor {
             );
         }
 
+        render_io(o, &snaps);
+
         if self.opts.top_k > 0 {
             self.render_top(o, &snaps);
         }
@@ -627,6 +629,74 @@ impl Monitor {
                 );
             }
         }
+    }
+}
+
+/// Per-worker batch sizes and relay latency, as Prometheus histograms (cumulative buckets).
+fn render_io(o: &mut String, snaps: &[WorkerSnapshot]) {
+    use crate::io::{BATCH_BUCKETS, LATENCY_BUCKETS_US};
+    header(
+        o,
+        "vigi_turn_worker_batch_size",
+        "Datagrams read per recvmmsg call, per worker",
+        "histogram",
+    );
+    for (w, s) in snaps.iter().enumerate() {
+        let mut acc = 0;
+        for (i, le) in BATCH_BUCKETS.iter().enumerate() {
+            acc += s.io.batch_sizes[i];
+            let _ = writeln!(
+                o,
+                "vigi_turn_worker_batch_size_bucket{{worker=\"{w}\",le=\"{le}\"}} {acc}"
+            );
+        }
+        let _ = writeln!(
+            o,
+            "vigi_turn_worker_batch_size_bucket{{worker=\"{w}\",le=\"+Inf\"}} {}",
+            s.io.batches
+        );
+        let _ = writeln!(
+            o,
+            "vigi_turn_worker_batch_size_sum{{worker=\"{w}\"}} {}",
+            s.io.datagrams
+        );
+        let _ = writeln!(
+            o,
+            "vigi_turn_worker_batch_size_count{{worker=\"{w}\"}} {}",
+            s.io.batches
+        );
+    }
+    header(
+        o,
+        "vigi_turn_relay_latency_seconds",
+        "Time from reading a batch of datagrams to handing the last one back to the kernel",
+        "histogram",
+    );
+    for (w, s) in snaps.iter().enumerate() {
+        let mut acc = 0;
+        for (i, le) in LATENCY_BUCKETS_US.iter().enumerate() {
+            acc += s.io.latency[i];
+            let _ = writeln!(
+                o,
+                "vigi_turn_relay_latency_seconds_bucket{{worker=\"{w}\",le=\"{}\"}} {acc}",
+                *le as f64 / 1e6
+            );
+        }
+        let _ = writeln!(
+            o,
+            "vigi_turn_relay_latency_seconds_bucket{{worker=\"{w}\",le=\"+Inf\"}} {}",
+            s.io.batches
+        );
+        let _ = writeln!(
+            o,
+            "vigi_turn_relay_latency_seconds_sum{{worker=\"{w}\"}} {}",
+            s.io.latency_sum_us as f64 / 1e6
+        );
+        let _ = writeln!(
+            o,
+            "vigi_turn_relay_latency_seconds_count{{worker=\"{w}\"}} {}",
+            s.io.batches
+        );
     }
 }
 

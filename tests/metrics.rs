@@ -285,6 +285,46 @@ fn coturn_counters_are_live_and_exact() {
         "per realm"
     );
     assert_eq!(value(&m, "turn_total_traffic_rcvp"), sent / 120, "packets");
+    // Every relayed datagram went through a recvmmsg batch: the batch histograms, summed over the
+    // workers, hold at least the relayed packets (Bindings and requests add to them).
+    let mut batches = 0;
+    let mut datagrams = 0;
+    let mut latency_count = 0;
+    for w in 0..2 {
+        let count = value(
+            &m,
+            &format!("vigi_turn_worker_batch_size_count{{worker=\"{w}\"}}"),
+        );
+        let inf = value(
+            &m,
+            &format!("vigi_turn_worker_batch_size_bucket{{worker=\"{w}\",le=\"+Inf\"}}"),
+        );
+        let le32 = value(
+            &m,
+            &format!("vigi_turn_worker_batch_size_bucket{{worker=\"{w}\",le=\"32\"}}"),
+        );
+        assert_eq!(
+            (inf, le32),
+            (count, count),
+            "cumulative buckets end at the count"
+        );
+        batches += count;
+        datagrams += value(
+            &m,
+            &format!("vigi_turn_worker_batch_size_sum{{worker=\"{w}\"}}"),
+        );
+        latency_count += value(
+            &m,
+            &format!("vigi_turn_relay_latency_seconds_count{{worker=\"{w}\"}}"),
+        );
+    }
+    let relayed = value(&m, "turn_total_traffic_rcvp") + value(&m, "turn_total_traffic_peer_rcvp");
+    assert!(
+        datagrams >= relayed,
+        "{datagrams} datagrams read, {relayed} relayed"
+    );
+    assert!(batches > 0 && batches <= datagrams);
+    assert_eq!(latency_count, batches);
     // uclient deletes the allocations it relayed on (it leaves an idle extra one to expire).
     assert!(value(&m, "turn_total_allocations{type=\"UDP\"}") < max_allocations);
     assert!(value(&m, "vigi_turn_allocations_deleted_total") >= 1);

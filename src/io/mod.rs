@@ -42,6 +42,47 @@ pub struct WorkerSnapshot {
     pub counters: Counters,
     pub allocations: Vec<AllocationInfo>,
     pub draining: bool,
+    pub io: IoStats,
+}
+
+/// Upper bounds of the batch-size buckets: datagrams one recvmmsg returned.
+pub const BATCH_BUCKETS: [u64; 6] = [1, 2, 4, 8, 16, 32];
+/// Upper bounds of the relay-latency buckets, in microseconds: from the moment a batch was read
+/// to the moment its last datagram was handed to the kernel again.
+pub const LATENCY_BUCKETS_US: [u64; 8] = [5, 10, 25, 50, 100, 250, 1000, 10_000];
+
+/// What a worker's sockets did, counted per batch (not per packet) by the worker itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoStats {
+    /// Batches by size: `batch_sizes[i]` counts batches of at most `BATCH_BUCKETS[i]` datagrams
+    /// (and more than the bucket before).
+    pub batch_sizes: [u64; BATCH_BUCKETS.len()],
+    pub batches: u64,
+    pub datagrams: u64,
+    /// Batches by processing time, as `batch_sizes`; the last slot counts the slower ones.
+    pub latency: [u64; LATENCY_BUCKETS_US.len() + 1],
+    pub latency_sum_us: u64,
+}
+
+impl IoStats {
+    /// Count one batch of `n` datagrams that took `us` microseconds.
+    #[inline]
+    pub fn record(&mut self, n: usize, us: u64) {
+        let n = n as u64;
+        let b = BATCH_BUCKETS
+            .iter()
+            .position(|&m| n <= m)
+            .unwrap_or(BATCH_BUCKETS.len() - 1);
+        self.batch_sizes[b] += 1;
+        self.batches += 1;
+        self.datagrams += n;
+        let l = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&m| us <= m)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        self.latency[l] += 1;
+        self.latency_sum_us += us;
+    }
 }
 
 /// A running worker: how to reach it and what it last said.
@@ -195,5 +236,22 @@ impl Running {
         for t in self.threads {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_stats_buckets() {
+        let mut s = IoStats::default();
+        s.record(1, 3);
+        s.record(3, 12);
+        s.record(32, 20_000);
+        assert_eq!(s.batch_sizes, [1, 0, 1, 0, 0, 1]);
+        assert_eq!((s.batches, s.datagrams), (3, 36));
+        assert_eq!(s.latency, [1, 0, 1, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(s.latency_sum_us, 20_015);
     }
 }

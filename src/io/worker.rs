@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::udp::RecvBatch;
-use super::{relay, stream, Control, RunConfig, WorkerSnapshot};
+use super::{relay, stream, Control, IoStats, RunConfig, WorkerSnapshot};
 use crate::engine::server::{PEER_HEADROOM, PEER_TAILROOM};
 use crate::engine::{AllocationId, ClientDecision, Command, FiveTuple, Server, Transport};
 
@@ -44,6 +44,8 @@ pub(crate) struct WorkerState {
     /// The receive slots every socket of this worker reads into; each slot has room in front
     /// for headers written in place.
     pub batch: RefCell<RecvBatch>,
+    /// Batch sizes and processing times, published with the snapshot.
+    pub io_stats: RefCell<IoStats>,
     pub sock_buf_size: Option<usize>,
     pub tcp_count: Arc<AtomicUsize>,
     pub max_tcp: usize,
@@ -111,6 +113,7 @@ pub(crate) fn run(init: WorkerInit) {
             relays: RefCell::new(Vec::new()),
             streams: RefCell::new(HashMap::new()),
             batch: RefCell::new(RecvBatch::new(PEER_HEADROOM, MAX_DATAGRAM, PEER_TAILROOM)),
+            io_stats: RefCell::new(IoStats::default()),
             sock_buf_size: rc.sock_buf_size,
             tcp_count,
             max_tcp: rc.max_tcp_connections,
@@ -176,8 +179,11 @@ pub(crate) async fn read_batches(
                 // ICMP errors surface as recv errors on Linux; they concern one peer, not us.
                 Err(_) => continue,
             };
-            on_batch(&st, &mut batch, Instant::now());
+            let now = Instant::now();
+            on_batch(&st, &mut batch, now);
             drop(batch);
+            let us = now.elapsed().as_micros() as u64;
+            st.io_stats.borrow_mut().record(n, us);
             if n < super::udp::BATCH {
                 // The queue was empty when recvmmsg returned: skip the call that would say
                 // EAGAIN. A datagram arriving since raised a new event, which clear_ready keeps.
@@ -263,6 +269,7 @@ impl WorkerState {
             counters: *engine.counters(),
             allocations: engine.snapshot(now),
             draining: engine.is_draining(),
+            io: *self.io_stats.borrow(),
         };
         drop(engine);
         *snapshot.lock().unwrap_or_else(|e| e.into_inner()) = snap;
