@@ -101,21 +101,7 @@ pub fn spawn(config: &Config, running: &Running, obs: Observe) -> io::Result<Opt
     let metrics_addr = prom.as_ref().map(|l| l.local_addr()).transpose()?;
     let admin_addr = admin.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
     let m = monitor.clone();
-    let thread = std::thread::Builder::new()
-        .name("vigi-http".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!("HTTP runtime: {e}");
-                    return;
-                }
-            };
-            rt.block_on(serve(m, prom, admin));
-        })?;
+    let thread = crate::io::spawn_runtime_thread("vigi-http", move || serve(m, prom, admin))?;
     if let Some(a) = metrics_addr {
         tracing::info!("prometheus metrics on http://{a}/metrics");
     }

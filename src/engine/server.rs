@@ -1580,7 +1580,6 @@ impl Server {
             .get(attr::CHANNEL_NUMBER)
             .and_then(attr::read_channel_number);
         let peer = m.get_xor_address(attr::XOR_PEER_ADDRESS);
-        tracing::trace!(?number, ?peer, attrs = ?m.attributes().map(|a| a.ty).collect::<Vec<_>>(), "channel bind");
         let (Some(number), Some(peer)) = (number, peer) else {
             self.respond_error(five, m, 400, sign, |_| {});
             return;

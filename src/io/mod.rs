@@ -127,6 +127,28 @@ pub struct Running {
     pub tls: Option<Arc<tls::TlsSource>>,
 }
 
+/// Run `make()`'s future on a new named thread with its own current-thread runtime, for the
+/// services that live beside the workers (HTTP, signaling). The future is made on that thread, so
+/// it need not be `Send`; a runtime that cannot start is logged and the thread ends.
+pub fn spawn_runtime_thread<F, Fut>(name: &str, make: F) -> io::Result<JoinHandle<()>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let label = name.to_owned();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(make()),
+                Err(e) => tracing::error!("{label}: cannot start its runtime: {e}"),
+            }
+        })
+}
+
 /// Bind every listener for every worker, then start the workers.
 ///
 /// With port 0 in an address, worker 0 picks the port and the other workers bind the same one.

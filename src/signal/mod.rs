@@ -598,21 +598,7 @@ pub fn spawn(cfg: SignalConfig) -> io::Result<SignalHandle> {
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let cfg_secret_missing = cfg.secret.is_none();
-    let thread = std::thread::Builder::new()
-        .name("vigi-signal".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!("signaling runtime: {e}");
-                    return;
-                }
-            };
-            rt.block_on(serve(listener, cfg));
-        })?;
+    let thread = crate::io::spawn_runtime_thread("vigi-signal", move || serve(listener, cfg))?;
     tracing::info!("signaling (Socket.io) on http://{addr}/");
     if cfg_secret_missing {
         tracing::warn!(
