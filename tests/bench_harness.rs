@@ -13,7 +13,11 @@ use common::*;
 const BENCH: &str = env!("CARGO_BIN_EXE_vigi-bench");
 
 fn server(rest: bool) -> Server {
-    let (min, max) = free_range(64);
+    server_with_ports(rest, 64)
+}
+
+fn server_with_ports(rest: bool, ports: u16) -> Server {
+    let (min, max) = free_range(ports);
     let (min, max) = (min.to_string(), max.to_string());
     let mut args = vec![
         "-n",
@@ -267,4 +271,32 @@ fn bench_client_sweep_is_bounded() {
         text.contains("sweep: highest rate with loss < 1 %"),
         "{text}"
     );
+}
+
+/// `--setup-window`: many Allocates in flight per thread (REST credentials, each answering a 401
+/// first) all end in an allocation, as they do one at a time.
+#[test]
+fn pipelined_setup_allocates_every_session() {
+    for window in ["64", "1"] {
+        // A server per run: the first run's allocations hold their ports until they expire.
+        let srv = server_with_ports(true, 400);
+        let mut cmd = Command::new(BENCH);
+        cmd.args(["-p", &srv.port.to_string()])
+            .args(["-u", "bench", "-W", "benchsecret", "-e", "127.0.0.1"])
+            .args(["-m", "300", "-n", "0", "-c", "--setup-threads", "2"])
+            .args(["--setup-window", window, "127.0.0.1"]);
+        let out = run_with_timeout(&mut cmd, Duration::from_secs(60));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains("vigi-bench: 300 allocations in")
+                && text.contains("300 sessions ready")
+                && text.contains(", 0 failed"),
+            "window {window}: {text}"
+        );
+    }
 }

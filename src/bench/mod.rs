@@ -80,19 +80,41 @@ fn par_map<T: Send>(n: usize, threads: usize, f: impl Fn(usize) -> T + Sync) -> 
         .collect()
 }
 
-/// Allocate `clients` relays on `threads` threads, then bind each to its peer: a channel, or a
+/// Allocate `clients` relays: over UDP with `window` > 1, `threads` threads each keep up to
+/// `window` Allocates in flight; otherwise (and over TCP) each thread allocates one at a time.
+fn allocate_all(
+    cfg: &SessionConfig,
+    clients: usize,
+    threads: usize,
+    window: usize,
+) -> Vec<Result<Session, SetupError>> {
+    if cfg.tcp || window <= 1 || clients == 0 {
+        return par_map(clients, threads, |i| Session::allocate(cfg, i as u32));
+    }
+    let threads = threads.clamp(1, clients);
+    let per = clients.div_ceil(threads);
+    let chunks = par_map(threads, threads, |t| {
+        let start = (t * per).min(clients) as u32;
+        let end = ((t + 1) * per).min(clients) as u32;
+        session::allocate_pipelined(cfg, start..end, window)
+    });
+    chunks.into_iter().flatten().collect()
+}
+
+/// Allocate `clients` relays (see [`allocate_all`]), then bind each to its peer: a channel, or a
 /// permission when `send_indications`. With [`PeerPlan::Pairs`] a client whose partner failed is
 /// dropped too.
 pub fn setup(
     cfg: &SessionConfig,
     clients: usize,
     threads: usize,
+    window: usize,
     peers: PeerPlan,
     send_indications: bool,
     bind_peers: bool,
 ) -> Setup {
     let t0 = Instant::now();
-    let allocated = par_map(clients, threads, |i| Session::allocate(cfg, i as u32));
+    let allocated = allocate_all(cfg, clients, threads, window);
     let allocate_time = t0.elapsed();
     let mut failures = Vec::new();
     let mut slots: Vec<Option<Session>> = Vec::with_capacity(clients);

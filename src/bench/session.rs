@@ -123,6 +123,8 @@ impl std::fmt::Debug for Session {
 
 const UDP_RTO: Duration = Duration::from_millis(500);
 const UDP_TRIES: u32 = 5;
+/// Attempts of one request: the first, after a 401 challenge, after a 438 stale nonce.
+const ATTEMPTS: u32 = 3;
 const TCP_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn unix_now() -> u64 {
@@ -138,6 +140,197 @@ fn method_name(m: Method) -> &'static str {
         Method::CREATE_PERMISSION => "CreatePermission",
         Method::REFRESH => "Refresh",
         _ => "request",
+    }
+}
+
+/// The attributes of the harness's Allocate request.
+fn fill_allocate(cfg: &SessionConfig, b: &mut MessageBuilder<'_>) {
+    b.attr(attr::REQUESTED_TRANSPORT, &[attr::PROTO_UDP, 0, 0, 0]);
+    if let Some(f) = cfg.family {
+        b.attr(attr::REQUESTED_ADDRESS_FAMILY, &[f, 0, 0, 0]);
+    }
+    if cfg.dont_fragment {
+        b.attr(attr::DONT_FRAGMENT, &[]);
+    }
+}
+
+/// One Allocate in flight in [`allocate_pipelined`].
+struct Pending {
+    session: Session,
+    tid: TransactionId,
+    req: Vec<u8>,
+    attempt: u32,
+    tries: u32,
+    sent: Instant,
+}
+
+/// Allocate sessions `ids` over UDP from one thread with up to `window` Allocates in flight
+/// (non-blocking sockets on one epoll set), so that a flood of allocations measures the server
+/// rather than the client's round trips. Retransmits as [`Session::allocate`] does; results in
+/// the order of `ids`, each session's socket back in blocking mode.
+pub fn allocate_pipelined(
+    cfg: &SessionConfig,
+    ids: std::ops::Range<u32>,
+    window: usize,
+) -> Vec<Result<Session, SetupError>> {
+    let first = ids.start;
+    let mut out: Vec<Option<Result<Session, SetupError>>> = ids.clone().map(|_| None).collect();
+    let mut epoll = match super::sys::Epoll::new() {
+        Ok(e) => e,
+        Err(e) => {
+            let kind = e.kind();
+            return ids
+                .map(|_| Err(SetupError::Io(io::Error::new(kind, e.to_string()))))
+                .collect();
+        }
+    };
+    let mut pending: std::collections::HashMap<u32, Pending> = Default::default();
+    let mut next = ids.start;
+    let mut ready = Vec::new();
+    let mut buf = [0u8; 2048];
+    while next < ids.end || !pending.is_empty() {
+        // Keep the window full.
+        while next < ids.end && pending.len() < window.max(1) {
+            let id = next;
+            next += 1;
+            let start = connect(cfg).and_then(|conn| {
+                conn.set_nonblocking(true)?;
+                epoll.add(conn.fd(), u64::from(id))?;
+                let mut session = Session::new(conn, id);
+                let (tid, req) = session.request(Method::ALLOCATE, &|b| fill_allocate(cfg, b));
+                if let Conn::Udp(s) = &session.conn {
+                    send_ignoring_full(s, &req)?;
+                }
+                Ok(Pending {
+                    session,
+                    tid,
+                    req,
+                    attempt: 0,
+                    tries: 1,
+                    sent: Instant::now(),
+                })
+            });
+            match start {
+                Ok(p) => {
+                    pending.insert(id, p);
+                }
+                Err(e) => out[(id - first) as usize] = Some(Err(e.into())),
+            }
+        }
+        ready.clear();
+        if let Err(e) = epoll.wait(10, |t| ready.push(t as u32)) {
+            eprintln!("vigi-bench: epoll: {e}");
+        }
+        for &id in &ready {
+            let Some(mut p) = pending.remove(&id) else {
+                continue;
+            };
+            let mut verdict: Option<Result<bool, SetupError>> = None;
+            if let Conn::Udp(s) = &p.session.conn {
+                loop {
+                    let n = match s.recv(&mut buf) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                        Err(e) => {
+                            verdict = Some(Err(e.into()));
+                            break;
+                        }
+                    };
+                    let matches = Message::decode(&buf[..n])
+                        .map(|m| m.transaction_id() == &p.tid)
+                        .unwrap_or(false);
+                    if matches {
+                        let resp = buf[..n].to_vec();
+                        verdict =
+                            Some(p.session.judge(cfg, "Allocate", &resp, p.attempt).and_then(
+                                |ok| {
+                                    if ok {
+                                        p.session.set_relay(&resp)?;
+                                    }
+                                    Ok(ok)
+                                },
+                            ));
+                        break;
+                    }
+                }
+            }
+            match verdict {
+                None => {
+                    pending.insert(id, p);
+                }
+                Some(Ok(false)) => {
+                    // Challenged (401) or stale nonce (438): again, with credentials.
+                    let (tid, req) = p
+                        .session
+                        .request(Method::ALLOCATE, &|b| fill_allocate(cfg, b));
+                    let sent = match &p.session.conn {
+                        Conn::Udp(s) => send_ignoring_full(s, &req),
+                        Conn::Tcp(_) => Ok(()),
+                    };
+                    match sent {
+                        Ok(()) => {
+                            p.tid = tid;
+                            p.req = req;
+                            p.attempt += 1;
+                            p.tries = 1;
+                            p.sent = Instant::now();
+                            pending.insert(id, p);
+                        }
+                        Err(e) => out[(id - first) as usize] = Some(Err(e.into())),
+                    }
+                }
+                Some(Ok(true)) => {
+                    let r = epoll
+                        .del(p.session.conn.fd())
+                        .and_then(|()| p.session.conn.set_nonblocking(false))
+                        .map(|()| p.session)
+                        .map_err(SetupError::from);
+                    out[(id - first) as usize] = Some(r);
+                }
+                Some(Err(e)) => out[(id - first) as usize] = Some(Err(e)),
+            }
+        }
+        // Retransmit what timed out (RFC 8489 §6.2.1, shortened as in `exchange`).
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        for (&id, p) in pending.iter_mut() {
+            if now.duration_since(p.sent) < UDP_RTO {
+                continue;
+            }
+            if p.tries >= UDP_TRIES {
+                expired.push(id);
+                continue;
+            }
+            if let Conn::Udp(s) = &p.session.conn {
+                let _ = send_ignoring_full(s, &p.req);
+            }
+            p.tries += 1;
+            p.sent = now;
+        }
+        for id in expired {
+            pending.remove(&id);
+            out[(id - first) as usize] = Some(Err(SetupError::Timeout("Allocate")));
+        }
+    }
+    out.into_iter()
+        .map(|r| r.unwrap_or(Err(SetupError::Timeout("Allocate"))))
+        .collect()
+}
+
+/// Send a datagram; a full socket buffer counts as a loss that retransmission repairs.
+fn send_ignoring_full(s: &UdpSocket, req: &[u8]) -> io::Result<()> {
+    match s.send(req) {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -172,8 +365,14 @@ pub fn connect(cfg: &SessionConfig) -> io::Result<Conn> {
 impl Session {
     /// Connect and allocate a relay (RFC 8656 §7.1-7.3).
     pub fn allocate(cfg: &SessionConfig, id: u32) -> Result<Session, SetupError> {
-        let conn = connect(cfg)?;
-        let mut s = Session {
+        let mut s = Session::new(connect(cfg)?, id);
+        let resp = s.transact(cfg, Method::ALLOCATE, &|b| fill_allocate(cfg, b))?;
+        s.set_relay(&resp)?;
+        Ok(s)
+    }
+
+    fn new(conn: Conn, id: u32) -> Session {
+        Session {
             conn,
             relay: SocketAddr::from(([0, 0, 0, 0], 0)),
             channel: None,
@@ -182,21 +381,15 @@ impl Session {
             tid: 0,
             id,
             rx: Vec::new(),
-        };
-        let resp = s.transact(cfg, Method::ALLOCATE, &|b| {
-            b.attr(attr::REQUESTED_TRANSPORT, &[attr::PROTO_UDP, 0, 0, 0]);
-            if let Some(f) = cfg.family {
-                b.attr(attr::REQUESTED_ADDRESS_FAMILY, &[f, 0, 0, 0]);
-            }
-            if cfg.dont_fragment {
-                b.attr(attr::DONT_FRAGMENT, &[]);
-            }
-        })?;
-        let m = Message::decode(&resp).map_err(|_| SetupError::Malformed("Allocate"))?;
-        s.relay = m
+        }
+    }
+
+    fn set_relay(&mut self, allocate_success: &[u8]) -> Result<(), SetupError> {
+        let m = Message::decode(allocate_success).map_err(|_| SetupError::Malformed("Allocate"))?;
+        self.relay = m
             .get_xor_address(attr::XOR_RELAYED_ADDRESS)
             .ok_or(SetupError::Malformed("Allocate"))?;
-        Ok(s)
+        Ok(())
     }
 
     /// Bind `channel` to `peer` (RFC 8656 §11), or with `channel` None install a permission for
@@ -257,6 +450,72 @@ impl Session {
         })
     }
 
+    /// Build request `method` with a fresh transaction id, authenticated once the server has
+    /// challenged.
+    fn request(
+        &mut self,
+        method: Method,
+        fill: &dyn Fn(&mut MessageBuilder<'_>),
+    ) -> (TransactionId, Vec<u8>) {
+        let tid = self.next_tid();
+        let mut req = Vec::with_capacity(256);
+        {
+            let mut b = MessageBuilder::new(&mut req, method, Class::Request, &tid);
+            fill(&mut b);
+            if let Some(c) = &self.creds {
+                b.attr(attr::USERNAME, c.username.as_bytes());
+                b.attr(attr::REALM, &c.realm);
+                b.attr(attr::NONCE, &c.nonce);
+                b.integrity(&c.key);
+            }
+        }
+        (tid, req)
+    }
+
+    /// Judge the response to attempt `attempt` of a request: `Ok(true)` on success, `Ok(false)`
+    /// when a 401 challenge or a 438 stale nonce asks for another attempt (the new credentials are
+    /// kept), an error otherwise.
+    fn judge(
+        &mut self,
+        cfg: &SessionConfig,
+        name: &'static str,
+        resp: &[u8],
+        attempt: u32,
+    ) -> Result<bool, SetupError> {
+        let m = Message::decode(resp).map_err(|_| SetupError::Malformed(name))?;
+        match m.class() {
+            Class::Success => Ok(true),
+            Class::Error => {
+                let (code, reason) = m
+                    .get(attr::ERROR_CODE)
+                    .and_then(attr::read_error_code)
+                    .map(|(c, r)| (c, r.to_owned()))
+                    .unwrap_or((0, String::new()));
+                let fresh = (code == 401 && self.creds.is_none()) || code == 438;
+                if !(fresh && attempt + 1 < ATTEMPTS) {
+                    return Err(SetupError::Rejected {
+                        method: name,
+                        code,
+                        reason,
+                    });
+                }
+                let realm = m.get(attr::REALM).map(<[u8]>::to_vec);
+                let nonce = m.get(attr::NONCE).ok_or(SetupError::Malformed(name))?;
+                let realm = match (realm, &self.creds) {
+                    (Some(r), _) => r,
+                    (None, Some(c)) => c.realm.clone(),
+                    (None, None) => return Err(SetupError::Malformed(name)),
+                };
+                self.creds = Some(
+                    self.mint_creds(cfg, &realm, nonce)
+                        .ok_or(SetupError::NeedCredentials)?,
+                );
+                Ok(false)
+            }
+            _ => Err(SetupError::Malformed(name)),
+        }
+    }
+
     /// Send a request (authenticated once the server has challenged) and return the raw success
     /// response; answers 401 and 438 by retrying with the new NONCE.
     fn transact(
@@ -266,51 +525,11 @@ impl Session {
         fill: &dyn Fn(&mut MessageBuilder<'_>),
     ) -> Result<Vec<u8>, SetupError> {
         let name = method_name(method);
-        for attempt in 0..3 {
-            let tid = self.next_tid();
-            let mut req = Vec::with_capacity(256);
-            {
-                let mut b = MessageBuilder::new(&mut req, method, Class::Request, &tid);
-                fill(&mut b);
-                if let Some(c) = &self.creds {
-                    b.attr(attr::USERNAME, c.username.as_bytes());
-                    b.attr(attr::REALM, &c.realm);
-                    b.attr(attr::NONCE, &c.nonce);
-                    b.integrity(&c.key);
-                }
-            }
+        for attempt in 0..ATTEMPTS {
+            let (tid, req) = self.request(method, fill);
             let resp = self.exchange(&req, &tid, name)?;
-            let m = Message::decode(&resp).map_err(|_| SetupError::Malformed(name))?;
-            match m.class() {
-                Class::Success => return Ok(resp),
-                Class::Error => {
-                    let (code, reason) = m
-                        .get(attr::ERROR_CODE)
-                        .and_then(attr::read_error_code)
-                        .map(|(c, r)| (c, r.to_owned()))
-                        .unwrap_or((0, String::new()));
-                    let fresh = (code == 401 && self.creds.is_none()) || code == 438;
-                    if fresh && attempt < 2 {
-                        let realm = m.get(attr::REALM).map(<[u8]>::to_vec);
-                        let nonce = m.get(attr::NONCE).ok_or(SetupError::Malformed(name))?;
-                        let realm = match (realm, &self.creds) {
-                            (Some(r), _) => r,
-                            (None, Some(c)) => c.realm.clone(),
-                            (None, None) => return Err(SetupError::Malformed(name)),
-                        };
-                        self.creds = Some(
-                            self.mint_creds(cfg, &realm, nonce)
-                                .ok_or(SetupError::NeedCredentials)?,
-                        );
-                        continue;
-                    }
-                    return Err(SetupError::Rejected {
-                        method: name,
-                        code,
-                        reason,
-                    });
-                }
-                _ => return Err(SetupError::Malformed(name)),
+            if self.judge(cfg, name, &resp, attempt)? {
+                return Ok(resp);
             }
         }
         Err(SetupError::Timeout(name))

@@ -41,6 +41,23 @@ impl Epoll {
         Ok(())
     }
 
+    /// Stop watching `fd`.
+    pub fn del(&self, fd: RawFd) -> io::Result<()> {
+        // SAFETY: a null event is allowed for EPOLL_CTL_DEL since Linux 2.6.9.
+        let r = unsafe {
+            libc::epoll_ctl(
+                self.fd.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd,
+                std::ptr::null_mut(),
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Wait at most `timeout_ms` (0 = poll) and call `f` with the token of each ready fd.
     pub fn wait(&mut self, timeout_ms: i32, mut f: impl FnMut(u64)) -> io::Result<usize> {
         // SAFETY: the buffer holds `events.len()` initialised epoll_events.

@@ -129,6 +129,9 @@ struct ClientArgs {
     /// Threads used to set sessions up.
     #[arg(long, default_value_t = 8)]
     setup_threads: usize,
+    /// Allocates each setup thread keeps in flight over UDP (1 = one at a time, as turnutils).
+    #[arg(long, default_value_t = 32)]
+    setup_window: usize,
     /// After setup (and load), hold the allocations this many seconds (RSS measurements).
     #[arg(long)]
     hold: Option<f64>,
@@ -310,7 +313,15 @@ fn run_client(a: ClientArgs) -> Result<()> {
     let send_phase = messages > 0 || a.sweep;
 
     // ---- setup
-    let st = setup(&scfg, a.clients, a.setup_threads, peers, a.send, send_phase);
+    let st = setup(
+        &scfg,
+        a.clients,
+        a.setup_threads,
+        a.setup_window,
+        peers,
+        a.send,
+        send_phase,
+    );
     let secs = |t: Instant| t.duration_since(t_start).as_secs();
     out.line(&format!(
         "{}: : Total connect time is {}",

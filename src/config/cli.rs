@@ -216,7 +216,7 @@ pub struct Cli {
     #[arg(
         long = "unauthorized-ratelimit",
         value_name = "N",
-        default_value_t = 100
+        default_value_t = 1000
     )]
     pub unauthorized_ratelimit: u32,
     /// Nonce lifetime in seconds (0: unlimited); the bare flag means 600.

@@ -517,7 +517,7 @@ fn conf_file_option() {
 
 #[test]
 fn unauthorized_ratelimit_flag_and_file_key() {
-    assert_eq!(load(&["vigi-turn"]).unwrap().unauthorized_ratelimit, 100);
+    assert_eq!(load(&["vigi-turn"]).unwrap().unauthorized_ratelimit, 1000);
     let c = load(&["vigi-turn", "--unauthorized-ratelimit=0"]).unwrap();
     assert_eq!(c.unauthorized_ratelimit, 0);
     let c = file(&["vigi-turn"], "unauthorized-ratelimit=7\n").unwrap();
