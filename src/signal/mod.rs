@@ -17,7 +17,9 @@
 //! message}`. The call state itself lives in [`calls`].
 //!
 //! HTTP: `GET /api/turn-credentials[?userId=&expiry=&token=]` →
-//! `{username, password, ttl, uris, iceServers}` minted from the first `--static-auth-secret`.
+//! `{username, password, ttl, uris, iceServers}` minted from the first `--static-auth-secret`;
+//! `GET /` the demo call page (`demo/`: HTML, CSS and JS compiled in, with our own small
+//! Socket.io client), which tests/browser.rs drives in headless Chromium.
 
 pub mod calls;
 
@@ -546,6 +548,54 @@ async fn turn_credentials(
     (StatusCode::OK, no_store, Json(body)).into_response()
 }
 
+// The demo call page (`/`): static files compiled into the binary, no CDN. sio.js is our own
+// small Socket.io v5 client over WebSocket.
+const DEMO_HTML: &str = include_str!("demo/index.html");
+const DEMO_SIO_JS: &str = include_str!("demo/sio.js");
+const DEMO_JS: &str = include_str!("demo/demo.js");
+const DEMO_CSS: &str = include_str!("demo/demo.css");
+
+/// Everything the page needs comes from its own origin: scripts, styles, fetch and WebSocket
+/// (Socket.io). Media streams are not URLs, so `srcObject` needs nothing here.
+const DEMO_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     connect-src 'self'; img-src 'self' data:; media-src 'self' blob:; base-uri 'none'; \
+     form-action 'none'; frame-ancestors 'none'";
+
+fn demo_file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(DEMO_CSP),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn demo_page() -> Response {
+    demo_file("text/html; charset=utf-8", DEMO_HTML)
+}
+
+async fn demo_sio() -> Response {
+    demo_file("text/javascript; charset=utf-8", DEMO_SIO_JS)
+}
+
+async fn demo_js() -> Response {
+    demo_file("text/javascript; charset=utf-8", DEMO_JS)
+}
+
+async fn demo_css() -> Response {
+    demo_file("text/css; charset=utf-8", DEMO_CSS)
+}
+
 /// CORS for every response, Socket.io's long-polling included (a browser app served from
 /// another origin polls before it upgrades to WebSocket); preflights are answered here.
 async fn cors(State(http): State<Arc<Http>>, req: Request, next: Next) -> Response {
@@ -635,6 +685,11 @@ async fn serve(listener: TcpListener, cfg: SignalConfig) {
     tokio::spawn(ring_timer(hub));
     let http = Arc::new(Http { cfg });
     let app = Router::new()
+        .route("/", get(demo_page))
+        .route("/index.html", get(demo_page))
+        .route("/sio.js", get(demo_sio))
+        .route("/demo.js", get(demo_js))
+        .route("/demo.css", get(demo_css))
         .route("/api/turn-credentials", get(turn_credentials))
         .with_state(http.clone())
         .layer(layer)
