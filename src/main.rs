@@ -5,9 +5,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use vigi_turn::config::{AuthMode, Config, UserSecret};
+use vigi_turn::config::{AuthMode, Config, DefaultFamily, UserSecret};
 use vigi_turn::engine::auth::{self, Credentials};
 use vigi_turn::engine::policy::{IpRange, PeerPolicy};
+use vigi_turn::engine::server::DefaultFamily as EngineFamily;
 use vigi_turn::engine::{ServerConfig, Shared};
 use vigi_turn::io::{self, RunConfig};
 
@@ -330,6 +331,11 @@ pub(crate) fn engine_config(config: &Config, relay_ips: Vec<IpAddr>) -> ServerCo
         bps_capacity: config.bps_capacity / config.relay_threads.max(1) as u64,
         unauthorized_ratelimit: config.unauthorized_ratelimit,
         udp_relay: !config.no_udp_relay,
+        default_family: match config.allocation_default_address_family {
+            DefaultFamily::Ipv4 => EngineFamily::Ipv4,
+            DefaultFamily::Ipv6 => EngineFamily::Ipv6,
+            DefaultFamily::Keep => EngineFamily::Keep,
+        },
         strict_expiry: config.strict_expiry,
         alternate_server: config
             .alternate_servers

@@ -17,7 +17,7 @@ use clap::builder::{BoolishValueParser, TypedValueParser};
 use clap::error::ErrorKind;
 use clap::{Arg, ArgAction, ArgMatches, Command, CommandFactory, Parser};
 
-use super::types::{check_server_address, ExternalIp, IpRange, UserEntry};
+use super::types::{check_server_address, DefaultFamily, ExternalIp, IpRange, UserEntry};
 
 /// The implemented options, as parsed (defaults applied, nothing resolved or cross-checked yet).
 #[derive(Parser)]
@@ -89,6 +89,13 @@ pub struct Cli {
     /// Do not allow TCP relay endpoints.
     #[arg(long = "no-tcp-relay")]
     pub no_tcp_relay: bool,
+    /// Relay family of an Allocate that asks for none: ipv4, ipv6, or keep (the client's own).
+    #[arg(short = 'A', long = "allocation-default-address-family", value_name = "FAMILY",
+          value_enum, ignore_case = true, default_value_t = DefaultFamily::Ipv4)]
+    pub allocation_default_address_family: DefaultFamily,
+    /// The same as `-A keep` (coturn's older flag).
+    #[arg(short = 'K', long = "keep-address-family")]
+    pub keep_address_family: bool,
 
     // ---- relay ----
     /// Worker threads (0 or absent: one per CPU).
@@ -453,8 +460,6 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     u("tcp-proxy-port", Kind::Value, Policy::Ignore),
     u("aux-server", Kind::Value, Policy::Ignore),
     u("udp-self-balance", Kind::Flag, Policy::Ignore),
-    us("keep-address-family", 'K', Kind::Flag, Policy::Ignore),
-    us("allocation-default-address-family", 'A', Kind::Value, Policy::Ignore),
     u("max-allocate-timeout", Kind::Value, Policy::Ignore),
     // Ignoring it keeps the permission check, which is the stricter behaviour.
     u("server-relay", Kind::Flag, Policy::Ignore),

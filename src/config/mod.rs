@@ -26,7 +26,7 @@ use clap::{ArgMatches, Command, FromArgMatches};
 use tracing::warn;
 
 use cli::{Cli, Policy, Unsupported};
-pub use types::{ExternalIp, IpRange, UserEntry, UserEntryError, UserSecret};
+pub use types::{DefaultFamily, ExternalIp, IpRange, UserEntry, UserEntryError, UserSecret};
 
 /// Which credential mechanism TURN requests go through, resolved from `--lt-cred-mech`,
 /// `--use-auth-secret`, `--no-auth` and `--user`.
@@ -67,6 +67,8 @@ pub struct Config {
     pub no_dtls: bool,
     pub no_udp_relay: bool,
     pub no_tcp_relay: bool,
+    /// `-A`; `-K` makes it `Keep`.
+    pub allocation_default_address_family: DefaultFamily,
 
     // ---- relay ----
     /// Resolved: never 0 (absent or 0 means one per CPU).
@@ -536,6 +538,11 @@ fn resolve(
         no_dtls: cli.no_dtls,
         no_udp_relay: cli.no_udp_relay,
         no_tcp_relay: cli.no_tcp_relay,
+        allocation_default_address_family: if cli.keep_address_family {
+            DefaultFamily::Keep
+        } else {
+            cli.allocation_default_address_family
+        },
         relay_threads,
         min_port: cli.min_port,
         max_port: cli.max_port,
@@ -721,6 +728,10 @@ impl fmt::Debug for Config {
             .field("no_dtls", &self.no_dtls)
             .field("no_udp_relay", &self.no_udp_relay)
             .field("no_tcp_relay", &self.no_tcp_relay)
+            .field(
+                "allocation_default_address_family",
+                &self.allocation_default_address_family,
+            )
             .field("relay_threads", &self.relay_threads)
             .field("min_port", &self.min_port)
             .field("max_port", &self.max_port)

@@ -9,6 +9,16 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+/// Which relay family an Allocate naming none gets (`-A/--allocation-default-address-family`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DefaultFamily {
+    #[default]
+    Ipv4,
+    Ipv6,
+    /// The family of the client's own address.
+    Keep,
+}
+
 /// One static user account from `-u`/`--user NAME:PASSWORD` or `--user NAME:0x<32 hex digits>`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct UserEntry {

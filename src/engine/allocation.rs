@@ -34,6 +34,11 @@ pub enum State {
     Binding {
         attempts: u8,
     },
+    /// The first relay socket is bound; the second of a dual allocation (RFC 8656 §7.2,
+    /// ADDITIONAL-ADDRESS-FAMILY) is being bound.
+    BindingSecond {
+        attempts: u8,
+    },
     Active,
 }
 
@@ -46,6 +51,11 @@ pub struct Allocation {
     pub relay: SocketAddr,
     /// What XOR-RELAYED-ADDRESS reports (the `--external-ip` mapping of `relay`).
     pub reported_relay: SocketAddr,
+    /// The IPv6 relayed address of a dual allocation (RFC 8656 §7.2, ADDITIONAL-ADDRESS-FAMILY):
+    /// a second socket, same permissions, channels, lifetime and counters.
+    pub second_relay: Option<SocketAddr>,
+    /// What the second XOR-RELAYED-ADDRESS reports.
+    pub reported_second: Option<SocketAddr>,
     pub created: Instant,
     pub expires: Instant,
     pub username: String,
@@ -78,7 +88,12 @@ pub struct PendingAllocate {
     /// EVEN-PORT was asked for: a replacement port must be even too.
     pub even: bool,
     pub reservation_token: Option<u64>,
+    /// ADDRESS-ERROR-CODE for the additional (IPv6) family of a dual allocation: 440 when the
+    /// server has no IPv6 relay address, 508 when none of its ports could be had.
     pub address_error: Option<u16>,
+    /// The request used the draft code point of ADDITIONAL-ADDRESS-FAMILY (coturn's clients):
+    /// ADDRESS-ERROR-CODE is answered with the draft's code point too.
+    pub draft_codepoints: bool,
     pub fingerprint: bool,
     pub sha256: bool,
 }

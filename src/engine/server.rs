@@ -91,6 +91,20 @@ pub struct ServerConfig {
     /// Challenges and Allocate attempts per client IP per second (`--unauthorized-ratelimit`),
     /// 0 = no limit; see [`super::limiter`].
     pub unauthorized_ratelimit: u32,
+    /// The relay family of an Allocate that names none (`-A/--allocation-default-address-family`).
+    pub default_family: DefaultFamily,
+}
+
+/// Which family an Allocate without REQUESTED-ADDRESS-FAMILY or ADDITIONAL-ADDRESS-FAMILY gets
+/// (coturn's `-A/--allocation-default-address-family`: ipv4, ipv6 or keep).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DefaultFamily {
+    /// IPv4, whatever the client's own family (what browsers on IPv6 expect).
+    #[default]
+    Ipv4,
+    Ipv6,
+    /// The family of the address the client came from.
+    Keep,
 }
 
 impl Default for ServerConfig {
@@ -122,6 +136,7 @@ impl Default for ServerConfig {
             strict_expiry: false,
             alternate_server: None,
             unauthorized_ratelimit: 100,
+            default_family: DefaultFamily::Ipv4,
         }
     }
 }
@@ -206,12 +221,15 @@ pub enum Command {
     /// Send these bytes to the client on this 5-tuple.
     Send { to: FiveTuple, data: Vec<u8> },
     /// Bind a UDP relay socket to `addr` and report with [`Server::handle_relay_bound`].
+    /// `second`: the IPv6 socket of a dual allocation, whose first socket is already bound;
+    /// the worker keeps both and sends to a peer from the one of its family.
     BindRelay {
         id: AllocationId,
         addr: SocketAddr,
         dont_fragment: bool,
+        second: bool,
     },
-    /// Close the relay socket of this allocation.
+    /// Close the relay socket(s) of this allocation.
     FreeRelay { id: AllocationId },
 }
 
@@ -498,8 +516,10 @@ impl Server {
         slot.generation = slot.generation.wrapping_add(1);
         self.free_slots.push(id.index);
         self.by_five_tuple.remove(&a.five_tuple);
-        if a.relay.port() != 0 {
-            self.shared.ports.release(a.relay.ip(), a.relay.port());
+        for r in std::iter::once(a.relay).chain(a.second_relay) {
+            if r.port() != 0 {
+                self.shared.ports.release(r.ip(), r.port());
+            }
         }
         self.shared.uncount(&a.username);
         self.counters.closed_traffic.merge(&a.stats);
@@ -1103,8 +1123,12 @@ impl Server {
         let req_family = m
             .get(attr::REQUESTED_ADDRESS_FAMILY)
             .map(attr::read_address_family);
+        // coturn's clients send the draft's code point; RFC 8656's wins when both are there.
+        let draft_codepoints = m.get(attr::ADDITIONAL_ADDRESS_FAMILY).is_none()
+            && m.get(attr::ADDITIONAL_ADDRESS_FAMILY_DRAFT).is_some();
         let add_family = m
             .get(attr::ADDITIONAL_ADDRESS_FAMILY)
+            .or_else(|| m.get(attr::ADDITIONAL_ADDRESS_FAMILY_DRAFT))
             .map(attr::read_address_family);
         if token.is_some() && (even.is_some() || req_family.is_some() || add_family.is_some()) {
             refuse!(400);
@@ -1119,20 +1143,24 @@ impl Server {
             refuse!(400);
         }
         let want_v6 = match req_family.flatten() {
-            None | Some(attr::FAMILY_IPV4) => false,
+            Some(attr::FAMILY_IPV4) => false,
             Some(attr::FAMILY_IPV6) => true,
             Some(_) => refuse!(440),
+            // Nothing asked (or a dual allocation, whose first address is IPv4).
+            None if add_family.is_some() => false,
+            None => match self.config.default_family {
+                DefaultFamily::Ipv4 => false,
+                DefaultFamily::Ipv6 => true,
+                DefaultFamily::Keep => five.client.is_ipv6(),
+            },
         };
-        let mut address_error = None;
-        match add_family.flatten() {
-            None => {}
-            Some(attr::FAMILY_IPV6) => {
-                // Dual allocations come with the IPv6 transport work; until then the IPv4 relay is
-                // granted and the IPv6 one refused in ADDRESS-ERROR-CODE (RFC 8656 §7.2 step 7).
-                address_error = Some(440);
-            }
+        // Step 7: ADDITIONAL-ADDRESS-FAMILY asks for an IPv6 address beside the IPv4 one; any
+        // other value is 400.
+        let dual = match add_family.flatten() {
+            None => false,
+            Some(attr::FAMILY_IPV6) => true,
             Some(_) => refuse!(400),
-        }
+        };
         // Step 8: quotas.
         if !self.shared.try_count(
             &auth.username,
@@ -1198,6 +1226,20 @@ impl Server {
             self.shared.uncount(&auth.username);
             refuse!(508);
         };
+        // The IPv6 half of a dual allocation. Without it the IPv4 one is still granted, and
+        // ADDRESS-ERROR-CODE says why not (RFC 8656 §7.2 step 7): 440 when this server relays
+        // no IPv6 at all, 508 when it has no IPv6 port left.
+        let mut address_error = None;
+        let mut second_relay = None;
+        if dual {
+            match self.pick_relay_ip(true) {
+                None => address_error = Some(440),
+                Some(ip) => match self.shared.ports.take(ip, self.rng.gen(), false, false) {
+                    Some(p) => second_relay = Some(SocketAddr::new(ip, p)),
+                    None => address_error = Some(508),
+                },
+            }
+        }
         let lifetime = self.lifetime(m);
         let pending = PendingAllocate {
             tid: *m.transaction_id(),
@@ -1206,6 +1248,7 @@ impl Server {
             even: even.is_some(),
             reservation_token,
             address_error,
+            draft_codepoints,
             fingerprint: sign_fp,
             sha256: auth.sha256,
         };
@@ -1239,6 +1282,8 @@ impl Server {
             state: State::Binding { attempts: 1 },
             relay,
             reported_relay: self.reported(relay),
+            second_relay,
+            reported_second: second_relay.map(|r| self.reported(r)),
             created: now,
             expires: now + Duration::from_secs(u64::from(lifetime)),
             username: auth.username,
@@ -1261,6 +1306,7 @@ impl Server {
             id,
             addr: relay,
             dont_fragment,
+            second: false,
         });
     }
 
@@ -1290,8 +1336,13 @@ impl Server {
         let Some(a) = self.get_mut(id) else {
             return;
         };
-        let State::Binding { attempts } = a.state else {
-            return;
+        let attempts = match a.state {
+            State::Binding { attempts } => attempts,
+            State::BindingSecond { attempts } => {
+                self.handle_second_relay_bound(now, id, attempts, result);
+                return;
+            }
+            State::Active => return,
         };
         let five = a.five_tuple;
         if result.is_err() {
@@ -1340,6 +1391,7 @@ impl Server {
                     id,
                     addr: relay,
                     dont_fragment,
+                    second: false,
                 });
                 return;
             }
@@ -1384,7 +1436,77 @@ impl Server {
             }
             return;
         }
-        // RFC 8656 §7.2: the success response.
+        // A dual allocation binds its IPv6 socket next.
+        if let Some(addr) = a.second_relay {
+            a.state = State::BindingSecond { attempts: 1 };
+            let dont_fragment = a.dont_fragment;
+            self.commands.push_back(Command::BindRelay {
+                id,
+                addr,
+                dont_fragment,
+                second: true,
+            });
+            return;
+        }
+        self.finish_allocate(now, id);
+    }
+
+    /// The second (IPv6) socket of a dual allocation is bound or not. A few other ports are
+    /// tried; if none binds, the allocation goes on with IPv4 only and ADDRESS-ERROR-CODE 508
+    /// for IPv6 (RFC 8656 §7.2 step 7).
+    fn handle_second_relay_bound(
+        &mut self,
+        now: Instant,
+        id: AllocationId,
+        attempts: u8,
+        result: Result<(), ()>,
+    ) {
+        if result.is_err() {
+            let Some(old) = self.get(id).and_then(|a| a.second_relay) else {
+                return;
+            };
+            let retry = if attempts < BIND_ATTEMPTS {
+                self.shared
+                    .ports
+                    .take(old.ip(), self.rng.gen(), false, false)
+            } else {
+                None
+            };
+            self.shared.ports.release(old.ip(), old.port());
+            let next = retry.map(|p| SocketAddr::new(old.ip(), p));
+            let reported = next.map(|r| self.reported(r));
+            let Some(a) = self.get_mut(id) else {
+                return;
+            };
+            a.second_relay = next;
+            a.reported_second = reported;
+            if let Some(addr) = next {
+                a.state = State::BindingSecond {
+                    attempts: attempts + 1,
+                };
+                let dont_fragment = a.dont_fragment;
+                self.commands.push_back(Command::BindRelay {
+                    id,
+                    addr,
+                    dont_fragment,
+                    second: true,
+                });
+                return;
+            }
+            if let Some(p) = a.pending.as_mut() {
+                p.address_error = Some(508);
+            }
+        }
+        self.finish_allocate(now, id);
+    }
+
+    /// Every socket of the allocation is bound: it becomes active and the client gets the
+    /// success response (RFC 8656 §7.2).
+    fn finish_allocate(&mut self, now: Instant, id: AllocationId) {
+        let Some(a) = self.get_mut(id) else {
+            return;
+        };
+        let five = a.five_tuple;
         a.state = State::Active;
         let expires =
             now + Duration::from_secs(u64::from(a.pending.as_ref().map_or(0, |p| p.lifetime)));
@@ -1393,10 +1515,14 @@ impl Server {
             return;
         };
         let relay = a.reported_relay;
+        let second = a.reported_second;
         let key = a.key.clone();
         let mut out = Vec::with_capacity(128);
         let mut b = MessageBuilder::new(&mut out, Method::ALLOCATE, Class::Success, &p.tid);
         b.xor_address(attr::XOR_RELAYED_ADDRESS, &relay);
+        if let Some(second) = second {
+            b.xor_address(attr::XOR_RELAYED_ADDRESS, &second);
+        }
         b.attr_u32(attr::LIFETIME, p.lifetime);
         if let Some(t) = p.reservation_token {
             b.attr(attr::RESERVATION_TOKEN, &t.to_be_bytes());
@@ -1405,7 +1531,12 @@ impl Server {
         if let Some(code) = p.address_error {
             // ADDRESS-ERROR-CODE: family (IPv6), reserved, then an ERROR-CODE-style value.
             let reason = attr::reason_phrase(code).as_bytes();
-            b.attr_with(attr::ADDRESS_ERROR_CODE, 4 + reason.len(), |o| {
+            let ty = if p.draft_codepoints {
+                attr::ADDRESS_ERROR_CODE_DRAFT
+            } else {
+                attr::ADDRESS_ERROR_CODE
+            };
+            b.attr_with(ty, 4 + reason.len(), |o| {
                 o[0] = attr::FAMILY_IPV6;
                 o[2] = (code / 100) as u8;
                 o[3] = (code % 100) as u8;
@@ -1461,12 +1592,14 @@ impl Server {
             .get(attr::REQUESTED_ADDRESS_FAMILY)
             .and_then(attr::read_address_family)
         {
-            let mine = if a.relay.is_ipv6() {
-                attr::FAMILY_IPV6
-            } else {
-                attr::FAMILY_IPV4
+            let family = |r: SocketAddr| {
+                if r.is_ipv6() {
+                    attr::FAMILY_IPV6
+                } else {
+                    attr::FAMILY_IPV4
+                }
             };
-            if fam != mine {
+            if fam != family(a.relay) && a.second_relay.map(family) != Some(fam) {
                 let sign = self.signed(m, &auth);
                 self.respond_error(five, m, 443, sign, |_| {});
                 return;
@@ -1517,10 +1650,13 @@ impl Server {
         Some((id, auth))
     }
 
-    /// Whether a peer may be used by allocation `id`: 443 on a family mismatch, 403 by policy.
+    /// Whether a peer may be used by allocation `id`: 443 when it has no relayed address of the
+    /// peer's family, 403 by policy.
     fn peer_error(&self, id: AllocationId, peer: &SocketAddr) -> Option<u16> {
         let a = self.get(id)?;
-        if a.relay.is_ipv6() != peer.is_ipv6() {
+        // A dual allocation takes peers of either family (RFC 8656 §7.2).
+        let family_ok = |r: SocketAddr| r.is_ipv6() == peer.is_ipv6();
+        if !family_ok(a.relay) && !a.second_relay.is_some_and(family_ok) {
             return Some(443);
         }
         if !self.config.peer_policy.permits(peer.ip()) {

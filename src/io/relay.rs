@@ -14,12 +14,14 @@ use super::udp::BATCH;
 use super::worker::{read_batches, Relay, WorkerState};
 use crate::engine::{AllocationId, FiveTuple, PeerDecision};
 
-/// Bind the relay socket of allocation `id` and start reading it.
+/// Bind the relay socket of allocation `id` and start reading it. `second`: the IPv6 socket of a
+/// dual allocation, kept beside the first one (RFC 8656 §7.2).
 pub(crate) fn bind(
     st: &Rc<WorkerState>,
     id: AllocationId,
     addr: SocketAddr,
     dont_fragment: bool,
+    second: bool,
 ) -> io::Result<()> {
     let s = super::udp::bind_relay(addr, dont_fragment, st.sock_buf_size)?;
     // SAFETY: the AsyncFd owns the std socket, whose fd stays open and unchanged until the
@@ -30,8 +32,25 @@ pub(crate) fn bind(
     if relays.len() <= id.index() {
         relays.resize_with(id.index() + 1, || None);
     }
-    if let Some(old) = relays[id.index()].replace(Relay { id, socket, task }) {
-        old.task.abort();
+    if second {
+        match relays[id.index()].as_mut() {
+            Some(r) if r.id == id => {
+                if let Some((_, old)) = r.second.replace((socket, task)) {
+                    old.abort();
+                }
+            }
+            _ => task.abort(),
+        }
+        return Ok(());
+    }
+    let relay = Relay {
+        id,
+        socket,
+        task,
+        second: None,
+    };
+    if let Some(old) = relays[id.index()].replace(relay) {
+        old.abort();
     }
     Ok(())
 }

@@ -33,6 +33,27 @@ pub(crate) struct Relay {
     pub id: AllocationId,
     pub socket: Rc<AsyncFd<UdpSocket>>,
     pub task: JoinHandle<()>,
+    /// The IPv6 socket of a dual allocation and its reader.
+    pub second: Option<(Rc<AsyncFd<UdpSocket>>, JoinHandle<()>)>,
+}
+
+impl Relay {
+    /// The socket that sends to `peer`: the second (IPv6) one of a dual allocation for an IPv6
+    /// peer, else the first.
+    #[inline]
+    fn socket_for(&self, peer: SocketAddr) -> &AsyncFd<UdpSocket> {
+        match &self.second {
+            Some((s, _)) if peer.is_ipv6() => s,
+            _ => &self.socket,
+        }
+    }
+
+    pub(crate) fn abort(&self) {
+        self.task.abort();
+        if let Some((_, t)) = &self.second {
+            t.abort();
+        }
+    }
 }
 
 /// Everything a worker's tasks share. Single-threaded: RefCells are never borrowed across an await.
@@ -146,7 +167,7 @@ pub(crate) fn run(init: WorkerInit) {
         let _ = stop.wait_for(|s| *s).await;
         // Free every relay socket before the runtime goes away.
         for r in st.relays.borrow_mut().drain(..).flatten() {
-            r.task.abort();
+            r.abort();
         }
     });
 }
@@ -281,7 +302,7 @@ impl WorkerState {
         let relays = self.relays.borrow();
         if let Some(Some(r)) = relays.get(id.index()) {
             if r.id == id {
-                let _ = r.socket.get_ref().send_to(data, peer);
+                let _ = r.socket_for(peer).get_ref().send_to(data, peer);
             }
         }
     }
@@ -354,8 +375,9 @@ impl WorkerState {
                     id,
                     addr,
                     dont_fragment,
+                    second,
                 } => {
-                    let result = relay::bind(self, id, addr, dont_fragment);
+                    let result = relay::bind(self, id, addr, dont_fragment, second);
                     if let Err(e) = &result {
                         tracing::debug!("relay bind {addr}: {e}");
                     }
@@ -368,7 +390,7 @@ impl WorkerState {
                     if let Some(slot) = relays.get_mut(id.index()) {
                         if slot.as_ref().is_some_and(|r| r.id == id) {
                             if let Some(r) = slot.take() {
-                                r.task.abort();
+                                r.abort();
                             }
                         }
                     }

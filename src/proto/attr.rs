@@ -37,6 +37,10 @@ pub const RESPONSE_PORT: u16 = 0x0027;
 pub const CONNECTION_ID: u16 = 0x002A;
 pub const ADDITIONAL_ADDRESS_FAMILY: u16 = 0x8000;
 pub const ADDRESS_ERROR_CODE: u16 = 0x8001;
+/// The code points of the draft before RFC 8656 that coturn and its `turnutils_uclient -Z` still
+/// use for ADDITIONAL-ADDRESS-FAMILY and ADDRESS-ERROR-CODE.
+pub const ADDITIONAL_ADDRESS_FAMILY_DRAFT: u16 = 0x8032;
+pub const ADDRESS_ERROR_CODE_DRAFT: u16 = 0x8033;
 pub const PASSWORD_ALGORITHMS: u16 = 0x8002;
 pub const ALTERNATE_DOMAIN: u16 = 0x8003;
 pub const ICMP: u16 = 0x8004;

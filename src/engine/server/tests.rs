@@ -816,22 +816,6 @@ fn address_family_not_supported_is_440() {
 }
 
 #[test]
-fn additional_ipv6_family_is_granted_ipv4_with_address_error() {
-    let mut h = H::new(config());
-    let mut c = Client::alice(udp(40000));
-    let r = c.allocate_with(&mut h, &|b| {
-        b.attr(
-            attr::ADDITIONAL_ADDRESS_FAMILY,
-            &[attr::FAMILY_IPV6, 0, 0, 0],
-        );
-    });
-    r.assert_ok();
-    assert!(r.xor(attr::XOR_RELAYED_ADDRESS).unwrap().is_ipv4());
-    let e = r.get(attr::ADDRESS_ERROR_CODE).unwrap();
-    assert_eq!((e[0], e[2], e[3]), (attr::FAMILY_IPV6, 4, 40));
-}
-
-#[test]
 fn peer_of_the_other_family_is_443() {
     let (mut h, mut c) = allocated(config());
     let v6 = sa("[2001:db8::1]:9000");
@@ -2248,5 +2232,6 @@ fn bps_capacity_caps_the_whole_server() {
     ));
 }
 
+mod dual;
 mod hardening;
 mod props;
