@@ -50,7 +50,7 @@
 #   rtt_p50_us rtt_p99_us   round trip client -> server -> peer -> server -> client
 #   cpu_us/pkt    server CPU (utime+stime of its process tree, /proc/PID/stat) per relayed packet
 #   rss_kb        server RSS after the load (VmRSS of its process tree)
-#   alloc/s       allocflood: allocations per second (the client's 16 blocking threads may be the
+#   alloc/s       allocflood: allocations per second (the client keeps --setup-window Allocates in flight per thread; it may still be the
 #                 limit: cpu_us/alloc, server CPU per allocation, is the robust figure)
 #   kb/alloc      hold: server RSS growth per held allocation
 #   best_pps      sweep1: highest relayed packets/s with loss < MAX_LOSS

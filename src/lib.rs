@@ -7,11 +7,13 @@
 //! (control plane); the worker does the I/O. Everything a user configures enters through [`config`],
 //! everything a user can watch leaves through [`metrics`] and [`http`]. The signaling companion
 //! ([`signal`]) and the load harness ([`bench`], binary `vigi-bench`) sit beside the relay and share
-//! only [`proto`] and the credential code.
+//! only [`proto`] and the credential code. The [`fleet`] module shares users, secrets and load
+//! with other nodes through Redis, off the data path.
 
 pub mod bench;
 pub mod config;
 pub mod engine;
+pub mod fleet;
 pub mod http;
 pub mod io;
 pub mod metrics;

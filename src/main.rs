@@ -71,6 +71,9 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
     let engine = Arc::new(engine_config(&config, relay_ips.clone()));
     let nonce_key: [u8; 32] = rand::random();
     let shared = Arc::new(Shared::new(config.min_port, config.max_port, nonce_key));
+    if let Some(conn) = &config.redis_userdb {
+        start_userdb(&config, conn, &engine.realm, &shared)?;
+    }
     let tls_source = tls_source(&config)?;
     let mut udp = Vec::new();
     let mut tcp = Vec::new();
@@ -158,6 +161,35 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         let _ = std::fs::remove_file(p);
     }
     exit.map(|_| ())
+}
+
+/// `--redis-userdb`: start the reader, and give its first read a moment (up to 3 s) so that the
+/// node does not refuse every database user in its first seconds. Redis being away is not fatal:
+/// the reader keeps trying, and until it succeeds only static users and secrets work.
+fn start_userdb(
+    config: &Config,
+    conn: &vigi_turn::config::RedisConn,
+    realm: &str,
+    shared: &Shared,
+) -> Result<()> {
+    use vigi_turn::fleet;
+    fleet::userdb::spawn(fleet::userdb::UserDbSource {
+        conn: conn.clone(),
+        realm: realm.to_owned(),
+        refresh: std::time::Duration::from_secs(u64::from(config.redis_refresh)),
+        max_stale: u64::from(config.redis_max_stale),
+        cell: shared.userdb.clone(),
+    })
+    .context("starting the Redis user database reader")?;
+    let t0 = std::time::Instant::now();
+    while shared.userdb.fresh(fleet::unix_now()).is_none() {
+        if t0.elapsed() > std::time::Duration::from_secs(3) {
+            tracing::warn!("redis-userdb: no read yet; starting without the database's users");
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// The TLS certificate source, following coturn: no `--cert`, no TLS. A `--cert` without `--pkey`
@@ -277,6 +309,7 @@ pub(crate) fn engine_config(config: &Config, relay_ips: Vec<IpAddr>) -> ServerCo
         credentials.add_user(&u.name, &secret);
     }
     if config.auth == AuthMode::RestApi || config.use_auth_secret {
+        credentials.set_rest_api(true);
         for s in &config.static_auth_secrets {
             credentials.add_rest_secret(s.as_bytes());
         }

@@ -17,7 +17,9 @@ use clap::builder::{BoolishValueParser, TypedValueParser};
 use clap::error::ErrorKind;
 use clap::{Arg, ArgAction, ArgMatches, Command, CommandFactory, Parser};
 
-use super::types::{check_server_address, DefaultFamily, ExternalIp, IpRange, UserEntry};
+use super::types::{
+    check_server_address, DefaultFamily, ExternalIp, IpRange, RedisConn, UserEntry,
+};
 
 /// The implemented options, as parsed (defaults applied, nothing resolved or cross-checked yet).
 #[derive(Parser)]
@@ -189,6 +191,21 @@ pub struct Cli {
         value_name = "FILE"
     )]
     pub userdb: Option<PathBuf>,
+    /// Redis user database: coturn's connection string `ip=... port=... dbname=... password=...`.
+    #[arg(short = 'N', long = "redis-userdb", value_name = "CONNECTION")]
+    pub redis_userdb: Option<RedisConn>,
+    /// Seconds between reads of the Redis user database (vigi-turn extension).
+    #[arg(long = "redis-refresh", value_name = "SECONDS", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub redis_refresh: u32,
+    /// How long the last good read of the Redis user database is used while Redis is away;
+    /// after that its users are refused (vigi-turn extension).
+    #[arg(
+        long = "redis-max-stale",
+        value_name = "SECONDS",
+        default_value_t = 300
+    )]
+    pub redis_max_stale: u32,
 
     // ---- quotas and lifetimes ----
     /// Concurrent allocations per user (0: unlimited).
@@ -474,7 +491,6 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     },
     us("mysql-userdb", 'M', Kind::Value, Policy::Refuse(USER_DB)),
     us("mongo-userdb", 'J', Kind::Value, Policy::Refuse(USER_DB)),
-    us("redis-userdb", 'N', Kind::Value, Policy::Refuse(USER_DB)),
     us(
         "redis-statsdb",
         'O',

@@ -26,7 +26,9 @@ use clap::{ArgMatches, Command, FromArgMatches};
 use tracing::warn;
 
 use cli::{Cli, Policy, Unsupported};
-pub use types::{DefaultFamily, ExternalIp, IpRange, UserEntry, UserEntryError, UserSecret};
+pub use types::{
+    DefaultFamily, ExternalIp, IpRange, RedisConn, UserEntry, UserEntryError, UserSecret,
+};
 
 /// Which credential mechanism TURN requests go through, resolved from `--lt-cred-mech`,
 /// `--use-auth-secret`, `--no-auth` and `--user`.
@@ -106,6 +108,12 @@ pub struct Config {
     pub rest_api_separator: char,
     /// `-b`/`--userdb`: recorded only, never read or written.
     pub userdb: Option<PathBuf>,
+    /// `-N`/`--redis-userdb`: users, REST secrets and realm options read from Redis.
+    pub redis_userdb: Option<RedisConn>,
+    /// Seconds between reads of the Redis user database.
+    pub redis_refresh: u32,
+    /// Seconds the last good read stays in use while Redis is unreachable.
+    pub redis_max_stale: u32,
 
     // ---- quotas and lifetimes (0 quota = unlimited) ----
     pub user_quota: u32,
@@ -496,11 +504,15 @@ fn resolve(
         AuthMode::NoAuth if !cli.user.is_empty() => {
             warnings.push("--user: static users are not used with --no-auth".into())
         }
-        AuthMode::LongTerm if cli.user.is_empty() && !cli.stun_only => warnings.push(
-            "no --user configured: every TURN Allocate will be rejected \
+        AuthMode::LongTerm
+            if cli.user.is_empty() && cli.redis_userdb.is_none() && !cli.stun_only =>
+        {
+            warnings.push(
+                "no --user configured: every TURN Allocate will be rejected \
              (use --user, --use-auth-secret or --no-auth)"
-                .into(),
-        ),
+                    .into(),
+            )
+        }
         _ => {}
     }
     if let Some(db) = &cli.userdb {
@@ -569,6 +581,9 @@ fn resolve(
         server_name: non_empty(cli.server_name),
         rest_api_separator: cli.rest_api_separator,
         userdb: cli.userdb,
+        redis_userdb: cli.redis_userdb,
+        redis_refresh: cli.redis_refresh,
+        redis_max_stale: cli.redis_max_stale,
         user_quota: cli.user_quota,
         total_quota: cli.total_quota,
         max_bps: cli.max_bps,
@@ -655,10 +670,10 @@ fn validate(cli: &Cli) -> Result<(), ConfigError> {
             "cannot be combined with --use-auth-secret",
         ));
     }
-    if cli.use_auth_secret && cli.static_auth_secret.is_empty() {
+    if cli.use_auth_secret && cli.static_auth_secret.is_empty() && cli.redis_userdb.is_none() {
         return Err(ConfigError::invalid(
             "--use-auth-secret",
-            "needs at least one --static-auth-secret (secrets cannot be read from a database)",
+            "needs at least one --static-auth-secret or a --redis-userdb holding the secrets",
         ));
     }
     if cli.static_auth_secret.iter().any(String::is_empty) {
@@ -767,6 +782,9 @@ impl fmt::Debug for Config {
             .field("server_name", &self.server_name)
             .field("rest_api_separator", &self.rest_api_separator)
             .field("userdb", &self.userdb)
+            .field("redis_userdb", &self.redis_userdb)
+            .field("redis_refresh", &self.redis_refresh)
+            .field("redis_max_stale", &self.redis_max_stale)
             .field("user_quota", &self.user_quota)
             .field("total_quota", &self.total_quota)
             .field("max_bps", &self.max_bps)

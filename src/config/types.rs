@@ -104,7 +104,8 @@ impl FromStr for UserEntry {
     }
 }
 
-fn parse_hex_key(hex: &str) -> Option<[u8; 16]> {
+/// 32 hex digits as a 16-byte key (coturn's stored MD5 keys).
+pub fn parse_hex_key(hex: &str) -> Option<[u8; 16]> {
     let bytes = hex.as_bytes();
     if bytes.len() != 32 {
         return None;
@@ -231,6 +232,87 @@ impl FromStr for ExternalIp {
     }
 }
 
+/// coturn's Redis connection string (`--redis-userdb`, `--redis-statsdb`): space-separated
+/// `key=value` pairs, all optional: `ip` (or `host`, `addr`, `ipaddr`, `hostaddr`; default
+/// 127.0.0.1), `port` (or `p`; 6379), `dbname` (or `db`, `database`; 0), `password` (or `pwd`,
+/// `passwd`, `secret`), `user` (or `uname`, `name`, `username`: a Redis 6 ACL user, which coturn
+/// ignores) and `connect_timeout` (or `timeout`, seconds). An unknown key is an error, as in coturn.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisConn {
+    pub host: String,
+    pub port: u16,
+    pub db: i64,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Seconds; 0 = the default (10 s).
+    pub connect_timeout: u64,
+}
+
+impl fmt::Debug for RedisConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConn")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("db", &self.db)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "[redacted]"))
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+impl FromStr for RedisConn {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut c = RedisConn {
+            host: "127.0.0.1".into(),
+            port: 6379,
+            db: 0,
+            username: None,
+            password: None,
+            connect_timeout: 0,
+        };
+        for pair in s.split(' ').filter(|p| !p.is_empty()) {
+            let Some((k, v)) = pair.split_once('=') else {
+                return Err(format!("expected key=value, got '{pair}'"));
+            };
+            let number = |what: &str| format!("{k}: {what}, got '{v}'");
+            match k {
+                "ip" | "host" | "addr" | "ipaddr" | "hostaddr" => c.host = v.to_owned(),
+                "port" | "p" => {
+                    c.port = v
+                        .parse()
+                        .ok()
+                        .filter(|p| *p != 0)
+                        .ok_or_else(|| number("expected a port 1-65535"))?
+                }
+                "dbname" | "db" | "database" => {
+                    c.db = v
+                        .parse()
+                        .ok()
+                        .filter(|d| *d >= 0)
+                        .ok_or_else(|| number("expected a database number"))?
+                }
+                "user" | "uname" | "name" | "username" => {
+                    c.username = Some(v.to_owned()).filter(|v| !v.is_empty())
+                }
+                "password" | "pwd" | "passwd" | "secret" => {
+                    c.password = Some(v.to_owned()).filter(|v| !v.is_empty())
+                }
+                "connect_timeout" | "timeout" => {
+                    c.connect_timeout = v.parse().map_err(|_| number("expected seconds"))?
+                }
+                _ => return Err(format!("unknown key '{k}'")),
+            }
+        }
+        if c.host.is_empty() {
+            return Err("ip: must not be empty".into());
+        }
+        Ok(c)
+    }
+}
+
 /// Checks an `--alternate-server` value: `IP`, `IPv4:PORT` or `[IPv6]:PORT`.
 pub(crate) fn check_server_address(s: &str) -> Result<String, String> {
     let ok = s.parse::<IpAddr>().is_ok() || s.parse::<std::net::SocketAddr>().is_ok();
@@ -244,6 +326,28 @@ pub(crate) fn check_server_address(s: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_connection_strings_as_coturn() {
+        let c: RedisConn = "ip=10.0.0.2 dbname=2 password=turn port=6380 connect_timeout=30"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            (c.host.as_str(), c.port, c.db, c.connect_timeout),
+            ("10.0.0.2", 6380, 2, 30)
+        );
+        assert_eq!(c.password.as_deref(), Some("turn"));
+        assert!(!format!("{c:?}").contains("turn\""), "no password in Debug");
+        let d: RedisConn = "".parse().unwrap();
+        assert_eq!((d.host.as_str(), d.port, d.db), ("127.0.0.1", 6379, 0));
+        let h: RedisConn = "  host=redis.local  db=3 ".parse().unwrap();
+        assert_eq!((h.host.as_str(), h.db), ("redis.local", 3));
+        assert!("ip=1.2.3.4 bogus=1".parse::<RedisConn>().is_err());
+        assert!("port=0".parse::<RedisConn>().is_err());
+        assert!("port=99999".parse::<RedisConn>().is_err());
+        assert!("dbname=x".parse::<RedisConn>().is_err());
+        assert!("ip".parse::<RedisConn>().is_err());
+    }
 
     #[test]
     fn user_password_and_key() {

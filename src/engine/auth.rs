@@ -14,7 +14,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use md5::Md5;
@@ -156,6 +158,113 @@ struct UserKeys {
     sha256: Option<[u8; 32]>,
 }
 
+impl UserKeys {
+    fn derive(name: &str, realm: &str, secret: &UserSecret) -> Self {
+        match secret {
+            UserSecret::Password(p) => UserKeys {
+                md5: key_md5(name, realm, p),
+                sha256: Some(key_sha256(name, realm, p)),
+            },
+            UserSecret::Key(k) => UserKeys {
+                md5: *k,
+                sha256: None,
+            },
+        }
+    }
+
+    fn keys(&self, alg: PasswordAlgorithm) -> Result<Vec<Key>, AuthFailure> {
+        match alg {
+            PasswordAlgorithm::Md5 => Ok(vec![Key::Md5(self.md5)]),
+            PasswordAlgorithm::Sha256 => self
+                .sha256
+                .map(|k| vec![Key::Sha256(k)])
+                .ok_or(AuthFailure::NoKeyForAlgorithm),
+        }
+    }
+}
+
+/// One realm's users, REST secrets and options as a user database (coturn's `--redis-userdb`)
+/// last held them: a snapshot built off the data path and swapped in whole, so that a request's
+/// auth reads it without waiting on the database.
+#[derive(Clone, Default)]
+pub struct UserDb {
+    users: HashMap<String, UserKeys>,
+    secrets: Vec<Vec<u8>>,
+    /// The realm's `user-quota`, `total-quota` and `max-bps` when the database sets them.
+    pub user_quota: Option<u32>,
+    pub total_quota: Option<u32>,
+    pub max_bps: Option<u64>,
+    /// Unix time of the read this snapshot comes from.
+    pub fetched_unix: u64,
+}
+
+impl fmt::Debug for UserDb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserDb")
+            .field("users", &self.users.len())
+            .field("secrets", &self.secrets.len())
+            .field("user_quota", &self.user_quota)
+            .field("total_quota", &self.total_quota)
+            .field("max_bps", &self.max_bps)
+            .field("fetched_unix", &self.fetched_unix)
+            .finish()
+    }
+}
+
+impl UserDb {
+    pub fn new(fetched_unix: u64) -> Self {
+        UserDb {
+            fetched_unix,
+            ..Default::default()
+        }
+    }
+
+    /// A user of `realm`, by password or by its precomputed MD5 key.
+    pub fn add_user(&mut self, name: &str, realm: &str, secret: &UserSecret) {
+        self.users
+            .insert(name.to_owned(), UserKeys::derive(name, realm, secret));
+    }
+
+    pub fn add_secret(&mut self, secret: &[u8]) {
+        if !self.secrets.iter().any(|s| s == secret) {
+            self.secrets.push(secret.to_vec());
+        }
+    }
+
+    pub fn users(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn secrets(&self) -> usize {
+        self.secrets.len()
+    }
+}
+
+/// Where the engines find the latest [`UserDb`] snapshot. Empty until the first successful read;
+/// a snapshot older than its maximum age is not used (fail closed: its users get 401), so a
+/// database that stays away cannot keep revoked credentials alive forever.
+#[derive(Debug, Default)]
+pub struct UserDbCell {
+    current: ArcSwapOption<UserDb>,
+    max_age: std::sync::atomic::AtomicU64,
+}
+
+impl UserDbCell {
+    /// Publish a fresh snapshot, used for up to `max_age` seconds after its read.
+    pub fn store(&self, db: UserDb, max_age: u64) {
+        self.max_age
+            .store(max_age, std::sync::atomic::Ordering::Relaxed);
+        self.current.store(Some(Arc::new(db)));
+    }
+
+    /// The snapshot, if there is one and it is not too old at `unix_now`. Lock-free.
+    pub fn fresh(&self, unix_now: u64) -> Option<Arc<UserDb>> {
+        let db = self.current.load_full()?;
+        let max_age = self.max_age.load(std::sync::atomic::Ordering::Relaxed);
+        (unix_now <= db.fetched_unix.saturating_add(max_age)).then_some(db)
+    }
+}
+
 /// Why a request's credentials were not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthFailure {
@@ -175,6 +284,8 @@ pub struct Credentials {
     by_userhash: HashMap<[u8; 32], String>,
     rest_secrets: Vec<Vec<u8>>,
     rest_separator: char,
+    /// TURN REST mode (`--use-auth-secret`): secrets may also come from a user database.
+    rest_api: bool,
 }
 
 impl fmt::Debug for Credentials {
@@ -201,16 +312,7 @@ impl Credentials {
     }
 
     pub fn add_user(&mut self, name: &str, secret: &UserSecret) {
-        let keys = match secret {
-            UserSecret::Password(p) => UserKeys {
-                md5: key_md5(name, &self.realm, p),
-                sha256: Some(key_sha256(name, &self.realm, p)),
-            },
-            UserSecret::Key(k) => UserKeys {
-                md5: *k,
-                sha256: None,
-            },
-        };
+        let keys = UserKeys::derive(name, &self.realm, secret);
         self.by_userhash
             .insert(userhash(name, &self.realm), name.to_owned());
         self.users.insert(name.to_owned(), keys);
@@ -220,8 +322,13 @@ impl Credentials {
         self.rest_secrets.push(secret.to_vec());
     }
 
+    /// TURN REST mode even without a static secret (the secrets come from a user database).
+    pub fn set_rest_api(&mut self, on: bool) {
+        self.rest_api = on;
+    }
+
     pub fn has_rest(&self) -> bool {
-        !self.rest_secrets.is_empty()
+        self.rest_api || !self.rest_secrets.is_empty()
     }
 
     pub fn rest_separator(&self) -> char {
@@ -247,16 +354,29 @@ impl Credentials {
         alg: PasswordAlgorithm,
         unix_now: u64,
     ) -> Result<Vec<Key>, AuthFailure> {
+        self.keys_with_db(username, alg, unix_now, None)
+    }
+
+    /// As [`Credentials::keys_for`], with the users and (in REST mode) the secrets of a user
+    /// database snapshot as well. Static users win over database users of the same name.
+    pub fn keys_with_db(
+        &self,
+        username: &str,
+        alg: PasswordAlgorithm,
+        unix_now: u64,
+        db: Option<&UserDb>,
+    ) -> Result<Vec<Key>, AuthFailure> {
         if let Some(u) = self.users.get(username) {
-            return match alg {
-                PasswordAlgorithm::Md5 => Ok(vec![Key::Md5(u.md5)]),
-                PasswordAlgorithm::Sha256 => u
-                    .sha256
-                    .map(|k| vec![Key::Sha256(k)])
-                    .ok_or(AuthFailure::NoKeyForAlgorithm),
-            };
+            return u.keys(alg);
         }
-        if self.rest_secrets.is_empty() {
+        if let Some(u) = db.and_then(|db| db.users.get(username)) {
+            return u.keys(alg);
+        }
+        let db_secrets = match db {
+            Some(db) if self.has_rest() => db.secrets.as_slice(),
+            _ => &[],
+        };
+        if self.rest_secrets.is_empty() && db_secrets.is_empty() {
             return Err(AuthFailure::UnknownUser);
         }
         let expiry = rest_expiry(username, self.rest_separator).ok_or(AuthFailure::UnknownUser)?;
@@ -266,6 +386,7 @@ impl Credentials {
         Ok(self
             .rest_secrets
             .iter()
+            .chain(db_secrets)
             .map(|s| {
                 let pw = rest_password(s, username);
                 match alg {
@@ -403,6 +524,57 @@ mod tests {
             Some("bob")
         );
         assert_eq!(c.user_for_hash(&[0; 3]), None);
+    }
+
+    #[test]
+    fn user_db_snapshot_adds_users_and_secrets_until_too_old() {
+        let mut c = Credentials::new("example.org", ':');
+        c.add_user("bob", &UserSecret::Password("static".into()));
+        let mut db = UserDb::new(1000);
+        db.add_user("ann", "example.org", &UserSecret::Password("pw".into()));
+        db.add_user("bob", "example.org", &UserSecret::Password("other".into()));
+        db.add_user("hex", "example.org", &UserSecret::Key([9; 16]));
+        db.add_secret(b"rotated");
+        db.add_secret(b"rotated");
+        assert_eq!((db.users(), db.secrets()), (3, 1));
+        let cell = UserDbCell::default();
+        assert!(cell.fresh(1000).is_none(), "nothing read yet: fail closed");
+        cell.store(db, 60);
+        let snap = cell.fresh(1060).expect("within max age");
+        assert!(cell.fresh(1061).is_none(), "too old: fail closed");
+        let md5 = |u, alg| c.keys_with_db(u, alg, 1000, Some(&snap));
+        assert_eq!(
+            md5("ann", PasswordAlgorithm::Md5).unwrap(),
+            vec![Key::Md5(key_md5("ann", "example.org", "pw"))]
+        );
+        assert_eq!(
+            md5("bob", PasswordAlgorithm::Md5).unwrap(),
+            vec![Key::Md5(key_md5("bob", "example.org", "static"))]
+        );
+        assert_eq!(
+            md5("hex", PasswordAlgorithm::Md5).unwrap(),
+            vec![Key::Md5([9; 16])]
+        );
+        assert_eq!(
+            c.keys_for("ann", PasswordAlgorithm::Md5, 1000),
+            Err(AuthFailure::UnknownUser)
+        );
+        // Database secrets count only in REST mode.
+        assert_eq!(
+            md5("2000:carol", PasswordAlgorithm::Md5),
+            Err(AuthFailure::UnknownUser)
+        );
+        c.set_rest_api(true);
+        let pw = rest_password(b"rotated", "2000:carol");
+        assert_eq!(
+            c.keys_with_db("2000:carol", PasswordAlgorithm::Md5, 1000, Some(&snap))
+                .unwrap(),
+            vec![Key::Md5(key_md5("2000:carol", "example.org", &pw))]
+        );
+        assert_eq!(
+            c.keys_with_db("2000:carol", PasswordAlgorithm::Md5, 1000, None),
+            Err(AuthFailure::UnknownUser)
+        );
     }
 
     #[test]

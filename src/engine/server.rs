@@ -15,7 +15,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::allocation::{Allocation, AllocationId, PendingAllocate, State};
-use super::auth::{AuthFailure, Credentials, Key, NonceCheck, NonceKey, PasswordAlgorithm};
+use super::auth::{
+    AuthFailure, Credentials, Key, NonceCheck, NonceKey, PasswordAlgorithm, UserDbCell,
+};
 use super::channel::BindConflict;
 use super::limiter::Limiter;
 use super::policy::{PeerPolicy, TokenBucket};
@@ -150,6 +152,8 @@ pub struct Shared {
     pub total_allocations: AtomicU32,
     allocations_by_user: Mutex<HashMap<String, u32>>,
     reservations: Mutex<HashMap<u64, Reservation>>,
+    /// The user database snapshot (`--redis-userdb`), refreshed off the data path.
+    pub userdb: Arc<UserDbCell>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -166,6 +170,7 @@ impl Shared {
             total_allocations: AtomicU32::new(0),
             allocations_by_user: Mutex::new(HashMap::new()),
             reservations: Mutex::new(HashMap::new()),
+            userdb: Arc::default(),
         }
     }
 
@@ -967,8 +972,11 @@ impl Server {
             _ => None,
         };
         let creds = &self.config.credentials;
+        let db = self.shared.userdb.fresh(unix);
         let keys = match username.as_deref() {
-            Some(u) if realm == creds.realm().as_bytes() => creds.keys_for(u, alg, unix),
+            Some(u) if realm == creds.realm().as_bytes() => {
+                creds.keys_with_db(u, alg, unix, db.as_deref())
+            }
             _ => Err(AuthFailure::UnknownUser),
         };
         // An allocation keeps the key it was made with, so a reload (SIGHUP) that changes a
@@ -1161,16 +1169,21 @@ impl Server {
             Some(attr::FAMILY_IPV6) => true,
             Some(_) => refuse!(400),
         };
-        // Step 8: quotas.
+        // Step 8: quotas; a user database's realm options win over the flags, as in coturn.
+        let unix = self.unix(now);
+        let db = self.shared.userdb.fresh(unix);
+        let db = db.as_deref();
+        let user_quota = db.and_then(|d| d.user_quota);
+        let total_quota = db.and_then(|d| d.total_quota);
+        let max_bps = db.and_then(|d| d.max_bps).unwrap_or(self.config.max_bps);
         if !self.shared.try_count(
             &auth.username,
-            self.config.user_quota,
-            self.config.total_quota,
+            user_quota.unwrap_or(self.config.user_quota),
+            total_quota.unwrap_or(self.config.total_quota),
         ) {
             refuse!(486);
         }
         // Pick the relayed transport address.
-        let unix = self.unix(now);
         let mut reservation_token = None;
         let relay = if let Some(t) = token {
             let Ok(t) = <[u8; 8]>::try_from(t) else {
@@ -1266,7 +1279,6 @@ impl Server {
             index,
             generation: self.slots[index as usize].generation,
         };
-        let max_bps = self.config.max_bps;
         // `--strict-expiry`: a REST credential's allocation ends with the credential.
         let credential_expiry = if self.config.strict_expiry && self.config.credentials.has_rest() {
             let sep = self.config.credentials.rest_separator();

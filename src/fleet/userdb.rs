@@ -1,0 +1,199 @@
+//! `--redis-userdb`: read one realm's users, REST secrets and options from Redis every
+//! `--redis-refresh` seconds and publish them as a [`UserDb`] snapshot.
+//!
+//! Keys (coturn's schema, `schema.userdb.redis`; what `turnadmin -N` writes):
+//! - `turn/realm/<realm>/user/<name>/key`: the hex MD5 key of `name:realm:password` (wins);
+//! - `turn/realm/<realm>/user/<name>/password`: the password itself;
+//! - `turn/realm/<realm>/secret`: a set of TURN REST secrets (and the older form, string keys
+//!   `turn/realm/<realm>/secret/<anything>`);
+//! - `turn/realm/<realm>/user-quota`, `total-quota`, `max-bps`: numbers overriding the flags.
+//!
+//! A read that fails keeps the last good snapshot; the engine uses it for up to
+//! `--redis-max-stale` seconds after it was read, then refuses the database's users (fail
+//! closed). Static `--user`s and `--static-auth-secret`s keep working throughout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+
+use crate::config::types::parse_hex_key;
+use crate::config::RedisConn;
+use crate::engine::auth::{UserDb, UserDbCell, UserSecret};
+
+/// At most this many keys are read per SCAN pattern: a bound on a database gone wrong.
+const MAX_KEYS: usize = 1_000_000;
+/// Keys per MGET.
+const MGET_CHUNK: usize = 500;
+
+/// What the reader needs.
+#[derive(Debug, Clone)]
+pub struct UserDbSource {
+    pub conn: RedisConn,
+    pub realm: String,
+    pub refresh: Duration,
+    /// Seconds a snapshot stays usable after its read.
+    pub max_stale: u64,
+    pub cell: Arc<UserDbCell>,
+}
+
+/// Start the reader on its own thread; it runs until the process ends.
+pub fn spawn(source: UserDbSource) -> std::io::Result<std::thread::JoinHandle<()>> {
+    crate::io::spawn_runtime_thread("vigi-redis-userdb", move || run(source))
+}
+
+async fn run(source: UserDbSource) {
+    let mut conn: Option<MultiplexedConnection> = None;
+    let mut tick = tokio::time::interval(source.refresh);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut healthy: Option<bool> = None;
+    let at = format!(
+        "{}:{} db {}",
+        source.conn.host, source.conn.port, source.conn.db
+    );
+    loop {
+        tick.tick().await;
+        let result = match conn.as_mut() {
+            Some(c) => read(c, &source.realm, super::unix_now()).await,
+            None => match super::connect(&source.conn).await {
+                Ok(mut c) => {
+                    let r = read(&mut c, &source.realm, super::unix_now()).await;
+                    conn = Some(c);
+                    r
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match result {
+            Ok(db) => {
+                if healthy != Some(true) {
+                    tracing::info!(
+                        "redis-userdb {at}: read {} users and {} secrets of realm {}",
+                        db.users(),
+                        db.secrets(),
+                        source.realm
+                    );
+                }
+                healthy = Some(true);
+                source.cell.store(db, source.max_stale);
+            }
+            Err(e) => {
+                conn = None;
+                if healthy != Some(false) {
+                    tracing::warn!(
+                        "redis-userdb {at}: {e}; keeping the last good read for up to {}s",
+                        source.max_stale
+                    );
+                }
+                healthy = Some(false);
+            }
+        }
+    }
+}
+
+/// Every key matching `pattern` (SCAN, so Redis is never blocked as by KEYS).
+async fn scan(c: &mut MultiplexedConnection, pattern: &str) -> redis::RedisResult<Vec<String>> {
+    let mut cursor: u64 = 0;
+    let mut keys = Vec::new();
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(c)
+            .await?;
+        keys.extend(batch);
+        if next == 0 || keys.len() >= MAX_KEYS {
+            keys.sort_unstable();
+            keys.dedup();
+            return Ok(keys);
+        }
+        cursor = next;
+    }
+}
+
+async fn mget(
+    c: &mut MultiplexedConnection,
+    keys: &[String],
+) -> redis::RedisResult<Vec<Option<String>>> {
+    let mut out = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(MGET_CHUNK) {
+        let v: Vec<Option<String>> = redis::cmd("MGET").arg(chunk).query_async(c).await?;
+        out.extend(v);
+    }
+    Ok(out)
+}
+
+/// One full read of `realm`'s data.
+pub async fn read(
+    c: &mut MultiplexedConnection,
+    realm: &str,
+    unix_now: u64,
+) -> redis::RedisResult<UserDb> {
+    let mut db = UserDb::new(unix_now);
+    let base = format!("turn/realm/{realm}/");
+    let pattern = format!("turn/realm/{}/user/*", super::glob_escape(realm));
+    let keys = scan(c, &pattern).await?;
+    let keys: Vec<String> = keys
+        .into_iter()
+        .filter(|k| k.ends_with("/key") || k.ends_with("/password"))
+        .collect();
+    let values = mget(c, &keys).await?;
+    let mut passwords = Vec::new();
+    let mut with_key = std::collections::HashSet::new();
+    for (k, v) in keys.iter().zip(values) {
+        let Some(v) = v else { continue };
+        let Some(rest) = k.strip_prefix(&base).and_then(|r| r.strip_prefix("user/")) else {
+            continue;
+        };
+        if let Some(name) = rest.strip_suffix("/key") {
+            // coturn reads the first 32 hex digits of the stored key.
+            match v.get(..32).and_then(parse_hex_key) {
+                Some(key) => {
+                    db.add_user(name, realm, &UserSecret::Key(key));
+                    with_key.insert(name.to_owned());
+                }
+                None => tracing::warn!("redis-userdb: {k}: not a hex MD5 key; user skipped"),
+            }
+        } else if let Some(name) = rest.strip_suffix("/password") {
+            passwords.push((name.to_owned(), v));
+        }
+    }
+    // A key wins over a password, as in coturn.
+    for (name, pw) in passwords {
+        if !with_key.contains(&name) {
+            db.add_user(&name, realm, &UserSecret::Password(pw));
+        }
+    }
+    let secret_key = format!("{base}secret");
+    let set: redis::RedisResult<Vec<String>> =
+        redis::cmd("SMEMBERS").arg(&secret_key).query_async(c).await;
+    match set {
+        Ok(v) => v.iter().for_each(|s| db.add_secret(s.as_bytes())),
+        // Not a set: someone stored a string there; the older per-key form is read below.
+        Err(e) if e.kind() == redis::ErrorKind::TypeError => {}
+        Err(e) if e.code() == Some("WRONGTYPE") => {}
+        Err(e) => return Err(e),
+    }
+    let older = scan(
+        c,
+        &format!("turn/realm/{}/secret/*", super::glob_escape(realm)),
+    )
+    .await?;
+    for s in mget(c, &older).await?.into_iter().flatten() {
+        db.add_secret(s.as_bytes());
+    }
+    let opts = [
+        format!("{base}user-quota"),
+        format!("{base}total-quota"),
+        format!("{base}max-bps"),
+    ];
+    let v = mget(c, &opts).await?;
+    let num = |i: usize| v[i].as_deref().and_then(|s| s.trim().parse::<u64>().ok());
+    db.user_quota = num(0).map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+    db.total_quota = num(1).map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+    db.max_bps = num(2);
+    Ok(db)
+}

@@ -1,0 +1,373 @@
+//! The fleet through Redis (issue 10): a real `redis-server` (started here on a free loopback
+//! port) holds users, REST secrets and realm options in coturn's key schema; real vigi-turn nodes
+//! read them, and `turnutils_uclient` and the `turn` crate's client authenticate against them.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::net::UdpSocket;
+use turn::client::{Client, ClientConfig};
+use vigi_turn::engine::auth::{key_md5, mint_rest_credentials};
+use webrtc_util::Conn;
+
+const REALM: &str = "fleet.test";
+
+/// A `redis-server` on 127.0.0.1, without persistence, killed on drop.
+struct Redis {
+    proc: Option<Proc>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join("redis-server").is_file()))
+            .unwrap_or(false);
+        assert!(
+            found,
+            "redis-server is not installed: run `apt-get install redis-server` (see .ci/run)"
+        );
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!(
+            "vigi-fleet-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let r = Redis {
+            proc: Some(Proc {
+                child,
+                name: "redis-server".into(),
+            }),
+            port,
+            dir,
+        };
+        let t0 = Instant::now();
+        while r.try_client(0).is_none() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "redis did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    /// coturn's connection string for database `db`.
+    fn conn_string(&self, db: u32) -> String {
+        format!(
+            "ip=127.0.0.1 dbname={db} port={} connect_timeout=2",
+            self.port
+        )
+    }
+
+    fn try_client(&self, db: u32) -> Option<redis::Connection> {
+        redis::Client::open(format!("redis://127.0.0.1:{}/{db}", self.port))
+            .ok()?
+            .get_connection()
+            .ok()
+    }
+
+    fn run(&self, db: u32, args: &[&str]) {
+        let mut c = self.try_client(db).expect("redis connection");
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        let _: redis::Value = cmd.query(&mut c).expect("redis command");
+    }
+
+    /// Stop Redis now (SIGKILL): an outage, not a shutdown.
+    fn kill(&mut self) {
+        drop(self.proc.take());
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A `turn` crate client with one allocation.
+struct Live {
+    client: Client,
+    relay: Box<dyn Conn + Send + Sync>,
+}
+
+async fn allocate(port: u16, user: &str, password: &str) -> Result<Live, String> {
+    let conn = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let server = format!("127.0.0.1:{port}");
+    let client = Client::new(ClientConfig {
+        stun_serv_addr: server.clone(),
+        turn_serv_addr: server,
+        username: user.to_owned(),
+        password: password.to_owned(),
+        realm: REALM.to_owned(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn: Arc::new(conn),
+        vnet: None,
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    client.listen().await.map_err(|e| e.to_string())?;
+    let relay = tokio::time::timeout(Duration::from_secs(10), client.allocate())
+        .await
+        .map_err(|_| "allocate timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    Ok(Live {
+        client,
+        relay: Box::new(relay),
+    })
+}
+
+impl Live {
+    /// One message each way between the client (through its relay) and `peer`.
+    async fn round_trip(&self, peer: &UdpSocket, tag: &str) -> Result<(), String> {
+        let relay_addr = self.relay.local_addr().unwrap();
+        let peer_addr = peer.local_addr().unwrap();
+        let mut buf = vec![0u8; 1500];
+        let ping = format!("ping {tag}");
+        self.relay
+            .send_to(ping.as_bytes(), peer_addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (n, _) = tokio::time::timeout(Duration::from_secs(3), peer.recv_from(&mut buf))
+            .await
+            .map_err(|_| format!("{tag}: peer got nothing"))?
+            .unwrap();
+        assert_eq!(&buf[..n], ping.as_bytes());
+        let pong = format!("pong {tag}");
+        peer.send_to(pong.as_bytes(), relay_addr).await.unwrap();
+        let (n, _) = tokio::time::timeout(Duration::from_secs(3), self.relay.recv_from(&mut buf))
+            .await
+            .map_err(|_| format!("{tag}: client got nothing"))?
+            .map_err(|e| e.to_string())?;
+        assert_eq!(&buf[..n], pong.as_bytes());
+        Ok(())
+    }
+
+    async fn close(self) {
+        let _ = self.relay.close().await;
+        let _ = self.client.close().await;
+    }
+}
+
+/// Retry `allocate` until it succeeds, at most `limit` (the node reads Redis every second).
+async fn allocate_within(port: u16, user: &str, password: &str, limit: Duration) -> Live {
+    let t0 = Instant::now();
+    loop {
+        match allocate(port, user, password).await {
+            Ok(l) => return l,
+            Err(e) if t0.elapsed() > limit => panic!("{user} never allocated: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+fn node_args<'a>(range: &'a str, min: &'a str, max: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "-n",
+        "-L",
+        "127.0.0.1",
+        "-r",
+        REALM,
+        "--allow-loopback-peers",
+        "--redis-userdb",
+        range,
+        "--redis-refresh",
+        "1",
+        "--min-port",
+        min,
+        "--max-port",
+        max,
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_users_are_honoured_and_an_outage_keeps_live_calls_then_fails_closed() {
+    let mut redis = Redis::start();
+    let alice_key = hex(&key_md5("alice", REALM, "alicepw"));
+    redis.run(
+        3,
+        &[
+            "SET",
+            &format!("turn/realm/{REALM}/user/alice/key"),
+            &alice_key,
+        ],
+    );
+    redis.run(
+        3,
+        &[
+            "SET",
+            &format!("turn/realm/{REALM}/user/bob/password"),
+            "bobpw",
+        ],
+    );
+    // Another realm's user and another database's user are not ours.
+    redis.run(
+        3,
+        &["SET", "turn/realm/other.test/user/eve/password", "evepw"],
+    );
+    redis.run(
+        0,
+        &[
+            "SET",
+            &format!("turn/realm/{REALM}/user/mallory/password"),
+            "mpw",
+        ],
+    );
+    let conn = redis.conn_string(3);
+    let (min, max) = free_range(40);
+    let (min, max) = (min.to_string(), max.to_string());
+    let srv = start_server(&node_args(&conn, &min, &max, &["--redis-max-stale", "6"]));
+
+    // coturn's own client with a user whose hex key is stored.
+    let (_peer_proc, peer_port) = start_peer();
+    let r = uclient(
+        srv.port,
+        peer_port,
+        &["-u", "alice", "-w", "alicepw", "-n", "20", "-m", "2"],
+    );
+    assert_eq!(r.sent, 40, "uclient output:\n{}", r.output);
+    assert_eq!(r.received, 40, "uclient output:\n{}", r.output);
+
+    // The `turn` crate with a stored password; wrong passwords and foreign users fail.
+    let live = allocate(srv.port, "bob", "bobpw")
+        .await
+        .expect("bob allocates");
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    live.round_trip(&peer, "bob").await.unwrap();
+    assert!(allocate(srv.port, "bob", "wrong").await.is_err());
+    assert!(
+        allocate(srv.port, "eve", "evepw").await.is_err(),
+        "other realm"
+    );
+    assert!(
+        allocate(srv.port, "mallory", "mpw").await.is_err(),
+        "other db"
+    );
+
+    // A user written while the node runs is honoured without a restart.
+    redis.run(
+        3,
+        &[
+            "SET",
+            &format!("turn/realm/{REALM}/user/carol/password"),
+            "carolpw",
+        ],
+    );
+    let carol = allocate_within(srv.port, "carol", "carolpw", Duration::from_secs(10)).await;
+    carol.close().await;
+
+    // Redis goes away mid-session: the live allocation keeps relaying, new auth works from the
+    // cache while it is younger than --redis-max-stale...
+    redis.kill();
+    let killed = Instant::now();
+    live.round_trip(&peer, "redis down").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let a = allocate(srv.port, "alice", "alicepw")
+        .await
+        .expect("alice from the cache");
+    a.close().await;
+    live.round_trip(&peer, "redis still down").await.unwrap();
+    // ...then fails closed, while the live allocation still relays.
+    let wait = Duration::from_secs(9).saturating_sub(killed.elapsed());
+    tokio::time::sleep(wait).await;
+    assert!(
+        allocate(srv.port, "alice", "alicepw").await.is_err(),
+        "a cache older than --redis-max-stale is not used"
+    );
+    live.round_trip(&peer, "after max-stale").await.unwrap();
+    live.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_secret_rotated_in_redis_is_honoured_without_restart_and_realm_quota_applies() {
+    let redis = Redis::start();
+    let secrets = format!("turn/realm/{REALM}/secret");
+    redis.run(0, &["SADD", &secrets, "first-secret"]);
+    redis.run(0, &["SET", &format!("turn/realm/{REALM}/user-quota"), "1"]);
+    let conn = redis.conn_string(0);
+    let (min, max) = free_range(40);
+    let (min, max) = (min.to_string(), max.to_string());
+    let srv = start_server(&node_args(&conn, &min, &max, &["--use-auth-secret"]));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let old = mint_rest_credentials(b"first-secret", "dana", 3600, now, ':');
+    let live = allocate(srv.port, &old.username, &old.password)
+        .await
+        .expect("first secret");
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    live.round_trip(&peer, "first").await.unwrap();
+    // The realm's user-quota (1) from Redis holds.
+    assert!(
+        allocate(srv.port, &old.username, &old.password)
+            .await
+            .is_err(),
+        "user-quota 1 from turn/realm/{REALM}/user-quota"
+    );
+
+    // Rotate: the new secret is accepted, the old one no longer.
+    redis.run(0, &["SADD", &secrets, "second-secret"]);
+    redis.run(0, &["SREM", &secrets, "first-secret"]);
+    let new = mint_rest_credentials(b"second-secret", "erin", 3600, now, ':');
+    let fresh = allocate_within(
+        srv.port,
+        &new.username,
+        &new.password,
+        Duration::from_secs(10),
+    )
+    .await;
+    fresh.round_trip(&peer, "second").await.unwrap();
+    let other = mint_rest_credentials(b"first-secret", "frank", 3600, now, ':');
+    assert!(
+        allocate(srv.port, &other.username, &other.password)
+            .await
+            .is_err(),
+        "the removed secret is refused"
+    );
+    // The allocation made with the old secret keeps relaying.
+    live.round_trip(&peer, "after rotation").await.unwrap();
+    fresh.close().await;
+    live.close().await;
+}
+
+#[test]
+fn bad_redis_connection_string_is_refused_before_binding() {
+    let out = Command::new(BIN)
+        .args(["-n", "--redis-userdb", "ip=127.0.0.1 colour=blue"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--redis-userdb") && err.contains("colour"),
+        "one line naming the flag: {err}"
+    );
+}
