@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use vigi_turn::config::{AuthMode, Config, DefaultFamily, UserSecret};
 use vigi_turn::engine::auth::{self, Credentials};
 use vigi_turn::engine::policy::{IpRange, PeerPolicy};
-use vigi_turn::engine::server::DefaultFamily as EngineFamily;
+use vigi_turn::engine::server::{DefaultFamily as EngineFamily, Rfc5780};
 use vigi_turn::engine::{ServerConfig, Shared};
 use vigi_turn::io::{self, RunConfig};
 
@@ -85,6 +85,10 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         let addr = SocketAddr::new(*ip, config.listening_port);
         if !config.no_udp {
             udp.push(addr);
+            // RFC 5780: answers to CHANGE-REQUEST leave from the alternate port.
+            if config.rfc5780 {
+                udp.push(SocketAddr::new(*ip, config.alt_listening_port));
+            }
         }
         if !config.no_tcp {
             tcp.push(addr);
@@ -370,6 +374,13 @@ pub(crate) fn engine_config(config: &Config, relay_ips: Vec<IpAddr>) -> ServerCo
             DefaultFamily::Keep => EngineFamily::Keep,
         },
         strict_expiry: config.strict_expiry,
+        rfc5780: config.rfc5780.then(|| {
+            Rfc5780::new(
+                &config.listening_ips,
+                config.listening_port,
+                config.alt_listening_port,
+            )
+        }),
         alternate_server: config
             .alternate_servers
             .first()

@@ -143,3 +143,81 @@ fn config_file_is_read_and_bad_lines_are_named() {
     assert!(err.contains("bad.conf:2"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// RFC 5780 with two loopback addresses: coturn's `turnutils_natdiscovery` gets OTHER-ADDRESS,
+/// answers from the alternate IP and port (RESPONSE-ORIGIN says which), and classifies the
+/// (absent) NAT. Without `--rfc5780` a CHANGE-REQUEST is refused, so filtering cannot be
+/// classified.
+#[test]
+fn turnutils_natdiscovery_classifies_mapping_and_filtering() {
+    require_tool("turnutils_natdiscovery");
+    let port = free_port();
+    let alt = free_port();
+    let (port_s, alt_s) = (port.to_string(), alt.to_string());
+    let base = [
+        "-n",
+        "-L",
+        "127.0.0.1",
+        "-L",
+        "127.0.0.2",
+        "--no-tls",
+        "--no-dtls",
+        "--no-auth",
+        "-p",
+        &port_s,
+        "--alt-listening-port",
+        &alt_s,
+    ];
+    let discover = || {
+        let out = run_with_timeout(
+            Command::new("turnutils_natdiscovery").args(["-m", "-f", "-p", &port_s, "127.0.0.1"]),
+            Duration::from_secs(30),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+
+    let srv = start_server_on(port, &[&base[..], &["--rfc5780"]].concat());
+    let text = discover();
+    assert!(
+        text.contains(&format!("Other addr: : 127.0.0.2:{alt}")),
+        "{text}"
+    );
+    // Filtering test II: the answer came from the other IP and the other port.
+    assert!(
+        text.contains(&format!("Response origin: : 127.0.0.2:{alt}")),
+        "{text}"
+    );
+    // Mapping test II went to the alternate IP on the primary port.
+    assert!(
+        text.contains(&format!("Response origin: : 127.0.0.2:{port}")),
+        "{text}"
+    );
+    assert!(
+        text.contains("NAT with Endpoint Independent Mapping!"),
+        "{text}"
+    );
+    assert!(
+        text.contains("NAT with Endpoint Independent Filtering!"),
+        "{text}"
+    );
+    drop(srv);
+
+    let srv = start_server_on(port, &base);
+    let text = discover();
+    assert!(!text.contains("Endpoint Independent Filtering"), "{text}");
+    assert!(!text.contains("Other addr"), "{text}");
+    drop(srv);
+}
+
+/// `--rfc5780` needs an alternate address: one listening IP is a configuration error.
+#[test]
+fn rfc5780_with_one_listening_ip_is_refused() {
+    let out = run_with_timeout(
+        Command::new(BIN).args(["-n", "-L", "127.0.0.1", "--rfc5780", "-p", "1"]),
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--rfc5780"), "{err}");
+}

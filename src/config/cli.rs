@@ -143,9 +143,14 @@ pub struct Cli {
     /// SOFTWARE attribute text (vigi-turn extension).
     #[arg(long = "software-attribute", value_name = "TEXT")]
     pub software_attribute: Option<String>,
-    /// Disable RFC 5780 NAT behaviour discovery.
+    /// Disable RFC 5780 NAT behaviour discovery (it is off unless `--rfc5780` is given).
     #[arg(long = "no-rfc5780")]
     pub no_rfc5780: bool,
+    /// Serve RFC 5780 NAT behaviour discovery (CHANGE-REQUEST, OTHER-ADDRESS, RESPONSE-ORIGIN)
+    /// from two listening IPs of one family and the alternate port; off by default because
+    /// answers from another address help reflection attacks (vigi-turn extension).
+    #[arg(long = "rfc5780")]
+    pub rfc5780: bool,
     /// Answer only RFC 5389+ Binding requests, without MAPPED-ADDRESS.
     #[arg(long = "no-stun-backward-compatibility")]
     pub no_stun_backward_compatibility: bool,

@@ -91,6 +91,8 @@ pub struct Config {
     /// `--software-attribute` (vigi-turn extension): replaces the default SOFTWARE text.
     pub software_attribute: Option<String>,
     pub no_rfc5780: bool,
+    /// `--rfc5780` and not `--no-rfc5780`: NAT behaviour discovery is served.
+    pub rfc5780: bool,
     pub no_stun_backward_compatibility: bool,
     pub response_origin_only_with_rfc5780: bool,
 
@@ -569,6 +571,7 @@ fn resolve(
         no_software_attribute: cli.no_software_attribute,
         software_attribute: cli.software_attribute,
         no_rfc5780: cli.no_rfc5780,
+        rfc5780: cli.rfc5780 && !cli.no_rfc5780,
         no_stun_backward_compatibility: cli.no_stun_backward_compatibility,
         response_origin_only_with_rfc5780: cli.response_origin_only_with_rfc5780,
         auth,
@@ -643,6 +646,32 @@ fn resolve(
 
 /// Cross-option checks; each error names the flag to change.
 fn validate(cli: &Cli) -> Result<(), ConfigError> {
+    if cli.rfc5780 && !cli.no_rfc5780 {
+        let pair = |v6: bool| {
+            cli.listening_ip
+                .iter()
+                .filter(|i| i.is_ipv6() == v6)
+                .count()
+                >= 2
+        };
+        if !(pair(false) || pair(true)) {
+            return Err(ConfigError::invalid(
+                "--rfc5780",
+                "needs two --listening-ip addresses of one family (the alternate address)",
+            ));
+        }
+        let alt = if cli.alt_listening_port != 0 {
+            Some(cli.alt_listening_port)
+        } else {
+            cli.listening_port.checked_add(1)
+        };
+        if alt.is_none() || alt == Some(cli.listening_port) {
+            return Err(ConfigError::invalid(
+                "--alt-listening-port",
+                "must differ from --listening-port for --rfc5780",
+            ));
+        }
+    }
     if cli.admin_listen.is_some() && cli.admin_token.as_deref().unwrap_or("").is_empty() {
         return Err(ConfigError::invalid(
             "--admin-listen",
@@ -761,6 +790,7 @@ impl fmt::Debug for Config {
             .field("no_software_attribute", &self.no_software_attribute)
             .field("software_attribute", &self.software_attribute)
             .field("no_rfc5780", &self.no_rfc5780)
+            .field("rfc5780", &self.rfc5780)
             .field(
                 "no_stun_backward_compatibility",
                 &self.no_stun_backward_compatibility,

@@ -23,7 +23,7 @@ use super::limiter::Limiter;
 use super::policy::{PeerPolicy, TokenBucket};
 use super::ports::PortPool;
 use super::stats::AllocationStats;
-use super::FiveTuple;
+use super::{FiveTuple, Transport};
 use crate::proto::attr;
 use crate::proto::channel_data::{self, ChannelData};
 use crate::proto::{
@@ -95,6 +95,88 @@ pub struct ServerConfig {
     pub unauthorized_ratelimit: u32,
     /// The relay family of an Allocate that names none (`-A/--allocation-default-address-family`).
     pub default_family: DefaultFamily,
+    /// RFC 5780 NAT behaviour discovery (`--rfc5780`); None: CHANGE-REQUEST is answered 420.
+    pub rfc5780: Option<Rfc5780>,
+}
+
+/// The alternate addresses of RFC 5780 (§6, §7.2): each listening IP has a partner of its family,
+/// and the listening port has the alternate port (`--alt-listening-port`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rfc5780 {
+    /// (listening IP, its alternate IP).
+    pub other_ip: Vec<(IpAddr, IpAddr)>,
+    pub port: u16,
+    pub alt_port: u16,
+}
+
+impl Rfc5780 {
+    /// Pair every address of `ips` with the next one of its family (cyclically), so that two
+    /// addresses of one family are each other's alternate. Addresses alone in their family get
+    /// no partner.
+    pub fn new(ips: &[IpAddr], port: u16, alt_port: u16) -> Rfc5780 {
+        let mut other_ip = Vec::new();
+        for v6 in [false, true] {
+            let fam: Vec<IpAddr> = ips.iter().copied().filter(|i| i.is_ipv6() == v6).collect();
+            if fam.len() < 2 {
+                continue;
+            }
+            for (i, ip) in fam.iter().enumerate() {
+                other_ip.push((*ip, fam[(i + 1) % fam.len()]));
+            }
+        }
+        Rfc5780 {
+            other_ip,
+            port,
+            alt_port,
+        }
+    }
+
+    fn partner_ip(&self, ip: IpAddr) -> Option<IpAddr> {
+        self.other_ip
+            .iter()
+            .find(|(a, _)| *a == ip)
+            .map(|(_, b)| *b)
+    }
+
+    fn partner_port(&self, port: u16) -> Option<u16> {
+        if port == self.port {
+            Some(self.alt_port)
+        } else if port == self.alt_port {
+            Some(self.port)
+        } else {
+            None
+        }
+    }
+
+    /// OTHER-ADDRESS for a request that arrived at `local`: alternate IP and alternate port.
+    pub fn other_address(&self, local: SocketAddr) -> Option<SocketAddr> {
+        Some(SocketAddr::new(
+            self.partner_ip(local.ip())?,
+            self.partner_port(local.port())?,
+        ))
+    }
+
+    /// Where the answer to a request that arrived at `local` is sent from, given its
+    /// CHANGE-REQUEST flags (RFC 5780 §7.2).
+    pub fn source(
+        &self,
+        local: SocketAddr,
+        change_ip: bool,
+        change_port: bool,
+    ) -> Option<SocketAddr> {
+        self.other_address(local)?;
+        let ip = if change_ip {
+            self.partner_ip(local.ip())?
+        } else {
+            local.ip()
+        };
+        let port = if change_port {
+            self.partner_port(local.port())?
+        } else {
+            local.port()
+        };
+        Some(SocketAddr::new(ip, port))
+    }
 }
 
 /// Which family an Allocate without REQUESTED-ADDRESS-FAMILY or ADDITIONAL-ADDRESS-FAMILY gets
@@ -139,6 +221,7 @@ impl Default for ServerConfig {
             alternate_server: None,
             unauthorized_ratelimit: 100,
             default_family: DefaultFamily::Ipv4,
+            rfc5780: None,
         }
     }
 }
@@ -725,8 +808,61 @@ impl Server {
     /// Binding request (RFC 8489 §6.3.1.1; RFC 5389 §15.1 MAPPED-ADDRESS for RFC 3489 clients).
     fn handle_binding(&mut self, five: FiveTuple, m: &Message) {
         self.counters.binding_requests += 1;
+        // RFC 5780 §7.2: CHANGE-REQUEST picks the address the answer comes from; OTHER-ADDRESS
+        // and RESPONSE-ORIGIN tell the client what it can test against.
+        let mut from = five.server;
+        let mut discovery = None;
+        if let Some(rfc) = &self.config.rfc5780 {
+            if let Some(other) = rfc.other_address(five.server) {
+                discovery = Some(other);
+            }
+        }
+        if let Some(value) = m.get(attr::CHANGE_REQUEST) {
+            let Some(other) = discovery else {
+                // No alternate address here (RFC 5780 off, or a listener without a partner):
+                // 420 as for any unknown attribute; a classic RFC 3489 client is answered as
+                // before RFC 5780 (from the address it used).
+                if m.is_classic() {
+                    return self.answer_binding(five, m, from, None);
+                }
+                let sign = self.plain_sign(m);
+                self.respond_error(five, m, 420, sign, |b| {
+                    b.attr(
+                        attr::UNKNOWN_ATTRIBUTES,
+                        &attr::CHANGE_REQUEST.to_be_bytes(),
+                    );
+                });
+                self.counters.binding_responses += 1;
+                return;
+            };
+            if value.len() != 4 || five.transport != Transport::Udp {
+                // Malformed, or over a stream where another source address cannot answer.
+                let sign = self.plain_sign(m);
+                self.respond_error(five, m, 400, sign, |_| {});
+                self.counters.binding_responses += 1;
+                return;
+            }
+            let (change_ip, change_port) = (value[3] & 0x04 != 0, value[3] & 0x02 != 0);
+            let rfc = self.config.rfc5780.as_ref();
+            from = rfc
+                .and_then(|r| r.source(five.server, change_ip, change_port))
+                .unwrap_or(other);
+        }
+        self.answer_binding(five, m, from, discovery)
+    }
+
+    /// The Binding success response, sent from `from`; with `other` (RFC 5780 in use) it
+    /// carries RESPONSE-ORIGIN and OTHER-ADDRESS (SOURCE-ADDRESS and CHANGED-ADDRESS for an
+    /// RFC 3489 client).
+    fn answer_binding(
+        &mut self,
+        five: FiveTuple,
+        m: &Message,
+        from: SocketAddr,
+        other: Option<SocketAddr>,
+    ) {
         self.counters.binding_responses += 1;
-        let mut out = Vec::with_capacity(64);
+        let mut out = Vec::with_capacity(96);
         let mut b = if m.is_classic() {
             let mut b = MessageBuilder::new_raw(
                 &mut out,
@@ -735,6 +871,10 @@ impl Server {
                 m.raw_transaction(),
             );
             b.address(attr::MAPPED_ADDRESS, &five.client);
+            if let Some(other) = other {
+                b.address(attr::SOURCE_ADDRESS, &from);
+                b.address(attr::CHANGED_ADDRESS, &other);
+            }
             b
         } else {
             let mut b = MessageBuilder::new(
@@ -744,6 +884,10 @@ impl Server {
                 m.transaction_id(),
             );
             b.xor_address(attr::XOR_MAPPED_ADDRESS, &five.client);
+            if let Some(other) = other {
+                b.address(attr::RESPONSE_ORIGIN, &from);
+                b.address(attr::OTHER_ADDRESS, &other);
+            }
             b
         };
         let fingerprint = !m.is_classic() && (m.has_fingerprint() || self.config.fingerprint);
@@ -760,7 +904,10 @@ impl Server {
             b.fingerprint();
         }
         self.commands.push_back(Command::Send {
-            to: five,
+            to: FiveTuple {
+                server: from,
+                ..five
+            },
             data: out,
         });
     }

@@ -10,6 +10,9 @@ use super::MAGIC_COOKIE;
 
 pub const MAPPED_ADDRESS: u16 = 0x0001;
 pub const CHANGE_REQUEST: u16 = 0x0003;
+/// RFC 3489 (classic STUN) forms of RESPONSE-ORIGIN and OTHER-ADDRESS.
+pub const SOURCE_ADDRESS: u16 = 0x0004;
+pub const CHANGED_ADDRESS: u16 = 0x0005;
 pub const USERNAME: u16 = 0x0006;
 pub const MESSAGE_INTEGRITY: u16 = 0x0008;
 pub const ERROR_CODE: u16 = 0x0009;

@@ -514,6 +514,114 @@ fn binding_fingerprint_iff_request_had_one_or_configured() {
     assert!(!r.has(attr::SOFTWARE));
 }
 
+// ----------------------------------------------------------------- RFC 5780 NAT behaviour discovery
+
+fn rfc5780_config() -> ServerConfig {
+    let ips: Vec<IpAddr> = vec!["192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap()];
+    ServerConfig {
+        rfc5780: Some(Rfc5780::new(&ips, 3478, 3479)),
+        ..config()
+    }
+}
+
+fn change_request(ip: bool, port: bool) -> impl Fn(&mut MessageBuilder<'_>) {
+    move |b: &mut MessageBuilder<'_>| {
+        let flags = (u8::from(ip) << 2) | (u8::from(port) << 1);
+        b.attr(attr::CHANGE_REQUEST, &[0, 0, 0, flags]);
+    }
+}
+
+#[test]
+fn rfc5780_pairs_addresses_of_one_family() {
+    let ips: Vec<IpAddr> = ["192.0.2.1", "2001:db8::1", "192.0.2.2", "192.0.2.3"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let r = Rfc5780::new(&ips, 3478, 3479);
+    assert_eq!(
+        r.other_address(sa("192.0.2.1:3478")),
+        Some(sa("192.0.2.2:3479"))
+    );
+    assert_eq!(
+        r.other_address(sa("192.0.2.3:3479")),
+        Some(sa("192.0.2.1:3478"))
+    );
+    // Alone in its family, or on a port that is neither: no alternate.
+    assert_eq!(r.other_address(sa("[2001:db8::1]:3478")), None);
+    assert_eq!(r.other_address(sa("192.0.2.1:5349")), None);
+    assert_eq!(
+        r.source(sa("192.0.2.2:3478"), false, true),
+        Some(sa("192.0.2.2:3479"))
+    );
+    assert_eq!(
+        r.source(sa("192.0.2.2:3478"), true, false),
+        Some(sa("192.0.2.3:3478"))
+    );
+}
+
+#[test]
+fn rfc5780_answers_from_the_changed_address_with_origin_and_other() {
+    let mut h = H::new(rfc5780_config());
+    let c = udp(40000);
+    for (ip, port, from) in [
+        (false, false, "192.0.2.1:3478"),
+        (false, true, "192.0.2.1:3479"),
+        (true, false, "192.0.2.2:3478"),
+        (true, true, "192.0.2.2:3479"),
+    ] {
+        assert_eq!(
+            h.input(c, &binding_request(&[7; 12], &change_request(ip, port))),
+            ClientDecision::Done
+        );
+        let (to, data) = h.sent.pop().expect("one answer");
+        assert!(h.sent.is_empty());
+        assert_eq!(to.client, c.client);
+        assert_eq!(to.server, sa(from), "CHANGE-REQUEST ip={ip} port={port}");
+        let m = Message::decode(&data).unwrap();
+        assert_eq!(m.class(), Class::Success);
+        assert_eq!(m.get_xor_address(attr::XOR_MAPPED_ADDRESS), Some(c.client));
+        let origin = m.get(attr::RESPONSE_ORIGIN).and_then(attr::read_address);
+        assert_eq!(origin, Some(sa(from)));
+        let other = m.get(attr::OTHER_ADDRESS).and_then(attr::read_address);
+        assert_eq!(other, Some(sa("192.0.2.2:3479")));
+    }
+    // A plain Binding advertises the alternate address too, and comes from where it went.
+    let r = h.one(c, &binding_request(&[8; 12], &nothing));
+    r.assert_ok();
+    assert!(r.has(attr::OTHER_ADDRESS) && r.has(attr::RESPONSE_ORIGIN));
+}
+
+#[test]
+fn change_request_without_rfc5780_is_420_and_over_tcp_is_400() {
+    let mut h = H::new(config());
+    let r = h.one(
+        udp(40000),
+        &binding_request(&[9; 12], &change_request(true, true)),
+    );
+    r.assert_err(420);
+    assert_eq!(
+        r.get(attr::UNKNOWN_ATTRIBUTES),
+        Some(&attr::CHANGE_REQUEST.to_be_bytes()[..])
+    );
+    let r = h.one(udp(40000), &binding_request(&[10; 12], &nothing));
+    assert!(!r.has(attr::OTHER_ADDRESS));
+
+    let mut h = H::new(rfc5780_config());
+    h.one(
+        tcp(40001),
+        &binding_request(&[11; 12], &change_request(false, true)),
+    )
+    .assert_err(400);
+    // A malformed CHANGE-REQUEST (not 4 bytes) is 400 as well.
+    h.one(
+        udp(40002),
+        &binding_request(&[12; 12], &|b| {
+            b.attr(attr::CHANGE_REQUEST, &[0, 6]);
+        }),
+    )
+    .assert_err(400);
+}
+
 #[test]
 fn classic_rfc3489_binding_gets_mapped_address() {
     let mut h = H::new(config());
