@@ -4,7 +4,8 @@
 // getStats(): the selected pair is relay <-> relay, the local relay candidate reached vigi-turn
 // over the expected protocol (udp, tcp or tls), and bytes flow (bytesReceived grows). Asserted
 // on vigi-turn's side through its admin API while the call is up: the two allocations of the call
-// exist on the expected transport and relayed bytes both ways.
+// exist on the expected transport and relayed bytes both ways. Each call's RTT (from getStats)
+// is logged, not asserted.
 //
 // Run by tests/browser.rs. Environment:
 //   DEMO_URL       the page, e.g. http://127.0.0.1:8080/
@@ -141,7 +142,13 @@ async function placeCall(alice, bob, c) {
       s.media.videoBytesReceived > before.media.videoBytesReceived && s.media.framesDecoded > before.media.framesDecoded,
       `${name}: video not flowing: ${JSON.stringify(before.media)} -> ${JSON.stringify(s.media)}`,
     );
-    rtts[name] = pair.currentRoundTripTime;
+    // RTT between the two browsers through vigi-turn (ICE consent checks): the last one, and
+    // the mean over the call so far.
+    rtts[name] = {
+      now: pair.currentRoundTripTime,
+      mean: pair.responsesReceived ? pair.totalRoundTripTime / pair.responsesReceived : null,
+      checks: pair.responsesReceived,
+    };
     relayed[name] = `${pair.local.address}:${pair.local.port}`;
   }
 
@@ -199,11 +206,12 @@ async function placeCall(alice, bob, c) {
   while ((await allocations()).length && Date.now() < gone) await sleep(250);
   say(
     `ok - ${c.name}: relay<->relay over ${c.relayProtocol}, bytes flowing; ` +
-      `RTT alice ${fmt(rtts.alice)} bob ${fmt(rtts.bob)}`,
+      `RTT alice ${fmtRtt(rtts.alice)}, bob ${fmtRtt(rtts.bob)}`,
   );
 }
 
 const fmt = (s) => (s == null ? "n/a" : `${(s * 1000).toFixed(1)} ms`);
+const fmtRtt = (r) => `${fmt(r.now)} (mean ${fmt(r.mean)} over ${r.checks} checks)`;
 
 const browser = await chromium.launch({
   executablePath: env("CHROMIUM", "/usr/bin/chromium"),
