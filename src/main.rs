@@ -331,6 +331,7 @@ pub(crate) fn engine_config(config: &Config, relay_ips: Vec<IpAddr>) -> ServerCo
         bps_capacity: config.bps_capacity / config.relay_threads.max(1) as u64,
         unauthorized_ratelimit: config.unauthorized_ratelimit,
         udp_relay: !config.no_udp_relay,
+        tcp_relay: !config.no_tcp_relay,
         default_family: match config.allocation_default_address_family {
             DefaultFamily::Ipv4 => EngineFamily::Ipv4,
             DefaultFamily::Ipv6 => EngineFamily::Ipv6,

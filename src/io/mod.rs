@@ -9,6 +9,7 @@
 
 pub mod relay;
 pub mod stream;
+pub mod tcp_relay;
 pub mod tls;
 pub mod udp;
 pub mod worker;
@@ -194,12 +195,14 @@ pub fn start(rc: RunConfig) -> io::Result<Running> {
     }
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let tcp_count = Arc::new(AtomicUsize::new(0));
+    let tcp_peers = tcp_relay::PeerTable::default();
     let mut threads = Vec::new();
     let mut workers = Vec::new();
     for (i, (udp, tcp, tls)) in per_worker.into_iter().enumerate() {
         let rc = rc.clone();
         let stop_rx = stop_rx.clone();
         let tcp_count = tcp_count.clone();
+        let tcp_peers = tcp_peers.clone();
         let (control, control_rx) = mpsc::unbounded_channel();
         let snapshot = Arc::new(Mutex::new(WorkerSnapshot::default()));
         let snap = snapshot.clone();
@@ -213,6 +216,7 @@ pub fn start(rc: RunConfig) -> io::Result<Running> {
                     tcp,
                     tls,
                     tcp_count,
+                    tcp_peers,
                     stop: stop_rx,
                     control: control_rx,
                     snapshot: snap,
