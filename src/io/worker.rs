@@ -78,6 +78,8 @@ pub(crate) struct WorkerState {
     pub connecting: RefCell<HashMap<ConnectionId, JoinHandle<()>>>,
     pub tcp_peers: tcp_relay::PeerTable,
     pub raw_binds: RefCell<HashMap<FiveTuple, (ConnectionId, std::net::TcpStream)>>,
+    #[cfg(feature = "dtls")]
+    pub dtls_sessions: RefCell<super::dtls::Sessions>,
 }
 
 /// Everything a worker thread starts with.
@@ -87,6 +89,7 @@ pub(crate) struct WorkerInit {
     pub udp: Vec<std::net::UdpSocket>,
     pub tcp: Vec<std::net::TcpListener>,
     pub tls: Vec<std::net::TcpListener>,
+    pub dtls: Vec<std::net::UdpSocket>,
     pub tcp_count: Arc<AtomicUsize>,
     pub tcp_peers: tcp_relay::PeerTable,
     pub stop: tokio::sync::watch::Receiver<bool>,
@@ -101,6 +104,7 @@ pub(crate) fn run(init: WorkerInit) {
         udp,
         tcp,
         tls,
+        dtls,
         tcp_count,
         tcp_peers,
         mut stop,
@@ -152,6 +156,8 @@ pub(crate) fn run(init: WorkerInit) {
             connecting: RefCell::new(HashMap::new()),
             tcp_peers,
             raw_binds: RefCell::new(HashMap::new()),
+            #[cfg(feature = "dtls")]
+            dtls_sessions: RefCell::new(HashMap::new()),
         });
         for (addr, sock) in st.udp.clone() {
             tokio::task::spawn_local(udp_listener(st.clone(), addr, sock));
@@ -175,6 +181,24 @@ pub(crate) fn run(init: WorkerInit) {
                 }
             }
         }
+        #[cfg(feature = "dtls")]
+        if let Some(ctx) = &rc.dtls_context {
+            for s in dtls {
+                let Ok(addr) = s.local_addr() else {
+                    continue;
+                };
+                // SAFETY: as for the UDP listeners above.
+                match unsafe { AsyncFd::register(s) } {
+                    Ok(s) => {
+                        let l = super::dtls::listener(st.clone(), ctx.clone(), addr, Rc::new(s));
+                        tokio::task::spawn_local(l);
+                    }
+                    Err(e) => tracing::error!("worker {index}: dtls {addr}: {e}"),
+                }
+            }
+        }
+        #[cfg(not(feature = "dtls"))]
+        drop(dtls);
         tokio::task::spawn_local(timer_loop(st.clone(), snapshot));
         tokio::task::spawn_local(control_loop(st.clone(), control));
         tracing::debug!("worker {index} running");
@@ -278,6 +302,8 @@ async fn timer_loop(st: Rc<WorkerState>, snapshot: Arc<Mutex<WorkerSnapshot>>) {
         let now = Instant::now();
         st.engine.borrow_mut().handle_timeout(now);
         st.drain_commands(now);
+        #[cfg(feature = "dtls")]
+        super::dtls::sweep(&st, now);
         st.publish(now, &snapshot);
     }
 }
@@ -368,11 +394,15 @@ impl WorkerState {
     /// Send bytes to a client on its 5-tuple.
     pub fn send_to_client(&self, to: FiveTuple, data: &[u8]) {
         match to.transport {
-            Transport::Udp | Transport::Dtls => {
+            Transport::Udp => {
                 if let Some((_, s)) = self.udp.iter().find(|(a, _)| *a == to.server) {
                     let _ = s.get_ref().send_to(data, to.client);
                 }
             }
+            #[cfg(feature = "dtls")]
+            Transport::Dtls => super::dtls::send(self, to, data),
+            #[cfg(not(feature = "dtls"))]
+            Transport::Dtls => {}
             Transport::Tcp | Transport::Tls => {
                 if let Some(tx) = self.streams.borrow().get(&to) {
                     // A client that does not read loses data rather than growing our memory.
