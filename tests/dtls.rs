@@ -110,3 +110,79 @@ fn no_dtls_leaves_the_udp_tls_port_closed() {
     );
     assert_eq!(r.received, 0, "output:\n{}", r.output);
 }
+
+/// A UDP socket as a byte stream for an OpenSSL DTLS client, recording every datagram's size.
+#[derive(Debug)]
+struct Udp {
+    sock: std::net::UdpSocket,
+    sent: Vec<usize>,
+    received: Vec<Vec<u8>>,
+}
+
+impl std::io::Read for Udp {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.sock.recv(buf)?;
+        self.received.push(buf[..n].to_vec());
+        Ok(n)
+    }
+}
+
+impl std::io::Write for Udp {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.sent.push(buf.len());
+        self.sock.send(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn first_answer_to_a_client_hello_is_a_small_hello_verify_request() {
+    // No amplification: before the client has echoed a cookie, the server answers its
+    // ClientHello with a HelloVerifyRequest no larger than it, not with its certificate chain.
+    let c = certs();
+    let tls_port = free_port();
+    let _srv = dtls_server(&c, tls_port, &[]);
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.connect(("127.0.0.1", tls_port)).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut ctx = openssl::ssl::SslContext::builder(openssl::ssl::SslMethod::dtls()).unwrap();
+    ctx.set_verify(openssl::ssl::SslVerifyMode::NONE);
+    let mut ssl = openssl::ssl::Ssl::new(&ctx.build()).unwrap();
+    ssl.set_mtu(1200).unwrap();
+    let io = Udp {
+        sock,
+        sent: Vec::new(),
+        received: Vec::new(),
+    };
+    let mut s = ssl.connect(io).expect("DTLS handshake with vigi-turn");
+    let io = s.get_ref();
+    let first = &io.received[0];
+    // Record: content type 22 (handshake); handshake message at byte 13: type 3.
+    assert_eq!((first[0], first[13]), (22, 3), "HelloVerifyRequest first");
+    assert!(
+        first.len() <= io.sent[0],
+        "{} bytes answered to a {}-byte ClientHello",
+        first.len(),
+        io.sent[0]
+    );
+    // The session works: a STUN Binding over it is answered.
+    let mut req = Vec::new();
+    vigi_turn::proto::MessageBuilder::new(
+        &mut req,
+        vigi_turn::proto::Method::BINDING,
+        vigi_turn::proto::Class::Request,
+        &[9; 12],
+    );
+    s.ssl_write(&req).unwrap();
+    let mut buf = [0u8; 1500];
+    let n = s.ssl_read(&mut buf).unwrap();
+    let m = vigi_turn::proto::Message::decode(&buf[..n]).unwrap();
+    assert_eq!(m.class(), vigi_turn::proto::Class::Success);
+    assert!(m
+        .get_xor_address(vigi_turn::proto::attr::XOR_MAPPED_ADDRESS)
+        .is_some());
+}
