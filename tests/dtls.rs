@@ -138,15 +138,10 @@ impl std::io::Write for Udp {
     }
 }
 
-#[test]
-fn first_answer_to_a_client_hello_is_a_small_hello_verify_request() {
-    // No amplification: before the client has echoed a cookie, the server answers its
-    // ClientHello with a HelloVerifyRequest no larger than it, not with its certificate chain.
-    let c = certs();
-    let tls_port = free_port();
-    let _srv = dtls_server(&c, tls_port, &[]);
+/// A DTLS session to vigi-turn on `port` with OpenSSL (no certificate verification).
+fn dtls_connect(port: u16) -> openssl::ssl::SslStream<Udp> {
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.connect(("127.0.0.1", tls_port)).unwrap();
+    sock.connect(("127.0.0.1", port)).unwrap();
     sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .unwrap();
     let mut ctx = openssl::ssl::SslContext::builder(openssl::ssl::SslMethod::dtls()).unwrap();
@@ -158,7 +153,40 @@ fn first_answer_to_a_client_hello_is_a_small_hello_verify_request() {
         sent: Vec::new(),
         received: Vec::new(),
     };
-    let mut s = ssl.connect(io).expect("DTLS handshake with vigi-turn");
+    ssl.connect(io).expect("DTLS handshake with vigi-turn")
+}
+
+/// A STUN Binding over the session is answered with XOR-MAPPED-ADDRESS.
+#[track_caller]
+fn assert_binding_answered(s: &mut openssl::ssl::SslStream<Udp>) {
+    use vigi_turn::proto::{attr, Class, Message, MessageBuilder, Method};
+    let tid: [u8; 12] = rand::random();
+    let mut req = Vec::new();
+    MessageBuilder::new(&mut req, Method::BINDING, Class::Request, &tid);
+    s.ssl_write(&req).unwrap();
+    let mut buf = [0u8; 1500];
+    let n = s.ssl_read(&mut buf).unwrap();
+    let m = Message::decode(&buf[..n]).unwrap();
+    assert_eq!((m.class(), m.transaction_id()), (Class::Success, &tid));
+    assert!(m.get_xor_address(attr::XOR_MAPPED_ADDRESS).is_some());
+}
+
+fn peer_cert(s: &openssl::ssl::SslStream<Udp>) -> Vec<u8> {
+    s.ssl()
+        .peer_certificate()
+        .expect("a certificate")
+        .to_der()
+        .unwrap()
+}
+
+#[test]
+fn first_answer_to_a_client_hello_is_a_small_hello_verify_request() {
+    // No amplification: before the client has echoed a cookie, the server answers its
+    // ClientHello with a HelloVerifyRequest no larger than it, not with its certificate chain.
+    let c = certs();
+    let tls_port = free_port();
+    let _srv = dtls_server(&c, tls_port, &[]);
+    let mut s = dtls_connect(tls_port);
     let io = s.get_ref();
     let first = &io.received[0];
     // Record: content type 22 (handshake); handshake message at byte 13: type 3.
@@ -169,20 +197,44 @@ fn first_answer_to_a_client_hello_is_a_small_hello_verify_request() {
         first.len(),
         io.sent[0]
     );
-    // The session works: a STUN Binding over it is answered.
-    let mut req = Vec::new();
-    vigi_turn::proto::MessageBuilder::new(
-        &mut req,
-        vigi_turn::proto::Method::BINDING,
-        vigi_turn::proto::Class::Request,
-        &[9; 12],
-    );
-    s.ssl_write(&req).unwrap();
-    let mut buf = [0u8; 1500];
-    let n = s.ssl_read(&mut buf).unwrap();
-    let m = vigi_turn::proto::Message::decode(&buf[..n]).unwrap();
-    assert_eq!(m.class(), vigi_turn::proto::Class::Success);
-    assert!(m
-        .get_xor_address(vigi_turn::proto::attr::XOR_MAPPED_ADDRESS)
-        .is_some());
+    assert_binding_answered(&mut s);
+}
+
+#[test]
+fn sigusr2_serves_a_new_certificate_to_new_sessions_and_keeps_live_ones() {
+    let c = certs();
+    let tls_port = free_port();
+    let srv = dtls_server(&c, tls_port, &[]);
+    let old_der = std::fs::read_to_string(&c.cert).unwrap();
+    let mut live = dtls_connect(tls_port);
+    let first_der = peer_cert(&live);
+    // A new certificate, written then renamed into place, then SIGUSR2.
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("rcgen");
+    let new_der = ck.cert.der().to_vec();
+    assert_ne!(first_der, new_der);
+    let tmp_c = c.dir.join("c.tmp");
+    let tmp_k = c.dir.join("k.tmp");
+    std::fs::write(&tmp_c, ck.cert.pem()).unwrap();
+    std::fs::write(&tmp_k, ck.key_pair.serialize_pem()).unwrap();
+    std::fs::rename(&tmp_k, &c.key).unwrap();
+    std::fs::rename(&tmp_c, &c.cert).unwrap();
+    assert_ne!(old_der, std::fs::read_to_string(&c.cert).unwrap());
+    // SAFETY: kill(2) on the server we started.
+    unsafe {
+        libc::kill(srv.proc.child.id() as i32, libc::SIGUSR2);
+    }
+    let t0 = std::time::Instant::now();
+    loop {
+        let s = dtls_connect(tls_port);
+        if peer_cert(&s) == new_der {
+            break;
+        }
+        assert!(
+            t0.elapsed().as_secs() < 10,
+            "new sessions still get the old certificate"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The session made before the reload keeps working.
+    assert_binding_answered(&mut live);
 }

@@ -6,17 +6,19 @@
 //! data are encrypted on the way out. A HelloVerifyRequest cookie (RFC 6347 §4.2.1) must be
 //! echoed before the server sends its certificate, so a spoofed ClientHello cannot turn the
 //! listener into an amplifier; handshakes not done in 10 s and idle sessions are dropped, and a
-//! worker holds at most [`MAX_SESSIONS`].
+//! worker holds at most [`MAX_SESSIONS`]. SIGUSR2 reloads the certificate and key: new
+//! handshakes use them, live sessions keep theirs.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use openssl::ssl::{
     ErrorCode, Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslOptions, SslStream,
     SslVersion,
@@ -37,9 +39,12 @@ const IDLE: Duration = Duration::from_secs(600);
 /// Largest DTLS record payload we let OpenSSL build, below a typical path MTU.
 const MTU: u32 = 1400;
 
-/// The DTLS server context: certificate, key and the cookie secret.
+/// The DTLS server context in force (certificate, key, cookie secret), and where to reload it from.
 pub struct DtlsContext {
-    ctx: SslContext,
+    ctx: ArcSwap<SslContext>,
+    cert: PathBuf,
+    key: PathBuf,
+    secret: [u8; 32],
 }
 
 impl std::fmt::Debug for DtlsContext {
@@ -68,6 +73,25 @@ fn cookie(secret: &[u8; 32], addr: Option<&SocketAddr>) -> [u8; 16] {
 impl DtlsContext {
     /// Load `cert` (PEM chain) and `key` (PEM); the error names the file that failed.
     pub fn new(cert: &Path, key: &Path) -> Result<DtlsContext, String> {
+        let secret: [u8; 32] = rand::random();
+        let ctx = Self::build(cert, key, secret)?;
+        Ok(DtlsContext {
+            ctx: ArcSwap::from_pointee(ctx),
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            secret,
+        })
+    }
+
+    /// Read the certificate and key again from the paths given at start (SIGUSR2). On error the
+    /// context in force stays.
+    pub fn reload(&self) -> Result<(), String> {
+        let ctx = Self::build(&self.cert, &self.key, self.secret)?;
+        self.ctx.store(Arc::new(ctx));
+        Ok(())
+    }
+
+    fn build(cert: &Path, key: &Path, secret: [u8; 32]) -> Result<SslContext, String> {
         let mut b = SslContextBuilder::new(SslMethod::dtls()).map_err(|e| e.to_string())?;
         b.set_min_proto_version(Some(SslVersion::DTLS1_2))
             .map_err(|e| e.to_string())?;
@@ -78,7 +102,6 @@ impl DtlsContext {
         b.check_private_key()
             .map_err(|e| format!("--pkey {}: does not match --cert: {e}", key.display()))?;
         b.set_options(SslOptions::COOKIE_EXCHANGE | SslOptions::NO_QUERY_MTU);
-        let secret: [u8; 32] = rand::random();
         b.set_cookie_generate_cb(move |ssl, out| {
             let c = cookie(&secret, ssl.ex_data(addr_index()));
             out[..c.len()].copy_from_slice(&c);
@@ -88,7 +111,7 @@ impl DtlsContext {
             let want = cookie(&secret, ssl.ex_data(addr_index()));
             openssl::memcmp::eq(&want, got.get(..16).unwrap_or(&[0; 16])) && got.len() == 16
         });
-        Ok(DtlsContext { ctx: b.build() })
+        Ok(b.build())
     }
 }
 
@@ -191,7 +214,7 @@ fn handle(
                 if full || datagram.first() != Some(&22) {
                     return;
                 }
-                let Ok(mut ssl) = Ssl::new(&ctx.ctx) else {
+                let Ok(mut ssl) = Ssl::new(&ctx.ctx.load()) else {
                     return;
                 };
                 ssl.set_ex_data(addr_index(), from);
