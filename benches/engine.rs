@@ -40,7 +40,7 @@ fn drain(s: &mut Server, now: Instant) -> Vec<Vec<u8>> {
         match c {
             Command::Send { data, .. } => sent.push(data),
             Command::BindRelay { id, .. } => s.handle_relay_bound(now, id, Ok(())),
-            Command::FreeRelay { .. } => {}
+            _ => {}
         }
     }
     sent

@@ -172,7 +172,13 @@ fn drain(s: &mut Server, now: Instant, request_len: Option<usize>, bounded: bool
                 }
             }
             Command::BindRelay { id, .. } => s.handle_relay_bound(now, id, Ok(())),
-            Command::FreeRelay { .. } => {}
+            // RFC 6062: every other Connect reaches its peer.
+            Command::ConnectPeer { cid, .. } => {
+                s.handle_tcp_peer_connected(now, cid, cid.0 % 2 == 0)
+            }
+            Command::FreeRelay { .. }
+            | Command::BindConnection { .. }
+            | Command::CloseConnection { .. } => {}
         }
     }
 }

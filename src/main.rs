@@ -75,9 +75,11 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         start_userdb(&config, conn, &engine.realm, &shared)?;
     }
     let tls_source = tls_source(&config)?;
+    let dtls_context = dtls_context(&config)?;
     let mut udp = Vec::new();
     let mut tcp = Vec::new();
     let mut tls = Vec::new();
+    let mut dtls = Vec::new();
     for ip in &listen_ips {
         if ip.is_ipv6() && wildcard_default && !ipv6_available() {
             continue;
@@ -96,6 +98,9 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         if tls_source.is_some() {
             tls.push(SocketAddr::new(*ip, config.tls_listening_port));
         }
+        if dtls_context.is_some() {
+            dtls.push(SocketAddr::new(*ip, config.tls_listening_port));
+        }
     }
     let rc = RunConfig {
         workers: config.relay_threads,
@@ -103,6 +108,8 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         tcp,
         tls,
         tls_source,
+        dtls,
+        dtls_context,
         sock_buf_size: config.sock_buf_size,
         max_tcp_connections: if config.max_tcp_connections == 0 {
             usize::MAX
@@ -131,11 +138,12 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         return Err(e.context("dropping privileges"));
     }
     tracing::info!(
-        "vigi-turn {} listening on udp {:?} tcp {:?} tls {:?}, relaying from {:?} ports {}-{}, {} workers",
+        "vigi-turn {} listening on udp {:?} tcp {:?} tls {:?} dtls {:?}, relaying from {:?} ports {}-{}, {} workers",
         env!("CARGO_PKG_VERSION"),
         running.udp_addrs,
         running.tcp_addrs,
         running.tls_addrs,
+        running.dtls_addrs,
         relay_ips,
         config.min_port,
         config.max_port,
@@ -204,7 +212,7 @@ fn tls_source(config: &Config) -> Result<Option<Arc<io::tls::TlsSource>>> {
         return Ok(None);
     }
     let Some(cert) = config.cert.clone() else {
-        tracing::info!("no --cert given: TLS listeners are off (DTLS is not implemented)");
+        tracing::info!("no --cert given: TLS listeners are off");
         return Ok(None);
     };
     if config.cipher_list.is_some() {
@@ -220,6 +228,26 @@ fn tls_source(config: &Config) -> Result<Option<Arc<io::tls::TlsSource>>> {
     };
     let source = io::tls::TlsSource::new(settings)?;
     Ok(Some(Arc::new(source)))
+}
+
+/// The DTLS context (coturn's rule: with `--cert`, on the TLS port over UDP, unless `--no-dtls`).
+#[cfg(feature = "dtls")]
+fn dtls_context(config: &Config) -> Result<Option<Arc<io::dtls::DtlsContext>>> {
+    let Some(cert) = config.cert.clone().filter(|_| !config.no_dtls) else {
+        return Ok(None);
+    };
+    let pkey = config.pkey.clone().unwrap_or_else(|| cert.clone());
+    let ctx =
+        io::dtls::DtlsContext::new(cert.as_ref(), pkey.as_ref()).map_err(anyhow::Error::msg)?;
+    Ok(Some(Arc::new(ctx)))
+}
+
+#[cfg(not(feature = "dtls"))]
+fn dtls_context(config: &Config) -> Result<Option<Arc<io::dtls::DtlsContext>>> {
+    if config.cert.is_some() && !config.no_dtls {
+        tracing::info!("built without the `dtls` feature: no DTLS listener");
+    }
+    Ok(None)
 }
 
 fn ipv6_available() -> bool {
@@ -368,6 +396,7 @@ pub(crate) fn engine_config(config: &Config, relay_ips: Vec<IpAddr>) -> ServerCo
         bps_capacity: config.bps_capacity / config.relay_threads.max(1) as u64,
         unauthorized_ratelimit: config.unauthorized_ratelimit,
         udp_relay: !config.no_udp_relay,
+        tcp_relay: !config.no_tcp_relay,
         default_family: match config.allocation_default_address_family {
             DefaultFamily::Ipv4 => EngineFamily::Ipv4,
             DefaultFamily::Ipv6 => EngineFamily::Ipv6,

@@ -131,15 +131,28 @@ impl Ops<'_> {
                         tracing::info!("SIGUSR1: already draining");
                     }
                 }
-                _ = usr2.recv() => match &self.running.tls {
-                    // The next handshake on any worker gets the new certificate; live
-                    // connections keep the session they have.
-                    Some(tls) => match tls.reload() {
-                        Ok(()) => tracing::info!("SIGUSR2: TLS certificate and key reloaded"),
-                        Err(e) => tracing::error!("SIGUSR2: keeping the old TLS certificate: {e}"),
-                    },
-                    None => tracing::info!("SIGUSR2: TLS is off; nothing to reload"),
-                },
+                _ = usr2.recv() => {
+                    match &self.running.tls {
+                        // The next handshake on any worker gets the new certificate; live
+                        // connections keep the session they have.
+                        Some(tls) => match tls.reload() {
+                            Ok(()) => tracing::info!("SIGUSR2: TLS certificate and key reloaded"),
+                            Err(e) => {
+                                tracing::error!("SIGUSR2: keeping the old TLS certificate: {e}")
+                            }
+                        },
+                        None => tracing::info!("SIGUSR2: TLS is off; nothing to reload"),
+                    }
+                    // The same for DTLS (feature `dtls`).
+                    if let Some(d) = &self.running.dtls {
+                        match d.reload() {
+                            Ok(()) => tracing::info!("SIGUSR2: DTLS certificate and key reloaded"),
+                            Err(e) => {
+                                tracing::error!("SIGUSR2: keeping the old DTLS certificate: {e}")
+                            }
+                        }
+                    }
+                }
                 _ = poll.tick(), if drain_deadline.is_some() => {
                     let snaps = self.running.snapshots();
                     // A snapshot taken before the workers saw Drain(true) proves nothing.

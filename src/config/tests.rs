@@ -586,3 +586,24 @@ fn admin_listen_needs_a_token() {
     ]));
     assert!(e.starts_with("--admin-listen:"), "{e}");
 }
+
+#[test]
+fn allocation_default_address_family_values() {
+    let base = ["vigi-turn", "--static-auth-secret=s"];
+    let fam = |extra: &[&str]| {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        load(&args).map(|c| c.allocation_default_address_family)
+    };
+    assert_eq!(fam(&[]).unwrap(), DefaultFamily::Ipv4);
+    assert_eq!(fam(&["-A", "ipv6"]).unwrap(), DefaultFamily::Ipv6);
+    assert_eq!(
+        fam(&["--allocation-default-address-family=KEEP"]).unwrap(),
+        DefaultFamily::Keep
+    );
+    assert_eq!(fam(&["-K"]).unwrap(), DefaultFamily::Keep);
+    let e = err(fam(&["-A", "ipv5"]).map(|_| unreachable!()));
+    assert!(e.contains("allocation-default-address-family"), "{e}");
+    // In turnserver.conf, quoted as coturn's sample has it.
+    let c = file(&base, "allocation-default-address-family=\"ipv6\"\n").unwrap();
+    assert_eq!(c.allocation_default_address_family, DefaultFamily::Ipv6);
+}

@@ -66,6 +66,8 @@ pub struct Allocation {
     pub to_peer_bucket: TokenBucket,
     pub to_client_bucket: TokenBucket,
     pub dont_fragment: bool,
+    /// A TCP relay (RFC 6062): `relay` is a listening socket, peers come and go as connections.
+    pub tcp: bool,
     /// The port reserved alongside this one (EVEN-PORT with R), released if never claimed.
     pub reservation: Option<u64>,
     /// The last request answered and its response, so a retransmission gets the same answer

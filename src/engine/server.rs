@@ -26,6 +26,10 @@ use super::stats::AllocationStats;
 use super::{FiveTuple, Transport};
 use crate::proto::attr;
 use crate::proto::channel_data::{self, ChannelData};
+mod tcp;
+use tcp::TcpConnection;
+pub use tcp::{ConnectionId, MAX_TCP_CONNECTIONS_PER_ALLOCATION, TCP_CONNECTION_TIMEOUT};
+
 use crate::proto::{
     demux, Class, Message, MessageBuilder, Method, PacketKind, TransactionId, MAGIC_COOKIE,
 };
@@ -84,6 +88,8 @@ pub struct ServerConfig {
     /// divided among the workers by the caller, so no bucket is shared between threads).
     pub bps_capacity: u64,
     pub udp_relay: bool,
+    /// TCP relays (RFC 6062; not `--no-tcp-relay`).
+    pub tcp_relay: bool,
     pub max_permissions: usize,
     pub max_channels: usize,
     /// End an allocation when the expiry in its REST username passes (`--strict-expiry`).
@@ -215,6 +221,7 @@ impl Default for ServerConfig {
             max_bps: 0,
             bps_capacity: 0,
             udp_relay: true,
+            tcp_relay: true,
             max_permissions: 256,
             max_channels: 256,
             strict_expiry: false,
@@ -237,6 +244,11 @@ pub struct Shared {
     reservations: Mutex<HashMap<u64, Reservation>>,
     /// The user database snapshot (`--redis-userdb`), refreshed off the data path.
     pub userdb: Arc<UserDbCell>,
+    /// RFC 6062 peer connections by CONNECTION-ID, of every engine: a client's data connection
+    /// may reach any worker, so its ConnectionBind is checked here.
+    tcp_conns: Mutex<HashMap<ConnectionId, TcpConnection>>,
+    /// Hands each engine its shard number (which engine an AllocationId belongs to).
+    next_shard: AtomicU32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -254,6 +266,8 @@ impl Shared {
             allocations_by_user: Mutex::new(HashMap::new()),
             reservations: Mutex::new(HashMap::new()),
             userdb: Arc::default(),
+            tcp_conns: Mutex::new(HashMap::new()),
+            next_shard: AtomicU32::new(0),
         }
     }
 
@@ -311,14 +325,32 @@ pub enum Command {
     /// Bind a UDP relay socket to `addr` and report with [`Server::handle_relay_bound`].
     /// `second`: the IPv6 socket of a dual allocation, whose first socket is already bound;
     /// the worker keeps both and sends to a peer from the one of its family.
+    /// `tcp`: a listening TCP socket (RFC 6062) whose accepted peers go to
+    /// [`Server::handle_tcp_peer_accepted`].
     BindRelay {
         id: AllocationId,
         addr: SocketAddr,
         dont_fragment: bool,
         second: bool,
+        tcp: bool,
     },
     /// Close the relay socket(s) of this allocation.
     FreeRelay { id: AllocationId },
+    /// Open a TCP connection from the relayed address `from` to `peer` (RFC 6062 Connect) and
+    /// report with [`Server::handle_tcp_peer_connected`].
+    ConnectPeer {
+        cid: ConnectionId,
+        from: SocketAddr,
+        peer: SocketAddr,
+    },
+    /// The client's data connection on `client` now carries the raw bytes of peer connection
+    /// `cid`, both ways (after the ConnectionBind response queued just before).
+    BindConnection {
+        cid: ConnectionId,
+        client: FiveTuple,
+    },
+    /// Close peer connection `cid` (and the data connection bound to it), or stop connecting it.
+    CloseConnection { cid: ConnectionId },
 }
 
 /// What to do with a packet from a client.
@@ -472,6 +504,10 @@ pub struct Server {
     capacity: TokenBucket,
     draining: bool,
     limiter: Limiter,
+    /// This engine's number among the workers' (see [`Shared`]'s connection table).
+    shard: u32,
+    /// The 30 s deadlines of the RFC 6062 connections this engine made.
+    conn_timers: BinaryHeap<Reverse<(Instant, ConnectionId)>>,
 }
 
 impl Server {
@@ -487,6 +523,7 @@ impl Server {
         // A stream of its own, so the limiter key does not shift port choice and transaction ids.
         let mut key_rng = SmallRng::seed_from_u64(seed ^ 0x6c69_6d69_7465_7221);
         let limiter = Limiter::new(now, (key_rng.gen(), key_rng.gen()));
+        let shard = shared.next_shard.fetch_add(1, Ordering::Relaxed);
         Server {
             capacity: TokenBucket::new(config.bps_capacity, now),
             config,
@@ -501,6 +538,8 @@ impl Server {
             counters: Counters::default(),
             draining: false,
             limiter,
+            shard,
+            conn_timers: BinaryHeap::new(),
         }
     }
 
@@ -538,7 +577,12 @@ impl Server {
     /// When [`Server::handle_timeout`] should next be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((t, _))| *t)
+        let alloc = self.timers.peek().map(|Reverse((t, _))| *t);
+        let conn = self.conn_timers.peek().map(|Reverse((t, _))| *t);
+        match (alloc, conn) {
+            (Some(a), Some(c)) => Some(a.min(c)),
+            (a, c) => a.or(c),
+        }
     }
 
     /// Expire allocations whose time is up (RFC 8656 §7: an allocation lives until its lifetime
@@ -557,6 +601,7 @@ impl Server {
                 }
             }
         }
+        self.expire_connections(now);
         self.shared.sweep_reservations(self.unix(now));
     }
 
@@ -614,6 +659,7 @@ impl Server {
         if a.state == State::Active {
             crate::metrics::log_allocation_ended(&self.config.realm, &a, reason);
         }
+        self.close_connections_of(id);
         self.commands.push_back(Command::FreeRelay { id });
     }
 
@@ -688,7 +734,12 @@ impl Server {
             return ClientDecision::Done;
         };
         let len = payload.len();
-        if a.state != State::Active || a.expires <= now || !a.permissions.allows(peer.ip(), now) {
+        // A TCP allocation relays over its connections only (RFC 6062 §5).
+        if a.tcp
+            || a.state != State::Active
+            || a.expires <= now
+            || !a.permissions.allows(peer.ip(), now)
+        {
             a.stats.dropped.add(len);
             self.counters.dropped_no_permission += 1;
             return ClientDecision::Done;
@@ -798,6 +849,8 @@ impl Server {
             Method::REFRESH => self.handle_refresh(now, five, m),
             Method::CREATE_PERMISSION => self.handle_create_permission(now, five, m),
             Method::CHANNEL_BIND => self.handle_channel_bind(now, five, m),
+            Method::CONNECT => self.handle_connect(now, five, m),
+            Method::CONNECTION_BIND => self.handle_connection_bind(now, five, m),
             _ => {
                 let sign = self.plain_sign(m);
                 self.respond_error(five, m, 400, sign, |_| {});
@@ -1261,14 +1314,26 @@ impl Server {
             }
             refuse!(403);
         }
-        // Step 3: REQUESTED-TRANSPORT.
-        match m
+        // Step 3: REQUESTED-TRANSPORT: UDP, or TCP (RFC 6062 §5.1) over a TCP or TLS control
+        // connection; 442 for a kind switched off (`--no-udp-relay`, `--no-tcp-relay`).
+        let tcp = match m
             .get(attr::REQUESTED_TRANSPORT)
             .map(attr::read_requested_transport)
         {
             None | Some(None) => refuse!(400),
-            Some(Some(attr::PROTO_UDP)) if self.config.udp_relay => {}
+            Some(Some(attr::PROTO_UDP)) if self.config.udp_relay => false,
+            Some(Some(attr::PROTO_TCP)) if self.config.tcp_relay => true,
             Some(Some(_)) => refuse!(442),
+        };
+        // RFC 6062 §5.1: a TCP allocation needs a stream control connection and takes no
+        // DONT-FRAGMENT, EVEN-PORT or RESERVATION-TOKEN.
+        if tcp
+            && (!five.transport.is_stream()
+                || m.get(attr::DONT_FRAGMENT).is_some()
+                || m.get(attr::EVEN_PORT).is_some()
+                || m.get(attr::RESERVATION_TOKEN).is_some())
+        {
+            refuse!(400);
         }
         // Step 4: DONT-FRAGMENT is supported (IP_PMTUDISC_DO on the relay socket).
         let dont_fragment = m.get(attr::DONT_FRAGMENT).is_some();
@@ -1391,7 +1456,10 @@ impl Server {
         // no IPv6 at all, 508 when it has no IPv6 port left.
         let mut address_error = None;
         let mut second_relay = None;
-        if dual {
+        if dual && tcp {
+            // One listening address per TCP allocation.
+            address_error = Some(440);
+        } else if dual {
             match self.pick_relay_ip(true) {
                 None => address_error = Some(440),
                 Some(ip) => match self.shared.ports.take(ip, self.rng.gen(), false, false) {
@@ -1453,6 +1521,7 @@ impl Server {
             to_peer_bucket: TokenBucket::new(max_bps, now),
             to_client_bucket: TokenBucket::new(max_bps, now),
             dont_fragment,
+            tcp,
             reservation: reservation_token,
             last_tid: *m.transaction_id(),
             last_response: Vec::new(),
@@ -1466,6 +1535,7 @@ impl Server {
             addr: relay,
             dont_fragment,
             second: false,
+            tcp,
         });
     }
 
@@ -1545,12 +1615,13 @@ impl Server {
                 a.state = State::Binding {
                     attempts: attempts + 1,
                 };
-                let dont_fragment = a.dont_fragment;
+                let (dont_fragment, tcp) = (a.dont_fragment, a.tcp);
                 self.commands.push_back(Command::BindRelay {
                     id,
                     addr: relay,
                     dont_fragment,
                     second: false,
+                    tcp,
                 });
                 return;
             }
@@ -1604,6 +1675,7 @@ impl Server {
                 addr,
                 dont_fragment,
                 second: true,
+                tcp: false,
             });
             return;
         }
@@ -1649,6 +1721,7 @@ impl Server {
                     addr,
                     dont_fragment,
                     second: true,
+                    tcp: false,
                 });
                 return;
             }
@@ -1893,6 +1966,11 @@ impl Server {
         let Some(a) = self.get_mut(id) else {
             return;
         };
+        // A TCP allocation has no channels (RFC 6062 §5).
+        if a.tcp {
+            self.respond_error(five, m, 400, sign, |_| {});
+            return;
+        }
         match a.channels.check(number, peer, now, max_ch) {
             Ok(()) => {}
             Err(BindConflict::TooMany) => {

@@ -7,8 +7,23 @@
 //! lock is taken per packet. All sockets are bound by [`start`] before any worker runs, so a
 //! busy port is an error at start-up, not a log line later.
 
+#[cfg(feature = "dtls")]
+pub mod dtls;
+/// Built without the `dtls` feature: no DTLS context can exist.
+#[cfg(not(feature = "dtls"))]
+pub mod dtls {
+    #[derive(Debug)]
+    pub enum DtlsContext {}
+
+    impl DtlsContext {
+        pub fn reload(&self) -> Result<(), String> {
+            match *self {}
+        }
+    }
+}
 pub mod relay;
 pub mod stream;
+pub mod tcp_relay;
 pub mod tls;
 pub mod udp;
 pub mod worker;
@@ -106,6 +121,9 @@ pub struct RunConfig {
     pub tls: Vec<SocketAddr>,
     /// The certificate in force for TLS listeners (swapped on SIGUSR2).
     pub tls_source: Option<Arc<tls::TlsSource>>,
+    /// DTLS listening addresses (UDP), served with `dtls` (feature `dtls`).
+    pub dtls: Vec<SocketAddr>,
+    pub dtls_context: Option<Arc<dtls::DtlsContext>>,
     /// SO_RCVBUF/SO_SNDBUF for listeners and relay sockets.
     pub sock_buf_size: Option<usize>,
     /// Open TCP connections allowed at once, all workers together.
@@ -123,8 +141,11 @@ pub struct Running {
     pub udp_addrs: Vec<SocketAddr>,
     pub tcp_addrs: Vec<SocketAddr>,
     pub tls_addrs: Vec<SocketAddr>,
+    pub dtls_addrs: Vec<SocketAddr>,
     /// The TLS certificate source shared by the workers (for SIGUSR2).
     pub tls: Option<Arc<tls::TlsSource>>,
+    /// The DTLS context shared by the workers (for SIGUSR2).
+    pub dtls: Option<Arc<dtls::DtlsContext>>,
 }
 
 /// Run `make()`'s future on a new named thread with its own current-thread runtime, for the
@@ -162,6 +183,11 @@ pub fn start(rc: RunConfig) -> io::Result<Running> {
     } else {
         Vec::new()
     };
+    let mut dtls_addrs = if rc.dtls_context.is_some() {
+        rc.dtls.clone()
+    } else {
+        Vec::new()
+    };
     for w in 0..workers {
         let mut udp = Vec::new();
         for a in udp_addrs.iter_mut() {
@@ -190,16 +216,27 @@ pub fn start(rc: RunConfig) -> io::Result<Running> {
             }
             tls.push(l);
         }
-        per_worker.push((udp, tcp, tls));
+        let mut dtls = Vec::new();
+        for a in dtls_addrs.iter_mut() {
+            let s = udp::bind_udp(*a, true, rc.sock_buf_size)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on dtls {a}: {e}")))?;
+            if w == 0 {
+                *a = s.local_addr()?;
+            }
+            dtls.push(s);
+        }
+        per_worker.push((udp, tcp, tls, dtls));
     }
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let tcp_count = Arc::new(AtomicUsize::new(0));
+    let tcp_peers = tcp_relay::PeerTable::default();
     let mut threads = Vec::new();
     let mut workers = Vec::new();
-    for (i, (udp, tcp, tls)) in per_worker.into_iter().enumerate() {
+    for (i, (udp, tcp, tls, dtls)) in per_worker.into_iter().enumerate() {
         let rc = rc.clone();
         let stop_rx = stop_rx.clone();
         let tcp_count = tcp_count.clone();
+        let tcp_peers = tcp_peers.clone();
         let (control, control_rx) = mpsc::unbounded_channel();
         let snapshot = Arc::new(Mutex::new(WorkerSnapshot::default()));
         let snap = snapshot.clone();
@@ -212,7 +249,9 @@ pub fn start(rc: RunConfig) -> io::Result<Running> {
                     udp,
                     tcp,
                     tls,
+                    dtls,
                     tcp_count,
+                    tcp_peers,
                     stop: stop_rx,
                     control: control_rx,
                     snapshot: snap,
@@ -232,7 +271,9 @@ pub fn start(rc: RunConfig) -> io::Result<Running> {
         udp_addrs,
         tcp_addrs,
         tls_addrs,
+        dtls_addrs,
         tls: rc.tls_source.clone(),
+        dtls: rc.dtls_context.clone(),
     })
 }
 

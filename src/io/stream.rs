@@ -97,7 +97,7 @@ async fn connection<S>(
     };
     let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(SEND_QUEUE);
-    st.streams.borrow_mut().insert(five, tx);
+    st.streams.borrow_mut().insert(five, tx.clone());
     let writer = tokio::task::spawn_local(async move {
         while let Some(buf) = rx.recv().await {
             if wr.write_all(&buf).await.is_err() {
@@ -118,6 +118,9 @@ async fn connection<S>(
     let mut filled = 0usize;
     // When the partial frame at the start of `buf` began arriving.
     let mut frame_started: Option<Instant> = None;
+    // Set when a ConnectionBind made this an RFC 6062 data connection: the peer socket and
+    // the bytes read after that request.
+    let mut raw = None;
     'conn: loop {
         if filled == buf.len() {
             if buf.len() >= MAX_FRAME {
@@ -159,6 +162,10 @@ async fn connection<S>(
             }
             st.drain_commands(now);
             start += len;
+            if let Some((cid, peer)) = st.raw_binds.borrow_mut().remove(&five) {
+                raw = Some((cid, peer, buf[start..filled].to_vec()));
+                break 'conn;
+            }
         }
         buf.copy_within(start..filled, 0);
         filled -= start;
@@ -169,6 +176,14 @@ async fn connection<S>(
         }
     }
     st.streams.borrow_mut().remove(&five);
+    if let Some((cid, peer, leftover)) = raw {
+        // RFC 6062 §5.4: from here on the connection carries the peer's bytes, both ways. The
+        // writer sends what is queued (the ConnectionBind response first) and then the peer's.
+        super::tcp_relay::pipe(&st, cid, peer, rd, tx, leftover).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+        return;
+    }
+    drop(tx);
     writer.abort();
     st.engine.borrow_mut().handle_transport_closed(five);
     st.drain_commands(Instant::now());

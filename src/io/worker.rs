@@ -20,9 +20,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::udp::RecvBatch;
-use super::{relay, stream, Control, IoStats, RunConfig, WorkerSnapshot};
+use super::{relay, stream, tcp_relay, Control, IoStats, RunConfig, WorkerSnapshot};
 use crate::engine::server::{PEER_HEADROOM, PEER_TAILROOM};
-use crate::engine::{AllocationId, ClientDecision, Command, FiveTuple, Server, Transport};
+use crate::engine::{
+    AllocationId, ClientDecision, Command, ConnectionId, FiveTuple, Server, Transport,
+};
 
 /// Batches read per readiness wake-up before yielding to other sockets.
 pub(crate) const READ_BUDGET: usize = 8;
@@ -70,6 +72,14 @@ pub(crate) struct WorkerState {
     pub sock_buf_size: Option<usize>,
     pub tcp_count: Arc<AtomicUsize>,
     pub max_tcp: usize,
+    /// RFC 6062: listening sockets of this worker's TCP allocations, Connects under way, peer
+    /// connections of all workers, and data connections about to switch to raw bytes.
+    pub tcp_relays: RefCell<HashMap<AllocationId, JoinHandle<()>>>,
+    pub connecting: RefCell<HashMap<ConnectionId, JoinHandle<()>>>,
+    pub tcp_peers: tcp_relay::PeerTable,
+    pub raw_binds: RefCell<HashMap<FiveTuple, (ConnectionId, std::net::TcpStream)>>,
+    #[cfg(feature = "dtls")]
+    pub dtls_sessions: RefCell<super::dtls::Sessions>,
 }
 
 /// Everything a worker thread starts with.
@@ -79,7 +89,9 @@ pub(crate) struct WorkerInit {
     pub udp: Vec<std::net::UdpSocket>,
     pub tcp: Vec<std::net::TcpListener>,
     pub tls: Vec<std::net::TcpListener>,
+    pub dtls: Vec<std::net::UdpSocket>,
     pub tcp_count: Arc<AtomicUsize>,
+    pub tcp_peers: tcp_relay::PeerTable,
     pub stop: tokio::sync::watch::Receiver<bool>,
     pub control: mpsc::UnboundedReceiver<Control>,
     pub snapshot: Arc<Mutex<WorkerSnapshot>>,
@@ -92,7 +104,9 @@ pub(crate) fn run(init: WorkerInit) {
         udp,
         tcp,
         tls,
+        dtls,
         tcp_count,
+        tcp_peers,
         mut stop,
         control,
         snapshot,
@@ -138,6 +152,12 @@ pub(crate) fn run(init: WorkerInit) {
             sock_buf_size: rc.sock_buf_size,
             tcp_count,
             max_tcp: rc.max_tcp_connections,
+            tcp_relays: RefCell::new(HashMap::new()),
+            connecting: RefCell::new(HashMap::new()),
+            tcp_peers,
+            raw_binds: RefCell::new(HashMap::new()),
+            #[cfg(feature = "dtls")]
+            dtls_sessions: RefCell::new(HashMap::new()),
         });
         for (addr, sock) in st.udp.clone() {
             tokio::task::spawn_local(udp_listener(st.clone(), addr, sock));
@@ -161,6 +181,24 @@ pub(crate) fn run(init: WorkerInit) {
                 }
             }
         }
+        #[cfg(feature = "dtls")]
+        if let Some(ctx) = &rc.dtls_context {
+            for s in dtls {
+                let Ok(addr) = s.local_addr() else {
+                    continue;
+                };
+                // SAFETY: as for the UDP listeners above.
+                match unsafe { AsyncFd::register(s) } {
+                    Ok(s) => {
+                        let l = super::dtls::listener(st.clone(), ctx.clone(), addr, Rc::new(s));
+                        tokio::task::spawn_local(l);
+                    }
+                    Err(e) => tracing::error!("worker {index}: dtls {addr}: {e}"),
+                }
+            }
+        }
+        #[cfg(not(feature = "dtls"))]
+        drop(dtls);
         tokio::task::spawn_local(timer_loop(st.clone(), snapshot));
         tokio::task::spawn_local(control_loop(st.clone(), control));
         tracing::debug!("worker {index} running");
@@ -168,6 +206,12 @@ pub(crate) fn run(init: WorkerInit) {
         // Free every relay socket before the runtime goes away.
         for r in st.relays.borrow_mut().drain(..).flatten() {
             r.abort();
+        }
+        for (_, t) in st.tcp_relays.borrow_mut().drain() {
+            t.abort();
+        }
+        for (_, t) in st.connecting.borrow_mut().drain() {
+            t.abort();
         }
     });
 }
@@ -258,6 +302,8 @@ async fn timer_loop(st: Rc<WorkerState>, snapshot: Arc<Mutex<WorkerSnapshot>>) {
         let now = Instant::now();
         st.engine.borrow_mut().handle_timeout(now);
         st.drain_commands(now);
+        #[cfg(feature = "dtls")]
+        super::dtls::sweep(&st, now);
         st.publish(now, &snapshot);
     }
 }
@@ -348,11 +394,15 @@ impl WorkerState {
     /// Send bytes to a client on its 5-tuple.
     pub fn send_to_client(&self, to: FiveTuple, data: &[u8]) {
         match to.transport {
-            Transport::Udp | Transport::Dtls => {
+            Transport::Udp => {
                 if let Some((_, s)) = self.udp.iter().find(|(a, _)| *a == to.server) {
                     let _ = s.get_ref().send_to(data, to.client);
                 }
             }
+            #[cfg(feature = "dtls")]
+            Transport::Dtls => super::dtls::send(self, to, data),
+            #[cfg(not(feature = "dtls"))]
+            Transport::Dtls => {}
             Transport::Tcp | Transport::Tls => {
                 if let Some(tx) = self.streams.borrow().get(&to) {
                     // A client that does not read loses data rather than growing our memory.
@@ -376,8 +426,13 @@ impl WorkerState {
                     addr,
                     dont_fragment,
                     second,
+                    tcp,
                 } => {
-                    let result = relay::bind(self, id, addr, dont_fragment, second);
+                    let result = if tcp {
+                        tcp_relay::listen(self, id, addr)
+                    } else {
+                        relay::bind(self, id, addr, dont_fragment, second)
+                    };
                     if let Err(e) = &result {
                         tracing::debug!("relay bind {addr}: {e}");
                     }
@@ -385,7 +440,13 @@ impl WorkerState {
                         .borrow_mut()
                         .handle_relay_bound(now, id, result.map_err(|_| ()));
                 }
+                Command::ConnectPeer { cid, from, peer } => {
+                    tcp_relay::connect(self, cid, from, peer)
+                }
+                Command::BindConnection { cid, client } => tcp_relay::bind(self, cid, client),
+                Command::CloseConnection { cid } => tcp_relay::close(self, cid),
                 Command::FreeRelay { id } => {
+                    tcp_relay::unlisten(self, id);
                     let mut relays = self.relays.borrow_mut();
                     if let Some(slot) = relays.get_mut(id.index()) {
                         if slot.as_ref().is_some_and(|r| r.id == id) {

@@ -149,6 +149,8 @@ struct H {
     binds: Vec<(AllocationId, SocketAddr)>,
     freed: Vec<AllocationId>,
     sent: Vec<(FiveTuple, Vec<u8>)>,
+    /// RFC 6062 commands (ConnectPeer, BindConnection, CloseConnection), in order.
+    tcp: Vec<Command>,
 }
 
 impl H {
@@ -172,6 +174,7 @@ impl H {
             binds: Vec::new(),
             freed: Vec::new(),
             sent: Vec::new(),
+            tcp: Vec::new(),
         }
     }
 
@@ -201,6 +204,7 @@ impl H {
                     self.s.handle_relay_bound(self.now, id, r);
                 }
                 Command::FreeRelay { id } => self.freed.push(id),
+                other => self.tcp.push(other),
             }
         }
     }
@@ -880,11 +884,12 @@ fn retransmitted_allocate_gets_the_identical_response() {
 fn requested_transport_errors() {
     let mut h = H::new(config());
     let mut c = Client::alice(udp(40000));
-    for proto in [attr::PROTO_TCP, 99] {
+    // TCP is a relay kind of its own (RFC 6062), but not over UDP: 400.
+    for (proto, code) in [(attr::PROTO_TCP, 400), (99, 442)] {
         c.request(&mut h, Method::ALLOCATE, &|b| {
             b.attr(attr::REQUESTED_TRANSPORT, &[proto, 0, 0, 0]);
         })
-        .assert_err(442);
+        .assert_err(code);
     }
     c.request(&mut h, Method::ALLOCATE, &nothing)
         .assert_err(400);
@@ -2343,3 +2348,4 @@ fn bps_capacity_caps_the_whole_server() {
 mod dual;
 mod hardening;
 mod props;
+mod tcp;
