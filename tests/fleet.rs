@@ -371,3 +371,137 @@ fn bad_redis_connection_string_is_refused_before_binding() {
         "one line naming the flag: {err}"
     );
 }
+
+/// Start Debian's coturn on 127.0.0.1 with `args`; wait until it answers STUN.
+fn start_coturn(port: u16, args: &[&str]) -> Proc {
+    require_tool("turnserver");
+    let (rmin, rmax) = free_range(20);
+    let dir = std::env::temp_dir().join(format!("vigi-fleet-coturn-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let child = Command::new("turnserver")
+        .args([
+            "-n",
+            "--listening-ip",
+            "127.0.0.1",
+            "--relay-ip",
+            "127.0.0.1",
+        ])
+        .args(["--listening-port", &port.to_string()])
+        .args([
+            "--min-port",
+            &rmin.to_string(),
+            "--max-port",
+            &rmax.to_string(),
+        ])
+        .args([
+            "--allow-loopback-peers",
+            "--no-cli",
+            "--no-tls",
+            "--no-dtls",
+        ])
+        .args(["--realm", REALM, "--no-stdout-log"])
+        .arg("--pidfile")
+        .arg(dir.join("pid"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start coturn");
+    let proc = Proc {
+        child,
+        name: "turnserver".into(),
+    };
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let t0 = Instant::now();
+    while binding_udp(addr, Duration::from_millis(200)).is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "coturn did not start"
+        );
+    }
+    proc
+}
+
+fn assert_relayed(r: &UclientResult, n: u64, who: &str) {
+    assert_eq!(r.sent, n, "{who}: uclient output:\n{}", r.output);
+    assert_eq!(r.received, n, "{who}: uclient output:\n{}", r.output);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coturn_and_vigi_turn_share_one_redis_user_database() {
+    require_tool("turnadmin");
+    let redis = Redis::start();
+    let conn = redis.conn_string(2);
+    // vigi-turn's writer puts a user and a REST secret in the database...
+    let rc: vigi_turn::config::RedisConn = conn.parse().unwrap();
+    let mut c = vigi_turn::fleet::connect(&rc).await.unwrap();
+    vigi_turn::fleet::userdb::write_user(&mut c, REALM, "walt", "waltpw")
+        .await
+        .unwrap();
+    vigi_turn::fleet::userdb::add_secret(&mut c, REALM, "our-secret")
+        .await
+        .unwrap();
+    // ...and coturn's turnadmin another user and secret.
+    let admin = |args: &[&str]| {
+        let out = run_with_timeout(
+            Command::new("turnadmin").args(args).args(["-N", &conn]),
+            Duration::from_secs(10),
+        );
+        assert!(out.status.success(), "turnadmin {args:?}: {out:?}");
+    };
+    admin(&["-a", "-u", "tess", "-r", REALM, "-p", "tesspw"]);
+    admin(&["-s", "their-secret", "-r", REALM]);
+
+    let (_peer, peer_port) = start_peer();
+    let uc = |port: u16, user: &str, pw: &str| {
+        uclient(
+            port,
+            peer_port,
+            &["-u", user, "-w", pw, "-n", "10", "-m", "1"],
+        )
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let ours = mint_rest_credentials(b"our-secret", "uma", 600, now, ':');
+    let theirs = mint_rest_credentials(b"their-secret", "vic", 600, now, ':');
+
+    // coturn reads what vigi-turn wrote (and its own).
+    let cport = free_port();
+    let coturn = start_coturn(cport, &["--lt-cred-mech", "--redis-userdb", &conn]);
+    assert_relayed(&uc(cport, "walt", "waltpw"), 20, "coturn, walt (ours)");
+    assert_relayed(&uc(cport, "tess", "tesspw"), 20, "coturn, tess (turnadmin)");
+    drop(coturn);
+    let cport = free_port();
+    let coturn = start_coturn(cport, &["--use-auth-secret", "--redis-userdb", &conn]);
+    assert_relayed(
+        &uc(cport, &ours.username, &ours.password),
+        20,
+        "coturn, our secret",
+    );
+    drop(coturn);
+
+    // vigi-turn reads what turnadmin wrote (and its own).
+    let (min, max) = free_range(20);
+    let (min, max) = (min.to_string(), max.to_string());
+    let lt = start_server(&node_args(&conn, &min, &max, &[]));
+    assert_relayed(
+        &uc(lt.port, "tess", "tesspw"),
+        20,
+        "vigi-turn, tess (turnadmin)",
+    );
+    assert_relayed(&uc(lt.port, "walt", "waltpw"), 20, "vigi-turn, walt (ours)");
+    drop(lt);
+    let rest = start_server(&node_args(&conn, &min, &max, &["--use-auth-secret"]));
+    assert_relayed(
+        &uc(rest.port, &theirs.username, &theirs.password),
+        20,
+        "vigi-turn, turnadmin's secret",
+    );
+    assert_relayed(
+        &uc(rest.port, &ours.username, &ours.password),
+        20,
+        "vigi-turn, our secret",
+    );
+}
