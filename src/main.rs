@@ -364,17 +364,26 @@ pub(crate) fn engine_config(config: &Config, relay_ips: Vec<IpAddr>) -> ServerCo
         unauthorized_ratelimit: config.unauthorized_ratelimit,
         udp_relay: !config.no_udp_relay,
         strict_expiry: config.strict_expiry,
-        alternate_server: config
+        alternate_servers: config
             .alternate_servers
-            .first()
-            .and_then(|a| parse_alternate(a)),
+            .iter()
+            .filter_map(|a| parse_alternate(a, 3478))
+            .collect(),
+        tls_alternate_servers: config
+            .tls_alternate_servers
+            .iter()
+            .filter_map(|a| parse_alternate(a, 5349))
+            .collect(),
         ..ServerConfig::default()
     }
 }
 
-/// `--alternate-server`: `IP`, `IPv4:PORT` or `[IPv6]:PORT` (port 3478 when absent).
-fn parse_alternate(s: &str) -> Option<SocketAddr> {
-    s.parse::<SocketAddr>()
-        .ok()
-        .or_else(|| s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 3478)))
+/// `--alternate-server`: `IP`, `IPv4:PORT` or `[IPv6]:PORT` (3478 when absent; 5349 for
+/// `--tls-alternate-server`, as coturn).
+fn parse_alternate(s: &str, default_port: u16) -> Option<SocketAddr> {
+    s.parse::<SocketAddr>().ok().or_else(|| {
+        s.parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, default_port))
+    })
 }

@@ -505,3 +505,127 @@ async fn coturn_and_vigi_turn_share_one_redis_user_database() {
         "vigi-turn, our secret",
     );
 }
+
+/// Allocate over raw STUN (401 challenge, then signed) on 127.0.0.1:`port`: the error code (0 on
+/// success) and the ALTERNATE-SERVER of the answer.
+fn raw_allocate(port: u16, user: &str, password: &str) -> (u16, Option<std::net::SocketAddr>) {
+    use vigi_turn::proto::{attr, Class, Message, MessageBuilder, Method};
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let server = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut buf = [0u8; 1500];
+    let mut req = Vec::new();
+    MessageBuilder::new(&mut req, Method::ALLOCATE, Class::Request, &rand::random())
+        .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    s.send_to(&req, server).unwrap();
+    let n = s.recv(&mut buf).expect("challenge");
+    let m = Message::decode(&buf[..n]).unwrap();
+    let nonce = m.get(attr::NONCE).expect("NONCE").to_vec();
+    let mut req = Vec::new();
+    MessageBuilder::new(&mut req, Method::ALLOCATE, Class::Request, &rand::random())
+        .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+        .attr(attr::USERNAME, user.as_bytes())
+        .attr(attr::REALM, REALM.as_bytes())
+        .attr(attr::NONCE, &nonce)
+        .integrity(&key_md5(user, REALM, password));
+    s.send_to(&req, server).unwrap();
+    let n = s.recv(&mut buf).expect("answer");
+    let m = Message::decode(&buf[..n]).unwrap();
+    if m.class() == Class::Success {
+        return (0, None);
+    }
+    let code = m
+        .get(attr::ERROR_CODE)
+        .and_then(attr::read_error_code)
+        .map(|(c, _)| c)
+        .expect("ERROR-CODE");
+    (
+        code,
+        m.get(attr::ALTERNATE_SERVER).and_then(attr::read_address),
+    )
+}
+
+/// Allocations a node logged as started.
+fn sessions_started(log: &std::path::Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(": new, realm="))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alternate_server_redirects_allocates_and_clients_follow() {
+    let dir = std::env::temp_dir().join(format!("vigi-fleet-alt-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (log_a, log_b) = (dir.join("a.log"), dir.join("b.log"));
+    let common = [
+        "-n",
+        "-L",
+        "127.0.0.1",
+        "-r",
+        REALM,
+        "--allow-loopback-peers",
+        "--user",
+        "alice:alicepw",
+    ];
+    let with = |log: &std::path::Path, extra: &[&str]| {
+        let mut v: Vec<String> = common.iter().map(|s| s.to_string()).collect();
+        v.extend(["--log-file".into(), log.display().to_string()]);
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let b_args = with(&log_b, &[]);
+    let b = start_server(&b_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let b_addr = format!("127.0.0.1:{}", b.port);
+    // Node A's list also names itself (a fleet-wide config): it never redirects to itself.
+    let a_port = free_port();
+    let a_self = format!("127.0.0.1:{a_port}");
+    let a_args = with(
+        &log_a,
+        &["--alternate-server", &a_self, "--alternate-server", &b_addr],
+    );
+    let mut all = vec!["-p".to_owned(), a_port.to_string()];
+    all.extend(a_args);
+    let a = start_server_on(a_port, &all.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // A raw client gets a signed 300 naming B (twice: A skips itself in the round robin), and
+    // the follow-up on B allocates.
+    for _ in 0..2 {
+        let b_sock: std::net::SocketAddr = b_addr.parse().unwrap();
+        assert_eq!(
+            raw_allocate(a.port, "alice", "alicepw"),
+            (300, Some(b_sock))
+        );
+    }
+    assert_eq!(raw_allocate(b.port, "alice", "alicepw").0, 0);
+
+    // coturn's client follows the redirect: every allocation lands on B, none on A.
+    let before_b = sessions_started(&log_b);
+    let (_peer, peer_port) = start_peer();
+    let r = uclient(
+        a.port,
+        peer_port,
+        &["-u", "alice", "-w", "alicepw", "-n", "10", "-m", "1"],
+    );
+    assert_eq!(r.sent, 20, "uclient output:\n{}", r.output);
+    assert_eq!(r.received, 20, "uclient output:\n{}", r.output);
+    let t0 = Instant::now();
+    while sessions_started(&log_b) < before_b + 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "B logged the sessions"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(sessions_started(&log_a), 0, "A relayed nothing itself");
+
+    // The `turn` crate does not follow a 300: its Allocate on A fails, on B it works.
+    assert!(allocate(a.port, "alice", "alicepw").await.is_err());
+    allocate(b.port, "alice", "alicepw")
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

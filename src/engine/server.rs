@@ -88,8 +88,11 @@ pub struct ServerConfig {
     pub max_channels: usize,
     /// End an allocation when the expiry in its REST username passes (`--strict-expiry`).
     pub strict_expiry: bool,
-    /// Where a draining node sends new Allocates (300 Try Alternate, RFC 8656 §7.2 step 2).
-    pub alternate_server: Option<SocketAddr>,
+    /// coturn's `--alternate-server`: every new Allocate over UDP or TCP is redirected (300 Try
+    /// Alternate with ALTERNATE-SERVER, RFC 8489 §10), round robin over this list.
+    pub alternate_servers: Vec<SocketAddr>,
+    /// `--tls-alternate-server`: the same for Allocates over TLS and DTLS.
+    pub tls_alternate_servers: Vec<SocketAddr>,
     /// Challenges and Allocate attempts per client IP per second (`--unauthorized-ratelimit`),
     /// 0 = no limit; see [`super::limiter`].
     pub unauthorized_ratelimit: u32,
@@ -122,7 +125,8 @@ impl Default for ServerConfig {
             max_permissions: 256,
             max_channels: 256,
             strict_expiry: false,
-            alternate_server: None,
+            alternate_servers: Vec::new(),
+            tls_alternate_servers: Vec::new(),
             unauthorized_ratelimit: 100,
         }
     }
@@ -371,6 +375,8 @@ pub struct Server {
     capacity: TokenBucket,
     draining: bool,
     limiter: Limiter,
+    /// Round-robin position in the alternate-server lists.
+    alternate_turn: usize,
 }
 
 impl Server {
@@ -400,6 +406,7 @@ impl Server {
             counters: Counters::default(),
             draining: false,
             limiter,
+            alternate_turn: 0,
         }
     }
 
@@ -1079,19 +1086,21 @@ impl Server {
         if self.by_five_tuple.contains_key(&five) {
             refuse!(437);
         }
+        // coturn's alternate servers: new Allocates go elsewhere (300 Try Alternate, signed so
+        // that the client can trust it, RFC 8489 §10); draining (SIGUSR1) changes nothing then.
+        if let Some(alt) = self.next_alternate(five) {
+            self.counters.allocations_refused += 1;
+            self.counters.refused_by_code.add(300);
+            let sign = self.signed(m, &auth);
+            let data = self.build_response(m, Class::Error, sign, |b| {
+                b.error_code(300, "Try Alternate");
+                b.address(attr::ALTERNATE_SERVER, &alt);
+            });
+            self.commands.push_back(Command::Send { to: five, data });
+            return;
+        }
         // A draining node takes no new allocations (SIGUSR1); live ones keep relaying.
         if self.draining {
-            if let Some(alt) = self.config.alternate_server {
-                self.counters.allocations_refused += 1;
-                self.counters.refused_by_code.add(300);
-                let sign = self.signed(m, &auth);
-                let data = self.build_response(m, Class::Error, sign, |b| {
-                    b.error_code(300, "Try Alternate");
-                    b.address(attr::ALTERNATE_SERVER, &alt);
-                });
-                self.commands.push_back(Command::Send { to: five, data });
-                return;
-            }
             refuse!(403);
         }
         // Step 3: REQUESTED-TRANSPORT.
@@ -1274,6 +1283,23 @@ impl Server {
             addr: relay,
             dont_fragment,
         });
+    }
+
+    /// The next alternate server for an Allocate on `five`, round robin, never the address the
+    /// request came in on (a node listed among its own alternates does not redirect to itself).
+    fn next_alternate(&mut self, five: FiveTuple) -> Option<SocketAddr> {
+        let list = match five.transport {
+            super::Transport::Tls | super::Transport::Dtls => &self.config.tls_alternate_servers,
+            super::Transport::Udp | super::Transport::Tcp => &self.config.alternate_servers,
+        };
+        for _ in 0..list.len() {
+            let alt = list[self.alternate_turn % list.len()];
+            self.alternate_turn = self.alternate_turn.wrapping_add(1);
+            if alt != five.server {
+                return Some(alt);
+            }
+        }
+        None
     }
 
     fn pick_relay_ip(&mut self, v6: bool) -> Option<IpAddr> {
