@@ -108,7 +108,18 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         shared,
     };
     let observe = vigi_turn::http::Observe::from(&rc);
+    let stats_shared = rc.shared.clone();
     let running = io::start(rc).context("starting listeners")?;
+    if let Some(conn) = &config.redis_statsdb {
+        start_statsdb(
+            &config,
+            conn,
+            &engine_realm(&config),
+            &running,
+            stats_shared,
+            &relay_ips,
+        )?;
+    }
     let _http = vigi_turn::http::spawn(&config, &running, observe).context("starting HTTP")?;
     let _signal = vigi_turn::signal::SignalConfig::from_config(&config)
         .map(vigi_turn::signal::spawn)
@@ -188,6 +199,53 @@ fn start_userdb(
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    Ok(())
+}
+
+/// The realm the engine serves (`--realm`, else `--server-name`, else `vigi-turn`).
+fn engine_realm(config: &Config) -> String {
+    config
+        .realm
+        .clone()
+        .or_else(|| config.server_name.clone())
+        .unwrap_or_else(|| "vigi-turn".to_owned())
+}
+
+/// `--redis-statsdb`: allocation status, traffic and the heartbeat, from the workers' snapshots.
+fn start_statsdb(
+    config: &Config,
+    conn: &vigi_turn::config::RedisConn,
+    realm: &str,
+    running: &io::Running,
+    shared: Arc<Shared>,
+    relay_ips: &[IpAddr],
+) -> Result<()> {
+    use vigi_turn::fleet::stats;
+    let address = config.node_address.clone().unwrap_or_else(|| {
+        let ip = config
+            .external_ips
+            .first()
+            .map(|e| e.public)
+            .or_else(|| running.udp_addrs.first().map(|a| a.ip()))
+            .filter(|ip| !ip.is_unspecified())
+            .or_else(|| relay_ips.first().copied())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        SocketAddr::new(ip, config.listening_port).to_string()
+    });
+    let node = stats::NodeInfo {
+        name: config.node_name.clone().unwrap_or_else(|| address.clone()),
+        address,
+        region: config.node_region.clone(),
+    };
+    stats::spawn(stats::StatsDbSource {
+        conn: conn.clone(),
+        realm: realm.to_owned(),
+        node,
+        workers: running.workers.clone(),
+        shared,
+        relay_ips: relay_ips.to_vec(),
+    })
+    .context("starting the Redis status writer")?;
     Ok(())
 }
 

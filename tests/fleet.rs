@@ -629,3 +629,139 @@ async fn alternate_server_redirects_allocates_and_clients_follow() {
         .await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_statsdb_publishes_coturns_status_and_traffic_and_a_heartbeat() {
+    let redis = Redis::start();
+    let conn = redis.conn_string(0);
+    // A subscriber as coturn's stats tools do it.
+    let messages = Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sub = {
+        let mut c = redis.try_client(0).unwrap();
+        let (messages, stop) = (messages.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut ps = c.as_pubsub();
+            ps.psubscribe("turn/realm/*/user/*/allocation/*").unwrap();
+            ps.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(m) = ps.get_message() {
+                    let payload: String = m.get_payload().unwrap_or_default();
+                    messages
+                        .lock()
+                        .unwrap()
+                        .push((m.get_channel_name().to_owned(), payload));
+                }
+            }
+        })
+    };
+    let srv = start_server(&[
+        "-n",
+        "-L",
+        "127.0.0.1",
+        "-r",
+        REALM,
+        "--allow-loopback-peers",
+        "--user",
+        "alice:alicepw",
+        "--redis-statsdb",
+        &conn,
+        "--node-name",
+        "n1",
+        "--node-region",
+        "eu-west",
+    ]);
+    let live = allocate(srv.port, "alice", "alicepw").await.unwrap();
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for i in 0..3 {
+        live.round_trip(&peer, &i.to_string()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut c = redis.try_client(0).unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("turn/realm/{REALM}/user/alice/allocation/*/status"))
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let status: String = redis::cmd("GET").arg(&keys[0]).query(&mut c).unwrap();
+    assert!(status.starts_with("new lifetime="), "{status}");
+    let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query(&mut c).unwrap();
+    assert!(ttl > 0, "the status key expires with the allocation: {ttl}");
+    let id = keys[0].split('/').nth(6).unwrap().to_owned();
+    assert_eq!(id.len(), 18, "coturn's 18-digit id: {id}");
+    let hb: String = redis::cmd("GET")
+        .arg("vigi-turn/node/n1")
+        .query(&mut c)
+        .unwrap();
+    let hb: serde_json::Value = serde_json::from_str(&hb).unwrap();
+    assert_eq!(hb["region"], "eu-west");
+    assert_eq!(hb["address"], format!("127.0.0.1:{}", srv.port));
+    assert_eq!(hb["allocations"], 1);
+    assert_eq!(hb["draining"], false);
+    assert!(hb["free_ports"].as_u64().unwrap() > 0);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("vigi-turn/node/n1")
+        .query(&mut c)
+        .unwrap();
+    assert!((1..=5).contains(&ttl), "heartbeat TTL {ttl}");
+
+    live.close().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let exists: bool = redis::cmd("EXISTS").arg(&keys[0]).query(&mut c).unwrap();
+    assert!(!exists, "the status key is deleted with the allocation");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sub.join().unwrap();
+    let got = messages.lock().unwrap().clone();
+    let base = keys[0].strip_suffix("/status").unwrap();
+    let on = |ch: &str| -> Vec<String> {
+        got.iter()
+            .filter(|(c, _)| c == ch)
+            .map(|(_, p)| p.clone())
+            .collect()
+    };
+    let st = on(&keys[0]);
+    assert!(
+        st.first().is_some_and(|s| s.starts_with("new lifetime=")),
+        "{got:?}"
+    );
+    assert_eq!(st.last().map(String::as_str), Some("deleted"), "{got:?}");
+    // Three messages each way: the client sent 3 (plus the permission) and received 3.
+    let sum = |ch: &str, field: &str| -> u64 {
+        on(ch)
+            .iter()
+            .flat_map(|p| p.split(", "))
+            .filter_map(|kv| kv.strip_prefix(field))
+            .map(|v| v.parse::<u64>().unwrap())
+            .sum()
+    };
+    let traffic = format!("{base}/traffic");
+    assert!(sum(&traffic, "sentp=") >= 3, "{got:?}");
+    let total = on(&format!("{base}/total_traffic"));
+    assert_eq!(total.len(), 1, "{got:?}");
+    assert!(total[0].contains("sentp=3,"), "{total:?}");
+    assert_eq!(
+        sum(&traffic, "sentp="),
+        sum(&format!("{base}/total_traffic"), "sentp="),
+        "the traffic reports add up to the total"
+    );
+    assert!(!on(&format!("{base}/total_traffic/peer")).is_empty());
+
+    // A node that stops is gone from the fleet when its heartbeat expires.
+    drop(srv);
+    let t0 = Instant::now();
+    loop {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg("vigi-turn/node/n1")
+            .query(&mut c)
+            .unwrap();
+        if !exists {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(8),
+            "heartbeat never expired"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
