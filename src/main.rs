@@ -110,15 +110,27 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
     let observe = vigi_turn::http::Observe::from(&rc);
     let stats_shared = rc.shared.clone();
     let running = io::start(rc).context("starting listeners")?;
+    let node = node_info(&config, &running, &relay_ips);
+    let realm = engine_realm(&config);
     if let Some(conn) = &config.redis_statsdb {
         start_statsdb(
-            &config,
             conn,
-            &engine_realm(&config),
+            &realm,
+            node.clone(),
             &running,
-            stats_shared,
+            stats_shared.clone(),
             &relay_ips,
         )?;
+    }
+    if let Some(conn) = &config.redis_userdb {
+        vigi_turn::fleet::quota::spawn(vigi_turn::fleet::quota::QuotaSource {
+            conn: conn.clone(),
+            realm: realm.clone(),
+            node: node.name.clone(),
+            workers: running.workers.clone(),
+            usage: stats_shared.fleet_usage.clone(),
+        })
+        .context("starting the fleet quota counter")?;
     }
     let _http = vigi_turn::http::spawn(&config, &running, observe).context("starting HTTP")?;
     let _signal = vigi_turn::signal::SignalConfig::from_config(&config)
@@ -211,16 +223,13 @@ fn engine_realm(config: &Config) -> String {
         .unwrap_or_else(|| "vigi-turn".to_owned())
 }
 
-/// `--redis-statsdb`: allocation status, traffic and the heartbeat, from the workers' snapshots.
-fn start_statsdb(
+/// How this node names itself in the fleet: `--node-address` (else the external or listening IP
+/// and the listening port), `--node-name` (else the address), `--node-region`.
+fn node_info(
     config: &Config,
-    conn: &vigi_turn::config::RedisConn,
-    realm: &str,
     running: &io::Running,
-    shared: Arc<Shared>,
     relay_ips: &[IpAddr],
-) -> Result<()> {
-    use vigi_turn::fleet::stats;
+) -> vigi_turn::fleet::stats::NodeInfo {
     let address = config.node_address.clone().unwrap_or_else(|| {
         let ip = config
             .external_ips
@@ -232,11 +241,23 @@ fn start_statsdb(
             .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
         SocketAddr::new(ip, config.listening_port).to_string()
     });
-    let node = stats::NodeInfo {
+    vigi_turn::fleet::stats::NodeInfo {
         name: config.node_name.clone().unwrap_or_else(|| address.clone()),
         address,
         region: config.node_region.clone(),
-    };
+    }
+}
+
+/// `--redis-statsdb`: allocation status, traffic and the heartbeat, from the workers' snapshots.
+fn start_statsdb(
+    conn: &vigi_turn::config::RedisConn,
+    realm: &str,
+    node: vigi_turn::fleet::stats::NodeInfo,
+    running: &io::Running,
+    shared: Arc<Shared>,
+    relay_ips: &[IpAddr],
+) -> Result<()> {
+    use vigi_turn::fleet::stats;
     stats::spawn(stats::StatsDbSource {
         conn: conn.clone(),
         realm: realm.to_owned(),

@@ -765,3 +765,41 @@ async fn redis_statsdb_publishes_coturns_status_and_traffic_and_a_heartbeat() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_quota_holds_across_nodes_and_falls_back_to_the_local_count() {
+    let mut redis = Redis::start();
+    for (u, p) in [("alice", "alicepw"), ("bob", "bobpw")] {
+        redis.run(
+            0,
+            &["SET", &format!("turn/realm/{REALM}/user/{u}/password"), p],
+        );
+    }
+    let conn = redis.conn_string(0);
+    let (min, max) = free_range(40);
+    let (min, max) = (min.to_string(), max.to_string());
+    let a = start_server(&node_args(&conn, &min, &max, &["--user-quota", "2"]));
+    let (min2, max2) = free_range(40);
+    let (min2, max2) = (min2.to_string(), max2.to_string());
+    let b = start_server(&node_args(&conn, &min2, &max2, &["--user-quota", "2"]));
+    assert_eq!(raw_allocate(a.port, "alice", "alicepw").0, 0);
+    assert_eq!(raw_allocate(b.port, "alice", "alicepw").0, 0);
+    // Within about two seconds every node knows the others' counts: alice has 2 in the fleet.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(raw_allocate(a.port, "alice", "alicepw").0, 486, "node A");
+    assert_eq!(raw_allocate(b.port, "alice", "alicepw").0, 486, "node B");
+    assert_eq!(
+        raw_allocate(a.port, "bob", "bobpw").0,
+        0,
+        "other users are not affected"
+    );
+    // Redis goes away: after the fleet count is too old, each node counts its own (1 < 2).
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(7000)).await;
+    assert_eq!(raw_allocate(a.port, "alice", "alicepw").0, 0, "local count");
+    assert_eq!(
+        raw_allocate(a.port, "alice", "alicepw").0,
+        486,
+        "local quota holds"
+    );
+}

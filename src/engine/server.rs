@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 
 use super::allocation::{Allocation, AllocationId, PendingAllocate, State};
 use super::auth::{
-    AuthFailure, Credentials, Key, NonceCheck, NonceKey, PasswordAlgorithm, UserDbCell,
+    AuthFailure, Credentials, FleetUsage, Key, NonceCheck, NonceKey, PasswordAlgorithm, UserDbCell,
 };
 use super::channel::BindConflict;
 use super::limiter::Limiter;
@@ -143,6 +143,8 @@ pub struct Shared {
     reservations: Mutex<HashMap<u64, Reservation>>,
     /// The user database snapshot (`--redis-userdb`), refreshed off the data path.
     pub userdb: Arc<UserDbCell>,
+    /// Allocations per user on the other nodes of the fleet, for the user quota.
+    pub fleet_usage: Arc<FleetUsage>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -160,17 +162,19 @@ impl Shared {
             allocations_by_user: Mutex::new(HashMap::new()),
             reservations: Mutex::new(HashMap::new()),
             userdb: Arc::default(),
+            fleet_usage: Arc::default(),
         }
     }
 
-    /// Count an allocation for `user` if both quotas allow it.
-    fn try_count(&self, user: &str, user_quota: u32, total_quota: u32) -> bool {
+    /// Count an allocation for `user` if both quotas allow it; `elsewhere` allocations of the
+    /// user on other nodes count toward the user quota too.
+    fn try_count(&self, user: &str, user_quota: u32, total_quota: u32, elsewhere: u32) -> bool {
         let mut by_user = self
             .allocations_by_user
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let n = by_user.get(user).copied().unwrap_or(0);
-        if user_quota > 0 && n >= user_quota {
+        if user_quota > 0 && n.saturating_add(elsewhere) >= user_quota {
             return false;
         }
         let total = self.total_allocations.load(Ordering::Relaxed);
@@ -1161,6 +1165,7 @@ impl Server {
             &auth.username,
             user_quota.unwrap_or(self.config.user_quota),
             total_quota.unwrap_or(self.config.total_quota),
+            self.shared.fleet_usage.elsewhere(&auth.username, unix),
         ) {
             refuse!(486);
         }
