@@ -16,7 +16,8 @@ use rand::{Rng, SeedableRng};
 
 use super::allocation::{Allocation, AllocationId, PendingAllocate, State};
 use super::auth::{
-    AuthFailure, Credentials, FleetUsage, Key, NonceCheck, NonceKey, PasswordAlgorithm, UserDbCell,
+    AuthFailure, Credentials, FleetPeers, FleetUsage, Key, NonceCheck, NonceKey, PasswordAlgorithm,
+    UserDbCell,
 };
 use super::channel::BindConflict;
 use super::limiter::Limiter;
@@ -145,6 +146,8 @@ pub struct Shared {
     pub userdb: Arc<UserDbCell>,
     /// Allocations per user on the other nodes of the fleet, for the user quota.
     pub fleet_usage: Arc<FleetUsage>,
+    /// Where a draining node redirects new Allocates (healthy peers of its region).
+    pub fleet_peers: Arc<FleetPeers>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -163,6 +166,7 @@ impl Shared {
             reservations: Mutex::new(HashMap::new()),
             userdb: Arc::default(),
             fleet_usage: Arc::default(),
+            fleet_peers: Arc::default(),
         }
     }
 
@@ -1091,8 +1095,23 @@ impl Server {
             refuse!(437);
         }
         // coturn's alternate servers: new Allocates go elsewhere (300 Try Alternate, signed so
-        // that the client can trust it, RFC 8489 §10); draining (SIGUSR1) changes nothing then.
-        if let Some(alt) = self.next_alternate(five) {
+        // that the client can trust it, RFC 8489 §10). A draining node (SIGUSR1) without them
+        // sends UDP/TCP clients to the least loaded healthy peer of its region, if it knows one;
+        // peers that drain are never chosen, and a node that does not drain never redirects on
+        // its own, so a client is redirected at most once.
+        let redirect = match self.next_alternate(five) {
+            Some(alt) => Some(alt),
+            None if self.draining => {
+                let udp_or_tcp = matches!(
+                    five.transport,
+                    super::Transport::Udp | super::Transport::Tcp
+                );
+                let peer = self.shared.fleet_peers.least_loaded(self.unix(now));
+                peer.filter(|p| udp_or_tcp && *p != five.server)
+            }
+            None => None,
+        };
+        if let Some(alt) = redirect {
             self.counters.allocations_refused += 1;
             self.counters.refused_by_code.add(300);
             let sign = self.signed(m, &auth);

@@ -235,6 +235,63 @@ pub fn heartbeat(
     .to_string()
 }
 
+/// The heartbeats of the other healthy nodes of `me`'s region that do not drain, least loaded
+/// (fewest allocations) first.
+async fn read_peers(
+    c: &mut MultiplexedConnection,
+    me: &NodeInfo,
+    unix_now: u64,
+) -> redis::RedisResult<Vec<std::net::SocketAddr>> {
+    let mut cursor: u64 = 0;
+    let mut keys = Vec::new();
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("vigi-turn/node/*")
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(c)
+            .await?;
+        keys.extend(batch);
+        if next == 0 || keys.len() > 10_000 {
+            break;
+        }
+        cursor = next;
+    }
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(c).await?;
+    Ok(pick_peers(me, values.iter().flatten(), unix_now))
+}
+
+/// From heartbeat JSON values: the fresh, not draining nodes of `me`'s region except `me`,
+/// least loaded first.
+pub fn pick_peers<'a>(
+    me: &NodeInfo,
+    heartbeats: impl Iterator<Item = &'a String>,
+    unix_now: u64,
+) -> Vec<std::net::SocketAddr> {
+    let mut peers: Vec<(u64, std::net::SocketAddr)> = heartbeats
+        .filter_map(|v| serde_json::from_str::<serde_json::Value>(v).ok())
+        .filter(|h| h["name"].as_str() != Some(me.name.as_str()))
+        .filter(|h| h["region"].as_str() == Some(me.region.as_str()))
+        .filter(|h| h["draining"].as_bool() == Some(false))
+        .filter(|h| {
+            h["unix"]
+                .as_u64()
+                .is_some_and(|t| t + HEARTBEAT_TTL >= unix_now)
+        })
+        .filter_map(|h| {
+            let addr = h["address"].as_str()?.parse().ok()?;
+            Some((h["allocations"].as_u64()?, addr))
+        })
+        .collect();
+    peers.sort();
+    peers.into_iter().map(|(_, a)| a).collect()
+}
+
 async fn run(source: StatsDbSource) {
     let mut conn: Option<MultiplexedConnection> = None;
     let mut tracker = Tracker::default();
@@ -288,8 +345,13 @@ async fn run(source: StatsDbSource) {
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        match pipe.query_async::<()>(c).await {
-            Ok(()) => {
+        let done = match pipe.query_async::<()>(c).await {
+            Ok(()) => read_peers(c, &source.node, unix).await,
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(peers) => {
+                source.shared.fleet_peers.store(unix, peers);
                 if healthy != Some(true) {
                     tracing::info!(
                         "redis-statsdb {at}: publishing allocation status and the heartbeat of node {}",
@@ -306,5 +368,49 @@ async fn run(source: StatsDbSource) {
                 healthy = Some(false);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_are_fresh_same_region_not_draining_least_loaded_first() {
+        let me = NodeInfo {
+            name: "n1".into(),
+            address: "10.0.0.1:3478".into(),
+            region: "eu".into(),
+        };
+        let hb = |name: &str, region: &str, allocs: u64, draining: bool, unix: u64| {
+            serde_json::json!({"name": name, "address": format!("10.0.0.{}:3478", &name[1..]),
+                "region": region, "allocations": allocs, "draining": draining, "unix": unix})
+            .to_string()
+        };
+        let all = [
+            hb("n1", "eu", 0, false, 100),
+            hb("n2", "eu", 5, false, 100),
+            hb("n3", "eu", 1, false, 99),
+            hb("n4", "us", 0, false, 100),
+            hb("n5", "eu", 0, true, 100),
+            hb("n6", "eu", 0, false, 90),
+            "not json".into(),
+        ];
+        let got = pick_peers(&me, all.iter(), 100);
+        let want: Vec<std::net::SocketAddr> = vec![
+            "10.0.0.3:3478".parse().unwrap(),
+            "10.0.0.2:3478".parse().unwrap(),
+        ];
+        assert_eq!(got, want);
+        assert_eq!(
+            numeric_id(
+                2,
+                AllocationId {
+                    index: 7,
+                    generation: 3
+                }
+            ),
+            "002000000003000007"
+        );
     }
 }

@@ -2301,5 +2301,30 @@ fn alternate_servers_redirect_every_allocate_round_robin_never_to_self() {
         .assert_err(401);
 }
 
+#[test]
+fn draining_node_redirects_to_its_least_loaded_fresh_fleet_peer_once() {
+    let mut h = H::new(config());
+    let peer = sa("192.0.2.30:3478");
+    h.shared
+        .fleet_peers
+        .store(UNIX0, vec![peer, sa("192.0.2.31:3478")]);
+    // Not draining: no redirect, whatever the fleet says.
+    Client::alice(udp(43000)).allocate(&mut h).assert_ok();
+    h.s.set_draining(true);
+    let r = Client::alice(udp(43001)).allocate(&mut h);
+    r.assert_err(300);
+    assert_eq!(
+        r.get(attr::ALTERNATE_SERVER).and_then(attr::read_address),
+        Some(peer)
+    );
+    // TLS clients cannot be sent to a UDP/TCP address: 403.
+    Client::alice(five(Transport::Tls, CLIENT_IP, 43002))
+        .allocate(&mut h)
+        .assert_err(403);
+    // A fleet view older than its maximum age is not used: 403.
+    h.at(auth::FLEET_USAGE_MAX_AGE + 1);
+    Client::alice(udp(43003)).allocate(&mut h).assert_err(403);
+}
+
 mod hardening;
 mod props;
