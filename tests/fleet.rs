@@ -26,6 +26,11 @@ struct Redis {
 
 impl Redis {
     fn start() -> Redis {
+        Redis::start_on("127.0.0.1")
+    }
+
+    /// Listening on 127.0.0.1 and `extra` (an address of a bridge the test made).
+    fn start_on(extra: &str) -> Redis {
         let found = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).any(|d| d.join("redis-server").is_file()))
             .unwrap_or(false);
@@ -41,7 +46,7 @@ impl Redis {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", extra])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(&dir)
@@ -509,10 +514,27 @@ async fn coturn_and_vigi_turn_share_one_redis_user_database() {
 /// Allocate over raw STUN (401 challenge, then signed) on 127.0.0.1:`port`: the error code (0 on
 /// success) and the ALTERNATE-SERVER of the answer.
 fn raw_allocate(port: u16, user: &str, password: &str) -> (u16, Option<std::net::SocketAddr>) {
+    raw_allocate_at(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        user,
+        password,
+    )
+}
+
+/// [`raw_allocate`] to any address.
+fn raw_allocate_at(
+    server: std::net::SocketAddr,
+    user: &str,
+    password: &str,
+) -> (u16, Option<std::net::SocketAddr>) {
     use vigi_turn::proto::{attr, Class, Message, MessageBuilder, Method};
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let bind = if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let s = std::net::UdpSocket::bind(bind).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let server = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut buf = [0u8; 1500];
     let mut req = Vec::new();
     MessageBuilder::new(&mut req, Method::ALLOCATE, Class::Request, &rand::random())
@@ -802,4 +824,305 @@ async fn user_quota_holds_across_nodes_and_falls_back_to_the_local_count() {
         486,
         "local quota holds"
     );
+}
+
+// ------------------------------------------------------------------ three nodes in namespaces
+
+/// Network namespaces with one veth each, joined by a bridge in the root namespace that holds
+/// `<prefix>.1`; namespace `i` (1-based) has `<prefix>.(10+i)`. Removed on drop.
+struct Net {
+    tag: String,
+    prefix: String,
+    count: usize,
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect(args[0]);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Net {
+    fn new(count: usize) -> Net {
+        require_tool("ip");
+        let tag = format!("{:04x}", rand::random::<u16>());
+        let prefix = format!("10.213.{}", 10 + rand::random::<u8>() % 200);
+        let net = Net {
+            tag: tag.clone(),
+            prefix: prefix.clone(),
+            count: 0,
+        };
+        let br = format!("vtb{tag}");
+        sh(&["ip", "link", "add", &br, "type", "bridge"]);
+        let mut net = net;
+        sh(&["ip", "addr", "add", &format!("{prefix}.1/24"), "dev", &br]);
+        sh(&["ip", "link", "set", &br, "up"]);
+        for i in 1..=count {
+            let ns = format!("vtn{tag}{i}");
+            let (host, inner) = (format!("vth{tag}{i}"), format!("vtp{tag}{i}"));
+            sh(&["ip", "netns", "add", &ns]);
+            net.count = i;
+            sh(&[
+                "ip", "link", "add", &host, "type", "veth", "peer", "name", &inner,
+            ]);
+            sh(&["ip", "link", "set", &inner, "netns", &ns]);
+            sh(&["ip", "link", "set", &host, "master", &br, "up"]);
+            let ip = format!("{}/24", net.ip(i));
+            sh(&[
+                "ip", "netns", "exec", &ns, "ip", "addr", "add", &ip, "dev", &inner,
+            ]);
+            sh(&[
+                "ip", "netns", "exec", &ns, "ip", "link", "set", &inner, "up",
+            ]);
+            sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
+        }
+        net
+    }
+
+    fn gateway(&self) -> String {
+        format!("{}.1", self.prefix)
+    }
+
+    fn ip(&self, i: usize) -> String {
+        format!("{}.{}", self.prefix, 10 + i)
+    }
+
+    fn ns(&self, i: usize) -> String {
+        format!("vtn{}{i}", self.tag)
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for i in 1..=self.count {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(i)])
+                .output();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &format!("vtb{}", self.tag)])
+            .output();
+    }
+}
+
+/// A vigi-turn in namespace `i` on `<ip>:3478`, answering STUN.
+fn start_in_ns(net: &Net, i: usize, args: &[&str]) -> Proc {
+    let ip = net.ip(i);
+    let child = Command::new("ip")
+        .args(["netns", "exec", &net.ns(i), BIN])
+        .args(["-n", "-L", &ip, "--relay-ip", &ip, "-p", "3478"])
+        .args(["--min-port", "50000", "--max-port", "50100"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start vigi-turn in a namespace");
+    let mut proc = Proc {
+        child,
+        name: format!("vigi-turn n{i}"),
+    };
+    let addr: std::net::SocketAddr = format!("{ip}:3478").parse().unwrap();
+    let t0 = Instant::now();
+    while binding_udp_from(addr).is_none() {
+        if let Some(st) = proc.child.try_wait().unwrap() {
+            panic!("node {i} exited: {st}");
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "node {i} did not start"
+        );
+    }
+    proc
+}
+
+fn binding_udp_from(server: std::net::SocketAddr) -> Option<std::net::SocketAddr> {
+    use vigi_turn::proto::{attr, Class, Message, MessageBuilder, Method};
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(200))).ok()?;
+    let tid: [u8; 12] = rand::random();
+    let mut req = Vec::new();
+    MessageBuilder::new(&mut req, Method::BINDING, Class::Request, &tid);
+    s.send_to(&req, server).ok()?;
+    let mut buf = [0u8; 1500];
+    let (n, _) = s.recv_from(&mut buf).ok()?;
+    let m = Message::decode(&buf[..n]).ok()?;
+    (m.class() == Class::Success).then(|| m.get_xor_address(attr::XOR_MAPPED_ADDRESS))?
+}
+
+/// turnutils_uclient from the root namespace to `server`:3478, relaying to the peer on the
+/// bridge; (sent, received).
+fn uclient_to(
+    server: &str,
+    peer: &str,
+    peer_port: u16,
+    user: &str,
+    pw: &str,
+) -> (u64, u64, String) {
+    let out = run_with_timeout(
+        Command::new("turnutils_uclient").args([
+            "-p",
+            "3478",
+            "-e",
+            peer,
+            "-r",
+            &peer_port.to_string(),
+            "-u",
+            user,
+            "-w",
+            pw,
+            "-n",
+            "5",
+            "-m",
+            "1",
+            server,
+        ]),
+        Duration::from_secs(60),
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find_map(|l| {
+            l.split("start_mclient: tot_send_msgs=")
+                .nth(1)
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let mut parts = line.split(", tot_recv_msgs=");
+    let sent = parts
+        .next()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let recv = parts
+        .next()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    (sent, recv, text)
+}
+
+#[test]
+fn three_nodes_in_namespaces_share_users_secrets_and_drain_to_a_peer_of_their_region() {
+    require_tool("turnutils_uclient");
+    let net = Net::new(3);
+    let redis = Redis::start_on(&net.gateway());
+    let key = hex(&key_md5("alice", REALM, "alicepw"));
+    redis.run(
+        0,
+        &["SET", &format!("turn/realm/{REALM}/user/alice/key"), &key],
+    );
+    let secrets = format!("turn/realm/{REALM}/secret");
+    redis.run(0, &["SADD", &secrets, "s1"]);
+    let conn = format!("ip={} port={}", net.gateway(), redis.port);
+    let node = |i: usize, region: &str| {
+        let name = format!("n{i}");
+        start_in_ns(
+            &net,
+            i,
+            &[
+                "-r",
+                REALM,
+                "--use-auth-secret",
+                "--redis-userdb",
+                &conn,
+                "--redis-statsdb",
+                &conn,
+                "--redis-refresh",
+                "1",
+                "--node-name",
+                &name,
+                "--node-region",
+                region,
+                "--drain-timeout",
+                "60",
+            ],
+        )
+    };
+    let n1 = node(1, "eu");
+    let n2 = node(2, "eu");
+    let _n3 = node(3, "us");
+    let addr =
+        |i: usize| -> std::net::SocketAddr { format!("{}:3478", net.ip(i)).parse().unwrap() };
+
+    // A user in Redis allocates and relays on every node (coturn's client, from outside).
+    let peer_port = free_port();
+    let mut peer = Command::new("turnutils_peer")
+        .args(["-L", &net.gateway(), "-p", &peer_port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("turnutils_peer");
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 1..=3 {
+        let (sent, recv, out) =
+            uclient_to(&net.ip(i), &net.gateway(), peer_port, "alice", "alicepw");
+        assert_eq!((sent, recv), (10, 10), "node {i}:\n{out}");
+    }
+
+    // A secret rotated in Redis is honoured by every node without a restart.
+    redis.run(0, &["SADD", &secrets, "s2"]);
+    redis.run(0, &["SREM", &secrets, "s1"]);
+    let now = vigi_turn::fleet::unix_now();
+    let new = mint_rest_credentials(b"s2", "gus", 600, now, ':');
+    let old = mint_rest_credentials(b"s1", "hal", 600, now, ':');
+    for i in 1..=3 {
+        let t0 = Instant::now();
+        while raw_allocate_at(addr(i), &new.username, &new.password).0 != 0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "node {i} never took s2"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert_eq!(
+            raw_allocate_at(addr(i), &old.username, &old.password).0,
+            401,
+            "node {i}"
+        );
+    }
+
+    // n1 drains: new Allocates go to n2 (its region; n3 in "us" has fewer allocations but is
+    // not chosen), and coturn's client follows. n2 does not redirect back.
+    unsafe {
+        libc::kill(n1.child.id() as i32, libc::SIGUSR1);
+    }
+    let t0 = Instant::now();
+    loop {
+        let got = raw_allocate_at(addr(1), "alice", "alicepw");
+        if got.0 == 300 {
+            assert_eq!(got.1, Some(addr(2)));
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "n1 never redirected: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (sent, recv, out) = uclient_to(&net.ip(1), &net.gateway(), peer_port, "alice", "alicepw");
+    assert_eq!((sent, recv), (10, 10), "followed to n2:\n{out}");
+    assert_eq!(
+        raw_allocate_at(addr(2), "alice", "alicepw").0,
+        0,
+        "n2 serves, no loop"
+    );
+
+    // n2 drains too: nobody healthy is left in "eu", so both refuse (403) rather than send a
+    // client to a draining node.
+    unsafe {
+        libc::kill(n2.child.id() as i32, libc::SIGUSR1);
+    }
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!(raw_allocate_at(addr(2), "alice", "alicepw"), (403, None));
+    assert_eq!(raw_allocate_at(addr(1), "alice", "alicepw"), (403, None));
+    let _ = peer.kill();
+    let _ = peer.wait();
 }
