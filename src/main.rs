@@ -120,7 +120,30 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         shared,
     };
     let observe = vigi_turn::http::Observe::from(&rc);
+    let stats_shared = rc.shared.clone();
     let running = io::start(rc).context("starting listeners")?;
+    let node = node_info(&config, &running, &relay_ips);
+    let realm = engine_realm(&config);
+    if let Some(conn) = &config.redis_statsdb {
+        start_statsdb(
+            conn,
+            &realm,
+            node.clone(),
+            &running,
+            stats_shared.clone(),
+            &relay_ips,
+        )?;
+    }
+    if let Some(conn) = &config.redis_userdb {
+        vigi_turn::fleet::quota::spawn(vigi_turn::fleet::quota::QuotaSource {
+            conn: conn.clone(),
+            realm: realm.clone(),
+            node: node.name.clone(),
+            workers: running.workers.clone(),
+            usage: stats_shared.fleet_usage.clone(),
+        })
+        .context("starting the fleet quota counter")?;
+    }
     let _http = vigi_turn::http::spawn(&config, &running, observe).context("starting HTTP")?;
     let _signal = vigi_turn::signal::SignalConfig::from_config(&config)
         .map(vigi_turn::signal::spawn)
@@ -201,6 +224,62 @@ fn start_userdb(
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    Ok(())
+}
+
+/// The realm the engine serves (`--realm`, else `--server-name`, else `vigi-turn`).
+fn engine_realm(config: &Config) -> String {
+    config
+        .realm
+        .clone()
+        .or_else(|| config.server_name.clone())
+        .unwrap_or_else(|| "vigi-turn".to_owned())
+}
+
+/// How this node names itself in the fleet: `--node-address` (else the external or listening IP
+/// and the listening port), `--node-name` (else the address), `--node-region`.
+fn node_info(
+    config: &Config,
+    running: &io::Running,
+    relay_ips: &[IpAddr],
+) -> vigi_turn::fleet::stats::NodeInfo {
+    let address = config.node_address.clone().unwrap_or_else(|| {
+        let ip = config
+            .external_ips
+            .first()
+            .map(|e| e.public)
+            .or_else(|| running.udp_addrs.first().map(|a| a.ip()))
+            .filter(|ip| !ip.is_unspecified())
+            .or_else(|| relay_ips.first().copied())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        SocketAddr::new(ip, config.listening_port).to_string()
+    });
+    vigi_turn::fleet::stats::NodeInfo {
+        name: config.node_name.clone().unwrap_or_else(|| address.clone()),
+        address,
+        region: config.node_region.clone(),
+    }
+}
+
+/// `--redis-statsdb`: allocation status, traffic and the heartbeat, from the workers' snapshots.
+fn start_statsdb(
+    conn: &vigi_turn::config::RedisConn,
+    realm: &str,
+    node: vigi_turn::fleet::stats::NodeInfo,
+    running: &io::Running,
+    shared: Arc<Shared>,
+    relay_ips: &[IpAddr],
+) -> Result<()> {
+    use vigi_turn::fleet::stats;
+    stats::spawn(stats::StatsDbSource {
+        conn: conn.clone(),
+        realm: realm.to_owned(),
+        node,
+        workers: running.workers.clone(),
+        shared,
+        relay_ips: relay_ips.to_vec(),
+    })
+    .context("starting the Redis status writer")?;
     Ok(())
 }
 
@@ -410,17 +489,26 @@ pub(crate) fn engine_config(config: &Config, relay_ips: Vec<IpAddr>) -> ServerCo
                 config.alt_listening_port,
             )
         }),
-        alternate_server: config
+        alternate_servers: config
             .alternate_servers
-            .first()
-            .and_then(|a| parse_alternate(a)),
+            .iter()
+            .filter_map(|a| parse_alternate(a, 3478))
+            .collect(),
+        tls_alternate_servers: config
+            .tls_alternate_servers
+            .iter()
+            .filter_map(|a| parse_alternate(a, 5349))
+            .collect(),
         ..ServerConfig::default()
     }
 }
 
-/// `--alternate-server`: `IP`, `IPv4:PORT` or `[IPv6]:PORT` (port 3478 when absent).
-fn parse_alternate(s: &str) -> Option<SocketAddr> {
-    s.parse::<SocketAddr>()
-        .ok()
-        .or_else(|| s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 3478)))
+/// `--alternate-server`: `IP`, `IPv4:PORT` or `[IPv6]:PORT` (3478 when absent; 5349 for
+/// `--tls-alternate-server`, as coturn).
+fn parse_alternate(s: &str, default_port: u16) -> Option<SocketAddr> {
+    s.parse::<SocketAddr>().ok().or_else(|| {
+        s.parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, default_port))
+    })
 }

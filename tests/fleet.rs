@@ -26,6 +26,11 @@ struct Redis {
 
 impl Redis {
     fn start() -> Redis {
+        Redis::start_on("127.0.0.1")
+    }
+
+    /// Listening on 127.0.0.1 and `extra` (an address of a bridge the test made).
+    fn start_on(extra: &str) -> Redis {
         let found = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).any(|d| d.join("redis-server").is_file()))
             .unwrap_or(false);
@@ -41,7 +46,7 @@ impl Redis {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", extra])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(&dir)
@@ -370,4 +375,754 @@ fn bad_redis_connection_string_is_refused_before_binding() {
         err.contains("--redis-userdb") && err.contains("colour"),
         "one line naming the flag: {err}"
     );
+}
+
+/// Start Debian's coturn on 127.0.0.1 with `args`; wait until it answers STUN.
+fn start_coturn(port: u16, args: &[&str]) -> Proc {
+    require_tool("turnserver");
+    let (rmin, rmax) = free_range(20);
+    let dir = std::env::temp_dir().join(format!("vigi-fleet-coturn-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let child = Command::new("turnserver")
+        .args([
+            "-n",
+            "--listening-ip",
+            "127.0.0.1",
+            "--relay-ip",
+            "127.0.0.1",
+        ])
+        .args(["--listening-port", &port.to_string()])
+        .args([
+            "--min-port",
+            &rmin.to_string(),
+            "--max-port",
+            &rmax.to_string(),
+        ])
+        .args([
+            "--allow-loopback-peers",
+            "--no-cli",
+            "--no-tls",
+            "--no-dtls",
+        ])
+        .args(["--realm", REALM, "--no-stdout-log"])
+        .arg("--pidfile")
+        .arg(dir.join("pid"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start coturn");
+    let proc = Proc {
+        child,
+        name: "turnserver".into(),
+    };
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let t0 = Instant::now();
+    while binding_udp(addr, Duration::from_millis(200)).is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "coturn did not start"
+        );
+    }
+    proc
+}
+
+fn assert_relayed(r: &UclientResult, n: u64, who: &str) {
+    assert_eq!(r.sent, n, "{who}: uclient output:\n{}", r.output);
+    assert_eq!(r.received, n, "{who}: uclient output:\n{}", r.output);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coturn_and_vigi_turn_share_one_redis_user_database() {
+    require_tool("turnadmin");
+    let redis = Redis::start();
+    let conn = redis.conn_string(2);
+    // vigi-turn's writer puts a user and a REST secret in the database...
+    let rc: vigi_turn::config::RedisConn = conn.parse().unwrap();
+    let mut c = vigi_turn::fleet::connect(&rc).await.unwrap();
+    vigi_turn::fleet::userdb::write_user(&mut c, REALM, "walt", "waltpw")
+        .await
+        .unwrap();
+    vigi_turn::fleet::userdb::add_secret(&mut c, REALM, "our-secret")
+        .await
+        .unwrap();
+    // ...and coturn's turnadmin another user and secret.
+    let admin = |args: &[&str]| {
+        let out = run_with_timeout(
+            Command::new("turnadmin").args(args).args(["-N", &conn]),
+            Duration::from_secs(10),
+        );
+        assert!(out.status.success(), "turnadmin {args:?}: {out:?}");
+    };
+    admin(&["-a", "-u", "tess", "-r", REALM, "-p", "tesspw"]);
+    admin(&["-s", "their-secret", "-r", REALM]);
+
+    let (_peer, peer_port) = start_peer();
+    let uc = |port: u16, user: &str, pw: &str| {
+        uclient(
+            port,
+            peer_port,
+            &["-u", user, "-w", pw, "-n", "10", "-m", "1"],
+        )
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let ours = mint_rest_credentials(b"our-secret", "uma", 600, now, ':');
+    let theirs = mint_rest_credentials(b"their-secret", "vic", 600, now, ':');
+
+    // coturn reads what vigi-turn wrote (and its own).
+    let cport = free_port();
+    let coturn = start_coturn(cport, &["--lt-cred-mech", "--redis-userdb", &conn]);
+    assert_relayed(&uc(cport, "walt", "waltpw"), 20, "coturn, walt (ours)");
+    assert_relayed(&uc(cport, "tess", "tesspw"), 20, "coturn, tess (turnadmin)");
+    drop(coturn);
+    let cport = free_port();
+    let coturn = start_coturn(cport, &["--use-auth-secret", "--redis-userdb", &conn]);
+    assert_relayed(
+        &uc(cport, &ours.username, &ours.password),
+        20,
+        "coturn, our secret",
+    );
+    drop(coturn);
+
+    // vigi-turn reads what turnadmin wrote (and its own).
+    let (min, max) = free_range(20);
+    let (min, max) = (min.to_string(), max.to_string());
+    let lt = start_server(&node_args(&conn, &min, &max, &[]));
+    assert_relayed(
+        &uc(lt.port, "tess", "tesspw"),
+        20,
+        "vigi-turn, tess (turnadmin)",
+    );
+    assert_relayed(&uc(lt.port, "walt", "waltpw"), 20, "vigi-turn, walt (ours)");
+    drop(lt);
+    let rest = start_server(&node_args(&conn, &min, &max, &["--use-auth-secret"]));
+    assert_relayed(
+        &uc(rest.port, &theirs.username, &theirs.password),
+        20,
+        "vigi-turn, turnadmin's secret",
+    );
+    assert_relayed(
+        &uc(rest.port, &ours.username, &ours.password),
+        20,
+        "vigi-turn, our secret",
+    );
+}
+
+/// Allocate over raw STUN (401 challenge, then signed) on 127.0.0.1:`port`: the error code (0 on
+/// success) and the ALTERNATE-SERVER of the answer.
+fn raw_allocate(port: u16, user: &str, password: &str) -> (u16, Option<std::net::SocketAddr>) {
+    raw_allocate_at(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        user,
+        password,
+    )
+}
+
+/// [`raw_allocate`] to any address.
+fn raw_allocate_at(
+    server: std::net::SocketAddr,
+    user: &str,
+    password: &str,
+) -> (u16, Option<std::net::SocketAddr>) {
+    use vigi_turn::proto::{attr, Class, Message, MessageBuilder, Method};
+    let bind = if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let s = std::net::UdpSocket::bind(bind).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut buf = [0u8; 1500];
+    let mut req = Vec::new();
+    MessageBuilder::new(&mut req, Method::ALLOCATE, Class::Request, &rand::random())
+        .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    s.send_to(&req, server).unwrap();
+    let n = s.recv(&mut buf).expect("challenge");
+    let m = Message::decode(&buf[..n]).unwrap();
+    let nonce = m.get(attr::NONCE).expect("NONCE").to_vec();
+    let mut req = Vec::new();
+    MessageBuilder::new(&mut req, Method::ALLOCATE, Class::Request, &rand::random())
+        .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+        .attr(attr::USERNAME, user.as_bytes())
+        .attr(attr::REALM, REALM.as_bytes())
+        .attr(attr::NONCE, &nonce)
+        .integrity(&key_md5(user, REALM, password));
+    s.send_to(&req, server).unwrap();
+    let n = s.recv(&mut buf).expect("answer");
+    let m = Message::decode(&buf[..n]).unwrap();
+    if m.class() == Class::Success {
+        return (0, None);
+    }
+    let code = m
+        .get(attr::ERROR_CODE)
+        .and_then(attr::read_error_code)
+        .map(|(c, _)| c)
+        .expect("ERROR-CODE");
+    (
+        code,
+        m.get(attr::ALTERNATE_SERVER).and_then(attr::read_address),
+    )
+}
+
+/// Allocations a node logged as started.
+fn sessions_started(log: &std::path::Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(": new, realm="))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alternate_server_redirects_allocates_and_clients_follow() {
+    let dir = std::env::temp_dir().join(format!("vigi-fleet-alt-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (log_a, log_b) = (dir.join("a.log"), dir.join("b.log"));
+    let common = [
+        "-n",
+        "-L",
+        "127.0.0.1",
+        "-r",
+        REALM,
+        "--allow-loopback-peers",
+        "--user",
+        "alice:alicepw",
+    ];
+    let with = |log: &std::path::Path, extra: &[&str]| {
+        let mut v: Vec<String> = common.iter().map(|s| s.to_string()).collect();
+        v.extend(["--log-file".into(), log.display().to_string()]);
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let b_args = with(&log_b, &[]);
+    let b = start_server(&b_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let b_addr = format!("127.0.0.1:{}", b.port);
+    // Node A's list also names itself (a fleet-wide config): it never redirects to itself.
+    let a_port = free_port();
+    let a_self = format!("127.0.0.1:{a_port}");
+    let a_args = with(
+        &log_a,
+        &["--alternate-server", &a_self, "--alternate-server", &b_addr],
+    );
+    let mut all = vec!["-p".to_owned(), a_port.to_string()];
+    all.extend(a_args);
+    let a = start_server_on(a_port, &all.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // A raw client gets a signed 300 naming B (twice: A skips itself in the round robin), and
+    // the follow-up on B allocates.
+    for _ in 0..2 {
+        let b_sock: std::net::SocketAddr = b_addr.parse().unwrap();
+        assert_eq!(
+            raw_allocate(a.port, "alice", "alicepw"),
+            (300, Some(b_sock))
+        );
+    }
+    assert_eq!(raw_allocate(b.port, "alice", "alicepw").0, 0);
+
+    // coturn's client follows the redirect: every allocation lands on B, none on A.
+    let before_b = sessions_started(&log_b);
+    let (_peer, peer_port) = start_peer();
+    let r = uclient(
+        a.port,
+        peer_port,
+        &["-u", "alice", "-w", "alicepw", "-n", "10", "-m", "1"],
+    );
+    assert_eq!(r.sent, 20, "uclient output:\n{}", r.output);
+    assert_eq!(r.received, 20, "uclient output:\n{}", r.output);
+    let t0 = Instant::now();
+    while sessions_started(&log_b) < before_b + 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "B logged the sessions"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(sessions_started(&log_a), 0, "A relayed nothing itself");
+
+    // The `turn` crate does not follow a 300: its Allocate on A fails, on B it works.
+    assert!(allocate(a.port, "alice", "alicepw").await.is_err());
+    allocate(b.port, "alice", "alicepw")
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_statsdb_publishes_coturns_status_and_traffic_and_a_heartbeat() {
+    let redis = Redis::start();
+    let conn = redis.conn_string(0);
+    // A subscriber as coturn's stats tools do it.
+    let messages = Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sub = {
+        let mut c = redis.try_client(0).unwrap();
+        let (messages, stop) = (messages.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut ps = c.as_pubsub();
+            ps.psubscribe("turn/realm/*/user/*/allocation/*").unwrap();
+            ps.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(m) = ps.get_message() {
+                    let payload: String = m.get_payload().unwrap_or_default();
+                    messages
+                        .lock()
+                        .unwrap()
+                        .push((m.get_channel_name().to_owned(), payload));
+                }
+            }
+        })
+    };
+    let srv = start_server(&[
+        "-n",
+        "-L",
+        "127.0.0.1",
+        "-r",
+        REALM,
+        "--allow-loopback-peers",
+        "--user",
+        "alice:alicepw",
+        "--redis-statsdb",
+        &conn,
+        "--node-name",
+        "n1",
+        "--node-region",
+        "eu-west",
+    ]);
+    let live = allocate(srv.port, "alice", "alicepw").await.unwrap();
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for i in 0..3 {
+        live.round_trip(&peer, &i.to_string()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut c = redis.try_client(0).unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("turn/realm/{REALM}/user/alice/allocation/*/status"))
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let status: String = redis::cmd("GET").arg(&keys[0]).query(&mut c).unwrap();
+    assert!(status.starts_with("new lifetime="), "{status}");
+    let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query(&mut c).unwrap();
+    assert!(ttl > 0, "the status key expires with the allocation: {ttl}");
+    let id = keys[0].split('/').nth(6).unwrap().to_owned();
+    assert_eq!(id.len(), 18, "coturn's 18-digit id: {id}");
+    let hb: String = redis::cmd("GET")
+        .arg("vigi-turn/node/n1")
+        .query(&mut c)
+        .unwrap();
+    let hb: serde_json::Value = serde_json::from_str(&hb).unwrap();
+    assert_eq!(hb["region"], "eu-west");
+    assert_eq!(hb["address"], format!("127.0.0.1:{}", srv.port));
+    assert_eq!(hb["allocations"], 1);
+    assert_eq!(hb["draining"], false);
+    assert!(hb["free_ports"].as_u64().unwrap() > 0);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("vigi-turn/node/n1")
+        .query(&mut c)
+        .unwrap();
+    assert!((1..=5).contains(&ttl), "heartbeat TTL {ttl}");
+
+    live.close().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let exists: bool = redis::cmd("EXISTS").arg(&keys[0]).query(&mut c).unwrap();
+    assert!(!exists, "the status key is deleted with the allocation");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sub.join().unwrap();
+    let got = messages.lock().unwrap().clone();
+    let base = keys[0].strip_suffix("/status").unwrap();
+    let on = |ch: &str| -> Vec<String> {
+        got.iter()
+            .filter(|(c, _)| c == ch)
+            .map(|(_, p)| p.clone())
+            .collect()
+    };
+    let st = on(&keys[0]);
+    assert!(
+        st.first().is_some_and(|s| s.starts_with("new lifetime=")),
+        "{got:?}"
+    );
+    assert_eq!(st.last().map(String::as_str), Some("deleted"), "{got:?}");
+    // Three messages each way: the client sent 3 (plus the permission) and received 3.
+    let sum = |ch: &str, field: &str| -> u64 {
+        on(ch)
+            .iter()
+            .flat_map(|p| p.split(", "))
+            .filter_map(|kv| kv.strip_prefix(field))
+            .map(|v| v.parse::<u64>().unwrap())
+            .sum()
+    };
+    let traffic = format!("{base}/traffic");
+    assert!(sum(&traffic, "sentp=") >= 3, "{got:?}");
+    let total = on(&format!("{base}/total_traffic"));
+    assert_eq!(total.len(), 1, "{got:?}");
+    assert!(total[0].contains("sentp=3,"), "{total:?}");
+    assert_eq!(
+        sum(&traffic, "sentp="),
+        sum(&format!("{base}/total_traffic"), "sentp="),
+        "the traffic reports add up to the total"
+    );
+    assert!(!on(&format!("{base}/total_traffic/peer")).is_empty());
+
+    // A node that stops is gone from the fleet when its heartbeat expires.
+    drop(srv);
+    let t0 = Instant::now();
+    loop {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg("vigi-turn/node/n1")
+            .query(&mut c)
+            .unwrap();
+        if !exists {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(8),
+            "heartbeat never expired"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_quota_holds_across_nodes_and_falls_back_to_the_local_count() {
+    let mut redis = Redis::start();
+    for (u, p) in [("alice", "alicepw"), ("bob", "bobpw")] {
+        redis.run(
+            0,
+            &["SET", &format!("turn/realm/{REALM}/user/{u}/password"), p],
+        );
+    }
+    let conn = redis.conn_string(0);
+    let (min, max) = free_range(40);
+    let (min, max) = (min.to_string(), max.to_string());
+    let a = start_server(&node_args(&conn, &min, &max, &["--user-quota", "2"]));
+    let (min2, max2) = free_range(40);
+    let (min2, max2) = (min2.to_string(), max2.to_string());
+    let b = start_server(&node_args(&conn, &min2, &max2, &["--user-quota", "2"]));
+    assert_eq!(raw_allocate(a.port, "alice", "alicepw").0, 0);
+    assert_eq!(raw_allocate(b.port, "alice", "alicepw").0, 0);
+    // Within about two seconds every node knows the others' counts: alice has 2 in the fleet.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(raw_allocate(a.port, "alice", "alicepw").0, 486, "node A");
+    assert_eq!(raw_allocate(b.port, "alice", "alicepw").0, 486, "node B");
+    assert_eq!(
+        raw_allocate(a.port, "bob", "bobpw").0,
+        0,
+        "other users are not affected"
+    );
+    // Redis goes away: after the fleet count is too old, each node counts its own (1 < 2).
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(7000)).await;
+    assert_eq!(raw_allocate(a.port, "alice", "alicepw").0, 0, "local count");
+    assert_eq!(
+        raw_allocate(a.port, "alice", "alicepw").0,
+        486,
+        "local quota holds"
+    );
+}
+
+// ------------------------------------------------------------------ three nodes in namespaces
+
+/// Network namespaces with one veth each, joined by a bridge in the root namespace that holds
+/// `<prefix>.1`; namespace `i` (1-based) has `<prefix>.(10+i)`. Removed on drop.
+struct Net {
+    tag: String,
+    prefix: String,
+    count: usize,
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect(args[0]);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Net {
+    fn new(count: usize) -> Net {
+        require_tool("ip");
+        let tag = format!("{:04x}", rand::random::<u16>());
+        let prefix = format!("10.213.{}", 10 + rand::random::<u8>() % 200);
+        let net = Net {
+            tag: tag.clone(),
+            prefix: prefix.clone(),
+            count: 0,
+        };
+        let br = format!("vtb{tag}");
+        sh(&["ip", "link", "add", &br, "type", "bridge"]);
+        let mut net = net;
+        sh(&["ip", "addr", "add", &format!("{prefix}.1/24"), "dev", &br]);
+        sh(&["ip", "link", "set", &br, "up"]);
+        for i in 1..=count {
+            let ns = format!("vtn{tag}{i}");
+            let (host, inner) = (format!("vth{tag}{i}"), format!("vtp{tag}{i}"));
+            sh(&["ip", "netns", "add", &ns]);
+            net.count = i;
+            sh(&[
+                "ip", "link", "add", &host, "type", "veth", "peer", "name", &inner,
+            ]);
+            sh(&["ip", "link", "set", &inner, "netns", &ns]);
+            sh(&["ip", "link", "set", &host, "master", &br, "up"]);
+            let ip = format!("{}/24", net.ip(i));
+            sh(&[
+                "ip", "netns", "exec", &ns, "ip", "addr", "add", &ip, "dev", &inner,
+            ]);
+            sh(&[
+                "ip", "netns", "exec", &ns, "ip", "link", "set", &inner, "up",
+            ]);
+            sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
+        }
+        net
+    }
+
+    fn gateway(&self) -> String {
+        format!("{}.1", self.prefix)
+    }
+
+    fn ip(&self, i: usize) -> String {
+        format!("{}.{}", self.prefix, 10 + i)
+    }
+
+    fn ns(&self, i: usize) -> String {
+        format!("vtn{}{i}", self.tag)
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for i in 1..=self.count {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(i)])
+                .output();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &format!("vtb{}", self.tag)])
+            .output();
+    }
+}
+
+/// A vigi-turn in namespace `i` on `<ip>:3478`, answering STUN.
+fn start_in_ns(net: &Net, i: usize, args: &[&str]) -> Proc {
+    let ip = net.ip(i);
+    let child = Command::new("ip")
+        .args(["netns", "exec", &net.ns(i), BIN])
+        .args(["-n", "-L", &ip, "--relay-ip", &ip, "-p", "3478"])
+        .args(["--min-port", "50000", "--max-port", "50100"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start vigi-turn in a namespace");
+    let mut proc = Proc {
+        child,
+        name: format!("vigi-turn n{i}"),
+    };
+    let addr: std::net::SocketAddr = format!("{ip}:3478").parse().unwrap();
+    let t0 = Instant::now();
+    while binding_udp_from(addr).is_none() {
+        if let Some(st) = proc.child.try_wait().unwrap() {
+            panic!("node {i} exited: {st}");
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "node {i} did not start"
+        );
+    }
+    proc
+}
+
+fn binding_udp_from(server: std::net::SocketAddr) -> Option<std::net::SocketAddr> {
+    use vigi_turn::proto::{attr, Class, Message, MessageBuilder, Method};
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(200))).ok()?;
+    let tid: [u8; 12] = rand::random();
+    let mut req = Vec::new();
+    MessageBuilder::new(&mut req, Method::BINDING, Class::Request, &tid);
+    s.send_to(&req, server).ok()?;
+    let mut buf = [0u8; 1500];
+    let (n, _) = s.recv_from(&mut buf).ok()?;
+    let m = Message::decode(&buf[..n]).ok()?;
+    (m.class() == Class::Success).then(|| m.get_xor_address(attr::XOR_MAPPED_ADDRESS))?
+}
+
+/// turnutils_uclient from the root namespace to `server`:3478, relaying to the peer on the
+/// bridge; (sent, received).
+fn uclient_to(
+    server: &str,
+    peer: &str,
+    peer_port: u16,
+    user: &str,
+    pw: &str,
+) -> (u64, u64, String) {
+    let out = run_with_timeout(
+        Command::new("turnutils_uclient").args([
+            "-p",
+            "3478",
+            "-e",
+            peer,
+            "-r",
+            &peer_port.to_string(),
+            "-u",
+            user,
+            "-w",
+            pw,
+            "-n",
+            "5",
+            "-m",
+            "1",
+            server,
+        ]),
+        Duration::from_secs(60),
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find_map(|l| {
+            l.split("start_mclient: tot_send_msgs=")
+                .nth(1)
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let mut parts = line.split(", tot_recv_msgs=");
+    let sent = parts
+        .next()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let recv = parts
+        .next()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    (sent, recv, text)
+}
+
+#[test]
+fn three_nodes_in_namespaces_share_users_secrets_and_drain_to_a_peer_of_their_region() {
+    require_tool("turnutils_uclient");
+    let net = Net::new(3);
+    let redis = Redis::start_on(&net.gateway());
+    let key = hex(&key_md5("alice", REALM, "alicepw"));
+    redis.run(
+        0,
+        &["SET", &format!("turn/realm/{REALM}/user/alice/key"), &key],
+    );
+    let secrets = format!("turn/realm/{REALM}/secret");
+    redis.run(0, &["SADD", &secrets, "s1"]);
+    let conn = format!("ip={} port={}", net.gateway(), redis.port);
+    let node = |i: usize, region: &str| {
+        let name = format!("n{i}");
+        start_in_ns(
+            &net,
+            i,
+            &[
+                "-r",
+                REALM,
+                "--use-auth-secret",
+                "--redis-userdb",
+                &conn,
+                "--redis-statsdb",
+                &conn,
+                "--redis-refresh",
+                "1",
+                "--node-name",
+                &name,
+                "--node-region",
+                region,
+                "--drain-timeout",
+                "60",
+            ],
+        )
+    };
+    let n1 = node(1, "eu");
+    let n2 = node(2, "eu");
+    let _n3 = node(3, "us");
+    let addr =
+        |i: usize| -> std::net::SocketAddr { format!("{}:3478", net.ip(i)).parse().unwrap() };
+
+    // A user in Redis allocates and relays on every node (coturn's client, from outside).
+    let peer_port = free_port();
+    let mut peer = Command::new("turnutils_peer")
+        .args(["-L", &net.gateway(), "-p", &peer_port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("turnutils_peer");
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 1..=3 {
+        let (sent, recv, out) =
+            uclient_to(&net.ip(i), &net.gateway(), peer_port, "alice", "alicepw");
+        assert_eq!((sent, recv), (10, 10), "node {i}:\n{out}");
+    }
+
+    // A secret rotated in Redis is honoured by every node without a restart.
+    redis.run(0, &["SADD", &secrets, "s2"]);
+    redis.run(0, &["SREM", &secrets, "s1"]);
+    let now = vigi_turn::fleet::unix_now();
+    let new = mint_rest_credentials(b"s2", "gus", 600, now, ':');
+    let old = mint_rest_credentials(b"s1", "hal", 600, now, ':');
+    for i in 1..=3 {
+        let t0 = Instant::now();
+        while raw_allocate_at(addr(i), &new.username, &new.password).0 != 0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "node {i} never took s2"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert_eq!(
+            raw_allocate_at(addr(i), &old.username, &old.password).0,
+            401,
+            "node {i}"
+        );
+    }
+
+    // n1 drains: new Allocates go to n2 (its region; n3 in "us" has fewer allocations but is
+    // not chosen), and coturn's client follows. n2 does not redirect back.
+    unsafe {
+        libc::kill(n1.child.id() as i32, libc::SIGUSR1);
+    }
+    let t0 = Instant::now();
+    loop {
+        let got = raw_allocate_at(addr(1), "alice", "alicepw");
+        if got.0 == 300 {
+            assert_eq!(got.1, Some(addr(2)));
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "n1 never redirected: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (sent, recv, out) = uclient_to(&net.ip(1), &net.gateway(), peer_port, "alice", "alicepw");
+    assert_eq!((sent, recv), (10, 10), "followed to n2:\n{out}");
+    assert_eq!(
+        raw_allocate_at(addr(2), "alice", "alicepw").0,
+        0,
+        "n2 serves, no loop"
+    );
+
+    // n2 drains too: nobody healthy is left in "eu", so both refuse (403) rather than send a
+    // client to a draining node.
+    unsafe {
+        libc::kill(n2.child.id() as i32, libc::SIGUSR1);
+    }
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!(raw_allocate_at(addr(2), "alice", "alicepw"), (403, None));
+    assert_eq!(raw_allocate_at(addr(1), "alice", "alicepw"), (403, None));
+    let _ = peer.kill();
+    let _ = peer.wait();
 }

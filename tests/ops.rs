@@ -333,16 +333,31 @@ async fn sigusr1_drain_refuses_new_keeps_live_and_exits_when_it_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigusr1_drain_ends_at_drain_timeout_and_sends_alternate_server() {
-    let mut srv = start_server(&static_args(&[
-        "--drain-timeout",
+    // `--alternate-server` redirects every new Allocate (coturn): it is added by a reload, after
+    // the live allocation was made here.
+    let dir = tmpdir("drain-alt");
+    let conf = dir.join("turnserver.conf");
+    let log = dir.join("vigi.log");
+    let body = format!(
+        "listening-ip=127.0.0.1\nrealm={REALM}\nallow-loopback-peers\nuser=alice:wonderland\n\
+         drain-timeout=2\n"
+    );
+    std::fs::write(&conf, &body).unwrap();
+    let mut srv = start_server(&[
+        "-c",
+        conf.to_str().unwrap(),
+        "-m",
         "2",
-        "--alternate-server",
-        "192.0.2.7:3479",
-    ]));
+        "--log-file",
+        log.to_str().unwrap(),
+    ]);
     let live = allocate(srv.port, "alice", "wonderland").await.unwrap();
+    std::fs::write(&conf, format!("{body}alternate-server=192.0.2.7:3479\n")).unwrap();
+    kill(&srv, libc::SIGHUP);
+    wait_for_log(&log, "SIGHUP: configuration reloaded");
     let t0 = Instant::now();
     kill(&srv, libc::SIGUSR1);
-    // Until the workers apply the drain, an Allocate may still succeed; wait for the 300.
+    // Until the workers apply the reload, an Allocate may still succeed; wait for the 300.
     let alt = SocketAddr::from(([192, 0, 2, 7], 3479));
     let mut answer = (0, None);
     for _ in 0..50 {
@@ -364,6 +379,7 @@ async fn sigusr1_drain_ends_at_drain_timeout_and_sends_alternate_server() {
         "waited for the timeout"
     );
     drop(live);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

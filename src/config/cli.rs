@@ -211,6 +211,20 @@ pub struct Cli {
         default_value_t = 300
     )]
     pub redis_max_stale: u32,
+    /// Redis status database: allocation status and traffic (coturn's keys and channels) and
+    /// this node's heartbeat.
+    #[arg(short = 'O', long = "redis-statsdb", value_name = "CONNECTION")]
+    pub redis_statsdb: Option<RedisConn>,
+    /// This node's name in the fleet (vigi-turn extension; default: the advertised address).
+    #[arg(long = "node-name", value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// This node's region in the fleet (vigi-turn extension).
+    #[arg(long = "node-region", value_name = "REGION", default_value = "default")]
+    pub node_region: String,
+    /// The HOST:PORT clients reach this node on, as published in its heartbeat (vigi-turn
+    /// extension; default: the external or listening IP and the listening port).
+    #[arg(long = "node-address", value_name = "HOST:PORT")]
+    pub node_address: Option<String>,
 
     // ---- quotas and lifetimes ----
     /// Concurrent allocations per user (0: unlimited).
@@ -496,12 +510,6 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     },
     us("mysql-userdb", 'M', Kind::Value, Policy::Refuse(USER_DB)),
     us("mongo-userdb", 'J', Kind::Value, Policy::Refuse(USER_DB)),
-    us(
-        "redis-statsdb",
-        'O',
-        Kind::Value,
-        Policy::Refuse("a Redis statistics database"),
-    ),
     // Only used to decrypt a MySQL password, and MySQL is refused above.
     u("secret-key-file", Kind::Value, Policy::Ignore),
     u("oauth", Kind::Flag, Policy::Refuse("OAuth authentication")),

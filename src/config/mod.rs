@@ -116,6 +116,12 @@ pub struct Config {
     pub redis_refresh: u32,
     /// Seconds the last good read stays in use while Redis is unreachable.
     pub redis_max_stale: u32,
+    /// `-O`/`--redis-statsdb`: allocation status, traffic and the node heartbeat go to Redis.
+    pub redis_statsdb: Option<RedisConn>,
+    /// The node's name, region and advertised address in the fleet (heartbeat).
+    pub node_name: Option<String>,
+    pub node_region: String,
+    pub node_address: Option<String>,
 
     // ---- quotas and lifetimes (0 quota = unlimited) ----
     pub user_quota: u32,
@@ -587,6 +593,10 @@ fn resolve(
         redis_userdb: cli.redis_userdb,
         redis_refresh: cli.redis_refresh,
         redis_max_stale: cli.redis_max_stale,
+        redis_statsdb: cli.redis_statsdb,
+        node_name: non_empty(cli.node_name),
+        node_region: cli.node_region,
+        node_address: non_empty(cli.node_address),
         user_quota: cli.user_quota,
         total_quota: cli.total_quota,
         max_bps: cli.max_bps,
@@ -815,6 +825,10 @@ impl fmt::Debug for Config {
             .field("redis_userdb", &self.redis_userdb)
             .field("redis_refresh", &self.redis_refresh)
             .field("redis_max_stale", &self.redis_max_stale)
+            .field("redis_statsdb", &self.redis_statsdb)
+            .field("node_name", &self.node_name)
+            .field("node_region", &self.node_region)
+            .field("node_address", &self.node_address)
             .field("user_quota", &self.user_quota)
             .field("total_quota", &self.total_quota)
             .field("max_bps", &self.max_bps)

@@ -468,6 +468,59 @@ impl NonceKey {
     }
 }
 
+/// How many allocations each user holds on the *other* nodes of the fleet, as last read from
+/// the shared database. Used by the user quota only while fresh: when the database is away, each
+/// node falls back to its own count.
+#[derive(Debug, Default)]
+pub struct FleetUsage {
+    current: ArcSwapOption<(u64, HashMap<String, u32>)>,
+}
+
+/// How old (seconds) a fleet usage read may be and still count.
+pub const FLEET_USAGE_MAX_AGE: u64 = 5;
+
+impl FleetUsage {
+    /// Publish the other nodes' counts, read at `fetched_unix`.
+    pub fn store(&self, fetched_unix: u64, by_user: HashMap<String, u32>) {
+        self.current.store(Some(Arc::new((fetched_unix, by_user))));
+    }
+
+    /// Allocations `user` holds elsewhere; 0 when the last read is older than
+    /// [`FLEET_USAGE_MAX_AGE`] or there is none.
+    pub fn elsewhere(&self, user: &str, unix_now: u64) -> u32 {
+        match self.current.load().as_deref() {
+            Some((at, m)) if unix_now <= at.saturating_add(FLEET_USAGE_MAX_AGE) => {
+                m.get(user).copied().unwrap_or(0)
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// The healthy, not draining nodes of this node's region, least loaded first, as last read from
+/// the fleet's heartbeats: where a draining node sends new Allocates. Used only while fresh.
+#[derive(Debug, Default)]
+pub struct FleetPeers {
+    current: ArcSwapOption<(u64, Vec<std::net::SocketAddr>)>,
+}
+
+impl FleetPeers {
+    pub fn store(&self, fetched_unix: u64, least_loaded_first: Vec<std::net::SocketAddr>) {
+        self.current
+            .store(Some(Arc::new((fetched_unix, least_loaded_first))));
+    }
+
+    /// The least loaded peer, if the last read is fresh and found one.
+    pub fn least_loaded(&self, unix_now: u64) -> Option<std::net::SocketAddr> {
+        match self.current.load().as_deref() {
+            Some((at, peers)) if unix_now <= at.saturating_add(FLEET_USAGE_MAX_AGE) => {
+                peers.first().copied()
+            }
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -575,6 +628,16 @@ mod tests {
             c.keys_with_db("2000:carol", PasswordAlgorithm::Md5, 1000, None),
             Err(AuthFailure::UnknownUser)
         );
+    }
+
+    #[test]
+    fn fleet_usage_counts_only_while_fresh() {
+        let u = FleetUsage::default();
+        assert_eq!(u.elsewhere("ann", 100), 0);
+        u.store(100, HashMap::from([("ann".to_owned(), 2)]));
+        assert_eq!(u.elsewhere("ann", 105), 2);
+        assert_eq!(u.elsewhere("bob", 105), 0);
+        assert_eq!(u.elsewhere("ann", 106), 0, "stale: local count only");
     }
 
     #[test]

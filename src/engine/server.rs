@@ -16,7 +16,8 @@ use rand::{Rng, SeedableRng};
 
 use super::allocation::{Allocation, AllocationId, PendingAllocate, State};
 use super::auth::{
-    AuthFailure, Credentials, Key, NonceCheck, NonceKey, PasswordAlgorithm, UserDbCell,
+    AuthFailure, Credentials, FleetPeers, FleetUsage, Key, NonceCheck, NonceKey, PasswordAlgorithm,
+    UserDbCell,
 };
 use super::channel::BindConflict;
 use super::limiter::Limiter;
@@ -94,8 +95,11 @@ pub struct ServerConfig {
     pub max_channels: usize,
     /// End an allocation when the expiry in its REST username passes (`--strict-expiry`).
     pub strict_expiry: bool,
-    /// Where a draining node sends new Allocates (300 Try Alternate, RFC 8656 §7.2 step 2).
-    pub alternate_server: Option<SocketAddr>,
+    /// coturn's `--alternate-server`: every new Allocate over UDP or TCP is redirected (300 Try
+    /// Alternate with ALTERNATE-SERVER, RFC 8489 §10), round robin over this list.
+    pub alternate_servers: Vec<SocketAddr>,
+    /// `--tls-alternate-server`: the same for Allocates over TLS and DTLS.
+    pub tls_alternate_servers: Vec<SocketAddr>,
     /// Challenges and Allocate attempts per client IP per second (`--unauthorized-ratelimit`),
     /// 0 = no limit; see [`super::limiter`].
     pub unauthorized_ratelimit: u32,
@@ -225,7 +229,8 @@ impl Default for ServerConfig {
             max_permissions: 256,
             max_channels: 256,
             strict_expiry: false,
-            alternate_server: None,
+            alternate_servers: Vec::new(),
+            tls_alternate_servers: Vec::new(),
             unauthorized_ratelimit: 100,
             default_family: DefaultFamily::Ipv4,
             rfc5780: None,
@@ -249,6 +254,10 @@ pub struct Shared {
     tcp_conns: Mutex<HashMap<ConnectionId, TcpConnection>>,
     /// Hands each engine its shard number (which engine an AllocationId belongs to).
     next_shard: AtomicU32,
+    /// Allocations per user on the other nodes of the fleet, for the user quota.
+    pub fleet_usage: Arc<FleetUsage>,
+    /// Where a draining node redirects new Allocates (healthy peers of its region).
+    pub fleet_peers: Arc<FleetPeers>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -268,17 +277,20 @@ impl Shared {
             userdb: Arc::default(),
             tcp_conns: Mutex::new(HashMap::new()),
             next_shard: AtomicU32::new(0),
+            fleet_usage: Arc::default(),
+            fleet_peers: Arc::default(),
         }
     }
 
-    /// Count an allocation for `user` if both quotas allow it.
-    fn try_count(&self, user: &str, user_quota: u32, total_quota: u32) -> bool {
+    /// Count an allocation for `user` if both quotas allow it; `elsewhere` allocations of the
+    /// user on other nodes count toward the user quota too.
+    fn try_count(&self, user: &str, user_quota: u32, total_quota: u32, elsewhere: u32) -> bool {
         let mut by_user = self
             .allocations_by_user
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let n = by_user.get(user).copied().unwrap_or(0);
-        if user_quota > 0 && n >= user_quota {
+        if user_quota > 0 && n.saturating_add(elsewhere) >= user_quota {
             return false;
         }
         let total = self.total_allocations.load(Ordering::Relaxed);
@@ -508,6 +520,8 @@ pub struct Server {
     shard: u32,
     /// The 30 s deadlines of the RFC 6062 connections this engine made.
     conn_timers: BinaryHeap<Reverse<(Instant, ConnectionId)>>,
+    /// Round-robin position in the alternate-server lists.
+    alternate_turn: usize,
 }
 
 impl Server {
@@ -540,6 +554,7 @@ impl Server {
             limiter,
             shard,
             conn_timers: BinaryHeap::new(),
+            alternate_turn: 0,
         }
     }
 
@@ -1299,19 +1314,36 @@ impl Server {
         if self.by_five_tuple.contains_key(&five) {
             refuse!(437);
         }
+        // coturn's alternate servers: new Allocates go elsewhere (300 Try Alternate, signed so
+        // that the client can trust it, RFC 8489 §10). A draining node (SIGUSR1) without them
+        // sends UDP/TCP clients to the least loaded healthy peer of its region, if it knows one;
+        // peers that drain are never chosen, and a node that does not drain never redirects on
+        // its own, so a client is redirected at most once.
+        let redirect = match self.next_alternate(five) {
+            Some(alt) => Some(alt),
+            None if self.draining => {
+                let udp_or_tcp = matches!(
+                    five.transport,
+                    super::Transport::Udp | super::Transport::Tcp
+                );
+                let peer = self.shared.fleet_peers.least_loaded(self.unix(now));
+                peer.filter(|p| udp_or_tcp && *p != five.server)
+            }
+            None => None,
+        };
+        if let Some(alt) = redirect {
+            self.counters.allocations_refused += 1;
+            self.counters.refused_by_code.add(300);
+            let sign = self.signed(m, &auth);
+            let data = self.build_response(m, Class::Error, sign, |b| {
+                b.error_code(300, "Try Alternate");
+                b.address(attr::ALTERNATE_SERVER, &alt);
+            });
+            self.commands.push_back(Command::Send { to: five, data });
+            return;
+        }
         // A draining node takes no new allocations (SIGUSR1); live ones keep relaying.
         if self.draining {
-            if let Some(alt) = self.config.alternate_server {
-                self.counters.allocations_refused += 1;
-                self.counters.refused_by_code.add(300);
-                let sign = self.signed(m, &auth);
-                let data = self.build_response(m, Class::Error, sign, |b| {
-                    b.error_code(300, "Try Alternate");
-                    b.address(attr::ALTERNATE_SERVER, &alt);
-                });
-                self.commands.push_back(Command::Send { to: five, data });
-                return;
-            }
             refuse!(403);
         }
         // Step 3: REQUESTED-TRANSPORT: UDP, or TCP (RFC 6062 §5.1) over a TCP or TLS control
@@ -1392,6 +1424,7 @@ impl Server {
             &auth.username,
             user_quota.unwrap_or(self.config.user_quota),
             total_quota.unwrap_or(self.config.total_quota),
+            self.shared.fleet_usage.elsewhere(&auth.username, unix),
         ) {
             refuse!(486);
         }
@@ -1537,6 +1570,23 @@ impl Server {
             second: false,
             tcp,
         });
+    }
+
+    /// The next alternate server for an Allocate on `five`, round robin, never the address the
+    /// request came in on (a node listed among its own alternates does not redirect to itself).
+    fn next_alternate(&mut self, five: FiveTuple) -> Option<SocketAddr> {
+        let list = match five.transport {
+            super::Transport::Tls | super::Transport::Dtls => &self.config.tls_alternate_servers,
+            super::Transport::Udp | super::Transport::Tcp => &self.config.alternate_servers,
+        };
+        for _ in 0..list.len() {
+            let alt = list[self.alternate_turn % list.len()];
+            self.alternate_turn = self.alternate_turn.wrapping_add(1);
+            if alt != five.server {
+                return Some(alt);
+            }
+        }
+        None
     }
 
     fn pick_relay_ip(&mut self, v6: bool) -> Option<IpAddr> {

@@ -11,6 +11,8 @@
 //!   REST secrets (the set `turn/realm/<realm>/secret`, and the older string keys
 //!   `turn/realm/<realm>/secret/<n>`) and realm options (`user-quota`, `total-quota`, `max-bps`).
 
+pub mod quota;
+pub mod stats;
 pub mod userdb;
 
 use std::time::Duration;

@@ -197,3 +197,41 @@ pub async fn read(
     db.max_bps = num(2);
     Ok(db)
 }
+
+/// Write a long-term user as `turnadmin -a -N` does: the hex MD5 key of `name:realm:password`
+/// under `turn/realm/<realm>/user/<name>/key` (and no stored password), so coturn nodes and
+/// vigi-turn nodes on the same database both accept it.
+pub async fn write_user(
+    c: &mut MultiplexedConnection,
+    realm: &str,
+    name: &str,
+    password: &str,
+) -> redis::RedisResult<()> {
+    let key = crate::engine::auth::key_md5(name, realm, password);
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let base = format!("turn/realm/{realm}/user/{name}");
+    redis::pipe()
+        .atomic()
+        .cmd("SET")
+        .arg(format!("{base}/key"))
+        .arg(hex)
+        .ignore()
+        .cmd("DEL")
+        .arg(format!("{base}/password"))
+        .ignore()
+        .query_async(c)
+        .await
+}
+
+/// Add a TURN REST secret to the realm's set, as `turnadmin -s SECRET -N` does.
+pub async fn add_secret(
+    c: &mut MultiplexedConnection,
+    realm: &str,
+    secret: &str,
+) -> redis::RedisResult<()> {
+    redis::cmd("SADD")
+        .arg(format!("turn/realm/{realm}/secret"))
+        .arg(secret)
+        .query_async(c)
+        .await
+}

@@ -2346,6 +2346,84 @@ fn bps_capacity_caps_the_whole_server() {
 }
 
 mod dual;
+#[test]
+fn alternate_servers_redirect_every_allocate_round_robin_never_to_self() {
+    let alt = |s: &str| -> SocketAddr { sa(s) };
+    let cfg = ServerConfig {
+        // The node's own address is in the list (a shared config): it is skipped.
+        alternate_servers: vec![
+            alt("192.0.2.10:3478"),
+            alt(SERVER_ADDR),
+            alt("192.0.2.11:3478"),
+        ],
+        tls_alternate_servers: vec![alt("192.0.2.20:5349")],
+        ..config()
+    };
+    let mut h = H::new(cfg);
+    let mut seen = Vec::new();
+    for port in 0..4 {
+        let mut c = Client::alice(udp(42000 + port));
+        let r = c.allocate(&mut h);
+        r.assert_err(300);
+        assert!(r.msg().has_integrity(), "the 300 is signed (RFC 8489 §10)");
+        seen.push(
+            r.get(attr::ALTERNATE_SERVER)
+                .and_then(attr::read_address)
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        seen,
+        vec![
+            alt("192.0.2.10:3478"),
+            alt("192.0.2.11:3478"),
+            alt("192.0.2.10:3478"),
+            alt("192.0.2.11:3478")
+        ]
+    );
+    let mut t = Client::alice(five(Transport::Tls, CLIENT_IP, 42100));
+    let r = t.allocate(&mut h);
+    r.assert_err(300);
+    assert_eq!(
+        r.get(attr::ALTERNATE_SERVER).and_then(attr::read_address),
+        Some(alt("192.0.2.20:5349"))
+    );
+    // A list naming only this node redirects nothing; a bad password is still a 401.
+    let mut h = H::new(ServerConfig {
+        alternate_servers: vec![alt(SERVER_ADDR)],
+        ..config()
+    });
+    Client::alice(udp(42200)).allocate(&mut h).assert_ok();
+    Client::new(udp(42201), "alice", "wrong")
+        .allocate(&mut h)
+        .assert_err(401);
+}
+
+#[test]
+fn draining_node_redirects_to_its_least_loaded_fresh_fleet_peer_once() {
+    let mut h = H::new(config());
+    let peer = sa("192.0.2.30:3478");
+    h.shared
+        .fleet_peers
+        .store(UNIX0, vec![peer, sa("192.0.2.31:3478")]);
+    // Not draining: no redirect, whatever the fleet says.
+    Client::alice(udp(43000)).allocate(&mut h).assert_ok();
+    h.s.set_draining(true);
+    let r = Client::alice(udp(43001)).allocate(&mut h);
+    r.assert_err(300);
+    assert_eq!(
+        r.get(attr::ALTERNATE_SERVER).and_then(attr::read_address),
+        Some(peer)
+    );
+    // TLS clients cannot be sent to a UDP/TCP address: 403.
+    Client::alice(five(Transport::Tls, CLIENT_IP, 43002))
+        .allocate(&mut h)
+        .assert_err(403);
+    // A fleet view older than its maximum age is not used: 403.
+    h.at(auth::FLEET_USAGE_MAX_AGE + 1);
+    Client::alice(udp(43003)).allocate(&mut h).assert_err(403);
+}
+
 mod hardening;
 mod props;
 mod tcp;
