@@ -137,6 +137,10 @@ pub struct Cli {
     /// Disable RFC 5780 NAT behaviour discovery.
     #[arg(long = "no-rfc5780")]
     pub no_rfc5780: bool,
+    /// RFC 5780 NAT behaviour discovery (OTHER-ADDRESS, RESPONSE-ORIGIN, CHANGE-REQUEST) on two
+    /// listening IPs of one family and the alternative port (vigi-turn: off unless asked for).
+    #[arg(long = "rfc5780")]
+    pub rfc5780: bool,
     /// Answer only RFC 5389+ Binding requests, without MAPPED-ADDRESS.
     #[arg(long = "no-stun-backward-compatibility")]
     pub no_stun_backward_compatibility: bool,

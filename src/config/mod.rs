@@ -87,6 +87,8 @@ pub struct Config {
     /// `--software-attribute` (vigi-turn extension): replaces the default SOFTWARE text.
     pub software_attribute: Option<String>,
     pub no_rfc5780: bool,
+    /// `--rfc5780` (and not `--no-rfc5780`): checked to have two listening IPs of one family.
+    pub rfc5780: bool,
     pub no_stun_backward_compatibility: bool,
     pub response_origin_only_with_rfc5780: bool,
 
@@ -566,6 +568,7 @@ fn resolve(
         no_software_attribute: cli.no_software_attribute,
         software_attribute: cli.software_attribute,
         no_rfc5780: cli.no_rfc5780,
+        rfc5780: cli.rfc5780 && !cli.no_rfc5780,
         no_stun_backward_compatibility: cli.no_stun_backward_compatibility,
         response_origin_only_with_rfc5780: cli.response_origin_only_with_rfc5780,
         auth,
@@ -649,6 +652,22 @@ fn validate(cli: &Cli) -> Result<(), ConfigError> {
             "--admin-listen",
             "needs --admin-token (the admin API never runs without authentication)",
         ));
+    }
+    if cli.rfc5780 && !cli.no_rfc5780 {
+        let v4 = cli.listening_ip.iter().filter(|ip| ip.is_ipv4()).count();
+        let v6 = cli.listening_ip.len() - v4;
+        if v4 < 2 && v6 < 2 {
+            return Err(ConfigError::invalid(
+                "--rfc5780",
+                "needs two --listening-ip addresses of the same family",
+            ));
+        }
+        if cli.alt_listening_port == 0 && cli.listening_port == u16::MAX {
+            return Err(ConfigError::invalid(
+                "--rfc5780",
+                "needs an --alt-listening-port (listening port + 1 overflows)",
+            ));
+        }
     }
     if cli.min_port > cli.max_port {
         return Err(ConfigError::invalid(
@@ -758,6 +777,7 @@ impl fmt::Debug for Config {
             .field("no_software_attribute", &self.no_software_attribute)
             .field("software_attribute", &self.software_attribute)
             .field("no_rfc5780", &self.no_rfc5780)
+            .field("rfc5780", &self.rfc5780)
             .field(
                 "no_stun_backward_compatibility",
                 &self.no_stun_backward_compatibility,

@@ -20,7 +20,8 @@ use std::net::SocketAddr;
 
 pub use allocation::AllocationId;
 pub use server::{
-    AllocationInfo, ClientDecision, Command, Counters, PeerDecision, Server, ServerConfig, Shared,
+    AllocationInfo, ClientDecision, Command, Counters, PeerDecision, Rfc5780, Server, ServerConfig,
+    Shared,
 };
 
 /// The transport between client and server (RFC 8656 §3.1).

@@ -97,6 +97,33 @@ pub struct ServerConfig {
     /// Challenges and Allocate attempts per client IP per second (`--unauthorized-ratelimit`),
     /// 0 = no limit; see [`super::limiter`].
     pub unauthorized_ratelimit: u32,
+    /// RFC 5780 NAT behaviour discovery (`--rfc5780`); None = off.
+    pub rfc5780: Option<Rfc5780>,
+}
+
+/// The two addresses and two ports RFC 5780 answers from (each combination is a listener).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rfc5780 {
+    pub ips: [IpAddr; 2],
+    pub port: u16,
+    pub alt_port: u16,
+}
+
+impl Rfc5780 {
+    /// OTHER-ADDRESS for a request received on `local` (RFC 5780 §7.4: the other IP and the
+    /// other port), or None when `local` is not one of ours.
+    pub fn other(&self, local: SocketAddr) -> Option<SocketAddr> {
+        let ip = match self.ips.iter().position(|ip| *ip == local.ip())? {
+            0 => self.ips[1],
+            _ => self.ips[0],
+        };
+        let port = if local.port() == self.port {
+            self.alt_port
+        } else {
+            self.port
+        };
+        Some(SocketAddr::new(ip, port))
+    }
 }
 
 impl Default for ServerConfig {
@@ -129,6 +156,7 @@ impl Default for ServerConfig {
             alternate_servers: Vec::new(),
             tls_alternate_servers: Vec::new(),
             unauthorized_ratelimit: 100,
+            rfc5780: None,
         }
     }
 }
@@ -741,6 +769,33 @@ impl Server {
             b.xor_address(attr::XOR_MAPPED_ADDRESS, &five.client);
             b
         };
+        // RFC 5780 §6.1: OTHER-ADDRESS, and CHANGE-REQUEST (UDP only) picks the address the
+        // answer leaves from, which RESPONSE-ORIGIN reports. The client's address never changes,
+        // so this reflects nothing to a third party.
+        let mut to = five;
+        if let Some(other) = self.config.rfc5780.and_then(|r| r.other(five.server)) {
+            if !m.is_classic() {
+                let change = m
+                    .get(attr::CHANGE_REQUEST)
+                    .filter(|v| v.len() == 4 && five.transport == super::Transport::Udp)
+                    .map_or(0, |v| v[3]);
+                let ip = if change & 0x04 != 0 {
+                    other.ip()
+                } else {
+                    five.server.ip()
+                };
+                let port = if change & 0x02 != 0 {
+                    other.port()
+                } else {
+                    five.server.port()
+                };
+                to.server = SocketAddr::new(ip, port);
+                // MAPPED-ADDRESS as well, as coturn does for RFC 5780 clients.
+                b.address(attr::MAPPED_ADDRESS, &five.client);
+                b.address(attr::RESPONSE_ORIGIN, &to.server);
+                b.address(attr::OTHER_ADDRESS, &other);
+            }
+        }
         let fingerprint = !m.is_classic() && (m.has_fingerprint() || self.config.fingerprint);
         // SOFTWARE only while the answer stays within AMPLIFICATION_SLACK of the request (a long
         // `--software-attribute` must not turn Binding into a reflector).
@@ -754,10 +809,7 @@ impl Server {
         if fingerprint {
             b.fingerprint();
         }
-        self.commands.push_back(Command::Send {
-            to: five,
-            data: out,
-        });
+        self.commands.push_back(Command::Send { to, data: out });
     }
 
     fn plain_sign(&self, m: &Message) -> Sign<'static> {
