@@ -211,6 +211,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         alt_tls_listening_port => "alt-tls-listening-port",
         listening_ips => "listening-ip",
         redis_userdb => "redis-userdb",
+        rfc5780 => "rfc5780",
         redis_refresh => "redis-refresh",
         redis_max_stale => "redis-max-stale",
         redis_statsdb => "redis-statsdb",
