@@ -69,7 +69,6 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         anyhow::bail!("no relay address: give --relay-ip or --listening-ip");
     }
     let engine = Arc::new(engine_config(&config, relay_ips.clone()));
-    let rfc5780 = engine.rfc5780;
     let nonce_key: [u8; 32] = rand::random();
     let shared = Arc::new(Shared::new(config.min_port, config.max_port, nonce_key));
     if let Some(conn) = &config.redis_userdb {
@@ -226,25 +225,6 @@ fn start_userdb(
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     Ok(())
-}
-
-/// `--rfc5780`: the first two listening IPs of one family, the listening and alternative ports.
-fn rfc5780_addrs(config: &Config) -> Option<vigi_turn::engine::Rfc5780> {
-    if !config.rfc5780 {
-        return None;
-    }
-    let pick = |v4: bool| {
-        let mut it = config
-            .listening_ips
-            .iter()
-            .filter(move |ip| ip.is_ipv4() == v4);
-        Some([*it.next()?, *it.next()?])
-    };
-    Some(vigi_turn::engine::Rfc5780 {
-        ips: pick(true).or_else(|| pick(false))?,
-        port: config.listening_port,
-        alt_port: config.alt_listening_port,
-    })
 }
 
 /// The realm the engine serves (`--realm`, else `--server-name`, else `vigi-turn`).

@@ -96,8 +96,11 @@ fn natdiscovery_classifies_mapping_and_filtering_through_two_addresses() {
     );
 }
 
+/// Without `--rfc5780` a plain Binding carries nothing of RFC 5780, and CHANGE-REQUEST is 420
+/// (RFC 5780 §7.2: no alternate address), so a client never takes an answer from the same
+/// address for a filtering test passed.
 #[test]
-fn without_rfc5780_no_other_address_and_change_request_is_not_honoured() {
+fn without_rfc5780_no_other_address_and_change_request_is_420() {
     let srv = start_server(&[
         "-n",
         "-L",
@@ -109,9 +112,42 @@ fn without_rfc5780_no_other_address_and_change_request_is_not_honoured() {
         "-u",
         "a:b",
     ]);
-    let (from, _, other) = binding(srv.port, 0x06);
+    let (from, origin, other) = binding(srv.port, 0);
     assert_eq!(from, SocketAddr::from(([127, 0, 0, 1], srv.port)));
-    assert_eq!(other, None);
+    assert_eq!((origin, other), (None, None));
+
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut req = Vec::new();
+    let mut b = MessageBuilder::new(&mut req, Method::BINDING, Class::Request, &[5; 12]);
+    b.attr(attr::CHANGE_REQUEST, &[0, 0, 0, 0x06]);
+    s.send_to(&req, ("127.0.0.1", srv.port)).unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, from) = s.recv_from(&mut buf).expect("an answer");
+    assert_eq!(from, SocketAddr::from(([127, 0, 0, 1], srv.port)));
+    let m = Message::decode(&buf[..n]).unwrap();
+    assert_eq!(m.class(), Class::Error);
+    assert_eq!(
+        m.get(attr::ERROR_CODE)
+            .and_then(attr::read_error_code)
+            .map(|(c, _)| c),
+        Some(420)
+    );
+    assert_eq!(m.get(attr::UNKNOWN_ATTRIBUTES), Some(&[0u8, 3][..]));
+
+    // turnutils_natdiscovery cannot classify filtering without RFC 5780.
+    let out = run_with_timeout(
+        Command::new("turnutils_natdiscovery").args([
+            "-f",
+            "-p",
+            &srv.port.to_string(),
+            "127.0.0.1",
+        ]),
+        Duration::from_secs(60),
+    );
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!text.contains("Endpoint Independent Filtering"), "{text}");
 }
 
 #[test]
@@ -121,5 +157,7 @@ fn rfc5780_needs_two_addresses_of_one_family() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--rfc5780"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--rfc5780"), "{err}");
 }

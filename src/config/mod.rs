@@ -688,22 +688,6 @@ fn validate(cli: &Cli) -> Result<(), ConfigError> {
             "needs --admin-token (the admin API never runs without authentication)",
         ));
     }
-    if cli.rfc5780 && !cli.no_rfc5780 {
-        let v4 = cli.listening_ip.iter().filter(|ip| ip.is_ipv4()).count();
-        let v6 = cli.listening_ip.len() - v4;
-        if v4 < 2 && v6 < 2 {
-            return Err(ConfigError::invalid(
-                "--rfc5780",
-                "needs two --listening-ip addresses of the same family",
-            ));
-        }
-        if cli.alt_listening_port == 0 && cli.listening_port == u16::MAX {
-            return Err(ConfigError::invalid(
-                "--rfc5780",
-                "needs an --alt-listening-port (listening port + 1 overflows)",
-            ));
-        }
-    }
     if cli.min_port > cli.max_port {
         return Err(ConfigError::invalid(
             "--min-port",

@@ -953,38 +953,13 @@ impl Server {
             );
             b.xor_address(attr::XOR_MAPPED_ADDRESS, &five.client);
             if let Some(other) = other {
+                // MAPPED-ADDRESS too, as coturn sends it to RFC 5780 clients (their tools print it).
+                b.address(attr::MAPPED_ADDRESS, &five.client);
                 b.address(attr::RESPONSE_ORIGIN, &from);
                 b.address(attr::OTHER_ADDRESS, &other);
             }
             b
         };
-        // RFC 5780 §6.1: OTHER-ADDRESS, and CHANGE-REQUEST (UDP only) picks the address the
-        // answer leaves from, which RESPONSE-ORIGIN reports. The client's address never changes,
-        // so this reflects nothing to a third party.
-        let mut to = five;
-        if let Some(other) = self.config.rfc5780.and_then(|r| r.other(five.server)) {
-            if !m.is_classic() {
-                let change = m
-                    .get(attr::CHANGE_REQUEST)
-                    .filter(|v| v.len() == 4 && five.transport == super::Transport::Udp)
-                    .map_or(0, |v| v[3]);
-                let ip = if change & 0x04 != 0 {
-                    other.ip()
-                } else {
-                    five.server.ip()
-                };
-                let port = if change & 0x02 != 0 {
-                    other.port()
-                } else {
-                    five.server.port()
-                };
-                to.server = SocketAddr::new(ip, port);
-                // MAPPED-ADDRESS as well, as coturn does for RFC 5780 clients.
-                b.address(attr::MAPPED_ADDRESS, &five.client);
-                b.address(attr::RESPONSE_ORIGIN, &to.server);
-                b.address(attr::OTHER_ADDRESS, &other);
-            }
-        }
         let fingerprint = !m.is_classic() && (m.has_fingerprint() || self.config.fingerprint);
         // SOFTWARE only while the answer stays within AMPLIFICATION_SLACK of the request (a long
         // `--software-attribute` must not turn Binding into a reflector).

@@ -2424,43 +2424,6 @@ fn draining_node_redirects_to_its_least_loaded_fresh_fleet_peer_once() {
     Client::alice(udp(43003)).allocate(&mut h).assert_err(403);
 }
 
-#[test]
-fn rfc5780_binding_reports_origin_and_other_address_and_honours_change_request() {
-    let r5780 = super::Rfc5780 {
-        ips: [sa(SERVER_ADDR).ip(), "192.0.2.2".parse().unwrap()],
-        port: 3478,
-        alt_port: 3479,
-    };
-    let mut h = H::new(ServerConfig {
-        rfc5780: Some(r5780),
-        ..config()
-    });
-    let bind = |h: &mut H, flags: u8| {
-        let mut req = Vec::new();
-        let mut b = MessageBuilder::new(&mut req, Method::BINDING, Class::Request, &[9; 12]);
-        if flags != 0 {
-            b.attr(attr::CHANGE_REQUEST, &[0, 0, 0, flags]);
-        }
-        h.input(udp(44000), &req);
-        let (to, data) = h.sent.pop().expect("an answer");
-        let r = Resp::parse(data);
-        let origin = r.get(attr::RESPONSE_ORIGIN).and_then(attr::read_address);
-        let other = r.get(attr::OTHER_ADDRESS).and_then(attr::read_address);
-        (to.server, origin, other)
-    };
-    let other = sa("192.0.2.2:3479");
-    assert_eq!(
-        bind(&mut h, 0),
-        (sa(SERVER_ADDR), Some(sa(SERVER_ADDR)), Some(other))
-    );
-    assert_eq!(bind(&mut h, 0x02).0, sa("192.0.2.1:3479"));
-    assert_eq!(bind(&mut h, 0x04).0, sa("192.0.2.2:3478"));
-    assert_eq!(bind(&mut h, 0x06).1, Some(other));
-    // Off: CHANGE-REQUEST is ignored and nothing RFC 5780 is added.
-    let mut h = H::new(config());
-    assert_eq!(bind(&mut h, 0x06), (sa(SERVER_ADDR), None, None));
-}
-
 mod hardening;
 mod props;
 mod tcp;
