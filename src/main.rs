@@ -124,6 +124,7 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
     let running = io::start(rc).context("starting listeners")?;
     let node = node_info(&config, &running, &relay_ips);
     let realm = engine_realm(&config);
+    let directory = Arc::new(vigi_turn::fleet::Directory::default());
     if let Some(conn) = &config.redis_statsdb {
         start_statsdb(
             conn,
@@ -132,6 +133,7 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
             &running,
             stats_shared.clone(),
             &relay_ips,
+            directory.clone(),
         )?;
     }
     if let Some(conn) = &config.redis_userdb {
@@ -146,7 +148,11 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
     }
     let _http = vigi_turn::http::spawn(&config, &running, observe).context("starting HTTP")?;
     let _signal = vigi_turn::signal::SignalConfig::from_config(&config)
-        .map(vigi_turn::signal::spawn)
+        .map(|mut s| {
+            // With heartbeats in Redis, credentials name the nearest healthy nodes.
+            s.fleet = config.redis_statsdb.as_ref().map(|_| directory.clone());
+            vigi_turn::signal::spawn(s)
+        })
         .transpose()
         .context("starting signaling")?;
     if let Some(p) = &config.pidfile {
@@ -269,6 +275,7 @@ fn start_statsdb(
     running: &io::Running,
     shared: Arc<Shared>,
     relay_ips: &[IpAddr],
+    directory: Arc<vigi_turn::fleet::Directory>,
 ) -> Result<()> {
     use vigi_turn::fleet::stats;
     stats::spawn(stats::StatsDbSource {
@@ -278,6 +285,7 @@ fn start_statsdb(
         workers: running.workers.clone(),
         shared,
         relay_ips: relay_ips.to_vec(),
+        directory,
     })
     .context("starting the Redis status writer")?;
     Ok(())

@@ -46,7 +46,8 @@ impl Redis {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", extra])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args((extra != "127.0.0.1").then_some(extra))
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(&dir)
@@ -248,7 +249,7 @@ async fn redis_users_are_honoured_and_an_outage_keeps_live_calls_then_fails_clos
     let conn = redis.conn_string(3);
     let (min, max) = free_range(40);
     let (min, max) = (min.to_string(), max.to_string());
-    let srv = start_server(&node_args(&conn, &min, &max, &["--redis-max-stale", "6"]));
+    let srv = start_server(&node_args(&conn, &min, &max, &["--redis-max-stale", "8"]));
 
     // coturn's own client with a user whose hex key is stored.
     let (_peer_proc, peer_port) = start_peer();
@@ -300,7 +301,7 @@ async fn redis_users_are_honoured_and_an_outage_keeps_live_calls_then_fails_clos
     a.close().await;
     live.round_trip(&peer, "redis still down").await.unwrap();
     // ...then fails closed, while the live allocation still relays.
-    let wait = Duration::from_secs(9).saturating_sub(killed.elapsed());
+    let wait = Duration::from_secs(12).saturating_sub(killed.elapsed());
     tokio::time::sleep(wait).await;
     assert!(
         allocate(srv.port, "alice", "alicepw").await.is_err(),
@@ -807,7 +808,7 @@ async fn user_quota_holds_across_nodes_and_falls_back_to_the_local_count() {
     assert_eq!(raw_allocate(a.port, "alice", "alicepw").0, 0);
     assert_eq!(raw_allocate(b.port, "alice", "alicepw").0, 0);
     // Within about two seconds every node knows the others' counts: alice has 2 in the fleet.
-    tokio::time::sleep(Duration::from_millis(3000)).await;
+    tokio::time::sleep(Duration::from_millis(4000)).await;
     assert_eq!(raw_allocate(a.port, "alice", "alicepw").0, 486, "node A");
     assert_eq!(raw_allocate(b.port, "alice", "alicepw").0, 486, "node B");
     assert_eq!(
@@ -1125,4 +1126,74 @@ fn three_nodes_in_namespaces_share_users_secrets_and_drain_to_a_peer_of_their_re
     assert_eq!(raw_allocate_at(addr(1), "alice", "alicepw"), (403, None));
     let _ = peer.kill();
     let _ = peer.wait();
+}
+
+/// GET `path` from 127.0.0.1:`port` with extra header lines; the JSON body of a 200.
+fn http_json(port: u16, path: &str, headers: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read response");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+#[test]
+fn turn_credentials_name_the_nearest_healthy_nodes_from_the_heartbeats() {
+    let redis = Redis::start();
+    let conn = redis.conn_string(0);
+    let node = |region: &str, extra: &[&str]| {
+        let mut args = vec![
+            "-n",
+            "-L",
+            "127.0.0.1",
+            "-r",
+            REALM,
+            "--static-auth-secret",
+            "s",
+            "--redis-statsdb",
+            &conn,
+            "--node-region",
+            region,
+        ];
+        args.extend_from_slice(extra);
+        start_server(&args)
+    };
+    let sig = free_port();
+    let sig_addr = format!("127.0.0.1:{sig}");
+    let a = node("eu", &["--signaling-listen", &sig_addr]);
+    let b = node("eu", &[]);
+    let c = node("us", &[]);
+    // Give b one allocation, so a is the least loaded of "eu".
+    let now = vigi_turn::fleet::unix_now();
+    let cred = mint_rest_credentials(b"s", "ivy", 600, now, ':');
+    assert_eq!(raw_allocate(b.port, &cred.username, &cred.password).0, 0);
+    std::thread::sleep(Duration::from_millis(2500));
+    let udp = |port: u16| format!("turn:127.0.0.1:{port}?transport=udp");
+    let uris = |v: &serde_json::Value| -> Vec<String> {
+        v["uris"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u.as_str().unwrap().to_owned())
+            .filter(|u| u.ends_with("udp"))
+            .collect()
+    };
+    let eu = http_json(sig, "/api/turn-credentials?region=eu", "");
+    assert_eq!(uris(&eu), [udp(a.port), udp(b.port), udp(c.port)], "{eu}");
+    assert_eq!(eu["iceServers"][0]["urls"].as_array().unwrap().len(), 6);
+    let us = http_json(sig, "/api/turn-credentials", "X-Region: us\r\n");
+    assert_eq!(uris(&us)[0], udp(c.port), "{us}");
+    // A node that stops drops out once its heartbeat expires.
+    drop(c);
+    std::thread::sleep(Duration::from_millis(7000));
+    let us = http_json(sig, "/api/turn-credentials?region=us", "");
+    assert_eq!(uris(&us), [udp(a.port), udp(b.port)], "{us}");
 }

@@ -607,3 +607,61 @@ fn allocation_default_address_family_values() {
     let c = file(&base, "allocation-default-address-family=\"ipv6\"\n").unwrap();
     assert_eq!(c.allocation_default_address_family, DefaultFamily::Ipv6);
 }
+
+#[test]
+fn redis_databases_and_fleet_options() {
+    // The REST secrets may all live in Redis.
+    let c = load(&[
+        "vigi-turn",
+        "-n",
+        "--use-auth-secret",
+        "-N",
+        "ip=10.0.0.5 dbname=2 password=pw",
+        "--redis-statsdb=port=6380",
+        "--node-region",
+        "eu",
+    ])
+    .unwrap();
+    assert_eq!(c.auth, AuthMode::RestApi);
+    let u = c.redis_userdb.as_ref().unwrap();
+    assert_eq!((u.host.as_str(), u.db), ("10.0.0.5", 2));
+    assert_eq!(c.redis_statsdb.as_ref().unwrap().port, 6380);
+    assert_eq!((c.redis_refresh, c.redis_max_stale), (2, 300));
+    assert_eq!(c.node_region, "eu");
+    assert!(
+        !format!("{c:?}").contains("pw\""),
+        "no Redis password in Debug"
+    );
+    // coturn's file syntax, quoted.
+    let c = file(&["vigi-turn"], "redis-userdb=\"ip=127.0.0.1 port=7000\"\n").unwrap();
+    assert_eq!(c.redis_userdb.unwrap().port, 7000);
+    let m = err(file(
+        &["vigi-turn"],
+        "redis-userdb=\"ip=127.0.0.1 nope=1\"\n",
+    ));
+    assert!(m.starts_with("t.conf:1: ") && m.contains("nope"), "{m}");
+    let m = err(load(&["vigi-turn", "-n", "--redis-refresh", "0"]));
+    assert!(m.contains("--redis-refresh"), "{m}");
+    // RFC 5780 needs two addresses of one family.
+    let m = err(load(&[
+        "vigi-turn",
+        "-n",
+        "-L",
+        "127.0.0.1",
+        "-L",
+        "::1",
+        "--rfc5780",
+    ]));
+    assert!(m.starts_with("--rfc5780: "), "{m}");
+    let c = load(&[
+        "vigi-turn",
+        "-n",
+        "-L",
+        "127.0.0.1",
+        "-L",
+        "127.0.0.2",
+        "--rfc5780",
+    ])
+    .unwrap();
+    assert!(c.rfc5780);
+}

@@ -15,7 +15,10 @@ pub mod quota;
 pub mod stats;
 pub mod userdb;
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
 
 use crate::config::RedisConn;
 
@@ -59,6 +62,44 @@ pub fn glob_escape(s: &str) -> String {
     out
 }
 
+/// One node as its heartbeat last described it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub name: String,
+    /// `HOST:PORT` clients reach it on (UDP and TCP).
+    pub address: String,
+    pub region: String,
+    pub allocations: u64,
+    pub draining: bool,
+}
+
+/// The fleet's live nodes from their heartbeats (read with `--redis-statsdb`), for handing out
+/// the nearest healthy nodes with credentials. Used only while fresh.
+#[derive(Debug, Default)]
+pub struct Directory {
+    current: ArcSwapOption<(u64, Vec<NodeStatus>)>,
+}
+
+impl Directory {
+    pub fn store(&self, fetched_unix: u64, nodes: Vec<NodeStatus>) {
+        self.current.store(Some(Arc::new((fetched_unix, nodes))));
+    }
+
+    /// Up to `max` nodes that do not drain: those of `region` first (when given), each group
+    /// least loaded first. Empty when the last read is older than the heartbeat's lifetime.
+    pub fn nearest(&self, region: Option<&str>, unix_now: u64, max: usize) -> Vec<NodeStatus> {
+        let Some(cur) = self.current.load_full() else {
+            return Vec::new();
+        };
+        if unix_now > cur.0 + stats::HEARTBEAT_TTL {
+            return Vec::new();
+        }
+        let mut nodes: Vec<&NodeStatus> = cur.1.iter().filter(|n| !n.draining).collect();
+        nodes.sort_by_key(|n| (region.is_some_and(|r| r != n.region), n.allocations));
+        nodes.into_iter().take(max).cloned().collect()
+    }
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -69,6 +110,35 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn directory_gives_the_callers_region_first_then_least_loaded() {
+        let n = |name: &str, region: &str, allocations: u64, draining: bool| NodeStatus {
+            name: name.into(),
+            address: format!("{name}:3478"),
+            region: region.into(),
+            allocations,
+            draining,
+        };
+        let d = Directory::default();
+        assert!(d.nearest(Some("eu"), 100, 3).is_empty());
+        d.store(
+            100,
+            vec![
+                n("a", "us", 0, false),
+                n("b", "eu", 9, false),
+                n("c", "eu", 1, false),
+                n("d", "eu", 0, true),
+            ],
+        );
+        let names = |v: Vec<NodeStatus>| v.into_iter().map(|n| n.name).collect::<Vec<_>>();
+        assert_eq!(names(d.nearest(Some("eu"), 100, 3)), ["c", "b", "a"]);
+        assert_eq!(names(d.nearest(Some("us"), 100, 2)), ["a", "c"]);
+        assert_eq!(names(d.nearest(None, 100, 3)), ["a", "c", "b"]);
+        assert!(d
+            .nearest(Some("eu"), 100 + stats::HEARTBEAT_TTL + 1, 3)
+            .is_empty());
+    }
 
     #[test]
     fn glob_escape_quotes_pattern_characters() {

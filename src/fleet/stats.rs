@@ -49,6 +49,8 @@ pub struct StatsDbSource {
     pub workers: Vec<WorkerHandle>,
     pub shared: Arc<Shared>,
     pub relay_ips: Vec<IpAddr>,
+    /// Filled with every live node's heartbeat.
+    pub directory: Arc<super::Directory>,
 }
 
 /// Start the writer on its own thread; it runs until the process ends.
@@ -240,6 +242,7 @@ pub fn heartbeat(
 async fn read_peers(
     c: &mut MultiplexedConnection,
     me: &NodeInfo,
+    directory: &super::Directory,
     unix_now: u64,
 ) -> redis::RedisResult<Vec<std::net::SocketAddr>> {
     let mut cursor: u64 = 0;
@@ -260,10 +263,34 @@ async fn read_peers(
         cursor = next;
     }
     if keys.is_empty() {
+        directory.store(unix_now, Vec::new());
         return Ok(Vec::new());
     }
     let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(c).await?;
+    directory.store(
+        unix_now,
+        values
+            .iter()
+            .flatten()
+            .filter_map(|v| node_status(v, unix_now))
+            .collect(),
+    );
     Ok(pick_peers(me, values.iter().flatten(), unix_now))
+}
+
+/// A heartbeat as a [`super::NodeStatus`], if it parses and is fresh.
+fn node_status(v: &str, unix_now: u64) -> Option<super::NodeStatus> {
+    let h: serde_json::Value = serde_json::from_str(v).ok()?;
+    if h["unix"].as_u64()? + HEARTBEAT_TTL < unix_now {
+        return None;
+    }
+    Some(super::NodeStatus {
+        name: h["name"].as_str()?.to_owned(),
+        address: h["address"].as_str()?.to_owned(),
+        region: h["region"].as_str()?.to_owned(),
+        allocations: h["allocations"].as_u64()?,
+        draining: h["draining"].as_bool()?,
+    })
 }
 
 /// From heartbeat JSON values: the fresh, not draining nodes of `me`'s region except `me`,
@@ -346,7 +373,7 @@ async fn run(source: StatsDbSource) {
         }
         let Some(c) = conn.as_mut() else { continue };
         let done = match pipe.query_async::<()>(c).await {
-            Ok(()) => read_peers(c, &source.node, unix).await,
+            Ok(()) => read_peers(c, &source.node, &source.directory, unix).await,
             Err(e) => Err(e),
         };
         match done {

@@ -76,6 +76,9 @@ pub struct SignalConfig {
     pub turn_port: u16,
     pub udp: bool,
     pub tcp: bool,
+    /// The fleet's heartbeats (`--redis-statsdb`): when set and no `--turn-uri` is given, the
+    /// URIs name the nearest healthy nodes (region from `?region=` or `X-Region`).
+    pub fleet: Option<Arc<crate::fleet::Directory>>,
 }
 
 impl SignalConfig {
@@ -97,6 +100,7 @@ impl SignalConfig {
             turn_port: c.listening_port,
             udp: !c.no_udp,
             tcp: !c.no_tcp,
+            fleet: None,
         })
     }
 }
@@ -455,9 +459,25 @@ impl Http {
             .unwrap_or(HeaderValue::from_static("*"))
     }
 
-    fn uris(&self, headers: &HeaderMap) -> Vec<String> {
+    fn uris(&self, headers: &HeaderMap, region: Option<&str>) -> Vec<String> {
         if !self.cfg.turn_uris.is_empty() {
             return self.cfg.turn_uris.clone();
+        }
+        if let Some(fleet) = &self.cfg.fleet {
+            let region = region.or_else(|| headers.get("x-region")?.to_str().ok());
+            let nodes = fleet.nearest(region, unix_now(), FLEET_URI_NODES);
+            if !nodes.is_empty() {
+                let mut out = Vec::new();
+                for n in nodes {
+                    if self.cfg.udp {
+                        out.push(format!("turn:{}?transport=udp", n.address));
+                    }
+                    if self.cfg.tcp {
+                        out.push(format!("turn:{}?transport=tcp", n.address));
+                    }
+                }
+                return out;
+            }
         }
         let host = match self.cfg.default_host {
             Some(IpAddr::V6(ip)) => format!("[{ip}]"),
@@ -475,6 +495,9 @@ impl Http {
         out
     }
 }
+
+/// How many fleet nodes the credential endpoint names.
+const FLEET_URI_NODES: usize = 3;
 
 /// The host part of the request's `Host` header (IPv6 literals keep their brackets).
 fn request_host(headers: &HeaderMap) -> Option<String> {
@@ -497,6 +520,7 @@ struct CredQuery {
     user_id: Option<String>,
     expiry: Option<String>,
     token: Option<String>,
+    region: Option<String>,
 }
 
 async fn turn_credentials(
@@ -536,7 +560,7 @@ async fn turn_credentials(
     };
     let ttl = http.cfg.credentials_ttl;
     let c = mint_rest_credentials(rest_secret, &user, ttl, unix_now(), http.cfg.rest_separator);
-    let uris = http.uris(&headers);
+    let uris = http.uris(&headers, q.region.as_deref());
     let body = json!({
         "username": c.username,
         "password": c.password,
