@@ -571,7 +571,9 @@ impl Server {
         if a.state == State::Active {
             crate::metrics::log_allocation_ended(&self.config.realm, &a, reason);
         }
-        self.close_connections_of(id);
+        if a.tcp {
+            self.close_connections_of(id);
+        }
         self.commands.push_back(Command::FreeRelay { id });
     }
 
