@@ -246,7 +246,8 @@ fn handle(
         }
         was_established = was_established || s.established;
         if s.established && !closed {
-            let mut buf = vec![0u8; 65_536];
+            let mut buf = st.dtls_buf.borrow_mut();
+            buf.resize(65_536, 0);
             loop {
                 match s.stream.ssl_read(&mut buf) {
                     Ok(n) => records.push(buf[..n].to_vec()),
