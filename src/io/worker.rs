@@ -160,7 +160,7 @@ pub(crate) fn run(init: WorkerInit) {
             tcp_peers,
             raw_binds: RefCell::new(HashMap::new()),
             #[cfg(feature = "dtls")]
-            dtls_sessions: RefCell::new(HashMap::new()),
+            dtls_sessions: RefCell::new(Default::default()),
             #[cfg(feature = "dtls")]
             dtls_buf: RefCell::new(Vec::new()),
         });
