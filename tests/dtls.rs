@@ -1,6 +1,8 @@
 //! TURN over DTLS (`--features dtls`) against the real binary: coturn's `turnutils_uclient -S`
 //! over UDP (DTLS 1.2) on the TLS port, relaying to `turnutils_peer`, with a certificate made at
-//! test time. Every message must come back; with `--no-dtls` nothing does.
+//! test time. Every message must come back; with `--no-dtls` nothing does. An OpenSSL client
+//! checks the cookie exchange (no amplification) and SIGUSR2; garbage and abandoned handshakes
+//! leave the listener working.
 
 mod common;
 
@@ -237,4 +239,82 @@ fn sigusr2_serves_a_new_certificate_to_new_sessions_and_keeps_live_ones() {
     }
     // The session made before the reload keeps working.
     assert_binding_answered(&mut live);
+}
+
+/// Records what an OpenSSL DTLS client writes; never has anything to read.
+#[derive(Debug, Default)]
+struct Capture(Vec<Vec<u8>>);
+
+impl std::io::Read for Capture {
+    fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::WouldBlock.into())
+    }
+}
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.push(buf.to_vec());
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn garbage_and_abandoned_handshakes_leave_the_listener_working() {
+    let c = certs();
+    let tls_port = free_port();
+    let _srv = dtls_server(&c, tls_port, &[]);
+    let to = std::net::SocketAddr::from(([127, 0, 0, 1], tls_port));
+    // A real ClientHello, captured without a server.
+    let ctx = openssl::ssl::SslContext::builder(openssl::ssl::SslMethod::dtls())
+        .unwrap()
+        .build();
+    let hello = match openssl::ssl::Ssl::new(&ctx)
+        .unwrap()
+        .connect(Capture::default())
+    {
+        Err(openssl::ssl::HandshakeError::WouldBlock(mid)) => mid.get_ref().0[0].clone(),
+        other => panic!("expected a ClientHello, got {other:?}"),
+    };
+    // From 200 addresses: garbage, a truncated handshake record, a ClientHello with its tail
+    // cut, and a whole ClientHello whose HelloVerifyRequest is never answered.
+    let mut socks = Vec::new();
+    let mut hvr = 0;
+    for i in 0..200u32 {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+            .unwrap();
+        let junk: Vec<u8> = (0..(i % 90)).map(|_| rand::random()).collect();
+        s.send_to(&junk, to).unwrap();
+        s.send_to(&[22, 0xfe, 0xfd, 0, 0], to).unwrap();
+        s.send_to(&hello[..hello.len() / 2], to).unwrap();
+        s.send_to(&hello, to).unwrap();
+        socks.push(s);
+    }
+    for s in &socks {
+        let mut buf = [0u8; 1500];
+        if let Ok(n) = s.recv(&mut buf) {
+            assert!(
+                n <= hello.len(),
+                "{n}-byte answer to a {}-byte hello",
+                hello.len()
+            );
+            hvr += 1;
+        }
+    }
+    assert!(hvr > 0, "no HelloVerifyRequest at all");
+    // Real clients still get through, over OpenSSL and coturn's uclient.
+    let mut s = dtls_connect(tls_port);
+    assert_binding_answered(&mut s);
+    let (_peer, pport) = start_peer();
+    let r = uclient(
+        tls_port,
+        pport,
+        &[&LT[..], &["-S", "-m", "1", "-n", "20", "-l", "100"]].concat(),
+    );
+    assert_eq!(r.sent, 40, "output:\n{}", r.output);
+    assert_eq!(r.received, r.sent, "all echoed; output:\n{}", r.output);
 }

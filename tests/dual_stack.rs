@@ -1,14 +1,22 @@
 //! Dual allocations (RFC 8656 §7.2, ADDITIONAL-ADDRESS-FAMILY) against the real binary, driven by
 //! coturn's `turnutils_uclient -Z`: one allocation with an IPv4 and an IPv6 relayed address, and
-//! messages relayed to an IPv4 peer through the first and to an IPv6 peer through the second.
+//! messages relayed to an IPv4 peer through the first and to an IPv6 peer through the second;
+//! `-x`/`-X` (REQUESTED-ADDRESS-FAMILY) from an IPv4 client; and `-A` for Allocates naming no
+//! family.
 
 mod common;
 
 use common::*;
 
 fn dual_server() -> Server {
+    dual_server_with(&[])
+}
+
+/// A server listening and relaying on 127.0.0.1 and ::1, with `extra` flags.
+fn dual_server_with(extra: &[&str]) -> Server {
     let (min, max) = free_range(40);
-    start_server(&[
+    let (min, max) = (min.to_string(), max.to_string());
+    let mut args = vec![
         "-n",
         "-L",
         "127.0.0.1",
@@ -24,12 +32,14 @@ fn dual_server() -> Server {
         "--user",
         "bench:benchpw",
         "--min-port",
-        &min.to_string(),
+        &min,
         "--max-port",
-        &max.to_string(),
+        &max,
         "-m",
         "2",
-    ])
+    ];
+    args.extend_from_slice(extra);
+    start_server(&args)
 }
 
 /// turnutils_peer echoing on both loopback addresses.
@@ -53,9 +63,14 @@ fn dual_peer() -> (Proc, u16) {
 }
 
 fn run_dual(srv: &Server, peer_ip: &str, peer_port: u16, extra: &[&str]) -> UclientResult {
+    run_uclient(srv, peer_ip, peer_port, &[&["-Z"], extra].concat())
+}
+
+/// turnutils_uclient from 127.0.0.1 to `srv`, relaying to `peer_ip`:`peer_port`.
+fn run_uclient(srv: &Server, peer_ip: &str, peer_port: u16, extra: &[&str]) -> UclientResult {
     require_tool("turnutils_uclient");
     let mut cmd = std::process::Command::new("turnutils_uclient");
-    cmd.args(["-Z", "-p", &srv.port.to_string(), "-e", peer_ip])
+    cmd.args(["-p", &srv.port.to_string(), "-e", peer_ip])
         .args(["-r", &peer_port.to_string(), "-u", "bench", "-w", "benchpw"])
         .args(extra)
         .arg("127.0.0.1");
@@ -146,4 +161,82 @@ fn without_an_ipv6_relay_uclient_dual_allocation_is_refused_its_ipv6_half() {
     let (_peer, pport) = dual_peer();
     let r = run_dual(&srv, "::1", pport, &["-m", "1", "-n", "5", "-l", "100"]);
     assert_eq!(r.received, 0, "{}", r.output);
+}
+
+#[test]
+fn uclient_requesting_an_ipv6_relay_from_ipv4() {
+    // -x: REQUESTED-ADDRESS-FAMILY IPv6 from a client on 127.0.0.1, to a peer on ::1; -X asks
+    // for IPv4 explicitly.
+    let srv = dual_server();
+    let (_peer, pport) = dual_peer();
+    let r = run_uclient(
+        &srv,
+        "::1",
+        pport,
+        &["-x", "-m", "2", "-n", "20", "-l", "100"],
+    );
+    assert_all_echoed(&r, 40);
+    let r = run_uclient(
+        &srv,
+        "127.0.0.1",
+        pport,
+        &["-X", "-m", "1", "-n", "20", "-l", "100"],
+    );
+    assert_all_echoed(&r, 40);
+}
+
+/// The relayed address(es) an Allocate from 127.0.0.1 naming no address family gets, with
+/// long-term credentials bench:benchpw (401, then the signed request).
+fn unasked_relays(srv: &Server) -> Vec<std::net::SocketAddr> {
+    use vigi_turn::proto::{attr, Class, Message, MessageBuilder, Method};
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .unwrap();
+    let to = std::net::SocketAddr::from(([127, 0, 0, 1], srv.port));
+    let mut buf = [0u8; 1500];
+    let mut request = |tid: &[u8; 12], nonce: Option<&[u8]>| -> Vec<u8> {
+        let mut req = Vec::new();
+        let mut b = MessageBuilder::new(&mut req, Method::ALLOCATE, Class::Request, tid);
+        b.attr(attr::REQUESTED_TRANSPORT, &[attr::PROTO_UDP, 0, 0, 0]);
+        if let Some(n) = nonce {
+            b.attr(attr::USERNAME, b"bench");
+            b.attr(attr::REALM, b"bench.local");
+            b.attr(attr::NONCE, n);
+            b.integrity(&vigi_turn::engine::auth::key_md5(
+                "bench",
+                "bench.local",
+                "benchpw",
+            ));
+        }
+        s.send_to(&req, to).unwrap();
+        let n = s.recv(&mut buf).expect("an answer");
+        buf[..n].to_vec()
+    };
+    let first = request(&[1; 12], None);
+    let m = Message::decode(&first).unwrap();
+    let nonce = m.get(attr::NONCE).expect("401 with NONCE").to_vec();
+    let ok = request(&[2; 12], Some(&nonce));
+    let m = Message::decode(&ok).unwrap();
+    assert_eq!(m.class(), Class::Success);
+    m.attributes()
+        .filter(|a| a.ty == attr::XOR_RELAYED_ADDRESS)
+        .map(|a| {
+            attr::read_xor_address(&ok[a.offset..a.offset + a.len], m.transaction_id()).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn allocation_default_address_family_picks_the_unasked_relay_family() {
+    // coturn's uclient always names the family of its peer, so a hand-made Allocate names none.
+    let srv = dual_server();
+    let r = unasked_relays(&srv);
+    assert!(r.len() == 1 && r[0].is_ipv4(), "{r:?}");
+    let srv = dual_server_with(&["-A", "ipv6"]);
+    let r = unasked_relays(&srv);
+    assert!(r.len() == 1 && r[0].is_ipv6(), "{r:?}");
+    // keep: the client's family (IPv4 here).
+    let srv = dual_server_with(&["--allocation-default-address-family", "keep"]);
+    let r = unasked_relays(&srv);
+    assert!(r.len() == 1 && r[0].is_ipv4(), "{r:?}");
 }

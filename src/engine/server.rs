@@ -674,7 +674,9 @@ impl Server {
         if a.state == State::Active {
             crate::metrics::log_allocation_ended(&self.config.realm, &a, reason);
         }
-        self.close_connections_of(id);
+        if a.tcp {
+            self.close_connections_of(id);
+        }
         self.commands.push_back(Command::FreeRelay { id });
     }
 
@@ -1393,7 +1395,9 @@ impl Server {
         {
             refuse!(400);
         }
-        if req_family.is_some() && add_family.is_some() {
+        // One family, or the dual pair; and a dual allocation's two ports cannot both be even
+        // with a reserved successor (coturn refuses it the same way).
+        if add_family.is_some() && (req_family.is_some() || even.is_some()) {
             refuse!(400);
         }
         let want_v6 = match req_family.flatten() {

@@ -6,7 +6,8 @@
 //! data are encrypted on the way out. A HelloVerifyRequest cookie (RFC 6347 §4.2.1) must be
 //! echoed before the server sends its certificate, so a spoofed ClientHello cannot turn the
 //! listener into an amplifier; handshakes not done in 10 s and idle sessions are dropped, and a
-//! worker holds at most [`MAX_SESSIONS`]. SIGUSR2 reloads the certificate and key: new
+//! worker holds at most [`MAX_SESSIONS`], of which at most [`MAX_HANDSHAKES`] still handshaking
+//! (spoofed ClientHellos cannot grow memory without bound). SIGUSR2 reloads the certificate and key: new
 //! handshakes use them, live sessions keep theirs.
 
 use std::collections::hash_map::Entry;
@@ -30,6 +31,9 @@ use crate::engine::{ClientDecision, FiveTuple, Transport};
 
 /// Sessions one worker keeps at once; beyond it new handshakes are ignored.
 pub const MAX_SESSIONS: usize = 20_000;
+/// Sessions one worker lets handshake at once; beyond it new ClientHellos are ignored until
+/// some finish or time out (the client retransmits).
+pub const MAX_HANDSHAKES: usize = 1024;
 /// A handshake not done in this time is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A session without an allocation, silent this long, is dropped (as TCP connections are).
@@ -163,8 +167,12 @@ impl Session {
     }
 }
 
-/// A worker's DTLS sessions by (local address, client address).
-pub(crate) type Sessions = HashMap<(SocketAddr, SocketAddr), Session>;
+/// A worker's DTLS sessions by (local address, client address), and how many still handshake.
+#[derive(Default)]
+pub(crate) struct Sessions {
+    map: HashMap<(SocketAddr, SocketAddr), Session>,
+    handshaking: usize,
+}
 
 /// Read one DTLS listening socket.
 pub(crate) async fn listener(
@@ -205,9 +213,10 @@ fn handle(
     let mut closed = false;
     let mut was_established = false;
     {
-        let mut sessions = st.dtls_sessions.borrow_mut();
-        let full = sessions.len() >= MAX_SESSIONS;
-        let s = match sessions.entry((local, from)) {
+        let mut guard = st.dtls_sessions.borrow_mut();
+        let Sessions { map, handshaking } = &mut *guard;
+        let full = map.len() >= MAX_SESSIONS || *handshaking >= MAX_HANDSHAKES;
+        let s = match map.entry((local, from)) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
                 // Only a handshake record (content type 22) opens a session.
@@ -223,6 +232,7 @@ fn handle(
                 let Ok(stream) = SslStream::new(ssl, Dgram::default()) else {
                     return;
                 };
+                *handshaking += 1;
                 e.insert(Session {
                     stream,
                     socket: sock.clone(),
@@ -236,7 +246,10 @@ fn handle(
         s.last_seen = now;
         if !s.established {
             match s.stream.do_handshake() {
-                Ok(()) => s.established = true,
+                Ok(()) => {
+                    s.established = true;
+                    *handshaking -= 1;
+                }
                 Err(e) if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) => {}
                 Err(e) => {
                     tracing::debug!("dtls handshake from {from}: {e}");
@@ -246,7 +259,8 @@ fn handle(
         }
         was_established = was_established || s.established;
         if s.established && !closed {
-            let mut buf = vec![0u8; 65_536];
+            let mut buf = st.dtls_buf.borrow_mut();
+            buf.resize(65_536, 0);
             loop {
                 match s.stream.ssl_read(&mut buf) {
                     Ok(n) => records.push(buf[..n].to_vec()),
@@ -265,7 +279,10 @@ fn handle(
         }
         s.flush(from);
         if closed {
-            sessions.remove(&(local, from));
+            if !s.established {
+                *handshaking -= 1;
+            }
+            map.remove(&(local, from));
         }
     }
     for r in records {
@@ -288,7 +305,7 @@ fn handle(
 /// Encrypt `data` for the client on `to` and send it.
 pub(crate) fn send(st: &WorkerState, to: FiveTuple, data: &[u8]) {
     let mut sessions = st.dtls_sessions.borrow_mut();
-    if let Some(s) = sessions.get_mut(&(to.server, to.client)) {
+    if let Some(s) = sessions.map.get_mut(&(to.server, to.client)) {
         if s.established && s.stream.ssl_write(data).is_ok() {
             s.flush(to.client);
         }
@@ -301,7 +318,9 @@ pub(crate) fn sweep(st: &Rc<WorkerState>, now: Instant) {
     let mut ended = Vec::new();
     {
         let engine = st.engine.borrow();
-        st.dtls_sessions.borrow_mut().retain(|(local, client), s| {
+        let mut guard = st.dtls_sessions.borrow_mut();
+        let Sessions { map, handshaking } = &mut *guard;
+        map.retain(|(local, client), s| {
             let five = FiveTuple {
                 transport: Transport::Dtls,
                 client: *client,
@@ -317,6 +336,9 @@ pub(crate) fn sweep(st: &Rc<WorkerState>, now: Instant) {
             };
             if !keep && s.established {
                 ended.push(five);
+            }
+            if !keep && !s.established {
+                *handshaking -= 1;
             }
             keep
         });

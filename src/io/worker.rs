@@ -80,6 +80,9 @@ pub(crate) struct WorkerState {
     pub raw_binds: RefCell<HashMap<FiveTuple, (ConnectionId, std::net::TcpStream)>>,
     #[cfg(feature = "dtls")]
     pub dtls_sessions: RefCell<super::dtls::Sessions>,
+    /// Where DTLS records are decrypted into (one per worker, not one per datagram).
+    #[cfg(feature = "dtls")]
+    pub dtls_buf: RefCell<Vec<u8>>,
 }
 
 /// Everything a worker thread starts with.
@@ -157,7 +160,9 @@ pub(crate) fn run(init: WorkerInit) {
             tcp_peers,
             raw_binds: RefCell::new(HashMap::new()),
             #[cfg(feature = "dtls")]
-            dtls_sessions: RefCell::new(HashMap::new()),
+            dtls_sessions: RefCell::new(Default::default()),
+            #[cfg(feature = "dtls")]
+            dtls_buf: RefCell::new(Vec::new()),
         });
         for (addr, sock) in st.udp.clone() {
             tokio::task::spawn_local(udp_listener(st.clone(), addr, sock));
