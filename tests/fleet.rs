@@ -379,11 +379,9 @@ fn bad_redis_connection_string_is_refused_before_binding() {
 }
 
 /// Start Debian's coturn on 127.0.0.1 with `args`; wait until it answers STUN.
-fn start_coturn(port: u16, args: &[&str]) -> Proc {
+fn start_coturn(port: u16, dir: &std::path::Path, args: &[&str]) -> Proc {
     require_tool("turnserver");
     let (rmin, rmax) = free_range(20);
-    let dir = std::env::temp_dir().join(format!("vigi-fleet-coturn-{}", rand::random::<u32>()));
-    std::fs::create_dir_all(&dir).unwrap();
     let child = Command::new("turnserver")
         .args([
             "-n",
@@ -475,12 +473,20 @@ async fn coturn_and_vigi_turn_share_one_redis_user_database() {
 
     // coturn reads what vigi-turn wrote (and its own).
     let cport = free_port();
-    let coturn = start_coturn(cport, &["--lt-cred-mech", "--redis-userdb", &conn]);
+    let coturn = start_coturn(
+        cport,
+        &redis.dir,
+        &["--lt-cred-mech", "--redis-userdb", &conn],
+    );
     assert_relayed(&uc(cport, "walt", "waltpw"), 20, "coturn, walt (ours)");
     assert_relayed(&uc(cport, "tess", "tesspw"), 20, "coturn, tess (turnadmin)");
     drop(coturn);
     let cport = free_port();
-    let coturn = start_coturn(cport, &["--use-auth-secret", "--redis-userdb", &conn]);
+    let coturn = start_coturn(
+        cport,
+        &redis.dir,
+        &["--use-auth-secret", "--redis-userdb", &conn],
+    );
     assert_relayed(
         &uc(cport, &ours.username, &ours.password),
         20,
