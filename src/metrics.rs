@@ -490,6 +490,34 @@ impl Monitor {
             let _ = writeln!(o, "vigi_turn_relay_ports_free{{ip=\"{ip}\"}} {n}");
         }
 
+        // `--redis-userdb`: what the last read held and how old it is (alert before it passes
+        // `--redis-max-stale` and its users are refused).
+        if let Some(db) = self.shared.userdb.latest() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            for (name, help, v) in [
+                (
+                    "vigi_turn_userdb_users",
+                    "Users in the last user database read",
+                    db.users() as u64,
+                ),
+                (
+                    "vigi_turn_userdb_secrets",
+                    "REST secrets in the last user database read",
+                    db.secrets() as u64,
+                ),
+                (
+                    "vigi_turn_userdb_age_seconds",
+                    "Seconds since the last successful user database read",
+                    now.saturating_sub(db.fetched_unix),
+                ),
+            ] {
+                header(o, name, help, "gauge");
+                let _ = writeln!(o, "{name} {v}");
+            }
+        }
+
         header(
             o,
             "vigi_turn_worker_allocations",
@@ -949,6 +977,17 @@ mod tests {
         assert_eq!(top, ["vigi_turn_top_allocation_rate_bytes{id=\"w0-1-0\",user=\"b\",relay=\"127.0.0.1:50001\"} 3000.0"]);
         assert!(text.contains("turn_total_traffic_rcvb 53000\n"));
         assert!(text.contains("vigi_turn_relay_ports_free{ip=\"127.0.0.1\"} 100\n"));
+        assert!(
+            !text.contains("vigi_turn_userdb_users"),
+            "no user database, no series"
+        );
+        let mut db = crate::engine::auth::UserDb::new(0);
+        db.add_user("u", "r", &crate::engine::auth::UserSecret::Key([1; 16]));
+        m.shared.userdb.store(db, 60);
+        let text = m.render();
+        assert!(text.contains("vigi_turn_userdb_users 1\n"), "{text}");
+        assert!(text.contains("vigi_turn_userdb_secrets 0\n"));
+        assert!(text.contains("vigi_turn_userdb_age_seconds "));
         // "b" ends: its series go, and its lifetime is observed.
         snap.lock().unwrap().allocations = vec![info(0, "a", 50_000)];
         m.sample(t0 + Duration::from_secs(2));

@@ -122,8 +122,13 @@ struct Live {
 }
 
 async fn allocate(port: u16, user: &str, password: &str) -> Result<Live, String> {
-    let conn = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let server = format!("127.0.0.1:{port}");
+    allocate_at(&format!("127.0.0.1:{port}"), user, password).await
+}
+
+/// [`allocate`] on any server address (`HOST:PORT`).
+async fn allocate_at(server: &str, user: &str, password: &str) -> Result<Live, String> {
+    let conn = UdpSocket::bind("0.0.0.0:0").await.unwrap();
+    let server = server.to_owned();
     let client = Client::new(ClientConfig {
         stun_serv_addr: server.clone(),
         turn_serv_addr: server,
@@ -379,11 +384,9 @@ fn bad_redis_connection_string_is_refused_before_binding() {
 }
 
 /// Start Debian's coturn on 127.0.0.1 with `args`; wait until it answers STUN.
-fn start_coturn(port: u16, args: &[&str]) -> Proc {
+fn start_coturn(port: u16, dir: &std::path::Path, args: &[&str]) -> Proc {
     require_tool("turnserver");
     let (rmin, rmax) = free_range(20);
-    let dir = std::env::temp_dir().join(format!("vigi-fleet-coturn-{}", rand::random::<u32>()));
-    std::fs::create_dir_all(&dir).unwrap();
     let child = Command::new("turnserver")
         .args([
             "-n",
@@ -475,12 +478,20 @@ async fn coturn_and_vigi_turn_share_one_redis_user_database() {
 
     // coturn reads what vigi-turn wrote (and its own).
     let cport = free_port();
-    let coturn = start_coturn(cport, &["--lt-cred-mech", "--redis-userdb", &conn]);
+    let coturn = start_coturn(
+        cport,
+        &redis.dir,
+        &["--lt-cred-mech", "--redis-userdb", &conn],
+    );
     assert_relayed(&uc(cport, "walt", "waltpw"), 20, "coturn, walt (ours)");
     assert_relayed(&uc(cport, "tess", "tesspw"), 20, "coturn, tess (turnadmin)");
     drop(coturn);
     let cport = free_port();
-    let coturn = start_coturn(cport, &["--use-auth-secret", "--redis-userdb", &conn]);
+    let coturn = start_coturn(
+        cport,
+        &redis.dir,
+        &["--use-auth-secret", "--redis-userdb", &conn],
+    );
     assert_relayed(
         &uc(cport, &ours.username, &ours.password),
         20,
@@ -1090,6 +1101,31 @@ fn three_nodes_in_namespaces_share_users_secrets_and_drain_to_a_peer_of_their_re
         );
     }
 
+    // A user quota of 2 (the realm's, set in Redis now) holds across the nodes (a fresh user:
+    // alice's earlier sessions may still be live).
+    redis.run(
+        0,
+        &[
+            "SET",
+            &format!("turn/realm/{REALM}/user/quinn/password"),
+            "quinnpw",
+        ],
+    );
+    redis.run(0, &["SET", &format!("turn/realm/{REALM}/user-quota"), "2"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(raw_allocate_at(addr(1), "quinn", "quinnpw").0, 0);
+    assert_eq!(raw_allocate_at(addr(3), "quinn", "quinnpw").0, 0);
+    std::thread::sleep(Duration::from_millis(4000));
+    for i in 1..=3 {
+        assert_eq!(
+            raw_allocate_at(addr(i), "quinn", "quinnpw").0,
+            486,
+            "quota on node {i}"
+        );
+    }
+    redis.run(0, &["DEL", &format!("turn/realm/{REALM}/user-quota")]);
+    std::thread::sleep(Duration::from_millis(1500));
+
     // n1 drains: new Allocates go to n2 (its region; n3 in "us" has fewer allocations but is
     // not chosen), and coturn's client follows. n2 does not redirect back.
     unsafe {
@@ -1124,6 +1160,29 @@ fn three_nodes_in_namespaces_share_users_secrets_and_drain_to_a_peer_of_their_re
     std::thread::sleep(Duration::from_millis(3500));
     assert_eq!(raw_allocate_at(addr(2), "alice", "alicepw"), (403, None));
     assert_eq!(raw_allocate_at(addr(1), "alice", "alicepw"), (403, None));
+
+    // Redis dies mid-session: a live allocation on n3 keeps relaying, and n3 still
+    // authenticates from its cache.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let n3 = format!("{}:3478", net.ip(3));
+        let live = allocate_at(&n3, "alice", "alicepw")
+            .await
+            .expect("allocate on n3");
+        let p = UdpSocket::bind(format!("{}:0", net.gateway()))
+            .await
+            .unwrap();
+        live.round_trip(&p, "before").await.unwrap();
+        let mut redis = redis;
+        redis.kill();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        live.round_trip(&p, "redis down").await.unwrap();
+        let (sent, recv, out) =
+            uclient_to(&net.ip(3), &net.gateway(), peer_port, "alice", "alicepw");
+        assert_eq!((sent, recv), (10, 10), "n3 from its cache:\n{out}");
+        live.round_trip(&p, "after").await.unwrap();
+        live.close().await;
+    });
     let _ = peer.kill();
     let _ = peer.wait();
 }

@@ -257,6 +257,11 @@ impl UserDbCell {
         self.current.store(Some(Arc::new(db)));
     }
 
+    /// The last snapshot, however old (for metrics).
+    pub fn latest(&self) -> Option<Arc<UserDb>> {
+        self.current.load_full()
+    }
+
     /// The snapshot, if there is one and it is not too old at `unix_now`. Lock-free.
     pub fn fresh(&self, unix_now: u64) -> Option<Arc<UserDb>> {
         let db = self.current.load_full()?;
