@@ -41,6 +41,7 @@
 #   COTURN_BIN    [turnserver]  VIGI_BIN [target/release/vigi-turn]  BENCH_BIN [target/release/vigi-bench]
 #   LPORT [38478]  PEER_PORT [38480]  RMIN RMAX relay range [10000 31999] (below the ephemeral range)
 #   PIN           1: server on CPU 0, load on CPU 1 (taskset) [0]
+#   NICE          nice value of this run's scheduler autogroup (root; 0 = off) [-10]
 #   MAX_TOTAL_S   [1200]   OUT result directory [$TMPDIR/vigi-compare-<timestamp>]
 #
 # Output: RUN lines (one per run), SUMMARY lines (median over the clean runs, or over all runs
@@ -59,6 +60,14 @@
 #   udp_buf_drops kernel UDP receive/send buffer overflows during the run (/proc/net/snmp),
 #                 i.e. where loss happened: a socket that was not read fast enough
 set -u
+# On a shared machine the scheduler splits CPU between sessions (autogroups), whatever a
+# process's own nice value: run in a new session and give that session's group a higher weight
+# (root only; NICE=0 turns this off), as ../shared/bench/compare-coturn.sh does.
+NICE=${NICE:--10}
+if [ "$NICE" != 0 ] && [ "$(id -u)" = 0 ] && [ -z "${BENCH_AG:-}" ] && [ -e /proc/self/autogroup ]; then
+  BENCH_AG=1 exec setsid --wait "$0" "$@"
+fi
+[ -n "${BENCH_AG:-}" ] && echo "$NICE" > /proc/self/autogroup 2>/dev/null
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 PROFILES=${PROFILES:-"fixed100 fixed1000 send tcp rest sweep1 allocflood hold"}
