@@ -1395,9 +1395,7 @@ impl Server {
         {
             refuse!(400);
         }
-        // One family, or the dual pair; and a dual allocation's two ports cannot both be even
-        // with a reserved successor (coturn refuses it the same way).
-        if add_family.is_some() && (req_family.is_some() || even.is_some()) {
+        if req_family.is_some() && add_family.is_some() {
             refuse!(400);
         }
         let want_v6 = match req_family.flatten() {
