@@ -3,7 +3,8 @@
 //! and `GET /` answering 200 for health checks, as coturn) and the admin API
 //! (`--admin-listen ADDR:PORT`, bearer `--admin-token`):
 //!
-//! - `GET /api/allocations[?user=NAME]`: every live allocation with its counters (JSON);
+//! - `GET /api/allocations[?user=NAME]`: every live allocation with its relayed addresses (both
+//!   of a dual allocation) and counters, TCP relays' piped bytes included (JSON);
 //! - `DELETE /api/allocations/{id}`: end one (`id` as listed, e.g. `w0-12-3`);
 //! - `DELETE /api/users/{name}/allocations`: end every allocation of a user;
 //! - `GET /api/stats`: the counters of every worker added up.
