@@ -3,7 +3,8 @@
 //! and `GET /` answering 200 for health checks, as coturn) and the admin API
 //! (`--admin-listen ADDR:PORT`, bearer `--admin-token`):
 //!
-//! - `GET /api/allocations[?user=NAME]`: every live allocation with its counters (JSON);
+//! - `GET /api/allocations[?user=NAME]`: every live allocation with its relayed addresses (both
+//!   of a dual allocation) and counters, TCP relays' piped bytes included (JSON);
 //! - `DELETE /api/allocations/{id}`: end one (`id` as listed, e.g. `w0-12-3`);
 //! - `DELETE /api/users/{name}/allocations`: end every allocation of a user;
 //! - `GET /api/stats`: the counters of every worker added up.
@@ -274,8 +275,12 @@ struct AllocationJson {
     transport: &'static str,
     client: SocketAddr,
     server: SocketAddr,
+    /// The first relayed address (the only one before dual allocations; kept for old clients).
     relay: SocketAddr,
     reported_relay: SocketAddr,
+    /// Every relayed address: two for a dual allocation (RFC 8656 §7.2), IPv4 first.
+    relays: Vec<SocketAddr>,
+    reported_relays: Vec<SocketAddr>,
     started_unix: u64,
     expires_in: u64,
     permissions: usize,
@@ -297,6 +302,10 @@ impl AllocationJson {
             server: a.five_tuple.server,
             relay: a.relay,
             reported_relay: a.reported_relay,
+            relays: std::iter::once(a.relay).chain(a.second_relay).collect(),
+            reported_relays: std::iter::once(a.reported_relay)
+                .chain(a.reported_second)
+                .collect(),
             started_unix: a.started_unix,
             expires_in: a.expires_in,
             permissions: a.permissions,

@@ -926,6 +926,8 @@ mod tests {
             },
             relay: ([127, 0, 0, 1], 50000 + index as u16).into(),
             reported_relay: ([127, 0, 0, 1], 50000 + index as u16).into(),
+            second_relay: None,
+            reported_second: None,
             started_unix: 0,
             expires_in: 600,
             permissions: 1,

@@ -2,11 +2,16 @@
 //! coturn's `turnutils_uclient -Z`: one allocation with an IPv4 and an IPv6 relayed address, and
 //! messages relayed to an IPv4 peer through the first and to an IPv6 peer through the second;
 //! `-x`/`-X` (REQUESTED-ADDRESS-FAMILY) from an IPv4 client; and `-A` for Allocates naming no
-//! family.
+//! family. The admin API lists both relayed addresses of a dual allocation and counts the
+//! traffic of both in it.
 
 mod common;
 
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
 use common::*;
+use vigi_turn::proto::{attr, Class, Message, MessageBuilder, Method};
 
 fn dual_server() -> Server {
     dual_server_with(&[])
@@ -239,4 +244,151 @@ fn allocation_default_address_family_picks_the_unasked_relay_family() {
     let srv = dual_server_with(&["--allocation-default-address-family", "keep"]);
     let r = unasked_relays(&srv);
     assert!(r.len() == 1 && r[0].is_ipv4(), "{r:?}");
+}
+
+/// One HTTP/1.1 GET with a bearer token; (status, body).
+fn admin_get(port: u16, path: &str, token: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read response");
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        raw.split_once("\r\n\r\n").map_or("", |x| x.1).to_owned(),
+    )
+}
+
+/// A request from `s` to `server`; the answer.
+fn stun_request(
+    s: &UdpSocket,
+    server: SocketAddr,
+    method: Method,
+    build: impl Fn(&mut MessageBuilder),
+) -> Vec<u8> {
+    let tid: [u8; 12] = rand::random();
+    let mut req = Vec::new();
+    build(&mut MessageBuilder::new(
+        &mut req,
+        method,
+        Class::Request,
+        &tid,
+    ));
+    s.send_to(&req, server).unwrap();
+    let mut buf = vec![0u8; 1500];
+    loop {
+        let (n, _) = s.recv_from(&mut buf).expect("answer");
+        let m = Message::decode(&buf[..n]).expect("STUN answer");
+        if m.transaction_id() == &tid {
+            assert_eq!(m.class(), Class::Success, "{method:?} refused");
+            buf.truncate(n);
+            return buf;
+        }
+    }
+}
+
+#[test]
+fn admin_api_lists_both_relays_of_a_dual_allocation_and_counts_both_families() {
+    const TOKEN: &str = "dual-admin-token-0123456789";
+    let admin = free_port();
+    let admin_s = format!("127.0.0.1:{admin}");
+    let srv = dual_server_with(&[
+        "--no-auth",
+        "--admin-listen",
+        &admin_s,
+        "--admin-token",
+        TOKEN,
+    ]);
+    let server = SocketAddr::from(([127, 0, 0, 1], srv.port));
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let peer4 = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let peer6 = UdpSocket::bind("[::1]:0").unwrap();
+    for p in [&peer4, &peer6] {
+        p.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    }
+    let a = stun_request(&client, server, Method::ALLOCATE, |b| {
+        b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        b.attr(
+            attr::ADDITIONAL_ADDRESS_FAMILY,
+            &[attr::FAMILY_IPV6, 0, 0, 0],
+        );
+    });
+    let m = Message::decode(&a).unwrap();
+    let relayed: Vec<SocketAddr> = m
+        .attributes()
+        .filter(|r| r.ty == attr::XOR_RELAYED_ADDRESS)
+        .filter_map(|r| attr::read_xor_address(&a[r.offset..r.offset + r.len], m.transaction_id()))
+        .collect();
+    assert_eq!(relayed.len(), 2, "a dual allocation: {relayed:?}");
+    // 100 bytes to and 300 from the IPv4 peer, 200 to and 400 from the IPv6 peer.
+    for (peer, up, down) in [(&peer4, 100, 300), (&peer6, 200, 400)] {
+        let addr = peer.local_addr().unwrap();
+        stun_request(&client, server, Method::CREATE_PERMISSION, |b| {
+            b.xor_address(attr::XOR_PEER_ADDRESS, &addr);
+        });
+        let tid: [u8; 12] = rand::random();
+        let mut ind = Vec::new();
+        MessageBuilder::new(&mut ind, Method::SEND, Class::Indication, &tid)
+            .xor_address(attr::XOR_PEER_ADDRESS, &addr)
+            .attr(attr::DATA, &vec![7u8; up]);
+        client.send_to(&ind, server).unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, from) = peer.recv_from(&mut buf).expect("relayed to the peer");
+        assert_eq!(n, up);
+        assert!(relayed.contains(&from), "{from} is not one of {relayed:?}");
+        assert_eq!(from.is_ipv6(), addr.is_ipv6());
+        peer.send_to(&vec![9u8; down], from).unwrap();
+        let (n, _) = client.recv_from(&mut buf).expect("a Data indication");
+        let d = Message::decode(&buf[..n]).expect("STUN");
+        assert_eq!(d.get(attr::DATA).map(<[u8]>::len), Some(down));
+    }
+    // The snapshots are published once a second.
+    let t0 = Instant::now();
+    let alloc = loop {
+        let (status, body) = admin_get(admin, "/api/allocations", TOKEN);
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let found = v["allocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["traffic"]["peer_rcv"]["packets"] == 2)
+            .cloned();
+        if let Some(a) = found {
+            break a;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "not listed: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let listed = |k: &str| -> Vec<String> {
+        alloc[k]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {k}: {alloc}"))
+            .iter()
+            .map(|x| x.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let want: Vec<String> = relayed.iter().map(|r| r.to_string()).collect();
+    assert_eq!(listed("reported_relays"), want, "{alloc}");
+    assert_eq!(listed("relays"), want, "{alloc}");
+    // The old field is still the first relay.
+    assert_eq!(alloc["relay"].as_str(), Some(want[0].as_str()));
+    let t = &alloc["traffic"];
+    assert_eq!(t["peer_sent"]["bytes"], 300, "{alloc}");
+    assert_eq!(t["peer_sent"]["packets"], 2, "{alloc}");
+    assert_eq!(t["peer_rcv"]["bytes"], 700, "{alloc}");
+    assert_eq!(t["sent"]["bytes"], 700, "{alloc}");
 }

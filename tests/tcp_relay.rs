@@ -3,9 +3,16 @@
 //! other's relayed address, the other is told with a ConnectionAttempt, both bind data
 //! connections with ConnectionBind and then exchange raw bytes. Every message must come back.
 //! `-T` implies client-to-client (`-y`), so no outside peer is needed. Several workers (`-m 2`),
-//! so data connections reach workers other than the one holding the allocation.
+//! so data connections reach workers other than the one holding the allocation. The bytes piped
+//! are counted: live per allocation in the admin API, and in coturn's Prometheus totals.
 
 mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -138,4 +145,191 @@ fn no_udp_relay_answers_442_and_leaves_tcp_relays() {
         &[&LT[..], &["-T", "-m", "1", "-n", "10", "-l", "100"]].concat(),
     );
     assert_all_echoed(&r, 20);
+}
+
+/// One HTTP/1.1 GET with an optional bearer token; (status, body).
+fn http_get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read response");
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map_or("", |x| x.1).to_owned();
+    (status, body)
+}
+
+/// The samples of a `/metrics` scrape without labels: name -> value.
+fn scrape(port: u16) -> HashMap<String, u64> {
+    let (status, body) = http_get(port, "/metrics", None);
+    assert_eq!(status, 200, "scrape: {body}");
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse::<f64>().ok()? as u64))
+        })
+        .collect()
+}
+
+/// The totals uclient prints last: `tot_send_bytes ~ N, tot_recv_bytes ~ N`.
+fn uclient_bytes(out: &str) -> (u64, u64) {
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.contains("tot_send_bytes ~ "))
+        .unwrap_or_else(|| panic!("no byte totals in uclient output:\n{out}"));
+    let nums: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let n = nums.len();
+    assert!(n >= 2, "{line}");
+    (nums[n - 2], nums[n - 1])
+}
+
+const TOKEN: &str = "tcp-relay-admin-token-0123456789";
+
+#[test]
+fn tcp_relay_bytes_are_counted_live_per_allocation_and_in_the_totals() {
+    require_tool("turnutils_uclient");
+    let (prom, admin) = (free_port(), free_port());
+    let (prom_s, admin_s) = (prom.to_string(), format!("127.0.0.1:{admin}"));
+    let log = std::env::temp_dir().join(format!("vigi-tcprelay-{}.log", free_port()));
+    let log_s = log.to_str().unwrap().to_owned();
+    let srv = tcp_server(&[
+        "--log-file",
+        &log_s,
+        "--prometheus",
+        "--prometheus-address",
+        "127.0.0.1",
+        "--prometheus-port",
+        &prom_s,
+        "--admin-listen",
+        &admin_s,
+        "--admin-token",
+        TOKEN,
+    ]);
+    let mut child = Command::new("turnutils_uclient")
+        .args(["-p", &srv.port.to_string()])
+        .args(LT)
+        .args(["-T", "-m", "2", "-n", "300", "-l", "1000", "127.0.0.1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start turnutils_uclient");
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out
+    });
+    // While it runs: a TCP allocation shows bytes both ways, client and peer side.
+    let t0 = Instant::now();
+    let mut live = false;
+    while child.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(50) {
+        let (status, body) = http_get(admin, "/api/allocations", Some(TOKEN));
+        assert_eq!(status, 200, "{body}");
+        let list: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        live |= list["allocations"].as_array().unwrap().iter().any(|a| {
+            let t = &a["traffic"];
+            ["rcv", "sent", "peer_rcv", "peer_sent"].iter().all(|f| {
+                t[f]["bytes"].as_u64().unwrap_or(0) > 0 && t[f]["packets"].as_u64().unwrap_or(0) > 0
+            })
+        });
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = child.wait().unwrap();
+    let out = reader.join().unwrap();
+    assert!(status.success(), "uclient failed:\n{out}");
+    let (sent, received) = uclient_bytes(&out);
+    assert!(sent >= 300 * 2 * 1000, "uclient sent {sent}:\n{out}");
+    assert!(
+        live,
+        "no allocation showed TCP-relay bytes while uclient ran:\n{out}"
+    );
+    // Once the allocations have ended and the workers published: every byte uclient sent came
+    // in from a client and went out to a peer (the other client's relay), and every byte it got
+    // went the other way.
+    let total = |m: &HashMap<String, u64>, f: &str| {
+        m.get(&format!("turn_total_traffic_{f}"))
+            .copied()
+            .unwrap_or(0)
+    };
+    let t0 = Instant::now();
+    let m = loop {
+        let m = scrape(prom);
+        if total(&m, "rcvb") >= sent && total(&m, "peer_rcvb") >= received {
+            break m;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "totals never reached uclient's {sent}/{received}: {m:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Exactly: payload bytes, each counted once per side.
+    for (f, want) in [
+        ("rcvb", sent),
+        ("peer_sentb", sent),
+        ("peer_rcvb", received),
+        ("sentb", received),
+    ] {
+        assert_eq!(total(&m, f), want, "turn_total_traffic_{f}: {m:?}");
+    }
+    assert!(
+        total(&m, "rcvp") > 0 && total(&m, "peer_sentp") > 0,
+        "{m:?}"
+    );
+    // The admin API's totals agree.
+    let (_, body) = http_get(admin, "/api/stats", Some(TOKEN));
+    let st: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        st["traffic"]["rcv"]["bytes"].as_u64(),
+        Some(total(&m, "rcvb")),
+        "{body}"
+    );
+    assert_eq!(
+        st["traffic"]["peer_rcv"]["bytes"].as_u64(),
+        Some(total(&m, "peer_rcvb")),
+        "{body}"
+    );
+    // And the session-end lines: coturn's `usage` (client side) and `peer usage` lines.
+    let sum = |text: &str, kind: &str, field: &str| -> u64 {
+        text.lines()
+            .filter_map(|l| l.split(kind).nth(1))
+            .filter_map(|r| r.split(field).nth(1))
+            .filter_map(|r| {
+                r.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    };
+    let t0 = Instant::now();
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if sum(&text, ": peer usage: ", ", sb=") >= sent || t0.elapsed() > Duration::from_secs(5) {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(sum(&text, ": usage: ", ", rb="), sent, "{text}");
+    assert_eq!(sum(&text, ": usage: ", ", sb="), received, "{text}");
+    assert_eq!(sum(&text, ": peer usage: ", ", sb="), sent, "{text}");
+    assert_eq!(sum(&text, ": peer usage: ", ", rb="), received, "{text}");
 }

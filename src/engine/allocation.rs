@@ -2,13 +2,14 @@
 //! lifetime, credentials, permissions, channels, bandwidth buckets and counters.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::auth::Key;
 use super::channel::Channels;
 use super::permission::Permissions;
 use super::policy::TokenBucket;
-use super::stats::AllocationStats;
+use super::stats::{AllocationStats, TcpTraffic};
 use super::FiveTuple;
 use crate::proto::TransactionId;
 
@@ -68,6 +69,9 @@ pub struct Allocation {
     pub dont_fragment: bool,
     /// A TCP relay (RFC 6062): `relay` is a listening socket, peers come and go as connections.
     pub tcp: bool,
+    /// The counters of its TCP peer connections (RFC 6062), shared with the pipes that copy
+    /// their bytes; folded into `stats` once nothing else holds them.
+    pub tcp_traffic: Vec<Arc<TcpTraffic>>,
     /// The port reserved alongside this one (EVEN-PORT with R), released if never claimed.
     pub reservation: Option<u64>,
     /// The last request answered and its response, so a retransmission gets the same answer
@@ -78,6 +82,30 @@ pub struct Allocation {
     pub pending: Option<PendingAllocate>,
     /// When the REST credential it was made with expires (`--strict-expiry` only).
     pub credential_expiry: Option<Instant>,
+}
+
+impl Allocation {
+    /// Its counters now: `stats` plus what its TCP peer connections have counted so far.
+    pub fn traffic(&self) -> AllocationStats {
+        let mut t = self.stats;
+        for c in &self.tcp_traffic {
+            c.add_to(&mut t);
+        }
+        t
+    }
+
+    /// Fold the counters of TCP peer connections that nothing else holds any more (closed,
+    /// their pipes done) into `stats`, so the list stays as short as the live connections.
+    pub fn settle_tcp_traffic(&mut self) {
+        let stats = &mut self.stats;
+        self.tcp_traffic.retain(|c| {
+            let done = Arc::strong_count(c) == 1;
+            if done {
+                c.add_to(stats);
+            }
+            !done
+        });
+    }
 }
 
 /// What the Allocate response will need once the relay socket is bound.

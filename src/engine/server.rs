@@ -658,7 +658,7 @@ impl Server {
         if slot.generation != id.generation {
             return;
         }
-        let Some(a) = slot.alloc.take() else {
+        let Some(mut a) = slot.alloc.take() else {
             return;
         };
         slot.generation = slot.generation.wrapping_add(1);
@@ -670,6 +670,9 @@ impl Server {
             }
         }
         self.shared.uncount(&a.username);
+        // Bytes a pipe still copies after this are not counted: it is being closed.
+        a.stats = a.traffic();
+        a.tcp_traffic.clear();
         self.counters.closed_traffic.merge(&a.stats);
         if a.state == State::Active {
             crate::metrics::log_allocation_ended(&self.config.realm, &a, reason);
@@ -1559,6 +1562,7 @@ impl Server {
             to_client_bucket: TokenBucket::new(max_bps, now),
             dont_fragment,
             tcp,
+            tcp_traffic: Vec::new(),
             reservation: reservation_token,
             last_tid: *m.transaction_id(),
             last_response: Vec::new(),
@@ -2168,12 +2172,14 @@ impl Server {
                 five_tuple: a.five_tuple,
                 relay: a.relay,
                 reported_relay: a.reported_relay,
+                second_relay: a.second_relay,
+                reported_second: a.reported_second,
                 started_unix: unix
                     .saturating_sub(now.saturating_duration_since(a.created).as_secs()),
                 expires_in: a.expires.saturating_duration_since(now).as_secs(),
                 permissions: a.permissions.len(now),
                 channels: a.channels.len(now),
-                stats: a.stats,
+                stats: a.traffic(),
             })
             .collect()
     }
@@ -2187,6 +2193,9 @@ pub struct AllocationInfo {
     pub five_tuple: FiveTuple,
     pub relay: SocketAddr,
     pub reported_relay: SocketAddr,
+    /// The IPv6 relay of a dual allocation, and what XOR-RELAYED-ADDRESS reports for it.
+    pub second_relay: Option<SocketAddr>,
+    pub reported_second: Option<SocketAddr>,
     pub started_unix: u64,
     pub expires_in: u64,
     pub permissions: usize,

@@ -176,7 +176,10 @@ pub(crate) fn bind(st: &WorkerState, cid: ConnectionId, client: FiveTuple) {
 
 /// Copy bytes between a data connection and its peer until either side closes or the engine
 /// closes the connection. `leftover`: bytes the client sent after its ConnectionBind, read
-/// already. Peer bytes go to the client through `tx`, the connection's writer queue.
+/// already. Peer bytes go to the client through `tx`, the connection's writer queue. Each chunk
+/// read is counted, one packet, into the connection's
+/// [`TcpTraffic`](crate::engine::stats::TcpTraffic), which the engine owning
+/// the allocation (perhaps on another worker) folds into the allocation's counters.
 pub(crate) async fn pipe<R>(
     st: &Rc<WorkerState>,
     cid: ConnectionId,
@@ -189,14 +192,24 @@ pub(crate) async fn pipe<R>(
 {
     let stop = Arc::new(Notify::new());
     lock(&st.tcp_peers).insert(cid, PeerConn::Bound(stop.clone()));
+    // Gone only if the allocation ended meanwhile: its close command then ends this pipe.
+    let traffic = st.engine.borrow().tcp_traffic(cid).unwrap_or_default();
     if let Ok(peer) = TcpStream::from_std(peer) {
         let (mut peer_rd, mut peer_wr) = peer.into_split();
         let up = async {
             if !leftover.is_empty() {
                 peer_wr.write_all(&leftover).await?;
+                traffic.add_up(leftover.len());
             }
-            tokio::io::copy(&mut client_rd, &mut peer_wr).await?;
-            peer_wr.shutdown().await
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = client_rd.read(&mut buf).await?;
+                if n == 0 {
+                    return peer_wr.shutdown().await;
+                }
+                peer_wr.write_all(&buf[..n]).await?;
+                traffic.add_up(n);
+            }
         };
         let down = async {
             let mut buf = vec![0u8; 16 * 1024];
@@ -205,6 +218,7 @@ pub(crate) async fn pipe<R>(
                 if n == 0 || tx.send(buf[..n].to_vec()).await.is_err() {
                     return Ok::<_, io::Error>(());
                 }
+                traffic.add_down(n);
             }
         };
         tokio::select! {

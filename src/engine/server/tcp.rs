@@ -10,6 +10,7 @@
 //! worker, whose engine then checks the ConnectionBind against it.
 
 use super::*;
+use crate::engine::stats::TcpTraffic;
 
 /// How long a Connect may take, and how long a peer connection waits for its ConnectionBind
 /// (RFC 6062 §5.2, §5.3: 30 seconds).
@@ -48,6 +49,8 @@ pub(super) struct TcpConnection {
     pub state: ConnState,
     /// When Connecting or Pending ends (RFC 6062's 30 s).
     pub deadline: Instant,
+    /// Its bytes, counted by the pipe; the allocation holds the same counters.
+    pub traffic: Arc<TcpTraffic>,
 }
 
 impl Shared {
@@ -74,10 +77,15 @@ impl Server {
         peer: SocketAddr,
         state: ConnState,
     ) -> ConnectionId {
-        let username = self
-            .get(alloc)
-            .map(|a| a.username.clone())
-            .unwrap_or_default();
+        let traffic = Arc::new(TcpTraffic::default());
+        let username = match self.get_mut(alloc) {
+            Some(a) => {
+                a.settle_tcp_traffic();
+                a.tcp_traffic.push(traffic.clone());
+                a.username.clone()
+            }
+            None => String::new(),
+        };
         let deadline = now + TCP_CONNECTION_TIMEOUT;
         let shared = self.shared.clone();
         let mut conns = shared.conns();
@@ -96,6 +104,7 @@ impl Server {
                 peer,
                 state,
                 deadline,
+                traffic,
             },
         );
         self.conn_timers.push(Reverse((deadline, cid)));
@@ -356,6 +365,12 @@ impl Server {
     /// A peer connection, or the data connection bound to it, closed: forget it.
     pub fn handle_tcp_connection_closed(&mut self, cid: ConnectionId) {
         self.shared.conns().remove(&cid);
+    }
+
+    /// The counters of bound connection `cid`, for the pipe that copies its bytes.
+    pub fn tcp_traffic(&self, cid: ConnectionId) -> Option<Arc<TcpTraffic>> {
+        let conns = self.shared.conns();
+        conns.get(&cid).map(|c| c.traffic.clone())
     }
 
     /// Peer connections held now, all engines (for tests and metrics).

@@ -306,3 +306,38 @@ fn coturns_draft_code_points_are_understood_and_answered_in_kind() {
     let e = r.get(attr::ADDRESS_ERROR_CODE_DRAFT).unwrap();
     assert_eq!((e[0], e[2], e[3]), (attr::FAMILY_IPV6, 4, 40));
 }
+
+#[test]
+fn dual_allocation_snapshot_shows_both_relays_and_counts_both_families() {
+    let mut h = H::new(dual_config());
+    let mut c = Client::alice(udp(40000));
+    let r = c.allocate_with(&mut h, &additional_v6);
+    r.assert_ok();
+    let addrs = relayed(&r);
+    let (p4, p6) = (peer(), v6_peer());
+    c.permit(&mut h, p4).assert_ok();
+    c.permit(&mut h, p6).assert_ok();
+    for (p, n) in [(p4, 4), (p6, 6)] {
+        let send = c.send_indication(p, &vec![0; n]);
+        assert!(matches!(
+            h.input(c.five, &send),
+            ClientDecision::Forward { .. }
+        ));
+        assert!(matches!(
+            h.peer_sends(c.five, p, &vec![0; 10 * n]).0,
+            PeerDecision::Forward { .. }
+        ));
+    }
+    let snap = h.s.snapshot(h.now);
+    assert_eq!(snap.len(), 1);
+    let a = &snap[0];
+    assert!(a.relay.is_ipv4());
+    let second = a.second_relay.expect("the IPv6 relay");
+    assert!(second.is_ipv6());
+    assert_eq!(vec![a.reported_relay, a.reported_second.unwrap()], addrs);
+    // Both families' traffic in the one allocation's counters.
+    let flow = |packets, bytes| crate::engine::stats::Flow { packets, bytes };
+    assert_eq!(a.stats.peer_sent, flow(2, 10));
+    assert_eq!(a.stats.peer_rcv, flow(2, 100));
+    assert_eq!(a.stats.client_sent, flow(2, 100));
+}

@@ -4,6 +4,7 @@
 //! worker's engine.
 
 use super::*;
+use crate::engine::stats::Flow;
 
 fn requested_tcp(b: &mut MessageBuilder<'_>) {
     b.attr(attr::REQUESTED_TRANSPORT, &[attr::PROTO_TCP, 0, 0, 0]);
@@ -328,4 +329,67 @@ fn connection_bind_may_reach_another_workers_engine() {
     h1.sent.clear();
     c.refresh(&mut h1, Some(0)).assert_ok();
     assert_eq!(h1.tcp.pop(), Some(Command::CloseConnection { cid }));
+}
+
+#[test]
+fn pipe_bytes_count_into_the_owning_allocation_live_and_at_its_end() {
+    let shared = Arc::new(Shared::new(MIN_PORT, MAX_PORT, [7; 32]));
+    let mut h1 = H::with_shared(config(), shared.clone());
+    let mut h2 = H::with_shared(config(), shared);
+    let mut c = Client::alice(tcp(40000));
+    allocate_tcp(&mut h1, &mut c).assert_ok();
+    let id = h1.alloc_id(c.five);
+    c.permit(&mut h1, peer()).assert_ok();
+    let stats = |h: &H| {
+        let s = h.s.snapshot(h.now);
+        assert_eq!(s.len(), 1);
+        s[0].stats
+    };
+    let before = stats(&h1);
+    let flow = |packets, bytes| Flow { packets, bytes };
+    let mut total = (0, 0);
+    for round in 0..3u64 {
+        let cid = h1.s.handle_tcp_peer_accepted(h1.now, id, peer()).unwrap();
+        // The data connection, and so the pipe, is on the other worker.
+        let mut d = Client::alice(tcp(40001 + round as u16));
+        connection_bind(&mut h2, &mut d, cid.0).assert_ok();
+        let t =
+            h2.s.tcp_traffic(cid)
+                .expect("a bound connection has counters");
+        t.add_up(1000);
+        t.add_up(24);
+        t.add_down(300);
+        total = (total.0 + 2, total.1 + 1);
+        // Live, while the pipe copies.
+        let s = stats(&h1);
+        assert_eq!(
+            s.client_rcv,
+            flow(
+                before.client_rcv.packets + total.0,
+                before.client_rcv.bytes + 1024 * (round + 1)
+            )
+        );
+        assert_eq!(s.peer_sent, flow(total.0, 1024 * (round + 1)));
+        assert_eq!(s.peer_rcv, flow(total.1, 300 * (round + 1)));
+        assert_eq!(
+            s.client_sent.bytes,
+            before.client_sent.bytes + 300 * (round + 1)
+        );
+        // The pipe ends; the counts stay.
+        h2.s.handle_tcp_connection_closed(cid);
+        drop(t);
+        assert_eq!(stats(&h1).peer_sent, flow(total.0, 1024 * (round + 1)));
+    }
+    // Closed connections were folded as new ones came: the allocation holds one set.
+    let a = h1.s.allocations().find(|a| a.id == id).unwrap();
+    assert_eq!(a.tcp_traffic.len(), 1);
+    // At its end they go to the totals.
+    let live = stats(&h1);
+    h1.drain();
+    h1.sent.clear();
+    c.refresh(&mut h1, Some(0)).assert_ok();
+    let closed = h1.s.counters().closed_traffic;
+    assert_eq!(closed.peer_sent, live.peer_sent);
+    assert_eq!(closed.peer_rcv, flow(3, 900));
+    assert_eq!(closed.client_rcv.bytes, live.client_rcv.bytes);
 }
