@@ -204,8 +204,8 @@ pub(crate) struct Session {
     /// Handshaking past the cookie exchange: counted in [`Sessions::verified_by_source`].
     verified: bool,
     /// A new handshake from the same address while established (a restarted client), until its
-    /// cookie is verified.
-    restart: Option<Box<SslStream<Dgram>>>,
+    /// cookie is verified, and when it began (dropped after [`HANDSHAKE_TIMEOUT`]).
+    restart: Option<(Instant, Box<SslStream<Dgram>>)>,
     created: Instant,
     last_seen: Instant,
 }
@@ -331,7 +331,6 @@ fn handle(
                 })
             }
         };
-        s.last_seen = now;
         if s.established && is_client_hello(&datagram) {
             // RFC 6347 §4.2.8: a ClientHello on an established association is a restarted
             // client. It gets its own handshake; the old session stays until the new one's
@@ -343,9 +342,9 @@ fn handle(
                 let Some(r) = new_stream(ctx, from) else {
                     return;
                 };
-                s.restart = Some(Box::new(r));
+                s.restart = Some((now, Box::new(r)));
             }
-            let Some(r) = s.restart.as_mut() else {
+            let Some((_, r)) = s.restart.as_mut() else {
                 return;
             };
             r.get_mut().inbox.push_back(datagram);
@@ -368,7 +367,7 @@ fn handle(
             {
                 return;
             }
-            let Some(r) = restart else {
+            let Some((_, r)) = restart else {
                 return;
             };
             // The new session replaces the old one, whose allocation ends below.
@@ -376,10 +375,13 @@ fn handle(
             s.established = false;
             s.verified = true;
             s.created = now;
+            s.last_seen = now;
             *handshaking += 1;
             restarted = true;
             tracing::debug!("dtls client {from} restarted its session");
         } else {
+            // Only here: a ClientHello anyone can send from the address keeps no session alive.
+            s.last_seen = now;
             s.stream.get_mut().inbox.push_back(datagram);
             if !s.established {
                 let res = s.stream.do_handshake();
@@ -490,6 +492,12 @@ pub(crate) fn sweep(st: &Rc<WorkerState>, now: Instant) {
                 server: *local,
             };
             let idle = now.saturating_duration_since(s.last_seen);
+            if s.restart
+                .as_ref()
+                .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= HANDSHAKE_TIMEOUT)
+            {
+                s.restart = None;
+            }
             let keep = if !s.established {
                 now.saturating_duration_since(s.created) < HANDSHAKE_TIMEOUT
             } else if engine.allocation_on(&five).is_some() {
@@ -513,4 +521,54 @@ pub(crate) fn sweep(st: &Rc<WorkerState>, now: Instant) {
         st.engine.borrow_mut().handle_transport_closed(five);
     }
     st.drain_commands(now);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_are_ipv4_addresses_and_ipv6_slash_64s() {
+        let v4 = |s: &str| source_key(s.parse().unwrap());
+        assert_eq!(v4("192.0.2.1"), v4("::ffff:192.0.2.1"));
+        assert_ne!(v4("192.0.2.1"), v4("192.0.2.2"));
+        assert_eq!(v4("2001:db8:1:2::1"), v4("2001:db8:1:2:ffff::9"));
+        assert_ne!(v4("2001:db8:1:2::1"), v4("2001:db8:1:3::1"));
+        // An IPv6 /64 whose upper bits look like an IPv4 address is not that address.
+        assert_ne!(v4("::c000:201"), v4("192.0.2.1"));
+    }
+
+    #[test]
+    fn per_source_count_caps_and_frees() {
+        let mut by = HashMap::new();
+        let ip: IpAddr = "2001:db8::1".parse().unwrap();
+        let same: IpAddr = "2001:db8::2".parse().unwrap();
+        for _ in 0..MAX_HANDSHAKES_PER_IP {
+            assert!(try_take_source(&mut by, ip));
+        }
+        assert!(!try_take_source(&mut by, same), "same /64, over the cap");
+        assert!(try_take_source(&mut by, "2001:db9::1".parse().unwrap()));
+        release_source(&mut by, same);
+        assert!(try_take_source(&mut by, ip));
+        for _ in 0..MAX_HANDSHAKES_PER_IP {
+            release_source(&mut by, ip);
+        }
+        release_source(&mut by, ip);
+        assert_eq!(by.len(), 1, "a source at zero leaves the map");
+    }
+
+    #[test]
+    fn only_a_first_client_hello_opens_a_handshake() {
+        let mut hello = vec![
+            22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 40, 1, 0, 0, 28, 0, 0,
+        ];
+        hello.resize(60, 0);
+        assert!(is_client_hello(&hello) && opens_handshake(&hello));
+        hello[18] = 1; // message_seq 1: the ClientHello with the cookie
+        assert!(is_client_hello(&hello) && !opens_handshake(&hello));
+        hello[4] = 1; // epoch 1: encrypted
+        assert!(!is_client_hello(&hello));
+        assert!(!opens_handshake(&[22, 0xfe, 0xfd, 0, 0]));
+        assert!(!opens_handshake(&[]));
+    }
 }
