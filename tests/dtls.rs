@@ -2,7 +2,8 @@
 //! over UDP (DTLS 1.2) on the TLS port, relaying to `turnutils_peer`, with a certificate made at
 //! test time. Every message must come back; with `--no-dtls` nothing does. An OpenSSL client
 //! checks the cookie exchange (no amplification) and SIGUSR2; garbage and abandoned handshakes
-//! leave the listener working.
+//! leave the listener working; one address holding many handshakes past the cookie leaves others
+//! served; a client restarting on the same port gets a new session and allocation.
 
 mod common;
 
@@ -65,6 +66,11 @@ fn dtls_server(c: &Certs, tls_port: u16, extra: &[&str]) -> Server {
         "--pkey",
         &c.key,
     ];
+    if extra.contains(&"-m") {
+        // The caller picks the number of workers.
+        let m = args.iter().position(|a| *a == "-m").unwrap();
+        args.drain(m..m + 2);
+    }
     args.extend_from_slice(extra);
     start_server(&args)
 }
@@ -146,6 +152,13 @@ fn dtls_connect(port: u16) -> openssl::ssl::SslStream<Udp> {
     sock.connect(("127.0.0.1", port)).unwrap();
     sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .unwrap();
+    dtls_on(sock).expect("DTLS handshake with vigi-turn")
+}
+
+/// A DTLS handshake over `sock` (connected to vigi-turn), or the error that ended it.
+fn dtls_on(
+    sock: std::net::UdpSocket,
+) -> Result<openssl::ssl::SslStream<Udp>, openssl::ssl::HandshakeError<Udp>> {
     let mut ctx = openssl::ssl::SslContext::builder(openssl::ssl::SslMethod::dtls()).unwrap();
     ctx.set_verify(openssl::ssl::SslVerifyMode::NONE);
     let mut ssl = openssl::ssl::Ssl::new(&ctx.build()).unwrap();
@@ -155,7 +168,7 @@ fn dtls_connect(port: u16) -> openssl::ssl::SslStream<Udp> {
         sent: Vec::new(),
         received: Vec::new(),
     };
-    ssl.connect(io).expect("DTLS handshake with vigi-turn")
+    ssl.connect(io)
 }
 
 /// A STUN Binding over the session is answered with XOR-MAPPED-ADDRESS.
@@ -317,4 +330,177 @@ fn garbage_and_abandoned_handshakes_leave_the_listener_working() {
     );
     assert_eq!(r.sent, 40, "output:\n{}", r.output);
     assert_eq!(r.received, r.sent, "all echoed; output:\n{}", r.output);
+}
+
+/// Reads one datagram from the socket, then has nothing more: an OpenSSL client over it sends
+/// its ClientHello, reads the HelloVerifyRequest, sends the ClientHello with the cookie and stops.
+#[derive(Debug)]
+struct OneRead(std::net::UdpSocket, bool);
+
+impl std::io::Read for OneRead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.1 {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        self.1 = true;
+        self.0.recv(buf)
+    }
+}
+
+impl std::io::Write for OneRead {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.send(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A handshake from a new port on `ip` left half-open just past the cookie exchange; the socket,
+/// to see whether the server went on.
+fn half_open(ctx: &openssl::ssl::SslContext, ip: &str, port: u16) -> std::net::UdpSocket {
+    let sock = std::net::UdpSocket::bind((ip, 0)).unwrap();
+    sock.connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .unwrap();
+    let ssl = openssl::ssl::Ssl::new(ctx).unwrap();
+    match ssl.connect(OneRead(sock.try_clone().unwrap(), false)) {
+        Err(openssl::ssl::HandshakeError::WouldBlock(mid)) => {
+            assert!(mid.get_ref().1, "no HelloVerifyRequest");
+        }
+        other => panic!("expected a handshake in progress, got {other:?}"),
+    }
+    sock
+}
+
+/// A handshake from `ip` (any port) to vigi-turn, with a short timeout.
+fn try_connect_from(ip: &str, port: u16) -> Option<openssl::ssl::SslStream<Udp>> {
+    let sock = std::net::UdpSocket::bind((ip, 0)).unwrap();
+    sock.connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(1500)))
+        .unwrap();
+    dtls_on(sock).ok()
+}
+
+#[test]
+fn one_address_holding_handshakes_past_the_cookie_leaves_others_served() {
+    let c = certs();
+    let tls_port = free_port();
+    // One worker: every handshake lands on the same per-worker caps.
+    let _srv = dtls_server(&c, tls_port, &["-m", "1"]);
+    let mut live = dtls_connect(tls_port);
+    // Many half-open handshakes, all past the cookie exchange, from one address (not 127.0.0.1,
+    // whose ports the other tests pick). Without the per-source cap each would be answered
+    // with the server's flight and hold a handshake slot for 10 s.
+    let ctx = openssl::ssl::SslContext::builder(openssl::ssl::SslMethod::dtls())
+        .unwrap()
+        .build();
+    let flood: Vec<_> = (0..100)
+        .map(|_| half_open(&ctx, "127.0.0.3", tls_port))
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut answered = 0;
+    for s in &flood {
+        s.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 1500];
+        if s.recv(&mut buf).is_ok() {
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 8, "handshakes one address got past the cookie");
+    // The live session and a new client from another address are served.
+    assert_binding_answered(&mut live);
+    let mut other = try_connect_from("127.0.0.2", tls_port).expect("a client from 127.0.0.2");
+    assert_binding_answered(&mut other);
+    // A new handshake from the flooding address is not, until its half-open ones time out.
+    let t0 = std::time::Instant::now();
+    assert!(
+        try_connect_from("127.0.0.3", tls_port).is_none(),
+        "a ninth handshake from the flooding address"
+    );
+    let mut s = loop {
+        if let Some(s) = try_connect_from("127.0.0.3", tls_port) {
+            break s;
+        }
+        assert!(t0.elapsed().as_secs() < 20, "flooding address never served");
+    };
+    assert!(
+        t0.elapsed().as_secs() >= 5,
+        "served before its handshakes timed out"
+    );
+    assert_binding_answered(&mut s);
+}
+
+/// Over a DTLS session: Allocate (401, then signed), CreatePermission for the echo peer on
+/// `pport`, a Send indication, and its echo back as a Data indication.
+fn allocate_and_relay(s: &mut openssl::ssl::SslStream<Udp>, pport: u16) {
+    use vigi_turn::proto::{attr, Class, Message, MessageBuilder, Method};
+    let key = vigi_turn::engine::auth::key_md5("bench", "bench.local", "benchpw");
+    let peer = std::net::SocketAddr::from(([127, 0, 0, 1], pport));
+    let mut buf = [0u8; 1500];
+    let mut nonce = Vec::new();
+    for step in 0..4 {
+        let tid: [u8; 12] = rand::random();
+        let mut req = Vec::new();
+        let method = if step < 2 {
+            Method::ALLOCATE
+        } else if step == 2 {
+            Method::CREATE_PERMISSION
+        } else {
+            Method::SEND
+        };
+        let class = if step == 3 {
+            Class::Indication
+        } else {
+            Class::Request
+        };
+        let mut b = MessageBuilder::new(&mut req, method, class, &tid);
+        if step < 2 {
+            b.attr(attr::REQUESTED_TRANSPORT, &[attr::PROTO_UDP, 0, 0, 0]);
+        } else {
+            b.xor_address(attr::XOR_PEER_ADDRESS, &peer);
+        }
+        if step == 3 {
+            b.attr(attr::DATA, b"restarted");
+        } else if step > 0 {
+            b.attr(attr::USERNAME, b"bench");
+            b.attr(attr::REALM, b"bench.local");
+            b.attr(attr::NONCE, &nonce);
+            b.integrity(&key);
+        }
+        s.ssl_write(&req).unwrap();
+        let n = s.ssl_read(&mut buf).expect("an answer");
+        let m = Message::decode(&buf[..n]).unwrap();
+        match step {
+            0 => nonce = m.get(attr::NONCE).expect("401 with NONCE").to_vec(),
+            1 | 2 => assert_eq!(m.class(), Class::Success, "step {step}: {m:?}"),
+            _ => {
+                assert_eq!(
+                    (m.method(), m.get(attr::DATA)),
+                    (Method::DATA, Some(&b"restarted"[..]))
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_client_restarting_on_the_same_port_gets_a_new_session_and_allocation() {
+    let c = certs();
+    let tls_port = free_port();
+    let _srv = dtls_server(&c, tls_port, &[]);
+    let (_peer, pport) = start_peer();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.connect(("127.0.0.1", tls_port)).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut first = dtls_on(sock.try_clone().unwrap()).expect("first session");
+    allocate_and_relay(&mut first, pport);
+    // The client crashes (no close_notify) and starts again on the same port: a new handshake
+    // replaces the session, and the old allocation is gone (else this Allocate would get 437).
+    std::mem::forget(first);
+    let mut second = dtls_on(sock.try_clone().unwrap()).expect("handshake after the restart");
+    allocate_and_relay(&mut second, pport);
+    assert_binding_answered(&mut second);
 }

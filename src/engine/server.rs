@@ -641,11 +641,18 @@ impl Server {
         self.get(*self.by_five_tuple.get(five)?)
     }
 
-    /// The client's connection closed (TCP/TLS): its allocation ends (RFC 8656 §3.1).
+    /// The client's connection closed (TCP/TLS) or its DTLS session ended: its allocation ends
+    /// (RFC 8656 §3.1).
     pub fn handle_transport_closed(&mut self, five: FiveTuple) {
         if let Some(&id) = self.by_five_tuple.get(&five) {
             self.counters.allocations_deleted += 1;
-            self.free(id, "TCP connection closed by client");
+            let reason = match five.transport {
+                Transport::Tcp => "TCP connection closed by client",
+                Transport::Tls => "TLS connection closed by client",
+                Transport::Dtls => "DTLS session closed by client",
+                Transport::Udp => "UDP transport closed",
+            };
+            self.free(id, reason);
         }
     }
 
