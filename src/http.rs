@@ -302,9 +302,9 @@ impl AllocationJson {
             server: a.five_tuple.server,
             relay: a.relay,
             reported_relay: a.reported_relay,
-            relays: std::iter::once(a.relay).chain(a.second_relay).collect(),
+            relays: std::iter::once(a.relay).chain(a.second_relay()).collect(),
             reported_relays: std::iter::once(a.reported_relay)
-                .chain(a.reported_second)
+                .chain(a.reported_second())
                 .collect(),
             started_unix: a.started_unix,
             expires_in: a.expires_in,

@@ -53,10 +53,9 @@ pub struct Allocation {
     /// What XOR-RELAYED-ADDRESS reports (the `--external-ip` mapping of `relay`).
     pub reported_relay: SocketAddr,
     /// The IPv6 relayed address of a dual allocation (RFC 8656 §7.2, ADDITIONAL-ADDRESS-FAMILY):
-    /// a second socket, same permissions, channels, lifetime and counters.
-    pub second_relay: Option<SocketAddr>,
-    /// What the second XOR-RELAYED-ADDRESS reports.
-    pub reported_second: Option<SocketAddr>,
+    /// a second socket, same permissions, channels, lifetime and counters. Boxed: most
+    /// allocations have none, and every held allocation pays for this field (8 bytes, not 64).
+    pub second: Option<Box<SecondRelay>>,
     pub created: Instant,
     pub expires: Instant,
     pub username: String,
@@ -84,7 +83,32 @@ pub struct Allocation {
     pub credential_expiry: Option<Instant>,
 }
 
+/// The second (IPv6) relayed address of a dual allocation and what its XOR-RELAYED-ADDRESS
+/// reports (the `--external-ip` mapping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecondRelay {
+    pub relay: SocketAddr,
+    pub reported: SocketAddr,
+}
+
+impl SecondRelay {
+    /// Boxed, as [`Allocation::second`] and `AllocationInfo::second` hold it.
+    pub fn boxed(relay: SocketAddr, reported: SocketAddr) -> Box<SecondRelay> {
+        Box::new(SecondRelay { relay, reported })
+    }
+}
+
 impl Allocation {
+    /// The IPv6 relayed address of a dual allocation.
+    pub fn second_relay(&self) -> Option<SocketAddr> {
+        self.second.as_ref().map(|s| s.relay)
+    }
+
+    /// What the second XOR-RELAYED-ADDRESS reports.
+    pub fn reported_second(&self) -> Option<SocketAddr> {
+        self.second.as_ref().map(|s| s.reported)
+    }
+
     /// Its counters now: `stats` plus what its TCP peer connections have counted so far.
     pub fn traffic(&self) -> AllocationStats {
         let mut t = self.stats;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::allocation::{Allocation, AllocationId, PendingAllocate, State};
+use super::allocation::{Allocation, AllocationId, PendingAllocate, SecondRelay, State};
 use super::auth::{
     AuthFailure, Credentials, FleetPeers, FleetUsage, Key, NonceCheck, NonceKey, PasswordAlgorithm,
     UserDbCell,
@@ -671,7 +671,7 @@ impl Server {
         slot.generation = slot.generation.wrapping_add(1);
         self.free_slots.push(id.index);
         self.by_five_tuple.remove(&a.five_tuple);
-        for r in std::iter::once(a.relay).chain(a.second_relay) {
+        for r in std::iter::once(a.relay).chain(a.second_relay()) {
             if r.port() != 0 {
                 self.shared.ports.release(r.ip(), r.port());
             }
@@ -1556,8 +1556,7 @@ impl Server {
             state: State::Binding { attempts: 1 },
             relay,
             reported_relay: self.reported(relay),
-            second_relay,
-            reported_second: second_relay.map(|r| self.reported(r)),
+            second: second_relay.map(|r| SecondRelay::boxed(r, self.reported(r))),
             created: now,
             expires: now + Duration::from_secs(u64::from(lifetime)),
             username: auth.username,
@@ -1732,7 +1731,7 @@ impl Server {
             return;
         }
         // A dual allocation binds its IPv6 socket next.
-        if let Some(addr) = a.second_relay {
+        if let Some(addr) = a.second_relay() {
             a.state = State::BindingSecond { attempts: 1 };
             let dont_fragment = a.dont_fragment;
             self.commands.push_back(Command::BindRelay {
@@ -1758,7 +1757,7 @@ impl Server {
         result: Result<(), ()>,
     ) {
         if result.is_err() {
-            let Some(old) = self.get(id).and_then(|a| a.second_relay) else {
+            let Some(old) = self.get(id).and_then(|a| a.second_relay()) else {
                 return;
             };
             let retry = if attempts < BIND_ATTEMPTS {
@@ -1770,12 +1769,11 @@ impl Server {
             };
             self.shared.ports.release(old.ip(), old.port());
             let next = retry.map(|p| SocketAddr::new(old.ip(), p));
-            let reported = next.map(|r| self.reported(r));
+            let second = next.map(|r| SecondRelay::boxed(r, self.reported(r)));
             let Some(a) = self.get_mut(id) else {
                 return;
             };
-            a.second_relay = next;
-            a.reported_second = reported;
+            a.second = second;
             if let Some(addr) = next {
                 a.state = State::BindingSecond {
                     attempts: attempts + 1,
@@ -1812,7 +1810,7 @@ impl Server {
             return;
         };
         let relay = a.reported_relay;
-        let second = a.reported_second;
+        let second = a.reported_second();
         let key = a.key.clone();
         let mut out = Vec::with_capacity(128);
         let mut b = MessageBuilder::new(&mut out, Method::ALLOCATE, Class::Success, &p.tid);
@@ -1896,7 +1894,7 @@ impl Server {
                     attr::FAMILY_IPV4
                 }
             };
-            if fam != family(a.relay) && a.second_relay.map(family) != Some(fam) {
+            if fam != family(a.relay) && a.second_relay().map(family) != Some(fam) {
                 let sign = self.signed(m, &auth);
                 self.respond_error(five, m, 443, sign, |_| {});
                 return;
@@ -1953,7 +1951,7 @@ impl Server {
         let a = self.get(id)?;
         // A dual allocation takes peers of either family (RFC 8656 §7.2).
         let family_ok = |r: SocketAddr| r.is_ipv6() == peer.is_ipv6();
-        if !family_ok(a.relay) && !a.second_relay.is_some_and(family_ok) {
+        if !family_ok(a.relay) && !a.second_relay().is_some_and(family_ok) {
             return Some(443);
         }
         if !self.config.peer_policy.permits(peer.ip()) {
@@ -2179,8 +2177,7 @@ impl Server {
                 five_tuple: a.five_tuple,
                 relay: a.relay,
                 reported_relay: a.reported_relay,
-                second_relay: a.second_relay,
-                reported_second: a.reported_second,
+                second: a.second.clone(),
                 started_unix: unix
                     .saturating_sub(now.saturating_duration_since(a.created).as_secs()),
                 expires_in: a.expires.saturating_duration_since(now).as_secs(),
@@ -2200,14 +2197,26 @@ pub struct AllocationInfo {
     pub five_tuple: FiveTuple,
     pub relay: SocketAddr,
     pub reported_relay: SocketAddr,
-    /// The IPv6 relay of a dual allocation, and what XOR-RELAYED-ADDRESS reports for it.
-    pub second_relay: Option<SocketAddr>,
-    pub reported_second: Option<SocketAddr>,
+    /// The IPv6 relay of a dual allocation, and what XOR-RELAYED-ADDRESS reports for it (boxed:
+    /// every snapshot holds one of these per allocation).
+    pub second: Option<Box<SecondRelay>>,
     pub started_unix: u64,
     pub expires_in: u64,
     pub permissions: usize,
     pub channels: usize,
     pub stats: AllocationStats,
+}
+
+impl AllocationInfo {
+    /// The IPv6 relayed address of a dual allocation.
+    pub fn second_relay(&self) -> Option<SocketAddr> {
+        self.second.as_ref().map(|s| s.relay)
+    }
+
+    /// What the second XOR-RELAYED-ADDRESS reports.
+    pub fn reported_second(&self) -> Option<SocketAddr> {
+        self.second.as_ref().map(|s| s.reported)
+    }
 }
 
 #[cfg(test)]

@@ -221,7 +221,7 @@ fn failed_ipv6_binds_are_retried_then_answered_with_address_error_508() {
     assert_eq!((e[0], e[2], e[3]), (attr::FAMILY_IPV6, 5, 8));
     let size = u32::from(MAX_PORT - MIN_PORT) + 1;
     assert_eq!(h.shared.ports.free(RELAY_IP6), size);
-    assert!(h.s.allocation_on(&c.five).unwrap().second_relay.is_none());
+    assert!(h.s.allocation_on(&c.five).unwrap().second_relay().is_none());
 }
 
 #[test]
@@ -332,9 +332,9 @@ fn dual_allocation_snapshot_shows_both_relays_and_counts_both_families() {
     assert_eq!(snap.len(), 1);
     let a = &snap[0];
     assert!(a.relay.is_ipv4());
-    let second = a.second_relay.expect("the IPv6 relay");
+    let second = a.second_relay().expect("the IPv6 relay");
     assert!(second.is_ipv6());
-    assert_eq!(vec![a.reported_relay, a.reported_second.unwrap()], addrs);
+    assert_eq!(vec![a.reported_relay, a.reported_second().unwrap()], addrs);
     // Both families' traffic in the one allocation's counters.
     let flow = |packets, bytes| crate::engine::stats::Flow { packets, bytes };
     assert_eq!(a.stats.peer_sent, flow(2, 10));
