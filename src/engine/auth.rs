@@ -502,30 +502,6 @@ impl FleetUsage {
     }
 }
 
-/// The healthy, not draining nodes of this node's region, least loaded first, as last read from
-/// the fleet's heartbeats: where a draining node sends new Allocates. Used only while fresh.
-#[derive(Debug, Default)]
-pub struct FleetPeers {
-    current: ArcSwapOption<(u64, Vec<std::net::SocketAddr>)>,
-}
-
-impl FleetPeers {
-    pub fn store(&self, fetched_unix: u64, least_loaded_first: Vec<std::net::SocketAddr>) {
-        self.current
-            .store(Some(Arc::new((fetched_unix, least_loaded_first))));
-    }
-
-    /// The least loaded peer, if the last read is fresh and found one.
-    pub fn least_loaded(&self, unix_now: u64) -> Option<std::net::SocketAddr> {
-        match self.current.load().as_deref() {
-            Some((at, peers)) if unix_now <= at.saturating_add(FLEET_USAGE_MAX_AGE) => {
-                peers.first().copied()
-            }
-            _ => None,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

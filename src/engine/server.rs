@@ -16,13 +16,13 @@ use rand::{Rng, SeedableRng};
 
 use super::allocation::{Allocation, AllocationId, PendingAllocate, State};
 use super::auth::{
-    AuthFailure, Credentials, FleetPeers, FleetUsage, Key, NonceCheck, NonceKey, PasswordAlgorithm,
-    UserDbCell,
+    AuthFailure, Credentials, FleetUsage, Key, NonceCheck, NonceKey, PasswordAlgorithm, UserDbCell,
 };
 use super::channel::BindConflict;
 use super::limiter::Limiter;
 use super::policy::{PeerPolicy, TokenBucket};
 use super::ports::PortPool;
+use super::redirect::FleetPeers;
 use super::stats::AllocationStats;
 use super::{FiveTuple, Transport};
 use crate::proto::attr;
@@ -100,6 +100,10 @@ pub struct ServerConfig {
     pub alternate_servers: Vec<SocketAddr>,
     /// `--tls-alternate-server`: the same for Allocates over TLS and DTLS.
     pub tls_alternate_servers: Vec<SocketAddr>,
+    /// `--redirect-over-allocations`: holding this many allocations or more, the node sends new
+    /// UDP/TCP Allocates to a less loaded fleet peer under its own threshold (see
+    /// [`super::redirect`]), 0 = never.
+    pub redirect_over_allocations: u32,
     /// Challenges and Allocate attempts per client IP per second (`--unauthorized-ratelimit`),
     /// 0 = no limit; see [`super::limiter`].
     pub unauthorized_ratelimit: u32,
@@ -231,6 +235,7 @@ impl Default for ServerConfig {
             strict_expiry: false,
             alternate_servers: Vec::new(),
             tls_alternate_servers: Vec::new(),
+            redirect_over_allocations: 0,
             unauthorized_ratelimit: 100,
             default_family: DefaultFamily::Ipv4,
             rfc5780: None,
@@ -1319,19 +1324,27 @@ impl Server {
             refuse!(437);
         }
         // coturn's alternate servers: new Allocates go elsewhere (300 Try Alternate, signed so
-        // that the client can trust it, RFC 8489 §10). A draining node (SIGUSR1) without them
-        // sends UDP/TCP clients to the least loaded healthy peer of its region, if it knows one;
-        // peers that drain are never chosen, and a node that does not drain never redirects on
-        // its own, so a client is redirected at most once.
+        // that the client can trust it, RFC 8489 §10). Without them, a draining node (SIGUSR1),
+        // or one holding `--redirect-over-allocations` or more, sends UDP/TCP clients to a
+        // healthy peer of its region if it knows one; `super::redirect` says which and why no
+        // client can loop.
+        let udp_or_tcp = matches!(
+            five.transport,
+            super::Transport::Udp | super::Transport::Tcp
+        );
+        let held = self.shared.total_allocations.load(Ordering::Relaxed);
+        let over = self.config.redirect_over_allocations;
         let redirect = match self.next_alternate(five) {
             Some(alt) => Some(alt),
+            None if !udp_or_tcp => None,
             None if self.draining => {
-                let udp_or_tcp = matches!(
-                    five.transport,
-                    super::Transport::Udp | super::Transport::Tcp
-                );
-                let peer = self.shared.fleet_peers.least_loaded(self.unix(now));
-                peer.filter(|p| udp_or_tcp && *p != five.server)
+                let unix = self.unix(now);
+                self.shared.fleet_peers.for_draining(five.server, unix)
+            }
+            None if over > 0 && held >= over => {
+                let (ip, unix) = (five.client.ip(), self.unix(now));
+                let peers = &self.shared.fleet_peers;
+                peers.for_load(ip, u64::from(held), five.server, unix)
             }
             None => None,
         };
