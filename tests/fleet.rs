@@ -947,9 +947,9 @@ async fn redis_statsdb_publishes_coturns_status_and_traffic_and_a_heartbeat() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn user_quota_holds_across_nodes_and_falls_back_to_the_local_count() {
+async fn user_and_realm_quotas_hold_across_nodes_and_fall_back_to_the_local_count() {
     let mut redis = Redis::start();
-    for (u, p) in [("alice", "alicepw"), ("bob", "bobpw")] {
+    for (u, p) in [("alice", "alicepw"), ("bob", "bobpw"), ("carol", "carolpw")] {
         redis.run(
             0,
             &["SET", &format!("turn/realm/{REALM}/user/{u}/password"), p],
@@ -973,6 +973,14 @@ async fn user_quota_holds_across_nodes_and_falls_back_to_the_local_count() {
         0,
         "other users are not affected"
     );
+    // The realm's total quota (coturn's key) counts the fleet too: 3 held, room for one more.
+    redis.run(0, &["SET", &format!("turn/realm/{REALM}/total-quota"), "4"]);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(raw_allocate(b.port, "carol", "carolpw").0, 0, "the 4th");
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    // Neither user is over the user quota, but the realm holds 4: two on each node.
+    assert_eq!(raw_allocate(a.port, "carol", "carolpw").0, 486, "realm, A");
+    assert_eq!(raw_allocate(b.port, "bob", "bobpw").0, 486, "realm, B");
     // Redis goes away: after the fleet count is too old, each node counts its own (1 < 2).
     redis.kill();
     tokio::time::sleep(Duration::from_millis(7000)).await;
@@ -981,6 +989,13 @@ async fn user_quota_holds_across_nodes_and_falls_back_to_the_local_count() {
         raw_allocate(a.port, "alice", "alicepw").0,
         486,
         "local quota holds"
+    );
+    // A holds 3 of the realm's 4 (the last good read of Redis still says 4).
+    assert_eq!(raw_allocate(a.port, "carol", "carolpw").0, 0, "local total");
+    assert_eq!(
+        raw_allocate(a.port, "carol", "carolpw").0,
+        486,
+        "local total holds"
     );
 }
 

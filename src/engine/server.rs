@@ -287,19 +287,25 @@ impl Shared {
         }
     }
 
-    /// Count an allocation for `user` if both quotas allow it; `elsewhere` allocations of the
-    /// user on other nodes count toward the user quota too.
-    fn try_count(&self, user: &str, user_quota: u32, total_quota: u32, elsewhere: u32) -> bool {
+    /// Count an allocation for `user` if both quotas allow it; allocations on other nodes of the
+    /// fleet count too (`elsewhere.0` of the user, `elsewhere.1` in all).
+    fn try_count(
+        &self,
+        user: &str,
+        user_quota: u32,
+        total_quota: u32,
+        elsewhere: (u32, u32),
+    ) -> bool {
         let mut by_user = self
             .allocations_by_user
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let n = by_user.get(user).copied().unwrap_or(0);
-        if user_quota > 0 && n.saturating_add(elsewhere) >= user_quota {
+        if user_quota > 0 && n.saturating_add(elsewhere.0) >= user_quota {
             return false;
         }
         let total = self.total_allocations.load(Ordering::Relaxed);
-        if total_quota > 0 && total >= total_quota {
+        if total_quota > 0 && total.saturating_add(elsewhere.1) >= total_quota {
             return false;
         }
         self.total_allocations.fetch_add(1, Ordering::Relaxed);
@@ -1432,7 +1438,8 @@ impl Server {
             Some(attr::FAMILY_IPV6) => true,
             Some(_) => refuse!(400),
         };
-        // Step 8: quotas; a user database's realm options win over the flags, as in coturn.
+        // Step 8: quotas; a user database's realm options win over the flags, as in coturn. With
+        // a fleet, both count the other nodes' allocations too (while that count is fresh).
         let unix = self.unix(now);
         let db = self.shared.userdb.fresh(unix);
         let db = db.as_deref();
@@ -1443,7 +1450,10 @@ impl Server {
             &auth.username,
             user_quota.unwrap_or(self.config.user_quota),
             total_quota.unwrap_or(self.config.total_quota),
-            self.shared.fleet_usage.elsewhere(&auth.username, unix),
+            (
+                self.shared.fleet_usage.elsewhere(&auth.username, unix),
+                self.shared.fleet_usage.elsewhere_total(unix),
+            ),
         ) {
             refuse!(486);
         }

@@ -2429,6 +2429,37 @@ fn draining_node_redirects_to_its_least_loaded_fresh_fleet_peer_once() {
     Client::alice(udp(43003)).allocate(&mut h).assert_err(403);
 }
 
+#[test]
+fn fleet_counts_join_the_user_and_total_quotas_while_fresh() {
+    let mut h = H::new(ServerConfig {
+        user_quota: 2,
+        total_quota: 3,
+        ..config()
+    });
+    // The other nodes hold one allocation of alice and one of carol.
+    h.shared.fleet_usage.store(
+        UNIX0,
+        HashMap::from([("alice".to_owned(), 1), ("carol".to_owned(), 1)]),
+    );
+    Client::alice(udp(45000)).allocate(&mut h).assert_ok();
+    // alice: 1 here + 1 elsewhere = her quota of 2.
+    Client::alice(udp(45001)).allocate(&mut h).assert_err(486);
+    // The realm: 1 here + 2 elsewhere = the total quota of 3, whoever asks.
+    Client::new(udp(45002), "bob", "bob-pw")
+        .allocate(&mut h)
+        .assert_err(486);
+    assert_eq!(h.shared.total_allocations.load(Ordering::Relaxed), 1);
+    // The fleet count goes stale (Redis away): each node counts its own.
+    h.at(auth::FLEET_USAGE_MAX_AGE + 1);
+    Client::new(udp(45003), "bob", "bob-pw")
+        .allocate(&mut h)
+        .assert_ok();
+    Client::alice(udp(45004)).allocate(&mut h).assert_ok();
+    Client::new(udp(45005), "bob", "bob-pw")
+        .allocate(&mut h)
+        .assert_err(486);
+}
+
 fn fleet_peer(addr: &str, allocations: u64, takes_load: bool) -> FleetPeer {
     FleetPeer {
         addr: sa(addr),
