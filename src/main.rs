@@ -264,6 +264,7 @@ fn node_info(
         name: config.node_name.clone().unwrap_or_else(|| address.clone()),
         address,
         region: config.node_region.clone(),
+        redirect_over_allocations: config.redirect_over_allocations,
     }
 }
 
@@ -507,6 +508,7 @@ pub(crate) fn engine_config(config: &Config, relay_ips: Vec<IpAddr>) -> ServerCo
             .iter()
             .filter_map(|a| parse_alternate(a, 5349))
             .collect(),
+        redirect_over_allocations: config.redirect_over_allocations,
         ..ServerConfig::default()
     }
 }

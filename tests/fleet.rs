@@ -539,13 +539,24 @@ fn raw_allocate_at(
     user: &str,
     password: &str,
 ) -> (u16, Option<std::net::SocketAddr>) {
-    use vigi_turn::proto::{attr, Class, Message, MessageBuilder, Method};
-    let bind = if server.is_ipv4() {
-        "0.0.0.0:0"
+    let any = if server.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
     } else {
-        "[::]:0"
+        std::net::Ipv6Addr::UNSPECIFIED.into()
     };
-    let s = std::net::UdpSocket::bind(bind).unwrap();
+    raw_allocate_from(any, server, user, password)
+}
+
+/// [`raw_allocate_at`] from a socket bound to `source` (another loopback address is another
+/// client IP).
+fn raw_allocate_from(
+    source: std::net::IpAddr,
+    server: std::net::SocketAddr,
+    user: &str,
+    password: &str,
+) -> (u16, Option<std::net::SocketAddr>) {
+    use vigi_turn::proto::{attr, Class, Message, MessageBuilder, Method};
+    let s = std::net::UdpSocket::bind((source, 0)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let mut buf = [0u8; 1500];
     let mut req = Vec::new();
@@ -661,6 +672,141 @@ async fn alternate_server_redirects_allocates_and_clients_follow() {
         .unwrap()
         .close()
         .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The heartbeat node `name` last wrote, once `ready` holds for it (at most 10 s).
+fn heartbeat_where(
+    redis: &Redis,
+    name: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut c = redis.try_client(0).expect("redis connection");
+    let t0 = Instant::now();
+    loop {
+        let v: Option<String> = redis::cmd("GET")
+            .arg(format!("vigi-turn/node/{name}"))
+            .query(&mut c)
+            .unwrap();
+        let h = v.and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok());
+        match h {
+            Some(h) if ready(&h) => return h,
+            h => assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "heartbeat of {name}: {h:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn loaded_node_redirects_to_a_peer_under_its_threshold_and_loaded_nodes_never_swap_clients() {
+    let redis = Redis::start();
+    let conn = redis.conn_string(0);
+    let dir = std::env::temp_dir().join(format!("vigi-fleet-load-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (log_a, log_b) = (dir.join("a.log"), dir.join("b.log"));
+    let node = |name: &str, over: &str, log: &std::path::Path| -> Vec<String> {
+        [
+            "-n",
+            "-L",
+            "127.0.0.1",
+            "-r",
+            REALM,
+            "--allow-loopback-peers",
+            "--user",
+            "alice:alicepw",
+            "--redis-statsdb",
+            &conn,
+            "--node-name",
+            name,
+            "--redirect-over-allocations",
+            over,
+            "--log-file",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([log.display().to_string()])
+        .collect()
+    };
+    // A redirects from 1 allocation on, B from 3.
+    let (a_args, b_args) = (node("a", "1", &log_a), node("b", "3", &log_b));
+    let a = start_server(&a_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let b = start_server(&b_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let at = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let from = |last: u8| std::net::IpAddr::from([127, 0, 0, last]);
+    let alloc = |src: u8, port: u16| raw_allocate_from(from(src), at(port), "alice", "alicepw");
+    // Under its threshold A serves.
+    assert_eq!(alloc(2, a.port), (0, None));
+    // Once A has read B's heartbeat (B holds 0 of 3), a new client is sent to B; until then
+    // A serves it (a node that knows no peer never redirects).
+    let t0 = Instant::now();
+    loop {
+        match alloc(3, a.port) {
+            (300, alt) => {
+                assert_eq!(alt, Some(at(b.port)));
+                break;
+            }
+            (0, _) => assert!(t0.elapsed() < Duration::from_secs(10), "A never redirected"),
+            other => panic!("A answered {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let h = heartbeat_where(&redis, "b", |_| true);
+    assert_eq!(h["redirect_over"], 3, "{h}");
+    // The same client back on A is served there: never redirected twice by one node.
+    assert_eq!(alloc(3, a.port), (0, None));
+
+    // coturn's client (one allocation: no RTCP) follows the redirect: B relays its session.
+    let (a_before, b_before) = (sessions_started(&log_a), sessions_started(&log_b));
+    let (_peer, peer_port) = start_peer();
+    let r = uclient(
+        a.port,
+        peer_port,
+        &[
+            "-u",
+            "alice",
+            "-w",
+            "alicepw",
+            "-n",
+            "10",
+            "-m",
+            "1",
+            "-c",
+            "-L",
+            "127.0.0.4",
+        ],
+    );
+    let logs = || {
+        format!(
+            "uclient output:\n{}\nA:\n{}\nB:\n{}",
+            r.output,
+            std::fs::read_to_string(&log_a).unwrap_or_default(),
+            std::fs::read_to_string(&log_b).unwrap_or_default()
+        )
+    };
+    assert_eq!((r.sent, r.received), (10, 10), "{}", logs());
+    let t0 = Instant::now();
+    while sessions_started(&log_b) == b_before {
+        assert!(t0.elapsed() < Duration::from_secs(5), "{}", logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(sessions_started(&log_a), a_before, "{}", logs());
+
+    // Fill B to its threshold; it never sends clients to A, which is over its own.
+    for src in 5..8 {
+        assert_eq!(alloc(src, b.port), (0, None), "B serves client {src}");
+    }
+    // Both over their thresholds: once each has read the other's heartbeat saying so, neither
+    // sends a client to the other.
+    heartbeat_where(&redis, "b", |h| h["allocations"].as_u64() >= Some(3));
+    heartbeat_where(&redis, "a", |h| h["allocations"].as_u64() >= Some(3));
+    std::thread::sleep(Duration::from_secs(3));
+    for src in 8..11 {
+        assert_eq!(alloc(src, a.port), (0, None), "A keeps client {src}");
+        assert_eq!(alloc(src + 10, b.port), (0, None), "B keeps client {src}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -801,9 +947,9 @@ async fn redis_statsdb_publishes_coturns_status_and_traffic_and_a_heartbeat() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn user_quota_holds_across_nodes_and_falls_back_to_the_local_count() {
+async fn user_and_realm_quotas_hold_across_nodes_and_fall_back_to_the_local_count() {
     let mut redis = Redis::start();
-    for (u, p) in [("alice", "alicepw"), ("bob", "bobpw")] {
+    for (u, p) in [("alice", "alicepw"), ("bob", "bobpw"), ("carol", "carolpw")] {
         redis.run(
             0,
             &["SET", &format!("turn/realm/{REALM}/user/{u}/password"), p],
@@ -827,6 +973,14 @@ async fn user_quota_holds_across_nodes_and_falls_back_to_the_local_count() {
         0,
         "other users are not affected"
     );
+    // The realm's total quota (coturn's key) counts the fleet too: 3 held, room for one more.
+    redis.run(0, &["SET", &format!("turn/realm/{REALM}/total-quota"), "4"]);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(raw_allocate(b.port, "carol", "carolpw").0, 0, "the 4th");
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    // Neither user is over the user quota, but the realm holds 4: two on each node.
+    assert_eq!(raw_allocate(a.port, "carol", "carolpw").0, 486, "realm, A");
+    assert_eq!(raw_allocate(b.port, "bob", "bobpw").0, 486, "realm, B");
     // Redis goes away: after the fleet count is too old, each node counts its own (1 < 2).
     redis.kill();
     tokio::time::sleep(Duration::from_millis(7000)).await;
@@ -835,6 +989,13 @@ async fn user_quota_holds_across_nodes_and_falls_back_to_the_local_count() {
         raw_allocate(a.port, "alice", "alicepw").0,
         486,
         "local quota holds"
+    );
+    // A holds 3 of the realm's 4 (the last good read of Redis still says 4).
+    assert_eq!(raw_allocate(a.port, "carol", "carolpw").0, 0, "local total");
+    assert_eq!(
+        raw_allocate(a.port, "carol", "carolpw").0,
+        486,
+        "local total holds"
     );
 }
 

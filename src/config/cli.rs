@@ -317,6 +317,15 @@ pub struct Cli {
     #[arg(long = "tls-alternate-server", value_name = "IP[:PORT]",
           value_parser = check_server_address)]
     pub tls_alternate_server: Vec<String>,
+    /// Holding N allocations or more, send new UDP/TCP Allocates to the least loaded peer of
+    /// this node's region that holds fewer and is under its own N (vigi-turn extension; needs
+    /// --redis-statsdb; 0: never).
+    #[arg(
+        long = "redirect-over-allocations",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    pub redirect_over_allocations: u32,
 
     // ---- logging and process ----
     /// Log file ("stdout", "-" and "syslog" are special).

@@ -150,6 +150,8 @@ pub struct Config {
     // ---- redirection: `IP`, `IPv4:PORT` or `[IPv6]:PORT`, checked ----
     pub alternate_servers: Vec<String>,
     pub tls_alternate_servers: Vec<String>,
+    /// `--redirect-over-allocations`: the load at which new Allocates go to a fleet peer, 0 = never.
+    pub redirect_over_allocations: u32,
 
     // ---- logging and process ----
     /// `None` when not given or empty; "stdout", "-" and "syslog" are special, as in coturn.
@@ -617,6 +619,7 @@ fn resolve(
         no_tlsv1_2: cli.no_tlsv1_2,
         alternate_servers: cli.alternate_server,
         tls_alternate_servers: cli.tls_alternate_server,
+        redirect_over_allocations: cli.redirect_over_allocations,
         log_file: non_empty(cli.log_file),
         simple_log: cli.simple_log,
         no_stdout_log: cli.no_stdout_log,
@@ -681,6 +684,12 @@ fn validate(cli: &Cli) -> Result<(), ConfigError> {
                 "must differ from --listening-port for --rfc5780",
             ));
         }
+    }
+    if cli.redirect_over_allocations > 0 && cli.redis_statsdb.is_none() {
+        return Err(ConfigError::invalid(
+            "--redirect-over-allocations",
+            "needs --redis-statsdb (the fleet's heartbeats say where to redirect)",
+        ));
     }
     if cli.admin_listen.is_some() && cli.admin_token.as_deref().unwrap_or("").is_empty() {
         return Err(ConfigError::invalid(
@@ -849,6 +858,7 @@ impl fmt::Debug for Config {
             .field("no_tlsv1_2", &self.no_tlsv1_2)
             .field("alternate_servers", &self.alternate_servers)
             .field("tls_alternate_servers", &self.tls_alternate_servers)
+            .field("redirect_over_allocations", &self.redirect_over_allocations)
             .field("log_file", &self.log_file)
             .field("simple_log", &self.simple_log)
             .field("no_stdout_log", &self.no_stdout_log)

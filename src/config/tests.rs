@@ -588,6 +588,38 @@ fn admin_listen_needs_a_token() {
 }
 
 #[test]
+fn redirect_over_allocations_needs_the_statsdb() {
+    let e = err(load(&[
+        "vigi-turn",
+        "-n",
+        "--redirect-over-allocations",
+        "5",
+    ]));
+    assert!(e.starts_with("--redirect-over-allocations:"), "{e}");
+    let c = load(&[
+        "vigi-turn",
+        "-n",
+        "--redis-statsdb=port=6380",
+        "--redirect-over-allocations",
+        "5",
+    ])
+    .unwrap();
+    assert_eq!(c.redirect_over_allocations, 5);
+    let c = file(
+        &["vigi-turn", "-n", "-O", "port=6380"],
+        "redirect-over-allocations=7\n",
+    )
+    .unwrap();
+    assert_eq!(c.redirect_over_allocations, 7);
+    assert_eq!(
+        load(&["vigi-turn", "-n"])
+            .unwrap()
+            .redirect_over_allocations,
+        0
+    );
+}
+
+#[test]
 fn allocation_default_address_family_values() {
     let base = ["vigi-turn", "--static-auth-secret=s"];
     let fam = |extra: &[&str]| {

@@ -473,12 +473,19 @@ impl NonceKey {
     }
 }
 
-/// How many allocations each user holds on the *other* nodes of the fleet, as last read from
-/// the shared database. Used by the user quota only while fresh: when the database is away, each
-/// node falls back to its own count.
+/// How many allocations each user, and the realm in all, hold on the *other* nodes of the
+/// fleet, as last read from the shared database. Used by the user and total quotas only while
+/// fresh: when the database is away, each node falls back to its own count.
 #[derive(Debug, Default)]
 pub struct FleetUsage {
-    current: ArcSwapOption<(u64, HashMap<String, u32>)>,
+    current: ArcSwapOption<UsageRead>,
+}
+
+#[derive(Debug)]
+struct UsageRead {
+    fetched_unix: u64,
+    by_user: HashMap<String, u32>,
+    total: u32,
 }
 
 /// How old (seconds) a fleet usage read may be and still count.
@@ -487,42 +494,31 @@ pub const FLEET_USAGE_MAX_AGE: u64 = 5;
 impl FleetUsage {
     /// Publish the other nodes' counts, read at `fetched_unix`.
     pub fn store(&self, fetched_unix: u64, by_user: HashMap<String, u32>) {
-        self.current.store(Some(Arc::new((fetched_unix, by_user))));
+        let total = by_user.values().fold(0u32, |t, n| t.saturating_add(*n));
+        self.current.store(Some(Arc::new(UsageRead {
+            fetched_unix,
+            by_user,
+            total,
+        })));
+    }
+
+    fn fresh(&self, unix_now: u64) -> Option<Arc<UsageRead>> {
+        self.current
+            .load_full()
+            .filter(|r| unix_now <= r.fetched_unix.saturating_add(FLEET_USAGE_MAX_AGE))
     }
 
     /// Allocations `user` holds elsewhere; 0 when the last read is older than
     /// [`FLEET_USAGE_MAX_AGE`] or there is none.
     pub fn elsewhere(&self, user: &str, unix_now: u64) -> u32 {
-        match self.current.load().as_deref() {
-            Some((at, m)) if unix_now <= at.saturating_add(FLEET_USAGE_MAX_AGE) => {
-                m.get(user).copied().unwrap_or(0)
-            }
-            _ => 0,
-        }
-    }
-}
-
-/// The healthy, not draining nodes of this node's region, least loaded first, as last read from
-/// the fleet's heartbeats: where a draining node sends new Allocates. Used only while fresh.
-#[derive(Debug, Default)]
-pub struct FleetPeers {
-    current: ArcSwapOption<(u64, Vec<std::net::SocketAddr>)>,
-}
-
-impl FleetPeers {
-    pub fn store(&self, fetched_unix: u64, least_loaded_first: Vec<std::net::SocketAddr>) {
-        self.current
-            .store(Some(Arc::new((fetched_unix, least_loaded_first))));
+        self.fresh(unix_now)
+            .and_then(|r| r.by_user.get(user).copied())
+            .unwrap_or(0)
     }
 
-    /// The least loaded peer, if the last read is fresh and found one.
-    pub fn least_loaded(&self, unix_now: u64) -> Option<std::net::SocketAddr> {
-        match self.current.load().as_deref() {
-            Some((at, peers)) if unix_now <= at.saturating_add(FLEET_USAGE_MAX_AGE) => {
-                peers.first().copied()
-            }
-            _ => None,
-        }
+    /// Allocations of the realm elsewhere, for the total quota; 0 as for [`Self::elsewhere`].
+    pub fn elsewhere_total(&self, unix_now: u64) -> u32 {
+        self.fresh(unix_now).map_or(0, |r| r.total)
     }
 }
 
@@ -642,7 +638,14 @@ mod tests {
         u.store(100, HashMap::from([("ann".to_owned(), 2)]));
         assert_eq!(u.elsewhere("ann", 105), 2);
         assert_eq!(u.elsewhere("bob", 105), 0);
+        assert_eq!(u.elsewhere_total(105), 2);
         assert_eq!(u.elsewhere("ann", 106), 0, "stale: local count only");
+        assert_eq!(u.elsewhere_total(106), 0);
+        u.store(
+            200,
+            HashMap::from([("ann".to_owned(), u32::MAX), ("bob".to_owned(), 3)]),
+        );
+        assert_eq!(u.elsewhere_total(200), u32::MAX, "saturates");
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod limiter;
 pub mod permission;
 pub mod policy;
 pub mod ports;
+pub mod redirect;
 pub mod server;
 pub mod stats;
 

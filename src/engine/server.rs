@@ -16,13 +16,13 @@ use rand::{Rng, SeedableRng};
 
 use super::allocation::{Allocation, AllocationId, PendingAllocate, SecondRelay, State};
 use super::auth::{
-    AuthFailure, Credentials, FleetPeers, FleetUsage, Key, NonceCheck, NonceKey, PasswordAlgorithm,
-    UserDbCell,
+    AuthFailure, Credentials, FleetUsage, Key, NonceCheck, NonceKey, PasswordAlgorithm, UserDbCell,
 };
 use super::channel::BindConflict;
 use super::limiter::Limiter;
 use super::policy::{PeerPolicy, TokenBucket};
 use super::ports::PortPool;
+use super::redirect::FleetPeers;
 use super::stats::AllocationStats;
 use super::{FiveTuple, Transport};
 use crate::proto::attr;
@@ -100,6 +100,10 @@ pub struct ServerConfig {
     pub alternate_servers: Vec<SocketAddr>,
     /// `--tls-alternate-server`: the same for Allocates over TLS and DTLS.
     pub tls_alternate_servers: Vec<SocketAddr>,
+    /// `--redirect-over-allocations`: holding this many allocations or more, the node sends new
+    /// UDP/TCP Allocates to a less loaded fleet peer under its own threshold (see
+    /// [`super::redirect`]), 0 = never.
+    pub redirect_over_allocations: u32,
     /// Challenges and Allocate attempts per client IP per second (`--unauthorized-ratelimit`),
     /// 0 = no limit; see [`super::limiter`].
     pub unauthorized_ratelimit: u32,
@@ -231,6 +235,7 @@ impl Default for ServerConfig {
             strict_expiry: false,
             alternate_servers: Vec::new(),
             tls_alternate_servers: Vec::new(),
+            redirect_over_allocations: 0,
             unauthorized_ratelimit: 100,
             default_family: DefaultFamily::Ipv4,
             rfc5780: None,
@@ -282,19 +287,25 @@ impl Shared {
         }
     }
 
-    /// Count an allocation for `user` if both quotas allow it; `elsewhere` allocations of the
-    /// user on other nodes count toward the user quota too.
-    fn try_count(&self, user: &str, user_quota: u32, total_quota: u32, elsewhere: u32) -> bool {
+    /// Count an allocation for `user` if both quotas allow it; allocations on other nodes of the
+    /// fleet count too (`elsewhere.0` of the user, `elsewhere.1` in all).
+    fn try_count(
+        &self,
+        user: &str,
+        user_quota: u32,
+        total_quota: u32,
+        elsewhere: (u32, u32),
+    ) -> bool {
         let mut by_user = self
             .allocations_by_user
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let n = by_user.get(user).copied().unwrap_or(0);
-        if user_quota > 0 && n.saturating_add(elsewhere) >= user_quota {
+        if user_quota > 0 && n.saturating_add(elsewhere.0) >= user_quota {
             return false;
         }
         let total = self.total_allocations.load(Ordering::Relaxed);
-        if total_quota > 0 && total >= total_quota {
+        if total_quota > 0 && total.saturating_add(elsewhere.1) >= total_quota {
             return false;
         }
         self.total_allocations.fetch_add(1, Ordering::Relaxed);
@@ -1329,19 +1340,27 @@ impl Server {
             refuse!(437);
         }
         // coturn's alternate servers: new Allocates go elsewhere (300 Try Alternate, signed so
-        // that the client can trust it, RFC 8489 §10). A draining node (SIGUSR1) without them
-        // sends UDP/TCP clients to the least loaded healthy peer of its region, if it knows one;
-        // peers that drain are never chosen, and a node that does not drain never redirects on
-        // its own, so a client is redirected at most once.
+        // that the client can trust it, RFC 8489 §10). Without them, a draining node (SIGUSR1),
+        // or one holding `--redirect-over-allocations` or more, sends UDP/TCP clients to a
+        // healthy peer of its region if it knows one; `super::redirect` says which and why no
+        // client can loop.
+        let udp_or_tcp = matches!(
+            five.transport,
+            super::Transport::Udp | super::Transport::Tcp
+        );
+        let held = self.shared.total_allocations.load(Ordering::Relaxed);
+        let over = self.config.redirect_over_allocations;
         let redirect = match self.next_alternate(five) {
             Some(alt) => Some(alt),
+            None if !udp_or_tcp => None,
             None if self.draining => {
-                let udp_or_tcp = matches!(
-                    five.transport,
-                    super::Transport::Udp | super::Transport::Tcp
-                );
-                let peer = self.shared.fleet_peers.least_loaded(self.unix(now));
-                peer.filter(|p| udp_or_tcp && *p != five.server)
+                let unix = self.unix(now);
+                self.shared.fleet_peers.for_draining(five.server, unix)
+            }
+            None if over > 0 && held >= over => {
+                let (ip, unix) = (five.client.ip(), self.unix(now));
+                let peers = &self.shared.fleet_peers;
+                peers.for_load(ip, u64::from(held), five.server, unix)
             }
             None => None,
         };
@@ -1427,7 +1446,8 @@ impl Server {
             Some(attr::FAMILY_IPV6) => true,
             Some(_) => refuse!(400),
         };
-        // Step 8: quotas; a user database's realm options win over the flags, as in coturn.
+        // Step 8: quotas; a user database's realm options win over the flags, as in coturn. With
+        // a fleet, both count the other nodes' allocations too (while that count is fresh).
         let unix = self.unix(now);
         let db = self.shared.userdb.fresh(unix);
         let db = db.as_deref();
@@ -1438,7 +1458,10 @@ impl Server {
             &auth.username,
             user_quota.unwrap_or(self.config.user_quota),
             total_quota.unwrap_or(self.config.total_quota),
-            self.shared.fleet_usage.elsewhere(&auth.username, unix),
+            (
+                self.shared.fleet_usage.elsewhere(&auth.username, unix),
+                self.shared.fleet_usage.elsewhere_total(unix),
+            ),
         ) {
             refuse!(486);
         }

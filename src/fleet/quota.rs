@@ -1,13 +1,14 @@
-//! The user quota across the fleet: every second each node writes how many allocations each
-//! user holds on it (`vigi-turn/usage/<realm>/<node>`, a hash user → count that expires after
-//! [`USAGE_TTL`] seconds, so a dead node's counts disappear) and reads the other nodes' hashes
-//! into [`FleetUsage`], which the engine adds to its own exact count when it checks
-//! `--user-quota` (or the realm's `user-quota`).
+//! The user and total quotas across the fleet: every second each node writes how many
+//! allocations each user holds on it (`vigi-turn/usage/<realm>/<node>`, a hash user → count that
+//! expires after [`USAGE_TTL`] seconds, so a dead node's counts disappear) and reads the other
+//! nodes' hashes into [`FleetUsage`], which the engine adds to its own exact counts when it
+//! checks `--user-quota` (or the realm's `user-quota`) with the user's count elsewhere, and
+//! `--total-quota` (or the realm's `total-quota`) with the sum of all counts elsewhere.
 //!
 //! The engine never waits for Redis, so the fleet count is at most about two seconds old: nodes
-//! admitting the same user within that window can together exceed the quota by the number of
-//! nodes minus one. When Redis is away the last read stops counting after
-//! [`crate::engine::auth::FLEET_USAGE_MAX_AGE`] seconds and each node enforces the quota on its
+//! admitting allocations within that window can together exceed a quota by the number of nodes
+//! minus one. When Redis is away the last read stops counting after
+//! [`crate::engine::auth::FLEET_USAGE_MAX_AGE`] seconds and each node enforces the quotas on its
 //! own allocations.
 
 use std::collections::HashMap;

@@ -11,8 +11,10 @@
 //! - `.../total_traffic` and `.../total_traffic/peer`: PUBLISH the totals when it ends.
 //!
 //! The heartbeat is vigi-turn's own: `vigi-turn/node/<name>` holds a JSON object (name, address,
-//! region, allocations, bytes per second relayed, free relay ports, draining, Unix time) and
-//! expires after [`HEARTBEAT_TTL`] seconds, so a node that stops is gone from the fleet.
+//! region, allocations, bytes per second relayed, free relay ports, draining, the load threshold
+//! `redirect_over` (0: none), Unix time) and expires after [`HEARTBEAT_TTL`] seconds, so a node
+//! that stops is gone from the fleet. The other nodes' heartbeats are read back each round into
+//! [`crate::engine::redirect::FleetPeers`], where draining and loaded nodes send new Allocates.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -22,6 +24,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 
 use crate::config::RedisConn;
+use crate::engine::redirect::FleetPeer;
 use crate::engine::stats::AllocationStats;
 use crate::engine::{AllocationId, AllocationInfo, Shared};
 use crate::io::{WorkerHandle, WorkerSnapshot};
@@ -39,6 +42,8 @@ pub struct NodeInfo {
     pub name: String,
     pub address: String,
     pub region: String,
+    /// `--redirect-over-allocations` (0: none), so that peers send clients here only below it.
+    pub redirect_over_allocations: u32,
 }
 
 /// What the writer needs.
@@ -232,19 +237,20 @@ pub fn heartbeat(
         "bps": bps,
         "free_ports": free_ports,
         "draining": snaps.iter().any(|s| s.draining),
+        "redirect_over": node.redirect_over_allocations,
         "unix": unix_now,
     })
     .to_string()
 }
 
 /// The heartbeats of the other healthy nodes of `me`'s region that do not drain, least loaded
-/// (fewest allocations) first.
+/// (fewest allocations) first; every node's into `directory`.
 async fn read_peers(
     c: &mut MultiplexedConnection,
     me: &NodeInfo,
     directory: &super::Directory,
     unix_now: u64,
-) -> redis::RedisResult<Vec<std::net::SocketAddr>> {
+) -> redis::RedisResult<Vec<FleetPeer>> {
     let mut cursor: u64 = 0;
     let mut keys = Vec::new();
     loop {
@@ -294,13 +300,14 @@ fn node_status(v: &str, unix_now: u64) -> Option<super::NodeStatus> {
 }
 
 /// From heartbeat JSON values: the fresh, not draining nodes of `me`'s region except `me`,
-/// least loaded first.
+/// least loaded first; a node takes load while under its `redirect_over` (a heartbeat without
+/// one, from an older node, has none).
 pub fn pick_peers<'a>(
     me: &NodeInfo,
     heartbeats: impl Iterator<Item = &'a String>,
     unix_now: u64,
-) -> Vec<std::net::SocketAddr> {
-    let mut peers: Vec<(u64, std::net::SocketAddr)> = heartbeats
+) -> Vec<FleetPeer> {
+    let mut peers: Vec<FleetPeer> = heartbeats
         .filter_map(|v| serde_json::from_str::<serde_json::Value>(v).ok())
         .filter(|h| h["name"].as_str() != Some(me.name.as_str()))
         .filter(|h| h["region"].as_str() == Some(me.region.as_str()))
@@ -311,12 +318,17 @@ pub fn pick_peers<'a>(
                 .is_some_and(|t| t + HEARTBEAT_TTL >= unix_now)
         })
         .filter_map(|h| {
-            let addr = h["address"].as_str()?.parse().ok()?;
-            Some((h["allocations"].as_u64()?, addr))
+            let allocations = h["allocations"].as_u64()?;
+            let over = h["redirect_over"].as_u64().unwrap_or(0);
+            Some(FleetPeer {
+                addr: h["address"].as_str()?.parse().ok()?,
+                allocations,
+                takes_load: over == 0 || allocations < over,
+            })
         })
         .collect();
-    peers.sort();
-    peers.into_iter().map(|(_, a)| a).collect()
+    peers.sort_by_key(|p| (p.allocations, p.addr));
+    peers
 }
 
 async fn run(source: StatsDbSource) {
@@ -408,27 +420,47 @@ mod tests {
             name: "n1".into(),
             address: "10.0.0.1:3478".into(),
             region: "eu".into(),
+            redirect_over_allocations: 0,
         };
         let hb = |name: &str, region: &str, allocs: u64, draining: bool, unix: u64| {
             serde_json::json!({"name": name, "address": format!("10.0.0.{}:3478", &name[1..]),
                 "region": region, "allocations": allocs, "draining": draining, "unix": unix})
-            .to_string()
         };
-        let all = [
+        let over = |mut h: serde_json::Value, n: u64| {
+            h["redirect_over"] = n.into();
+            h
+        };
+        let all: Vec<String> = [
             hb("n1", "eu", 0, false, 100),
-            hb("n2", "eu", 5, false, 100),
-            hb("n3", "eu", 1, false, 99),
+            over(hb("n2", "eu", 5, false, 100), 5),
+            over(hb("n3", "eu", 1, false, 99), 2),
             hb("n4", "us", 0, false, 100),
             hb("n5", "eu", 0, true, 100),
             hb("n6", "eu", 0, false, 90),
-            "not json".into(),
-        ];
-        let got = pick_peers(&me, all.iter(), 100);
-        let want: Vec<std::net::SocketAddr> = vec![
-            "10.0.0.3:3478".parse().unwrap(),
-            "10.0.0.2:3478".parse().unwrap(),
-        ];
-        assert_eq!(got, want);
+            hb("n7", "eu", 7, false, 100),
+        ]
+        .iter()
+        .map(|h| h.to_string())
+        .chain(["not json".to_owned()])
+        .collect();
+        let peer = |n: u8, allocations: u64, takes_load: bool| FleetPeer {
+            addr: std::net::SocketAddr::from(([10, 0, 0, n], 3478)),
+            allocations,
+            takes_load,
+        };
+        // n2 is at its threshold: still a peer (a draining node may send clients there), but
+        // it takes no load; n7 has no threshold (or is an older node).
+        assert_eq!(
+            pick_peers(&me, all.iter(), 100),
+            [peer(3, 1, true), peer(2, 5, false), peer(7, 7, true)]
+        );
+        let mine = NodeInfo {
+            redirect_over_allocations: 9,
+            ..me
+        };
+        let h: serde_json::Value =
+            serde_json::from_str(&heartbeat(&mine, &[], 10, 0, 100)).unwrap();
+        assert_eq!(h["redirect_over"], 9);
         assert_eq!(
             numeric_id(
                 2,
