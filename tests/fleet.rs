@@ -9,11 +9,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::turn_client::{raw_allocate_at, raw_allocate_from, Live};
 use common::*;
 use tokio::net::UdpSocket;
-use turn::client::{Client, ClientConfig};
 use vigi_turn::engine::auth::{key_md5, mint_rest_credentials};
-use webrtc_util::Conn;
 
 const REALM: &str = "fleet.test";
 
@@ -115,74 +114,13 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A `turn` crate client with one allocation.
-struct Live {
-    client: Client,
-    relay: Box<dyn Conn + Send + Sync>,
-}
-
 async fn allocate(port: u16, user: &str, password: &str) -> Result<Live, String> {
     allocate_at(&format!("127.0.0.1:{port}"), user, password).await
 }
 
 /// [`allocate`] on any server address (`HOST:PORT`).
 async fn allocate_at(server: &str, user: &str, password: &str) -> Result<Live, String> {
-    let conn = UdpSocket::bind("0.0.0.0:0").await.unwrap();
-    let server = server.to_owned();
-    let client = Client::new(ClientConfig {
-        stun_serv_addr: server.clone(),
-        turn_serv_addr: server,
-        username: user.to_owned(),
-        password: password.to_owned(),
-        realm: REALM.to_owned(),
-        software: String::new(),
-        rto_in_ms: 0,
-        conn: Arc::new(conn),
-        vnet: None,
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    client.listen().await.map_err(|e| e.to_string())?;
-    let relay = tokio::time::timeout(Duration::from_secs(10), client.allocate())
-        .await
-        .map_err(|_| "allocate timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
-    Ok(Live {
-        client,
-        relay: Box::new(relay),
-    })
-}
-
-impl Live {
-    /// One message each way between the client (through its relay) and `peer`.
-    async fn round_trip(&self, peer: &UdpSocket, tag: &str) -> Result<(), String> {
-        let relay_addr = self.relay.local_addr().unwrap();
-        let peer_addr = peer.local_addr().unwrap();
-        let mut buf = vec![0u8; 1500];
-        let ping = format!("ping {tag}");
-        self.relay
-            .send_to(ping.as_bytes(), peer_addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (n, _) = tokio::time::timeout(Duration::from_secs(3), peer.recv_from(&mut buf))
-            .await
-            .map_err(|_| format!("{tag}: peer got nothing"))?
-            .unwrap();
-        assert_eq!(&buf[..n], ping.as_bytes());
-        let pong = format!("pong {tag}");
-        peer.send_to(pong.as_bytes(), relay_addr).await.unwrap();
-        let (n, _) = tokio::time::timeout(Duration::from_secs(3), self.relay.recv_from(&mut buf))
-            .await
-            .map_err(|_| format!("{tag}: client got nothing"))?
-            .map_err(|e| e.to_string())?;
-        assert_eq!(&buf[..n], pong.as_bytes());
-        Ok(())
-    }
-
-    async fn close(self) {
-        let _ = self.relay.close().await;
-        let _ = self.client.close().await;
-    }
+    turn_client::allocate(server, user, password, REALM).await
 }
 
 /// Retry `allocate` until it succeeds, at most `limit` (the node reads Redis every second).
@@ -523,70 +461,12 @@ async fn coturn_and_vigi_turn_share_one_redis_user_database() {
     );
 }
 
-/// Allocate over raw STUN (401 challenge, then signed) on 127.0.0.1:`port`: the error code (0 on
-/// success) and the ALTERNATE-SERVER of the answer.
+/// Allocate over raw STUN on 127.0.0.1:`port` (see [`raw_allocate_at`]).
 fn raw_allocate(port: u16, user: &str, password: &str) -> (u16, Option<std::net::SocketAddr>) {
     raw_allocate_at(
         std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         user,
         password,
-    )
-}
-
-/// [`raw_allocate`] to any address.
-fn raw_allocate_at(
-    server: std::net::SocketAddr,
-    user: &str,
-    password: &str,
-) -> (u16, Option<std::net::SocketAddr>) {
-    let any = if server.is_ipv4() {
-        std::net::Ipv4Addr::UNSPECIFIED.into()
-    } else {
-        std::net::Ipv6Addr::UNSPECIFIED.into()
-    };
-    raw_allocate_from(any, server, user, password)
-}
-
-/// [`raw_allocate_at`] from a socket bound to `source` (another loopback address is another
-/// client IP).
-fn raw_allocate_from(
-    source: std::net::IpAddr,
-    server: std::net::SocketAddr,
-    user: &str,
-    password: &str,
-) -> (u16, Option<std::net::SocketAddr>) {
-    use vigi_turn::proto::{attr, Class, Message, MessageBuilder, Method};
-    let s = std::net::UdpSocket::bind((source, 0)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let mut buf = [0u8; 1500];
-    let mut req = Vec::new();
-    MessageBuilder::new(&mut req, Method::ALLOCATE, Class::Request, &rand::random())
-        .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-    s.send_to(&req, server).unwrap();
-    let n = s.recv(&mut buf).expect("challenge");
-    let m = Message::decode(&buf[..n]).unwrap();
-    let nonce = m.get(attr::NONCE).expect("NONCE").to_vec();
-    let mut req = Vec::new();
-    MessageBuilder::new(&mut req, Method::ALLOCATE, Class::Request, &rand::random())
-        .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
-        .attr(attr::USERNAME, user.as_bytes())
-        .attr(attr::REALM, REALM.as_bytes())
-        .attr(attr::NONCE, &nonce)
-        .integrity(&key_md5(user, REALM, password));
-    s.send_to(&req, server).unwrap();
-    let n = s.recv(&mut buf).expect("answer");
-    let m = Message::decode(&buf[..n]).unwrap();
-    if m.class() == Class::Success {
-        return (0, None);
-    }
-    let code = m
-        .get(attr::ERROR_CODE)
-        .and_then(attr::read_error_code)
-        .map(|(c, _)| c)
-        .expect("ERROR-CODE");
-    (
-        code,
-        m.get(attr::ALTERNATE_SERVER).and_then(attr::read_address),
     )
 }
 

@@ -11,12 +11,10 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::turn_client::{raw_allocate_at, Live};
 use common::*;
 use tokio::net::UdpSocket;
-use turn::client::{Client, ClientConfig};
-use vigi_turn::engine::auth::{key_md5, mint_rest_credentials};
-use vigi_turn::proto::{attr, Class, Message, MessageBuilder, Method};
-use webrtc_util::Conn;
+use vigi_turn::engine::auth::mint_rest_credentials;
 
 const REALM: &str = "turn.test";
 
@@ -76,119 +74,20 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// A `turn` crate client with one allocation.
-struct Live {
-    client: Client,
-    relay: Box<dyn Conn + Send + Sync>,
-}
-
 async fn allocate(port: u16, user: &str, password: &str) -> Result<Live, String> {
     allocate_in(port, user, password, REALM).await
 }
 
 async fn allocate_in(port: u16, user: &str, password: &str, realm: &str) -> Result<Live, String> {
-    let conn = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let server = format!("127.0.0.1:{port}");
-    let client = Client::new(ClientConfig {
-        stun_serv_addr: server.clone(),
-        turn_serv_addr: server,
-        username: user.to_owned(),
-        password: password.to_owned(),
-        realm: realm.to_owned(),
-        software: String::new(),
-        rto_in_ms: 0,
-        conn: Arc::new(conn),
-        vnet: None,
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    client.listen().await.map_err(|e| e.to_string())?;
-    let relay = tokio::time::timeout(Duration::from_secs(10), client.allocate())
-        .await
-        .map_err(|_| "allocate timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
-    Ok(Live {
-        client,
-        relay: Box::new(relay),
-    })
-}
-
-impl Live {
-    /// One message each way between the client (through its relay) and `peer`.
-    async fn round_trip(&self, peer: &UdpSocket, tag: &str) -> Result<(), String> {
-        let relay_addr = self.relay.local_addr().unwrap();
-        let peer_addr = peer.local_addr().unwrap();
-        let mut buf = vec![0u8; 1500];
-        let ping = format!("ping {tag}");
-        self.relay
-            .send_to(ping.as_bytes(), peer_addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (n, from) = tokio::time::timeout(Duration::from_secs(3), peer.recv_from(&mut buf))
-            .await
-            .map_err(|_| format!("{tag}: peer got nothing"))?
-            .unwrap();
-        assert_eq!(&buf[..n], ping.as_bytes());
-        assert_eq!(from, relay_addr);
-        let pong = format!("pong {tag}");
-        peer.send_to(pong.as_bytes(), relay_addr).await.unwrap();
-        let (n, _) = tokio::time::timeout(Duration::from_secs(3), self.relay.recv_from(&mut buf))
-            .await
-            .map_err(|_| format!("{tag}: client got nothing"))?
-            .map_err(|e| e.to_string())?;
-        assert_eq!(&buf[..n], pong.as_bytes());
-        Ok(())
-    }
-
-    async fn close(self) {
-        let _ = self.relay.close().await;
-        let _ = self.client.close().await;
-    }
+    turn_client::allocate(&format!("127.0.0.1:{port}"), user, password, realm).await
 }
 
 async fn peer() -> UdpSocket {
     UdpSocket::bind("127.0.0.1:0").await.unwrap()
 }
 
-/// Allocate over raw STUN (401 challenge, then signed): the error code (0 on success) and the
-/// ALTERNATE-SERVER of the answer.
 fn raw_allocate(port: u16, user: &str, password: &str) -> (u16, Option<SocketAddr>) {
-    let s = StdUdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let server = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut buf = [0u8; 1500];
-    let tid: [u8; 12] = rand::random();
-    let mut req = Vec::new();
-    MessageBuilder::new(&mut req, Method::ALLOCATE, Class::Request, &tid)
-        .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-    s.send_to(&req, server).unwrap();
-    let n = s.recv(&mut buf).expect("challenge");
-    let m = Message::decode(&buf[..n]).unwrap();
-    let realm = String::from_utf8(m.get(attr::REALM).expect("REALM").to_vec()).unwrap();
-    let nonce = m.get(attr::NONCE).expect("NONCE").to_vec();
-    let tid: [u8; 12] = rand::random();
-    let mut req = Vec::new();
-    MessageBuilder::new(&mut req, Method::ALLOCATE, Class::Request, &tid)
-        .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
-        .attr(attr::USERNAME, user.as_bytes())
-        .attr(attr::REALM, realm.as_bytes())
-        .attr(attr::NONCE, &nonce)
-        .integrity(&key_md5(user, &realm, password));
-    s.send_to(&req, server).unwrap();
-    let n = s.recv(&mut buf).expect("answer");
-    let m = Message::decode(&buf[..n]).unwrap();
-    if m.class() == Class::Success {
-        return (0, None);
-    }
-    let code = m
-        .get(attr::ERROR_CODE)
-        .and_then(attr::read_error_code)
-        .map(|(c, _)| c)
-        .expect("ERROR-CODE");
-    (
-        code,
-        m.get(attr::ALTERNATE_SERVER).and_then(attr::read_address),
-    )
+    raw_allocate_at(SocketAddr::from(([127, 0, 0, 1], port)), user, password)
 }
 
 fn write_conf(path: &Path, secret: &str, extra: &str) {

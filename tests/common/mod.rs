@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use vigi_turn::proto::{attr, Class, Message, MessageBuilder, Method};
 
+pub mod turn_client;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_vigi-turn");
 
 /// A port free for both UDP and TCP on 127.0.0.1 right now.
