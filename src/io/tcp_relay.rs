@@ -20,7 +20,6 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, Notify};
@@ -48,16 +47,7 @@ fn lock(t: &PeerTable) -> std::sync::MutexGuard<'_, HashMap<ConnectionId, PeerCo
 /// The listening socket of a TCP allocation. SO_REUSEPORT lets Connect's outgoing connections
 /// bind the same address (RFC 6062 §5.2: they come from the relayed transport address).
 pub(crate) fn listen(st: &Rc<WorkerState>, id: AllocationId, addr: SocketAddr) -> io::Result<()> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    s.listen(64)?;
-    let listener = TcpListener::from_std(s.into())?;
+    let listener = TcpListener::from_std(super::udp::bind_tcp(addr, 64)?)?;
     let task = tokio::task::spawn_local(accept_loop(st.clone(), id, listener));
     if let Some(old) = st.tcp_relays.borrow_mut().insert(id, task) {
         old.abort();
