@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
@@ -33,27 +33,19 @@ pub(crate) const MAX_DATAGRAM: usize = 65_535;
 
 pub(crate) struct Relay {
     pub id: AllocationId,
-    pub socket: Rc<AsyncFd<UdpSocket>>,
-    pub task: JoinHandle<()>,
-    /// The IPv6 socket of a dual allocation and its reader.
-    pub second: Option<(Rc<AsyncFd<UdpSocket>>, JoinHandle<()>)>,
+    pub socket: UdpSocket,
+    /// The IPv6 socket of a dual allocation.
+    pub second: Option<UdpSocket>,
 }
 
 impl Relay {
     /// The socket that sends to `peer`: the second (IPv6) one of a dual allocation for an IPv6
     /// peer, else the first.
     #[inline]
-    fn socket_for(&self, peer: SocketAddr) -> &AsyncFd<UdpSocket> {
+    fn socket_for(&self, peer: SocketAddr) -> &UdpSocket {
         match &self.second {
-            Some((s, _)) if peer.is_ipv6() => s,
+            Some(s) if peer.is_ipv6() => s,
             _ => &self.socket,
-        }
-    }
-
-    pub(crate) fn abort(&self) {
-        self.task.abort();
-        if let Some((_, t)) = &self.second {
-            t.abort();
         }
     }
 }
@@ -62,7 +54,9 @@ impl Relay {
 pub(crate) struct WorkerState {
     pub engine: RefCell<Server>,
     pub udp: Vec<(SocketAddr, Rc<AsyncFd<UdpSocket>>)>,
+    /// Relay sockets by allocation index, and the epoll set that watches them.
     pub relays: RefCell<Vec<Option<Relay>>>,
+    pub relay_poll: relay::RelayPoll,
     pub streams: RefCell<HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>>,
     /// The receive slots every socket of this worker reads into; each slot has room in front
     /// for headers written in place.
@@ -145,10 +139,18 @@ pub(crate) fn run(init: WorkerInit) {
                 Err(e) => tracing::error!("worker {index}: udp {addr}: {e}"),
             }
         }
+        let relay_poll = match relay::RelayPoll::new() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("worker {index}: cannot create its relay epoll set: {e}");
+                return;
+            }
+        };
         let st = Rc::new(WorkerState {
             engine: RefCell::new(engine),
             udp: udp_socks,
             relays: RefCell::new(Vec::new()),
+            relay_poll,
             streams: RefCell::new(HashMap::new()),
             batch: RefCell::new(RecvBatch::new(PEER_HEADROOM, MAX_DATAGRAM, PEER_TAILROOM)),
             io_stats: RefCell::new(IoStats::default()),
@@ -204,14 +206,13 @@ pub(crate) fn run(init: WorkerInit) {
         }
         #[cfg(not(feature = "dtls"))]
         drop(dtls);
+        tokio::task::spawn_local(relay::poll_loop(st.clone()));
         tokio::task::spawn_local(timer_loop(st.clone(), snapshot));
         tokio::task::spawn_local(control_loop(st.clone(), control));
         tracing::debug!("worker {index} running");
         let _ = stop.wait_for(|s| *s).await;
         // Free every relay socket before the runtime goes away.
-        for r in st.relays.borrow_mut().drain(..).flatten() {
-            r.abort();
-        }
+        st.relays.borrow_mut().clear();
         for (_, t) in st.tcp_relays.borrow_mut().drain() {
             t.abort();
         }
@@ -221,9 +222,8 @@ pub(crate) fn run(init: WorkerInit) {
     });
 }
 
-/// Read `sock` in batches (recvmmsg into the worker's slots) for as long as it is readable, up
-/// to [`READ_BUDGET`] batches per wake-up, handing each batch to `on_batch(state, batch, now)`.
-/// Shared by the listening sockets and the relay sockets.
+/// Read `sock` in batches for as long as it is readable, handing each batch to
+/// `on_batch(state, batch, now)` (see [`read_socket`]). Used by the listening sockets.
 pub(crate) async fn read_batches(
     st: Rc<WorkerState>,
     sock: Rc<AsyncFd<UdpSocket>>,
@@ -238,31 +238,43 @@ pub(crate) async fn read_batches(
                 continue;
             }
         };
-        for _ in 0..READ_BUDGET {
-            let mut batch = st.batch.borrow_mut();
-            let n = match batch.recv(fd) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ready.clear_ready();
-                    break;
-                }
-                // ICMP errors surface as recv errors on Linux; they concern one peer, not us.
-                Err(_) => continue,
-            };
-            let now = Instant::now();
-            on_batch(&st, &mut batch, now);
-            drop(batch);
-            let us = now.elapsed().as_micros() as u64;
-            st.io_stats.borrow_mut().record(n, us);
-            if n < super::udp::BATCH {
-                // The queue was empty when recvmmsg returned: skip the call that would say
-                // EAGAIN. A datagram arriving since raised a new event, which clear_ready keeps.
-                ready.clear_ready();
-                break;
-            }
+        if !read_socket(&st, fd, &mut on_batch) {
+            // The queue was empty when recvmmsg last returned: a datagram arriving since raised a
+            // new event, which clear_ready keeps.
+            ready.clear_ready();
         }
         tokio::task::yield_now().await;
     }
+}
+
+/// Read the non-blocking UDP socket `fd` (recvmmsg into the worker's slots), up to
+/// [`READ_BUDGET`] batches, handing each batch to `on_batch(state, batch, now)`. Returns whether
+/// the budget ran out with datagrams perhaps still queued; false once a batch came back short
+/// (the queue was empty then: the call that would say EAGAIN is skipped) or the socket said
+/// EAGAIN.
+pub(crate) fn read_socket(
+    st: &Rc<WorkerState>,
+    fd: RawFd,
+    mut on_batch: impl FnMut(&Rc<WorkerState>, &mut RecvBatch, Instant),
+) -> bool {
+    for _ in 0..READ_BUDGET {
+        let mut batch = st.batch.borrow_mut();
+        let n = match batch.recv(fd) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            // ICMP errors surface as recv errors on Linux; they concern one peer, not us.
+            Err(_) => continue,
+        };
+        let now = Instant::now();
+        on_batch(st, &mut batch, now);
+        drop(batch);
+        let us = now.elapsed().as_micros() as u64;
+        st.io_stats.borrow_mut().record(n, us);
+        if n < super::udp::BATCH {
+            return false;
+        }
+    }
+    true
 }
 
 /// Read client datagrams from one listening socket.
@@ -353,7 +365,7 @@ impl WorkerState {
         let relays = self.relays.borrow();
         if let Some(Some(r)) = relays.get(id.index()) {
             if r.id == id {
-                let _ = r.socket_for(peer).get_ref().send_to(data, peer);
+                let _ = r.socket_for(peer).send_to(data, peer);
             }
         }
     }
@@ -455,9 +467,8 @@ impl WorkerState {
                     let mut relays = self.relays.borrow_mut();
                     if let Some(slot) = relays.get_mut(id.index()) {
                         if slot.as_ref().is_some_and(|r| r.id == id) {
-                            if let Some(r) = slot.take() {
-                                r.abort();
-                            }
+                            // Closing the sockets takes them out of the epoll set.
+                            *slot = None;
                         }
                     }
                 }
