@@ -35,7 +35,7 @@
 #   THREADS       relay threads (-m) for all but sweep1 [2]
 #   CLIENTS       [50]   DURATION [5]   PER_CLIENT_RATE msg/s [1000]
 #   MAX_LOSS      % [1]  SWEEP_START msg/s [20000]  SWEEP_STEP s [2]  SWEEP_STEPS [8]  SWEEP_CLIENTS [20]
-#   FLOOD_ALLOCS  [5000] HOLD_ALLOCS [10000]  SETUP_THREADS [16]
+#   FLOOD_ALLOCS  [15000] HOLD_ALLOCS [10000]  SETUP_THREADS [16]
 #   VIGI_EXTRA    flags appended to vigi-turn's command only (e.g. "--sock-buf-size 4194304");
 #                 the flags are then no longer identical: say so when quoting the figures []
 #   COTURN_BIN    [turnserver]  VIGI_BIN [target/release/vigi-turn]  BENCH_BIN [target/release/vigi-bench]
@@ -84,7 +84,7 @@ SWEEP_START=${SWEEP_START:-20000}
 SWEEP_STEP=${SWEEP_STEP:-2}
 SWEEP_STEPS=${SWEEP_STEPS:-8}
 SWEEP_CLIENTS=${SWEEP_CLIENTS:-20}
-FLOOD_ALLOCS=${FLOOD_ALLOCS:-5000}
+FLOOD_ALLOCS=${FLOOD_ALLOCS:-15000}
 HOLD_ALLOCS=${HOLD_ALLOCS:-10000}
 SETUP_THREADS=${SETUP_THREADS:-16}
 VIGI_EXTRA=${VIGI_EXTRA:-}

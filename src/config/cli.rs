@@ -255,7 +255,8 @@ pub struct Cli {
     )]
     pub bps_capacity: u64,
     /// 401/438 challenges plus Allocate attempts answered per client IP per second, with bursts
-    /// of five seconds' worth; beyond it requests get no answer (0: no limit; vigi-turn extension).
+    /// of five seconds' worth; an Allocate that authenticates gives its own and its challenge's
+    /// back. Beyond it requests get no answer (0: no limit; vigi-turn extension).
     #[arg(
         long = "unauthorized-ratelimit",
         value_name = "N",

@@ -2,7 +2,9 @@
 //! challenges and Allocate attempts cost one token each from a bucket that refills at N per second
 //! and holds at most [`BURST_SECS`] seconds' worth. A source over its limit gets no answer at all,
 //! so a spoofed flood can neither reflect 401s at a victim nor make the server hash forever
-//! (RFC 8656 §21.1.2, RFC 8489 §16.1.3 on amplification).
+//! (RFC 8656 §21.1.2, RFC 8489 §16.1.3 on amplification). An Allocate that authenticates gets
+//! its own token and its challenge's back ([`Limiter::refund`]): the limit counts work that led
+//! nowhere, so many real clients behind one NAT address can all log in.
 //!
 //! Memory is fixed: a table of [`SLOTS`] buckets indexed by a keyed hash of the IP, allocated on
 //! first use. Addresses that collide share a bucket (a collision can only make a source stricter,
@@ -76,11 +78,40 @@ impl Limiter {
         if rate == 0 {
             return true;
         }
+        let b = self.refilled(now, ip, rate);
+        if b.tokens >= MILLI {
+            b.tokens -= MILLI;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Give `ip` back `n` tokens (never beyond a full bucket): what a request that went on to
+    /// authenticate had paid. The nonce it carried is bound to its IP, so the source is real and
+    /// read our challenge: the limit is for challenges nobody answers (reflection off spoofed
+    /// sources) and failed attempts (guessing, hash burning), not for clients behind one address
+    /// that log in.
+    pub fn refund(&mut self, now: Instant, ip: IpAddr, rate: u32, n: u32) {
+        if rate == 0 {
+            return;
+        }
+        let cap = Self::cap(rate);
+        let b = self.refilled(now, ip, rate);
+        b.tokens = b.tokens.saturating_add(u64::from(n) * MILLI).min(cap);
+    }
+
+    fn cap(rate: u32) -> u64 {
+        u64::from(rate) * BURST_SECS * MILLI
+    }
+
+    /// The bucket of `ip`, refilled up to `now`.
+    fn refilled(&mut self, now: Instant, ip: IpAddr, rate: u32) -> &mut Bucket {
         if self.buckets.is_empty() {
             self.buckets = vec![Bucket::default(); SLOTS];
         }
         let slot = self.slot(ip);
-        let cap = u64::from(rate) * BURST_SECS * MILLI;
+        let cap = Self::cap(rate);
         // +1 so that 0 keeps meaning "never used".
         let now_ms = now.saturating_duration_since(self.base).as_millis() as u64 + 1;
         let b = &mut self.buckets[slot];
@@ -95,12 +126,7 @@ impl Limiter {
                 .min(cap);
         }
         b.last_ms = b.last_ms.max(now_ms);
-        if b.tokens >= MILLI {
-            b.tokens -= MILLI;
-            true
-        } else {
-            false
-        }
+        b
     }
 
     /// Bytes held by the table (fixed once used).
@@ -146,6 +172,30 @@ mod tests {
             assert!(l.try_take(later, ip, 10));
         }
         assert!(!l.try_take(later, ip, 10));
+    }
+
+    #[test]
+    fn refunds_restore_tokens_up_to_a_full_bucket() {
+        let t0 = Instant::now();
+        let mut l = Limiter::new(t0, (11, 12));
+        let ip = v4(0xC633_6402);
+        // Empty the bucket (2/s × 5 s = 10), then each refund of 2 buys two more.
+        while l.try_take(t0, ip, 2) {}
+        for _ in 0..100 {
+            l.refund(t0, ip, 2, 2);
+            assert!(l.try_take(t0, ip, 2));
+            assert!(l.try_take(t0, ip, 2));
+            assert!(!l.try_take(t0, ip, 2));
+        }
+        // Refunds never fill a bucket past its burst.
+        let later = t0 + Duration::from_secs(60);
+        l.refund(later, ip, 2, 1000);
+        let mut granted = 0;
+        while l.try_take(later, ip, 2) {
+            granted += 1;
+        }
+        assert_eq!(granted, 10);
+        l.refund(later, ip, 0, 5);
     }
 
     #[test]

@@ -1322,6 +1322,10 @@ impl Server {
         let Some(auth) = self.authenticate(now, five, m, None) else {
             return;
         };
+        // It authenticated with a nonce bound to its IP: this attempt and its challenge are
+        // given back, so the limit counts only work that led nowhere.
+        let rate = self.config.unauthorized_ratelimit;
+        self.limiter.refund(now, five.client.ip(), rate, 2);
         let sign_fp = m.has_fingerprint() || self.config.fingerprint;
         macro_rules! refuse {
             ($code:expr) => {{

@@ -246,29 +246,44 @@ fn unauthenticated_requests_are_limited_per_source_ip() {
 }
 
 #[test]
-fn authenticated_allocate_attempts_are_counted_too() {
+fn allocate_attempts_cost_a_token_unless_they_authenticate() {
     let mut h = H::new(limited_config(1));
-    // 5 tokens: alice's 401 + Allocate take 2; her Refresh and permissions take none.
-    let mut c = Client::alice(udp(1));
-    c.allocate(&mut h).assert_ok();
-    for _ in 0..10 {
+    // 5 tokens, but an Allocate that authenticates gives back its own and its 401's: twenty
+    // clients behind one address all get in, and their Refreshes and permissions take none.
+    for port in 1..=20 {
+        let mut c = Client::alice(udp(port));
+        c.allocate(&mut h).assert_ok();
         c.refresh(&mut h, None).assert_ok();
         c.permit(&mut h, peer()).assert_ok();
     }
-    // A second allocation on another port: 2 more (3 left → 1).
-    let mut d = Client::alice(udp(2));
-    d.allocate(&mut h).assert_ok();
-    // A third Allocate with a known nonce costs 1 (0 left), a fourth gets nothing.
-    let mut e = Client::alice(udp(3));
-    e.nonce = d.nonce.clone();
-    e.allocate(&mut h).assert_ok();
-    let mut f = Client::alice(udp(4));
-    f.nonce = d.nonce.clone();
-    let tid = f.next_tid();
-    let req = f.build(Method::ALLOCATE, Class::Request, &tid, &requested_udp, true);
-    h.silent(f.five, &req);
+    assert_eq!(h.s.counters().rate_limited, 0);
+    assert_eq!(h.s.allocations().count(), 20);
+    // Attempts that fail to authenticate are not given back: a wrong password, with a nonce
+    // already known, costs a token per try, and the sixth gets nothing.
+    let nonce = Some(h.nonce());
+    for port in 100..105 {
+        let mut g = Client::new(udp(port), "alice", "wrong");
+        g.nonce = nonce.clone();
+        let tid = g.next_tid();
+        let req = g.build(Method::ALLOCATE, Class::Request, &tid, &requested_udp, true);
+        h.one(g.five, &req).assert_err(401);
+    }
+    let mut g = Client::new(udp(105), "alice", "wrong");
+    g.nonce = nonce.clone();
+    let tid = g.next_tid();
+    let req = g.build(Method::ALLOCATE, Class::Request, &tid, &requested_udp, true);
+    h.silent(g.five, &req);
     assert_eq!(h.s.counters().rate_limited, 1);
-    assert_eq!(h.s.allocations().count(), 3);
+    // Until tokens come back nobody from that address is heard (the limit is taken before any
+    // hashing); a second later the right password gets in and its token is given back.
+    let mut ok = Client::alice(udp(200));
+    ok.nonce = nonce.clone();
+    h.at(1);
+    ok.allocate(&mut h).assert_ok();
+    let mut ok2 = Client::alice(udp(201));
+    ok2.nonce = nonce;
+    ok2.allocate(&mut h).assert_ok();
+    assert_eq!(h.s.counters().rate_limited, 1);
 }
 
 #[test]
