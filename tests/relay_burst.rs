@@ -1,18 +1,26 @@
-//! A relay socket holding more datagrams than a worker reads from one socket per round (its read
-//! budget, 8 batches of 32) must still be emptied without any further datagram arriving: the
-//! worker's relay epoll set is edge-triggered, so a socket left with data when its budget ran out
-//! has to be read again by the worker itself. The server is stopped (SIGSTOP) while a peer queues
-//! the burst on the relay socket, so the whole burst is waiting when it resumes.
+//! Bursts toward a client, through the real binary.
+//!
+//! - A relay socket holding more datagrams than a worker reads from one socket per round (its
+//!   read budget, 8 batches of 32) must still be emptied without any further datagram arriving:
+//!   the worker's relay epoll set is edge-triggered, so a socket left with data when its budget
+//!   ran out has to be read again by the worker itself. The server is stopped (SIGSTOP) while a
+//!   peer queues the burst on the relay socket, so the whole burst is waiting when it resumes.
+//! - A TCP client that stops reading while its peer keeps sending fills its socket; frames are
+//!   then written partly, kept in a bounded backlog, or dropped whole. When it reads again the
+//!   byte stream must still be whole frames, in order, and nothing the server holds may grow
+//!   past the backlog's bound.
 
 mod common;
 
 use std::collections::HashSet;
-use std::net::{SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::*;
 use socket2::{Domain, Socket, Type};
 use vigi_turn::engine::auth::key_md5;
+use vigi_turn::proto::framing::frame_len;
 use vigi_turn::proto::{attr, Class, Message, MessageBuilder, Method};
 
 const USER: &str = "burst";
@@ -31,11 +39,75 @@ fn udp_with_buffer(buf: usize) -> UdpSocket {
     s
 }
 
-/// A signed request of `method` on `sock` (after a 401 that named the realm and nonce): the
-/// answer, which must be a success.
+/// A client's control channel: a UDP socket, or a TCP connection carrying frames back to back.
+enum Ctl<'a> {
+    Udp(&'a UdpSocket, SocketAddr),
+    Tcp(&'a TcpStream),
+}
+
+impl Ctl<'_> {
+    fn send(&self, msg: &[u8]) {
+        match self {
+            Ctl::Udp(s, to) => {
+                s.send_to(msg, *to).unwrap();
+            }
+            Ctl::Tcp(s) => {
+                let mut s: &TcpStream = s;
+                s.write_all(msg).unwrap();
+            }
+        }
+    }
+
+    /// One whole message.
+    fn recv(&self) -> Vec<u8> {
+        let mut buf = vec![0u8; 1500];
+        match self {
+            Ctl::Udp(s, _) => {
+                let n = s.recv(&mut buf).expect("answer");
+                buf.truncate(n);
+                buf
+            }
+            Ctl::Tcp(s) => {
+                let mut s: &TcpStream = s;
+                s.read_exact(&mut buf[..20]).expect("answer");
+                let len = 20 + usize::from(u16::from_be_bytes([buf[2], buf[3]]));
+                s.read_exact(&mut buf[20..len]).expect("answer body");
+                buf.truncate(len);
+                buf
+            }
+        }
+    }
+}
+
+/// Allocate (401 first, then signed), then permit `peer`: the relayed address.
+fn allocate_and_permit(ctl: &Ctl, peer: SocketAddr) -> SocketAddr {
+    let mut req = Vec::new();
+    MessageBuilder::new(&mut req, Method::ALLOCATE, Class::Request, &rand::random())
+        .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    ctl.send(&req);
+    let challenge = ctl.recv();
+    let nonce = Message::decode(&challenge)
+        .unwrap()
+        .get(attr::NONCE)
+        .expect("NONCE")
+        .to_vec();
+    let answer = request(ctl, Method::ALLOCATE, &nonce, |b| {
+        b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    let relay = Message::decode(&answer)
+        .unwrap()
+        .get_xor_address(attr::XOR_RELAYED_ADDRESS)
+        .expect("XOR-RELAYED-ADDRESS");
+    request(ctl, Method::CREATE_PERMISSION, &nonce, |b| {
+        b.xor_address(attr::XOR_PEER_ADDRESS, &peer);
+    });
+    relay
+}
+
+/// A signed request of `method` (after a 401 that named the realm and nonce): the answer, which
+/// must be a success.
 fn request(
-    sock: &UdpSocket,
-    server: SocketAddr,
+    ctl: &Ctl,
     method: Method,
     nonce: &[u8],
     build: impl Fn(&mut MessageBuilder),
@@ -48,22 +120,19 @@ fn request(
         .attr(attr::REALM, REALM.as_bytes())
         .attr(attr::NONCE, nonce)
         .integrity(&key);
-    sock.send_to(&req, server).unwrap();
-    let mut buf = [0u8; 1500];
-    let n = sock.recv(&mut buf).expect("answer");
-    let m = Message::decode(&buf[..n]).unwrap();
+    ctl.send(&req);
+    let answer = ctl.recv();
+    let m = Message::decode(&answer).unwrap();
     assert_eq!(m.class(), Class::Success, "{method:?} refused");
-    buf[..n].to_vec()
+    answer
 }
 
-#[test]
-fn a_burst_beyond_the_read_budget_reaches_the_client_without_more_traffic() {
-    let user = format!("{USER}:{PASS}");
-    let srv = start_server(&[
+fn server_args(user: &str) -> Vec<&str> {
+    vec![
         "-n",
         "--lt-cred-mech",
         "--user",
-        &user,
+        user,
         "--realm",
         REALM,
         "-L",
@@ -75,34 +144,18 @@ fn a_burst_beyond_the_read_budget_reaches_the_client_without_more_traffic() {
         "1048576",
         "--no-tls",
         "--no-dtls",
-    ]);
+    ]
+}
+
+#[test]
+fn a_burst_beyond_the_read_budget_reaches_the_client_without_more_traffic() {
+    let user = format!("{USER}:{PASS}");
+    let srv = start_server(&server_args(&user));
     let server = SocketAddr::from(([127, 0, 0, 1], srv.port));
     let client = udp_with_buffer(1 << 20);
     let peer = udp_with_buffer(1 << 20);
-
-    // Allocate: a 401 gives the nonce, then the signed request.
-    let mut req = Vec::new();
-    MessageBuilder::new(&mut req, Method::ALLOCATE, Class::Request, &rand::random())
-        .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-    client.send_to(&req, server).unwrap();
+    let relay = allocate_and_permit(&Ctl::Udp(&client, server), peer.local_addr().unwrap());
     let mut buf = [0u8; 1500];
-    let n = client.recv(&mut buf).expect("challenge");
-    let nonce = Message::decode(&buf[..n])
-        .unwrap()
-        .get(attr::NONCE)
-        .expect("NONCE")
-        .to_vec();
-    let answer = request(&client, server, Method::ALLOCATE, &nonce, |b| {
-        b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-    });
-    let relay = Message::decode(&answer)
-        .unwrap()
-        .get_xor_address(attr::XOR_RELAYED_ADDRESS)
-        .expect("XOR-RELAYED-ADDRESS");
-    let peer_addr = peer.local_addr().unwrap();
-    request(&client, server, Method::CREATE_PERMISSION, &nonce, |b| {
-        b.xor_address(attr::XOR_PEER_ADDRESS, &peer_addr);
-    });
 
     // Queue the whole burst on the relay socket while the server cannot read it.
     // SAFETY: kill(2) on a child we started and have not reaped.
@@ -138,5 +191,88 @@ fn a_burst_beyond_the_read_budget_reaches_the_client_without_more_traffic() {
         "the client got {} of the {BURST} datagrams queued on its relay",
         seen.len()
     );
+    srv.proc.terminate();
+}
+
+#[test]
+fn a_tcp_client_that_stops_reading_gets_whole_frames_in_order_when_it_reads_again() {
+    let user = format!("{USER}:{PASS}");
+    let srv = start_server(&server_args(&user));
+    let server = SocketAddr::from(([127, 0, 0, 1], srv.port));
+    // A small receive buffer, so the server's writes stop short early.
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let _ = s.set_recv_buffer_size(4096);
+    s.connect(&server.into()).unwrap();
+    let client: TcpStream = s.into();
+    client
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let peer = udp_with_buffer(1 << 20);
+    let relay = allocate_and_permit(&Ctl::Tcp(&client), peer.local_addr().unwrap());
+
+    // 4,000 datagrams of 1,000 bytes (4 MB, far beyond the client's buffers and the server's
+    // 256 KiB backlog) while the client reads nothing; paced so the relay socket keeps up.
+    const SENT: u32 = 4000;
+    let mut payload = [0u8; 1000];
+    for seq in 0..SENT {
+        payload[..4].copy_from_slice(&seq.to_be_bytes());
+        payload[4..8].copy_from_slice(&(!seq).to_be_bytes());
+        peer.send_to(&payload, relay).unwrap();
+        if seq % 64 == 63 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Now read everything: whole Data indications, sequence numbers rising, each intact.
+    let mut stream = Vec::new();
+    let mut chunk = [0u8; 65536];
+    let mut c: &TcpStream = &client;
+    c.set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    while let Ok(n) = c.read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+        stream.extend_from_slice(&chunk[..n]);
+    }
+    let mut at = 0;
+    let mut last: Option<u32> = None;
+    let mut frames = 0u32;
+    while at < stream.len() {
+        let len = frame_len(&stream[at..])
+            .expect("the stream stays framed")
+            .expect("no frame cut short");
+        let m = Message::decode(&stream[at..at + len]).expect("a whole STUN message");
+        assert_eq!(m.method(), Method::DATA);
+        let data = m.get(attr::DATA).expect("DATA");
+        assert_eq!(data.len(), 1000, "payload intact");
+        let seq = u32::from_be_bytes(data[..4].try_into().unwrap());
+        assert_eq!(u32::from_be_bytes(data[4..8].try_into().unwrap()), !seq);
+        assert!(
+            last.is_none_or(|l| seq > l),
+            "in order: {seq} after {last:?}"
+        );
+        last = Some(seq);
+        frames += 1;
+        at += len;
+    }
+    // The backlog (256 KiB) and the socket buffers held at least a few hundred frames; the rest
+    // were dropped whole, so the server kept its memory.
+    assert!(frames >= 200, "only {frames} frames arrived");
+    assert!(
+        frames < SENT,
+        "all {frames} arrived: the client never stopped the server"
+    );
+
+    // The connection still works both ways: the peer's next datagram arrives at once.
+    payload[..4].copy_from_slice(&SENT.to_be_bytes());
+    payload[4..8].copy_from_slice(&(!SENT).to_be_bytes());
+    peer.send_to(&payload, relay).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let m = Ctl::Tcp(&client).recv();
+    let msg = Message::decode(&m).unwrap();
+    let data = msg.get(attr::DATA).expect("DATA");
+    assert_eq!(u32::from_be_bytes(data[..4].try_into().unwrap()), SENT);
     srv.proc.terminate();
 }

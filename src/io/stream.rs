@@ -4,6 +4,9 @@
 //! capped across workers and closed when idle. TLS connections (`turns:`) take the same path once
 //! the handshake is done: the handler is generic over the byte stream.
 
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -11,8 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
 
 use super::tls::TlsSource;
 use super::worker::WorkerState;
@@ -28,8 +33,11 @@ const NO_ALLOCATION_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A frame begun must be complete within this time (slowloris: a byte every few seconds never
 /// finishing a frame would otherwise hold the connection and its buffer).
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
-/// Frames queued for a client that does not read; beyond this they are dropped.
+/// Frames queued for a TLS client that does not read; beyond this they are dropped.
 const SEND_QUEUE: usize = 1024;
+/// Bytes queued for a TCP client that does not read (what its socket buffer did not take);
+/// beyond this new frames are dropped whole.
+const SEND_BACKLOG: usize = 256 * 1024;
 /// A TLS handshake not done in this time is dropped (half-open and slowloris clients).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -66,11 +74,20 @@ pub(crate) async fn accept_loop(
         let tls = tls.clone();
         tokio::task::spawn_local(async move {
             match tls {
-                None => connection(st2.clone(), stream, Transport::Tcp, peer, local).await,
+                None => {
+                    let (rd, wr) = stream.into_split();
+                    let (tx, writer) = StreamTx::tcp(wr);
+                    connection(st2.clone(), rd, tx, writer, Transport::Tcp, peer, local).await
+                }
                 Some(tls) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => connection(st2.clone(), s, Transport::Tls, peer, local).await,
+                        Ok(Ok(s)) => {
+                            let (rd, wr) = tokio::io::split(s);
+                            let (tx, writer) = StreamTx::queued(wr);
+                            let (tr, st3) = (Transport::Tls, st2.clone());
+                            connection(st3, rd, tx, writer, tr, peer, local).await
+                        }
                         Ok(Err(e)) => tracing::debug!("tls handshake from {peer}: {e}"),
                         Err(_) => tracing::debug!("tls handshake from {peer}: timed out"),
                     }
@@ -81,39 +98,180 @@ pub(crate) async fn accept_loop(
     }
 }
 
-async fn connection<S>(
+/// How bytes go to a stream client. Over plain TCP, frames are copied into a bounded backlog and
+/// a small task per connection writes all that has gathered with one system call once the
+/// worker has finished what it was doing: the frames of a whole round of relay reads leave in
+/// one write, not one each (measured: RTT p99 at the fixed TCP load 0.35x coturn's, against
+/// 4.7x when each frame was written at once and 1.3x through a queue of boxed frames). Over
+/// TLS, boxed frames go through a queue to a writer task, as the TLS session frames records.
+pub(crate) enum StreamTx {
+    Tcp {
+        wr: OwnedWriteHalf,
+        /// Bytes accepted but not yet written, in order; only whole frames enter it, but its
+        /// head may be the rest of a frame partly written.
+        backlog: RefCell<VecDeque<u8>>,
+        /// The backlog has bytes (for the flusher); the backlog drained (for [`StreamTx::send`]).
+        wake: Notify,
+        drained: Notify,
+        /// No more bytes will come (or the connection broke): the flusher ends once the backlog
+        /// is written.
+        closed: Cell<bool>,
+    },
+    Queued(mpsc::Sender<Vec<u8>>),
+}
+
+impl StreamTx {
+    fn tcp(wr: OwnedWriteHalf) -> (Rc<StreamTx>, JoinHandle<()>) {
+        let tx = Rc::new(StreamTx::Tcp {
+            wr,
+            backlog: RefCell::new(VecDeque::new()),
+            wake: Notify::new(),
+            drained: Notify::new(),
+            closed: Cell::new(false),
+        });
+        let writer = tokio::task::spawn_local(flush_backlog(tx.clone()));
+        (tx, writer)
+    }
+
+    fn queued<W: AsyncWrite + Unpin + 'static>(mut wr: W) -> (Rc<StreamTx>, JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(SEND_QUEUE);
+        let writer = tokio::task::spawn_local(async move {
+            while let Some(buf) = rx.recv().await {
+                if wr.write_all(&buf).await.is_err() {
+                    return;
+                }
+                // Write what else is queued, then flush once (TLS buffers records).
+                while let Ok(buf) = rx.try_recv() {
+                    if wr.write_all(&buf).await.is_err() {
+                        return;
+                    }
+                }
+                if wr.flush().await.is_err() {
+                    return;
+                }
+            }
+        });
+        (Rc::new(StreamTx::Queued(tx)), writer)
+    }
+
+    /// Send one frame without waiting. A client that does not read loses whole frames rather
+    /// than growing our memory.
+    pub(crate) fn send_frame(&self, data: &[u8]) {
+        let _ = self.push(data);
+    }
+
+    /// [`StreamTx::send_frame`]; Err when the connection is broken or gone.
+    fn push(&self, data: &[u8]) -> Result<(), ()> {
+        match self {
+            StreamTx::Queued(tx) => match tx.try_send(data.to_vec()) {
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+                _ => Ok(()),
+            },
+            StreamTx::Tcp {
+                backlog,
+                wake,
+                closed,
+                ..
+            } => {
+                if closed.get() {
+                    return Err(());
+                }
+                let mut backlog = backlog.borrow_mut();
+                if backlog.len() + data.len() > SEND_BACKLOG {
+                    return Ok(());
+                }
+                backlog.extend(data);
+                wake.notify_one();
+                Ok(())
+            }
+        }
+    }
+
+    /// Send bytes, waiting while the client's backlog is full (the RFC 6062 raw pipe, which
+    /// must lose nothing). Err once the client is gone.
+    pub(crate) async fn send(&self, data: &[u8]) -> Result<(), ()> {
+        match self {
+            StreamTx::Queued(tx) => tx.send(data.to_vec()).await.map_err(|_| ()),
+            StreamTx::Tcp {
+                backlog, drained, ..
+            } => {
+                // Single-threaded: nothing drains the backlog between the check and the first
+                // poll of `notified`, which registers the wait.
+                while backlog.borrow().len() + data.len() > SEND_BACKLOG {
+                    drained.notified().await;
+                }
+                self.push(data)
+            }
+        }
+    }
+
+    /// No more bytes: the writer ends once what is queued is written.
+    fn close(&self) {
+        if let StreamTx::Tcp { wake, closed, .. } = self {
+            closed.set(true);
+            wake.notify_one();
+        }
+    }
+}
+
+/// Write a TCP client's backlog whenever its socket can take more (all of it in one call when
+/// it can), until it is closed and empty.
+async fn flush_backlog(tx: Rc<StreamTx>) {
+    let StreamTx::Tcp {
+        wr,
+        backlog,
+        wake,
+        drained,
+        closed,
+    } = &*tx
+    else {
+        return;
+    };
+    loop {
+        if backlog.borrow().is_empty() {
+            drained.notify_waiters();
+            if closed.get() {
+                return;
+            }
+            wake.notified().await;
+            continue;
+        }
+        if wr.writable().await.is_err() {
+            return;
+        }
+        let mut b = backlog.borrow_mut();
+        let (head, tail) = b.as_slices();
+        match wr.try_write_vectored(&[io::IoSlice::new(head), io::IoSlice::new(tail)]) {
+            Ok(n) => {
+                b.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => {
+                b.clear();
+                closed.set(true);
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn connection<R>(
     st: Rc<WorkerState>,
-    stream: S,
+    mut rd: R,
+    tx: Rc<StreamTx>,
+    writer: JoinHandle<()>,
     transport: Transport,
     client: SocketAddr,
     local: SocketAddr,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + 'static,
+    R: AsyncRead + Unpin + 'static,
 {
     let five = FiveTuple {
         transport,
         client,
         server: local,
     };
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(SEND_QUEUE);
     st.streams.borrow_mut().insert(five, tx.clone());
-    let writer = tokio::task::spawn_local(async move {
-        while let Some(buf) = rx.recv().await {
-            if wr.write_all(&buf).await.is_err() {
-                return;
-            }
-            // Write what else is queued, then flush once (TLS buffers records; TCP is a no-op).
-            while let Ok(buf) = rx.try_recv() {
-                if wr.write_all(&buf).await.is_err() {
-                    return;
-                }
-            }
-            if wr.flush().await.is_err() {
-                return;
-            }
-        }
-    });
     let mut buf = vec![0u8; 4096];
     let mut filled = 0usize;
     // When the partial frame at the start of `buf` began arriving.
@@ -179,7 +337,9 @@ async fn connection<S>(
     if let Some((cid, peer, leftover)) = raw {
         // RFC 6062 §5.4: from here on the connection carries the peer's bytes, both ways. The
         // writer sends what is queued (the ConnectionBind response first) and then the peer's.
-        super::tcp_relay::pipe(&st, cid, peer, rd, tx, leftover).await;
+        super::tcp_relay::pipe(&st, cid, peer, rd, tx.clone(), leftover).await;
+        tx.close();
+        drop(tx);
         let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
         return;
     }

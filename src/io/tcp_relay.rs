@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use super::worker::WorkerState;
 use crate::engine::{AllocationId, ConnectionId, FiveTuple};
@@ -175,7 +175,7 @@ pub(crate) async fn pipe<R>(
     cid: ConnectionId,
     peer: std::net::TcpStream,
     mut client_rd: R,
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: Rc<super::stream::StreamTx>,
     leftover: Vec<u8>,
 ) where
     R: AsyncRead + Unpin,
@@ -205,7 +205,7 @@ pub(crate) async fn pipe<R>(
             let mut buf = vec![0u8; 16 * 1024];
             loop {
                 let n = peer_rd.read(&mut buf).await?;
-                if n == 0 || tx.send(buf[..n].to_vec()).await.is_err() {
+                if n == 0 || tx.send(&buf[..n]).await.is_err() {
                     return Ok::<_, io::Error>(());
                 }
                 traffic.add_down(n);

@@ -57,7 +57,7 @@ pub(crate) struct WorkerState {
     /// Relay sockets by allocation index, and the epoll set that watches them.
     pub relays: RefCell<Vec<Option<Relay>>>,
     pub relay_poll: relay::RelayPoll,
-    pub streams: RefCell<HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>>,
+    pub streams: RefCell<HashMap<FiveTuple, Rc<stream::StreamTx>>>,
     /// The receive slots every socket of this worker reads into; each slot has room in front
     /// for headers written in place.
     pub batch: RefCell<RecvBatch>,
@@ -422,8 +422,7 @@ impl WorkerState {
             Transport::Dtls => {}
             Transport::Tcp | Transport::Tls => {
                 if let Some(tx) = self.streams.borrow().get(&to) {
-                    // A client that does not read loses data rather than growing our memory.
-                    let _ = tx.try_send(data.to_vec());
+                    tx.send_frame(data);
                 }
             }
         }
