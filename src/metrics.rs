@@ -479,6 +479,21 @@ impl Monitor {
             "Live channel bindings",
             channels as f64,
         );
+        #[cfg(feature = "dtls")]
+        {
+            gauge(
+                o,
+                "vigi_turn_dtls_sessions",
+                "Established DTLS sessions",
+                snaps.iter().map(|s| s.dtls_sessions).sum::<usize>() as f64,
+            );
+            gauge(
+                o,
+                "vigi_turn_dtls_handshakes",
+                "DTLS handshakes in progress (past the cookie exchange: each holds a slot)",
+                snaps.iter().map(|s| s.dtls_handshakes).sum::<usize>() as f64,
+            );
+        }
 
         header(
             o,

@@ -3,7 +3,9 @@
 //! test time. Every message must come back; with `--no-dtls` nothing does. An OpenSSL client
 //! checks the cookie exchange (no amplification) and SIGUSR2; garbage and abandoned handshakes
 //! leave the listener working; one address holding many handshakes past the cookie leaves others
-//! served; a client restarting on the same port gets a new session and allocation.
+//! served; a flood of cookie-less ClientHellos from more source ports than a worker has
+//! handshake slots takes none of them; a client restarting on the same port gets a new session
+//! and allocation.
 
 mod common;
 
@@ -281,17 +283,7 @@ fn garbage_and_abandoned_handshakes_leave_the_listener_working() {
     let tls_port = free_port();
     let _srv = dtls_server(&c, tls_port, &[]);
     let to = std::net::SocketAddr::from(([127, 0, 0, 1], tls_port));
-    // A real ClientHello, captured without a server.
-    let ctx = openssl::ssl::SslContext::builder(openssl::ssl::SslMethod::dtls())
-        .unwrap()
-        .build();
-    let hello = match openssl::ssl::Ssl::new(&ctx)
-        .unwrap()
-        .connect(Capture::default())
-    {
-        Err(openssl::ssl::HandshakeError::WouldBlock(mid)) => mid.get_ref().0[0].clone(),
-        other => panic!("expected a ClientHello, got {other:?}"),
-    };
+    let hello = client_hello();
     // From 200 addresses: garbage, a truncated handshake record, a ClientHello with its tail
     // cut, and a whole ClientHello whose HelloVerifyRequest is never answered.
     let mut socks = Vec::new();
@@ -330,6 +322,118 @@ fn garbage_and_abandoned_handshakes_leave_the_listener_working() {
     );
     assert_eq!(r.sent, 40, "output:\n{}", r.output);
     assert_eq!(r.received, r.sent, "all echoed; output:\n{}", r.output);
+}
+
+/// A ClientHello as an OpenSSL client first sends it, captured without a server.
+fn client_hello() -> Vec<u8> {
+    let ctx = openssl::ssl::SslContext::builder(openssl::ssl::SslMethod::dtls())
+        .unwrap()
+        .build();
+    match openssl::ssl::Ssl::new(&ctx)
+        .unwrap()
+        .connect(Capture::default())
+    {
+        Err(openssl::ssl::HandshakeError::WouldBlock(mid)) => mid.get_ref().0[0].clone(),
+        other => panic!("expected a ClientHello, got {other:?}"),
+    }
+}
+
+/// `GET /metrics` from `--prometheus-port` `port`: the value of every unlabelled sample.
+fn scrape(port: u16) -> std::collections::HashMap<String, f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read /metrics");
+    raw.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn cookieless_client_hellos_from_many_ports_take_no_handshake_slot() {
+    let c = certs();
+    let tls_port = free_port();
+    let prom = free_port().to_string();
+    // One worker: every ClientHello lands on the same 1,024 handshake slots.
+    let _srv = dtls_server(
+        &c,
+        tls_port,
+        &[
+            "-m",
+            "1",
+            "--prometheus",
+            "--prometheus-address",
+            "127.0.0.1",
+            "--prometheus-port",
+            &prom,
+        ],
+    );
+    let prom: u16 = prom.parse().unwrap();
+    let to = std::net::SocketAddr::from(([127, 0, 0, 1], tls_port));
+    let hello = client_hello();
+    // 1,200 source ports (all open at once, so all different), in rounds of 100 so that no
+    // ClientHello is lost in a socket buffer: each must be answered with a HelloVerifyRequest.
+    // Holding a slot per source until its cookie came back, the worker would stop answering
+    // after 1,024 and keep new clients out for the 10 s handshake timeout.
+    const FLOOD: usize = 1200;
+    let mut socks = Vec::with_capacity(FLOOD);
+    let mut answered = 0;
+    let t0 = std::time::Instant::now();
+    while socks.len() < FLOOD {
+        let round: Vec<_> = (0..100)
+            .map(|_| {
+                let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                    .unwrap();
+                s.send_to(&hello, to).unwrap();
+                s
+            })
+            .collect();
+        for s in &round {
+            let mut buf = [0u8; 1500];
+            if let Ok(n) = s.recv(&mut buf) {
+                if n <= hello.len() && (buf[0], buf[13]) == (22, 3) {
+                    answered += 1;
+                }
+            }
+        }
+        socks.extend(round);
+    }
+    assert_eq!(
+        answered, FLOOD,
+        "ClientHellos answered with a HelloVerifyRequest"
+    );
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(8),
+        "the flood took {:?}, longer than a handshake may hold a slot",
+        t0.elapsed()
+    );
+    // At once, from the same IP as the flood: a real client is served.
+    let mut s = try_connect_from("127.0.0.1", tls_port).expect("a DTLS client after the flood");
+    assert_binding_answered(&mut s);
+    // The worker holds that one session and no handshake (published once a second).
+    let t0 = std::time::Instant::now();
+    let m = loop {
+        let m = scrape(prom);
+        if m.get("vigi_turn_dtls_sessions") == Some(&1.0) {
+            break m;
+        }
+        assert!(t0.elapsed().as_secs() < 10, "no session in {m:?}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(m.get("vigi_turn_dtls_handshakes"), Some(&0.0));
+    drop(socks);
 }
 
 /// Reads one datagram from the socket, then has nothing more: an OpenSSL client over it sends

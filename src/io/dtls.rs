@@ -3,17 +3,22 @@
 //! `--no-dtls`. Each client address gets an OpenSSL DTLS 1.2 session over an in-memory datagram
 //! queue: the worker pushes received datagrams in and sends what OpenSSL writes; decrypted
 //! records go to the engine as [`Transport::Dtls`] packets, and the engine's answers and relayed
-//! data are encrypted on the way out. A HelloVerifyRequest cookie (RFC 6347 §4.2.1) must be
-//! echoed before the server sends its certificate, so a spoofed ClientHello cannot turn the
-//! listener into an amplifier; handshakes not done in 10 s and idle sessions are dropped, and a
-//! worker holds at most [`MAX_SESSIONS`], of which at most [`MAX_HANDSHAKES`] still handshaking
-//! (spoofed ClientHellos cannot grow memory without bound). Of those, one source IP (an IPv6
-//! source by its /64) holds at most [`MAX_HANDSHAKES_PER_IP`] past the cookie exchange, so a real
-//! (not spoofed) address cannot take every handshake slot; only cookie-verified handshakes count,
-//! so a spoofer cannot use up a victim's. A ClientHello on the address of an established session
-//! (a client restarted on the same port, RFC 6347 §4.2.8) starts a handshake beside it; once its
-//! cookie is verified the new session replaces the old one, whose allocation ends as if the
-//! client had closed. SIGUSR2 reloads the certificate and key: new handshakes use them, live
+//! data are encrypted on the way out.
+//!
+//! The cookie exchange (RFC 6347 §4.2.1) is stateless: a ClientHello from an address without a
+//! session goes to OpenSSL's `DTLSv1_listen` on a throwaway `SSL`; without a valid cookie (a
+//! keyed hash of the client's address) it is answered with a HelloVerifyRequest, no larger than
+//! the ClientHello, and nothing is kept. Only a ClientHello that echoes the cookie, so comes from
+//! an address that receives, opens a session, and that `SSL` goes on with the handshake. So a
+//! spoofed ClientHello can neither turn the listener into an amplifier nor hold any state, and a
+//! flood of them from many addresses leaves every handshake slot free. Handshakes not done in
+//! 10 s and idle sessions are dropped; a worker holds at most [`MAX_SESSIONS`], of which at most
+//! [`MAX_HANDSHAKES`] still handshaking, and one source IP (an IPv6 source by its /64) at most
+//! [`MAX_HANDSHAKES_PER_IP`] of those, so one real address cannot take every handshake slot.
+//! A ClientHello on the address of an established session (a client restarted on the same port,
+//! RFC 6347 §4.2.8) goes through the same exchange; once its cookie is verified a new session
+//! replaces the old one, whose allocation ends as if the client had closed, so nobody off-path
+//! can end a session. SIGUSR2 reloads the certificate and key: new handshakes use them, live
 //! sessions keep theirs.
 
 use std::collections::hash_map::Entry;
@@ -26,9 +31,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use foreign_types::ForeignTypeRef;
 use openssl::ssl::{
-    ErrorCode, Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslOptions, SslStream,
-    SslVersion,
+    ErrorCode, Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslOptions, SslRef,
+    SslStream, SslVersion,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -37,8 +43,9 @@ use crate::engine::{ClientDecision, FiveTuple, Transport};
 
 /// Sessions one worker keeps at once; beyond it new handshakes are ignored.
 pub const MAX_SESSIONS: usize = 20_000;
-/// Sessions one worker lets handshake at once; beyond it new ClientHellos are ignored until
-/// some finish or time out (the client retransmits).
+/// Sessions one worker lets handshake at once (each past the cookie exchange); beyond it
+/// ClientHellos with a valid cookie are ignored until some finish or time out (the client
+/// retransmits).
 pub const MAX_HANDSHAKES: usize = 1024;
 /// Handshakes past the cookie exchange one source IP (IPv6: one /64) may have at once; beyond it
 /// a verified ClientHello from that source is dropped until some finish or time out.
@@ -72,12 +79,6 @@ fn addr_index() -> openssl::ex_data::Index<Ssl, SocketAddr> {
     *INDEX.get_or_init(|| Ssl::new_ex_index().expect("OpenSSL ex_data index"))
 }
 
-/// Set on a session once its ClientHello's cookie has been verified.
-fn verified_index() -> openssl::ex_data::Index<Ssl, bool> {
-    static INDEX: OnceLock<openssl::ex_data::Index<Ssl, bool>> = OnceLock::new();
-    *INDEX.get_or_init(|| Ssl::new_ex_index().expect("OpenSSL ex_data index"))
-}
-
 /// What the per-source handshake cap counts by: an IPv4 address (also seen as ::ffff:a.b.c.d),
 /// or an IPv6 /64, as the UDP limiter keys them (one host usually holds a whole /64).
 fn source_key(ip: IpAddr) -> u128 {
@@ -96,12 +97,6 @@ fn is_client_hello(data: &[u8]) -> bool {
     // Record header: type, version (2), epoch (2), sequence (6), length (2); then the handshake
     // message type.
     data.len() > 13 && data[0] == 22 && data[3] == 0 && data[4] == 0 && data[13] == 1
-}
-
-/// A ClientHello that starts a handshake (message_seq 0, after the handshake message's type and
-/// length): the one sent before the cookie, or its retransmission.
-fn opens_handshake(data: &[u8]) -> bool {
-    is_client_hello(data) && data.get(17..19) == Some(&[0, 0][..])
 }
 
 /// HMAC-free but keyed: SHA-256 over a per-process secret and the client's address.
@@ -154,12 +149,7 @@ impl DtlsContext {
         });
         b.set_cookie_verify_cb(move |ssl, got| {
             let want = cookie(&secret, ssl.ex_data(addr_index()));
-            let ok =
-                openssl::memcmp::eq(&want, got.get(..16).unwrap_or(&[0; 16])) && got.len() == 16;
-            if ok {
-                ssl.set_ex_data(verified_index(), true);
-            }
-            ok
+            openssl::memcmp::eq(&want, got.get(..16).unwrap_or(&[0; 16])) && got.len() == 16
         });
         Ok(b.build())
     }
@@ -200,12 +190,9 @@ impl Write for Dgram {
 pub(crate) struct Session {
     stream: SslStream<Dgram>,
     socket: Rc<AsyncFd<UdpSocket>>,
+    /// Until then the session is handshaking, past the cookie exchange: counted in
+    /// [`Sessions::handshaking`] and [`Sessions::verified_by_source`].
     established: bool,
-    /// Handshaking past the cookie exchange: counted in [`Sessions::verified_by_source`].
-    verified: bool,
-    /// A new handshake from the same address while established (a restarted client), until its
-    /// cookie is verified, and when it began (dropped after [`HANDSHAKE_TIMEOUT`]).
-    restart: Option<(Instant, Box<SslStream<Dgram>>)>,
     created: Instant,
     last_seen: Instant,
 }
@@ -227,18 +214,125 @@ fn new_stream(ctx: &DtlsContext, from: SocketAddr) -> Option<SslStream<Dgram>> {
     SslStream::new(ssl, Dgram::default()).ok()
 }
 
-fn is_verified(stream: &SslStream<Dgram>) -> bool {
-    stream.ssl().ex_data(verified_index()).is_some()
+extern "C" {
+    // libssl (OpenSSL >= 1.1.0); the `openssl` crate does not wrap them. BIO_ADDR stays opaque:
+    // only a pointer libcrypto made passes through.
+    fn DTLSv1_listen(ssl: *mut openssl_sys::SSL, client: *mut libc::c_void) -> libc::c_int;
+    fn BIO_ADDR_new() -> *mut libc::c_void;
+    fn BIO_ADDR_free(addr: *mut libc::c_void);
+}
+
+/// OpenSSL's stateless cookie exchange over what `ssl`'s BIO holds: 1 when it read a ClientHello
+/// with a valid cookie (the `SSL` then goes on with the handshake from it), 0 when it answered a
+/// HelloVerifyRequest or dropped what it read, negative on error.
+fn listen(ssl: &SslRef) -> i32 {
+    // SAFETY: `ssl` is a live SSL with its BIOs set (SslStream::new), borrowed for the call. The
+    // BIO_ADDR, which DTLSv1_listen fills (or clears: our BIO has no peer), is made here, used
+    // only during the call and freed after it.
+    unsafe {
+        let addr = BIO_ADDR_new();
+        if addr.is_null() {
+            return -1;
+        }
+        let r = DTLSv1_listen(ssl.as_ptr(), addr);
+        BIO_ADDR_free(addr);
+        r
+    }
+}
+
+/// RFC 6347 §4.2.1 without state: `datagram` (from `from`, with no session that could take it)
+/// goes to [`listen`] on a fresh `SSL`. A ClientHello with a valid cookie comes back as a stream
+/// that goes on with the handshake; anything else is `Err` with what to send back (the
+/// HelloVerifyRequest, or nothing), and the `SSL` is freed.
+fn verified_hello(
+    ctx: &DtlsContext,
+    from: SocketAddr,
+    datagram: Vec<u8>,
+) -> Result<SslStream<Dgram>, Vec<Vec<u8>>> {
+    // Anything else would only cost an `SSL` to drop.
+    if !is_client_hello(&datagram) {
+        return Err(Vec::new());
+    }
+    let Some(mut stream) = new_stream(ctx, from) else {
+        return Err(Vec::new());
+    };
+    stream.get_mut().inbox.push_back(datagram);
+    if listen(stream.ssl()) == 1 {
+        stream.get_mut().outbox.clear();
+        Ok(stream)
+    } else {
+        Err(std::mem::take(&mut stream.get_mut().outbox))
+    }
 }
 
 /// A worker's DTLS sessions by (local address, client address), how many still handshake, and
-/// how many of those are past the cookie exchange by source (entries only while non-zero, so at
-/// most [`MAX_HANDSHAKES`] of them).
+/// how many of those by source (entries only while non-zero, so at most [`MAX_HANDSHAKES`] of
+/// them).
 #[derive(Default)]
 pub(crate) struct Sessions {
     map: HashMap<(SocketAddr, SocketAddr), Session>,
     handshaking: usize,
     verified_by_source: HashMap<u128, u32>,
+}
+
+impl Sessions {
+    /// Sessions established, and sessions still handshaking (for metrics).
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        (self.map.len() - self.handshaking, self.handshaking)
+    }
+
+    /// A ClientHello with a valid cookie from `from`, on an address without a session or with an
+    /// established one (a restarted client, RFC 6347 §4.2.8): a new session handshakes, within
+    /// the caps, and replaces the old one. Returns whether one was replaced (its allocation must
+    /// end).
+    fn try_open(
+        &mut self,
+        mut stream: SslStream<Dgram>,
+        key: (SocketAddr, SocketAddr),
+        socket: &Rc<AsyncFd<UdpSocket>>,
+        now: Instant,
+    ) -> bool {
+        let from = key.1;
+        let replaces = self.map.contains_key(&key);
+        if self.handshaking >= MAX_HANDSHAKES || (!replaces && self.map.len() >= MAX_SESSIONS) {
+            tracing::debug!("dtls handshake from {from}: too many handshakes or sessions");
+            return false;
+        }
+        if !try_take_source(&mut self.verified_by_source, from.ip()) {
+            tracing::debug!("dtls handshake from {from}: too many from its source");
+            return false;
+        }
+        let res = stream.do_handshake();
+        for d in stream.get_mut().outbox.drain(..) {
+            let _ = socket.get_ref().send_to(&d, from);
+        }
+        if let Err(e) = res {
+            if !matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) {
+                tracing::debug!("dtls handshake from {from}: {e}");
+                release_source(&mut self.verified_by_source, from.ip());
+                return false;
+            }
+        }
+        self.handshaking += 1;
+        let session = Session {
+            stream,
+            socket: socket.clone(),
+            established: false,
+            created: now,
+            last_seen: now,
+        };
+        let replaced = self.map.insert(key, session).is_some();
+        if replaced {
+            tracing::debug!("dtls client {from} restarted its session");
+        }
+        replaced
+    }
+
+    /// A session that was still handshaking ended: its slots are free.
+    fn release_handshake(&mut self, from: IpAddr) {
+        self.handshaking -= 1;
+        release_source(&mut self.verified_by_source, from);
+    }
 }
 
 /// Count a verified handshake from `ip`, unless its source is at [`MAX_HANDSHAKES_PER_IP`].
@@ -296,138 +390,72 @@ fn handle(
         client: from,
         server: local,
     };
-    let mut records = Vec::new();
-    let mut closed = false;
-    let mut was_established = false;
-    let mut restarted = false;
-    {
-        let mut guard = st.dtls_sessions.borrow_mut();
-        let Sessions {
-            map,
-            handshaking,
-            verified_by_source,
-        } = &mut *guard;
-        let full = map.len() >= MAX_SESSIONS || *handshaking >= MAX_HANDSHAKES;
-        let s = match map.entry((local, from)) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => {
-                // Only a first ClientHello opens a session: a later handshake message could
-                // never be read by a new one.
-                if full || !opens_handshake(&datagram) {
-                    return;
+    let key = (local, from);
+    let mut guard = st.dtls_sessions.borrow_mut();
+    let established = guard.map.get(&key).map(|s| s.established);
+    // A handshaking session takes everything from its address, retransmitted ClientHellos too
+    // (its `SSL` knows where its handshake is); otherwise only a ClientHello is for us, and its
+    // cookie is checked before anything is kept.
+    if established.is_none() || (established == Some(true) && is_client_hello(&datagram)) {
+        let restarted = match verified_hello(ctx, from, datagram) {
+            Ok(stream) => guard.try_open(stream, key, sock, now),
+            Err(answer) => {
+                for d in answer {
+                    let _ = sock.get_ref().send_to(&d, from);
                 }
-                let Some(stream) = new_stream(ctx, from) else {
-                    return;
-                };
-                *handshaking += 1;
-                e.insert(Session {
-                    stream,
-                    socket: sock.clone(),
-                    established: false,
-                    verified: false,
-                    restart: None,
-                    created: now,
-                    last_seen: now,
-                })
+                false
             }
         };
-        if s.established && is_client_hello(&datagram) {
-            // RFC 6347 §4.2.8: a ClientHello on an established association is a restarted
-            // client. It gets its own handshake; the old session stays until the new one's
-            // cookie is verified, so nobody off-path can end it.
-            if s.restart.is_none() {
-                if *handshaking >= MAX_HANDSHAKES || !opens_handshake(&datagram) {
-                    return;
+        drop(guard);
+        if restarted {
+            // The new session replaced the old one: its allocation ends.
+            st.engine.borrow_mut().handle_transport_closed(five);
+            st.drain_commands(now);
+        }
+        return;
+    }
+    let mut records = Vec::new();
+    let mut closed = false;
+    let was_established;
+    {
+        let sessions = &mut *guard;
+        let Some(s) = sessions.map.get_mut(&key) else {
+            return;
+        };
+        // Only here: a ClientHello anyone can send from an established session's address keeps
+        // it no longer alive.
+        s.last_seen = now;
+        s.stream.get_mut().inbox.push_back(datagram);
+        if !s.established {
+            match s.stream.do_handshake() {
+                Ok(()) => {
+                    s.established = true;
+                    sessions.handshaking -= 1;
+                    release_source(&mut sessions.verified_by_source, from.ip());
                 }
-                let Some(r) = new_stream(ctx, from) else {
-                    return;
-                };
-                s.restart = Some((now, Box::new(r)));
-            }
-            let Some((_, r)) = s.restart.as_mut() else {
-                return;
-            };
-            r.get_mut().inbox.push_back(datagram);
-            let res = r.do_handshake();
-            if !is_verified(r) {
-                match res {
-                    Err(e) if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) => {
-                        for d in r.get_mut().outbox.drain(..) {
-                            let _ = s.socket.get_ref().send_to(&d, from);
-                        }
-                    }
-                    _ => s.restart = None,
+                Err(e) if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) => {}
+                Err(e) => {
+                    tracing::debug!("dtls handshake from {from}: {e}");
+                    closed = true;
                 }
-                return;
             }
-            let restart = s.restart.take();
-            if res.is_err_and(|e| !matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE))
-                || *handshaking >= MAX_HANDSHAKES
-                || !try_take_source(verified_by_source, from.ip())
-            {
-                return;
-            }
-            let Some((_, r)) = restart else {
-                return;
-            };
-            // The new session replaces the old one, whose allocation ends below.
-            s.stream = *r;
-            s.established = false;
-            s.verified = true;
-            s.created = now;
-            s.last_seen = now;
-            *handshaking += 1;
-            restarted = true;
-            tracing::debug!("dtls client {from} restarted its session");
-        } else {
-            // Only here: a ClientHello anyone can send from the address keeps no session alive.
-            s.last_seen = now;
-            s.stream.get_mut().inbox.push_back(datagram);
-            if !s.established {
-                let res = s.stream.do_handshake();
-                if !s.verified && is_verified(&s.stream) {
-                    if try_take_source(verified_by_source, from.ip()) {
-                        s.verified = true;
-                    } else {
-                        tracing::debug!("dtls handshake from {from}: too many from its source");
-                        s.stream.get_mut().outbox.clear();
+        }
+        was_established = s.established;
+        if s.established && !closed {
+            let mut buf = st.dtls_buf.borrow_mut();
+            buf.resize(65_536, 0);
+            loop {
+                match s.stream.ssl_read(&mut buf) {
+                    Ok(n) => records.push(buf[..n].to_vec()),
+                    Err(e) if e.code() == ErrorCode::ZERO_RETURN => {
                         closed = true;
+                        break;
                     }
-                }
-                match res {
-                    _ if closed => {}
-                    Ok(()) => {
-                        s.established = true;
-                        *handshaking -= 1;
-                        if s.verified {
-                            release_source(verified_by_source, from.ip());
-                            s.verified = false;
-                        }
-                    }
-                    Err(e) if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) => {}
+                    Err(e) if e.code() == ErrorCode::WANT_READ => break,
                     Err(e) => {
-                        tracing::debug!("dtls handshake from {from}: {e}");
+                        tracing::debug!("dtls read from {from}: {e}");
                         closed = true;
-                    }
-                }
-            }
-            was_established = s.established;
-            if s.established && !closed {
-                let mut buf = st.dtls_buf.borrow_mut();
-                buf.resize(65_536, 0);
-                loop {
-                    match s.stream.ssl_read(&mut buf) {
-                        Ok(n) => records.push(buf[..n].to_vec()),
-                        Err(e) if e.code() == ErrorCode::ZERO_RETURN => {
-                            closed = true;
-                            break;
-                        }
-                        Err(e) if e.code() == ErrorCode::WANT_READ => break,
-                        Err(e) => {
-                            tracing::debug!("dtls read from {from}: {e}");
-                            closed = true;
-                            break;
-                        }
+                        break;
                     }
                 }
             }
@@ -435,17 +463,12 @@ fn handle(
         s.flush(from);
         if closed {
             if !s.established {
-                *handshaking -= 1;
-                if s.verified {
-                    release_source(verified_by_source, from.ip());
-                }
+                sessions.release_handshake(from.ip());
             }
-            map.remove(&(local, from));
+            sessions.map.remove(&key);
         }
     }
-    if restarted {
-        st.engine.borrow_mut().handle_transport_closed(five);
-    }
+    drop(guard);
     for r in records {
         let decision = st.engine.borrow_mut().handle_client_input(now, five, &r);
         if let ClientDecision::Forward {
@@ -492,12 +515,6 @@ pub(crate) fn sweep(st: &Rc<WorkerState>, now: Instant) {
                 server: *local,
             };
             let idle = now.saturating_duration_since(s.last_seen);
-            if s.restart
-                .as_ref()
-                .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= HANDSHAKE_TIMEOUT)
-            {
-                s.restart = None;
-            }
             let keep = if !s.established {
                 now.saturating_duration_since(s.created) < HANDSHAKE_TIMEOUT
             } else if engine.allocation_on(&five).is_some() {
@@ -510,9 +527,7 @@ pub(crate) fn sweep(st: &Rc<WorkerState>, now: Instant) {
             }
             if !keep && !s.established {
                 *handshaking -= 1;
-                if s.verified {
-                    release_source(verified_by_source, client.ip());
-                }
+                release_source(verified_by_source, client.ip());
             }
             keep
         });
@@ -558,17 +573,101 @@ mod tests {
     }
 
     #[test]
-    fn only_a_first_client_hello_opens_a_handshake() {
+    fn client_hellos_are_plaintext_handshake_records() {
         let mut hello = vec![
             22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 40, 1, 0, 0, 28, 0, 0,
         ];
         hello.resize(60, 0);
-        assert!(is_client_hello(&hello) && opens_handshake(&hello));
+        assert!(is_client_hello(&hello));
         hello[18] = 1; // message_seq 1: the ClientHello with the cookie
-        assert!(is_client_hello(&hello) && !opens_handshake(&hello));
+        assert!(is_client_hello(&hello));
         hello[4] = 1; // epoch 1: encrypted
         assert!(!is_client_hello(&hello));
-        assert!(!opens_handshake(&[22, 0xfe, 0xfd, 0, 0]));
-        assert!(!opens_handshake(&[]));
+        hello[4] = 0;
+        hello[13] = 2; // a ServerHello
+        assert!(!is_client_hello(&hello));
+        assert!(!is_client_hello(&[22, 0xfe, 0xfd, 0, 0]));
+        assert!(!is_client_hello(&[]));
+    }
+
+    /// A context with a fresh self-signed certificate (its files are gone once it is loaded).
+    fn test_context() -> DtlsContext {
+        let dir = std::env::temp_dir().join(format!(
+            "vigi-dtls-unit-{}-{:x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+        let ctx = DtlsContext::new(&cert, &key);
+        let _ = std::fs::remove_dir_all(&dir);
+        ctx.unwrap()
+    }
+
+    /// Run `s`'s handshake on what its inbox holds; what it wrote.
+    fn step(s: &mut SslStream<Dgram>) -> Vec<Vec<u8>> {
+        let _ = s.do_handshake();
+        std::mem::take(&mut s.get_mut().outbox)
+    }
+
+    #[test]
+    fn cookie_exchange_keeps_no_state_and_the_verified_hello_completes() {
+        let ctx = test_context();
+        let from: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        let mut client_ctx = SslContextBuilder::new(SslMethod::dtls()).unwrap();
+        client_ctx.set_verify(openssl::ssl::SslVerifyMode::NONE);
+        let mut ssl = Ssl::new(&client_ctx.build()).unwrap();
+        ssl.set_connect_state();
+        let mut client = SslStream::new(ssl, Dgram::default()).unwrap();
+        let hello = step(&mut client);
+        assert_eq!(hello.len(), 1);
+        let hello = hello.into_iter().next().unwrap();
+
+        // RFC 6347 §4.2.1: no cookie, so a HelloVerifyRequest (handshake type 3), no larger than
+        // the ClientHello; the same one every time, as nothing was kept between the two.
+        let Err(hvr) = verified_hello(&ctx, from, hello.clone()) else {
+            panic!("a ClientHello without a cookie was taken");
+        };
+        assert_eq!(hvr.len(), 1);
+        assert_eq!((hvr[0][0], hvr[0][13]), (22, 3), "a HelloVerifyRequest");
+        assert!(hvr[0].len() <= hello.len());
+        assert_eq!(verified_hello(&ctx, from, hello).err(), Some(hvr.clone()));
+        // Not a ClientHello: nothing is answered.
+        assert_eq!(verified_hello(&ctx, from, vec![22; 40]).err(), Some(vec![]));
+
+        client.get_mut().inbox.extend(hvr);
+        let hello2 = step(&mut client);
+        assert_eq!(hello2.len(), 1);
+        let hello2 = hello2.into_iter().next().unwrap();
+        // The cookie is bound to the address: from another port it is answered anew.
+        let other: SocketAddr = "192.0.2.1:5001".parse().unwrap();
+        let Err(again) = verified_hello(&ctx, other, hello2.clone()) else {
+            panic!("a cookie accepted from another address");
+        };
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0][13], 3);
+        // From the address it was made for, the handshake goes on from the same `SSL`.
+        let Ok(mut server) = verified_hello(&ctx, from, hello2) else {
+            panic!("a valid cookie refused");
+        };
+        let mut to_client = step(&mut server);
+        assert!(!to_client.is_empty(), "the server's flight");
+        for _ in 0..4 {
+            client.get_mut().inbox.extend(to_client.drain(..));
+            let to_server = step(&mut client);
+            server.get_mut().inbox.extend(to_server);
+            to_client = step(&mut server);
+        }
+        client.get_mut().inbox.extend(to_client);
+        let _ = step(&mut client);
+        assert!(server.ssl().is_init_finished() && client.ssl().is_init_finished());
+        client.ssl_write(b"binding").unwrap();
+        server.get_mut().inbox.extend(step(&mut client));
+        let mut buf = [0u8; 64];
+        let n = server.ssl_read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"binding");
     }
 }

@@ -58,6 +58,10 @@ pub struct WorkerSnapshot {
     pub allocations: Vec<AllocationInfo>,
     pub draining: bool,
     pub io: IoStats,
+    /// DTLS sessions established, and handshaking past the cookie exchange (0 without the
+    /// `dtls` feature).
+    pub dtls_sessions: usize,
+    pub dtls_handshakes: usize,
 }
 
 /// Upper bounds of the batch-size buckets: datagrams one recvmmsg returned.

@@ -349,11 +349,17 @@ async fn control_loop(st: Rc<WorkerState>, mut control: mpsc::UnboundedReceiver<
 impl WorkerState {
     fn publish(&self, now: Instant, snapshot: &Mutex<WorkerSnapshot>) {
         let engine = self.engine.borrow();
+        #[cfg(feature = "dtls")]
+        let (dtls_sessions, dtls_handshakes) = self.dtls_sessions.borrow().counts();
+        #[cfg(not(feature = "dtls"))]
+        let (dtls_sessions, dtls_handshakes) = (0, 0);
         let snap = WorkerSnapshot {
             counters: *engine.counters(),
             allocations: engine.snapshot(now),
             draining: engine.is_draining(),
             io: *self.io_stats.borrow(),
+            dtls_sessions,
+            dtls_handshakes,
         };
         drop(engine);
         *snapshot.lock().unwrap_or_else(|e| e.into_inner()) = snap;
