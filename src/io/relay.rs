@@ -12,12 +12,12 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
+use std::time::Instant;
 
 use tokio::io::unix::AsyncFd;
 
-use super::udp::BATCH;
-
-use super::worker::{read_socket, Relay, WorkerState};
+use super::udp::{RecvBatch, BATCH};
+use super::worker::{Relay, WorkerState, READ_BUDGET};
 use crate::engine::{AllocationId, FiveTuple, PeerDecision};
 
 /// Ready relay sockets taken from the epoll set per system call.
@@ -137,6 +137,10 @@ pub(crate) async fn poll_loop(st: Rc<WorkerState>) {
     // report them again until more arrives, so they are read again next round.
     let mut pending: Vec<u64> = Vec::new();
     let mut keys: Vec<u64> = Vec::with_capacity(MAX_EVENTS);
+    let mut round = Round {
+        used: 0,
+        out: Vec::with_capacity(BATCH),
+    };
     loop {
         let mut guard = None;
         if pending.is_empty() {
@@ -155,13 +159,19 @@ pub(crate) async fn poll_loop(st: Rc<WorkerState>) {
         keys.clear();
         keys.append(&mut pending);
         keys.extend(events[..n].iter().map(|e| e.u64));
-        for &k in &keys {
-            let Some((id, fd)) = socket_of(&st.relays.borrow(), k) else {
-                continue;
-            };
-            if read_socket(&st, fd, |st, batch, now| forward(st, id, batch, now)) {
-                pending.push(k);
+        // The sockets' datagrams are read into successive slots of the worker's receive batch,
+        // so that the frames for clients of several allocations leave in one sendmmsg.
+        {
+            let mut batch = st.batch.borrow_mut();
+            for &k in &keys {
+                let Some((id, fd)) = socket_of(&st.relays.borrow(), k) else {
+                    continue;
+                };
+                if round.drain(&st, &mut batch, id, fd) {
+                    pending.push(k);
+                }
             }
+            round.flush(&st, &batch);
         }
         if n < MAX_EVENTS {
             // Every socket reported has been read to a short batch (or is pending). A datagram
@@ -174,33 +184,79 @@ pub(crate) async fn poll_loop(st: Rc<WorkerState>) {
     }
 }
 
-/// Frame one batch of peer datagrams of allocation `id` for its client and send them.
-fn forward(
-    st: &Rc<WorkerState>,
-    id: AllocationId,
-    batch: &mut super::udp::RecvBatch,
-    now: std::time::Instant,
-) {
-    // Every datagram of one relay goes to the same client: collect the framed ones and send
-    // them with one sendmmsg.
-    let mut out: [(Range<usize>, Option<FiveTuple>); BATCH] = std::array::from_fn(|_| (0..0, None));
-    let mut count = 0;
-    for i in 0..batch.len() {
-        let Some(peer) = batch.addr(i) else {
-            continue;
-        };
-        let base = batch.slot_start(i);
-        let (slot, range) = batch.slot_mut(i);
-        let decision = st
-            .engine
-            .borrow_mut()
-            .handle_peer_input(now, id, peer, slot, range);
-        if let PeerDecision::Forward { to, frame } = decision {
-            out[count] = (base + frame.start..base + frame.end, Some(to));
-            count += 1;
+/// One round of relay reads: how many receive slots hold datagrams, and the frames built in
+/// them for clients, not yet sent.
+struct Round {
+    used: usize,
+    out: Vec<(Range<usize>, Option<FiveTuple>)>,
+}
+
+impl Round {
+    /// Read relay socket `fd` of allocation `id` into the free slots (sending what the round
+    /// holds whenever they run out) and frame each datagram for its client, up to the read
+    /// budget. True when the budget ran out with datagrams perhaps still queued.
+    fn drain(
+        &mut self,
+        st: &Rc<WorkerState>,
+        batch: &mut RecvBatch,
+        id: AllocationId,
+        fd: RawFd,
+    ) -> bool {
+        let mut read = 0;
+        let mut errors = 0;
+        loop {
+            if self.used == BATCH {
+                self.flush(st, batch);
+            }
+            let free = BATCH - self.used;
+            let n = match batch.recv_at(fd, self.used) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                // ICMP errors surface as recv errors on Linux; they concern one peer, not us.
+                Err(_) => {
+                    errors += 1;
+                    if errors >= READ_BUDGET {
+                        return true;
+                    }
+                    continue;
+                }
+            };
+            let now = Instant::now();
+            for i in self.used..self.used + n {
+                let Some(peer) = batch.addr(i) else {
+                    continue;
+                };
+                let base = batch.slot_start(i);
+                let (slot, range) = batch.slot_mut(i);
+                let decision = st
+                    .engine
+                    .borrow_mut()
+                    .handle_peer_input(now, id, peer, slot, range);
+                if let PeerDecision::Forward { to, frame } = decision {
+                    self.out
+                        .push((base + frame.start..base + frame.end, Some(to)));
+                }
+            }
+            self.used += n;
+            let us = now.elapsed().as_micros() as u64;
+            st.io_stats.borrow_mut().record(n, us);
+            read += n;
+            if n < free {
+                // The queue was empty when recvmmsg returned (see `read_socket`).
+                return false;
+            }
+            if read >= READ_BUDGET * BATCH {
+                return true;
+            }
         }
     }
-    st.send_frames_to_client(batch, &out[..count]);
+
+    /// Send the round's frames and free every slot.
+    fn flush(&mut self, st: &Rc<WorkerState>, batch: &RecvBatch) {
+        st.send_frames_to_client(batch, &self.out);
+        self.out.clear();
+        self.used = 0;
+    }
 }
 
 #[cfg(test)]

@@ -148,8 +148,19 @@ impl RecvBatch {
     /// Read up to [`BATCH`] datagrams from the non-blocking socket `fd`. Returns how many;
     /// `WouldBlock` when none is waiting.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.recv_at(fd, 0)
+    }
+
+    /// Read into slots `start..BATCH` only, keeping slots `..start` as the last reads left them
+    /// (so datagrams of several sockets can be gathered and their answers sent together).
+    /// Returns how many were read; [`RecvBatch::len`] is then `start` plus that.
+    pub fn recv_at(&mut self, fd: RawFd, start: usize) -> io::Result<usize> {
+        let start = start.min(BATCH);
+        if start == BATCH {
+            return Ok(0);
+        }
         let base = self.data.as_mut_ptr();
-        for i in 0..BATCH {
+        for i in start..BATCH {
             self.iovs[i] = libc::iovec {
                 // SAFETY: i * slot + offset + cap <= data.len(), so the pointer stays inside `data`.
                 iov_base: unsafe { base.add(i * self.slot + self.offset) }.cast(),
@@ -170,25 +181,26 @@ impl RecvBatch {
         let n = unsafe {
             libc::recvmmsg(
                 fd,
-                self.hdrs.as_mut_ptr(),
-                BATCH as libc::c_uint,
+                self.hdrs.as_mut_ptr().add(start),
+                (BATCH - start) as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )
         };
         if n < 0 {
-            self.count = 0;
+            self.count = start;
             return Err(io::Error::last_os_error());
         }
         let n = n as usize;
-        for i in 0..n {
+        for i in start..start + n {
             self.lens[i] = self.hdrs[i].msg_len as usize;
         }
-        self.count = n;
+        self.count = start + n;
         Ok(n)
     }
 
-    /// Datagrams from the last [`RecvBatch::recv`].
+    /// Slots filled by the last [`RecvBatch::recv`] (or [`RecvBatch::recv_at`], counting the
+    /// slots before its start).
     pub fn len(&self) -> usize {
         self.count
     }
