@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,27 +12,6 @@ use common::*;
 use vigi_turn::proto::{attr, Class, Message, MessageBuilder, Method};
 
 const TOKEN: &str = "admin-test-token-0123456789";
-
-/// One HTTP/1.1 request; (status, body).
-fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("read response");
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map_or("", |x| x.1).to_owned();
-    (status, body)
-}
 
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
@@ -129,7 +107,7 @@ fn list_shows_counters_and_kill_ends_the_allocation() {
     // The list (snapshots are published once a second).
     let t0 = Instant::now();
     let alloc = loop {
-        let (status, body) = http(admin, "GET", "/api/allocations", Some(TOKEN));
+        let (status, body) = http(admin, "GET", "/api/allocations", &bearer(Some(TOKEN)));
         assert_eq!(status, 200, "{body}");
         let v = json(&body);
         let list = v["allocations"].as_array().unwrap().clone();
@@ -156,11 +134,16 @@ fn list_shows_counters_and_kill_ends_the_allocation() {
     let id = alloc["id"].as_str().unwrap().to_owned();
 
     // Filter by user: nobody is called "nobody".
-    let (_, body) = http(admin, "GET", "/api/allocations?user=nobody", Some(TOKEN));
+    let (_, body) = http(
+        admin,
+        "GET",
+        "/api/allocations?user=nobody",
+        &bearer(Some(TOKEN)),
+    );
     assert_eq!(json(&body)["allocations"].as_array().unwrap().len(), 0);
 
     // Stats add up.
-    let (status, body) = http(admin, "GET", "/api/stats", Some(TOKEN));
+    let (status, body) = http(admin, "GET", "/api/stats", &bearer(Some(TOKEN)));
     assert_eq!(status, 200);
     let st = json(&body);
     assert_eq!(st["allocations"], 1);
@@ -171,7 +154,7 @@ fn list_shows_counters_and_kill_ends_the_allocation() {
         admin,
         "DELETE",
         &format!("/api/allocations/{id}"),
-        Some(TOKEN),
+        &bearer(Some(TOKEN)),
     );
     assert_eq!(status, 200, "{body}");
     std::thread::sleep(Duration::from_millis(200));
@@ -182,10 +165,15 @@ fn list_shows_counters_and_kill_ends_the_allocation() {
         admin,
         "DELETE",
         &format!("/api/allocations/{id}"),
-        Some(TOKEN),
+        &bearer(Some(TOKEN)),
     );
     assert_eq!(status, 404, "gone from the list");
-    let (status, _) = http(admin, "DELETE", "/api/allocations/bogus", Some(TOKEN));
+    let (status, _) = http(
+        admin,
+        "DELETE",
+        "/api/allocations/bogus",
+        &bearer(Some(TOKEN)),
+    );
     assert_eq!(status, 400);
 }
 
@@ -262,12 +250,22 @@ fn kill_by_user() {
     let alice2 = LtClient::allocate(server, "alice", "alicepw");
     let bob = LtClient::allocate(server, "bob", "bobpw");
     std::thread::sleep(Duration::from_millis(1200));
-    let (_, body) = http(admin, "GET", "/api/allocations?user=alice", Some(TOKEN));
+    let (_, body) = http(
+        admin,
+        "GET",
+        "/api/allocations?user=alice",
+        &bearer(Some(TOKEN)),
+    );
     let listed = json(&body)["allocations"].as_array().unwrap().clone();
     assert_eq!(listed.len(), 2, "{body}");
     assert!(listed.iter().all(|a| a["username"] == "alice"));
 
-    let (status, body) = http(admin, "DELETE", "/api/users/alice/allocations", Some(TOKEN));
+    let (status, body) = http(
+        admin,
+        "DELETE",
+        "/api/users/alice/allocations",
+        &bearer(Some(TOKEN)),
+    );
     assert_eq!(status, 200);
     assert_eq!(json(&body)["killed"].as_array().unwrap().len(), 2, "{body}");
     std::thread::sleep(Duration::from_millis(200));
@@ -324,11 +322,11 @@ fn wrong_or_missing_token_is_401() {
             ("DELETE", "/api/allocations/w0-0-0"),
             ("DELETE", "/api/users/x/allocations"),
         ] {
-            let (status, body) = http(admin, method, path, token);
+            let (status, body) = http(admin, method, path, &bearer(token));
             assert_eq!(status, 401, "{method} {path} with {token:?}: {body}");
         }
     }
-    let (status, _) = http(admin, "GET", "/api/stats", Some(TOKEN));
+    let (status, _) = http(admin, "GET", "/api/stats", &bearer(Some(TOKEN)));
     assert_eq!(status, 200);
 }
 

@@ -25,7 +25,6 @@
 mod common;
 
 use std::fs::File;
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -130,19 +129,11 @@ fn wait_tcp(port: u16, what: &str) {
     }
 }
 
-fn http_get(port: u16, path: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("read response");
-    assert!(resp.starts_with("HTTP/1.1 200"), "GET {path}: {resp}");
-    resp.split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_owned())
+/// `GET path`: the body of a 200.
+fn get_ok(port: u16, path: &str) -> String {
+    let (status, body) = http_get(port, path);
+    assert_eq!(status, 200, "GET {path}: {body}");
+    body
 }
 
 /// The value of one sample line (`name{labels} value`) of a Prometheus text page.
@@ -221,7 +212,7 @@ fn chromium_calls_through_vigi_turn_over_udp_tcp_and_tls() {
     wait_tcp(tls_port, "TLS listener");
 
     // The page the browser gets is ours, with its own Socket.io client.
-    let page = http_get(sig_port, "/");
+    let page = get_ok(sig_port, "/");
     assert!(page.contains("vigi-turn call demo") && page.contains("sio.js"));
 
     let calls = serde_json::json!([
@@ -281,7 +272,7 @@ fn chromium_calls_through_vigi_turn_over_udp_tcp_and_tls() {
     // transport, and the video relayed (tens of kilobytes each way per call at least).
     let t0 = Instant::now();
     let metrics = loop {
-        let m = http_get(prom_port, "/metrics");
+        let m = get_ok(prom_port, "/metrics");
         let ended = ["UDP", "TCP", "TLS/TCP"].iter().all(|t| {
             metric(
                 &m,

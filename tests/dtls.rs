@@ -338,28 +338,6 @@ fn client_hello() -> Vec<u8> {
     }
 }
 
-/// `GET /metrics` from `--prometheus-port` `port`: the value of every unlabelled sample.
-fn scrape(port: u16) -> std::collections::HashMap<String, f64> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("read /metrics");
-    raw.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_owned(), v.parse().ok()?))
-        })
-        .collect()
-}
-
 #[test]
 fn cookieless_client_hellos_from_many_ports_take_no_handshake_slot() {
     let c = certs();

@@ -1230,19 +1230,9 @@ fn three_nodes_in_namespaces_share_users_secrets_and_drain_to_a_peer_of_their_re
 
 /// GET `path` from 127.0.0.1:`port` with extra header lines; the JSON body of a 200.
 fn http_json(port: u16, path: &str, headers: &str) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("read response");
-    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    let (status, body) = http(port, "GET", path, headers);
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
 #[test]

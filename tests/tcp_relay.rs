@@ -9,8 +9,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -147,40 +146,6 @@ fn no_udp_relay_answers_442_and_leaves_tcp_relays() {
     assert_all_echoed(&r, 20);
 }
 
-/// One HTTP/1.1 GET with an optional bearer token; (status, body).
-fn http_get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("read response");
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map_or("", |x| x.1).to_owned();
-    (status, body)
-}
-
-/// The samples of a `/metrics` scrape without labels: name -> value.
-fn scrape(port: u16) -> HashMap<String, u64> {
-    let (status, body) = http_get(port, "/metrics", None);
-    assert_eq!(status, 200, "scrape: {body}");
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_owned(), v.parse::<f64>().ok()? as u64))
-        })
-        .collect()
-}
-
 /// The totals uclient prints last: `tot_send_bytes ~ N, tot_recv_bytes ~ N`.
 fn uclient_bytes(out: &str) -> (u64, u64) {
     let line = out
@@ -240,7 +205,7 @@ fn tcp_relay_bytes_are_counted_live_per_allocation_and_in_the_totals() {
     let t0 = Instant::now();
     let mut live = false;
     while child.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(50) {
-        let (status, body) = http_get(admin, "/api/allocations", Some(TOKEN));
+        let (status, body) = http(admin, "GET", "/api/allocations", &bearer(Some(TOKEN)));
         assert_eq!(status, 200, "{body}");
         let list: serde_json::Value = serde_json::from_str(&body).expect("JSON");
         live |= list["allocations"].as_array().unwrap().iter().any(|a| {
@@ -263,10 +228,9 @@ fn tcp_relay_bytes_are_counted_live_per_allocation_and_in_the_totals() {
     // Once the allocations have ended and the workers published: every byte uclient sent came
     // in from a client and went out to a peer (the other client's relay), and every byte it got
     // went the other way.
-    let total = |m: &HashMap<String, u64>, f: &str| {
+    let total = |m: &HashMap<String, f64>, f: &str| {
         m.get(&format!("turn_total_traffic_{f}"))
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |v| *v as u64)
     };
     let t0 = Instant::now();
     let m = loop {
@@ -294,7 +258,7 @@ fn tcp_relay_bytes_are_counted_live_per_allocation_and_in_the_totals() {
         "{m:?}"
     );
     // The admin API's totals agree.
-    let (_, body) = http_get(admin, "/api/stats", Some(TOKEN));
+    let (_, body) = http(admin, "GET", "/api/stats", &bearer(Some(TOKEN)));
     let st: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(
         st["traffic"]["rcv"]["bytes"].as_u64(),

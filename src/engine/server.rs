@@ -1759,18 +1759,26 @@ impl Server {
         }
         // A dual allocation binds its IPv6 socket next.
         if let Some(addr) = a.second_relay() {
-            a.state = State::BindingSecond { attempts: 1 };
-            let dont_fragment = a.dont_fragment;
-            self.commands.push_back(Command::BindRelay {
-                id,
-                addr,
-                dont_fragment,
-                second: true,
-                tcp: false,
-            });
+            self.bind_second_relay(id, addr, 1);
             return;
         }
         self.finish_allocate(now, id);
+    }
+
+    /// Ask the worker to bind the IPv6 socket of dual allocation `id` on `addr` (try `attempts`).
+    fn bind_second_relay(&mut self, id: AllocationId, addr: SocketAddr, attempts: u8) {
+        let Some(a) = self.get_mut(id) else {
+            return;
+        };
+        a.state = State::BindingSecond { attempts };
+        let dont_fragment = a.dont_fragment;
+        self.commands.push_back(Command::BindRelay {
+            id,
+            addr,
+            dont_fragment,
+            second: true,
+            tcp: false,
+        });
     }
 
     /// The second (IPv6) socket of a dual allocation is bound or not. A few other ports are
@@ -1802,17 +1810,7 @@ impl Server {
             };
             a.second = second;
             if let Some(addr) = next {
-                a.state = State::BindingSecond {
-                    attempts: attempts + 1,
-                };
-                let dont_fragment = a.dont_fragment;
-                self.commands.push_back(Command::BindRelay {
-                    id,
-                    addr,
-                    dont_fragment,
-                    second: true,
-                    tcp: false,
-                });
+                self.bind_second_relay(id, addr, attempts + 1);
                 return;
             }
             if let Some(p) = a.pending.as_mut() {

@@ -50,6 +50,54 @@ pub async fn connect(conn: &RedisConn) -> redis::RedisResult<redis::aio::Multipl
         .await
 }
 
+/// A Redis connection a reader keeps across its rounds, reopened after a failure, and the health
+/// it last logged: a change of health is logged once, not every round.
+pub(crate) struct Link {
+    conn: Option<redis::aio::MultiplexedConnection>,
+    healthy: Option<bool>,
+    /// `redis-userdb HOST:PORT db N`: how its log lines begin.
+    label: String,
+}
+
+impl Link {
+    pub(crate) fn new(what: &str, conn: &RedisConn) -> Self {
+        Link {
+            conn: None,
+            healthy: None,
+            label: format!("{what} {}:{} db {}", conn.host, conn.port, conn.db),
+        }
+    }
+
+    /// The connection, opened now if there is none.
+    pub(crate) async fn get(
+        &mut self,
+        conn: &RedisConn,
+    ) -> redis::RedisResult<&mut redis::aio::MultiplexedConnection> {
+        if self.conn.is_none() {
+            self.conn = Some(connect(conn).await?);
+        }
+        Ok(self.conn.as_mut().expect("opened above"))
+    }
+
+    /// A round went well; `what` says what it did, logged when Redis was not healthy before.
+    pub(crate) fn up(&mut self, what: impl FnOnce() -> String) {
+        if self.healthy != Some(true) {
+            tracing::info!("{}: {}", self.label, what());
+        }
+        self.healthy = Some(true);
+    }
+
+    /// A round failed: the connection is dropped (the next round reopens it), and `error` with
+    /// `consequence` is logged when Redis was not already failing.
+    pub(crate) fn down(&mut self, error: &redis::RedisError, consequence: &str) {
+        self.conn = None;
+        if self.healthy != Some(false) {
+            tracing::warn!("{}: {error}; {consequence}", self.label);
+        }
+        self.healthy = Some(false);
+    }
+}
+
 /// `s` with Redis glob characters escaped, for a SCAN pattern.
 pub fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

@@ -332,15 +332,11 @@ pub fn pick_peers<'a>(
 }
 
 async fn run(source: StatsDbSource) {
-    let mut conn: Option<MultiplexedConnection> = None;
+    const DROPPED: &str = "status reports are dropped";
+    let mut link = super::Link::new("redis-statsdb", &source.conn);
     let mut tracker = Tracker::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut healthy: Option<bool> = None;
-    let at = format!(
-        "{}:{} db {}",
-        source.conn.host, source.conn.port, source.conn.db
-    );
     loop {
         tick.tick().await;
         let unix = super::unix_now();
@@ -371,19 +367,13 @@ async fn run(source: StatsDbSource) {
             .arg("EX")
             .arg(HEARTBEAT_TTL)
             .ignore();
-        if conn.is_none() {
-            match super::connect(&source.conn).await {
-                Ok(c) => conn = Some(c),
-                Err(e) => {
-                    if healthy != Some(false) {
-                        tracing::warn!("redis-statsdb {at}: {e}; status reports are dropped");
-                    }
-                    healthy = Some(false);
-                    continue;
-                }
+        let c = match link.get(&source.conn).await {
+            Ok(c) => c,
+            Err(e) => {
+                link.down(&e, DROPPED);
+                continue;
             }
-        }
-        let Some(c) = conn.as_mut() else { continue };
+        };
         let done = match pipe.query_async::<()>(c).await {
             Ok(()) => read_peers(c, &source.node, &source.directory, unix).await,
             Err(e) => Err(e),
@@ -391,21 +381,14 @@ async fn run(source: StatsDbSource) {
         match done {
             Ok(peers) => {
                 source.shared.fleet_peers.store(unix, peers);
-                if healthy != Some(true) {
-                    tracing::info!(
-                        "redis-statsdb {at}: publishing allocation status and the heartbeat of node {}",
+                link.up(|| {
+                    format!(
+                        "publishing allocation status and the heartbeat of node {}",
                         source.node.name
-                    );
-                }
-                healthy = Some(true);
+                    )
+                });
             }
-            Err(e) => {
-                conn = None;
-                if healthy != Some(false) {
-                    tracing::warn!("redis-statsdb {at}: {e}; status reports are dropped");
-                }
-                healthy = Some(false);
-            }
+            Err(e) => link.down(&e, DROPPED),
         }
     }
 }

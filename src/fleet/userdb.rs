@@ -43,49 +43,30 @@ pub fn spawn(source: UserDbSource) -> std::io::Result<std::thread::JoinHandle<()
 }
 
 async fn run(source: UserDbSource) {
-    let mut conn: Option<MultiplexedConnection> = None;
+    let mut link = super::Link::new("redis-userdb", &source.conn);
     let mut tick = tokio::time::interval(source.refresh);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut healthy: Option<bool> = None;
-    let at = format!(
-        "{}:{} db {}",
-        source.conn.host, source.conn.port, source.conn.db
-    );
     loop {
         tick.tick().await;
-        let result = match conn.as_mut() {
-            Some(c) => read(c, &source.realm, super::unix_now()).await,
-            None => match super::connect(&source.conn).await {
-                Ok(mut c) => {
-                    let r = read(&mut c, &source.realm, super::unix_now()).await;
-                    conn = Some(c);
-                    r
-                }
-                Err(e) => Err(e),
-            },
+        let result = match link.get(&source.conn).await {
+            Ok(c) => read(c, &source.realm, super::unix_now()).await,
+            Err(e) => Err(e),
         };
         match result {
             Ok(db) => {
-                if healthy != Some(true) {
-                    tracing::info!(
-                        "redis-userdb {at}: read {} users and {} secrets of realm {}",
+                link.up(|| {
+                    format!(
+                        "read {} users and {} secrets of realm {}",
                         db.users(),
                         db.secrets(),
                         source.realm
-                    );
-                }
-                healthy = Some(true);
+                    )
+                });
                 source.cell.store(db, source.max_stale);
             }
             Err(e) => {
-                conn = None;
-                if healthy != Some(false) {
-                    tracing::warn!(
-                        "redis-userdb {at}: {e}; keeping the last good read for up to {}s",
-                        source.max_stale
-                    );
-                }
-                healthy = Some(false);
+                let then = format!("keeping the last good read for up to {}s", source.max_stale);
+                link.down(&e, &then);
             }
         }
     }

@@ -244,3 +244,48 @@ pub fn uclient(port: u16, peer_port: u16, args: &[&str]) -> UclientResult {
         output: text,
     }
 }
+
+/// One HTTP/1.1 request to 127.0.0.1:`port` with extra header lines (each ending in `\r\n`);
+/// the status code (0 when there is no status line) and the body.
+pub fn http(port: u16, method: &str, path: &str, headers: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read response");
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map_or("", |x| x.1).to_owned();
+    (status, body)
+}
+
+/// `GET path`; (status, body).
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    http(port, "GET", path, "")
+}
+
+/// The header line of a bearer token, or nothing.
+pub fn bearer(token: Option<&str>) -> String {
+    token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"))
+}
+
+/// Every sample of a `/metrics` scrape: `name{labels}` -> value.
+pub fn scrape(port: u16) -> std::collections::HashMap<String, f64> {
+    let (status, body) = http_get(port, "/metrics");
+    assert_eq!(status, 200, "scrape: {body}");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
