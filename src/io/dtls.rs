@@ -100,14 +100,39 @@ fn is_client_hello(data: &[u8]) -> bool {
 }
 
 /// HMAC-free but keyed: SHA-256 over a per-process secret and the client's address.
-fn cookie(secret: &[u8; 32], addr: Option<&SocketAddr>) -> [u8; 16] {
-    let mut h = openssl::sha::Sha256::new();
-    h.update(secret);
-    h.update(addr.map(|a| a.to_string()).unwrap_or_default().as_bytes());
-    let d = h.finish();
+fn cookie(secret: &[u8; 32], addr: Option<&SocketAddr>, window: u64) -> [u8; 16] {
+    use hmac::{Hmac, Mac};
+    let mut m = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret).expect("any key length");
+    m.update(&window.to_be_bytes());
+    m.update(addr.map(|a| a.to_string()).unwrap_or_default().as_bytes());
+    let d = m.finalize().into_bytes();
     let mut out = [0u8; 16];
     out.copy_from_slice(&d[..16]);
     out
+}
+
+/// A cookie is made for the current [`COOKIE_WINDOW`] and accepted in it and the next, so a
+/// cookie-carrying ClientHello seen on the wire cannot be replayed from its address (to restart
+/// that client's session) more than two windows later.
+const COOKIE_WINDOW: u64 = 60;
+
+fn cookie_window(unix_secs: u64) -> u64 {
+    unix_secs / COOKIE_WINDOW
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Whether `got` is a cookie made for `addr` at most one window before `unix_secs`'s.
+fn cookie_valid(secret: &[u8; 32], addr: Option<&SocketAddr>, got: &[u8], unix_secs: u64) -> bool {
+    let now = cookie_window(unix_secs);
+    got.len() == 16
+        && [now, now.saturating_sub(1)]
+            .iter()
+            .any(|&w| openssl::memcmp::eq(&cookie(secret, addr, w), got))
 }
 
 impl DtlsContext {
@@ -143,13 +168,13 @@ impl DtlsContext {
             .map_err(|e| format!("--pkey {}: does not match --cert: {e}", key.display()))?;
         b.set_options(SslOptions::COOKIE_EXCHANGE | SslOptions::NO_QUERY_MTU);
         b.set_cookie_generate_cb(move |ssl, out| {
-            let c = cookie(&secret, ssl.ex_data(addr_index()));
+            let window = cookie_window(unix_secs());
+            let c = cookie(&secret, ssl.ex_data(addr_index()), window);
             out[..c.len()].copy_from_slice(&c);
             Ok(c.len())
         });
         b.set_cookie_verify_cb(move |ssl, got| {
-            let want = cookie(&secret, ssl.ex_data(addr_index()));
-            openssl::memcmp::eq(&want, got.get(..16).unwrap_or(&[0; 16])) && got.len() == 16
+            cookie_valid(&secret, ssl.ex_data(addr_index()), got, unix_secs())
         });
         Ok(b.build())
     }
@@ -611,6 +636,26 @@ mod tests {
     fn step(s: &mut SslStream<Dgram>) -> Vec<Vec<u8>> {
         let _ = s.do_handshake();
         std::mem::take(&mut s.get_mut().outbox)
+    }
+
+    #[test]
+    fn cookies_are_bound_to_the_address_and_expire_after_two_windows() {
+        let secret = [7u8; 32];
+        let a: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        let b: SocketAddr = "192.0.2.1:5001".parse().unwrap();
+        let t = 1_800_000_000u64;
+        let c = cookie(&secret, Some(&a), cookie_window(t));
+        assert!(cookie_valid(&secret, Some(&a), &c, t));
+        assert!(!cookie_valid(&secret, Some(&b), &c, t), "another port");
+        assert!(!cookie_valid(&[8u8; 32], Some(&a), &c, t), "another secret");
+        assert!(!cookie_valid(&secret, Some(&a), &c[..15], t), "cut short");
+        // Valid through the next window, not after it.
+        assert!(cookie_valid(&secret, Some(&a), &c, t + COOKIE_WINDOW));
+        let later = (cookie_window(t) + 2) * COOKIE_WINDOW;
+        assert!(
+            !cookie_valid(&secret, Some(&a), &c, later),
+            "replayed too late"
+        );
     }
 
     #[test]
