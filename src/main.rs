@@ -151,6 +151,10 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         .map(|mut s| {
             // With heartbeats in Redis, credentials name the nearest healthy nodes.
             s.fleet = config.redis_statsdb.as_ref().map(|_| directory.clone());
+            // With the REST secrets in Redis, credentials may be minted from its snapshot.
+            let rest_api = config.auth == AuthMode::RestApi || config.use_auth_secret;
+            let rest_in_db = rest_api && config.redis_userdb.is_some();
+            s.userdb = rest_in_db.then(|| stats_shared.userdb.clone());
             vigi_turn::signal::spawn(s)
         })
         .transpose()

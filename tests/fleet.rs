@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::turn_client::{raw_allocate_at, raw_allocate_from, Live};
 use common::*;
 use tokio::net::UdpSocket;
-use vigi_turn::engine::auth::{key_md5, mint_rest_credentials};
+use vigi_turn::engine::auth::{key_md5, mint_rest_credentials, rest_password};
 
 const REALM: &str = "fleet.test";
 
@@ -1286,4 +1286,156 @@ fn turn_credentials_name_the_nearest_healthy_nodes_from_the_heartbeats() {
     std::thread::sleep(Duration::from_millis(7000));
     let us = http_json(sig, "/api/turn-credentials?region=us", "");
     assert_eq!(uris(&us), [udp(a.port), udp(b.port)], "{us}");
+}
+
+/// Poll `GET path` on the signaling companion at 127.0.0.1:`port` until `done(status, body)`
+/// holds, for at most `limit` (the node reads Redis every second); the last answer.
+async fn credentials_until(
+    port: u16,
+    path: &str,
+    limit: Duration,
+    done: impl Fn(u16, &serde_json::Value) -> bool,
+) -> (u16, serde_json::Value) {
+    let t0 = Instant::now();
+    loop {
+        let answer = std::net::TcpStream::connect(("127.0.0.1", port))
+            .is_ok()
+            .then(|| http(port, "GET", path, ""))
+            .map(|(status, body)| {
+                let json = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+                (status, json)
+            });
+        if let Some((status, json)) = &answer {
+            if done(*status, json) {
+                return (*status, json.clone());
+            }
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "{path}: not the expected answer within {limit:?}; last {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `username` and `password` of a credential answer, checked to be minted with `secret`.
+fn minted_with(v: &serde_json::Value, secret: &[u8]) -> bool {
+    let (Some(user), Some(pw)) = (v["username"].as_str(), v["password"].as_str()) else {
+        return false;
+    };
+    pw == rest_password(secret, user)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_credentials_are_minted_with_the_newest_redis_secret_and_allocate() {
+    require_tool("turnadmin");
+    let mut redis = Redis::start();
+    let conn = redis.conn_string(0);
+    // The secrets are written as an operator would: coturn's turnadmin on the shared database.
+    let admin = |args: &[&str]| {
+        let out = run_with_timeout(
+            Command::new("turnadmin")
+                .args(args)
+                .args(["-r", REALM, "-N", &conn]),
+            Duration::from_secs(10),
+        );
+        assert!(out.status.success(), "turnadmin {args:?}: {out:?}");
+    };
+    admin(&["-s", "first-secret"]);
+    let sig = free_port();
+    let sig_addr = format!("127.0.0.1:{sig}");
+    let (min, max) = free_range(20);
+    let (min, max) = (min.to_string(), max.to_string());
+    // --use-auth-secret and no --static-auth-secret: the secrets are only in Redis.
+    let extra = [
+        "--use-auth-secret",
+        "--redis-max-stale",
+        "3",
+        "--signaling-listen",
+        &sig_addr,
+    ];
+    let srv = start_server(&node_args(&conn, &min, &max, &extra));
+    let path = "/api/turn-credentials?userId=alice";
+    let ok_with = |secret: &'static [u8]| {
+        move |status: u16, v: &serde_json::Value| status == 200 && minted_with(v, secret)
+    };
+    let (_, first) =
+        credentials_until(sig, path, Duration::from_secs(10), ok_with(b"first-secret")).await;
+    let username = first["username"].as_str().unwrap().to_owned();
+    assert!(username.ends_with(":alice"), "{first}");
+    // The URI the endpoint names is this node; the turn crate's client allocates through it.
+    let uri = format!("turn:127.0.0.1:{}?transport=udp", srv.port);
+    assert_eq!(first["iceServers"][0]["urls"][0], uri.as_str(), "{first}");
+    let server = uri
+        .trim_start_matches("turn:")
+        .trim_end_matches("?transport=udp");
+    let pw = |v: &serde_json::Value| v["password"].as_str().unwrap().to_owned();
+    let live = allocate_at(server, &username, &pw(&first))
+        .await
+        .expect("credentials minted with the Redis secret allocate");
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    live.round_trip(&peer, "first secret").await.unwrap();
+
+    // Rotation, step 1: a new secret is added; new credentials use it (its bytes sort before
+    // the old one's, so only the order in which the node saw them decides).
+    admin(&["-s", "another-secret"]);
+    let (_, second) = credentials_until(
+        sig,
+        path,
+        Duration::from_secs(10),
+        ok_with(b"another-secret"),
+    )
+    .await;
+    let fresh = allocate_at(server, second["username"].as_str().unwrap(), &pw(&second))
+        .await
+        .expect("credentials minted with the new secret allocate");
+    fresh.round_trip(&peer, "new secret").await.unwrap();
+
+    // Step 2: the old secret is removed. Once the node has read that (credentials minted with
+    // it are refused), the endpoint still mints with the new one, and those still allocate.
+    admin(&["-X", "first-secret"]);
+    let t0 = Instant::now();
+    loop {
+        let old = mint_rest_credentials(
+            b"first-secret",
+            "bob",
+            600,
+            vigi_turn::fleet::unix_now(),
+            ':',
+        );
+        if raw_allocate(srv.port, &old.username, &old.password).0 == 401 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the removed secret is still accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (_, third) = credentials_until(sig, path, Duration::from_secs(2), |status, v| {
+        status == 200 && v["username"].is_string()
+    })
+    .await;
+    assert!(minted_with(&third, b"another-secret"), "{third}");
+    let after = allocate_at(server, third["username"].as_str().unwrap(), &pw(&third))
+        .await
+        .expect("credentials minted after the old secret's removal allocate");
+    after.round_trip(&peer, "after removal").await.unwrap();
+    live.round_trip(&peer, "first secret, after rotation")
+        .await
+        .unwrap();
+
+    // Redis goes away: once the snapshot is older than --redis-max-stale (3 s) the engine
+    // refuses the database's secrets, and the endpoint answers 503 instead of minting them.
+    redis.kill();
+    let (status, gone) = credentials_until(sig, path, Duration::from_secs(15), |status, _| {
+        status != 200
+    })
+    .await;
+    assert_eq!(status, 503, "{gone}");
+    let msg = gone["error"].as_str().unwrap_or_default();
+    assert!(msg.contains("--redis-max-stale"), "{gone}");
+    after.close().await;
+    fresh.close().await;
+    live.close().await;
 }

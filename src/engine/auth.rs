@@ -190,6 +190,8 @@ impl UserKeys {
 pub struct UserDb {
     users: HashMap<String, UserKeys>,
     secrets: Vec<Vec<u8>>,
+    /// Index in `secrets` of the one to mint credentials with, as [`SecretAges`] chose it.
+    mint_secret: Option<usize>,
     /// The realm's `user-quota`, `total-quota` and `max-bps` when the database sets them.
     pub user_quota: Option<u32>,
     pub total_quota: Option<u32>,
@@ -203,6 +205,7 @@ impl fmt::Debug for UserDb {
         f.debug_struct("UserDb")
             .field("users", &self.users.len())
             .field("secrets", &self.secrets.len())
+            .field("mint_secret", &self.mint_secret)
             .field("user_quota", &self.user_quota)
             .field("total_quota", &self.total_quota)
             .field("max_bps", &self.max_bps)
@@ -237,6 +240,67 @@ impl UserDb {
 
     pub fn secrets(&self) -> usize {
         self.secrets.len()
+    }
+
+    /// The REST secret to mint new credentials with: the most recently added, as marked by
+    /// [`SecretAges::observe`]; `None` when the database holds none or no one marked it.
+    pub fn mint_secret(&self) -> Option<&[u8]> {
+        self.secrets.get(self.mint_secret?).map(Vec::as_slice)
+    }
+}
+
+/// Which of a user database's REST secrets new credentials are minted with: the one most
+/// recently added, so that a rotation (add the new secret, wait, remove the old one) moves the
+/// minting to the new secret as soon as it appears, and removing the old one changes nothing.
+///
+/// The database keeps its secrets in a set, which has no order, so the reader of the database
+/// numbers its successful reads and remembers, for each secret present, the read in which it
+/// first appeared; a secret that disappears is forgotten (added again later, it counts as new).
+/// The secret first seen in the latest read wins. Several secrets first seen in the same read
+/// (every secret of the node's first read, or two added between reads) are ordered by their
+/// bytes, the greatest counting as the newest: arbitrary, but the same on every node and after
+/// every restart.
+#[derive(Default)]
+pub struct SecretAges {
+    first_read_by_secret: HashMap<Vec<u8>, u64>,
+    reads: u64,
+}
+
+impl fmt::Debug for SecretAges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretAges")
+            .field("secrets", &self.first_read_by_secret.len())
+            .field("reads", &self.reads)
+            .finish()
+    }
+}
+
+impl SecretAges {
+    /// Note one successful read (`db`, before it is published): forget the secrets it no
+    /// longer holds, date the new ones to this read, and mark in `db` the secret to mint with.
+    /// True when that secret differs from the previous read's choice.
+    pub fn observe(&mut self, db: &mut UserDb) -> bool {
+        self.reads = self.reads.saturating_add(1);
+        let read = self.reads;
+        let before = self.newest().map(<[u8]>::to_vec);
+        self.first_read_by_secret
+            .retain(|s, _| db.secrets.contains(s));
+        for s in &db.secrets {
+            self.first_read_by_secret.entry(s.clone()).or_insert(read);
+        }
+        let newest = self.newest().map(<[u8]>::to_vec);
+        db.mint_secret = newest
+            .as_deref()
+            .and_then(|n| db.secrets.iter().position(|s| s == n));
+        before != newest
+    }
+
+    /// The secret first seen latest (ties: the greatest bytes).
+    fn newest(&self) -> Option<&[u8]> {
+        self.first_read_by_secret
+            .iter()
+            .max_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)))
+            .map(|(s, _)| s.as_slice())
     }
 }
 
@@ -628,6 +692,81 @@ mod tests {
         assert_eq!(
             c.keys_with_db("2000:carol", PasswordAlgorithm::Md5, 1000, None),
             Err(AuthFailure::UnknownUser)
+        );
+    }
+
+    /// One read of a database holding `secrets` (in the order Redis returned them).
+    fn read_of(secrets: &[&str]) -> UserDb {
+        let mut db = UserDb::new(0);
+        secrets.iter().for_each(|s| db.add_secret(s.as_bytes()));
+        db
+    }
+
+    fn minted_with(ages: &mut SecretAges, secrets: &[&str]) -> (Option<String>, bool) {
+        let mut db = read_of(secrets);
+        let changed = ages.observe(&mut db);
+        let s = db
+            .mint_secret()
+            .map(|s| String::from_utf8(s.to_vec()).unwrap());
+        (s, changed)
+    }
+
+    #[test]
+    fn secrets_of_one_read_are_ordered_by_their_bytes_whatever_redis_returns() {
+        let some = |s: &str| Some(s.to_owned());
+        for order in [["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]] {
+            let mut ages = SecretAges::default();
+            assert_eq!(minted_with(&mut ages, &order), (some("c"), true));
+            // Nothing new: the same choice, whatever order the set comes back in.
+            assert_eq!(minted_with(&mut ages, &["a", "c", "b"]), (some("c"), false));
+        }
+        assert_eq!(
+            read_of(&["x"]).mint_secret(),
+            None,
+            "not observed: no choice"
+        );
+        let mut ages = SecretAges::default();
+        assert_eq!(minted_with(&mut ages, &[]), (None, false));
+        assert_eq!(minted_with(&mut ages, &["a"]), (some("a"), true));
+    }
+
+    #[test]
+    fn rotation_mints_with_the_secret_added_last() {
+        let some = |s: &str| Some(s.to_owned());
+        let mut ages = SecretAges::default();
+        assert_eq!(minted_with(&mut ages, &["zz-old"]), (some("zz-old"), true));
+        // A new secret is added (its bytes sort before the old one's: first seen wins).
+        assert_eq!(
+            minted_with(&mut ages, &["zz-old", "aa-new"]),
+            (some("aa-new"), true)
+        );
+        assert_eq!(
+            minted_with(&mut ages, &["aa-new", "zz-old"]),
+            (some("aa-new"), false)
+        );
+        // The old one is removed: nothing changes.
+        assert_eq!(minted_with(&mut ages, &["aa-new"]), (some("aa-new"), false));
+        // Two added between reads: the greater bytes of the two.
+        assert_eq!(
+            minted_with(&mut ages, &["aa-new", "m2", "m1"]),
+            (some("m2"), true)
+        );
+        // The newest withdrawn (a rollback): the next newest.
+        assert_eq!(
+            minted_with(&mut ages, &["aa-new", "m1"]),
+            (some("m1"), true)
+        );
+        // A removed secret added again counts as new.
+        assert_eq!(
+            minted_with(&mut ages, &["aa-new", "m1", "zz-old"]),
+            (some("zz-old"), true)
+        );
+        // All gone: nothing to mint with; the first that comes back is the newest.
+        assert_eq!(minted_with(&mut ages, &[]), (None, true));
+        assert_eq!(minted_with(&mut ages, &["m1"]), (some("m1"), true));
+        assert!(
+            !format!("{ages:?}").contains("m1"),
+            "secrets stay out of logs"
         );
     }
 

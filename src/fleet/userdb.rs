@@ -11,6 +11,10 @@
 //! A read that fails keeps the last good snapshot; the engine uses it for up to
 //! `--redis-max-stale` seconds after it was read, then refuses the database's users (fail
 //! closed). Static `--user`s and `--static-auth-secret`s keep working throughout.
+//!
+//! Each snapshot also names the REST secret to mint new credentials with (for the signaling
+//! companion's `/api/turn-credentials` when no `--static-auth-secret` is given): the one most
+//! recently added, which the reader tracks across its reads ([`SecretAges`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +23,7 @@ use redis::aio::MultiplexedConnection;
 
 use crate::config::types::parse_hex_key;
 use crate::config::RedisConn;
-use crate::engine::auth::{UserDb, UserDbCell, UserSecret};
+use crate::engine::auth::{SecretAges, UserDb, UserDbCell, UserSecret};
 
 /// At most this many keys are read per SCAN pattern: a bound on a database gone wrong.
 const MAX_KEYS: usize = 1_000_000;
@@ -44,6 +48,7 @@ pub fn spawn(source: UserDbSource) -> std::io::Result<std::thread::JoinHandle<()
 
 async fn run(source: UserDbSource) {
     let mut link = super::Link::new("redis-userdb", &source.conn);
+    let mut ages = SecretAges::default();
     let mut tick = tokio::time::interval(source.refresh);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -53,7 +58,13 @@ async fn run(source: UserDbSource) {
             Err(e) => Err(e),
         };
         match result {
-            Ok(db) => {
+            Ok(mut db) => {
+                if ages.observe(&mut db) && db.mint_secret().is_some() {
+                    tracing::info!(
+                        "redis-userdb: new credentials are minted with the newest of {} REST secrets",
+                        db.secrets()
+                    );
+                }
                 link.up(|| {
                     format!(
                         "read {} users and {} secrets of realm {}",

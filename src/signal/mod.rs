@@ -17,12 +17,16 @@
 //! message}`. The call state itself lives in [`calls`].
 //!
 //! HTTP: `GET /api/turn-credentials[?userId=&expiry=&token=]` →
-//! `{username, password, ttl, uris, iceServers}` minted from the first `--static-auth-secret`;
+//! `{username, password, ttl, uris, iceServers}` minted from the first `--static-auth-secret`,
+//! else (with `--use-auth-secret --redis-userdb`) from the REST secret most recently added to
+//! the database, as its last snapshot names it (never waiting on Redis; 503 when the snapshot
+//! is older than `--redis-max-stale`, as the engine then refuses the database too);
 //! `GET /` the demo call page (`demo/`: HTML, CSS and JS compiled in, with our own small
 //! Socket.io client), which tests/browser.rs drives in headless Chromium.
 
 pub mod calls;
 
+use std::borrow::Cow;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -45,7 +49,7 @@ use socketioxide::SocketIo;
 use subtle::ConstantTimeEq;
 
 use crate::config::Config;
-use crate::engine::auth::mint_rest_credentials;
+use crate::engine::auth::{mint_rest_credentials, UserDbCell};
 use calls::{CallError, CallKind, Calls};
 
 /// The largest event payload accepted (JSON-encoded); larger ones get `call_error
@@ -64,8 +68,12 @@ pub struct SignalConfig {
     pub secret: Option<Vec<u8>>,
     /// `--signaling-cors-origin`; `None` = `*`.
     pub cors_origin: Option<String>,
-    /// The first `--static-auth-secret`; `None` = the credential endpoint answers 503.
+    /// The first `--static-auth-secret`, which credentials are minted with when given.
     pub rest_secret: Option<Vec<u8>>,
+    /// The user database's snapshots (`--use-auth-secret --redis-userdb`): without a static
+    /// secret, credentials are minted with the newest REST secret of a fresh snapshot. With
+    /// neither, or with a snapshot past `--redis-max-stale`, the endpoint answers 503.
+    pub userdb: Option<Arc<UserDbCell>>,
     pub rest_separator: char,
     pub credentials_ttl: u64,
     /// `--turn-uri`s; empty = derived per request from [`SignalConfig::default_host`] or the
@@ -101,6 +109,7 @@ impl SignalConfig {
             udp: !c.no_udp,
             tcp: !c.no_tcp,
             fleet: None,
+            userdb: None,
         })
     }
 }
@@ -494,6 +503,38 @@ impl Http {
         }
         out
     }
+
+    /// The REST secret to mint with at `unix_now`: the first `--static-auth-secret`, else the
+    /// newest secret of the user database's last snapshot while it is fresh (a read of the
+    /// snapshot, never a wait on Redis). `Err` says why there is none (answered with 503).
+    fn mint_secret(&self, unix_now: u64) -> Result<Cow<'_, [u8]>, String> {
+        if let Some(s) = &self.cfg.rest_secret {
+            return Ok(Cow::Borrowed(s));
+        }
+        let Some(cell) = &self.cfg.userdb else {
+            return Err(
+                "no REST secret: give --static-auth-secret, or --use-auth-secret with \
+                 a --redis-userdb holding the secrets"
+                    .to_owned(),
+            );
+        };
+        let Some(db) = cell.fresh(unix_now) else {
+            return Err(match cell.latest() {
+                None => "no REST secret yet: the Redis user database has not been read".to_owned(),
+                Some(db) => format!(
+                    "no REST secret: the Redis user database was last read {}s ago, beyond \
+                     --redis-max-stale",
+                    unix_now.saturating_sub(db.fetched_unix)
+                ),
+            });
+        };
+        match db.mint_secret() {
+            Some(s) => Ok(Cow::Owned(s.to_vec())),
+            None => Err("no REST secret in the Redis user database \
+                 (turn/realm/<realm>/secret is empty)"
+                .to_owned()),
+        }
+    }
 }
 
 /// How many fleet nodes the credential endpoint names.
@@ -552,14 +593,13 @@ async fn turn_credentials(
             None => return fail(StatusCode::BAD_REQUEST, AuthError::BadUser.to_string()),
         }
     }
-    let Some(rest_secret) = &http.cfg.rest_secret else {
-        return fail(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no --static-auth-secret configured".to_owned(),
-        );
+    let now = unix_now();
+    let rest_secret = match http.mint_secret(now) {
+        Ok(s) => s,
+        Err(msg) => return fail(StatusCode::SERVICE_UNAVAILABLE, msg),
     };
     let ttl = http.cfg.credentials_ttl;
-    let c = mint_rest_credentials(rest_secret, &user, ttl, unix_now(), http.cfg.rest_separator);
+    let c = mint_rest_credentials(&rest_secret, &user, ttl, now, http.cfg.rest_separator);
     let uris = http.uris(&headers, q.region.as_deref());
     let body = json!({
         "username": c.username,
@@ -769,6 +809,57 @@ mod tests {
             authenticate(None, &json!({ "userId": "a\nb" }), 0),
             Err(AuthError::BadUser)
         );
+    }
+
+    #[test]
+    fn credentials_are_minted_with_the_static_secret_else_a_fresh_snapshots_newest() {
+        use crate::engine::auth::{SecretAges, UserDb};
+        let cfg = |rest_secret: Option<&[u8]>, userdb: Option<Arc<UserDbCell>>| Http {
+            cfg: SignalConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                secret: None,
+                cors_origin: None,
+                rest_secret: rest_secret.map(<[u8]>::to_vec),
+                userdb,
+                rest_separator: ':',
+                credentials_ttl: 60,
+                turn_uris: Vec::new(),
+                default_host: None,
+                turn_port: 3478,
+                udp: true,
+                tcp: true,
+                fleet: None,
+            },
+        };
+        let unavailable = |h: &Http, now| h.mint_secret(now).unwrap_err();
+        assert!(unavailable(&cfg(None, None), 0).contains("--static-auth-secret"));
+        let cell = Arc::new(UserDbCell::default());
+        let from_db = cfg(None, Some(cell.clone()));
+        assert!(unavailable(&from_db, 1000).contains("not been read"));
+        let mut ages = SecretAges::default();
+        let mut read = |at: u64, secrets: &[&[u8]]| {
+            let mut db = UserDb::new(at);
+            secrets.iter().for_each(|s| db.add_secret(s));
+            ages.observe(&mut db);
+            cell.store(db, 30);
+        };
+        read(1000, &[]);
+        assert!(unavailable(&from_db, 1000).contains("is empty"));
+        read(1001, &[b"old"]);
+        assert_eq!(from_db.mint_secret(1001).unwrap().as_ref(), b"old");
+        read(1002, &[b"old", b"new"]);
+        assert_eq!(from_db.mint_secret(1002).unwrap().as_ref(), b"new");
+        read(1003, &[b"new"]);
+        assert_eq!(from_db.mint_secret(1033).unwrap().as_ref(), b"new");
+        // Past --redis-max-stale the engine refuses the database's secrets: so do we.
+        let msg = unavailable(&from_db, 1034);
+        assert!(
+            msg.contains("31s ago") && msg.contains("--redis-max-stale"),
+            "{msg}"
+        );
+        // A static secret wins, stale database or not.
+        let both = cfg(Some(b"static"), Some(cell));
+        assert_eq!(both.mint_secret(1034).unwrap().as_ref(), b"static");
     }
 
     #[test]
