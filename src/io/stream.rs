@@ -38,6 +38,8 @@ const SEND_QUEUE: usize = 1024;
 /// Bytes queued for a TCP client that does not read (what its socket buffer did not take);
 /// beyond this new frames are dropped whole.
 const SEND_BACKLOG: usize = 256 * 1024;
+/// What an empty backlog keeps of its capacity.
+const BACKLOG_KEEP: usize = 16 * 1024;
 /// A TLS handshake not done in this time is dropped (half-open and slowloris clients).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -229,6 +231,14 @@ async fn flush_backlog(tx: Rc<StreamTx>) {
     };
     loop {
         if backlog.borrow().is_empty() {
+            // A burst grew the backlog: give the memory back once it is written, so that many
+            // idle connections do not each keep up to SEND_BACKLOG bytes.
+            {
+                let mut b = backlog.borrow_mut();
+                if b.capacity() > BACKLOG_KEEP {
+                    b.shrink_to(BACKLOG_KEEP);
+                }
+            }
             drained.notify_waiters();
             if closed.get() {
                 return;
