@@ -98,6 +98,50 @@ impl Link {
     }
 }
 
+/// Keys per MGET.
+const MGET_CHUNK: usize = 500;
+
+/// Every key matching `pattern`, sorted and without repeats (SCAN, so Redis is never blocked as
+/// by KEYS), stopping once `max` are read: a bound on a database gone wrong.
+pub(crate) async fn scan(
+    c: &mut redis::aio::MultiplexedConnection,
+    pattern: &str,
+    max: usize,
+) -> redis::RedisResult<Vec<String>> {
+    let mut cursor: u64 = 0;
+    let mut keys = Vec::new();
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(c)
+            .await?;
+        keys.extend(batch);
+        if next == 0 || keys.len() >= max {
+            keys.sort_unstable();
+            keys.dedup();
+            return Ok(keys);
+        }
+        cursor = next;
+    }
+}
+
+/// The values of `keys`, in order (MGET, [`MGET_CHUNK`] keys at a time).
+pub(crate) async fn mget(
+    c: &mut redis::aio::MultiplexedConnection,
+    keys: &[String],
+) -> redis::RedisResult<Vec<Option<String>>> {
+    let mut out = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(MGET_CHUNK) {
+        let v: Vec<Option<String>> = redis::cmd("MGET").arg(chunk).query_async(c).await?;
+        out.extend(v);
+    }
+    Ok(out)
+}
+
 /// `s` with Redis glob characters escaped, for a SCAN pattern.
 pub fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

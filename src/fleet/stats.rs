@@ -31,6 +31,8 @@ use crate::io::{WorkerHandle, WorkerSnapshot};
 
 /// Seconds a heartbeat lives without renewal.
 pub const HEARTBEAT_TTL: u64 = 5;
+/// Heartbeat keys read at most per round: a bound on a database gone wrong.
+const MAX_NODES: usize = 10_000;
 /// The heartbeat key of node `name`.
 pub fn heartbeat_key(name: &str) -> String {
     format!("vigi-turn/node/{name}")
@@ -251,28 +253,12 @@ async fn read_peers(
     directory: &super::Directory,
     unix_now: u64,
 ) -> redis::RedisResult<Vec<FleetPeer>> {
-    let mut cursor: u64 = 0;
-    let mut keys = Vec::new();
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg("vigi-turn/node/*")
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(c)
-            .await?;
-        keys.extend(batch);
-        if next == 0 || keys.len() > 10_000 {
-            break;
-        }
-        cursor = next;
-    }
+    let keys = super::scan(c, "vigi-turn/node/*", MAX_NODES).await?;
     if keys.is_empty() {
         directory.store(unix_now, Vec::new());
         return Ok(Vec::new());
     }
-    let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(c).await?;
+    let values = super::mget(c, &keys).await?;
     directory.store(
         unix_now,
         values

@@ -27,8 +27,6 @@ use crate::engine::auth::{SecretAges, UserDb, UserDbCell, UserSecret};
 
 /// At most this many keys are read per SCAN pattern: a bound on a database gone wrong.
 const MAX_KEYS: usize = 1_000_000;
-/// Keys per MGET.
-const MGET_CHUNK: usize = 500;
 
 /// What the reader needs.
 #[derive(Debug, Clone)]
@@ -83,41 +81,6 @@ async fn run(source: UserDbSource) {
     }
 }
 
-/// Every key matching `pattern` (SCAN, so Redis is never blocked as by KEYS).
-async fn scan(c: &mut MultiplexedConnection, pattern: &str) -> redis::RedisResult<Vec<String>> {
-    let mut cursor: u64 = 0;
-    let mut keys = Vec::new();
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(c)
-            .await?;
-        keys.extend(batch);
-        if next == 0 || keys.len() >= MAX_KEYS {
-            keys.sort_unstable();
-            keys.dedup();
-            return Ok(keys);
-        }
-        cursor = next;
-    }
-}
-
-async fn mget(
-    c: &mut MultiplexedConnection,
-    keys: &[String],
-) -> redis::RedisResult<Vec<Option<String>>> {
-    let mut out = Vec::with_capacity(keys.len());
-    for chunk in keys.chunks(MGET_CHUNK) {
-        let v: Vec<Option<String>> = redis::cmd("MGET").arg(chunk).query_async(c).await?;
-        out.extend(v);
-    }
-    Ok(out)
-}
-
 /// One full read of `realm`'s data.
 pub async fn read(
     c: &mut MultiplexedConnection,
@@ -127,12 +90,12 @@ pub async fn read(
     let mut db = UserDb::new(unix_now);
     let base = format!("turn/realm/{realm}/");
     let pattern = format!("turn/realm/{}/user/*", super::glob_escape(realm));
-    let keys = scan(c, &pattern).await?;
+    let keys = super::scan(c, &pattern, MAX_KEYS).await?;
     let keys: Vec<String> = keys
         .into_iter()
         .filter(|k| k.ends_with("/key") || k.ends_with("/password"))
         .collect();
-    let values = mget(c, &keys).await?;
+    let values = super::mget(c, &keys).await?;
     let mut passwords = Vec::new();
     let mut with_key = std::collections::HashSet::new();
     for (k, v) in keys.iter().zip(values) {
@@ -169,12 +132,13 @@ pub async fn read(
         Err(e) if e.code() == Some("WRONGTYPE") => {}
         Err(e) => return Err(e),
     }
-    let older = scan(
+    let older = super::scan(
         c,
         &format!("turn/realm/{}/secret/*", super::glob_escape(realm)),
+        MAX_KEYS,
     )
     .await?;
-    for s in mget(c, &older).await?.into_iter().flatten() {
+    for s in super::mget(c, &older).await?.into_iter().flatten() {
         db.add_secret(s.as_bytes());
     }
     let opts = [
@@ -182,7 +146,7 @@ pub async fn read(
         format!("{base}total-quota"),
         format!("{base}max-bps"),
     ];
-    let v = mget(c, &opts).await?;
+    let v = super::mget(c, &opts).await?;
     let num = |i: usize| v[i].as_deref().and_then(|s| s.trim().parse::<u64>().ok());
     db.user_quota = num(0).map(|n| u32::try_from(n).unwrap_or(u32::MAX));
     db.total_quota = num(1).map(|n| u32::try_from(n).unwrap_or(u32::MAX));
