@@ -246,29 +246,6 @@ fn allocation_default_address_family_picks_the_unasked_relay_family() {
     assert!(r.len() == 1 && r[0].is_ipv4(), "{r:?}");
 }
 
-/// One HTTP/1.1 GET with a bearer token; (status, body).
-fn admin_get(port: u16, path: &str, token: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("read response");
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        raw.split_once("\r\n\r\n").map_or("", |x| x.1).to_owned(),
-    )
-}
-
 /// A request from `s` to `server`; the answer.
 fn stun_request(
     s: &UdpSocket,
@@ -358,7 +335,7 @@ fn admin_api_lists_both_relays_of_a_dual_allocation_and_counts_both_families() {
     // The snapshots are published once a second.
     let t0 = Instant::now();
     let alloc = loop {
-        let (status, body) = admin_get(admin, "/api/allocations", TOKEN);
+        let (status, body) = http(admin, "GET", "/api/allocations", &bearer(Some(TOKEN)));
         assert_eq!(status, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
         let found = v["allocations"]

@@ -6,9 +6,8 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -159,23 +158,12 @@ fn coturn_counters_are_live_and_exact() {
     let pp = free_port();
     let srv = server(pp, 2, &LT);
     let (_peer, peer_port) = start_peer();
-    let mut child = Command::new("turnutils_uclient")
-        .args(["-p", &srv.port.to_string(), "-e", "127.0.0.1"])
-        .args(["-r", &peer_port.to_string(), "-u", "mu", "-w", "mupw"])
-        .args(["-m", "1", "-n", "200", "-l", "120", "127.0.0.1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start turnutils_uclient");
-    let stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            out.push_str(&line);
-            out.push('\n');
-        }
-        out
-    });
+    let (mut child, reader) = spawn_reading_stdout(
+        Command::new("turnutils_uclient")
+            .args(["-p", &srv.port.to_string(), "-e", "127.0.0.1"])
+            .args(["-r", &peer_port.to_string(), "-u", "mu", "-w", "mupw"])
+            .args(["-m", "1", "-n", "200", "-l", "120", "127.0.0.1"]),
+    );
 
     // While the session runs: the counters move, and the top-K series show the allocations.
     let t0 = Instant::now();

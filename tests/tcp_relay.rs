@@ -9,8 +9,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -184,23 +183,12 @@ fn tcp_relay_bytes_are_counted_live_per_allocation_and_in_the_totals() {
         "--admin-token",
         TOKEN,
     ]);
-    let mut child = Command::new("turnutils_uclient")
-        .args(["-p", &srv.port.to_string()])
-        .args(LT)
-        .args(["-T", "-m", "2", "-n", "300", "-l", "1000", "127.0.0.1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start turnutils_uclient");
-    let stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            out.push_str(&line);
-            out.push('\n');
-        }
-        out
-    });
+    let (mut child, reader) = spawn_reading_stdout(
+        Command::new("turnutils_uclient")
+            .args(["-p", &srv.port.to_string()])
+            .args(LT)
+            .args(["-T", "-m", "2", "-n", "300", "-l", "1000", "127.0.0.1"]),
+    );
     // While it runs: a TCP allocation shows bytes both ways, client and peer side.
     let t0 = Instant::now();
     let mut live = false;

@@ -3,14 +3,11 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use tokio::net::UdpSocket;
-use turn::client::{Client, ClientConfig};
 use vigi_turn::engine::auth::mint_rest_credentials;
-use webrtc_util::Conn;
 
 /// Allocate with `user`/`password`, then echo `rounds` messages between a peer socket and the
 /// relay; `pause` between rounds lets the client's refresh timers run.
@@ -22,26 +19,11 @@ async fn relay_round_trips(
     rounds: usize,
     pause: Duration,
 ) {
-    let conn = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let server = format!("127.0.0.1:{port}");
-    let client = Client::new(ClientConfig {
-        stun_serv_addr: server.clone(),
-        turn_serv_addr: server,
-        username: user.to_owned(),
-        password: password.to_owned(),
-        realm: realm.to_owned(),
-        software: String::new(),
-        rto_in_ms: 0,
-        conn: Arc::new(conn),
-        vnet: None,
-    })
-    .await
-    .expect("client");
-    client.listen().await.expect("listen");
-    let relay = tokio::time::timeout(Duration::from_secs(10), client.allocate())
-        .await
-        .expect("allocate in time")
-        .expect("allocate");
+    let common::turn_client::Live { client, relay } =
+        common::turn_client::allocate(&server, user, password, realm)
+            .await
+            .expect("allocate");
     let relay_addr = relay.local_addr().unwrap();
     assert_eq!(relay_addr.ip().to_string(), "127.0.0.1");
     assert!(

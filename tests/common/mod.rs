@@ -289,3 +289,24 @@ pub fn scrape(port: u16) -> std::collections::HashMap<String, f64> {
         })
         .collect()
 }
+
+/// Start `cmd` with its stdout piped and its stderr dropped, and read that stdout on a thread:
+/// the child, and the thread that returns all it printed once it ends.
+pub fn spawn_reading_stdout(cmd: &mut Command) -> (Child, std::thread::JoinHandle<String>) {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {:?}: {e}", cmd.get_program()));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out
+    });
+    (child, reader)
+}
