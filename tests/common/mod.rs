@@ -13,27 +13,101 @@ pub mod turn_client;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_vigi-turn");
 
-/// A port free for both UDP and TCP on 127.0.0.1 right now.
-pub fn free_port() -> u16 {
-    loop {
-        let u = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-        let port = u.local_addr().unwrap().port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+/// The kernel's ephemeral port range (`ip_local_port_range`): ports it hands to `bind(:0)`.
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|w| w.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// Ports handed out by this process: every test in a binary gets its own, never one the
+/// kernel can give a client socket (`bind(:0)`) or a server's default relay range
+/// (49152-65535) can take. Two regions below the ephemeral range, one for listening ports and
+/// one for relay ranges, so a relay range never covers a listener of a test running alongside.
+/// The cursor starts at an offset of the process id, so two test processes on one machine
+/// (two worktrees, say) rarely probe the same ports; a port still busy is skipped.
+struct PortRegion {
+    lo: u16,
+    len: u16,
+    next: std::sync::atomic::AtomicU32,
+}
+
+fn regions() -> &'static (PortRegion, PortRegion) {
+    static R: std::sync::OnceLock<(PortRegion, PortRegion)> = std::sync::OnceLock::new();
+    R.get_or_init(|| {
+        let (eph_lo, _) = ephemeral_range();
+        assert!(
+            eph_lo >= 20_000 + 1024,
+            "ip_local_port_range starts at {eph_lo}: the tests need 20,000 ports below it"
+        );
+        let seed = std::process::id();
+        let region = |lo: u16, len: u16| PortRegion {
+            lo,
+            len,
+            next: std::sync::atomic::AtomicU32::new(seed.wrapping_mul(7919) % u32::from(len)),
+        };
+        // Listening ports just below the ephemeral range, relay ranges below those.
+        (
+            region(eph_lo - 8_000, 8_000),
+            region(eph_lo - 20_000, 12_000),
+        )
+    })
+}
+
+impl PortRegion {
+    /// The first of `count` consecutive ports from the cursor on that `free` accepts.
+    fn take(&self, count: u16, free: impl Fn(u16) -> bool) -> (u16, u16) {
+        use std::sync::atomic::Ordering;
+        for _ in 0..(self.len / count.max(1)) {
+            let at = self.next.fetch_add(u32::from(count), Ordering::Relaxed) % u32::from(self.len);
+            if at + u32::from(count) > u32::from(self.len) {
+                continue;
+            }
+            let start = self.lo + at as u16;
+            let end = start + (count - 1);
+            if (start..=end).all(&free) {
+                return (start, end);
+            }
         }
+        panic!(
+            "no {count} free consecutive ports in {}..{}",
+            self.lo,
+            self.lo + self.len
+        );
     }
 }
 
-/// `count` consecutive free UDP ports (a relay range), starting at a random high port.
+/// Whether `port` is free for UDP and TCP on 127.0.0.1 and on ::1 (where IPv6 is up).
+fn port_is_free(port: u16) -> bool {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let in_use =
+        |r: std::io::Result<()>| matches!(r, Err(e) if e.kind() == std::io::ErrorKind::AddrInUse);
+    [
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ]
+    .into_iter()
+    .all(|ip| {
+        !in_use(UdpSocket::bind((ip, port)).map(drop))
+            && !in_use(TcpListener::bind((ip, port)).map(drop))
+    })
+}
+
+/// A port free for both UDP and TCP on loopback, outside the kernel's ephemeral range, and
+/// never handed out twice by this process: no client socket of another test can take it
+/// between this call and the server's bind.
+pub fn free_port() -> u16 {
+    regions().0.take(1, port_is_free).0
+}
+
+/// `count` consecutive free ports (a relay range) outside the ephemeral range and apart from
+/// every listening port `free_port` gives.
 pub fn free_range(count: u16) -> (u16, u16) {
-    for _ in 0..200 {
-        let start = 40000 + (rand::random::<u16>() % 20000);
-        let end = start + count - 1;
-        if (start..=end).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
-            return (start, end);
-        }
-    }
-    panic!("no free port range of {count}");
+    regions().1.take(count, port_is_free)
 }
 
 /// Panics with a clear message when an outside tool is missing: tests never skip silently.
