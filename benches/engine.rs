@@ -81,6 +81,11 @@ fn setup(peer_chan: SocketAddr, peer_send: SocketAddr) -> Setup {
         realm: REALM.into(),
         credentials,
         relay_ips: vec![sa("192.0.2.10:0").ip()],
+        // The documentation addresses below stand for public peers.
+        peer_policy: vigi_turn::engine::policy::PeerPolicy {
+            allowed: vigi_turn::engine::policy::DOCUMENTATION.to_vec(),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let shared = Arc::new(Shared::new(50000, 50099, [7; 32]));

@@ -216,6 +216,11 @@ pub fn engine(data: &[u8]) {
         relay_ips: vec![RELAY_IP],
         max_lifetime: 600,
         total_quota: 8,
+        // Peers from the documentation ranges stand for public ones.
+        peer_policy: vigi_turn::engine::policy::PeerPolicy {
+            allowed: vigi_turn::engine::policy::DOCUMENTATION.to_vec(),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let shared = Arc::new(Shared::new(MIN_PORT, MAX_PORT, [7; 32]));

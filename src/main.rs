@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use vigi_turn::config::{AuthMode, Config, DefaultFamily, UserSecret};
 use vigi_turn::engine::auth::{self, Credentials};
-use vigi_turn::engine::policy::{IpRange, PeerPolicy};
+use vigi_turn::engine::policy::PeerPolicy;
 use vigi_turn::engine::server::{DefaultFamily as EngineFamily, Rfc5780};
 use vigi_turn::engine::{ServerConfig, Shared};
 use vigi_turn::io::{self, RunConfig};
@@ -69,6 +69,7 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         anyhow::bail!("no relay address: give --relay-ip or --listening-ip");
     }
     let engine = Arc::new(engine_config(&config, relay_ips.clone()));
+    tracing::info!("{}", engine.peer_policy.describe());
     let nonce_key: [u8; 32] = rand::random();
     let shared = Arc::new(Shared::new(config.min_port, config.max_port, nonce_key));
     if let Some(conn) = &config.redis_userdb {
@@ -417,6 +418,29 @@ fn interface_addrs() -> Vec<IpAddr> {
     out
 }
 
+/// This node's own addresses, refused as peers unless opened (issue 15: no relay-to-self loops,
+/// no TURN inside TURN): every listening IP (a wildcard listener stands for every interface
+/// address), every relay IP, and both sides of every `--external-ip`.
+fn own_addresses(config: &Config, relay_ips: &[IpAddr]) -> Vec<IpAddr> {
+    let mut own: Vec<IpAddr> = relay_ips.to_vec();
+    if config.listening_ips.is_empty() || config.listening_ips.iter().any(IpAddr::is_unspecified) {
+        own.extend(interface_addrs());
+    }
+    own.extend(
+        config
+            .listening_ips
+            .iter()
+            .filter(|ip| !ip.is_unspecified()),
+    );
+    for e in &config.external_ips {
+        own.push(e.public);
+        own.extend(e.private);
+    }
+    own.sort();
+    own.dedup();
+    own
+}
+
 /// The engine's view of the configuration (at start and on every SIGHUP).
 pub(crate) fn engine_config(config: &Config, relay_ips: Vec<IpAddr>) -> ServerConfig {
     let realm = config
@@ -424,6 +448,7 @@ pub(crate) fn engine_config(config: &Config, relay_ips: Vec<IpAddr>) -> ServerCo
         .clone()
         .or_else(|| config.server_name.clone())
         .unwrap_or_else(|| "vigi-turn".to_owned());
+    let own = own_addresses(config, &relay_ips);
     let mut credentials = Credentials::new(&realm, config.rest_api_separator);
     for u in &config.users {
         let secret = match &u.secret {
@@ -438,10 +463,6 @@ pub(crate) fn engine_config(config: &Config, relay_ips: Vec<IpAddr>) -> ServerCo
             credentials.add_rest_secret(s.as_bytes());
         }
     }
-    let range = |r: &vigi_turn::config::IpRange| IpRange {
-        start: r.start,
-        end: r.end,
-    };
     let software = if config.no_software_attribute {
         None
     } else {
@@ -479,8 +500,9 @@ pub(crate) fn engine_config(config: &Config, relay_ips: Vec<IpAddr>) -> ServerCo
         peer_policy: PeerPolicy {
             allow_loopback: config.allow_loopback_peers,
             no_multicast: config.no_multicast_peers,
-            denied: config.denied_peer_ips.iter().map(range).collect(),
-            allowed: config.allowed_peer_ips.iter().map(range).collect(),
+            denied: config.denied_peer_ips.clone(),
+            allowed: config.allowed_peer_ips.clone(),
+            own,
         },
         user_quota: config.user_quota,
         total_quota: config.total_quota,

@@ -971,6 +971,8 @@ fn start_in_ns(net: &Net, i: usize, args: &[&str]) -> Proc {
         .args(["netns", "exec", &net.ns(i), BIN])
         .args(["-n", "-L", &ip, "--relay-ip", &ip, "-p", "3478"])
         .args(["--min-port", "50000", "--max-port", "50100"])
+        // The peers live on the test's private bridge, a range refused by default.
+        .args(["--allowed-peer-ip", &format!("{}.0/24", net.prefix)])
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -72,7 +72,10 @@ fn relaying_allocates_nothing_after_warm_up() {
     let config = ServerConfig {
         no_auth: true,
         relay_ips: vec!["192.0.2.10".parse().unwrap()],
-        peer_policy: PeerPolicy::default(),
+        peer_policy: PeerPolicy {
+            allowed: vigi_turn::engine::policy::DOCUMENTATION.to_vec(),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let shared = Arc::new(Shared::new(50000, 50100, [1; 32]));

@@ -119,88 +119,9 @@ pub fn parse_hex_key(hex: &str) -> Option<[u8; 16]> {
     Some(key)
 }
 
-/// An inclusive range of peer addresses of one family, from `A`, `A-B` (coturn) or `A/LEN` (CIDR).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpRange {
-    pub start: IpAddr,
-    pub end: IpAddr,
-}
-
-impl IpRange {
-    /// Whether `addr` lies in the range. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is
-    /// compared as the IPv4 address it carries, so a mapped form cannot slip past an IPv4 rule.
-    pub fn contains(&self, addr: &IpAddr) -> bool {
-        match (self.start, self.end, addr.to_canonical()) {
-            (IpAddr::V4(s), IpAddr::V4(e), IpAddr::V4(a)) => s <= a && a <= e,
-            (IpAddr::V6(s), IpAddr::V6(e), IpAddr::V6(a)) => s <= a && a <= e,
-            _ => false,
-        }
-    }
-}
-
-impl FromStr for IpRange {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let ip = |t: &str| {
-            t.trim()
-                .parse::<IpAddr>()
-                .map_err(|_| format!("'{}' is not an IP address", t.trim()))
-        };
-        if let Some((addr, len)) = s.split_once('/') {
-            let addr = ip(addr)?;
-            let len: u8 = len
-                .trim()
-                .parse()
-                .map_err(|_| format!("'{}' is not a prefix length", len.trim()))?;
-            return cidr(addr, len);
-        }
-        let (start, end) = match s.split_once('-') {
-            Some((a, b)) => (ip(a)?, ip(b)?),
-            None => {
-                let a = ip(s)?;
-                (a, a)
-            }
-        };
-        match (start, end) {
-            (IpAddr::V4(a), IpAddr::V4(b)) if a <= b => Ok(IpRange { start, end }),
-            (IpAddr::V6(a), IpAddr::V6(b)) if a <= b => Ok(IpRange { start, end }),
-            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
-                Err(format!("range start {start} is after its end {end}"))
-            }
-            _ => Err(format!(
-                "range {start}-{end} mixes IPv4 and IPv6 (both ends must be one family)"
-            )),
-        }
-    }
-}
-
-fn cidr(addr: IpAddr, len: u8) -> Result<IpRange, String> {
-    match addr {
-        IpAddr::V4(a) => {
-            if len > 32 {
-                return Err(format!("prefix length {len} is longer than 32"));
-            }
-            let host_bits = u32::MAX.checked_shr(u32::from(len)).unwrap_or(0);
-            let a = u32::from(a);
-            Ok(IpRange {
-                start: IpAddr::V4((a & !host_bits).into()),
-                end: IpAddr::V4((a | host_bits).into()),
-            })
-        }
-        IpAddr::V6(a) => {
-            if len > 128 {
-                return Err(format!("prefix length {len} is longer than 128"));
-            }
-            let host_bits = u128::MAX.checked_shr(u32::from(len)).unwrap_or(0);
-            let a = u128::from(a);
-            Ok(IpRange {
-                start: IpAddr::V6((a & !host_bits).into()),
-                end: IpAddr::V6((a | host_bits).into()),
-            })
-        }
-    }
-}
+/// An inclusive range of peer addresses of one family, from `A`, `A-B` (coturn) or `A/LEN`
+/// (CIDR): the engine's own type, so a flag's value is what the policy judges by.
+pub use crate::engine::policy::IpRange;
 
 /// A NAT mapping from `-X`/`--external-ip PUBLIC[/PRIVATE]`: the address reported to clients as
 /// the relay address, and optionally the local relay address it stands for.

@@ -1,14 +1,21 @@
 //! Peer policy, bandwidth buckets and quotas.
 //!
-//! Which peers a client may reach (RFC 8656 §9.1, §21.3; coturn's `denied-peer-ip` /
-//! `allowed-peer-ip`; CVE-2020-26262: IPv4-mapped and -compatible IPv6 forms of loopback and
-//! unspecified addresses must be caught too). Checked when a permission or channel is made and
-//! for Send indications, never per relayed packet.
+//! Which peers a client may reach (RFC 8656 §9.1, §21.3; RFC 6156 §9.1; coturn's
+//! `denied-peer-ip` / `allowed-peer-ip`). A relay is a door into the network it stands in, so the
+//! default is closed for every IANA special-purpose range that no public media peer lives in
+//! ([`RESERVED`]), for the node's own addresses (no relay-to-self loops, no TURN inside TURN), and,
+//! with no way to open them, for the ranges in [`NEVER`]: unspecified, broadcast, multicast, and
+//! the 6to4 and Teredo tunnels (RFC 6156 §9.1: MUST refuse). An IPv6 address that carries an IPv4
+//! address (mapped, SIIT, compatible, NAT64; CVE-2020-26262) is judged as both, against the
+//! built-in tables and the operator's lists alike. Checked when a permission or channel is made,
+//! for Send indications and RFC 6062 Connect, never per relayed packet.
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
 use std::time::Instant;
 
-/// An inclusive range of addresses of one family.
+/// An inclusive range of addresses of one family, from `A`, `A-B` (coturn) or `A/LEN` (CIDR).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IpRange {
     pub start: IpAddr,
@@ -16,11 +23,239 @@ pub struct IpRange {
 }
 
 impl IpRange {
+    /// `a.b.c.d/len` as a range.
+    pub const fn v4(a: u8, b: u8, c: u8, d: u8, len: u32) -> IpRange {
+        let net = u32::from_be_bytes([a, b, c, d]);
+        let host = if len >= 32 { 0 } else { u32::MAX >> len };
+        IpRange {
+            start: IpAddr::V4(Ipv4Addr::from_bits(net & !host)),
+            end: IpAddr::V4(Ipv4Addr::from_bits(net | host)),
+        }
+    }
+
+    /// An IPv6 network (its top 64 bits as four segments) of prefix `len` as a range.
+    pub const fn v6(top: [u16; 4], len: u32) -> IpRange {
+        let net = ((top[0] as u128) << 112)
+            | ((top[1] as u128) << 96)
+            | ((top[2] as u128) << 80)
+            | ((top[3] as u128) << 64);
+        let host = if len >= 128 { 0 } else { u128::MAX >> len };
+        IpRange {
+            start: IpAddr::V6(Ipv6Addr::from_bits(net & !host)),
+            end: IpAddr::V6(Ipv6Addr::from_bits(net | host)),
+        }
+    }
+
+    /// One address as a range.
+    pub const fn single(ip: IpAddr) -> IpRange {
+        IpRange { start: ip, end: ip }
+    }
+
+    /// Whether `ip` lies in the range. An IPv4-mapped address (`::ffff:a.b.c.d`) is compared as
+    /// the IPv4 address it carries; [`PeerPolicy`] judges the other embedding forms.
     pub fn contains(&self, ip: &IpAddr) -> bool {
-        match (self.start, self.end, ip) {
+        match (self.start, self.end, &ip.to_canonical()) {
             (IpAddr::V4(a), IpAddr::V4(b), IpAddr::V4(x)) => a <= *x && *x <= b,
             (IpAddr::V6(a), IpAddr::V6(b), IpAddr::V6(x)) => a <= *x && *x <= b,
             _ => false,
+        }
+    }
+
+    /// `A/LEN` when the range is one, else `A-B` (or `A` alone).
+    fn prefix_len(&self) -> Option<u32> {
+        let (s, e) = match (self.start, self.end) {
+            (IpAddr::V4(s), IpAddr::V4(e)) => (u128::from(s.to_bits()), u128::from(e.to_bits())),
+            (IpAddr::V6(s), IpAddr::V6(e)) => (s.to_bits(), e.to_bits()),
+            _ => return None,
+        };
+        let bits = if self.start.is_ipv4() { 32 } else { 128 };
+        let host = s ^ e;
+        if s & host != 0 || host.wrapping_add(1) & host != 0 {
+            return None;
+        }
+        Some(bits - (128 - host.leading_zeros()))
+    }
+}
+
+impl fmt::Display for IpRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.prefix_len() {
+            _ if self.start == self.end => write!(f, "{}", self.start),
+            Some(len) => write!(f, "{}/{len}", self.start),
+            None => write!(f, "{}-{}", self.start, self.end),
+        }
+    }
+}
+
+impl FromStr for IpRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ip = |t: &str| {
+            t.trim()
+                .parse::<IpAddr>()
+                .map_err(|_| format!("'{}' is not an IP address", t.trim()))
+        };
+        if let Some((addr, len)) = s.split_once('/') {
+            let addr = ip(addr)?;
+            let len: u32 = len
+                .trim()
+                .parse()
+                .map_err(|_| format!("'{}' is not a prefix length", len.trim()))?;
+            return match addr {
+                IpAddr::V4(a) if len <= 32 => {
+                    let [a, b, c, d] = a.octets();
+                    Ok(IpRange::v4(a, b, c, d, len))
+                }
+                IpAddr::V6(a) if len <= 128 => {
+                    let host = u128::MAX.checked_shr(len).unwrap_or(0);
+                    let a = a.to_bits();
+                    Ok(IpRange {
+                        start: IpAddr::V6(Ipv6Addr::from_bits(a & !host)),
+                        end: IpAddr::V6(Ipv6Addr::from_bits(a | host)),
+                    })
+                }
+                _ => Err(format!(
+                    "prefix length {len} is longer than {}",
+                    if addr.is_ipv4() { 32 } else { 128 }
+                )),
+            };
+        }
+        let (start, end) = match s.split_once('-') {
+            Some((a, b)) => (ip(a)?, ip(b)?),
+            None => {
+                let a = ip(s)?;
+                (a, a)
+            }
+        };
+        match (start, end) {
+            (IpAddr::V4(a), IpAddr::V4(b)) if a <= b => Ok(IpRange { start, end }),
+            (IpAddr::V6(a), IpAddr::V6(b)) if a <= b => Ok(IpRange { start, end }),
+            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
+                Err(format!("range start {start} is after its end {end}"))
+            }
+            _ => Err(format!(
+                "range {start}-{end} mixes IPv4 and IPv6 (both ends must be one family)"
+            )),
+        }
+    }
+}
+
+/// Never relayed, whatever the lists say: a packet to these reaches the relay host itself,
+/// every host of a link, or a tunnel whose far end the relay cannot judge (RFC 6156 §9.1).
+pub const NEVER: &[(IpRange, &str)] = &[
+    (IpRange::v4(0, 0, 0, 0, 8), "\"this network\" (RFC 791)"),
+    (IpRange::v4(224, 0, 0, 0, 4), "multicast"),
+    (IpRange::v4(255, 255, 255, 255, 32), "limited broadcast"),
+    (IpRange::v6([0, 0, 0, 0], 128), "unspecified"),
+    (IpRange::v6([0xff00, 0, 0, 0], 8), "multicast"),
+    (IpRange::v6([0x2002, 0, 0, 0], 16), "6to4 (RFC 6156 §9.1)"),
+    (IpRange::v6([0x2001, 0, 0, 0], 32), "Teredo (RFC 6156 §9.1)"),
+];
+
+/// Refused by default, opened by `--allowed-peer-ip` (loopback also by `--allow-loopback-peers`):
+/// the IANA special-purpose ranges no public media peer lives in.
+pub const RESERVED: &[(IpRange, &str)] = &[
+    (IpRange::v4(10, 0, 0, 0, 8), "private-use (RFC 1918)"),
+    (
+        IpRange::v4(100, 64, 0, 0, 10),
+        "shared address space (RFC 6598)",
+    ),
+    (IpRange::v4(127, 0, 0, 0, 8), "loopback"),
+    (IpRange::v4(169, 254, 0, 0, 16), "link-local"),
+    (IpRange::v4(172, 16, 0, 0, 12), "private-use (RFC 1918)"),
+    (IpRange::v4(192, 0, 0, 0, 24), "IETF protocol assignments"),
+    (IpRange::v4(192, 0, 2, 0, 24), "documentation (TEST-NET-1)"),
+    (IpRange::v4(192, 88, 99, 0, 24), "6to4 relay anycast"),
+    (IpRange::v4(192, 168, 0, 0, 16), "private-use (RFC 1918)"),
+    (IpRange::v4(198, 18, 0, 0, 15), "benchmarking (RFC 2544)"),
+    (
+        IpRange::v4(198, 51, 100, 0, 24),
+        "documentation (TEST-NET-2)",
+    ),
+    (
+        IpRange::v4(203, 0, 113, 0, 24),
+        "documentation (TEST-NET-3)",
+    ),
+    (IpRange::v4(240, 0, 0, 0, 4), "reserved (class E)"),
+    (IpRange::v6([0, 0, 0, 0], 128).with_last(1), "loopback"),
+    (
+        IpRange::v6([0x64, 0xff9b, 1, 0], 48),
+        "local-use NAT64 (RFC 8215)",
+    ),
+    (IpRange::v6([0x100, 0, 0, 0], 64), "discard-only (RFC 6666)"),
+    (IpRange::v6([0x2001, 0xdb8, 0, 0], 32), "documentation"),
+    (IpRange::v6([0xfc00, 0, 0, 0], 7), "unique local (RFC 4193)"),
+    (IpRange::v6([0xfe80, 0, 0, 0], 10), "link-local"),
+    (
+        IpRange::v6([0xfec0, 0, 0, 0], 10),
+        "site-local (deprecated)",
+    ),
+];
+
+impl IpRange {
+    /// The single address whose last 16 bits are `last` in this range's network (for `::1`).
+    const fn with_last(self, last: u16) -> IpRange {
+        let IpAddr::V6(s) = self.start else {
+            return self;
+        };
+        let ip = IpAddr::V6(Ipv6Addr::from_bits(s.to_bits() | last as u128));
+        IpRange { start: ip, end: ip }
+    }
+}
+
+/// The documentation ranges (RFC 5737, RFC 3849). Refused by default like every [`RESERVED`]
+/// range; engine tests, benches and fuzz targets open them to stand for public peers.
+pub const DOCUMENTATION: [IpRange; 4] = [
+    IpRange::v4(192, 0, 2, 0, 24),
+    IpRange::v4(198, 51, 100, 0, 24),
+    IpRange::v4(203, 0, 113, 0, 24),
+    IpRange::v6([0x2001, 0xdb8, 0, 0], 32),
+];
+
+/// The IPv4 address an IPv6 address carries, if it is IPv4-mapped (`::ffff:a.b.c.d`), SIIT
+/// (`::ffff:0:a.b.c.d`, RFC 2765), IPv4-compatible (`::a.b.c.d`, deprecated but still routed by
+/// some stacks) or well-known-prefix NAT64 (`64:ff9b::a.b.c.d`, RFC 6052).
+pub fn embedded_v4(ip: &Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let low = Ipv4Addr::from_bits(ip.to_bits() as u32);
+    let carries = match s[..6] {
+        [0, 0, 0, 0, 0, 0xffff] => true,
+        [0, 0, 0, 0, 0xffff, 0] => true,
+        [0x64, 0xff9b, 0, 0, 0, 0] => true,
+        // `::` and `::1` are IPv6's own unspecified and loopback addresses.
+        [0, 0, 0, 0, 0, 0] => ip.to_bits() > 1,
+        _ => false,
+    };
+    carries.then_some(low)
+}
+
+/// Why a peer address is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A range in [`NEVER`] (the range and its name).
+    Never(IpRange, &'static str),
+    /// A range in [`RESERVED`], not opened by the operator.
+    Reserved(IpRange, &'static str),
+    /// One of this node's own addresses (listening, relay or external).
+    Own,
+    /// The operator's `--denied-peer-ip`.
+    Denied,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Never(r, name) => write!(f, "{name} range {r}, never relayed"),
+            Refusal::Reserved(r, name) => write!(
+                f,
+                "{name} range {r}, refused by default (open it with --allowed-peer-ip)"
+            ),
+            Refusal::Own => write!(
+                f,
+                "an address of this server, refused by default (open it with --allowed-peer-ip)"
+            ),
+            Refusal::Denied => write!(f, "listed by --denied-peer-ip"),
         }
     }
 }
@@ -28,64 +263,97 @@ impl IpRange {
 /// The rules for peer addresses.
 #[derive(Debug, Clone, Default)]
 pub struct PeerPolicy {
+    /// `--allow-loopback-peers`: loopback peers are relayed, even when the relay itself is on
+    /// loopback (tests).
     pub allow_loopback: bool,
     /// coturn's `--no-multicast-peers`. Multicast is refused either way here (safe by default);
     /// the flag is kept for compatibility.
     pub no_multicast: bool,
     pub denied: Vec<IpRange>,
     pub allowed: Vec<IpRange>,
-}
-
-/// The IPv4 address an IPv6 address stands for, if it is IPv4-mapped (::ffff:a.b.c.d) or
-/// IPv4-compatible (::a.b.c.d, deprecated but still routed by some stacks).
-pub fn embedded_v4(ip: &Ipv6Addr) -> Option<Ipv4Addr> {
-    let s = ip.segments();
-    if s[..5] == [0; 5] && (s[5] == 0xFFFF || (s[5] == 0 && (s[6] != 0 || s[7] > 1))) {
-        let o = ip.octets();
-        return Some(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
-    }
-    None
+    /// This node's own addresses: listening, relay and external (public and private).
+    pub own: Vec<IpAddr>,
 }
 
 impl PeerPolicy {
     /// Whether relaying to `ip` is allowed.
-    ///
-    /// Order: the built-in refusals (unspecified, multicast, broadcast, link-local, and loopback
-    /// unless `allow_loopback`) cannot be lifted by a list; then `allowed` wins over `denied`,
-    /// as in coturn.
     pub fn permits(&self, ip: IpAddr) -> bool {
-        let canonical = match ip {
-            IpAddr::V6(v6) => embedded_v4(&v6).map_or(ip, IpAddr::V4),
-            v4 => v4,
+        self.judge(ip).is_ok()
+    }
+
+    /// Whether relaying to `ip` is allowed, and if not, why.
+    ///
+    /// Order: [`NEVER`] cannot be lifted; then the operator's `--allowed-peer-ip` opens anything
+    /// else (and wins over `--denied-peer-ip`, as in coturn); then [`RESERVED`] and the node's own
+    /// addresses are refused (loopback ones not with `allow_loopback`); then `--denied-peer-ip`.
+    /// Each rule is tried on the address and on the IPv4 address it carries, if any.
+    pub fn judge(&self, ip: IpAddr) -> Result<(), Refusal> {
+        let inner = match ip {
+            IpAddr::V6(v6) => embedded_v4(&v6).map(IpAddr::V4),
+            IpAddr::V4(_) => None,
         };
-        let builtin_ok = match canonical {
-            IpAddr::V4(v4) => {
-                !(v4.octets()[0] == 0
-                    || v4.is_multicast()
-                    || v4.is_broadcast()
-                    || v4.is_link_local()
-                    || v4.octets()[0] >= 240
-                    || (v4.is_loopback() && !self.allow_loopback))
-            }
-            IpAddr::V6(v6) => {
-                let seg0 = v6.segments()[0];
-                !(v6.is_unspecified()
-                    || v6.is_multicast()
-                    || (seg0 & 0xFFC0) == 0xFE80
-                    || (v6.is_loopback() && !self.allow_loopback))
-            }
+        let forms = [Some(ip), inner];
+        let forms = forms.iter().flatten();
+        let find = |table: &[(IpRange, &'static str)]| {
+            forms
+                .clone()
+                .find_map(|f| table.iter().find(|(r, _)| r.contains(f)).copied())
         };
-        if !builtin_ok {
-            return false;
+        if let Some((r, name)) = find(NEVER) {
+            return Err(Refusal::Never(r, name));
         }
-        let listed = |list: &[IpRange]| {
-            list.iter()
-                .any(|r| r.contains(&ip) || r.contains(&canonical))
-        };
+        let listed = |list: &[IpRange]| forms.clone().any(|f| list.iter().any(|r| r.contains(f)));
         if listed(&self.allowed) {
-            return true;
+            return Ok(());
         }
-        !listed(&self.denied)
+        let loopback_ok = |f: &IpAddr| self.allow_loopback && f.to_canonical().is_loopback();
+        for f in forms.clone() {
+            if loopback_ok(f) {
+                continue;
+            }
+            if let Some((r, name)) = RESERVED.iter().find(|(r, _)| r.contains(f)) {
+                return Err(Refusal::Reserved(*r, name));
+            }
+            if self.own.contains(f) {
+                return Err(Refusal::Own);
+            }
+        }
+        if listed(&self.denied) {
+            return Err(Refusal::Denied);
+        }
+        Ok(())
+    }
+
+    /// One line for the startup log: what is closed by default and how to open it.
+    pub fn describe(&self) -> String {
+        let closed: Vec<String> = RESERVED
+            .iter()
+            .filter(|(r, _)| {
+                let loopback_open = self.allow_loopback && r.start.is_loopback();
+                let listed = self
+                    .allowed
+                    .iter()
+                    .any(|a| a.contains(&r.start) && a.contains(&r.end));
+                !(loopback_open || listed)
+            })
+            .map(|(r, _)| r.to_string())
+            .collect();
+        let never: Vec<String> = NEVER.iter().map(|(r, _)| r.to_string()).collect();
+        format!(
+            "peer policy: refusing special-purpose ranges {} and this server's own {} address(es) \
+             (open any with --allowed-peer-ip{}); never relayed: {}; {} --allowed-peer-ip, {} \
+             --denied-peer-ip range(s)",
+            closed.join(" "),
+            self.own.len(),
+            if self.allow_loopback {
+                "; loopback open by --allow-loopback-peers"
+            } else {
+                ", loopback with --allow-loopback-peers"
+            },
+            never.join(" "),
+            self.allowed.len(),
+            self.denied.len(),
+        )
     }
 }
 
@@ -140,6 +408,10 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn range(s: &str) -> IpRange {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn cve_2020_26262_forms_are_refused() {
         let p = PeerPolicy::default();
@@ -162,9 +434,178 @@ mod tests {
         ] {
             assert!(!p.permits(ip(bad)), "{bad} must be refused");
         }
-        for good in ["192.0.2.1", "2001:db8::1", "::ffff:192.0.2.1", "8.8.8.8"] {
+        for good in [
+            "8.8.8.8",
+            "2a00:1450::1",
+            "::ffff:8.8.4.4",
+            "64:ff9b::808:808",
+        ] {
             assert!(p.permits(ip(good)), "{good} must be allowed");
         }
+    }
+
+    /// Every special-purpose range of issue 15, by its first, a middle and its last address,
+    /// refused by default and opened by `--allowed-peer-ip`; the addresses just outside it stay
+    /// public.
+    #[test]
+    fn special_purpose_ranges_are_closed_by_default_and_openable() {
+        let closed = [
+            "10.0.0.0/8",
+            "100.64.0.0/10",
+            "127.0.0.0/8",
+            "169.254.0.0/16",
+            "172.16.0.0/12",
+            "192.0.0.0/24",
+            "192.0.2.0/24",
+            "192.88.99.0/24",
+            "192.168.0.0/16",
+            "198.18.0.0/15",
+            "198.51.100.0/24",
+            "203.0.113.0/24",
+            "240.0.0.0/4",
+            "::1/128",
+            "64:ff9b:1::/48",
+            "100::/64",
+            "2001:db8::/32",
+            "fc00::/7",
+            "fe80::/10",
+            "fec0::/10",
+        ];
+        for c in closed {
+            let r = range(c);
+            for a in [r.start, r.end] {
+                if NEVER.iter().any(|(n, _)| n.contains(&a)) {
+                    continue; // 255.255.255.255 closes 240/4 and is never relayed
+                }
+                let p = PeerPolicy::default();
+                assert!(
+                    matches!(p.judge(a), Err(Refusal::Reserved(..))),
+                    "{a} ({c}) must be refused by default: {:?}",
+                    p.judge(a)
+                );
+                let open = PeerPolicy {
+                    allowed: vec![r],
+                    ..Default::default()
+                };
+                assert!(
+                    open.permits(a),
+                    "{a} must be opened by --allowed-peer-ip {c}"
+                );
+            }
+        }
+        for public in [
+            "9.255.255.255",
+            "11.0.0.0",
+            "172.15.255.255",
+            "172.32.0.0",
+            "100.128.0.0",
+        ] {
+            assert!(PeerPolicy::default().permits(ip(public)), "{public}");
+        }
+        for never in [
+            "0.0.0.0/8",
+            "224.0.0.0/4",
+            "::/128",
+            "ff00::/8",
+            "255.255.255.255/32",
+        ] {
+            let r = range(never);
+            let p = PeerPolicy {
+                allowed: vec![r],
+                allow_loopback: true,
+                ..Default::default()
+            };
+            assert!(!p.permits(r.start) && !p.permits(r.end), "{never}");
+        }
+    }
+
+    /// RFC 6156 §9.1: 6to4 and Teredo are refused outright; every IPv6 form that carries an
+    /// IPv4 address is judged as that address too, by the built-in tables and by the lists.
+    #[test]
+    fn tunnels_and_embedded_forms() {
+        let p = PeerPolicy::default();
+        for bad in [
+            "2002:7f00:1::",
+            "2002:808:808::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "2001::1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a00:1",
+            "::ffff:0:7f00:1",
+            "::ffff:0:a00:5",
+            "::ffff:10.0.0.5",
+            "::10.0.0.5",
+            "::ffff:192.168.1.1",
+        ] {
+            assert!(!p.permits(ip(bad)), "{bad} must be refused");
+        }
+        let open = PeerPolicy {
+            allowed: vec![range("2002::/16"), range("2001::/32")],
+            ..Default::default()
+        };
+        assert!(
+            !open.permits(ip("2002:808:808::1")),
+            "6to4 cannot be opened"
+        );
+        assert!(!open.permits(ip("2001::1")), "Teredo cannot be opened");
+        // The operator's deny list catches the embedded forms of what it lists...
+        let deny = PeerPolicy {
+            denied: vec![range("8.8.8.0/24")],
+            ..Default::default()
+        };
+        for form in [
+            "8.8.8.8",
+            "::ffff:8.8.8.8",
+            "::ffff:0:808:808",
+            "64:ff9b::808:808",
+            "::8.8.8.8",
+        ] {
+            assert_eq!(deny.judge(ip(form)), Err(Refusal::Denied), "{form}");
+        }
+        assert!(deny.permits(ip("8.8.4.4")));
+        // ...and its allow list opens them.
+        let allow = PeerPolicy {
+            allowed: vec![range("10.0.0.0/8")],
+            ..Default::default()
+        };
+        for form in [
+            "10.0.0.5",
+            "::ffff:10.0.0.5",
+            "64:ff9b::a00:5",
+            "::ffff:0:a00:5",
+        ] {
+            assert!(allow.permits(ip(form)), "{form}");
+        }
+        assert!(!allow.permits(ip("192.168.0.1")));
+    }
+
+    #[test]
+    fn own_addresses_are_refused_unless_opened() {
+        let own = vec![ip("8.8.8.8"), ip("2a00:1450::1"), ip("127.0.0.1")];
+        let p = PeerPolicy {
+            own: own.clone(),
+            ..Default::default()
+        };
+        assert_eq!(p.judge(ip("8.8.8.8")), Err(Refusal::Own));
+        assert_eq!(p.judge(ip("::ffff:8.8.8.8")), Err(Refusal::Own));
+        assert_eq!(p.judge(ip("64:ff9b::808:808")), Err(Refusal::Own));
+        assert_eq!(p.judge(ip("2a00:1450::1")), Err(Refusal::Own));
+        assert!(p.permits(ip("8.8.4.4")));
+        let opened = PeerPolicy {
+            own: own.clone(),
+            allowed: vec![range("8.8.8.8")],
+            ..Default::default()
+        };
+        assert!(opened.permits(ip("8.8.8.8")));
+        // Loopback tests: a relay on 127.0.0.1 relays to 127.0.0.1 with --allow-loopback-peers.
+        let lo = PeerPolicy {
+            own,
+            allow_loopback: true,
+            ..Default::default()
+        };
+        assert!(lo.permits(ip("127.0.0.1")));
+        assert!(lo.permits(ip("::ffff:127.0.0.1")));
+        assert_eq!(lo.judge(ip("8.8.8.8")), Err(Refusal::Own));
     }
 
     #[test]
@@ -175,19 +616,36 @@ mod tests {
         };
         assert!(p.permits(ip("127.0.0.1")));
         assert!(p.permits(ip("::ffff:127.0.0.1")));
+        assert!(p.permits(ip("::1")));
         assert!(!p.permits(ip("0.0.0.0")));
-        p.denied.push(IpRange {
-            start: ip("10.0.0.0"),
-            end: ip("10.255.255.255"),
-        });
-        assert!(!p.permits(ip("10.1.2.3")));
-        assert!(!p.permits(ip("::ffff:10.1.2.3")));
-        p.allowed.push(IpRange {
-            start: ip("10.1.0.0"),
-            end: ip("10.1.255.255"),
-        });
-        assert!(p.permits(ip("10.1.2.3")));
-        assert!(!p.permits(ip("10.2.0.1")));
+        assert!(!p.permits(ip("10.1.2.3")), "private ranges stay closed");
+        p.denied.push(range("8.0.0.0/8"));
+        assert!(!p.permits(ip("8.1.2.3")));
+        assert!(!p.permits(ip("::ffff:8.1.2.3")));
+        p.allowed.push(range("8.1.0.0/16"));
+        assert!(p.permits(ip("8.1.2.3")));
+        assert!(!p.permits(ip("8.2.0.1")));
+    }
+
+    #[test]
+    fn ranges_parse_and_print() {
+        assert_eq!(range("10.1.2.3/8").to_string(), "10.0.0.0/8");
+        assert_eq!(range("10.0.0.1-10.0.0.9").to_string(), "10.0.0.1-10.0.0.9");
+        assert_eq!(range("::1").to_string(), "::1");
+        assert_eq!(range("fc00::/7").to_string(), "fc00::/7");
+        assert_eq!(range("0.0.0.0/0").to_string(), "0.0.0.0/0");
+        assert_eq!(range("::/0").to_string(), "::/0");
+        assert!("10.0.0.1/33".parse::<IpRange>().is_err());
+        assert!("10.0.0.9-10.0.0.1".parse::<IpRange>().is_err());
+        assert!("10.0.0.1-::1".parse::<IpRange>().is_err());
+        for (r, _) in NEVER.iter().chain(RESERVED) {
+            assert_eq!(range(&r.to_string()), *r);
+        }
+        let line = PeerPolicy::default().describe();
+        assert!(
+            line.contains("10.0.0.0/8") && line.contains("--allowed-peer-ip"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -45,7 +45,8 @@ fn tcp(port: u16) -> FiveTuple {
     five(Transport::Tcp, CLIENT_IP, port)
 }
 
-/// Static users alice and bob, one IPv4 relay address, everything else default.
+/// Static users alice and bob, one IPv4 relay address, the documentation ranges open as peers
+/// (they stand for public addresses here), everything else default.
 fn config() -> ServerConfig {
     let mut credentials = Credentials::new(REALM, ':');
     credentials.add_user("alice", &UserSecret::Password("alice-pw".into()));
@@ -54,6 +55,10 @@ fn config() -> ServerConfig {
         realm: REALM.into(),
         credentials,
         relay_ips: vec![RELAY_IP],
+        peer_policy: PeerPolicy {
+            allowed: crate::engine::policy::DOCUMENTATION.to_vec(),
+            ..Default::default()
+        },
         ..Default::default()
     }
 }
