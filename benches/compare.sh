@@ -135,7 +135,7 @@ server_cmd() {  # label auth(lt|rest) threads rundir -> command
   if [ "$2" = lt ]; then auth="--lt-cred-mech --user $TUSER:$TPASS"
   else auth="--use-auth-secret --static-auth-secret $SECRET"; fi
   [ "$1" = vigi ] && auth="$auth $VIGI_EXTRA"
-  echo "$bin -n -L 127.0.0.1 -E 127.0.0.1 -p $LPORT --min-port $RMIN --max-port $RMAX --allow-loopback-peers --no-cli --no-tls --no-dtls --realm $REALM --pidfile $4/turnserver.pid --log-file $4/turnserver.log --simple-log --no-stdout-log -m $3 $auth"
+  echo "$bin -n -L 127.0.0.1 -E 127.0.0.1 -p $LPORT --min-port $RMIN --max-port $RMAX --allow-loopback-peers --user-quota 0 --no-cli --no-tls --no-dtls --realm $REALM --pidfile $4/turnserver.pid --log-file $4/turnserver.log --simple-log --no-stdout-log -m $3 $auth"
 }
 
 profile_def() {  # -> "auth threads vigi-bench-args"

@@ -34,6 +34,9 @@ fn server_with_ports(rest: bool, ports: u16) -> Server {
         &max,
         "-m",
         "2",
+        // One user stands for every load client (up to 300 allocations at once).
+        "--user-quota",
+        "0",
     ];
     if rest {
         args.extend(["--use-auth-secret", "--static-auth-secret", "benchsecret"]);

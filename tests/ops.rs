@@ -641,6 +641,7 @@ fn systemd_unit_passes_systemd_analyze_verify() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_compose_flags_start_and_serve() {
+    const PASSWORD: &str = "a-long-random-secret";
     // The seed application's coturn flags, read from config/docker-compose.yml, given unchanged
     // but for the port (3478 may be taken on a test machine); -n keeps stray config files out.
     let compose = std::fs::read_to_string(format!("{REPO}/config/docker-compose.yml")).unwrap();
@@ -653,6 +654,9 @@ async fn seed_compose_flags_start_and_serve() {
         };
         if flag.starts_with("listening-port=") {
             args.push(format!("--listening-port={port}"));
+        } else if let Some((name, _)) = flag.split_once("${VIGI_TURN_PASSWORD") {
+            // Compose fills the password in from the environment (none is published).
+            args.push(format!("--{name}{PASSWORD}"));
         } else if !flag.starts_with("prometheus") {
             args.push(format!("--{flag}"));
         }
@@ -660,7 +664,7 @@ async fn seed_compose_flags_start_and_serve() {
     assert_eq!(args.len(), 6, "{args:?}");
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let srv = start_server_on(port, &argv);
-    let live = allocate_in(port, "vigiturn", "vigisecret123", "vigi.local")
+    let live = allocate_in(port, "vigiturn", PASSWORD, "vigi.local")
         .await
         .expect("allocate with the seed's user");
     let relay = live.relay.local_addr().unwrap();

@@ -269,6 +269,9 @@ fn churning_thousands_of_allocations_leaks_nothing() {
         &lifetime,
         "--unauthorized-ratelimit",
         "0",
+        // One user stands for every churning client.
+        "--user-quota",
+        "0",
         "-m",
         "2",
     ]);

@@ -25,6 +25,9 @@ fn lt_server() -> Server {
         "61999",
         "-m",
         "2",
+        // One user stands for all of uclient's clients (-m 10 with RFC 6062 pairs).
+        "--user-quota",
+        "0",
     ])
 }
 

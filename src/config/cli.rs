@@ -227,12 +227,13 @@ pub struct Cli {
     pub node_address: Option<String>,
 
     // ---- quotas and lifetimes ----
-    /// Concurrent allocations per user (0: unlimited).
+    /// Concurrent allocations per user (0: unlimited). A REST credential counts for its user
+    /// part (`expiry:user`). Default 10: a browser call needs one or two (safe by default).
     #[arg(
         short = 'q',
         long = "user-quota",
         value_name = "N",
-        default_value_t = 0
+        default_value_t = 10
     )]
     pub user_quota: u32,
     /// Concurrent allocations in total (0: unlimited).

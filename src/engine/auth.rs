@@ -145,6 +145,17 @@ pub fn rest_expiry(username: &str, sep: char) -> Option<u64> {
     parts.next()?.parse::<u64>().ok()
 }
 
+/// The user a quota counts an allocation against: a REST username's user part (`expiry:user`
+/// or `user:expiry` -> `user`), so fetching a fresh credential does not give a user a fresh
+/// quota; any other name as it is.
+pub fn quota_user(username: &str, sep: char) -> &str {
+    match username.split_once(sep) {
+        Some((t, user)) if t.parse::<u64>().is_ok() => user,
+        Some((user, t)) if t.parse::<u64>().is_ok() => user,
+        _ => username,
+    }
+}
+
 /// A static user's secret: the password or coturn's precomputed hex key (MD5 only).
 #[derive(Clone)]
 pub enum UserSecret {
@@ -589,6 +600,16 @@ impl FleetUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quota_counts_the_rest_user_part() {
+        assert_eq!(quota_user("1700000000:alice", ':'), "alice");
+        assert_eq!(quota_user("alice:1700000000", ':'), "alice");
+        assert_eq!(quota_user("1700000000-alice", '-'), "alice");
+        assert_eq!(quota_user("alice", ':'), "alice");
+        assert_eq!(quota_user("a:b", ':'), "a:b");
+        assert_eq!(quota_user("", ':'), "");
+    }
 
     #[test]
     fn rest_credentials_match_coturns_scheme() {

@@ -24,15 +24,16 @@ impl Permissions {
         self.list.iter().any(|p| p.ip == ip && p.expires > now)
     }
 
-    /// Whether `n` new IPs fit under `max` once expired entries are gone.
+    /// Whether `n` new IPs fit under `max` (0: no cap) once expired entries are gone.
     pub fn room_for(&mut self, ips: &[IpAddr], now: Instant, max: usize) -> bool {
         self.list.retain(|p| p.expires > now);
+        // `ips` holds no duplicates (the caller sorted and deduplicated them), and the list is
+        // bounded by `max`, so this is O(n x max).
         let new = ips
             .iter()
-            .enumerate()
-            .filter(|(i, ip)| !self.list.iter().any(|p| p.ip == **ip) && !ips[..*i].contains(ip))
+            .filter(|ip| !self.list.iter().any(|p| p.ip == **ip))
             .count();
-        self.list.len() + new <= max
+        max == 0 || self.list.len() + new <= max
     }
 
     /// Install or refresh the permission for `ip` (RFC 8656 §9.2).

@@ -179,18 +179,12 @@ impl Server {
         let mut out = Vec::with_capacity(96);
         let mut b = MessageBuilder::new(&mut out, method, class, tid);
         fill(&mut b);
-        if let Some(s) = &self.config.software {
-            b.attr(attr::SOFTWARE, s.as_bytes());
-        }
-        if !self.config.no_auth {
-            b.integrity(key.as_bytes());
-            if sha256 {
-                b.integrity_sha256(key.as_bytes());
-            }
-        }
-        if fingerprint {
-            b.fingerprint();
-        }
+        let sign = super::Sign {
+            key: (!self.config.no_auth).then_some(&key),
+            sha256,
+            fingerprint,
+        };
+        self.seal(&mut b, sign, true);
         self.commands.push_back(Command::Send { to, data: out });
     }
 

@@ -985,6 +985,14 @@ fn peer_policy_refusals_are_403() {
         "[::ffff:127.0.0.1]:9000",
         "[::ffff:0.0.0.0]:9000",
         "[::127.0.0.1]:9000",
+        // Issue 15: tunnels, NAT64/SIIT forms of private and loopback addresses, and a denied
+        // range reached through NAT64.
+        "[2002:7f00:1::]:9000",
+        "[2001::1]:9000",
+        "[64:ff9b::7f00:1]:9000",
+        "[::ffff:0:7f00:1]:9000",
+        "[64:ff9b::a00:1]:9000",
+        "[fd00::1]:9000",
     ] {
         c6.permit(&mut h, sa(bad)).assert_err(403);
         c6.channel_bind(&mut h, 0x4000, sa(bad)).assert_err(403);
@@ -1087,6 +1095,20 @@ fn relay_bind_failing_every_attempt_is_508() {
     assert!(h.s.allocation_on(&c.five).is_none());
     assert_eq!(h.shared.ports.free(RELAY_IP), u32::from(max - min) + 1);
     assert_eq!(h.shared.total_allocations.load(Ordering::Relaxed), 0);
+
+    // A SHA-256 client's 508 carries MESSAGE-INTEGRITY-SHA256 as every other answer it gets
+    // (issue 15/17: this answer was built by hand and lost it).
+    let mut h = H::with_ports(config(), min, max);
+    h.fail_binds = u32::from(BIND_ATTEMPTS);
+    let mut c = Client::alice(udp(40000));
+    c.sha256 = true;
+    let r = c.allocate(&mut h);
+    r.assert_err(508);
+    assert!(
+        r.msg().has_integrity_sha256(),
+        "508 without MESSAGE-INTEGRITY-SHA256"
+    );
+    assert!(r.msg().check_integrity_sha256(&c.key()));
 
     // One failure less: the last attempt binds.
     let mut h = H::new(config());
@@ -2260,6 +2282,45 @@ fn permission_and_channel_caps_are_508() {
     // Expired permissions make room.
     h.at(300);
     c.permit(&mut h, sa("203.0.113.3:1")).assert_ok();
+}
+
+/// Issue 15: a CreatePermission naming more peers than the cap is refused before any work, and
+/// one naming the same peer many times counts it once.
+#[test]
+fn create_permission_with_many_peers_is_capped_and_deduplicated() {
+    let mut cfg = config();
+    cfg.max_permissions = 4;
+    let (mut h, mut c) = allocated(cfg);
+    let many: Vec<SocketAddr> = (0..5u8)
+        .map(|i| SocketAddr::from(([203, 0, 113, 10 + i], 1)))
+        .collect();
+    c.request(&mut h, Method::CREATE_PERMISSION, &|b| {
+        for p in &many {
+            b.xor_address(attr::XOR_PEER_ADDRESS, p);
+        }
+    })
+    .assert_err(508);
+    let id = h.alloc_id(c.five);
+    assert!(h.s.get(id).unwrap().permissions.is_empty(h.now));
+    // The same four addresses, each named (with other ports) -- 4 distinct IPs, 4 attributes.
+    c.request(&mut h, Method::CREATE_PERMISSION, &|b| {
+        for p in &many[..4] {
+            b.xor_address(attr::XOR_PEER_ADDRESS, p);
+        }
+    })
+    .assert_ok();
+    assert_eq!(h.s.get(id).unwrap().permissions.len(h.now), 4);
+    // One IP named four times is one permission: it fits beside... nothing more, but refreshes.
+    c.request(&mut h, Method::CREATE_PERMISSION, &|b| {
+        for port in 1..=4 {
+            b.xor_address(
+                attr::XOR_PEER_ADDRESS,
+                &SocketAddr::from(([203, 0, 113, 10], port)),
+            );
+        }
+    })
+    .assert_ok();
+    assert_eq!(h.s.get(id).unwrap().permissions.len(h.now), 4);
 }
 
 #[test]
