@@ -81,6 +81,19 @@ pub struct Allocation {
     pub pending: Option<PendingAllocate>,
     /// When the REST credential it was made with expires (`--strict-expiry` only).
     pub credential_expiry: Option<Instant>,
+    /// When its one entry in the engine's timer heap fires (None: none yet). A Refresh that
+    /// moves the expiry later adds no entry: the entry fires, finds the later time and moves
+    /// itself there, so 3 M Refreshes cost one entry, not 3 M.
+    pub timer_at: Option<Instant>,
+}
+
+impl Allocation {
+    /// When the allocation ends unless refreshed: its expiry, or its REST credential's end
+    /// (`--strict-expiry`) if sooner.
+    pub fn deadline(&self) -> Instant {
+        self.credential_expiry
+            .map_or(self.expires, |c| c.min(self.expires))
+    }
 }
 
 /// The second (IPv6) relayed address of a dual allocation and what its XOR-RELAYED-ADDRESS

@@ -497,6 +497,43 @@ fn slot_mut(slots: &mut [Slot], id: AllocationId) -> Option<&mut Allocation> {
     s.alloc.as_mut()
 }
 
+/// The PASSWORD-ALGORITHMS every challenge advertises: MD5, then SHA-256, neither with
+/// parameters (RFC 8489 §14.11).
+const PASSWORD_ALGORITHMS: [u8; 8] = [
+    0,
+    attr::PASSWORD_ALGORITHM_MD5 as u8,
+    0,
+    0,
+    0,
+    attr::PASSWORD_ALGORITHM_SHA256 as u8,
+    0,
+    0,
+];
+
+/// The password algorithm of a signed request (RFC 8489 §9.2.4): MD5 when it names neither
+/// PASSWORD-ALGORITHM nor PASSWORD-ALGORITHMS; otherwise both must be there, the list must be
+/// exactly the one our challenge sent (so a man in the middle who struck SHA-256 from it is
+/// caught: no downgrade to MD5) and the algorithm one of its entries. None: 400.
+fn password_algorithm(m: &Message) -> Option<PasswordAlgorithm> {
+    match (
+        m.get(attr::PASSWORD_ALGORITHM),
+        m.get(attr::PASSWORD_ALGORITHMS),
+    ) {
+        (None, None) => Some(PasswordAlgorithm::Md5),
+        (Some(alg), Some(list)) if list == PASSWORD_ALGORITHMS && alg.len() == 4 => {
+            if !list.chunks_exact(4).any(|entry| entry == alg) {
+                return None;
+            }
+            match u16::from_be_bytes([alg[0], alg[1]]) {
+                attr::PASSWORD_ALGORITHM_MD5 => Some(PasswordAlgorithm::Md5),
+                attr::PASSWORD_ALGORITHM_SHA256 => Some(PasswordAlgorithm::Sha256),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
 /// Who a request authenticated as, and how to sign the answer.
 struct Auth {
     username: String,
@@ -621,16 +658,43 @@ impl Server {
                 break;
             }
             self.timers.pop();
-            if let Some(a) = self.get(id) {
-                let credential_ended = a.credential_expiry.is_some_and(|e| e <= now);
-                if (a.expires <= now || credential_ended) && a.state == State::Active {
-                    self.counters.allocations_expired += 1;
-                    self.free(id, "allocation timeout");
-                }
+            let Some(a) = self.get_mut(id) else {
+                continue;
+            };
+            if a.timer_at != Some(t) {
+                continue; // superseded by an earlier entry for the same allocation
+            }
+            a.timer_at = None;
+            let (deadline, active) = (a.deadline(), a.state == State::Active);
+            if deadline <= now && active {
+                self.counters.allocations_expired += 1;
+                self.free(id, "allocation timeout");
+            } else {
+                self.schedule(id);
             }
         }
         self.expire_connections(now);
         self.shared.sweep_reservations(self.unix(now));
+    }
+
+    /// Give allocation `id` a timer entry at its deadline unless it has one at or before it:
+    /// one entry per allocation, however often it is refreshed.
+    fn schedule(&mut self, id: AllocationId) {
+        let Some(a) = self.get_mut(id) else {
+            return;
+        };
+        let deadline = a.deadline();
+        if a.timer_at.is_some_and(|t| t <= deadline) {
+            return;
+        }
+        a.timer_at = Some(deadline);
+        self.timers.push(Reverse((deadline, id)));
+    }
+
+    /// Entries in the allocation timer heap (for tests: one per allocation at most, plus those
+    /// superseded by a shorter Refresh).
+    pub fn timer_entries(&self) -> usize {
+        self.timers.len()
     }
 
     fn get(&self, id: AllocationId) -> Option<&Allocation> {
@@ -1139,19 +1203,7 @@ impl Server {
         self.respond_error(five, m, code, sign, |b| {
             b.attr(attr::REALM, realm.as_bytes());
             b.attr(attr::NONCE, nonce.as_bytes());
-            b.attr(
-                attr::PASSWORD_ALGORITHMS,
-                &[
-                    0,
-                    attr::PASSWORD_ALGORITHM_MD5 as u8,
-                    0,
-                    0,
-                    0,
-                    attr::PASSWORD_ALGORITHM_SHA256 as u8,
-                    0,
-                    0,
-                ],
-            );
+            b.attr(attr::PASSWORD_ALGORITHMS, &PASSWORD_ALGORITHMS);
         });
     }
 
@@ -1165,6 +1217,21 @@ impl Server {
         m: &Message,
         owner: Option<&str>,
     ) -> Option<Auth> {
+        self.authenticate_or(now, five, m, owner, true)
+    }
+
+    /// [`Server::authenticate`], answering nothing where it would challenge (401/438) unless
+    /// `challenge`: a Refresh, CreatePermission or ChannelBind from a 5-tuple that holds no
+    /// allocation has nothing to gain from a NONCE, so it never gets one (no reflection of a
+    /// challenge towards a spoofed source, nothing learned by a probe).
+    fn authenticate_or(
+        &mut self,
+        now: Instant,
+        five: FiveTuple,
+        m: &Message,
+        owner: Option<&str>,
+        challenge: bool,
+    ) -> Option<Auth> {
         if self.config.no_auth {
             return Some(Auth {
                 username: String::new(),
@@ -1174,7 +1241,9 @@ impl Server {
         }
         if !m.has_integrity() && !m.has_integrity_sha256() {
             self.counters.unauthorized += 1;
-            self.challenge(now, five, m, 401);
+            if challenge {
+                self.challenge(now, five, m, 401);
+            }
             return None;
         }
         let user_attr = m.get(attr::USERNAME);
@@ -1198,25 +1267,15 @@ impl Server {
         ) == NonceCheck::Stale
         {
             self.counters.stale_nonces += 1;
-            self.challenge(now, five, m, 438);
+            if challenge {
+                self.challenge(now, five, m, 438);
+            }
             return None;
         }
-        let alg = match m.get(attr::PASSWORD_ALGORITHM) {
-            None => PasswordAlgorithm::Md5,
-            Some(v) if v.len() >= 2 => match u16::from_be_bytes([v[0], v[1]]) {
-                attr::PASSWORD_ALGORITHM_MD5 => PasswordAlgorithm::Md5,
-                attr::PASSWORD_ALGORITHM_SHA256 => PasswordAlgorithm::Sha256,
-                _ => {
-                    let sign = self.plain_sign(m);
-                    self.respond_error(five, m, 400, sign, |_| {});
-                    return None;
-                }
-            },
-            Some(_) => {
-                let sign = self.plain_sign(m);
-                self.respond_error(five, m, 400, sign, |_| {});
-                return None;
-            }
+        let Some(alg) = password_algorithm(m) else {
+            let sign = self.plain_sign(m);
+            self.respond_error(five, m, 400, sign, |_| {});
+            return None;
         };
         let username = match (user_attr, hash_attr) {
             (Some(u), _) => std::str::from_utf8(u).ok().map(str::to_owned),
@@ -1270,7 +1329,9 @@ impl Server {
                 AuthFailure::NoKeyForAlgorithm => r.algorithm += 1,
                 AuthFailure::WrongCredentials => r.wrong_credentials += 1,
             }
-            self.challenge(now, five, m, 401);
+            if challenge {
+                self.challenge(now, five, m, 401);
+            }
             return None;
         };
         let auth = Auth {
@@ -1615,6 +1676,7 @@ impl Server {
             last_response: Vec::new(),
             pending: Some(pending),
             credential_expiry,
+            timer_at: None,
         };
         self.slots[index as usize].alloc = Some(alloc);
         self.by_five_tuple.insert(five, id);
@@ -1884,18 +1946,16 @@ impl Server {
         if let Some(a) = self.get(id) {
             crate::metrics::log_allocation_started(&self.config.realm, a, p.lifetime);
         }
-        self.timers.push(Reverse((expires, id)));
-        if let Some(e) = self.get(id).and_then(|a| a.credential_expiry) {
-            self.timers.push(Reverse((e, id)));
-        }
+        self.schedule(id);
         self.send_and_cache(five, &p.tid, out);
     }
 
     /// Refresh (RFC 8656 §7.3).
     fn handle_refresh(&mut self, now: Instant, five: FiveTuple, m: &Message) {
         let Some(&id) = self.by_five_tuple.get(&five) else {
-            // No allocation: 437 after authentication (so unauthenticated probes learn nothing).
-            let Some(auth) = self.authenticate(now, five, m, None) else {
+            // No allocation: 437 after authentication (so unauthenticated probes learn nothing),
+            // and no challenge to a request that does not authenticate.
+            let Some(auth) = self.authenticate_or(now, five, m, None, false) else {
                 return;
             };
             let sign = self.signed(m, &auth);
@@ -1946,7 +2006,7 @@ impl Server {
         if let Some(a) = self.get_mut(id) {
             a.expires = expires;
         }
-        self.timers.push(Reverse((expires, id)));
+        self.schedule(id);
         let data = self.build_response(m, Class::Success, sign, |b| {
             b.attr_u32(attr::LIFETIME, lifetime);
         });
@@ -1962,7 +2022,8 @@ impl Server {
         m: &Message,
     ) -> Option<(AllocationId, Auth)> {
         let Some(&id) = self.by_five_tuple.get(&five) else {
-            let auth = self.authenticate(now, five, m, None)?;
+            // As for Refresh: 437 to a request that authenticates, nothing to any other.
+            let auth = self.authenticate_or(now, five, m, None, false)?;
             let sign = self.signed(m, &auth);
             let data = self.build_response(m, Class::Error, sign, |b| {
                 b.error_code(437, "");

@@ -866,7 +866,12 @@ fn allocation_mismatch_is_437() {
     c.allocate(&mut h).assert_err(437);
     assert_eq!(h.binds.len(), 1);
 
+    // Issue 15: without an allocation an unsigned request gets no challenge, a signed one 437.
     let mut d = Client::alice(udp(40001));
+    let tid = d.next_tid();
+    let bare = d.build(Method::REFRESH, Class::Request, &tid, &|_| {}, false);
+    h.silent(d.five, &bare);
+    d.nonce = Some(h.nonce());
     d.refresh(&mut h, None).assert_err(437);
     d.permit(&mut h, peer()).assert_err(437);
     let r = d.channel_bind(&mut h, 0x4000, peer());
@@ -1390,6 +1395,53 @@ fn sha256_password_algorithm_and_integrity() {
     r.assert_err(400);
 }
 
+/// RFC 8489 §9.2.4: PASSWORD-ALGORITHM needs PASSWORD-ALGORITHMS exactly as the challenge sent
+/// it, so a man in the middle who struck SHA-256 from the list (to force MD5) is caught.
+#[test]
+fn password_algorithms_must_match_the_challenge() {
+    let mut h = H::new(config());
+    let key = auth::key_md5("alice", REALM, "alice-pw");
+    let nonce = h.nonce();
+    let signed = |h: &mut H, port: u16, extra: &dyn Fn(&mut MessageBuilder)| {
+        let mut req = Vec::new();
+        let mut b = MessageBuilder::new(
+            &mut req,
+            Method::ALLOCATE,
+            Class::Request,
+            &[port as u8; 12],
+        );
+        requested_udp(&mut b);
+        extra(&mut b);
+        b.attr(attr::USERNAME, b"alice")
+            .attr(attr::REALM, REALM.as_bytes())
+            .attr(attr::NONCE, &nonce)
+            .integrity(&key);
+        h.one(udp(port), &req)
+    };
+    // The list as a downgrading middlebox left it (MD5 only), with MD5 chosen: 400.
+    signed(&mut h, 40010, &|b| {
+        b.attr(attr::PASSWORD_ALGORITHMS, &[0, 1, 0, 0]);
+        b.attr(attr::PASSWORD_ALGORITHM, &[0, 1, 0, 0]);
+    })
+    .assert_err(400);
+    // PASSWORD-ALGORITHM alone, or the list alone: 400.
+    signed(&mut h, 40011, &|b| {
+        b.attr(attr::PASSWORD_ALGORITHM, &[0, 1, 0, 0]);
+    })
+    .assert_err(400);
+    signed(&mut h, 40012, &|b| {
+        b.attr(attr::PASSWORD_ALGORITHMS, &[0, 1, 0, 0, 0, 2, 0, 0]);
+    })
+    .assert_err(400);
+    // The list as sent, MD5 chosen: fine; neither attribute (MD5, RFC 5389 clients): fine.
+    signed(&mut h, 40013, &|b| {
+        b.attr(attr::PASSWORD_ALGORITHMS, &[0, 1, 0, 0, 0, 2, 0, 0]);
+        b.attr(attr::PASSWORD_ALGORITHM, &[0, 1, 0, 0]);
+    })
+    .assert_ok();
+    signed(&mut h, 40014, &|_| {}).assert_ok();
+}
+
 #[test]
 fn userhash_in_place_of_username() {
     let mut h = H::new(config());
@@ -1706,6 +1758,33 @@ fn refresh_extends_and_poll_timeout_follows() {
     assert!(h.freed.is_empty());
     h.at(1600);
     assert_eq!(h.freed, vec![id]);
+}
+
+/// Issue 15: a million Refreshes of one allocation leave one timer entry, not a million
+/// (3 M Refreshes grew RSS by 70 MB for an hour), and it still ends on time.
+#[test]
+fn refreshes_keep_one_timer_entry_per_allocation() {
+    let (mut h, mut c) = allocated(config());
+    let id = h.alloc_id(c.five);
+    assert_eq!(h.s.timer_entries(), 1);
+    for i in 0..1_000u64 {
+        h.now = h.t0 + Duration::from_millis(i);
+        c.refresh(&mut h, Some(1200)).assert_ok();
+    }
+    assert_eq!(h.s.timer_entries(), 1);
+    // The entry fires at the first deadline (600 s), finds the later one and moves there.
+    h.at(600);
+    assert!(h.freed.is_empty());
+    assert_eq!(h.s.timer_entries(), 1);
+    assert_eq!(
+        h.s.poll_timeout(),
+        Some(h.t0 + Duration::from_millis(1_200_999))
+    );
+    h.at(1200);
+    assert!(h.freed.is_empty());
+    h.at(1201);
+    assert_eq!(h.freed, vec![id]);
+    assert_eq!(h.s.timer_entries(), 0);
 }
 
 #[test]

@@ -112,6 +112,21 @@ fn unauthenticated_answers_stay_within_the_amplification_bound() {
                             request(method, tid, fill)
                         };
                         let r = assert_bounded(&mut h, five, &req);
+                        let no_allocation = [
+                            Method::REFRESH,
+                            Method::CREATE_PERMISSION,
+                            Method::CHANNEL_BIND,
+                        ];
+                        if no_allocation.contains(&method) {
+                            // No allocation on this 5-tuple: nothing to challenge for (a 400 or
+                            // 420 about the request itself may still come).
+                            let challenged = r.as_ref().is_some_and(|r| r.has(attr::NONCE));
+                            assert!(
+                                !challenged,
+                                "{name} {method:?} challenged without allocation"
+                            );
+                            continue;
+                        }
                         let r = r.unwrap_or_else(|| panic!("{name} {method:?}: no answer"));
                         worst = worst.max(r.raw.len() as isize - req.len() as isize);
                     }
@@ -216,7 +231,9 @@ fn limited_config(rate: u32) -> ServerConfig {
 fn unauthenticated_requests_are_limited_per_source_ip() {
     let mut h = H::new(limited_config(2));
     let burst = 2 * crate::engine::limiter::BURST_SECS as usize;
-    let refresh = request(Method::REFRESH, 1, &nothing);
+    // An Allocate without credentials: it costs a token and is challenged (a Refresh from a
+    // 5-tuple without allocation gets no answer at all).
+    let refresh = request(Method::ALLOCATE, 1, &requested_udp);
     // Different ports of one IP share the limit.
     for i in 0..burst {
         h.one(udp(1000 + i as u16), &refresh).assert_err(401);
@@ -289,7 +306,9 @@ fn allocate_attempts_cost_a_token_unless_they_authenticate() {
 #[test]
 fn zero_turns_the_limit_off() {
     let mut h = H::new(limited_config(0));
-    let refresh = request(Method::REFRESH, 1, &nothing);
+    // An Allocate without credentials: it costs a token and is challenged (a Refresh from a
+    // 5-tuple without allocation gets no answer at all).
+    let refresh = request(Method::ALLOCATE, 1, &requested_udp);
     for i in 0..2000u16 {
         h.one(udp(i), &refresh).assert_err(401);
     }
@@ -299,7 +318,9 @@ fn zero_turns_the_limit_off() {
 #[test]
 fn a_flood_from_many_sources_does_not_stop_a_legitimate_client() {
     let mut h = H::new(limited_config(20));
-    let refresh = request(Method::REFRESH, 1, &nothing);
+    // An Allocate without credentials: it costs a token and is challenged (a Refresh from a
+    // 5-tuple without allocation gets no answer at all).
+    let refresh = request(Method::ALLOCATE, 1, &requested_udp);
     for n in 0..50_000u32 {
         let ip = IpAddr::V4(Ipv4Addr::from(0x0A00_0000 + n));
         for _ in 0..3 {

@@ -92,6 +92,9 @@ proptest! {
             ..config()
         };
         let mut h = H::new(cfg);
+        // Every client holds a nonce from the start: a request from a 5-tuple without an
+        // allocation is answered (437) only when it is signed.
+        let nonce = h.nonce();
         let mut clients: Vec<Client> = (0..CLIENTS)
             .map(|i| {
                 let five = if i % 2 == 0 { udp(40000 + i as u16) } else { tcp(40000 + i as u16) };
@@ -101,9 +104,19 @@ proptest! {
                     Client::new(five, "bob", "bob-pw")
                 }
             })
+            .map(|mut c: Client| {
+                c.nonce = Some(nonce.clone());
+                c
+            })
             .collect();
         let mut now_ms = 0u64;
         for op in ops {
+            // A client without an allocation gets no 438 to renew its nonce: it holds a fresh one.
+            for c in clients.iter_mut() {
+                if h.s.allocation_on(&c.five).is_none() {
+                    c.nonce = Some(h.nonce());
+                }
+            }
             match op {
                 Op::Allocate(i, l) => {
                     let r = clients[i].allocate_with(&mut h, &|b| {
