@@ -629,6 +629,15 @@ impl Server {
         self.slots.iter().filter_map(|s| s.alloc.as_ref())
     }
 
+    /// The wall clock read now (`unix`: seconds since the Unix epoch). Call it at least once a
+    /// second (the worker does, on its tick): REST expiries and nonce timestamps follow the
+    /// real wall clock, so an NTP step is seen at once instead of the clock read at start plus
+    /// monotonic time (which, after a step, accepted credentials a day past their expiry or
+    /// refused the ones just minted).
+    pub fn handle_wall_clock(&mut self, now: Instant, unix: u64) {
+        self.unix_base = (now, unix);
+    }
+
     fn unix(&self, now: Instant) -> u64 {
         self.unix_base.1 + now.saturating_duration_since(self.unix_base.0).as_secs()
     }

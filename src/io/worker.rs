@@ -310,14 +310,18 @@ async fn udp_listener(st: Rc<WorkerState>, local: SocketAddr, sock: Rc<AsyncFd<U
     .await
 }
 
-/// Expire allocations once a second (the engine's own heap orders them), and publish what the
-/// worker holds for metrics and the admin API.
+/// Once a second: give the engine the wall clock, expire allocations (the engine's own heap
+/// orders them), and publish what the worker holds for metrics and the admin API.
 async fn timer_loop(st: Rc<WorkerState>, snapshot: Arc<Mutex<WorkerSnapshot>>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let now = Instant::now();
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        st.engine.borrow_mut().handle_wall_clock(now, unix);
         st.engine.borrow_mut().handle_timeout(now);
         st.drain_commands(now);
         #[cfg(feature = "dtls")]

@@ -1352,6 +1352,35 @@ fn rest_credentials_authenticate_until_they_expire() {
     Client::alice(udp(40005)).allocate(&mut h).assert_ok();
 }
 
+/// Issue 15: REST expiry follows the wall clock given to the engine, not the one read at start
+/// plus monotonic time: after an NTP step forward a day, yesterday's credential is refused; after
+/// a step back, one minted now (by the real clock) is accepted.
+#[test]
+fn rest_expiry_follows_wall_clock_steps() {
+    let mut h = H::new(rest_config(&[b"north"]));
+    let cred = auth::mint_rest_credentials(b"north", "carol", 3600, UNIX0, ':');
+    Client::new(udp(40000), &cred.username, &cred.password)
+        .allocate(&mut h)
+        .assert_ok();
+    // The wall clock jumps a day ahead while monotonic time moves one second.
+    h.at(1);
+    h.s.handle_wall_clock(h.now, UNIX0 + 86_400);
+    Client::new(udp(40001), &cred.username, &cred.password)
+        .allocate(&mut h)
+        .assert_err(401);
+    // A credential minted by the real (stepped) clock works at once.
+    let fresh = auth::mint_rest_credentials(b"north", "carol", 3600, UNIX0 + 86_400, ':');
+    Client::new(udp(40002), &fresh.username, &fresh.password)
+        .allocate(&mut h)
+        .assert_ok();
+    // Stepped back two days: one minted then is accepted, as the endpoint that minted it would.
+    h.s.handle_wall_clock(h.now, UNIX0 - 86_400);
+    let back = auth::mint_rest_credentials(b"north", "dave", 60, UNIX0 - 86_400, ':');
+    Client::new(udp(40003), &back.username, &back.password)
+        .allocate(&mut h)
+        .assert_ok();
+}
+
 #[test]
 fn rest_with_two_secrets_accepts_either() {
     let mut h = H::new(rest_config(&[b"old-secret", b"new-secret"]));
