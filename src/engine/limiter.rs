@@ -6,6 +6,12 @@
 //! its own token and its challenge's back ([`Limiter::refund`]): the limit counts work that led
 //! nowhere, so many real clients behind one NAT address can all log in.
 //!
+//! Requests whose NONCE is one we issued to that very address, still fresh, draw from a bucket
+//! of their own ([`Class::Proven`]): such a source has shown return routability, so a flood of
+//! unanswerable challenges from one address (spoofed, or one host behind a NAT) cannot lock out
+//! the real clients behind that address that already hold a nonce, while wrong passwords sent
+//! with a valid nonce are still limited (hash burning).
+//!
 //! Memory is fixed: a table of [`SLOTS`] buckets indexed by a keyed hash of the IP, allocated on
 //! first use. Addresses that collide share a bucket (a collision can only make a source stricter,
 //! never give it a fresh bucket), so a flood from many addresses cannot grow the table or evict
@@ -23,6 +29,15 @@ pub const BURST_SECS: u64 = 5;
 
 /// Tokens are kept in thousandths so slow rates refill smoothly.
 const MILLI: u64 = 1000;
+
+/// Which bucket of a source a request draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// No nonce, or one we cannot tie to this address: the source may be spoofed.
+    Unproven,
+    /// A fresh nonce we issued to this address: the source read our challenge.
+    Proven,
+}
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Bucket {
@@ -51,7 +66,7 @@ impl Limiter {
         }
     }
 
-    fn slot(&self, ip: IpAddr) -> usize {
+    fn slot(&self, ip: IpAddr, class: Class) -> usize {
         // An IPv4 client seen on a dual-stack socket (::ffff:a.b.c.d) is that IPv4 client: its
         // /64 would lump every IPv4 client together.
         let ip = match ip {
@@ -63,6 +78,9 @@ impl Limiter {
             // IPv6 sources are keyed by their /64: one host usually holds a whole /64, and keying
             // by full address would give it 2^64 buckets to rotate through.
             IpAddr::V6(v6) => (u128::from(v6) >> 64) | (1 << 127),
+        } | match class {
+            Class::Unproven => 0,
+            Class::Proven => 1 << 126,
         };
         let mut h = self.key.0 ^ (bits as u64);
         h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
@@ -75,10 +93,15 @@ impl Limiter {
     /// Take one token for `ip` at `now` with `rate` tokens per second (0 = no limit). False means
     /// the source is over its limit: send nothing.
     pub fn try_take(&mut self, now: Instant, ip: IpAddr, rate: u32) -> bool {
+        self.try_take_in(now, ip, Class::Unproven, rate)
+    }
+
+    /// [`Limiter::try_take`] from the bucket of `class`.
+    pub fn try_take_in(&mut self, now: Instant, ip: IpAddr, class: Class, rate: u32) -> bool {
         if rate == 0 {
             return true;
         }
-        let b = self.refilled(now, ip, rate);
+        let b = self.refilled(now, ip, class, rate);
         if b.tokens >= MILLI {
             b.tokens -= MILLI;
             true
@@ -92,12 +115,12 @@ impl Limiter {
     /// read our challenge: the limit is for challenges nobody answers (reflection off spoofed
     /// sources) and failed attempts (guessing, hash burning), not for clients behind one address
     /// that log in.
-    pub fn refund(&mut self, now: Instant, ip: IpAddr, rate: u32, n: u32) {
+    pub fn refund(&mut self, now: Instant, ip: IpAddr, class: Class, rate: u32, n: u32) {
         if rate == 0 {
             return;
         }
         let cap = Self::cap(rate);
-        let b = self.refilled(now, ip, rate);
+        let b = self.refilled(now, ip, class, rate);
         b.tokens = b.tokens.saturating_add(u64::from(n) * MILLI).min(cap);
     }
 
@@ -106,11 +129,11 @@ impl Limiter {
     }
 
     /// The bucket of `ip`, refilled up to `now`.
-    fn refilled(&mut self, now: Instant, ip: IpAddr, rate: u32) -> &mut Bucket {
+    fn refilled(&mut self, now: Instant, ip: IpAddr, class: Class, rate: u32) -> &mut Bucket {
         if self.buckets.is_empty() {
             self.buckets = vec![Bucket::default(); SLOTS];
         }
-        let slot = self.slot(ip);
+        let slot = self.slot(ip, class);
         let cap = Self::cap(rate);
         // +1 so that 0 keeps meaning "never used".
         let now_ms = now.saturating_duration_since(self.base).as_millis() as u64 + 1;
@@ -182,20 +205,20 @@ mod tests {
         // Empty the bucket (2/s × 5 s = 10), then each refund of 2 buys two more.
         while l.try_take(t0, ip, 2) {}
         for _ in 0..100 {
-            l.refund(t0, ip, 2, 2);
+            l.refund(t0, ip, Class::Unproven, 2, 2);
             assert!(l.try_take(t0, ip, 2));
             assert!(l.try_take(t0, ip, 2));
             assert!(!l.try_take(t0, ip, 2));
         }
         // Refunds never fill a bucket past its burst.
         let later = t0 + Duration::from_secs(60);
-        l.refund(later, ip, 2, 1000);
+        l.refund(later, ip, Class::Unproven, 2, 1000);
         let mut granted = 0;
         while l.try_take(later, ip, 2) {
             granted += 1;
         }
         assert_eq!(granted, 10);
-        l.refund(later, ip, 0, 5);
+        l.refund(later, ip, Class::Unproven, 0, 5);
     }
 
     #[test]
@@ -203,7 +226,11 @@ mod tests {
         let t0 = Instant::now();
         let mut l = Limiter::new(t0, (3, 4));
         let (a, b) = (v4(0x0A00_0001), v4(0x0A00_0002));
-        assert_ne!(l.slot(a), l.slot(b), "test key must separate these two");
+        assert_ne!(
+            l.slot(a, Class::Unproven),
+            l.slot(b, Class::Unproven),
+            "test key must separate these two"
+        );
         while l.try_take(t0, a, 1) {}
         assert!(l.try_take(t0, b, 1));
         assert!(l.try_take(t0, a, 0), "rate 0 means no limit");
@@ -232,7 +259,10 @@ mod tests {
         let mut l = Limiter::new(t0, (9, 10));
         let a = IpAddr::V6(Ipv4Addr::new(198, 51, 100, 1).to_ipv6_mapped());
         let b = IpAddr::V6(Ipv4Addr::new(198, 51, 100, 2).to_ipv6_mapped());
-        assert_eq!(l.slot(a), l.slot(v4(0xC633_6401)));
+        assert_eq!(
+            l.slot(a, Class::Unproven),
+            l.slot(v4(0xC633_6401), Class::Unproven)
+        );
         while l.try_take(t0, a, 1) {}
         assert!(
             l.try_take(t0, b, 1),

@@ -19,6 +19,7 @@ use super::auth::{
     AuthFailure, Credentials, FleetUsage, Key, NonceCheck, NonceKey, PasswordAlgorithm, UserDbCell,
 };
 use super::channel::BindConflict;
+use super::limiter::Class as LimitClass;
 use super::limiter::Limiter;
 use super::policy::{PeerPolicy, TokenBucket};
 use super::ports::PortPool;
@@ -1188,12 +1189,34 @@ impl Server {
         self.commands.push_back(Command::Send { to: five, data });
     }
 
+    /// Which limiter bucket a request draws from: [`LimitClass::Proven`] when it carries a
+    /// NONCE we issued to this very address and that is still fresh (one HMAC, no password
+    /// hashing), else [`LimitClass::Unproven`].
+    fn nonce_class(&self, now: Instant, five: FiveTuple, m: &Message) -> LimitClass {
+        let Some(nonce) = m.get(attr::NONCE) else {
+            return LimitClass::Unproven;
+        };
+        let lifetime = u64::from(self.config.nonce_lifetime);
+        match self
+            .shared
+            .nonce_key
+            .check(nonce, self.unix(now), lifetime, five.client.ip())
+        {
+            NonceCheck::Valid => LimitClass::Proven,
+            NonceCheck::Stale => LimitClass::Unproven,
+        }
+    }
+
     /// Whether this source may have one more challenge or Allocate attempt now
     /// (`--unauthorized-ratelimit`); counts the refusals.
     fn limiter_allows(&mut self, now: Instant, five: FiveTuple) -> bool {
-        let ok = self
-            .limiter
-            .try_take(now, five.client.ip(), self.config.unauthorized_ratelimit);
+        self.limiter_allows_in(now, five, LimitClass::Unproven)
+    }
+
+    /// [`Server::limiter_allows`] from the bucket of `class`.
+    fn limiter_allows_in(&mut self, now: Instant, five: FiveTuple, class: LimitClass) -> bool {
+        let rate = self.config.unauthorized_ratelimit;
+        let ok = self.limiter.try_take_in(now, five.client.ip(), class, rate);
         if !ok {
             self.counters.rate_limited += 1;
         }
@@ -1396,8 +1419,12 @@ impl Server {
 
     /// Allocate (RFC 8656 §7.2).
     fn handle_allocate(&mut self, now: Instant, five: FiveTuple, m: &Message) {
-        // Every attempt costs the source a token before any hashing (`--unauthorized-ratelimit`).
-        if !self.limiter_allows(now, five) {
+        // Every attempt costs the source a token before any hashing (`--unauthorized-ratelimit`):
+        // from its own bucket when its NONCE is a fresh one we issued to this address (the
+        // source read our challenge), so a flood of unanswerable attempts from the same address
+        // cannot lock out clients there that already hold a nonce.
+        let class = self.nonce_class(now, five, m);
+        if !self.limiter_allows_in(now, five, class) {
             return;
         }
         // Step 1: long-term credentials.
@@ -1407,7 +1434,9 @@ impl Server {
         // It authenticated with a nonce bound to its IP: this attempt and its challenge are
         // given back, so the limit counts only work that led nowhere.
         let rate = self.config.unauthorized_ratelimit;
-        self.limiter.refund(now, five.client.ip(), rate, 2);
+        let ip = five.client.ip();
+        self.limiter.refund(now, ip, class, rate, 1);
+        self.limiter.refund(now, ip, LimitClass::Unproven, rate, 1);
         let sign_fp = m.has_fingerprint() || self.config.fingerprint;
         macro_rules! refuse {
             ($code:expr) => {{

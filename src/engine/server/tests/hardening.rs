@@ -303,6 +303,45 @@ fn allocate_attempts_cost_a_token_unless_they_authenticate() {
     assert_eq!(h.s.counters().rate_limited, 1);
 }
 
+/// Issue 15: one host behind a NAT flooding unanswerable Allocates empties its address's bucket,
+/// but the real clients at that address that already hold a nonce (proof they read our
+/// challenge) draw from another one and still log in; wrong passwords sent with a valid nonce
+/// stay limited.
+#[test]
+fn a_flood_from_one_address_does_not_lock_out_clients_there_holding_a_nonce() {
+    let mut h = H::new(limited_config(1));
+    let nonce = h.nonce();
+    let probe = request(Method::ALLOCATE, 1, &requested_udp);
+    for port in 3000..3100 {
+        h.input(udp(port), &probe);
+    }
+    h.sent.clear();
+    assert_eq!(
+        h.s.counters().rate_limited,
+        95,
+        "5 challenges, then nothing"
+    );
+    for port in 1..=20 {
+        let mut c = Client::alice(udp(port));
+        c.nonce = Some(nonce.clone());
+        c.allocate(&mut h).assert_ok();
+    }
+    assert_eq!(h.s.counters().rate_limited, 95);
+    // Guessing with a valid nonce costs tokens of that bucket: 5, then silence.
+    for port in 100..105 {
+        let mut g = Client::new(udp(port), "alice", "wrong");
+        g.nonce = Some(nonce.clone());
+        let tid = g.next_tid();
+        let req = g.build(Method::ALLOCATE, Class::Request, &tid, &requested_udp, true);
+        h.one(g.five, &req).assert_err(401);
+    }
+    let mut g = Client::new(udp(105), "alice", "wrong");
+    g.nonce = Some(nonce);
+    let tid = g.next_tid();
+    let req = g.build(Method::ALLOCATE, Class::Request, &tid, &requested_udp, true);
+    h.silent(g.five, &req);
+}
+
 #[test]
 fn zero_turns_the_limit_off() {
     let mut h = H::new(limited_config(0));
