@@ -517,6 +517,7 @@ pub(crate) fn engine_config(config: &Config, relay_ips: Vec<IpAddr>) -> ServerCo
             DefaultFamily::Keep => EngineFamily::Keep,
         },
         strict_expiry: config.strict_expiry,
+        keep_removed_users: config.reload_keeps_removed_users,
         rfc5780: config.rfc5780.then(|| {
             Rfc5780::new(
                 &config.listening_ips,

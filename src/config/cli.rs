@@ -287,6 +287,10 @@ pub struct Cli {
     /// Expire allocations, permissions and channels exactly at their lifetime (vigi-turn extension).
     #[arg(long = "strict-expiry")]
     pub strict_expiry: bool,
+    /// On reload (SIGHUP) or a user-database refresh, a removed user keeps its live allocations
+    /// until they expire (default: they end at once, so removing a user revokes it).
+    #[arg(long = "reload-keeps-removed-users")]
+    pub reload_keeps_removed_users: bool,
 
     // ---- TLS ----
     /// Certificate file, PEM.

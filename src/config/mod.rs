@@ -137,6 +137,7 @@ pub struct Config {
     pub permission_lifetime: u32,
     pub channel_lifetime: u32,
     pub strict_expiry: bool,
+    pub reload_keeps_removed_users: bool,
 
     // ---- TLS ----
     pub cert: Option<PathBuf>,
@@ -610,6 +611,7 @@ fn resolve(
         permission_lifetime: cli.permission_lifetime,
         channel_lifetime: cli.channel_lifetime,
         strict_expiry: cli.strict_expiry,
+        reload_keeps_removed_users: cli.reload_keeps_removed_users,
         cert: cli.cert,
         pkey: cli.pkey,
         cipher_list: non_empty(cli.cipher_list),
@@ -849,6 +851,10 @@ impl fmt::Debug for Config {
             .field("permission_lifetime", &self.permission_lifetime)
             .field("channel_lifetime", &self.channel_lifetime)
             .field("strict_expiry", &self.strict_expiry)
+            .field(
+                "reload_keeps_removed_users",
+                &self.reload_keeps_removed_users,
+            )
             .field("cert", &self.cert)
             .field("pkey", &self.pkey)
             .field("cipher_list", &self.cipher_list)

@@ -233,6 +233,11 @@ impl UserDb {
         }
     }
 
+    /// Whether `name` is one of its users.
+    pub fn has_user(&self, name: &str) -> bool {
+        self.users.contains_key(name)
+    }
+
     /// A user of `realm`, by password or by its precomputed MD5 key.
     pub fn add_user(&mut self, name: &str, realm: &str, secret: &UserSecret) {
         self.users

@@ -112,6 +112,10 @@ pub struct ServerConfig {
     pub default_family: DefaultFamily,
     /// RFC 5780 NAT behaviour discovery (`--rfc5780`); None: CHANGE-REQUEST is answered 420.
     pub rfc5780: Option<Rfc5780>,
+    /// `--reload-keeps-removed-users`: a user removed from the config (SIGHUP) or the user
+    /// database keeps its live allocations until they expire. Off by default: removing a user
+    /// is how an operator revokes it, and its calls end at once.
+    pub keep_removed_users: bool,
 }
 
 /// The alternate addresses of RFC 5780 (§6, §7.2): each listening IP has a partner of its family,
@@ -240,6 +244,7 @@ impl Default for ServerConfig {
             unauthorized_ratelimit: 100,
             default_family: DefaultFamily::Ipv4,
             rfc5780: None,
+            keep_removed_users: false,
         }
     }
 }
@@ -567,6 +572,8 @@ pub struct Server {
     capacity: TokenBucket,
     draining: bool,
     limiter: Limiter,
+    /// The user database snapshot last looked at for removed users ([`Server::check_userdb`]).
+    userdb_seen: Option<Arc<super::auth::UserDb>>,
     /// This engine's number among the workers' (see [`Shared`]'s connection table).
     shard: u32,
     /// The 30 s deadlines of the RFC 6062 connections this engine made.
@@ -603,6 +610,7 @@ impl Server {
             counters: Counters::default(),
             draining: false,
             limiter,
+            userdb_seen: None,
             shard,
             conn_timers: BinaryHeap::new(),
             alternate_turn: 0,
@@ -614,7 +622,54 @@ impl Server {
         if config.bps_capacity != self.config.bps_capacity {
             self.capacity = TokenBucket::new(config.bps_capacity, self.unix_base.0);
         }
-        self.config = config;
+        let old = std::mem::replace(&mut self.config, config);
+        let db = self.userdb_seen.clone();
+        self.end_removed_users(&old.credentials, db.as_deref());
+    }
+
+    /// End the allocations of users that were known (a static user, or one of the user
+    /// database) and no longer are, unless `keep_removed_users`. REST credentials are not
+    /// users: an allocation keeps the key it was made with, so rotating a secret cuts no call.
+    fn end_removed_users(
+        &mut self,
+        old_users: &super::auth::Credentials,
+        old_db: Option<&super::auth::UserDb>,
+    ) {
+        if self.config.keep_removed_users {
+            return;
+        }
+        let db = self.userdb_seen.clone();
+        let known_now = |name: &str| {
+            self.config.credentials.is_static_user(name)
+                || db.as_deref().is_some_and(|d| d.has_user(name))
+        };
+        let known_before =
+            |name: &str| old_users.is_static_user(name) || old_db.is_some_and(|d| d.has_user(name));
+        let removed: Vec<AllocationId> = self
+            .allocations()
+            .filter(|a| known_before(&a.username) && !known_now(&a.username))
+            .map(|a| a.id)
+            .collect();
+        for id in removed {
+            self.counters.allocations_deleted += 1;
+            self.free(id, "user removed");
+        }
+    }
+
+    /// A new user database snapshot was published: end the allocations of users it dropped.
+    fn check_userdb(&mut self) {
+        let latest = self.shared.userdb.latest();
+        let same = match (&latest, &self.userdb_seen) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        let old = std::mem::replace(&mut self.userdb_seen, latest);
+        let config = self.config.clone();
+        self.end_removed_users(&config.credentials, old.as_deref());
     }
 
     pub fn config(&self) -> &ServerConfig {
@@ -685,6 +740,7 @@ impl Server {
         }
         self.expire_connections(now);
         self.shared.sweep_reservations(self.unix(now));
+        self.check_userdb();
     }
 
     /// Give allocation `id` a timer entry at its deadline unless it has one at or before it:

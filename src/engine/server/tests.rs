@@ -1381,6 +1381,80 @@ fn rest_expiry_follows_wall_clock_steps() {
         .assert_ok();
 }
 
+/// Issue 15: a user removed on reload loses its live allocations (revocation), unless
+/// `keep_removed_users`; a rotated REST secret cuts nobody (the allocation keeps its key).
+#[test]
+fn removed_users_lose_their_allocations_on_reload() {
+    let mut h = H::new(rest_config(&[b"north"]));
+    let (mut alice, mut bob) = (
+        Client::alice(udp(40000)),
+        Client::new(udp(40001), "bob", "bob-pw"),
+    );
+    alice.allocate(&mut h).assert_ok();
+    bob.allocate(&mut h).assert_ok();
+    let cred = auth::mint_rest_credentials(b"north", "carol", 3600, UNIX0, ':');
+    let mut carol = Client::new(udp(40002), &cred.username, &cred.password);
+    carol.allocate(&mut h).assert_ok();
+    // Reload: bob is gone from the config, the REST secret rotated.
+    let mut credentials = Credentials::new(REALM, ':');
+    credentials.add_user("alice", &UserSecret::Password("alice-pw".into()));
+    credentials.add_rest_secret(b"south");
+    let next = ServerConfig {
+        credentials: credentials.clone(),
+        ..config()
+    };
+    h.s.set_config(Arc::new(next));
+    assert!(
+        h.s.allocation_on(&bob.five).is_none(),
+        "bob's allocation ended"
+    );
+    assert!(h.s.allocation_on(&alice.five).is_some());
+    assert!(
+        h.s.allocation_on(&carol.five).is_some(),
+        "a rotated secret cuts no call"
+    );
+    alice.refresh(&mut h, None).assert_ok();
+    carol.refresh(&mut h, None).assert_ok();
+
+    // With keep_removed_users, a removed user keeps its allocation until it expires.
+    let mut h = H::new(config());
+    let mut bob = Client::new(udp(40001), "bob", "bob-pw");
+    bob.allocate(&mut h).assert_ok();
+    h.s.set_config(Arc::new(ServerConfig {
+        credentials,
+        keep_removed_users: true,
+        ..config()
+    }));
+    assert!(h.s.allocation_on(&bob.five).is_some());
+}
+
+/// The same for a user of the user database: the next snapshot without it ends its allocation
+/// at the next tick; the snapshot merely going stale (Redis away) ends nothing.
+#[test]
+fn users_dropped_from_the_user_database_lose_their_allocations() {
+    let mut h = H::new(config());
+    let db = |users: &[&str]| {
+        let mut d = auth::UserDb::new(UNIX0);
+        for u in users {
+            d.add_user(u, REALM, &UserSecret::Password(format!("{u}-pw")));
+        }
+        d
+    };
+    h.shared.userdb.store(db(&["dan", "erin"]), 300);
+    h.at(1);
+    let mut dan = Client::new(udp(40000), "dan", "dan-pw");
+    let mut erin = Client::new(udp(40001), "erin", "erin-pw");
+    dan.allocate(&mut h).assert_ok();
+    erin.allocate(&mut h).assert_ok();
+    h.shared.userdb.store(db(&["erin"]), 300);
+    h.at(2);
+    assert!(h.s.allocation_on(&dan.five).is_none(), "dan was removed");
+    assert!(h.s.allocation_on(&erin.five).is_some());
+    // Stale (no new snapshot for longer than its max age): nothing ends.
+    h.at(400);
+    assert!(h.s.allocation_on(&erin.five).is_some());
+}
+
 #[test]
 fn rest_with_two_secrets_accepts_either() {
     let mut h = H::new(rest_config(&[b"old-secret", b"new-secret"]));
