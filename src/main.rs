@@ -104,6 +104,7 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         }
     }
     let rc = RunConfig {
+        max_tcp_connections_per_ip: config.max_tcp_connections_per_ip,
         workers: config.relay_threads,
         udp,
         tcp,

@@ -383,6 +383,14 @@ pub struct Cli {
         default_value_t = 10000
     )]
     pub max_tcp_connections: usize,
+    /// Of those, from one source address (IPv6: one /64), so that one address cannot take every
+    /// slot (0: no cap). A NAT with many TCP/TLS users behind one address may need more.
+    #[arg(
+        long = "max-tcp-connections-per-ip",
+        value_name = "N",
+        default_value_t = 256
+    )]
+    pub max_tcp_connections_per_ip: u32,
 
     // ---- metrics ----
     /// Serve Prometheus metrics.

@@ -175,6 +175,7 @@ pub struct Config {
     pub sock_buf_size: Option<usize>,
     /// Concurrent TCP/TLS client connections; 0 = unlimited. Default 10000.
     pub max_tcp_connections: usize,
+    pub max_tcp_connections_per_ip: u32,
 
     // ---- metrics ----
     pub prometheus: bool,
@@ -641,6 +642,7 @@ fn resolve(
             .sock_buf_size
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         max_tcp_connections: cli.max_tcp_connections,
+        max_tcp_connections_per_ip: cli.max_tcp_connections_per_ip,
         prometheus: cli.prometheus,
         prometheus_port: cli.prometheus_port,
         prometheus_address: cli.prometheus_address,
@@ -878,6 +880,10 @@ impl fmt::Debug for Config {
             .field("drain_timeout", &self.drain_timeout)
             .field("sock_buf_size", &self.sock_buf_size)
             .field("max_tcp_connections", &self.max_tcp_connections)
+            .field(
+                "max_tcp_connections_per_ip",
+                &self.max_tcp_connections_per_ip,
+            )
             .field("prometheus", &self.prometheus)
             .field("prometheus_port", &self.prometheus_port)
             .field("prometheus_address", &self.prometheus_address)

@@ -21,6 +21,7 @@ pub mod dtls {
         }
     }
 }
+pub mod conn_limits;
 pub mod relay;
 pub mod stream;
 pub mod tcp_relay;
@@ -30,7 +31,6 @@ pub mod worker;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -132,6 +132,8 @@ pub struct RunConfig {
     pub sock_buf_size: Option<usize>,
     /// Open TCP connections allowed at once, all workers together.
     pub max_tcp_connections: usize,
+    /// Of those, from one source address (an IPv6 /64); 0: no cap.
+    pub max_tcp_connections_per_ip: u32,
     pub engine: Arc<ServerConfig>,
     pub shared: Arc<Shared>,
 }
@@ -232,14 +234,15 @@ pub fn start(rc: RunConfig) -> io::Result<Running> {
         per_worker.push((udp, tcp, tls, dtls));
     }
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let tcp_count = Arc::new(AtomicUsize::new(0));
+    let conn_limits =
+        conn_limits::ConnLimits::new(rc.max_tcp_connections, rc.max_tcp_connections_per_ip);
     let tcp_peers = tcp_relay::PeerTable::default();
     let mut threads = Vec::new();
     let mut workers = Vec::new();
     for (i, (udp, tcp, tls, dtls)) in per_worker.into_iter().enumerate() {
         let rc = rc.clone();
         let stop_rx = stop_rx.clone();
-        let tcp_count = tcp_count.clone();
+        let conn_limits = conn_limits.clone();
         let tcp_peers = tcp_peers.clone();
         let (control, control_rx) = mpsc::unbounded_channel();
         let snapshot = Arc::new(Mutex::new(WorkerSnapshot::default()));
@@ -254,7 +257,7 @@ pub fn start(rc: RunConfig) -> io::Result<Running> {
                     tcp,
                     tls,
                     dtls,
-                    tcp_count,
+                    conn_limits,
                     tcp_peers,
                     stop: stop_rx,
                     control: control_rx,

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -65,8 +64,8 @@ pub(crate) struct WorkerState {
     /// Batch sizes and processing times, published with the snapshot.
     pub io_stats: RefCell<IoStats>,
     pub sock_buf_size: Option<usize>,
-    pub tcp_count: Arc<AtomicUsize>,
-    pub max_tcp: usize,
+    /// Client stream connections: caps in total, per source address and on TLS handshakes.
+    pub conn_limits: Arc<super::conn_limits::ConnLimits>,
     /// RFC 6062: listening sockets of this worker's TCP allocations, Connects under way, peer
     /// connections of all workers, and data connections about to switch to raw bytes.
     pub tcp_relays: RefCell<HashMap<AllocationId, JoinHandle<()>>>,
@@ -88,7 +87,7 @@ pub(crate) struct WorkerInit {
     pub tcp: Vec<std::net::TcpListener>,
     pub tls: Vec<std::net::TcpListener>,
     pub dtls: Vec<std::net::UdpSocket>,
-    pub tcp_count: Arc<AtomicUsize>,
+    pub conn_limits: Arc<super::conn_limits::ConnLimits>,
     pub tcp_peers: tcp_relay::PeerTable,
     pub stop: tokio::sync::watch::Receiver<bool>,
     pub control: mpsc::UnboundedReceiver<Control>,
@@ -103,7 +102,7 @@ pub(crate) fn run(init: WorkerInit) {
         tcp,
         tls,
         dtls,
-        tcp_count,
+        conn_limits,
         tcp_peers,
         mut stop,
         control,
@@ -156,8 +155,7 @@ pub(crate) fn run(init: WorkerInit) {
             batch: RefCell::new(RecvBatch::new(PEER_HEADROOM, MAX_DATAGRAM, PEER_TAILROOM)),
             io_stats: RefCell::new(IoStats::default()),
             sock_buf_size: rc.sock_buf_size,
-            tcp_count,
-            max_tcp: rc.max_tcp_connections,
+            conn_limits,
             tcp_relays: RefCell::new(HashMap::new()),
             connecting: RefCell::new(HashMap::new()),
             tcp_peers,
