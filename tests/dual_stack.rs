@@ -49,22 +49,7 @@ fn dual_server_with(extra: &[&str]) -> Server {
 
 /// turnutils_peer echoing on both loopback addresses.
 fn dual_peer() -> (Proc, u16) {
-    require_tool("turnutils_peer");
-    let port = free_port();
-    let child = std::process::Command::new("turnutils_peer")
-        .args(["-L", "127.0.0.1", "-L", "::1", "-p", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start turnutils_peer");
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    (
-        Proc {
-            child,
-            name: "turnutils_peer".into(),
-        },
-        port,
-    )
+    start_peer_on(&["127.0.0.1", "::1"])
 }
 
 fn run_dual(srv: &Server, peer_ip: &str, peer_port: u16, extra: &[&str]) -> UclientResult {

@@ -1106,14 +1106,7 @@ fn three_nodes_in_namespaces_share_users_secrets_and_drain_to_a_peer_of_their_re
         |i: usize| -> std::net::SocketAddr { format!("{}:3478", net.ip(i)).parse().unwrap() };
 
     // A user in Redis allocates and relays on every node (coturn's client, from outside).
-    let peer_port = free_port();
-    let mut peer = Command::new("turnutils_peer")
-        .args(["-L", &net.gateway(), "-p", &peer_port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("turnutils_peer");
-    std::thread::sleep(Duration::from_millis(300));
+    let (_peer, peer_port) = start_peer_on(&[&net.gateway()]);
     for i in 1..=3 {
         let (sent, recv, out) =
             uclient_to(&net.ip(i), &net.gateway(), peer_port, "alice", "alicepw");
@@ -1224,8 +1217,6 @@ fn three_nodes_in_namespaces_share_users_secrets_and_drain_to_a_peer_of_their_re
         live.round_trip(&p, "after").await.unwrap();
         live.close().await;
     });
-    let _ = peer.kill();
-    let _ = peer.wait();
 }
 
 /// GET `path` from 127.0.0.1:`port` with extra header lines; the JSON body of a 200.

@@ -433,18 +433,7 @@ fn uclient_over_tls_on_ipv6_loopback() {
         "-m",
         "1",
     ]);
-    let peer_port = free_port();
-    let child = Command::new("turnutils_peer")
-        .args(["-L", "::1", "-p", &peer_port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start turnutils_peer");
-    let _peer = Proc {
-        child,
-        name: "turnutils_peer".into(),
-    };
-    std::thread::sleep(Duration::from_millis(300));
+    let (_peer, peer_port) = start_peer_on(&["::1"]);
     let out = run_with_timeout(
         Command::new("turnutils_uclient").args([
             "-t",

@@ -294,18 +294,7 @@ fn uclient_over_ipv6_loopback() {
     // Listener, relay and peer on ::1 (RFC 6156: IPv6 relayed addresses).
     let port = free_port();
     let (_srv, srv) = start_server_on_v6(port);
-    let peer_port = free_port();
-    let child = std::process::Command::new("turnutils_peer")
-        .args(["-L", "::1", "-p", &peer_port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start turnutils_peer");
-    let _peer = Proc {
-        child,
-        name: "turnutils_peer".into(),
-    };
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (_peer, peer_port) = start_peer_on(&["::1"]);
     let out = run_with_timeout(
         std::process::Command::new("turnutils_uclient").args([
             "-p",

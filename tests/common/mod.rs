@@ -224,22 +224,62 @@ pub fn binding_udp(server: SocketAddr, timeout: Duration) -> Option<SocketAddr> 
 
 /// Start coturn's `turnutils_peer` (a UDP echo peer) on 127.0.0.1.
 pub fn start_peer() -> (Proc, u16) {
+    start_peer_on(&["127.0.0.1"])
+}
+
+/// Start `turnutils_peer` on a free port of every address in `ips`, and wait until it echoes on
+/// each of them: a client started next never sends to a peer that is not listening yet.
+pub fn start_peer_on(ips: &[&str]) -> (Proc, u16) {
     require_tool("turnutils_peer");
     let port = free_port();
-    let child = Command::new("turnutils_peer")
-        .args(["-L", "127.0.0.1", "-p", &port.to_string()])
+    let mut cmd = Command::new("turnutils_peer");
+    for ip in ips {
+        cmd.args(["-L", ip]);
+    }
+    let child = cmd
+        .args(["-p", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start turnutils_peer");
-    std::thread::sleep(Duration::from_millis(300));
-    (
-        Proc {
-            child,
-            name: "turnutils_peer".into(),
-        },
-        port,
-    )
+    let mut proc = Proc {
+        child,
+        name: "turnutils_peer".into(),
+    };
+    for ip in ips {
+        let ip: std::net::IpAddr = ip.parse().expect("an IP address");
+        wait_for_echo(&mut proc, SocketAddr::new(ip, port));
+    }
+    (proc, port)
+}
+
+/// Wait (at most 30 s) until the UDP echo peer `proc` at `peer` sends a probe back.
+pub fn wait_for_echo(proc: &mut Proc, peer: SocketAddr) {
+    let any: std::net::IpAddr = if peer.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    let s = UdpSocket::bind((any, 0)).expect("bind a probe socket");
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let probe = b"vigi-turn test: are you there?";
+    let mut buf = [0u8; 64];
+    let t0 = Instant::now();
+    loop {
+        let _ = s.send_to(probe, peer);
+        if matches!(s.recv_from(&mut buf), Ok((n, from)) if from == peer && &buf[..n] == probe) {
+            return;
+        }
+        if let Some(st) = proc.child.try_wait().unwrap() {
+            panic!("{} at {peer} exited early with {st}", proc.name);
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{} never echoed on {peer}",
+            proc.name
+        );
+    }
 }
 
 /// Run a command with a time limit; its output.
