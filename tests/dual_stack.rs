@@ -56,11 +56,13 @@ fn run_dual(srv: &Server, peer_ip: &str, peer_port: u16, extra: &[&str]) -> Ucli
     run_uclient(srv, peer_ip, peer_port, &[&["-Z"], extra].concat())
 }
 
-/// turnutils_uclient from 127.0.0.1 to `srv`, relaying to `peer_ip`:`peer_port`.
+/// turnutils_uclient from a loopback address of its own ([`client_ip`]: two runs on one server
+/// never meet a leftover allocation's 5-tuple) to `srv`, relaying to `peer_ip`:`peer_port`.
 fn run_uclient(srv: &Server, peer_ip: &str, peer_port: u16, extra: &[&str]) -> UclientResult {
     require_tool("turnutils_uclient");
     let mut cmd = std::process::Command::new("turnutils_uclient");
-    cmd.args(["-p", &srv.port.to_string(), "-e", peer_ip])
+    cmd.args(["-L", &client_ip()])
+        .args(["-p", &srv.port.to_string(), "-e", peer_ip])
         .args(["-r", &peer_port.to_string(), "-u", "bench", "-w", "benchpw"])
         .args(extra)
         .arg("127.0.0.1");

@@ -307,6 +307,17 @@ pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
     }
 }
 
+/// A loopback address for one turnutils_uclient run, never the same twice in this process
+/// (127.0.1.1, 127.0.1.2, ...). uclient leaves an allocation or two behind for the server to
+/// expire; were the next run on the same server to come from 127.0.0.1 too, the kernel could
+/// give one of its fresh ephemeral ports the port of such a leftover, and its Allocate would
+/// arrive on a live allocation's 5-tuple and rightly get a 437.
+pub fn client_ip() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("127.0.{}.{}", 1 + n / 254, 1 + n % 254)
+}
+
 /// What turnutils_uclient reported at the end of a run.
 #[derive(Debug)]
 pub struct UclientResult {
@@ -324,6 +335,9 @@ pub fn uclient(port: u16, peer_port: u16, args: &[&str]) -> UclientResult {
     let peer_s = peer_port.to_string();
     let mut cmd = Command::new("turnutils_uclient");
     cmd.args(["-p", &port_s, "-e", "127.0.0.1", "-r", &peer_s]);
+    if !args.contains(&"-L") {
+        cmd.args(["-L", &client_ip()]);
+    }
     cmd.args(args);
     cmd.arg("127.0.0.1");
     let out = run_with_timeout(&mut cmd, Duration::from_secs(60));
