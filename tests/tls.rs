@@ -65,7 +65,9 @@ fn write_cert(dir: &Path, cert: &str, key: &str) -> (String, String) {
 fn tls_server(cert: &str, key: &str, extra: &[&str]) -> (Server, u16) {
     let tls_port = free_port();
     let tls_s = tls_port.to_string();
+    // -n: no turnserver.conf of the host (/etc/turnserver.conf, ./etc/...) changes the test.
     let mut args = vec![
+        "-n",
         "-L",
         "127.0.0.1",
         "-E",
@@ -281,6 +283,7 @@ fn bad_certificate_is_a_startup_error_naming_the_flag() {
     ] {
         let mut cmd = Command::new(BIN);
         cmd.args([
+            "-n",
             "-L",
             "127.0.0.1",
             "-p",
