@@ -28,6 +28,10 @@ const MAX_PACKETS: u64 = 20_000;
 const MAX_TIME: Duration = Duration::from_secs(40);
 
 fn server() -> Server {
+    // A relay range of its own: not in the kernel's ephemeral range, not shared with any other
+    // server a test (of this binary or another running alongside) starts.
+    let (min, max) = free_range(1000);
+    let (min, max) = (min.to_string(), max.to_string());
     start_server(&[
         "-n",
         "-L",
@@ -41,9 +45,9 @@ fn server() -> Server {
         "--user",
         "bench:benchpw",
         "--min-port",
-        "62000",
+        &min,
         "--max-port",
-        "62999",
+        &max,
         "-m",
         "2",
     ])

@@ -154,6 +154,8 @@ fn uclient_over_tls_all_echoed() {
     let dir = TempDir::new();
     let (c, k, _) = make_cert();
     let (cert, key) = write_cert(&dir.0, &c, &k);
+    let (min, max) = free_range(100);
+    let (min, max) = (min.to_string(), max.to_string());
     let (srv, tls_port) = tls_server(
         &cert,
         &key,
@@ -165,9 +167,9 @@ fn uclient_over_tls_all_echoed() {
             "--user",
             "bench:benchpw",
             "--min-port",
-            "62000",
+            &min,
             "--max-port",
-            "62999",
+            &max,
             "-m",
             "2",
         ],
@@ -340,6 +342,8 @@ fn sigusr2_storm_while_uclient_relays_over_tls() {
     let (c1, k1, der1) = make_cert();
     let (c2, k2, der2) = make_cert();
     let (cert, key) = write_cert(&dir.0, &c1, &k1);
+    let (min, max) = free_range(100);
+    let (min, max) = (min.to_string(), max.to_string());
     let (srv, tls_port) = tls_server(
         &cert,
         &key,
@@ -351,9 +355,9 @@ fn sigusr2_storm_while_uclient_relays_over_tls() {
             "--user",
             "bench:benchpw",
             "--min-port",
-            "63000",
+            &min,
             "--max-port",
-            "63999",
+            &max,
             "-m",
             "2",
         ],

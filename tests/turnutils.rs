@@ -6,7 +6,12 @@ mod common;
 
 use common::*;
 
+/// A server of its own relay range: six of these run at once in this binary, and a fixed range
+/// (it was 61000-61999 for all) is shared between them, with other test processes on the
+/// machine, and with the kernel's ephemeral ports where `ip_local_port_range` reaches that far.
 fn lt_server() -> Server {
+    let (min, max) = free_range(100);
+    let (min, max) = (min.to_string(), max.to_string());
     start_server(&[
         "-n",
         "-L",
@@ -20,9 +25,9 @@ fn lt_server() -> Server {
         "--user",
         "bench:benchpw",
         "--min-port",
-        "61000",
+        &min,
         "--max-port",
-        "61999",
+        &max,
         "-m",
         "2",
     ])
