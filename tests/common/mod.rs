@@ -197,8 +197,9 @@ pub fn start_server_on(port: u16, all: &[&str]) -> Server {
         if let Some(st) = proc.child.try_wait().unwrap() {
             panic!("vigi-turn exited early with {st} (args {all:?})");
         }
+        // Generous: on a loaded CI machine a debug build can take seconds to start.
         assert!(
-            t0.elapsed() < Duration::from_secs(10),
+            t0.elapsed() < Duration::from_secs(30),
             "vigi-turn did not answer STUN on port {port}"
         );
     }
