@@ -1016,16 +1016,34 @@ fn sh(args: &[&str]) {
 impl Net {
     fn new(count: usize) -> Net {
         require_tool("ip");
-        let tag = format!("{:04x}", rand::random::<u16>());
-        let prefix = format!("10.213.{}", 10 + rand::random::<u8>() % 200);
-        let net = Net {
+        // Another run of this test on the machine (another worktree, another CI job) makes its
+        // own bridge: a /24 already on an interface, or a bridge name already taken, is skipped
+        // (two bridges holding one subnet break routing for both; a taken name failed `ip`).
+        let (tag, prefix) = (0..50)
+            .find_map(|_| {
+                let tag = format!("{:04x}", rand::random::<u16>());
+                let prefix = format!("10.213.{}", 10 + rand::random::<u8>() % 200);
+                let addrs = Command::new("ip")
+                    .args(["-4", "-o", "addr"])
+                    .output()
+                    .ok()?;
+                if String::from_utf8_lossy(&addrs.stdout).contains(&format!(" {prefix}.")) {
+                    return None;
+                }
+                let br = format!("vtb{tag}");
+                let made = Command::new("ip")
+                    .args(["link", "add", &br, "type", "bridge"])
+                    .output()
+                    .ok()?;
+                made.status.success().then_some((tag, prefix))
+            })
+            .expect("a free bridge name and subnet");
+        let br = format!("vtb{tag}");
+        let mut net = Net {
             tag: tag.clone(),
             prefix: prefix.clone(),
             count: 0,
         };
-        let br = format!("vtb{tag}");
-        sh(&["ip", "link", "add", &br, "type", "bridge"]);
-        let mut net = net;
         sh(&["ip", "addr", "add", &format!("{prefix}.1/24"), "dev", &br]);
         sh(&["ip", "link", "set", &br, "up"]);
         for i in 1..=count {
