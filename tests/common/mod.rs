@@ -81,14 +81,16 @@ impl PortRegion {
     }
 }
 
-/// Whether `port` is free for UDP and TCP on 127.0.0.1 and on ::1 (where IPv6 is up).
+/// Whether `port` is free for UDP and TCP on every address (a wildcard bind fails if anyone
+/// holds the port on any address: 127.0.0.1, another loopback address a test listens on, a
+/// bridge a test made), IPv4 and IPv6 (where IPv6 is up).
 fn port_is_free(port: u16) -> bool {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     let in_use =
         |r: std::io::Result<()>| matches!(r, Err(e) if e.kind() == std::io::ErrorKind::AddrInUse);
     [
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(Ipv6Addr::LOCALHOST),
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     ]
     .into_iter()
     .all(|ip| {
@@ -102,6 +104,20 @@ fn port_is_free(port: u16) -> bool {
 /// between this call and the server's bind.
 pub fn free_port() -> u16 {
     regions().0.take(1, port_is_free).0
+}
+
+/// A UDP socket on `ip` and a port from [`free_port`] (the next one, should another process
+/// have taken it since it was found free): never a port the kernel gives a `bind(:0)`, nor one
+/// this process handed out before. For clients whose allocation may outlive the socket.
+pub fn udp_on_free_port(ip: std::net::IpAddr) -> UdpSocket {
+    for _ in 0..10 {
+        match UdpSocket::bind((ip, free_port())) {
+            Ok(s) => return s,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => panic!("bind {ip}: {e}"),
+        }
+    }
+    panic!("no free port for a client on {ip}");
 }
 
 /// `count` consecutive free ports (a relay range) outside the ephemeral range and apart from

@@ -31,9 +31,9 @@ pub async fn allocate(
     // A port from the test allocator, not bind(:0): a test may drop a client without ending its
     // allocation, and a later client given that port by the kernel would send its Allocate on
     // the live allocation's 5-tuple and get a 437.
-    let conn = UdpSocket::bind(("0.0.0.0", super::free_port()))
-        .await
-        .unwrap();
+    let conn = super::udp_on_free_port(Ipv4Addr::UNSPECIFIED.into());
+    conn.set_nonblocking(true).unwrap();
+    let conn = UdpSocket::from_std(conn).unwrap();
     let client = Client::new(ClientConfig {
         stun_serv_addr: server.to_owned(),
         turn_serv_addr: server.to_owned(),
@@ -118,7 +118,7 @@ pub fn raw_allocate_from(
     // Never bind(:0): callers drop this socket while the allocation it made lives on, so a
     // later client socket given the same port by the kernel would hit that allocation's
     // 5-tuple (437). The test allocator never hands a port out twice, nor one the kernel gives.
-    let s = std::net::UdpSocket::bind((source, super::free_port())).unwrap();
+    let s = super::udp_on_free_port(source);
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = [0u8; 1500];
     let mut req = Vec::new();
