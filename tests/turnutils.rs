@@ -259,7 +259,7 @@ fn our_rest_credentials_are_accepted_by_coturn() {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let t0 = std::time::Instant::now();
     while binding_udp(addr, std::time::Duration::from_millis(200)).is_none() {
-        assert!(t0.elapsed().as_secs() < 10, "coturn did not start");
+        assert!(t0.elapsed().as_secs() < 30, "coturn did not start");
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -378,7 +378,7 @@ fn start_server_on_v6(port: u16) -> (Proc, u16) {
             break;
         }
         assert!(
-            t0.elapsed().as_secs() < 10,
+            t0.elapsed().as_secs() < 30,
             "vigi-turn did not answer on [::1]:{port}"
         );
     }
