@@ -106,7 +106,9 @@ async fn sighup_new_secret_works_and_live_allocation_keeps_relaying() {
     let dir = tmpdir("hup");
     let conf = dir.join("turnserver.conf");
     let log = dir.join("vigi.log");
-    let lifetime = "max-allocate-lifetime=4\ndefault-allocate-lifetime=4\n";
+    // 6 s: refreshed at half-life (3 s), which leaves a late timer on a loaded machine 3 s (it
+    // was 4 s, 2 s of slack).
+    let lifetime = "max-allocate-lifetime=6\ndefault-allocate-lifetime=6\n";
     write_conf(&conf, "first-secret", lifetime);
     let mut srv = start_server(&[
         "-c",
@@ -149,12 +151,12 @@ async fn sighup_new_secret_works_and_live_allocation_keeps_relaying() {
     );
 
     // The allocation made before the reload relays on, and can still sign requests: a peer on
-    // a new IP needs a CreatePermission made with the old key, and the 4-second allocation
+    // a new IP needs a CreatePermission made with the old key, and the 6-second allocation
     // must have been refreshed (at half-life) with it too.
     live.round_trip(&p1, "after").await.unwrap();
     let p2 = UdpSocket::bind("127.0.0.2:0").await.unwrap();
     live.round_trip(&p2, "after, new peer IP").await.unwrap();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
     live.round_trip(&p1, "after a refresh").await.unwrap();
 
     // An invalid edit is refused and the running configuration stays; the log file is
