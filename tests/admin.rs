@@ -64,6 +64,22 @@ fn request(
     }
 }
 
+/// How long the server may take to show or apply something (snapshots are published once a
+/// second and kills travel to the worker through a channel; a loaded machine adds seconds).
+const WITHIN: Duration = Duration::from_secs(30);
+
+/// Call `f` every 100 ms until it returns `Some`, at most [`WITHIN`]; `what` names it if never.
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t0.elapsed() < WITHIN, "{what} within {WITHIN:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn error_code(answer: &[u8]) -> Option<u16> {
     let m = Message::decode(answer).unwrap();
     m.get(attr::ERROR_CODE)
@@ -77,10 +93,11 @@ fn list_shows_counters_and_kill_ends_the_allocation() {
     let server = SocketAddr::from(([127, 0, 0, 1], srv.port));
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     client
-        .set_read_timeout(Some(Duration::from_secs(3)))
+        .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
-    peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let peer_addr = peer.local_addr().unwrap();
 
     let a = request(&client, server, Method::ALLOCATE, |b| {
@@ -117,7 +134,7 @@ fn list_shows_counters_and_kill_ends_the_allocation() {
         {
             break a;
         }
-        assert!(t0.elapsed() < Duration::from_secs(5), "not listed: {body}");
+        assert!(t0.elapsed() < WITHIN, "not listed: {body}");
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(alloc["traffic"]["rcv"]["bytes"], 300);
@@ -157,17 +174,22 @@ fn list_shows_counters_and_kill_ends_the_allocation() {
         &bearer(Some(TOKEN)),
     );
     assert_eq!(status, 200, "{body}");
-    std::thread::sleep(Duration::from_millis(200));
-    let r = request(&client, server, Method::REFRESH, |_| {});
-    assert_eq!(error_code(&r), Some(437), "refresh after kill");
-    std::thread::sleep(Duration::from_millis(1200));
-    let (status, _) = http(
-        admin,
-        "DELETE",
-        &format!("/api/allocations/{id}"),
-        &bearer(Some(TOKEN)),
-    );
-    assert_eq!(status, 404, "gone from the list");
+    // The kill reaches the worker through a channel: the Refresh gets 437 once it has.
+    eventually("refresh after kill answered 437", || {
+        let r = request(&client, server, Method::REFRESH, |_| {});
+        (error_code(&r) == Some(437)).then_some(())
+    });
+    // Gone from the list once the worker publishes again.
+    eventually("gone from the list (404)", || {
+        let (status, _) = http(
+            admin,
+            "DELETE",
+            &format!("/api/allocations/{id}"),
+            &bearer(Some(TOKEN)),
+        );
+        assert!(status == 200 || status == 404, "{status}");
+        (status == 404).then_some(())
+    });
     let (status, _) = http(
         admin,
         "DELETE",
@@ -192,7 +214,8 @@ impl LtClient {
     /// Allocate (after the 401 challenge) as `user`.
     fn allocate(server: SocketAddr, user: &'static str, password: &str) -> LtClient {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let challenge = request(&sock, server, Method::ALLOCATE, |b| {
             b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
         });
@@ -233,7 +256,13 @@ impl LtClient {
 
 #[test]
 fn kill_by_user() {
-    let log = std::env::temp_dir().join(format!("vigi-admin-test-{}.log", free_port()));
+    // A name no other test process on the machine uses (a port number is unique only within
+    // this process).
+    let log = std::env::temp_dir().join(format!(
+        "vigi-admin-test-{}-{:x}.log",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
     let log_s = log.to_str().unwrap().to_owned();
     let (srv, admin) = admin_server_with(&[
         "--lt-cred-mech",
@@ -249,14 +278,17 @@ fn kill_by_user() {
     let alice1 = LtClient::allocate(server, "alice", "alicepw");
     let alice2 = LtClient::allocate(server, "alice", "alicepw");
     let bob = LtClient::allocate(server, "bob", "bobpw");
-    std::thread::sleep(Duration::from_millis(1200));
-    let (_, body) = http(
-        admin,
-        "GET",
-        "/api/allocations?user=alice",
-        &bearer(Some(TOKEN)),
-    );
-    let listed = json(&body)["allocations"].as_array().unwrap().clone();
+    // Listed once both workers have published (once a second each).
+    let (listed, body) = eventually("alice's two allocations listed", || {
+        let (_, body) = http(
+            admin,
+            "GET",
+            "/api/allocations?user=alice",
+            &bearer(Some(TOKEN)),
+        );
+        let listed = json(&body)["allocations"].as_array().unwrap().clone();
+        (listed.len() >= 2).then_some((listed, body))
+    });
     assert_eq!(listed.len(), 2, "{body}");
     assert!(listed.iter().all(|a| a["username"] == "alice"));
 
@@ -268,9 +300,12 @@ fn kill_by_user() {
     );
     assert_eq!(status, 200);
     assert_eq!(json(&body)["killed"].as_array().unwrap().len(), 2, "{body}");
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(alice1.refresh_error(), Some(437));
-    assert_eq!(alice2.refresh_error(), Some(437));
+    // The kills reach the workers through channels: each Refresh gets 437 once they have.
+    for alice in [&alice1, &alice2] {
+        eventually("alice's refresh answered 437", || {
+            (alice.refresh_error() == Some(437)).then_some(())
+        });
+    }
     assert_eq!(bob.refresh_error(), None, "bob's allocation lives on");
 
     // The log: JSON lines, coturn's session-end lines with the reason, and at the default level

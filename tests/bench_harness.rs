@@ -65,14 +65,16 @@ fn bench_peer() -> (Proc, u16) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start vigi-bench peer");
-    std::thread::sleep(Duration::from_millis(200));
-    (
-        Proc {
-            child,
-            name: "vigi-bench peer".into(),
-        },
-        port,
-    )
+    let mut proc = Proc {
+        child,
+        name: "vigi-bench peer".into(),
+    };
+    // Echoing before the client starts (it was a 200 ms sleep).
+    wait_for_echo(
+        &mut proc,
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+    );
+    (proc, port)
 }
 
 /// Run the vigi-bench client against 127.0.0.1:`port`; its output, parsed as uclient's.
@@ -147,10 +149,13 @@ const LT: [&str; 4] = ["-u", "bench", "-w", "benchpw"];
 
 #[test]
 fn bench_client_to_bench_peer_all_modes() {
-    let srv = server(false);
     let (_peer, pport) = bench_peer();
     let pport = pport.to_string();
     for mode in [&[][..], &["-s"], &["-t"], &["-t", "-s"]] {
+        // A server per mode: vigi-bench leaves its allocations to expire, and a later run's
+        // client sockets (ephemeral ports on 127.0.0.1) could meet one of them on its 5-tuple
+        // and be answered 437.
+        let srv = server(false);
         let args = [
             &LT[..],
             &["-e", "127.0.0.1", "-r", &pport, "-c", "-m", "4", "-n", "50"],
@@ -193,7 +198,7 @@ fn bench_client_rate_duration_json() {
     cmd.args(["-p", &srv.port.to_string()])
         .args(LT)
         .args(["-e", "127.0.0.1", "-r", &pport.to_string(), "-c", "-m", "5"])
-        .args(["--rate", "1000", "--duration", "1", "--json", "127.0.0.1"]);
+        .args(["--rate", "1000", "--duration", "2", "--json", "127.0.0.1"]);
     let out = run_with_timeout(&mut cmd, Duration::from_secs(30));
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -206,8 +211,10 @@ fn bench_client_rate_duration_json() {
         rest[..end].parse().unwrap()
     };
     let sent = field("sent");
-    // 1000 msg/s for 1 s, paced in whole milliseconds: within a few percent.
-    assert!((900.0..=1100.0).contains(&sent), "{json}");
+    // 1000 msg/s for 2 s, paced in whole milliseconds with catch-up after a late wake-up:
+    // never above the rate; below it only by what a stall right before the end left unsent,
+    // which a loaded machine makes a few hundred milliseconds (it was 1 s within 10 %).
+    assert!((1600.0..=2200.0).contains(&sent), "{json}");
     assert_eq!(field("received"), sent, "{json}");
     assert_eq!(field("loss_pct"), 0.0, "{json}");
 }

@@ -30,10 +30,17 @@ fn request(
     if let Some(l) = lifetime {
         b.attr_u32(attr::LIFETIME, l);
     }
+    // Retransmitted every 500 ms for up to 10 s (it was three tries, 1.5 s): a loaded machine
+    // can stall the server for longer. An answer to an earlier request is skipped.
     let mut buf = [0u8; 1500];
-    for _ in 0..3 {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
         sock.send_to(&req, server).ok()?;
-        if let Ok(n) = sock.recv(&mut buf) {
+        let next = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < next {
+            let Ok(n) = sock.recv(&mut buf) else {
+                continue;
+            };
             let m = Message::decode(&buf[..n]).ok()?;
             if m.transaction_id() == &tid {
                 return Some(match m.get(attr::ERROR_CODE) {
@@ -48,7 +55,7 @@ fn request(
 
 fn client() -> UdpSocket {
     let s = UdpSocket::bind("127.0.0.4:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(500)))
+    s.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
     s
 }
@@ -101,7 +108,7 @@ fn out_of_file_descriptors_answers_508_and_recovers() {
     let t0 = Instant::now();
     while binding_udp(server, Duration::from_millis(200)).is_none() {
         assert!(
-            t0.elapsed() < Duration::from_secs(10),
+            t0.elapsed() < Duration::from_secs(30),
             "server did not start"
         );
     }
@@ -126,7 +133,7 @@ fn out_of_file_descriptors_answers_508_and_recovers() {
     assert_eq!(codes.last(), Some(&508), "codes: {codes:?}");
     assert!(held.len() > 10 && (held.len() as u64) < NOFILE);
     assert!(proc.child.try_wait().unwrap().is_none(), "still running");
-    assert!(binding_udp(server, Duration::from_secs(2)).is_some());
+    assert!(binding_udp(server, Duration::from_secs(10)).is_some());
     // Give back half; new allocations succeed again.
     let back = held.len() / 2;
     for s in held.drain(..back) {

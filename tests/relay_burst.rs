@@ -35,8 +35,28 @@ fn udp_with_buffer(buf: usize) -> UdpSocket {
     s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
         .unwrap();
     let s: UdpSocket = s.into();
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s
+}
+
+/// The receive queue (bytes) of the UDP socket bound to `addr`, from /proc/net/udp; `None`
+/// when there is no such socket.
+fn udp_rx_queue(addr: SocketAddr) -> Option<u64> {
+    let SocketAddr::V4(a) = addr else {
+        return None;
+    };
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(a.ip().octets()),
+        a.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // sl, local_address, rem_address, st, tx_queue:rx_queue
+        (f.len() > 4 && f[1] == local)
+            .then(|| u64::from_str_radix(f[4].split(':').nth(1)?, 16).ok())?
+    })
 }
 
 /// A client's control channel: a UDP socket, or a TCP connection carrying frames back to back.
@@ -168,7 +188,7 @@ fn a_burst_beyond_the_read_budget_reaches_the_client_without_more_traffic() {
 
     // Every datagram arrives as a Data indication, with nothing more sent to the relay.
     let mut seen = HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     client
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
@@ -205,7 +225,7 @@ fn a_tcp_client_that_stops_reading_gets_whole_frames_in_order_when_it_reads_agai
     s.connect(&server.into()).unwrap();
     let client: TcpStream = s.into();
     client
-        .set_read_timeout(Some(Duration::from_secs(3)))
+        .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let peer = udp_with_buffer(1 << 20);
     let relay = allocate_and_permit(&Ctl::Tcp(&client), peer.local_addr().unwrap());
@@ -222,40 +242,76 @@ fn a_tcp_client_that_stops_reading_gets_whole_frames_in_order_when_it_reads_agai
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Wait until the server has read every datagram queued on the relay socket (it was a
+    // 300 ms sleep): by then whatever it could not write to the client is in its backlog or was
+    // dropped.
+    let t0 = Instant::now();
+    while udp_rx_queue(relay).is_some_and(|q| q > 0) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the server never read its relay socket"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
-    // Now read everything: whole Data indications, sequence numbers rising, each intact.
+    // Now read everything: whole Data indications, sequence numbers rising, each intact. What
+    // the server holds has all come once a marker (a datagram numbered SENT or more, sent every
+    // 200 ms from now on) arrives behind it: the server drops whole frames while its backlog is
+    // full, so one gets through once the client has drained it. (The end was 700 ms without a
+    // byte, which a server descheduled for 700 ms cut short, mid-frame.)
     let mut stream = Vec::new();
     let mut chunk = [0u8; 65536];
     let mut c: &TcpStream = &client;
-    c.set_read_timeout(Some(Duration::from_millis(700)))
+    c.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    while let Ok(n) = c.read(&mut chunk) {
-        if n == 0 {
-            break;
-        }
-        stream.extend_from_slice(&chunk[..n]);
-    }
-    let mut at = 0;
-    let mut last: Option<u32> = None;
-    let mut frames = 0u32;
-    while at < stream.len() {
-        let len = frame_len(&stream[at..])
-            .expect("the stream stays framed")
-            .expect("no frame cut short");
+    let frame = |stream: &[u8], at: usize| -> Option<(usize, u32)> {
+        let len = frame_len(&stream[at..]).expect("the stream stays framed")?;
         let m = Message::decode(&stream[at..at + len]).expect("a whole STUN message");
         assert_eq!(m.method(), Method::DATA);
         let data = m.get(attr::DATA).expect("DATA");
         assert_eq!(data.len(), 1000, "payload intact");
         let seq = u32::from_be_bytes(data[..4].try_into().unwrap());
         assert_eq!(u32::from_be_bytes(data[4..8].try_into().unwrap()), !seq);
+        Some((len, seq))
+    };
+    let send = |seq: u32, payload: &mut [u8; 1000]| {
+        payload[..4].copy_from_slice(&seq.to_be_bytes());
+        payload[4..8].copy_from_slice(&(!seq).to_be_bytes());
+        peer.send_to(payload, relay).unwrap();
+    };
+    let mut at = 0;
+    let mut last: Option<u32> = None;
+    let mut frames = 0u32;
+    let mut marker = SENT;
+    let mut next_marker = Instant::now();
+    let t0 = Instant::now();
+    'read: loop {
         assert!(
-            last.is_none_or(|l| seq > l),
-            "in order: {seq} after {last:?}"
+            t0.elapsed() < Duration::from_secs(30),
+            "no marker arrived after {frames} frames"
         );
-        last = Some(seq);
-        frames += 1;
-        at += len;
+        if Instant::now() >= next_marker {
+            send(marker, &mut payload);
+            marker += 1;
+            next_marker = Instant::now() + Duration::from_millis(200);
+        }
+        match c.read(&mut chunk) {
+            Ok(0) => panic!("the server closed the connection"),
+            Ok(n) => stream.extend_from_slice(&chunk[..n]),
+            Err(_) => continue,
+        }
+        while let Some((len, seq)) = frame(&stream, at) {
+            at += len;
+            if seq >= SENT {
+                break 'read;
+            }
+            assert!(
+                last.is_none_or(|l| seq > l),
+                "in order: {seq} after {last:?}"
+            );
+            last = Some(seq);
+            frames += 1;
+        }
     }
     // The backlog (256 KiB) and the socket buffers held at least a few hundred frames; the rest
     // were dropped whole, so the server kept its memory.
@@ -265,14 +321,28 @@ fn a_tcp_client_that_stops_reading_gets_whole_frames_in_order_when_it_reads_agai
         "all {frames} arrived: the client never stopped the server"
     );
 
-    // The connection still works both ways: the peer's next datagram arrives at once.
-    payload[..4].copy_from_slice(&SENT.to_be_bytes());
-    payload[4..8].copy_from_slice(&(!SENT).to_be_bytes());
-    peer.send_to(&payload, relay).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let m = Ctl::Tcp(&client).recv();
-    let msg = Message::decode(&m).unwrap();
-    let data = msg.get(attr::DATA).expect("DATA");
-    assert_eq!(u32::from_be_bytes(data[..4].try_into().unwrap()), SENT);
-    srv.proc.terminate();
+    // The connection still works both ways: the peer's next datagram arrives (behind any
+    // marker still on its way).
+    const LAST: u32 = u32::MAX / 2;
+    send(LAST, &mut payload);
+    let t0 = Instant::now();
+    loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the peer's next datagram never arrived"
+        );
+        match c.read(&mut chunk) {
+            Ok(0) => panic!("the server closed the connection"),
+            Ok(n) => stream.extend_from_slice(&chunk[..n]),
+            Err(_) => continue,
+        }
+        while let Some((len, seq)) = frame(&stream, at) {
+            at += len;
+            assert!(seq >= SENT, "a burst datagram after a marker: {seq}");
+            if seq == LAST {
+                srv.proc.terminate();
+                return;
+            }
+        }
+    }
 }

@@ -14,7 +14,7 @@ use vigi_turn::proto::{attr, Class, Message, MessageBuilder, Method};
 /// from, its RESPONSE-ORIGIN and OTHER-ADDRESS.
 fn binding(port: u16, flags: u8) -> (SocketAddr, Option<SocketAddr>, Option<SocketAddr>) {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut req = Vec::new();
     let tid: [u8; 12] = rand::random();
     let mut b = MessageBuilder::new(&mut req, Method::BINDING, Class::Request, &tid);
@@ -117,7 +117,7 @@ fn without_rfc5780_no_other_address_and_change_request_is_420() {
     assert_eq!((origin, other), (None, None));
 
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut req = Vec::new();
     let mut b = MessageBuilder::new(&mut req, Method::BINDING, Class::Request, &[5; 12]);
     b.attr(attr::CHANGE_REQUEST, &[0, 0, 0, 0x06]);

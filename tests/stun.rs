@@ -83,7 +83,7 @@ fn coturn_docker_compose_flags_start_and_serve() {
         ],
     );
     let addr = SocketAddr::from(([127, 0, 0, 1], srv.port));
-    assert!(binding_udp(addr, Duration::from_secs(2)).is_some());
+    assert!(binding_udp(addr, Duration::from_secs(10)).is_some());
     assert!(srv.proc.terminate().success());
 }
 

@@ -168,7 +168,13 @@ fn tcp_relay_bytes_are_counted_live_per_allocation_and_in_the_totals() {
     require_tool("turnutils_uclient");
     let (prom, admin) = (free_port(), free_port());
     let (prom_s, admin_s) = (prom.to_string(), format!("127.0.0.1:{admin}"));
-    let log = std::env::temp_dir().join(format!("vigi-tcprelay-{}.log", free_port()));
+    // Named by pid and a random number: a free_port() number is unique only in this process,
+    // and another test process sharing the file would add its sessions to the sums.
+    let log = std::env::temp_dir().join(format!(
+        "vigi-tcprelay-{}-{:x}.log",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
     let log_s = log.to_str().unwrap().to_owned();
     let srv = tcp_server(&[
         "--log-file",
@@ -227,7 +233,7 @@ fn tcp_relay_bytes_are_counted_live_per_allocation_and_in_the_totals() {
             break m;
         }
         assert!(
-            t0.elapsed() < Duration::from_secs(10),
+            t0.elapsed() < Duration::from_secs(30),
             "totals never reached uclient's {sent}/{received}: {m:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
@@ -274,7 +280,13 @@ fn tcp_relay_bytes_are_counted_live_per_allocation_and_in_the_totals() {
     let t0 = Instant::now();
     let text = loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if sum(&text, ": peer usage: ", ", sb=") >= sent || t0.elapsed() > Duration::from_secs(5) {
+        // Every session-end line written (at most 30 s; it was 5 s, and only the peer side's
+        // sent bytes were waited for): the assertions below then compare exactly.
+        let done = sum(&text, ": usage: ", ", rb=") >= sent
+            && sum(&text, ": usage: ", ", sb=") >= received
+            && sum(&text, ": peer usage: ", ", sb=") >= sent
+            && sum(&text, ": peer usage: ", ", rb=") >= received;
+        if done || t0.elapsed() > Duration::from_secs(30) {
             break text;
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -65,7 +65,9 @@ fn write_cert(dir: &Path, cert: &str, key: &str) -> (String, String) {
 fn tls_server(cert: &str, key: &str, extra: &[&str]) -> (Server, u16) {
     let tls_port = free_port();
     let tls_s = tls_port.to_string();
+    // -n: no turnserver.conf of the host (/etc/turnserver.conf, ./etc/...) changes the test.
     let mut args = vec![
+        "-n",
         "-L",
         "127.0.0.1",
         "-E",
@@ -140,6 +142,23 @@ fn peer_cert(s: &Tls) -> CertificateDer<'static> {
     s.conn.peer_certificates().expect("peer certificates")[0].clone()
 }
 
+/// Connections waiting in the accept queues of the TCP listeners on `port` (/proc/net/tcp and
+/// tcp6: for a listening socket, `rx_queue` is its accept backlog).
+fn accept_queue(port: u16) -> u64 {
+    let port = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| t.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // local_address, rem_address, st (0A: LISTEN), tx_queue:rx_queue
+            (f.len() > 4 && f[1].ends_with(&port) && f[3] == "0A")
+                .then(|| u64::from_str_radix(f[4].split(':').nth(1)?, 16).ok())?
+        })
+        .sum()
+}
+
 fn signal(srv: &Server, sig: i32) {
     // SAFETY: kill(2) on a child we started and have not reaped.
     unsafe {
@@ -152,6 +171,8 @@ fn uclient_over_tls_all_echoed() {
     let dir = TempDir::new();
     let (c, k, _) = make_cert();
     let (cert, key) = write_cert(&dir.0, &c, &k);
+    let (min, max) = free_range(100);
+    let (min, max) = (min.to_string(), max.to_string());
     let (srv, tls_port) = tls_server(
         &cert,
         &key,
@@ -163,9 +184,9 @@ fn uclient_over_tls_all_echoed() {
             "--user",
             "bench:benchpw",
             "--min-port",
-            "62000",
+            &min,
             "--max-port",
-            "62999",
+            &max,
             "-m",
             "2",
         ],
@@ -235,7 +256,7 @@ fn rustls_binding_then_sigusr2_swaps_certificate() {
             break;
         }
         assert!(
-            t0.elapsed() < Duration::from_secs(5),
+            t0.elapsed() < Duration::from_secs(30),
             "the new certificate was not served after SIGUSR2"
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -281,6 +302,7 @@ fn bad_certificate_is_a_startup_error_naming_the_flag() {
     ] {
         let mut cmd = Command::new(BIN);
         cmd.args([
+            "-n",
             "-L",
             "127.0.0.1",
             "-p",
@@ -308,12 +330,23 @@ fn silent_handshake_is_cut_off_and_counts_toward_the_cap() {
     let (_srv, tls_port) = tls_server(&cert, &key, &["--max-tcp-connections", "1"]);
     let mut s = TcpStream::connect(("127.0.0.1", tls_port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // The server must have taken the silent connection before the second one comes, or the
+    // second could be the one holding the slot: wait until its accept queue is empty (it was a
+    // 200 ms sleep). The handshake timeout runs from then on.
+    let accepting = Instant::now();
+    while accept_queue(tls_port) > 0 {
+        assert!(
+            accepting.elapsed() < Duration::from_secs(30),
+            "the silent connection was never accepted"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let t0 = Instant::now();
-    std::thread::sleep(Duration::from_millis(200));
-    // The silent connection holds the only slot: a second one is closed at once.
+    // The silent connection holds the only slot: a second one is closed at once (a loaded
+    // machine may take a moment; only a close counts, a timeout fails).
     let mut second = TcpStream::connect(("127.0.0.1", tls_port)).unwrap();
     second
-        .set_read_timeout(Some(Duration::from_secs(2)))
+        .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     let mut buf = [0u8; 16];
     assert_eq!(second.read(&mut buf).expect("closed, not timed out"), 0);
@@ -337,6 +370,8 @@ fn sigusr2_storm_while_uclient_relays_over_tls() {
     let (c1, k1, der1) = make_cert();
     let (c2, k2, der2) = make_cert();
     let (cert, key) = write_cert(&dir.0, &c1, &k1);
+    let (min, max) = free_range(100);
+    let (min, max) = (min.to_string(), max.to_string());
     let (srv, tls_port) = tls_server(
         &cert,
         &key,
@@ -348,9 +383,9 @@ fn sigusr2_storm_while_uclient_relays_over_tls() {
             "--user",
             "bench:benchpw",
             "--min-port",
-            "63000",
+            &min,
             "--max-port",
-            "63999",
+            &max,
             "-m",
             "2",
         ],
@@ -393,11 +428,21 @@ fn sigusr2_storm_while_uclient_relays_over_tls() {
         "no loss; output:\n{}",
         r.output
     );
-    // The last certificate written is the one served.
+    // The last certificate written is the one served, once the server has handled the last
+    // SIGUSR2 (a loaded machine may take a while): the other one is served only until then.
     let last = if reloads % 2 == 1 { &der2 } else { &der1 };
-    std::thread::sleep(Duration::from_millis(200));
-    let mut s = connect(tls_port, client_config(&[&der1, &der2], false));
-    assert_eq!(&peer_cert(&s), last);
+    let t0 = Instant::now();
+    let mut s = loop {
+        let s = connect(tls_port, client_config(&[&der1, &der2], false));
+        if &peer_cert(&s) == last {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the last certificate written is never served"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     binding(&mut s);
     eprintln!("{reloads} SIGUSR2 reloads while relaying 400 messages over TLS: all echoed");
 }
@@ -433,18 +478,7 @@ fn uclient_over_tls_on_ipv6_loopback() {
         "-m",
         "1",
     ]);
-    let peer_port = free_port();
-    let child = Command::new("turnutils_peer")
-        .args(["-L", "::1", "-p", &peer_port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start turnutils_peer");
-    let _peer = Proc {
-        child,
-        name: "turnutils_peer".into(),
-    };
-    std::thread::sleep(Duration::from_millis(300));
+    let (_peer, peer_port) = start_peer_on(&["::1"]);
     let out = run_with_timeout(
         Command::new("turnutils_uclient").args([
             "-t",

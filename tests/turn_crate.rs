@@ -13,6 +13,7 @@ use vigi_turn::engine::auth::mint_rest_credentials;
 /// relay; `pause` between rounds lets the client's refresh timers run.
 async fn relay_round_trips(
     port: u16,
+    (min, max): (u16, u16),
     user: &str,
     password: &str,
     realm: &str,
@@ -27,8 +28,8 @@ async fn relay_round_trips(
     let relay_addr = relay.local_addr().unwrap();
     assert_eq!(relay_addr.ip().to_string(), "127.0.0.1");
     assert!(
-        (62000..=62999).contains(&relay_addr.port()),
-        "relay port {relay_addr} in range"
+        (min..=max).contains(&relay_addr.port()),
+        "relay port {relay_addr} in {min}-{max}"
     );
 
     let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -65,7 +66,9 @@ async fn relay_round_trips(
     client.close().await.expect("close");
 }
 
-fn server_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+/// A relay range of its own (both tests run at once; a fixed range was shared between them and
+/// with other test processes on the machine), and the server's arguments with it.
+fn server_args<'a>(range: &'a (String, String), extra: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec![
         "-n",
         "-L",
@@ -74,9 +77,9 @@ fn server_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
         "--realm",
         "turn.test",
         "--min-port",
-        "62000",
+        &range.0,
         "--max-port",
-        "62999",
+        &range.1,
         "-m",
         "1",
     ];
@@ -86,34 +89,42 @@ fn server_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn turn_crate_client_with_static_user_relays_and_refreshes() {
-    // A 4-second allocation: the client must refresh it (at half-life) for the last rounds,
-    // 8 seconds in, to get through.
-    let srv = start_server(&server_args(&[
-        "--user",
-        "alice:wonderland",
-        "--max-allocate-lifetime",
-        "4",
-        "--default-allocate-lifetime",
-        "4",
-    ]));
+    // A 6-second allocation: the client must refresh it (at half-life, 3 s: as much slack
+    // for a late timer on a loaded machine; with 4 s it was 2) for the last rounds, 12 seconds
+    // in, to get through.
+    let (min, max) = free_range(100);
+    let range = (min.to_string(), max.to_string());
+    let srv = start_server(&server_args(
+        &range,
+        &[
+            "--user",
+            "alice:wonderland",
+            "--max-allocate-lifetime",
+            "6",
+            "--default-allocate-lifetime",
+            "6",
+        ],
+    ));
     relay_round_trips(
         srv.port,
+        (min, max),
         "alice",
         "wonderland",
         "turn.test",
         5,
-        Duration::from_secs(2),
+        Duration::from_secs(3),
     )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn turn_crate_client_with_rest_credentials() {
-    let srv = start_server(&server_args(&[
-        "--use-auth-secret",
-        "--static-auth-secret",
-        "s3cret",
-    ]));
+    let (min, max) = free_range(100);
+    let range = (min.to_string(), max.to_string());
+    let srv = start_server(&server_args(
+        &range,
+        &["--use-auth-secret", "--static-auth-secret", "s3cret"],
+    ));
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -121,6 +132,7 @@ async fn turn_crate_client_with_rest_credentials() {
     let creds = mint_rest_credentials(b"s3cret", "bob", 3600, now, ':');
     relay_round_trips(
         srv.port,
+        (min, max),
         &creds.username,
         &creds.password,
         "turn.test",

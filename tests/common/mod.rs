@@ -81,14 +81,16 @@ impl PortRegion {
     }
 }
 
-/// Whether `port` is free for UDP and TCP on 127.0.0.1 and on ::1 (where IPv6 is up).
+/// Whether `port` is free for UDP and TCP on every address (a wildcard bind fails if anyone
+/// holds the port on any address: 127.0.0.1, another loopback address a test listens on, a
+/// bridge a test made), IPv4 and IPv6 (where IPv6 is up).
 fn port_is_free(port: u16) -> bool {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     let in_use =
         |r: std::io::Result<()>| matches!(r, Err(e) if e.kind() == std::io::ErrorKind::AddrInUse);
     [
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(Ipv6Addr::LOCALHOST),
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     ]
     .into_iter()
     .all(|ip| {
@@ -102,6 +104,20 @@ fn port_is_free(port: u16) -> bool {
 /// between this call and the server's bind.
 pub fn free_port() -> u16 {
     regions().0.take(1, port_is_free).0
+}
+
+/// A UDP socket on `ip` and a port from [`free_port`] (the next one, should another process
+/// have taken it since it was found free): never a port the kernel gives a `bind(:0)`, nor one
+/// this process handed out before. For clients whose allocation may outlive the socket.
+pub fn udp_on_free_port(ip: std::net::IpAddr) -> UdpSocket {
+    for _ in 0..10 {
+        match UdpSocket::bind((ip, free_port())) {
+            Ok(s) => return s,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => panic!("bind {ip}: {e}"),
+        }
+    }
+    panic!("no free port for a client on {ip}");
 }
 
 /// `count` consecutive free ports (a relay range) outside the ephemeral range and apart from
@@ -135,7 +151,7 @@ impl Drop for Proc {
 }
 
 impl Proc {
-    /// Send SIGTERM and wait for the exit status (at most 10 s).
+    /// Send SIGTERM and wait for the exit status (at most 30 s).
     pub fn terminate(mut self) -> std::process::ExitStatus {
         // SAFETY: kill(2) on a pid we started and have not reaped.
         unsafe {
@@ -147,7 +163,7 @@ impl Proc {
                 return st;
             }
             assert!(
-                t0.elapsed() < Duration::from_secs(10),
+                t0.elapsed() < Duration::from_secs(30),
                 "{} did not exit on SIGTERM",
                 self.name
             );
@@ -197,8 +213,9 @@ pub fn start_server_on(port: u16, all: &[&str]) -> Server {
         if let Some(st) = proc.child.try_wait().unwrap() {
             panic!("vigi-turn exited early with {st} (args {all:?})");
         }
+        // Generous: on a loaded CI machine a debug build can take seconds to start.
         assert!(
-            t0.elapsed() < Duration::from_secs(10),
+            t0.elapsed() < Duration::from_secs(30),
             "vigi-turn did not answer STUN on port {port}"
         );
     }
@@ -224,22 +241,62 @@ pub fn binding_udp(server: SocketAddr, timeout: Duration) -> Option<SocketAddr> 
 
 /// Start coturn's `turnutils_peer` (a UDP echo peer) on 127.0.0.1.
 pub fn start_peer() -> (Proc, u16) {
+    start_peer_on(&["127.0.0.1"])
+}
+
+/// Start `turnutils_peer` on a free port of every address in `ips`, and wait until it echoes on
+/// each of them: a client started next never sends to a peer that is not listening yet.
+pub fn start_peer_on(ips: &[&str]) -> (Proc, u16) {
     require_tool("turnutils_peer");
     let port = free_port();
-    let child = Command::new("turnutils_peer")
-        .args(["-L", "127.0.0.1", "-p", &port.to_string()])
+    let mut cmd = Command::new("turnutils_peer");
+    for ip in ips {
+        cmd.args(["-L", ip]);
+    }
+    let child = cmd
+        .args(["-p", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start turnutils_peer");
-    std::thread::sleep(Duration::from_millis(300));
-    (
-        Proc {
-            child,
-            name: "turnutils_peer".into(),
-        },
-        port,
-    )
+    let mut proc = Proc {
+        child,
+        name: "turnutils_peer".into(),
+    };
+    for ip in ips {
+        let ip: std::net::IpAddr = ip.parse().expect("an IP address");
+        wait_for_echo(&mut proc, SocketAddr::new(ip, port));
+    }
+    (proc, port)
+}
+
+/// Wait (at most 30 s) until the UDP echo peer `proc` at `peer` sends a probe back.
+pub fn wait_for_echo(proc: &mut Proc, peer: SocketAddr) {
+    let any: std::net::IpAddr = if peer.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    let s = UdpSocket::bind((any, 0)).expect("bind a probe socket");
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let probe = b"vigi-turn test: are you there?";
+    let mut buf = [0u8; 64];
+    let t0 = Instant::now();
+    loop {
+        let _ = s.send_to(probe, peer);
+        if matches!(s.recv_from(&mut buf), Ok((n, from)) if from == peer && &buf[..n] == probe) {
+            return;
+        }
+        if let Some(st) = proc.child.try_wait().unwrap() {
+            panic!("{} at {peer} exited early with {st}", proc.name);
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{} never echoed on {peer}",
+            proc.name
+        );
+    }
 }
 
 /// Run a command with a time limit; its output.
@@ -267,6 +324,17 @@ pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
     }
 }
 
+/// A loopback address for one turnutils_uclient run, never the same twice in this process
+/// (127.0.1.1, 127.0.1.2, ...). uclient leaves an allocation or two behind for the server to
+/// expire; were the next run on the same server to come from 127.0.0.1 too, the kernel could
+/// give one of its fresh ephemeral ports the port of such a leftover, and its Allocate would
+/// arrive on a live allocation's 5-tuple and rightly get a 437.
+pub fn client_ip() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("127.0.{}.{}", 1 + n / 254, 1 + n % 254)
+}
+
 /// What turnutils_uclient reported at the end of a run.
 #[derive(Debug)]
 pub struct UclientResult {
@@ -284,6 +352,9 @@ pub fn uclient(port: u16, peer_port: u16, args: &[&str]) -> UclientResult {
     let peer_s = peer_port.to_string();
     let mut cmd = Command::new("turnutils_uclient");
     cmd.args(["-p", &port_s, "-e", "127.0.0.1", "-r", &peer_s]);
+    if !args.contains(&"-L") {
+        cmd.args(["-L", &client_ip()]);
+    }
     cmd.args(args);
     cmd.arg("127.0.0.1");
     let out = run_with_timeout(&mut cmd, Duration::from_secs(60));
@@ -324,7 +395,8 @@ pub fn uclient(port: u16, peer_port: u16, args: &[&str]) -> UclientResult {
 pub fn http(port: u16, method: &str, path: &str, headers: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // An upper bound only: a loaded machine may take seconds to render a scrape.
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}Connection: close\r\n\r\n"

@@ -12,6 +12,9 @@ use vigi_turn::engine::auth::key_md5;
 use vigi_turn::proto::{attr, Class, Message, MessageBuilder, Method};
 use webrtc_util::Conn;
 
+/// How long a relayed message may take (a loaded CI machine can stall a process for seconds).
+const ANSWER: Duration = Duration::from_secs(10);
+
 /// A `turn` crate client with one allocation.
 pub struct Live {
     pub client: Client,
@@ -25,7 +28,12 @@ pub async fn allocate(
     password: &str,
     realm: &str,
 ) -> Result<Live, String> {
-    let conn = UdpSocket::bind("0.0.0.0:0").await.unwrap();
+    // A port from the test allocator, not bind(:0): a test may drop a client without ending its
+    // allocation, and a later client given that port by the kernel would send its Allocate on
+    // the live allocation's 5-tuple and get a 437.
+    let conn = super::udp_on_free_port(Ipv4Addr::UNSPECIFIED.into());
+    conn.set_nonblocking(true).unwrap();
+    let conn = UdpSocket::from_std(conn).unwrap();
     let client = Client::new(ClientConfig {
         stun_serv_addr: server.to_owned(),
         turn_serv_addr: server.to_owned(),
@@ -62,7 +70,7 @@ impl Live {
             .send_to(ping.as_bytes(), peer_addr)
             .await
             .map_err(|e| e.to_string())?;
-        let (n, from) = tokio::time::timeout(Duration::from_secs(3), peer.recv_from(&mut buf))
+        let (n, from) = tokio::time::timeout(ANSWER, peer.recv_from(&mut buf))
             .await
             .map_err(|_| format!("{tag}: peer got nothing"))?
             .unwrap();
@@ -70,7 +78,7 @@ impl Live {
         assert_eq!(from, relay_addr);
         let pong = format!("pong {tag}");
         peer.send_to(pong.as_bytes(), relay_addr).await.unwrap();
-        let (n, _) = tokio::time::timeout(Duration::from_secs(3), self.relay.recv_from(&mut buf))
+        let (n, _) = tokio::time::timeout(ANSWER, self.relay.recv_from(&mut buf))
             .await
             .map_err(|_| format!("{tag}: client got nothing"))?
             .map_err(|e| e.to_string())?;
@@ -107,8 +115,11 @@ pub fn raw_allocate_from(
     user: &str,
     password: &str,
 ) -> (u16, Option<SocketAddr>) {
-    let s = std::net::UdpSocket::bind((source, 0)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    // Never bind(:0): callers drop this socket while the allocation it made lives on, so a
+    // later client socket given the same port by the kernel would hit that allocation's
+    // 5-tuple (437). The test allocator never hands a port out twice, nor one the kernel gives.
+    let s = super::udp_on_free_port(source);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = [0u8; 1500];
     let mut req = Vec::new();
     MessageBuilder::new(&mut req, Method::ALLOCATE, Class::Request, &rand::random())
