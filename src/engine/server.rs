@@ -271,10 +271,12 @@ pub struct Shared {
     pub fleet_peers: Arc<FleetPeers>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Reservation {
     addr: SocketAddr,
     expires_unix: u64,
+    /// The quota name of the user who reserved it: the reservation counts against it.
+    user: String,
 }
 
 impl Shared {
@@ -342,6 +344,7 @@ impl Shared {
             let keep = v.expires_unix > unix_now;
             if !keep {
                 self.ports.release(v.addr.ip(), v.addr.port());
+                self.uncount(&v.user);
             }
             keep
         });
@@ -1627,33 +1630,54 @@ impl Server {
         let max_bps = db.and_then(|d| d.max_bps).unwrap_or(self.config.max_bps);
         let sep = self.config.credentials.rest_separator();
         let quota_user = super::auth::quota_user(&auth.username, sep).to_owned();
-        if !self.shared.try_count(
-            &quota_user,
+        let quotas = (
             user_quota.unwrap_or(self.config.user_quota),
             total_quota.unwrap_or(self.config.total_quota),
-            (
-                self.shared.fleet_usage.elsewhere(&auth.username, unix),
-                self.shared.fleet_usage.elsewhere_total(unix),
-            ),
-        ) {
-            refuse!(486);
+        );
+        let elsewhere = (
+            self.shared.fleet_usage.elsewhere(&auth.username, unix),
+            self.shared.fleet_usage.elsewhere_total(unix),
+        );
+        // A RESERVATION-TOKEN's reservation is taken out here: it counted against its user
+        // until now, and if that user is this one its count passes to this allocation.
+        let reserved = token
+            .and_then(|t| <[u8; 8]>::try_from(t).ok())
+            .and_then(|t| {
+                self.shared
+                    .reservations
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&u64::from_be_bytes(t))
+            });
+        match &reserved {
+            Some(r) if r.user == quota_user => {}
+            _ if !self
+                .shared
+                .try_count(&quota_user, quotas.0, quotas.1, elsewhere) =>
+            {
+                if let (Some(r), Some(t)) = (reserved, token) {
+                    // Still the reserver's: put it back for them.
+                    let t = u64::from_be_bytes(t.try_into().unwrap_or_default());
+                    let mut res = self
+                        .shared
+                        .reservations
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    res.insert(t, r);
+                }
+                refuse!(486);
+            }
+            Some(r) => self.shared.uncount(&r.user),
+            None => {}
         }
         // Pick the relayed transport address.
         let mut reservation_token = None;
         let relay = if let Some(t) = token {
-            let Ok(t) = <[u8; 8]>::try_from(t) else {
+            if t.len() != 8 {
                 self.shared.uncount(&quota_user);
                 refuse!(400);
-            };
-            let r = {
-                let mut res = self
-                    .shared
-                    .reservations
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                res.remove(&u64::from_be_bytes(t))
-            };
-            match r {
+            }
+            match reserved {
                 Some(r) if r.expires_unix >= unix => Some(r.addr),
                 Some(r) => {
                     self.shared.ports.release(r.addr.ip(), r.addr.port());
@@ -1673,6 +1697,17 @@ impl Server {
             };
             let port = self.shared.ports.take(ip, self.rng.gen(), is_even, reserve);
             if let (Some(p), true) = (port, reserve) {
+                // The reserved port counts against the reserving user's quota (and the total)
+                // until it is used or its 30 s are up: reservations are no way around a quota.
+                if !self
+                    .shared
+                    .try_count(&quota_user, quotas.0, quotas.1, elsewhere)
+                {
+                    self.shared.ports.release(ip, p);
+                    self.shared.ports.release(ip, p + 1);
+                    self.shared.uncount(&quota_user);
+                    refuse!(486);
+                }
                 let t: u64 = self.rng.gen();
                 reservation_token = Some(t);
                 let mut res = self
@@ -1685,6 +1720,7 @@ impl Server {
                     Reservation {
                         addr: SocketAddr::new(ip, p + 1),
                         expires_unix: unix + RESERVATION_SECS,
+                        user: quota_user.clone(),
                     },
                 );
             }
@@ -1902,6 +1938,7 @@ impl Server {
                     .remove(&t);
                 if let Some(r) = r {
                     self.shared.ports.release(r.addr.ip(), r.addr.port());
+                    self.shared.uncount(&r.user);
                 }
             }
             self.counters.allocations_refused += 1;

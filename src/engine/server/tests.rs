@@ -1295,6 +1295,56 @@ fn even_port_and_reservation_token() {
     assert_eq!(h.shared.total_allocations.load(Ordering::Relaxed), 3);
 }
 
+/// Issue 15: a reservation counts against the reserving user's quota until it is used or
+/// released, so EVEN-PORT is no way around `--user-quota`; a REST user counts by its user part,
+/// so a fresh credential is no way around it either.
+#[test]
+fn reservations_and_fresh_rest_credentials_count_against_the_user() {
+    let mut cfg = rest_config(&[b"north"]);
+    cfg.user_quota = 2;
+    let mut h = H::new(cfg);
+    let r = Client::alice(udp(40000)).allocate_with(&mut h, &|b| {
+        b.attr(attr::EVEN_PORT, &[0x80]);
+    });
+    let token = r.assert_ok().get(attr::RESERVATION_TOKEN).unwrap().to_vec();
+    // One allocation and one reservation: alice is at her quota.
+    Client::alice(udp(40001)).allocate(&mut h).assert_err(486);
+    // Her reservation is hers to use: the allocation made from it takes its place.
+    Client::alice(udp(40002))
+        .allocate_with(&mut h, &|b| {
+            b.attr(attr::RESERVATION_TOKEN, &token);
+        })
+        .assert_ok();
+    Client::alice(udp(40003)).allocate(&mut h).assert_err(486);
+    // An unused reservation gives the quota back when its 30 s are up.
+    h.s.handle_transport_closed(udp(40002));
+    h.drain();
+    let mut c = Client::new(udp(40004), "bob", "bob-pw");
+    c.allocate_with(&mut h, &|b| {
+        b.attr(attr::EVEN_PORT, &[0x80]);
+    })
+    .assert_ok();
+    Client::new(udp(40005), "bob", "bob-pw")
+        .allocate(&mut h)
+        .assert_err(486);
+    h.at(RESERVATION_SECS + 1);
+    Client::new(udp(40006), "bob", "bob-pw")
+        .allocate(&mut h)
+        .assert_ok();
+    // Two credentials of one REST user share its quota.
+    let first = auth::mint_rest_credentials(b"north", "carol", 3600, UNIX0 + 40, ':');
+    let second = auth::mint_rest_credentials(b"north", "carol", 7200, UNIX0 + 40, ':');
+    Client::new(udp(40007), &first.username, &first.password)
+        .allocate(&mut h)
+        .assert_ok();
+    Client::new(udp(40008), &second.username, &second.password)
+        .allocate(&mut h)
+        .assert_ok();
+    Client::new(udp(40009), &first.username, &first.password)
+        .allocate(&mut h)
+        .assert_err(486);
+}
+
 #[test]
 fn unclaimed_reservation_is_released() {
     let mut h = H::with_ports(config(), 50000, 50001);
