@@ -1103,6 +1103,8 @@ fn start_in_ns(net: &Net, i: usize, args: &[&str]) -> Proc {
         .args(["--min-port", "50000", "--max-port", "50100"])
         // The peers live on the test's private bridge, a range refused by default.
         .args(["--allowed-peer-ip", &format!("{}.0/24", net.prefix)])
+        // One user (alice) stands for every client here, on all three nodes.
+        .args(["--user-quota", "0"])
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
