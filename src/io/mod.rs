@@ -21,6 +21,7 @@ pub mod dtls {
         }
     }
 }
+mod refusals;
 pub mod relay;
 pub mod stream;
 pub mod tcp_relay;
