@@ -205,6 +205,8 @@ fn bench_client_rate_duration_json() {
     let sent = field("sent");
     // 1000 msg/s for 1 s, paced in whole milliseconds: within a few percent.
     assert!((900.0..=1100.0).contains(&sent), "{json}");
+    // The object says which schema it follows, first.
+    assert!(json.starts_with("{\"schema_version\":1,"), "{json}");
     assert_eq!(field("received"), sent, "{json}");
     assert_eq!(field("loss_pct"), 0.0, "{json}");
 }
@@ -298,5 +300,28 @@ fn pipelined_setup_allocates_every_session() {
                 && text.contains(", 0 failed"),
             "window {window}: {text}"
         );
+    }
+}
+
+#[test]
+fn help_flags_show_each_modes_usage() {
+    for (args, usage) in [
+        (&["-h"][..], "Usage: vigi-bench [OPTIONS] <HOST>"),
+        (&["--help"][..], "vigi-bench peer --help"),
+        (&["peer", "--help"][..], "Usage: vigi-bench peer [OPTIONS]"),
+        (&["peer", "-h"][..], "Usage: vigi-bench peer [OPTIONS]"),
+        (
+            &["client", "-h"][..],
+            "Usage: vigi-bench client [OPTIONS] <HOST>",
+        ),
+    ] {
+        let out = Command::new(BENCH).args(args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains(usage), "{args:?}: {text}");
     }
 }

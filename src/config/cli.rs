@@ -28,10 +28,14 @@ use super::types::{
     version,
     disable_version_flag = true,
     args_override_self = true,
-    about = "TURN/STUN server (RFC 8656, RFC 8489); accepts coturn's options and turnserver.conf"
+    about = "TURN/STUN server (RFC 8656, RFC 8489); accepts coturn's options and turnserver.conf",
+    after_help = "Every coturn 4.17 option is accepted: the last section lists those vigi-turn does \
+                  not implement; each warns when set, or refuses to start where ignoring it would \
+                  weaken security."
 )]
 pub struct Cli {
     // ---- configuration file ----
+    #[arg(help_heading = "Configuration file")]
     /// Configuration file (default: turnserver.conf searched in ., ./etc, ../etc, /etc,
     /// /etc/coturn, /usr/local/etc, /usr/local/etc/coturn).
     #[arg(short = 'c', long = "conf-file", value_name = "FILE")]
@@ -41,6 +45,7 @@ pub struct Cli {
     pub no_config: bool,
 
     // ---- listeners ----
+    #[arg(help_heading = "Listeners")]
     /// TURN listener port for UDP and TCP.
     #[arg(short = 'p', long = "listening-port", value_name = "PORT", default_value_t = 3478,
           value_parser = clap::value_parser!(u16).range(1..))]
@@ -104,6 +109,7 @@ pub struct Cli {
     pub keep_address_family: bool,
 
     // ---- relay ----
+    #[arg(help_heading = "Relay and peers")]
     /// Worker threads (0 or absent: one per CPU).
     #[arg(short = 'm', long = "relay-threads", value_name = "N")]
     pub relay_threads: Option<usize>,
@@ -133,6 +139,7 @@ pub struct Cli {
     pub cpus: Option<u32>,
 
     // ---- STUN behaviour ----
+    #[arg(help_heading = "STUN behaviour")]
     /// Add FINGERPRINT to messages.
     #[arg(short = 'f', long = "fingerprint")]
     pub fingerprint: bool,
@@ -172,6 +179,7 @@ pub struct Cli {
     pub response_origin_only_with_rfc5780: bool,
 
     // ---- authentication ----
+    #[arg(help_heading = "Authentication and user databases")]
     /// Use the long-term credential mechanism.
     #[arg(short = 'a', long = "lt-cred-mech")]
     pub lt_cred_mech: bool,
@@ -240,6 +248,7 @@ pub struct Cli {
     pub node_address: Option<String>,
 
     // ---- quotas and lifetimes ----
+    #[arg(help_heading = "Quotas, rate limits and lifetimes")]
     /// Concurrent allocations per user (0: unlimited).
     #[arg(
         short = 'q',
@@ -312,6 +321,7 @@ pub struct Cli {
     pub strict_expiry: bool,
 
     // ---- TLS ----
+    #[arg(help_heading = "TLS and DTLS")]
     /// Certificate file, PEM.
     #[arg(long = "cert", value_name = "FILE")]
     pub cert: Option<PathBuf>,
@@ -329,6 +339,7 @@ pub struct Cli {
     pub no_tlsv1_2: bool,
 
     // ---- redirection ----
+    #[arg(help_heading = "Redirection")]
     /// Server to redirect UDP/TCP Allocate requests to (300 ALTERNATE-SERVER); repeatable.
     #[arg(long = "alternate-server", value_name = "IP[:PORT]", value_parser = check_server_address)]
     pub alternate_server: Vec<String>,
@@ -347,6 +358,7 @@ pub struct Cli {
     pub redirect_over_allocations: u32,
 
     // ---- logging and process ----
+    #[arg(help_heading = "Logging and process")]
     /// Log file ("stdout", "-" and "syslog" are special).
     #[arg(short = 'l', long = "log-file", value_name = "FILE")]
     pub log_file: Option<String>,
@@ -356,7 +368,8 @@ pub struct Cli {
     /// Do not log to stdout.
     #[arg(long = "no-stdout-log")]
     pub no_stdout_log: bool,
-    /// Log to syslog.
+    /// Log to the system journal (journald, which feeds syslog) instead of --log-file; stdout
+    /// too unless --no-stdout-log.
     #[arg(long = "syslog")]
     pub syslog: bool,
     /// Moderate verbose mode.
@@ -396,6 +409,7 @@ pub struct Cli {
     pub log_min_level: Option<LogLevel>,
 
     // ---- sockets (vigi-turn extensions) ----
+    #[arg(help_heading = "Sockets")]
     /// SO_RCVBUF/SO_SNDBUF size in bytes for client and relay sockets (default: the kernel's).
     #[arg(long = "sock-buf-size", value_name = "BYTES",
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -409,6 +423,7 @@ pub struct Cli {
     pub max_tcp_connections: usize,
 
     // ---- metrics ----
+    #[arg(help_heading = "Prometheus metrics")]
     /// Serve Prometheus metrics.
     #[arg(long = "prometheus")]
     pub prometheus: bool,
@@ -434,6 +449,7 @@ pub struct Cli {
     pub prometheus_top_allocations: usize,
 
     // ---- admin API and logs (vigi-turn extensions) ----
+    #[arg(help_heading = "Admin API and log format")]
     /// Serve the admin HTTP API on this address (needs --admin-token).
     #[arg(long = "admin-listen", value_name = "ADDR:PORT")]
     pub admin_listen: Option<std::net::SocketAddr>,
@@ -445,6 +461,7 @@ pub struct Cli {
     pub log_json: bool,
 
     // ---- signaling companion (vigi-turn extensions) ----
+    #[arg(help_heading = "Signaling companion")]
     /// Serve Socket.io call signaling and `GET /api/turn-credentials` on this address (off unless given).
     #[arg(long = "signaling-listen", value_name = "ADDR:PORT")]
     pub signaling_listen: Option<std::net::SocketAddr>,
@@ -691,10 +708,43 @@ pub const UNSUPPORTED: &[Unsupported] = &[
 /// Keys that make sense only on the command line; a config file line naming one is skipped.
 pub const CLI_ONLY: &[&str] = &["conf-file", "help", "version"];
 
+/// The `--help` sections, in order (each is named on the first field of its section in [`Cli`]).
+const HEADINGS: &[&str] = &[
+    "Configuration file",
+    "Listeners",
+    "Relay and peers",
+    "STUN behaviour",
+    "Authentication and user databases",
+    "Quotas, rate limits and lifetimes",
+    "TLS and DTLS",
+    "Redirection",
+    "Logging and process",
+    "Sockets",
+    "Prometheus metrics",
+    "Admin API and log format",
+    "Signaling companion",
+];
+
 /// Builds the command: the derived [`Cli`] arguments, coturn's boolean-flag convention, our
 /// `--version` (coturn's `-V` is `--Verbose`), and the [`UNSUPPORTED`] options.
 pub fn command() -> Command {
-    let cmd = Cli::command()
+    // Each section's first field names its heading; the fields after it, in declaration order,
+    // share it until the next one does.
+    let mut cmd = Cli::command();
+    let mut heading: Option<&'static str> = None;
+    let sections: Vec<(String, Option<&'static str>)> = cmd
+        .get_arguments()
+        .map(|a| {
+            if let Some(h) = a.get_help_heading() {
+                heading = HEADINGS.iter().copied().find(|known| *known == h);
+            }
+            (a.get_id().to_string(), heading)
+        })
+        .collect();
+    for (id, heading) in sections {
+        cmd = cmd.mut_arg(id, |a| a.help_heading(heading));
+    }
+    let cmd = cmd
         .arg(
             Arg::new("version")
                 .long("version")
@@ -733,7 +783,7 @@ fn unsupported_arg(opt: &Unsupported) -> Arg {
             Policy::Ignore(instead) => format!("Ignored with a warning: {instead}"),
             Policy::IgnoreCli => "Ignored with a warning: vigi-turn has no telnet CLI".to_owned(),
         })
-        .help_heading("coturn options not implemented");
+        .help_heading("coturn options not implemented (each warns or refuses when set)");
     if let Some(short) = opt.short {
         arg = arg.short(short);
     }

@@ -944,3 +944,22 @@ fn errors_keep_clap_tips_and_file_keys_get_suggestions() {
     );
     assert!(!c.warnings[2].contains("did you mean"), "{:?}", c.warnings);
 }
+
+#[test]
+fn help_is_grouped_and_honest() {
+    let help = cli::command().render_help().to_string();
+    for heading in [
+        "Listeners:",
+        "Authentication and user databases:",
+        "Logging and process:",
+    ] {
+        assert!(help.contains(heading), "{heading}");
+    }
+    assert!(help.contains("coturn options not implemented"));
+    assert!(help.contains("Refused: vigi-turn never forks"));
+    let oauth = help.lines().position(|l| l.contains("--oauth")).unwrap();
+    assert!(
+        help.lines().nth(oauth).unwrap().contains("Refused")
+            || help.lines().nth(oauth + 1).unwrap().contains("Refused")
+    );
+}
