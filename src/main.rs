@@ -173,6 +173,7 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
     for line in startup_summary(&config, &running, &relay_ips) {
         tracing::info!("{line}");
     }
+    write_health_target(&running);
     let pidfile = config.pidfile.clone();
     let config_drain_min = config.drain_min_allocations;
     let mut ops = ops::Ops {
@@ -201,6 +202,37 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         let _ = std::fs::remove_file(p);
     }
     exit.map(|_| ())
+}
+
+/// `VIGI_TURN_HEALTH_FILE` (set in the Docker image): write where a health check should send
+/// its STUN Binding request, as `udp|tcp|tls IP PORT` — the first UDP listener, else TCP, else
+/// TLS, a wildcard address replaced by the loopback address of its family — so the image's
+/// HEALTHCHECK follows `--listening-port`, `--no-udp` and `-L` instead of assuming 3478.
+fn write_health_target(running: &io::Running) {
+    let Some(path) = std::env::var_os("VIGI_TURN_HEALTH_FILE") else {
+        return;
+    };
+    let pick = |kind: &str, addrs: &[SocketAddr]| {
+        addrs.first().map(|a| {
+            let ip = match a.ip() {
+                IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                ip => ip,
+            };
+            format!("{kind} {ip} {}\n", a.port())
+        })
+    };
+    let target = pick("udp", &running.udp_addrs)
+        .or_else(|| pick("tcp", &running.tcp_addrs))
+        .or_else(|| pick("tls", &running.tls_addrs));
+    if let Some(t) = target {
+        if let Err(e) = std::fs::write(&path, t) {
+            tracing::warn!(
+                "VIGI_TURN_HEALTH_FILE {}: {e}",
+                std::path::Path::new(&path).display()
+            );
+        }
+    }
 }
 
 /// What an operator checks first after a start: which file was read, who may authenticate and
