@@ -152,6 +152,38 @@ fn dashboard_queries_exported_metrics() {
     assert!(checked >= 15);
 }
 
+/// config/prometheus/alerts.yml passes its `promtool test rules` cases, and every series it
+/// alerts on is one the server exports (the user-database age only with --redis-userdb).
+#[test]
+fn alert_rules_pass_promtool_and_name_exported_metrics() {
+    common::require_tool("promtool");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config/prometheus");
+    let out = std::process::Command::new("promtool")
+        .args(["test", "rules", "alerts.test.yml"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "promtool: {out:?}");
+    let pp = free_port();
+    let _srv = server(pp, 0, &LT);
+    let (_, body) = http_get(pp, "/metrics");
+    let rules = std::fs::read_to_string(format!("{dir}/alerts.yml")).unwrap();
+    let mut checked = 0;
+    for line in rules.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        for word in line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            let ours = word.starts_with("vigi_turn_") || word.starts_with("process_");
+            if ours && word != "vigi_turn_userdb_age_seconds" && !line.contains("description") {
+                assert!(
+                    body.contains(&format!("# TYPE {word} ")),
+                    "alerts.yml uses {word}, not exported"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 6, "{checked}");
+}
+
 #[test]
 fn coturn_counters_are_live_and_exact() {
     require_tool("turnutils_uclient");
