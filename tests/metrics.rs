@@ -136,6 +136,12 @@ fn dashboard_queries_exported_metrics() {
         for t in panel["targets"].as_array().unwrap() {
             let expr = t["expr"].as_str().unwrap();
             for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                // Only with --redis-userdb (not started here).
+                if word == "vigi_turn_userdb_age_seconds" {
+                    continue;
+                }
+                // A histogram's series carry `_bucket`; its TYPE line names the base.
+                let word = word.strip_suffix("_bucket").unwrap_or(word);
                 if word.starts_with("turn_")
                     || word.starts_with("vigi_turn_")
                     || word.starts_with("stun_")
