@@ -388,7 +388,7 @@ mod tests {
         assert!(l.contains("Total lost packets 1 (0.500000%), total send dropped 0 (0.000000%)"));
         assert!(l.contains("Average round trip delay 2.000000 ms; min = 1 ms, max = 2 ms"));
         assert!(l.contains("Average jitter 1.000000 ms; min = 1 ms, max = 1 ms"));
-        assert!(r.json().starts_with("{\"clients\":2,"));
+        assert!(r.json().starts_with("{\"schema_version\":1,\"clients\":2,"));
         assert!(r.table().contains("loss              1 (0.500 %)"));
     }
 }
