@@ -359,13 +359,15 @@ pub struct Cli {
 
     // ---- logging and process ----
     #[arg(help_heading = "Logging and process")]
-    /// Log file ("stdout", "-" and "syslog" are special).
+    /// Log file, written together with stdout unless --no-stdout-log ("stdout" and "-" mean
+    /// stdout only, "syslog" the journal).
     #[arg(short = 'l', long = "log-file", value_name = "FILE")]
     pub log_file: Option<String>,
-    /// Use the log file name as given (no PID/date suffix, no rollover).
+    /// Accepted: the log file name is always used as given (no PID/date suffix, no rollover;
+    /// rotate with logrotate, SIGHUP reopens the file).
     #[arg(long = "simple-log")]
     pub simple_log: bool,
-    /// Do not log to stdout.
+    /// Do not log to stdout (warnings still reach stderr when nothing else would show them).
     #[arg(long = "no-stdout-log")]
     pub no_stdout_log: bool,
     /// Log to the system journal (journald, which feeds syslog) instead of --log-file; stdout
