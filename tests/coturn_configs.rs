@@ -226,3 +226,52 @@ fn a_refused_peer_is_logged_once_with_its_reason() {
     assert!(lines[0].contains("--allow-loopback-peers"), "{}", lines[0]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn readme_quick_start_relays_through_uclient() {
+    // The README's quick start, after the install lines: the server command from its block, on
+    // a free port instead of 3478 (the command line beats the file), then coturn's tools.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme
+        .split("## Quick start")
+        .nth(1)
+        .and_then(|s| s.split("```sh").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("a quick start block");
+    assert!(
+        block.contains("build-essential"),
+        "the apt line installs a C compiler"
+    );
+    let server_line = block
+        .lines()
+        .find(|l| l.starts_with("./target/release/vigi-turn"))
+        .expect("the server command");
+    let args: Vec<&str> = server_line
+        .trim_end_matches('&')
+        .split_whitespace()
+        .skip(1)
+        .collect();
+    assert_eq!(
+        args,
+        ["-c", "config/turnserver.conf", "--allow-loopback-peers"]
+    );
+    for tool in [
+        "turnutils_stunclient 127.0.0.1",
+        "turnutils_peer -L 127.0.0.1 -p 3480 &",
+    ] {
+        assert!(block.contains(tool), "{tool}");
+    }
+    assert!(block
+        .contains("turnutils_uclient -u vigiturn -w vigisecret123 -e 127.0.0.1 -r 3480 127.0.0.1"));
+    let port = free_port();
+    let port_s = port.to_string();
+    let mut all = args.clone();
+    all.extend(["-p", &port_s]);
+    let srv = common::start_server_on(port, &all);
+    let (_peer, peer_port) = common::start_peer();
+    let r = common::uclient(port, peer_port, &["-u", "vigiturn", "-w", "vigisecret123"]);
+    assert!(r.sent > 0 && r.received == r.sent, "{}", r.output);
+    assert!(r.lost_line.contains("Total lost packets 0"), "{}", r.output);
+    assert!(srv.proc.terminate().success());
+}
