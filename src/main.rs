@@ -69,8 +69,7 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         anyhow::bail!("no relay address: give --relay-ip or --listening-ip");
     }
     let engine = Arc::new(engine_config(&config, relay_ips.clone()));
-    tracing::info!("{}", engine.peer_policy.describe());
-    let nonce_key: [u8; 32] = rand::random();
+    let nonce_key = nonce_key(&config);
     let shared = Arc::new(Shared::new(config.min_port, config.max_port, nonce_key));
     if let Some(conn) = &config.redis_userdb {
         start_userdb(&config, conn, &engine.realm, &shared)?;
@@ -172,19 +171,12 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         running.shutdown();
         return Err(e.context("dropping privileges"));
     }
-    tracing::info!(
-        "vigi-turn {} listening on udp {:?} tcp {:?} tls {:?} dtls {:?}, relaying from {:?} ports {}-{}, {} workers",
-        env!("CARGO_PKG_VERSION"),
-        running.udp_addrs,
-        running.tcp_addrs,
-        running.tls_addrs,
-        running.dtls_addrs,
-        relay_ips,
-        config.min_port,
-        config.max_port,
-        config.relay_threads
-    );
+    for line in startup_summary(&config, &running, &relay_ips) {
+        tracing::info!("{line}");
+    }
+    write_health_target(&running);
     let pidfile = config.pidfile.clone();
+    let config_drain_min = config.drain_min_allocations;
     let mut ops = ops::Ops {
         args,
         config,
@@ -197,7 +189,10 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
     notifier.stopping();
     match &exit {
         Ok(ops::Exit::Signal(name)) => tracing::info!("{name}: shutting down"),
-        Ok(ops::Exit::Drained) => tracing::info!("drained: no allocation left; exiting"),
+        Ok(ops::Exit::Drained) => tracing::info!(
+            "drained: {} allocation(s) or fewer left (--drain-min-allocations); exiting",
+            config_drain_min
+        ),
         Ok(ops::Exit::DrainTimeout(n)) => {
             tracing::warn!("drain timeout: ending {n} allocation(s) still live; exiting")
         }
@@ -208,6 +203,110 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         let _ = std::fs::remove_file(p);
     }
     exit.map(|_| ())
+}
+
+/// `VIGI_TURN_HEALTH_FILE` (set in the Docker image): write where a health check should send
+/// its STUN Binding request, as `udp|tcp|tls IP PORT` — the first UDP listener, else TCP, else
+/// TLS, a wildcard address replaced by the loopback address of its family — so the image's
+/// HEALTHCHECK follows `--listening-port`, `--no-udp` and `-L` instead of assuming 3478.
+fn write_health_target(running: &io::Running) {
+    let Some(path) = std::env::var_os("VIGI_TURN_HEALTH_FILE") else {
+        return;
+    };
+    let pick = |kind: &str, addrs: &[SocketAddr]| {
+        addrs.first().map(|a| {
+            let ip = match a.ip() {
+                IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                ip => ip,
+            };
+            format!("{kind} {ip} {}\n", a.port())
+        })
+    };
+    let target = pick("udp", &running.udp_addrs)
+        .or_else(|| pick("tcp", &running.tcp_addrs))
+        .or_else(|| pick("tls", &running.tls_addrs));
+    if let Some(t) = target {
+        if let Err(e) = std::fs::write(&path, t) {
+            tracing::warn!(
+                "VIGI_TURN_HEALTH_FILE {}: {e}",
+                std::path::Path::new(&path).display()
+            );
+        }
+    }
+}
+
+/// What an operator checks first after a start: which file was read, who may authenticate and
+/// how, where it listens and relays from, and what else is served. Secrets appear as counts.
+fn startup_summary(config: &Config, running: &io::Running, relay_ips: &[IpAddr]) -> Vec<String> {
+    let file = match &config.conf_file {
+        Some(p) => format!("config file {}", p.display()),
+        None => "no config file read".to_owned(),
+    };
+    let redis = if config.redis_userdb.is_some() {
+        " + Redis user database"
+    } else {
+        ""
+    };
+    let auth = match config.auth {
+        AuthMode::NoAuth => "auth: none (--no-auth: anyone may allocate)".to_owned(),
+        AuthMode::LongTerm => format!(
+            "auth: long-term credentials, {} static user(s){redis}",
+            config.users.len()
+        ),
+        AuthMode::RestApi => format!(
+            "auth: TURN REST API, {} static secret(s){redis}",
+            config.static_auth_secrets.len()
+        ),
+    };
+    let off = |a: Option<String>| a.unwrap_or_else(|| "off".to_owned());
+    let prometheus = config.prometheus.then(|| match config.prometheus_address {
+        Some(ip) => format!(
+            "http://{}/metrics",
+            SocketAddr::new(ip, config.prometheus_port)
+        ),
+        None => format!("http://*:{}/metrics", config.prometheus_port),
+    });
+    vec![
+        format!(
+            "vigi-turn {}: {file}; {auth}; realm {}",
+            env!("CARGO_PKG_VERSION"),
+            engine_realm(config)
+        ),
+        format!(
+            "listening on udp {:?} tcp {:?} tls {:?} dtls {:?}; relaying from {:?} ports {}-{}; {} workers",
+            running.udp_addrs,
+            running.tcp_addrs,
+            running.tls_addrs,
+            running.dtls_addrs,
+            relay_ips,
+            config.min_port,
+            config.max_port,
+            config.relay_threads
+        ),
+        format!(
+            "prometheus {}; admin API {}; signaling {}",
+            off(prometheus),
+            off(config.admin_listen.map(|a| a.to_string())),
+            off(config.signaling_listen.map(|a| a.to_string())),
+        ),
+        engine_config(config, relay_ips.to_vec()).peer_policy.describe(),
+    ]
+}
+
+/// The key that signs nonces: random per process, or SHA-256 of `--stateless-nonce-secret` so
+/// that nodes sharing the secret accept each other's nonces (coturn 4.17's option).
+fn nonce_key(config: &Config) -> [u8; 32] {
+    use sha2::Digest;
+    match &config.stateless_nonce_secret {
+        Some(secret) => {
+            let mut h = sha2::Sha256::new();
+            h.update(b"vigi-turn nonce key\0");
+            h.update(secret.as_bytes());
+            h.finalize().into()
+        }
+        None => rand::random(),
+    }
 }
 
 /// `--redis-userdb`: start the reader, and give its first read a moment (up to 3 s) so that the
@@ -482,7 +581,7 @@ pub(crate) fn engine_config(config: &Config, relay_ips: Vec<IpAddr>) -> ServerCo
         credentials,
         stun: !config.no_stun,
         turn: !config.stun_only,
-        classic_stun: !config.no_stun_backward_compatibility,
+        classic_stun: config.rfc3489_compatibility,
         relay_ips,
         external_ips: config
             .external_ips

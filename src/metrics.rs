@@ -578,6 +578,7 @@ impl Monitor {
         }
 
         render_io(o, &snaps);
+        render_process_fds(o);
 
         if self.opts.top_k > 0 {
             self.render_top(o, &snaps);
@@ -783,6 +784,34 @@ pub fn add_counters(a: &mut Counters, b: &Counters) {
     a.rate_limited += rate_limited;
     a.amplification_dropped += amplification_dropped;
     a.closed_traffic.merge(closed_traffic);
+}
+
+/// The Prometheus process collector's `process_open_fds` and `process_max_fds`: each
+/// allocation holds a relay socket, so running out of descriptors refuses allocations (the
+/// "descriptors near the limit" alert). Read from /proc at scrape time; absent where /proc is.
+fn render_process_fds(o: &mut String) {
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        gauge(
+            o,
+            "process_open_fds",
+            "Number of open file descriptors",
+            dir.count() as f64,
+        );
+    }
+    let max = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+            line.split_whitespace().nth(3)?.parse::<f64>().ok()
+        });
+    if let Some(max) = max {
+        gauge(
+            o,
+            "process_max_fds",
+            "Maximum number of open file descriptors",
+            max,
+        );
+    }
 }
 
 fn header(o: &mut String, name: &str, help: &str, kind: &str) {

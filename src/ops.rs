@@ -158,7 +158,7 @@ impl Ops<'_> {
                     // A snapshot taken before the workers saw Drain(true) proves nothing.
                     let all_draining = snaps.iter().all(|s| s.draining);
                     let left: usize = snaps.iter().map(|s| s.allocations.len()).sum();
-                    if all_draining && left == 0 {
+                    if all_draining && left <= self.config.drain_min_allocations {
                         return Ok(Exit::Drained);
                     }
                     if drain_deadline.is_some_and(|d| Instant::now() >= d) {

@@ -215,6 +215,8 @@ fn bench_client_rate_duration_json() {
     // never above the rate; below it only by what a stall right before the end left unsent,
     // which a loaded machine makes a few hundred milliseconds (it was 1 s within 10 %).
     assert!((1600.0..=2200.0).contains(&sent), "{json}");
+    // The object says which schema it follows, first.
+    assert!(json.starts_with("{\"schema_version\":1,"), "{json}");
     assert_eq!(field("received"), sent, "{json}");
     assert_eq!(field("loss_pct"), 0.0, "{json}");
 }
@@ -308,5 +310,28 @@ fn pipelined_setup_allocates_every_session() {
                 && text.contains(", 0 failed"),
             "window {window}: {text}"
         );
+    }
+}
+
+#[test]
+fn help_flags_show_each_modes_usage() {
+    for (args, usage) in [
+        (&["-h"][..], "Usage: vigi-bench [OPTIONS] <HOST>"),
+        (&["--help"][..], "vigi-bench peer --help"),
+        (&["peer", "--help"][..], "Usage: vigi-bench peer [OPTIONS]"),
+        (&["peer", "-h"][..], "Usage: vigi-bench peer [OPTIONS]"),
+        (
+            &["client", "-h"][..],
+            "Usage: vigi-bench client [OPTIONS] <HOST>",
+        ),
+    ] {
+        let out = Command::new(BENCH).args(args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains(usage), "{args:?}: {text}");
     }
 }

@@ -2,7 +2,8 @@
 //! `playwright-core` from npm, tests/browser/call.mjs) opens the page the signaling companion
 //! serves at `/` twice, logs in as alice and bob, and places three video calls with
 //! `iceTransportPolicy: 'relay'`, each forced through one TURN URI of the real vigi-turn binary:
-//! `turn:…?transport=udp`, `turn:…?transport=tcp` and `turns:localhost:…?transport=tcp`. The
+//! `turn:…?transport=udp`, `turn:…?transport=tcp`, `turns:localhost:…?transport=tcp` and (with IPv6
+//! on loopback) `turn:[::1]:…?transport=udp`. The
 //! script asserts from `getStats()` on both sides that the selected pair is relay ↔ relay with
 //! the expected relay protocol and that bytesReceived grows, and from vigi-turn's admin API that
 //! the call's allocations exist on that transport and relay bytes; this file then checks
@@ -161,6 +162,10 @@ fn chromium_calls_through_vigi_turn_over_udp_tcp_and_tls() {
     let udp_uri = format!("turn:127.0.0.1:{port}?transport=udp");
     let tcp_uri = format!("turn:127.0.0.1:{port}?transport=tcp");
     let tls_uri = format!("turns:localhost:{tls_port}?transport=tcp");
+    // An IPv6 TURN URI (the client reaches the server over ::1; relays stay IPv4), when the
+    // machine has IPv6 on loopback.
+    let v6 = std::net::UdpSocket::bind("[::1]:0").is_ok();
+    let v6_uri = format!("turn:[::1]:{port}?transport=udp");
     let s = |v: u16| v.to_string();
     let (port_s, tls_s, prom_s) = (s(port), s(tls_port), s(prom_port));
     let sig_listen = format!("127.0.0.1:{sig_port}");
@@ -171,6 +176,8 @@ fn chromium_calls_through_vigi_turn_over_udp_tcp_and_tls() {
         &port_s,
         "-L",
         "127.0.0.1",
+        "-L",
+        if v6 { "::1" } else { "127.0.0.1" },
         "-E",
         "127.0.0.1",
         "--allow-loopback-peers",
@@ -215,11 +222,19 @@ fn chromium_calls_through_vigi_turn_over_udp_tcp_and_tls() {
     let page = get_ok(sig_port, "/");
     assert!(page.contains("vigi-turn call demo") && page.contains("sio.js"));
 
-    let calls = serde_json::json!([
+    let mut calls = serde_json::json!([
         { "name": "udp", "uri": udp_uri, "relayProtocol": "udp" },
         { "name": "tcp", "uri": tcp_uri, "relayProtocol": "tcp" },
         { "name": "tls", "uri": tls_uri, "relayProtocol": "tls" },
     ]);
+    if v6 {
+        calls
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({ "name": "ipv6", "uri": v6_uri, "relayProtocol": "udp" }));
+    } else {
+        println!("no IPv6 on loopback: the turn:[::1] call is left out");
+    }
     let browser_args = serde_json::json!([
         "--allow-loopback-in-peer-connection",
         format!("--ignore-certificate-errors-spki-list={spki}"),
@@ -265,6 +280,14 @@ fn chromium_calls_through_vigi_turn_over_udp_tcp_and_tls() {
         assert!(
             text.contains(&format!("ok - {name}: relay<->relay over {name}")),
             "no {name} call in:\n{text}"
+        );
+    }
+    // Over an IPv6 TURN URI (turn:[::1]): relayed here, over UDP. (A 300 ALTERNATE-SERVER call
+    // is not here: libwebrtc refuses a redirect to a loopback address.)
+    if v6 {
+        assert!(
+            text.contains("ok - ipv6: relay<->relay over udp"),
+            "no IPv6 call in:\n{text}"
         );
     }
 

@@ -508,6 +508,10 @@ fn entrypoint(args: &[&str], conf: Option<&Path>, env: &[(&str, &str)]) -> Vec<S
         .env("VIGI_TURN_BIN", &stub)
         .env("PATH", path)
         .env_remove("EXTERNAL_IP")
+        .env_remove("REAL_EXTERNAL_IP")
+        // Offline: a DNS lookup goes to a closed loopback port and fails at once.
+        .env("DETECT_EXTERNAL_IP_DNS", "127.0.0.1")
+        .env("DETECT_EXTERNAL_IP_PORT", free_port().to_string())
         .env(
             "VIGI_TURN_CONF",
             conf.map_or(dir.join("absent.conf"), Path::to_path_buf),
@@ -753,4 +757,152 @@ fn reload_storm_under_traffic_loses_nothing() {
     eprintln!("{reloads} reloads during the run, 400/400 messages echoed");
     assert!(srv.proc.terminate().success());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn healthcheck_follows_the_configured_listener() {
+    // The image's HEALTHCHECK reads where the server listens from VIGI_TURN_HEALTH_FILE: TCP
+    // only under --no-udp, a non-default port, an -L without 127.0.0.1 (::1 when there is IPv6).
+    let v6 = std::net::UdpSocket::bind("[::1]:0").is_ok();
+    let mut cases = vec![(vec!["--no-udp", "-L", "127.0.0.1"], "tcp 127.0.0.1")];
+    if v6 {
+        cases.push((vec!["-L", "::1"], "udp ::1"));
+    }
+    for (extra, want) in cases {
+        let dir = tmpdir("health");
+        let file = dir.join("health");
+        let port = free_port();
+        let port_s = port.to_string();
+        let mut args = vec!["-n", "-p", &port_s, "--user=a:b"];
+        args.extend(&extra);
+        let child = Command::new(BIN)
+            .args(&args)
+            .env("VIGI_TURN_HEALTH_FILE", &file)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let proc = Proc {
+            child,
+            name: "vigi-turn".into(),
+        };
+        let health = || {
+            Command::new("bash")
+                .arg(format!("{REPO}/config/healthcheck.sh"))
+                .env("VIGI_TURN_HEALTH_FILE", &file)
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+                .success()
+        };
+        let t0 = Instant::now();
+        while !health() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{extra:?}: never healthy"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let target = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(target.trim(), format!("{want} {port}"), "{extra:?}");
+        assert!(proc.terminate().success());
+        assert!(!health(), "{extra:?}: unhealthy once stopped");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// A one-shot-per-query DNS stub on 127.0.0.1 answering every A query with 203.0.113.7 and
+/// every AAAA query with 2001:db8::7, as OpenDNS answers myip.opendns.com. Stops after `limit`
+/// queries or 10 s.
+fn stub_resolver(limit: usize) -> (u16, std::thread::JoinHandle<usize>) {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let port = sock.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let mut answered = 0;
+        let mut buf = [0u8; 512];
+        while answered < limit {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                break;
+            };
+            // Header (12 bytes), then the question: labels up to a zero byte, type, class.
+            let mut i = 12;
+            while i < n && buf[i] != 0 {
+                i += 1 + buf[i] as usize;
+            }
+            let qend = i + 5;
+            if qend > n {
+                continue;
+            }
+            let qtype = u16::from_be_bytes([buf[i + 1], buf[i + 2]]);
+            let rdata: Vec<u8> = match qtype {
+                1 => vec![203, 0, 113, 7],
+                28 => "2001:db8::7"
+                    .parse::<std::net::Ipv6Addr>()
+                    .unwrap()
+                    .octets()
+                    .to_vec(),
+                _ => continue,
+            };
+            let mut out = buf[..2].to_vec();
+            out.extend([0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0]);
+            out.extend(&buf[12..qend]);
+            out.extend([0xC0, 0x0C]);
+            out.extend(qtype.to_be_bytes());
+            out.extend([0, 1, 0, 0, 0, 0]);
+            out.extend((rdata.len() as u16).to_be_bytes());
+            out.extend(rdata);
+            sock.send_to(&out, from).unwrap();
+            answered += 1;
+        }
+        answered
+    });
+    (port, handle)
+}
+
+#[test]
+fn detect_external_ip_matches_coturns_helper() {
+    require_tool("dig");
+    let script = format!("{REPO}/config/detect-external-ip");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::new("bash");
+        cmd.arg(&script)
+            .args(args)
+            .env_remove("EXTERNAL_IP")
+            .env_remove("REAL_EXTERNAL_IP")
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8(out.stdout).unwrap().trim().to_owned(),
+        )
+    };
+    // REAL_EXTERNAL_IP wins, as in coturn's image, without any lookup.
+    assert_eq!(
+        run(&[], &[("REAL_EXTERNAL_IP", "198.51.100.4")]),
+        (true, "198.51.100.4".into())
+    );
+    // EXTERNAL_IP of the family asked for.
+    let v6 = [("EXTERNAL_IP", "2001:db8::1")];
+    assert_eq!(run(&["--ipv6"], &v6), (true, "2001:db8::1".into()));
+    // Otherwise DNS is asked (here a stub on loopback): A for IPv4, AAAA for --ipv6.
+    let (port, stub) = stub_resolver(2);
+    let port = port.to_string();
+    let dns = [
+        ("DETECT_EXTERNAL_IP_DNS", "127.0.0.1"),
+        ("DETECT_EXTERNAL_IP_PORT", &port),
+    ];
+    assert_eq!(run(&[], &dns), (true, "203.0.113.7".into()));
+    assert_eq!(run(&["--ipv6"], &dns), (true, "2001:db8::7".into()));
+    assert_eq!(stub.join().unwrap(), 2);
+    // No source: nothing printed, non-zero exit.
+    let closed = free_port().to_string();
+    let none = [
+        ("DETECT_EXTERNAL_IP_DNS", "127.0.0.1"),
+        ("DETECT_EXTERNAL_IP_PORT", &closed),
+    ];
+    assert_eq!(run(&[], &none), (false, String::new()));
 }

@@ -8,6 +8,10 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+/// The version of [`Report::json`]'s object: raised when a key is renamed, removed or changes
+/// meaning (adding keys keeps it), so scripts reading `--json` can check what they parse.
+pub const JSON_SCHEMA_VERSION: u32 = 1;
+
 use hdrhistogram::Histogram;
 
 /// Counters and histograms of one worker thread, merged into one at the end.
@@ -292,6 +296,7 @@ impl Report {
     }
 
     /// One JSON object (no trailing newline).
+    /// One JSON object; its first key is `schema_version` ([`JSON_SCHEMA_VERSION`]).
     pub fn json(&self) -> String {
         let s = &self.stats;
         let h = |h: &Histogram<u64>, mean: f64| {
@@ -307,7 +312,7 @@ impl Report {
             )
         };
         format!(
-            "{{\"clients\":{},\"mode\":\"{}\",\"length\":{},\"offered_rate\":{},\"connect_s\":{:.6},\
+            "{{\"schema_version\":{JSON_SCHEMA_VERSION},\"clients\":{},\"mode\":\"{}\",\"length\":{},\"offered_rate\":{},\"connect_s\":{:.6},\
              \"allocations_per_s\":{:.1},\"setup_failures\":{},\"transmit_s\":{:.6},\"sent\":{},\
              \"received\":{},\"lost\":{},\"loss_pct\":{:.6},\"send_dropped\":{},\"stray\":{},\
              \"send_rate\":{:.1},\"recv_rate\":{:.1},\"relay_pps\":{:.1},\"rtt_p50_us\":{},\"rtt_p99_us\":{},\
@@ -383,7 +388,7 @@ mod tests {
         assert!(l.contains("Total lost packets 1 (0.500000%), total send dropped 0 (0.000000%)"));
         assert!(l.contains("Average round trip delay 2.000000 ms; min = 1 ms, max = 2 ms"));
         assert!(l.contains("Average jitter 1.000000 ms; min = 1 ms, max = 1 ms"));
-        assert!(r.json().starts_with("{\"clients\":2,"));
+        assert!(r.json().starts_with("{\"schema_version\":1,\"clients\":2,"));
         assert!(r.table().contains("loss              1 (0.500 %)"));
     }
 }

@@ -33,10 +33,11 @@ use vigi_turn::proto::attr;
 #[command(
     name = "vigi-bench client",
     about = "TURN load client (turnutils_uclient's flags)",
+    after_help = "The UDP echo peer: vigi-bench peer --help",
     disable_help_flag = true
 )]
 struct ClientArgs {
-    #[arg(long, action = ArgAction::Help, help = "Print help")]
+    #[arg(short = 'h', long, action = ArgAction::Help, help = "Print help")]
     help: Option<bool>,
     /// Number of clients (each one allocation).
     #[arg(short = 'm', default_value_t = 1)]
@@ -153,7 +154,7 @@ struct ClientArgs {
     disable_help_flag = true
 )]
 struct PeerArgs {
-    #[arg(long, action = ArgAction::Help, help = "Print help")]
+    #[arg(short = 'h', long, action = ArgAction::Help, help = "Print help")]
     help: Option<bool>,
     /// Listening address.
     #[arg(short = 'L', default_value = "0.0.0.0")]
@@ -181,12 +182,15 @@ struct PeerArgs {
 fn main() {
     let mut args: Vec<String> = std::env::args().collect();
     let r = match args.get(1).map(String::as_str) {
+        // The mode word joins the program name, so usage lines read `vigi-bench peer ...`.
         Some("peer") => {
             args.remove(1);
+            args[0] = "vigi-bench peer".to_owned();
             run_peer(PeerArgs::parse_from(args))
         }
         Some("client") => {
             args.remove(1);
+            args[0] = "vigi-bench client".to_owned();
             run_client(ClientArgs::parse_from(args))
         }
         _ => run_client(ClientArgs::parse_from(args)),

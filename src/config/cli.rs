@@ -28,10 +28,14 @@ use super::types::{
     version,
     disable_version_flag = true,
     args_override_self = true,
-    about = "TURN/STUN server (RFC 8656, RFC 8489); accepts coturn's options and turnserver.conf"
+    about = "TURN/STUN server (RFC 8656, RFC 8489); accepts coturn's options and turnserver.conf",
+    after_help = "Every coturn 4.17 option is accepted: the last section lists those vigi-turn does \
+                  not implement; each warns when set, or refuses to start where ignoring it would \
+                  weaken security."
 )]
 pub struct Cli {
     // ---- configuration file ----
+    #[arg(help_heading = "Configuration file")]
     /// Configuration file (default: turnserver.conf searched in ., ./etc, ../etc, /etc,
     /// /etc/coturn, /usr/local/etc, /usr/local/etc/coturn).
     #[arg(short = 'c', long = "conf-file", value_name = "FILE")]
@@ -41,6 +45,7 @@ pub struct Cli {
     pub no_config: bool,
 
     // ---- listeners ----
+    #[arg(help_heading = "Listeners")]
     /// TURN listener port for UDP and TCP.
     #[arg(short = 'p', long = "listening-port", value_name = "PORT", default_value_t = 3478,
           value_parser = clap::value_parser!(u16).range(1..))]
@@ -85,6 +90,10 @@ pub struct Cli {
     /// Do not start DTLS client listeners.
     #[arg(long = "no-dtls", alias = "no_dtls")]
     pub no_dtls: bool,
+    /// Start DTLS listeners (coturn 4.17's switch). Here DTLS starts with --cert unless
+    /// --no-dtls, as in coturn 4.6, so this only confirms it.
+    #[arg(long = "dtls")]
+    pub dtls: bool,
     /// Do not allow UDP relay endpoints.
     #[arg(long = "no-udp-relay")]
     pub no_udp_relay: bool,
@@ -100,6 +109,7 @@ pub struct Cli {
     pub keep_address_family: bool,
 
     // ---- relay ----
+    #[arg(help_heading = "Relay and peers")]
     /// Worker threads (0 or absent: one per CPU).
     #[arg(short = 'm', long = "relay-threads", value_name = "N")]
     pub relay_threads: Option<usize>,
@@ -123,11 +133,13 @@ pub struct Cli {
     /// Peer addresses refused: IP, IP-IP or IP/LEN; repeatable.
     #[arg(long = "denied-peer-ip", value_name = "IP[-IP]")]
     pub denied_peer_ip: Vec<IpRange>,
-    /// Mobility with ICE (MICE).
-    #[arg(long = "mobility")]
-    pub mobility: bool,
+    /// Override the CPU count that sets the default number of workers (coturn 4.17's `--cpus`,
+    /// for containers that see the host's CPUs); `-m` wins.
+    #[arg(long = "cpus", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub cpus: Option<u32>,
 
     // ---- STUN behaviour ----
+    #[arg(help_heading = "STUN behaviour")]
     /// Add FINGERPRINT to messages.
     #[arg(short = 'f', long = "fingerprint")]
     pub fingerprint: bool,
@@ -140,9 +152,11 @@ pub struct Cli {
     /// Do not send the SOFTWARE attribute (formerly --prod).
     #[arg(long = "no-software-attribute", alias = "prod")]
     pub no_software_attribute: bool,
-    /// SOFTWARE attribute text (vigi-turn extension).
-    #[arg(long = "software-attribute", value_name = "TEXT")]
-    pub software_attribute: Option<String>,
+    /// Send the SOFTWARE attribute (the default here). A bare flag or a boolean as in coturn
+    /// 4.7+ (`=false` is `--no-software-attribute`); any other value replaces the text.
+    #[arg(long = "software-attribute", value_name = "BOOL|TEXT", num_args = 0..=1,
+          default_missing_value = "true", value_parser = parse_software)]
+    pub software_attribute: Option<Software>,
     /// Disable RFC 5780 NAT behaviour discovery (it is off unless `--rfc5780` is given).
     #[arg(long = "no-rfc5780")]
     pub no_rfc5780: bool,
@@ -151,14 +165,21 @@ pub struct Cli {
     /// answers from another address help reflection attacks (vigi-turn extension).
     #[arg(long = "rfc5780")]
     pub rfc5780: bool,
-    /// Answer only RFC 5389+ Binding requests, without MAPPED-ADDRESS.
+    /// Do not answer RFC 3489 Binding requests (no magic cookie); coturn 4.6's name.
     #[arg(long = "no-stun-backward-compatibility")]
     pub no_stun_backward_compatibility: bool,
+    /// Answer RFC 3489 Binding requests (no magic cookie) with MAPPED-ADDRESS; on unless
+    /// `--no-stun-backward-compatibility` or `=false` (coturn 4.17's name; its default is off).
+    #[arg(long = "rfc3489-compatibility", value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", hide_possible_values = true,
+          value_parser = BoolishValueParser::new())]
+    pub rfc3489_compatibility: Option<bool>,
     /// Send RESPONSE-ORIGIN only when RFC 5780 is enabled.
     #[arg(long = "response-origin-only-with-rfc5780")]
     pub response_origin_only_with_rfc5780: bool,
 
     // ---- authentication ----
+    #[arg(help_heading = "Authentication and user databases")]
     /// Use the long-term credential mechanism.
     #[arg(short = 'a', long = "lt-cred-mech")]
     pub lt_cred_mech: bool,
@@ -227,6 +248,7 @@ pub struct Cli {
     pub node_address: Option<String>,
 
     // ---- quotas and lifetimes ----
+    #[arg(help_heading = "Quotas, rate limits and lifetimes")]
     /// Concurrent allocations per user (0: unlimited). A REST credential counts for its user
     /// part (`expiry:user`). Default 10: a browser call needs one or two (safe by default).
     #[arg(
@@ -258,12 +280,23 @@ pub struct Cli {
     /// 401/438 challenges plus Allocate attempts answered per client IP per second, with bursts
     /// of five seconds' worth; an Allocate that authenticates gives its own and its challenge's
     /// back. Beyond it requests get no answer (0: no limit; vigi-turn extension).
-    #[arg(
-        long = "unauthorized-ratelimit",
-        value_name = "N",
-        default_value_t = 1000
-    )]
+    /// A bare flag or `=true` keeps 1000, `=false` is 0 (coturn 4.17 takes a boolean here).
+    #[arg(long = "unauthorized-ratelimit", value_name = "N|BOOL", num_args = 0..=1,
+          default_missing_value = "true", default_value = "1000", value_parser = parse_ratelimit)]
     pub unauthorized_ratelimit: u32,
+    /// coturn 4.17's rate for `--unauthorized-ratelimit`: sets N.
+    #[arg(long = "unauthorized-ratelimit-rps", value_name = "N")]
+    pub unauthorized_ratelimit_rps: Option<u32>,
+    /// Nonces are always stateless here (HMAC-signed timestamps); `=false` is refused as a no-op
+    /// with a warning.
+    #[arg(long = "stateless-nonce", value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", hide_possible_values = true,
+          value_parser = BoolishValueParser::new())]
+    pub stateless_nonce: Option<bool>,
+    /// Derive the nonce key from this secret instead of a random per-process key, so nodes
+    /// sharing it accept each other's nonces across restarts and behind a load balancer.
+    #[arg(long = "stateless-nonce-secret", value_name = "SECRET")]
+    pub stateless_nonce_secret: Option<String>,
     /// Nonce lifetime in seconds (0: unlimited); the bare flag means 600.
     #[arg(long = "stale-nonce", value_name = "SECONDS", num_args = 0..=1, require_equals = true,
           default_missing_value = "600", default_value_t = 600)]
@@ -293,6 +326,7 @@ pub struct Cli {
     pub reload_keeps_removed_users: bool,
 
     // ---- TLS ----
+    #[arg(help_heading = "TLS and DTLS")]
     /// Certificate file, PEM.
     #[arg(long = "cert", value_name = "FILE")]
     pub cert: Option<PathBuf>,
@@ -305,17 +339,12 @@ pub struct Cli {
     /// DH parameters file, PEM.
     #[arg(long = "dh-file", value_name = "FILE")]
     pub dh_file: Option<PathBuf>,
-    /// Do not allow TLSv1 / DTLSv1.
-    #[arg(long = "no-tlsv1")]
-    pub no_tlsv1: bool,
-    /// Do not allow TLSv1.1.
-    #[arg(long = "no-tlsv1_1")]
-    pub no_tlsv1_1: bool,
     /// Do not allow TLSv1.2 / DTLSv1.2.
     #[arg(long = "no-tlsv1_2")]
     pub no_tlsv1_2: bool,
 
     // ---- redirection ----
+    #[arg(help_heading = "Redirection")]
     /// Server to redirect UDP/TCP Allocate requests to (300 ALTERNATE-SERVER); repeatable.
     #[arg(long = "alternate-server", value_name = "IP[:PORT]", value_parser = check_server_address)]
     pub alternate_server: Vec<String>,
@@ -334,16 +363,20 @@ pub struct Cli {
     pub redirect_over_allocations: u32,
 
     // ---- logging and process ----
-    /// Log file ("stdout", "-" and "syslog" are special).
+    #[arg(help_heading = "Logging and process")]
+    /// Log file, written together with stdout unless --no-stdout-log ("stdout" and "-" mean
+    /// stdout only, "syslog" the journal).
     #[arg(short = 'l', long = "log-file", value_name = "FILE")]
     pub log_file: Option<String>,
-    /// Use the log file name as given (no PID/date suffix, no rollover).
+    /// Accepted: the log file name is always used as given (no PID/date suffix, no rollover;
+    /// rotate with logrotate, SIGHUP reopens the file).
     #[arg(long = "simple-log")]
     pub simple_log: bool,
-    /// Do not log to stdout.
+    /// Do not log to stdout (warnings still reach stderr when nothing else would show them).
     #[arg(long = "no-stdout-log")]
     pub no_stdout_log: bool,
-    /// Log to syslog.
+    /// Log to the system journal (journald, which feeds syslog) instead of --log-file; stdout
+    /// too unless --no-stdout-log.
     #[arg(long = "syslog")]
     pub syslog: bool,
     /// Moderate verbose mode.
@@ -355,7 +388,7 @@ pub struct Cli {
     /// PID file.
     #[arg(long = "pidfile", value_name = "FILE")]
     pub pidfile: Option<PathBuf>,
-    /// Run as a daemon.
+    /// Refused: vigi-turn never forks; run it under systemd (Type=notify) or Docker.
     #[arg(short = 'o', long = "daemon")]
     pub daemon: bool,
     /// User to switch to after binding.
@@ -370,8 +403,20 @@ pub struct Cli {
     /// Seconds to wait for allocations to end on SIGUSR1 drain (vigi-turn extension).
     #[arg(long = "drain-timeout", value_name = "SECONDS", default_value_t = 30)]
     pub drain_timeout: u32,
+    /// On SIGUSR1 drain, exit once this many allocations or fewer are left.
+    #[arg(long = "drain-min-allocations", value_name = "N", default_value_t = 0)]
+    pub drain_min_allocations: usize,
+    /// Lowest level logged: debug, info, control (= info), warning or error; beats -v/-V.
+    #[arg(
+        long = "log-min-level",
+        value_name = "LEVEL",
+        value_enum,
+        ignore_case = true
+    )]
+    pub log_min_level: Option<LogLevel>,
 
     // ---- sockets (vigi-turn extensions) ----
+    #[arg(help_heading = "Sockets")]
     /// SO_RCVBUF/SO_SNDBUF size in bytes for client and relay sockets (default: the kernel's).
     #[arg(long = "sock-buf-size", value_name = "BYTES",
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -393,6 +438,7 @@ pub struct Cli {
     pub max_tcp_connections_per_ip: u32,
 
     // ---- metrics ----
+    #[arg(help_heading = "Prometheus metrics")]
     /// Serve Prometheus metrics.
     #[arg(long = "prometheus")]
     pub prometheus: bool,
@@ -403,6 +449,9 @@ pub struct Cli {
     /// Prometheus listener address (default: all interfaces).
     #[arg(long = "prometheus-address", value_name = "IP")]
     pub prometheus_address: Option<IpAddr>,
+    /// Metrics path: only /metrics is served; another value is ignored with a warning.
+    #[arg(long = "prometheus-path", value_name = "PATH")]
+    pub prometheus_path: Option<String>,
     /// Label traffic metrics with user names (unbounded label set: use with care).
     #[arg(long = "prometheus-username-labels")]
     pub prometheus_username_labels: bool,
@@ -415,6 +464,7 @@ pub struct Cli {
     pub prometheus_top_allocations: usize,
 
     // ---- admin API and logs (vigi-turn extensions) ----
+    #[arg(help_heading = "Admin API and log format")]
     /// Serve the admin HTTP API on this address (needs --admin-token).
     #[arg(long = "admin-listen", value_name = "ADDR:PORT")]
     pub admin_listen: Option<std::net::SocketAddr>,
@@ -426,6 +476,7 @@ pub struct Cli {
     pub log_json: bool,
 
     // ---- signaling companion (vigi-turn extensions) ----
+    #[arg(help_heading = "Signaling companion")]
     /// Serve Socket.io call signaling and `GET /api/turn-credentials` on this address (off unless given).
     #[arg(long = "signaling-listen", value_name = "ADDR:PORT")]
     pub signaling_listen: Option<std::net::SocketAddr>,
@@ -451,11 +502,62 @@ pub struct Cli {
     pub turn_uri: Vec<String>,
 }
 
+/// `--software-attribute`: coturn 4.7+ made it a boolean; vigi-turn also takes a text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Software {
+    /// A bare flag or a true boolean: send the default text.
+    On,
+    /// A false boolean: send none (as `--no-software-attribute`).
+    Off,
+    /// Send this text.
+    Text(String),
+}
+
+fn parse_software(s: &str) -> Result<Software, String> {
+    Ok(match bool_word(s) {
+        Some(true) => Software::On,
+        Some(false) => Software::Off,
+        None => Software::Text(s.to_owned()),
+    })
+}
+
+/// coturn's boolean words (`get_bool_value`), as clap's boolish parser reads them.
+fn bool_word(s: &str) -> Option<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "1" | "on" | "yes" | "y" | "true" | "t" => Some(true),
+        "0" | "off" | "no" | "n" | "false" | "f" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_ratelimit(s: &str) -> Result<u32, String> {
+    if let Ok(n) = s.parse::<u32>() {
+        return Ok(n);
+    }
+    match bool_word(s) {
+        Some(true) => Ok(1000),
+        Some(false) => Ok(0),
+        None => Err("expected a number of requests per second or a boolean".into()),
+    }
+}
+
+/// `--log-min-level`: coturn's level names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    /// coturn's level between info and warning; logged as info.
+    Control,
+    #[value(alias = "warn")]
+    Warning,
+    Error,
+}
+
 /// How an option vigi-turn does not implement is treated when it is set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
-    /// Ignoring it is harmless: warn once and go on.
-    Ignore,
+    /// Ignoring it is harmless: warn once, saying what happens instead, and go on.
+    Ignore(&'static str),
     /// A telnet-CLI option: vigi-turn has no CLI, so warn once and go on.
     IgnoreCli,
     /// Ignoring it would weaken security or authentication: refuse to start. The text says what
@@ -470,7 +572,7 @@ pub enum Kind {
     Flag,
     /// Requires a value; an empty value counts as unset (coturn's `psql-userdb=""`).
     Value,
-    /// Takes an optional `=VALUE`.
+    /// Takes an optional value (`--name`, `--name=VALUE` or `--name VALUE`).
     OptValue,
 }
 
@@ -504,9 +606,17 @@ const fn us(long: &'static str, short: char, kind: Kind, policy: Policy) -> Unsu
     }
 }
 
-const USER_DB: &str = "a user database (only static --user and --static-auth-secret are supported)";
+const fn ignore(long: &'static str, kind: Kind, instead: &'static str) -> Unsupported {
+    u(long, kind, Policy::Ignore(instead))
+}
 
-/// Every coturn option that is known but not implemented, with its policy.
+const USER_DB: &str = "a user database (only static --user and --static-auth-secret are supported)";
+const OLD_TLS: &str = "SSLv2, SSLv3, TLS 1.0 and 1.1 are never offered (rustls: TLS 1.2 and 1.3)";
+const NO_MUX: &str = "each allocation keeps its own relay port (no peer-side multiplexing)";
+const PER_TRANSPORT: &str =
+    "no per-transport redirection; --alternate-server applies to UDP and TCP alike";
+
+/// Every coturn option (4.6 to 4.17) that is known but not implemented, with its policy.
 pub const UNSUPPORTED: &[Unsupported] = &[
     // Listeners and relays.
     us(
@@ -515,14 +625,31 @@ pub const UNSUPPORTED: &[Unsupported] = &[
         Kind::Value,
         Policy::Refuse("binding listeners to a device; use --listening-ip so vigi-turn does not listen on more interfaces than intended"),
     ),
-    us("relay-device", 'i', Kind::Value, Policy::Ignore),
-    u("tcp-proxy-port", Kind::Value, Policy::Ignore),
-    u("aux-server", Kind::Value, Policy::Ignore),
-    u("udp-self-balance", Kind::Flag, Policy::Ignore),
-    u("max-allocate-timeout", Kind::Value, Policy::Ignore),
+    us("relay-device", 'i', Kind::Value, Policy::Ignore("relay sockets are bound by address (--relay-ip), not by device")),
+    ignore("tcp-proxy-port", Kind::Value, "no PROXY-protocol listener is started"),
+    ignore("aux-server", Kind::Value, "no auxiliary listener is started; add --listening-ip/--listening-port instead"),
+    ignore("udp-self-balance", Kind::Flag, "UDP is balanced across workers by SO_REUSEPORT"),
+    ignore("max-allocate-timeout", Kind::Value, "an unfinished allocation costs one nonce, which expires with --stale-nonce"),
     // Ignoring it keeps the permission check, which is the stricter behaviour.
-    u("server-relay", Kind::Flag, Policy::Ignore),
-    u("ne", Kind::Value, Policy::Ignore),
+    ignore("server-relay", Kind::Flag, "the permission check on relayed packets stays on"),
+    ignore("ne", Kind::Value, "coturn's network-engine choice; vigi-turn has one engine"),
+    ignore("no-loopback-peers", Kind::Flag, "loopback peers are refused anyway unless --allow-loopback-peers (an old coturn name)"),
+    ignore("mobility", Kind::Flag, "MICE (MOBILITY-TICKET) is not implemented; a client that moves allocates again"),
+    ignore("stun-backward-compatibility", Kind::Flag, "MAPPED-ADDRESS goes to RFC 3489 clients and RFC 5780 answers only (see --rfc3489-compatibility)"),
+    ignore("respond-http-unsupported", Kind::Flag, "a connection that speaks HTTP to a TURN port is closed without an HTTP 400"),
+    ignore("rfc5766-channel-numbers", Kind::Flag, "channel numbers 0x4000-0x7FFF are always accepted (the RFC 5766 range)"),
+    ignore("multiplex-peer", Kind::Flag, NO_MUX),
+    ignore("multiplex-peer-port", Kind::Value, NO_MUX),
+    ignore("multiplex-peer-max-peers", Kind::Value, NO_MUX),
+    ignore("udp-recvmmsg", Kind::Flag, "recvmmsg batching is always on"),
+    ignore("udp-recvmmsg-log", Kind::Flag, "batch sizes are not logged"),
+    ignore("udp-sendmmsg-log", Kind::Flag, "batch sizes are not logged"),
+    ignore("udp-gso", Kind::Flag, "UDP GSO is not used"),
+    ignore("drop-invalid-packets", Kind::Flag, "invalid packets are always dropped"),
+    ignore("drop-invalid-packets-log", Kind::Flag, "invalid packets are counted in metrics, not logged"),
+    ignore("include-reason-string", Kind::Flag, "error responses carry the standard reason phrase only"),
+    ignore("udp-alternate-server", Kind::Value, PER_TRANSPORT),
+    ignore("tcp-alternate-server", Kind::Value, PER_TRANSPORT),
     // Authentication and user databases.
     Unsupported {
         long: "psql-userdb",
@@ -534,7 +661,7 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     us("mysql-userdb", 'M', Kind::Value, Policy::Refuse(USER_DB)),
     us("mongo-userdb", 'J', Kind::Value, Policy::Refuse(USER_DB)),
     // Only used to decrypt a MySQL password, and MySQL is refused above.
-    u("secret-key-file", Kind::Value, Policy::Ignore),
+    ignore("secret-key-file", Kind::Value, "only used with --mysql-userdb, which is refused"),
     u("oauth", Kind::Flag, Policy::Refuse("OAuth authentication")),
     u(
         "secure-stun",
@@ -546,43 +673,93 @@ pub const UNSUPPORTED: &[Unsupported] = &[
         Kind::Flag,
         Policy::Refuse("the ORIGIN consistency check"),
     ),
-    u("no-auth-pings", Kind::Flag, Policy::Ignore),
-    u("no-dynamic-ip-list", Kind::Flag, Policy::Ignore),
-    u("no-dynamic-realms", Kind::Flag, Policy::Ignore),
+    ignore("no-auth-pings", Kind::Flag, "there is no SQL database to ping"),
+    ignore("no-dynamic-ip-list", Kind::Flag, "peer rules come from the configuration only"),
+    ignore("no-dynamic-realms", Kind::Flag, "the realm comes from the configuration only"),
+    ignore("secret-ts-exp-time", Kind::Value, "deprecated in coturn; a TURN REST user name's timestamp is its expiry"),
     // TLS.
     u(
         "CA-file",
         Kind::Value,
         Policy::Refuse("verification of client certificates"),
     ),
-    u("pkey-pwd", Kind::Value, Policy::Ignore),
-    u("ec-curve-name", Kind::Value, Policy::Ignore),
-    u("dh566", Kind::Flag, Policy::Ignore),
-    u("dh1066", Kind::Flag, Policy::Ignore),
+    ignore("pkey-pwd", Kind::Value, "encrypted private keys are not read; give an unencrypted --pkey"),
+    ignore("ec-curve-name", Kind::Value, "rustls picks the curve (X25519, P-256, P-384)"),
+    ignore("dh566", Kind::Flag, "no finite-field DH suites are offered"),
+    ignore("dh1066", Kind::Flag, "no finite-field DH suites are offered"),
+    ignore("no-sslv2", Kind::Flag, OLD_TLS),
+    ignore("no-sslv3", Kind::Flag, OLD_TLS),
+    ignore("no-tlsv1", Kind::Flag, OLD_TLS),
+    ignore("no-tlsv1_1", Kind::Flag, OLD_TLS),
+    ignore("tlsv1", Kind::Flag, OLD_TLS),
+    ignore("tlsv1_1", Kind::Flag, OLD_TLS),
+    ignore("raw-public-keys", Kind::Flag, "RFC 7250 raw public keys are not offered; the certificate is"),
+    // Metrics.
+    u(
+        "prometheus-tls",
+        Kind::Flag,
+        Policy::Refuse("HTTPS for the metrics endpoint; bind --prometheus-address to a private address or put a TLS proxy in front"),
+    ),
+    ignore("prometheus-cert", Kind::Value, "only used with --prometheus-tls, which is refused"),
+    ignore("prometheus-key", Kind::Value, "only used with --prometheus-tls, which is refused"),
     // Logging.
-    u("syslog-facility", Kind::Value, Policy::Ignore),
-    u("new-log-timestamp", Kind::Flag, Policy::Ignore),
-    u("new-log-timestamp-format", Kind::Value, Policy::Ignore),
-    u("log-binding", Kind::Flag, Policy::Ignore),
+    ignore("syslog-facility", Kind::Value, "--syslog writes to journald, which records no facility"),
+    ignore("new-log-timestamp", Kind::Flag, "log lines always carry an RFC 3339 UTC timestamp"),
+    ignore("new-log-timestamp-format", Kind::Value, "log lines always carry an RFC 3339 UTC timestamp"),
+    ignore("log-binding", Kind::Flag, "Binding requests are counted in metrics, not logged"),
     // Telnet CLI and web admin: not having them exposes less, never more.
+    u("cli", Kind::Flag, Policy::IgnoreCli),
     u("cli-ip", Kind::Value, Policy::IgnoreCli),
     u("cli-port", Kind::Value, Policy::IgnoreCli),
     u("cli-password", Kind::Value, Policy::IgnoreCli),
     u("cli-max-output-sessions", Kind::OptValue, Policy::IgnoreCli),
-    u("web-admin", Kind::Flag, Policy::Ignore),
-    u("web-admin-ip", Kind::Value, Policy::Ignore),
-    u("web-admin-port", Kind::Value, Policy::Ignore),
-    u("web-admin-listen-on-workers", Kind::Flag, Policy::Ignore),
-    u("acme-redirect", Kind::Value, Policy::Ignore),
+    ignore("web-admin", Kind::Flag, "no web admin; see --admin-listen"),
+    ignore("web-admin-ip", Kind::Value, "no web admin; see --admin-listen"),
+    ignore("web-admin-port", Kind::Value, "no web admin; see --admin-listen"),
+    ignore("web-admin-listen-on-workers", Kind::Flag, "no web admin; see --admin-listen"),
+    ignore("acme-redirect", Kind::Value, "no HTTP is served on the TURN ports"),
 ];
 
 /// Keys that make sense only on the command line; a config file line naming one is skipped.
 pub const CLI_ONLY: &[&str] = &["conf-file", "help", "version"];
 
+/// The `--help` sections, in order (each is named on the first field of its section in [`Cli`]).
+const HEADINGS: &[&str] = &[
+    "Configuration file",
+    "Listeners",
+    "Relay and peers",
+    "STUN behaviour",
+    "Authentication and user databases",
+    "Quotas, rate limits and lifetimes",
+    "TLS and DTLS",
+    "Redirection",
+    "Logging and process",
+    "Sockets",
+    "Prometheus metrics",
+    "Admin API and log format",
+    "Signaling companion",
+];
+
 /// Builds the command: the derived [`Cli`] arguments, coturn's boolean-flag convention, our
 /// `--version` (coturn's `-V` is `--Verbose`), and the [`UNSUPPORTED`] options.
 pub fn command() -> Command {
-    let cmd = Cli::command()
+    // Each section's first field names its heading; the fields after it, in declaration order,
+    // share it until the next one does.
+    let mut cmd = Cli::command();
+    let mut heading: Option<&'static str> = None;
+    let sections: Vec<(String, Option<&'static str>)> = cmd
+        .get_arguments()
+        .map(|a| {
+            if let Some(h) = a.get_help_heading() {
+                heading = HEADINGS.iter().copied().find(|known| *known == h);
+            }
+            (a.get_id().to_string(), heading)
+        })
+        .collect();
+    for (id, heading) in sections {
+        cmd = cmd.mut_arg(id, |a| a.help_heading(heading));
+    }
+    let cmd = cmd
         .arg(
             Arg::new("version")
                 .long("version")
@@ -617,10 +794,11 @@ fn unsupported_arg(opt: &Unsupported) -> Arg {
         .long(opt.long)
         .aliases(opt.aliases.iter().copied())
         .help(match opt.policy {
-            Policy::Refuse(_) => "coturn option; not supported (refused)",
-            Policy::Ignore | Policy::IgnoreCli => "coturn option; accepted and ignored",
+            Policy::Refuse(what) => format!("Refused (not implemented: {what})"),
+            Policy::Ignore(instead) => format!("Ignored with a warning: {instead}"),
+            Policy::IgnoreCli => "Ignored with a warning: vigi-turn has no telnet CLI".to_owned(),
         })
-        .help_heading("coturn options not implemented");
+        .help_heading("coturn options not implemented (each warns or refuses when set)");
     if let Some(short) = opt.short {
         arg = arg.short(short);
     }
@@ -631,7 +809,6 @@ fn unsupported_arg(opt: &Unsupported) -> Arg {
             .action(ArgAction::Set)
             .value_name("VALUE")
             .num_args(0..=1)
-            .require_equals(true)
             .default_missing_value(""),
     }
 }

@@ -81,19 +81,22 @@ pub struct Config {
     pub no_multicast_peers: bool,
     pub denied_peer_ips: Vec<IpRange>,
     pub allowed_peer_ips: Vec<IpRange>,
-    pub mobility: bool,
 
     // ---- STUN behaviour ----
     pub fingerprint: bool,
     pub stun_only: bool,
     pub no_stun: bool,
+    /// `--no-software-attribute` or `--software-attribute=false`.
     pub no_software_attribute: bool,
-    /// `--software-attribute` (vigi-turn extension): replaces the default SOFTWARE text.
+    /// `--software-attribute=TEXT` (vigi-turn extension): replaces the default SOFTWARE text.
     pub software_attribute: Option<String>,
     pub no_rfc5780: bool,
     /// `--rfc5780` and not `--no-rfc5780`: NAT behaviour discovery is served.
     pub rfc5780: bool,
     pub no_stun_backward_compatibility: bool,
+    /// RFC 3489 Binding requests (no magic cookie) are answered: `--rfc3489-compatibility`,
+    /// else not `--no-stun-backward-compatibility`.
+    pub rfc3489_compatibility: bool,
     pub response_origin_only_with_rfc5780: bool,
 
     // ---- authentication ----
@@ -130,6 +133,8 @@ pub struct Config {
     pub bps_capacity: u64,
     /// Challenges and Allocate attempts per client IP per second; 0 = no limit.
     pub unauthorized_ratelimit: u32,
+    /// `--stateless-nonce-secret`: the nonce key is derived from it; `None` = random per process.
+    pub stateless_nonce_secret: Option<String>,
     /// Nonce lifetime in seconds; 0 = unlimited.
     pub stale_nonce: u32,
     pub max_allocate_lifetime: u32,
@@ -144,8 +149,6 @@ pub struct Config {
     pub pkey: Option<PathBuf>,
     pub cipher_list: Option<String>,
     pub dh_file: Option<PathBuf>,
-    pub no_tlsv1: bool,
-    pub no_tlsv1_1: bool,
     pub no_tlsv1_2: bool,
 
     // ---- redirection: `IP`, `IPv4:PORT` or `[IPv6]:PORT`, checked ----
@@ -169,6 +172,10 @@ pub struct Config {
     pub no_cli: bool,
     /// Seconds to wait for allocations to end after SIGUSR1 before exiting.
     pub drain_timeout: u32,
+    /// A drain ends once this many allocations or fewer are left.
+    pub drain_min_allocations: usize,
+    /// `--log-min-level`: overrides the level `-v`/`-V` set.
+    pub log_min_level: Option<cli::LogLevel>,
 
     // ---- sockets (vigi-turn extensions) ----
     /// SO_RCVBUF/SO_SNDBUF in bytes; `None` = kernel default.
@@ -271,11 +278,21 @@ impl ConfigError {
     }
 }
 
-/// The first line of a clap error, without clap's `error: ` prefix and usage hints.
+/// A clap error on one line: its first line without the `error: ` prefix, then clap's tips
+/// (`tip: a similar argument exists: '--listening-port'`) and possible values, `; `-separated;
+/// the usage and `--help` hints are left out.
 fn first_line(e: &clap::Error) -> String {
     let text = e.to_string();
-    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-    line.strip_prefix("error: ").unwrap_or(line).to_owned()
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("");
+    let mut out = first.strip_prefix("error: ").unwrap_or(first).to_owned();
+    for line in lines {
+        if line.starts_with("tip:") || line.starts_with("[possible values") {
+            out.push_str("; ");
+            out.push_str(line);
+        }
+    }
+    out
 }
 
 impl Config {
@@ -387,11 +404,8 @@ fn parse_cli(
 fn apply_policy(opt: &Unsupported, at: String, warnings: &mut Warnings) -> Result<(), ConfigError> {
     match opt.policy {
         Policy::Refuse(what) => Err(ConfigError::Unsupported { at, what }),
-        Policy::Ignore => {
-            warnings.push_once(
-                opt.long,
-                format!("{at}: option is accepted but not implemented; ignored"),
-            );
+        Policy::Ignore(instead) => {
+            warnings.push_once(opt.long, format!("{at}: accepted but ignored: {instead}"));
             Ok(())
         }
         Policy::IgnoreCli => {
@@ -462,16 +476,45 @@ fn file_tokens(
                     .is_some_and(|aliases| aliases.contains(&line.key))
         });
         if !known {
+            let hint = similar_key(cmd, line.key)
+                .map(|k| format!(" (did you mean '{k}'?)"))
+                .unwrap_or_default();
             warnings.push(format!(
-                "{name}:{}: unknown option '{}'; line skipped",
+                "{name}:{}: unknown option '{}'{hint}; line skipped",
                 line.number, line.key
             ));
             continue;
         }
-        let token = line.token();
-        let matches = cmd
-            .try_get_matches_from_mut([program.clone(), OsString::from(&token)])
-            .map_err(|e| at(first_line(&e)))?;
+        let mut token = line.token();
+        let matches = match cmd.try_get_matches_from_mut([program.clone(), OsString::from(&token)])
+        {
+            Ok(m) => m,
+            Err(e) => {
+                // `user-quota=12 # per user` (Synapse's sample): coturn reads numbers with
+                // atoi, which stops at the blank; a value that fails whole but parses without
+                // its ` #` tail is read that way, with a warning. Text values keep their `#`.
+                let cut = line.value.and_then(|v| {
+                    v.find(" #")
+                        .or_else(|| v.find("\t#"))
+                        .map(|i| v[..i].trim())
+                });
+                let retry = cut.filter(|c| !c.is_empty()).and_then(|c| {
+                    let t = format!("--{}={c}", line.key);
+                    cmd.try_get_matches_from_mut([program.clone(), OsString::from(&t)])
+                        .ok()
+                        .map(|m| (t, m, c))
+                });
+                let Some((t, m, c)) = retry else {
+                    return Err(at(first_line(&e)));
+                };
+                warnings.push(format!(
+                    "{name}:{}: {}: text after '{c}' read as a comment",
+                    line.number, line.key
+                ));
+                token = t;
+                m
+            }
+        };
         for opt in cli::unsupported_set(&matches) {
             apply_policy(
                 opt,
@@ -482,6 +525,21 @@ fn file_tokens(
         tokens.push(token);
     }
     Ok(tokens)
+}
+
+/// The known option name closest to an unknown `key`, when close enough to be a typo (the
+/// same measure and threshold clap uses for its command-line tips).
+fn similar_key(cmd: &Command, key: &str) -> Option<String> {
+    cmd.get_arguments()
+        .flat_map(|a| {
+            a.get_long()
+                .into_iter()
+                .chain(a.get_all_aliases().unwrap_or_default())
+        })
+        .map(|name| (strsim::jaro(key, name), name))
+        .filter(|(score, _)| *score > 0.7)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, name)| name.to_owned())
 }
 
 fn non_empty(s: Option<String>) -> Option<String> {
@@ -536,9 +594,40 @@ fn resolve(
         ));
     }
 
-    let relay_threads = match cli.relay_threads {
-        None | Some(0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        Some(n) => n,
+    let relay_threads = match (cli.relay_threads, cli.cpus) {
+        (None | Some(0), Some(cpus)) => cpus as usize,
+        (None | Some(0), None) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        (Some(n), _) => n,
+    };
+    if cli.syslog && cli.log_file.as_deref().is_some_and(|f| f != "syslog") {
+        warnings.push("--syslog: log lines go to journald, not to --log-file".into());
+    }
+    if cli.alt_tls_listening_port != 0 {
+        warnings.push(
+            "--alt-tls-listening-port: accepted but ignored: RFC 5780 is served over UDP only, \
+             so no alternate TLS/DTLS listener is started"
+                .into(),
+        );
+    }
+    if let Some(path) = cli.prometheus_path.as_deref().filter(|p| *p != "/metrics") {
+        warnings.push(format!(
+            "--prometheus-path {path}: accepted but ignored: metrics are served at /metrics"
+        ));
+    }
+    if cli.stateless_nonce == Some(false) {
+        warnings.push(
+            "--stateless-nonce=false: accepted but ignored: nonces are always stateless \
+             (HMAC-signed timestamps), which keeps unauthenticated floods from growing memory"
+                .into(),
+        );
+    }
+    if cli.dtls && (cli.no_dtls || cli.cert.is_none()) {
+        warnings.push("--dtls: no DTLS listener starts without --cert or with --no-dtls".into());
+    }
+    let (no_software_attribute, software_attribute) = match cli.software_attribute {
+        Some(cli::Software::Off) => (true, None),
+        Some(cli::Software::Text(t)) => (cli.no_software_attribute, Some(t)),
+        Some(cli::Software::On) | None => (cli.no_software_attribute, None),
     };
     let derived = |explicit: u16, base: u16| {
         if explicit != 0 {
@@ -574,15 +663,17 @@ fn resolve(
         no_multicast_peers: cli.no_multicast_peers,
         denied_peer_ips: cli.denied_peer_ip,
         allowed_peer_ips: cli.allowed_peer_ip,
-        mobility: cli.mobility,
         fingerprint: cli.fingerprint,
         stun_only: cli.stun_only,
         no_stun: cli.no_stun,
-        no_software_attribute: cli.no_software_attribute,
-        software_attribute: cli.software_attribute,
+        no_software_attribute,
+        software_attribute,
         no_rfc5780: cli.no_rfc5780,
         rfc5780: cli.rfc5780 && !cli.no_rfc5780,
         no_stun_backward_compatibility: cli.no_stun_backward_compatibility,
+        rfc3489_compatibility: cli
+            .rfc3489_compatibility
+            .unwrap_or(!cli.no_stun_backward_compatibility),
         response_origin_only_with_rfc5780: cli.response_origin_only_with_rfc5780,
         auth,
         lt_cred_mech: cli.lt_cred_mech,
@@ -605,7 +696,11 @@ fn resolve(
         total_quota: cli.total_quota,
         max_bps: cli.max_bps,
         bps_capacity: cli.bps_capacity,
-        unauthorized_ratelimit: cli.unauthorized_ratelimit,
+        unauthorized_ratelimit: match cli.unauthorized_ratelimit_rps {
+            Some(rps) if cli.unauthorized_ratelimit != 0 => rps,
+            _ => cli.unauthorized_ratelimit,
+        },
+        stateless_nonce_secret: non_empty(cli.stateless_nonce_secret),
         stale_nonce: cli.stale_nonce,
         max_allocate_lifetime: cli.max_allocate_lifetime,
         default_allocate_lifetime: cli.default_allocate_lifetime,
@@ -617,8 +712,6 @@ fn resolve(
         pkey: cli.pkey,
         cipher_list: non_empty(cli.cipher_list),
         dh_file: cli.dh_file,
-        no_tlsv1: cli.no_tlsv1,
-        no_tlsv1_1: cli.no_tlsv1_1,
         no_tlsv1_2: cli.no_tlsv1_2,
         alternate_servers: cli.alternate_server,
         tls_alternate_servers: cli.tls_alternate_server,
@@ -638,6 +731,8 @@ fn resolve(
         proc_group: non_empty(cli.proc_group),
         no_cli: cli.no_cli,
         drain_timeout: cli.drain_timeout,
+        drain_min_allocations: cli.drain_min_allocations,
+        log_min_level: cli.log_min_level,
         sock_buf_size: cli
             .sock_buf_size
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
@@ -806,7 +901,6 @@ impl fmt::Debug for Config {
             .field("no_multicast_peers", &self.no_multicast_peers)
             .field("denied_peer_ips", &self.denied_peer_ips)
             .field("allowed_peer_ips", &self.allowed_peer_ips)
-            .field("mobility", &self.mobility)
             .field("fingerprint", &self.fingerprint)
             .field("stun_only", &self.stun_only)
             .field("no_stun", &self.no_stun)
@@ -818,6 +912,7 @@ impl fmt::Debug for Config {
                 "no_stun_backward_compatibility",
                 &self.no_stun_backward_compatibility,
             )
+            .field("rfc3489_compatibility", &self.rfc3489_compatibility)
             .field(
                 "response_origin_only_with_rfc5780",
                 &self.response_origin_only_with_rfc5780,
@@ -846,6 +941,10 @@ impl fmt::Debug for Config {
             .field("total_quota", &self.total_quota)
             .field("max_bps", &self.max_bps)
             .field("unauthorized_ratelimit", &self.unauthorized_ratelimit)
+            .field(
+                "stateless_nonce_secret",
+                &Redacted(usize::from(self.stateless_nonce_secret.is_some())),
+            )
             .field("bps_capacity", &self.bps_capacity)
             .field("stale_nonce", &self.stale_nonce)
             .field("max_allocate_lifetime", &self.max_allocate_lifetime)
@@ -861,8 +960,6 @@ impl fmt::Debug for Config {
             .field("pkey", &self.pkey)
             .field("cipher_list", &self.cipher_list)
             .field("dh_file", &self.dh_file)
-            .field("no_tlsv1", &self.no_tlsv1)
-            .field("no_tlsv1_1", &self.no_tlsv1_1)
             .field("no_tlsv1_2", &self.no_tlsv1_2)
             .field("alternate_servers", &self.alternate_servers)
             .field("tls_alternate_servers", &self.tls_alternate_servers)
@@ -878,6 +975,8 @@ impl fmt::Debug for Config {
             .field("proc_group", &self.proc_group)
             .field("no_cli", &self.no_cli)
             .field("drain_timeout", &self.drain_timeout)
+            .field("drain_min_allocations", &self.drain_min_allocations)
+            .field("log_min_level", &self.log_min_level)
             .field("sock_buf_size", &self.sock_buf_size)
             .field("max_tcp_connections", &self.max_tcp_connections)
             .field(

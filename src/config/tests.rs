@@ -697,3 +697,269 @@ fn redis_databases_and_fleet_options() {
     .unwrap();
     assert!(c.rfc5780);
 }
+
+const COTURN_OPTIONS: &str = include_str!("testdata/coturn_options.txt");
+
+/// (name, takes a value as coturn declares it, sample value) for every coturn option.
+fn coturn_options() -> Vec<(&'static str, bool, Option<&'static str>)> {
+    COTURN_OPTIONS
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let mut f = l.split(' ');
+            let name = f.next().unwrap();
+            let required = f.next().unwrap() == "required_argument";
+            let sample = f.collect::<Vec<_>>().join(" ");
+            (name, required, (sample != "-").then(|| &*sample.leak()))
+        })
+        .collect()
+}
+
+fn ignored(key: &str) -> bool {
+    UNSUPPORTED.iter().any(|o| {
+        !matches!(o.policy, Policy::Refuse(_)) && (o.long == key || o.aliases.contains(&key))
+    })
+}
+
+/// What a loaded option must look like: refused ones fail naming the option, ignored ones
+/// warn naming it, everything else loads.
+fn check_option(name: &str, at: &str, result: Result<Config, ConfigError>) {
+    if refused(name) {
+        match result {
+            Err(e @ ConfigError::Unsupported { .. }) => {
+                // An alias on the command line is reported under the option's own name.
+                let canonical = UNSUPPORTED.iter().find(|o| o.aliases.contains(&name));
+                let at = match canonical {
+                    Some(o) if at.starts_with("--") => format!("--{}", o.long),
+                    _ => at.to_owned(),
+                };
+                assert!(e.to_string().starts_with(&at), "{at}: {e}")
+            }
+            other => panic!("{at}: should be refused, got {other:?}"),
+        }
+        return;
+    }
+    let c = result.unwrap_or_else(|e| panic!("{at}: {e}"));
+    if ignored(name) {
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains(name) && w.contains("ignored")),
+            "{at}: ignored without a warning naming it: {:?}",
+            c.warnings
+        );
+    }
+    assert!(
+        c.warnings.iter().all(|w| !w.contains("unknown option")),
+        "{at}: {:?}",
+        c.warnings
+    );
+}
+
+#[test]
+fn every_coturn_option_is_known_on_the_command_line_and_in_a_file() {
+    let options = coturn_options();
+    assert!(options.len() > 140, "{} options", options.len());
+    let base = ["vigi-turn", "-n", "--static-auth-secret=base"];
+    for &(name, required, sample) in &options {
+        // --rfc5780 needs the alternate address (two listening IPs of one family).
+        let mut args: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+        if name == "rfc5780" {
+            args.extend(["-L", "127.0.0.1", "-L", "127.0.0.2"].map(String::from));
+        }
+        if name == "version" {
+            let e = load(&["vigi-turn", "--version"]).unwrap_err();
+            assert!(e.is_help_or_version());
+            let c = file(&base, "version\n").unwrap();
+            assert!(c.warnings[0].contains("only valid on the command line"));
+            continue;
+        }
+        assert!(
+            required == sample.is_some() || sample.is_some(),
+            "{name}: needs a sample"
+        );
+        // The command line: `--name=value`, `--name value` (for a required value), and the
+        // bare flag and `--name=1` for a boolean.
+        let mut forms = Vec::new();
+        match sample {
+            Some(v) => {
+                forms.push(vec![format!("--{name}={v}")]);
+                // getopt gives an optional argument only with `=`, so coturn does too.
+                if required {
+                    forms.push(vec![format!("--{name}"), v.to_owned()]);
+                }
+            }
+            None => {
+                forms.push(vec![format!("--{name}")]);
+                forms.push(vec![format!("--{name}=1")]);
+            }
+        }
+        for form in forms {
+            let mut argv = args.clone();
+            argv.extend(form.iter().cloned());
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            check_option(name, &format!("--{name}"), load(&argv));
+        }
+        // turnserver.conf: `name=value`, `name value` and the bare key.
+        let lines = match sample {
+            Some(v) => vec![format!("{name}={v}"), format!("{name} {v}")],
+            None => vec![name.to_owned(), format!("{name}=true")],
+        };
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        for line in lines {
+            let r = Config::load_with_file_text(&argv, "turnserver.conf", &line);
+            check_option(name, &format!("turnserver.conf:1: {name}"), r);
+        }
+    }
+    // One file with every option line: each tokenizes, none is unknown.
+    let text: String = options
+        .iter()
+        .filter(|(n, ..)| *n != "version")
+        .map(|(n, _, v)| match v {
+            Some(v) => format!("{n}={v}\n"),
+            None => format!("{n}\n"),
+        })
+        .collect();
+    let mut warnings = Warnings::default();
+    let tokens = file_tokens(
+        &mut cli::command(),
+        &"vigi-turn".into(),
+        "turnserver.conf",
+        &text
+            .lines()
+            .filter(|l| !refused(l.split('=').next().unwrap()))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        &mut warnings,
+    )
+    .unwrap();
+    assert!(tokens.len() > 130);
+    assert!(
+        warnings.list.iter().all(|w| !w.contains("unknown")),
+        "{:?}",
+        warnings.list
+    );
+}
+
+#[test]
+fn coturn_4_7_names_behave() {
+    // software-attribute: a bare flag (4.7+), a boolean, or our text.
+    let c = load(&["vigi-turn", "-n", "--software-attribute"]).unwrap();
+    assert!(!c.no_software_attribute && c.software_attribute.is_none());
+    let c = load(&["vigi-turn", "-n", "--software-attribute=false"]).unwrap();
+    assert!(c.no_software_attribute);
+    let c = load(&["vigi-turn", "-n", "--software-attribute", "acme relay"]).unwrap();
+    assert_eq!(c.software_attribute.as_deref(), Some("acme relay"));
+    let c = file(&["vigi-turn"], "software-attribute\nfingerprint\n").unwrap();
+    assert!(!c.no_software_attribute && c.fingerprint);
+    // rfc3489-compatibility beats the 4.6 name; the default answers classic clients.
+    assert!(load(&["vigi-turn", "-n"]).unwrap().rfc3489_compatibility);
+    let c = load(&["vigi-turn", "-n", "--no-stun-backward-compatibility"]).unwrap();
+    assert!(!c.rfc3489_compatibility);
+    let c = load(&["vigi-turn", "-n", "--rfc3489-compatibility=off"]).unwrap();
+    assert!(!c.rfc3489_compatibility);
+    // unauthorized-ratelimit is a boolean in 4.17, with the rate in -rps.
+    let c = load(&["vigi-turn", "-n", "--unauthorized-ratelimit"]).unwrap();
+    assert_eq!(c.unauthorized_ratelimit, 1000);
+    let c = load(&["vigi-turn", "-n", "--unauthorized-ratelimit=false"]).unwrap();
+    assert_eq!(c.unauthorized_ratelimit, 0);
+    let c = file(
+        &["vigi-turn"],
+        "unauthorized-ratelimit\nunauthorized-ratelimit-rps=10\n",
+    )
+    .unwrap();
+    assert_eq!(c.unauthorized_ratelimit, 10);
+    // cpus sets the default worker count; -m wins.
+    assert_eq!(
+        load(&["vigi-turn", "-n", "--cpus=3"])
+            .unwrap()
+            .relay_threads,
+        3
+    );
+    assert_eq!(
+        load(&["vigi-turn", "-n", "--cpus=3", "-m", "2"])
+            .unwrap()
+            .relay_threads,
+        2
+    );
+    let c = load(&[
+        "vigi-turn",
+        "-n",
+        "--log-min-level=WARNING",
+        "--drain-min-allocations=4",
+    ]);
+    let c = c.unwrap();
+    assert_eq!(c.log_min_level, Some(cli::LogLevel::Warning));
+    assert_eq!(c.drain_min_allocations, 4);
+    let c = load(&["vigi-turn", "-n", "--stateless-nonce-secret=k"]).unwrap();
+    assert!(!format!("{c:?}").contains("\"k\""));
+    // Options that are only partly honoured say so.
+    for (flag, needle) in [
+        ("--prometheus-path=/m", "served at /metrics"),
+        ("--alt-tls-listening-port=5350", "UDP only"),
+        ("--stateless-nonce=false", "always stateless"),
+        ("--mobility", "MICE"),
+        ("--no-sslv3", "never offered"),
+    ] {
+        let c = load(&["vigi-turn", "-n", flag]).unwrap();
+        assert!(
+            c.warnings.iter().any(|w| w.contains(needle)),
+            "{flag}: {:?}",
+            c.warnings
+        );
+    }
+    // Unchanged defaults are not warned about.
+    let c = load(&[
+        "vigi-turn",
+        "-n",
+        "--prometheus-path=/metrics",
+        "--stateless-nonce",
+    ])
+    .unwrap();
+    assert!(c
+        .warnings
+        .iter()
+        .all(|w| !w.contains("prometheus") && !w.contains("nonce")));
+}
+
+#[test]
+fn errors_keep_clap_tips_and_file_keys_get_suggestions() {
+    let m = err(load(&["vigi-turn", "-n", "--listen-port", "3"]));
+    assert!(
+        m.contains("tip: a similar argument exists: '--listening-port'"),
+        "{m}"
+    );
+    let m = err(load(&["vigi-turn", "-n", "-A", "ipv5"]));
+    assert!(m.contains("[possible values: ipv4, ipv6, keep]"), "{m}");
+    let c = file(&["vigi-turn"], "listen-port=3478\nrelay-treads=2\nxyzzy\n").unwrap();
+    assert!(
+        c.warnings[0].contains("(did you mean 'listening-port'?)"),
+        "{:?}",
+        c.warnings
+    );
+    assert!(
+        c.warnings[1].contains("(did you mean 'relay-threads'?)"),
+        "{:?}",
+        c.warnings
+    );
+    assert!(!c.warnings[2].contains("did you mean"), "{:?}", c.warnings);
+}
+
+#[test]
+fn help_is_grouped_and_honest() {
+    let help = cli::command().render_help().to_string();
+    for heading in [
+        "Listeners:",
+        "Authentication and user databases:",
+        "Logging and process:",
+    ] {
+        assert!(help.contains(heading), "{heading}");
+    }
+    assert!(help.contains("coturn options not implemented"));
+    assert!(help.contains("Refused: vigi-turn never forks"));
+    let oauth = help.lines().position(|l| l.contains("--oauth")).unwrap();
+    assert!(
+        help.lines().nth(oauth).unwrap().contains("Refused")
+            || help.lines().nth(oauth + 1).unwrap().contains("Refused")
+    );
+}

@@ -22,6 +22,7 @@ pub mod dtls {
     }
 }
 pub mod conn_limits;
+mod refusals;
 pub mod relay;
 pub mod stream;
 pub mod tcp_relay;

@@ -58,6 +58,8 @@ pub(crate) struct WorkerState {
     pub relays: RefCell<Vec<Option<Relay>>>,
     pub relay_poll: relay::RelayPoll,
     pub streams: RefCell<HashMap<FiveTuple, Rc<stream::StreamTx>>>,
+    /// Refusals logged once per 5-tuple, method and code, rate-limited.
+    pub refusals: RefCell<super::refusals::RefusalLog>,
     /// The receive slots every socket of this worker reads into; each slot has room in front
     /// for headers written in place.
     pub batch: RefCell<RecvBatch>,
@@ -152,6 +154,7 @@ pub(crate) fn run(init: WorkerInit) {
             relays: RefCell::new(Vec::new()),
             relay_poll,
             streams: RefCell::new(HashMap::new()),
+            refusals: RefCell::default(),
             batch: RefCell::new(RecvBatch::new(PEER_HEADROOM, MAX_DATAGRAM, PEER_TAILROOM)),
             io_stats: RefCell::new(IoStats::default()),
             sock_buf_size: rc.sock_buf_size,
@@ -445,7 +448,10 @@ impl WorkerState {
                 return;
             };
             match cmd {
-                Command::Send { to, data } => self.send_to_client(to, &data),
+                Command::Send { to, data } => {
+                    self.refusals.borrow_mut().observe(now, to, &data);
+                    self.send_to_client(to, &data)
+                }
                 Command::BindRelay {
                     id,
                     addr,

@@ -133,7 +133,7 @@ pub fn require_tool(name: &str) {
         .unwrap_or(false);
     assert!(
         found,
-        "{name} is not installed: run `apt-get install coturn` (see README, Tests)"
+        "{name} is not installed: run `apt-get install coturn` (see docs/testing.md)"
     );
 }
 
