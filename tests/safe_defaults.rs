@@ -303,3 +303,52 @@ fn allowed_peer_ip_opens_a_private_range_on_purpose() {
         assert!(accepted(&redis), "the opened private service was connected");
     });
 }
+
+/// RFC 6062 pipes honour `--max-bps` as UDP relays do: 60,000 bytes from a peer through a pipe
+/// capped at 20,000 B/s take about 2 s (the first second's worth passes at once), arrive whole
+/// and in order. (A lower bound only: a loaded machine can make it slower, never faster.)
+#[test]
+fn rfc6062_pipes_honour_max_bps() {
+    let ns = Ns::new();
+    let _srv = ns.server(&["--max-bps", "20000"]);
+    ns.run(|| {
+        let public_tcp = TcpListener::bind(SocketAddr::from((PUBLIC_PEER, 7000))).unwrap();
+        let mut control = Client::tcp();
+        assert_eq!(control.allocate(attr::PROTO_TCP), 0);
+        let (code, raw) = control.request(Method::CONNECT, &|b| {
+            b.xor_address(attr::XOR_PEER_ADDRESS, &public_tcp.local_addr().unwrap());
+        });
+        assert_eq!(code, 0, "Connect");
+        let cid = Message::decode(&raw)
+            .unwrap()
+            .get(attr::CONNECTION_ID)
+            .expect("CONNECTION-ID")
+            .to_vec();
+        let (mut peer, _) = public_tcp.accept().expect("the relay connects to the peer");
+        // ConnectionBind on a new connection turns it into the pipe.
+        let mut data = Client::tcp();
+        data.nonce = control.nonce.clone();
+        let (code, _) = data.request(Method::CONNECTION_BIND, &|b| {
+            b.attr(attr::CONNECTION_ID, &cid);
+        });
+        assert_eq!(code, 0, "ConnectionBind");
+        let payload: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();
+        let t0 = Instant::now();
+        let writer = {
+            let payload = payload.clone();
+            std::thread::spawn(move || peer.write_all(&payload).map(|_| peer))
+        };
+        let mut got = vec![0u8; payload.len()];
+        let s = data.tcp.as_mut().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.read_exact(&mut got)
+            .expect("the whole payload through the pipe");
+        let took = t0.elapsed();
+        assert!(got == payload, "bytes intact and in order");
+        assert!(
+            took >= Duration::from_millis(1500),
+            "60,000 bytes at 20,000 B/s took only {took:?}"
+        );
+        drop(writer.join());
+    });
+}

@@ -65,6 +65,8 @@ pub struct Allocation {
     pub stats: AllocationStats,
     pub to_peer_bucket: TokenBucket,
     pub to_client_bucket: TokenBucket,
+    /// What its RFC 6062 pipes may move (the same `--max-bps`, shared by its pipes).
+    pub pipe_budget: std::sync::Arc<super::policy::PipeBudget>,
     pub dont_fragment: bool,
     /// A TCP relay (RFC 6062): `relay` is a listening socket, peers come and go as connections.
     pub tcp: bool,

@@ -357,6 +357,72 @@ impl PeerPolicy {
     }
 }
 
+/// The byte budget of an allocation's RFC 6062 pipes (issue 15: they honour `--max-bps` and
+/// `--bps-capacity` like UDP relays). A pipe cannot drop bytes as a datagram relay does, so it
+/// waits: [`PipeBudget::take`] says how long. Shared by every pipe of the allocation (they may
+/// run on other workers than the allocation's, hence the locks; a pipe chunk is up to 16 KiB, so
+/// a lock per chunk), and with one bucket for the whole server's pipes.
+#[derive(Debug)]
+pub struct PipeBudget {
+    /// Client to peer, peer to client (`--max-bps` each way, as for UDP).
+    own: std::sync::Mutex<(TokenBucket, TokenBucket)>,
+    /// Every pipe of the server (`--bps-capacity`).
+    capacity: std::sync::Arc<std::sync::Mutex<TokenBucket>>,
+    rate: u64,
+}
+
+/// Which way a pipe moves bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipeDir {
+    ToPeer,
+    ToClient,
+}
+
+impl PipeBudget {
+    pub fn new(
+        rate: u64,
+        capacity: std::sync::Arc<std::sync::Mutex<TokenBucket>>,
+        now: Instant,
+    ) -> PipeBudget {
+        PipeBudget {
+            own: std::sync::Mutex::new((TokenBucket::new(rate, now), TokenBucket::new(rate, now))),
+            capacity,
+            rate,
+        }
+    }
+
+    /// The most a pipe should read at once: never more than a bucket holds, so any chunk can
+    /// pass once the bucket is full.
+    pub fn chunk(&self, max: usize) -> usize {
+        let cap = self.capacity.lock().unwrap_or_else(|e| e.into_inner()).rate;
+        let mut n = max;
+        for r in [self.rate, cap] {
+            if r > 0 {
+                n = n.min(r.max(1) as usize);
+            }
+        }
+        n
+    }
+
+    /// Take `n` bytes for `dir` at `now`: None when they may pass, else how long to wait
+    /// before asking again.
+    pub fn take(&self, now: Instant, dir: PipeDir, n: usize) -> Option<std::time::Duration> {
+        let mut own = self.own.lock().unwrap_or_else(|e| e.into_inner());
+        let bucket = match dir {
+            PipeDir::ToPeer => &mut own.0,
+            PipeDir::ToClient => &mut own.1,
+        };
+        let mut cap = self.capacity.lock().unwrap_or_else(|e| e.into_inner());
+        if !bucket.can_take(now, n) || !cap.can_take(now, n) {
+            let wait = bucket.wait_for(n).max(cap.wait_for(n));
+            return Some(wait.max(std::time::Duration::from_millis(1)));
+        }
+        bucket.try_take(now, n);
+        cap.try_take(now, n);
+        None
+    }
+}
+
 /// A token bucket in bytes, refilled at `rate` bytes/s, holding at most one second's worth.
 /// A rate of 0 means unlimited.
 #[derive(Debug, Clone, Copy)]
@@ -375,12 +441,30 @@ impl TokenBucket {
         }
     }
 
-    /// Take `n` bytes if the bucket holds them; false means drop the packet.
-    #[inline]
-    pub fn try_take(&mut self, now: Instant, n: usize) -> bool {
+    /// Bytes per second (0: unlimited).
+    pub fn rate(&self) -> u64 {
+        self.rate
+    }
+
+    /// Whether `n` bytes could be taken at `now` (refilling, taking nothing).
+    pub fn can_take(&mut self, now: Instant, n: usize) -> bool {
         if self.rate == 0 {
             return true;
         }
+        self.refill(now);
+        self.tokens >= n as u64
+    }
+
+    /// How long until `n` bytes are in the bucket, from what it holds now.
+    pub fn wait_for(&self, n: usize) -> std::time::Duration {
+        if self.rate == 0 {
+            return std::time::Duration::ZERO;
+        }
+        let missing = (n as u64).saturating_sub(self.tokens);
+        std::time::Duration::from_nanos(missing.saturating_mul(1_000_000_000) / self.rate)
+    }
+
+    fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last);
         if !elapsed.is_zero() {
             let add = (elapsed.as_nanos() as u64).saturating_mul(self.rate) / 1_000_000_000;
@@ -389,6 +473,15 @@ impl TokenBucket {
                 self.last = now;
             }
         }
+    }
+
+    /// Take `n` bytes if the bucket holds them; false means drop the packet.
+    #[inline]
+    pub fn try_take(&mut self, now: Instant, n: usize) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        self.refill(now);
         let n = n as u64;
         if self.tokens >= n {
             self.tokens -= n;
@@ -664,5 +757,38 @@ mod tests {
         assert!(!b.try_take(t0 + Duration::from_secs(100), 1));
         let mut unlimited = TokenBucket::new(0, t0);
         assert!(unlimited.try_take(t0, usize::MAX));
+    }
+
+    #[test]
+    fn pipe_budget_paces_each_way_and_the_server() {
+        let t0 = Instant::now();
+        let cap = std::sync::Arc::new(std::sync::Mutex::new(TokenBucket::new(0, t0)));
+        let b = PipeBudget::new(1000, cap.clone(), t0);
+        assert_eq!(b.chunk(16 * 1024), 1000);
+        assert_eq!(b.take(t0, PipeDir::ToPeer, 600), None);
+        // 400 left: 600 more is 200 bytes short, 0.2 s at 1,000 B/s.
+        assert_eq!(
+            b.take(t0, PipeDir::ToPeer, 600),
+            Some(Duration::from_millis(200))
+        );
+        // The other way has its own bucket.
+        assert_eq!(b.take(t0, PipeDir::ToClient, 1000), None);
+        assert_eq!(
+            b.take(t0 + Duration::from_millis(200), PipeDir::ToPeer, 600),
+            None
+        );
+        // The server's capacity binds every pipe.
+        *cap.lock().unwrap() = TokenBucket::new(500, t0);
+        let c = PipeBudget::new(0, cap.clone(), t0);
+        assert_eq!(c.chunk(16 * 1024), 500);
+        assert_eq!(c.take(t0, PipeDir::ToPeer, 500), None);
+        assert!(c.take(t0, PipeDir::ToClient, 500).is_some());
+        let free = PipeBudget::new(
+            0,
+            std::sync::Arc::new(std::sync::Mutex::new(TokenBucket::new(0, t0))),
+            t0,
+        );
+        assert_eq!(free.chunk(16 * 1024), 16 * 1024);
+        assert_eq!(free.take(t0, PipeDir::ToPeer, usize::MAX), None);
     }
 }

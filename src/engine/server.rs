@@ -269,6 +269,9 @@ pub struct Shared {
     pub fleet_usage: Arc<FleetUsage>,
     /// Where a draining node redirects new Allocates (healthy peers of its region).
     pub fleet_peers: Arc<FleetPeers>,
+    /// Every RFC 6062 pipe's bytes (`--bps-capacity`, a worker's share; see
+    /// [`super::policy::PipeBudget`]).
+    pub pipe_capacity: Arc<Mutex<TokenBucket>>,
 }
 
 #[derive(Debug, Clone)]
@@ -292,6 +295,7 @@ impl Shared {
             next_shard: AtomicU32::new(0),
             fleet_usage: Arc::default(),
             fleet_peers: Arc::default(),
+            pipe_capacity: Arc::new(Mutex::new(TokenBucket::new(0, Instant::now()))),
         }
     }
 
@@ -335,6 +339,22 @@ impl Shared {
             }
         }
         self.total_allocations.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// EVEN-PORT reservations held now (each counts against its user's quota and the total).
+    pub fn reservations_held(&self) -> usize {
+        self.reservations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// The rate of the bucket every RFC 6062 pipe draws from (kept when unchanged).
+    fn set_pipe_capacity(&self, rate: u64, now: Instant) {
+        let mut cap = self.pipe_capacity.lock().unwrap_or_else(|e| e.into_inner());
+        if cap.rate() != rate {
+            *cap = TokenBucket::new(rate, now);
+        }
     }
 
     /// Free reservations whose time is up.
@@ -599,6 +619,7 @@ impl Server {
         let mut key_rng = SmallRng::seed_from_u64(seed ^ 0x6c69_6d69_7465_7221);
         let limiter = Limiter::new(now, (key_rng.gen(), key_rng.gen()));
         let shard = shared.next_shard.fetch_add(1, Ordering::Relaxed);
+        shared.set_pipe_capacity(config.bps_capacity, now);
         Server {
             capacity: TokenBucket::new(config.bps_capacity, now),
             config,
@@ -624,6 +645,8 @@ impl Server {
     pub fn set_config(&mut self, config: Arc<ServerConfig>) {
         if config.bps_capacity != self.config.bps_capacity {
             self.capacity = TokenBucket::new(config.bps_capacity, self.unix_base.0);
+            self.shared
+                .set_pipe_capacity(config.bps_capacity, self.unix_base.0);
         }
         let old = std::mem::replace(&mut self.config, config);
         let db = self.userdb_seen.clone();
@@ -1798,6 +1821,11 @@ impl Server {
             stats: Default::default(),
             to_peer_bucket: TokenBucket::new(max_bps, now),
             to_client_bucket: TokenBucket::new(max_bps, now),
+            pipe_budget: Arc::new(super::policy::PipeBudget::new(
+                max_bps,
+                self.shared.pipe_capacity.clone(),
+                now,
+            )),
             dont_fragment,
             tcp,
             tcp_traffic: Vec::new(),

@@ -153,6 +153,8 @@ pub struct Running {
     pub tls: Option<Arc<tls::TlsSource>>,
     /// The DTLS context shared by the workers (for SIGUSR2).
     pub dtls: Option<Arc<dtls::DtlsContext>>,
+    /// The thread TLS handshakes run on, while there are TLS listeners.
+    _handshaker: Option<tls::Handshaker>,
 }
 
 /// Run `make()`'s future on a new named thread with its own current-thread runtime, for the
@@ -237,6 +239,10 @@ pub fn start(rc: RunConfig) -> io::Result<Running> {
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let conn_limits =
         conn_limits::ConnLimits::new(rc.max_tcp_connections, rc.max_tcp_connections_per_ip);
+    let handshaker = match rc.tls_source {
+        Some(_) => Some(tls::Handshaker::start()?),
+        None => None,
+    };
     let tcp_peers = tcp_relay::PeerTable::default();
     let mut threads = Vec::new();
     let mut workers = Vec::new();
@@ -244,6 +250,7 @@ pub fn start(rc: RunConfig) -> io::Result<Running> {
         let rc = rc.clone();
         let stop_rx = stop_rx.clone();
         let conn_limits = conn_limits.clone();
+        let tls_handshakes = handshaker.as_ref().map(tls::Handshaker::handle);
         let tcp_peers = tcp_peers.clone();
         let (control, control_rx) = mpsc::unbounded_channel();
         let snapshot = Arc::new(Mutex::new(WorkerSnapshot::default()));
@@ -259,6 +266,7 @@ pub fn start(rc: RunConfig) -> io::Result<Running> {
                     tls,
                     dtls,
                     conn_limits,
+                    tls_handshakes,
                     tcp_peers,
                     stop: stop_rx,
                     control: control_rx,
@@ -282,6 +290,7 @@ pub fn start(rc: RunConfig) -> io::Result<Running> {
         dtls_addrs,
         tls: rc.tls_source.clone(),
         dtls: rc.dtls_context.clone(),
+        _handshaker: handshaker,
     })
 }
 

@@ -49,7 +49,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) async fn accept_loop(
     st: Rc<WorkerState>,
     listener: TcpListener,
-    tls: Option<Arc<TlsSource>>,
+    tls: Option<(Arc<TlsSource>, tokio::runtime::Handle)>,
 ) {
     let local = match listener.local_addr() {
         Ok(a) => a,
@@ -83,24 +83,27 @@ pub(crate) async fn accept_loop(
                     let (tx, writer) = StreamTx::tcp(wr);
                     connection(st2.clone(), rd, tx, writer, Transport::Tcp, peer, local).await
                 }
-                Some(tls) => {
+                Some((tls, hs)) => {
                     let Ok(handshake) = slot.handshake() else {
                         tracing::debug!("tls handshake from {peer} refused: too many under way");
                         return;
                     };
-                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
-                    let accepted =
-                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                    let accepted = super::tls::handshake_elsewhere(
+                        &hs,
+                        tls.current(),
+                        stream,
+                        HANDSHAKE_TIMEOUT,
+                    )
+                    .await;
                     drop(handshake);
                     match accepted {
-                        Ok(Ok(s)) => {
+                        Ok(s) => {
                             let (rd, wr) = tokio::io::split(s);
                             let (tx, writer) = StreamTx::queued(wr);
                             let (tr, st3) = (Transport::Tls, st2.clone());
                             connection(st3, rd, tx, writer, tr, peer, local).await
                         }
-                        Ok(Err(e)) => tracing::debug!("tls handshake from {peer}: {e}"),
-                        Err(_) => tracing::debug!("tls handshake from {peer}: timed out"),
+                        Err(e) => tracing::debug!("tls handshake from {peer}: {e}"),
                     }
                 }
             }

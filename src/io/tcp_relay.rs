@@ -13,6 +13,7 @@
 //! [`Command::BindConnection`]: crate::engine::Command::BindConnection
 //! [`Command::CloseConnection`]: crate::engine::Command::CloseConnection
 
+use crate::engine::policy::{PipeBudget, PipeDir};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
@@ -170,6 +171,27 @@ pub(crate) fn bind(st: &WorkerState, cid: ConnectionId, client: FiveTuple) {
 /// read is counted, one packet, into the connection's
 /// [`TcpTraffic`](crate::engine::stats::TcpTraffic), which the engine owning
 /// the allocation (perhaps on another worker) folds into the allocation's counters.
+/// What a pipe reads at once (less when its budget is smaller: see [`PipeBudget::chunk`]).
+const PIPE_CHUNK: usize = 16 * 1024;
+
+/// Wait until `n` bytes may pass `dir` under the allocation's `--max-bps` and the server's
+/// `--bps-capacity`: a TCP pipe cannot drop bytes as a UDP relay does, so it slows down, and TCP
+/// flow control slows the sender in turn.
+async fn pace(budget: Option<&PipeBudget>, dir: PipeDir, n: usize) {
+    let Some(b) = budget else {
+        return;
+    };
+    // In pieces no larger than a bucket holds, so each can pass.
+    let mut left = n;
+    while left > 0 {
+        let piece = b.chunk(left);
+        while let Some(wait) = b.take(std::time::Instant::now(), dir, piece) {
+            tokio::time::sleep(wait).await;
+        }
+        left -= piece;
+    }
+}
+
 pub(crate) async fn pipe<R>(
     st: &Rc<WorkerState>,
     cid: ConnectionId,
@@ -184,29 +206,38 @@ pub(crate) async fn pipe<R>(
     lock(&st.tcp_peers).insert(cid, PeerConn::Bound(stop.clone()));
     // Gone only if the allocation ended meanwhile: its close command then ends this pipe.
     let traffic = st.engine.borrow().tcp_traffic(cid).unwrap_or_default();
+    let budget = st.engine.borrow().tcp_budget(cid);
     if let Ok(peer) = TcpStream::from_std(peer) {
         let (mut peer_rd, mut peer_wr) = peer.into_split();
         let up = async {
             if !leftover.is_empty() {
+                pace(budget.as_deref(), PipeDir::ToPeer, leftover.len()).await;
                 peer_wr.write_all(&leftover).await?;
                 traffic.add_up(leftover.len());
             }
-            let mut buf = vec![0u8; 16 * 1024];
+            let mut buf = vec![0u8; PIPE_CHUNK];
+            let chunk = budget.as_ref().map_or(PIPE_CHUNK, |b| b.chunk(PIPE_CHUNK));
             loop {
-                let n = client_rd.read(&mut buf).await?;
+                let n = client_rd.read(&mut buf[..chunk]).await?;
                 if n == 0 {
                     return peer_wr.shutdown().await;
                 }
+                pace(budget.as_deref(), PipeDir::ToPeer, n).await;
                 peer_wr.write_all(&buf[..n]).await?;
                 traffic.add_up(n);
             }
         };
         let down = async {
-            let mut buf = vec![0u8; 16 * 1024];
+            let mut buf = vec![0u8; PIPE_CHUNK];
+            let chunk = budget.as_ref().map_or(PIPE_CHUNK, |b| b.chunk(PIPE_CHUNK));
             loop {
-                let n = peer_rd.read(&mut buf).await?;
-                if n == 0 || tx.send(&buf[..n]).await.is_err() {
+                let n = peer_rd.read(&mut buf[..chunk]).await?;
+                if n == 0 {
                     return Ok::<_, io::Error>(());
+                }
+                pace(budget.as_deref(), PipeDir::ToClient, n).await;
+                if tx.send(&buf[..n]).await.is_err() {
+                    return Ok(());
                 }
                 traffic.add_down(n);
             }

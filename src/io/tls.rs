@@ -106,3 +106,150 @@ impl TlsSource {
         Ok(())
     }
 }
+
+/// TLS handshakes run here, on a thread of their own, not on the relay workers: a handshake is
+/// public-key work (about a millisecond of CPU), and a flood of them on a worker's thread would
+/// delay every datagram that worker relays. The connection's socket is handed over for the
+/// handshake and handed back (with the session rustls built) once it is done; from then on the
+/// worker owns it, as a plain TCP connection.
+pub(crate) struct Handshaker {
+    handle: tokio::runtime::Handle,
+    /// Dropped to end the thread (its runtime then ends with it).
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Handshaker {
+    pub(crate) fn start() -> std::io::Result<Handshaker> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("vigi-tls-handshake".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
+        Ok(Handshaker {
+            handle,
+            _stop: stop,
+        })
+    }
+
+    pub(crate) fn handle(&self) -> tokio::runtime::Handle {
+        self.handle.clone()
+    }
+}
+
+/// Accept a TLS connection on the handshake thread (`hs`), within `timeout`: the session, whose
+/// socket is registered with the calling thread's runtime again.
+pub(crate) async fn handshake_elsewhere(
+    hs: &tokio::runtime::Handle,
+    config: Arc<ServerConfig>,
+    stream: tokio::net::TcpStream,
+    timeout: std::time::Duration,
+) -> std::io::Result<tokio_rustls::server::TlsStream<MovableTcp>> {
+    use std::io::{Error, ErrorKind};
+    let socket = stream.into_std()?;
+    let done = hs
+        .spawn(async move {
+            let tcp = tokio::net::TcpStream::from_std(socket)?;
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            match tokio::time::timeout(timeout, acceptor.accept(MovableTcp(Some(tcp)))).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::new(ErrorKind::TimedOut, "handshake timed out")),
+            }
+        })
+        .await
+        .map_err(|e| Error::other(format!("handshake task: {e}")))?;
+    let mut tls = done?;
+    tls.get_mut().0.rehome()?;
+    Ok(tls)
+}
+
+/// A TCP connection that can move from one runtime's reactor to another's (see [`Handshaker`]).
+pub(crate) struct MovableTcp(Option<tokio::net::TcpStream>);
+
+impl MovableTcp {
+    /// Register the socket with the calling thread's runtime instead of the one it was on.
+    fn rehome(&mut self) -> std::io::Result<()> {
+        let Some(s) = self.0.take() else {
+            return Err(std::io::ErrorKind::NotConnected.into());
+        };
+        self.0 = Some(tokio::net::TcpStream::from_std(s.into_std()?)?);
+        Ok(())
+    }
+
+    fn get(
+        self: std::pin::Pin<&mut Self>,
+    ) -> std::io::Result<std::pin::Pin<&mut tokio::net::TcpStream>> {
+        match self.get_mut().0.as_mut() {
+            Some(s) => Ok(std::pin::Pin::new(s)),
+            None => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for MovableTcp {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get() {
+            Ok(s) => s.poll_read(cx, buf),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for MovableTcp {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get() {
+            Ok(s) => s.poll_write(cx, buf),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get() {
+            Ok(s) => s.poll_write_vectored(cx, bufs),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get() {
+            Ok(s) => s.poll_flush(cx),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get() {
+            Ok(s) => s.poll_shutdown(cx),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+}

@@ -90,6 +90,8 @@ pub(crate) struct WorkerInit {
     pub tls: Vec<std::net::TcpListener>,
     pub dtls: Vec<std::net::UdpSocket>,
     pub conn_limits: Arc<super::conn_limits::ConnLimits>,
+    /// Where TLS handshakes run (off the worker's thread).
+    pub tls_handshakes: Option<tokio::runtime::Handle>,
     pub tcp_peers: tcp_relay::PeerTable,
     pub stop: tokio::sync::watch::Receiver<bool>,
     pub control: mpsc::UnboundedReceiver<Control>,
@@ -105,6 +107,7 @@ pub(crate) fn run(init: WorkerInit) {
         tls,
         dtls,
         conn_limits,
+        tls_handshakes,
         tcp_peers,
         mut stop,
         control,
@@ -183,7 +186,10 @@ pub(crate) fn run(init: WorkerInit) {
             for l in tls {
                 match tokio::net::TcpListener::from_std(l) {
                     Ok(l) => {
-                        let source = Some(source.clone());
+                        let Some(hs) = tls_handshakes.clone() else {
+                            continue;
+                        };
+                        let source = Some((source.clone(), hs));
                         tokio::task::spawn_local(stream::accept_loop(st.clone(), l, source));
                     }
                     Err(e) => tracing::error!("worker {index}: tls listener: {e}"),

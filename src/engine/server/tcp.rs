@@ -10,6 +10,7 @@
 //! worker, whose engine then checks the ConnectionBind against it.
 
 use super::*;
+use crate::engine::policy::PipeBudget;
 use crate::engine::stats::TcpTraffic;
 
 /// How long a Connect may take, and how long a peer connection waits for its ConnectionBind
@@ -51,6 +52,8 @@ pub(super) struct TcpConnection {
     pub deadline: Instant,
     /// Its bytes, counted by the pipe; the allocation holds the same counters.
     pub traffic: Arc<TcpTraffic>,
+    /// Its allocation's pipe budget (`--max-bps`, `--bps-capacity`).
+    pub budget: Option<Arc<PipeBudget>>,
 }
 
 impl Shared {
@@ -78,13 +81,13 @@ impl Server {
         state: ConnState,
     ) -> ConnectionId {
         let traffic = Arc::new(TcpTraffic::default());
-        let username = match self.get_mut(alloc) {
+        let (username, budget) = match self.get_mut(alloc) {
             Some(a) => {
                 a.settle_tcp_traffic();
                 a.tcp_traffic.push(traffic.clone());
-                a.username.clone()
+                (a.username.clone(), Some(a.pipe_budget.clone()))
             }
-            None => String::new(),
+            None => (String::new(), None),
         };
         let deadline = now + TCP_CONNECTION_TIMEOUT;
         let shared = self.shared.clone();
@@ -105,6 +108,7 @@ impl Server {
                 state,
                 deadline,
                 traffic,
+                budget,
             },
         );
         self.conn_timers.push(Reverse((deadline, cid)));
@@ -365,6 +369,12 @@ impl Server {
     pub fn tcp_traffic(&self, cid: ConnectionId) -> Option<Arc<TcpTraffic>> {
         let conns = self.shared.conns();
         conns.get(&cid).map(|c| c.traffic.clone())
+    }
+
+    /// The byte budget connection `cid`'s pipe draws from (None: unknown connection).
+    pub fn tcp_budget(&self, cid: ConnectionId) -> Option<Arc<PipeBudget>> {
+        let conns = self.shared.conns();
+        conns.get(&cid).and_then(|c| c.budget.clone())
     }
 
     /// Peer connections held now, all engines (for tests and metrics).

@@ -68,7 +68,7 @@ fn check(h: &H, now_ms: u64) -> Result<(), TestCaseError> {
     }
     prop_assert_eq!(
         h.shared.total_allocations.load(Ordering::Relaxed),
-        live.len() as u32
+        (live.len() + h.shared.reservations_held()) as u32
     );
     let c = h.s.counters();
     prop_assert_eq!(
