@@ -253,3 +253,96 @@ fn raw(port: u16, request: &str) -> String {
     let _ = s.read_to_string(&mut resp);
     resp
 }
+
+/// vigi-turn's exit status and stderr when it refuses to start with `args`.
+fn refused_to_start(args: &[&str]) -> String {
+    let out = run_with_timeout(Command::new(BIN).args(args), Duration::from_secs(10));
+    assert!(!out.status.success(), "started with {args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn credentials_path(user: &str) -> String {
+    let expiry = unix_now() + 60;
+    let token = mint_token(SIGNAL_SECRET.as_bytes(), user, expiry);
+    format!("/api/turn-credentials?userId={user}&expiry={expiry}&token={token}")
+}
+
+#[test]
+fn no_anonymous_credentials_and_minting_is_rate_limited() {
+    // Without a secret it does not start at all, unless told to serve anyone on purpose.
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let base = ["-p", &port, "-n", "-L", "127.0.0.1", "--realm", "t"];
+    let mut args = base.to_vec();
+    args.extend(["--use-auth-secret", "--static-auth-secret", REST_SECRET]);
+    args.extend(["--signaling-listen", &listen]);
+    let err = refused_to_start(&args);
+    assert!(
+        err.contains("--signaling-secret") && err.contains("open relay"),
+        "{err}"
+    );
+
+    let (_srv, sig_port) = start_with_signaling(&[]);
+    let (status, _) = http_get(sig_port, "/api/turn-credentials?userId=alice");
+    assert_eq!(status, 401);
+
+    // Per user: a burst of 10, then 429 with Retry-After (was: 500 of 500 in 4 s answered 200).
+    let mut ok = 0;
+    let mut limited = 0;
+    for _ in 0..30 {
+        match http_get(sig_port, &credentials_path("mallory")).0 {
+            200 => ok += 1,
+            429 => limited += 1,
+            s => panic!("status {s}"),
+        }
+    }
+    println!("one user, 30 requests: {ok} minted, {limited} refused");
+    assert_eq!((ok, limited), (10, 20));
+    // Per address: many users from one address get the address's burst (60) and its refill.
+    let t0 = Instant::now();
+    let mut ok = 0;
+    for i in 0..500 {
+        if http_get(sig_port, &credentials_path(&format!("u{i}"))).0 == 200 {
+            ok += 1;
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!("one address, 500 users: {ok} minted in {secs:.1} s");
+    assert!(ok >= 40 && f64::from(ok) <= 50.0 + secs * 5.0 + 2.0, "{ok}");
+    let (status, body) = http_get(sig_port, &credentials_path("mallory"));
+    assert_eq!(status, 429, "{body}");
+}
+
+#[test]
+fn other_origins_are_refused_unless_named() {
+    let (_srv, sig_port) = start_with_signaling(&[]);
+    let path = credentials_path("alice");
+    let host = format!("127.0.0.1:{sig_port}");
+    let polling = "/socket.io/?EIO=4&transport=polling";
+    // Same origin (the demo page's own fetches and Socket.io): served, no CORS headers.
+    for p in [path.as_str(), polling] {
+        let (status, body) = http(sig_port, "GET", p, &format!("Origin: http://{host}\r\n"));
+        assert_eq!(status, 200, "{p}: {body}");
+    }
+    // Another site: refused, Socket.io's handshake included (no session is created).
+    for p in [path.as_str(), polling] {
+        let (status, body) = http(sig_port, "GET", p, "Origin: https://evil.example\r\n");
+        assert_eq!(status, 403, "{p}: {body}");
+    }
+    let resp = raw(
+        sig_port,
+        "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\n\
+         Origin: https://evil.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    );
+    assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
+    let resp = raw(
+        sig_port,
+        "OPTIONS /api/turn-credentials HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\n\
+         Access-Control-Request-Method: GET\r\nConnection: close\r\n\r\n",
+    );
+    assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
+    assert!(!resp
+        .to_ascii_lowercase()
+        .contains("access-control-allow-origin"));
+}

@@ -25,6 +25,7 @@
 //! Socket.io client), which tests/browser.rs drives in headless Chromium.
 
 pub mod calls;
+pub mod limit;
 
 use std::borrow::Cow;
 use std::io;
@@ -33,7 +34,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -66,8 +67,12 @@ pub struct SignalConfig {
     pub listen: SocketAddr,
     /// `--signaling-secret`: handshake tokens are required when set.
     pub secret: Option<Vec<u8>>,
-    /// `--signaling-cors-origin`; `None` = `*`.
-    pub cors_origin: Option<String>,
+    /// `--signaling-cors-origin`s: origins besides the page's own (`*` = any).
+    pub cors_origins: Vec<String>,
+    /// `--signaling-insecure`: no secret on purpose (logged loudly at start).
+    pub insecure: bool,
+    /// `--signaling-presence`: `call_initiate` tells offline (`user_offline`) from busy.
+    pub presence: bool,
     /// The first `--static-auth-secret`, which credentials are minted with when given.
     pub rest_secret: Option<Vec<u8>>,
     /// The user database's snapshots (`--use-auth-secret --redis-userdb`): without a static
@@ -95,7 +100,9 @@ impl SignalConfig {
         Some(SignalConfig {
             listen: c.signaling_listen?,
             secret: c.signaling_secret.as_ref().map(|s| s.as_bytes().to_vec()),
-            cors_origin: c.signaling_cors_origin.clone(),
+            cors_origins: c.signaling_cors_origins.clone(),
+            insecure: c.signaling_insecure,
+            presence: c.signaling_presence,
             rest_secret: c.static_auth_secrets.first().map(|s| s.as_bytes().to_vec()),
             rest_separator: c.rest_api_separator,
             credentials_ttl: c.turn_credentials_ttl,
@@ -454,18 +461,86 @@ async fn ring_timer(hub: Arc<Hub>) {
     }
 }
 
-/// The credential endpoint's view of the configuration.
+/// Credentials minted per client address (its /64 for IPv6): a NAT of real users fits.
+pub const MINT_PER_IP: limit::Rate = limit::Rate {
+    burst: 60,
+    refill: Duration::from_millis(200),
+    max_keys: 100_000,
+};
+/// Credentials minted per user: a few tabs and reloads fit, a script minting on repeat does not.
+pub const MINT_PER_USER: limit::Rate = limit::Rate {
+    burst: 10,
+    refill: Duration::from_secs(6),
+    max_keys: 100_000,
+};
+
+/// What a request's `Origin` header says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OriginCheck {
+    /// No `Origin`, or the page's own origin: no CORS headers needed.
+    Same,
+    /// A `--signaling-cors-origin`: answer with this `Access-Control-Allow-Origin`.
+    Allowed(HeaderValue),
+    /// Any other origin: refused with 403 (a browser on another site, Socket.io's WebSocket
+    /// included, which CORS alone would not stop).
+    Refused,
+}
+
+/// The credential endpoint's view of the configuration, and its rate limits.
 struct Http {
     cfg: SignalConfig,
+    mint_by_ip: Mutex<limit::Limiter<IpAddr>>,
+    mint_by_user: Mutex<limit::Limiter<String>>,
 }
 
 impl Http {
-    fn cors(&self) -> HeaderValue {
-        self.cfg
-            .cors_origin
-            .as_deref()
-            .and_then(|o| HeaderValue::from_str(o).ok())
-            .unwrap_or(HeaderValue::from_static("*"))
+    fn new(cfg: SignalConfig) -> Self {
+        Http {
+            cfg,
+            mint_by_ip: Mutex::new(limit::Limiter::new(MINT_PER_IP)),
+            mint_by_user: Mutex::new(limit::Limiter::new(MINT_PER_USER)),
+        }
+    }
+
+    fn check_origin(&self, headers: &HeaderMap) -> OriginCheck {
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return OriginCheck::Same;
+        };
+        let Ok(o) = origin.to_str() else {
+            return OriginCheck::Refused;
+        };
+        for allowed in &self.cfg.cors_origins {
+            if allowed == "*" {
+                return OriginCheck::Allowed(HeaderValue::from_static("*"));
+            }
+            if allowed.trim_end_matches('/').eq_ignore_ascii_case(o) {
+                return OriginCheck::Allowed(origin.clone());
+            }
+        }
+        let authority = o
+            .strip_prefix("https://")
+            .or_else(|| o.strip_prefix("http://"));
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        match (authority, host) {
+            (Some(a), Some(h)) if a.eq_ignore_ascii_case(h) => OriginCheck::Same,
+            _ => OriginCheck::Refused,
+        }
+    }
+
+    /// Take a minting token for `ip` and `user`; `Err(wait)` when either is out.
+    fn try_mint(&self, now: Instant, ip: IpAddr, user: &str) -> Result<(), Duration> {
+        // Without a secret the user id is only a claim: the address is all there is to limit.
+        if self.cfg.secret.is_some() && !user.is_empty() {
+            self.mint_by_user
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .try_take(now, &user.to_owned())?;
+        }
+        self.mint_by_ip
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .try_take(now, &limit::ip_key(ip))?;
+        Ok(())
     }
 
     fn uris(&self, headers: &HeaderMap, region: Option<&str>) -> Vec<String> {
@@ -566,6 +641,7 @@ struct CredQuery {
 
 async fn turn_credentials(
     State(http): State<Arc<Http>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<CredQuery>,
 ) -> Response {
@@ -592,6 +668,17 @@ async fn turn_credentials(
             Some(u) => user = u,
             None => return fail(StatusCode::BAD_REQUEST, AuthError::BadUser.to_string()),
         }
+    }
+    if let Err(wait) = http.try_mint(Instant::now(), peer.ip(), &user) {
+        let secs = wait.as_secs().max(1).to_string();
+        let retry = HeaderValue::from_str(&secs).unwrap_or(HeaderValue::from_static("1"));
+        let body = Json(json!({ "error": "too many credentials requested; wait a little" }));
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, retry)],
+            body,
+        )
+            .into_response();
     }
     let now = unix_now();
     let rest_secret = match http.mint_secret(now) {
@@ -660,10 +747,23 @@ async fn demo_css() -> Response {
     demo_file("text/css; charset=utf-8", DEMO_CSS)
 }
 
-/// CORS for every response, Socket.io's long-polling included (a browser app served from
-/// another origin polls before it upgrades to WebSocket); preflights are answered here.
+/// Origin checks and CORS for every response, Socket.io's long-polling and WebSocket included (a
+/// browser app served from another origin polls before it upgrades to WebSocket); preflights
+/// are answered here. Same origin by default; `--signaling-cors-origin` names others.
 async fn cors(State(http): State<Arc<Http>>, req: Request, next: Next) -> Response {
-    let origin = http.cors();
+    let origin = match http.check_origin(req.headers()) {
+        OriginCheck::Same => {
+            if req.method() == Method::OPTIONS {
+                return StatusCode::NO_CONTENT.into_response();
+            }
+            return next.run(req).await;
+        }
+        OriginCheck::Refused => {
+            let body = Json(json!({ "error": "origin not allowed (--signaling-cors-origin)" }));
+            return (StatusCode::FORBIDDEN, body).into_response();
+        }
+        OriginCheck::Allowed(o) => o,
+    };
     if req.method() == Method::OPTIONS {
         return (
             StatusCode::NO_CONTENT,
@@ -712,12 +812,16 @@ pub fn spawn(cfg: SignalConfig) -> io::Result<SignalHandle> {
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let cfg_secret_missing = cfg.secret.is_none();
+    let cfg_insecure = cfg.insecure;
     let thread = crate::io::spawn_runtime_thread("vigi-signal", move || serve(listener, cfg))?;
     tracing::info!("signaling (Socket.io) on http://{addr}/");
     if cfg_secret_missing {
+        // Config validation refuses this without --signaling-insecure.
+        debug_assert!(cfg_insecure);
         tracing::warn!(
-            "--signaling-secret is not set: any client may claim any userId; \
-             set it outside a trusted network"
+            "INSECURE: --signaling-insecure: signaling on {addr} has no --signaling-secret; \
+             anyone who reaches it can claim any userId and mint TURN credentials (an open \
+             relay); never use it outside a test or a closed network"
         );
     }
     Ok(SignalHandle {
@@ -747,7 +851,7 @@ async fn serve(listener: TcpListener, cfg: SignalConfig) {
         (move |s: SocketRef| on_connect(h.clone(), s)).with(check),
     );
     tokio::spawn(ring_timer(hub));
-    let http = Arc::new(Http { cfg });
+    let http = Arc::new(Http::new(cfg));
     let app = Router::new()
         .route("/", get(demo_page))
         .route("/index.html", get(demo_page))
@@ -765,6 +869,7 @@ async fn serve(listener: TcpListener, cfg: SignalConfig) {
             return;
         }
     };
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Err(e) = axum::serve(l, app).await {
         tracing::error!("signaling server: {e}");
     }
@@ -814,11 +919,13 @@ mod tests {
     #[test]
     fn credentials_are_minted_with_the_static_secret_else_a_fresh_snapshots_newest() {
         use crate::engine::auth::{SecretAges, UserDb};
-        let cfg = |rest_secret: Option<&[u8]>, userdb: Option<Arc<UserDbCell>>| Http {
-            cfg: SignalConfig {
+        let cfg = |rest_secret: Option<&[u8]>, userdb: Option<Arc<UserDbCell>>| {
+            Http::new(SignalConfig {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 secret: None,
-                cors_origin: None,
+                cors_origins: Vec::new(),
+                insecure: false,
+                presence: false,
                 rest_secret: rest_secret.map(<[u8]>::to_vec),
                 userdb,
                 rest_separator: ':',
@@ -829,7 +936,7 @@ mod tests {
                 udp: true,
                 tcp: true,
                 fleet: None,
-            },
+            })
         };
         let unavailable = |h: &Http, now| h.mint_secret(now).unwrap_err();
         assert!(unavailable(&cfg(None, None), 0).contains("--static-auth-secret"));
