@@ -346,3 +346,117 @@ fn other_origins_are_refused_unless_named() {
         .to_ascii_lowercase()
         .contains("access-control-allow-origin"));
 }
+
+/// The resident set of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
+/// A TCP connection to 127.0.0.1:`port` from the loopback address `src` (any of 127/8 works
+/// on Linux), so that tests can play several client addresses.
+fn connect_from(src: [u8; 4], port: u16) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    s.bind(&std::net::SocketAddr::from((src, 0)).into())?;
+    s.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+    Ok(s.into())
+}
+
+/// One `GET path` from `src` with `Connection: close`: the status (0 on any failure).
+fn get_from(src: [u8; 4], port: u16, path: &str) -> u16 {
+    get_body_from(src, port, path).0
+}
+
+/// One `GET path` from `src` with `Connection: close`: the status (0 on any failure) and the
+/// body.
+fn get_body_from(src: [u8; 4], port: u16, path: &str) -> (u16, String) {
+    let Ok(mut s) = connect_from(src, port) else {
+        return (0, String::new());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let resp = String::from_utf8_lossy(&resp);
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map_or("", |x| x.1).to_owned();
+    (status, body)
+}
+
+#[test]
+fn an_engine_io_handshake_flood_does_not_grow_memory() {
+    const FLOOD: Duration = Duration::from_secs(20);
+    const MAX_REQUESTS: usize = 400_000;
+    let (srv, sig_port) = start_with_signaling(&[]);
+    let pid = srv.proc.child.id();
+    let rss0 = rss_kib(pid);
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (sent, accepted) = (sent.clone(), accepted.clone());
+            std::thread::spawn(move || {
+                use std::sync::atomic::Ordering::Relaxed;
+                while t0.elapsed() < FLOOD && sent.fetch_add(1, Relaxed) < MAX_REQUESTS {
+                    if get_from([127, 0, 0, 3], sig_port, POLLING) == 200 {
+                        accepted.fetch_add(1, Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut peak = rss0;
+    while threads.iter().any(|t| !t.is_finished()) {
+        peak = peak.max(rss_kib(pid));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    peak = peak.max(rss_kib(pid));
+    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+    let accepted = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    let growth_mib = (peak.saturating_sub(rss0)) / 1024;
+    println!(
+        "handshake flood from one address for {:.0} s: {sent} requests, {accepted} sessions \
+         opened; RSS {} MiB -> peak {} MiB (+{growth_mib} MiB)",
+        t0.elapsed().as_secs_f64(),
+        rss0 / 1024,
+        peak / 1024
+    );
+    assert!(growth_mib < 100, "RSS grew by {growth_mib} MiB");
+    // Another address still gets a session, closed when it does not authenticate in time.
+    let (status, body) = get_body_from([127, 0, 0, 4], sig_port, POLLING);
+    assert_eq!(status, 200, "{body}");
+    let sid = body
+        .split("\"sid\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("sid");
+    std::thread::sleep(Duration::from_secs(6));
+    let (status, body) = get_body_from([127, 0, 0, 4], sig_port, &format!("{POLLING}&sid={sid}"));
+    assert_eq!(
+        status, 400,
+        "unauthenticated session still open after 6 s: {body}"
+    );
+    // A bad token in the handshake's query is refused before any session exists.
+    let expiry = unix_now() + 60;
+    let bad = mint_token(b"wrong", "eve", expiry);
+    let path = format!("{POLLING}&userId=eve&expiry={expiry}&token={bad}");
+    assert_eq!(get_body_from([127, 0, 0, 4], sig_port, &path).0, 401);
+}
+
+const POLLING: &str = "/socket.io/?EIO=4&transport=polling";

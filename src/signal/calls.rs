@@ -144,6 +144,11 @@ impl Calls {
         self.remove(&call_id)
     }
 
+    /// How many sockets `user` has connected.
+    pub fn sockets_of(&self, user: &str) -> usize {
+        self.sockets_by_user.get(user).copied().unwrap_or(0)
+    }
+
     pub fn is_online(&self, user: &str) -> bool {
         self.sockets_by_user.contains_key(user)
     }

@@ -71,13 +71,9 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
         if level < 1000 {
             let missing = u128::from(1000 - level);
             let wait_ms = missing * self.rate.refill.as_millis() / 1000;
-            self.bucket_by_key.insert(
-                key.clone(),
-                Bucket {
-                    milli: level,
-                    at: now,
-                },
-            );
+            // The bucket stays as it was: (tokens, at) still describes it, and rewriting it on
+            // every refusal would drop the fraction gained since, starving a busy key.
+            self.bucket_by_key.entry(key.clone()).or_insert(b);
             return Err(Duration::from_millis(
                 u64::try_from(wait_ms).unwrap_or(u64::MAX).max(1),
             ));
@@ -155,6 +151,22 @@ mod tests {
         assert!(l.try_take(t + Duration::from_secs(2), &"a").is_err());
         // Other keys have their own bucket.
         l.try_take(t, &"b").unwrap();
+    }
+
+    #[test]
+    fn frequent_refusals_do_not_stop_the_refill() {
+        let t = Instant::now();
+        let mut l = Limiter::new(RATE);
+        let mut ok = 0;
+        // Asked every 100 µs for 10 s: the burst, then one per 2 s.
+        for i in 0..100_000u32 {
+            if l.try_take(t + Duration::from_micros(u64::from(i) * 100), &"a")
+                .is_ok()
+            {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 3 + 4);
     }
 
     #[test]

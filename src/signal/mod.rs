@@ -28,6 +28,7 @@ pub mod calls;
 pub mod limit;
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -119,6 +120,19 @@ impl SignalConfig {
             userdb: None,
         })
     }
+}
+
+/// Why a Socket.io connection was refused (besides authentication).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("too many connections from this address")]
+    TooManyFromAddress,
+    #[error("too many connections of this user")]
+    TooManyOfUser,
+    #[error("the server is full")]
+    Full,
 }
 
 /// Why a handshake or credential request was refused.
@@ -214,14 +228,91 @@ fn authenticate(secret: Option<&[u8]>, auth: &Value, now: u64) -> Result<String,
 #[derive(Clone)]
 struct UserId(Arc<str>);
 
+/// The client address a socket counts against, kept in its extensions.
+#[derive(Clone, Copy)]
+struct PeerIp(IpAddr);
+
+/// New Engine.IO sessions (handshakes without `sid`) per client address ...
+pub const HANDSHAKES_PER_IP: limit::Rate = limit::Rate {
+    burst: 60,
+    refill: Duration::from_millis(100),
+    max_keys: 100_000,
+};
+/// ... and in total for handshakes that carry no valid token in their query string. With
+/// [`CONNECT_TIMEOUT`] this bounds the sessions that exist before anyone authenticated.
+pub const ANONYMOUS_HANDSHAKES: limit::Rate = limit::Rate {
+    burst: 500,
+    refill: Duration::from_millis(10),
+    max_keys: 1,
+};
+/// A session that has not joined the namespace (authenticated) by then is closed.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connected sockets per client address, per user and in total.
+pub const MAX_SOCKETS_PER_IP: u32 = 256;
+pub const MAX_SOCKETS_PER_USER: usize = 16;
+pub const MAX_SOCKETS: u32 = 50_000;
+
+/// Who holds how many connected sockets, for the caps above.
+#[derive(Default)]
+struct SocketCount {
+    by_ip: HashMap<IpAddr, u32>,
+    total: u32,
+}
+
+/// Handshake limits: the per-address and anonymous buckets.
+struct Handshakes {
+    by_ip: limit::Limiter<IpAddr>,
+    anonymous: limit::Limiter<()>,
+}
+
 struct Hub {
     io: SocketIo,
     calls: Mutex<Calls>,
+    sockets: Mutex<SocketCount>,
+    handshakes: Mutex<Handshakes>,
+    secret: Option<Vec<u8>>,
 }
 
 impl Hub {
     fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
         self.calls.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn sockets(&self) -> std::sync::MutexGuard<'_, SocketCount> {
+        self.sockets.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// May one more socket of `user` from `ip` connect?
+    fn check_caps(&self, ip: IpAddr, user: &str) -> Result<(), ConnectError> {
+        {
+            let n = self.sockets();
+            if n.total >= MAX_SOCKETS {
+                return Err(ConnectError::Full);
+            }
+            if n.by_ip.get(&ip).copied().unwrap_or(0) >= MAX_SOCKETS_PER_IP {
+                return Err(ConnectError::TooManyFromAddress);
+            }
+        }
+        if self.calls().sockets_of(user) >= MAX_SOCKETS_PER_USER {
+            return Err(ConnectError::TooManyOfUser);
+        }
+        Ok(())
+    }
+
+    fn count_socket(&self, ip: IpAddr, up: bool) {
+        let mut n = self.sockets();
+        if up {
+            *n.by_ip.entry(ip).or_default() += 1;
+            n.total += 1;
+        } else {
+            n.total = n.total.saturating_sub(1);
+            if let Some(c) = n.by_ip.get_mut(&ip) {
+                *c -= 1;
+                if *c == 0 {
+                    n.by_ip.remove(&ip);
+                }
+            }
+        }
     }
 
     async fn to_user(&self, user: &str, event: &str, data: &Value) {
@@ -402,6 +493,9 @@ fn on_connect(hub: Arc<Hub>, s: SocketRef) {
         return;
     };
     hub.calls().handle_connect(&me);
+    if let Some(PeerIp(ip)) = s.extensions.get::<PeerIp>() {
+        hub.count_socket(ip, true);
+    }
     s.join(room(&me));
     tracing::debug!(user = %me, "signaling socket connected");
 
@@ -435,6 +529,9 @@ fn on_connect(hub: Arc<Hub>, s: SocketRef) {
     s.on_disconnect(move |s: SocketRef| {
         let h = h.clone();
         async move {
+            if let Some(PeerIp(ip)) = s.extensions.get::<PeerIp>() {
+                h.count_socket(ip, false);
+            }
             let Some(me) = user_of(&s) else { return };
             let ended = h.calls().handle_disconnect(&me);
             if let Some(e) = ended {
@@ -793,6 +890,60 @@ async fn cors(State(http): State<Arc<Http>>, req: Request, next: Next) -> Respon
     resp
 }
 
+/// Socket.io's path; requests to it without `sid` open an Engine.IO session.
+const SOCKET_IO_PATH: &str = "/socket.io/";
+
+/// In front of Socket.io: a request that would open an Engine.IO session (no `sid`) is checked
+/// before the session exists. A token in its query string (`userId`, `expiry`, `token`, as in
+/// the handshake's `auth`) is verified here, and a bad one refused with 401; every new session
+/// takes a token of its address's bucket, and one without a valid token also one of the
+/// anonymous bucket; a full bucket or an address at its socket cap answers 429. Sessions that
+/// then do not authenticate within [`CONNECT_TIMEOUT`] are closed by Socket.io.
+async fn engine_guard(State(hub): State<Arc<Hub>>, req: Request, next: Next) -> Response {
+    if !req.uri().path().starts_with(SOCKET_IO_PATH) {
+        return next.run(req).await;
+    }
+    let q: HashMap<String, String> = Query::try_from_uri(req.uri())
+        .map(|Query(q)| q)
+        .unwrap_or_default();
+    if q.contains_key("sid") {
+        return next.run(req).await;
+    }
+    let too_many = |why: &str| (StatusCode::TOO_MANY_REQUESTS, why.to_owned()).into_response();
+    let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() else {
+        return next.run(req).await;
+    };
+    let ip = limit::ip_key(peer.ip());
+    let mut authenticated = false;
+    if let (Some(secret), Some(_)) = (&hub.secret, q.get("token")) {
+        let auth: Map<String, Value> = ["userId", "expiry", "token"]
+            .into_iter()
+            .filter_map(|k| Some((k.to_owned(), Value::String(q.get(k)?.clone()))))
+            .collect();
+        match authenticate(Some(secret), &Value::Object(auth), unix_now()) {
+            Ok(_) => authenticated = true,
+            Err(e) => return (StatusCode::UNAUTHORIZED, e.to_string()).into_response(),
+        }
+    }
+    if hub.sockets().by_ip.get(&ip).copied().unwrap_or(0) >= MAX_SOCKETS_PER_IP {
+        return too_many("too many connections from this address");
+    }
+    {
+        let now = Instant::now();
+        let mut hs = hub
+            .handshakes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if hs.by_ip.try_take(now, &ip).is_err() {
+            return too_many("too many new sessions from this address; wait a little");
+        }
+        if !authenticated && hs.anonymous.try_take(now, &()).is_err() {
+            return too_many("too many new sessions; wait a little");
+        }
+    }
+    next.run(req).await
+}
+
 /// The running signaling thread and its address. Dropping it leaves the thread running (it
 /// ends with the process).
 pub struct SignalHandle {
@@ -833,24 +984,40 @@ pub fn spawn(cfg: SignalConfig) -> io::Result<SignalHandle> {
 async fn serve(listener: TcpListener, cfg: SignalConfig) {
     let (layer, io) = SocketIo::builder()
         .max_payload(MAX_PACKET_BYTES)
+        .connect_timeout(CONNECT_TIMEOUT)
         .build_layer();
     let hub = Arc::new(Hub {
         io: io.clone(),
         calls: Mutex::new(Calls::new()),
+        sockets: Mutex::new(SocketCount::default()),
+        handshakes: Mutex::new(Handshakes {
+            by_ip: limit::Limiter::new(HANDSHAKES_PER_IP),
+            anonymous: limit::Limiter::new(ANONYMOUS_HANDSHAKES),
+        }),
+        secret: cfg.secret.clone(),
     });
-    let secret = cfg.secret.clone();
+    let h = hub.clone();
     let check = move |s: SocketRef, TryData(auth): TryData<Value>| {
         let auth = auth.unwrap_or(Value::Null);
-        let user = authenticate(secret.as_deref(), &auth, unix_now())?;
+        let user = authenticate(h.secret.as_deref(), &auth, unix_now())?;
+        let ip = s
+            .req_parts()
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| limit::ip_key(c.0.ip()));
+        if let Some(ip) = ip {
+            h.check_caps(ip, &user)?;
+            s.extensions.insert(PeerIp(ip));
+        }
         s.extensions.insert(UserId(user.into()));
-        Ok::<(), AuthError>(())
+        Ok::<(), ConnectError>(())
     };
     let h = hub.clone();
     io.ns(
         "/",
         (move |s: SocketRef| on_connect(h.clone(), s)).with(check),
     );
-    tokio::spawn(ring_timer(hub));
+    tokio::spawn(ring_timer(hub.clone()));
     let http = Arc::new(Http::new(cfg));
     let app = Router::new()
         .route("/", get(demo_page))
@@ -861,6 +1028,7 @@ async fn serve(listener: TcpListener, cfg: SignalConfig) {
         .route("/api/turn-credentials", get(turn_credentials))
         .with_state(http.clone())
         .layer(layer)
+        .layer(axum::middleware::from_fn_with_state(hub, engine_guard))
         .layer(axum::middleware::from_fn_with_state(http, cors));
     let l = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,

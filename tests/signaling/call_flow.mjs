@@ -201,6 +201,26 @@ step('call_initiate is rate limited per user', async () => {
   assert.deepEqual(codes, [...Array(5).fill('user_offline'), 'rate_limited']);
 });
 
+step('a token in the handshake query is checked before a session exists', async () => {
+  const exp = later();
+  const bad = open(
+    { userId: 'erin', expiry: exp, token: token('erin', exp) },
+    { query: { userId: 'erin', expiry: exp, token: token('erin', exp, 'wrong') } },
+  );
+  await next(bad, 'connect_error');
+  bad.close();
+  const good = await login('erin', { query: { userId: 'erin', expiry: exp, token: token('erin', exp) } });
+  good.close();
+});
+
+step('sockets per user are capped at 16', async () => {
+  const mine = [];
+  for (let i = 0; i < 16; i++) mine.push(await login('frank', { transports: ['websocket'] }));
+  const exp = later();
+  assert.match(await refused({ userId: 'frank', expiry: exp, token: token('frank', exp) }), /too many connections of this user/);
+  for (const s of mine) s.close();
+});
+
 const deadline = setTimeout(() => {
   console.error('call_flow: timed out');
   process.exit(1);
