@@ -12,6 +12,8 @@
 //! Everything is read from the workers' snapshots (at most about a second old), and kills go to
 //! the owning worker's control channel: the HTTP thread never touches an engine.
 
+pub mod serve;
+
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
@@ -182,9 +184,7 @@ async fn run(l: TcpListener, app: Router, what: &'static str) {
             return;
         }
     };
-    if let Err(e) = axum::serve(l, app).await {
-        tracing::error!("{what} server: {e}");
-    }
+    serve::serve(l, app, serve::Limits::OBSERVE, what).await;
 }
 
 async fn metrics_handler(State(m): State<Arc<Monitor>>) -> Response {

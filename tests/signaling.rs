@@ -460,3 +460,124 @@ fn an_engine_io_handshake_flood_does_not_grow_memory() {
 }
 
 const POLLING: &str = "/socket.io/?EIO=4&transport=polling";
+
+/// vigi-turn under `prlimit --nofile=N` (so that descriptors run out as they would on a host
+/// with a low limit), waited for until it answers STUN on `port`.
+fn start_with_nofile(nofile: u32, port: u16, args: &[&str]) -> Proc {
+    let port_s = port.to_string();
+    let limit = format!("--nofile={nofile}:{nofile}");
+    let child = Command::new("prlimit")
+        .args([limit.as_str(), "--", BIN, "-p", &port_s])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("prlimit (util-linux)");
+    let mut proc = Proc {
+        child,
+        name: "vigi-turn".into(),
+    };
+    let t0 = Instant::now();
+    while binding_udp(([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_none() {
+        assert!(proc.child.try_wait().unwrap().is_none(), "vigi-turn exited");
+        assert!(t0.elapsed() < Duration::from_secs(10), "no STUN answer");
+    }
+    proc
+}
+
+/// A STUN Binding over TCP to 127.0.0.1:`port`: answered or not.
+fn binding_tcp(port: u16) -> bool {
+    use vigi_turn::proto::{Class, MessageBuilder, Method};
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+    let mut req = Vec::new();
+    MessageBuilder::new(&mut req, Method::BINDING, Class::Request, &rand::random());
+    let mut head = [0u8; 20];
+    s.write_all(&req).is_ok() && s.read_exact(&mut head).is_ok() && head[0..2] == [0x01, 0x01]
+}
+
+#[test]
+fn slowloris_leaves_metrics_and_allocate_working() {
+    const HALF_SENT: usize = 1010;
+    let port = free_port();
+    let (prom, admin, sig) = (free_port(), free_port(), free_port());
+    let (prom_s, admin_s, sig_s) = (
+        prom.to_string(),
+        format!("127.0.0.1:{admin}"),
+        format!("127.0.0.1:{sig}"),
+    );
+    let (min, max) = free_range(20);
+    let (min_s, max_s) = (min.to_string(), max.to_string());
+    #[rustfmt::skip]
+    let args = [
+        "-n", "-L", "127.0.0.1", "--realm", "turn.test", "--min-port", &min_s, "--max-port", &max_s,
+        "--use-auth-secret", "--static-auth-secret", REST_SECRET,
+        "--prometheus", "--prometheus-address", "127.0.0.1", "--prometheus-port", &prom_s,
+        "--admin-listen", &admin_s, "--admin-token", "adm1n",
+        "--signaling-listen", &sig_s, "--signaling-secret", SIGNAL_SECRET,
+    ];
+    let _srv = start_with_nofile(1024, port, &args);
+    // 1,010 half-sent requests from 127.0.0.2, spread over the three HTTP listeners.
+    let t0 = Instant::now();
+    let mut held = Vec::new();
+    for i in 0..HALF_SENT {
+        let target = [prom, admin, sig][i % 3];
+        if let Ok(mut s) = connect_from([127, 0, 0, 2], target) {
+            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ");
+            held.push(s);
+        }
+    }
+    let t_scrape = Instant::now();
+    let (status, body) = http_get(prom, "/metrics");
+    let scrape = t_scrape.elapsed();
+    let cred = vigi_turn::engine::auth::mint_rest_credentials(
+        REST_SECRET.as_bytes(),
+        "alice",
+        600,
+        unix_now(),
+        ':',
+    );
+    let (code, _) = common::turn_client::raw_allocate_at(
+        ([127, 0, 0, 1], port).into(),
+        &cred.username,
+        &cred.password,
+    );
+    let tcp = binding_tcp(port);
+    // Which of them the server still holds open (the rest it closed at once).
+    let still_open = |s: &TcpStream| {
+        s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        let alive =
+            matches!((&*s).read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        s.set_nonblocking(false).unwrap();
+        alive
+    };
+    let open = held.iter().filter(|s| still_open(s)).count();
+    println!(
+        "{HALF_SENT} half-sent requests ({:.1} s to open) under nofile 1024: {open} held open \
+         by the server; /metrics {status} in {} ms; Allocate error code {code}; STUN over \
+         TCP answered: {tcp}",
+        t0.elapsed().as_secs_f64(),
+        scrape.as_millis()
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(scrape < Duration::from_secs(1), "/metrics took {scrape:?}");
+    assert_eq!(code, 0, "Allocate failed with {code}");
+    assert!(tcp, "STUN over TCP not answered");
+    assert!(open <= 16 + 16 + 32, "{open} held");
+    // The held ones are closed once their headers are late (5 s).
+    let s = held.iter().find(|s| still_open(s));
+    if let Some(s) = s {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let t = Instant::now();
+        let mut rest = Vec::new();
+        let _ = (&*s).read_to_end(&mut rest);
+        assert!(
+            t.elapsed() < Duration::from_secs(8),
+            "held for {:?}",
+            t.elapsed()
+        );
+    }
+}

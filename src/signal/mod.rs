@@ -1037,10 +1037,7 @@ async fn serve(listener: TcpListener, cfg: SignalConfig) {
             return;
         }
     };
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(l, app).await {
-        tracing::error!("signaling server: {e}");
-    }
+    crate::http::serve::serve(l, app, crate::http::serve::Limits::SIGNALING, "signaling").await;
 }
 
 #[cfg(test)]
