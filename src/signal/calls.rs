@@ -1,9 +1,15 @@
 //! Call state of the signaling companion: who is online, who is in which call, which calls are
-//! ringing, and how often each user may place a call. No sockets and no clock: time is a
-//! parameter, and every method says what to tell whom by returning it.
+//! ringing, and how often each user may place a call, ring one callee and send WebRTC
+//! messages. No sockets and no clock: time is a parameter, and every method says what to tell
+//! whom by returning it.
+//!
+//! Rate limits are kept per user (and per caller and callee), not per socket, so reconnecting
+//! does not refill them; buckets that are full again are forgotten in [`Calls::handle_timeout`].
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+use super::limit::{Limiter, Rate};
 
 /// How long a call may ring before it is ended as unanswered.
 pub const RING_TIMEOUT: Duration = Duration::from_secs(30);
@@ -11,6 +17,26 @@ pub const RING_TIMEOUT: Duration = Duration::from_secs(30);
 pub const INITIATE_BURST: u32 = 5;
 /// ... refilled at one call per this interval.
 pub const INITIATE_REFILL: Duration = Duration::from_secs(4);
+/// `call_initiate` per user.
+pub const INITIATE_RATE: Rate = Rate {
+    burst: INITIATE_BURST,
+    refill: INITIATE_REFILL,
+    max_keys: 100_000,
+};
+/// Rings of one callee by one caller: a few retries, then one per five minutes, so that
+/// nobody can keep someone permanently busy by ringing (a ring lasts at most [`RING_TIMEOUT`]).
+pub const RING_SAME_CALLEE_RATE: Rate = Rate {
+    burst: 3,
+    refill: Duration::from_secs(300),
+    max_keys: 100_000,
+};
+/// `webrtc_offer`/`webrtc_answer`/`webrtc_ice_candidate` per user: trickle ICE sends tens of
+/// candidates at once, renegotiation a few offers.
+pub const WEBRTC_RATE: Rate = Rate {
+    burst: 200,
+    refill: Duration::from_millis(20),
+    max_keys: 100_000,
+};
 
 /// Audio only or audio and video, as the seed's `type` field says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +80,10 @@ pub enum CallError {
     WrongState,
     #[error("too many calls placed; wait a little")]
     RateLimited,
+    #[error("the call has not been answered yet")]
+    NotAnswered,
+    #[error("relaying only to the other party of your call")]
+    NotInCall,
 }
 
 impl CallError {
@@ -67,6 +97,8 @@ impl CallError {
             CallError::UnknownCall => "unknown_call",
             CallError::WrongState => "wrong_state",
             CallError::RateLimited => "rate_limited",
+            CallError::NotAnswered => "not_answered",
+            CallError::NotInCall => "not_in_call",
         }
     }
 }
@@ -104,20 +136,28 @@ pub struct Ended {
     pub callee: String,
 }
 
-/// Token bucket for `call_initiate`.
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: u32,
-    at: Instant,
-}
-
 /// Every call and online user of one signaling server.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Calls {
     call_by_id: HashMap<String, Call>,
     call_id_by_user: HashMap<String, String>,
     sockets_by_user: HashMap<String, usize>,
-    bucket_by_user: HashMap<String, Bucket>,
+    initiate_by_user: Limiter<String>,
+    ring_by_pair: Limiter<(String, String)>,
+    webrtc_by_user: Limiter<String>,
+}
+
+impl Default for Calls {
+    fn default() -> Self {
+        Calls {
+            call_by_id: HashMap::new(),
+            call_id_by_user: HashMap::new(),
+            sockets_by_user: HashMap::new(),
+            initiate_by_user: Limiter::new(INITIATE_RATE),
+            ring_by_pair: Limiter::new(RING_SAME_CALLEE_RATE),
+            webrtc_by_user: Limiter::new(WEBRTC_RATE),
+        }
+    }
 }
 
 impl Calls {
@@ -139,7 +179,6 @@ impl Calls {
             return None;
         }
         self.sockets_by_user.remove(user);
-        self.bucket_by_user.remove(user);
         let call_id = self.call_id_by_user.get(user)?.clone();
         self.remove(&call_id)
     }
@@ -164,10 +203,16 @@ impl Calls {
         if caller == callee {
             return Err(CallError::SelfCall);
         }
-        self.try_take_token(now, caller)?;
+        self.initiate_by_user
+            .try_take(now, &caller.to_owned())
+            .map_err(|_| CallError::RateLimited)?;
         if self.call_id_by_user.contains_key(caller) {
             return Err(CallError::AlreadyInCall);
         }
+        // Counted whether the callee is there or not, so the limit says nothing about them.
+        self.ring_by_pair
+            .try_take(now, &(caller.to_owned(), callee.to_owned()))
+            .map_err(|_| CallError::RateLimited)?;
         if !self.is_online(callee) {
             return Err(CallError::CalleeOffline);
         }
@@ -236,17 +281,39 @@ impl Calls {
         Ok(other)
     }
 
-    /// May `from` relay WebRTC messages to `to`? Only between the two parties of one call.
+    /// Are `from` and `to` the two parties of one call (ringing or answered)?
     pub fn are_peers(&self, from: &str, to: &str) -> bool {
-        self.call_id_by_user
-            .get(from)
-            .and_then(|id| self.call_by_id.get(id))
-            .and_then(|c| c.other(from))
-            == Some(to)
+        self.call_of(from).and_then(|c| c.other(from)) == Some(to)
     }
 
-    /// End every call that has rung for longer than [`RING_TIMEOUT`].
+    fn call_of(&self, user: &str) -> Option<&Call> {
+        self.call_id_by_user
+            .get(user)
+            .and_then(|id| self.call_by_id.get(id))
+    }
+
+    /// A WebRTC message (`webrtc_offer`/`_answer`/`_ice_candidate`) from `from` to `to`: only
+    /// between the two parties of one call, once it is answered (the seed's order:
+    /// `call_answered` precedes `webrtc_offer`), and within [`WEBRTC_RATE`].
+    pub fn handle_webrtc(&mut self, now: Instant, from: &str, to: &str) -> Result<(), CallError> {
+        let call = self.call_of(from).ok_or(CallError::NotInCall)?;
+        if call.other(from) != Some(to) {
+            return Err(CallError::NotInCall);
+        }
+        if call.phase != Phase::Active {
+            return Err(CallError::NotAnswered);
+        }
+        self.webrtc_by_user
+            .try_take(now, &from.to_owned())
+            .map_err(|_| CallError::RateLimited)
+    }
+
+    /// End every call that has rung for longer than [`RING_TIMEOUT`], and forget rate buckets
+    /// that are full again. Call about once a second.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<Ended> {
+        self.initiate_by_user.forget_full(now);
+        self.ring_by_pair.forget_full(now);
+        self.webrtc_by_user.forget_full(now);
         let expired: Vec<String> = self
             .call_by_id
             .iter()
@@ -268,27 +335,6 @@ impl Calls {
             caller: call.caller,
             callee: call.callee,
         })
-    }
-
-    fn try_take_token(&mut self, now: Instant, user: &str) -> Result<(), CallError> {
-        let b = self
-            .bucket_by_user
-            .entry(user.to_owned())
-            .or_insert(Bucket {
-                tokens: INITIATE_BURST,
-                at: now,
-            });
-        let refill = now.saturating_duration_since(b.at).as_millis() / INITIATE_REFILL.as_millis();
-        if refill > 0 {
-            let refill = u32::try_from(refill).unwrap_or(u32::MAX);
-            b.tokens = b.tokens.saturating_add(refill).min(INITIATE_BURST);
-            b.at = now;
-        }
-        if b.tokens == 0 {
-            return Err(CallError::RateLimited);
-        }
-        b.tokens -= 1;
-        Ok(())
     }
 }
 
@@ -371,18 +417,80 @@ mod tests {
     }
 
     #[test]
-    fn initiate_is_rate_limited() {
+    fn initiate_is_rate_limited_and_reconnecting_does_not_refill() {
         let t = Instant::now();
-        let mut c = online(&["a", "b"]);
-        for i in 0..INITIATE_BURST {
-            c.handle_initiate(t, "a", "b", format!("c{i}")).unwrap();
+        let callees = ["b", "c", "d", "e", "f", "g"];
+        let mut c = online(&callees);
+        c.handle_connect("a");
+        for (i, callee) in callees.iter().take(INITIATE_BURST as usize).enumerate() {
+            c.handle_initiate(t, "a", callee, format!("c{i}")).unwrap();
             c.handle_end("a", &format!("c{i}")).unwrap();
         }
         assert_eq!(
-            c.handle_initiate(t, "a", "b", "x".into()),
+            c.handle_initiate(t, "a", "g", "x".into()),
             Err(CallError::RateLimited)
         );
-        c.handle_initiate(t + INITIATE_REFILL, "a", "b", "y".into())
+        assert_eq!(c.handle_disconnect("a"), None);
+        c.handle_connect("a");
+        assert_eq!(
+            c.handle_initiate(t, "a", "g", "x".into()),
+            Err(CallError::RateLimited)
+        );
+        c.handle_initiate(t + INITIATE_REFILL, "a", "g", "y".into())
             .unwrap();
+    }
+
+    #[test]
+    fn ringing_one_callee_again_and_again_is_limited() {
+        let t = Instant::now();
+        let mut c = online(&["a", "b", "c"]);
+        let mut at = t;
+        for i in 0..RING_SAME_CALLEE_RATE.burst {
+            at += INITIATE_REFILL;
+            let id = c.handle_initiate(at, "a", "b", format!("c{i}")).unwrap();
+            c.handle_reject("b", &id).unwrap();
+        }
+        at += INITIATE_REFILL;
+        assert_eq!(
+            c.handle_initiate(at, "a", "b", "x".into()),
+            Err(CallError::RateLimited)
+        );
+        // Others may still call b, and a may call others.
+        c.handle_initiate(at, "c", "b", "y".into()).unwrap();
+        c.handle_end("c", "y").unwrap();
+        c.handle_initiate(at + INITIATE_REFILL, "a", "c", "z".into())
+            .unwrap();
+        c.handle_end("a", "z").unwrap();
+        at += RING_SAME_CALLEE_RATE.refill;
+        c.handle_initiate(at, "a", "b", "w".into()).unwrap();
+    }
+
+    #[test]
+    fn webrtc_flows_only_once_answered_and_is_rate_limited() {
+        let t = Instant::now();
+        let mut c = online(&["a", "b", "m"]);
+        let id = c.handle_initiate(t, "a", "b", "c1".into()).unwrap();
+        assert_eq!(c.handle_webrtc(t, "a", "b"), Err(CallError::NotAnswered));
+        assert_eq!(c.handle_webrtc(t, "b", "a"), Err(CallError::NotAnswered));
+        assert_eq!(c.handle_webrtc(t, "m", "b"), Err(CallError::NotInCall));
+        c.handle_answer("b", &id).unwrap();
+        assert_eq!(c.handle_webrtc(t, "a", "m"), Err(CallError::NotInCall));
+        for _ in 0..WEBRTC_RATE.burst {
+            c.handle_webrtc(t, "a", "b").unwrap();
+        }
+        assert_eq!(c.handle_webrtc(t, "a", "b"), Err(CallError::RateLimited));
+        c.handle_webrtc(t, "b", "a").unwrap();
+        c.handle_webrtc(t + WEBRTC_RATE.refill, "a", "b").unwrap();
+    }
+
+    #[test]
+    fn full_buckets_are_forgotten() {
+        let t = Instant::now();
+        let mut c = online(&["a", "b"]);
+        let id = c.handle_initiate(t, "a", "b", "c1".into()).unwrap();
+        c.handle_end("a", &id).unwrap();
+        assert!(!c.initiate_by_user.is_empty() && !c.ring_by_pair.is_empty());
+        c.handle_timeout(t + RING_SAME_CALLEE_RATE.refill);
+        assert!(c.initiate_by_user.is_empty() && c.ring_by_pair.is_empty());
     }
 }

@@ -271,6 +271,8 @@ struct Hub {
     sockets: Mutex<SocketCount>,
     handshakes: Mutex<Handshakes>,
     secret: Option<Vec<u8>>,
+    /// `--signaling-presence`.
+    presence: bool,
 }
 
 impl Hub {
@@ -404,6 +406,11 @@ async fn on_initiate(hub: Arc<Hub>, s: SocketRef, data: Result<Value, impl std::
             hub.to_user(&callee, "incoming_call", &incoming).await;
             let _ = s.emit("call_initiated", &json!({ "callId": call_id }));
         }
+        // Offline answers as busy does unless --signaling-presence: a caller cannot probe who
+        // is online.
+        Err(CallError::CalleeBusy) | Err(CallError::CalleeOffline) if !hub.presence => {
+            let _ = s.emit("call_busy", &json!({ "calleeId": callee }));
+        }
         Err(CallError::CalleeBusy) => {
             let _ = s.emit("call_busy", &json!({ "calleeId": callee }));
         }
@@ -474,12 +481,9 @@ async fn on_relay(
     let Some(body) = m.remove(field).filter(|v| !v.is_null()) else {
         return call_error(&s, "invalid_payload", &format!("{field} is required"));
     };
-    if !hub.calls().are_peers(&me, &to) {
-        return call_error(
-            &s,
-            "not_in_call",
-            "relaying only to the other party of your call",
-        );
+    let allowed = hub.calls().handle_webrtc(Instant::now(), &me, &to);
+    if let Err(e) = allowed {
+        return refuse(&s, e);
     }
     let mut out = Map::new();
     out.insert(field.to_owned(), body);
@@ -995,6 +999,7 @@ async fn serve(listener: TcpListener, cfg: SignalConfig) {
             anonymous: limit::Limiter::new(ANONYMOUS_HANDSHAKES),
         }),
         secret: cfg.secret.clone(),
+        presence: cfg.presence,
     });
     let h = hub.clone();
     let check = move |s: SocketRef, TryData(auth): TryData<Value>| {
