@@ -88,7 +88,15 @@ fn socket_io_client_runs_the_call_flow() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let (_srv, sig_port) = start_with_signaling(&[]);
+    let prom = free_port();
+    let prom_s = prom.to_string();
+    let (_srv, sig_port) = start_with_signaling(&[
+        "--prometheus",
+        "--prometheus-address",
+        "127.0.0.1",
+        "--prometheus-port",
+        &prom_s,
+    ]);
     let out = run_with_timeout(
         Command::new("node")
             .arg("call_flow.mjs")
@@ -105,6 +113,25 @@ fn socket_io_client_runs_the_call_flow() {
     println!("{text}");
     assert!(out.status.success(), "call_flow.mjs failed:\n{text}");
     assert!(text.contains("ok - disconnect ends the call"), "{text}");
+    // Every call of the flow is counted.
+    let m = scrape(prom);
+    let get = |k: &str| m.get(k).copied().unwrap_or_else(|| panic!("no {k}"));
+    let started = get(r#"vigi_turn_calls_started_total{type="video"}"#)
+        + get(r#"vigi_turn_calls_started_total{type="voice"}"#);
+    let mut ended = 0.0;
+    for kind in ["voice", "video"] {
+        for reason in ["answered", "rejected", "busy", "missed", "failed"] {
+            ended += get(&format!(
+                r#"vigi_turn_calls_ended_total{{type="{kind}",reason="{reason}"}}"#
+            ));
+        }
+    }
+    println!("calls: {started} started, {ended} ended");
+    assert!(started >= 10.0 && ended >= 10.0, "{started} {ended}");
+    assert!(get(r#"vigi_turn_calls_answered_total{type="video"}"#) >= 2.0);
+    assert!(get(r#"vigi_turn_calls_ended_total{type="voice",reason="rejected"}"#) >= 5.0);
+    assert!(get(r#"vigi_turn_calls_ended_total{type="voice",reason="busy"}"#) >= 2.0);
+    assert!(get("vigi_turn_call_duration_seconds_count") >= 2.0);
 }
 
 fn unix_now() -> u64 {

@@ -9,6 +9,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
 use super::limit::{Limiter, Rate};
 
 /// How long a call may ring before it is ended as unanswered.
@@ -106,13 +108,15 @@ impl CallError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Ringing { since: Instant },
-    Active,
+    Active { since: Instant },
 }
 
 #[derive(Debug, Clone)]
 struct Call {
     caller: String,
     callee: String,
+    kind: CallKind,
+    initiated: Instant,
     phase: Phase,
 }
 
@@ -136,9 +140,71 @@ pub struct Ended {
     pub callee: String,
 }
 
+/// How a call ended, as its record and the metrics say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// It was answered (and then ended by either party or a disconnect).
+    Answered,
+    /// The callee rejected or declined it.
+    Rejected,
+    /// The callee was busy (or offline: the two are not told apart).
+    Busy,
+    /// Nobody answered: it rang out, or the caller hung up while it rang.
+    Missed,
+    /// A party disconnected while it rang.
+    Failed,
+}
+
+impl EndReason {
+    pub const ALL: [EndReason; 5] = [
+        EndReason::Answered,
+        EndReason::Rejected,
+        EndReason::Busy,
+        EndReason::Missed,
+        EndReason::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Answered => "answered",
+            EndReason::Rejected => "rejected",
+            EndReason::Busy => "busy",
+            EndReason::Missed => "missed",
+            EndReason::Failed => "failed",
+        }
+    }
+}
+
+/// What happened to calls, for records and metrics: drained with [`Calls::poll_event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallEvent {
+    /// A `call_initiate` passed its checks (it rang, or found the callee busy).
+    Started(CallKind),
+    Answered(CallKind),
+    Ended(CallRecord),
+}
+
+/// One finished call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    pub call_id: String,
+    pub caller: String,
+    pub callee: String,
+    pub kind: CallKind,
+    /// From `call_initiate` to the answer, or to the end when unanswered.
+    pub rang_for: Duration,
+    /// From the answer to the end; `None` when unanswered.
+    pub talked_for: Option<Duration>,
+    pub reason: EndReason,
+}
+
+/// The most events kept undrained; older ones are dropped first.
+const MAX_EVENTS: usize = 10_000;
+
 /// Every call and online user of one signaling server.
 #[derive(Debug)]
 pub struct Calls {
+    events: std::collections::VecDeque<CallEvent>,
     call_by_id: HashMap<String, Call>,
     call_id_by_user: HashMap<String, String>,
     sockets_by_user: HashMap<String, usize>,
@@ -150,6 +216,7 @@ pub struct Calls {
 impl Default for Calls {
     fn default() -> Self {
         Calls {
+            events: std::collections::VecDeque::new(),
             call_by_id: HashMap::new(),
             call_id_by_user: HashMap::new(),
             sockets_by_user: HashMap::new(),
@@ -172,7 +239,7 @@ impl Calls {
 
     /// A socket of `user` disconnected. When it was the user's last one, the user's call ends:
     /// the returned call's other party is to be told `call_ended`.
-    pub fn handle_disconnect(&mut self, user: &str) -> Option<Ended> {
+    pub fn handle_disconnect(&mut self, now: Instant, user: &str) -> Option<Ended> {
         let n = self.sockets_by_user.get_mut(user)?;
         *n -= 1;
         if *n > 0 {
@@ -180,7 +247,11 @@ impl Calls {
         }
         self.sockets_by_user.remove(user);
         let call_id = self.call_id_by_user.get(user)?.clone();
-        self.remove(&call_id)
+        let reason = match self.call_by_id.get(&call_id)?.phase {
+            Phase::Active { .. } => EndReason::Answered,
+            Phase::Ringing { .. } => EndReason::Failed,
+        };
+        self.remove(now, &call_id, reason)
     }
 
     /// How many sockets `user` has connected.
@@ -198,6 +269,7 @@ impl Calls {
         now: Instant,
         caller: &str,
         callee: &str,
+        kind: CallKind,
         call_id: String,
     ) -> Result<String, CallError> {
         if caller == callee {
@@ -213,11 +285,25 @@ impl Calls {
         self.ring_by_pair
             .try_take(now, &(caller.to_owned(), callee.to_owned()))
             .map_err(|_| CallError::RateLimited)?;
-        if !self.is_online(callee) {
-            return Err(CallError::CalleeOffline);
-        }
-        if self.call_id_by_user.contains_key(callee) {
-            return Err(CallError::CalleeBusy);
+        self.push(CallEvent::Started(kind));
+        let unavailable = if !self.is_online(callee) {
+            Some(CallError::CalleeOffline)
+        } else if self.call_id_by_user.contains_key(callee) {
+            Some(CallError::CalleeBusy)
+        } else {
+            None
+        };
+        if let Some(e) = unavailable {
+            self.push(CallEvent::Ended(CallRecord {
+                call_id,
+                caller: caller.to_owned(),
+                callee: callee.to_owned(),
+                kind,
+                rang_for: Duration::ZERO,
+                talked_for: None,
+                reason: EndReason::Busy,
+            }));
+            return Err(e);
         }
         self.call_id_by_user
             .insert(caller.to_owned(), call_id.clone());
@@ -228,6 +314,8 @@ impl Calls {
             Call {
                 caller: caller.to_owned(),
                 callee: callee.to_owned(),
+                kind,
+                initiated: now,
                 phase: Phase::Ringing { since: now },
             },
         );
@@ -235,7 +323,12 @@ impl Calls {
     }
 
     /// `call_answer` by the callee of a ringing call: the caller, to be told `call_answered`.
-    pub fn handle_answer(&mut self, user: &str, call_id: &str) -> Result<String, CallError> {
+    pub fn handle_answer(
+        &mut self,
+        now: Instant,
+        user: &str,
+        call_id: &str,
+    ) -> Result<String, CallError> {
         let call = self
             .call_by_id
             .get_mut(call_id)
@@ -247,16 +340,23 @@ impl Calls {
                 CallError::UnknownCall
             });
         }
-        if call.phase == Phase::Active {
+        if matches!(call.phase, Phase::Active { .. }) {
             return Err(CallError::WrongState);
         }
-        call.phase = Phase::Active;
-        Ok(call.caller.clone())
+        call.phase = Phase::Active { since: now };
+        let (kind, caller) = (call.kind, call.caller.clone());
+        self.push(CallEvent::Answered(kind));
+        Ok(caller)
     }
 
     /// `call_reject`/`call_decline` by the callee of a ringing call: the caller, to be told
     /// `call_rejected`.
-    pub fn handle_reject(&mut self, user: &str, call_id: &str) -> Result<String, CallError> {
+    pub fn handle_reject(
+        &mut self,
+        now: Instant,
+        user: &str,
+        call_id: &str,
+    ) -> Result<String, CallError> {
         let call = self.call_by_id.get(call_id).ok_or(CallError::UnknownCall)?;
         if call.callee != user {
             return Err(if call.caller == user {
@@ -265,19 +365,28 @@ impl Calls {
                 CallError::UnknownCall
             });
         }
-        if call.phase == Phase::Active {
+        if matches!(call.phase, Phase::Active { .. }) {
             return Err(CallError::WrongState);
         }
         let caller = call.caller.clone();
-        self.remove(call_id);
+        self.remove(now, call_id, EndReason::Rejected);
         Ok(caller)
     }
 
     /// `call_end` by either party, ringing or not: the other party, to be told `call_ended`.
-    pub fn handle_end(&mut self, user: &str, call_id: &str) -> Result<String, CallError> {
+    pub fn handle_end(
+        &mut self,
+        now: Instant,
+        user: &str,
+        call_id: &str,
+    ) -> Result<String, CallError> {
         let call = self.call_by_id.get(call_id).ok_or(CallError::UnknownCall)?;
         let other = call.other(user).ok_or(CallError::UnknownCall)?.to_owned();
-        self.remove(call_id);
+        let reason = match call.phase {
+            Phase::Active { .. } => EndReason::Answered,
+            Phase::Ringing { .. } => EndReason::Missed,
+        };
+        self.remove(now, call_id, reason);
         Ok(other)
     }
 
@@ -300,7 +409,7 @@ impl Calls {
         if call.other(from) != Some(to) {
             return Err(CallError::NotInCall);
         }
-        if call.phase != Phase::Active {
+        if !matches!(call.phase, Phase::Active { .. }) {
             return Err(CallError::NotAnswered);
         }
         self.webrtc_by_user
@@ -319,17 +428,49 @@ impl Calls {
             .iter()
             .filter(|(_, c)| match c.phase {
                 Phase::Ringing { since } => now.saturating_duration_since(since) >= RING_TIMEOUT,
-                Phase::Active => false,
+                Phase::Active { .. } => false,
             })
             .map(|(id, _)| id.clone())
             .collect();
-        expired.iter().filter_map(|id| self.remove(id)).collect()
+        expired
+            .iter()
+            .filter_map(|id| self.remove(now, id, EndReason::Missed))
+            .collect()
     }
 
-    fn remove(&mut self, call_id: &str) -> Option<Ended> {
+    /// The next thing that happened to a call, oldest first.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<CallEvent> {
+        self.events.pop_front()
+    }
+
+    fn push(&mut self, e: CallEvent) {
+        if self.events.len() >= MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(e);
+    }
+
+    fn remove(&mut self, now: Instant, call_id: &str, reason: EndReason) -> Option<Ended> {
         let call = self.call_by_id.remove(call_id)?;
         self.call_id_by_user.remove(&call.caller);
         self.call_id_by_user.remove(&call.callee);
+        let (rang_for, talked_for) = match call.phase {
+            Phase::Ringing { .. } => (now.saturating_duration_since(call.initiated), None),
+            Phase::Active { since } => (
+                since.saturating_duration_since(call.initiated),
+                Some(now.saturating_duration_since(since)),
+            ),
+        };
+        self.push(CallEvent::Ended(CallRecord {
+            call_id: call_id.to_owned(),
+            caller: call.caller.clone(),
+            callee: call.callee.clone(),
+            kind: call.kind,
+            rang_for,
+            talked_for,
+            reason,
+        }));
         Some(Ended {
             call_id: call_id.to_owned(),
             caller: call.caller,
@@ -338,9 +479,133 @@ impl Calls {
     }
 }
 
+/// Call metrics, shared between the signaling thread (which counts [`CallEvent`]s) and the
+/// Prometheus scrape (which reads them).
+#[derive(Debug, Default)]
+pub struct CallStats {
+    started: [AtomicU64; 2],
+    answered: [AtomicU64; 2],
+    ended: [[AtomicU64; 5]; 2],
+    /// Talk time of answered calls: counts per [`CALL_DURATION_BUCKETS`] bound (not
+    /// cumulative; the last is +Inf), and the sum in milliseconds.
+    duration_buckets: [AtomicU64; CALL_DURATION_BUCKETS.len() + 1],
+    duration_sum_ms: AtomicU64,
+}
+
+/// Upper bounds, in seconds, of the call duration histogram.
+pub const CALL_DURATION_BUCKETS: [u64; 7] = [10, 30, 60, 300, 900, 1800, 3600];
+
+fn kind_index(k: CallKind) -> usize {
+    match k {
+        CallKind::Voice => 0,
+        CallKind::Video => 1,
+    }
+}
+
+impl CallStats {
+    pub fn observe(&self, e: &CallEvent) {
+        match e {
+            CallEvent::Started(k) => self.started[kind_index(*k)].fetch_add(1, Relaxed),
+            CallEvent::Answered(k) => self.answered[kind_index(*k)].fetch_add(1, Relaxed),
+            CallEvent::Ended(r) => {
+                let reason = EndReason::ALL.iter().position(|x| *x == r.reason);
+                if let Some(talk) = r.talked_for {
+                    let secs = talk.as_secs();
+                    let b = CALL_DURATION_BUCKETS
+                        .iter()
+                        .position(|&le| secs < le)
+                        .unwrap_or(CALL_DURATION_BUCKETS.len());
+                    self.duration_buckets[b].fetch_add(1, Relaxed);
+                    let ms = u64::try_from(talk.as_millis()).unwrap_or(u64::MAX);
+                    self.duration_sum_ms.fetch_add(ms, Relaxed);
+                }
+                self.ended[kind_index(r.kind)][reason.unwrap_or(0)].fetch_add(1, Relaxed)
+            }
+        };
+    }
+
+    /// Calls started, by kind.
+    pub fn started(&self, k: CallKind) -> u64 {
+        self.started[kind_index(k)].load(Relaxed)
+    }
+
+    pub fn answered(&self, k: CallKind) -> u64 {
+        self.answered[kind_index(k)].load(Relaxed)
+    }
+
+    pub fn ended(&self, k: CallKind, r: EndReason) -> u64 {
+        let i = EndReason::ALL.iter().position(|x| *x == r).unwrap_or(0);
+        self.ended[kind_index(k)][i].load(Relaxed)
+    }
+
+    /// Cumulative histogram counts per bound of [`CALL_DURATION_BUCKETS`] then +Inf, and the
+    /// sum in seconds.
+    pub fn durations(&self) -> (Vec<u64>, f64) {
+        let mut acc = 0;
+        let counts = self
+            .duration_buckets
+            .iter()
+            .map(|b| {
+                acc += b.load(Relaxed);
+                acc
+            })
+            .collect();
+        (counts, self.duration_sum_ms.load(Relaxed) as f64 / 1000.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_call_leaves_a_record_and_counts() {
+        let t = Instant::now();
+        let s = Duration::from_secs;
+        let mut c = online(&["a", "b", "c", "d"]);
+        let id = c
+            .handle_initiate(t, "a", "b", CallKind::Video, "c1".into())
+            .unwrap();
+        assert_eq!(
+            c.handle_initiate(t, "c", "b", CallKind::Voice, "c2".into()),
+            Err(CallError::CalleeBusy)
+        );
+        c.handle_answer(t + s(3), "b", &id).unwrap();
+        c.handle_end(t + s(63), "b", &id).unwrap();
+        let ringing = c
+            .handle_initiate(t, "c", "d", CallKind::Voice, "c3".into())
+            .unwrap();
+        c.handle_disconnect(t + s(1), "d").unwrap();
+        let stats = CallStats::default();
+        let mut records = Vec::new();
+        while let Some(e) = c.poll_event() {
+            stats.observe(&e);
+            if let CallEvent::Ended(r) = e {
+                records.push(r);
+            }
+        }
+        let reasons: Vec<_> = records
+            .iter()
+            .map(|r| (r.call_id.as_str(), r.reason))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                ("c2", EndReason::Busy),
+                ("c1", EndReason::Answered),
+                (ringing.as_str(), EndReason::Failed)
+            ]
+        );
+        assert_eq!(records[1].rang_for, s(3));
+        assert_eq!(records[1].talked_for, Some(s(60)));
+        assert_eq!(stats.started(CallKind::Video), 1);
+        assert_eq!(stats.started(CallKind::Voice), 2);
+        assert_eq!(stats.answered(CallKind::Video), 1);
+        assert_eq!(stats.ended(CallKind::Voice, EndReason::Failed), 1);
+        let (counts, sum) = stats.durations();
+        assert_eq!(counts, [0, 0, 0, 1, 1, 1, 1, 1]);
+        assert_eq!(sum, 60.0);
+    }
 
     fn online(users: &[&str]) -> Calls {
         let mut c = Calls::new();
@@ -354,13 +619,15 @@ mod tests {
     fn initiate_answer_end() {
         let t = Instant::now();
         let mut c = online(&["a", "b"]);
-        let id = c.handle_initiate(t, "a", "b", "c1".into()).unwrap();
+        let id = c
+            .handle_initiate(t, "a", "b", CallKind::Voice, "c1".into())
+            .unwrap();
         assert!(c.are_peers("a", "b") && c.are_peers("b", "a"));
-        assert_eq!(c.handle_answer("a", &id), Err(CallError::WrongState));
-        assert_eq!(c.handle_answer("b", &id).unwrap(), "a");
-        assert_eq!(c.handle_answer("b", &id), Err(CallError::WrongState));
-        assert_eq!(c.handle_end("x", &id), Err(CallError::UnknownCall));
-        assert_eq!(c.handle_end("b", &id).unwrap(), "a");
+        assert_eq!(c.handle_answer(t, "a", &id), Err(CallError::WrongState));
+        assert_eq!(c.handle_answer(t, "b", &id).unwrap(), "a");
+        assert_eq!(c.handle_answer(t, "b", &id), Err(CallError::WrongState));
+        assert_eq!(c.handle_end(t, "x", &id), Err(CallError::UnknownCall));
+        assert_eq!(c.handle_end(t, "b", &id).unwrap(), "a");
         assert!(!c.are_peers("a", "b"));
     }
 
@@ -369,46 +636,51 @@ mod tests {
         let t = Instant::now();
         let mut c = online(&["a", "b", "c"]);
         assert_eq!(
-            c.handle_initiate(t, "a", "a", "x".into()),
+            c.handle_initiate(t, "a", "a", CallKind::Voice, "x".into()),
             Err(CallError::SelfCall)
         );
         assert_eq!(
-            c.handle_initiate(t, "a", "z", "x".into()),
+            c.handle_initiate(t, "a", "z", CallKind::Voice, "x".into()),
             Err(CallError::CalleeOffline)
         );
-        c.handle_initiate(t, "a", "b", "c1".into()).unwrap();
+        c.handle_initiate(t, "a", "b", CallKind::Voice, "c1".into())
+            .unwrap();
         assert_eq!(
-            c.handle_initiate(t, "c", "b", "c2".into()),
+            c.handle_initiate(t, "c", "b", CallKind::Voice, "c2".into()),
             Err(CallError::CalleeBusy)
         );
         assert_eq!(
-            c.handle_initiate(t, "a", "c", "c3".into()),
+            c.handle_initiate(t, "a", "c", CallKind::Voice, "c3".into()),
             Err(CallError::AlreadyInCall)
         );
         assert!(!c.are_peers("c", "b"));
-        assert_eq!(c.handle_reject("b", "c1").unwrap(), "a");
-        c.handle_initiate(t, "c", "b", "c4".into()).unwrap();
+        assert_eq!(c.handle_reject(t, "b", "c1").unwrap(), "a");
+        c.handle_initiate(t, "c", "b", CallKind::Voice, "c4".into())
+            .unwrap();
     }
 
     #[test]
     fn last_socket_ends_the_call() {
         let t = Instant::now();
         let mut c = online(&["a", "b", "b"]);
-        c.handle_initiate(t, "a", "b", "c1".into()).unwrap();
-        assert_eq!(c.handle_disconnect("b"), None);
-        let e = c.handle_disconnect("b").unwrap();
+        c.handle_initiate(t, "a", "b", CallKind::Voice, "c1".into())
+            .unwrap();
+        assert_eq!(c.handle_disconnect(t, "b"), None);
+        let e = c.handle_disconnect(t, "b").unwrap();
         assert_eq!((e.caller.as_str(), e.callee.as_str()), ("a", "b"));
         assert!(!c.is_online("b"));
-        assert_eq!(c.handle_disconnect("zz"), None);
+        assert_eq!(c.handle_disconnect(t, "zz"), None);
     }
 
     #[test]
     fn ringing_times_out_and_active_does_not() {
         let t = Instant::now();
         let mut c = online(&["a", "b", "c", "d"]);
-        c.handle_initiate(t, "a", "b", "c1".into()).unwrap();
-        c.handle_initiate(t, "c", "d", "c2".into()).unwrap();
-        c.handle_answer("d", "c2").unwrap();
+        c.handle_initiate(t, "a", "b", CallKind::Voice, "c1".into())
+            .unwrap();
+        c.handle_initiate(t, "c", "d", CallKind::Voice, "c2".into())
+            .unwrap();
+        c.handle_answer(t, "d", "c2").unwrap();
         assert!(c.handle_timeout(t + RING_TIMEOUT / 2).is_empty());
         let ended = c.handle_timeout(t + RING_TIMEOUT);
         assert_eq!(ended.len(), 1);
@@ -423,20 +695,21 @@ mod tests {
         let mut c = online(&callees);
         c.handle_connect("a");
         for (i, callee) in callees.iter().take(INITIATE_BURST as usize).enumerate() {
-            c.handle_initiate(t, "a", callee, format!("c{i}")).unwrap();
-            c.handle_end("a", &format!("c{i}")).unwrap();
+            c.handle_initiate(t, "a", callee, CallKind::Voice, format!("c{i}"))
+                .unwrap();
+            c.handle_end(t, "a", &format!("c{i}")).unwrap();
         }
         assert_eq!(
-            c.handle_initiate(t, "a", "g", "x".into()),
+            c.handle_initiate(t, "a", "g", CallKind::Voice, "x".into()),
             Err(CallError::RateLimited)
         );
-        assert_eq!(c.handle_disconnect("a"), None);
+        assert_eq!(c.handle_disconnect(t, "a"), None);
         c.handle_connect("a");
         assert_eq!(
-            c.handle_initiate(t, "a", "g", "x".into()),
+            c.handle_initiate(t, "a", "g", CallKind::Voice, "x".into()),
             Err(CallError::RateLimited)
         );
-        c.handle_initiate(t + INITIATE_REFILL, "a", "g", "y".into())
+        c.handle_initiate(t + INITIATE_REFILL, "a", "g", CallKind::Voice, "y".into())
             .unwrap();
     }
 
@@ -447,33 +720,39 @@ mod tests {
         let mut at = t;
         for i in 0..RING_SAME_CALLEE_RATE.burst {
             at += INITIATE_REFILL;
-            let id = c.handle_initiate(at, "a", "b", format!("c{i}")).unwrap();
-            c.handle_reject("b", &id).unwrap();
+            let id = c
+                .handle_initiate(at, "a", "b", CallKind::Voice, format!("c{i}"))
+                .unwrap();
+            c.handle_reject(t, "b", &id).unwrap();
         }
         at += INITIATE_REFILL;
         assert_eq!(
-            c.handle_initiate(at, "a", "b", "x".into()),
+            c.handle_initiate(at, "a", "b", CallKind::Voice, "x".into()),
             Err(CallError::RateLimited)
         );
         // Others may still call b, and a may call others.
-        c.handle_initiate(at, "c", "b", "y".into()).unwrap();
-        c.handle_end("c", "y").unwrap();
-        c.handle_initiate(at + INITIATE_REFILL, "a", "c", "z".into())
+        c.handle_initiate(at, "c", "b", CallKind::Voice, "y".into())
             .unwrap();
-        c.handle_end("a", "z").unwrap();
+        c.handle_end(t, "c", "y").unwrap();
+        c.handle_initiate(at + INITIATE_REFILL, "a", "c", CallKind::Voice, "z".into())
+            .unwrap();
+        c.handle_end(t, "a", "z").unwrap();
         at += RING_SAME_CALLEE_RATE.refill;
-        c.handle_initiate(at, "a", "b", "w".into()).unwrap();
+        c.handle_initiate(at, "a", "b", CallKind::Voice, "w".into())
+            .unwrap();
     }
 
     #[test]
     fn webrtc_flows_only_once_answered_and_is_rate_limited() {
         let t = Instant::now();
         let mut c = online(&["a", "b", "m"]);
-        let id = c.handle_initiate(t, "a", "b", "c1".into()).unwrap();
+        let id = c
+            .handle_initiate(t, "a", "b", CallKind::Voice, "c1".into())
+            .unwrap();
         assert_eq!(c.handle_webrtc(t, "a", "b"), Err(CallError::NotAnswered));
         assert_eq!(c.handle_webrtc(t, "b", "a"), Err(CallError::NotAnswered));
         assert_eq!(c.handle_webrtc(t, "m", "b"), Err(CallError::NotInCall));
-        c.handle_answer("b", &id).unwrap();
+        c.handle_answer(t, "b", &id).unwrap();
         assert_eq!(c.handle_webrtc(t, "a", "m"), Err(CallError::NotInCall));
         for _ in 0..WEBRTC_RATE.burst {
             c.handle_webrtc(t, "a", "b").unwrap();
@@ -487,8 +766,10 @@ mod tests {
     fn full_buckets_are_forgotten() {
         let t = Instant::now();
         let mut c = online(&["a", "b"]);
-        let id = c.handle_initiate(t, "a", "b", "c1".into()).unwrap();
-        c.handle_end("a", &id).unwrap();
+        let id = c
+            .handle_initiate(t, "a", "b", CallKind::Voice, "c1".into())
+            .unwrap();
+        c.handle_end(t, "a", &id).unwrap();
         assert!(!c.initiate_by_user.is_empty() && !c.ring_by_pair.is_empty());
         c.handle_timeout(t + RING_SAME_CALLEE_RATE.refill);
         assert!(c.initiate_by_user.is_empty() && c.ring_by_pair.is_empty());

@@ -3,9 +3,18 @@
 //! credential endpoint (draft-uberti-behave-turn-rest-00 §2), served by axum + socketioxide on a
 //! thread and runtime of their own so that signaling never delays a relay worker.
 //!
-//! Handshake: `auth: {userId}`, plus `{token, expiry}` when `--signaling-secret` is set, where
-//! `token` = hex HMAC-SHA256(secret, `"{userId}:{expiry}"`) ([`mint_token`]) and `expiry` is in
-//! Unix seconds. Each socket joins room `user_<userId>`.
+//! Handshake: `auth: {userId, token, expiry}`, where `token` = hex HMAC-SHA256(secret,
+//! `"{userId}:{expiry}"`) ([`mint_token`]) under `--signaling-secret` and `expiry` is in Unix
+//! seconds; `{userId}` alone only with `--signaling-insecure` (an open credential endpoint makes
+//! the relay an open relay, so the configuration refuses neither). The same three may ride in
+//! the Engine.IO handshake's query string, checked before a session exists (`engine_guard`).
+//! Each socket joins room `user_<userId>`.
+//!
+//! Safe by default: other origins are refused unless `--signaling-cors-origin` names them;
+//! new sessions, credentials, calls, rings of one callee and WebRTC messages are rate-limited
+//! ([`limit`]) per address or per user (so reconnecting refills nothing); sockets are capped per
+//! user, per address and in total; offline and busy look the same (`--signaling-presence` to
+//! tell them apart). The HTTP listener's own limits are [`crate::http::serve`]'s.
 //!
 //! Events (the seed's names and fields): `call_initiate {calleeId, type}` → `incoming_call
 //! {callId, callerId, type}` to the callee and `call_initiated {callId}` to the caller (or
@@ -13,7 +22,7 @@
 //! `call_decline {callId}` → `call_rejected {callId}` to the caller; `call_end {callId}` →
 //! `call_ended {callId}` to the other party; `webrtc_offer {offer, to}`, `webrtc_answer
 //! {answer, to}`, `webrtc_ice_candidate {candidate, to}` → relayed to `user_<to>` with `from`
-//! added, only between the two parties of one call. Refusals come back as `call_error {code,
+//! added, only between the two parties of one call once it is answered. Refusals come back as `call_error {code,
 //! message}`. The call state itself lives in [`calls`].
 //!
 //! HTTP: `GET /api/turn-credentials[?userId=&expiry=&token=]` →
@@ -273,11 +282,29 @@ struct Hub {
     secret: Option<Vec<u8>>,
     /// `--signaling-presence`.
     presence: bool,
+    stats: Arc<calls::CallStats>,
 }
 
 impl Hub {
     fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
         self.calls.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Count what happened to calls since the last time.
+    fn drain_events(&self) {
+        let mut calls = self.calls();
+        while let Some(e) = calls.poll_event() {
+            self.stats.observe(&e);
+            if let calls::CallEvent::Ended(r) = &e {
+                tracing::debug!(
+                    call = %r.call_id,
+                    kind = r.kind.as_str(),
+                    reason = r.reason.as_str(),
+                    talked_ms = r.talked_for.map_or(0, |d| d.as_millis()),
+                    "call ended"
+                );
+            }
+        }
     }
 
     fn sockets(&self) -> std::sync::MutexGuard<'_, SocketCount> {
@@ -399,7 +426,8 @@ async fn on_initiate(hub: Arc<Hub>, s: SocketRef, data: Result<Value, impl std::
     };
     let r = hub
         .calls()
-        .handle_initiate(Instant::now(), &me, &callee, new_call_id());
+        .handle_initiate(Instant::now(), &me, &callee, kind, new_call_id());
+    hub.drain_events();
     match r {
         Ok(call_id) => {
             let incoming = json!({ "callId": call_id, "callerId": &*me, "type": kind.as_str() });
@@ -438,14 +466,16 @@ async fn on_step(
     let Some(call_id) = call_id_of(&s, &m) else {
         return;
     };
+    let now = Instant::now();
     let r = {
         let mut calls = hub.calls();
         match step {
-            Step::Answer => calls.handle_answer(&me, &call_id),
-            Step::Reject => calls.handle_reject(&me, &call_id),
-            Step::End => calls.handle_end(&me, &call_id),
+            Step::Answer => calls.handle_answer(now, &me, &call_id),
+            Step::Reject => calls.handle_reject(now, &me, &call_id),
+            Step::End => calls.handle_end(now, &me, &call_id),
         }
     };
+    hub.drain_events();
     let other = match r {
         Ok(other) => other,
         Err(e) => return refuse(&s, e),
@@ -537,7 +567,8 @@ fn on_connect(hub: Arc<Hub>, s: SocketRef) {
                 h.count_socket(ip, false);
             }
             let Some(me) = user_of(&s) else { return };
-            let ended = h.calls().handle_disconnect(&me);
+            let ended = h.calls().handle_disconnect(Instant::now(), &me);
+            h.drain_events();
             if let Some(e) = ended {
                 let other = if *me == *e.caller { e.callee } else { e.caller };
                 let msg = json!({ "callId": e.call_id, "endedBy": &*me, "reason": "disconnected" });
@@ -554,6 +585,7 @@ async fn ring_timer(hub: Arc<Hub>) {
     loop {
         tick.tick().await;
         let ended = hub.calls().handle_timeout(Instant::now());
+        hub.drain_events();
         for e in ended {
             let msg = json!({ "callId": e.call_id, "reason": "timeout" });
             hub.to_user(&e.caller, "call_ended", &msg).await;
@@ -953,6 +985,8 @@ async fn engine_guard(State(hub): State<Arc<Hub>>, req: Request, next: Next) -> 
 pub struct SignalHandle {
     _thread: JoinHandle<()>,
     pub addr: SocketAddr,
+    /// Call counts, for the Prometheus endpoint.
+    pub calls: Arc<calls::CallStats>,
 }
 
 /// Bind `cfg.listen` and serve signaling from a new thread. Binding happens here, so a busy port
@@ -968,7 +1002,9 @@ pub fn spawn(cfg: SignalConfig) -> io::Result<SignalHandle> {
     let addr = listener.local_addr()?;
     let cfg_secret_missing = cfg.secret.is_none();
     let cfg_insecure = cfg.insecure;
-    let thread = crate::io::spawn_runtime_thread("vigi-signal", move || serve(listener, cfg))?;
+    let stats = Arc::new(calls::CallStats::default());
+    let st = stats.clone();
+    let thread = crate::io::spawn_runtime_thread("vigi-signal", move || serve(listener, cfg, st))?;
     tracing::info!("signaling (Socket.io) on http://{addr}/");
     if cfg_secret_missing {
         // Config validation refuses this without --signaling-insecure.
@@ -981,11 +1017,12 @@ pub fn spawn(cfg: SignalConfig) -> io::Result<SignalHandle> {
     }
     Ok(SignalHandle {
         _thread: thread,
+        calls: stats,
         addr,
     })
 }
 
-async fn serve(listener: TcpListener, cfg: SignalConfig) {
+async fn serve(listener: TcpListener, cfg: SignalConfig, stats: Arc<calls::CallStats>) {
     let (layer, io) = SocketIo::builder()
         .max_payload(MAX_PACKET_BYTES)
         .connect_timeout(CONNECT_TIMEOUT)
@@ -1000,6 +1037,7 @@ async fn serve(listener: TcpListener, cfg: SignalConfig) {
         }),
         secret: cfg.secret.clone(),
         presence: cfg.presence,
+        stats: stats.clone(),
     });
     let h = hub.clone();
     let check = move |s: SocketRef, TryData(auth): TryData<Value>| {
