@@ -608,3 +608,137 @@ fn slowloris_leaves_metrics_and_allocate_working() {
         );
     }
 }
+
+/// A `redis-server` on a free port of 127.0.0.1, without persistence (killed on drop).
+fn start_redis() -> (Proc, u16) {
+    require_tool("redis-server");
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("vigi-sig-redis-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    let proc = Proc {
+        child,
+        name: "redis-server".into(),
+    };
+    let t0 = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "redis did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (proc, port)
+}
+
+#[test]
+fn call_records_in_redis_are_listed_on_every_node() {
+    require_node();
+    let (redis, redis_port) = start_redis();
+    let conn = format!("ip=127.0.0.1 port={redis_port} dbname=0 connect_timeout=2");
+    let t_start = unix_now();
+    let node = |admin: u16| {
+        let admin_s = format!("127.0.0.1:{admin}");
+        start_with_signaling(&[
+            "--signaling-redis",
+            &conn,
+            "--admin-listen",
+            &admin_s,
+            "--admin-token",
+            "adm1n",
+        ])
+    };
+    let (admin_a, admin_b) = (free_port(), free_port());
+    let (srv_a, sig_a) = node(admin_a);
+    let (_srv_b, _sig_b) = node(admin_b);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/signaling");
+    let out = run_with_timeout(
+        Command::new("node")
+            .arg("call_flow.mjs")
+            .current_dir(&dir)
+            .env("SIGNAL_URL", format!("http://127.0.0.1:{sig_a}"))
+            .env("SIGNAL_SECRET", SIGNAL_SECRET),
+        Duration::from_secs(90),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let calls = |admin: u16, query: &str| -> (u16, Value) {
+        let (status, body) = http(
+            admin,
+            "GET",
+            &format!("/api/calls{query}"),
+            &bearer(Some("adm1n")),
+        );
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    };
+    // Records are written from a task of their own: give it a moment.
+    let t0 = Instant::now();
+    let mut listed = Value::Null;
+    while t0.elapsed() < Duration::from_secs(5) {
+        listed = calls(admin_b, "?user=alice").1;
+        if listed["calls"].as_array().is_some_and(|c| c.len() >= 3) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let on_b = listed["calls"].as_array().expect("calls").clone();
+    let (status, on_a) = calls(admin_a, "?user=alice");
+    assert_eq!(status, 200);
+    assert_eq!(
+        on_a["calls"].as_array().unwrap(),
+        &on_b,
+        "both nodes list the same"
+    );
+    println!("alice's calls: {}", serde_json::to_string(&on_b).unwrap());
+    let first = &on_b[0];
+    assert_eq!(first["callerId"], "alice");
+    assert_eq!(first["calleeId"], "bob");
+    assert_eq!(first["type"], "video");
+    assert_eq!(first["reason"], "answered");
+    assert!(first["answeredAt"].as_f64().is_some() && first["durationSecs"].as_f64().is_some());
+    assert!(first["initiatedAt"].as_f64().unwrap() >= t_start as f64 - 1.0);
+    let reasons: Vec<&str> = on_b.iter().filter_map(|c| c["reason"].as_str()).collect();
+    assert!(
+        reasons
+            .iter()
+            .all(|r| ["answered", "missed", "failed"].contains(r)),
+        "{reasons:?}"
+    );
+    // `since` filters, bad values are refused, and without Redis the listing says so.
+    let later = unix_now() + 10;
+    assert_eq!(
+        calls(admin_a, &format!("?since={later}")).1["calls"],
+        serde_json::json!([])
+    );
+    assert_eq!(calls(admin_a, "?since=soon").0, 400);
+    assert_eq!(http(admin_a, "GET", "/api/calls", "").0, 401);
+    drop(redis);
+    let (status, body) = calls(admin_a, "");
+    assert_eq!(status, 503, "{body}");
+    // Nothing on the relay or signaling side minds.
+    let (status, _) = http_get(sig_a, &credentials_path("zed"));
+    assert_eq!(status, 200);
+    let cred = vigi_turn::engine::auth::mint_rest_credentials(
+        REST_SECRET.as_bytes(),
+        "zed",
+        600,
+        unix_now(),
+        ':',
+    );
+    let (code, _) = common::turn_client::raw_allocate_at(
+        ([127, 0, 0, 1], srv_a.port).into(),
+        &cred.username,
+        &cred.password,
+    );
+    assert_eq!(code, 0);
+}

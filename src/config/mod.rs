@@ -202,6 +202,8 @@ pub struct Config {
     pub signaling_insecure: bool,
     /// `--signaling-presence`: offline and busy are told apart.
     pub signaling_presence: bool,
+    /// `--signaling-redis`: where call records are kept.
+    pub signaling_redis: Option<RedisConn>,
     /// Lifetime of minted TURN REST credentials, in seconds.
     pub turn_credentials_ttl: u64,
     /// TURN URIs handed out with credentials; empty = derived from the listeners.
@@ -660,6 +662,7 @@ fn resolve(
             .collect(),
         signaling_insecure: cli.signaling_insecure,
         signaling_presence: cli.signaling_presence,
+        signaling_redis: cli.signaling_redis,
         turn_credentials_ttl: cli.turn_credentials_ttl,
         turn_uris: cli.turn_uri,
         conf_file,
@@ -917,6 +920,7 @@ impl fmt::Debug for Config {
             .field("signaling_cors_origins", &self.signaling_cors_origins)
             .field("signaling_insecure", &self.signaling_insecure)
             .field("signaling_presence", &self.signaling_presence)
+            .field("signaling_redis", &self.signaling_redis)
             .field("turn_credentials_ttl", &self.turn_credentials_ttl)
             .field("turn_uris", &self.turn_uris)
             .field("conf_file", &self.conf_file)

@@ -35,6 +35,7 @@
 
 pub mod calls;
 pub mod limit;
+pub mod records;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -83,6 +84,8 @@ pub struct SignalConfig {
     pub insecure: bool,
     /// `--signaling-presence`: `call_initiate` tells offline (`user_offline`) from busy.
     pub presence: bool,
+    /// `--signaling-redis`: where call records are kept.
+    pub redis: Option<crate::config::RedisConn>,
     /// The first `--static-auth-secret`, which credentials are minted with when given.
     pub rest_secret: Option<Vec<u8>>,
     /// The user database's snapshots (`--use-auth-secret --redis-userdb`): without a static
@@ -113,6 +116,7 @@ impl SignalConfig {
             cors_origins: c.signaling_cors_origins.clone(),
             insecure: c.signaling_insecure,
             presence: c.signaling_presence,
+            redis: c.signaling_redis.clone(),
             rest_secret: c.static_auth_secrets.first().map(|s| s.as_bytes().to_vec()),
             rest_separator: c.rest_api_separator,
             credentials_ttl: c.turn_credentials_ttl,
@@ -283,6 +287,7 @@ struct Hub {
     /// `--signaling-presence`.
     presence: bool,
     stats: Arc<calls::CallStats>,
+    records: Option<Arc<records::RecordStore>>,
 }
 
 impl Hub {
@@ -292,10 +297,11 @@ impl Hub {
 
     /// Count what happened to calls since the last time.
     fn drain_events(&self) {
+        let mut ended = Vec::new();
         let mut calls = self.calls();
         while let Some(e) = calls.poll_event() {
             self.stats.observe(&e);
-            if let calls::CallEvent::Ended(r) = &e {
+            if let calls::CallEvent::Ended(r) = e {
                 tracing::debug!(
                     call = %r.call_id,
                     kind = r.kind.as_str(),
@@ -303,7 +309,16 @@ impl Hub {
                     talked_ms = r.talked_for.map_or(0, |d| d.as_millis()),
                     "call ended"
                 );
+                ended.push(r);
             }
+        }
+        drop(calls);
+        if let (Some(store), false) = (&self.records, ended.is_empty()) {
+            let store = store.clone();
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            tokio::spawn(async move { store.store(&ended, now).await });
         }
     }
 
@@ -1038,6 +1053,10 @@ async fn serve(listener: TcpListener, cfg: SignalConfig, stats: Arc<calls::CallS
         secret: cfg.secret.clone(),
         presence: cfg.presence,
         stats: stats.clone(),
+        records: cfg
+            .redis
+            .clone()
+            .map(|c| Arc::new(records::RecordStore::new(c))),
     });
     let h = hub.clone();
     let check = move |s: SocketRef, TryData(auth): TryData<Value>| {
@@ -1134,6 +1153,7 @@ mod tests {
                 cors_origins: Vec::new(),
                 insecure: false,
                 presence: false,
+                redis: None,
                 rest_secret: rest_secret.map(<[u8]>::to_vec),
                 userdb,
                 rest_separator: ':',
