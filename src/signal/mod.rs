@@ -976,8 +976,15 @@ async fn engine_guard(State(hub): State<Arc<Hub>>, req: Request, next: Next) -> 
             Err(e) => return (StatusCode::UNAUTHORIZED, e.to_string()).into_response(),
         }
     }
-    if hub.sockets().by_ip.get(&ip).copied().unwrap_or(0) >= MAX_SOCKETS_PER_IP {
-        return too_many("too many connections from this address");
+    {
+        let n = hub.sockets();
+        if n.total >= MAX_SOCKETS {
+            let msg = "the server is full";
+            return (StatusCode::SERVICE_UNAVAILABLE, msg).into_response();
+        }
+        if n.by_ip.get(&ip).copied().unwrap_or(0) >= MAX_SOCKETS_PER_IP {
+            return too_many("too many connections from this address");
+        }
     }
     {
         let now = Instant::now();
