@@ -1,6 +1,9 @@
 //! The signaling companion through the real binary: the seed's Socket.io call flow driven by the
-//! real `socket.io-client` (npm, tests/signaling/call_flow.mjs), and `GET /api/turn-credentials`
-//! whose credentials allocate on the same server.
+//! real `socket.io-client` (npm, tests/signaling/call_flow.mjs: also the call limits, presence
+//! and the order of WebRTC messages), `GET /api/turn-credentials` whose credentials allocate on
+//! the same server, and the hostile side: no anonymous credentials, rate-limited minting, other
+//! origins refused, an Engine.IO handshake flood, a slowloris on every HTTP listener under a
+//! low open-files limit, and call records in a real `redis-server` listed by two nodes.
 
 mod common;
 
@@ -67,8 +70,8 @@ fn require_node() {
     }
 }
 
-#[test]
-fn socket_io_client_runs_the_call_flow() {
+/// tests/signaling's npm packages, installed once.
+fn signaling_dir() -> std::path::PathBuf {
     require_node();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/signaling");
     if !dir
@@ -88,21 +91,18 @@ fn socket_io_client_runs_the_call_flow() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let prom = free_port();
-    let prom_s = prom.to_string();
-    let (_srv, sig_port) = start_with_signaling(&[
-        "--prometheus",
-        "--prometheus-address",
-        "127.0.0.1",
-        "--prometheus-port",
-        &prom_s,
-    ]);
+    dir
+}
+
+/// call_flow.mjs against 127.0.0.1:`sig_port`, with `env` set; its output.
+fn call_flow(sig_port: u16, env: &[(&str, &str)]) -> String {
     let out = run_with_timeout(
         Command::new("node")
             .arg("call_flow.mjs")
-            .current_dir(&dir)
+            .current_dir(signaling_dir())
             .env("SIGNAL_URL", format!("http://127.0.0.1:{sig_port}"))
-            .env("SIGNAL_SECRET", SIGNAL_SECRET),
+            .env("SIGNAL_SECRET", SIGNAL_SECRET)
+            .envs(env.iter().copied()),
         Duration::from_secs(90),
     );
     let text = format!(
@@ -112,7 +112,30 @@ fn socket_io_client_runs_the_call_flow() {
     );
     println!("{text}");
     assert!(out.status.success(), "call_flow.mjs failed:\n{text}");
+    text
+}
+
+#[test]
+fn presence_is_opt_in() {
+    let (_srv, sig_port) = start_with_signaling(&["--signaling-presence"]);
+    let text = call_flow(sig_port, &[("PRESENCE", "1")]);
+    assert!(text.contains("ok - offline answers user_offline"), "{text}");
+}
+
+#[test]
+fn socket_io_client_runs_the_call_flow() {
+    let prom = free_port();
+    let prom_s = prom.to_string();
+    let (_srv, sig_port) = start_with_signaling(&[
+        "--prometheus",
+        "--prometheus-address",
+        "127.0.0.1",
+        "--prometheus-port",
+        &prom_s,
+    ]);
+    let text = call_flow(sig_port, &[]);
     assert!(text.contains("ok - disconnect ends the call"), "{text}");
+    assert!(text.contains("ok - offline answers busy"), "{text}");
     // Every call of the flow is counted.
     let m = scrape(prom);
     let get = |k: &str| m.get(k).copied().unwrap_or_else(|| panic!("no {k}"));
@@ -640,7 +663,6 @@ fn start_redis() -> (Proc, u16) {
 
 #[test]
 fn call_records_in_redis_are_listed_on_every_node() {
-    require_node();
     let (redis, redis_port) = start_redis();
     let conn = format!("ip=127.0.0.1 port={redis_port} dbname=0 connect_timeout=2");
     let t_start = unix_now();
@@ -658,20 +680,7 @@ fn call_records_in_redis_are_listed_on_every_node() {
     let (admin_a, admin_b) = (free_port(), free_port());
     let (srv_a, sig_a) = node(admin_a);
     let (_srv_b, _sig_b) = node(admin_b);
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/signaling");
-    let out = run_with_timeout(
-        Command::new("node")
-            .arg("call_flow.mjs")
-            .current_dir(&dir)
-            .env("SIGNAL_URL", format!("http://127.0.0.1:{sig_a}"))
-            .env("SIGNAL_SECRET", SIGNAL_SECRET),
-        Duration::from_secs(90),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    call_flow(sig_a, &[]);
     let calls = |admin: u16, query: &str| -> (u16, Value) {
         let (status, body) = http(
             admin,
