@@ -12,6 +12,8 @@
 //! Everything is read from the workers' snapshots (at most about a second old), and kills go to
 //! the owning worker's control channel: the HTTP thread never touches an engine.
 
+pub mod serve;
+
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
@@ -102,7 +104,9 @@ pub fn spawn(config: &Config, running: &Running, obs: Observe) -> io::Result<Opt
     let metrics_addr = prom.as_ref().map(|l| l.local_addr()).transpose()?;
     let admin_addr = admin.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
     let m = monitor.clone();
-    let thread = crate::io::spawn_runtime_thread("vigi-http", move || serve(m, prom, admin))?;
+    let calls = config.signaling_redis.clone();
+    let thread =
+        crate::io::spawn_runtime_thread("vigi-http", move || serve(m, prom, admin, calls))?;
     if let Some(a) = metrics_addr {
         tracing::info!("prometheus metrics on http://{a}/metrics");
     }
@@ -142,7 +146,12 @@ fn bind(addr: SocketAddr, what: &str) -> io::Result<TcpListener> {
     Ok(s.into())
 }
 
-async fn serve(m: Arc<Monitor>, prom: Option<TcpListener>, admin: Option<(TcpListener, [u8; 32])>) {
+async fn serve(
+    m: Arc<Monitor>,
+    prom: Option<TcpListener>,
+    admin: Option<(TcpListener, [u8; 32])>,
+    calls: Option<crate::config::RedisConn>,
+) {
     let sampler = m.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(metrics::SAMPLE_EVERY);
@@ -166,7 +175,12 @@ async fn serve(m: Arc<Monitor>, prom: Option<TcpListener>, admin: Option<(TcpLis
             .route("/api/allocations/{id}", delete(kill_allocation))
             .route("/api/users/{name}/allocations", delete(kill_user))
             .route("/api/stats", get(stats))
-            .with_state(Arc::new(Admin { monitor: m, token }));
+            .route("/api/calls", get(list_calls))
+            .with_state(Arc::new(Admin {
+                monitor: m,
+                token,
+                calls: calls.map(crate::signal::records::RecordStore::new),
+            }));
         tasks.push(tokio::spawn(run(l, app, "admin API")));
     }
     for t in tasks {
@@ -182,9 +196,7 @@ async fn run(l: TcpListener, app: Router, what: &'static str) {
             return;
         }
     };
-    if let Err(e) = axum::serve(l, app).await {
-        tracing::error!("{what} server: {e}");
-    }
+    serve::serve(l, app, serve::Limits::OBSERVE, what).await;
 }
 
 async fn metrics_handler(State(m): State<Arc<Monitor>>) -> Response {
@@ -199,6 +211,8 @@ async fn metrics_handler(State(m): State<Arc<Monitor>>) -> Response {
 
 struct Admin {
     monitor: Arc<Monitor>,
+    /// `--signaling-redis`: the call records `GET /api/calls` lists.
+    calls: Option<crate::signal::records::RecordStore>,
     /// SHA-256 of the token: comparing digests in constant time hides the token's length too.
     token: [u8; 32],
 }
@@ -334,6 +348,34 @@ async fn list_allocations(
         .map(|(w, a)| AllocationJson::new(&s.monitor, w, a))
         .collect();
     Json(json!({ "allocations": list })).into_response()
+}
+
+/// `GET /api/calls[?user=ID][&since=UNIX]`: the call records in `--signaling-redis`.
+async fn list_calls(
+    State(s): State<Arc<Admin>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if !s.authorized(&headers) {
+        return unauthorized();
+    }
+    let fail =
+        |status: StatusCode, msg: &str| (status, Json(json!({ "error": msg }))).into_response();
+    let Some(store) = &s.calls else {
+        return fail(StatusCode::NOT_FOUND, "call records need --signaling-redis");
+    };
+    let since = match q.get("since").map(|v| v.parse::<f64>()) {
+        None => 0.0,
+        Some(Ok(v)) if v.is_finite() => v,
+        Some(_) => return fail(StatusCode::BAD_REQUEST, "since: Unix seconds"),
+    };
+    match store.list(q.get("user").map(String::as_str), since).await {
+        Some(calls) => Json(json!({ "calls": calls })).into_response(),
+        None => fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "call records: Redis unreachable",
+        ),
+    }
 }
 
 async fn kill_allocation(

@@ -160,6 +160,9 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         })
         .transpose()
         .context("starting signaling")?;
+    if let (Some(h), Some(sig)) = (&_http, &_signal) {
+        h.monitor.attach_calls(sig.calls.clone());
+    }
     if let Some(p) = &config.pidfile {
         if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
             tracing::warn!("cannot write pid file {}: {e}", p.display());

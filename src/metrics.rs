@@ -25,13 +25,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::engine::allocation::Allocation;
 use crate::engine::stats::{AllocationStats, Flow};
 use crate::engine::{AllocationId, AllocationInfo, Counters, Shared, Transport};
 use crate::io::{WorkerHandle, WorkerSnapshot};
+use crate::signal::calls::{CallKind, CallStats, EndReason, CALL_DURATION_BUCKETS};
 
 /// An allocation's id outside its worker: `w<worker>-<slot>-<generation>`, e.g. `w0-12-3`.
 pub fn format_id(worker: usize, id: AllocationId) -> String {
@@ -140,6 +141,7 @@ pub struct Monitor {
     shared: Arc<Shared>,
     pub opts: Options,
     tracker: Mutex<Tracker>,
+    calls: OnceLock<Arc<CallStats>>,
 }
 
 impl Monitor {
@@ -149,6 +151,7 @@ impl Monitor {
             shared,
             opts,
             tracker: Mutex::new(Tracker::default()),
+            calls: OnceLock::new(),
         }
     }
 
@@ -583,7 +586,16 @@ impl Monitor {
         if self.opts.top_k > 0 {
             self.render_top(o, &snaps);
         }
+        if let Some(calls) = self.calls.get() {
+            render_calls(o, calls);
+        }
         out
+    }
+
+    /// Export the signaling companion's call counts from now on (once; later calls are
+    /// ignored).
+    pub fn attach_calls(&self, calls: Arc<CallStats>) {
+        let _ = self.calls.set(calls);
     }
 
     /// coturn's `turn_allocations_duration{type}` histogram.
@@ -674,6 +686,72 @@ impl Monitor {
             }
         }
     }
+}
+
+/// The signaling companion's calls: started, answered and ended by type (and end reason), and
+/// the talk time of answered calls.
+fn render_calls(o: &mut String, c: &CallStats) {
+    const KINDS: [CallKind; 2] = [CallKind::Voice, CallKind::Video];
+    header(
+        o,
+        "vigi_turn_calls_started_total",
+        "Signaling calls placed (call_initiate that rang or found the callee busy)",
+        "counter",
+    );
+    for k in KINDS {
+        let _ = writeln!(
+            o,
+            "vigi_turn_calls_started_total{{type=\"{}\"}} {}",
+            k.as_str(),
+            c.started(k)
+        );
+    }
+    header(
+        o,
+        "vigi_turn_calls_answered_total",
+        "Signaling calls answered",
+        "counter",
+    );
+    for k in KINDS {
+        let _ = writeln!(
+            o,
+            "vigi_turn_calls_answered_total{{type=\"{}\"}} {}",
+            k.as_str(),
+            c.answered(k)
+        );
+    }
+    header(
+        o,
+        "vigi_turn_calls_ended_total",
+        "Signaling calls ended, by reason (answered, rejected, busy, missed, failed)",
+        "counter",
+    );
+    for k in KINDS {
+        for r in EndReason::ALL {
+            let _ = writeln!(
+                o,
+                "vigi_turn_calls_ended_total{{type=\"{}\",reason=\"{}\"}} {}",
+                k.as_str(),
+                r.as_str(),
+                c.ended(k, r)
+            );
+        }
+    }
+    let name = "vigi_turn_call_duration_seconds";
+    header(
+        o,
+        name,
+        "Talk time of answered signaling calls",
+        "histogram",
+    );
+    let (counts, sum) = c.durations();
+    for (le, n) in CALL_DURATION_BUCKETS.iter().zip(&counts) {
+        let _ = writeln!(o, "{name}_bucket{{le=\"{le}\"}} {n}");
+    }
+    let total = counts.last().copied().unwrap_or(0);
+    let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {total}");
+    let _ = writeln!(o, "{name}_sum {sum}");
+    let _ = writeln!(o, "{name}_count {total}");
 }
 
 /// Per-worker batch sizes and relay latency, as Prometheus histograms (cumulative buckets).

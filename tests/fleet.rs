@@ -1408,7 +1408,10 @@ fn turn_credentials_name_the_nearest_healthy_nodes_from_the_heartbeats() {
     };
     let sig = free_port();
     let sig_addr = format!("127.0.0.1:{sig}");
-    let a = node("eu", &["--signaling-listen", &sig_addr]);
+    let a = node(
+        "eu",
+        &["--signaling-listen", &sig_addr, "--signaling-insecure"],
+    );
     let b = node("eu", &[]);
     let c = node("us", &[]);
     // Give b one allocation, so a is the least loaded of "eu".
@@ -1503,6 +1506,7 @@ async fn turn_credentials_are_minted_with_the_newest_redis_secret_and_allocate()
         "3",
         "--signaling-listen",
         &sig_addr,
+        "--signaling-insecure",
     ];
     let srv = start_server(&node_args(&conn, &min, &max, &extra));
     let path = "/api/turn-credentials?userId=alice";

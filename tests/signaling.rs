@@ -1,6 +1,9 @@
 //! The signaling companion through the real binary: the seed's Socket.io call flow driven by the
-//! real `socket.io-client` (npm, tests/signaling/call_flow.mjs), and `GET /api/turn-credentials`
-//! whose credentials allocate on the same server.
+//! real `socket.io-client` (npm, tests/signaling/call_flow.mjs: also the call limits, presence
+//! and the order of WebRTC messages), `GET /api/turn-credentials` whose credentials allocate on
+//! the same server, and the hostile side: no anonymous credentials, rate-limited minting, other
+//! origins refused, an Engine.IO handshake flood, a slowloris on every HTTP listener under a
+//! low open-files limit, and call records in a real `redis-server` listed by two nodes.
 
 mod common;
 
@@ -67,8 +70,8 @@ fn require_node() {
     }
 }
 
-#[test]
-fn socket_io_client_runs_the_call_flow() {
+/// tests/signaling's npm packages, installed once.
+fn signaling_dir() -> std::path::PathBuf {
     require_node();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/signaling");
     if !dir
@@ -88,13 +91,18 @@ fn socket_io_client_runs_the_call_flow() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let (_srv, sig_port) = start_with_signaling(&[]);
+    dir
+}
+
+/// call_flow.mjs against 127.0.0.1:`sig_port`, with `env` set; its output.
+fn call_flow(sig_port: u16, env: &[(&str, &str)]) -> String {
     let out = run_with_timeout(
         Command::new("node")
             .arg("call_flow.mjs")
-            .current_dir(&dir)
+            .current_dir(signaling_dir())
             .env("SIGNAL_URL", format!("http://127.0.0.1:{sig_port}"))
-            .env("SIGNAL_SECRET", SIGNAL_SECRET),
+            .env("SIGNAL_SECRET", SIGNAL_SECRET)
+            .envs(env.iter().copied()),
         Duration::from_secs(90),
     );
     let text = format!(
@@ -104,7 +112,49 @@ fn socket_io_client_runs_the_call_flow() {
     );
     println!("{text}");
     assert!(out.status.success(), "call_flow.mjs failed:\n{text}");
+    text
+}
+
+#[test]
+fn presence_is_opt_in() {
+    let (_srv, sig_port) = start_with_signaling(&["--signaling-presence"]);
+    let text = call_flow(sig_port, &[("PRESENCE", "1")]);
+    assert!(text.contains("ok - offline answers user_offline"), "{text}");
+}
+
+#[test]
+fn socket_io_client_runs_the_call_flow() {
+    let prom = free_port();
+    let prom_s = prom.to_string();
+    let (_srv, sig_port) = start_with_signaling(&[
+        "--prometheus",
+        "--prometheus-address",
+        "127.0.0.1",
+        "--prometheus-port",
+        &prom_s,
+    ]);
+    let text = call_flow(sig_port, &[]);
     assert!(text.contains("ok - disconnect ends the call"), "{text}");
+    assert!(text.contains("ok - offline answers busy"), "{text}");
+    // Every call of the flow is counted.
+    let m = scrape(prom);
+    let get = |k: &str| m.get(k).copied().unwrap_or_else(|| panic!("no {k}"));
+    let started = get(r#"vigi_turn_calls_started_total{type="video"}"#)
+        + get(r#"vigi_turn_calls_started_total{type="voice"}"#);
+    let mut ended = 0.0;
+    for kind in ["voice", "video"] {
+        for reason in ["answered", "rejected", "busy", "missed", "failed"] {
+            ended += get(&format!(
+                r#"vigi_turn_calls_ended_total{{type="{kind}",reason="{reason}"}}"#
+            ));
+        }
+    }
+    println!("calls: {started} started, {ended} ended");
+    assert!(started >= 10.0 && ended >= 10.0, "{started} {ended}");
+    assert!(get(r#"vigi_turn_calls_answered_total{type="video"}"#) >= 2.0);
+    assert!(get(r#"vigi_turn_calls_ended_total{type="voice",reason="rejected"}"#) >= 5.0);
+    assert!(get(r#"vigi_turn_calls_ended_total{type="voice",reason="busy"}"#) >= 2.0);
+    assert!(get("vigi_turn_call_duration_seconds_count") >= 2.0);
 }
 
 fn unix_now() -> u64 {
@@ -252,4 +302,452 @@ fn raw(port: u16, request: &str) -> String {
     let mut resp = String::new();
     let _ = s.read_to_string(&mut resp);
     resp
+}
+
+/// vigi-turn's exit status and stderr when it refuses to start with `args`.
+fn refused_to_start(args: &[&str]) -> String {
+    let out = run_with_timeout(Command::new(BIN).args(args), Duration::from_secs(10));
+    assert!(!out.status.success(), "started with {args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn credentials_path(user: &str) -> String {
+    let expiry = unix_now() + 60;
+    let token = mint_token(SIGNAL_SECRET.as_bytes(), user, expiry);
+    format!("/api/turn-credentials?userId={user}&expiry={expiry}&token={token}")
+}
+
+#[test]
+fn no_anonymous_credentials_and_minting_is_rate_limited() {
+    // Without a secret it does not start at all, unless told to serve anyone on purpose.
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let base = ["-p", &port, "-n", "-L", "127.0.0.1", "--realm", "t"];
+    let mut args = base.to_vec();
+    args.extend(["--use-auth-secret", "--static-auth-secret", REST_SECRET]);
+    args.extend(["--signaling-listen", &listen]);
+    let err = refused_to_start(&args);
+    assert!(
+        err.contains("--signaling-secret") && err.contains("open relay"),
+        "{err}"
+    );
+
+    let (_srv, sig_port) = start_with_signaling(&[]);
+    let (status, _) = http_get(sig_port, "/api/turn-credentials?userId=alice");
+    assert_eq!(status, 401);
+
+    // Per user: a burst of 10, then 429 with Retry-After (was: 500 of 500 in 4 s answered 200).
+    let mut ok = 0;
+    let mut limited = 0;
+    for _ in 0..30 {
+        match http_get(sig_port, &credentials_path("mallory")).0 {
+            200 => ok += 1,
+            429 => limited += 1,
+            s => panic!("status {s}"),
+        }
+    }
+    println!("one user, 30 requests: {ok} minted, {limited} refused");
+    assert_eq!((ok, limited), (10, 20));
+    // Per address: many users from one address get the address's burst (60) and its refill.
+    let t0 = Instant::now();
+    let mut ok = 0;
+    for i in 0..500 {
+        if http_get(sig_port, &credentials_path(&format!("u{i}"))).0 == 200 {
+            ok += 1;
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!("one address, 500 users: {ok} minted in {secs:.1} s");
+    assert!(ok >= 40 && f64::from(ok) <= 50.0 + secs * 5.0 + 2.0, "{ok}");
+    let (status, body) = http_get(sig_port, &credentials_path("mallory"));
+    assert_eq!(status, 429, "{body}");
+}
+
+#[test]
+fn other_origins_are_refused_unless_named() {
+    let (_srv, sig_port) = start_with_signaling(&[]);
+    let path = credentials_path("alice");
+    let host = format!("127.0.0.1:{sig_port}");
+    let polling = "/socket.io/?EIO=4&transport=polling";
+    // Same origin (the demo page's own fetches and Socket.io): served, no CORS headers.
+    for p in [path.as_str(), polling] {
+        let (status, body) = http(sig_port, "GET", p, &format!("Origin: http://{host}\r\n"));
+        assert_eq!(status, 200, "{p}: {body}");
+    }
+    // Another site: refused, Socket.io's handshake included (no session is created).
+    for p in [path.as_str(), polling] {
+        let (status, body) = http(sig_port, "GET", p, "Origin: https://evil.example\r\n");
+        assert_eq!(status, 403, "{p}: {body}");
+    }
+    let resp = raw(
+        sig_port,
+        "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\n\
+         Origin: https://evil.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    );
+    assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
+    let resp = raw(
+        sig_port,
+        "OPTIONS /api/turn-credentials HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\n\
+         Access-Control-Request-Method: GET\r\nConnection: close\r\n\r\n",
+    );
+    assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
+    assert!(!resp
+        .to_ascii_lowercase()
+        .contains("access-control-allow-origin"));
+}
+
+/// The resident set of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
+/// A TCP connection to 127.0.0.1:`port` from the loopback address `src` (any of 127/8 works
+/// on Linux), so that tests can play several client addresses.
+fn connect_from(src: [u8; 4], port: u16) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    s.bind(&std::net::SocketAddr::from((src, 0)).into())?;
+    s.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+    Ok(s.into())
+}
+
+/// One `GET path` from `src` with `Connection: close`: the status (0 on any failure).
+fn get_from(src: [u8; 4], port: u16, path: &str) -> u16 {
+    get_body_from(src, port, path).0
+}
+
+/// One `GET path` from `src` with `Connection: close`: the status (0 on any failure) and the
+/// body.
+fn get_body_from(src: [u8; 4], port: u16, path: &str) -> (u16, String) {
+    let Ok(mut s) = connect_from(src, port) else {
+        return (0, String::new());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let resp = String::from_utf8_lossy(&resp);
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map_or("", |x| x.1).to_owned();
+    (status, body)
+}
+
+#[test]
+fn an_engine_io_handshake_flood_does_not_grow_memory() {
+    const FLOOD: Duration = Duration::from_secs(20);
+    const MAX_REQUESTS: usize = 400_000;
+    let (srv, sig_port) = start_with_signaling(&[]);
+    let pid = srv.proc.child.id();
+    let rss0 = rss_kib(pid);
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (sent, accepted) = (sent.clone(), accepted.clone());
+            std::thread::spawn(move || {
+                use std::sync::atomic::Ordering::Relaxed;
+                while t0.elapsed() < FLOOD && sent.fetch_add(1, Relaxed) < MAX_REQUESTS {
+                    if get_from([127, 0, 0, 3], sig_port, POLLING) == 200 {
+                        accepted.fetch_add(1, Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut peak = rss0;
+    while threads.iter().any(|t| !t.is_finished()) {
+        peak = peak.max(rss_kib(pid));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    peak = peak.max(rss_kib(pid));
+    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+    let accepted = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    let growth_mib = (peak.saturating_sub(rss0)) / 1024;
+    println!(
+        "handshake flood from one address for {:.0} s: {sent} requests, {accepted} sessions \
+         opened; RSS {} MiB -> peak {} MiB (+{growth_mib} MiB)",
+        t0.elapsed().as_secs_f64(),
+        rss0 / 1024,
+        peak / 1024
+    );
+    assert!(growth_mib < 100, "RSS grew by {growth_mib} MiB");
+    // Another address still gets a session, closed when it does not authenticate in time.
+    let (status, body) = get_body_from([127, 0, 0, 4], sig_port, POLLING);
+    assert_eq!(status, 200, "{body}");
+    let sid = body
+        .split("\"sid\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("sid");
+    std::thread::sleep(Duration::from_secs(6));
+    let (status, body) = get_body_from([127, 0, 0, 4], sig_port, &format!("{POLLING}&sid={sid}"));
+    assert_eq!(
+        status, 400,
+        "unauthenticated session still open after 6 s: {body}"
+    );
+    // A bad token in the handshake's query is refused before any session exists.
+    let expiry = unix_now() + 60;
+    let bad = mint_token(b"wrong", "eve", expiry);
+    let path = format!("{POLLING}&userId=eve&expiry={expiry}&token={bad}");
+    assert_eq!(get_body_from([127, 0, 0, 4], sig_port, &path).0, 401);
+}
+
+const POLLING: &str = "/socket.io/?EIO=4&transport=polling";
+
+/// vigi-turn under `prlimit --nofile=N` (so that descriptors run out as they would on a host
+/// with a low limit), waited for until it answers STUN on `port`.
+fn start_with_nofile(nofile: u32, port: u16, args: &[&str]) -> Proc {
+    let port_s = port.to_string();
+    let limit = format!("--nofile={nofile}:{nofile}");
+    let child = Command::new("prlimit")
+        .args([limit.as_str(), "--", BIN, "-p", &port_s])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("prlimit (util-linux)");
+    let mut proc = Proc {
+        child,
+        name: "vigi-turn".into(),
+    };
+    let t0 = Instant::now();
+    while binding_udp(([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_none() {
+        assert!(proc.child.try_wait().unwrap().is_none(), "vigi-turn exited");
+        assert!(t0.elapsed() < Duration::from_secs(10), "no STUN answer");
+    }
+    proc
+}
+
+/// A STUN Binding over TCP to 127.0.0.1:`port`: answered or not.
+fn binding_tcp(port: u16) -> bool {
+    use vigi_turn::proto::{Class, MessageBuilder, Method};
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+    let mut req = Vec::new();
+    MessageBuilder::new(&mut req, Method::BINDING, Class::Request, &rand::random());
+    let mut head = [0u8; 20];
+    s.write_all(&req).is_ok() && s.read_exact(&mut head).is_ok() && head[0..2] == [0x01, 0x01]
+}
+
+#[test]
+fn slowloris_leaves_metrics_and_allocate_working() {
+    const HALF_SENT: usize = 1010;
+    let port = free_port();
+    let (prom, admin, sig) = (free_port(), free_port(), free_port());
+    let (prom_s, admin_s, sig_s) = (
+        prom.to_string(),
+        format!("127.0.0.1:{admin}"),
+        format!("127.0.0.1:{sig}"),
+    );
+    let (min, max) = free_range(20);
+    let (min_s, max_s) = (min.to_string(), max.to_string());
+    #[rustfmt::skip]
+    let args = [
+        "-n", "-L", "127.0.0.1", "--realm", "turn.test", "--min-port", &min_s, "--max-port", &max_s,
+        "--use-auth-secret", "--static-auth-secret", REST_SECRET,
+        "--prometheus", "--prometheus-address", "127.0.0.1", "--prometheus-port", &prom_s,
+        "--admin-listen", &admin_s, "--admin-token", "adm1n",
+        "--signaling-listen", &sig_s, "--signaling-secret", SIGNAL_SECRET,
+    ];
+    let _srv = start_with_nofile(1024, port, &args);
+    // 1,010 half-sent requests from 127.0.0.2, spread over the three HTTP listeners.
+    let t0 = Instant::now();
+    let mut held = Vec::new();
+    for i in 0..HALF_SENT {
+        let target = [prom, admin, sig][i % 3];
+        if let Ok(mut s) = connect_from([127, 0, 0, 2], target) {
+            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ");
+            held.push(s);
+        }
+    }
+    let t_scrape = Instant::now();
+    let (status, body) = http_get(prom, "/metrics");
+    let scrape = t_scrape.elapsed();
+    let cred = vigi_turn::engine::auth::mint_rest_credentials(
+        REST_SECRET.as_bytes(),
+        "alice",
+        600,
+        unix_now(),
+        ':',
+    );
+    let (code, _) = common::turn_client::raw_allocate_at(
+        ([127, 0, 0, 1], port).into(),
+        &cred.username,
+        &cred.password,
+    );
+    let tcp = binding_tcp(port);
+    // Which of them the server still holds open (the rest it closed at once).
+    let still_open = |s: &TcpStream| {
+        s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        let alive =
+            matches!((&*s).read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        s.set_nonblocking(false).unwrap();
+        alive
+    };
+    let open = held.iter().filter(|s| still_open(s)).count();
+    println!(
+        "{HALF_SENT} half-sent requests ({:.1} s to open) under nofile 1024: {open} held open \
+         by the server; /metrics {status} in {} ms; Allocate error code {code}; STUN over \
+         TCP answered: {tcp}",
+        t0.elapsed().as_secs_f64(),
+        scrape.as_millis()
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(scrape < Duration::from_secs(1), "/metrics took {scrape:?}");
+    assert_eq!(code, 0, "Allocate failed with {code}");
+    assert!(tcp, "STUN over TCP not answered");
+    assert!(open <= 16 + 16 + 32, "{open} held");
+    // The held ones are closed once their headers are late (5 s).
+    let s = held.iter().find(|s| still_open(s));
+    if let Some(s) = s {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let t = Instant::now();
+        let mut rest = Vec::new();
+        let _ = (&*s).read_to_end(&mut rest);
+        assert!(
+            t.elapsed() < Duration::from_secs(8),
+            "held for {:?}",
+            t.elapsed()
+        );
+    }
+}
+
+/// A `redis-server` on a free port of 127.0.0.1, without persistence (killed on drop).
+fn start_redis() -> (Proc, u16) {
+    require_tool("redis-server");
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("vigi-sig-redis-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    let proc = Proc {
+        child,
+        name: "redis-server".into(),
+    };
+    let t0 = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "redis did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (proc, port)
+}
+
+#[test]
+fn call_records_in_redis_are_listed_on_every_node() {
+    let (redis, redis_port) = start_redis();
+    let conn = format!("ip=127.0.0.1 port={redis_port} dbname=0 connect_timeout=2");
+    let t_start = unix_now();
+    let node = |admin: u16| {
+        let admin_s = format!("127.0.0.1:{admin}");
+        start_with_signaling(&[
+            "--signaling-redis",
+            &conn,
+            "--admin-listen",
+            &admin_s,
+            "--admin-token",
+            "adm1n",
+        ])
+    };
+    let (admin_a, admin_b) = (free_port(), free_port());
+    let (srv_a, sig_a) = node(admin_a);
+    let (_srv_b, _sig_b) = node(admin_b);
+    call_flow(sig_a, &[]);
+    let calls = |admin: u16, query: &str| -> (u16, Value) {
+        let (status, body) = http(
+            admin,
+            "GET",
+            &format!("/api/calls{query}"),
+            &bearer(Some("adm1n")),
+        );
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    };
+    // Records are written from a task of their own: give it a moment.
+    let t0 = Instant::now();
+    let mut listed = Value::Null;
+    while t0.elapsed() < Duration::from_secs(5) {
+        listed = calls(admin_b, "?user=alice").1;
+        if listed["calls"].as_array().is_some_and(|c| c.len() >= 3) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let on_b = listed["calls"].as_array().expect("calls").clone();
+    let (status, on_a) = calls(admin_a, "?user=alice");
+    assert_eq!(status, 200);
+    assert_eq!(
+        on_a["calls"].as_array().unwrap(),
+        &on_b,
+        "both nodes list the same"
+    );
+    println!("alice's calls: {}", serde_json::to_string(&on_b).unwrap());
+    let first = &on_b[0];
+    assert_eq!(first["callerId"], "alice");
+    assert_eq!(first["calleeId"], "bob");
+    assert_eq!(first["type"], "video");
+    assert_eq!(first["reason"], "answered");
+    assert!(first["answeredAt"].as_f64().is_some() && first["durationSecs"].as_f64().is_some());
+    assert!(first["initiatedAt"].as_f64().unwrap() >= t_start as f64 - 1.0);
+    let reasons: Vec<&str> = on_b.iter().filter_map(|c| c["reason"].as_str()).collect();
+    assert!(
+        reasons
+            .iter()
+            .all(|r| ["answered", "missed", "failed"].contains(r)),
+        "{reasons:?}"
+    );
+    // `since` filters, bad values are refused, and without Redis the listing says so.
+    let later = unix_now() + 10;
+    assert_eq!(
+        calls(admin_a, &format!("?since={later}")).1["calls"],
+        serde_json::json!([])
+    );
+    assert_eq!(calls(admin_a, "?since=soon").0, 400);
+    assert_eq!(http(admin_a, "GET", "/api/calls", "").0, 401);
+    drop(redis);
+    let (status, body) = calls(admin_a, "");
+    assert_eq!(status, 503, "{body}");
+    // Nothing on the relay or signaling side minds.
+    let (status, _) = http_get(sig_a, &credentials_path("zed"));
+    assert_eq!(status, 200);
+    let cred = vigi_turn::engine::auth::mint_rest_credentials(
+        REST_SECRET.as_bytes(),
+        "zed",
+        600,
+        unix_now(),
+        ':',
+    );
+    let (code, _) = common::turn_client::raw_allocate_at(
+        ([127, 0, 0, 1], srv_a.port).into(),
+        &cred.username,
+        &cred.password,
+    );
+    assert_eq!(code, 0);
 }

@@ -487,9 +487,22 @@ pub struct Cli {
         env = "VIGI_SIGNALING_SECRET"
     )]
     pub signaling_secret: Option<String>,
-    /// The origin allowed to call the signaling HTTP API from a browser (default: any).
+    /// An origin (`https://app.example.org`, or `*`) allowed to use the signaling HTTP API and
+    /// Socket.io from a browser besides the page's own; repeatable (default: same origin only).
     #[arg(long = "signaling-cors-origin", value_name = "ORIGIN")]
-    pub signaling_cors_origin: Option<String>,
+    pub signaling_cors_origin: Vec<String>,
+    /// Serve signaling and TURN credentials to anyone without `--signaling-secret` (anyone can
+    /// then mint relay credentials: an open relay). Logged loudly; for tests and closed networks.
+    #[arg(long = "signaling-insecure")]
+    pub signaling_insecure: bool,
+    /// Tell callers whether a callee is offline or busy (`user_offline` vs `call_busy`); by
+    /// default both answer `call_busy`, so presence cannot be probed.
+    #[arg(long = "signaling-presence")]
+    pub signaling_presence: bool,
+    /// Keep call records in this Redis (coturn's connection string, as `--redis-userdb`),
+    /// listed by the admin API's `GET /api/calls`.
+    #[arg(long = "signaling-redis", value_name = "CONNECTION")]
+    pub signaling_redis: Option<RedisConn>,
     /// Lifetime in seconds of the credentials `GET /api/turn-credentials` mints.
     #[arg(
         long = "turn-credentials-ttl",

@@ -205,8 +205,14 @@ pub struct Config {
     pub signaling_listen: Option<SocketAddr>,
     /// The secret signaling tokens are checked against; `None` = the `userId` alone is trusted.
     pub signaling_secret: Option<String>,
-    /// The CORS origin of the signaling HTTP API; `None` = any.
-    pub signaling_cors_origin: Option<String>,
+    /// Origins besides the page's own allowed to use signaling from a browser (`*` = any).
+    pub signaling_cors_origins: Vec<String>,
+    /// `--signaling-insecure`: no secret, on purpose.
+    pub signaling_insecure: bool,
+    /// `--signaling-presence`: offline and busy are told apart.
+    pub signaling_presence: bool,
+    /// `--signaling-redis`: where call records are kept.
+    pub signaling_redis: Option<RedisConn>,
     /// Lifetime of minted TURN REST credentials, in seconds.
     pub turn_credentials_ttl: u64,
     /// TURN URIs handed out with credentials; empty = derived from the listeners.
@@ -748,7 +754,14 @@ fn resolve(
         log_json: cli.log_json,
         signaling_listen: cli.signaling_listen,
         signaling_secret: non_empty(cli.signaling_secret),
-        signaling_cors_origin: non_empty(cli.signaling_cors_origin),
+        signaling_cors_origins: cli
+            .signaling_cors_origin
+            .into_iter()
+            .filter(|o| !o.is_empty())
+            .collect(),
+        signaling_insecure: cli.signaling_insecure,
+        signaling_presence: cli.signaling_presence,
+        signaling_redis: cli.signaling_redis,
         turn_credentials_ttl: cli.turn_credentials_ttl,
         turn_uris: cli.turn_uri,
         conf_file,
@@ -794,6 +807,16 @@ fn validate(cli: &Cli) -> Result<(), ConfigError> {
         return Err(ConfigError::invalid(
             "--admin-listen",
             "needs --admin-token (the admin API never runs without authentication)",
+        ));
+    }
+    if cli.signaling_listen.is_some()
+        && cli.signaling_secret.as_deref().unwrap_or("").is_empty()
+        && !cli.signaling_insecure
+    {
+        return Err(ConfigError::invalid(
+            "--signaling-listen",
+            "needs --signaling-secret (without it anyone could mint TURN credentials: an open \
+             relay); --signaling-insecure serves anyone on purpose",
         ));
     }
     if cli.min_port > cli.max_port {
@@ -1005,7 +1028,10 @@ impl fmt::Debug for Config {
                 "signaling_secret",
                 &Redacted(usize::from(self.signaling_secret.is_some())),
             )
-            .field("signaling_cors_origin", &self.signaling_cors_origin)
+            .field("signaling_cors_origins", &self.signaling_cors_origins)
+            .field("signaling_insecure", &self.signaling_insecure)
+            .field("signaling_presence", &self.signaling_presence)
+            .field("signaling_redis", &self.signaling_redis)
             .field("turn_credentials_ttl", &self.turn_credentials_ttl)
             .field("turn_uris", &self.turn_uris)
             .field("conf_file", &self.conf_file)

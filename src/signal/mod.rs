@@ -3,9 +3,18 @@
 //! credential endpoint (draft-uberti-behave-turn-rest-00 §2), served by axum + socketioxide on a
 //! thread and runtime of their own so that signaling never delays a relay worker.
 //!
-//! Handshake: `auth: {userId}`, plus `{token, expiry}` when `--signaling-secret` is set, where
-//! `token` = hex HMAC-SHA256(secret, `"{userId}:{expiry}"`) ([`mint_token`]) and `expiry` is in
-//! Unix seconds. Each socket joins room `user_<userId>`.
+//! Handshake: `auth: {userId, token, expiry}`, where `token` = hex HMAC-SHA256(secret,
+//! `"{userId}:{expiry}"`) ([`mint_token`]) under `--signaling-secret` and `expiry` is in Unix
+//! seconds; `{userId}` alone only with `--signaling-insecure` (an open credential endpoint makes
+//! the relay an open relay, so the configuration refuses neither). The same three may ride in
+//! the Engine.IO handshake's query string, checked before a session exists (`engine_guard`).
+//! Each socket joins room `user_<userId>`.
+//!
+//! Safe by default: other origins are refused unless `--signaling-cors-origin` names them;
+//! new sessions, credentials, calls, rings of one callee and WebRTC messages are rate-limited
+//! ([`limit`]) per address or per user (so reconnecting refills nothing); sockets are capped per
+//! user, per address and in total; offline and busy look the same (`--signaling-presence` to
+//! tell them apart). The HTTP listener's own limits are [`crate::http::serve`]'s.
 //!
 //! Events (the seed's names and fields): `call_initiate {calleeId, type}` → `incoming_call
 //! {callId, callerId, type}` to the callee and `call_initiated {callId}` to the caller (or
@@ -13,7 +22,7 @@
 //! `call_decline {callId}` → `call_rejected {callId}` to the caller; `call_end {callId}` →
 //! `call_ended {callId}` to the other party; `webrtc_offer {offer, to}`, `webrtc_answer
 //! {answer, to}`, `webrtc_ice_candidate {candidate, to}` → relayed to `user_<to>` with `from`
-//! added, only between the two parties of one call. Refusals come back as `call_error {code,
+//! added, only between the two parties of one call once it is answered. Refusals come back as `call_error {code,
 //! message}`. The call state itself lives in [`calls`].
 //!
 //! HTTP: `GET /api/turn-credentials[?userId=&expiry=&token=]` →
@@ -25,15 +34,18 @@
 //! Socket.io client), which tests/browser.rs drives in headless Chromium.
 
 pub mod calls;
+pub mod limit;
+pub mod records;
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -66,8 +78,14 @@ pub struct SignalConfig {
     pub listen: SocketAddr,
     /// `--signaling-secret`: handshake tokens are required when set.
     pub secret: Option<Vec<u8>>,
-    /// `--signaling-cors-origin`; `None` = `*`.
-    pub cors_origin: Option<String>,
+    /// `--signaling-cors-origin`s: origins besides the page's own (`*` = any).
+    pub cors_origins: Vec<String>,
+    /// `--signaling-insecure`: no secret on purpose (logged loudly at start).
+    pub insecure: bool,
+    /// `--signaling-presence`: `call_initiate` tells offline (`user_offline`) from busy.
+    pub presence: bool,
+    /// `--signaling-redis`: where call records are kept.
+    pub redis: Option<crate::config::RedisConn>,
     /// The first `--static-auth-secret`, which credentials are minted with when given.
     pub rest_secret: Option<Vec<u8>>,
     /// The user database's snapshots (`--use-auth-secret --redis-userdb`): without a static
@@ -95,7 +113,10 @@ impl SignalConfig {
         Some(SignalConfig {
             listen: c.signaling_listen?,
             secret: c.signaling_secret.as_ref().map(|s| s.as_bytes().to_vec()),
-            cors_origin: c.signaling_cors_origin.clone(),
+            cors_origins: c.signaling_cors_origins.clone(),
+            insecure: c.signaling_insecure,
+            presence: c.signaling_presence,
+            redis: c.signaling_redis.clone(),
             rest_secret: c.static_auth_secrets.first().map(|s| s.as_bytes().to_vec()),
             rest_separator: c.rest_api_separator,
             credentials_ttl: c.turn_credentials_ttl,
@@ -112,6 +133,19 @@ impl SignalConfig {
             userdb: None,
         })
     }
+}
+
+/// Why a Socket.io connection was refused (besides authentication).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("too many connections from this address")]
+    TooManyFromAddress,
+    #[error("too many connections of this user")]
+    TooManyOfUser,
+    #[error("the server is full")]
+    Full,
 }
 
 /// Why a handshake or credential request was refused.
@@ -207,14 +241,122 @@ fn authenticate(secret: Option<&[u8]>, auth: &Value, now: u64) -> Result<String,
 #[derive(Clone)]
 struct UserId(Arc<str>);
 
+/// The client address a socket counts against, kept in its extensions.
+#[derive(Clone, Copy)]
+struct PeerIp(IpAddr);
+
+/// New Engine.IO sessions (handshakes without `sid`) per client address ...
+pub const HANDSHAKES_PER_IP: limit::Rate = limit::Rate {
+    burst: 60,
+    refill: Duration::from_millis(100),
+    max_keys: 100_000,
+};
+/// ... and in total for handshakes that carry no valid token in their query string. With
+/// [`CONNECT_TIMEOUT`] this bounds the sessions that exist before anyone authenticated.
+pub const ANONYMOUS_HANDSHAKES: limit::Rate = limit::Rate {
+    burst: 500,
+    refill: Duration::from_millis(10),
+    max_keys: 1,
+};
+/// A session that has not joined the namespace (authenticated) by then is closed.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connected sockets per client address, per user and in total.
+pub const MAX_SOCKETS_PER_IP: u32 = 256;
+pub const MAX_SOCKETS_PER_USER: usize = 16;
+pub const MAX_SOCKETS: u32 = 50_000;
+
+/// Who holds how many connected sockets, for the caps above.
+#[derive(Default)]
+struct SocketCount {
+    by_ip: HashMap<IpAddr, u32>,
+    total: u32,
+}
+
+/// Handshake limits: the per-address and anonymous buckets.
+struct Handshakes {
+    by_ip: limit::Limiter<IpAddr>,
+    anonymous: limit::Limiter<()>,
+}
+
 struct Hub {
     io: SocketIo,
     calls: Mutex<Calls>,
+    sockets: Mutex<SocketCount>,
+    handshakes: Mutex<Handshakes>,
+    secret: Option<Vec<u8>>,
+    /// `--signaling-presence`.
+    presence: bool,
+    stats: Arc<calls::CallStats>,
+    records: Option<Arc<records::RecordStore>>,
 }
 
 impl Hub {
     fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
         self.calls.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Count what happened to calls since the last time.
+    fn drain_events(&self) {
+        let mut ended = Vec::new();
+        let mut calls = self.calls();
+        while let Some(e) = calls.poll_event() {
+            self.stats.observe(&e);
+            if let calls::CallEvent::Ended(r) = e {
+                tracing::debug!(
+                    call = %r.call_id,
+                    kind = r.kind.as_str(),
+                    reason = r.reason.as_str(),
+                    talked_ms = r.talked_for.map_or(0, |d| d.as_millis()),
+                    "call ended"
+                );
+                ended.push(r);
+            }
+        }
+        drop(calls);
+        if let (Some(store), false) = (&self.records, ended.is_empty()) {
+            let store = store.clone();
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            tokio::spawn(async move { store.store(&ended, now).await });
+        }
+    }
+
+    fn sockets(&self) -> std::sync::MutexGuard<'_, SocketCount> {
+        self.sockets.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// May one more socket of `user` from `ip` connect?
+    fn check_caps(&self, ip: IpAddr, user: &str) -> Result<(), ConnectError> {
+        {
+            let n = self.sockets();
+            if n.total >= MAX_SOCKETS {
+                return Err(ConnectError::Full);
+            }
+            if n.by_ip.get(&ip).copied().unwrap_or(0) >= MAX_SOCKETS_PER_IP {
+                return Err(ConnectError::TooManyFromAddress);
+            }
+        }
+        if self.calls().sockets_of(user) >= MAX_SOCKETS_PER_USER {
+            return Err(ConnectError::TooManyOfUser);
+        }
+        Ok(())
+    }
+
+    fn count_socket(&self, ip: IpAddr, up: bool) {
+        let mut n = self.sockets();
+        if up {
+            *n.by_ip.entry(ip).or_default() += 1;
+            n.total += 1;
+        } else {
+            n.total = n.total.saturating_sub(1);
+            if let Some(c) = n.by_ip.get_mut(&ip) {
+                *c -= 1;
+                if *c == 0 {
+                    n.by_ip.remove(&ip);
+                }
+            }
+        }
     }
 
     async fn to_user(&self, user: &str, event: &str, data: &Value) {
@@ -299,12 +441,18 @@ async fn on_initiate(hub: Arc<Hub>, s: SocketRef, data: Result<Value, impl std::
     };
     let r = hub
         .calls()
-        .handle_initiate(Instant::now(), &me, &callee, new_call_id());
+        .handle_initiate(Instant::now(), &me, &callee, kind, new_call_id());
+    hub.drain_events();
     match r {
         Ok(call_id) => {
             let incoming = json!({ "callId": call_id, "callerId": &*me, "type": kind.as_str() });
             hub.to_user(&callee, "incoming_call", &incoming).await;
             let _ = s.emit("call_initiated", &json!({ "callId": call_id }));
+        }
+        // Offline answers as busy does unless --signaling-presence: a caller cannot probe who
+        // is online.
+        Err(CallError::CalleeBusy) | Err(CallError::CalleeOffline) if !hub.presence => {
+            let _ = s.emit("call_busy", &json!({ "calleeId": callee }));
         }
         Err(CallError::CalleeBusy) => {
             let _ = s.emit("call_busy", &json!({ "calleeId": callee }));
@@ -333,14 +481,16 @@ async fn on_step(
     let Some(call_id) = call_id_of(&s, &m) else {
         return;
     };
+    let now = Instant::now();
     let r = {
         let mut calls = hub.calls();
         match step {
-            Step::Answer => calls.handle_answer(&me, &call_id),
-            Step::Reject => calls.handle_reject(&me, &call_id),
-            Step::End => calls.handle_end(&me, &call_id),
+            Step::Answer => calls.handle_answer(now, &me, &call_id),
+            Step::Reject => calls.handle_reject(now, &me, &call_id),
+            Step::End => calls.handle_end(now, &me, &call_id),
         }
     };
+    hub.drain_events();
     let other = match r {
         Ok(other) => other,
         Err(e) => return refuse(&s, e),
@@ -376,12 +526,9 @@ async fn on_relay(
     let Some(body) = m.remove(field).filter(|v| !v.is_null()) else {
         return call_error(&s, "invalid_payload", &format!("{field} is required"));
     };
-    if !hub.calls().are_peers(&me, &to) {
-        return call_error(
-            &s,
-            "not_in_call",
-            "relaying only to the other party of your call",
-        );
+    let allowed = hub.calls().handle_webrtc(Instant::now(), &me, &to);
+    if let Err(e) = allowed {
+        return refuse(&s, e);
     }
     let mut out = Map::new();
     out.insert(field.to_owned(), body);
@@ -395,6 +542,9 @@ fn on_connect(hub: Arc<Hub>, s: SocketRef) {
         return;
     };
     hub.calls().handle_connect(&me);
+    if let Some(PeerIp(ip)) = s.extensions.get::<PeerIp>() {
+        hub.count_socket(ip, true);
+    }
     s.join(room(&me));
     tracing::debug!(user = %me, "signaling socket connected");
 
@@ -428,8 +578,12 @@ fn on_connect(hub: Arc<Hub>, s: SocketRef) {
     s.on_disconnect(move |s: SocketRef| {
         let h = h.clone();
         async move {
+            if let Some(PeerIp(ip)) = s.extensions.get::<PeerIp>() {
+                h.count_socket(ip, false);
+            }
             let Some(me) = user_of(&s) else { return };
-            let ended = h.calls().handle_disconnect(&me);
+            let ended = h.calls().handle_disconnect(Instant::now(), &me);
+            h.drain_events();
             if let Some(e) = ended {
                 let other = if *me == *e.caller { e.callee } else { e.caller };
                 let msg = json!({ "callId": e.call_id, "endedBy": &*me, "reason": "disconnected" });
@@ -446,6 +600,7 @@ async fn ring_timer(hub: Arc<Hub>) {
     loop {
         tick.tick().await;
         let ended = hub.calls().handle_timeout(Instant::now());
+        hub.drain_events();
         for e in ended {
             let msg = json!({ "callId": e.call_id, "reason": "timeout" });
             hub.to_user(&e.caller, "call_ended", &msg).await;
@@ -454,18 +609,86 @@ async fn ring_timer(hub: Arc<Hub>) {
     }
 }
 
-/// The credential endpoint's view of the configuration.
+/// Credentials minted per client address (its /64 for IPv6): a NAT of real users fits.
+pub const MINT_PER_IP: limit::Rate = limit::Rate {
+    burst: 60,
+    refill: Duration::from_millis(200),
+    max_keys: 100_000,
+};
+/// Credentials minted per user: a few tabs and reloads fit, a script minting on repeat does not.
+pub const MINT_PER_USER: limit::Rate = limit::Rate {
+    burst: 10,
+    refill: Duration::from_secs(6),
+    max_keys: 100_000,
+};
+
+/// What a request's `Origin` header says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OriginCheck {
+    /// No `Origin`, or the page's own origin: no CORS headers needed.
+    Same,
+    /// A `--signaling-cors-origin`: answer with this `Access-Control-Allow-Origin`.
+    Allowed(HeaderValue),
+    /// Any other origin: refused with 403 (a browser on another site, Socket.io's WebSocket
+    /// included, which CORS alone would not stop).
+    Refused,
+}
+
+/// The credential endpoint's view of the configuration, and its rate limits.
 struct Http {
     cfg: SignalConfig,
+    mint_by_ip: Mutex<limit::Limiter<IpAddr>>,
+    mint_by_user: Mutex<limit::Limiter<String>>,
 }
 
 impl Http {
-    fn cors(&self) -> HeaderValue {
-        self.cfg
-            .cors_origin
-            .as_deref()
-            .and_then(|o| HeaderValue::from_str(o).ok())
-            .unwrap_or(HeaderValue::from_static("*"))
+    fn new(cfg: SignalConfig) -> Self {
+        Http {
+            cfg,
+            mint_by_ip: Mutex::new(limit::Limiter::new(MINT_PER_IP)),
+            mint_by_user: Mutex::new(limit::Limiter::new(MINT_PER_USER)),
+        }
+    }
+
+    fn check_origin(&self, headers: &HeaderMap) -> OriginCheck {
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return OriginCheck::Same;
+        };
+        let Ok(o) = origin.to_str() else {
+            return OriginCheck::Refused;
+        };
+        for allowed in &self.cfg.cors_origins {
+            if allowed == "*" {
+                return OriginCheck::Allowed(HeaderValue::from_static("*"));
+            }
+            if allowed.trim_end_matches('/').eq_ignore_ascii_case(o) {
+                return OriginCheck::Allowed(origin.clone());
+            }
+        }
+        let authority = o
+            .strip_prefix("https://")
+            .or_else(|| o.strip_prefix("http://"));
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        match (authority, host) {
+            (Some(a), Some(h)) if a.eq_ignore_ascii_case(h) => OriginCheck::Same,
+            _ => OriginCheck::Refused,
+        }
+    }
+
+    /// Take a minting token for `ip` and `user`; `Err(wait)` when either is out.
+    fn try_mint(&self, now: Instant, ip: IpAddr, user: &str) -> Result<(), Duration> {
+        // Without a secret the user id is only a claim: the address is all there is to limit.
+        if self.cfg.secret.is_some() && !user.is_empty() {
+            self.mint_by_user
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .try_take(now, &user.to_owned())?;
+        }
+        self.mint_by_ip
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .try_take(now, &limit::ip_key(ip))?;
+        Ok(())
     }
 
     fn uris(&self, headers: &HeaderMap, region: Option<&str>) -> Vec<String> {
@@ -566,6 +789,7 @@ struct CredQuery {
 
 async fn turn_credentials(
     State(http): State<Arc<Http>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<CredQuery>,
 ) -> Response {
@@ -592,6 +816,17 @@ async fn turn_credentials(
             Some(u) => user = u,
             None => return fail(StatusCode::BAD_REQUEST, AuthError::BadUser.to_string()),
         }
+    }
+    if let Err(wait) = http.try_mint(Instant::now(), peer.ip(), &user) {
+        let secs = wait.as_secs().max(1).to_string();
+        let retry = HeaderValue::from_str(&secs).unwrap_or(HeaderValue::from_static("1"));
+        let body = Json(json!({ "error": "too many credentials requested; wait a little" }));
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, retry)],
+            body,
+        )
+            .into_response();
     }
     let now = unix_now();
     let rest_secret = match http.mint_secret(now) {
@@ -660,10 +895,23 @@ async fn demo_css() -> Response {
     demo_file("text/css; charset=utf-8", DEMO_CSS)
 }
 
-/// CORS for every response, Socket.io's long-polling included (a browser app served from
-/// another origin polls before it upgrades to WebSocket); preflights are answered here.
+/// Origin checks and CORS for every response, Socket.io's long-polling and WebSocket included (a
+/// browser app served from another origin polls before it upgrades to WebSocket); preflights
+/// are answered here. Same origin by default; `--signaling-cors-origin` names others.
 async fn cors(State(http): State<Arc<Http>>, req: Request, next: Next) -> Response {
-    let origin = http.cors();
+    let origin = match http.check_origin(req.headers()) {
+        OriginCheck::Same => {
+            if req.method() == Method::OPTIONS {
+                return StatusCode::NO_CONTENT.into_response();
+            }
+            return next.run(req).await;
+        }
+        OriginCheck::Refused => {
+            let body = Json(json!({ "error": "origin not allowed (--signaling-cors-origin)" }));
+            return (StatusCode::FORBIDDEN, body).into_response();
+        }
+        OriginCheck::Allowed(o) => o,
+    };
     if req.method() == Method::OPTIONS {
         return (
             StatusCode::NO_CONTENT,
@@ -693,11 +941,74 @@ async fn cors(State(http): State<Arc<Http>>, req: Request, next: Next) -> Respon
     resp
 }
 
+/// Socket.io's path; requests to it without `sid` open an Engine.IO session.
+const SOCKET_IO_PATH: &str = "/socket.io/";
+
+/// In front of Socket.io: a request that would open an Engine.IO session (no `sid`) is checked
+/// before the session exists. A token in its query string (`userId`, `expiry`, `token`, as in
+/// the handshake's `auth`) is verified here, and a bad one refused with 401; every new session
+/// takes a token of its address's bucket, and one without a valid token also one of the
+/// anonymous bucket; a full bucket or an address at its socket cap answers 429. Sessions that
+/// then do not authenticate within [`CONNECT_TIMEOUT`] are closed by Socket.io.
+async fn engine_guard(State(hub): State<Arc<Hub>>, req: Request, next: Next) -> Response {
+    if !req.uri().path().starts_with(SOCKET_IO_PATH) {
+        return next.run(req).await;
+    }
+    let q: HashMap<String, String> = Query::try_from_uri(req.uri())
+        .map(|Query(q)| q)
+        .unwrap_or_default();
+    if q.contains_key("sid") {
+        return next.run(req).await;
+    }
+    let too_many = |why: &str| (StatusCode::TOO_MANY_REQUESTS, why.to_owned()).into_response();
+    let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() else {
+        return next.run(req).await;
+    };
+    let ip = limit::ip_key(peer.ip());
+    let mut authenticated = false;
+    if let (Some(secret), Some(_)) = (&hub.secret, q.get("token")) {
+        let auth: Map<String, Value> = ["userId", "expiry", "token"]
+            .into_iter()
+            .filter_map(|k| Some((k.to_owned(), Value::String(q.get(k)?.clone()))))
+            .collect();
+        match authenticate(Some(secret), &Value::Object(auth), unix_now()) {
+            Ok(_) => authenticated = true,
+            Err(e) => return (StatusCode::UNAUTHORIZED, e.to_string()).into_response(),
+        }
+    }
+    {
+        let n = hub.sockets();
+        if n.total >= MAX_SOCKETS {
+            let msg = "the server is full";
+            return (StatusCode::SERVICE_UNAVAILABLE, msg).into_response();
+        }
+        if n.by_ip.get(&ip).copied().unwrap_or(0) >= MAX_SOCKETS_PER_IP {
+            return too_many("too many connections from this address");
+        }
+    }
+    {
+        let now = Instant::now();
+        let mut hs = hub
+            .handshakes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if hs.by_ip.try_take(now, &ip).is_err() {
+            return too_many("too many new sessions from this address; wait a little");
+        }
+        if !authenticated && hs.anonymous.try_take(now, &()).is_err() {
+            return too_many("too many new sessions; wait a little");
+        }
+    }
+    next.run(req).await
+}
+
 /// The running signaling thread and its address. Dropping it leaves the thread running (it
 /// ends with the process).
 pub struct SignalHandle {
     _thread: JoinHandle<()>,
     pub addr: SocketAddr,
+    /// Call counts, for the Prometheus endpoint.
+    pub calls: Arc<calls::CallStats>,
 }
 
 /// Bind `cfg.listen` and serve signaling from a new thread. Binding happens here, so a busy port
@@ -712,42 +1023,71 @@ pub fn spawn(cfg: SignalConfig) -> io::Result<SignalHandle> {
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let cfg_secret_missing = cfg.secret.is_none();
-    let thread = crate::io::spawn_runtime_thread("vigi-signal", move || serve(listener, cfg))?;
+    let cfg_insecure = cfg.insecure;
+    let stats = Arc::new(calls::CallStats::default());
+    let st = stats.clone();
+    let thread = crate::io::spawn_runtime_thread("vigi-signal", move || serve(listener, cfg, st))?;
     tracing::info!("signaling (Socket.io) on http://{addr}/");
     if cfg_secret_missing {
+        // Config validation refuses this without --signaling-insecure.
+        debug_assert!(cfg_insecure);
         tracing::warn!(
-            "--signaling-secret is not set: any client may claim any userId; \
-             set it outside a trusted network"
+            "INSECURE: --signaling-insecure: signaling on {addr} has no --signaling-secret; \
+             anyone who reaches it can claim any userId and mint TURN credentials (an open \
+             relay); never use it outside a test or a closed network"
         );
     }
     Ok(SignalHandle {
         _thread: thread,
+        calls: stats,
         addr,
     })
 }
 
-async fn serve(listener: TcpListener, cfg: SignalConfig) {
+async fn serve(listener: TcpListener, cfg: SignalConfig, stats: Arc<calls::CallStats>) {
     let (layer, io) = SocketIo::builder()
         .max_payload(MAX_PACKET_BYTES)
+        .connect_timeout(CONNECT_TIMEOUT)
         .build_layer();
     let hub = Arc::new(Hub {
         io: io.clone(),
         calls: Mutex::new(Calls::new()),
+        sockets: Mutex::new(SocketCount::default()),
+        handshakes: Mutex::new(Handshakes {
+            by_ip: limit::Limiter::new(HANDSHAKES_PER_IP),
+            anonymous: limit::Limiter::new(ANONYMOUS_HANDSHAKES),
+        }),
+        secret: cfg.secret.clone(),
+        presence: cfg.presence,
+        stats: stats.clone(),
+        records: cfg
+            .redis
+            .clone()
+            .map(|c| Arc::new(records::RecordStore::new(c))),
     });
-    let secret = cfg.secret.clone();
+    let h = hub.clone();
     let check = move |s: SocketRef, TryData(auth): TryData<Value>| {
         let auth = auth.unwrap_or(Value::Null);
-        let user = authenticate(secret.as_deref(), &auth, unix_now())?;
+        let user = authenticate(h.secret.as_deref(), &auth, unix_now())?;
+        let ip = s
+            .req_parts()
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| limit::ip_key(c.0.ip()));
+        if let Some(ip) = ip {
+            h.check_caps(ip, &user)?;
+            s.extensions.insert(PeerIp(ip));
+        }
         s.extensions.insert(UserId(user.into()));
-        Ok::<(), AuthError>(())
+        Ok::<(), ConnectError>(())
     };
     let h = hub.clone();
     io.ns(
         "/",
         (move |s: SocketRef| on_connect(h.clone(), s)).with(check),
     );
-    tokio::spawn(ring_timer(hub));
-    let http = Arc::new(Http { cfg });
+    tokio::spawn(ring_timer(hub.clone()));
+    let http = Arc::new(Http::new(cfg));
     let app = Router::new()
         .route("/", get(demo_page))
         .route("/index.html", get(demo_page))
@@ -757,6 +1097,7 @@ async fn serve(listener: TcpListener, cfg: SignalConfig) {
         .route("/api/turn-credentials", get(turn_credentials))
         .with_state(http.clone())
         .layer(layer)
+        .layer(axum::middleware::from_fn_with_state(hub, engine_guard))
         .layer(axum::middleware::from_fn_with_state(http, cors));
     let l = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -765,9 +1106,7 @@ async fn serve(listener: TcpListener, cfg: SignalConfig) {
             return;
         }
     };
-    if let Err(e) = axum::serve(l, app).await {
-        tracing::error!("signaling server: {e}");
-    }
+    crate::http::serve::serve(l, app, crate::http::serve::Limits::SIGNALING, "signaling").await;
 }
 
 #[cfg(test)]
@@ -814,11 +1153,14 @@ mod tests {
     #[test]
     fn credentials_are_minted_with_the_static_secret_else_a_fresh_snapshots_newest() {
         use crate::engine::auth::{SecretAges, UserDb};
-        let cfg = |rest_secret: Option<&[u8]>, userdb: Option<Arc<UserDbCell>>| Http {
-            cfg: SignalConfig {
+        let cfg = |rest_secret: Option<&[u8]>, userdb: Option<Arc<UserDbCell>>| {
+            Http::new(SignalConfig {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 secret: None,
-                cors_origin: None,
+                cors_origins: Vec::new(),
+                insecure: false,
+                presence: false,
+                redis: None,
                 rest_secret: rest_secret.map(<[u8]>::to_vec),
                 userdb,
                 rest_separator: ':',
@@ -829,7 +1171,7 @@ mod tests {
                 udp: true,
                 tcp: true,
                 fleet: None,
-            },
+            })
         };
         let unavailable = |h: &Http, now| h.mint_secret(now).unwrap_err();
         assert!(unavailable(&cfg(None, None), 0).contains("--static-auth-secret"));

@@ -16,7 +16,15 @@ class SioClient {
     const u = new URL(url, location.href);
     u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
     u.pathname = "/socket.io/";
-    u.search = "?EIO=4&transport=websocket";
+    const q = new URLSearchParams({ EIO: "4", transport: "websocket" });
+    // The token rides in the handshake's query too, so the server checks it before it opens
+    // a session at all (and again in "40").
+    if (auth && auth.token) {
+      q.set("userId", String(auth.userId));
+      q.set("expiry", String(auth.expiry));
+      q.set("token", String(auth.token));
+    }
+    u.search = "?" + q.toString();
     this.url = u.toString();
     this.auth = auth;
     this.handlers = new Map();
