@@ -48,7 +48,7 @@ fn start_with_signaling(extra: &[&str]) -> (Server, u16) {
     let t0 = Instant::now();
     while TcpStream::connect(("127.0.0.1", sig_port)).is_err() {
         assert!(
-            t0.elapsed() < Duration::from_secs(5),
+            t0.elapsed() < Duration::from_secs(30),
             "signaling not listening"
         );
         std::thread::sleep(Duration::from_millis(20));

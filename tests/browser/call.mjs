@@ -156,7 +156,7 @@ async function placeCall(alice, bob, c) {
   // admin API reads the workers' snapshots, published every second.
   const want = c.relayProtocol;
   let ours = [];
-  const deadline = Date.now() + 5000;
+  const deadline = Date.now() + 30000;
   for (;;) {
     ours = (await allocations()).filter((a) => a.transport === want);
     const flowing = ours.filter(
