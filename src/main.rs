@@ -609,6 +609,7 @@ pub(crate) fn engine_config(config: &Config, relay_ips: Vec<IpAddr>) -> ServerCo
         },
         user_quota: config.user_quota,
         total_quota: config.total_quota,
+        max_permissions: config.max_allocation_permissions,
         max_bps: config.max_bps,
         bps_capacity: config.bps_capacity / config.relay_threads.max(1) as u64,
         unauthorized_ratelimit: config.unauthorized_ratelimit,

@@ -266,6 +266,14 @@ pub struct Cli {
         default_value_t = 0
     )]
     pub total_quota: u32,
+    /// Peers (IP addresses) one allocation may hold permissions for at once (0: unlimited). A
+    /// CreatePermission naming more is refused (508) before any address is read.
+    #[arg(
+        long = "max-allocation-permissions",
+        value_name = "N",
+        default_value_t = 256
+    )]
+    pub max_allocation_permissions: usize,
     /// Bytes per second per session and direction (0: unlimited).
     #[arg(short = 's', long = "max-bps", value_name = "N", default_value_t = 0)]
     pub max_bps: u64,

@@ -129,6 +129,7 @@ pub struct Config {
     // ---- quotas and lifetimes (0 quota = unlimited) ----
     pub user_quota: u32,
     pub total_quota: u32,
+    pub max_allocation_permissions: usize,
     pub max_bps: u64,
     pub bps_capacity: u64,
     /// Challenges and Allocate attempts per client IP per second; 0 = no limit.
@@ -700,6 +701,7 @@ fn resolve(
         node_address: non_empty(cli.node_address),
         user_quota: cli.user_quota,
         total_quota: cli.total_quota,
+        max_allocation_permissions: cli.max_allocation_permissions,
         max_bps: cli.max_bps,
         bps_capacity: cli.bps_capacity,
         unauthorized_ratelimit: match cli.unauthorized_ratelimit_rps {
@@ -962,6 +964,10 @@ impl fmt::Debug for Config {
             .field("node_address", &self.node_address)
             .field("user_quota", &self.user_quota)
             .field("total_quota", &self.total_quota)
+            .field(
+                "max_allocation_permissions",
+                &self.max_allocation_permissions,
+            )
             .field("max_bps", &self.max_bps)
             .field("unauthorized_ratelimit", &self.unauthorized_ratelimit)
             .field(
