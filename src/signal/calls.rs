@@ -27,6 +27,7 @@ pub const INITIATE_RATE: Rate = Rate {
 };
 /// Rings of one callee by one caller: a few retries, then one per five minutes, so that
 /// nobody can keep someone permanently busy by ringing (a ring lasts at most [`RING_TIMEOUT`]).
+/// A ring the callee answers gives its token back.
 pub const RING_SAME_CALLEE_RATE: Rate = Rate {
     burst: 3,
     refill: Duration::from_secs(300),
@@ -345,6 +346,10 @@ impl Calls {
         }
         call.phase = Phase::Active { since: now };
         let (kind, caller) = (call.kind, call.caller.clone());
+        // An answered ring was wanted: it does not count towards the limit on ringing one
+        // callee again and again (which is for rings nobody takes).
+        let pair = (caller.clone(), user.to_owned());
+        self.ring_by_pair.refund(now, &pair);
         self.push(CallEvent::Answered(kind));
         Ok(caller)
     }
@@ -740,6 +745,22 @@ mod tests {
         at += RING_SAME_CALLEE_RATE.refill;
         c.handle_initiate(at, "a", "b", CallKind::Voice, "w".into())
             .unwrap();
+    }
+
+    /// Answered calls are wanted: calling a contact who picks up again and again is no abuse.
+    #[test]
+    fn answered_rings_do_not_count_towards_the_ring_limit() {
+        let t = Instant::now();
+        let mut c = online(&["a", "b"]);
+        let mut at = t;
+        for i in 0..2 * RING_SAME_CALLEE_RATE.burst {
+            at += INITIATE_REFILL;
+            let id = c
+                .handle_initiate(at, "a", "b", CallKind::Video, format!("c{i}"))
+                .unwrap();
+            c.handle_answer(at, "b", &id).unwrap();
+            c.handle_end(at, "a", &id).unwrap();
+        }
     }
 
     #[test]

@@ -88,6 +88,22 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
         Ok(())
     }
 
+    /// Give `key` one token back (never beyond a full bucket): what an attempt that turned out
+    /// well had paid.
+    pub fn refund(&mut self, now: Instant, key: &K) {
+        let full = self.full();
+        if let Some(b) = self.bucket_by_key.get(key).copied() {
+            let level = self.level(&b, now);
+            self.bucket_by_key.insert(
+                key.clone(),
+                Bucket {
+                    milli: (level + 1000).min(full),
+                    at: now,
+                },
+            );
+        }
+    }
+
     /// Forget every bucket that is full again at `now`; call now and then to keep the table
     /// small.
     pub fn forget_full(&mut self, now: Instant) {
