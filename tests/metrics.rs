@@ -345,21 +345,6 @@ fn coturn_counters_are_live_and_exact() {
     }
 }
 
-/// Raise this process's open-file soft limit to at least `n` (within the hard limit).
-fn raise_nofile(n: u64) {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < n {
-            rl.rlim_cur = n.min(rl.rlim_max);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
-        }
-    }
-}
-
 /// A no-auth Allocate from a fresh socket; the socket (kept open so the allocation lives).
 fn allocate(server: SocketAddr) -> UdpSocket {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -397,16 +397,6 @@ fn other_origins_are_refused_unless_named() {
         .contains("access-control-allow-origin"));
 }
 
-/// The resident set of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS")
-}
-
 /// A TCP connection to 127.0.0.1:`port` from the loopback address `src` (any of 127/8 works
 /// on Linux), so that tests can play several client addresses.
 fn connect_from(src: [u8; 4], port: u16) -> std::io::Result<TcpStream> {

@@ -32,14 +32,6 @@ const LIFETIME: u32 = 3;
 /// their ephemeral ports never take a relay port the server wants to bind.
 const CLIENT_IP: [u8; 4] = [127, 0, 0, 4];
 
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS")
-}
-
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("fd dir")

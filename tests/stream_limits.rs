@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::start_server;
+use common::{raise_nofile, rss_kib, start_server};
 use vigi_turn::proto::{attr, Class, Message, MessageBuilder, Method};
 
 /// A STUN Binding request over TCP, with `pad` bytes of an optional attribute; whether it got
@@ -88,28 +88,6 @@ fn one_address_cannot_take_every_tcp_slot() {
         }
         assert!(t0.elapsed() < Duration::from_secs(30), "the slot came back");
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS")
-}
-
-fn raise_nofile(n: u64) {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < n {
-            rl.rlim_cur = n.min(rl.rlim_max);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
-        }
     }
 }
 
