@@ -88,7 +88,12 @@ fn setup(peer_chan: SocketAddr, peer_send: SocketAddr) -> Setup {
         },
         ..Default::default()
     };
-    let shared = Arc::new(Shared::new(50000, 50099, [7; 32]));
+    let shared = Arc::new(Shared::new(
+        50000,
+        50099,
+        [7; 32],
+        std::time::Instant::now(),
+    ));
     let now = Instant::now();
     let mut s = Server::new(Arc::new(cfg), shared, now, UNIX0, 1);
     let five = FiveTuple {

@@ -224,7 +224,12 @@ pub fn engine(data: &[u8]) {
         },
         ..Default::default()
     };
-    let shared = Arc::new(Shared::new(MIN_PORT, MAX_PORT, [7; 32]));
+    let shared = Arc::new(Shared::new(
+        MIN_PORT,
+        MAX_PORT,
+        [7; 32],
+        std::time::Instant::now(),
+    ));
     let t0 = Instant::now();
     let mut now = t0;
     let mut s = Server::new(Arc::new(cfg), shared.clone(), t0, 1_700_000_000, 1);

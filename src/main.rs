@@ -70,7 +70,12 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
     }
     let engine = Arc::new(engine_config(&config, relay_ips.clone()));
     let nonce_key = nonce_key(&config);
-    let shared = Arc::new(Shared::new(config.min_port, config.max_port, nonce_key));
+    let shared = Arc::new(Shared::new(
+        config.min_port,
+        config.max_port,
+        nonce_key,
+        std::time::Instant::now(),
+    ));
     if let Some(conn) = &config.redis_userdb {
         start_userdb(&config, conn, &engine.realm, &shared)?;
     }

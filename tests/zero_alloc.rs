@@ -78,7 +78,12 @@ fn relaying_allocates_nothing_after_warm_up() {
         },
         ..Default::default()
     };
-    let shared = Arc::new(Shared::new(50000, 50100, [1; 32]));
+    let shared = Arc::new(Shared::new(
+        50000,
+        50100,
+        [1; 32],
+        std::time::Instant::now(),
+    ));
     let mut s = Server::new(Arc::new(config), shared, t0, 1_700_000_000, 7);
     let five = FiveTuple {
         transport: Transport::Udp,

@@ -166,3 +166,14 @@ pub struct PendingAllocate {
     pub fingerprint: bool,
     pub sha256: bool,
 }
+
+impl PendingAllocate {
+    /// What its answer needs from the request.
+    pub fn later(&self) -> crate::engine::server::Later {
+        crate::engine::server::Later {
+            tid: self.tid,
+            sha256: self.sha256,
+            fingerprint: self.fingerprint,
+        }
+    }
+}

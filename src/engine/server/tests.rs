@@ -165,7 +165,7 @@ impl H {
     }
 
     fn with_ports(cfg: ServerConfig, min: u16, max: u16) -> H {
-        let shared = Arc::new(Shared::new(min, max, [7; 32]));
+        let shared = Arc::new(Shared::new(min, max, [7; 32], std::time::Instant::now()));
         H::with_shared(cfg, shared)
     }
 
