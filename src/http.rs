@@ -467,24 +467,15 @@ async fn stats(State(s): State<Arc<Admin>>, headers: HeaderMap) -> Response {
         .into_iter()
         .map(|(ip, free)| json!({"ip": ip, "free": free}))
         .collect();
-    Json(json!({
+    let mut stats = json!({
         "allocations": snaps.iter().map(|x| x.allocations.len()).sum::<usize>(),
         "traffic": TrafficJson::from(&traffic),
-        "binding_requests": c.binding_requests,
-        "binding_responses": c.binding_responses,
-        "binding_errors": c.binding_errors,
-        "allocations_created": c.allocations_created,
-        "allocations_expired": c.allocations_expired,
-        "allocations_deleted": c.allocations_deleted,
-        "allocations_refused": c.allocations_refused,
-        "unauthorized": c.unauthorized,
-        "auth_failures": c.auth_failures,
-        "stale_nonces": c.stale_nonces,
-        "malformed": c.malformed,
-        "dropped_no_permission": c.dropped_no_permission,
-        "dropped_bandwidth": c.dropped_bandwidth,
         "relay_ports_free": ports,
         "workers": workers,
-    }))
-    .into_response()
+    });
+    // Every engine counter, under its field name (engine::server::COUNTERS).
+    for spec in crate::engine::server::COUNTERS {
+        stats[spec.field] = json!((spec.get)(&c));
+    }
+    Json(stats).into_response()
 }

@@ -52,32 +52,92 @@ impl AuthFailures {
     }
 }
 
-/// Event counts since start, for metrics (summed across workers at scrape time).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Counters {
-    pub binding_requests: u64,
-    pub binding_responses: u64,
-    pub binding_errors: u64,
-    pub allocations_created: u64,
-    pub allocations_expired: u64,
-    pub allocations_deleted: u64,
-    pub allocations_refused: u64,
-    pub unauthorized: u64,
-    pub auth_failures: u64,
-    pub stale_nonces: u64,
-    pub malformed: u64,
-    pub dropped_no_permission: u64,
-    pub dropped_bandwidth: u64,
-    /// Refused Allocates by error code.
-    pub refused_by_code: RefusedByCode,
-    /// Failed credentials by reason (their sum is `auth_failures`).
-    pub auth_failures_by_reason: AuthFailures,
+/// One plain counter of [`Counters`]: where it lives, what Prometheus calls it (a family name
+/// and, for a family of several counters, the labels of this one) and what `/api/stats` calls
+/// it. [`COUNTERS`] lists every one once; the merge across workers, the Prometheus rendering and
+/// `/api/stats` all walk it, so a new counter is one line in [`counters!`].
+#[derive(Debug, Clone, Copy)]
+pub struct CounterSpec {
+    /// The field's name: the key in `/api/stats`.
+    pub field: &'static str,
+    pub get: fn(&Counters) -> u64,
+    pub get_mut: fn(&mut Counters) -> &mut u64,
+    /// Prometheus family name; entries of one family are adjacent in [`COUNTERS`].
+    pub prometheus: &'static str,
+    /// The labels of this counter within its family (empty: none).
+    pub labels: &'static str,
+    pub help: &'static str,
+}
+
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $field:ident => $prom:literal [$labels:literal] $help:literal; )*) => {
+        /// Event counts since start, for metrics (summed across workers at scrape time).
+        #[derive(Debug, Default, Clone, Copy)]
+        pub struct Counters {
+            $( $(#[$doc])* pub $field: u64, )*
+            /// Refused Allocates by error code.
+            pub refused_by_code: RefusedByCode,
+            /// Failed credentials by reason (their sum is `auth_failures`).
+            pub auth_failures_by_reason: AuthFailures,
+            /// Traffic of allocations that have ended.
+            pub closed_traffic: AllocationStats,
+        }
+
+        /// Every plain counter, in rendering order.
+        pub const COUNTERS: &[CounterSpec] = &[
+            $( CounterSpec {
+                field: stringify!($field),
+                get: |c| c.$field,
+                get_mut: |c| &mut c.$field,
+                prometheus: $prom,
+                labels: $labels,
+                help: $help,
+            }, )*
+        ];
+    };
+}
+
+counters! {
+    binding_requests => "stun_binding_request" [""] "Incoming STUN Binding requests";
+    binding_responses => "stun_binding_response" [""] "Outgoing STUN Binding responses";
+    /// Binding requests answered with an error (CHANGE-REQUEST this server cannot honour).
+    binding_errors => "stun_binding_error" [""] "STUN Binding errors";
+    allocations_created => "vigi_turn_allocations_created_total" [""] "Allocations created";
+    allocations_expired => "vigi_turn_allocations_expired_total" [""]
+        "Allocations ended because their lifetime ran out";
+    allocations_deleted => "vigi_turn_allocations_deleted_total" [""]
+        "Allocations ended by the client (Refresh 0, connection closed) or an operator";
+    allocations_refused => "vigi_turn_allocations_refused_total" [""]
+        "Allocate requests refused (quota, capacity, draining, no port)";
+    unauthorized => "vigi_turn_unauthorized_total" [""]
+        "401 answers (challenges and failed credentials)";
+    auth_failures => "vigi_turn_auth_failures_total" [""] "Requests whose credentials were wrong";
+    stale_nonces => "vigi_turn_stale_nonces_total" [""] "438 Stale Nonce answers";
+    malformed => "vigi_turn_malformed_total" [""] "Packets that did not parse";
     /// Challenges and Allocate attempts not answered: the source was over
     /// `--unauthorized-ratelimit`.
-    pub rate_limited: u64,
+    rate_limited => "vigi_turn_rate_limited_total" [""]
+        "Challenges and Allocate attempts not answered: the source IP was over --unauthorized-ratelimit";
     /// Responses to unauthenticated requests not sent because they would have exceeded the
     /// request by more than [`AMPLIFICATION_SLACK`].
-    pub amplification_dropped: u64,
-    /// Traffic of allocations that have ended.
-    pub closed_traffic: AllocationStats,
+    amplification_dropped => "vigi_turn_amplification_dropped_total" [""]
+        "Answers to unauthenticated requests not sent: they would exceed the request by more than the amplification bound";
+    dropped_no_permission => "vigi_turn_dropped_packets_total" ["reason=\"no_permission\""]
+        "Relayed packets dropped, by reason";
+    dropped_bandwidth => "vigi_turn_dropped_packets_total" ["reason=\"bandwidth\""]
+        "Relayed packets dropped, by reason";
+}
+
+impl Counters {
+    /// Add `o` into `self`: every counter of [`COUNTERS`], the per-code and per-reason counts
+    /// and the traffic of ended allocations.
+    pub fn merge(&mut self, o: &Counters) {
+        for spec in COUNTERS {
+            *(spec.get_mut)(self) += (spec.get)(o);
+        }
+        self.refused_by_code.merge(&o.refused_by_code);
+        self.auth_failures_by_reason
+            .merge(&o.auth_failures_by_reason);
+        self.closed_traffic.merge(&o.closed_traffic);
+    }
 }

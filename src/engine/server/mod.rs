@@ -44,7 +44,7 @@ mod tcp;
 
 use authenticate::Auth;
 pub use config::{DefaultFamily, Rfc5780, ServerConfig};
-pub use counters::{AuthFailures, Counters, RefusedByCode, REFUSAL_CODES};
+pub use counters::{AuthFailures, CounterSpec, Counters, RefusedByCode, COUNTERS, REFUSAL_CODES};
 pub use operator::AllocationInfo;
 pub use reply::Later;
 use reply::{Handled, Reply, Sign, Stop};
