@@ -39,7 +39,9 @@ fn drain(s: &mut Server, now: Instant) -> Vec<Vec<u8>> {
     while let Some(c) = s.poll_command() {
         match c {
             Command::Send { data, .. } => sent.push(data),
-            Command::BindRelay { id, .. } => s.handle_relay_bound(now, id, Ok(())),
+            Command::BindRelay { id, .. } => {
+                s.handle_relay_bound(now, id, vigi_turn::engine::Bind::Bound)
+            }
             _ => {}
         }
     }

@@ -171,7 +171,9 @@ fn drain(s: &mut Server, now: Instant, request_len: Option<usize>, bounded: bool
                     }
                 }
             }
-            Command::BindRelay { id, .. } => s.handle_relay_bound(now, id, Ok(())),
+            Command::BindRelay { id, .. } => {
+                s.handle_relay_bound(now, id, vigi_turn::engine::Bind::Bound)
+            }
             // RFC 6062: every other Connect reaches its peer.
             Command::ConnectPeer { cid, .. } => {
                 s.handle_tcp_peer_connected(now, cid, cid.0 % 2 == 0)

@@ -61,7 +61,7 @@ fn request(method: Method, tid: u8, fill: impl FnOnce(&mut MessageBuilder)) -> V
 fn settle(s: &mut Server, now: Instant) {
     while let Some(c) = s.poll_command() {
         if let Command::BindRelay { id, .. } = c {
-            s.handle_relay_bound(now, id, Ok(()));
+            s.handle_relay_bound(now, id, vigi_turn::engine::Bind::Bound);
         }
     }
 }

@@ -59,7 +59,8 @@ pub struct Allocation {
     pub created: Instant,
     pub expires: Instant,
     pub username: String,
-    pub key: Key,
+    /// The key its Allocate authenticated with, which signs its answers (None: `--no-auth`).
+    pub key: Option<Key>,
     pub permissions: Permissions,
     pub channels: Channels,
     pub stats: AllocationStats,

@@ -40,8 +40,8 @@ use std::net::SocketAddr;
 
 pub use allocation::AllocationId;
 pub use server::{
-    AllocationInfo, ClientDecision, Command, ConnectionId, Counters, PeerDecision, Server,
-    ServerConfig, Shared,
+    AllocationInfo, Bind, ClientDecision, Command, ConnectionId, Counters, PeerDecision, RelayKind,
+    Server, ServerConfig, Shared,
 };
 
 /// The transport between client and server (RFC 8656 §3.1).

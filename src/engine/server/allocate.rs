@@ -350,7 +350,7 @@ impl Server {
             created: now,
             expires: now + Duration::from_secs(u64::from(lifetime)),
             username: auth.username,
-            key: auth.key.unwrap_or(Key::Md5([0; 16])),
+            key: auth.key,
             permissions: Default::default(),
             channels: Default::default(),
             stats: Default::default(),
@@ -378,8 +378,7 @@ impl Server {
             id,
             addr: relay,
             dont_fragment,
-            second: false,
-            tcp,
+            kind: if tcp { RelayKind::Tcp } else { RelayKind::Udp },
         });
         Ok(())
     }
@@ -446,7 +445,7 @@ impl Server {
     /// The worker's answer to [`Command::BindRelay`]: the socket is bound (`Ok`) or the bind
     /// failed (`Err`, e.g. the port is held by another process). On failure another port is tried
     /// a few times before the client gets 508.
-    pub fn handle_relay_bound(&mut self, now: Instant, id: AllocationId, result: Result<(), ()>) {
+    pub fn handle_relay_bound(&mut self, now: Instant, id: AllocationId, result: Bind) {
         let Some(a) = self.get_mut(id) else {
             return;
         };
@@ -459,7 +458,7 @@ impl Server {
             State::Active => return,
         };
         let five = a.five_tuple;
-        if result.is_err() {
+        if result == Bind::Failed {
             let old = a.relay;
             let fixed = a.pending.as_ref().is_some_and(|p| p.fixed_port);
             let even = a.pending.as_ref().is_some_and(|p| p.even);
@@ -496,8 +495,7 @@ impl Server {
                     id,
                     addr: relay,
                     dont_fragment,
-                    second: false,
-                    tcp,
+                    kind: if tcp { RelayKind::Tcp } else { RelayKind::Udp },
                 });
                 return;
             }
@@ -515,7 +513,7 @@ impl Server {
             self.counters.refused_by_code.add(508);
             self.free(id, "no relay port");
             if let Some(p) = pending {
-                let sign = self.later_sign(&key, &p.later());
+                let sign = self.later_sign(key.as_ref(), &p.later());
                 let reply = Reply::deferred(five, Method::ALLOCATE, Class::Error, &p.tid, sign);
                 let mut reply = reply;
                 reply.set_error(508);
@@ -542,8 +540,7 @@ impl Server {
             id,
             addr,
             dont_fragment,
-            second: true,
-            tcp: false,
+            kind: RelayKind::UdpSecond,
         });
     }
 
@@ -555,9 +552,9 @@ impl Server {
         now: Instant,
         id: AllocationId,
         attempts: u8,
-        result: Result<(), ()>,
+        result: Bind,
     ) {
-        if result.is_err() {
+        if result == Bind::Failed {
             let Some(old) = self.get(id).and_then(|a| a.second_relay()) else {
                 return;
             };
@@ -603,7 +600,7 @@ impl Server {
         let relay = a.reported_relay;
         let second = a.reported_second();
         let key = a.key.clone();
-        let sign = self.later_sign(&key, &p.later());
+        let sign = self.later_sign(key.as_ref(), &p.later());
         let reply = Reply::deferred(five, Method::ALLOCATE, Class::Success, &p.tid, sign);
         let reply = reply.with(|b| {
             b.xor_address(attr::XOR_RELAYED_ADDRESS, &relay);

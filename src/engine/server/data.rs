@@ -3,6 +3,53 @@
 use super::*;
 use crate::proto::message;
 
+/// Which way a relayed packet goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Way {
+    ToPeer,
+    ToClient,
+}
+
+/// The checks both ways share, and their accounting: the allocation is live and UDP (a TCP
+/// allocation relays over its connections only, RFC 6062 §5) and has a permission for the peer
+/// (else a no-permission drop); the allocation's bucket for this way and the server's
+/// (`--max-bps`, `--bps-capacity`) have room (else a bandwidth drop). An admitted packet is
+/// counted as sent; a dropped one in the allocation's and the engine's drop counters.
+#[inline]
+fn admit(
+    a: &mut Allocation,
+    counters: &mut Counters,
+    capacity: &mut TokenBucket,
+    now: Instant,
+    peer: SocketAddr,
+    len: usize,
+    way: Way,
+) -> bool {
+    if a.tcp
+        || a.state != State::Active
+        || a.expires <= now
+        || !a.permissions.allows(peer.ip(), now)
+    {
+        a.stats.dropped.add(len);
+        counters.dropped_no_permission += 1;
+        return false;
+    }
+    let bucket = match way {
+        Way::ToPeer => &mut a.to_peer_bucket,
+        Way::ToClient => &mut a.to_client_bucket,
+    };
+    if !bucket.try_take(now, len) || !capacity.try_take(now, len) {
+        a.stats.dropped.add(len);
+        counters.dropped_bandwidth += 1;
+        return false;
+    }
+    match way {
+        Way::ToPeer => a.stats.peer_sent.add(len),
+        Way::ToClient => a.stats.client_sent.add(len),
+    }
+    true
+}
+
 impl Server {
     /// ChannelData from a client (RFC 8656 §12.6).
     pub(super) fn handle_channel_data(
@@ -49,22 +96,17 @@ impl Server {
             return ClientDecision::Done;
         };
         let len = payload.len();
-        // A TCP allocation relays over its connections only (RFC 6062 §5).
-        if a.tcp
-            || a.state != State::Active
-            || a.expires <= now
-            || !a.permissions.allows(peer.ip(), now)
-        {
-            a.stats.dropped.add(len);
-            self.counters.dropped_no_permission += 1;
+        if !admit(
+            a,
+            &mut self.counters,
+            &mut self.capacity,
+            now,
+            peer,
+            len,
+            Way::ToPeer,
+        ) {
             return ClientDecision::Done;
         }
-        if !a.to_peer_bucket.try_take(now, len) || !self.capacity.try_take(now, len) {
-            a.stats.dropped.add(len);
-            self.counters.dropped_bandwidth += 1;
-            return ClientDecision::Done;
-        }
-        a.stats.peer_sent.add(len);
         ClientDecision::Forward {
             relay: id,
             peer,
@@ -122,17 +164,17 @@ impl Server {
             return PeerDecision::Drop;
         };
         a.stats.peer_rcv.add(len);
-        if a.state != State::Active || a.expires <= now || !a.permissions.allows(peer.ip(), now) {
-            a.stats.dropped.add(len);
-            self.counters.dropped_no_permission += 1;
+        if !admit(
+            a,
+            &mut self.counters,
+            &mut self.capacity,
+            now,
+            peer,
+            len,
+            Way::ToClient,
+        ) {
             return PeerDecision::Drop;
         }
-        if !a.to_client_bucket.try_take(now, len) || !self.capacity.try_take(now, len) {
-            a.stats.dropped.add(len);
-            self.counters.dropped_bandwidth += 1;
-            return PeerDecision::Drop;
-        }
-        a.stats.client_sent.add(len);
         let to = a.five_tuple;
         if let Some(number) = a.channels.number(peer, now) {
             let start = payload.start - channel_data::HEADER_LEN;

@@ -47,6 +47,7 @@ pub use config::{DefaultFamily, Rfc5780, ServerConfig};
 pub use counters::{AuthFailures, CounterSpec, Counters, RefusedByCode, COUNTERS, REFUSAL_CODES};
 pub use operator::AllocationInfo;
 pub use reply::Later;
+
 use reply::{Handled, Reply, Sign, Stop};
 use shared::Reservation;
 pub use shared::Shared;
@@ -77,17 +78,12 @@ pub const AMPLIFICATION_SLACK: usize = 100;
 pub enum Command {
     /// Send these bytes to the client on this 5-tuple.
     Send { to: FiveTuple, data: Vec<u8> },
-    /// Bind a UDP relay socket to `addr` and report with [`Server::handle_relay_bound`].
-    /// `second`: the IPv6 socket of a dual allocation, whose first socket is already bound;
-    /// the worker keeps both and sends to a peer from the one of its family.
-    /// `tcp`: a listening TCP socket (RFC 6062) whose accepted peers go to
-    /// [`Server::handle_tcp_peer_accepted`].
+    /// Bind a relay socket of `kind` to `addr` and report with [`Server::handle_relay_bound`].
     BindRelay {
         id: AllocationId,
         addr: SocketAddr,
         dont_fragment: bool,
-        second: bool,
-        tcp: bool,
+        kind: RelayKind,
     },
     /// Close the relay socket(s) of this allocation.
     FreeRelay { id: AllocationId },
@@ -106,6 +102,27 @@ pub enum Command {
     },
     /// Close peer connection `cid` (and the data connection bound to it), or stop connecting it.
     CloseConnection { cid: ConnectionId },
+}
+
+/// Which relay socket a [`Command::BindRelay`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayKind {
+    /// The UDP socket of an allocation (its only one, or the IPv4 one of a dual allocation).
+    Udp,
+    /// The IPv6 UDP socket of a dual allocation, whose first socket is already bound: the
+    /// worker keeps both and sends to a peer from the one of its family.
+    UdpSecond,
+    /// A listening TCP socket (RFC 6062) whose accepted peers go to
+    /// [`Server::handle_tcp_peer_accepted`].
+    Tcp,
+}
+
+/// The worker's report on a [`Command::BindRelay`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bind {
+    Bound,
+    /// The bind failed (the port is held by another process, or no such address).
+    Failed,
 }
 
 /// What to do with a packet from a client.

@@ -165,7 +165,7 @@ impl Server {
         let Some(a) = self.get(id) else {
             return;
         };
-        let (to, sign) = (a.five_tuple, self.later_sign(&a.key, later));
+        let (to, sign) = (a.five_tuple, self.later_sign(a.key.as_ref(), later));
         let reply = Reply::deferred(to, Method::CONNECT, class, &later.tid, sign).with(fill);
         self.send(reply);
     }

@@ -203,9 +203,9 @@ impl H {
                     self.binds.push((id, addr));
                     let r = if self.fail_binds > 0 {
                         self.fail_binds -= 1;
-                        Err(())
+                        Bind::Failed
                     } else {
-                        Ok(())
+                        Bind::Bound
                     };
                     self.s.handle_relay_bound(self.now, id, r);
                 }
