@@ -188,7 +188,7 @@ impl Ops<'_> {
         for what in needs_restart(&self.config, &new) {
             tracing::warn!("SIGHUP: {what} changed; that needs a restart and is not applied");
         }
-        let engine = crate::engine_config(&new, self.relay_ips.clone());
+        let engine = new.engine_config(self.relay_ips.clone(), &crate::interface_addrs());
         self.running.broadcast(Control::Reload(Arc::new(engine)));
         self.logging.reload(&new);
         self.config = new;
