@@ -309,7 +309,7 @@ impl AllocationJson {
         AllocationJson {
             id: metrics::format_id(worker, a.id),
             worker,
-            username: a.username.clone(),
+            username: a.username.to_string(),
             realm: m.opts.realm.clone(),
             transport: a.five_tuple.transport.as_str(),
             client: a.five_tuple.client,
@@ -344,7 +344,7 @@ async fn list_allocations(
         .iter()
         .enumerate()
         .flat_map(|(w, snap)| snap.allocations.iter().map(move |a| (w, a)))
-        .filter(|(_, a)| user.map_or(true, |u| &a.username == u))
+        .filter(|(_, a)| user.map_or(true, |u| &*a.username == u.as_str()))
         .map(|(w, a)| AllocationJson::new(&s.monitor, w, a))
         .collect();
     Json(json!({ "allocations": list })).into_response()
@@ -424,7 +424,7 @@ async fn kill_user(
     }
     let mut killed = Vec::new();
     for (w, snap) in s.monitor.snapshots().iter().enumerate() {
-        for a in snap.allocations.iter().filter(|a| a.username == name) {
+        for a in snap.allocations.iter().filter(|a| *a.username == *name) {
             killed.push(metrics::format_id(w, a.id));
         }
     }

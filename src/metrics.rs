@@ -187,7 +187,7 @@ impl Monitor {
                 let track = t.by_alloc.entry((w, a.id)).or_insert_with(|| Track {
                     samples: VecDeque::with_capacity(RATE_SAMPLES + 1),
                     rate: 0.0,
-                    username: a.username.clone(),
+                    username: a.username.to_string(),
                     transport: a.five_tuple.transport,
                     started_unix: a.started_unix,
                     last: AllocationStats::default(),
@@ -866,7 +866,7 @@ mod tests {
                 index,
                 generation: 0,
             },
-            username: user.to_owned(),
+            username: user.into(),
             five_tuple: FiveTuple {
                 transport: Transport::Udp,
                 client: ([127, 0, 0, 1], 5000 + index as u16).into(),

@@ -58,7 +58,8 @@ pub struct Allocation {
     pub second: Option<Box<SecondRelay>>,
     pub created: Instant,
     pub expires: Instant,
-    pub username: String,
+    /// Shared with every snapshot of it: the 1 Hz publish copies a pointer, not the name.
+    pub username: std::sync::Arc<str>,
     /// The key its Allocate authenticated with, which signs its answers (None: `--no-auth`).
     pub key: Option<Key>,
     pub permissions: Permissions,

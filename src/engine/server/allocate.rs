@@ -349,7 +349,7 @@ impl Server {
             second: second_relay.map(|r| SecondRelay::boxed(r, self.reported(r))),
             created: now,
             expires: now + Duration::from_secs(u64::from(lifetime)),
-            username: auth.username,
+            username: auth.username.into(),
             key: auth.key,
             permissions: Default::default(),
             channels: Default::default(),

@@ -18,7 +18,7 @@ impl Server {
     pub fn kill_user(&mut self, username: &str) -> usize {
         let ids: Vec<AllocationId> = self
             .allocations()
-            .filter(|a| a.username == username)
+            .filter(|a| &*a.username == username)
             .map(|a| a.id)
             .collect();
         ids.into_iter().filter(|&id| self.kill(id)).count()
@@ -44,7 +44,7 @@ impl Server {
                 five_tuple: a.five_tuple,
                 relay: a.relay,
                 reported_relay: a.reported_relay,
-                second: a.second.clone(),
+                second: a.second.as_deref().copied(),
                 started_unix: unix
                     .saturating_sub(now.saturating_duration_since(a.created).as_secs()),
                 expires_in: a.expires.saturating_duration_since(now).as_secs(),
@@ -60,13 +60,13 @@ impl Server {
 #[derive(Debug, Clone)]
 pub struct AllocationInfo {
     pub id: AllocationId,
-    pub username: String,
+    pub username: Arc<str>,
     pub five_tuple: FiveTuple,
     pub relay: SocketAddr,
     pub reported_relay: SocketAddr,
-    /// The IPv6 relay of a dual allocation, and what XOR-RELAYED-ADDRESS reports for it (boxed:
-    /// every snapshot holds one of these per allocation).
-    pub second: Option<Box<SecondRelay>>,
+    /// The IPv6 relay of a dual allocation, and what XOR-RELAYED-ADDRESS reports for it (a copy:
+    /// the 1 Hz publish allocates nothing per allocation).
+    pub second: Option<SecondRelay>,
     pub started_unix: u64,
     pub expires_in: u64,
     pub permissions: usize,

@@ -81,7 +81,7 @@ impl Server {
             Some(a) => {
                 a.settle_tcp_traffic();
                 a.tcp_traffic.push(traffic.clone());
-                (a.username.clone(), Some(a.pipe_budget.clone()))
+                (a.username.to_string(), Some(a.pipe_budget.clone()))
             }
             None => (String::new(), None),
         };
