@@ -480,35 +480,19 @@ fn is_link_local(ip: &IpAddr) -> bool {
 
 /// The addresses of this host's interfaces (getifaddrs).
 fn interface_addrs() -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we walk read-only and free with freeifaddrs.
-    unsafe {
-        if libc::getifaddrs(&mut head) != 0 {
-            return out;
-        }
-        let mut cur = head;
-        while !cur.is_null() {
-            let sa = (*cur).ifa_addr;
-            if !sa.is_null() {
-                match i32::from((*sa).sa_family) {
-                    libc::AF_INET => {
-                        let sin = &*(sa as *const libc::sockaddr_in);
-                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                            sin.sin_addr.s_addr,
-                        ))));
-                    }
-                    libc::AF_INET6 => {
-                        let sin6 = &*(sa as *const libc::sockaddr_in6);
-                        out.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
-                    }
-                    _ => {}
+    let mut out: Vec<IpAddr> = match nix::ifaddrs::getifaddrs() {
+        Ok(list) => list
+            .filter_map(|ifa| ifa.address)
+            .filter_map(|a| {
+                if let Some(v4) = a.as_sockaddr_in() {
+                    Some(IpAddr::V4(v4.ip()))
+                } else {
+                    a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
                 }
-            }
-            cur = (*cur).ifa_next;
-        }
-        libc::freeifaddrs(head);
-    }
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
     out.sort();
     out.dedup();
     out
