@@ -438,18 +438,20 @@ fn ns_server(ns: &Netns, n: usize, ip: &str, extra: &[&str]) -> Proc {
     proc
 }
 
-/// The signaling flags of the server that serves the demo page in the namespace, offering `uri`.
-fn ns_signaling(uri: &str) -> Vec<String> {
-    [
+/// The signaling flags of the server that serves the demo page in the namespace, offering `uris`.
+fn ns_signaling(uris: &[&str]) -> Vec<String> {
+    let mut args = [
         "--signaling-listen",
         &format!("127.0.0.1:{NS_SIGNAL}"),
         "--signaling-secret",
         SIGNAL_SECRET,
-        "--turn-uri",
-        uri,
     ]
     .map(str::to_owned)
-    .to_vec()
+    .to_vec();
+    for uri in uris {
+        args.extend(["--turn-uri".to_owned(), uri.to_string()]);
+    }
+    args
 }
 
 /// call.mjs's environment for the namespace: the page on the namespace's loopback (a secure
@@ -465,11 +467,12 @@ fn ns_env(calls: &serde_json::Value, admin: usize) -> Vec<(&'static str, String)
 }
 
 /// Firefox's TURN client never binds channels, so a Firefox call relays with Send and Data
-/// indications only, a path no Chromium call takes. Two relay-only calls through one vigi-turn:
-/// Firefox to Firefox, and Firefox to Chromium (Chromium's side with ChannelData). call.mjs
-/// checks relay <-> relay and video both ways on each side, and, from the admin API, that each
-/// Firefox allocation relayed with no channel bound and each Chromium one with a channel; here,
-/// that the server's counters saw the video relayed and no Allocate refused.
+/// indications only, a path no Chromium call takes. Three relay-only calls through one
+/// vigi-turn: Firefox to Firefox over UDP and over TCP, and Firefox to Chromium over UDP
+/// (Chromium's side with ChannelData). call.mjs checks relay <-> relay and video both ways on
+/// each side, and, from the admin API, that each Firefox allocation relayed with no channel bound
+/// and each Chromium one with a channel; here, that the allocations ended and the server's
+/// counters saw the video relayed.
 #[test]
 fn firefox_calls_relay_through_send_and_data_indications() {
     require_browser_tools(&[("firefox-esr", firefox()), ("chromium", chromium())]);
@@ -478,7 +481,8 @@ fn firefox_calls_relay_through_send_and_data_indications() {
     let tmp = TempDir::new();
     let ns = browser_ns();
     let uri = format!("turn:{NS_A}:3478?transport=udp");
-    let signaling = ns_signaling(&uri);
+    let tcp_uri = format!("turn:{NS_A}:3478?transport=tcp");
+    let signaling = ns_signaling(&[&uri, &tcp_uri]);
     let signaling: Vec<&str> = signaling.iter().map(String::as_str).collect();
     let _srv = ns_server(&ns, 0, NS_A, &signaling);
     ns.run(|| wait_tcp(NS_SIGNAL, "signaling"));
@@ -486,20 +490,26 @@ fn firefox_calls_relay_through_send_and_data_indications() {
     let calls = serde_json::json!([
         { "name": "firefox", "uri": uri, "relayProtocol": "udp", "alice": "firefox", "bob": "firefox" },
         { "name": "firefox-chromium", "uri": uri, "relayProtocol": "udp", "alice": "firefox", "bob": "chromium" },
+        { "name": "firefox-tcp", "uri": tcp_uri, "relayProtocol": "tcp", "alice": "firefox", "bob": "firefox" },
     ]);
     let text = run_calls(Some(&ns), &tmp, &ns_env(&calls, 0));
-    for name in ["firefox", "firefox-chromium"] {
+    for (name, proto) in [
+        ("firefox", "udp"),
+        ("firefox-chromium", "udp"),
+        ("firefox-tcp", "tcp"),
+    ] {
         assert!(
-            text.contains(&format!("ok - {name}: relay<->relay over udp")),
+            text.contains(&format!("ok - {name}: relay<->relay over {proto}")),
             "no {name} call in:\n{text}"
         );
     }
+    ns.run(|| wait_allocations_ended(NS_PROM[0], "TCP", 2));
     let metrics = ns.run(|| wait_allocations_ended(NS_PROM[0], "UDP", 4));
     let peer_sent = metric(&metrics, "turn_total_traffic_peer_sentb");
     let client_sent = metric(&metrics, "turn_total_traffic_sentb");
     println!("vigi-turn relayed {peer_sent} bytes to peers and {client_sent} bytes to clients");
     assert!(
-        peer_sent > 2 * 2 * 20_000 && client_sent > 2 * 2 * 20_000,
+        peer_sent > 3 * 2 * 20_000 && client_sent > 3 * 2 * 20_000,
         "too little relayed: {peer_sent} to peers, {client_sent} to clients"
     );
 }
@@ -517,7 +527,7 @@ fn chromium_follows_alternate_server_and_relays_through_it() {
     let tmp = TempDir::new();
     let ns = browser_ns();
     let uri = format!("turn:{NS_A}:3478?transport=udp");
-    let mut a_args = ns_signaling(&uri);
+    let mut a_args = ns_signaling(&[&uri]);
     a_args.extend(["--alternate-server".to_owned(), format!("{NS_B}:3478")]);
     let a_args: Vec<&str> = a_args.iter().map(String::as_str).collect();
     let _a = ns_server(&ns, 0, NS_A, &a_args);
