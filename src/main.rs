@@ -272,6 +272,17 @@ fn startup_summary(config: &Config, running: &io::Running, relay_ips: &[IpAddr])
         ),
         None => format!("http://*:{}/metrics", config.prometheus_port),
     });
+    // --external-ip: what XOR-RELAYED-ADDRESS reports instead (in Docker often the output of
+    // detect-external-ip, which the operator cannot see otherwise).
+    let reported = if config.external_ips.is_empty() {
+        String::new()
+    } else {
+        let each = config.external_ips.iter().map(|x| match x.private {
+            Some(private) => format!("{} for {private}", x.public),
+            None => x.public.to_string(),
+        });
+        format!(" (reported as {})", each.collect::<Vec<_>>().join(", "))
+    };
     vec![
         format!(
             "vigi-turn {}: {file}; {auth}; realm {}",
@@ -279,7 +290,7 @@ fn startup_summary(config: &Config, running: &io::Running, relay_ips: &[IpAddr])
             config.engine_realm()
         ),
         format!(
-            "listening on udp {:?} tcp {:?} tls {:?} dtls {:?}; relaying from {:?} ports {}-{}; {} workers",
+            "listening on udp {:?} tcp {:?} tls {:?} dtls {:?}; relaying from {:?}{reported} ports {}-{}; {} workers",
             running.udp_addrs,
             running.tcp_addrs,
             running.tls_addrs,

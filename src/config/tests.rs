@@ -961,3 +961,24 @@ fn help_is_grouped_and_honest() {
             || help.lines().nth(oauth + 1).unwrap().contains("Refused")
     );
 }
+
+#[test]
+fn alternate_server_without_a_shared_nonce_key_warns() {
+    let warned = |extra: &[&str]| {
+        let mut args = vec![
+            "vigi-turn",
+            "-n",
+            "--user=a:b",
+            "--alternate-server=192.0.2.7",
+        ];
+        args.extend(extra);
+        load(&args)
+            .unwrap()
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("--alternate-server without --stateless-nonce-secret"))
+    };
+    assert!(warned(&[]));
+    assert!(!warned(&["--stateless-nonce-secret=k"]));
+    assert!(!warned(&["--no-auth"]));
+}
