@@ -833,9 +833,8 @@ async fn shared_tick<A: Adapter>(
     last_refresh: &mut Instant,
 ) {
     let back = shared.link.probe().await;
-    hub.stats
-        .set_redis(shared.link.healthy(), shared.link.outages());
     if !shared.link.healthy() {
+        hub.stats.set_redis(false, shared.link.outages());
         return;
     }
     let now = Instant::now();
@@ -849,6 +848,9 @@ async fn shared_tick<A: Adapter>(
             }
         }
     }
+    // Up once this node's users are visible to the others again.
+    hub.stats
+        .set_redis(shared.link.healthy(), shared.link.outages());
     let ringing: Vec<(String, Instant, String, String)> = hub
         .ringing_here()
         .iter()
