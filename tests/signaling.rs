@@ -966,3 +966,23 @@ fn killing_redis_mid_call_leaves_each_node_serving_its_own_users() {
     assert_eq!(logged(&log_a, "serves its own users alone"), 1);
     assert_eq!(allocate_on_a(), 0);
 }
+
+#[test]
+fn a_call_outlives_the_node_one_party_was_on() {
+    let (_redis, redis_port) = start_redis();
+    let dir = test_dir("node-restart");
+    let (_a, sig_a, _, prom_a, _) = cluster_node(redis_port, &dir);
+    let (b, sig_b, _, prom_b, _) = cluster_node(redis_port, &dir);
+    for prom in [prom_a, prom_b] {
+        wait_until("redis up on both nodes", || {
+            metric(prom, "vigi_turn_signaling_redis_up") == Some(1.0)
+        });
+    }
+    let mut b = Some(b);
+    let text = cross_node(sig_a, sig_b, "restart", |pause| {
+        assert_eq!(pause, "kill-b");
+        // SIGKILL: node B has no chance to say anything to Redis.
+        drop(b.take());
+    });
+    assert!(text.contains("ok - bob reconnects to A and the call goes on"), "{text}");
+}

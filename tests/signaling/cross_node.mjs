@@ -5,7 +5,9 @@
 // MODE=flow: the seed's whole call flow with alice on node A and bob on node B, busy and
 // presence across nodes. MODE=outage: a cross-node call, then `PAUSE redis-down` (the test
 // kills Redis and answers `go` on stdin), calls within one node while Redis is away, then
-// `PAUSE redis-up` (Redis is back), and cross-node calls again.
+// `PAUSE redis-up` (Redis is back), and cross-node calls again. MODE=restart: a cross-node
+// call, `PAUSE kill-b` (the test kills node B), then its user reconnects to node A and the
+// call goes on from its state in Redis.
 // Prints `ok - <step>` per step; exits 0 when every step passed, 1 otherwise.
 import { createHmac } from 'node:crypto';
 import { createInterface } from 'node:readline';
@@ -203,6 +205,26 @@ if (MODE === 'flow') {
     assert.equal((await other).callId, id);
     await answer(alice, bobOnB, id);
     await hangUp(bobOnB, 'bob', alice, id);
+  });
+} else if (MODE === 'restart') {
+  step('a cross-node call is up', async () => {
+    alice = await login(A, 'alice');
+    bob = await login(B, 'bob', { transports: ['websocket'] });
+    callId = await ring(alice, bob, 'alice', 'bob', 'video');
+    await answer(alice, bob, callId);
+  });
+
+  step('node B dies', async () => {
+    const gone = next(bob, 'disconnect');
+    await pause('kill-b');
+    await gone;
+  });
+
+  step('bob reconnects to A and the call goes on', async () => {
+    bob = await login(A, 'bob', { transports: ['websocket'] });
+    await busy(await login(A, 'carol'), 'bob');
+    await negotiate(bob, 'bob', alice, 'alice');
+    await hangUp(bob, 'bob', alice, callId);
   });
 } else {
   step('a cross-node call is up', async () => {
