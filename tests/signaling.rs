@@ -984,5 +984,8 @@ fn a_call_outlives_the_node_one_party_was_on() {
         // SIGKILL: node B has no chance to say anything to Redis.
         drop(b.take());
     });
-    assert!(text.contains("ok - bob reconnects to A and the call goes on"), "{text}");
+    assert!(
+        text.contains("ok - bob reconnects to A and the call goes on"),
+        "{text}"
+    );
 }

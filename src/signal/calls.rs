@@ -346,6 +346,43 @@ impl Calls {
         Ok(call_id)
     }
 
+    /// Keep here a call Redis kept until now (Redis went away): its parties are busy, and it
+    /// is answered, ended and timed out here from now on. `false` (and nothing kept) when
+    /// either party is already in a call kept here.
+    pub fn adopt(
+        &mut self,
+        now: Instant,
+        call_id: &str,
+        caller: &str,
+        callee: &str,
+        kind: CallKind,
+        answered: bool,
+    ) -> bool {
+        if self.in_call(caller) || self.in_call(callee) || self.has_call(call_id) {
+            return false;
+        }
+        self.call_id_by_user
+            .insert(caller.to_owned(), call_id.to_owned());
+        self.call_id_by_user
+            .insert(callee.to_owned(), call_id.to_owned());
+        let phase = if answered {
+            Phase::Active { since: now }
+        } else {
+            Phase::Ringing { since: now }
+        };
+        self.call_by_id.insert(
+            call_id.to_owned(),
+            Call {
+                caller: caller.to_owned(),
+                callee: callee.to_owned(),
+                kind,
+                initiated: now,
+                phase,
+            },
+        );
+        true
+    }
+
     /// Is `user` in a call kept here?
     pub fn in_call(&self, user: &str) -> bool {
         self.call_id_by_user.contains_key(user)
@@ -856,6 +893,22 @@ mod tests {
         assert_eq!(c.handle_webrtc(t, "a", "b"), Err(CallError::RateLimited));
         c.handle_webrtc(t, "b", "a").unwrap();
         c.handle_webrtc(t + WEBRTC_RATE.refill, "a", "b").unwrap();
+    }
+
+    #[test]
+    fn adopted_calls_are_kept_here() {
+        let t = Instant::now();
+        let mut c = online(&["a", "c"]);
+        assert!(c.adopt(t, "x1", "a", "remote", CallKind::Video, true));
+        assert!(!c.adopt(t, "x2", "remote", "c", CallKind::Voice, false));
+        assert!(c.in_call("a") && c.in_call("remote") && !c.in_call("c"));
+        assert_eq!(
+            c.handle_initiate(t, "c", "a", CallKind::Voice, "c1".into()),
+            Err(CallError::CalleeBusy)
+        );
+        c.handle_webrtc(t, "a", "remote").unwrap();
+        assert_eq!(c.handle_end(t, "a", "x1").unwrap(), "remote");
+        assert!(!c.in_call("a"));
     }
 
     #[test]

@@ -11,8 +11,9 @@
 //! - `busy/<user>`: the id of the call the user is in.
 //! - `call/<callId>`: hash `caller callee type state initiated answered` (`state` = `ringing`
 //!   or `active`; times in Unix seconds). A ringing call lives [`RINGING_TTL`]; an answered one
-//!   [`ACTIVE_TTL`], renewed every [`REFRESH`] by each node holding one of its parties, so a call
-//!   outlives a node's restart (its users reconnect elsewhere) but not both parties' absence.
+//!   [`ACTIVE_TTL`], renewed every [`REFRESH`] by each node that placed or answered it, so a
+//!   call outlives a node's restart (its users reconnect elsewhere) but not both nodes'. A call
+//!   one of whose parties is online nowhere is ended (`call_ended`, reason `disconnected`).
 //!
 //! Redis going away (the connection fails, or a command times out) is logged once and counted
 //! (`vigi_turn_signaling_redis_up`, `vigi_turn_signaling_redis_outages_total`); each node then
@@ -21,7 +22,9 @@
 //! keeps its media (the relay does not depend on signaling) but its parties no longer reach
 //! each other. The connection is retried every second; when Redis answers again the node says
 //! so once, republishes its users' presence, and new calls are shared again. Calls placed
-//! while alone stay in the node's memory until they end.
+//! while alone stay in the node's memory until they end. So do the calls Redis kept for this
+//! node's users when it went away (the node knows them: it placed or answered them): their
+//! parties stay busy, and `call_end` is accepted and reaches the parties on this node.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -421,23 +424,20 @@ if online(KEYS[1], tonumber(ARGV[4])) then return '' end
 return redis.call('GET', ARGV[1] .. 'busy/' .. ARGV[3]) or ''
 ";
 
-/// ARGV: prefix, now, active TTL, users... Renew the answered calls of these users; the ids of
-/// calls whose other party is online nowhere (their node died), to be ended as disconnects.
+/// ARGV: prefix, now, active TTL, call ids... Renew these answered calls (those this node
+/// knows); the ids of calls one of whose parties is online nowhere (their node died), to be
+/// ended as disconnects. Calls no node knows any more expire.
 const RENEW: &str = r"
 local gone = {}
 for n = 4, #ARGV do
-  local id = redis.call('GET', ARGV[1] .. 'busy/' .. ARGV[n])
-  local c = {}
-  if id then
-    c = redis.call('HMGET', ARGV[1] .. 'call/' .. id, 'caller', 'callee', 'state')
-  end
+  local k = ARGV[1] .. 'call/' .. ARGV[n]
+  local c = redis.call('HMGET', k, 'caller', 'callee', 'state')
   if c[1] then
-    local other = c[1]
-    if other == ARGV[n] then other = c[2] end
-    if not online(ARGV[1] .. 'online/' .. other, tonumber(ARGV[2])) then
-      table.insert(gone, id)
+    if not (online(ARGV[1] .. 'online/' .. c[1], tonumber(ARGV[2]))
+        and online(ARGV[1] .. 'online/' .. c[2], tonumber(ARGV[2]))) then
+      table.insert(gone, ARGV[n])
     elseif c[3] == 'active' then
-      redis.call('EXPIRE', ARGV[1] .. 'call/' .. id, ARGV[3])
+      redis.call('EXPIRE', k, ARGV[3])
       redis.call('EXPIRE', ARGV[1] .. 'busy/' .. c[1], ARGV[3])
       redis.call('EXPIRE', ARGV[1] .. 'busy/' .. c[2], ARGV[3])
     end
@@ -668,15 +668,15 @@ impl Shared {
             .await
     }
 
-    /// Renew the answered calls of `users` (this node's); the ids of calls whose other party is
-    /// online nowhere.
-    pub async fn renew(&self, users: &[String]) -> Result<Vec<String>, RedisError> {
-        if users.is_empty() {
+    /// Renew the answered calls `call_ids` (those this node knows); the ids of those one of
+    /// whose parties is online nowhere.
+    pub async fn renew(&self, call_ids: &[String]) -> Result<Vec<String>, RedisError> {
+        if call_ids.is_empty() {
             return Ok(Vec::new());
         }
         let inv = {
             let mut i = self.renew.arg(PREFIX);
-            i.arg(unix_now()).arg(ACTIVE_TTL.as_secs()).arg(users);
+            i.arg(unix_now()).arg(ACTIVE_TTL.as_secs()).arg(call_ids);
             i
         };
         let mut gone: Vec<String> = self

@@ -296,6 +296,24 @@ struct Hub<A: Adapter> {
     /// Calls this node placed through Redis that may still ring: their callers and callees,
     /// and when they started ringing (this node ends them at [`calls::RING_TIMEOUT`]).
     ringing_here: Mutex<HashMap<String, (Instant, String, String)>>,
+    /// What this node knows of the calls Redis keeps for its users: renewed while Redis
+    /// answers, and adopted into [`Calls`] when it goes away.
+    mirror: Mutex<HashMap<String, Mirrored>>,
+    /// Calls adopted from the mirror: when one ends here, Redis is told too (if it answers).
+    adopted: Mutex<std::collections::HashSet<String>>,
+}
+
+/// A call Redis keeps, as a node with one of its parties knows it.
+#[derive(Debug, Clone)]
+struct Mirrored {
+    caller: String,
+    callee: String,
+    kind: CallKind,
+    answered: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl<A: Adapter> Hub<A> {
@@ -309,6 +327,24 @@ impl<A: Adapter> Hub<A> {
         self.ringing_here
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Redis went away: the calls it kept for this node's users are kept here from now on.
+    fn adopt_mirror(&self) {
+        let mirrored = std::mem::take(&mut *lock(&self.mirror));
+        if mirrored.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut calls = self.calls();
+        let mut adopted = lock(&self.adopted);
+        let mut ringing = self.ringing_here();
+        for (id, c) in mirrored {
+            ringing.remove(&id);
+            if calls.adopt(now, &id, &c.caller, &c.callee, c.kind, c.answered) {
+                adopted.insert(id);
+            }
+        }
     }
 
     /// The shared state, while Redis answers.
@@ -334,6 +370,24 @@ impl<A: Adapter> Hub<A> {
             }
         }
         drop(calls);
+        // An adopted call that ended here may still be in Redis (if it kept its data): end
+        // it there too, so that nobody stays busy.
+        let gone: Vec<String> = {
+            let mut adopted = lock(&self.adopted);
+            ended
+                .iter()
+                .filter(|r| adopted.remove(&r.call_id))
+                .map(|r| r.call_id.clone())
+                .collect()
+        };
+        let shared = self.shared.clone().filter(|s| s.link.healthy());
+        if let (Some(shared), false) = (shared, gone.is_empty()) {
+            tokio::spawn(async move {
+                for id in gone {
+                    let _ = shared.end(&id, "", "end").await;
+                }
+            });
+        }
         if let (Some(store), false) = (&self.records, ended.is_empty()) {
             let store = store.clone();
             let now = SystemTime::now()
@@ -363,6 +417,7 @@ impl<A: Adapter> Hub<A> {
                 reason,
             }));
         self.ringing_here().remove(call_id);
+        lock(&self.mirror).remove(call_id);
         self.drain_events();
     }
 
@@ -516,6 +571,13 @@ async fn on_initiate<A: Adapter>(
                 hub.calls().record(calls::CallEvent::Started(kind));
                 hub.ringing_here()
                     .insert(call_id.clone(), (now, me.to_string(), callee.clone()));
+                let m = Mirrored {
+                    caller: me.to_string(),
+                    callee: callee.clone(),
+                    kind,
+                    answered: false,
+                };
+                lock(&hub.mirror).insert(call_id.clone(), m);
                 Some(Ok(call_id.clone()))
             }
             Ok(cluster::Initiated::AlreadyInCall) => Some(Err(CallError::AlreadyInCall)),
@@ -592,6 +654,13 @@ async fn shared_step<A: Adapter>(
                 Err(code) => return Some(Err(refused(code))),
             };
             let now = Instant::now();
+            let m = Mirrored {
+                caller: caller.clone(),
+                callee: me.to_owned(),
+                kind,
+                answered: true,
+            };
+            lock(&hub.mirror).insert(call_id.to_owned(), m);
             let mut calls = hub.calls();
             calls.record(calls::CallEvent::Answered(kind));
             if hub.ringing_here().remove(call_id).is_some() {
@@ -834,6 +903,7 @@ async fn shared_tick<A: Adapter>(
 ) {
     let back = shared.link.probe().await;
     if !shared.link.healthy() {
+        hub.adopt_mirror();
         hub.stats.set_redis(false, shared.link.outages());
         return;
     }
@@ -842,7 +912,8 @@ async fn shared_tick<A: Adapter>(
         *last_refresh = now;
         let users = hub.calls().local_users();
         let _ = shared.publish_presence(&users).await;
-        if let Ok(gone) = shared.renew(&users).await {
+        let known: Vec<String> = lock(&hub.mirror).keys().cloned().collect();
+        if let Ok(gone) = shared.renew(&known).await {
             for call_id in gone {
                 end_shared_disconnected(hub, shared, &call_id, "").await;
             }
@@ -881,10 +952,14 @@ async fn shared_tick<A: Adapter>(
             Ok(Some(_)) => {
                 // Answered on another node: a ring that was wanted gives its token back.
                 hub.ringing_here().remove(&call_id);
+                if let Some(m) = lock(&hub.mirror).get_mut(&call_id) {
+                    m.answered = true;
+                }
                 hub.calls().refund_ring(now, &caller, &callee);
             }
             Ok(None) => {
                 hub.ringing_here().remove(&call_id);
+                lock(&hub.mirror).remove(&call_id);
             }
             Err(_) => return,
         }
@@ -1425,6 +1500,8 @@ impl<A: Adapter> Hub<A> {
                 .map(|c| Arc::new(records::RecordStore::new(c))),
             shared,
             ringing_here: Mutex::new(HashMap::new()),
+            mirror: Mutex::new(HashMap::new()),
+            adopted: Mutex::new(std::collections::HashSet::new()),
         })
     }
 }

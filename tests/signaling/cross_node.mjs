@@ -240,6 +240,13 @@ if (MODE === 'flow') {
     await pause('redis-down');
   });
 
+  step('the call Redis kept goes on in A: alice stays busy, and may hang up', async () => {
+    await busy(carol, 'alice');
+    const quiet = never(alice, 'call_error');
+    alice.emit('call_end', { callId });
+    await quiet;
+  });
+
   step('each node serves its own users: carol and dave on A call each other', async () => {
     dave = await login(A, 'dave');
     const id = await ring(carol, dave, 'carol', 'dave', 'voice');
