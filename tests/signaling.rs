@@ -989,3 +989,87 @@ fn a_call_outlives_the_node_one_party_was_on() {
         "{text}"
     );
 }
+
+/// The shared call state's Lua scripts against a real `redis-server`, as two nodes would use
+/// them at the same moment: one of two callers wins a callee, one of two answers wins, and the
+/// state ends cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_call_state_holds_under_races() {
+    use vigi_turn::signal::calls::CallKind::{Video, Voice};
+    use vigi_turn::signal::cluster::{Initiated, Link, Shared};
+    let (_redis, port) = start_redis();
+    let conn: vigi_turn::config::RedisConn = format!("ip=127.0.0.1 port={port}").parse().unwrap();
+    let node = |id: &str| Shared::new(Link::new(conn.clone()), id.to_owned());
+    let (a, b) = (node("A"), node("B"));
+    assert!(a.link.probe().await && b.link.probe().await);
+    let users = |u: &[&str]| u.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    a.publish_presence(&users(&["alice"])).await.unwrap();
+    b.publish_presence(&users(&["bob", "carol"])).await.unwrap();
+
+    assert_eq!(
+        a.initiate("c0", "alice", "zed", Voice).await.unwrap(),
+        Initiated::Offline
+    );
+    let (r1, r2) = tokio::join!(
+        a.initiate("c1", "alice", "bob", Video),
+        b.initiate("c2", "carol", "bob", Voice)
+    );
+    let (r1, r2) = (r1.unwrap(), r2.unwrap());
+    assert!(
+        matches!(
+            (r1, r2),
+            (Initiated::Ringing, Initiated::Busy) | (Initiated::Busy, Initiated::Ringing)
+        ),
+        "{r1:?} {r2:?}"
+    );
+    let (id, caller) = if r1 == Initiated::Ringing {
+        ("c1", "alice")
+    } else {
+        ("c2", "carol")
+    };
+    assert_eq!(
+        a.initiate("c3", caller, "carol", Voice).await.unwrap(),
+        Initiated::AlreadyInCall
+    );
+    assert_eq!(
+        a.peers(caller, "bob").await.unwrap().as_deref(),
+        Some("ringing")
+    );
+    // bob answers on two devices at once: one answer wins.
+    let (x, y) = tokio::join!(a.answer(id, "bob"), b.answer(id, "bob"));
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert!(x.is_ok() != y.is_ok(), "{x:?} {y:?}");
+    assert_eq!(x.or(y).unwrap().0, caller);
+    assert_eq!(a.answer(id, caller).await.unwrap(), Err("wrong_state"));
+    assert_eq!(
+        a.peers("bob", caller).await.unwrap().as_deref(),
+        Some("active")
+    );
+    assert_eq!(a.peers("zed", "bob").await.unwrap(), None);
+    assert_eq!(a.end(id, "zed", "end").await.unwrap(), Err("unknown_call"));
+    // Renewing: the call goes on; a call that ended elsewhere is reported as such.
+    let (gone, ended) = a.renew(&users(&[id, "c-old"])).await.unwrap();
+    assert!(gone.is_empty());
+    assert_eq!(ended, ["c-old"]);
+    // bob's node stops vouching for him: nobody else does, so his call is to end.
+    assert_eq!(b.went_offline("bob").await.unwrap().as_deref(), Some(id));
+    let (gone, _) = a.renew(&users(&[id])).await.unwrap();
+    assert_eq!(gone, [id]);
+    let e = a.end(id, "", "disconnect").await.unwrap().unwrap();
+    assert!(e.answered && e.answered_at.is_some());
+    assert_eq!((e.caller.as_str(), e.callee.as_str()), (caller, "bob"));
+    assert_eq!(a.state(id).await.unwrap(), None);
+    // Both are free again.
+    b.publish_presence(&users(&["bob"])).await.unwrap();
+    assert_eq!(
+        a.initiate("c4", caller, "bob", Voice).await.unwrap(),
+        Initiated::Ringing
+    );
+    assert_eq!(
+        a.end("c4", "bob", "reject")
+            .await
+            .unwrap()
+            .map(|e| e.answered),
+        Ok(false)
+    );
+}

@@ -425,14 +425,17 @@ return redis.call('GET', ARGV[1] .. 'busy/' .. ARGV[3]) or ''
 ";
 
 /// ARGV: prefix, now, active TTL, call ids... Renew these answered calls (those this node
-/// knows); the ids of calls one of whose parties is online nowhere (their node died), to be
-/// ended as disconnects. Calls no node knows any more expire.
+/// knows). Returns {gone, ended}: the ids of calls one of whose parties is online nowhere
+/// (their node died), to be ended as disconnects, and of calls that ended (elsewhere) and are
+/// to be forgotten. Calls no node knows any more expire.
 const RENEW: &str = r"
-local gone = {}
+local gone, ended = {}, {}
 for n = 4, #ARGV do
   local k = ARGV[1] .. 'call/' .. ARGV[n]
   local c = redis.call('HMGET', k, 'caller', 'callee', 'state')
-  if c[1] then
+  if not c[1] then
+    table.insert(ended, ARGV[n])
+  else
     if not (online(ARGV[1] .. 'online/' .. c[1], tonumber(ARGV[2]))
         and online(ARGV[1] .. 'online/' .. c[2], tonumber(ARGV[2]))) then
       table.insert(gone, ARGV[n])
@@ -443,7 +446,24 @@ for n = 4, #ARGV do
     end
   end
 end
-return gone
+return {gone, ended}
+";
+
+/// ARGV: prefix, node, until, now, TTL, users... This node vouches for these users until
+/// `until`; fields of nodes that stopped vouching (a node that died) are dropped.
+const PRESENCE: &str = r"
+for n = 6, #ARGV do
+  local k = ARGV[1] .. 'online/' .. ARGV[n]
+  local h = redis.call('HGETALL', k)
+  for i = 1, #h, 2 do
+    if h[i] ~= ARGV[2] and tonumber(h[i + 1]) <= tonumber(ARGV[4]) then
+      redis.call('HDEL', k, h[i])
+    end
+  end
+  redis.call('HSET', k, ARGV[2], ARGV[3])
+  redis.call('EXPIRE', k, ARGV[5])
+end
+return 0
 ";
 
 fn script(body: &str) -> Script {
@@ -486,6 +506,7 @@ pub struct Shared {
     peers: Script,
     offline: Script,
     renew: Script,
+    presence: Script,
 }
 
 /// The outcome of a script that can refuse: `Err(code)` carries the refusal.
@@ -510,6 +531,7 @@ impl Shared {
             peers: script(PEERS),
             offline: script(OFFLINE),
             renew: script(RENEW),
+            presence: script(PRESENCE),
         }
     }
 
@@ -518,16 +540,19 @@ impl Shared {
         if users.is_empty() {
             return Ok(());
         }
-        let until = (unix_now() + PRESENCE_TTL.as_secs_f64()).floor() as u64;
-        let ttl = PRESENCE_TTL.as_secs();
-        let mut p = redis::pipe();
-        for u in users {
-            let k = key("online", u);
-            p.cmd("HSET").arg(&k).arg(&self.node).arg(until).ignore();
-            p.cmd("EXPIRE").arg(&k).arg(ttl).ignore();
-        }
+        let now = unix_now();
+        let until = (now + PRESENCE_TTL.as_secs_f64()).floor() as u64;
+        let inv = {
+            let mut i = self.presence.arg(PREFIX);
+            i.arg(&self.node)
+                .arg(until)
+                .arg(now)
+                .arg(PRESENCE_TTL.as_secs())
+                .arg(users);
+            i
+        };
         self.link
-            .run(|mut m| async move { p.query_async::<()>(&mut m).await })
+            .run(|mut m| async move { inv.invoke_async::<()>(&mut m).await })
             .await
     }
 
@@ -668,23 +693,22 @@ impl Shared {
             .await
     }
 
-    /// Renew the answered calls `call_ids` (those this node knows); the ids of those one of
-    /// whose parties is online nowhere.
-    pub async fn renew(&self, call_ids: &[String]) -> Result<Vec<String>, RedisError> {
+    /// Renew the answered calls `call_ids` (those this node knows): (the ids of those one of
+    /// whose parties is online nowhere, those that ended).
+    pub async fn renew(
+        &self,
+        call_ids: &[String],
+    ) -> Result<(Vec<String>, Vec<String>), RedisError> {
         if call_ids.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let inv = {
             let mut i = self.renew.arg(PREFIX);
             i.arg(unix_now()).arg(ACTIVE_TTL.as_secs()).arg(call_ids);
             i
         };
-        let mut gone: Vec<String> = self
-            .link
+        self.link
             .run(|mut m| async move { inv.invoke_async(&mut m).await })
-            .await?;
-        gone.sort();
-        gone.dedup();
-        Ok(gone)
+            .await
     }
 }

@@ -913,7 +913,13 @@ async fn shared_tick<A: Adapter>(
         let users = hub.calls().local_users();
         let _ = shared.publish_presence(&users).await;
         let known: Vec<String> = lock(&hub.mirror).keys().cloned().collect();
-        if let Ok(gone) = shared.renew(&known).await {
+        if let Ok((gone, ended)) = shared.renew(&known).await {
+            {
+                let mut mirror = lock(&hub.mirror);
+                for call_id in &ended {
+                    mirror.remove(call_id);
+                }
+            }
             for call_id in gone {
                 end_shared_disconnected(hub, shared, &call_id, "").await;
             }
