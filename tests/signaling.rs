@@ -932,6 +932,7 @@ fn killing_redis_mid_call_leaves_each_node_serving_its_own_users() {
     };
     let text = cross_node(sig_a, sig_b, "outage", |pause| match pause {
         "redis-down" => {
+            let t = Instant::now();
             drop(redis.take());
             for (prom, log) in [(prom_a, &log_a), (prom_b, &log_b)] {
                 wait_until("redis down on both nodes", || {
@@ -947,10 +948,12 @@ fn killing_redis_mid_call_leaves_each_node_serving_its_own_users() {
                     "one line per outage"
                 );
             }
+            println!("# Redis killed: both nodes alone after {:?}", t.elapsed());
             // The relay does not mind.
             assert_eq!(allocate_on_a(), 0);
         }
         "redis-up" => {
+            let t = Instant::now();
             redis = Some(start_redis_on(redis_port));
             for (prom, log) in [(prom_a, &log_a), (prom_b, &log_b)] {
                 wait_until("redis back on both nodes", || {
@@ -958,6 +961,10 @@ fn killing_redis_mid_call_leaves_each_node_serving_its_own_users() {
                 });
                 assert_eq!(logged(log, "calls are shared across nodes again"), 1);
             }
+            println!(
+                "# Redis restarted: both nodes shared again after {:?}",
+                t.elapsed()
+            );
         }
         other => panic!("unexpected pause {other}"),
     });

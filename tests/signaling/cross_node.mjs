@@ -142,7 +142,9 @@ if (MODE === 'flow') {
   });
 
   step('alice on A rings bob on B', async () => {
+    const t = performance.now();
     callId = await ring(alice, bob, 'alice', 'bob', 'video');
+    console.log(`# call_initiate -> incoming_call on the other node: ${(performance.now() - t).toFixed(1)} ms`);
   });
 
   step('busy across nodes: carol on B rings alice, dave on A rings bob', async () => {
@@ -161,7 +163,9 @@ if (MODE === 'flow') {
   });
 
   step('offer, answer and candidates cross nodes with from', async () => {
+    const t = performance.now();
     await negotiate(alice, 'alice', bob, 'bob');
+    console.log(`# offer, answer and two candidates across nodes: ${(performance.now() - t).toFixed(1)} ms`);
   });
 
   step('a third party cannot relay into the call', async () => {
