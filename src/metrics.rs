@@ -663,6 +663,22 @@ fn render_calls(o: &mut String, c: &CallStats) {
     let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {total}");
     let _ = writeln!(o, "{name}_sum {sum}");
     let _ = writeln!(o, "{name}_count {total}");
+    if let Some((up, outages)) = c.redis() {
+        header(
+            o,
+            "vigi_turn_signaling_redis_up",
+            "Whether the signaling Redis (--signaling-redis) answers: 0 = this node signals alone",
+            "gauge",
+        );
+        let _ = writeln!(o, "vigi_turn_signaling_redis_up {}", u8::from(up));
+        header(
+            o,
+            "vigi_turn_signaling_redis_outages_total",
+            "Times the signaling Redis became unreachable",
+            "counter",
+        );
+        let _ = writeln!(o, "vigi_turn_signaling_redis_outages_total {outages}");
+    }
 }
 
 /// Per-worker batch sizes and relay latency, as Prometheus histograms (cumulative buckets).
