@@ -155,7 +155,10 @@ fn rest_credentials_authenticate_until_they_expire() {
     let cred = auth::mint_rest_credentials(b"north", "carol", 100, UNIX0, ':');
     let mut c = Client::new(udp(40000), &cred.username, &cred.password);
     c.allocate(&mut h).assert_ok();
-    assert_eq!(h.s.allocation_on(&c.five).unwrap().username.as_ref(), cred.username.as_str());
+    assert_eq!(
+        h.s.allocation_on(&c.five).unwrap().username.as_ref(),
+        cred.username.as_str()
+    );
     // A bare-expiry username works too.
     let bare = auth::mint_rest_credentials(b"north", "", 100, UNIX0, ':');
     Client::new(udp(40001), &bare.username, &bare.password)
@@ -381,7 +384,10 @@ fn userhash_in_place_of_username() {
     let r = c.allocate(&mut h);
     r.assert_ok();
     assert!(r.msg().check_integrity(&c.key()));
-    assert_eq!(h.s.allocation_on(&c.five).unwrap().username.as_ref(), "alice");
+    assert_eq!(
+        h.s.allocation_on(&c.five).unwrap().username.as_ref(),
+        "alice"
+    );
     c.permit(&mut h, peer()).assert_ok();
     let mut x = Client::new(udp(40001), "nobody", "pw");
     x.userhash = true;
