@@ -22,6 +22,7 @@ pub mod dtls {
     }
 }
 pub mod conn_limits;
+pub mod fastpath;
 mod refusals;
 pub mod relay;
 pub mod stream;

@@ -1,0 +1,422 @@
+//! The XDP program run by the kernel on crafted frames (`BPF_PROG_TEST_RUN`): every rewritten
+//! frame is parsed back and its IPv4 header and UDP checksums are recomputed from scratch here.
+//! Needs root (CAP_BPF, CAP_NET_ADMIN), as CI has; the program is loaded, never attached.
+
+use super::*;
+
+/// A frame as the tests build and parse it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Udp {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub payload: Vec<u8>,
+}
+
+fn sum16(bytes: &[u8]) -> u32 {
+    bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum()
+}
+
+fn fold(mut s: u32) -> u16 {
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+fn pseudo_sum(src: IpAddr, dst: IpAddr, udp_len: usize) -> u32 {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            sum16(&s.octets()) + sum16(&d.octets()) + 17 + udp_len as u32
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            sum16(&s.octets()) + sum16(&d.octets()) + 17 + udp_len as u32
+        }
+        _ => unreachable!("one family per frame"),
+    }
+}
+
+/// Ethernet + IP + UDP with valid checksums (`zero_csum`: IPv4 UDP without a checksum).
+pub(crate) fn frame(u: &Udp, zero_csum: bool) -> Vec<u8> {
+    let udp_len = 8 + u.payload.len();
+    let mut udp = Vec::with_capacity(udp_len);
+    udp.extend_from_slice(&u.src.port().to_be_bytes());
+    udp.extend_from_slice(&u.dst.port().to_be_bytes());
+    udp.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(&u.payload);
+    if !zero_csum {
+        let c = !fold(pseudo_sum(u.src.ip(), u.dst.ip(), udp_len) + sum16(&udp));
+        let c = if c == 0 { 0xffff } else { c };
+        udp[6..8].copy_from_slice(&c.to_be_bytes());
+    }
+    let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
+    match (u.src.ip(), u.dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            f.extend_from_slice(&[0x08, 0x00]);
+            let mut ip = vec![0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 33, 17, 0, 0];
+            ip[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+            ip.extend_from_slice(&s.octets());
+            ip.extend_from_slice(&d.octets());
+            let c = !fold(sum16(&ip));
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            f.extend_from_slice(&ip);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            f.extend_from_slice(&[0x86, 0xdd]);
+            f.extend_from_slice(&[0x60, 0, 0, 0]);
+            f.extend_from_slice(&(udp_len as u16).to_be_bytes());
+            f.extend_from_slice(&[17, 33]);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&d.octets());
+        }
+        _ => unreachable!("one family per frame"),
+    }
+    f.extend_from_slice(&udp);
+    f
+}
+
+/// Parses a frame back, checking every length and checksum; panics (fails the test) otherwise.
+pub(crate) fn parse_verified(f: &[u8]) -> (Udp, u16) {
+    let ethertype = u16::from_be_bytes([f[12], f[13]]);
+    let (src, dst, udp) = match ethertype {
+        0x0800 => {
+            let ip = &f[14..34];
+            assert_eq!(ip[0], 0x45, "IPv4 without options");
+            assert_eq!(fold(sum16(ip)), 0xffff, "IPv4 header checksum");
+            assert_eq!(
+                usize::from(u16::from_be_bytes([ip[2], ip[3]])),
+                f.len() - 14,
+                "tot_len"
+            );
+            let s: [u8; 4] = ip[12..16].try_into().unwrap();
+            let d: [u8; 4] = ip[16..20].try_into().unwrap();
+            (IpAddr::from(s), IpAddr::from(d), &f[34..])
+        }
+        0x86dd => {
+            let ip = &f[14..54];
+            assert_eq!(
+                usize::from(u16::from_be_bytes([ip[4], ip[5]])),
+                f.len() - 54,
+                "payload_len"
+            );
+            assert_eq!(ip[6], 17);
+            let s: [u8; 16] = ip[8..24].try_into().unwrap();
+            let d: [u8; 16] = ip[24..40].try_into().unwrap();
+            (IpAddr::from(s), IpAddr::from(d), &f[54..])
+        }
+        other => panic!("ethertype {other:#x}"),
+    };
+    let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+    assert_eq!(udp_len, udp.len(), "UDP length");
+    let check = u16::from_be_bytes([udp[6], udp[7]]);
+    if check != 0 || src.is_ipv6() {
+        assert_eq!(
+            fold(pseudo_sum(src, dst, udp_len) + sum16(udp)),
+            0xffff,
+            "UDP checksum"
+        );
+    }
+    let u = Udp {
+        src: SocketAddr::new(src, u16::from_be_bytes([udp[0], udp[1]])),
+        dst: SocketAddr::new(dst, u16::from_be_bytes([udp[2], udp[3]])),
+        payload: udp[8..].to_vec(),
+    };
+    (u, check)
+}
+
+fn channel_data(channel: u16, data: &[u8]) -> Vec<u8> {
+    let mut v = channel.to_be_bytes().to_vec();
+    v.extend_from_slice(&(data.len() as u16).to_be_bytes());
+    v.extend_from_slice(data);
+    v
+}
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn mirror_v4(slot: u32) -> ChannelMirror {
+    ChannelMirror {
+        client: sa("127.0.0.2:40000"),
+        local: sa("127.0.0.1:3478"),
+        relay: sa("127.0.0.1:50000"),
+        peer: sa("127.0.0.3:40001"),
+        channel: 0x4001,
+        slot,
+    }
+}
+
+fn mirror_v6(slot: u32) -> ChannelMirror {
+    ChannelMirror {
+        client: sa("[fd00::2]:40000"),
+        local: sa("[fd00::1]:3478"),
+        relay: sa("[fd00::1]:50000"),
+        peer: sa("[fd00::3]:40001"),
+        channel: 0x4ffe,
+        slot,
+    }
+}
+
+fn loaded() -> FastPath {
+    FastPath::load(MapLimits {
+        channels: 64,
+        allocations: 8,
+    })
+    .expect("load (needs root)")
+}
+
+fn payload(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// Client → peer and peer → client for one mirror, with payloads of every length class
+/// (odd lengths move the checksum's byte pairing; the 333-byte payload starts with 0x4d, like a
+/// ChannelData header, and must still be relayed as a peer's datagram).
+fn relay_both_ways(fp: &FastPath, m: &ChannelMirror, zero_csum: bool) -> SlotCounters {
+    let mut expect = SlotCounters::default();
+    for len in [0usize, 1, 2, 3, 100, 333, 1200] {
+        let data = payload(len, len as u8);
+        let input = Udp {
+            src: m.client,
+            dst: m.local,
+            payload: channel_data(m.channel, &data),
+        };
+        let run = fp.test_run(&frame(&input, zero_csum), 1).unwrap();
+        assert_eq!(run.action, XDP_TX, "client → peer, {len} B");
+        let (out, check) = parse_verified(&run.frame);
+        assert_eq!(
+            out,
+            Udp {
+                src: m.relay,
+                dst: m.peer,
+                payload: data.clone()
+            },
+            "{len} B"
+        );
+        assert_eq!(
+            check == 0,
+            zero_csum && m.client.is_ipv4(),
+            "checksum presence kept"
+        );
+        assert_eq!(
+            run.frame[..12],
+            frame(&input, zero_csum)[..12],
+            "lo: MACs kept"
+        );
+        expect.c2p_packets += 1;
+        expect.c2p_bytes += len as u64;
+
+        let input = Udp {
+            src: m.peer,
+            dst: m.relay,
+            payload: data.clone(),
+        };
+        let run = fp.test_run(&frame(&input, zero_csum), 1).unwrap();
+        assert_eq!(run.action, XDP_TX, "peer → client, {len} B");
+        let (out, _) = parse_verified(&run.frame);
+        assert_eq!(
+            out,
+            Udp {
+                src: m.local,
+                dst: m.client,
+                payload: channel_data(m.channel, &data)
+            },
+            "{len} B"
+        );
+        expect.p2c_packets += 1;
+        expect.p2c_bytes += len as u64;
+    }
+    expect
+}
+
+#[test]
+fn channel_data_is_relayed_both_ways_over_ipv4_and_ipv6_with_valid_checksums() {
+    let mut fp = loaded();
+    let s4 = fp.take_slot().unwrap();
+    let s6 = fp.take_slot().unwrap();
+    fp.add_channel(&mirror_v4(s4)).unwrap();
+    fp.add_channel(&mirror_v6(s6)).unwrap();
+    assert_eq!(fp.channel_count(), 2);
+    let e4 = relay_both_ways(&fp, &mirror_v4(s4), false);
+    let mut e4z = relay_both_ways(&fp, &mirror_v4(s4), true);
+    let e6 = relay_both_ways(&fp, &mirror_v6(s6), false);
+    e4z.c2p_packets += e4.c2p_packets;
+    e4z.c2p_bytes += e4.c2p_bytes;
+    e4z.p2c_packets += e4.p2c_packets;
+    e4z.p2c_bytes += e4.p2c_bytes;
+    assert_eq!(fp.counters(s4), e4z, "per-allocation counters exact");
+    assert_eq!(fp.counters(s6), e6);
+    let t = fp.totals();
+    assert_eq!(t.client_to_peer, e4z.c2p_packets + e6.c2p_packets);
+    assert_eq!(t.peer_to_client, e4z.p2c_packets + e6.p2c_packets);
+    assert_eq!(t.passed_matched, 0);
+}
+
+#[test]
+fn a_removed_channel_is_passed_up_at_once_and_a_reused_slot_starts_at_zero() {
+    let mut fp = loaded();
+    let slot = fp.take_slot().unwrap();
+    let m = mirror_v4(slot);
+    fp.add_channel(&m).unwrap();
+    let input = frame(
+        &Udp {
+            src: m.client,
+            dst: m.local,
+            payload: channel_data(m.channel, b"x"),
+        },
+        false,
+    );
+    assert_eq!(fp.test_run(&input, 1).unwrap().action, XDP_TX);
+    fp.remove_channel(&m);
+    let run = fp.test_run(&input, 1).unwrap();
+    assert_eq!((run.action, run.frame), (XDP_PASS, input.clone()));
+    let back = frame(
+        &Udp {
+            src: m.peer,
+            dst: m.relay,
+            payload: b"y".to_vec(),
+        },
+        false,
+    );
+    assert_eq!(fp.test_run(&back, 1).unwrap().action, XDP_PASS);
+    assert_eq!(fp.counters(slot).c2p_packets, 1);
+    fp.release_slot(slot);
+    let again = fp.take_slot().unwrap();
+    assert_eq!(again, slot);
+    assert_eq!(fp.counters(again), SlotCounters::default());
+}
+
+#[test]
+fn what_the_program_cannot_prove_right_goes_to_user_space_unchanged() {
+    let mut fp = loaded();
+    let slot = fp.take_slot().unwrap();
+    let m = mirror_v4(slot);
+    fp.add_channel(&m).unwrap();
+    let good = frame(
+        &Udp {
+            src: m.client,
+            dst: m.local,
+            payload: channel_data(m.channel, b"hello"),
+        },
+        false,
+    );
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    // Padded ChannelData (length 5 in 8 bytes of message).
+    let mut padded = channel_data(m.channel, b"hello");
+    padded[3] = 4;
+    cases.push((
+        "length short of the datagram",
+        frame(
+            &Udp {
+                src: m.client,
+                dst: m.local,
+                payload: padded,
+            },
+            false,
+        ),
+    ));
+    let mut long = channel_data(m.channel, b"hello");
+    long[3] = 9;
+    cases.push((
+        "length past the datagram",
+        frame(
+            &Udp {
+                src: m.client,
+                dst: m.local,
+                payload: long,
+            },
+            false,
+        ),
+    ));
+    cases.push((
+        "other channel",
+        frame(
+            &Udp {
+                src: m.client,
+                dst: m.local,
+                payload: channel_data(0x4002, b"hello"),
+            },
+            false,
+        ),
+    ));
+    cases.push((
+        "other client port",
+        frame(
+            &Udp {
+                src: sa("127.0.0.2:40009"),
+                dst: m.local,
+                payload: channel_data(m.channel, b"hello"),
+            },
+            false,
+        ),
+    ));
+    cases.push((
+        "peer port not bound",
+        frame(
+            &Udp {
+                src: sa("127.0.0.3:40009"),
+                dst: m.relay,
+                payload: b"x".to_vec(),
+            },
+            false,
+        ),
+    ));
+    let mut frag = good.clone();
+    frag[20] = 0x20; // More Fragments
+    cases.push(("fragment", frag));
+    let mut opts = good.clone();
+    opts[14] = 0x46;
+    cases.push(("IPv4 options", opts));
+    let mut trailer = good.clone();
+    trailer.extend_from_slice(&[0, 0]);
+    cases.push(("bytes past tot_len", trailer));
+    let mut tcp = good.clone();
+    tcp[23] = 6;
+    cases.push(("not UDP", tcp));
+    for cut in [0, 13, 14, 33, 34, 41, 42, 45, good.len() - 1] {
+        cases.push(("truncated", good[..cut].to_vec()));
+    }
+    for (what, f) in cases {
+        if f.len() < 14 {
+            continue; // the kernel refuses a test frame shorter than an Ethernet header
+        }
+        let run = fp.test_run(&f, 1).unwrap();
+        assert_eq!(run.action, XDP_PASS, "{what}");
+        assert_eq!(run.frame, f, "{what}: unchanged");
+    }
+    assert_eq!(fp.counters(slot), SlotCounters::default());
+    // A channel mirrored across families is passed up (the program relays within one family).
+    let cross = ChannelMirror {
+        peer: sa("[fd00::3]:40001"),
+        relay: sa("[fd00::1]:50000"),
+        ..m
+    };
+    fp.remove_channel(&m);
+    fp.add_channel(&cross).unwrap();
+    assert_eq!(fp.test_run(&good, 1).unwrap().action, XDP_PASS);
+    assert_eq!(
+        fp.totals().passed_matched,
+        3,
+        "two bad lengths and one cross-family"
+    );
+}
+
+#[test]
+fn a_full_map_is_reported_and_leaves_nothing_behind() {
+    let mut fp = FastPath::load(MapLimits {
+        channels: 1,
+        allocations: 1,
+    })
+    .unwrap();
+    let slot = fp.take_slot().unwrap();
+    assert_eq!(fp.take_slot(), None, "one slot");
+    fp.add_channel(&mirror_v4(slot)).unwrap();
+    let err = fp.add_channel(&mirror_v6(slot)).unwrap_err();
+    assert!(matches!(err, FastPathError::Full("CHANNELS")), "{err}");
+    assert_eq!(fp.channel_count(), 1);
+}
