@@ -12,6 +12,7 @@
 //! [`FastPath::test_run`] runs the program on one frame in the kernel (`BPF_PROG_TEST_RUN`) without
 //! attaching it anywhere: the unit tests and the micro-benchmark use it.
 
+pub mod frames;
 #[cfg(test)]
 mod tests;
 
@@ -25,33 +26,21 @@ use aya::{Ebpf, EbpfLoader};
 /// The BPF object, built from `turn_xdp.bpf.c` by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/turn_xdp.bpf.o"));
 
-/// How `--xdp-mode` attaches the program.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum XdpMode {
-    /// The kernel picks: the driver's native hook when it has one, else generic.
-    #[default]
-    Auto,
-    /// The driver's hook only (fails on a driver without XDP support).
-    Native,
-    /// The generic (skb) hook: any interface, `lo` included, at a higher cost per packet.
-    Generic,
+pub use crate::config::XdpMode;
+
+fn xdp_flags(mode: XdpMode) -> XdpFlags {
+    match mode {
+        XdpMode::Auto => XdpFlags::default(),
+        XdpMode::Native => XdpFlags::DRV_MODE,
+        XdpMode::Generic => XdpFlags::SKB_MODE,
+    }
 }
 
-impl XdpMode {
-    fn flags(self) -> XdpFlags {
-        match self {
-            XdpMode::Auto => XdpFlags::default(),
-            XdpMode::Native => XdpFlags::DRV_MODE,
-            XdpMode::Generic => XdpFlags::SKB_MODE,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            XdpMode::Auto => "auto",
-            XdpMode::Native => "native",
-            XdpMode::Generic => "generic",
-        }
+fn mode_name(mode: XdpMode) -> &'static str {
+    match mode {
+        XdpMode::Auto => "auto",
+        XdpMode::Native => "native",
+        XdpMode::Generic => "generic",
     }
 }
 
@@ -307,7 +296,7 @@ impl FastPath {
     ) -> Result<(), FastPathError> {
         let attach_err = |reason: String| FastPathError::Attach {
             iface: iface.to_owned(),
-            mode: mode.name(),
+            mode: mode_name(mode),
             reason,
         };
         let prog: &mut Xdp = self
@@ -316,7 +305,7 @@ impl FastPath {
             .ok_or_else(|| attach_err(format!("no program {name}")))?
             .try_into()
             .map_err(|e: aya::programs::ProgramError| attach_err(e.to_string()))?;
-        prog.attach(iface, mode.flags())
+        prog.attach(iface, xdp_flags(mode))
             .map_err(|e| attach_err(error_chain(&e)))?;
         self.attached.push(iface.to_owned());
         Ok(())
