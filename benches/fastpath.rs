@@ -59,6 +59,7 @@ fn main() {
             peer: sa(peer),
             channel: 0x4000,
             slot,
+            expires_ns: u64::MAX,
         };
         fp.add_channel(&m).expect("mirror");
         let c2p = Udp {

@@ -28,6 +28,7 @@ use super::stats::AllocationStats;
 use super::{FiveTuple, Transport};
 use crate::proto::attr;
 use crate::proto::channel_data::{self, ChannelData};
+pub mod fastpath;
 mod tcp;
 use tcp::TcpConnection;
 pub use tcp::{ConnectionId, MAX_TCP_CONNECTIONS_PER_ALLOCATION, TCP_CONNECTION_TIMEOUT};
@@ -587,6 +588,8 @@ pub struct Server {
     by_five_tuple: HashMap<FiveTuple, AllocationId>,
     timers: BinaryHeap<Reverse<(Instant, AllocationId)>>,
     commands: VecDeque<Command>,
+    /// Changes for the kernel fast path (issue 18).
+    fastpath: fastpath::Outbox,
     rng: SmallRng,
     /// A monotonic instant and the Unix time it corresponds to.
     unix_base: (Instant, u64),
@@ -629,6 +632,7 @@ impl Server {
             by_five_tuple: HashMap::new(),
             timers: BinaryHeap::new(),
             commands: VecDeque::new(),
+            fastpath: fastpath::Outbox::default(),
             rng: SmallRng::seed_from_u64(seed),
             unix_base: (now, unix_now),
             counters: Counters::default(),
@@ -651,6 +655,7 @@ impl Server {
         let old = std::mem::replace(&mut self.config, config);
         let db = self.userdb_seen.clone();
         self.end_removed_users(&old.credentials, db.as_deref());
+        self.fastpath_sync_all();
     }
 
     /// End the allocations of users that were known (a static user, or one of the user
@@ -859,6 +864,7 @@ impl Server {
             self.close_connections_of(id);
         }
         self.commands.push_back(Command::FreeRelay { id });
+        self.fastpath_remove(id);
     }
 
     // ---------------------------------------------------------------- client input
@@ -2166,6 +2172,7 @@ impl Server {
             a.expires = expires;
         }
         self.schedule(id);
+        self.fastpath_sync(id);
         let data = self.build_response(m, Class::Success, sign, |b| {
             b.attr_u32(attr::LIFETIME, lifetime);
         });
@@ -2260,6 +2267,7 @@ impl Server {
         for ip in ips {
             a.permissions.install(ip, expires);
         }
+        self.fastpath_sync(id);
         let data = self.build_response(m, Class::Success, sign, |_| {});
         self.send_and_cache(five, tid, data);
     }
@@ -2315,6 +2323,7 @@ impl Server {
         a.channels.bind(number, peer, ch_expires);
         // RFC 8656 §11.2: a channel binding also installs or refreshes the permission.
         a.permissions.install(peer.ip(), perm_expires);
+        self.fastpath_sync(id);
         let data = self.build_response(m, Class::Success, sign, |_| {});
         self.send_and_cache(five, m.transaction_id(), data);
     }

@@ -126,6 +126,8 @@ struct ChanVal {
     relay: Endpoint,
     peer: Endpoint,
     slot: u32,
+    pad: u32,
+    expires_ns: u64,
 }
 
 #[repr(C)]
@@ -143,6 +145,7 @@ struct PeerVal {
     channel: u16,
     pad: u16,
     slot: u32,
+    expires_ns: u64,
 }
 
 /// Relayed packets and payload bytes of one allocation slot (`struct alloc_counters`).
@@ -186,6 +189,22 @@ pub struct ChannelMirror {
     pub channel: u16,
     /// The allocation's counter slot ([`FastPath::take_slot`]).
     pub slot: u32,
+    /// CLOCK_MONOTONIC nanoseconds ([`monotonic_ns`]) from which the kernel stops using it.
+    pub expires_ns: u64,
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds: the clock of `bpf_ktime_get_ns` (and of [`std::time::Instant`]
+/// on Linux).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }
 
 /// What one `BPF_PROG_TEST_RUN` returned.
@@ -422,6 +441,8 @@ fn entries(m: &ChannelMirror) -> (ChanKey, ChanVal, PeerKey, PeerVal) {
         relay: Endpoint::new(m.relay),
         peer: Endpoint::new(m.peer),
         slot: m.slot,
+        pad: 0,
+        expires_ns: m.expires_ns,
     };
     let pkey = PeerKey {
         peer: Endpoint::new(m.peer),
@@ -433,6 +454,7 @@ fn entries(m: &ChannelMirror) -> (ChanKey, ChanVal, PeerKey, PeerVal) {
         channel: m.channel,
         pad: 0,
         slot: m.slot,
+        expires_ns: m.expires_ns,
     };
     (key, val, pkey, pval)
 }

@@ -28,6 +28,7 @@ fn mirror_v4(slot: u32) -> ChannelMirror {
         peer: sa("127.0.0.3:40001"),
         channel: 0x4001,
         slot,
+        expires_ns: u64::MAX,
     }
 }
 
@@ -39,6 +40,7 @@ fn mirror_v6(slot: u32) -> ChannelMirror {
         peer: sa("[fd00::3]:40001"),
         channel: 0x4ffe,
         slot,
+        expires_ns: u64::MAX,
     }
 }
 
@@ -301,4 +303,42 @@ fn a_full_map_is_reported_and_leaves_nothing_behind() {
     let err = fp.add_channel(&mirror_v6(slot)).unwrap_err();
     assert!(matches!(err, FastPathError::Full("CHANNELS")), "{err}");
     assert_eq!(fp.channel_count(), 1);
+}
+
+#[test]
+fn an_entry_past_its_expiry_is_passed_up_without_user_space_touching_the_map() {
+    let mut fp = loaded();
+    let slot = fp.take_slot().unwrap();
+    let live = mirror_v6(slot);
+    let expired = ChannelMirror {
+        expires_ns: monotonic_ns(),
+        ..mirror_v4(slot)
+    };
+    fp.add_channel(&live).unwrap();
+    fp.add_channel(&expired).unwrap();
+    let c2p = |m: &ChannelMirror| {
+        frame(
+            &Udp {
+                src: m.client,
+                dst: m.local,
+                payload: channel_data(m.channel, b"x"),
+            },
+            false,
+        )
+    };
+    let p2c = |m: &ChannelMirror| {
+        frame(
+            &Udp {
+                src: m.peer,
+                dst: m.relay,
+                payload: b"y".to_vec(),
+            },
+            false,
+        )
+    };
+    assert_eq!(fp.test_run(&c2p(&live), 1).unwrap().action, XDP_TX);
+    assert_eq!(fp.test_run(&p2c(&live), 1).unwrap().action, XDP_TX);
+    assert_eq!(fp.test_run(&c2p(&expired), 1).unwrap().action, XDP_PASS);
+    assert_eq!(fp.test_run(&p2c(&expired), 1).unwrap().action, XDP_PASS);
+    assert_eq!(fp.totals().passed_matched, 2);
 }

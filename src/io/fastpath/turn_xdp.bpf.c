@@ -49,10 +49,15 @@ struct chan_key {
 	__u16 pad;
 };
 
+// `expires_ns`: CLOCK_MONOTONIC (bpf_ktime_get_ns) past which the entry is not used: user space
+// sets it to the earliest of the channel's, its permission's and the allocation's deadlines, so
+// an entry lapses when the engine would refuse it, with no timer.
 struct chan_val {
 	struct endpoint relay;
 	struct endpoint peer;
 	__u32 slot;
+	__u32 pad;
+	__u64 expires_ns;
 };
 
 // peer -> client: a UDP datagram from `peer` to the relayed address `relay`.
@@ -67,6 +72,7 @@ struct peer_val {
 	__u16 channel;
 	__u16 pad;
 	__u32 slot;
+	__u64 expires_ns;
 };
 
 // Per allocation slot: packets and payload bytes relayed each way.
@@ -408,7 +414,8 @@ static __always_inline int handle_v4(struct xdp_md *ctx)
 			goto from_peer;
 		// Over UDP the message fills the datagram (no padding to prove right), and the peer
 		// is in the client's family.
-		if (data_len != payload_len - 4 || v->peer.family != 4 || v->relay.family != 4) {
+		if (data_len != payload_len - 4 || v->peer.family != 4 || v->relay.family != 4 ||
+		    bpf_ktime_get_ns() >= v->expires_ns) {
 			stat_inc(STAT_PASS_MATCHED);
 			return XDP_PASS;
 		}
@@ -422,7 +429,8 @@ from_peer:;
 	struct peer_val *pv = bpf_map_lookup_elem(&PEERS, &pk);
 	if (!pv)
 		return XDP_PASS;
-	if (pv->client.family != 4 || pv->local.family != 4 || payload_len > 0xffff - 64) {
+	if (pv->client.family != 4 || pv->local.family != 4 || payload_len > 0xffff - 64 ||
+	    bpf_ktime_get_ns() >= pv->expires_ns) {
 		stat_inc(STAT_PASS_MATCHED);
 		return XDP_PASS;
 	}
@@ -566,7 +574,8 @@ static __always_inline int handle_v6(struct xdp_md *ctx)
 		// A miss may still be a peer's datagram that happens to start like ChannelData.
 		if (!v)
 			goto from_peer;
-		if (data_len != payload_len - 4 || v->peer.family != 6 || v->relay.family != 6) {
+		if (data_len != payload_len - 4 || v->peer.family != 6 || v->relay.family != 6 ||
+		    bpf_ktime_get_ns() >= v->expires_ns) {
 			stat_inc(STAT_PASS_MATCHED);
 			return XDP_PASS;
 		}
@@ -580,7 +589,8 @@ from_peer:;
 	struct peer_val *pv = bpf_map_lookup_elem(&PEERS, &pk);
 	if (!pv)
 		return XDP_PASS;
-	if (pv->client.family != 6 || pv->local.family != 6 || payload_len > 0xffff - 64) {
+	if (pv->client.family != 6 || pv->local.family != 6 || payload_len > 0xffff - 64 ||
+	    bpf_ktime_get_ns() >= pv->expires_ns) {
 		stat_inc(STAT_PASS_MATCHED);
 		return XDP_PASS;
 	}
