@@ -93,8 +93,8 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
     if relay_ips.is_empty() && !config.stun_only {
         anyhow::bail!("no relay address: give --relay-ip or --listening-ip");
     }
-    // Held until `run` returns: dropping it detaches the program.
-    let _fastpath = start_fastpath(&config)?;
+    // Held until `run` returns: dropping the last reference detaches the program.
+    let fastpath = start_fastpath(&config)?.map(|fp| Arc::new(std::sync::Mutex::new(fp)));
     let engine = Arc::new(engine_config(&config, relay_ips.clone()));
     let nonce_key = nonce_key(&config);
     let shared = Arc::new(Shared::new(config.min_port, config.max_port, nonce_key));
@@ -146,6 +146,7 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         },
         engine,
         shared,
+        fastpath: fastpath.clone(),
     };
     let observe = vigi_turn::http::Observe::from(&rc);
     let stats_shared = rc.shared.clone();

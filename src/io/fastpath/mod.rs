@@ -13,6 +13,7 @@
 //! attaching it anywhere: the unit tests and the micro-benchmark use it.
 
 pub mod frames;
+pub mod mirror;
 #[cfg(test)]
 mod tests;
 
@@ -230,6 +231,9 @@ pub struct FastPath {
     counters: PerCpuArray<MapData, SlotCounters>,
     stats: PerCpuArray<MapData, u64>,
     free_slots: Vec<u32>,
+    slots: u32,
+    /// Allocations or channels left on the user path because a map was full.
+    full: u64,
     cpus: usize,
     attached: Vec<String>,
 }
@@ -291,14 +295,33 @@ impl FastPath {
             counters,
             stats,
             free_slots: (0..allocations).rev().collect(),
+            slots: allocations,
+            full: 0,
             cpus,
             attached: Vec::new(),
         })
     }
 
-    /// Attaches the relay program to `iface`. The link lives as long as `self`.
+    /// Attaches the relay program to `iface`. The link lives as long as `self`. On `lo` the
+    /// program is told that UDP checksums there are partial (see `CONFIG` in the C program).
     pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), FastPathError> {
+        if iface == "lo" {
+            self.set_loopback_partial_csum(true)?;
+        }
         self.attach_program("turn_xdp", iface, mode)
+    }
+
+    /// Tells the program that frames arriving on `lo` carry partial UDP checksums (IPv4 is then
+    /// relayed with none, IPv6 passed up). [`FastPath::attach`] sets it for `lo`; the tests set it
+    /// to check that behaviour under `BPF_PROG_TEST_RUN`, whose frames arrive on `lo`.
+    pub fn set_loopback_partial_csum(&mut self, on: bool) -> Result<(), FastPathError> {
+        let map = self.ebpf.map_mut("CONFIG").ok_or(FastPathError::Map {
+            map: "CONFIG",
+            reason: "missing".into(),
+        })?;
+        let mut config: aya::maps::Array<&mut MapData, u32> =
+            aya::maps::Array::try_from(map).map_err(map_err("CONFIG"))?;
+        config.set(0, u32::from(on), 0).map_err(map_err("CONFIG"))
     }
 
     /// Attaches the pass-everything program to `iface` (the far end of a veth, so that frames the
@@ -345,6 +368,21 @@ impl FastPath {
             return None;
         }
         Some(slot)
+    }
+
+    /// Allocations holding a counter slot (mirrored into the maps).
+    pub fn mirrored_allocations(&self) -> usize {
+        (self.slots as usize).saturating_sub(self.free_slots.len())
+    }
+
+    /// An allocation or channel stayed on the user path because a map was full.
+    pub fn note_full(&mut self) {
+        self.full += 1;
+    }
+
+    /// How often [`FastPath::note_full`] was called.
+    pub fn full_count(&self) -> u64 {
+        self.full
     }
 
     /// Gives a slot back once its allocation's channels are removed and its counters read.

@@ -342,3 +342,41 @@ fn an_entry_past_its_expiry_is_passed_up_without_user_space_touching_the_map() {
     assert_eq!(fp.test_run(&p2c(&expired), 1).unwrap().action, XDP_PASS);
     assert_eq!(fp.totals().passed_matched, 2);
 }
+
+#[test]
+fn on_loopback_ipv4_is_relayed_without_a_udp_checksum_and_ipv6_is_passed_up() {
+    let mut fp = loaded();
+    fp.set_loopback_partial_csum(true).unwrap();
+    let slot = fp.take_slot().unwrap();
+    let (m4, m6) = (mirror_v4(slot), mirror_v6(slot));
+    fp.add_channel(&m4).unwrap();
+    fp.add_channel(&m6).unwrap();
+    for data in [&b"x"[..], &[0x41; 333][..]] {
+        let input = Udp {
+            src: m4.client,
+            dst: m4.local,
+            payload: channel_data(m4.channel, data),
+        };
+        let run = fp.test_run(&frame(&input, false), 1).unwrap();
+        assert_eq!(run.action, XDP_TX);
+        let (out, check) = parse_verified(&run.frame);
+        assert_eq!((out.payload.as_slice(), check), (data, 0));
+        let input = Udp {
+            src: m4.peer,
+            dst: m4.relay,
+            payload: data.to_vec(),
+        };
+        let run = fp.test_run(&frame(&input, false), 1).unwrap();
+        assert_eq!(parse_verified(&run.frame).1, 0);
+    }
+    let input = frame(
+        &Udp {
+            src: m6.client,
+            dst: m6.local,
+            payload: channel_data(m6.channel, b"x"),
+        },
+        false,
+    );
+    let run = fp.test_run(&input, 1).unwrap();
+    assert_eq!((run.action, run.frame), (XDP_PASS, input));
+}

@@ -120,6 +120,29 @@ struct {
 	__type(value, __u64);
 } STATS SEC(".maps");
 
+// Set by user space when the program is attached to `lo`: a local sender leaves only a partial
+// UDP checksum on loopback (checksum offload that `lo` cannot turn off), so no incremental update
+// can be right there. Then IPv4 is relayed without a UDP checksum (RFC 768 allows 0) and IPv6,
+// where the checksum is mandatory, is passed up.
+#define CONFIG_LOOPBACK_PARTIAL_CSUM 1
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} CONFIG SEC(".maps");
+
+static __always_inline int loopback_partial_csum(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	__u32 *flags;
+	if (ctx->ingress_ifindex != LOOPBACK_IFINDEX)
+		return 0;
+	flags = bpf_map_lookup_elem(&CONFIG, &zero);
+	return flags && (*flags & CONFIG_LOOPBACK_PARTIAL_CSUM);
+}
+
 static __always_inline void stat_inc(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&STATS, &idx);
@@ -272,6 +295,8 @@ static __always_inline int v4_client_to_peer(struct xdp_md *ctx, struct v4_heade
 	__u16 new_len = bpf_htons(data_len + sizeof(struct udphdr));
 	__u16 old_check = h->udp.check;
 	__u32 sum = 0;
+	if (loopback_partial_csum(ctx))
+		h->udp.check = old_check = 0;
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	if (data + V4_HDRS + 4 > end)
@@ -331,6 +356,8 @@ static __always_inline int v4_peer_to_client(struct xdp_md *ctx, struct v4_heade
 	__u16 old_check = h->udp.check;
 	__u16 cd[2] = {bpf_htons(v->channel), bpf_htons(data_len)};
 	__u32 sum = 0;
+	if (loopback_partial_csum(ctx))
+		h->udp.check = old_check = 0;
 
 	if (old_check) {
 		sum = (__u16)~old_check;
@@ -545,6 +572,8 @@ static __always_inline int handle_v6(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
+	if (loopback_partial_csum(ctx))
+		return XDP_PASS;
 	struct v6_headers h;
 	if (data + V6_HDRS > end)
 		return XDP_PASS;
