@@ -433,7 +433,12 @@ fn channel_data_is_relayed_by_the_kernel_with_valid_checksums_and_exact_counters
             );
             let want = (want.0 as i64, want.1 as i64, want.2 as i64, want.3 as i64);
             if got == want || t0.elapsed() > WAIT {
-                return (got, want);
+                let fast = (
+                    value("vigi_turn_fastpath_packets_total{direction=\"client_to_peer\"}"),
+                    value("vigi_turn_fastpath_packets_total{direction=\"peer_to_client\"}"),
+                    value("vigi_turn_fastpath_allocations"),
+                );
+                return (got, want, fast);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -441,6 +446,14 @@ fn channel_data_is_relayed_by_the_kernel_with_valid_checksums_and_exact_counters
     assert_eq!(
         scraped.0, scraped.1,
         "traffic counters (peer sent, rcv, peer rcv, sent)"
+    );
+    // The IPv4 half went through the kernel: every ChannelData and the live allocation's one
+    // more; every allocation has ended, so none is mirrored.
+    let n = lens.len() as i64;
+    assert_eq!(
+        scraped.2,
+        (n + 1, n, 0),
+        "fast-path packets each way, mirrored allocations"
     );
 
     // The frames the kernel made: IPv4 to the peer, and IPv4 ChannelData to the clients (on
