@@ -493,3 +493,159 @@ fn channel_data_is_relayed_by_the_kernel_with_valid_checksums_and_exact_counters
     }
     drop(server);
 }
+
+/// vigi-turn in `ns` on 127.0.0.1:3478 with the fast path on `lo` and `extra` flags; returns once
+/// it serves /metrics (it binds its listeners before).
+fn start_in(ns: &Ns, extra: &[&str]) -> Proc {
+    let port = PORT.to_string();
+    let metrics = METRICS.to_string();
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.0,
+            BIN,
+            "-L",
+            "127.0.0.1",
+            "--relay-ip",
+            "127.0.0.1",
+        ])
+        .args(["-p", &port, "--min-port", "50000", "--max-port", "50099"])
+        .args([
+            "--allow-loopback-peers",
+            "-a",
+            "-u",
+            &format!("{USER}:{PASS}"),
+            "-r",
+            "fp.local",
+        ])
+        .args(["--prometheus", "--prometheus-port", &metrics])
+        .args(["--xdp-interface", "lo", "--xdp-mode", "generic"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start vigi-turn");
+    let proc = Proc {
+        child,
+        name: "vigi-turn".into(),
+    };
+    ns.run(|| {
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", METRICS)).is_err() {
+            assert!(t0.elapsed() < WAIT, "vigi-turn did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    proc
+}
+
+/// turnutils_peer in `ns` on 127.0.0.1:3480, once it echoes.
+fn peer_in(ns: &Ns) -> Proc {
+    require_tool("turnutils_peer");
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.0,
+            "turnutils_peer",
+            "-L",
+            "127.0.0.1",
+            "-p",
+            "3480",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start turnutils_peer");
+    let mut peer = Proc {
+        child,
+        name: "turnutils_peer".into(),
+    };
+    ns.run(|| common::wait_for_echo(&mut peer, "127.0.0.1:3480".parse().unwrap()));
+    peer
+}
+
+/// turnutils_uclient in `ns` against the server there: its "Total lost packets" line.
+fn uclient_in(ns: &Ns, args: &[&str]) -> String {
+    require_tool("turnutils_uclient");
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        &ns.0,
+        "turnutils_uclient",
+        "-u",
+        USER,
+        "-w",
+        PASS,
+    ])
+    .args(["-e", "127.0.0.1", "-r", "3480", "-n", "50", "-l", "100"])
+    .args(args)
+    .arg("127.0.0.1");
+    let out = common::run_with_timeout(&mut cmd, Duration::from_secs(60));
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    text.lines()
+        .find(|l| l.contains("Total lost packets"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("uclient {args:?} printed no summary: {text}"))
+}
+
+fn fastpath_packets(ns: &Ns) -> (i64, i64, i64) {
+    ns.run(|| {
+        let (status, body) = http_get(METRICS, "/metrics");
+        assert_eq!(status, 200);
+        let value = |k: &str| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(k)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .unwrap_or(-1.0) as i64
+        };
+        (
+            value("vigi_turn_fastpath_packets_total{direction=\"client_to_peer\"}"),
+            value("vigi_turn_fastpath_packets_total{direction=\"peer_to_client\"}"),
+            value("vigi_turn_fastpath_map_full_total"),
+        )
+    })
+}
+
+#[test]
+fn turnutils_uclient_relays_with_the_fast_path_on_channels_through_the_kernel() {
+    let ns = Ns::new("uclient");
+    let _server = start_in(&ns, &[]);
+    let _peer = peer_in(&ns);
+    // Channels (uclient's default): relayed by the kernel both ways.
+    let lost = uclient_in(&ns, &[]);
+    assert!(lost.contains("Total lost packets 0"), "channels: {lost}");
+    let (c2p, p2c, full) = fastpath_packets(&ns);
+    assert!(
+        c2p > 0 && p2c > 0,
+        "the kernel relayed ChannelData: {c2p} / {p2c}"
+    );
+    assert_eq!(full, 0);
+    // Send indications (-s) go through the server, which stays the fallback.
+    let lost = uclient_in(&ns, &["-s"]);
+    assert!(
+        lost.contains("Total lost packets 0"),
+        "send indications: {lost}"
+    );
+    assert_eq!(
+        fastpath_packets(&ns),
+        (c2p, p2c, 0),
+        "indications are not the kernel's yet"
+    );
+}
+
+#[test]
+fn a_bandwidth_capped_allocation_stays_on_the_user_path() {
+    let ns = Ns::new("maxbps");
+    let _server = start_in(&ns, &["--max-bps", "1000000"]);
+    let _peer = peer_in(&ns);
+    let lost = uclient_in(&ns, &[]);
+    assert!(lost.contains("Total lost packets 0"), "{lost}");
+    assert_eq!(
+        fastpath_packets(&ns),
+        (0, 0, 0),
+        "capped allocations are never mirrored"
+    );
+}
