@@ -1080,3 +1080,29 @@ async fn shared_call_state_holds_under_races() {
         Ok(false)
     );
 }
+
+/// A node whose Redis is not there yet starts and signals alone, and joins once Redis answers.
+#[test]
+fn a_node_starts_without_its_redis_and_joins_when_it_comes() {
+    let redis_port = free_port();
+    let dir = test_dir("redis-late");
+    let (srv, sig, _, prom, log) = cluster_node(redis_port, &dir);
+    wait_until("the gauge at 0", || {
+        metric(prom, "vigi_turn_signaling_redis_up") == Some(0.0)
+    });
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("serves its own users alone"), "{text}");
+    // Alone, it is the single-node companion: the seed's flow runs through.
+    call_flow(sig, &[]);
+    let _redis = start_redis_on(redis_port);
+    wait_until("the gauge at 1", || {
+        metric(prom, "vigi_turn_signaling_redis_up") == Some(1.0)
+    });
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("sharing calls through Redis"), "{text}");
+    assert_eq!(
+        metric(prom, "vigi_turn_signaling_redis_outages_total"),
+        Some(1.0)
+    );
+    assert!(binding_udp(([127, 0, 0, 1], srv.port).into(), Duration::from_secs(2)).is_some());
+}
