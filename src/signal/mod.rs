@@ -581,6 +581,7 @@ async fn on_initiate<A: Adapter>(
                 Some(Ok(call_id.clone()))
             }
             Ok(cluster::Initiated::AlreadyInCall) => Some(Err(CallError::AlreadyInCall)),
+            Ok(cluster::Initiated::RateLimited) => Some(Err(CallError::RateLimited)),
             Ok(unavailable) => {
                 let mut calls = hub.calls();
                 calls.record(calls::CallEvent::Started(kind));
