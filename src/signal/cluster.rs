@@ -14,7 +14,7 @@
 //!   [`ACTIVE_TTL`], renewed every [`REFRESH`] by each node that placed or answered it, so a
 //!   call outlives a node's restart (its users reconnect elsewhere) but not both nodes'. A call
 //!   one of whose parties is online nowhere is ended (`call_ended`, reason `disconnected`).
-//! - `rate/initiate/<user>`, `rate/ring/<caller>/<callee>`: the call limits of
+//! - `rate/initiate/<user>`, `rate/ring/<len(caller)>:<caller>/<callee>`: the call limits of
 //!   [`calls::INITIATE_RATE`] and [`calls::RING_SAME_CALLEE_RATE`] across nodes (GCRA: the
 //!   next arrival time in Unix ms, expiring when the bucket is full again), checked after each
 //!   node's own buckets; an answered ring gives its token back.
@@ -371,7 +371,7 @@ end
 ";
 
 /// KEYS: busy/caller, busy/callee, call/<id>, online/callee, rate/initiate/<caller>,
-/// rate/ring/<caller>/<callee>.
+/// rate/ring/<len(caller)>:<caller>/<callee>.
 /// ARGV: call id, caller, callee, type, now, ringing TTL, now (ms), initiate interval (ms) and
 /// burst, ring interval (ms) and burst.
 const INITIATE: &str = r"
@@ -407,7 +407,7 @@ redis.call('HSET', k, 'state', 'active', 'answered', ARGV[4])
 redis.call('EXPIRE', k, ARGV[5])
 redis.call('EXPIRE', ARGV[1] .. 'busy/' .. c[1], ARGV[5])
 redis.call('EXPIRE', ARGV[1] .. 'busy/' .. c[2], ARGV[5])
-local rk = ARGV[1] .. 'rate/ring/' .. c[1] .. '/' .. c[2]
+local rk = ARGV[1] .. 'rate/ring/' .. string.len(c[1]) .. ':' .. c[1] .. '/' .. c[2]
 local tat = tonumber(redis.call('GET', rk))
 if tat then
   local now_ms = tonumber(ARGV[6])
@@ -501,6 +501,12 @@ return 0
 
 fn script(body: &str) -> Script {
     Script::new(&format!("{ONLINE}\n{GCRA}\n{body}"))
+}
+
+/// The shared ring bucket of `caller` ringing `callee`; the caller's length first, so that no
+/// two pairs share a key whatever their ids hold (ids may contain `/`).
+fn ring_key(caller: &str, callee: &str) -> String {
+    format!("{PREFIX}rate/ring/{}:{caller}/{callee}", caller.len())
 }
 
 fn unix_ms() -> u64 {
@@ -629,7 +635,7 @@ impl Shared {
                 .key(key("call", call_id))
                 .key(key("online", callee))
                 .key(key("rate/initiate", caller))
-                .key(format!("{PREFIX}rate/ring/{caller}/{callee}"))
+                .key(ring_key(caller, callee))
                 .arg(call_id)
                 .arg(caller)
                 .arg(callee)
