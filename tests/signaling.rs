@@ -1079,4 +1079,59 @@ async fn shared_call_state_holds_under_races() {
             .map(|e| e.answered),
         Ok(false)
     );
+    // The call budget is shared: five calls on A, and the sixth on B is refused.
+    for i in 0..5 {
+        let (id, callee) = (format!("m{i}"), format!("nobody{i}"));
+        let r = a.initiate(&id, "mal", &callee, Voice).await.unwrap();
+        assert_eq!(r, Initiated::Offline);
+    }
+    let r = b.initiate("m5", "mal", "nobody5", Voice).await.unwrap();
+    assert_eq!(r, Initiated::RateLimited);
+    // Rings of one callee: those answered give their token back, those rejected do not.
+    for i in 0..4 {
+        let id = format!("g{i}");
+        let via = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(
+            via.initiate(&id, "gus", "bob", Voice).await.unwrap(),
+            Initiated::Ringing
+        );
+        assert!(b.answer(&id, "bob").await.unwrap().is_ok());
+        assert!(a.end(&id, "gus", "end").await.unwrap().is_ok());
+    }
+    for i in 0..3 {
+        let id = format!("h{i}");
+        assert_eq!(
+            b.initiate(&id, "hal", "bob", Voice).await.unwrap(),
+            Initiated::Ringing
+        );
+        assert!(a.end(&id, "bob", "reject").await.unwrap().is_ok());
+    }
+    let r = a.initiate("h3", "hal", "bob", Voice).await.unwrap();
+    assert_eq!(r, Initiated::RateLimited);
+}
+
+/// A node whose Redis is not there yet starts and signals alone, and joins once Redis answers.
+#[test]
+fn a_node_starts_without_its_redis_and_joins_when_it_comes() {
+    let redis_port = free_port();
+    let dir = test_dir("redis-late");
+    let (srv, sig, _, prom, log) = cluster_node(redis_port, &dir);
+    wait_until("the gauge at 0", || {
+        metric(prom, "vigi_turn_signaling_redis_up") == Some(0.0)
+    });
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("serves its own users alone"), "{text}");
+    // Alone, it is the single-node companion: the seed's flow runs through.
+    call_flow(sig, &[]);
+    let _redis = start_redis_on(redis_port);
+    wait_until("the gauge at 1", || {
+        metric(prom, "vigi_turn_signaling_redis_up") == Some(1.0)
+    });
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("sharing calls through Redis"), "{text}");
+    assert_eq!(
+        metric(prom, "vigi_turn_signaling_redis_outages_total"),
+        Some(1.0)
+    );
+    assert!(binding_udp(([127, 0, 0, 1], srv.port).into(), Duration::from_secs(2)).is_some());
 }

@@ -41,6 +41,14 @@ pub const WEBRTC_RATE: Rate = Rate {
     max_keys: 100_000,
 };
 
+/// `call_answer`/`call_reject`/`call_decline`/`call_end` per user: far more than a person
+/// clicks, far less than a script looping (each may cost a Redis round trip).
+pub const STEP_RATE: Rate = Rate {
+    burst: 20,
+    refill: Duration::from_millis(100),
+    max_keys: 100_000,
+};
+
 /// Audio only or audio and video, as the seed's `type` field says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallKind {
@@ -212,6 +220,7 @@ pub struct Calls {
     initiate_by_user: Limiter<String>,
     ring_by_pair: Limiter<(String, String)>,
     webrtc_by_user: Limiter<String>,
+    step_by_user: Limiter<String>,
 }
 
 impl Default for Calls {
@@ -224,6 +233,7 @@ impl Default for Calls {
             initiate_by_user: Limiter::new(INITIATE_RATE),
             ring_by_pair: Limiter::new(RING_SAME_CALLEE_RATE),
             webrtc_by_user: Limiter::new(WEBRTC_RATE),
+            step_by_user: Limiter::new(STEP_RATE),
         }
     }
 }
@@ -411,6 +421,13 @@ impl Calls {
             .map_err(|_| CallError::RateLimited)
     }
 
+    /// An answer, rejection or end from `user` within [`STEP_RATE`].
+    pub fn take_step(&mut self, now: Instant, user: &str) -> Result<(), CallError> {
+        self.step_by_user
+            .try_take(now, &user.to_owned())
+            .map_err(|_| CallError::RateLimited)
+    }
+
     /// Something that happened to a call kept elsewhere, for the records and metrics.
     pub fn record(&mut self, e: CallEvent) {
         self.push(e);
@@ -519,6 +536,7 @@ impl Calls {
         self.initiate_by_user.forget_full(now);
         self.ring_by_pair.forget_full(now);
         self.webrtc_by_user.forget_full(now);
+        self.step_by_user.forget_full(now);
         let expired: Vec<String> = self
             .call_by_id
             .iter()
@@ -893,6 +911,17 @@ mod tests {
         assert_eq!(c.handle_webrtc(t, "a", "b"), Err(CallError::RateLimited));
         c.handle_webrtc(t, "b", "a").unwrap();
         c.handle_webrtc(t + WEBRTC_RATE.refill, "a", "b").unwrap();
+    }
+
+    #[test]
+    fn steps_are_rate_limited() {
+        let t = Instant::now();
+        let mut c = online(&["a"]);
+        for _ in 0..STEP_RATE.burst {
+            c.take_step(t, "a").unwrap();
+        }
+        assert_eq!(c.take_step(t, "a"), Err(CallError::RateLimited));
+        c.take_step(t + STEP_RATE.refill, "a").unwrap();
     }
 
     #[test]

@@ -14,6 +14,10 @@
 //!   [`ACTIVE_TTL`], renewed every [`REFRESH`] by each node that placed or answered it, so a
 //!   call outlives a node's restart (its users reconnect elsewhere) but not both nodes'. A call
 //!   one of whose parties is online nowhere is ended (`call_ended`, reason `disconnected`).
+//! - `rate/initiate/<user>`, `rate/ring/<len(caller)>:<caller>/<callee>`: the call limits of
+//!   [`calls::INITIATE_RATE`] and [`calls::RING_SAME_CALLEE_RATE`] across nodes (GCRA: the
+//!   next arrival time in Unix ms, expiring when the bucket is full again), checked after each
+//!   node's own buckets; an answered ring gives its token back.
 //!
 //! Redis going away (the connection fails, or a command times out) is logged once and counted
 //! (`vigi_turn_signaling_redis_up`, `vigi_turn_signaling_redis_outages_total`); each node then
@@ -37,7 +41,7 @@ use redis::{PushInfo, PushKind, RedisError, Script, Value as RValue};
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::mpsc;
 
-use super::calls::CallKind;
+use super::calls::{self, CallKind};
 use crate::config::RedisConn;
 
 /// How long a node vouches for a user's presence without renewing it.
@@ -353,9 +357,30 @@ local function online(key, now)
 end
 ";
 
-/// KEYS: busy/caller, busy/callee, call/<id>, online/callee.
-/// ARGV: call id, caller, callee, type, now, ringing TTL.
+/// Token buckets shared by the nodes, as GCRA: a key holds the theoretical arrival time (Unix
+/// ms) of the next request; `burst` requests fit at once, then one per `interval` ms.
+const GCRA: &str = r"
+local function allowed(key, now, interval, burst)
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  return tat + interval - now <= interval * burst, tat + interval
+end
+local function charge(key, now, tat)
+  redis.call('SET', key, tat, 'PX', math.max(1, tat - now))
+end
+";
+
+/// KEYS: busy/caller, busy/callee, call/<id>, online/callee, rate/initiate/<caller>,
+/// rate/ring/<len(caller)>:<caller>/<callee>.
+/// ARGV: call id, caller, callee, type, now, ringing TTL, now (ms), initiate interval (ms) and
+/// burst, ring interval (ms) and burst.
 const INITIATE: &str = r"
+local now_ms = tonumber(ARGV[7])
+local ok1, tat1 = allowed(KEYS[5], now_ms, tonumber(ARGV[8]), tonumber(ARGV[9]))
+local ok2, tat2 = allowed(KEYS[6], now_ms, tonumber(ARGV[10]), tonumber(ARGV[11]))
+if not (ok1 and ok2) then return 'rate_limited' end
+charge(KEYS[5], now_ms, tat1)
+charge(KEYS[6], now_ms, tat2)
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'already_in_call' end
 if not online(KEYS[4], tonumber(ARGV[5])) then return 'offline' end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 'busy' end
@@ -367,7 +392,8 @@ redis.call('EXPIRE', KEYS[3], ARGV[6])
 return 'ok'
 ";
 
-/// ARGV: prefix, call id, user, now, active TTL.
+/// ARGV: prefix, call id, user, now, active TTL, now (ms), ring interval (ms). An answered ring
+/// gives its token of the shared ring bucket back.
 const ANSWER: &str = r"
 local k = ARGV[1] .. 'call/' .. ARGV[2]
 local c = redis.call('HMGET', k, 'caller', 'callee', 'state', 'type', 'initiated')
@@ -381,6 +407,13 @@ redis.call('HSET', k, 'state', 'active', 'answered', ARGV[4])
 redis.call('EXPIRE', k, ARGV[5])
 redis.call('EXPIRE', ARGV[1] .. 'busy/' .. c[1], ARGV[5])
 redis.call('EXPIRE', ARGV[1] .. 'busy/' .. c[2], ARGV[5])
+local rk = ARGV[1] .. 'rate/ring/' .. string.len(c[1]) .. ':' .. c[1] .. '/' .. c[2]
+local tat = tonumber(redis.call('GET', rk))
+if tat then
+  local now_ms = tonumber(ARGV[6])
+  tat = tat - tonumber(ARGV[7])
+  if tat > now_ms then charge(rk, now_ms, tat) else redis.call('DEL', rk) end
+end
 return {'ok', c[1], c[4], c[5]}
 ";
 
@@ -467,7 +500,23 @@ return 0
 ";
 
 fn script(body: &str) -> Script {
-    Script::new(&format!("{ONLINE}\n{body}"))
+    Script::new(&format!("{ONLINE}\n{GCRA}\n{body}"))
+}
+
+/// The shared ring bucket of `caller` ringing `callee`; the caller's length first, so that no
+/// two pairs share a key whatever their ids hold (ids may contain `/`).
+fn ring_key(caller: &str, callee: &str) -> String {
+    format!("{PREFIX}rate/ring/{}:{caller}/{callee}", caller.len())
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn key(kind: &str, id: &str) -> String {
@@ -493,6 +542,8 @@ pub enum Initiated {
     Busy,
     Offline,
     AlreadyInCall,
+    /// The caller's shared buckets (calls placed, rings of this callee) are empty.
+    RateLimited,
 }
 
 /// The shared call state, through a [`Link`].
@@ -578,16 +629,24 @@ impl Shared {
         kind: CallKind,
     ) -> Result<Initiated, RedisError> {
         let inv = {
+            let (init, ring) = (calls::INITIATE_RATE, calls::RING_SAME_CALLEE_RATE);
             let mut i = self.initiate.key(key("busy", caller));
             i.key(key("busy", callee))
                 .key(key("call", call_id))
                 .key(key("online", callee))
+                .key(key("rate/initiate", caller))
+                .key(ring_key(caller, callee))
                 .arg(call_id)
                 .arg(caller)
                 .arg(callee)
                 .arg(kind.as_str())
                 .arg(unix_now())
-                .arg(RINGING_TTL.as_secs());
+                .arg(RINGING_TTL.as_secs())
+                .arg(unix_ms())
+                .arg(millis(init.refill))
+                .arg(init.burst)
+                .arg(millis(ring.refill))
+                .arg(ring.burst);
             i
         };
         let r: String = self
@@ -598,6 +657,7 @@ impl Shared {
             "ok" => Initiated::Ringing,
             "offline" => Initiated::Offline,
             "already_in_call" => Initiated::AlreadyInCall,
+            "rate_limited" => Initiated::RateLimited,
             _ => Initiated::Busy,
         })
     }
@@ -613,7 +673,9 @@ impl Shared {
             i.arg(call_id)
                 .arg(user)
                 .arg(unix_now())
-                .arg(ACTIVE_TTL.as_secs());
+                .arg(ACTIVE_TTL.as_secs())
+                .arg(unix_ms())
+                .arg(millis(calls::RING_SAME_CALLEE_RATE.refill));
             i
         };
         let r: Vec<String> = self

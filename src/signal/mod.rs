@@ -581,6 +581,7 @@ async fn on_initiate<A: Adapter>(
                 Some(Ok(call_id.clone()))
             }
             Ok(cluster::Initiated::AlreadyInCall) => Some(Err(CallError::AlreadyInCall)),
+            Ok(cluster::Initiated::RateLimited) => Some(Err(CallError::RateLimited)),
             Ok(unavailable) => {
                 let mut calls = hub.calls();
                 calls.record(calls::CallEvent::Started(kind));
@@ -705,6 +706,10 @@ async fn on_step<A: Adapter>(
         return;
     };
     let now = Instant::now();
+    let taken = hub.calls().take_step(now, &me);
+    if let Err(e) = taken {
+        return refuse(&s, e);
+    }
     let mut r = None;
     // A call lives where it was placed: in Redis, or (placed while Redis was away) here.
     if !hub.calls().has_call(&call_id) {
@@ -762,11 +767,18 @@ async fn on_relay<A: Adapter>(
     let now = Instant::now();
     let local = hub.calls().are_peers(&me, &to);
     let allowed = match hub.shared_up() {
-        Some(shared) if !local => match shared.peers(&me, &to).await {
-            Ok(Some(state)) if state == "active" => hub.calls().take_webrtc(now, &me),
-            Ok(Some(_)) => Err(CallError::NotAnswered),
-            Ok(None) | Err(_) => Err(CallError::NotInCall),
-        },
+        // The token first: a flood is refused before it costs Redis anything.
+        Some(shared) if !local => {
+            let taken = hub.calls().take_webrtc(now, &me);
+            match taken {
+                Err(e) => Err(e),
+                Ok(()) => match shared.peers(&me, &to).await {
+                    Ok(Some(state)) if state == "active" => Ok(()),
+                    Ok(Some(_)) => Err(CallError::NotAnswered),
+                    Ok(None) | Err(_) => Err(CallError::NotInCall),
+                },
+            }
+        }
         _ => hub.calls().handle_webrtc(now, &me, &to),
     };
     if let Err(e) = allowed {
