@@ -14,8 +14,10 @@ enum Way {
 /// allocation relays over its connections only, RFC 6062 §5) and has a permission for the peer
 /// (else a no-permission drop); the allocation's bucket for this way and the server's
 /// (`--max-bps`, `--bps-capacity`) have room (else a bandwidth drop). An admitted packet is
-/// counted as sent; a dropped one in the allocation's and the engine's drop counters.
-#[inline]
+/// counted as sent; a dropped one in the allocation's and the engine's drop counters. Always
+/// inlined: its two callers are the per-packet paths, and as a call it cost 27 instructions a
+/// packet (callgrind, tests/zero_alloc.rs in release).
+#[inline(always)]
 fn admit(
     a: &mut Allocation,
     counters: &mut Counters,
