@@ -450,6 +450,22 @@ impl Monitor {
         );
         header(
             o,
+            "vigi_turn_relayed_indications_total",
+            "Packets relayed without a channel: Send indications to peers, Data indications to clients",
+            "counter",
+        );
+        let _ = writeln!(
+            o,
+            "vigi_turn_relayed_indications_total{{kind=\"send\"}} {}",
+            c.send_indications
+        );
+        let _ = writeln!(
+            o,
+            "vigi_turn_relayed_indications_total{{kind=\"data\"}} {}",
+            c.data_indications
+        );
+        header(
+            o,
             "vigi_turn_dropped_packets_total",
             "Relayed packets dropped, by reason",
             "counter",
@@ -842,6 +858,8 @@ pub fn add_counters(a: &mut Counters, b: &Counters) {
         auth_failures_by_reason,
         rate_limited,
         amplification_dropped,
+        send_indications,
+        data_indications,
         closed_traffic,
     } = b;
     a.refused_by_code.merge(refused_by_code);
@@ -861,6 +879,8 @@ pub fn add_counters(a: &mut Counters, b: &Counters) {
     a.dropped_bandwidth += dropped_bandwidth;
     a.rate_limited += rate_limited;
     a.amplification_dropped += amplification_dropped;
+    a.send_indications += send_indications;
+    a.data_indications += data_indications;
     a.closed_traffic.merge(closed_traffic);
 }
 

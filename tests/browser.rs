@@ -512,6 +512,20 @@ fn firefox_calls_relay_through_send_and_data_indications() {
         peer_sent > 3 * 2 * 20_000 && client_sent > 3 * 2 * 20_000,
         "too little relayed: {peer_sent} to peers, {client_sent} to clients"
     );
+    // The five Firefox allocations each relayed over 10 kB each way (call.mjs) in datagrams of
+    // at most ~1,200 bytes: at least 9 Send and 9 Data indications each.
+    let kind = |k: &str| {
+        metric(
+            &metrics,
+            &format!("vigi_turn_relayed_indications_total{{kind=\"{k}\"}}"),
+        )
+    };
+    let (send, data) = (kind("send"), kind("data"));
+    println!("vigi-turn relayed {send} Send indications and {data} Data indications");
+    assert!(
+        send >= 5 * 9 && data >= 5 * 9,
+        "{send} Send and {data} Data indications relayed"
+    );
 }
 
 /// coturn's `--alternate-server`: server A answers every Allocate with 300 Try Alternate and

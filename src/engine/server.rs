@@ -507,6 +507,10 @@ pub struct Counters {
     /// Responses to unauthenticated requests not sent because they would have exceeded the
     /// request by more than [`AMPLIFICATION_SLACK`].
     pub amplification_dropped: u64,
+    /// Packets relayed without a channel: Send indications forwarded to a peer, and peer data
+    /// sent to a client as a Data indication (RFC 8656 §11). Firefox relays everything this way.
+    pub send_indications: u64,
+    pub data_indications: u64,
     /// Traffic of allocations that have ended.
     pub closed_traffic: AllocationStats,
 }
@@ -993,7 +997,11 @@ impl Server {
         if let Some(a) = self.get_mut(id) {
             a.stats.client_rcv.add(data.len());
         }
-        self.forward_to_peer(now, id, peer, data)
+        let d = self.forward_to_peer(now, id, peer, data);
+        if matches!(d, ClientDecision::Forward { .. }) {
+            self.counters.send_indications += 1;
+        }
+        d
     }
 
     fn handle_request(&mut self, now: Instant, five: FiveTuple, m: &Message) {
@@ -2373,6 +2381,7 @@ impl Server {
             };
         }
         // Data indication: header, XOR-PEER-ADDRESS, DATA (RFC 8656 §11.3).
+        self.counters.data_indications += 1;
         let alen = attr::address_len(&peer);
         let head = 20 + 4 + alen + 4;
         let start = payload.start - head;
