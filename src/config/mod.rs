@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod conf_file;
+mod engine;
 pub mod types;
 
 use std::collections::HashSet;
