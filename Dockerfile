@@ -9,8 +9,9 @@
 # /etc/coturn/turnserver.conf is read when mounted. See config/docker-entrypoint.sh.
 
 FROM rust:1-bookworm AS build
-# DTLS listeners come from the system OpenSSL (`--features dtls`), as coturn's image has them.
-RUN apt-get update && apt-get install -y --no-install-recommends pkg-config libssl-dev \
+# DTLS listeners come from the system OpenSSL (`--features dtls`), as coturn's image has them;
+# clang and libbpf-dev compile the XDP fast path (build.rs).
+RUN apt-get update && apt-get install -y --no-install-recommends pkg-config libssl-dev clang libbpf-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # The dependency layer: built from the manifests alone (with stub sources), so that a change

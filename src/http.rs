@@ -44,6 +44,7 @@ pub struct Observe {
     shared: Arc<Shared>,
     realm: String,
     relay_ips: Vec<IpAddr>,
+    fastpath: Option<Arc<std::sync::Mutex<crate::io::fastpath::FastPath>>>,
 }
 
 impl From<&RunConfig> for Observe {
@@ -52,6 +53,7 @@ impl From<&RunConfig> for Observe {
             shared: rc.shared.clone(),
             realm: rc.engine.realm.clone(),
             relay_ips: rc.engine.relay_ips.clone(),
+            fastpath: rc.fastpath.clone(),
         }
     }
 }
@@ -80,6 +82,7 @@ pub fn spawn(config: &Config, running: &Running, obs: Observe) -> io::Result<Opt
             top_k: config.prometheus_top_allocations,
             realm: obs.realm,
             relay_ips: obs.relay_ips,
+            fastpath: obs.fastpath,
         },
     ));
     let prom = if config.prometheus {

@@ -42,6 +42,31 @@ fn main() {
     }
 }
 
+/// `--xdp-interface`: loads the fast path and attaches it to each interface, or says in one line
+/// why it cannot (no CAP_BPF/CAP_NET_ADMIN, an old kernel, no such interface, a driver without
+/// native XDP). Detached when the returned value drops, at exit.
+fn start_fastpath(config: &Config) -> Result<Option<io::fastpath::FastPath>> {
+    if config.xdp_interfaces.is_empty() {
+        return Ok(None);
+    }
+    let limits = io::fastpath::MapLimits {
+        channels: config.xdp_max_channels,
+        allocations: config.xdp_max_allocations,
+    };
+    let mut fp = io::fastpath::FastPath::load(limits)
+        .map_err(|e| anyhow::anyhow!("--xdp-interface: {e}"))?;
+    for iface in &config.xdp_interfaces {
+        fp.attach(iface, config.xdp_mode)
+            .map_err(|e| anyhow::anyhow!("--xdp-interface: {e}"))?;
+    }
+    tracing::info!(
+        "XDP fast path attached to {} ({:?} mode)",
+        config.xdp_interfaces.join(", "),
+        config.xdp_mode
+    );
+    Ok(Some(fp))
+}
+
 fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Result<()> {
     let nofile = ops::raise_nofile_limit();
     if nofile < 16_384 {
@@ -65,6 +90,8 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
     if relay_ips.is_empty() && !config.stun_only {
         anyhow::bail!("no relay address: give --relay-ip or --listening-ip");
     }
+    // Held until `run` returns: dropping the last reference detaches the program.
+    let fastpath = start_fastpath(&config)?.map(|fp| Arc::new(std::sync::Mutex::new(fp)));
     let engine = Arc::new(config.engine_config(relay_ips.clone(), &interface_addrs()));
     let nonce_key = nonce_key(&config);
     let shared = Arc::new(Shared::new(
@@ -121,6 +148,7 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         },
         engine,
         shared,
+        fastpath: fastpath.clone(),
     };
     let observe = vigi_turn::http::Observe::from(&rc);
     let stats_shared = rc.shared.clone();

@@ -78,6 +78,8 @@ pub struct Options {
     pub realm: String,
     /// Relay addresses, for `vigi_turn_relay_ports_free`.
     pub relay_ips: Vec<IpAddr>,
+    /// The kernel fast path (`--xdp-interface`), for `vigi_turn_fastpath_*`.
+    pub fastpath: Option<Arc<Mutex<crate::io::fastpath::FastPath>>>,
 }
 
 /// Samples kept per allocation for its rate: about three seconds at one sample a second.
@@ -415,6 +417,9 @@ impl Monitor {
         for (ip, n) in self.ports_free() {
             let _ = writeln!(o, "vigi_turn_relay_ports_free{{ip=\"{ip}\"}} {n}");
         }
+        if let Some(fp) = &self.opts.fastpath {
+            render_fastpath(o, &fp.lock().unwrap_or_else(|e| e.into_inner()));
+        }
 
         // `--redis-userdb`: what the last read held and how old it is (alert before it passes
         // `--redis-max-stale` and its users are refused).
@@ -601,6 +606,46 @@ impl Monitor {
 
 /// The signaling companion's calls: started, answered and ended by type (and end reason), and
 /// the talk time of answered calls.
+/// The kernel fast path's own counts (its traffic is in the per-allocation stats already).
+fn render_fastpath(o: &mut String, fp: &crate::io::fastpath::FastPath) {
+    let t = fp.totals();
+    header(
+        o,
+        "vigi_turn_fastpath_packets_total",
+        "Packets the kernel fast path (XDP) relayed, per direction",
+        "counter",
+    );
+    for (direction, n) in [
+        ("client_to_peer", t.client_to_peer),
+        ("peer_to_client", t.peer_to_client),
+    ] {
+        let _ = writeln!(
+            o,
+            "vigi_turn_fastpath_packets_total{{direction=\"{direction}\"}} {n}"
+        );
+    }
+    header(
+        o,
+        "vigi_turn_fastpath_passed_total",
+        "Packets of mirrored channels the fast path passed to user space (route, MTU, padding, expiry, family)",
+        "counter",
+    );
+    let _ = writeln!(o, "vigi_turn_fastpath_passed_total {}", t.passed_matched);
+    gauge(
+        o,
+        "vigi_turn_fastpath_allocations",
+        "Allocations mirrored into the fast path's maps",
+        fp.mirrored_allocations() as f64,
+    );
+    header(
+        o,
+        "vigi_turn_fastpath_map_full_total",
+        "Allocations or channels left on the user path because a fast-path map was full",
+        "counter",
+    );
+    let _ = writeln!(o, "vigi_turn_fastpath_map_full_total {}", fp.full_count());
+}
+
 fn render_calls(o: &mut String, c: &CallStats) {
     const KINDS: [CallKind; 2] = [CallKind::Voice, CallKind::Video];
     header(

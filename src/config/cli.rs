@@ -18,7 +18,7 @@ use clap::error::ErrorKind;
 use clap::{Arg, ArgAction, ArgMatches, Command, CommandFactory, Parser};
 
 use super::types::{
-    check_server_address, DefaultFamily, ExternalIp, IpRange, RedisConn, UserEntry,
+    check_server_address, DefaultFamily, ExternalIp, IpRange, RedisConn, UserEntry, XdpMode,
 };
 
 /// The implemented options, as parsed (defaults applied, nothing resolved or cross-checked yet).
@@ -113,6 +113,23 @@ pub struct Cli {
     /// Worker threads (0 or absent: one per CPU).
     #[arg(short = 'm', long = "relay-threads", value_name = "N")]
     pub relay_threads: Option<usize>,
+    /// Attach the kernel fast path (XDP) to this interface: relay ChannelData of bound channels
+    /// without waking a worker (repeatable; vigi-turn extension, issue 18). Needs CAP_BPF and
+    /// CAP_NET_ADMIN; a server that cannot attach exits.
+    #[arg(long = "xdp-interface", value_name = "IFACE")]
+    pub xdp_interface: Vec<String>,
+    /// How the fast path attaches: auto, native (driver hook) or generic (any interface).
+    #[arg(long = "xdp-mode", value_name = "MODE", value_enum, ignore_case = true,
+          default_value_t = XdpMode::Auto)]
+    pub xdp_mode: XdpMode,
+    /// Channels the fast path can mirror (map entries per direction); beyond, user space relays.
+    #[arg(long = "xdp-max-channels", value_name = "N", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub xdp_max_channels: u32,
+    /// Allocations the fast path can count (per-CPU counter slots); beyond, user space relays.
+    #[arg(long = "xdp-max-allocations", value_name = "N", default_value_t = 16_384,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub xdp_max_allocations: u32,
     /// Lowest relay port.
     #[arg(long = "min-port", value_name = "PORT", default_value_t = 49152,
           value_parser = clap::value_parser!(u16).range(1..))]

@@ -28,7 +28,7 @@ use tracing::warn;
 
 use cli::{Cli, Policy, Unsupported};
 pub use types::{
-    DefaultFamily, ExternalIp, IpRange, RedisConn, UserEntry, UserEntryError, UserSecret,
+    DefaultFamily, ExternalIp, IpRange, RedisConn, UserEntry, UserEntryError, UserSecret, XdpMode,
 };
 
 /// Which credential mechanism TURN requests go through, resolved from `--lt-cred-mech`,
@@ -76,6 +76,11 @@ pub struct Config {
     // ---- relay ----
     /// Resolved: never 0 (absent or 0 means one per CPU).
     pub relay_threads: usize,
+    /// `--xdp-interface`: interfaces the kernel fast path attaches to (empty: no fast path).
+    pub xdp_interfaces: Vec<String>,
+    pub xdp_mode: XdpMode,
+    pub xdp_max_channels: u32,
+    pub xdp_max_allocations: u32,
     pub min_port: u16,
     pub max_port: u16,
     pub allow_loopback_peers: bool,
@@ -681,6 +686,10 @@ fn resolve(
             cli.allocation_default_address_family
         },
         relay_threads,
+        xdp_interfaces: cli.xdp_interface.clone(),
+        xdp_mode: cli.xdp_mode,
+        xdp_max_channels: cli.xdp_max_channels,
+        xdp_max_allocations: cli.xdp_max_allocations,
         min_port: cli.min_port,
         max_port: cli.max_port,
         allow_loopback_peers: cli.allow_loopback_peers,
@@ -937,6 +946,10 @@ impl fmt::Debug for Config {
                 &self.allocation_default_address_family,
             )
             .field("relay_threads", &self.relay_threads)
+            .field("xdp_interfaces", &self.xdp_interfaces)
+            .field("xdp_mode", &self.xdp_mode)
+            .field("xdp_max_channels", &self.xdp_max_channels)
+            .field("xdp_max_allocations", &self.xdp_max_allocations)
             .field("min_port", &self.min_port)
             .field("max_port", &self.max_port)
             .field("allow_loopback_peers", &self.allow_loopback_peers)

@@ -19,6 +19,18 @@ pub enum DefaultFamily {
     Keep,
 }
 
+/// How `--xdp-mode` attaches the kernel fast path (issue 18).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum XdpMode {
+    /// The kernel picks: the driver's native hook when it has one, else generic.
+    #[default]
+    Auto,
+    /// The driver's hook only (fails on a driver without XDP support).
+    Native,
+    /// The generic (skb) hook: any interface, `lo` included, at a higher cost per packet.
+    Generic,
+}
+
 /// One static user account from `-u`/`--user NAME:PASSWORD` or `--user NAME:0x<32 hex digits>`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct UserEntry {

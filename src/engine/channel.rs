@@ -85,6 +85,11 @@ impl Channels {
         }
     }
 
+    /// Every binding, live, expired or quarantined (for the fast path, which checks expiry).
+    pub fn iter(&self) -> impl Iterator<Item = &Channel> {
+        self.list.iter()
+    }
+
     pub fn len(&self, now: Instant) -> usize {
         self.list.iter().filter(|c| c.expires > now).count()
     }

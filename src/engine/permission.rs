@@ -36,6 +36,11 @@ impl Permissions {
         max == 0 || self.list.len() + new <= max
     }
 
+    /// When the permission for `ip` ends (for the fast path, which checks expiry itself).
+    pub fn expires(&self, ip: IpAddr) -> Option<Instant> {
+        self.list.iter().find(|p| p.ip == ip).map(|p| p.expires)
+    }
+
     /// Install or refresh the permission for `ip` (RFC 8656 §9.2).
     pub fn install(&mut self, ip: IpAddr, expires: Instant) {
         match self.list.iter_mut().find(|p| p.ip == ip) {

@@ -22,6 +22,7 @@ pub mod dtls {
     }
 }
 pub mod conn_limits;
+pub mod fastpath;
 mod refusals;
 pub mod relay;
 pub mod stream;
@@ -137,6 +138,8 @@ pub struct RunConfig {
     pub max_tcp_connections_per_ip: u32,
     pub engine: Arc<ServerConfig>,
     pub shared: Arc<Shared>,
+    /// The kernel fast path, loaded and attached (`--xdp-interface`), shared by the workers.
+    pub fastpath: Option<Arc<Mutex<fastpath::FastPath>>>,
 }
 
 /// Running workers; dropping it does not stop them, [`Running::shutdown`] does.

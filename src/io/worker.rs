@@ -75,6 +75,8 @@ pub(crate) struct WorkerState {
     pub connecting: RefCell<HashMap<ConnectionId, JoinHandle<()>>>,
     pub tcp_peers: tcp_relay::PeerTable,
     pub raw_binds: RefCell<HashMap<FiveTuple, (ConnectionId, std::net::TcpStream)>>,
+    /// The kernel fast path's maps as this worker's allocations use them (`--xdp-interface`).
+    pub fastpath: Option<RefCell<super::fastpath::mirror::Mirror>>,
     #[cfg(feature = "dtls")]
     pub dtls_sessions: RefCell<super::dtls::Sessions>,
     /// Where DTLS records are decrypted into (one per worker, not one per datagram).
@@ -131,7 +133,11 @@ pub(crate) fn run(init: WorkerInit) {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let seed = rand::random::<u64>() ^ index as u64;
-        let engine = Server::new(rc.engine.clone(), rc.shared.clone(), now, unix, seed);
+        let mut engine = Server::new(rc.engine.clone(), rc.shared.clone(), now, unix, seed);
+        let fastpath = rc.fastpath.clone().map(|fp| {
+            engine.enable_fastpath();
+            RefCell::new(super::fastpath::mirror::Mirror::new(fp))
+        });
         let mut udp_socks = Vec::new();
         for s in udp {
             let addr = match s.local_addr() {
@@ -167,6 +173,7 @@ pub(crate) fn run(init: WorkerInit) {
             connecting: RefCell::new(HashMap::new()),
             tcp_peers,
             raw_binds: RefCell::new(HashMap::new()),
+            fastpath,
             #[cfg(feature = "dtls")]
             dtls_sessions: RefCell::new(Default::default()),
             #[cfg(feature = "dtls")]
@@ -334,6 +341,9 @@ async fn timer_loop(st: Rc<WorkerState>, snapshot: Arc<Mutex<WorkerSnapshot>>) {
         st.drain_commands(now);
         #[cfg(feature = "dtls")]
         super::dtls::sweep(&st, now);
+        if let Some(m) = &st.fastpath {
+            m.borrow_mut().fold(&mut st.engine.borrow_mut());
+        }
         st.publish(now, &snapshot);
     }
 }
@@ -449,9 +459,17 @@ impl WorkerState {
 
     /// Carry out everything the engine asked for.
     pub fn drain_commands(self: &Rc<Self>, now: Instant) {
+        // Fast-path changes first: a client that got its ChannelBind answer finds the channel
+        // in the kernel already.
+        if let Some(m) = &self.fastpath {
+            m.borrow_mut().apply(&mut self.engine.borrow_mut(), now);
+        }
         loop {
             let cmd = self.engine.borrow_mut().poll_command();
             let Some(cmd) = cmd else {
+                if let Some(m) = &self.fastpath {
+                    m.borrow_mut().apply(&mut self.engine.borrow_mut(), now);
+                }
                 return;
             };
             match cmd {

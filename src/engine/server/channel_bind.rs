@@ -47,6 +47,7 @@ impl Server {
         }
         a.channels.bind(number, peer, ch_expires);
         a.permissions.install(peer.ip(), perm_expires);
+        self.fastpath_sync(id);
         Ok(Reply::success(five, m, &sign))
     }
 }

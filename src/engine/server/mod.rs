@@ -35,6 +35,7 @@ mod channel_bind;
 mod config;
 mod counters;
 mod data;
+pub mod fastpath;
 mod operator;
 mod permission;
 mod refresh;
@@ -173,6 +174,8 @@ pub struct Server {
     by_five_tuple: HashMap<FiveTuple, AllocationId>,
     timers: BinaryHeap<Reverse<(Instant, AllocationId)>>,
     commands: VecDeque<Command>,
+    /// Changes for the kernel fast path (issue 18).
+    fastpath: fastpath::Outbox,
     rng: SmallRng,
     /// A monotonic instant and the Unix time it corresponds to.
     unix_base: (Instant, u64),
@@ -215,6 +218,7 @@ impl Server {
             by_five_tuple: HashMap::new(),
             timers: BinaryHeap::new(),
             commands: VecDeque::new(),
+            fastpath: fastpath::Outbox::default(),
             rng: SmallRng::seed_from_u64(seed),
             unix_base: (now, unix_now),
             counters: Counters::default(),
@@ -237,6 +241,7 @@ impl Server {
         let old = std::mem::replace(&mut self.config, config);
         let db = self.userdb_seen.clone();
         self.end_removed_users(&old.credentials, db.as_deref());
+        self.fastpath_sync_all();
     }
 
     /// End the allocations of users that were known (a static user, or one of the user
@@ -445,6 +450,7 @@ impl Server {
             self.close_connections_of(id);
         }
         self.commands.push_back(Command::FreeRelay { id });
+        self.fastpath_remove(id);
     }
 
     // ---------------------------------------------------------------- client input

@@ -86,6 +86,7 @@ impl Server {
         for ip in ips {
             a.permissions.install(ip, expires);
         }
+        self.fastpath_sync(id);
         Ok(Reply::success(five, m, &sign))
     }
 }

@@ -40,6 +40,7 @@ impl Server {
             a.expires = expires;
         }
         self.schedule(id);
+        self.fastpath_sync(id);
         Ok(Reply::success(five, m, &sign).with(|b| {
             b.attr_u32(attr::LIFETIME, lifetime);
         }))

@@ -1,0 +1,601 @@
+//! The kernel fast path (issue 18): loads the XDP program `turn_xdp.bpf.c` (compiled by clang at
+//! build time, see `build.rs` beside it), attaches it to the interfaces of `--xdp-interface`, and
+//! owns its maps.
+//!
+//! User space stays the authority (DESIGN.md, "The kernel fast path"): it mirrors a bound channel
+//! (RFC 8656 §12) into two hash maps, one per direction, and removes it again; the program relays
+//! ChannelData for what it finds there and passes everything else up (`XDP_PASS`). Each mirrored
+//! allocation gets a counter slot whose per-CPU packets and payload bytes [`FastPath::counters`]
+//! sums for the owner to fold into its per-allocation stats.
+//!
+//! Loading needs CAP_BPF and CAP_NET_ADMIN (or root) and a kernel with BPF links for XDP (5.9+).
+//! [`FastPath::test_run`] runs the program on one frame in the kernel (`BPF_PROG_TEST_RUN`) without
+//! attaching it anywhere: the unit tests and the micro-benchmark use it.
+
+pub mod frames;
+pub mod mirror;
+#[cfg(test)]
+mod tests;
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd};
+
+use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuValues};
+use aya::programs::{Xdp, XdpFlags};
+use aya::{Ebpf, EbpfLoader};
+
+/// The BPF object, built from `turn_xdp.bpf.c` by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/turn_xdp.bpf.o"));
+
+pub use crate::config::XdpMode;
+
+fn xdp_flags(mode: XdpMode) -> XdpFlags {
+    match mode {
+        XdpMode::Auto => XdpFlags::default(),
+        XdpMode::Native => XdpFlags::DRV_MODE,
+        XdpMode::Generic => XdpFlags::SKB_MODE,
+    }
+}
+
+fn mode_name(mode: XdpMode) -> &'static str {
+    match mode {
+        XdpMode::Auto => "auto",
+        XdpMode::Native => "native",
+        XdpMode::Generic => "generic",
+    }
+}
+
+/// Map sizes (entries). A full map leaves the allocation on the user path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapLimits {
+    /// Bound channels mirrored (each takes one entry per direction).
+    pub channels: u32,
+    /// Allocations with a counter slot.
+    pub allocations: u32,
+}
+
+impl Default for MapLimits {
+    fn default() -> Self {
+        MapLimits {
+            channels: 65_536,
+            allocations: 16_384,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FastPathError {
+    #[error("cannot load the XDP program: {0}")]
+    Load(String),
+    #[error("cannot attach the XDP program to {iface} ({mode} mode): {reason}")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        reason: String,
+    },
+    #[error("fast-path map {map}: {reason}")]
+    Map { map: &'static str, reason: String },
+    #[error("fast-path map {0} is full")]
+    Full(&'static str),
+}
+
+/// One transport address as the maps hold it (`struct endpoint` in the C program).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Endpoint {
+    addr: [u8; 16],
+    /// Network order, as on the wire.
+    port: u16,
+    family: u8,
+    pad: u8,
+}
+
+impl Endpoint {
+    fn new(a: SocketAddr) -> Self {
+        let mut addr = [0u8; 16];
+        let family = match a.ip() {
+            IpAddr::V4(ip) => {
+                addr[..4].copy_from_slice(&ip.octets());
+                4
+            }
+            IpAddr::V6(ip) => {
+                addr = ip.octets();
+                6
+            }
+        };
+        Endpoint {
+            addr,
+            port: u16::from_ne_bytes(a.port().to_be_bytes()),
+            family,
+            pad: 0,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ChanKey {
+    client: Endpoint,
+    local: Endpoint,
+    channel: u16,
+    pad: u16,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ChanVal {
+    relay: Endpoint,
+    peer: Endpoint,
+    slot: u32,
+    pad: u32,
+    expires_ns: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PeerKey {
+    peer: Endpoint,
+    relay: Endpoint,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PeerVal {
+    client: Endpoint,
+    local: Endpoint,
+    channel: u16,
+    pad: u16,
+    slot: u32,
+    expires_ns: u64,
+}
+
+/// Relayed packets and payload bytes of one allocation slot (`struct alloc_counters`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SlotCounters {
+    pub c2p_packets: u64,
+    pub c2p_bytes: u64,
+    pub p2c_packets: u64,
+    pub p2c_bytes: u64,
+}
+
+// SAFETY: plain `repr(C)` structs of integers and byte arrays with the C program's layout and
+// no implicit padding (every gap is an explicit `pad` field); any bit pattern is valid.
+unsafe impl aya::Pod for Endpoint {}
+unsafe impl aya::Pod for ChanKey {}
+unsafe impl aya::Pod for ChanVal {}
+unsafe impl aya::Pod for PeerKey {}
+unsafe impl aya::Pod for PeerVal {}
+unsafe impl aya::Pod for SlotCounters {}
+
+/// The global counters (`STATS` in the C program).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Totals {
+    /// ChannelData packets relayed client → peer.
+    pub client_to_peer: u64,
+    /// Packets relayed peer → client.
+    pub peer_to_client: u64,
+    /// Packets that matched a mirrored entry but went up (route, MTU, padding, family).
+    pub passed_matched: u64,
+}
+
+/// A bound channel as the fast path relays it: `client` sends ChannelData on `channel` to the
+/// listening address `local`; the allocation's relayed address is `relay`, the peer `peer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelMirror {
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+    pub relay: SocketAddr,
+    pub peer: SocketAddr,
+    pub channel: u16,
+    /// The allocation's counter slot ([`FastPath::take_slot`]).
+    pub slot: u32,
+    /// CLOCK_MONOTONIC nanoseconds ([`monotonic_ns`]) from which the kernel stops using it.
+    pub expires_ns: u64,
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds: the clock of `bpf_ktime_get_ns` (and of [`std::time::Instant`]
+/// on Linux).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// What one `BPF_PROG_TEST_RUN` returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestRun {
+    /// The XDP action (`XDP_PASS` = 2, `XDP_TX` = 3, `XDP_REDIRECT` = 4).
+    pub action: u32,
+    /// The frame as the program left it.
+    pub frame: Vec<u8>,
+    /// Mean nanoseconds per run as the kernel measured it.
+    pub ns_per_run: u32,
+}
+
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+/// The loaded program and its maps. Dropping it detaches the program from every interface.
+pub struct FastPath {
+    ebpf: Ebpf,
+    channels: HashMap<MapData, ChanKey, ChanVal>,
+    peers: HashMap<MapData, PeerKey, PeerVal>,
+    counters: PerCpuArray<MapData, SlotCounters>,
+    stats: PerCpuArray<MapData, u64>,
+    free_slots: Vec<u32>,
+    slots: u32,
+    /// Allocations or channels left on the user path because a map was full.
+    full: u64,
+    cpus: usize,
+    attached: Vec<String>,
+}
+
+impl std::fmt::Debug for FastPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FastPath")
+            .field("attached", &self.attached)
+            .finish_non_exhaustive()
+    }
+}
+
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> FastPathError {
+    move |e| FastPathError::Map {
+        map,
+        reason: e.to_string(),
+    }
+}
+
+impl FastPath {
+    /// Loads the program into the kernel (verifier included) and creates its maps; attaches
+    /// nothing.
+    pub fn load(limits: MapLimits) -> Result<FastPath, FastPathError> {
+        let channels = limits.channels.max(1);
+        let allocations = limits.allocations.max(1);
+        let mut ebpf = EbpfLoader::new()
+            .set_max_entries("CHANNELS", channels)
+            .set_max_entries("PEERS", channels)
+            .set_max_entries("ALLOC_COUNTERS", allocations)
+            .load(OBJECT)
+            .map_err(|e| FastPathError::Load(e.to_string()))?;
+        for name in ["turn_xdp", "xdp_pass"] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or_else(|| FastPathError::Load(format!("no program {name} in the object")))?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| FastPathError::Load(e.to_string()))?;
+            prog.load()
+                .map_err(|e| FastPathError::Load(verifier_error(e)))?;
+        }
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(FastPathError::Map {
+                map: name,
+                reason: "missing".into(),
+            })
+        };
+        let channels_map =
+            HashMap::try_from(take(&mut ebpf, "CHANNELS")?).map_err(map_err("CHANNELS"))?;
+        let peers = HashMap::try_from(take(&mut ebpf, "PEERS")?).map_err(map_err("PEERS"))?;
+        let counters = PerCpuArray::try_from(take(&mut ebpf, "ALLOC_COUNTERS")?)
+            .map_err(map_err("ALLOC_COUNTERS"))?;
+        let stats = PerCpuArray::try_from(take(&mut ebpf, "STATS")?).map_err(map_err("STATS"))?;
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(what, e)| FastPathError::Load(format!("{what}: {e}")))?;
+        Ok(FastPath {
+            ebpf,
+            channels: channels_map,
+            peers,
+            counters,
+            stats,
+            free_slots: (0..allocations).rev().collect(),
+            slots: allocations,
+            full: 0,
+            cpus,
+            attached: Vec::new(),
+        })
+    }
+
+    /// Attaches the relay program to `iface`. The link lives as long as `self`. On `lo` the
+    /// program is told that UDP checksums there are partial (see `CONFIG` in the C program).
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), FastPathError> {
+        if iface == "lo" {
+            self.set_loopback_partial_csum(true)?;
+        }
+        self.attach_program("turn_xdp", iface, mode)
+    }
+
+    /// Tells the program that frames arriving on `lo` carry partial UDP checksums (IPv4 is then
+    /// relayed with none, IPv6 passed up). [`FastPath::attach`] sets it for `lo`; the tests set it
+    /// to check that behaviour under `BPF_PROG_TEST_RUN`, whose frames arrive on `lo`.
+    pub fn set_loopback_partial_csum(&mut self, on: bool) -> Result<(), FastPathError> {
+        let map = self.ebpf.map_mut("CONFIG").ok_or(FastPathError::Map {
+            map: "CONFIG",
+            reason: "missing".into(),
+        })?;
+        let mut config: aya::maps::Array<&mut MapData, u32> =
+            aya::maps::Array::try_from(map).map_err(map_err("CONFIG"))?;
+        config.set(0, u32::from(on), 0).map_err(map_err("CONFIG"))
+    }
+
+    /// Attaches the pass-everything program to `iface` (the far end of a veth, so that frames the
+    /// relay program sends there with XDP_TX or a redirect are delivered).
+    pub fn attach_pass(&mut self, iface: &str, mode: XdpMode) -> Result<(), FastPathError> {
+        self.attach_program("xdp_pass", iface, mode)
+    }
+
+    fn attach_program(
+        &mut self,
+        name: &str,
+        iface: &str,
+        mode: XdpMode,
+    ) -> Result<(), FastPathError> {
+        let attach_err = |reason: String| FastPathError::Attach {
+            iface: iface.to_owned(),
+            mode: mode_name(mode),
+            reason,
+        };
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| attach_err(format!("no program {name}")))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| attach_err(e.to_string()))?;
+        prog.attach(iface, xdp_flags(mode))
+            .map_err(|e| attach_err(error_chain(&e)))?;
+        self.attached.push(iface.to_owned());
+        Ok(())
+    }
+
+    /// The interfaces the relay program is attached to.
+    pub fn attached(&self) -> &[String] {
+        &self.attached
+    }
+
+    /// A counter slot for a newly mirrored allocation, zeroed; `None` when all are taken (the
+    /// allocation stays on the user path).
+    pub fn take_slot(&mut self) -> Option<u32> {
+        let slot = self.free_slots.pop()?;
+        let zero = PerCpuValues::try_from(vec![SlotCounters::default(); self.cpus]).ok()?;
+        if self.counters.set(slot, zero, 0).is_err() {
+            self.free_slots.push(slot);
+            return None;
+        }
+        Some(slot)
+    }
+
+    /// Allocations holding a counter slot (mirrored into the maps).
+    pub fn mirrored_allocations(&self) -> usize {
+        (self.slots as usize).saturating_sub(self.free_slots.len())
+    }
+
+    /// An allocation or channel stayed on the user path because a map was full.
+    pub fn note_full(&mut self) {
+        self.full += 1;
+    }
+
+    /// How often [`FastPath::note_full`] was called.
+    pub fn full_count(&self) -> u64 {
+        self.full
+    }
+
+    /// Gives a slot back once its allocation's channels are removed and its counters read.
+    pub fn release_slot(&mut self, slot: u32) {
+        if !self.free_slots.contains(&slot) {
+            self.free_slots.push(slot);
+        }
+    }
+
+    /// Mirrors a bound channel, both directions. Both families must match (the program relays
+    /// within one family); a full map is [`FastPathError::Full`] and leaves nothing behind.
+    pub fn add_channel(&mut self, m: &ChannelMirror) -> Result<(), FastPathError> {
+        let (key, val, pkey, pval) = entries(m);
+        self.channels
+            .insert(key, val, 0)
+            .map_err(|e| full_or(e, "CHANNELS"))?;
+        if let Err(e) = self.peers.insert(pkey, pval, 0) {
+            let _ = self.channels.remove(&key);
+            return Err(full_or(e, "PEERS"));
+        }
+        Ok(())
+    }
+
+    /// Stops relaying a channel in the kernel, at once (both directions).
+    pub fn remove_channel(&mut self, m: &ChannelMirror) {
+        let (key, _, pkey, _) = entries(m);
+        let _ = self.channels.remove(&key);
+        let _ = self.peers.remove(&pkey);
+    }
+
+    /// Number of channels mirrored.
+    pub fn channel_count(&self) -> usize {
+        self.channels.keys().filter(Result::is_ok).count()
+    }
+
+    /// The slot's counters summed over CPUs.
+    pub fn counters(&self, slot: u32) -> SlotCounters {
+        let mut sum = SlotCounters::default();
+        if let Ok(values) = self.counters.get(&slot, 0) {
+            for v in values.iter() {
+                sum.c2p_packets += v.c2p_packets;
+                sum.c2p_bytes += v.c2p_bytes;
+                sum.p2c_packets += v.p2c_packets;
+                sum.p2c_bytes += v.p2c_bytes;
+            }
+        }
+        sum
+    }
+
+    /// The program's global counters summed over CPUs.
+    pub fn totals(&self) -> Totals {
+        let get = |i: u32| self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
+        Totals {
+            client_to_peer: get(0),
+            peer_to_client: get(1),
+            passed_matched: get(2),
+        }
+    }
+
+    /// Runs the relay program on `frame` in the kernel `repeat` times (`BPF_PROG_TEST_RUN`, in
+    /// the caller's network namespace; the frame arrives on its `lo`). Maps are live: counters
+    /// count.
+    pub fn test_run(&self, frame: &[u8], repeat: u32) -> std::io::Result<TestRun> {
+        let prog: &Xdp = self
+            .ebpf
+            .program("turn_xdp")
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| std::io::Error::other("no program turn_xdp"))?;
+        let fd = prog.fd().map_err(std::io::Error::other)?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let (action, len, ns) = crate::io::fastpath::sys::prog_test_run(
+            fd.as_fd().as_raw_fd(),
+            frame,
+            &mut out,
+            repeat,
+        )?;
+        out.truncate(len);
+        Ok(TestRun {
+            action,
+            frame: out,
+            ns_per_run: ns,
+        })
+    }
+}
+
+fn entries(m: &ChannelMirror) -> (ChanKey, ChanVal, PeerKey, PeerVal) {
+    let key = ChanKey {
+        client: Endpoint::new(m.client),
+        local: Endpoint::new(m.local),
+        channel: m.channel,
+        pad: 0,
+    };
+    let val = ChanVal {
+        relay: Endpoint::new(m.relay),
+        peer: Endpoint::new(m.peer),
+        slot: m.slot,
+        pad: 0,
+        expires_ns: m.expires_ns,
+    };
+    let pkey = PeerKey {
+        peer: Endpoint::new(m.peer),
+        relay: Endpoint::new(m.relay),
+    };
+    let pval = PeerVal {
+        client: Endpoint::new(m.client),
+        local: Endpoint::new(m.local),
+        channel: m.channel,
+        pad: 0,
+        slot: m.slot,
+        expires_ns: m.expires_ns,
+    };
+    (key, val, pkey, pval)
+}
+
+fn full_or(e: aya::maps::MapError, map: &'static str) -> FastPathError {
+    match &e {
+        aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG) => {
+            FastPathError::Full(map)
+        }
+        _ => FastPathError::Map {
+            map,
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// An error and its sources on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// A verifier rejection carries the whole verifier log; one line is its last meaningful one.
+fn verifier_error(e: aya::programs::ProgramError) -> String {
+    let full = error_chain(&e);
+    match full.lines().rev().find(|l| !l.trim().is_empty()) {
+        Some(last) if full.lines().count() > 1 => {
+            format!(
+                "{} ({})",
+                full.lines().next().unwrap_or_default(),
+                last.trim()
+            )
+        }
+        _ => full,
+    }
+}
+
+/// The one raw system call of the fast path: `bpf(BPF_PROG_TEST_RUN)`, which aya does not wrap.
+mod sys {
+    /// `union bpf_attr`'s `test` member (include/uapi/linux/bpf.h), up to `batch_size`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestAttr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        _pad: u32,
+    }
+
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+
+    /// Returns (action, output length, mean ns per run).
+    pub fn prog_test_run(
+        prog_fd: i32,
+        data_in: &[u8],
+        data_out: &mut [u8],
+        repeat: u32,
+    ) -> std::io::Result<(u32, usize, u32)> {
+        let mut attr = TestAttr {
+            prog_fd: prog_fd as u32,
+            data_size_in: data_in.len() as u32,
+            data_size_out: data_out.len() as u32,
+            data_in: data_in.as_ptr() as u64,
+            data_out: data_out.as_mut_ptr() as u64,
+            repeat,
+            ..TestAttr::default()
+        };
+        // SAFETY: `attr` is a valid `bpf_attr` prefix of the size passed; the kernel reads
+        // `data_in.len()` bytes from `data_in` and writes at most `data_size_out` bytes to
+        // `data_out`, both live for the call; it writes the results back into `attr`.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_TEST_RUN,
+                &mut attr as *mut TestAttr,
+                std::mem::size_of::<TestAttr>() as libc::c_uint,
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok((
+            attr.retval,
+            (attr.data_size_out as usize).min(data_out.len()),
+            attr.duration,
+        ))
+    }
+}

@@ -1,0 +1,382 @@
+//! The XDP program run by the kernel on crafted frames (`BPF_PROG_TEST_RUN`): every rewritten
+//! frame is parsed back and its IPv4 header and UDP checksums are recomputed from scratch here.
+//! Needs root (CAP_BPF, CAP_NET_ADMIN), as CI has; the program is loaded, never attached.
+
+use super::frames::{frame, Udp};
+use super::*;
+
+fn parse_verified(f: &[u8]) -> (Udp, u16) {
+    super::frames::parse(f).unwrap()
+}
+
+fn channel_data(channel: u16, data: &[u8]) -> Vec<u8> {
+    let mut v = channel.to_be_bytes().to_vec();
+    v.extend_from_slice(&(data.len() as u16).to_be_bytes());
+    v.extend_from_slice(data);
+    v
+}
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn mirror_v4(slot: u32) -> ChannelMirror {
+    ChannelMirror {
+        client: sa("127.0.0.2:40000"),
+        local: sa("127.0.0.1:3478"),
+        relay: sa("127.0.0.1:50000"),
+        peer: sa("127.0.0.3:40001"),
+        channel: 0x4001,
+        slot,
+        expires_ns: u64::MAX,
+    }
+}
+
+fn mirror_v6(slot: u32) -> ChannelMirror {
+    ChannelMirror {
+        client: sa("[fd00::2]:40000"),
+        local: sa("[fd00::1]:3478"),
+        relay: sa("[fd00::1]:50000"),
+        peer: sa("[fd00::3]:40001"),
+        channel: 0x4ffe,
+        slot,
+        expires_ns: u64::MAX,
+    }
+}
+
+fn loaded() -> FastPath {
+    FastPath::load(MapLimits {
+        channels: 64,
+        allocations: 8,
+    })
+    .expect("load (needs root)")
+}
+
+fn payload(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// Client → peer and peer → client for one mirror, with payloads of every length class
+/// (odd lengths move the checksum's byte pairing; the 333-byte payload starts with 0x4d, like a
+/// ChannelData header, and must still be relayed as a peer's datagram).
+fn relay_both_ways(fp: &FastPath, m: &ChannelMirror, zero_csum: bool) -> SlotCounters {
+    let mut expect = SlotCounters::default();
+    for len in [0usize, 1, 2, 3, 100, 333, 1200] {
+        let data = payload(len, len as u8);
+        let input = Udp {
+            src: m.client,
+            dst: m.local,
+            payload: channel_data(m.channel, &data),
+        };
+        let run = fp.test_run(&frame(&input, zero_csum), 1).unwrap();
+        assert_eq!(run.action, XDP_TX, "client → peer, {len} B");
+        let (out, check) = parse_verified(&run.frame);
+        assert_eq!(
+            out,
+            Udp {
+                src: m.relay,
+                dst: m.peer,
+                payload: data.clone()
+            },
+            "{len} B"
+        );
+        assert_eq!(
+            check == 0,
+            zero_csum && m.client.is_ipv4(),
+            "checksum presence kept"
+        );
+        assert_eq!(
+            run.frame[..12],
+            frame(&input, zero_csum)[..12],
+            "lo: MACs kept"
+        );
+        expect.c2p_packets += 1;
+        expect.c2p_bytes += len as u64;
+
+        let input = Udp {
+            src: m.peer,
+            dst: m.relay,
+            payload: data.clone(),
+        };
+        let run = fp.test_run(&frame(&input, zero_csum), 1).unwrap();
+        assert_eq!(run.action, XDP_TX, "peer → client, {len} B");
+        let (out, _) = parse_verified(&run.frame);
+        assert_eq!(
+            out,
+            Udp {
+                src: m.local,
+                dst: m.client,
+                payload: channel_data(m.channel, &data)
+            },
+            "{len} B"
+        );
+        expect.p2c_packets += 1;
+        expect.p2c_bytes += len as u64;
+    }
+    expect
+}
+
+#[test]
+fn channel_data_is_relayed_both_ways_over_ipv4_and_ipv6_with_valid_checksums() {
+    let mut fp = loaded();
+    let s4 = fp.take_slot().unwrap();
+    let s6 = fp.take_slot().unwrap();
+    fp.add_channel(&mirror_v4(s4)).unwrap();
+    fp.add_channel(&mirror_v6(s6)).unwrap();
+    assert_eq!(fp.channel_count(), 2);
+    let e4 = relay_both_ways(&fp, &mirror_v4(s4), false);
+    let mut e4z = relay_both_ways(&fp, &mirror_v4(s4), true);
+    let e6 = relay_both_ways(&fp, &mirror_v6(s6), false);
+    e4z.c2p_packets += e4.c2p_packets;
+    e4z.c2p_bytes += e4.c2p_bytes;
+    e4z.p2c_packets += e4.p2c_packets;
+    e4z.p2c_bytes += e4.p2c_bytes;
+    assert_eq!(fp.counters(s4), e4z, "per-allocation counters exact");
+    assert_eq!(fp.counters(s6), e6);
+    let t = fp.totals();
+    assert_eq!(t.client_to_peer, e4z.c2p_packets + e6.c2p_packets);
+    assert_eq!(t.peer_to_client, e4z.p2c_packets + e6.p2c_packets);
+    assert_eq!(t.passed_matched, 0);
+}
+
+#[test]
+fn a_removed_channel_is_passed_up_at_once_and_a_reused_slot_starts_at_zero() {
+    let mut fp = loaded();
+    let slot = fp.take_slot().unwrap();
+    let m = mirror_v4(slot);
+    fp.add_channel(&m).unwrap();
+    let input = frame(
+        &Udp {
+            src: m.client,
+            dst: m.local,
+            payload: channel_data(m.channel, b"x"),
+        },
+        false,
+    );
+    assert_eq!(fp.test_run(&input, 1).unwrap().action, XDP_TX);
+    fp.remove_channel(&m);
+    let run = fp.test_run(&input, 1).unwrap();
+    assert_eq!((run.action, run.frame), (XDP_PASS, input.clone()));
+    let back = frame(
+        &Udp {
+            src: m.peer,
+            dst: m.relay,
+            payload: b"y".to_vec(),
+        },
+        false,
+    );
+    assert_eq!(fp.test_run(&back, 1).unwrap().action, XDP_PASS);
+    assert_eq!(fp.counters(slot).c2p_packets, 1);
+    fp.release_slot(slot);
+    let again = fp.take_slot().unwrap();
+    assert_eq!(again, slot);
+    assert_eq!(fp.counters(again), SlotCounters::default());
+}
+
+#[test]
+fn what_the_program_cannot_prove_right_goes_to_user_space_unchanged() {
+    let mut fp = loaded();
+    let slot = fp.take_slot().unwrap();
+    let m = mirror_v4(slot);
+    fp.add_channel(&m).unwrap();
+    let good = frame(
+        &Udp {
+            src: m.client,
+            dst: m.local,
+            payload: channel_data(m.channel, b"hello"),
+        },
+        false,
+    );
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    // Padded ChannelData (length 5 in 8 bytes of message).
+    let mut padded = channel_data(m.channel, b"hello");
+    padded[3] = 4;
+    cases.push((
+        "length short of the datagram",
+        frame(
+            &Udp {
+                src: m.client,
+                dst: m.local,
+                payload: padded,
+            },
+            false,
+        ),
+    ));
+    let mut long = channel_data(m.channel, b"hello");
+    long[3] = 9;
+    cases.push((
+        "length past the datagram",
+        frame(
+            &Udp {
+                src: m.client,
+                dst: m.local,
+                payload: long,
+            },
+            false,
+        ),
+    ));
+    cases.push((
+        "other channel",
+        frame(
+            &Udp {
+                src: m.client,
+                dst: m.local,
+                payload: channel_data(0x4002, b"hello"),
+            },
+            false,
+        ),
+    ));
+    cases.push((
+        "other client port",
+        frame(
+            &Udp {
+                src: sa("127.0.0.2:40009"),
+                dst: m.local,
+                payload: channel_data(m.channel, b"hello"),
+            },
+            false,
+        ),
+    ));
+    cases.push((
+        "peer port not bound",
+        frame(
+            &Udp {
+                src: sa("127.0.0.3:40009"),
+                dst: m.relay,
+                payload: b"x".to_vec(),
+            },
+            false,
+        ),
+    ));
+    let mut frag = good.clone();
+    frag[20] = 0x20; // More Fragments
+    cases.push(("fragment", frag));
+    let mut opts = good.clone();
+    opts[14] = 0x46;
+    cases.push(("IPv4 options", opts));
+    let mut trailer = good.clone();
+    trailer.extend_from_slice(&[0, 0]);
+    cases.push(("bytes past tot_len", trailer));
+    let mut tcp = good.clone();
+    tcp[23] = 6;
+    cases.push(("not UDP", tcp));
+    for cut in [0, 13, 14, 33, 34, 41, 42, 45, good.len() - 1] {
+        cases.push(("truncated", good[..cut].to_vec()));
+    }
+    for (what, f) in cases {
+        if f.len() < 14 {
+            continue; // the kernel refuses a test frame shorter than an Ethernet header
+        }
+        let run = fp.test_run(&f, 1).unwrap();
+        assert_eq!(run.action, XDP_PASS, "{what}");
+        assert_eq!(run.frame, f, "{what}: unchanged");
+    }
+    assert_eq!(fp.counters(slot), SlotCounters::default());
+    // A channel mirrored across families is passed up (the program relays within one family).
+    let cross = ChannelMirror {
+        peer: sa("[fd00::3]:40001"),
+        relay: sa("[fd00::1]:50000"),
+        ..m
+    };
+    fp.remove_channel(&m);
+    fp.add_channel(&cross).unwrap();
+    assert_eq!(fp.test_run(&good, 1).unwrap().action, XDP_PASS);
+    assert_eq!(
+        fp.totals().passed_matched,
+        3,
+        "two bad lengths and one cross-family"
+    );
+}
+
+#[test]
+fn a_full_map_is_reported_and_leaves_nothing_behind() {
+    let mut fp = FastPath::load(MapLimits {
+        channels: 1,
+        allocations: 1,
+    })
+    .unwrap();
+    let slot = fp.take_slot().unwrap();
+    assert_eq!(fp.take_slot(), None, "one slot");
+    fp.add_channel(&mirror_v4(slot)).unwrap();
+    let err = fp.add_channel(&mirror_v6(slot)).unwrap_err();
+    assert!(matches!(err, FastPathError::Full("CHANNELS")), "{err}");
+    assert_eq!(fp.channel_count(), 1);
+}
+
+#[test]
+fn an_entry_past_its_expiry_is_passed_up_without_user_space_touching_the_map() {
+    let mut fp = loaded();
+    let slot = fp.take_slot().unwrap();
+    let live = mirror_v6(slot);
+    let expired = ChannelMirror {
+        expires_ns: monotonic_ns(),
+        ..mirror_v4(slot)
+    };
+    fp.add_channel(&live).unwrap();
+    fp.add_channel(&expired).unwrap();
+    let c2p = |m: &ChannelMirror| {
+        frame(
+            &Udp {
+                src: m.client,
+                dst: m.local,
+                payload: channel_data(m.channel, b"x"),
+            },
+            false,
+        )
+    };
+    let p2c = |m: &ChannelMirror| {
+        frame(
+            &Udp {
+                src: m.peer,
+                dst: m.relay,
+                payload: b"y".to_vec(),
+            },
+            false,
+        )
+    };
+    assert_eq!(fp.test_run(&c2p(&live), 1).unwrap().action, XDP_TX);
+    assert_eq!(fp.test_run(&p2c(&live), 1).unwrap().action, XDP_TX);
+    assert_eq!(fp.test_run(&c2p(&expired), 1).unwrap().action, XDP_PASS);
+    assert_eq!(fp.test_run(&p2c(&expired), 1).unwrap().action, XDP_PASS);
+    assert_eq!(fp.totals().passed_matched, 2);
+}
+
+#[test]
+fn on_loopback_ipv4_is_relayed_without_a_udp_checksum_and_ipv6_is_passed_up() {
+    let mut fp = loaded();
+    fp.set_loopback_partial_csum(true).unwrap();
+    let slot = fp.take_slot().unwrap();
+    let (m4, m6) = (mirror_v4(slot), mirror_v6(slot));
+    fp.add_channel(&m4).unwrap();
+    fp.add_channel(&m6).unwrap();
+    for data in [&b"x"[..], &[0x41; 333][..]] {
+        let input = Udp {
+            src: m4.client,
+            dst: m4.local,
+            payload: channel_data(m4.channel, data),
+        };
+        let run = fp.test_run(&frame(&input, false), 1).unwrap();
+        assert_eq!(run.action, XDP_TX);
+        let (out, check) = parse_verified(&run.frame);
+        assert_eq!((out.payload.as_slice(), check), (data, 0));
+        let input = Udp {
+            src: m4.peer,
+            dst: m4.relay,
+            payload: data.to_vec(),
+        };
+        let run = fp.test_run(&frame(&input, false), 1).unwrap();
+        assert_eq!(parse_verified(&run.frame).1, 0);
+    }
+    let input = frame(
+        &Udp {
+            src: m6.client,
+            dst: m6.local,
+            payload: channel_data(m6.channel, b"x"),
+        },
+        false,
+    );
+    let run = fp.test_run(&input, 1).unwrap();
+    assert_eq!((run.action, run.frame), (XDP_PASS, input));
+}

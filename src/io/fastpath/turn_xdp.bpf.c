@@ -1,0 +1,653 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//
+// vigi-turn's kernel fast path (issue 18): an XDP program that relays UDP ChannelData
+// (RFC 8656 §12) for allocations whose state user space mirrored into the maps below.
+//
+//   client -> server:  ChannelData on a bound channel  -> UDP from the relay address to the peer
+//   peer   -> relay:   UDP from a peer with a channel  -> ChannelData to the client
+//
+// Headers are rewritten in place (the ChannelData header is cut or written in the 4 bytes of
+// headroom that bpf_xdp_adjust_head moves), the UDP checksum is updated incrementally
+// (RFC 1624) and the 20-byte IPv4 header checksum is recomputed. Anything this program does not
+// fully understand -- a map miss, an IP fragment, IPv4 options, IPv6 extension headers, a frame
+// whose lengths do not agree exactly, a channel bound across address families, a route the FIB
+// cannot give -- returns XDP_PASS, so the user-space path stays the reference and the fallback.
+// Nothing here ever returns XDP_DROP.
+//
+// Per allocation (a slot user space assigns), per-CPU counters of relayed packets and payload
+// bytes are kept for user space to fold into its per-allocation stats.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define AF_INET 2
+#define AF_INET6 10
+#define LOOPBACK_IFINDEX 1
+#define RELAY_TTL 64
+
+// One transport address as the maps hold it: `addr` in network order (IPv4 in its first four
+// bytes, the rest zero), `port` in network order, `family` 4 or 6. 20 bytes, no hidden padding.
+struct endpoint {
+	__u8 addr[16];
+	__be16 port;
+	__u8 family;
+	__u8 pad;
+};
+
+// client -> peer: a ChannelData message from `client` to the server's listening address
+// `local` on channel `channel` (host order).
+struct chan_key {
+	struct endpoint client;
+	struct endpoint local;
+	__u16 channel;
+	__u16 pad;
+};
+
+// `expires_ns`: CLOCK_MONOTONIC (bpf_ktime_get_ns) past which the entry is not used: user space
+// sets it to the earliest of the channel's, its permission's and the allocation's deadlines, so
+// an entry lapses when the engine would refuse it, with no timer.
+struct chan_val {
+	struct endpoint relay;
+	struct endpoint peer;
+	__u32 slot;
+	__u32 pad;
+	__u64 expires_ns;
+};
+
+// peer -> client: a UDP datagram from `peer` to the relayed address `relay`.
+struct peer_key {
+	struct endpoint peer;
+	struct endpoint relay;
+};
+
+struct peer_val {
+	struct endpoint client;
+	struct endpoint local;
+	__u16 channel;
+	__u16 pad;
+	__u32 slot;
+	__u64 expires_ns;
+};
+
+// Per allocation slot: packets and payload bytes relayed each way.
+struct alloc_counters {
+	__u64 c2p_packets;
+	__u64 c2p_bytes;
+	__u64 p2c_packets;
+	__u64 p2c_bytes;
+};
+
+// Global counters, one per index below.
+enum {
+	STAT_C2P = 0,
+	STAT_P2C = 1,
+	// A packet that matched a map entry but went to user space (route, MTU, lengths, family).
+	STAT_PASS_MATCHED = 2,
+	STAT_COUNT = 3,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct chan_key);
+	__type(value, struct chan_val);
+} CHANNELS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct peer_key);
+	__type(value, struct peer_val);
+} PEERS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct alloc_counters);
+} ALLOC_COUNTERS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} STATS SEC(".maps");
+
+// Set by user space when the program is attached to `lo`: a local sender leaves only a partial
+// UDP checksum on loopback (checksum offload that `lo` cannot turn off), so no incremental update
+// can be right there. Then IPv4 is relayed without a UDP checksum (RFC 768 allows 0) and IPv6,
+// where the checksum is mandatory, is passed up.
+#define CONFIG_LOOPBACK_PARTIAL_CSUM 1
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} CONFIG SEC(".maps");
+
+static __always_inline int loopback_partial_csum(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	__u32 *flags;
+	if (ctx->ingress_ifindex != LOOPBACK_IFINDEX)
+		return 0;
+	flags = bpf_map_lookup_elem(&CONFIG, &zero);
+	return flags && (*flags & CONFIG_LOOPBACK_PARTIAL_CSUM);
+}
+
+static __always_inline void stat_inc(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&STATS, &idx);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline void count(__u32 slot, int c2p, __u64 bytes)
+{
+	struct alloc_counters *c = bpf_map_lookup_elem(&ALLOC_COUNTERS, &slot);
+	if (c) {
+		if (c2p) {
+			c->c2p_packets += 1;
+			c->c2p_bytes += bytes;
+		} else {
+			c->p2c_packets += 1;
+			c->p2c_bytes += bytes;
+		}
+	}
+	stat_inc(c2p ? STAT_C2P : STAT_P2C);
+}
+
+// One's-complement arithmetic on raw 16-bit words as they lie in memory (network order): the
+// sum is the same whichever byte order both sides use, so no word is ever byte-swapped.
+static __always_inline __u32 csum_add(__u32 sum, __u16 word)
+{
+	return sum + word;
+}
+
+static __always_inline __u32 csum_sub(__u32 sum, __u16 word)
+{
+	return sum + (__u16)~word;
+}
+
+static __always_inline __u16 csum_fold(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)sum;
+}
+
+static __always_inline __u32 csum_sub_words(__u32 sum, const __u16 *w, int n)
+{
+#pragma unroll
+	for (int i = 0; i < 8; i++)
+		if (i < n)
+			sum = csum_sub(sum, w[i]);
+	return sum;
+}
+
+static __always_inline __u32 csum_add_words(__u32 sum, const __u16 *w, int n)
+{
+#pragma unroll
+	for (int i = 0; i < 8; i++)
+		if (i < n)
+			sum = csum_add(sum, w[i]);
+	return sum;
+}
+
+// The UDP checksum after an update `sum` (RFC 1624 eqn. 3: ~(~HC + ~m + m')); 0 is sent as 0xffff.
+static __always_inline __u16 udp_csum_finish(__u32 sum)
+{
+	__u16 c = ~csum_fold(sum);
+	return c ? c : 0xffff;
+}
+
+static __always_inline void ipv4_csum(struct iphdr *ip)
+{
+	__u16 *w = (__u16 *)ip;
+	__u32 sum = 0;
+	ip->check = 0;
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		sum += w[i];
+	ip->check = ~csum_fold(sum);
+}
+
+static __always_inline void endpoint_v4(struct endpoint *e, __be32 addr, __be16 port)
+{
+	__builtin_memset(e, 0, sizeof(*e));
+	__builtin_memcpy(e->addr, &addr, 4);
+	e->port = port;
+	e->family = 4;
+}
+
+static __always_inline void endpoint_v6(struct endpoint *e, const struct in6_addr *addr, __be16 port)
+{
+	__builtin_memset(e, 0, sizeof(*e));
+	__builtin_memcpy(e->addr, addr, 16);
+	e->port = port;
+	e->family = 6;
+}
+
+// Where a rewritten packet goes: XDP_TX on loopback (a namespace's `lo` in generic mode: every
+// address on it is local) or when the route leaves by the interface it came in on, a redirect
+// when it leaves by another, and -1 (pass to user space) when the FIB cannot say.
+static __always_inline int route(struct xdp_md *ctx, struct ethhdr *eth, int family,
+				 const __u8 *src, const __u8 *dst, __u16 tot_len)
+{
+	if (ctx->ingress_ifindex == LOOPBACK_IFINDEX)
+		return XDP_TX;
+	struct bpf_fib_lookup fib;
+	__builtin_memset(&fib, 0, sizeof(fib));
+	fib.family = family;
+	fib.l4_protocol = IPPROTO_UDP;
+	fib.tot_len = tot_len;
+	fib.ifindex = ctx->ingress_ifindex;
+	if (family == AF_INET) {
+		__builtin_memcpy(&fib.ipv4_src, src, 4);
+		__builtin_memcpy(&fib.ipv4_dst, dst, 4);
+	} else {
+		__builtin_memcpy(fib.ipv6_src, src, 16);
+		__builtin_memcpy(fib.ipv6_dst, dst, 16);
+	}
+	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+		return -1;
+	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	if (fib.ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(fib.ifindex, 0);
+}
+
+// The headers of a frame, copied to the stack. `pad` puts the IP header on a 4-byte boundary
+// (the verifier wants aligned stack access); the wire bytes start at `eth`.
+struct v4_headers {
+	__u16 pad;
+	struct ethhdr eth;
+	struct iphdr ip;
+	struct udphdr udp;
+};
+
+struct v6_headers {
+	__u16 pad;
+	struct ethhdr eth;
+	struct ipv6hdr ip;
+	struct udphdr udp;
+};
+
+#define V4_HDRS (sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct udphdr))
+#define V6_HDRS (sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + sizeof(struct udphdr))
+
+// ---------------------------------------------------------------------------------------------
+// IPv4
+
+static __always_inline int v4_client_to_peer(struct xdp_md *ctx, struct v4_headers *h,
+					     const struct chan_val *v, __u16 data_len)
+{
+	__u16 old_len = h->udp.len;
+	__u16 new_len = bpf_htons(data_len + sizeof(struct udphdr));
+	__u16 old_check = h->udp.check;
+	__u32 sum = 0;
+	if (loopback_partial_csum(ctx))
+		h->udp.check = old_check = 0;
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (data + V4_HDRS + 4 > end)
+		return XDP_PASS;
+	__u16 *cd = data + V4_HDRS;
+
+	if (old_check) {
+		sum = (__u16)~old_check;
+		sum = csum_sub_words(sum, (__u16 *)&h->ip.saddr, 4);
+		sum = csum_sub(sum, h->udp.source);
+		sum = csum_sub(sum, h->udp.dest);
+		sum = csum_sub(sum, old_len);
+		sum = csum_sub(sum, old_len);
+		sum = csum_sub(sum, cd[0]);
+		sum = csum_sub(sum, cd[1]);
+	}
+	__builtin_memcpy(&h->ip.saddr, v->relay.addr, 4);
+	__builtin_memcpy(&h->ip.daddr, v->peer.addr, 4);
+	h->udp.source = v->relay.port;
+	h->udp.dest = v->peer.port;
+	h->udp.len = new_len;
+	if (old_check) {
+		sum = csum_add_words(sum, (__u16 *)&h->ip.saddr, 4);
+		sum = csum_add(sum, h->udp.source);
+		sum = csum_add(sum, h->udp.dest);
+		sum = csum_add(sum, new_len);
+		sum = csum_add(sum, new_len);
+		h->udp.check = udp_csum_finish(sum);
+	}
+	__u16 tot = data_len + sizeof(struct udphdr) + sizeof(struct iphdr);
+	h->ip.tot_len = bpf_htons(tot);
+	h->ip.ttl = RELAY_TTL;
+	ipv4_csum(&h->ip);
+
+	int action = route(ctx, &h->eth, AF_INET, v->relay.addr, v->peer.addr, tot);
+	if (action < 0) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	// Cut the 4-byte ChannelData header: the headers move forward over it.
+	if (bpf_xdp_adjust_head(ctx, 4))
+		return XDP_PASS;
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	if (data + V4_HDRS > end)
+		return XDP_ABORTED;
+	__builtin_memcpy(data, &h->eth, V4_HDRS);
+	count(v->slot, 1, data_len);
+	return action;
+}
+
+static __always_inline int v4_peer_to_client(struct xdp_md *ctx, struct v4_headers *h,
+					     const struct peer_val *v, __u16 data_len)
+{
+	__u16 old_len = h->udp.len;
+	__u16 new_len = bpf_htons(data_len + 4 + sizeof(struct udphdr));
+	__u16 old_check = h->udp.check;
+	__u16 cd[2] = {bpf_htons(v->channel), bpf_htons(data_len)};
+	__u32 sum = 0;
+	if (loopback_partial_csum(ctx))
+		h->udp.check = old_check = 0;
+
+	if (old_check) {
+		sum = (__u16)~old_check;
+		sum = csum_sub_words(sum, (__u16 *)&h->ip.saddr, 4);
+		sum = csum_sub(sum, h->udp.source);
+		sum = csum_sub(sum, h->udp.dest);
+		sum = csum_sub(sum, old_len);
+		sum = csum_sub(sum, old_len);
+	}
+	__builtin_memcpy(&h->ip.saddr, v->local.addr, 4);
+	__builtin_memcpy(&h->ip.daddr, v->client.addr, 4);
+	h->udp.source = v->local.port;
+	h->udp.dest = v->client.port;
+	h->udp.len = new_len;
+	if (old_check) {
+		sum = csum_add_words(sum, (__u16 *)&h->ip.saddr, 4);
+		sum = csum_add(sum, h->udp.source);
+		sum = csum_add(sum, h->udp.dest);
+		sum = csum_add(sum, new_len);
+		sum = csum_add(sum, new_len);
+		sum = csum_add(sum, cd[0]);
+		sum = csum_add(sum, cd[1]);
+		h->udp.check = udp_csum_finish(sum);
+	}
+	__u16 tot = data_len + 4 + sizeof(struct udphdr) + sizeof(struct iphdr);
+	h->ip.tot_len = bpf_htons(tot);
+	h->ip.ttl = RELAY_TTL;
+	ipv4_csum(&h->ip);
+
+	int action = route(ctx, &h->eth, AF_INET, v->local.addr, v->client.addr, tot);
+	if (action < 0) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	if (bpf_xdp_adjust_head(ctx, -4))
+		return XDP_PASS;
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (data + V4_HDRS + 4 > end)
+		return XDP_ABORTED;
+	__builtin_memcpy(data, &h->eth, V4_HDRS);
+	__builtin_memcpy(data + V4_HDRS, cd, 4);
+	count(v->slot, 0, data_len);
+	return action;
+}
+
+static __always_inline int handle_v4(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct v4_headers h;
+	if (data + V4_HDRS > end)
+		return XDP_PASS;
+	__builtin_memcpy(&h.eth, data, V4_HDRS);
+	// No options, no fragments, UDP, and lengths that agree with the frame exactly.
+	if (h.ip.ihl != 5 || h.ip.version != 4 || h.ip.protocol != IPPROTO_UDP)
+		return XDP_PASS;
+	if (h.ip.frag_off & bpf_htons(0x3fff))
+		return XDP_PASS;
+	__u16 tot_len = bpf_ntohs(h.ip.tot_len);
+	if ((long)tot_len != (long)(end - data) - (long)sizeof(struct ethhdr))
+		return XDP_PASS;
+	__u16 udp_len = bpf_ntohs(h.udp.len);
+	if (udp_len != tot_len - sizeof(struct iphdr) || udp_len < sizeof(struct udphdr))
+		return XDP_PASS;
+	__u16 payload_len = udp_len - sizeof(struct udphdr);
+	__u8 *payload = data + V4_HDRS;
+
+	// RFC 8656 §12: a ChannelData message starts with a channel number 0x4000-0x4FFF.
+	if (payload_len >= 4 && payload + 4 <= (__u8 *)end && (payload[0] & 0xf0) == 0x40) {
+		__u16 channel = ((__u16)payload[0] << 8) | payload[1];
+		__u16 data_len = ((__u16)payload[2] << 8) | payload[3];
+		struct chan_key key;
+		__builtin_memset(&key, 0, sizeof(key));
+		endpoint_v4(&key.client, h.ip.saddr, h.udp.source);
+		endpoint_v4(&key.local, h.ip.daddr, h.udp.dest);
+		key.channel = channel;
+		struct chan_val *v = bpf_map_lookup_elem(&CHANNELS, &key);
+		// A miss may still be a peer's datagram that happens to start like ChannelData.
+		if (!v)
+			goto from_peer;
+		// Over UDP the message fills the datagram (no padding to prove right), and the peer
+		// is in the client's family.
+		if (data_len != payload_len - 4 || v->peer.family != 4 || v->relay.family != 4 ||
+		    bpf_ktime_get_ns() >= v->expires_ns) {
+			stat_inc(STAT_PASS_MATCHED);
+			return XDP_PASS;
+		}
+		return v4_client_to_peer(ctx, &h, v, data_len);
+	}
+
+from_peer:;
+	struct peer_key pk;
+	endpoint_v4(&pk.peer, h.ip.saddr, h.udp.source);
+	endpoint_v4(&pk.relay, h.ip.daddr, h.udp.dest);
+	struct peer_val *pv = bpf_map_lookup_elem(&PEERS, &pk);
+	if (!pv)
+		return XDP_PASS;
+	if (pv->client.family != 4 || pv->local.family != 4 || payload_len > 0xffff - 64 ||
+	    bpf_ktime_get_ns() >= pv->expires_ns) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	return v4_peer_to_client(ctx, &h, pv, payload_len);
+}
+
+// ---------------------------------------------------------------------------------------------
+// IPv6 (the UDP checksum is mandatory: an incoming 0 is not relayed here)
+
+static __always_inline int v6_client_to_peer(struct xdp_md *ctx, struct v6_headers *h,
+					     const struct chan_val *v, __u16 data_len)
+{
+	__u16 old_len = h->udp.len;
+	__u16 new_len = bpf_htons(data_len + sizeof(struct udphdr));
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (data + V6_HDRS + 4 > end)
+		return XDP_PASS;
+	__u16 *cd = data + V6_HDRS;
+
+	__u32 sum = (__u16)~h->udp.check;
+	sum = csum_sub_words(sum, (__u16 *)&h->ip.saddr, 8);
+	sum = csum_sub_words(sum, (__u16 *)&h->ip.daddr, 8);
+	sum = csum_sub(sum, h->udp.source);
+	sum = csum_sub(sum, h->udp.dest);
+	sum = csum_sub(sum, old_len);
+	sum = csum_sub(sum, old_len);
+	sum = csum_sub(sum, cd[0]);
+	sum = csum_sub(sum, cd[1]);
+	__builtin_memcpy(&h->ip.saddr, v->relay.addr, 16);
+	__builtin_memcpy(&h->ip.daddr, v->peer.addr, 16);
+	h->udp.source = v->relay.port;
+	h->udp.dest = v->peer.port;
+	h->udp.len = new_len;
+	sum = csum_add_words(sum, (__u16 *)&h->ip.saddr, 8);
+	sum = csum_add_words(sum, (__u16 *)&h->ip.daddr, 8);
+	sum = csum_add(sum, h->udp.source);
+	sum = csum_add(sum, h->udp.dest);
+	sum = csum_add(sum, new_len);
+	sum = csum_add(sum, new_len);
+	h->udp.check = udp_csum_finish(sum);
+	h->ip.payload_len = new_len;
+	h->ip.hop_limit = RELAY_TTL;
+
+	int action = route(ctx, &h->eth, AF_INET6, v->relay.addr, v->peer.addr,
+			   data_len + sizeof(struct udphdr) + sizeof(struct ipv6hdr));
+	if (action < 0) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	if (bpf_xdp_adjust_head(ctx, 4))
+		return XDP_PASS;
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	if (data + V6_HDRS > end)
+		return XDP_ABORTED;
+	__builtin_memcpy(data, &h->eth, V6_HDRS);
+	count(v->slot, 1, data_len);
+	return action;
+}
+
+static __always_inline int v6_peer_to_client(struct xdp_md *ctx, struct v6_headers *h,
+					     const struct peer_val *v, __u16 data_len)
+{
+	__u16 old_len = h->udp.len;
+	__u16 new_len = bpf_htons(data_len + 4 + sizeof(struct udphdr));
+	__u16 cd[2] = {bpf_htons(v->channel), bpf_htons(data_len)};
+
+	__u32 sum = (__u16)~h->udp.check;
+	sum = csum_sub_words(sum, (__u16 *)&h->ip.saddr, 8);
+	sum = csum_sub_words(sum, (__u16 *)&h->ip.daddr, 8);
+	sum = csum_sub(sum, h->udp.source);
+	sum = csum_sub(sum, h->udp.dest);
+	sum = csum_sub(sum, old_len);
+	sum = csum_sub(sum, old_len);
+	__builtin_memcpy(&h->ip.saddr, v->local.addr, 16);
+	__builtin_memcpy(&h->ip.daddr, v->client.addr, 16);
+	h->udp.source = v->local.port;
+	h->udp.dest = v->client.port;
+	h->udp.len = new_len;
+	sum = csum_add_words(sum, (__u16 *)&h->ip.saddr, 8);
+	sum = csum_add_words(sum, (__u16 *)&h->ip.daddr, 8);
+	sum = csum_add(sum, h->udp.source);
+	sum = csum_add(sum, h->udp.dest);
+	sum = csum_add(sum, new_len);
+	sum = csum_add(sum, new_len);
+	sum = csum_add(sum, cd[0]);
+	sum = csum_add(sum, cd[1]);
+	h->udp.check = udp_csum_finish(sum);
+	h->ip.payload_len = new_len;
+	h->ip.hop_limit = RELAY_TTL;
+
+	int action = route(ctx, &h->eth, AF_INET6, v->local.addr, v->client.addr,
+			   data_len + 4 + sizeof(struct udphdr) + sizeof(struct ipv6hdr));
+	if (action < 0) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	if (bpf_xdp_adjust_head(ctx, -4))
+		return XDP_PASS;
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (data + V6_HDRS + 4 > end)
+		return XDP_ABORTED;
+	__builtin_memcpy(data, &h->eth, V6_HDRS);
+	__builtin_memcpy(data + V6_HDRS, cd, 4);
+	count(v->slot, 0, data_len);
+	return action;
+}
+
+static __always_inline int handle_v6(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (loopback_partial_csum(ctx))
+		return XDP_PASS;
+	struct v6_headers h;
+	if (data + V6_HDRS > end)
+		return XDP_PASS;
+	__builtin_memcpy(&h.eth, data, V6_HDRS);
+	// UDP right after the fixed header (no extension headers), lengths that agree exactly, and
+	// a checksum (0 is invalid for UDP over IPv6 and left to the stack).
+	if (h.ip.version != 6 || h.ip.nexthdr != IPPROTO_UDP || h.udp.check == 0)
+		return XDP_PASS;
+	__u16 plen = bpf_ntohs(h.ip.payload_len);
+	if ((long)plen != (long)(end - data) - (long)(sizeof(struct ethhdr) + sizeof(struct ipv6hdr)))
+		return XDP_PASS;
+	__u16 udp_len = bpf_ntohs(h.udp.len);
+	if (udp_len != plen || udp_len < sizeof(struct udphdr))
+		return XDP_PASS;
+	__u16 payload_len = udp_len - sizeof(struct udphdr);
+	__u8 *payload = data + V6_HDRS;
+
+	if (payload_len >= 4 && payload + 4 <= (__u8 *)end && (payload[0] & 0xf0) == 0x40) {
+		__u16 channel = ((__u16)payload[0] << 8) | payload[1];
+		__u16 data_len = ((__u16)payload[2] << 8) | payload[3];
+		struct chan_key key;
+		__builtin_memset(&key, 0, sizeof(key));
+		endpoint_v6(&key.client, &h.ip.saddr, h.udp.source);
+		endpoint_v6(&key.local, &h.ip.daddr, h.udp.dest);
+		key.channel = channel;
+		struct chan_val *v = bpf_map_lookup_elem(&CHANNELS, &key);
+		// A miss may still be a peer's datagram that happens to start like ChannelData.
+		if (!v)
+			goto from_peer;
+		if (data_len != payload_len - 4 || v->peer.family != 6 || v->relay.family != 6 ||
+		    bpf_ktime_get_ns() >= v->expires_ns) {
+			stat_inc(STAT_PASS_MATCHED);
+			return XDP_PASS;
+		}
+		return v6_client_to_peer(ctx, &h, v, data_len);
+	}
+
+from_peer:;
+	struct peer_key pk;
+	endpoint_v6(&pk.peer, &h.ip.saddr, h.udp.source);
+	endpoint_v6(&pk.relay, &h.ip.daddr, h.udp.dest);
+	struct peer_val *pv = bpf_map_lookup_elem(&PEERS, &pk);
+	if (!pv)
+		return XDP_PASS;
+	if (pv->client.family != 6 || pv->local.family != 6 || payload_len > 0xffff - 64 ||
+	    bpf_ktime_get_ns() >= pv->expires_ns) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	return v6_peer_to_client(ctx, &h, pv, payload_len);
+}
+
+SEC("xdp")
+int turn_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end)
+		return XDP_PASS;
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		return handle_v4(ctx);
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return handle_v6(ctx);
+	return XDP_PASS;
+}
+
+// Passes everything: attached to the far end of a veth so that frames another program sends
+// there with XDP_TX or a redirect are delivered (a veth delivers XDP frames only to a peer whose
+// NAPI is on, which an XDP program turns on).
+SEC("xdp")
+int xdp_pass(struct xdp_md *ctx)
+{
+	return XDP_PASS;
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
