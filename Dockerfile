@@ -33,7 +33,10 @@ FROM debian:bookworm-slim
 # libssl3 for DTLS; dig for detect-external-ip's DNS lookup (as coturn's image).
 RUN apt-get update && apt-get install -y --no-install-recommends libssl3 bind9-dnsutils \
     && rm -rf /var/lib/apt/lists/*
-RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin vigiturn \
+# uid and gid 10001 both (a system group would get the first free gid, 999 on bookworm), so a
+# mounted file is made readable with one `chown 10001:10001`.
+RUN groupadd --system --gid 10001 vigiturn \
+    && useradd --system --uid 10001 --gid vigiturn --no-create-home --shell /usr/sbin/nologin vigiturn \
     && mkdir -p /etc/coturn /etc/vigi-turn
 COPY --from=build /src/target/release/vigi-turn /usr/local/bin/vigi-turn
 RUN ln -s vigi-turn /usr/local/bin/turnserver

@@ -140,9 +140,40 @@ fn run_calls(ns: Option<&Netns>, tmp: &TempDir, env: &[(&str, String)]) -> Strin
     drop(node);
     let text = std::fs::read_to_string(&log_path).unwrap_or_default();
     println!("{text}");
-    let status = status.unwrap_or_else(|| panic!("call.mjs timed out after 240 s:\n{text}"));
-    assert!(status.success(), "call.mjs failed ({status}):\n{text}");
+    let servers = || server_logs(tmp);
+    let status =
+        status.unwrap_or_else(|| panic!("call.mjs timed out after 240 s:\n{text}{}", servers()));
+    assert!(
+        status.success(),
+        "call.mjs failed ({status}):\n{text}{}",
+        servers()
+    );
     text
+}
+
+/// Where vigi-turn `name` of a test logs (`--log-file`): printed when the calls fail.
+fn server_log(tmp: &TempDir, name: &str) -> String {
+    tmp.0
+        .join(format!("vigi-turn-{name}.log"))
+        .display()
+        .to_string()
+}
+
+/// Every server log of `tmp`, each under a heading.
+fn server_logs(tmp: &TempDir) -> String {
+    let mut out = String::new();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&tmp.0)
+        .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect())
+        .unwrap_or_default();
+    paths.sort();
+    for p in paths {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("vigi-turn-") {
+            let log = std::fs::read_to_string(&p).unwrap_or_default();
+            out.push_str(&format!("\n--- {name}:\n{log}"));
+        }
+    }
+    out
 }
 
 /// Held for the whole of a test: two browsers with video are as much as this file asks of a
@@ -236,6 +267,7 @@ fn chromium_calls_through_vigi_turn_over_udp_tcp_and_tls() {
     let s = |v: u16| v.to_string();
     let (port_s, tls_s, prom_s) = (s(port), s(tls_port), s(prom_port));
     let sig_listen = format!("127.0.0.1:{sig_port}");
+    let log = server_log(&tmp, "loopback");
     let admin_listen = format!("127.0.0.1:{admin_port}");
     let args = [
         "-n",
@@ -280,6 +312,8 @@ fn chromium_calls_through_vigi_turn_over_udp_tcp_and_tls() {
         "127.0.0.1",
         "--prometheus-port",
         &prom_s,
+        "--log-file",
+        &log,
     ];
     let _srv = start_server_on(port, &args);
     wait_tcp(sig_port, "signaling");
@@ -392,9 +426,10 @@ fn browser_ns() -> Netns {
 }
 
 /// vigi-turn `n` (0 or 1) in `ns` on `ip`:3478 with REST auth, the admin API on NS_ADMIN[n],
-/// Prometheus on NS_PROM[n], and `extra`; returns once it answers STUN there.
-fn ns_server(ns: &Netns, n: usize, ip: &str, extra: &[&str]) -> Proc {
+/// Prometheus on NS_PROM[n], its log in `tmp`, and `extra`; returns once it answers STUN there.
+fn ns_server(ns: &Netns, tmp: &TempDir, n: usize, ip: &str, extra: &[&str]) -> Proc {
     let admin = format!("127.0.0.1:{}", NS_ADMIN[n]);
+    let log = server_log(tmp, ip);
     let prom = NS_PROM[n].to_string();
     let child = ns
         .command(BIN)
@@ -408,7 +443,7 @@ fn ns_server(ns: &Netns, n: usize, ip: &str, extra: &[&str]) -> Proc {
         .args(["--stateless-nonce-secret", "browser-nonce-s3cret"])
         .args(["--admin-listen", &admin, "--admin-token", ADMIN_TOKEN])
         .args(["--prometheus", "--prometheus-address", "127.0.0.1"])
-        .args(["--prometheus-port", &prom])
+        .args(["--prometheus-port", &prom, "--log-file", &log])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -484,7 +519,7 @@ fn firefox_calls_relay_through_send_and_data_indications() {
     let tcp_uri = format!("turn:{NS_A}:3478?transport=tcp");
     let signaling = ns_signaling(&[&uri, &tcp_uri]);
     let signaling: Vec<&str> = signaling.iter().map(String::as_str).collect();
-    let _srv = ns_server(&ns, 0, NS_A, &signaling);
+    let _srv = ns_server(&ns, &tmp, 0, NS_A, &signaling);
     ns.run(|| wait_tcp(NS_SIGNAL, "signaling"));
 
     let calls = serde_json::json!([
@@ -512,6 +547,20 @@ fn firefox_calls_relay_through_send_and_data_indications() {
         peer_sent > 3 * 2 * 20_000 && client_sent > 3 * 2 * 20_000,
         "too little relayed: {peer_sent} to peers, {client_sent} to clients"
     );
+    // The five Firefox allocations each relayed over 10 kB each way (call.mjs) in datagrams of
+    // at most ~1,200 bytes: at least 9 Send and 9 Data indications each.
+    let kind = |k: &str| {
+        metric(
+            &metrics,
+            &format!("vigi_turn_relayed_indications_total{{kind=\"{k}\"}}"),
+        )
+    };
+    let (send, data) = (kind("send"), kind("data"));
+    println!("vigi-turn relayed {send} Send indications and {data} Data indications");
+    assert!(
+        send >= 5 * 9 && data >= 5 * 9,
+        "{send} Send and {data} Data indications relayed"
+    );
 }
 
 /// coturn's `--alternate-server`: server A answers every Allocate with 300 Try Alternate and
@@ -530,8 +579,8 @@ fn chromium_follows_alternate_server_and_relays_through_it() {
     let mut a_args = ns_signaling(&[&uri]);
     a_args.extend(["--alternate-server".to_owned(), format!("{NS_B}:3478")]);
     let a_args: Vec<&str> = a_args.iter().map(String::as_str).collect();
-    let _a = ns_server(&ns, 0, NS_A, &a_args);
-    let _b = ns_server(&ns, 1, NS_B, &[]);
+    let _a = ns_server(&ns, &tmp, 0, NS_A, &a_args);
+    let _b = ns_server(&ns, &tmp, 1, NS_B, &[]);
     ns.run(|| wait_tcp(NS_SIGNAL, "signaling"));
 
     let calls = serde_json::json!([

@@ -126,6 +126,13 @@ counters! {
         "Relayed packets dropped, by reason";
     dropped_bandwidth => "vigi_turn_dropped_packets_total" ["reason=\"bandwidth\""]
         "Relayed packets dropped, by reason";
+    /// Send indications forwarded to a peer (RFC 8656 §11): relayed without a channel, as
+    /// Firefox relays everything.
+    send_indications => "vigi_turn_relayed_indications_total" ["kind=\"send\""]
+        "Packets relayed without a channel: Send indications to peers, Data indications to clients";
+    /// Peer data sent to a client as a Data indication: no channel bound to that peer.
+    data_indications => "vigi_turn_relayed_indications_total" ["kind=\"data\""]
+        "Packets relayed without a channel: Send indications to peers, Data indications to clients";
 }
 
 impl Counters {

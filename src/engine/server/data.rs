@@ -136,7 +136,11 @@ impl Server {
         if let Some(a) = self.get_mut(id) {
             a.stats.client_rcv.add(data.len());
         }
-        self.forward_to_peer(now, id, peer, data)
+        let d = self.forward_to_peer(now, id, peer, data);
+        if matches!(d, ClientDecision::Forward { .. }) {
+            self.counters.send_indications += 1;
+        }
+        d
     }
 
     // ---------------------------------------------------------------- peer input
@@ -193,6 +197,7 @@ impl Server {
             };
         }
         // Data indication: header, XOR-PEER-ADDRESS, DATA (RFC 8656 §11.3).
+        self.counters.data_indications += 1;
         let start = payload.start - message::data_indication_header_len(&peer);
         let pad = (4 - len % 4) % 4;
         message::write_data_indication_header(&mut buf[start..payload.start], &peer, &tid, len);

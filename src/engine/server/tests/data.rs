@@ -47,6 +47,8 @@ fn send_indication_needs_a_permission() {
         panic!("empty DATA");
     };
     assert!(payload.is_empty());
+    // Counted as relayed: the three forwarded, not the refused or malformed ones.
+    assert_eq!(h.s.counters().send_indications, 3);
 }
 
 #[test]
@@ -116,6 +118,7 @@ fn peer_data_becomes_a_data_indication() {
     let a = h.s.allocation_on(&c.five).unwrap();
     assert_eq!(a.stats.client_sent.packets, 5);
     assert_eq!(a.stats.peer_rcv.packets, 7);
+    assert_eq!(h.s.counters().data_indications, 5);
 }
 
 #[test]

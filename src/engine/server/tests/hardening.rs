@@ -398,6 +398,12 @@ fn every_counter_moves_under_some_input() {
     let mut c = Client::alice(udp(40000));
     c.allocate(&mut h).assert_ok();
     c.channel_bind(&mut h, 0x4000, peer()).assert_ok();
+    // Relayed without a channel: a Send indication, and a datagram from a port of the peer no
+    // channel is bound to (a Data indication).
+    let ind = c.send_indication(peer(), b"x");
+    h.input(c.five, &ind);
+    let (d, _) = h.peer_sends(c.five, sa("203.0.113.5:1"), b"x");
+    assert!(matches!(d, PeerDecision::Forward { .. }));
     let cd = channel_data(0x4000, &[0; 600]);
     h.input(c.five, &cd);
     h.input(c.five, &cd);
