@@ -39,7 +39,9 @@ fn drain(s: &mut Server, now: Instant) -> Vec<Vec<u8>> {
     while let Some(c) = s.poll_command() {
         match c {
             Command::Send { data, .. } => sent.push(data),
-            Command::BindRelay { id, .. } => s.handle_relay_bound(now, id, Ok(())),
+            Command::BindRelay { id, .. } => {
+                s.handle_relay_bound(now, id, vigi_turn::engine::Bind::Bound)
+            }
             _ => {}
         }
     }
@@ -88,7 +90,12 @@ fn setup(peer_chan: SocketAddr, peer_send: SocketAddr) -> Setup {
         },
         ..Default::default()
     };
-    let shared = Arc::new(Shared::new(50000, 50099, [7; 32]));
+    let shared = Arc::new(Shared::new(
+        50000,
+        50099,
+        [7; 32],
+        std::time::Instant::now(),
+    ));
     let now = Instant::now();
     let mut s = Server::new(Arc::new(cfg), shared, now, UNIX0, 1);
     let five = FiveTuple {

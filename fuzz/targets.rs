@@ -171,7 +171,9 @@ fn drain(s: &mut Server, now: Instant, request_len: Option<usize>, bounded: bool
                     }
                 }
             }
-            Command::BindRelay { id, .. } => s.handle_relay_bound(now, id, Ok(())),
+            Command::BindRelay { id, .. } => {
+                s.handle_relay_bound(now, id, vigi_turn::engine::Bind::Bound)
+            }
             // RFC 6062: every other Connect reaches its peer.
             Command::ConnectPeer { cid, .. } => {
                 s.handle_tcp_peer_connected(now, cid, cid.0 % 2 == 0)
@@ -224,7 +226,12 @@ pub fn engine(data: &[u8]) {
         },
         ..Default::default()
     };
-    let shared = Arc::new(Shared::new(MIN_PORT, MAX_PORT, [7; 32]));
+    let shared = Arc::new(Shared::new(
+        MIN_PORT,
+        MAX_PORT,
+        [7; 32],
+        std::time::Instant::now(),
+    ));
     let t0 = Instant::now();
     let mut now = t0;
     let mut s = Server::new(Arc::new(cfg), shared.clone(), t0, 1_700_000_000, 1);

@@ -312,7 +312,7 @@ impl AllocationJson {
         AllocationJson {
             id: metrics::format_id(worker, a.id),
             worker,
-            username: a.username.clone(),
+            username: a.username.to_string(),
             realm: m.opts.realm.clone(),
             transport: a.five_tuple.transport.as_str(),
             client: a.five_tuple.client,
@@ -347,7 +347,7 @@ async fn list_allocations(
         .iter()
         .enumerate()
         .flat_map(|(w, snap)| snap.allocations.iter().map(move |a| (w, a)))
-        .filter(|(_, a)| user.map_or(true, |u| &a.username == u))
+        .filter(|(_, a)| user.map_or(true, |u| &*a.username == u.as_str()))
         .map(|(w, a)| AllocationJson::new(&s.monitor, w, a))
         .collect();
     Json(json!({ "allocations": list })).into_response()
@@ -427,7 +427,7 @@ async fn kill_user(
     }
     let mut killed = Vec::new();
     for (w, snap) in s.monitor.snapshots().iter().enumerate() {
-        for a in snap.allocations.iter().filter(|a| a.username == name) {
+        for a in snap.allocations.iter().filter(|a| *a.username == *name) {
             killed.push(metrics::format_id(w, a.id));
         }
     }
@@ -470,24 +470,15 @@ async fn stats(State(s): State<Arc<Admin>>, headers: HeaderMap) -> Response {
         .into_iter()
         .map(|(ip, free)| json!({"ip": ip, "free": free}))
         .collect();
-    Json(json!({
+    let mut stats = json!({
         "allocations": snaps.iter().map(|x| x.allocations.len()).sum::<usize>(),
         "traffic": TrafficJson::from(&traffic),
-        "binding_requests": c.binding_requests,
-        "binding_responses": c.binding_responses,
-        "binding_errors": c.binding_errors,
-        "allocations_created": c.allocations_created,
-        "allocations_expired": c.allocations_expired,
-        "allocations_deleted": c.allocations_deleted,
-        "allocations_refused": c.allocations_refused,
-        "unauthorized": c.unauthorized,
-        "auth_failures": c.auth_failures,
-        "stale_nonces": c.stale_nonces,
-        "malformed": c.malformed,
-        "dropped_no_permission": c.dropped_no_permission,
-        "dropped_bandwidth": c.dropped_bandwidth,
         "relay_ports_free": ports,
         "workers": workers,
-    }))
-    .into_response()
+    });
+    // Every engine counter, under its field name (engine::server::COUNTERS).
+    for spec in crate::engine::server::COUNTERS {
+        stats[spec.field] = json!((spec.get)(&c));
+    }
+    Json(stats).into_response()
 }

@@ -5,11 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use vigi_turn::config::{AuthMode, Config, DefaultFamily, UserSecret};
-use vigi_turn::engine::auth::{self, Credentials};
-use vigi_turn::engine::policy::PeerPolicy;
-use vigi_turn::engine::server::{DefaultFamily as EngineFamily, Rfc5780};
-use vigi_turn::engine::{ServerConfig, Shared};
+use vigi_turn::config::{AuthMode, Config};
+use vigi_turn::engine::Shared;
 use vigi_turn::io::{self, RunConfig};
 
 mod logging;
@@ -95,9 +92,14 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
     }
     // Held until `run` returns: dropping the last reference detaches the program.
     let fastpath = start_fastpath(&config)?.map(|fp| Arc::new(std::sync::Mutex::new(fp)));
-    let engine = Arc::new(engine_config(&config, relay_ips.clone()));
+    let engine = Arc::new(config.engine_config(relay_ips.clone(), &interface_addrs()));
     let nonce_key = nonce_key(&config);
-    let shared = Arc::new(Shared::new(config.min_port, config.max_port, nonce_key));
+    let shared = Arc::new(Shared::new(
+        config.min_port,
+        config.max_port,
+        nonce_key,
+        std::time::Instant::now(),
+    ));
     if let Some(conn) = &config.redis_userdb {
         start_userdb(&config, conn, &engine.realm, &shared)?;
     }
@@ -152,7 +154,7 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
     let stats_shared = rc.shared.clone();
     let running = io::start(rc).context("starting listeners")?;
     let node = node_info(&config, &running, &relay_ips);
-    let realm = engine_realm(&config);
+    let realm = config.engine_realm();
     let directory = Arc::new(vigi_turn::fleet::Directory::default());
     if let Some(conn) = &config.redis_statsdb {
         start_statsdb(
@@ -298,14 +300,25 @@ fn startup_summary(config: &Config, running: &io::Running, relay_ips: &[IpAddr])
         ),
         None => format!("http://*:{}/metrics", config.prometheus_port),
     });
+    // --external-ip: what XOR-RELAYED-ADDRESS reports instead (in Docker often the output of
+    // detect-external-ip, which the operator cannot see otherwise).
+    let reported = if config.external_ips.is_empty() {
+        String::new()
+    } else {
+        let each = config.external_ips.iter().map(|x| match x.private {
+            Some(private) => format!("{} for {private}", x.public),
+            None => x.public.to_string(),
+        });
+        format!(" (reported as {})", each.collect::<Vec<_>>().join(", "))
+    };
     vec![
         format!(
             "vigi-turn {}: {file}; {auth}; realm {}",
             env!("CARGO_PKG_VERSION"),
-            engine_realm(config)
+            config.engine_realm()
         ),
         format!(
-            "listening on udp {:?} tcp {:?} tls {:?} dtls {:?}; relaying from {:?} ports {}-{}; {} workers",
+            "listening on udp {:?} tcp {:?} tls {:?} dtls {:?}; relaying from {:?}{reported} ports {}-{}; {} workers",
             running.udp_addrs,
             running.tcp_addrs,
             running.tls_addrs,
@@ -321,7 +334,7 @@ fn startup_summary(config: &Config, running: &io::Running, relay_ips: &[IpAddr])
             off(config.admin_listen.map(|a| a.to_string())),
             off(config.signaling_listen.map(|a| a.to_string())),
         ),
-        engine_config(config, relay_ips.to_vec()).peer_policy.describe(),
+        config.engine_config(relay_ips.to_vec(), &interface_addrs()).peer_policy.describe(),
     ]
 }
 
@@ -367,15 +380,6 @@ fn start_userdb(
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     Ok(())
-}
-
-/// The realm the engine serves (`--realm`, else `--server-name`, else `vigi-turn`).
-fn engine_realm(config: &Config) -> String {
-    config
-        .realm
-        .clone()
-        .or_else(|| config.server_name.clone())
-        .unwrap_or_else(|| "vigi-turn".to_owned())
 }
 
 /// How this node names itself in the fleet: `--node-address` (else the external or listening IP
@@ -515,169 +519,20 @@ fn is_link_local(ip: &IpAddr) -> bool {
 
 /// The addresses of this host's interfaces (getifaddrs).
 fn interface_addrs() -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we walk read-only and free with freeifaddrs.
-    unsafe {
-        if libc::getifaddrs(&mut head) != 0 {
-            return out;
-        }
-        let mut cur = head;
-        while !cur.is_null() {
-            let sa = (*cur).ifa_addr;
-            if !sa.is_null() {
-                match i32::from((*sa).sa_family) {
-                    libc::AF_INET => {
-                        let sin = &*(sa as *const libc::sockaddr_in);
-                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                            sin.sin_addr.s_addr,
-                        ))));
-                    }
-                    libc::AF_INET6 => {
-                        let sin6 = &*(sa as *const libc::sockaddr_in6);
-                        out.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
-                    }
-                    _ => {}
+    let mut out: Vec<IpAddr> = match nix::ifaddrs::getifaddrs() {
+        Ok(list) => list
+            .filter_map(|ifa| ifa.address)
+            .filter_map(|a| {
+                if let Some(v4) = a.as_sockaddr_in() {
+                    Some(IpAddr::V4(v4.ip()))
+                } else {
+                    a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
                 }
-            }
-            cur = (*cur).ifa_next;
-        }
-        libc::freeifaddrs(head);
-    }
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
     out.sort();
     out.dedup();
     out
-}
-
-/// This node's own addresses, refused as peers unless opened (issue 15: no relay-to-self loops,
-/// no TURN inside TURN): every listening IP (a wildcard listener stands for every interface
-/// address), every relay IP, and both sides of every `--external-ip`.
-fn own_addresses(config: &Config, relay_ips: &[IpAddr]) -> Vec<IpAddr> {
-    let mut own: Vec<IpAddr> = relay_ips.to_vec();
-    if config.listening_ips.is_empty() || config.listening_ips.iter().any(IpAddr::is_unspecified) {
-        own.extend(interface_addrs());
-    }
-    own.extend(
-        config
-            .listening_ips
-            .iter()
-            .filter(|ip| !ip.is_unspecified()),
-    );
-    for e in &config.external_ips {
-        own.push(e.public);
-        own.extend(e.private);
-    }
-    own.sort();
-    own.dedup();
-    own
-}
-
-/// The engine's view of the configuration (at start and on every SIGHUP).
-pub(crate) fn engine_config(config: &Config, relay_ips: Vec<IpAddr>) -> ServerConfig {
-    let realm = config
-        .realm
-        .clone()
-        .or_else(|| config.server_name.clone())
-        .unwrap_or_else(|| "vigi-turn".to_owned());
-    let own = own_addresses(config, &relay_ips);
-    let mut credentials = Credentials::new(&realm, config.rest_api_separator);
-    for u in &config.users {
-        let secret = match &u.secret {
-            UserSecret::Password(p) => auth::UserSecret::Password(p.clone()),
-            UserSecret::Key(k) => auth::UserSecret::Key(*k),
-        };
-        credentials.add_user(&u.name, &secret);
-    }
-    if config.auth == AuthMode::RestApi || config.use_auth_secret {
-        credentials.set_rest_api(true);
-        for s in &config.static_auth_secrets {
-            credentials.add_rest_secret(s.as_bytes());
-        }
-    }
-    let software = if config.no_software_attribute {
-        None
-    } else {
-        Some(
-            config
-                .software_attribute
-                .clone()
-                .unwrap_or_else(|| format!("vigi-turn {}", env!("CARGO_PKG_VERSION"))),
-        )
-    };
-    ServerConfig {
-        realm,
-        software,
-        fingerprint: config.fingerprint,
-        no_auth: config.auth == AuthMode::NoAuth,
-        credentials,
-        stun: !config.no_stun,
-        turn: !config.stun_only,
-        classic_stun: config.rfc3489_compatibility,
-        relay_ips,
-        external_ips: config
-            .external_ips
-            .iter()
-            .map(|e| (e.public, e.private))
-            .collect(),
-        default_lifetime: config.default_allocate_lifetime,
-        max_lifetime: config.max_allocate_lifetime,
-        permission_lifetime: config.permission_lifetime,
-        channel_lifetime: config.channel_lifetime,
-        nonce_lifetime: if config.stale_nonce == 0 {
-            u32::MAX
-        } else {
-            config.stale_nonce
-        },
-        peer_policy: PeerPolicy {
-            allow_loopback: config.allow_loopback_peers,
-            no_multicast: config.no_multicast_peers,
-            denied: config.denied_peer_ips.clone(),
-            allowed: config.allowed_peer_ips.clone(),
-            own,
-        },
-        user_quota: config.user_quota,
-        total_quota: config.total_quota,
-        max_permissions: config.max_allocation_permissions,
-        max_bps: config.max_bps,
-        bps_capacity: config.bps_capacity / config.relay_threads.max(1) as u64,
-        unauthorized_ratelimit: config.unauthorized_ratelimit,
-        udp_relay: !config.no_udp_relay,
-        tcp_relay: !config.no_tcp_relay,
-        default_family: match config.allocation_default_address_family {
-            DefaultFamily::Ipv4 => EngineFamily::Ipv4,
-            DefaultFamily::Ipv6 => EngineFamily::Ipv6,
-            DefaultFamily::Keep => EngineFamily::Keep,
-        },
-        strict_expiry: config.strict_expiry,
-        keep_removed_users: config.reload_keeps_removed_users,
-        rfc5780: config.rfc5780.then(|| {
-            Rfc5780::new(
-                &config.listening_ips,
-                config.listening_port,
-                config.alt_listening_port,
-            )
-        }),
-        alternate_servers: config
-            .alternate_servers
-            .iter()
-            .filter_map(|a| parse_alternate(a, 3478))
-            .collect(),
-        tls_alternate_servers: config
-            .tls_alternate_servers
-            .iter()
-            .filter_map(|a| parse_alternate(a, 5349))
-            .collect(),
-        redirect_over_allocations: config.redirect_over_allocations,
-        ..ServerConfig::default()
-    }
-}
-
-/// `--alternate-server`: `IP`, `IPv4:PORT` or `[IPv6]:PORT` (3478 when absent; 5349 for
-/// `--tls-alternate-server`, as coturn).
-fn parse_alternate(s: &str, default_port: u16) -> Option<SocketAddr> {
-    s.parse::<SocketAddr>().ok().or_else(|| {
-        s.parse::<IpAddr>()
-            .ok()
-            .map(|ip| SocketAddr::new(ip, default_port))
-    })
 }

@@ -28,7 +28,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::engine::allocation::Allocation;
+use crate::engine::server::COUNTERS;
 use crate::engine::stats::{AllocationStats, Flow};
 use crate::engine::{AllocationId, AllocationInfo, Counters, Shared, Transport};
 use crate::io::{WorkerHandle, WorkerSnapshot};
@@ -97,7 +97,8 @@ struct Track {
     seen: u64,
 }
 
-/// coturn's `turn_allocations_duration` buckets (seconds).
+/// `turn_allocations_duration` buckets (seconds). The name follows coturn's `turn_*` family, but
+/// no coturn release exports it: it is vigi-turn's own.
 const DURATION_BUCKETS: [u64; 4] = [10, 60, 600, 3600];
 
 /// A fixed-bucket histogram of allocation durations (non-cumulative counts per bucket, the last
@@ -188,7 +189,7 @@ impl Monitor {
                 let track = t.by_alloc.entry((w, a.id)).or_insert_with(|| Track {
                     samples: VecDeque::with_capacity(RATE_SAMPLES + 1),
                     rate: 0.0,
-                    username: a.username.clone(),
+                    username: a.username.to_string(),
                     transport: a.five_tuple.transport,
                     started_unix: a.started_unix,
                     last: AllocationStats::default(),
@@ -241,7 +242,7 @@ impl Monitor {
     pub fn total_counters(snaps: &[WorkerSnapshot]) -> Counters {
         let mut c = Counters::default();
         for s in snaps {
-            add_counters(&mut c, &s.counters);
+            c.merge(&s.counters);
         }
         c
     }
@@ -286,25 +287,8 @@ impl Monitor {
         let mut out = String::with_capacity(8192);
         let o = &mut out;
 
-        // ---- coturn's names ----
-        counter(
-            o,
-            "stun_binding_request",
-            "Incoming STUN Binding requests",
-            c.binding_requests,
-        );
-        counter(
-            o,
-            "stun_binding_response",
-            "Outgoing STUN Binding responses",
-            c.binding_responses,
-        );
-        counter(
-            o,
-            "stun_binding_error",
-            "STUN Binding errors",
-            c.binding_errors,
-        );
+        // ---- the engine's counters (coturn's stun_binding_* names first), from one table ----
+        render_counters(o, &c);
 
         header(
             o,
@@ -360,42 +344,6 @@ impl Monitor {
         traffic_family(o, "turn_total_traffic", "total ", &[(String::new(), total)]);
 
         // ---- vigi-turn's own ----
-        counter(
-            o,
-            "vigi_turn_allocations_created_total",
-            "Allocations created",
-            c.allocations_created,
-        );
-        counter(
-            o,
-            "vigi_turn_allocations_expired_total",
-            "Allocations ended because their lifetime ran out",
-            c.allocations_expired,
-        );
-        counter(
-            o,
-            "vigi_turn_allocations_deleted_total",
-            "Allocations ended by the client (Refresh 0, connection closed) or an operator",
-            c.allocations_deleted,
-        );
-        counter(
-            o,
-            "vigi_turn_allocations_refused_total",
-            "Allocate requests refused (quota, capacity, draining, no port)",
-            c.allocations_refused,
-        );
-        counter(
-            o,
-            "vigi_turn_unauthorized_total",
-            "401 answers (challenges and failed credentials)",
-            c.unauthorized,
-        );
-        counter(
-            o,
-            "vigi_turn_auth_failures_total",
-            "Requests whose credentials were wrong",
-            c.auth_failures,
-        );
         header(
             o,
             "vigi_turn_allocations_refused_by_code_total",
@@ -426,46 +374,6 @@ impl Monitor {
                 "vigi_turn_auth_failures_by_reason_total{{reason=\"{reason}\"}} {n}"
             );
         }
-        counter(
-            o,
-            "vigi_turn_stale_nonces_total",
-            "438 Stale Nonce answers",
-            c.stale_nonces,
-        );
-        counter(
-            o,
-            "vigi_turn_malformed_total",
-            "Packets that did not parse",
-            c.malformed,
-        );
-        counter(
-            o,
-            "vigi_turn_rate_limited_total",
-            "Challenges and Allocate attempts not answered: the source IP was over --unauthorized-ratelimit",
-            c.rate_limited,
-        );
-        counter(
-            o,
-            "vigi_turn_amplification_dropped_total",
-            "Answers to unauthenticated requests not sent: they would exceed the request by more than the amplification bound",
-            c.amplification_dropped,
-        );
-        header(
-            o,
-            "vigi_turn_dropped_packets_total",
-            "Relayed packets dropped, by reason",
-            "counter",
-        );
-        let _ = writeln!(
-            o,
-            "vigi_turn_dropped_packets_total{{reason=\"no_permission\"}} {}",
-            c.dropped_no_permission
-        );
-        let _ = writeln!(
-            o,
-            "vigi_turn_dropped_packets_total{{reason=\"bandwidth\"}} {}",
-            c.dropped_bandwidth
-        );
         counter(
             o,
             "vigi_turn_dropped_bytes_total",
@@ -603,7 +511,7 @@ impl Monitor {
         let _ = self.calls.set(calls);
     }
 
-    /// coturn's `turn_allocations_duration{type}` histogram.
+    /// The `turn_allocations_duration{type}` histogram (vigi-turn's own, in coturn's naming style).
     fn render_durations(&self, o: &mut String) {
         let durations = self
             .tracker
@@ -663,18 +571,21 @@ impl Monitor {
             .collect();
         header(
             o,
-            "vigi_turn_top_allocation_rate_bytes",
+            "vigi_turn_top_allocation_rate_bytes_per_second",
             "Current rate (bytes/s received from client and peers) of the busiest allocations",
             "gauge",
         );
         for ((rate, _, _), l) in all.iter().zip(&labels) {
-            let _ = writeln!(o, "vigi_turn_top_allocation_rate_bytes{{{l}}} {rate:.1}");
+            let _ = writeln!(
+                o,
+                "vigi_turn_top_allocation_rate_bytes_per_second{{{l}}} {rate:.1}"
+            );
         }
         header(
             o,
             "vigi_turn_top_allocation_bytes",
-            "Bytes of the busiest allocations by flow (rcv/sent: client side, peer_rcv/peer_sent: peer side)",
-            "gauge",
+            "Bytes of the busiest allocations by flow (rcv/sent: client side, peer_rcv/peer_sent: peer side), since each allocation started",
+            "counter",
         );
         for ((_, _, a), l) in all.iter().zip(&labels) {
             for (flow, f) in [
@@ -797,6 +708,22 @@ fn render_calls(o: &mut String, c: &CallStats) {
     let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {total}");
     let _ = writeln!(o, "{name}_sum {sum}");
     let _ = writeln!(o, "{name}_count {total}");
+    if let Some((up, outages)) = c.redis() {
+        header(
+            o,
+            "vigi_turn_signaling_redis_up",
+            "Whether the signaling Redis (--signaling-redis) answers: 0 = this node signals alone",
+            "gauge",
+        );
+        let _ = writeln!(o, "vigi_turn_signaling_redis_up {}", u8::from(up));
+        header(
+            o,
+            "vigi_turn_signaling_redis_outages_total",
+            "Times the signaling Redis became unreachable",
+            "counter",
+        );
+        let _ = writeln!(o, "vigi_turn_signaling_redis_outages_total {outages}");
+    }
 }
 
 /// Per-worker batch sizes and relay latency, as Prometheus histograms (cumulative buckets).
@@ -867,46 +794,21 @@ fn render_io(o: &mut String, snaps: &[WorkerSnapshot]) {
     }
 }
 
-/// Add `b` into `a`, field by field (destructured, so a new counter cannot be forgotten).
-pub fn add_counters(a: &mut Counters, b: &Counters) {
-    let Counters {
-        binding_requests,
-        binding_responses,
-        binding_errors,
-        allocations_created,
-        allocations_expired,
-        allocations_deleted,
-        allocations_refused,
-        unauthorized,
-        auth_failures,
-        stale_nonces,
-        malformed,
-        dropped_no_permission,
-        dropped_bandwidth,
-        refused_by_code,
-        auth_failures_by_reason,
-        rate_limited,
-        amplification_dropped,
-        closed_traffic,
-    } = b;
-    a.refused_by_code.merge(refused_by_code);
-    a.auth_failures_by_reason.merge(auth_failures_by_reason);
-    a.binding_requests += binding_requests;
-    a.binding_responses += binding_responses;
-    a.binding_errors += binding_errors;
-    a.allocations_created += allocations_created;
-    a.allocations_expired += allocations_expired;
-    a.allocations_deleted += allocations_deleted;
-    a.allocations_refused += allocations_refused;
-    a.unauthorized += unauthorized;
-    a.auth_failures += auth_failures;
-    a.stale_nonces += stale_nonces;
-    a.malformed += malformed;
-    a.dropped_no_permission += dropped_no_permission;
-    a.dropped_bandwidth += dropped_bandwidth;
-    a.rate_limited += rate_limited;
-    a.amplification_dropped += amplification_dropped;
-    a.closed_traffic.merge(closed_traffic);
+/// Every counter of [`COUNTERS`]: one HELP/TYPE header per family, then its series.
+fn render_counters(o: &mut String, c: &Counters) {
+    let mut family = "";
+    for spec in COUNTERS {
+        if spec.prometheus != family {
+            family = spec.prometheus;
+            header(o, family, spec.help, "counter");
+        }
+        let v = (spec.get)(c);
+        if spec.labels.is_empty() {
+            let _ = writeln!(o, "{family} {v}");
+        } else {
+            let _ = writeln!(o, "{family}{{{}}} {v}", spec.labels);
+        }
+    }
 }
 
 /// The Prometheus process collector's `process_open_fds` and `process_max_fds`: each
@@ -1003,66 +905,6 @@ fn escape(s: &str) -> String {
     out
 }
 
-// ------------------------------------------------------------------ session log lines
-//
-// One line when an allocation starts and coturn's three when it ends, with its totals, in
-// coturn's wording (`session ...: usage: realm=<..>, username=<..>, rp=.., rb=.., sp=.., sb=..`,
-// `peer usage: ...`, `closed (2nd stage), user <..> realm <..> ..., reason: ..`) so existing log
-// parsers keep working. The session id is the relay address (unique across workers while the
-// allocation lives). Usernames and client addresses are personal data: written only when the
-// debug level is on (`-v`), `-` otherwise. No password, key, secret or token is ever logged.
-
-/// `name` when the debug level is on, else `-`.
-fn personal(name: &str) -> &str {
-    if tracing::enabled!(tracing::Level::DEBUG) {
-        name
-    } else {
-        "-"
-    }
-}
-
-/// The line logged when an allocation becomes active (coturn: `session ...: new, realm=<..>,
-/// username=<..>, lifetime=..`).
-pub fn log_allocation_started(realm: &str, a: &Allocation, lifetime: u32) {
-    let client = a.five_tuple.client.to_string();
-    tracing::info!(
-        "session {}: new, realm=<{realm}>, username=<{}>, lifetime={lifetime}, transport={}, remote {}",
-        a.relay,
-        personal(&a.username),
-        a.five_tuple.transport.as_str(),
-        personal(&client),
-    );
-}
-
-/// The lines logged when an active allocation ends, with its totals (payload bytes).
-pub fn log_allocation_ended(realm: &str, a: &Allocation, reason: &str) {
-    let user = personal(&a.username);
-    let s = &a.stats;
-    tracing::info!(
-        "session {}: usage: realm=<{realm}>, username=<{user}>, rp={}, rb={}, sp={}, sb={}",
-        a.relay,
-        s.client_rcv.packets,
-        s.client_rcv.bytes,
-        s.client_sent.packets,
-        s.client_sent.bytes,
-    );
-    tracing::info!(
-        "session {}: peer usage: realm=<{realm}>, username=<{user}>, rp={}, rb={}, sp={}, sb={}",
-        a.relay,
-        s.peer_rcv.packets,
-        s.peer_rcv.bytes,
-        s.peer_sent.packets,
-        s.peer_sent.bytes,
-    );
-    tracing::info!(
-        "session {}: closed (2nd stage), user <{user}> realm <{realm}> origin <>, local {}, remote {}, reason: {reason}, dropped {} packets",
-        a.relay,
-        a.five_tuple.server,
-        personal(&a.five_tuple.client.to_string()),
-        s.dropped.packets,
-    );
-}
-
 /// How often [`Monitor::sample`] should run.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
@@ -1085,7 +927,7 @@ mod tests {
                 index,
                 generation: 0,
             },
-            username: user.to_owned(),
+            username: user.into(),
             five_tuple: FiveTuple {
                 transport: Transport::Udp,
                 client: ([127, 0, 0, 1], 5000 + index as u16).into(),
@@ -1117,7 +959,12 @@ mod tests {
         };
         let m = Monitor::new(
             vec![handle],
-            Arc::new(Shared::new(50000, 50099, [0; 32])),
+            Arc::new(Shared::new(
+                50000,
+                50099,
+                [0; 32],
+                std::time::Instant::now(),
+            )),
             opts,
         );
         (m, snapshot)
@@ -1140,9 +987,9 @@ mod tests {
         let text = m.render();
         let top: Vec<&str> = text
             .lines()
-            .filter(|l| l.starts_with("vigi_turn_top_allocation_rate_bytes{"))
+            .filter(|l| l.starts_with("vigi_turn_top_allocation_rate_bytes_per_second{"))
             .collect();
-        assert_eq!(top, ["vigi_turn_top_allocation_rate_bytes{id=\"w0-1-0\",user=\"b\",relay=\"127.0.0.1:50001\"} 3000.0"]);
+        assert_eq!(top, ["vigi_turn_top_allocation_rate_bytes_per_second{id=\"w0-1-0\",user=\"b\",relay=\"127.0.0.1:50001\"} 3000.0"]);
         assert!(text.contains("turn_total_traffic_rcvb 53000\n"));
         assert!(text.contains("vigi_turn_relay_ports_free{ip=\"127.0.0.1\"} 100\n"));
         assert!(
@@ -1161,7 +1008,7 @@ mod tests {
         m.sample(t0 + Duration::from_secs(2));
         let text = m.render();
         assert!(!text.contains("w0-1-0"), "{text}");
-        assert!(text.contains("vigi_turn_top_allocation_rate_bytes{id=\"w0-0-0\""));
+        assert!(text.contains("vigi_turn_top_allocation_rate_bytes_per_second{id=\"w0-0-0\""));
         assert!(text.contains("turn_allocations_duration_count{type=\"UDP\"} 1\n"));
     }
 

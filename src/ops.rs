@@ -2,12 +2,13 @@
 //! SIGUSR2 TLS certificate reload, SIGTERM/SIGINT stop), the systemd watchdog, and the process-level settings applied around
 //! binding (RLIMIT_NOFILE before, `--proc-user`/`--proc-group` after).
 
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use nix::unistd::{getgid, getuid, setgid, setgroups, setuid, Gid, Group, Uid, User};
 use vigi_turn::config::Config;
 use vigi_turn::io::{Control, Running};
 
@@ -188,7 +189,7 @@ impl Ops<'_> {
         for what in needs_restart(&self.config, &new) {
             tracing::warn!("SIGHUP: {what} changed; that needs a restart and is not applied");
         }
-        let engine = crate::engine_config(&new, self.relay_ips.clone());
+        let engine = new.engine_config(self.relay_ips.clone(), &crate::interface_addrs());
         self.running.broadcast(Control::Reload(Arc::new(engine)));
         self.logging.reload(&new);
         self.config = new;
@@ -239,27 +240,15 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
 
 /// Raise RLIMIT_NOFILE's soft limit to the hard limit: each allocation holds a relay socket, and
 /// 16k of them need more than the usual 1024. Returns the limit in force.
-pub fn raise_nofile_limit() -> libc::rlim_t {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+pub fn raise_nofile_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 0;
     };
-    // SAFETY: getrlimit/setrlimit read and write one rlimit we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 0;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let want = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
-                lim = want;
-            }
-        }
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return hard;
     }
-    lim.rlim_cur
+    soft
 }
 
 /// `--proc-group` then `--proc-user` (names or numbers): setgroups, setgid, setuid, in that order
@@ -280,67 +269,35 @@ pub fn drop_privileges(user: Option<&str>, group: Option<&str>) -> Result<()> {
         Some(g) => Some(lookup_group(g).with_context(|| format!("--proc-group {g}"))?),
         None => user_gid,
     };
-    // SAFETY: plain system calls on integers.
-    unsafe {
-        if let Some(gid) = gid {
-            if libc::setgroups(1, &gid) != 0 {
-                bail!("setgroups({gid}): {}", std::io::Error::last_os_error());
-            }
-            if libc::setgid(gid) != 0 {
-                bail!("setgid({gid}): {}", std::io::Error::last_os_error());
-            }
-        }
-        if let Some(uid) = uid {
-            if libc::setuid(uid) != 0 {
-                bail!("setuid({uid}): {}", std::io::Error::last_os_error());
-            }
-        }
+    if let Some(gid) = gid {
+        let gid = Gid::from_raw(gid);
+        setgroups(&[gid]).with_context(|| format!("setgroups({gid})"))?;
+        setgid(gid).with_context(|| format!("setgid({gid})"))?;
     }
-    tracing::info!(
-        "running as uid {} gid {}",
-        // SAFETY: getuid/getgid cannot fail.
-        unsafe { libc::getuid() },
-        unsafe { libc::getgid() }
-    );
+    if let Some(uid) = uid {
+        setuid(Uid::from_raw(uid)).with_context(|| format!("setuid({uid})"))?;
+    }
+    tracing::info!("running as uid {} gid {}", getuid(), getgid());
     Ok(())
 }
 
-/// A user name or number: its uid and primary gid.
-fn lookup_user(name: &str) -> Result<(libc::uid_t, libc::gid_t)> {
-    let c = CString::new(name).context("NUL in name")?;
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16384];
-    let mut out: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: getpwnam_r fills `pw` with pointers into `buf`, both outliving the call's use.
-    let rc =
-        unsafe { libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
-    if rc == 0 && !out.is_null() {
-        return Ok((pw.pw_uid, pw.pw_gid));
+/// A user name or number: its uid and primary gid (a number with no passwd entry: its own gid).
+fn lookup_user(name: &str) -> Result<(u32, u32)> {
+    if let Some(u) = User::from_name(name).context("getpwnam")? {
+        return Ok((u.uid.as_raw(), u.gid.as_raw()));
     }
-    if let Ok(uid) = name.parse::<libc::uid_t>() {
-        // SAFETY: as above, by number.
-        let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
-        let gid = if rc == 0 && !out.is_null() {
-            pw.pw_gid
-        } else {
-            uid
-        };
-        return Ok((uid, gid));
-    }
-    bail!("no such user")
+    let uid: u32 = name.parse().ok().context("no such user")?;
+    let gid = User::from_uid(Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map_or(uid, |u| u.gid.as_raw());
+    Ok((uid, gid))
 }
 
 /// A group name or number.
-fn lookup_group(name: &str) -> Result<libc::gid_t> {
-    let c = CString::new(name).context("NUL in name")?;
-    let mut gr: libc::group = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16384];
-    let mut out: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: getgrnam_r fills `gr` with pointers into `buf`.
-    let rc =
-        unsafe { libc::getgrnam_r(c.as_ptr(), &mut gr, buf.as_mut_ptr(), buf.len(), &mut out) };
-    if rc == 0 && !out.is_null() {
-        return Ok(gr.gr_gid);
+fn lookup_group(name: &str) -> Result<u32> {
+    if let Some(g) = Group::from_name(name).context("getgrnam")? {
+        return Ok(g.gid.as_raw());
     }
-    name.parse::<libc::gid_t>().ok().context("no such group")
+    name.parse::<u32>().ok().context("no such group")
 }

@@ -1001,18 +1001,6 @@ struct Net {
     count: usize,
 }
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect(args[0]);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 impl Net {
     fn new(count: usize) -> Net {
         require_tool("ip");

@@ -216,11 +216,14 @@ fn coturn_counters_are_live_and_exact() {
         let m = scrape(pp);
         if value(&m, "turn_total_allocations{type=\"UDP\"}") > 0 {
             seen.push(value(&m, "turn_total_traffic_rcvb"));
-            top_series = top_series.max(count_prefix(&m, "vigi_turn_top_allocation_rate_bytes{"));
+            top_series = top_series.max(count_prefix(
+                &m,
+                "vigi_turn_top_allocation_rate_bytes_per_second{",
+            ));
             max_allocations =
                 max_allocations.max(value(&m, "turn_total_allocations{type=\"UDP\"}"));
             for (k, v) in &m {
-                if k.starts_with("vigi_turn_top_allocation_rate_bytes{") && *v > 0.0 {
+                if k.starts_with("vigi_turn_top_allocation_rate_bytes_per_second{") && *v > 0.0 {
                     let id = k.split('"').nth(1).unwrap().to_owned();
                     if !busy_ids.contains(&id) {
                         busy_ids.push(id);
@@ -389,7 +392,7 @@ fn top_k_stays_bounded_with_many_allocations() {
     // that client's Allocate would arrive on a live allocation's 5-tuple and rightly get a 437.
     let one = allocate(addr);
     let small = scrape_when(pp, |m| {
-        count_prefix(m, "vigi_turn_top_allocation_rate_bytes{") == 1
+        count_prefix(m, "vigi_turn_top_allocation_rate_bytes_per_second{") == 1
     })
     .len();
     // 1,000 client sockets: make sure this process may hold them.
@@ -403,7 +406,10 @@ fn top_k_stays_bounded_with_many_allocations() {
         1000 + 1,
         "every allocation counted, the first one's among them"
     );
-    assert_eq!(count_prefix(&m, "vigi_turn_top_allocation_rate_bytes{"), 5);
+    assert_eq!(
+        count_prefix(&m, "vigi_turn_top_allocation_rate_bytes_per_second{"),
+        5
+    );
     // With username labels, one series per user (here the empty no-auth user), not per session.
     assert_eq!(count_prefix(&m, "turn_traffic_rcvb{"), 1);
     assert!(m.contains_key("turn_traffic_rcvb{realm=\"metrics.local\",user=\"\"}"));

@@ -13,10 +13,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{require_tool, Proc, BIN};
+use common::{Netns, Proc, BIN};
 use vigi_turn::engine::auth::key_md5;
 use vigi_turn::proto::{attr, Class, Message, MessageBuilder, Method};
 
@@ -27,61 +27,30 @@ const PORT: u16 = 3478;
 const REALM: &str = "safe.test";
 
 /// A network namespace with the three addresses on its loopback; deleted when dropped.
-struct Ns(String);
+struct Ns(Netns);
 
 impl Ns {
     fn new() -> Ns {
-        require_tool("ip");
-        let ns = Ns(format!("vsafe{:08x}", rand::random::<u32>()));
-        ns.sh(&["ip", "netns", "add", &ns.0]);
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        let ns = Netns::new("vsafe");
         for a in [PRIVATE, PUBLIC_PEER, RELAY] {
             let a = format!("{}/32", IpAddr::from(a));
-            ns.exec(&["ip", "addr", "add", &a, "dev", "lo"]);
+            ns.ip(&["addr", "add", &a, "dev", "lo"]);
         }
-        ns
-    }
-
-    fn sh(&self, args: &[&str]) {
-        let out = Command::new(args[0])
-            .args(&args[1..])
-            .output()
-            .expect(args[0]);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn exec(&self, args: &[&str]) {
-        let mut all = vec!["ip", "netns", "exec", &self.0];
-        all.extend(args);
-        self.sh(&all);
+        Ns(ns)
     }
 
     /// Run `f` on a thread inside the namespace: every socket it makes lives there.
     fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/var/run/netns/{}", self.0);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let file = std::fs::File::open(&path).expect("open the namespace");
-                use std::os::fd::AsRawFd;
-                // SAFETY: setns(2) on a namespace file we hold open; it moves only this thread.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .expect("namespace thread")
-        })
+        self.0.run(f)
     }
 
     /// vigi-turn in the namespace on RELAY:3478 with default peer rules plus `extra`.
     fn server(&self, extra: &[&str]) -> Proc {
         let relay = IpAddr::from(RELAY).to_string();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.0, BIN, "-n", "-L", &relay])
+        let child = self
+            .0
+            .command(BIN)
+            .args(["-n", "-L", &relay])
             .args(["--relay-ip", &relay, "-p", "3478", "-r", REALM])
             .args(["--user", "alice:alicepw", "-m", "1"])
             .args(["--min-port", "50000", "--max-port", "50100"])
@@ -114,12 +83,6 @@ impl Ns {
         }
         assert!(up, "vigi-turn did not answer STUN in the namespace");
         proc
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
     }
 }
 

@@ -624,9 +624,14 @@ fn slowloris_leaves_metrics_and_allocate_working() {
 
 /// A `redis-server` on a free port of 127.0.0.1, without persistence (killed on drop).
 fn start_redis() -> (Proc, u16) {
-    require_tool("redis-server");
     let port = free_port();
-    let dir = std::env::temp_dir().join(format!("vigi-sig-redis-{}", std::process::id()));
+    (start_redis_on(port), port)
+}
+
+/// A `redis-server` on `port` of 127.0.0.1 (a directory of its own), without persistence.
+fn start_redis_on(port: u16) -> Proc {
+    require_tool("redis-server");
+    let dir = std::env::temp_dir().join(format!("vigi-sig-redis-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -643,12 +648,12 @@ fn start_redis() -> (Proc, u16) {
     let t0 = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
-            t0.elapsed() < Duration::from_secs(10),
+            t0.elapsed() < Duration::from_secs(20),
             "redis did not start"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    (proc, port)
+    proc
 }
 
 #[test]
@@ -740,4 +745,338 @@ fn call_records_in_redis_are_listed_on_every_node() {
         &cred.password,
     );
     assert_eq!(code, 0);
+}
+
+/// A node of a signaling cluster: vigi-turn with `--signaling-redis` on `redis_port`, an admin
+/// API, Prometheus and a log file; (server, signaling port, admin port, Prometheus port, log).
+fn cluster_node(redis_port: u16, log_dir: &Path) -> (Server, u16, u16, u16, std::path::PathBuf) {
+    let conn = format!("ip=127.0.0.1 port={redis_port} dbname=0 connect_timeout=2");
+    let (admin, prom) = (free_port(), free_port());
+    let admin_s = format!("127.0.0.1:{admin}");
+    let prom_s = prom.to_string();
+    let log = log_dir.join(format!("node-{admin}.log"));
+    let log_s = log.to_str().unwrap().to_owned();
+    let (srv, sig) = start_with_signaling(&[
+        "--signaling-redis",
+        &conn,
+        "--admin-listen",
+        &admin_s,
+        "--admin-token",
+        "adm1n",
+        "--prometheus",
+        "--prometheus-address",
+        "127.0.0.1",
+        "--prometheus-port",
+        &prom_s,
+        "--log-file",
+        &log_s,
+    ]);
+    (srv, sig, admin, prom, log)
+}
+
+/// A fresh directory for one test's files.
+fn test_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("vigi-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Wait (at most 30 s) until `what` holds.
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !ok() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One metric of the Prometheus endpoint on `prom`, if it answers and has it.
+fn metric(prom: u16, name: &str) -> Option<f64> {
+    scrape(prom).get(name).copied()
+}
+
+/// cross_node.mjs in `mode` against nodes A and B; `on_pause` runs at each `PAUSE <name>` line
+/// before the script goes on. Its output.
+fn cross_node(sig_a: u16, sig_b: u16, mode: &str, mut on_pause: impl FnMut(&str)) -> String {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new("node")
+        .arg("cross_node.mjs")
+        .current_dir(signaling_dir())
+        .env("SIGNAL_URL_A", format!("http://127.0.0.1:{sig_a}"))
+        .env("SIGNAL_URL_B", format!("http://127.0.0.1:{sig_b}"))
+        .env("SIGNAL_SECRET", SIGNAL_SECRET)
+        .env("MODE", mode)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start node");
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    // The script bounds each of its waits; this bounds the whole run should it hang anyway.
+    let pid = child.id();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d = done.clone();
+    std::thread::spawn(move || {
+        let t0 = Instant::now();
+        while !d.load(std::sync::atomic::Ordering::Relaxed) {
+            if t0.elapsed() > Duration::from_secs(240) {
+                // SAFETY: kill(2) on the node process this test started and has not reaped.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let mut text = String::new();
+    for line in stdout.lines().map_while(Result::ok) {
+        println!("{line}");
+        text.push_str(&line);
+        text.push('\n');
+        if let Some(name) = line.strip_prefix("PAUSE ") {
+            on_pause(name);
+            writeln!(stdin, "go").expect("write go");
+        }
+    }
+    let status = child.wait().expect("wait node");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(status.success(), "cross_node.mjs failed:\n{text}");
+    text
+}
+
+#[test]
+fn two_nodes_share_one_call_flow_through_redis() {
+    let (_redis, redis_port) = start_redis();
+    let dir = test_dir("cross-node");
+    let (_a, sig_a, admin_a, prom_a, _) = cluster_node(redis_port, &dir);
+    let (_b, sig_b, admin_b, prom_b, _) = cluster_node(redis_port, &dir);
+    for prom in [prom_a, prom_b] {
+        wait_until("redis up on both nodes", || {
+            metric(prom, "vigi_turn_signaling_redis_up") == Some(1.0)
+        });
+    }
+    let text = cross_node(sig_a, sig_b, "flow", |_| {});
+    assert!(
+        text.contains("ok - a user on both nodes rings on both"),
+        "{text}"
+    );
+    // The calls are counted where they were placed and answered, and recorded in Redis: both
+    // nodes list the same records, the cross-node call among them.
+    let listed = |admin: u16| -> Vec<Value> {
+        let (status, body) = http(admin, "GET", "/api/calls?user=bob", &bearer(Some("adm1n")));
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["calls"].as_array().cloned().unwrap_or_default()
+    };
+    wait_until("bob's records", || listed(admin_a).len() >= 7);
+    let on_a = listed(admin_a);
+    assert_eq!(on_a, listed(admin_b), "both nodes list the same");
+    let first = &on_a[0];
+    assert_eq!(first["callerId"], "alice");
+    assert_eq!(first["calleeId"], "bob");
+    assert_eq!(first["type"], "video");
+    assert_eq!(first["reason"], "answered");
+    assert!(first["answeredAt"].as_f64().is_some(), "{first}");
+    let reasons: Vec<&str> = on_a.iter().filter_map(|c| c["reason"].as_str()).collect();
+    println!("bob's calls: {reasons:?}");
+    for want in ["answered", "busy", "rejected"] {
+        assert!(reasons.contains(&want), "{want} in {reasons:?}");
+    }
+    let answered = |prom| {
+        metric(prom, r#"vigi_turn_calls_answered_total{type="video"}"#).unwrap_or(0.0)
+            + metric(prom, r#"vigi_turn_calls_answered_total{type="voice"}"#).unwrap_or(0.0)
+    };
+    let (on_a, on_b) = (answered(prom_a), answered(prom_b));
+    println!("answered: {on_a} on A, {on_b} on B");
+    // alice–bob twice and dave–bob, each counted once, by the node of the one who answered.
+    assert_eq!(on_a + on_b, 3.0, "{on_a} + {on_b}");
+}
+
+#[test]
+fn killing_redis_mid_call_leaves_each_node_serving_its_own_users() {
+    let redis_port = free_port();
+    let mut redis = Some(start_redis_on(redis_port));
+    let dir = test_dir("redis-outage");
+    let (srv_a, sig_a, _, prom_a, log_a) = cluster_node(redis_port, &dir);
+    let (_b, sig_b, _, prom_b, log_b) = cluster_node(redis_port, &dir);
+    for prom in [prom_a, prom_b] {
+        wait_until("redis up on both nodes", || {
+            metric(prom, "vigi_turn_signaling_redis_up") == Some(1.0)
+        });
+    }
+    let logged = |log: &Path, what: &str| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(what))
+            .count()
+    };
+    let allocate_on_a = || {
+        let cred = vigi_turn::engine::auth::mint_rest_credentials(
+            REST_SECRET.as_bytes(),
+            "zed",
+            600,
+            unix_now(),
+            ':',
+        );
+        common::turn_client::raw_allocate_at(
+            ([127, 0, 0, 1], srv_a.port).into(),
+            &cred.username,
+            &cred.password,
+        )
+        .0
+    };
+    let text = cross_node(sig_a, sig_b, "outage", |pause| match pause {
+        "redis-down" => {
+            let t = Instant::now();
+            drop(redis.take());
+            for (prom, log) in [(prom_a, &log_a), (prom_b, &log_b)] {
+                wait_until("redis down on both nodes", || {
+                    metric(prom, "vigi_turn_signaling_redis_up") == Some(0.0)
+                });
+                assert_eq!(
+                    metric(prom, "vigi_turn_signaling_redis_outages_total"),
+                    Some(1.0)
+                );
+                assert_eq!(
+                    logged(log, "serves its own users alone"),
+                    1,
+                    "one line per outage"
+                );
+            }
+            println!("# Redis killed: both nodes alone after {:?}", t.elapsed());
+            // The relay does not mind.
+            assert_eq!(allocate_on_a(), 0);
+        }
+        "redis-up" => {
+            let t = Instant::now();
+            redis = Some(start_redis_on(redis_port));
+            for (prom, log) in [(prom_a, &log_a), (prom_b, &log_b)] {
+                wait_until("redis back on both nodes", || {
+                    metric(prom, "vigi_turn_signaling_redis_up") == Some(1.0)
+                });
+                assert_eq!(logged(log, "calls are shared across nodes again"), 1);
+            }
+            println!(
+                "# Redis restarted: both nodes shared again after {:?}",
+                t.elapsed()
+            );
+        }
+        other => panic!("unexpected pause {other}"),
+    });
+    assert!(text.contains("ok - cross-node calls again"), "{text}");
+    // Still one line per change, however long the outage lasted.
+    assert_eq!(logged(&log_a, "serves its own users alone"), 1);
+    assert_eq!(allocate_on_a(), 0);
+}
+
+#[test]
+fn a_call_outlives_the_node_one_party_was_on() {
+    let (_redis, redis_port) = start_redis();
+    let dir = test_dir("node-restart");
+    let (_a, sig_a, _, prom_a, _) = cluster_node(redis_port, &dir);
+    let (b, sig_b, _, prom_b, _) = cluster_node(redis_port, &dir);
+    for prom in [prom_a, prom_b] {
+        wait_until("redis up on both nodes", || {
+            metric(prom, "vigi_turn_signaling_redis_up") == Some(1.0)
+        });
+    }
+    let mut b = Some(b);
+    let text = cross_node(sig_a, sig_b, "restart", |pause| {
+        assert_eq!(pause, "kill-b");
+        // SIGKILL: node B has no chance to say anything to Redis.
+        drop(b.take());
+    });
+    assert!(
+        text.contains("ok - bob reconnects to A and the call goes on"),
+        "{text}"
+    );
+}
+
+/// The shared call state's Lua scripts against a real `redis-server`, as two nodes would use
+/// them at the same moment: one of two callers wins a callee, one of two answers wins, and the
+/// state ends cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_call_state_holds_under_races() {
+    use vigi_turn::signal::calls::CallKind::{Video, Voice};
+    use vigi_turn::signal::cluster::{Initiated, Link, Shared};
+    let (_redis, port) = start_redis();
+    let conn: vigi_turn::config::RedisConn = format!("ip=127.0.0.1 port={port}").parse().unwrap();
+    let node = |id: &str| Shared::new(Link::new(conn.clone()), id.to_owned());
+    let (a, b) = (node("A"), node("B"));
+    assert!(a.link.probe().await && b.link.probe().await);
+    let users = |u: &[&str]| u.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    a.publish_presence(&users(&["alice"])).await.unwrap();
+    b.publish_presence(&users(&["bob", "carol"])).await.unwrap();
+
+    assert_eq!(
+        a.initiate("c0", "alice", "zed", Voice).await.unwrap(),
+        Initiated::Offline
+    );
+    let (r1, r2) = tokio::join!(
+        a.initiate("c1", "alice", "bob", Video),
+        b.initiate("c2", "carol", "bob", Voice)
+    );
+    let (r1, r2) = (r1.unwrap(), r2.unwrap());
+    assert!(
+        matches!(
+            (r1, r2),
+            (Initiated::Ringing, Initiated::Busy) | (Initiated::Busy, Initiated::Ringing)
+        ),
+        "{r1:?} {r2:?}"
+    );
+    let (id, caller) = if r1 == Initiated::Ringing {
+        ("c1", "alice")
+    } else {
+        ("c2", "carol")
+    };
+    assert_eq!(
+        a.initiate("c3", caller, "carol", Voice).await.unwrap(),
+        Initiated::AlreadyInCall
+    );
+    assert_eq!(
+        a.peers(caller, "bob").await.unwrap().as_deref(),
+        Some("ringing")
+    );
+    // bob answers on two devices at once: one answer wins.
+    let (x, y) = tokio::join!(a.answer(id, "bob"), b.answer(id, "bob"));
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert!(x.is_ok() != y.is_ok(), "{x:?} {y:?}");
+    assert_eq!(x.or(y).unwrap().0, caller);
+    assert_eq!(a.answer(id, caller).await.unwrap(), Err("wrong_state"));
+    assert_eq!(
+        a.peers("bob", caller).await.unwrap().as_deref(),
+        Some("active")
+    );
+    assert_eq!(a.peers("zed", "bob").await.unwrap(), None);
+    assert_eq!(a.end(id, "zed", "end").await.unwrap(), Err("unknown_call"));
+    // Renewing: the call goes on; a call that ended elsewhere is reported as such.
+    let (gone, ended) = a.renew(&users(&[id, "c-old"])).await.unwrap();
+    assert!(gone.is_empty());
+    assert_eq!(ended, ["c-old"]);
+    // bob's node stops vouching for him: nobody else does, so his call is to end.
+    assert_eq!(b.went_offline("bob").await.unwrap().as_deref(), Some(id));
+    let (gone, _) = a.renew(&users(&[id])).await.unwrap();
+    assert_eq!(gone, [id]);
+    let e = a.end(id, "", "disconnect").await.unwrap().unwrap();
+    assert!(e.answered && e.answered_at.is_some());
+    assert_eq!((e.caller.as_str(), e.callee.as_str()), (caller, "bob"));
+    assert_eq!(a.state(id).await.unwrap(), None);
+    // Both are free again.
+    b.publish_presence(&users(&["bob"])).await.unwrap();
+    assert_eq!(
+        a.initiate("c4", caller, "bob", Voice).await.unwrap(),
+        Initiated::Ringing
+    );
+    assert_eq!(
+        a.end("c4", "bob", "reject")
+            .await
+            .unwrap()
+            .map(|e| e.answered),
+        Ok(false)
+    );
 }

@@ -61,7 +61,7 @@ fn request(method: Method, tid: u8, fill: impl FnOnce(&mut MessageBuilder)) -> V
 fn settle(s: &mut Server, now: Instant) {
     while let Some(c) = s.poll_command() {
         if let Command::BindRelay { id, .. } = c {
-            s.handle_relay_bound(now, id, Ok(()));
+            s.handle_relay_bound(now, id, vigi_turn::engine::Bind::Bound);
         }
     }
 }
@@ -78,7 +78,12 @@ fn relaying_allocates_nothing_after_warm_up() {
         },
         ..Default::default()
     };
-    let shared = Arc::new(Shared::new(50000, 50100, [1; 32]));
+    let shared = Arc::new(Shared::new(
+        50000,
+        50100,
+        [1; 32],
+        std::time::Instant::now(),
+    ));
     let mut s = Server::new(Arc::new(config), shared, t0, 1_700_000_000, 7);
     let five = FiveTuple {
         transport: Transport::Udp,

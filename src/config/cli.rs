@@ -524,8 +524,9 @@ pub struct Cli {
     /// default both answer `call_busy`, so presence cannot be probed.
     #[arg(long = "signaling-presence")]
     pub signaling_presence: bool,
-    /// Keep call records in this Redis (coturn's connection string, as `--redis-userdb`),
-    /// listed by the admin API's `GET /api/calls`.
+    /// Share signaling through this Redis (coturn's connection string, as `--redis-userdb`;
+    /// Redis 7+): rooms, presence, busy and call state, so that several nodes act as one, and
+    /// call records listed by the admin API's `GET /api/calls`.
     #[arg(long = "signaling-redis", value_name = "CONNECTION")]
     pub signaling_redis: Option<RedisConn>,
     /// Lifetime in seconds of the credentials `GET /api/turn-credentials` mints.

@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod conf_file;
+mod engine;
 pub mod types;
 
 use std::collections::HashSet;
@@ -596,6 +597,22 @@ fn resolve(
             )
         }
         _ => {}
+    }
+    // The redirect is signed, so it answers an Allocate that already carried this node's nonce,
+    // and libwebrtc (Chromium, Safari, most native apps) sends the same nonce to the alternate
+    // and gives up on its 438 Stale Nonce (seen with Chromium 156, tests/browser.rs).
+    let redirects = !cli.alternate_server.is_empty() || !cli.tls_alternate_server.is_empty();
+    let shared_nonces = cli
+        .stateless_nonce_secret
+        .as_deref()
+        .is_some_and(|s| !s.is_empty());
+    if redirects && auth != AuthMode::NoAuth && !shared_nonces {
+        warnings.push(
+            "--alternate-server without --stateless-nonce-secret: browsers follow the redirect \
+             with this node's nonce, which the alternate refuses (438) unless both have the same \
+             --stateless-nonce-secret"
+                .into(),
+        );
     }
     if let Some(db) = &cli.userdb {
         warnings.push(format!(

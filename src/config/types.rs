@@ -194,6 +194,53 @@ impl fmt::Debug for RedisConn {
     }
 }
 
+/// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]` (after the scheme), onto defaults `c`.
+fn parse_redis_url(url: &str, mut c: RedisConn) -> Result<RedisConn, String> {
+    let (auth, rest) = match url.rsplit_once('@') {
+        Some((a, r)) => (Some(a), r),
+        None => (None, url),
+    };
+    if let Some(a) = auth {
+        let (user, pass) = a.split_once(':').unwrap_or(("", a));
+        c.username = Some(user.to_owned()).filter(|u| !u.is_empty());
+        c.password = Some(pass.to_owned()).filter(|p| !p.is_empty());
+    }
+    let (hostport, db) = match rest.split_once('/') {
+        Some((h, d)) => (h, Some(d)),
+        None => (rest, None),
+    };
+    if let Some(d) = db.filter(|d| !d.is_empty()) {
+        c.db = d
+            .parse()
+            .ok()
+            .filter(|d| *d >= 0)
+            .ok_or_else(|| format!("redis:// database: expected a number, got '{d}'"))?;
+    }
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| "redis:// host: unclosed '['".to_owned())?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    if let Some(p) = port {
+        c.port = p
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("redis:// port: expected 1-65535, got '{p}'"))?;
+    }
+    if host.is_empty() {
+        return Err("redis:// host must not be empty".into());
+    }
+    c.host = host.to_owned();
+    Ok(c)
+}
+
 impl FromStr for RedisConn {
     type Err = String;
 
@@ -206,6 +253,9 @@ impl FromStr for RedisConn {
             password: None,
             connect_timeout: 0,
         };
+        if let Some(url) = s.strip_prefix("redis://") {
+            return parse_redis_url(url, c);
+        }
         for pair in s.split(' ').filter(|p| !p.is_empty()) {
             let Some((k, v)) = pair.split_once('=') else {
                 return Err(format!("expected key=value, got '{pair}'"));
@@ -277,6 +327,25 @@ mod tests {
         assert_eq!((h.host.as_str(), h.db), ("redis.local", 3));
         assert!("ip=1.2.3.4 bogus=1".parse::<RedisConn>().is_err());
         assert!("port=0".parse::<RedisConn>().is_err());
+        let u: RedisConn = "redis://app:pw@redis.internal:6380/3".parse().unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.db, u.username.as_deref()),
+            ("redis.internal", 6380, 3, Some("app"))
+        );
+        assert_eq!(u.password.as_deref(), Some("pw"));
+        let u: RedisConn = "redis://:pw@[::1]".parse().unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.username), ("::1", 6379, None));
+        let u: RedisConn = "redis://10.0.0.5".parse().unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.db), ("10.0.0.5", 6379, 0));
+        for bad in [
+            "redis://",
+            "redis://h:0",
+            "redis://h:x",
+            "redis://h/x",
+            "redis://[::1",
+        ] {
+            assert!(bad.parse::<RedisConn>().is_err(), "{bad}");
+        }
         assert!("port=99999".parse::<RedisConn>().is_err());
         assert!("dbname=x".parse::<RedisConn>().is_err());
         assert!("ip".parse::<RedisConn>().is_err());

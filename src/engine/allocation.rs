@@ -58,8 +58,10 @@ pub struct Allocation {
     pub second: Option<Box<SecondRelay>>,
     pub created: Instant,
     pub expires: Instant,
-    pub username: String,
-    pub key: Key,
+    /// Shared with every snapshot of it: the 1 Hz publish copies a pointer, not the name.
+    pub username: std::sync::Arc<str>,
+    /// The key its Allocate authenticated with, which signs its answers (None: `--no-auth`).
+    pub key: Option<Key>,
     pub permissions: Permissions,
     pub channels: Channels,
     pub stats: AllocationStats,
@@ -165,4 +167,15 @@ pub struct PendingAllocate {
     pub draft_codepoints: bool,
     pub fingerprint: bool,
     pub sha256: bool,
+}
+
+impl PendingAllocate {
+    /// What its answer needs from the request.
+    pub fn later(&self) -> crate::engine::server::Later {
+        crate::engine::server::Later {
+            tid: self.tid,
+            sha256: self.sha256,
+            fingerprint: self.fingerprint,
+        }
+    }
 }

@@ -4,7 +4,25 @@
 //! I/O.
 //!
 //! Contract (see [`Server`]): feed every input with `handle_*`, then drain [`Server::poll_command`]
-//! until it is empty, and call [`Server::handle_timeout`] by [`Server::poll_timeout`].
+//! until it is empty. Time: call [`Server::handle_wall_clock`] and then [`Server::handle_timeout`]
+//! at least once a second — the worker does both on a 1 s tick, and that tick is the contract:
+//! every deadline the engine keeps (allocation lifetimes, 30 s RFC 6062 connects, reservations,
+//! nonce ages) is a whole number of seconds, so an expiry is seen at most a second late, and a
+//! request that arrives after its allocation's lifetime but before the tick finds no allocation
+//! (the engine checks lifetimes on every request, not only on the tick).
+//! [`Server::poll_timeout`] says when the next deadline falls, for a driver that would rather
+//! sleep until then (the engine tests do).
+//!
+//! Layout: [`server`] is the engine's front door, one file per TURN concept under
+//! `engine/server/` (binding, authenticate, reply, allocate, refresh, permission, channel_bind,
+//! data, tcp, operator; `config`, `shared` and `counters` beside them). The state they act on
+//! lives in the files here: [`allocation`], [`permission`], [`channel`], [`ports`], [`auth`]
+//! (credentials and nonces), [`limiter`], [`policy`] (peer addresses, token buckets),
+//! [`redirect`] and [`stats`]; [`session_log`] writes coturn's session lines.
+
+#![forbid(unsafe_code)]
+// Time comes in as a parameter (clippy.toml names the clock reads); tests may read the clock.
+#![cfg_attr(not(test), deny(clippy::disallowed_methods))]
 
 pub mod allocation;
 pub mod auth;
@@ -15,14 +33,15 @@ pub mod policy;
 pub mod ports;
 pub mod redirect;
 pub mod server;
+pub mod session_log;
 pub mod stats;
 
 use std::net::SocketAddr;
 
 pub use allocation::AllocationId;
 pub use server::{
-    AllocationInfo, ClientDecision, Command, ConnectionId, Counters, PeerDecision, Server,
-    ServerConfig, Shared,
+    AllocationInfo, Bind, ClientDecision, Command, ConnectionId, Counters, PeerDecision, RelayKind,
+    Server, ServerConfig, Shared,
 };
 
 /// The transport between client and server (RFC 8656 §3.1).

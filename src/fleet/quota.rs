@@ -53,7 +53,7 @@ async fn run(source: QuotaSource) {
         for w in &source.workers {
             let snap = w.snapshot.lock().unwrap_or_else(|e| e.into_inner());
             for a in &snap.allocations {
-                *mine.entry(a.username.clone()).or_default() += 1;
+                *mine.entry(a.username.to_string()).or_default() += 1;
             }
         }
         if conn.is_none() {

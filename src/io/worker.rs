@@ -23,7 +23,8 @@ use super::udp::RecvBatch;
 use super::{relay, stream, tcp_relay, Control, IoStats, RunConfig, WorkerSnapshot};
 use crate::engine::server::{PEER_HEADROOM, PEER_TAILROOM};
 use crate::engine::{
-    AllocationId, ClientDecision, Command, ConnectionId, FiveTuple, Server, Transport,
+    AllocationId, Bind, ClientDecision, Command, ConnectionId, FiveTuple, RelayKind, Server,
+    Transport,
 };
 
 /// Batches read per readiness wake-up before yielding to other sockets.
@@ -480,20 +481,23 @@ impl WorkerState {
                     id,
                     addr,
                     dont_fragment,
-                    second,
-                    tcp,
+                    kind,
                 } => {
-                    let result = if tcp {
-                        tcp_relay::listen(self, id, addr)
-                    } else {
-                        relay::bind(self, id, addr, dont_fragment, second)
+                    let result = match kind {
+                        RelayKind::Tcp => tcp_relay::listen(self, id, addr),
+                        RelayKind::Udp => relay::bind(self, id, addr, dont_fragment, false),
+                        RelayKind::UdpSecond => relay::bind(self, id, addr, dont_fragment, true),
                     };
-                    if let Err(e) = &result {
-                        tracing::debug!("relay bind {addr}: {e}");
-                    }
+                    let outcome = match &result {
+                        Ok(_) => Bind::Bound,
+                        Err(e) => {
+                            tracing::debug!("relay bind {addr}: {e}");
+                            Bind::Failed
+                        }
+                    };
                     self.engine
                         .borrow_mut()
-                        .handle_relay_bound(now, id, result.map_err(|_| ()));
+                        .handle_relay_bound(now, id, outcome);
                 }
                 Command::ConnectPeer { cid, from, peer } => {
                     tcp_relay::connect(self, cid, from, peer)

@@ -374,6 +374,34 @@ pub fn fingerprint_of(prefix: &[u8]) -> u32 {
     crc32fast::hash(prefix) ^ 0x5354_554E
 }
 
+/// Bytes of a Data indication's header in front of its payload: the STUN header,
+/// XOR-PEER-ADDRESS and the DATA attribute's type and length (RFC 8656 §11.3).
+pub fn data_indication_header_len(peer: &SocketAddr) -> usize {
+    HEADER_LEN + 4 + attr::address_len(peer) + 4
+}
+
+/// Write a Data indication header for a `len`-byte payload from `peer` into `h`, which is exactly
+/// [`data_indication_header_len`] bytes; the payload follows it, padded by the caller to 4 bytes.
+pub fn write_data_indication_header(
+    h: &mut [u8],
+    peer: &SocketAddr,
+    tid: &TransactionId,
+    len: usize,
+) {
+    let alen = attr::address_len(peer);
+    let pad = (4 - len % 4) % 4;
+    let body = 4 + alen + 4 + len + pad;
+    h[0..2].copy_from_slice(&message_type(Method::DATA, Class::Indication).to_be_bytes());
+    h[2..4].copy_from_slice(&(body as u16).to_be_bytes());
+    h[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    h[8..20].copy_from_slice(tid);
+    h[20..22].copy_from_slice(&attr::XOR_PEER_ADDRESS.to_be_bytes());
+    h[22..24].copy_from_slice(&(alen as u16).to_be_bytes());
+    attr::write_xor_address(&mut h[24..24 + alen], peer, tid);
+    h[24 + alen..26 + alen].copy_from_slice(&attr::DATA.to_be_bytes());
+    h[26 + alen..28 + alen].copy_from_slice(&(len as u16).to_be_bytes());
+}
+
 /// Writes one STUN message at the end of a caller's buffer. Attributes are appended in call order;
 /// the header length is kept current so MESSAGE-INTEGRITY and FINGERPRINT can be computed at any
 /// point. Values longer than 65535 bytes are truncated rather than producing a broken message.
@@ -475,6 +503,33 @@ impl<'b> MessageBuilder<'b> {
             out[3] = (code % 100) as u8;
             out[4..].copy_from_slice(r);
         })
+    }
+
+    /// ERROR-CODE without a reason phrase (an answer that must stay small).
+    pub fn error_code_bare(&mut self, code: u16) -> &mut Self {
+        self.attr_with(attr::ERROR_CODE, 4, |out| {
+            out[2] = (code / 100) as u8;
+            out[3] = (code % 100) as u8;
+        })
+    }
+
+    /// ADDRESS-ERROR-CODE (RFC 8656 §18.8) of type `ty` (RFC 8656's or the draft's code point):
+    /// the family, then an ERROR-CODE-style code and reason phrase.
+    pub fn address_error_code(&mut self, ty: u16, family: u8, code: u16) -> &mut Self {
+        let reason = attr::reason_phrase(code).as_bytes();
+        self.attr_with(ty, 4 + reason.len(), |out| {
+            out[0] = family;
+            out[2] = (code / 100) as u8;
+            out[3] = (code % 100) as u8;
+            out[4..].copy_from_slice(reason);
+        })
+    }
+
+    /// Append attributes already encoded (whole TLVs, padded) for this transaction id.
+    pub fn encoded(&mut self, attrs: &[u8]) -> &mut Self {
+        self.buf.extend_from_slice(attrs);
+        self.set_len();
+        self
     }
 
     /// MESSAGE-INTEGRITY over everything so far (RFC 8489 §14.5).

@@ -7,6 +7,10 @@
 //! or writes into a buffer the caller owns. Every decoder returns an error for malformed input and
 //! never panics.
 
+#![forbid(unsafe_code)]
+// Time comes in as a parameter (clippy.toml names the clock reads); tests may read the clock.
+#![cfg_attr(not(test), deny(clippy::disallowed_methods))]
+
 pub mod attr;
 pub mod channel_data;
 pub mod framing;

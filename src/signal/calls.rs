@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use super::limit::{Limiter, Rate};
 
@@ -273,6 +273,18 @@ impl Calls {
         kind: CallKind,
         call_id: String,
     ) -> Result<String, CallError> {
+        self.take_initiate(now, caller, callee)?;
+        self.place(now, caller, callee, kind, call_id)
+    }
+
+    /// The checks of `call_initiate` that do not depend on the callee: not oneself, within the
+    /// caller's and the pair's rate limits, not already in a call here. Takes the tokens.
+    pub fn take_initiate(
+        &mut self,
+        now: Instant,
+        caller: &str,
+        callee: &str,
+    ) -> Result<(), CallError> {
         if caller == callee {
             return Err(CallError::SelfCall);
         }
@@ -285,7 +297,18 @@ impl Calls {
         // Counted whether the callee is there or not, so the limit says nothing about them.
         self.ring_by_pair
             .try_take(now, &(caller.to_owned(), callee.to_owned()))
-            .map_err(|_| CallError::RateLimited)?;
+            .map_err(|_| CallError::RateLimited)
+    }
+
+    /// Ring `callee` from here (after [`Calls::take_initiate`]).
+    pub fn place(
+        &mut self,
+        now: Instant,
+        caller: &str,
+        callee: &str,
+        kind: CallKind,
+        call_id: String,
+    ) -> Result<String, CallError> {
         self.push(CallEvent::Started(kind));
         let unavailable = if !self.is_online(callee) {
             Some(CallError::CalleeOffline)
@@ -321,6 +344,76 @@ impl Calls {
             },
         );
         Ok(call_id)
+    }
+
+    /// Keep here a call Redis kept until now (Redis went away): its parties are busy, and it
+    /// is answered, ended and timed out here from now on. `false` (and nothing kept) when
+    /// either party is already in a call kept here.
+    pub fn adopt(
+        &mut self,
+        now: Instant,
+        call_id: &str,
+        caller: &str,
+        callee: &str,
+        kind: CallKind,
+        answered: bool,
+    ) -> bool {
+        if self.in_call(caller) || self.in_call(callee) || self.has_call(call_id) {
+            return false;
+        }
+        self.call_id_by_user
+            .insert(caller.to_owned(), call_id.to_owned());
+        self.call_id_by_user
+            .insert(callee.to_owned(), call_id.to_owned());
+        let phase = if answered {
+            Phase::Active { since: now }
+        } else {
+            Phase::Ringing { since: now }
+        };
+        self.call_by_id.insert(
+            call_id.to_owned(),
+            Call {
+                caller: caller.to_owned(),
+                callee: callee.to_owned(),
+                kind,
+                initiated: now,
+                phase,
+            },
+        );
+        true
+    }
+
+    /// Is `user` in a call kept here?
+    pub fn in_call(&self, user: &str) -> bool {
+        self.call_id_by_user.contains_key(user)
+    }
+
+    /// Is `call_id` kept here?
+    pub fn has_call(&self, call_id: &str) -> bool {
+        self.call_by_id.contains_key(call_id)
+    }
+
+    /// The users with a socket here.
+    pub fn local_users(&self) -> Vec<String> {
+        self.sockets_by_user.keys().cloned().collect()
+    }
+
+    /// A ring of `callee` by `caller` was answered (elsewhere): its token comes back.
+    pub fn refund_ring(&mut self, now: Instant, caller: &str, callee: &str) {
+        self.ring_by_pair
+            .refund(now, &(caller.to_owned(), callee.to_owned()));
+    }
+
+    /// A WebRTC message from `from` within [`WEBRTC_RATE`] (for calls kept elsewhere).
+    pub fn take_webrtc(&mut self, now: Instant, from: &str) -> Result<(), CallError> {
+        self.webrtc_by_user
+            .try_take(now, &from.to_owned())
+            .map_err(|_| CallError::RateLimited)
+    }
+
+    /// Something that happened to a call kept elsewhere, for the records and metrics.
+    pub fn record(&mut self, e: CallEvent) {
+        self.push(e);
     }
 
     /// `call_answer` by the callee of a ringing call: the caller, to be told `call_answered`.
@@ -417,9 +510,7 @@ impl Calls {
         if !matches!(call.phase, Phase::Active { .. }) {
             return Err(CallError::NotAnswered);
         }
-        self.webrtc_by_user
-            .try_take(now, &from.to_owned())
-            .map_err(|_| CallError::RateLimited)
+        self.take_webrtc(now, from)
     }
 
     /// End every call that has rung for longer than [`RING_TIMEOUT`], and forget rate buckets
@@ -495,6 +586,10 @@ pub struct CallStats {
     /// cumulative; the last is +Inf), and the sum in milliseconds.
     duration_buckets: [AtomicU64; CALL_DURATION_BUCKETS.len() + 1],
     duration_sum_ms: AtomicU64,
+    /// `--signaling-redis` given; then whether it answers, and how often it went away.
+    redis_configured: AtomicBool,
+    redis_up: AtomicBool,
+    redis_outages: AtomicU64,
 }
 
 /// Upper bounds, in seconds, of the call duration histogram.
@@ -527,6 +622,23 @@ impl CallStats {
                 self.ended[kind_index(r.kind)][reason.unwrap_or(0)].fetch_add(1, Relaxed)
             }
         };
+    }
+
+    /// The shared Redis's health as the signaling thread last saw it.
+    pub fn set_redis(&self, up: bool, outages: u64) {
+        self.redis_configured.store(true, Relaxed);
+        self.redis_up.store(up, Relaxed);
+        self.redis_outages.store(outages, Relaxed);
+    }
+
+    /// `None` without `--signaling-redis`; else (answering, outages so far).
+    pub fn redis(&self) -> Option<(bool, u64)> {
+        self.redis_configured.load(Relaxed).then(|| {
+            (
+                self.redis_up.load(Relaxed),
+                self.redis_outages.load(Relaxed),
+            )
+        })
     }
 
     /// Calls started, by kind.
@@ -781,6 +893,22 @@ mod tests {
         assert_eq!(c.handle_webrtc(t, "a", "b"), Err(CallError::RateLimited));
         c.handle_webrtc(t, "b", "a").unwrap();
         c.handle_webrtc(t + WEBRTC_RATE.refill, "a", "b").unwrap();
+    }
+
+    #[test]
+    fn adopted_calls_are_kept_here() {
+        let t = Instant::now();
+        let mut c = online(&["a", "c"]);
+        assert!(c.adopt(t, "x1", "a", "remote", CallKind::Video, true));
+        assert!(!c.adopt(t, "x2", "remote", "c", CallKind::Voice, false));
+        assert!(c.in_call("a") && c.in_call("remote") && !c.in_call("c"));
+        assert_eq!(
+            c.handle_initiate(t, "c", "a", CallKind::Voice, "c1".into()),
+            Err(CallError::CalleeBusy)
+        );
+        c.handle_webrtc(t, "a", "remote").unwrap();
+        assert_eq!(c.handle_end(t, "a", "x1").unwrap(), "remote");
+        assert!(!c.in_call("a"));
     }
 
     #[test]

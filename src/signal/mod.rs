@@ -34,6 +34,7 @@
 //! Socket.io client), which tests/browser.rs drives in headless Chromium.
 
 pub mod calls;
+pub mod cluster;
 pub mod limit;
 pub mod records;
 
@@ -55,14 +56,16 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::Sha256;
+use socketioxide::adapter::{Adapter, Emitter, LocalAdapter};
 use socketioxide::extract::{SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::SocketIo;
+use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
 use subtle::ConstantTimeEq;
 
 use crate::config::Config;
 use crate::engine::auth::{mint_rest_credentials, UserDbCell};
-use calls::{CallError, CallKind, Calls};
+use calls::{CallError, CallKind, Calls, EndReason};
 
 /// The largest event payload accepted (JSON-encoded); larger ones get `call_error
 /// payload_too_large`. SDP offers with many codecs stay well below.
@@ -278,8 +281,8 @@ struct Handshakes {
     anonymous: limit::Limiter<()>,
 }
 
-struct Hub {
-    io: SocketIo,
+struct Hub<A: Adapter> {
+    io: SocketIo<A>,
     calls: Mutex<Calls>,
     sockets: Mutex<SocketCount>,
     handshakes: Mutex<Handshakes>,
@@ -288,11 +291,65 @@ struct Hub {
     presence: bool,
     stats: Arc<calls::CallStats>,
     records: Option<Arc<records::RecordStore>>,
+    /// `--signaling-redis`: presence, busy and call state shared with the other nodes.
+    shared: Option<Arc<cluster::Shared>>,
+    /// Calls this node placed through Redis that may still ring: their callers and callees,
+    /// and when they started ringing (this node ends them at [`calls::RING_TIMEOUT`]).
+    ringing_here: Mutex<HashMap<String, (Instant, String, String)>>,
+    /// What this node knows of the calls Redis keeps for its users: renewed while Redis
+    /// answers, and adopted into [`Calls`] when it goes away.
+    mirror: Mutex<HashMap<String, Mirrored>>,
+    /// Calls adopted from the mirror: when one ends here, Redis is told too (if it answers).
+    adopted: Mutex<std::collections::HashSet<String>>,
 }
 
-impl Hub {
+/// A call Redis keeps, as a node with one of its parties knows it.
+#[derive(Debug, Clone)]
+struct Mirrored {
+    caller: String,
+    callee: String,
+    kind: CallKind,
+    answered: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<A: Adapter> Hub<A> {
     fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
         self.calls.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn ringing_here(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, String, String)>> {
+        self.ringing_here
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Redis went away: the calls it kept for this node's users are kept here from now on.
+    fn adopt_mirror(&self) {
+        let mirrored = std::mem::take(&mut *lock(&self.mirror));
+        if mirrored.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut calls = self.calls();
+        let mut adopted = lock(&self.adopted);
+        let mut ringing = self.ringing_here();
+        for (id, c) in mirrored {
+            ringing.remove(&id);
+            if calls.adopt(now, &id, &c.caller, &c.callee, c.kind, c.answered) {
+                adopted.insert(id);
+            }
+        }
+    }
+
+    /// The shared state, while Redis answers.
+    fn shared_up(&self) -> Option<&cluster::Shared> {
+        self.shared.as_deref().filter(|s| s.link.healthy())
     }
 
     /// Count what happened to calls since the last time.
@@ -313,6 +370,24 @@ impl Hub {
             }
         }
         drop(calls);
+        // An adopted call that ended here may still be in Redis (if it kept its data): end
+        // it there too, so that nobody stays busy.
+        let gone: Vec<String> = {
+            let mut adopted = lock(&self.adopted);
+            ended
+                .iter()
+                .filter(|r| adopted.remove(&r.call_id))
+                .map(|r| r.call_id.clone())
+                .collect()
+        };
+        let shared = self.shared.clone().filter(|s| s.link.healthy());
+        if let (Some(shared), false) = (shared, gone.is_empty()) {
+            tokio::spawn(async move {
+                for id in gone {
+                    let _ = shared.end(&id, "", "end").await;
+                }
+            });
+        }
         if let (Some(store), false) = (&self.records, ended.is_empty()) {
             let store = store.clone();
             let now = SystemTime::now()
@@ -320,6 +395,30 @@ impl Hub {
                 .map_or(0.0, |d| d.as_secs_f64());
             tokio::spawn(async move { store.store(&ended, now).await });
         }
+    }
+
+    /// Record a call that Redis kept, ended `as` a reason.
+    fn record_shared_end(&self, call_id: &str, e: &cluster::SharedEnded, reason: EndReason) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let (rang_for, talked_for) = match e.answered_at {
+            Some(at) if e.answered => (secs(at - e.initiated), Some(secs(now - at))),
+            _ => (secs(now - e.initiated), None),
+        };
+        self.calls()
+            .record(calls::CallEvent::Ended(calls::CallRecord {
+                call_id: call_id.to_owned(),
+                caller: e.caller.clone(),
+                callee: e.callee.clone(),
+                kind: e.kind,
+                rang_for,
+                talked_for,
+                reason,
+            }));
+        self.ringing_here().remove(call_id);
+        lock(&self.mirror).remove(call_id);
+        self.drain_events();
     }
 
     fn sockets(&self) -> std::sync::MutexGuard<'_, SocketCount> {
@@ -359,27 +458,36 @@ impl Hub {
         }
     }
 
+    /// Emit to every socket of `user`: on every node while Redis answers, else on this one.
     async fn to_user(&self, user: &str, event: &str, data: &Value) {
-        let _ = self.io.to(room(user)).emit(event, data).await;
+        if self.shared_up().is_some() && self.io.to(room(user)).emit(event, data).await.is_ok() {
+            return;
+        }
+        let _ = self.io.local().to(room(user)).emit(event, data).await;
     }
+}
+
+/// Seconds as a duration; nothing negative, infinite or NaN.
+fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s).unwrap_or(Duration::ZERO)
 }
 
 fn room(user: &str) -> String {
     format!("user_{user}")
 }
 
-fn call_error(s: &SocketRef, code: &str, message: &str) {
+fn call_error<A: Adapter>(s: &SocketRef<A>, code: &str, message: &str) {
     let _ = s.emit("call_error", &json!({ "code": code, "message": message }));
 }
 
-fn refuse(s: &SocketRef, e: CallError) {
+fn refuse<A: Adapter>(s: &SocketRef<A>, e: CallError) {
     call_error(s, e.code(), &e.to_string());
 }
 
 /// The payload of an event if it is a JSON object within [`MAX_EVENT_BYTES`]; otherwise the
 /// client is told why and `None` is returned.
-fn payload(
-    s: &SocketRef,
+fn payload<A: Adapter>(
+    s: &SocketRef<A>,
     data: Result<Value, impl std::fmt::Display>,
 ) -> Option<Map<String, Value>> {
     let v = match data {
@@ -407,7 +515,7 @@ fn payload(
     }
 }
 
-fn call_id_of(s: &SocketRef, m: &Map<String, Value>) -> Option<String> {
+fn call_id_of<A: Adapter>(s: &SocketRef<A>, m: &Map<String, Value>) -> Option<String> {
     match m.get("callId").and_then(Value::as_str) {
         Some(id) if !id.is_empty() && id.len() <= 64 => Some(id.to_owned()),
         _ => {
@@ -417,7 +525,7 @@ fn call_id_of(s: &SocketRef, m: &Map<String, Value>) -> Option<String> {
     }
 }
 
-fn user_of(s: &SocketRef) -> Option<Arc<str>> {
+fn user_of<A: Adapter>(s: &SocketRef<A>) -> Option<Arc<str>> {
     s.extensions.get::<UserId>().map(|u| u.0)
 }
 
@@ -425,7 +533,11 @@ fn new_call_id() -> String {
     hex(&rand::random::<[u8; 16]>())
 }
 
-async fn on_initiate(hub: Arc<Hub>, s: SocketRef, data: Result<Value, impl std::fmt::Display>) {
+async fn on_initiate<A: Adapter>(
+    hub: Arc<Hub<A>>,
+    s: SocketRef<A>,
+    data: Result<Value, impl std::fmt::Display>,
+) {
     let (Some(me), Some(m)) = (user_of(&s), payload(&s, data)) else {
         return;
     };
@@ -439,9 +551,62 @@ async fn on_initiate(hub: Arc<Hub>, s: SocketRef, data: Result<Value, impl std::
     else {
         return call_error(&s, "invalid_payload", "type must be \"voice\" or \"video\"");
     };
-    let r = hub
-        .calls()
-        .handle_initiate(Instant::now(), &me, &callee, kind, new_call_id());
+    let now = Instant::now();
+    let call_id = new_call_id();
+    let taken = hub.calls().take_initiate(now, &me, &callee);
+    if let Err(e) = taken {
+        return refuse(&s, e);
+    }
+    let mut r = None;
+    if let Some(shared) = hub.shared_up() {
+        // A callee in a call this node keeps (placed while Redis was away) is busy too.
+        let local_busy = hub.calls().in_call(&callee);
+        let placed = if local_busy {
+            Ok(cluster::Initiated::Busy)
+        } else {
+            shared.initiate(&call_id, &me, &callee, kind).await
+        };
+        r = match placed {
+            Ok(cluster::Initiated::Ringing) => {
+                hub.calls().record(calls::CallEvent::Started(kind));
+                hub.ringing_here()
+                    .insert(call_id.clone(), (now, me.to_string(), callee.clone()));
+                let m = Mirrored {
+                    caller: me.to_string(),
+                    callee: callee.clone(),
+                    kind,
+                    answered: false,
+                };
+                lock(&hub.mirror).insert(call_id.clone(), m);
+                Some(Ok(call_id.clone()))
+            }
+            Ok(cluster::Initiated::AlreadyInCall) => Some(Err(CallError::AlreadyInCall)),
+            Ok(unavailable) => {
+                let mut calls = hub.calls();
+                calls.record(calls::CallEvent::Started(kind));
+                calls.record(calls::CallEvent::Ended(calls::CallRecord {
+                    call_id: call_id.clone(),
+                    caller: me.to_string(),
+                    callee: callee.clone(),
+                    kind,
+                    rang_for: Duration::ZERO,
+                    talked_for: None,
+                    reason: EndReason::Busy,
+                }));
+                Some(Err(if unavailable == cluster::Initiated::Offline {
+                    CallError::CalleeOffline
+                } else {
+                    CallError::CalleeBusy
+                }))
+            }
+            // Redis went away just now: this node alone, below.
+            Err(_) => None,
+        };
+    }
+    let r = match r {
+        Some(r) => r,
+        None => hub.calls().place(now, &me, &callee, kind, call_id),
+    };
     hub.drain_events();
     match r {
         Ok(call_id) => {
@@ -469,9 +634,67 @@ enum Step {
     End,
 }
 
-async fn on_step(
-    hub: Arc<Hub>,
-    s: SocketRef,
+/// `step` on a call Redis keeps: the other party, or why not. `None` when Redis did not
+/// answer.
+async fn shared_step<A: Adapter>(
+    hub: &Hub<A>,
+    shared: &cluster::Shared,
+    me: &str,
+    call_id: &str,
+    step: Step,
+) -> Option<Result<String, CallError>> {
+    let refused = |code: cluster::Refusal| match code {
+        "wrong_state" => CallError::WrongState,
+        _ => CallError::UnknownCall,
+    };
+    match step {
+        Step::Answer => {
+            let (caller, kind, _) = match shared.answer(call_id, me).await.ok()? {
+                Ok(v) => v,
+                Err(code) => return Some(Err(refused(code))),
+            };
+            let now = Instant::now();
+            let m = Mirrored {
+                caller: caller.clone(),
+                callee: me.to_owned(),
+                kind,
+                answered: true,
+            };
+            lock(&hub.mirror).insert(call_id.to_owned(), m);
+            let mut calls = hub.calls();
+            calls.record(calls::CallEvent::Answered(kind));
+            if hub.ringing_here().remove(call_id).is_some() {
+                calls.refund_ring(now, &caller, me);
+            }
+            drop(calls);
+            hub.drain_events();
+            Some(Ok(caller))
+        }
+        Step::Reject | Step::End => {
+            let mode = if matches!(step, Step::Reject) {
+                "reject"
+            } else {
+                "end"
+            };
+            let e = match shared.end(call_id, me, mode).await.ok()? {
+                Ok(e) => e,
+                Err(code) => return Some(Err(refused(code))),
+            };
+            let reason = match (step, e.answered) {
+                (Step::Reject, _) => EndReason::Rejected,
+                (_, true) => EndReason::Answered,
+                (_, false) => EndReason::Missed,
+            };
+            hub.record_shared_end(call_id, &e, reason);
+            let other = if e.caller == me { e.callee } else { e.caller };
+            Some(Ok(other))
+        }
+    }
+}
+
+async fn on_step<A: Adapter>(
+    hub: Arc<Hub<A>>,
+    s: SocketRef<A>,
     data: Result<Value, impl std::fmt::Display>,
     step: Step,
 ) {
@@ -482,12 +705,22 @@ async fn on_step(
         return;
     };
     let now = Instant::now();
-    let r = {
-        let mut calls = hub.calls();
-        match step {
-            Step::Answer => calls.handle_answer(now, &me, &call_id),
-            Step::Reject => calls.handle_reject(now, &me, &call_id),
-            Step::End => calls.handle_end(now, &me, &call_id),
+    let mut r = None;
+    // A call lives where it was placed: in Redis, or (placed while Redis was away) here.
+    if !hub.calls().has_call(&call_id) {
+        if let Some(shared) = hub.shared_up() {
+            r = shared_step(&hub, shared, &me, &call_id, step).await;
+        }
+    }
+    let r = match r {
+        Some(r) => r,
+        None => {
+            let mut calls = hub.calls();
+            match step {
+                Step::Answer => calls.handle_answer(now, &me, &call_id),
+                Step::Reject => calls.handle_reject(now, &me, &call_id),
+                Step::End => calls.handle_end(now, &me, &call_id),
+            }
         }
     };
     hub.drain_events();
@@ -510,9 +743,9 @@ async fn on_step(
 }
 
 /// `webrtc_offer`/`webrtc_answer`/`webrtc_ice_candidate`: relay `field` to `to` with `from`.
-async fn on_relay(
-    hub: Arc<Hub>,
-    s: SocketRef,
+async fn on_relay<A: Adapter>(
+    hub: Arc<Hub<A>>,
+    s: SocketRef<A>,
     data: Result<Value, impl std::fmt::Display>,
     event: &'static str,
     field: &'static str,
@@ -526,7 +759,16 @@ async fn on_relay(
     let Some(body) = m.remove(field).filter(|v| !v.is_null()) else {
         return call_error(&s, "invalid_payload", &format!("{field} is required"));
     };
-    let allowed = hub.calls().handle_webrtc(Instant::now(), &me, &to);
+    let now = Instant::now();
+    let local = hub.calls().are_peers(&me, &to);
+    let allowed = match hub.shared_up() {
+        Some(shared) if !local => match shared.peers(&me, &to).await {
+            Ok(Some(state)) if state == "active" => hub.calls().take_webrtc(now, &me),
+            Ok(Some(_)) => Err(CallError::NotAnswered),
+            Ok(None) | Err(_) => Err(CallError::NotInCall),
+        },
+        _ => hub.calls().handle_webrtc(now, &me, &to),
+    };
     if let Err(e) = allowed {
         return refuse(&s, e);
     }
@@ -536,7 +778,7 @@ async fn on_relay(
     hub.to_user(&to, event, &Value::Object(out)).await;
 }
 
-fn on_connect(hub: Arc<Hub>, s: SocketRef) {
+fn on_connect<A: Adapter>(hub: Arc<Hub<A>>, s: SocketRef<A>) {
     let Some(me) = user_of(&s) else {
         let _ = s.disconnect();
         return;
@@ -551,7 +793,7 @@ fn on_connect(hub: Arc<Hub>, s: SocketRef) {
     let h = hub.clone();
     s.on(
         "call_initiate",
-        move |s: SocketRef, TryData(d): TryData<Value>| on_initiate(h.clone(), s, d),
+        move |s: SocketRef<A>, TryData(d): TryData<Value>| on_initiate(h.clone(), s, d),
     );
     for (event, step) in [
         ("call_answer", Step::Answer),
@@ -560,7 +802,7 @@ fn on_connect(hub: Arc<Hub>, s: SocketRef) {
         ("call_end", Step::End),
     ] {
         let h = hub.clone();
-        s.on(event, move |s: SocketRef, TryData(d): TryData<Value>| {
+        s.on(event, move |s: SocketRef<A>, TryData(d): TryData<Value>| {
             on_step(h.clone(), s, d, step)
         });
     }
@@ -570,33 +812,75 @@ fn on_connect(hub: Arc<Hub>, s: SocketRef) {
         ("webrtc_ice_candidate", "candidate"),
     ] {
         let h = hub.clone();
-        s.on(event, move |s: SocketRef, TryData(d): TryData<Value>| {
+        s.on(event, move |s: SocketRef<A>, TryData(d): TryData<Value>| {
             on_relay(h.clone(), s, d, event, field)
         });
     }
     let h = hub;
-    s.on_disconnect(move |s: SocketRef| {
+    s.on_disconnect(move |s: SocketRef<A>| {
         let h = h.clone();
         async move {
             if let Some(PeerIp(ip)) = s.extensions.get::<PeerIp>() {
                 h.count_socket(ip, false);
             }
             let Some(me) = user_of(&s) else { return };
-            let ended = h.calls().handle_disconnect(Instant::now(), &me);
+            let (ended, last) = {
+                let mut calls = h.calls();
+                let ended = calls.handle_disconnect(Instant::now(), &me);
+                (ended, !calls.is_online(&me))
+            };
             h.drain_events();
             if let Some(e) = ended {
                 let other = if *me == *e.caller { e.callee } else { e.caller };
                 let msg = json!({ "callId": e.call_id, "endedBy": &*me, "reason": "disconnected" });
                 h.to_user(&other, "call_ended", &msg).await;
             }
+            // The user's last socket here: if no other node holds one, their shared call ends.
+            if let (true, Some(shared)) = (last, h.shared_up()) {
+                if let Ok(Some(call_id)) = shared.went_offline(&me).await {
+                    end_shared_disconnected(&h, shared, &call_id, &me).await;
+                }
+            }
         }
     });
 }
 
-/// End calls that rang unanswered for [`calls::RING_TIMEOUT`].
-async fn ring_timer(hub: Arc<Hub>) {
+/// End a shared call because `who` (or, when empty, one of its parties) is online nowhere;
+/// the parties still reachable are told `call_ended` with reason `disconnected`.
+async fn end_shared_disconnected<A: Adapter>(
+    hub: &Hub<A>,
+    shared: &cluster::Shared,
+    call_id: &str,
+    who: &str,
+) {
+    let Ok(Ok(e)) = shared.end(call_id, "", "disconnect").await else {
+        return;
+    };
+    let reason = if e.answered {
+        EndReason::Answered
+    } else {
+        EndReason::Failed
+    };
+    hub.record_shared_end(call_id, &e, reason);
+    let mut msg = json!({ "callId": call_id, "reason": "disconnected" });
+    if !who.is_empty() {
+        msg["endedBy"] = Value::String(who.to_owned());
+    }
+    for u in [&e.caller, &e.callee] {
+        if u != who {
+            hub.to_user(u, "call_ended", &msg).await;
+        }
+    }
+}
+
+/// Once a second: end calls that rang unanswered for [`calls::RING_TIMEOUT`]. With
+/// `--signaling-redis` also: check Redis (logging a change of health once), republish this
+/// node's users when it comes back, and every [`cluster::REFRESH`] renew their presence and
+/// answered calls.
+async fn ring_timer<A: Adapter>(hub: Arc<Hub<A>>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_refresh = Instant::now();
     loop {
         tick.tick().await;
         let ended = hub.calls().handle_timeout(Instant::now());
@@ -605,6 +889,85 @@ async fn ring_timer(hub: Arc<Hub>) {
             let msg = json!({ "callId": e.call_id, "reason": "timeout" });
             hub.to_user(&e.caller, "call_ended", &msg).await;
             hub.to_user(&e.callee, "call_ended", &msg).await;
+        }
+        if let Some(shared) = hub.shared.clone() {
+            shared_tick(&hub, &shared, &mut last_refresh).await;
+        }
+    }
+}
+
+async fn shared_tick<A: Adapter>(
+    hub: &Hub<A>,
+    shared: &cluster::Shared,
+    last_refresh: &mut Instant,
+) {
+    let back = shared.link.probe().await;
+    if !shared.link.healthy() {
+        hub.adopt_mirror();
+        hub.stats.set_redis(false, shared.link.outages());
+        return;
+    }
+    let now = Instant::now();
+    if back || now.saturating_duration_since(*last_refresh) >= cluster::REFRESH {
+        *last_refresh = now;
+        let users = hub.calls().local_users();
+        let _ = shared.publish_presence(&users).await;
+        let known: Vec<String> = lock(&hub.mirror).keys().cloned().collect();
+        if let Ok((gone, ended)) = shared.renew(&known).await {
+            {
+                let mut mirror = lock(&hub.mirror);
+                for call_id in &ended {
+                    mirror.remove(call_id);
+                }
+            }
+            for call_id in gone {
+                end_shared_disconnected(hub, shared, &call_id, "").await;
+            }
+        }
+    }
+    // Up once this node's users are visible to the others again.
+    hub.stats
+        .set_redis(shared.link.healthy(), shared.link.outages());
+    let ringing: Vec<(String, Instant, String, String)> = hub
+        .ringing_here()
+        .iter()
+        .map(|(id, (at, a, b))| (id.clone(), *at, a.clone(), b.clone()))
+        .collect();
+    for (call_id, since, caller, callee) in ringing {
+        if now.saturating_duration_since(since) >= calls::RING_TIMEOUT {
+            match shared.end(&call_id, "", "timeout").await {
+                Ok(Ok(e)) => {
+                    hub.record_shared_end(&call_id, &e, EndReason::Missed);
+                    let msg = json!({ "callId": call_id, "reason": "timeout" });
+                    hub.to_user(&e.caller, "call_ended", &msg).await;
+                    hub.to_user(&e.callee, "call_ended", &msg).await;
+                }
+                Ok(Err("not_ringing")) => {
+                    hub.ringing_here().remove(&call_id);
+                    hub.calls().refund_ring(now, &caller, &callee);
+                }
+                Ok(Err(_)) => {
+                    hub.ringing_here().remove(&call_id);
+                }
+                Err(_) => return,
+            }
+            continue;
+        }
+        match shared.state(&call_id).await {
+            Ok(Some(state)) if state == "ringing" => {}
+            Ok(Some(_)) => {
+                // Answered on another node: a ring that was wanted gives its token back.
+                hub.ringing_here().remove(&call_id);
+                if let Some(m) = lock(&hub.mirror).get_mut(&call_id) {
+                    m.answered = true;
+                }
+                hub.calls().refund_ring(now, &caller, &callee);
+            }
+            Ok(None) => {
+                hub.ringing_here().remove(&call_id);
+                lock(&hub.mirror).remove(&call_id);
+            }
+            Err(_) => return,
         }
     }
 }
@@ -950,7 +1313,11 @@ const SOCKET_IO_PATH: &str = "/socket.io/";
 /// takes a token of its address's bucket, and one without a valid token also one of the
 /// anonymous bucket; a full bucket or an address at its socket cap answers 429. Sessions that
 /// then do not authenticate within [`CONNECT_TIMEOUT`] are closed by Socket.io.
-async fn engine_guard(State(hub): State<Arc<Hub>>, req: Request, next: Next) -> Response {
+async fn engine_guard<A: Adapter>(
+    State(hub): State<Arc<Hub<A>>>,
+    req: Request,
+    next: Next,
+) -> Response {
     if !req.uri().path().starts_with(SOCKET_IO_PATH) {
         return next.run(req).await;
     }
@@ -1045,47 +1412,112 @@ pub fn spawn(cfg: SignalConfig) -> io::Result<SignalHandle> {
 }
 
 async fn serve(listener: TcpListener, cfg: SignalConfig, stats: Arc<calls::CallStats>) {
-    let (layer, io) = SocketIo::builder()
+    let builder = SocketIo::builder()
         .max_payload(MAX_PACKET_BYTES)
-        .connect_timeout(CONNECT_TIMEOUT)
-        .build_layer();
-    let hub = Arc::new(Hub {
-        io: io.clone(),
-        calls: Mutex::new(Calls::new()),
-        sockets: Mutex::new(SocketCount::default()),
-        handshakes: Mutex::new(Handshakes {
-            by_ip: limit::Limiter::new(HANDSHAKES_PER_IP),
-            anonymous: limit::Limiter::new(ANONYMOUS_HANDSHAKES),
-        }),
-        secret: cfg.secret.clone(),
-        presence: cfg.presence,
-        stats: stats.clone(),
-        records: cfg
-            .redis
-            .clone()
-            .map(|c| Arc::new(records::RecordStore::new(c))),
-    });
-    let h = hub.clone();
-    let check = move |s: SocketRef, TryData(auth): TryData<Value>| {
-        let auth = auth.unwrap_or(Value::Null);
-        let user = authenticate(h.secret.as_deref(), &auth, unix_now())?;
-        let ip = s
-            .req_parts()
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| limit::ip_key(c.0.ip()));
-        if let Some(ip) = ip {
-            h.check_caps(ip, &user)?;
-            s.extensions.insert(PeerIp(ip));
-        }
-        s.extensions.insert(UserId(user.into()));
-        Ok::<(), ConnectError>(())
+        .connect_timeout(CONNECT_TIMEOUT);
+    let Some(conn) = cfg.redis.clone() else {
+        let (layer, io) = builder.build_layer();
+        let hub = Hub::new(io.clone(), &cfg, stats, None);
+        io.ns("/", connect_handler!(hub, LocalAdapter));
+        return run(listener, cfg, hub, layer).await;
     };
-    let h = hub.clone();
-    io.ns(
-        "/",
-        (move |s: SocketRef| on_connect(h.clone(), s)).with(check),
+    // Several nodes as one: rooms through the library's Redis adapter, over our link (which
+    // connects in the background, so the node starts even while Redis is away).
+    let link = cluster::Link::new(conn);
+    link.probe().await;
+    stats.set_redis(link.healthy(), link.outages());
+    let adapter = RedisAdapterCtr::new_with_driver(
+        link.clone(),
+        RedisAdapterConfig::new().with_prefix(cluster::ADAPTER_PREFIX),
     );
+    let (layer, io) = builder
+        .with_adapter::<CustomRedisAdapter<Emitter, cluster::Link>>(adapter)
+        .build_layer();
+    let node = hex(&rand::random::<[u8; 8]>());
+    let shared = Arc::new(cluster::Shared::new(link, node));
+    let hub = Hub::new(io.clone(), &cfg, stats, Some(shared));
+    if let Err(e) = io
+        .ns(
+            "/",
+            connect_handler!(hub, CustomRedisAdapter<Emitter, cluster::Link>),
+        )
+        .await
+    {
+        tracing::error!("signaling: the Socket.io namespace did not start: {e}");
+        return;
+    }
+    run(listener, cfg, hub, layer).await;
+}
+
+/// The namespace's connect handler for `$hub` on adapter `$a`: authentication, caps and (with
+/// Redis) presence checked before the client is told it is connected, then [`on_connect`].
+macro_rules! connect_handler {
+    ($hub:expr, $a:ty) => {{
+        let h = $hub.clone();
+        let check = move |s: SocketRef<$a>, TryData(auth): TryData<Value>| {
+            let h = h.clone();
+            async move {
+                let auth = auth.unwrap_or(Value::Null);
+                let user = authenticate(h.secret.as_deref(), &auth, unix_now())?;
+                let ip = s
+                    .req_parts()
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|c| limit::ip_key(c.0.ip()));
+                if let Some(ip) = ip {
+                    h.check_caps(ip, &user)?;
+                    s.extensions.insert(PeerIp(ip));
+                }
+                // Others may call this user as soon as the client knows it is connected.
+                if let Some(shared) = h.shared_up() {
+                    let _ = shared.publish_presence(std::slice::from_ref(&user)).await;
+                }
+                s.extensions.insert(UserId(user.into()));
+                Ok::<(), ConnectError>(())
+            }
+        };
+        let h = $hub.clone();
+        (move |s: SocketRef<$a>| on_connect(h.clone(), s)).with(check)
+    }};
+}
+use connect_handler;
+
+impl<A: Adapter> Hub<A> {
+    fn new(
+        io: SocketIo<A>,
+        cfg: &SignalConfig,
+        stats: Arc<calls::CallStats>,
+        shared: Option<Arc<cluster::Shared>>,
+    ) -> Arc<Self> {
+        Arc::new(Hub {
+            io,
+            calls: Mutex::new(Calls::new()),
+            sockets: Mutex::new(SocketCount::default()),
+            handshakes: Mutex::new(Handshakes {
+                by_ip: limit::Limiter::new(HANDSHAKES_PER_IP),
+                anonymous: limit::Limiter::new(ANONYMOUS_HANDSHAKES),
+            }),
+            secret: cfg.secret.clone(),
+            presence: cfg.presence,
+            stats,
+            records: cfg
+                .redis
+                .clone()
+                .map(|c| Arc::new(records::RecordStore::new(c))),
+            shared,
+            ringing_here: Mutex::new(HashMap::new()),
+            mirror: Mutex::new(HashMap::new()),
+            adopted: Mutex::new(std::collections::HashSet::new()),
+        })
+    }
+}
+
+async fn run<A: Adapter>(
+    listener: TcpListener,
+    cfg: SignalConfig,
+    hub: Arc<Hub<A>>,
+    layer: socketioxide::layer::SocketIoLayer<A>,
+) {
     tokio::spawn(ring_timer(hub.clone()));
     let http = Arc::new(Http::new(cfg));
     let app = Router::new()
@@ -1097,7 +1529,7 @@ async fn serve(listener: TcpListener, cfg: SignalConfig, stats: Arc<calls::CallS
         .route("/api/turn-credentials", get(turn_credentials))
         .with_state(http.clone())
         .layer(layer)
-        .layer(axum::middleware::from_fn_with_state(hub, engine_guard))
+        .layer(axum::middleware::from_fn_with_state(hub, engine_guard::<A>))
         .layer(axum::middleware::from_fn_with_state(http, cors));
     let l = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,

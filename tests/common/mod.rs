@@ -480,3 +480,67 @@ pub fn raise_nofile(n: u64) {
         }
     }
 }
+
+/// Runs `args[0]` with the rest as arguments; panics with its stderr when it fails.
+pub fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", args[0]));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace made by a test (root and `ip` needed), its loopback up, deleted when
+/// dropped. Its name is random, so tests running alongside never share one.
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn new(prefix: &str) -> Netns {
+        require_tool("ip");
+        let ns = Netns(format!("{prefix}{:08x}", rand::random::<u32>()));
+        sh(&["ip", "netns", "add", &ns.0]);
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip ARGS` inside the namespace.
+    pub fn ip(&self, args: &[&str]) {
+        let mut all = vec!["ip", "-n", &self.0];
+        all.extend(args);
+        sh(&all);
+    }
+
+    /// A command that runs `program` inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0, program]);
+        c
+    }
+
+    /// Runs `f` on a thread inside the namespace: every socket it makes lives there.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/var/run/netns/{}", self.0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = std::fs::File::open(&path).expect("open the namespace");
+                use std::os::fd::AsRawFd;
+                // SAFETY: setns(2) on a namespace file we hold open; it moves only this thread.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("namespace thread")
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}

@@ -28,11 +28,7 @@ pub struct ConnectionId(pub u32);
 pub(super) enum ConnState {
     /// Connect asked for it; the worker is connecting. The response waits for
     /// [`Server::handle_tcp_peer_connected`].
-    Connecting {
-        tid: TransactionId,
-        sha256: bool,
-        fingerprint: bool,
-    },
+    Connecting(Later),
     /// Connected (either way), waiting for a ConnectionBind.
     Pending,
     /// Joined to the client's data connection on this 5-tuple.
@@ -85,7 +81,7 @@ impl Server {
             Some(a) => {
                 a.settle_tcp_traffic();
                 a.tcp_traffic.push(traffic.clone());
-                (a.username.clone(), Some(a.pipe_budget.clone()))
+                (a.username.to_string(), Some(a.pipe_budget.clone()))
             }
             None => (String::new(), None),
         };
@@ -150,89 +146,63 @@ impl Server {
                 continue;
             };
             self.commands.push_back(Command::CloseConnection { cid });
-            if let ConnState::Connecting {
-                tid,
-                sha256,
-                fingerprint,
-            } = c.state
-            {
-                let (method, class) = (Method::CONNECT, Class::Error);
-                self.deferred_response(c.alloc, method, class, &tid, sha256, fingerprint, |b| {
+            if let ConnState::Connecting(later) = c.state {
+                self.answer_connect(c.alloc, Class::Error, &later, |b| {
                     b.error_code(447, "");
                 });
             }
         }
     }
 
-    /// A response to a request answered later (Connect), signed with the allocation's key.
-    #[allow(clippy::too_many_arguments)]
-    fn deferred_response(
+    /// The answer to a Connect taken in earlier, signed with its allocation's key.
+    fn answer_connect(
         &mut self,
         id: AllocationId,
-        method: Method,
         class: Class,
-        tid: &TransactionId,
-        sha256: bool,
-        fingerprint: bool,
+        later: &Later,
         fill: impl FnOnce(&mut MessageBuilder),
     ) {
         let Some(a) = self.get(id) else {
             return;
         };
-        let (to, key) = (a.five_tuple, a.key.clone());
-        let mut out = Vec::with_capacity(96);
-        let mut b = MessageBuilder::new(&mut out, method, class, tid);
-        fill(&mut b);
-        let sign = super::Sign {
-            key: (!self.config.no_auth).then_some(&key),
-            sha256,
-            fingerprint,
-        };
-        self.seal(&mut b, sign, true);
-        self.commands.push_back(Command::Send { to, data: out });
+        let (to, sign) = (a.five_tuple, self.later_sign(a.key.as_ref(), later));
+        let reply = Reply::deferred(to, Method::CONNECT, class, &later.tid, sign).with(fill);
+        self.send(reply);
     }
 
-    /// Connect (RFC 6062 §5.2): open a TCP connection from the relayed address to the peer.
-    pub(super) fn handle_connect(&mut self, now: Instant, five: FiveTuple, m: &Message) {
-        let Some((id, auth)) = self.allocation_for_request(now, five, m) else {
-            return;
-        };
+    /// Connect (RFC 6062 §5.2): open a TCP connection from the relayed address to the peer; the
+    /// answer waits for the worker's [`Server::handle_tcp_peer_connected`].
+    pub(super) fn handle_connect(&mut self, now: Instant, five: FiveTuple, m: &Message) -> Handled {
+        let (id, auth) = self.allocation_for_request(now, five, m)?;
         let sign = self.signed(m, &auth);
+        let refuse = |code| Err(Stop::Error(Reply::error(five, m, code, &sign)));
         let Some(a) = self.get(id) else {
-            return;
+            return Err(Stop::Nothing);
         };
         // Only a TCP allocation connects to peers.
         if !a.tcp {
-            self.respond_error(five, m, 400, sign, |_| {});
-            return;
+            return refuse(400);
         }
         let from = a.relay;
         let Some(peer) = m.get_xor_address(attr::XOR_PEER_ADDRESS) else {
-            self.respond_error(five, m, 400, sign, |_| {});
-            return;
+            return refuse(400);
         };
         if let Some(code) = self.peer_error(id, &peer) {
-            self.respond_error(five, m, code, sign, |_| {});
-            return;
+            return refuse(code);
         }
         // A connection to this peer being made or made already: 446.
         let (held, to_peer) = self.connections_of(id, peer);
         if to_peer {
-            self.respond_error(five, m, 446, sign, |_| {});
-            return;
+            return refuse(446);
         }
         if held >= MAX_TCP_CONNECTIONS_PER_ALLOCATION {
-            self.respond_error(five, m, 508, sign, |_| {});
-            return;
+            return refuse(508);
         }
-        let state = ConnState::Connecting {
-            tid: *m.transaction_id(),
-            sha256: auth.sha256,
-            fingerprint: sign.fingerprint,
-        };
+        let state = ConnState::Connecting(Later::of(m, &sign));
         let cid = self.add_connection(now, id, peer, state);
         self.commands
             .push_back(Command::ConnectPeer { cid, from, peer });
+        Err(Stop::Nothing)
     }
 
     /// The worker's answer to [`Command::ConnectPeer`]: connected (`true`) or not. The Connect
@@ -246,12 +216,7 @@ impl Server {
             self.commands.push_back(Command::CloseConnection { cid });
             return;
         };
-        let ConnState::Connecting {
-            tid,
-            sha256,
-            fingerprint,
-        } = c.state
-        else {
+        let ConnState::Connecting(later) = c.state else {
             return;
         };
         let alloc = c.alloc;
@@ -261,16 +226,14 @@ impl Server {
             c.deadline = now + TCP_CONNECTION_TIMEOUT;
             self.conn_timers.push(Reverse((c.deadline, cid)));
             drop(conns);
-            let (method, class) = (Method::CONNECT, Class::Success);
-            self.deferred_response(alloc, method, class, &tid, sha256, fingerprint, |b| {
+            self.answer_connect(alloc, Class::Success, &later, |b| {
                 b.attr_u32(attr::CONNECTION_ID, cid.0);
             });
         } else {
             conns.remove(&cid);
             drop(conns);
             self.commands.push_back(Command::CloseConnection { cid });
-            let (method, class) = (Method::CONNECT, Class::Error);
-            self.deferred_response(alloc, method, class, &tid, sha256, fingerprint, |b| {
+            self.answer_connect(alloc, Class::Error, &later, |b| {
                 b.error_code(447, "");
             });
         }
@@ -319,16 +282,17 @@ impl Server {
 
     /// ConnectionBind (RFC 6062 §5.4), on a new TCP or TLS connection of the client: joins it to
     /// a peer connection, after which it carries raw bytes ([`Command::BindConnection`]).
-    pub(super) fn handle_connection_bind(&mut self, now: Instant, five: FiveTuple, m: &Message) {
+    pub(super) fn handle_connection_bind(
+        &mut self,
+        now: Instant,
+        five: FiveTuple,
+        m: &Message,
+    ) -> Handled {
         // A data connection is a stream of its own, holding no allocation.
         if !five.transport.is_stream() || self.by_five_tuple.contains_key(&five) {
-            let sign = self.plain_sign(m);
-            self.respond_error(five, m, 400, sign, |_| {});
-            return;
+            return Err(Reply::error(five, m, 400, &self.plain_sign(m)).into());
         }
-        let Some(auth) = self.authenticate(now, five, m, None) else {
-            return;
-        };
+        let auth = self.authenticate(now, five, m, None)?;
         let sign = self.signed(m, &auth);
         let cid = m
             .get(attr::CONNECTION_ID)
@@ -351,13 +315,13 @@ impl Server {
             }
         };
         let (Some(cid), None) = (cid, code) else {
-            self.respond_error(five, m, code.unwrap_or(400), sign, |_| {});
-            return;
+            return Err(Reply::error(five, m, code.unwrap_or(400), &sign).into());
         };
-        let data = self.build_response(m, Class::Success, sign, |_| {});
-        self.commands.push_back(Command::Send { to: five, data });
+        // The success answer goes before the connection starts carrying raw bytes.
+        self.send(Reply::success(five, m, &sign).uncached());
         self.commands
             .push_back(Command::BindConnection { cid, client: five });
+        Err(Stop::Nothing)
     }
 
     /// A peer connection, or the data connection bound to it, closed: forget it.

@@ -547,8 +547,8 @@
     };
   }
 
-  // The selected pair (the transport's selectedCandidatePairId, else the nominated succeeded
-  // pair) and the inbound RTP totals, into state.pair and state.media.
+  // The selected pair (the transport's selectedCandidatePairId, else the pair marked selected,
+  // else the nominated succeeded pair) and the inbound RTP totals, into state.pair and state.media.
   async function readStats(p) {
     const report = await p.getStats();
     let pairId = null;
@@ -556,6 +556,12 @@
       if (s.type === "transport" && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
     });
     let pair = pairId ? report.get(pairId) : null;
+    // Firefox has no transport stats; it marks its selected pair `selected`.
+    if (!pair) {
+      report.forEach((s) => {
+        if (s.type === "candidate-pair" && s.selected) pair = s;
+      });
+    }
     if (!pair) {
       report.forEach((s) => {
         if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded") pair = s;

@@ -197,19 +197,19 @@ fn failed_ipv6_binds_are_retried_then_answered_with_address_error_508() {
     );
     // Feed it by hand so the harness fails exactly the second and third BindRelay.
     let _ = h.s.handle_client_input(h.now, c.five, &req);
-    let Some(Command::BindRelay { id, second, .. }) = h.s.poll_command() else {
+    let Some(Command::BindRelay { id, kind, .. }) = h.s.poll_command() else {
         panic!("expected the IPv4 BindRelay");
     };
-    assert!(!second);
-    h.s.handle_relay_bound(h.now, id, Ok(()));
+    assert_eq!(kind, RelayKind::Udp);
+    h.s.handle_relay_bound(h.now, id, Bind::Bound);
     let mut v6_tried = Vec::new();
     for _ in 0..BIND_ATTEMPTS {
-        let Some(Command::BindRelay { addr, second, .. }) = h.s.poll_command() else {
+        let Some(Command::BindRelay { addr, kind, .. }) = h.s.poll_command() else {
             panic!("expected an IPv6 BindRelay");
         };
-        assert!(second && addr.is_ipv6());
+        assert!(kind == RelayKind::UdpSecond && addr.is_ipv6());
         v6_tried.push(addr);
-        h.s.handle_relay_bound(h.now, id, Err(()));
+        h.s.handle_relay_bound(h.now, id, Bind::Failed);
     }
     assert_eq!(v6_tried.len(), usize::from(BIND_ATTEMPTS));
     // Out of attempts: success with IPv4 only, and 508 for IPv6; no IPv6 port kept.

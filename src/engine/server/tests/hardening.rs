@@ -376,3 +376,77 @@ fn a_flood_from_many_sources_does_not_stop_a_legitimate_client() {
     let mut c = Client::alice(udp(1));
     c.allocate(&mut h).assert_ok();
 }
+
+#[test]
+fn every_counter_moves_under_some_input() {
+    let mut total = Counters::default();
+    // Binding: a success and an error (CHANGE-REQUEST without RFC 5780).
+    let mut cfg = config();
+    cfg.max_bps = 1000;
+    let mut h = H::new(cfg);
+    h.one(udp(1), &binding_request(&[1; 12], &nothing));
+    h.one(
+        udp(1),
+        &binding_request(&[2; 12], &|b| {
+            b.attr(attr::CHANGE_REQUEST, &[0, 0, 0, 6]);
+        }),
+    )
+    .assert_err(420);
+    // An allocation (after its 401), relaying over a channel until its bandwidth cap drops a
+    // packet; ChannelData on an unbound channel; a packet that does not parse; a second
+    // Allocate on the 5-tuple (refused, 437); then Refresh 0.
+    let mut c = Client::alice(udp(40000));
+    c.allocate(&mut h).assert_ok();
+    c.channel_bind(&mut h, 0x4000, peer()).assert_ok();
+    let cd = channel_data(0x4000, &[0; 600]);
+    h.input(c.five, &cd);
+    h.input(c.five, &cd);
+    h.input(c.five, &channel_data(0x4001, &[0; 10]));
+    h.input(c.five, &[0xC0, 0, 0, 0]);
+    c.request(&mut h, Method::ALLOCATE, &requested_udp)
+        .assert_err(437);
+    c.refresh(&mut h, Some(0)).assert_ok();
+    // A wrong password; a forged nonce.
+    Client::new(udp(40001), "alice", "wrong")
+        .allocate(&mut h)
+        .assert_err(401);
+    let mut d = Client::alice(udp(40002));
+    d.nonce = Some(b"obviously-not-a-nonce".to_vec());
+    d.request_once(&mut h, Method::ALLOCATE, &requested_udp)
+        .assert_err(438);
+    // An allocation that lives out its lifetime.
+    let mut e = Client::alice(udp(40003));
+    e.allocate(&mut h).assert_ok();
+    h.at(4000);
+    total.merge(h.s.counters());
+    // Over --unauthorized-ratelimit.
+    let mut h = H::new(limited_config(1));
+    let burst = crate::engine::limiter::BURST_SECS as usize;
+    for i in 0..=burst {
+        h.input(
+            udp(3000 + i as u16),
+            &request(Method::ALLOCATE, i as u8, &requested_udp),
+        );
+    }
+    total.merge(h.s.counters());
+    // An answer that cannot fit the amplification bound.
+    let mut cfg = config();
+    cfg.realm = "r".repeat(60);
+    cfg.credentials = Credentials::new(&cfg.realm, ':');
+    let mut h = H::new(cfg);
+    h.silent(udp(1), &request(Method::ALLOCATE, 1, &nothing));
+    total.merge(h.s.counters());
+
+    let still: Vec<&str> = COUNTERS
+        .iter()
+        .filter(|spec| (spec.get)(&total) == 0)
+        .map(|spec| spec.field)
+        .collect();
+    assert!(still.is_empty(), "counters no input moved: {still:?}");
+    assert!(total
+        .refused_by_code
+        .iter()
+        .any(|(code, n)| code == 437 && n > 0));
+    assert!(total.auth_failures_by_reason.wrong_credentials > 0);
+    assert!(total.closed_traffic.client_rcv.bytes > 0);
+}

@@ -63,7 +63,7 @@ fn check(h: &H, now_ms: u64) -> Result<(), TestCaseError> {
     );
     prop_assert!(live.len() as u32 <= TOTAL_QUOTA);
     for user in ["alice", "bob"] {
-        let n = live.iter().filter(|a| a.username == user).count() as u32;
+        let n = live.iter().filter(|a| &*a.username == user).count() as u32;
         prop_assert!(n <= USER_QUOTA, "{} has {} allocations", user, n);
     }
     prop_assert_eq!(

@@ -305,7 +305,12 @@ fn ending_the_allocation_closes_its_connections() {
 
 #[test]
 fn connection_bind_may_reach_another_workers_engine() {
-    let shared = Arc::new(Shared::new(MIN_PORT, MAX_PORT, [7; 32]));
+    let shared = Arc::new(Shared::new(
+        MIN_PORT,
+        MAX_PORT,
+        [7; 32],
+        std::time::Instant::now(),
+    ));
     let mut h1 = H::with_shared(config(), shared.clone());
     let mut h2 = H::with_shared(config(), shared);
     let mut c = Client::alice(tcp(40000));
@@ -333,7 +338,12 @@ fn connection_bind_may_reach_another_workers_engine() {
 
 #[test]
 fn pipe_bytes_count_into_the_owning_allocation_live_and_at_its_end() {
-    let shared = Arc::new(Shared::new(MIN_PORT, MAX_PORT, [7; 32]));
+    let shared = Arc::new(Shared::new(
+        MIN_PORT,
+        MAX_PORT,
+        [7; 32],
+        std::time::Instant::now(),
+    ));
     let mut h1 = H::with_shared(config(), shared.clone());
     let mut h2 = H::with_shared(config(), shared);
     let mut c = Client::alice(tcp(40000));
