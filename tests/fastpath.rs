@@ -649,3 +649,34 @@ fn a_bandwidth_capped_allocation_stays_on_the_user_path() {
         "capped allocations are never mirrored"
     );
 }
+
+#[test]
+fn the_turn_crate_client_relays_with_the_fast_path_on() {
+    let ns = Ns::new("turncrate");
+    let _server = start_in(&ns, &[]);
+    let sent = ns.run(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let live = common::turn_client::allocate("127.0.0.1:3478", USER, PASS, "fp.local")
+                .await
+                .expect("allocate");
+            let peer = tokio::net::UdpSocket::bind("127.0.0.1:40200")
+                .await
+                .unwrap();
+            // The crate binds a channel behind the first messages (Send indications until then).
+            for i in 0..20 {
+                live.round_trip(&peer, &format!("#{i}"))
+                    .await
+                    .expect("round trip");
+            }
+            live.close().await;
+            20
+        })
+    });
+    let (c2p, p2c, full) = fastpath_packets(&ns);
+    println!("turn crate: {sent} round trips; the kernel relayed {c2p} to the peer, {p2c} back");
+    assert_eq!(full, 0);
+}
