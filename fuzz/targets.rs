@@ -7,12 +7,11 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vigi_turn::config::Config;
-use vigi_turn::engine::auth::{Credentials, UserSecret};
 use vigi_turn::engine::server::{AMPLIFICATION_SLACK, PEER_HEADROOM, PEER_TAILROOM};
+use vigi_turn::engine::testing;
 use vigi_turn::engine::{Command, FiveTuple, Server, ServerConfig, Shared, Transport};
 use vigi_turn::proto::channel_data::ChannelData;
 use vigi_turn::proto::framing::{frame_len, MAX_FRAME};
@@ -209,32 +208,15 @@ pub fn engine(data: &[u8]) {
     let mut inp = Input(data);
     let flags = inp.byte();
     let no_auth = flags & 1 != 0;
-    let mut credentials = Credentials::new("example.org", ':');
-    credentials.add_user("alice", &UserSecret::Password("alice-pw".into()));
     let cfg = ServerConfig {
-        realm: "example.org".into(),
-        credentials,
-        no_auth,
         fingerprint: flags & 2 != 0,
-        relay_ips: vec![RELAY_IP],
         max_lifetime: 600,
         total_quota: 8,
-        // Peers from the documentation ranges stand for public ones.
-        peer_policy: vigi_turn::engine::policy::PeerPolicy {
-            allowed: vigi_turn::engine::policy::DOCUMENTATION.to_vec(),
-            ..Default::default()
-        },
-        ..Default::default()
+        ..testing::config(!no_auth)
     };
-    let shared = Arc::new(Shared::new(
-        MIN_PORT,
-        MAX_PORT,
-        [7; 32],
-        std::time::Instant::now(),
-    ));
     let t0 = Instant::now();
     let mut now = t0;
-    let mut s = Server::new(Arc::new(cfg), shared.clone(), t0, 1_700_000_000, 1);
+    let (mut s, shared) = testing::engine_on_ports(cfg, MIN_PORT, MAX_PORT, t0, 1);
     let mut tid = 0u32;
     let mut steps = 0;
     while !inp.done() && steps < 256 {

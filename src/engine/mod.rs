@@ -35,6 +35,7 @@ pub mod redirect;
 pub mod server;
 pub mod session_log;
 pub mod stats;
+pub mod testing;
 
 use std::net::SocketAddr;
 
