@@ -693,6 +693,7 @@ fn native_mode_on_a_veth_relays_ipv4_and_ipv6_in_the_kernel_with_valid_checksums
     require_tool("ethtool");
     let srv = Ns::new("vsrv");
     let cli = Ns::new("vcli");
+    let pcap = std::env::temp_dir().join(format!("{}.pcap", cli.0));
     let (vs, vc) = (
         format!("vs{}", std::process::id()),
         format!("vc{}", std::process::id()),
@@ -804,8 +805,10 @@ fn native_mode_on_a_veth_relays_ipv4_and_ipv6_in_the_kernel_with_valid_checksums
             "-s",
             "0",
         ])
-        .args(["-w", "-", "udp"])
-        .stdout(Stdio::piped())
+        .arg("-w")
+        .arg(&pcap)
+        .arg("udp")
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start tcpdump");
@@ -814,7 +817,6 @@ fn native_mode_on_a_veth_relays_ipv4_and_ipv6_in_the_kernel_with_valid_checksums
         lines.any(|l| l.is_ok_and(|l| l.contains("listening on"))),
         "tcpdump did not start"
     );
-    let mut pcap_out = tcpdump.stdout.take().unwrap();
     let tcpdump = Proc {
         child: tcpdump,
         name: "tcpdump".into(),
@@ -867,19 +869,32 @@ fn native_mode_on_a_veth_relays_ipv4_and_ipv6_in_the_kernel_with_valid_checksums
             a.delete();
         });
     }
-    drop(tcpdump);
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut pcap_out, &mut bytes).expect("capture");
     // Every UDP frame on the client's wire: the client's and peer's own (full checksums, offload
-    // off) and the kernel's rewrites, IPv4 and IPv6.
-    let frames_seen = pcap_frames(&bytes);
-    let mut relayed = 0;
-    for f in &frames_seen {
-        let (udp, _) = frames::parse(f).unwrap_or_else(|e| panic!("captured frame: {e}: {f:02x?}"));
-        if udp.dst.port() == 40100 && udp.src.port() != 40001 {
-            relayed += 1;
+    // off) and the kernel's rewrites, IPv4 and IPv6. tcpdump writes each frame as it sees it:
+    // wait until the relayed ones are all in the file.
+    let relayed_to_peer = |f: &Vec<u8>| {
+        frames::parse(f).is_ok_and(|(u, _)| u.dst.port() == 40100 && u.src.port() != 40001)
+    };
+    let t0 = Instant::now();
+    let captured = loop {
+        let bytes = std::fs::read(&pcap).unwrap_or_default();
+        let all = if bytes.len() >= 24 {
+            pcap_frames(&bytes)
+        } else {
+            Vec::new()
+        };
+        let relayed = all.iter().filter(|f| relayed_to_peer(f)).count();
+        if relayed >= 2 * (lens.len() + 1) || t0.elapsed() > WAIT {
+            break all;
         }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(tcpdump);
+    let _ = std::fs::remove_file(&pcap);
+    for f in &captured {
+        frames::parse(f).unwrap_or_else(|e| panic!("captured frame: {e}: {f:02x?}"));
     }
+    let relayed = captured.iter().filter(|f| relayed_to_peer(f)).count();
     assert!(
         relayed >= 2 * (lens.len() + 1),
         "relayed frames captured: {relayed}"
