@@ -31,7 +31,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::Config;
+use crate::config::{Config, Secret};
 use crate::engine::stats::{AllocationStats, Flow};
 use crate::engine::{AllocationInfo, Shared};
 use crate::io::{Control, RunConfig, Running};
@@ -94,7 +94,10 @@ pub fn spawn(config: &Config, running: &Running, obs: Observe) -> io::Result<Opt
     } else {
         None
     };
-    let admin = match (config.admin_listen, config.admin_token.as_deref()) {
+    let admin = match (
+        config.admin_listen,
+        config.admin_token.as_ref().map(Secret::expose),
+    ) {
         (Some(addr), Some(token)) => Some((bind(addr, "admin API")?, token_digest(token))),
         (Some(_), None) => {
             return Err(io::Error::new(

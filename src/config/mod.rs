@@ -19,7 +19,6 @@ pub mod types;
 
 use std::collections::HashSet;
 use std::ffi::OsString;
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -28,7 +27,8 @@ use tracing::warn;
 
 use cli::{Cli, Policy, Unsupported};
 pub use types::{
-    DefaultFamily, ExternalIp, IpRange, RedisConn, UserEntry, UserEntryError, UserSecret, XdpMode,
+    DefaultFamily, ExternalIp, IpRange, RedisConn, Secret, UserEntry, UserEntryError, UserSecret,
+    XdpMode,
 };
 
 /// Which credential mechanism TURN requests go through, resolved from `--lt-cred-mech`,
@@ -48,8 +48,9 @@ pub enum AuthMode {
 }
 
 /// The resolved, validated configuration. Built only by [`Config::load`] and
-/// [`Config::load_with_file_text`]. `Debug` never prints passwords or secrets.
-#[derive(Clone)]
+/// [`Config::load_with_file_text`]. `Debug` never prints passwords or secrets: they are
+/// [`Secret`]s, [`UserSecret`]s and [`RedisConn`]s, whose `Debug` redacts them.
+#[derive(Debug, Clone)]
 pub struct Config {
     // ---- listeners ----
     pub listening_port: u16,
@@ -112,7 +113,7 @@ pub struct Config {
     pub no_auth: bool,
     pub use_auth_secret: bool,
     pub users: Vec<UserEntry>,
-    pub static_auth_secrets: Vec<String>,
+    pub static_auth_secrets: Vec<Secret>,
     /// `None` when not given or empty; the caller picks the fallback.
     pub realm: Option<String>,
     pub server_name: Option<String>,
@@ -141,7 +142,7 @@ pub struct Config {
     /// Challenges and Allocate attempts per client IP per second; 0 = no limit.
     pub unauthorized_ratelimit: u32,
     /// `--stateless-nonce-secret`: the nonce key is derived from it; `None` = random per process.
-    pub stateless_nonce_secret: Option<String>,
+    pub stateless_nonce_secret: Option<Secret>,
     /// Nonce lifetime in seconds; 0 = unlimited.
     pub stale_nonce: u32,
     pub max_allocate_lifetime: u32,
@@ -204,14 +205,14 @@ pub struct Config {
     /// Where the admin API listens; `None` = no admin API.
     pub admin_listen: Option<SocketAddr>,
     /// The admin API's bearer token (always set when `admin_listen` is).
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     pub log_json: bool,
 
     // ---- signaling companion ----
     /// Where the Socket.io signaling server listens; `None` = off.
     pub signaling_listen: Option<SocketAddr>,
     /// The secret signaling tokens are checked against; `None` = the `userId` alone is trusted.
-    pub signaling_secret: Option<String>,
+    pub signaling_secret: Option<Secret>,
     /// Origins besides the page's own allowed to use signaling from a browser (`*` = any).
     pub signaling_cors_origins: Vec<String>,
     /// `--signaling-insecure`: no secret, on purpose.
@@ -713,7 +714,11 @@ fn resolve(
         no_auth: cli.no_auth,
         use_auth_secret: cli.use_auth_secret,
         users: cli.user,
-        static_auth_secrets: cli.static_auth_secret,
+        static_auth_secrets: cli
+            .static_auth_secret
+            .into_iter()
+            .map(Secret::new)
+            .collect(),
         realm: non_empty(cli.realm),
         server_name: non_empty(cli.server_name),
         rest_api_separator: cli.rest_api_separator,
@@ -734,7 +739,7 @@ fn resolve(
             Some(rps) if cli.unauthorized_ratelimit != 0 => rps,
             _ => cli.unauthorized_ratelimit,
         },
-        stateless_nonce_secret: non_empty(cli.stateless_nonce_secret),
+        stateless_nonce_secret: non_empty(cli.stateless_nonce_secret).map(Secret::new),
         stale_nonce: cli.stale_nonce,
         max_allocate_lifetime: cli.max_allocate_lifetime,
         default_allocate_lifetime: cli.default_allocate_lifetime,
@@ -778,10 +783,10 @@ fn resolve(
         prometheus_username_labels: cli.prometheus_username_labels,
         prometheus_top_allocations: cli.prometheus_top_allocations,
         admin_listen: cli.admin_listen,
-        admin_token: non_empty(cli.admin_token),
+        admin_token: non_empty(cli.admin_token).map(Secret::new),
         log_json: cli.log_json,
         signaling_listen: cli.signaling_listen,
-        signaling_secret: non_empty(cli.signaling_secret),
+        signaling_secret: non_empty(cli.signaling_secret).map(Secret::new),
         signaling_cors_origins: cli
             .signaling_cors_origin
             .into_iter()
@@ -914,166 +919,6 @@ fn validate(cli: &Cli) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
-}
-
-/// Prints secrets as a count only.
-struct Redacted(usize);
-
-impl fmt::Debug for Redacted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{} redacted]", self.0)
-    }
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("listening_port", &self.listening_port)
-            .field("tls_listening_port", &self.tls_listening_port)
-            .field("alt_listening_port", &self.alt_listening_port)
-            .field("alt_tls_listening_port", &self.alt_tls_listening_port)
-            .field("listening_ips", &self.listening_ips)
-            .field("relay_ips", &self.relay_ips)
-            .field("external_ips", &self.external_ips)
-            .field("no_udp", &self.no_udp)
-            .field("no_tcp", &self.no_tcp)
-            .field("no_tls", &self.no_tls)
-            .field("no_dtls", &self.no_dtls)
-            .field("no_udp_relay", &self.no_udp_relay)
-            .field("no_tcp_relay", &self.no_tcp_relay)
-            .field(
-                "allocation_default_address_family",
-                &self.allocation_default_address_family,
-            )
-            .field("relay_threads", &self.relay_threads)
-            .field("xdp_interfaces", &self.xdp_interfaces)
-            .field("xdp_mode", &self.xdp_mode)
-            .field("xdp_max_channels", &self.xdp_max_channels)
-            .field("xdp_max_allocations", &self.xdp_max_allocations)
-            .field("min_port", &self.min_port)
-            .field("max_port", &self.max_port)
-            .field("allow_loopback_peers", &self.allow_loopback_peers)
-            .field("no_multicast_peers", &self.no_multicast_peers)
-            .field("denied_peer_ips", &self.denied_peer_ips)
-            .field("allowed_peer_ips", &self.allowed_peer_ips)
-            .field("fingerprint", &self.fingerprint)
-            .field("stun_only", &self.stun_only)
-            .field("no_stun", &self.no_stun)
-            .field("no_software_attribute", &self.no_software_attribute)
-            .field("software_attribute", &self.software_attribute)
-            .field("no_rfc5780", &self.no_rfc5780)
-            .field("rfc5780", &self.rfc5780)
-            .field(
-                "no_stun_backward_compatibility",
-                &self.no_stun_backward_compatibility,
-            )
-            .field("rfc3489_compatibility", &self.rfc3489_compatibility)
-            .field(
-                "response_origin_only_with_rfc5780",
-                &self.response_origin_only_with_rfc5780,
-            )
-            .field("auth", &self.auth)
-            .field("lt_cred_mech", &self.lt_cred_mech)
-            .field("no_auth", &self.no_auth)
-            .field("use_auth_secret", &self.use_auth_secret)
-            .field("users", &self.users)
-            .field(
-                "static_auth_secrets",
-                &Redacted(self.static_auth_secrets.len()),
-            )
-            .field("realm", &self.realm)
-            .field("server_name", &self.server_name)
-            .field("rest_api_separator", &self.rest_api_separator)
-            .field("userdb", &self.userdb)
-            .field("redis_userdb", &self.redis_userdb)
-            .field("redis_refresh", &self.redis_refresh)
-            .field("redis_max_stale", &self.redis_max_stale)
-            .field("redis_statsdb", &self.redis_statsdb)
-            .field("node_name", &self.node_name)
-            .field("node_region", &self.node_region)
-            .field("node_address", &self.node_address)
-            .field("user_quota", &self.user_quota)
-            .field("total_quota", &self.total_quota)
-            .field(
-                "max_allocation_permissions",
-                &self.max_allocation_permissions,
-            )
-            .field("max_bps", &self.max_bps)
-            .field("unauthorized_ratelimit", &self.unauthorized_ratelimit)
-            .field(
-                "stateless_nonce_secret",
-                &Redacted(usize::from(self.stateless_nonce_secret.is_some())),
-            )
-            .field("bps_capacity", &self.bps_capacity)
-            .field("stale_nonce", &self.stale_nonce)
-            .field("max_allocate_lifetime", &self.max_allocate_lifetime)
-            .field("default_allocate_lifetime", &self.default_allocate_lifetime)
-            .field("permission_lifetime", &self.permission_lifetime)
-            .field("channel_lifetime", &self.channel_lifetime)
-            .field("strict_expiry", &self.strict_expiry)
-            .field(
-                "reload_keeps_removed_users",
-                &self.reload_keeps_removed_users,
-            )
-            .field("cert", &self.cert)
-            .field("pkey", &self.pkey)
-            .field("cipher_list", &self.cipher_list)
-            .field("dh_file", &self.dh_file)
-            .field("no_tlsv1_2", &self.no_tlsv1_2)
-            .field("alternate_servers", &self.alternate_servers)
-            .field("tls_alternate_servers", &self.tls_alternate_servers)
-            .field("redirect_over_allocations", &self.redirect_over_allocations)
-            .field("log_file", &self.log_file)
-            .field("simple_log", &self.simple_log)
-            .field("no_stdout_log", &self.no_stdout_log)
-            .field("syslog", &self.syslog)
-            .field("verbose", &self.verbose)
-            .field("pidfile", &self.pidfile)
-            .field("daemon", &self.daemon)
-            .field("proc_user", &self.proc_user)
-            .field("proc_group", &self.proc_group)
-            .field("no_cli", &self.no_cli)
-            .field("drain_timeout", &self.drain_timeout)
-            .field("drain_min_allocations", &self.drain_min_allocations)
-            .field("log_min_level", &self.log_min_level)
-            .field("sock_buf_size", &self.sock_buf_size)
-            .field("max_tcp_connections", &self.max_tcp_connections)
-            .field(
-                "max_tcp_connections_per_ip",
-                &self.max_tcp_connections_per_ip,
-            )
-            .field("prometheus", &self.prometheus)
-            .field("prometheus_port", &self.prometheus_port)
-            .field("prometheus_address", &self.prometheus_address)
-            .field(
-                "prometheus_username_labels",
-                &self.prometheus_username_labels,
-            )
-            .field(
-                "prometheus_top_allocations",
-                &self.prometheus_top_allocations,
-            )
-            .field("admin_listen", &self.admin_listen)
-            .field(
-                "admin_token",
-                &Redacted(usize::from(self.admin_token.is_some())),
-            )
-            .field("log_json", &self.log_json)
-            .field("signaling_listen", &self.signaling_listen)
-            .field(
-                "signaling_secret",
-                &Redacted(usize::from(self.signaling_secret.is_some())),
-            )
-            .field("signaling_cors_origins", &self.signaling_cors_origins)
-            .field("signaling_insecure", &self.signaling_insecure)
-            .field("signaling_presence", &self.signaling_presence)
-            .field("signaling_redis", &self.signaling_redis)
-            .field("turn_credentials_ttl", &self.turn_credentials_ttl)
-            .field("turn_uris", &self.turn_uris)
-            .field("conf_file", &self.conf_file)
-            .field("warnings", &self.warnings)
-            .finish()
-    }
 }
 
 #[cfg(test)]

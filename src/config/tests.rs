@@ -256,7 +256,7 @@ fn benchmark_command_rest_api() {
     args.extend(["--use-auth-secret", "--static-auth-secret", "benchsecret"]);
     let c = load(&args).unwrap();
     assert_eq!(c.auth, AuthMode::RestApi);
-    assert_eq!(c.static_auth_secrets, vec!["benchsecret".to_owned()]);
+    assert_eq!(c.static_auth_secrets, vec!["benchsecret"]);
     assert!(c.users.is_empty());
     // A static secret alone selects the REST API too, with a warning.
     let c = load(&["vigi-turn", "-n", "--static-auth-secret=s"]).unwrap();
@@ -350,7 +350,7 @@ static-auth-secret=abc#def
     assert_eq!(c.realm.as_deref(), Some("example.org"));
     assert!(c.fingerprint);
     assert!(!c.no_udp);
-    assert_eq!(c.static_auth_secrets, vec!["abc#def".to_owned()]);
+    assert_eq!(c.static_auth_secrets, vec!["abc#def"]);
     assert!(c.use_auth_secret);
     assert_eq!(c.verbose, 1);
     assert_eq!(c.conf_file, Some(PathBuf::from("t.conf")));
@@ -559,7 +559,10 @@ fn observability_flags() {
     .unwrap();
     assert_eq!(c.prometheus_top_allocations, 10);
     assert_eq!(c.admin_listen, Some("127.0.0.1:9000".parse().unwrap()));
-    assert_eq!(c.admin_token.as_deref(), Some("tok-s3cret"));
+    assert_eq!(
+        c.admin_token.as_ref().map(Secret::expose),
+        Some("tok-s3cret")
+    );
     assert!(c.log_json);
     assert!(!format!("{c:?}").contains("tok-s3cret"), "token redacted");
     let d = load(&["vigi-turn", "-n"]).unwrap();
@@ -981,4 +984,27 @@ fn alternate_server_without_a_shared_nonce_key_warns() {
     assert!(warned(&[]));
     assert!(!warned(&["--stateless-nonce-secret=k"]));
     assert!(!warned(&["--no-auth"]));
+}
+
+#[test]
+fn debug_shows_no_secret() {
+    let c = load(&[
+        "vigi-turn",
+        "-n",
+        "--use-auth-secret",
+        "--static-auth-secret",
+        "rest-s3cret",
+        "--stateless-nonce-secret",
+        "nonce-s3cret",
+        "--user",
+        "alice:pw-s3cret",
+        "--signaling-listen",
+        "127.0.0.1:0",
+        "--signaling-secret",
+        "sig-s3cret",
+    ])
+    .unwrap();
+    let text = format!("{c:?}");
+    assert!(!text.contains("s3cret"), "{text}");
+    assert!(text.contains("alice"), "names are not secrets");
 }

@@ -32,36 +32,45 @@ pub enum XdpMode {
 }
 
 /// One static user account from `-u`/`--user NAME:PASSWORD` or `--user NAME:0x<32 hex digits>`.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserEntry {
     pub name: String,
     pub secret: UserSecret,
 }
 
-/// The credential of a static user.
-#[derive(Clone, PartialEq, Eq)]
-pub enum UserSecret {
-    /// A plain password; the long-term key is derived with the realm at run time.
-    Password(String),
-    /// coturn's precomputed long-term key: MD5(username ":" realm ":" password), RFC 8489 §9.2.2.
-    Key([u8; 16]),
-}
+/// The credential of a static user: the engine's own type.
+pub use crate::engine::auth::UserSecret;
 
-impl fmt::Debug for UserSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            UserSecret::Password(_) => f.write_str("Password(<redacted>)"),
-            UserSecret::Key(_) => f.write_str("Key(<redacted>)"),
-        }
+/// A secret from the command line or the config file (a REST secret, the nonce secret, the
+/// admin token, the signaling secret): `Debug` shows only that there is one, so the
+/// configuration derives `Debug` and can be logged whole.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The secret itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
     }
 }
 
-impl fmt::Debug for UserEntry {
+impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UserEntry")
-            .field("name", &self.name)
-            .field("secret", &self.secret)
-            .finish()
+        f.write_str("<redacted>")
+    }
+}
+
+impl PartialEq<&str> for Secret {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
     }
 }
 

@@ -156,11 +156,22 @@ pub fn quota_user(username: &str, sep: char) -> &str {
     }
 }
 
-/// A static user's secret: the password or coturn's precomputed hex key (MD5 only).
-#[derive(Clone)]
+/// A static user's secret: the password (the long-term key is derived with the realm at run
+/// time) or coturn's precomputed key, MD5(username ":" realm ":" password) (RFC 8489 §9.2.2).
+/// `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
 pub enum UserSecret {
     Password(String),
     Key([u8; 16]),
+}
+
+impl std::fmt::Debug for UserSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UserSecret::Password(_) => f.write_str("Password(<redacted>)"),
+            UserSecret::Key(_) => f.write_str("Key(<redacted>)"),
+        }
+    }
 }
 
 #[derive(Clone)]
