@@ -58,6 +58,19 @@ fn start_fastpath(config: &Config) -> Result<Option<io::fastpath::FastPath>> {
     for iface in &config.xdp_interfaces {
         fp.attach(iface, config.xdp_mode)
             .map_err(|e| anyhow::anyhow!("--xdp-interface: {e}"))?;
+        // The program asks the FIB for the next hop, which answers only for interfaces that
+        // forward; without it every packet is passed up (correct, but no fast path).
+        if iface != "lo" {
+            for family in ["ipv4", "ipv6"] {
+                let path = format!("/proc/sys/net/{family}/conf/{iface}/forwarding");
+                if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
+                    tracing::warn!(
+                        "--xdp-interface {iface}: {family} forwarding is off ({path}), so the \
+                         fast path passes every {family} packet up; see docs/fast-path.md"
+                    );
+                }
+            }
+        }
     }
     tracing::info!(
         "XDP fast path attached to {} ({:?} mode)",

@@ -614,7 +614,8 @@ fn turnutils_uclient_relays_with_the_fast_path_on_channels_through_the_kernel() 
     let ns = Ns::new("uclient");
     let _server = start_in(&ns, &[]);
     let _peer = peer_in(&ns);
-    // Channels (uclient's default): relayed by the kernel both ways.
+    // Channels (uclient's default, numbers from 0x4000-0x7FFF): nothing lost, and the kernel
+    // relays both ways.
     let lost = uclient_in(&ns, &[]);
     assert!(lost.contains("Total lost packets 0"), "channels: {lost}");
     let (c2p, p2c, full) = fastpath_packets(&ns);
@@ -648,4 +649,256 @@ fn a_bandwidth_capped_allocation_stays_on_the_user_path() {
         (0, 0, 0),
         "capped allocations are never mirrored"
     );
+}
+
+#[test]
+fn the_turn_crate_client_relays_with_the_fast_path_on() {
+    let ns = Ns::new("turncrate");
+    let _server = start_in(&ns, &[]);
+    let sent = ns.run(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let live = common::turn_client::allocate("127.0.0.1:3478", USER, PASS, "fp.local")
+                .await
+                .expect("allocate");
+            let peer = tokio::net::UdpSocket::bind("127.0.0.1:40200")
+                .await
+                .unwrap();
+            // The crate binds a channel behind the first messages (Send indications until then).
+            for i in 0..20 {
+                live.round_trip(&peer, &format!("#{i}"))
+                    .await
+                    .expect("round trip");
+            }
+            live.close().await;
+            20
+        })
+    });
+    let (c2p, p2c, full) = fastpath_packets(&ns);
+    println!("turn crate: {sent} round trips; the kernel relayed {c2p} to the peer, {p2c} back");
+    assert_eq!(full, 0);
+}
+
+/// Native mode on a veth pair between two namespaces the test makes (nothing on the host's
+/// interfaces): the server's end runs the relay program, the client's end `xdp_pass` (a veth
+/// delivers XDP_TX frames only to a peer whose NAPI an XDP program turns on) and has transmit
+/// checksum offload off, so its frames carry full checksums as a NIC's do. Client and peer both
+/// live in the client namespace, so the relayed frames leave by the interface they came in on.
+#[test]
+fn native_mode_on_a_veth_relays_ipv4_and_ipv6_in_the_kernel_with_valid_checksums() {
+    require_tool("tcpdump");
+    require_tool("ethtool");
+    let srv = Ns::new("vsrv");
+    let cli = Ns::new("vcli");
+    let pcap = std::env::temp_dir().join(format!("{}.pcap", cli.0));
+    let (vs, vc) = (
+        format!("vs{}", std::process::id()),
+        format!("vc{}", std::process::id()),
+    );
+    srv.exec(&[
+        "ip", "link", "add", &vs, "type", "veth", "peer", "name", &vc, "netns", &cli.0,
+    ]);
+    for (ns, dev, addrs) in [
+        (&srv, &vs, ["10.118.0.1/24", "fd18::1/64"]),
+        (&cli, &vc, ["10.118.0.2/24", "fd18::2/64"]),
+    ] {
+        for a in addrs {
+            ns.exec(&["ip", "addr", "add", a, "dev", dev, "nodad"]);
+        }
+        ns.exec(&["ip", "link", "set", dev, "up"]);
+    }
+    cli.exec(&["ip", "addr", "add", "10.118.0.3/24", "dev", &vc]);
+    cli.exec(&["ip", "addr", "add", "fd18::3/64", "dev", &vc, "nodad"]);
+    cli.exec(&["ethtool", "-K", &vc, "tx", "off"]);
+    // The server's own answers too, so that every frame on the wire can be checked.
+    srv.exec(&["ethtool", "-K", &vs, "tx", "off"]);
+    // bpf_fib_lookup answers only for interfaces that forward.
+    srv.exec(&[
+        "sysctl",
+        "-qw",
+        "net.ipv4.conf.all.forwarding=1",
+        "net.ipv6.conf.all.forwarding=1",
+    ]);
+    let mut pass = vigi_turn::io::fastpath::FastPath::load(vigi_turn::io::fastpath::MapLimits {
+        channels: 1,
+        allocations: 1,
+    })
+    .expect("load (root)");
+    cli.run(|| pass.attach_pass(&vc, vigi_turn::io::fastpath::XdpMode::Native))
+        .expect("xdp_pass on the client end");
+
+    let port = PORT.to_string();
+    let metrics = METRICS.to_string();
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &srv.0,
+            BIN,
+            "-L",
+            "10.118.0.1",
+            "-L",
+            "fd18::1",
+        ])
+        .args([
+            "--relay-ip",
+            "10.118.0.1",
+            "--relay-ip",
+            "fd18::1",
+            "-p",
+            &port,
+        ])
+        .args([
+            "--min-port",
+            "50000",
+            "--max-port",
+            "50099",
+            "-m",
+            "1",
+            "-A",
+            "keep",
+        ])
+        .args([
+            "--allowed-peer-ip",
+            "10.118.0.0/24",
+            "--allowed-peer-ip",
+            "fd18::/64",
+        ])
+        .args(["-a", "-u", &format!("{USER}:{PASS}"), "-r", "fp.local"])
+        .args([
+            "--prometheus",
+            "--prometheus-address",
+            "10.118.0.1",
+            "--prometheus-port",
+            &metrics,
+        ])
+        .args(["--xdp-interface", &vs, "--xdp-mode", "native"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start vigi-turn");
+    let server = Proc {
+        child,
+        name: "vigi-turn".into(),
+    };
+    // Up once it serves /metrics (it binds its listeners before).
+    cli.run(|| {
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("10.118.0.1", METRICS)).is_err() {
+            assert!(t0.elapsed() < WAIT, "vigi-turn did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let mut tcpdump = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &cli.0,
+            "tcpdump",
+            "-i",
+            &vc,
+            "--immediate-mode",
+            "-U",
+            "-s",
+            "0",
+        ])
+        .arg("-w")
+        .arg(&pcap)
+        .arg("udp")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tcpdump");
+    let mut lines = BufReader::new(tcpdump.stderr.take().unwrap()).lines();
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.contains("listening on"))),
+        "tcpdump did not start"
+    );
+    let tcpdump = Proc {
+        child: tcpdump,
+        name: "tcpdump".into(),
+    };
+
+    let lens = [1usize, 2, 3, 100, 333, 1200];
+    for (i, (client_ip, peer_ip, server_ip)) in [
+        ("10.118.0.2", "10.118.0.3", "10.118.0.1"),
+        ("fd18::2", "fd18::3", "fd18::1"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        cli.run(|| {
+            let server_addr = SocketAddr::new(server_ip.parse().unwrap(), PORT);
+            let a = Client::allocate(
+                SocketAddr::new(client_ip.parse().unwrap(), 40001),
+                server_addr,
+            );
+            let peer = UdpSocket::bind(SocketAddr::new(peer_ip.parse().unwrap(), 40100)).unwrap();
+            peer.set_read_timeout(Some(WAIT)).unwrap();
+            a.bind_channel(peer.local_addr().unwrap(), 0x4000);
+            let mut buf = [0u8; 2048];
+            // One round with the server running resolves the neighbours the FIB needs.
+            a.s.send_to(&channel_data(0x4000, b"warm"), a.server)
+                .unwrap();
+            assert_eq!(peer.recv(&mut buf).unwrap(), 4);
+            peer.send_to(b"warm", a.relay).unwrap();
+            a.s.recv(&mut buf).expect("warm-up back");
+            signal(&server, libc::SIGSTOP);
+            for len in lens {
+                let data = payload(len, 50 + i as u8);
+                a.s.send_to(&channel_data(0x4000, &data), a.server).unwrap();
+                let (n, from) = peer.recv_from(&mut buf).expect("relayed to the peer");
+                assert_eq!(
+                    (&buf[..n], from),
+                    (&data[..], a.relay),
+                    "client → peer, {len} B"
+                );
+                peer.send_to(&data, a.relay).unwrap();
+                let (n, from) = a.s.recv_from(&mut buf).expect("relayed to the client");
+                assert_eq!(from, a.server);
+                assert_eq!(
+                    &buf[..n],
+                    &channel_data(0x4000, &data)[..],
+                    "peer → client, {len} B"
+                );
+            }
+            signal(&server, libc::SIGCONT);
+            a.delete();
+        });
+    }
+    // Every UDP frame on the client's wire: the client's and peer's own (full checksums, offload
+    // off) and the kernel's rewrites, IPv4 and IPv6. tcpdump writes each frame as it sees it:
+    // wait until the relayed ones are all in the file.
+    let relayed_to_peer = |f: &Vec<u8>| {
+        frames::parse(f).is_ok_and(|(u, _)| u.dst.port() == 40100 && u.src.port() != 40001)
+    };
+    let t0 = Instant::now();
+    let captured = loop {
+        let bytes = std::fs::read(&pcap).unwrap_or_default();
+        let all = if bytes.len() >= 24 {
+            pcap_frames(&bytes)
+        } else {
+            Vec::new()
+        };
+        let relayed = all.iter().filter(|f| relayed_to_peer(f)).count();
+        if relayed >= 2 * (lens.len() + 1) || t0.elapsed() > WAIT {
+            break all;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(tcpdump);
+    let _ = std::fs::remove_file(&pcap);
+    for f in &captured {
+        frames::parse(f).unwrap_or_else(|e| panic!("captured frame: {e}: {f:02x?}"));
+    }
+    let relayed = captured.iter().filter(|f| relayed_to_peer(f)).count();
+    assert!(
+        relayed >= 2 * (lens.len() + 1),
+        "relayed frames captured: {relayed}"
+    );
+    drop(server);
+    drop(pass);
 }

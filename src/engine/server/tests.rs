@@ -494,6 +494,7 @@ mod binding;
 mod credentials;
 mod data;
 mod dual;
+mod fastpath;
 mod hardening;
 mod lifetimes;
 mod limits;

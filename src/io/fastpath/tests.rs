@@ -38,7 +38,8 @@ fn mirror_v6(slot: u32) -> ChannelMirror {
         local: sa("[fd00::1]:3478"),
         relay: sa("[fd00::1]:50000"),
         peer: sa("[fd00::3]:40001"),
-        channel: 0x4ffe,
+        // RFC 5766's upper range (0x5000-0x7FFF), which coturn's uclient picks from.
+        channel: 0x7ffe,
         slot,
         expires_ns: u64::MAX,
     }

@@ -426,8 +426,9 @@ static __always_inline int handle_v4(struct xdp_md *ctx)
 	__u16 payload_len = udp_len - sizeof(struct udphdr);
 	__u8 *payload = data + V4_HDRS;
 
-	// RFC 8656 §12: a ChannelData message starts with a channel number 0x4000-0x4FFF.
-	if (payload_len >= 4 && payload + 4 <= (__u8 *)end && (payload[0] & 0xf0) == 0x40) {
+	// A ChannelData message starts with a channel number: 0x4000-0x4FFF in RFC 8656 §12,
+	// 0x4000-0x7FFF in RFC 5766, which the engine accepts too (coturn's clients use them all).
+	if (payload_len >= 4 && payload + 4 <= (__u8 *)end && (payload[0] & 0xc0) == 0x40) {
 		__u16 channel = ((__u16)payload[0] << 8) | payload[1];
 		__u16 data_len = ((__u16)payload[2] << 8) | payload[3];
 		struct chan_key key;
@@ -591,7 +592,7 @@ static __always_inline int handle_v6(struct xdp_md *ctx)
 	__u16 payload_len = udp_len - sizeof(struct udphdr);
 	__u8 *payload = data + V6_HDRS;
 
-	if (payload_len >= 4 && payload + 4 <= (__u8 *)end && (payload[0] & 0xf0) == 0x40) {
+	if (payload_len >= 4 && payload + 4 <= (__u8 *)end && (payload[0] & 0xc0) == 0x40) {
 		__u16 channel = ((__u16)payload[0] << 8) | payload[1];
 		__u16 data_len = ((__u16)payload[2] << 8) | payload[3];
 		struct chan_key key;
