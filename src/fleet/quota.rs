@@ -49,11 +49,12 @@ async fn run(source: QuotaSource) {
     let mut healthy: Option<bool> = None;
     loop {
         tick.tick().await;
-        let mut mine: HashMap<String, u32> = HashMap::new();
+        // Keyed by the snapshots' shared names: counting copies no string.
+        let mut mine: HashMap<Arc<str>, u32> = HashMap::new();
         for w in &source.workers {
             let snap = w.snapshot.lock().unwrap_or_else(|e| e.into_inner());
             for a in &snap.allocations {
-                *mine.entry(a.username.to_string()).or_default() += 1;
+                *mine.entry(a.username.clone()).or_default() += 1;
             }
         }
         if conn.is_none() {
@@ -87,7 +88,7 @@ async fn exchange(
     c: &mut MultiplexedConnection,
     realm: &str,
     node: &str,
-    mine: &HashMap<String, u32>,
+    mine: &HashMap<Arc<str>, u32>,
 ) -> redis::RedisResult<HashMap<String, u32>> {
     let key = usage_key(realm, node);
     let mut pipe = redis::pipe();
@@ -95,7 +96,7 @@ async fn exchange(
     if !mine.is_empty() {
         pipe.cmd("HSET").arg(&key);
         for (user, n) in mine {
-            pipe.arg(user).arg(*n);
+            pipe.arg(&**user).arg(*n);
         }
         pipe.ignore();
         pipe.cmd("EXPIRE").arg(&key).arg(USAGE_TTL).ignore();

@@ -102,18 +102,30 @@ impl Reply {
         raw_tid[..n].copy_from_slice(&raw[..n]);
         let mut sign = sign.clone();
         sign.fingerprint &= !m.is_classic();
+        let budget = sign
+            .key
+            .is_none()
+            .then(|| m.as_bytes().len() + AMPLIFICATION_SLACK);
+        Reply::parts(to, m.method(), class, raw_tid, sign, budget)
+    }
+
+    fn parts(
+        to: FiveTuple,
+        method: Method,
+        class: Class,
+        raw_tid: [u8; 16],
+        sign: Sign,
+        budget: Option<usize>,
+    ) -> Reply {
         Reply(Box::new(ReplyParts {
             to,
-            method: m.method(),
+            method,
             class,
             raw_tid,
             error: None,
             attrs: Vec::new(),
-            budget: sign
-                .key
-                .is_none()
-                .then(|| m.as_bytes().len() + AMPLIFICATION_SLACK),
             sign,
+            budget,
             cache: true,
             from: None,
         }))
@@ -142,18 +154,7 @@ impl Reply {
         let mut raw_tid = [0u8; 16];
         raw_tid[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
         raw_tid[4..].copy_from_slice(tid);
-        Reply(Box::new(ReplyParts {
-            to,
-            method,
-            class,
-            raw_tid,
-            error: None,
-            attrs: Vec::new(),
-            sign,
-            budget: None,
-            cache: true,
-            from: None,
-        }))
+        Reply::parts(to, method, class, raw_tid, sign, None)
     }
 
     /// Add attributes (written after ERROR-CODE, before SOFTWARE and the integrity attributes).
