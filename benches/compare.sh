@@ -5,6 +5,8 @@
 #   benches/compare.sh                                        # every vigi-bench profile, 1 run
 #   PROFILES="fixed100 sweep1" RUNS=3 benches/compare.sh
 #   TU_PROFILES="udp_chan udp_send" benches/compare.sh        # also coturn's own turnutils load
+#   FASTPATH_PROFILES="chan send" PROFILES= benches/compare.sh  # whole-path CPU, XDP on and off,
+#                                                             # in namespaces (fastpath-compare.sh)
 #
 # Both servers are started with coturn's flags (-n -L 127.0.0.1 -E 127.0.0.1 -p PORT --min-port
 # --max-port --allow-loopback-peers --no-cli --no-tls --no-dtls --realm ... -m THREADS, and
@@ -29,6 +31,9 @@
 # Environment (defaults in brackets)
 #   PROFILES      [fixed100 fixed1000 send tcp rest sweep1 allocflood hold]
 #   TU_PROFILES   profiles of ../shared/bench/compare-coturn.sh to run as well [none]
+#   FASTPATH_PROFILES  profiles of benches/fastpath-compare.sh (chan send) to run as well: coturn
+#                 4.17.1, vigi-turn and vigi-turn with the XDP fast path, whole-path CPU per
+#                 relayed packet (root; COTURN417_BIN [/opt/coturn-4.17/bin/turnserver]) [none]
 #   RUNS          runs per (server, profile) [1]
 #   RETRIES       extra attempts when a run was disturbed by other users of the box [1]
 #   OTHER_MAX     a run is clean if other processes used < this many cores on average [0.15]
@@ -70,8 +75,9 @@ fi
 [ -n "${BENCH_AG:-}" ] && echo "$NICE" > /proc/self/autogroup 2>/dev/null
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
-PROFILES=${PROFILES:-"fixed100 fixed1000 send tcp rest sweep1 allocflood hold"}
+PROFILES=${PROFILES-"fixed100 fixed1000 send tcp rest sweep1 allocflood hold"}
 TU_PROFILES=${TU_PROFILES:-}
+FASTPATH_PROFILES=${FASTPATH_PROFILES:-}
 RUNS=${RUNS:-1}
 RETRIES=${RETRIES:-1}
 OTHER_MAX=${OTHER_MAX:-0.15}
@@ -239,6 +245,9 @@ summarize() {
 main() {
   local prof k L att rc
   mkdir -p "$OUT"; : > "$OUT/runs.txt"
+  if [ -z "$PROFILES" ]; then  # only the other scripts' profiles
+    run_others; return
+  fi
   for b in "$COTURN_BIN" "$VIGI_BIN" "$BENCH_BIN"; do command -v "$b" >/dev/null || { echo "missing $b (cargo build --release --bins; apt-get install coturn)" >&2; exit 2; }; done
   for p in $LPORT $PEER_PORT; do port_busy $p && { echo "ERROR: port $p in use; set LPORT/PEER_PORT" >&2; exit 2; }; done
   for prof in $PROFILES; do profile_def $prof >/dev/null || { echo "unknown profile $prof" >&2; exit 2; }; done
@@ -263,6 +272,16 @@ main() {
   done
   stop_tree $PEER_PID; PEER_PID=""
   summarize | tee "$OUT/summary.txt"
+  run_others
+}
+
+run_others() {
+  if [ -n "$FASTPATH_PROFILES" ]; then
+    echo "# whole-path profiles via $HERE/fastpath-compare.sh"
+    PROFILES="$FASTPATH_PROFILES" RUNS=$RUNS THREADS=$THREADS VIGI_BIN=$VIGI_BIN \
+      COTURN_BIN=${COTURN417_BIN:-/opt/coturn-4.17/bin/turnserver} OUT="$OUT/fastpath" \
+      MAX_TOTAL_S=$MAX_TOTAL_S "$HERE/fastpath-compare.sh"
+  fi
   if [ -n "$TU_PROFILES" ]; then
     local cc=${COMPARE_COTURN:-$REPO/../shared/bench/compare-coturn.sh}
     [ -x "$cc" ] || cc="bash $cc"

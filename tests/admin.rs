@@ -24,20 +24,14 @@ fn admin_server() -> (Server, u16) {
 fn admin_server_with(auth: &[&str]) -> (Server, u16) {
     let admin_port = free_port();
     let listen = format!("127.0.0.1:{admin_port}");
-    let mut args = vec!["-n", "-L", "127.0.0.1"];
-    args.extend(auth);
-    args.extend([
-        "--allow-loopback-peers",
-        "--realm",
-        "admin.local",
-        "-m",
-        "2",
-        "--admin-listen",
-        &listen,
-        "--admin-token",
-        TOKEN,
-    ]);
-    let srv = start_server(&args);
+    let srv = ServerArgs::bare()
+        .args(&["-L", "127.0.0.1"])
+        .args(auth)
+        .arg("--allow-loopback-peers")
+        .realm("admin.local")
+        .threads(2)
+        .args(&["--admin-listen", &listen, "--admin-token", TOKEN])
+        .start();
     (srv, admin_port)
 }
 

@@ -17,33 +17,17 @@ fn server(rest: bool) -> Server {
 }
 
 fn server_with_ports(rest: bool, ports: u16) -> Server {
-    let (min, max) = free_range(ports);
-    let (min, max) = (min.to_string(), max.to_string());
-    let mut args = vec![
-        "-n",
-        "-L",
-        "127.0.0.1",
-        "-E",
-        "127.0.0.1",
-        "--allow-loopback-peers",
-        "--realm",
-        "bench.local",
-        "--min-port",
-        &min,
-        "--max-port",
-        &max,
-        "-m",
-        "2",
+    let args = ServerArgs::loopback()
+        .realm("bench.local")
+        .relay_ports(ports)
+        .threads(2)
         // One user stands for every load client (up to 300 allocations at once).
-        "--user-quota",
-        "0",
-    ];
+        .no_user_quota();
     if rest {
-        args.extend(["--use-auth-secret", "--static-auth-secret", "benchsecret"]);
+        args.rest_secret("benchsecret").start()
     } else {
-        args.extend(["--lt-cred-mech", "--user", "bench:benchpw"]);
+        args.user("bench:benchpw").start()
     }
-    start_server(&args)
 }
 
 /// Start `vigi-bench peer` on a free port of 127.0.0.1, bounded in time.

@@ -19,32 +19,13 @@ fn dual_server() -> Server {
 
 /// A server listening and relaying on 127.0.0.1 and ::1, with `extra` flags.
 fn dual_server_with(extra: &[&str]) -> Server {
-    let (min, max) = free_range(40);
-    let (min, max) = (min.to_string(), max.to_string());
-    let mut args = vec![
-        "-n",
-        "-L",
-        "127.0.0.1",
-        "-L",
-        "::1",
-        "-E",
-        "127.0.0.1",
-        "-E",
-        "::1",
-        "--allow-loopback-peers",
-        "--realm",
-        "bench.local",
-        "--user",
-        "bench:benchpw",
-        "--min-port",
-        &min,
-        "--max-port",
-        &max,
-        "-m",
-        "2",
-    ];
-    args.extend_from_slice(extra);
-    start_server(&args)
+    ServerArgs::dual_loopback()
+        .realm("bench.local")
+        .args(&["--user", "bench:benchpw"])
+        .relay_ports(40)
+        .threads(2)
+        .args(extra)
+        .start()
 }
 
 /// turnutils_peer echoing on both loopback addresses.

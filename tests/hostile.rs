@@ -31,27 +31,12 @@ const MAX_TIME: Duration = Duration::from_secs(600);
 fn server() -> Server {
     // A relay range of its own: not in the kernel's ephemeral range, not shared with any other
     // server a test (of this binary or another running alongside) starts.
-    let (min, max) = free_range(1000);
-    let (min, max) = (min.to_string(), max.to_string());
-    start_server(&[
-        "-n",
-        "-L",
-        "127.0.0.1",
-        "-E",
-        "127.0.0.1",
-        "--allow-loopback-peers",
-        "--realm",
-        REALM,
-        "--lt-cred-mech",
-        "--user",
-        "bench:benchpw",
-        "--min-port",
-        &min,
-        "--max-port",
-        &max,
-        "-m",
-        "2",
-    ])
+    ServerArgs::loopback()
+        .realm(REALM)
+        .user("bench:benchpw")
+        .relay_ports(1000)
+        .threads(2)
+        .start()
 }
 
 /// The message kinds the attacker builds before mutating them.

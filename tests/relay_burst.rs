@@ -147,30 +147,20 @@ fn request(
     answer
 }
 
-fn server_args(user: &str) -> Vec<&str> {
-    vec![
-        "-n",
-        "--lt-cred-mech",
-        "--user",
-        user,
-        "--realm",
-        REALM,
-        "-L",
-        "127.0.0.1",
-        "--allow-loopback-peers",
-        "--relay-threads",
-        "1",
-        "--sock-buf-size",
-        "1048576",
-        "--no-tls",
-        "--no-dtls",
-    ]
+fn server(user: &str) -> Server {
+    ServerArgs::bare()
+        .user(user)
+        .realm(REALM)
+        .args(&["-L", "127.0.0.1", "--allow-loopback-peers"])
+        .args(&["--relay-threads", "1", "--sock-buf-size", "1048576"])
+        .args(&["--no-tls", "--no-dtls"])
+        .start()
 }
 
 #[test]
 fn a_burst_beyond_the_read_budget_reaches_the_client_without_more_traffic() {
     let user = format!("{USER}:{PASS}");
-    let srv = start_server(&server_args(&user));
+    let srv = server(&user);
     let server = SocketAddr::from(([127, 0, 0, 1], srv.port));
     let client = udp_with_buffer(1 << 20);
     let peer = udp_with_buffer(1 << 20);
@@ -217,7 +207,7 @@ fn a_burst_beyond_the_read_budget_reaches_the_client_without_more_traffic() {
 #[test]
 fn a_tcp_client_that_stops_reading_gets_whole_frames_in_order_when_it_reads_again() {
     let user = format!("{USER}:{PASS}");
-    let srv = start_server(&server_args(&user));
+    let srv = server(&user);
     let server = SocketAddr::from(([127, 0, 0, 1], srv.port));
     // A small receive buffer, so the server's writes stop short early.
     let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();

@@ -261,37 +261,19 @@ fn churn(
 
 #[test]
 fn churning_thousands_of_allocations_leaks_nothing() {
-    let (min, max) = free_range(400);
-    let (min_s, max_s) = (min.to_string(), max.to_string());
     let lifetime = LIFETIME.to_string();
-    let srv = start_server(&[
-        "-n",
-        "-L",
-        "127.0.0.1",
-        "-E",
-        "127.0.0.1",
-        "--allow-loopback-peers",
-        "--realm",
-        REALM,
-        "--lt-cred-mech",
-        "--user",
-        "soak:soakpw",
-        "--min-port",
-        &min_s,
-        "--max-port",
-        &max_s,
-        "--default-allocate-lifetime",
-        &lifetime,
-        "--max-allocate-lifetime",
-        &lifetime,
-        "--unauthorized-ratelimit",
-        "0",
+    let args = ServerArgs::loopback()
+        .realm(REALM)
+        .user("soak:soakpw")
+        .relay_ports(400)
+        .args(&["--default-allocate-lifetime", &lifetime])
+        .args(&["--max-allocate-lifetime", &lifetime])
+        .args(&["--unauthorized-ratelimit", "0"])
         // One user stands for every churning client.
-        "--user-quota",
-        "0",
-        "-m",
-        "2",
-    ]);
+        .no_user_quota()
+        .threads(2);
+    let (min, max) = args.range();
+    let srv = args.start();
     let pid = srv.proc.child.id();
     let server = SocketAddr::from(([127, 0, 0, 1], srv.port));
     // An echo peer.

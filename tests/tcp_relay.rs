@@ -15,28 +15,13 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn tcp_server(extra: &[&str]) -> Server {
-    let (min, max) = free_range(20);
-    let (min, max) = (min.to_string(), max.to_string());
-    let mut args = vec![
-        "-n",
-        "-L",
-        "127.0.0.1",
-        "-E",
-        "127.0.0.1",
-        "--allow-loopback-peers",
-        "--realm",
-        "bench.local",
-        "--user",
-        "bench:benchpw",
-        "--min-port",
-        &min,
-        "--max-port",
-        &max,
-        "-m",
-        "2",
-    ];
-    args.extend_from_slice(extra);
-    start_server(&args)
+    ServerArgs::loopback()
+        .realm("bench.local")
+        .args(&["--user", "bench:benchpw"])
+        .relay_ports(20)
+        .threads(2)
+        .args(extra)
+        .start()
 }
 
 const LT: [&str; 4] = ["-u", "bench", "-w", "benchpw"];

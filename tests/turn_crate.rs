@@ -68,23 +68,13 @@ async fn relay_round_trips(
 
 /// A relay range of its own (both tests run at once; a fixed range was shared between them and
 /// with other test processes on the machine), and the server's arguments with it.
-fn server_args<'a>(range: &'a (String, String), extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec![
-        "-n",
-        "-L",
-        "127.0.0.1",
-        "--allow-loopback-peers",
-        "--realm",
-        "turn.test",
-        "--min-port",
-        &range.0,
-        "--max-port",
-        &range.1,
-        "-m",
-        "1",
-    ];
-    v.extend_from_slice(extra);
-    v
+fn server_args(extra: &[&str]) -> ServerArgs {
+    ServerArgs::bare()
+        .args(&["-L", "127.0.0.1", "--allow-loopback-peers"])
+        .realm("turn.test")
+        .relay_ports(100)
+        .threads(1)
+        .args(extra)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,19 +82,16 @@ async fn turn_crate_client_with_static_user_relays_and_refreshes() {
     // A 6-second allocation: the client must refresh it (at half-life, 3 s: as much slack
     // for a late timer on a loaded machine; with 4 s it was 2) for the last rounds, 12 seconds
     // in, to get through.
-    let (min, max) = free_range(100);
-    let range = (min.to_string(), max.to_string());
-    let srv = start_server(&server_args(
-        &range,
-        &[
-            "--user",
-            "alice:wonderland",
-            "--max-allocate-lifetime",
-            "6",
-            "--default-allocate-lifetime",
-            "6",
-        ],
-    ));
+    let args = server_args(&[
+        "--user",
+        "alice:wonderland",
+        "--max-allocate-lifetime",
+        "6",
+        "--default-allocate-lifetime",
+        "6",
+    ]);
+    let (min, max) = args.range();
+    let srv = args.start();
     relay_round_trips(
         srv.port,
         (min, max),
@@ -119,12 +106,9 @@ async fn turn_crate_client_with_static_user_relays_and_refreshes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn turn_crate_client_with_rest_credentials() {
-    let (min, max) = free_range(100);
-    let range = (min.to_string(), max.to_string());
-    let srv = start_server(&server_args(
-        &range,
-        &["--use-auth-secret", "--static-auth-secret", "s3cret"],
-    ));
+    let args = server_args(&["--use-auth-secret", "--static-auth-secret", "s3cret"]);
+    let (min, max) = args.range();
+    let srv = args.start();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()

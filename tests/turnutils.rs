@@ -6,34 +6,18 @@ mod common;
 
 use common::*;
 
-/// A server of its own relay range: six of these run at once in this binary, and a fixed range
-/// (it was 61000-61999 for all) is shared between them, with other test processes on the
+/// A server of its own relay range: several of these run at once in this binary, and a fixed
+/// range (it was 61000-61999 for all) is shared between them, with other test processes on the
 /// machine, and with the kernel's ephemeral ports where `ip_local_port_range` reaches that far.
 fn lt_server() -> Server {
-    let (min, max) = free_range(100);
-    let (min, max) = (min.to_string(), max.to_string());
-    start_server(&[
-        "-n",
-        "-L",
-        "127.0.0.1",
-        "-E",
-        "127.0.0.1",
-        "--allow-loopback-peers",
-        "--realm",
-        "bench.local",
-        "--lt-cred-mech",
-        "--user",
-        "bench:benchpw",
-        "--min-port",
-        &min,
-        "--max-port",
-        &max,
-        "-m",
-        "2",
+    ServerArgs::loopback()
+        .realm("bench.local")
+        .user("bench:benchpw")
+        .relay_ports(100)
+        .threads(2)
         // One user stands for all of uclient's clients (-m 10 with RFC 6062 pairs).
-        "--user-quota",
-        "0",
-    ])
+        .no_user_quota()
+        .start()
 }
 
 fn assert_all_echoed(r: &UclientResult, expect: u64) {
@@ -52,81 +36,44 @@ fn assert_all_echoed(r: &UclientResult, expect: u64) {
 
 const LT: [&str; 4] = ["-u", "bench", "-w", "benchpw"];
 
-#[test]
-fn uclient_channels_long_term() {
+/// One row of the table: `turnutils_uclient` with the long-term user and `args` against its own
+/// long-term server; every one of `expect` messages must come back.
+fn echo_case(args: &[&str], expect: u64) {
     let srv = lt_server();
     let (_peer, pport) = start_peer();
-    let r = uclient(
-        srv.port,
-        pport,
-        &[&LT[..], &["-m", "2", "-n", "50", "-l", "100"]].concat(),
-    );
-    assert_all_echoed(&r, 100);
+    let r = uclient(srv.port, pport, &[&LT[..], args].concat());
+    assert_all_echoed(&r, expect);
 }
 
-#[test]
-fn uclient_send_indications() {
-    let srv = lt_server();
-    let (_peer, pport) = start_peer();
-    let r = uclient(
-        srv.port,
-        pport,
-        &[&LT[..], &["-s", "-m", "2", "-n", "50", "-l", "100"]].concat(),
-    );
-    assert_all_echoed(&r, 100);
+/// The table: a test per row (so they run in parallel and fail by name), uclient's flags, and
+/// the messages sent (and echoed) in all.
+macro_rules! echo_cases {
+    ($($(#[$doc:meta])* $name:ident: [$($arg:literal),*] => $expect:literal;)*) => {
+        $( $(#[$doc])* #[test] fn $name() { echo_case(&[$($arg),*], $expect) } )*
+    };
 }
 
-#[test]
-fn uclient_client_to_client() {
-    let srv = lt_server();
-    let (_peer, pport) = start_peer();
-    let r = uclient(
-        srv.port,
-        pport,
-        &[&LT[..], &["-y", "-m", "2", "-n", "50", "-l", "100"]].concat(),
-    );
-    assert_all_echoed(&r, 200);
-}
-
-#[test]
-fn uclient_ten_clients() {
-    let srv = lt_server();
-    let (_peer, pport) = start_peer();
-    let r = uclient(
-        srv.port,
-        pport,
-        &[&LT[..], &["-c", "-m", "10", "-n", "50", "-l", "120"]].concat(),
-    );
-    assert_all_echoed(&r, 500);
-}
-
-#[test]
-fn uclient_over_tcp() {
-    let srv = lt_server();
-    let (_peer, pport) = start_peer();
-    let r = uclient(
-        srv.port,
-        pport,
-        &[&LT[..], &["-t", "-m", "2", "-n", "50", "-l", "100"]].concat(),
-    );
-    assert_all_echoed(&r, 100);
+echo_cases! {
+    /// ChannelData on bound channels, two clients.
+    uclient_channels_long_term: ["-m", "2", "-n", "50", "-l", "100"] => 100;
+    /// Send and Data indications (no channels), as Firefox relays.
+    uclient_send_indications: ["-s", "-m", "2", "-n", "50", "-l", "100"] => 100;
+    /// Client to client through two allocations: each message is counted at both ends.
+    uclient_client_to_client: ["-y", "-m", "2", "-n", "50", "-l", "100"] => 200;
+    /// Ten clients at once.
+    uclient_ten_clients: ["-c", "-m", "10", "-n", "50", "-l", "120"] => 500;
+    /// TURN over TCP to the server, UDP to the peer.
+    uclient_over_tcp: ["-t", "-m", "2", "-n", "50", "-l", "100"] => 100;
 }
 
 #[test]
 fn uclient_rest_secret() {
-    let srv = start_server(&[
-        "-n",
-        "-L",
-        "127.0.0.1",
-        "--allow-loopback-peers",
-        "--realm",
-        "bench.local",
-        "--use-auth-secret",
-        "--static-auth-secret",
-        "old-secret",
-        "--static-auth-secret",
-        "benchsecret",
-    ]);
+    let srv = ServerArgs::bare()
+        .args(&["-L", "127.0.0.1", "--allow-loopback-peers"])
+        .realm("bench.local")
+        .rest_secret("old-secret")
+        .args(&["--static-auth-secret", "benchsecret"])
+        .start();
     let (_peer, pport) = start_peer();
     // turnutils_uclient mints `expiry:user` with the secret it is given (-W).
     let r = uclient(
@@ -181,15 +128,11 @@ fn wrong_password_relays_nothing() {
 
 #[test]
 fn loopback_peer_refused_by_default() {
-    let srv = start_server(&[
-        "-n",
-        "-L",
-        "127.0.0.1",
-        "--realm",
-        "bench.local",
-        "--user",
-        "bench:benchpw",
-    ]);
+    let srv = ServerArgs::bare()
+        .args(&["-L", "127.0.0.1"])
+        .realm("bench.local")
+        .args(&["--user", "bench:benchpw"])
+        .start();
     let (_peer, pport) = start_peer();
     let r = uclient(
         srv.port,
@@ -336,25 +279,14 @@ fn uclient_over_ipv6_loopback() {
 
 /// Start vigi-turn listening and relaying on ::1 only; returns it and its port once it answers.
 fn start_server_on_v6(port: u16) -> (Proc, u16) {
+    let args = ServerArgs::bare()
+        .args(&["-L", "::1", "-E", "::1", "--allow-loopback-peers"])
+        .realm("bench.local")
+        .args(&["--user", "bench:benchpw"])
+        .threads(1)
+        .args(&["-p", &port.to_string()]);
     let child = std::process::Command::new(BIN)
-        .args([
-            "-n",
-            "-L",
-            "::1",
-            "-E",
-            "::1",
-            "--allow-loopback-peers",
-            "--realm",
-            "bench.local",
-        ])
-        .args([
-            "--user",
-            "bench:benchpw",
-            "-m",
-            "1",
-            "-p",
-            &port.to_string(),
-        ])
+        .args(args.to_vec())
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("start vigi-turn");

@@ -222,6 +222,112 @@ pub fn start_server_on(port: u16, all: &[&str]) -> Server {
     Server { proc, port }
 }
 
+/// vigi-turn's command line for a test, built from the parts the tests share, so that a flag
+/// every test needs is written once:
+///
+/// ```ignore
+/// let srv = ServerArgs::loopback().realm("bench.local").user("bench:benchpw").relay_ports(100).start();
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ServerArgs {
+    args: Vec<String>,
+    range: Option<(u16, u16)>,
+}
+
+impl ServerArgs {
+    /// No flag at all but `-n` (no configuration file).
+    pub fn bare() -> ServerArgs {
+        ServerArgs::default().arg("-n")
+    }
+
+    /// Listening and relaying on 127.0.0.1 (`-n -L 127.0.0.1 -E 127.0.0.1`), loopback peers
+    /// allowed (`--allow-loopback-peers`), as every loopback relay test needs.
+    pub fn loopback() -> ServerArgs {
+        ServerArgs::bare()
+            .args(&["-L", "127.0.0.1", "-E", "127.0.0.1"])
+            .arg("--allow-loopback-peers")
+    }
+
+    /// As [`ServerArgs::loopback`], on 127.0.0.1 and ::1 (dual allocations).
+    pub fn dual_loopback() -> ServerArgs {
+        ServerArgs::bare()
+            .args(&[
+                "-L",
+                "127.0.0.1",
+                "-L",
+                "::1",
+                "-E",
+                "127.0.0.1",
+                "-E",
+                "::1",
+            ])
+            .arg("--allow-loopback-peers")
+    }
+
+    /// `--realm REALM`.
+    pub fn realm(self, realm: &str) -> ServerArgs {
+        self.args(&["--realm", realm])
+    }
+
+    /// Long-term credentials for one user: `--lt-cred-mech --user NAME:PASSWORD`.
+    pub fn user(self, name_password: &str) -> ServerArgs {
+        self.args(&["--lt-cred-mech", "--user", name_password])
+    }
+
+    /// TURN REST credentials: `--use-auth-secret --static-auth-secret SECRET`.
+    pub fn rest_secret(self, secret: &str) -> ServerArgs {
+        self.args(&["--use-auth-secret", "--static-auth-secret", secret])
+    }
+
+    /// A relay range of `count` ports of its own ([`free_range`]): not in the kernel's
+    /// ephemeral range, not shared with any other server a test starts.
+    pub fn relay_ports(mut self, count: u16) -> ServerArgs {
+        let (min, max) = free_range(count);
+        self.range = Some((min, max));
+        self.args(&[
+            "--min-port",
+            &min.to_string(),
+            "--max-port",
+            &max.to_string(),
+        ])
+    }
+
+    /// `-m N` relay threads.
+    pub fn threads(self, n: usize) -> ServerArgs {
+        self.args(&["-m", &n.to_string()])
+    }
+
+    /// `--user-quota 0`: one user stands for many load clients.
+    pub fn no_user_quota(self) -> ServerArgs {
+        self.args(&["--user-quota", "0"])
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> ServerArgs {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn args(mut self, args: &[&str]) -> ServerArgs {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// The relay range [`ServerArgs::relay_ports`] took.
+    pub fn range(&self) -> (u16, u16) {
+        self.range.expect("relay_ports() was not called")
+    }
+
+    /// The arguments, for a test that starts the binary its own way.
+    pub fn to_vec(&self) -> Vec<&str> {
+        self.args.iter().map(String::as_str).collect()
+    }
+
+    /// [`start_server`] with these arguments.
+    pub fn start(&self) -> Server {
+        start_server(&self.to_vec())
+    }
+}
+
 /// One STUN Binding request over UDP; the XOR-MAPPED-ADDRESS of the answer.
 pub fn binding_udp(server: SocketAddr, timeout: Duration) -> Option<SocketAddr> {
     let s = UdpSocket::bind("127.0.0.1:0").ok()?;
