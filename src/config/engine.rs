@@ -3,10 +3,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::{AuthMode, Config, DefaultFamily, UserSecret};
+use super::{AuthMode, Config, UserSecret};
 use crate::engine::auth::{self, Credentials};
 use crate::engine::policy::PeerPolicy;
-use crate::engine::server::{DefaultFamily as EngineFamily, Rfc5780};
+use crate::engine::server::Rfc5780;
 use crate::engine::ServerConfig;
 
 impl Config {
@@ -88,11 +88,7 @@ impl Config {
             unauthorized_ratelimit: config.unauthorized_ratelimit,
             udp_relay: !config.no_udp_relay,
             tcp_relay: !config.no_tcp_relay,
-            default_family: match config.allocation_default_address_family {
-                DefaultFamily::Ipv4 => EngineFamily::Ipv4,
-                DefaultFamily::Ipv6 => EngineFamily::Ipv6,
-                DefaultFamily::Keep => EngineFamily::Keep,
-            },
+            default_family: config.allocation_default_address_family,
             strict_expiry: config.strict_expiry,
             keep_removed_users: config.reload_keeps_removed_users,
             rfc5780: config.rfc5780.then(|| {

@@ -9,14 +9,26 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-/// Which relay family an Allocate naming none gets (`-A/--allocation-default-address-family`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum DefaultFamily {
-    #[default]
-    Ipv4,
-    Ipv6,
-    /// The family of the client's own address.
-    Keep,
+/// Which relay family an Allocate naming none gets (`-A/--allocation-default-address-family`):
+/// the engine's own type, parsed here.
+pub use crate::engine::server::DefaultFamily;
+
+impl clap::ValueEnum for DefaultFamily {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[
+            DefaultFamily::Ipv4,
+            DefaultFamily::Ipv6,
+            DefaultFamily::Keep,
+        ]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(match self {
+            DefaultFamily::Ipv4 => "ipv4",
+            DefaultFamily::Ipv6 => "ipv6",
+            DefaultFamily::Keep => "keep",
+        }))
+    }
 }
 
 /// How `--xdp-mode` attaches the kernel fast path (issue 18).
