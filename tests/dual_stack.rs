@@ -202,15 +202,17 @@ fn unasked_relays(srv: &Server) -> Vec<std::net::SocketAddr> {
 #[test]
 fn allocation_default_address_family_picks_the_unasked_relay_family() {
     // coturn's uclient always names the family of its peer, so a hand-made Allocate names none.
-    let srv = dual_server();
-    let r = unasked_relays(&srv);
+    // One server at a time (each is stopped before the next starts), so that the suite can run
+    // with the fast path on, where one XDP program holds the namespace's `lo`.
+    let r = unasked_relays(&dual_server());
     assert!(r.len() == 1 && r[0].is_ipv4(), "{r:?}");
-    let srv = dual_server_with(&["-A", "ipv6"]);
-    let r = unasked_relays(&srv);
+    let r = unasked_relays(&dual_server_with(&["-A", "ipv6"]));
     assert!(r.len() == 1 && r[0].is_ipv6(), "{r:?}");
     // keep: the client's family (IPv4 here).
-    let srv = dual_server_with(&["--allocation-default-address-family", "keep"]);
-    let r = unasked_relays(&srv);
+    let r = unasked_relays(&dual_server_with(&[
+        "--allocation-default-address-family",
+        "keep",
+    ]));
     assert!(r.len() == 1 && r[0].is_ipv4(), "{r:?}");
 }
 

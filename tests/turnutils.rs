@@ -9,7 +9,7 @@ use common::*;
 /// A server of its own relay range: several of these run at once in this binary, and a fixed
 /// range (it was 61000-61999 for all) is shared between them, with other test processes on the
 /// machine, and with the kernel's ephemeral ports where `ip_local_port_range` reaches that far.
-fn lt_server() -> Server {
+fn lt_args() -> ServerArgs {
     ServerArgs::loopback()
         .realm("bench.local")
         .user("bench:benchpw")
@@ -17,7 +17,10 @@ fn lt_server() -> Server {
         .threads(2)
         // One user stands for all of uclient's clients (-m 10 with RFC 6062 pairs).
         .no_user_quota()
-        .start()
+}
+
+fn lt_server() -> Server {
+    lt_args().start()
 }
 
 fn assert_all_echoed(r: &UclientResult, expect: u64) {
@@ -37,33 +40,46 @@ fn assert_all_echoed(r: &UclientResult, expect: u64) {
 const LT: [&str; 4] = ["-u", "bench", "-w", "benchpw"];
 
 /// One row of the table: `turnutils_uclient` with the long-term user and `args` against its own
-/// long-term server; every one of `expect` messages must come back.
-fn echo_case(args: &[&str], expect: u64) {
-    let srv = lt_server();
+/// long-term server; every one of `expect` messages must come back. With the fast path on
+/// ([`fast_path_on`], `.ci/run`'s second pass), a row marked `kernel` must also have been
+/// relayed (in part at least) by the XDP program, or the pass would prove nothing.
+fn echo_case(args: &[&str], expect: u64, kernel: bool) {
+    let metrics = fast_path_on().then(free_port);
+    let mut server = lt_args();
+    if let Some(port) = metrics {
+        server = server
+            .args(&["--prometheus", "--prometheus-address", "127.0.0.1"])
+            .args(&["--prometheus-port", &port.to_string()]);
+    }
+    let srv = server.start();
     let (_peer, pport) = start_peer();
     let r = uclient(srv.port, pport, &[&LT[..], args].concat());
     assert_all_echoed(&r, expect);
+    if let (Some(port), true) = (metrics, kernel) {
+        let relayed = fast_path_packets(port);
+        assert!(relayed > 0.0, "the kernel fast path relayed nothing");
+    }
 }
 
-/// The table: a test per row (so they run in parallel and fail by name), uclient's flags, and
-/// the messages sent (and echoed) in all.
+/// The table: a test per row (so they run in parallel and fail by name), uclient's flags, the
+/// messages sent (and echoed) in all, and whether the kernel fast path carries it when on.
 macro_rules! echo_cases {
-    ($($(#[$doc:meta])* $name:ident: [$($arg:literal),*] => $expect:literal;)*) => {
-        $( $(#[$doc])* #[test] fn $name() { echo_case(&[$($arg),*], $expect) } )*
+    ($($(#[$doc:meta])* $name:ident: [$($arg:literal),*] => $expect:literal, kernel $kernel:literal;)*) => {
+        $( $(#[$doc])* #[test] fn $name() { echo_case(&[$($arg),*], $expect, $kernel) } )*
     };
 }
 
 echo_cases! {
     /// ChannelData on bound channels, two clients.
-    uclient_channels_long_term: ["-m", "2", "-n", "50", "-l", "100"] => 100;
+    uclient_channels_long_term: ["-m", "2", "-n", "50", "-l", "100"] => 100, kernel true;
     /// Send and Data indications (no channels), as Firefox relays.
-    uclient_send_indications: ["-s", "-m", "2", "-n", "50", "-l", "100"] => 100;
+    uclient_send_indications: ["-s", "-m", "2", "-n", "50", "-l", "100"] => 100, kernel false;
     /// Client to client through two allocations: each message is counted at both ends.
-    uclient_client_to_client: ["-y", "-m", "2", "-n", "50", "-l", "100"] => 200;
+    uclient_client_to_client: ["-y", "-m", "2", "-n", "50", "-l", "100"] => 200, kernel true;
     /// Ten clients at once.
-    uclient_ten_clients: ["-c", "-m", "10", "-n", "50", "-l", "120"] => 500;
-    /// TURN over TCP to the server, UDP to the peer.
-    uclient_over_tcp: ["-t", "-m", "2", "-n", "50", "-l", "100"] => 100;
+    uclient_ten_clients: ["-c", "-m", "10", "-n", "50", "-l", "120"] => 500, kernel true;
+    /// TURN over TCP to the server, UDP to the peer: the fast path relays UDP only.
+    uclient_over_tcp: ["-t", "-m", "2", "-n", "50", "-l", "100"] => 100, kernel false;
 }
 
 #[test]

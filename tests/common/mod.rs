@@ -187,11 +187,36 @@ pub fn start_server(args: &[&str]) -> Server {
     start_server_on(port, &all)
 }
 
-/// Start vigi-turn with exactly `all` as arguments, expecting it on UDP port `port` of
+/// Flags every server these helpers start gets as well, from `VIGI_TEST_SERVER_EXTRA`
+/// (whitespace-separated): `.ci/run` runs the relay suites a second time inside a network
+/// namespace with `--xdp-interface lo --xdp-mode generic`, so that they pass with the kernel fast
+/// path relaying (issue 18).
+pub fn server_extra_args() -> Vec<String> {
+    std::env::var("VIGI_TEST_SERVER_EXTRA")
+        .map(|v| v.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// Whether this run has the kernel fast path on (see [`server_extra_args`]).
+pub fn fast_path_on() -> bool {
+    server_extra_args().iter().any(|a| a == "--xdp-interface")
+}
+
+/// Packets the kernel fast path relayed, both ways, from a server's `/metrics` on `port`.
+pub fn fast_path_packets(port: u16) -> f64 {
+    scrape(port)
+        .iter()
+        .filter(|(k, _)| k.starts_with("vigi_turn_fastpath_packets_total"))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Start vigi-turn with exactly `all` as arguments (and [`server_extra_args`]), expecting it on UDP port `port` of
 /// 127.0.0.1, and wait until it answers a STUN Binding request there.
 pub fn start_server_on(port: u16, all: &[&str]) -> Server {
     let child = Command::new(BIN)
         .args(all)
+        .args(server_extra_args())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
