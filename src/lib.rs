@@ -10,6 +10,9 @@
 //! only [`proto`] and the credential code. The [`fleet`] module shares users, secrets and load
 //! with other nodes through Redis, off the data path.
 
+// Raw system calls live in `sys` (and the XDP loader in `io/fastpath`) only; see `sys`'s doc.
+#![deny(unsafe_code)]
+
 pub mod bench;
 pub mod config;
 pub mod engine;
@@ -19,3 +22,5 @@ pub mod io;
 pub mod metrics;
 pub mod proto;
 pub mod signal;
+#[allow(unsafe_code)]
+pub mod sys;

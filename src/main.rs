@@ -1,5 +1,7 @@
 //! `vigi-turn`: configuration, then workers, then signals.
 
+#![forbid(unsafe_code)]
+
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -81,7 +83,7 @@ fn start_fastpath(config: &Config) -> Result<Option<io::fastpath::FastPath>> {
 }
 
 fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Result<()> {
-    let nofile = ops::raise_nofile_limit();
+    let nofile = vigi_turn::sys::raise_nofile_limit();
     if nofile < 16_384 {
         tracing::warn!(
             "open files limited to {nofile} (hard limit): fewer than 16k relay sockets fit; \

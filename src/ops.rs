@@ -238,19 +238,6 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     out
 }
 
-/// Raise RLIMIT_NOFILE's soft limit to the hard limit: each allocation holds a relay socket, and
-/// 16k of them need more than the usual 1024. Returns the limit in force.
-pub fn raise_nofile_limit() -> u64 {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return 0;
-    };
-    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-        return hard;
-    }
-    soft
-}
-
 /// `--proc-group` then `--proc-user` (names or numbers): setgroups, setgid, setuid, in that order
 /// so that root's groups are gone before root is. A user without a group takes the user's own
 /// primary group. All threads change together (glibc applies set*id to every thread).

@@ -22,6 +22,8 @@ pub mod dtls {
     }
 }
 pub mod conn_limits;
+// aya's `Pod` markers, the clock its maps' timestamps follow, its map views.
+#[allow(unsafe_code)]
 pub mod fastpath;
 mod refusals;
 pub mod relay;
