@@ -10,7 +10,9 @@
 //! long piece of CPU work — a scrape or an admin listing over 100k allocations, the status
 //! writer's pass over every snapshot — leaves the other thread to signaling and the heartbeats.
 //! The signal loop does not take either: the main thread drives it with [`ControlPlane::block_on`],
-//! so SIGTERM, SIGHUP and the systemd watchdog are answered whatever the tasks do.
+//! so SIGTERM, SIGHUP and the systemd watchdog are answered whatever the tasks do. With none of
+//! those services configured the runtime has no thread of its own: the signal loop is all it
+//! runs, on the main thread.
 //!
 //! Nothing here may block a runtime thread. What was checked (issue 17, item 10):
 //!
@@ -50,9 +52,17 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    pub fn new() -> io::Result<ControlPlane> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(CONTROL_THREADS)
+    /// `services`: whether any of HTTP, signaling or the fleet's Redis tasks will run here;
+    /// without them the runtime is a current-thread one that only the signal loop drives.
+    pub fn new(services: bool) -> io::Result<ControlPlane> {
+        let mut builder = if services {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(CONTROL_THREADS);
+            b
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+        };
+        let rt = builder
             .max_blocking_threads(MAX_BLOCKING_THREADS)
             .thread_name("vigi-control")
             .enable_all()
@@ -102,7 +112,7 @@ mod tests {
 
     #[test]
     fn tasks_run_beside_a_blocked_one_and_drop_does_not_wait() {
-        let cp = ControlPlane::new().unwrap();
+        let cp = ControlPlane::new(true).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         // One runtime thread busy (as with a long scrape): the other still runs tasks.
         let (release, released) = std::sync::mpsc::channel::<()>();

@@ -93,7 +93,13 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
     let notifier = notify::Notifier::from_env();
     // One runtime for everything beside the workers (HTTP, signaling, Redis, signals), built
     // before anything is bound so that signals are caught from here on.
-    let control = vigi_turn::control::ControlPlane::new().context("starting the control plane")?;
+    let services = config.prometheus
+        || config.admin_listen.is_some()
+        || config.signaling_listen.is_some()
+        || config.redis_userdb.is_some()
+        || config.redis_statsdb.is_some();
+    let control =
+        vigi_turn::control::ControlPlane::new(services).context("starting the control plane")?;
     let signals = ops::Signals::install(&control)?;
     let listen_ips: Vec<IpAddr> = if config.listening_ips.is_empty() {
         vec![
