@@ -16,6 +16,13 @@
 //! addresses read in place instead of copied out of a `sockaddr_storage`, 28-byte destination
 //! addresses instead of 128-byte ones, and epoll through `nix` at no cost. Run without valgrind it
 //! prints the rounds' wall time, which on shared cores says little.
+//!
+//! The whole server agrees: a release `vigi-turn` with one worker under callgrind, relaying
+//! `vigi-bench -c -m 10 -n 2000 -l 100 -z 5` (20,000 ChannelData messages each way) to
+//! `vigi-bench peer`, five runs before and four after. The worker thread's instructions depend on
+//! how many times it woke (batching follows valgrind's timing), so they are fitted against its
+//! `epoll_wait` calls: 51.7 M + 2,375 a wake-up before, 42.9 M + 2,133 after; at 45,000
+//! wake-ups, 158.6 M before and 138.9 M after (12 % fewer).
 
 use std::net::{SocketAddr, UdpSocket};
 
