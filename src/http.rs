@@ -1,5 +1,6 @@
-//! HTTP listeners, served by axum on a thread and runtime of their own so that a slow scrape or
-//! admin call never delays a worker: the Prometheus endpoint (`--prometheus`: `GET /metrics`,
+//! HTTP listeners, served by axum on the control plane's runtime ([`crate::control`]), never on
+//! a worker's thread, so that a slow scrape or admin call never delays a relay: the Prometheus
+//! endpoint (`--prometheus`: `GET /metrics`,
 //! and `GET /` answering 200 for health checks, as coturn) and the admin API
 //! (`--admin-listen ADDR:PORT`, bearer `--admin-token`):
 //!
@@ -10,7 +11,7 @@
 //! - `GET /api/stats`: the counters of every worker added up.
 //!
 //! Everything is read from the workers' snapshots (at most about a second old), and kills go to
-//! the owning worker's control channel: the HTTP thread never touches an engine.
+//! the owning worker's control channel: the HTTP tasks never touch an engine.
 
 pub mod serve;
 
@@ -18,7 +19,6 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use axum::extract::{Path, Query, State};
@@ -58,19 +58,23 @@ impl From<&RunConfig> for Observe {
     }
 }
 
-/// The running HTTP thread and the addresses it serves. Dropping it leaves the thread running
-/// (it ends with the process).
+/// The running HTTP task and the addresses it serves. Dropping it leaves the task running (it
+/// ends with the process).
 pub struct HttpHandle {
-    _thread: JoinHandle<()>,
     pub metrics_addr: Option<SocketAddr>,
     pub admin_addr: Option<SocketAddr>,
     pub monitor: Arc<Monitor>,
 }
 
-/// Bind the Prometheus and admin listeners the configuration asks for and serve them from a new
-/// thread. `Ok(None)` when neither is configured. Binding happens here, so a busy port is an
-/// error at start-up.
-pub fn spawn(config: &Config, running: &Running, obs: Observe) -> io::Result<Option<HttpHandle>> {
+/// Bind the Prometheus and admin listeners the configuration asks for and serve them on the
+/// control plane. `Ok(None)` when neither is configured. Binding happens here, so a busy port is
+/// an error at start-up.
+pub fn spawn(
+    control: &crate::control::ControlPlane,
+    config: &Config,
+    running: &Running,
+    obs: Observe,
+) -> io::Result<Option<HttpHandle>> {
     if !config.prometheus && config.admin_listen.is_none() {
         return Ok(None);
     }
@@ -111,8 +115,7 @@ pub fn spawn(config: &Config, running: &Running, obs: Observe) -> io::Result<Opt
     let admin_addr = admin.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
     let m = monitor.clone();
     let calls = config.signaling_redis.clone();
-    let thread =
-        crate::io::spawn_runtime_thread("vigi-http", move || serve(m, prom, admin, calls))?;
+    control.spawn(serve(m, prom, admin, calls));
     if let Some(a) = metrics_addr {
         tracing::info!("prometheus metrics on http://{a}/metrics");
     }
@@ -120,7 +123,6 @@ pub fn spawn(config: &Config, running: &Running, obs: Observe) -> io::Result<Opt
         tracing::info!("admin API on http://{a}/api/");
     }
     Ok(Some(HttpHandle {
-        _thread: thread,
         metrics_addr,
         admin_addr,
         monitor,

@@ -8,10 +8,16 @@
 //! everything a user can watch leaves through [`metrics`] and [`http`]. The signaling companion
 //! ([`signal`]) and the load harness ([`bench`], binary `vigi-bench`) sit beside the relay and share
 //! only [`proto`] and the credential code. The [`fleet`] module shares users, secrets and load
-//! with other nodes through Redis, off the data path.
+//! with other nodes through Redis, off the data path. Everything beside the workers (HTTP,
+//! signaling, the fleet's Redis tasks, the signal loop) runs on one runtime, [`control`]'s; the
+//! few raw system calls live in [`sys`].
+
+// Raw system calls live in `sys` (and the XDP loader in `io/fastpath`) only; see `sys`'s doc.
+#![deny(unsafe_code)]
 
 pub mod bench;
 pub mod config;
+pub mod control;
 pub mod engine;
 pub mod fleet;
 pub mod http;
@@ -19,3 +25,5 @@ pub mod io;
 pub mod metrics;
 pub mod proto;
 pub mod signal;
+#[allow(unsafe_code)]
+pub mod sys;

@@ -1,5 +1,7 @@
 //! `vigi-turn`: configuration, then workers, then signals.
 
+#![forbid(unsafe_code)]
+
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -81,7 +83,7 @@ fn start_fastpath(config: &Config) -> Result<Option<io::fastpath::FastPath>> {
 }
 
 fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Result<()> {
-    let nofile = ops::raise_nofile_limit();
+    let nofile = vigi_turn::sys::raise_nofile_limit();
     if nofile < 16_384 {
         tracing::warn!(
             "open files limited to {nofile} (hard limit): fewer than 16k relay sockets fit; \
@@ -89,7 +91,16 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         );
     }
     let notifier = notify::Notifier::from_env();
-    let signals = ops::Signals::install()?;
+    // One runtime for everything beside the workers (HTTP, signaling, Redis, signals), built
+    // before anything is bound so that signals are caught from here on.
+    let services = config.prometheus
+        || config.admin_listen.is_some()
+        || config.signaling_listen.is_some()
+        || config.redis_userdb.is_some()
+        || config.redis_statsdb.is_some();
+    let control =
+        vigi_turn::control::ControlPlane::new(services).context("starting the control plane")?;
+    let signals = ops::Signals::install(&control)?;
     let listen_ips: Vec<IpAddr> = if config.listening_ips.is_empty() {
         vec![
             IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -114,7 +125,7 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         std::time::Instant::now(),
     ));
     if let Some(conn) = &config.redis_userdb {
-        start_userdb(&config, conn, &engine.realm, &shared)?;
+        start_userdb(&control, &config, conn, &engine.realm, &shared);
     }
     let tls_source = tls_source(&config)?;
     let dtls_context = dtls_context(&config)?;
@@ -171,6 +182,7 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
     let directory = Arc::new(vigi_turn::fleet::Directory::default());
     if let Some(conn) = &config.redis_statsdb {
         start_statsdb(
+            &control,
             conn,
             &realm,
             node.clone(),
@@ -178,19 +190,22 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
             stats_shared.clone(),
             &relay_ips,
             directory.clone(),
-        )?;
+        );
     }
     if let Some(conn) = &config.redis_userdb {
-        vigi_turn::fleet::quota::spawn(vigi_turn::fleet::quota::QuotaSource {
-            conn: conn.clone(),
-            realm: realm.clone(),
-            node: node.name.clone(),
-            workers: running.workers.clone(),
-            usage: stats_shared.fleet_usage.clone(),
-        })
-        .context("starting the fleet quota counter")?;
+        vigi_turn::fleet::quota::spawn(
+            &control,
+            vigi_turn::fleet::quota::QuotaSource {
+                conn: conn.clone(),
+                realm: realm.clone(),
+                node: node.name.clone(),
+                workers: running.workers.clone(),
+                usage: stats_shared.fleet_usage.clone(),
+            },
+        );
     }
-    let _http = vigi_turn::http::spawn(&config, &running, observe).context("starting HTTP")?;
+    let _http =
+        vigi_turn::http::spawn(&control, &config, &running, observe).context("starting HTTP")?;
     let _signal = vigi_turn::signal::SignalConfig::from_config(&config)
         .map(|mut s| {
             // With heartbeats in Redis, credentials name the nearest healthy nodes.
@@ -199,7 +214,7 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
             let rest_api = config.auth == AuthMode::RestApi || config.use_auth_secret;
             let rest_in_db = rest_api && config.redis_userdb.is_some();
             s.userdb = rest_in_db.then(|| stats_shared.userdb.clone());
-            vigi_turn::signal::spawn(s)
+            vigi_turn::signal::spawn(&control, s)
         })
         .transpose()
         .context("starting signaling")?;
@@ -231,7 +246,7 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         notifier: &notifier,
         logging,
     };
-    let exit = ops.serve(signals);
+    let exit = ops.serve(&control, signals);
     notifier.stopping();
     match &exit {
         Ok(ops::Exit::Signal(name)) => tracing::info!("{name}: shutting down"),
@@ -370,20 +385,23 @@ fn nonce_key(config: &Config) -> [u8; 32] {
 /// node does not refuse every database user in its first seconds. Redis being away is not fatal:
 /// the reader keeps trying, and until it succeeds only static users and secrets work.
 fn start_userdb(
+    control: &vigi_turn::control::ControlPlane,
     config: &Config,
     conn: &vigi_turn::config::RedisConn,
     realm: &str,
     shared: &Shared,
-) -> Result<()> {
+) {
     use vigi_turn::fleet;
-    fleet::userdb::spawn(fleet::userdb::UserDbSource {
-        conn: conn.clone(),
-        realm: realm.to_owned(),
-        refresh: std::time::Duration::from_secs(u64::from(config.redis_refresh)),
-        max_stale: u64::from(config.redis_max_stale),
-        cell: shared.userdb.clone(),
-    })
-    .context("starting the Redis user database reader")?;
+    fleet::userdb::spawn(
+        control,
+        fleet::userdb::UserDbSource {
+            conn: conn.clone(),
+            realm: realm.to_owned(),
+            refresh: std::time::Duration::from_secs(u64::from(config.redis_refresh)),
+            max_stale: u64::from(config.redis_max_stale),
+            cell: shared.userdb.clone(),
+        },
+    );
     let t0 = std::time::Instant::now();
     while shared.userdb.fresh(fleet::unix_now()).is_none() {
         if t0.elapsed() > std::time::Duration::from_secs(3) {
@@ -392,7 +410,6 @@ fn start_userdb(
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    Ok(())
 }
 
 /// How this node names itself in the fleet: `--node-address` (else the external or listening IP
@@ -422,7 +439,9 @@ fn node_info(
 }
 
 /// `--redis-statsdb`: allocation status, traffic and the heartbeat, from the workers' snapshots.
+#[allow(clippy::too_many_arguments)]
 fn start_statsdb(
+    control: &vigi_turn::control::ControlPlane,
     conn: &vigi_turn::config::RedisConn,
     realm: &str,
     node: vigi_turn::fleet::stats::NodeInfo,
@@ -430,19 +449,20 @@ fn start_statsdb(
     shared: Arc<Shared>,
     relay_ips: &[IpAddr],
     directory: Arc<vigi_turn::fleet::Directory>,
-) -> Result<()> {
+) {
     use vigi_turn::fleet::stats;
-    stats::spawn(stats::StatsDbSource {
-        conn: conn.clone(),
-        realm: realm.to_owned(),
-        node,
-        workers: running.workers.clone(),
-        shared,
-        relay_ips: relay_ips.to_vec(),
-        directory,
-    })
-    .context("starting the Redis status writer")?;
-    Ok(())
+    stats::spawn(
+        control,
+        stats::StatsDbSource {
+            conn: conn.clone(),
+            realm: realm.to_owned(),
+            node,
+            workers: running.workers.clone(),
+            shared,
+            relay_ips: relay_ips.to_vec(),
+            directory,
+        },
+    );
 }
 
 /// The TLS certificate source, following coturn: no `--cert`, no TLS. A `--cert` without `--pkey`

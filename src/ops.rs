@@ -1,6 +1,8 @@
 //! Running the process once the workers are up: signals (SIGHUP reload, SIGUSR1 drain,
-//! SIGUSR2 TLS certificate reload, SIGTERM/SIGINT stop), the systemd watchdog, and the process-level settings applied around
-//! binding (RLIMIT_NOFILE before, `--proc-user`/`--proc-group` after).
+//! SIGUSR2 TLS certificate reload, SIGTERM/SIGINT stop), the systemd watchdog, and the
+//! process-level settings applied after binding (`--proc-user`/`--proc-group`). The signal loop
+//! runs on the main thread, driving the control plane's runtime ([`vigi_turn::control`]) with
+//! `block_on`, so that no task on that runtime can delay a signal.
 
 use std::ffi::OsString;
 use std::net::IpAddr;
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use nix::unistd::{getgid, getuid, setgid, setgroups, setuid, Gid, Group, Uid, User};
 use vigi_turn::config::Config;
+use vigi_turn::control::ControlPlane;
 use vigi_turn::io::{Control, Running};
 
 use crate::logging::Logging;
@@ -42,7 +45,6 @@ pub struct Ops<'a> {
 /// The signals vigi-turn handles, caught from before the first socket is bound: a SIGTERM or
 /// SIGHUP during start-up is then handled (or queued) instead of killing the process.
 pub struct Signals {
-    rt: tokio::runtime::Runtime,
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
@@ -51,14 +53,11 @@ pub struct Signals {
 }
 
 impl Signals {
-    pub fn install() -> Result<Signals> {
+    pub fn install(control: &ControlPlane) -> Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
         // Registering a signal needs the runtime's context; the streams outlive the guard.
         let (term, int, hup, usr1, usr2) = {
-            let _in_rt = rt.enter();
+            let _in_rt = control.handle().enter();
             (
                 signal(SignalKind::terminate())?,
                 signal(SignalKind::interrupt())?,
@@ -68,7 +67,6 @@ impl Signals {
             )
         };
         Ok(Signals {
-            rt,
             term,
             int,
             hup,
@@ -83,16 +81,15 @@ const DRAIN_POLL: Duration = Duration::from_millis(250);
 
 impl Ops<'_> {
     /// Tell the service manager we are ready, then serve signals until the process should stop.
-    pub fn serve(&mut self, signals: Signals) -> Result<Exit> {
+    pub fn serve(&mut self, control: &ControlPlane, signals: Signals) -> Result<Exit> {
         let Signals {
-            rt,
             mut term,
             mut int,
             mut hup,
             mut usr1,
             mut usr2,
         } = signals;
-        rt.block_on(self.signal_loop(&mut term, &mut int, &mut hup, &mut usr1, &mut usr2))
+        control.block_on(self.signal_loop(&mut term, &mut int, &mut hup, &mut usr1, &mut usr2))
     }
 
     async fn signal_loop(
@@ -236,19 +233,6 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         pidfile => "pidfile",
     );
     out
-}
-
-/// Raise RLIMIT_NOFILE's soft limit to the hard limit: each allocation holds a relay socket, and
-/// 16k of them need more than the usual 1024. Returns the limit in force.
-pub fn raise_nofile_limit() -> u64 {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return 0;
-    };
-    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-        return hard;
-    }
-    soft
 }
 
 /// `--proc-group` then `--proc-user` (names or numbers): setgroups, setgid, setuid, in that order

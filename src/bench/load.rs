@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use super::session::{Conn, Session};
 use super::stats::Stats;
-use super::sys::Epoll;
 use crate::proto::{
     attr, channel_data, framing, ChannelData, Class, Message, MessageBuilder, Method,
 };
+use crate::sys::{Epoll, Events, Trigger};
 
 /// Smallest payload that holds the harness's header.
 pub const MIN_PAYLOAD: usize = 25;
@@ -337,9 +337,9 @@ impl Worker<'_> {
     }
 
     fn run(&mut self) -> io::Result<()> {
-        let mut ep = Epoll::new()?;
+        let ep = Epoll::new()?;
         for (i, f) in self.flows.iter().enumerate() {
-            ep.add(f.conn.fd(), i as u64)?;
+            ep.add(&f.conn, i as u64, Trigger::Level)?;
         }
         let n = self.flows.len().max(1) as u32;
         let interval = self.plan.interval;
@@ -351,7 +351,7 @@ impl Worker<'_> {
         }
         let stop_at = self.plan.duration.map(|d| self.start + d);
         let mut linger_until: Option<Instant> = None;
-        let mut ready: Vec<usize> = Vec::with_capacity(256);
+        let mut events = Events::with_capacity(256);
         let mut buf = vec![0u8; 65536];
         loop {
             let now = Instant::now();
@@ -414,10 +414,9 @@ impl Worker<'_> {
                     (wait.as_micros().div_ceil(1000)).min(10) as i32
                 }
             };
-            ready.clear();
-            ep.wait(timeout_ms, |t| ready.push(t as usize))?;
-            for &i in &ready {
-                self.drain(i, &mut buf)?;
+            ep.wait(&mut events, timeout_ms)?;
+            for i in events.tokens() {
+                self.drain(i as usize, &mut buf)?;
             }
             self.publish();
         }

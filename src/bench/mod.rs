@@ -7,13 +7,12 @@
 //! - [`load`]: the data phase, an epoll loop per thread over non-blocking sockets.
 //! - [`stats`]: RTT/jitter histograms and the printed summaries (uclient's lines, a table, JSON).
 //! - [`peer`]: the echo peer.
-//! - [`sys`]: epoll and `recvmmsg`/`sendmmsg`.
+//! - Epoll sets and `recvmmsg`/`sendmmsg` are [`crate::sys`]'s, shared with the relay.
 
 pub mod load;
 pub mod peer;
 pub mod session;
 pub mod stats;
-pub mod sys;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -5,13 +5,12 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::sys::MmsgBatch;
+use crate::sys::RecvBatch;
 
 /// How the peer runs.
 #[derive(Debug, Clone)]
@@ -79,13 +78,12 @@ fn echo_loop(
     stop: &AtomicBool,
     counters: &PeerCounters,
 ) -> io::Result<()> {
-    let mut b = MmsgBatch::new(batch.max(1), 65536);
-    let fd = s.as_raw_fd();
+    let mut b = RecvBatch::with_slots(batch, 0, 65536, 0);
     loop {
         if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(());
         }
-        let n = match b.recv(fd) {
+        let n = match b.recv_wait(s) {
             Ok(n) => n,
             Err(e)
                 if matches!(
@@ -101,7 +99,7 @@ fn echo_loop(
         };
         let bytes: usize = (0..n).map(|i| b.datagram(i).len()).sum();
         // A full socket buffer drops echoes, as a real peer would; that shows up as loss.
-        let sent = b.echo(fd, n).unwrap_or(0);
+        let sent = b.echo(s, n).unwrap_or(0);
         counters.echoed.fetch_add(sent as u64, Ordering::Relaxed);
         counters.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }

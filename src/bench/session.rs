@@ -8,7 +8,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -70,14 +70,16 @@ pub enum Conn {
     Tcp(TcpStream),
 }
 
-impl Conn {
-    pub fn fd(&self) -> RawFd {
+impl AsFd for Conn {
+    fn as_fd(&self) -> BorrowedFd<'_> {
         match self {
-            Conn::Udp(s) => s.as_raw_fd(),
-            Conn::Tcp(s) => s.as_raw_fd(),
+            Conn::Udp(s) => s.as_fd(),
+            Conn::Tcp(s) => s.as_fd(),
         }
     }
+}
 
+impl Conn {
     pub fn is_tcp(&self) -> bool {
         matches!(self, Conn::Tcp(_))
     }
@@ -175,7 +177,7 @@ pub fn allocate_pipelined(
 ) -> Vec<Result<Session, SetupError>> {
     let first = ids.start;
     let mut out: Vec<Option<Result<Session, SetupError>>> = ids.clone().map(|_| None).collect();
-    let mut epoll = match super::sys::Epoll::new() {
+    let epoll = match crate::sys::Epoll::new() {
         Ok(e) => e,
         Err(e) => {
             let kind = e.kind();
@@ -186,7 +188,7 @@ pub fn allocate_pipelined(
     };
     let mut pending: std::collections::HashMap<u32, Pending> = Default::default();
     let mut next = ids.start;
-    let mut ready = Vec::new();
+    let mut events = crate::sys::Events::with_capacity(256);
     let mut buf = [0u8; 2048];
     while next < ids.end || !pending.is_empty() {
         // Keep the window full.
@@ -195,7 +197,7 @@ pub fn allocate_pipelined(
             next += 1;
             let start = connect(cfg).and_then(|conn| {
                 conn.set_nonblocking(true)?;
-                epoll.add(conn.fd(), u64::from(id))?;
+                epoll.add(&conn, u64::from(id), crate::sys::Trigger::Level)?;
                 let mut session = Session::new(conn, id);
                 let (tid, req) = session.request(Method::ALLOCATE, &|b| fill_allocate(cfg, b));
                 if let Conn::Udp(s) = &session.conn {
@@ -217,11 +219,10 @@ pub fn allocate_pipelined(
                 Err(e) => out[(id - first) as usize] = Some(Err(e.into())),
             }
         }
-        ready.clear();
-        if let Err(e) = epoll.wait(10, |t| ready.push(t as u32)) {
+        if let Err(e) = epoll.wait(&mut events, 10) {
             eprintln!("vigi-bench: epoll: {e}");
         }
-        for &id in &ready {
+        for id in events.tokens().map(|t| t as u32) {
             let Some(mut p) = pending.remove(&id) else {
                 continue;
             };
@@ -282,7 +283,7 @@ pub fn allocate_pipelined(
                 }
                 Some(Ok(true)) => {
                     let r = epoll
-                        .del(p.session.conn.fd())
+                        .delete(&p.session.conn)
                         .and_then(|()| p.session.conn.set_nonblocking(false))
                         .map(|()| p.session)
                         .map_err(SetupError::from);

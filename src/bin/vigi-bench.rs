@@ -11,6 +11,8 @@
 //! working) and a table, or one JSON object with `--json`. Everything is bounded: by the message
 //! count, `--duration`, and a linger time for the last echoes.
 
+#![forbid(unsafe_code)]
+
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +27,7 @@ use vigi_turn::bench::load::{self, Flow, Live, Plan, MIN_PAYLOAD};
 use vigi_turn::bench::peer::{self, PeerConfig, PeerCounters};
 use vigi_turn::bench::session::{Auth, SessionConfig};
 use vigi_turn::bench::stats::{uclient_progress_line, Report, Stats};
-use vigi_turn::bench::{setup, sys, PeerPlan};
+use vigi_turn::bench::{setup, PeerPlan};
 use vigi_turn::proto::attr;
 
 /// Client mode: turnutils_uclient's flags for the same things, plus rate control.
@@ -268,7 +270,7 @@ fn run_client(a: ClientArgs) -> Result<()> {
     } else {
         a.length
     };
-    sys::raise_nofile_limit();
+    vigi_turn::sys::raise_nofile_limit();
     let server = (a.host.as_str(), a.port)
         .to_socket_addrs()
         .with_context(|| format!("server address {}", a.host))?

@@ -1,8 +1,9 @@
 //! The fleet: what relay nodes share through Redis, with coturn's key schema so that coturn's
 //! tools (`turnadmin -N`) and coturn nodes share the same database.
 //!
-//! This sits beside the relay like [`crate::http`] and [`crate::signal`]: a thread with its own
-//! tokio runtime ([`crate::io::spawn_runtime_thread`]) talks to Redis; the workers never do. What
+//! This sits beside the relay like [`crate::http`] and [`crate::signal`]: tasks on the control
+//! plane's runtime ([`crate::control`], which says why none of them blocks it) talk to Redis; the
+//! workers never do. What
 //! the engines need is published as a snapshot ([`crate::engine::auth::UserDb`]) in
 //! [`crate::engine::Shared`], swapped whole after each read, so the data path never waits on
 //! Redis and a Redis outage changes nothing for live allocations.

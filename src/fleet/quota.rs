@@ -33,9 +33,9 @@ pub struct QuotaSource {
     pub usage: Arc<FleetUsage>,
 }
 
-/// Start the counter on its own thread; it runs until the process ends.
-pub fn spawn(source: QuotaSource) -> std::io::Result<std::thread::JoinHandle<()>> {
-    crate::io::spawn_runtime_thread("vigi-redis-quota", move || run(source))
+/// Start the counter on the control plane's runtime; it runs until the process ends.
+pub fn spawn(control: &crate::control::ControlPlane, source: QuotaSource) {
+    control.spawn(run(source));
 }
 
 fn usage_key(realm: &str, node: &str) -> String {

@@ -1,6 +1,6 @@
 //! `--redis-statsdb`: allocation status and traffic with coturn's keys and channels, and this
 //! node's heartbeat, written once a second from the workers' snapshots (never from the data
-//! path; a slow Redis delays only this thread, and a lost write is not retried).
+//! path; a slow Redis delays only this task, and a lost write is not retried).
 //!
 //! coturn's schema (`schema.stats.redis`), `<id>` an 18-digit number:
 //! - `turn/realm/<realm>/user/<user>/allocation/<id>/status`: SET and PUBLISH `new lifetime=N`,
@@ -60,9 +60,9 @@ pub struct StatsDbSource {
     pub directory: Arc<super::Directory>,
 }
 
-/// Start the writer on its own thread; it runs until the process ends.
-pub fn spawn(source: StatsDbSource) -> std::io::Result<std::thread::JoinHandle<()>> {
-    crate::io::spawn_runtime_thread("vigi-redis-stats", move || run(source))
+/// Start the writer on the control plane's runtime; it runs until the process ends.
+pub fn spawn(control: &crate::control::ControlPlane, source: StatsDbSource) {
+    control.spawn(run(source));
 }
 
 /// coturn's 18-digit allocation id, unique on this node: worker, generation and slot.

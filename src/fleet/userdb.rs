@@ -39,9 +39,9 @@ pub struct UserDbSource {
     pub cell: Arc<UserDbCell>,
 }
 
-/// Start the reader on its own thread; it runs until the process ends.
-pub fn spawn(source: UserDbSource) -> std::io::Result<std::thread::JoinHandle<()>> {
-    crate::io::spawn_runtime_thread("vigi-redis-userdb", move || run(source))
+/// Start the reader on the control plane's runtime; it runs until the process ends.
+pub fn spawn(control: &crate::control::ControlPlane, source: UserDbSource) {
+    control.spawn(run(source));
 }
 
 async fn run(source: UserDbSource) {

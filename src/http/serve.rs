@@ -69,7 +69,7 @@ const MAX_BUF: usize = 64 * 1024;
 pub fn descriptor_budget() -> usize {
     static BUDGET: OnceLock<usize> = OnceLock::new();
     *BUDGET.get_or_init(|| {
-        let nofile = open_files_limit().unwrap_or(1024);
+        let nofile = crate::sys::open_files_limit().unwrap_or(1024);
         usize::try_from(nofile / 4).unwrap_or(usize::MAX).max(64)
     })
 }
@@ -97,16 +97,6 @@ impl Limits {
             ..self
         }
     }
-}
-
-fn open_files_limit() -> Option<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit we own.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    (rc == 0).then_some(lim.rlim_cur)
 }
 
 /// A listener's open connections, by client address.

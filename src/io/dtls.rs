@@ -31,10 +31,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use foreign_types::ForeignTypeRef;
 use openssl::ssl::{
-    ErrorCode, Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslOptions, SslRef,
-    SslStream, SslVersion,
+    ErrorCode, Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslOptions, SslStream,
+    SslVersion,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -239,34 +238,8 @@ fn new_stream(ctx: &DtlsContext, from: SocketAddr) -> Option<SslStream<Dgram>> {
     SslStream::new(ssl, Dgram::default()).ok()
 }
 
-extern "C" {
-    // libssl (OpenSSL >= 1.1.0); the `openssl` crate does not wrap them. BIO_ADDR stays opaque:
-    // only a pointer libcrypto made passes through.
-    fn DTLSv1_listen(ssl: *mut openssl_sys::SSL, client: *mut libc::c_void) -> libc::c_int;
-    fn BIO_ADDR_new() -> *mut libc::c_void;
-    fn BIO_ADDR_free(addr: *mut libc::c_void);
-}
-
-/// OpenSSL's stateless cookie exchange over what `ssl`'s BIO holds: 1 when it read a ClientHello
-/// with a valid cookie (the `SSL` then goes on with the handshake from it), 0 when it answered a
-/// HelloVerifyRequest or dropped what it read, negative on error.
-fn listen(ssl: &SslRef) -> i32 {
-    // SAFETY: `ssl` is a live SSL with its BIOs set (SslStream::new), borrowed for the call. The
-    // BIO_ADDR, which DTLSv1_listen fills (or clears: our BIO has no peer), is made here, used
-    // only during the call and freed after it.
-    unsafe {
-        let addr = BIO_ADDR_new();
-        if addr.is_null() {
-            return -1;
-        }
-        let r = DTLSv1_listen(ssl.as_ptr(), addr);
-        BIO_ADDR_free(addr);
-        r
-    }
-}
-
 /// RFC 6347 §4.2.1 without state: `datagram` (from `from`, with no session that could take it)
-/// goes to [`listen`] on a fresh `SSL`. A ClientHello with a valid cookie comes back as a stream
+/// goes to [`crate::sys::dtls_listen`] on a fresh `SSL`. A ClientHello with a valid cookie comes back as a stream
 /// that goes on with the handshake; anything else is `Err` with what to send back (the
 /// HelloVerifyRequest, or nothing), and the `SSL` is freed.
 fn verified_hello(
@@ -282,7 +255,7 @@ fn verified_hello(
         return Err(Vec::new());
     };
     stream.get_mut().inbox.push_back(datagram);
-    if listen(stream.ssl()) == 1 {
+    if crate::sys::dtls_listen(stream.ssl()) == 1 {
         stream.get_mut().outbox.clear();
         Ok(stream)
     } else {

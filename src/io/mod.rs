@@ -1,4 +1,6 @@
-//! Every syscall: worker threads, UDP listeners, TCP and TLS streams and relay sockets.
+//! The relay's I/O: worker threads, UDP listeners, TCP and TLS streams and relay sockets (the raw
+//! system calls among them, batched receive and send and the relay epoll sets, are
+//! [`crate::sys`]'s).
 //!
 //! Workers share nothing (DESIGN.md, "The data path"): each is a thread with its own
 //! current-thread tokio runtime, its own engine shard ([`crate::engine::Server`]), its own
@@ -22,6 +24,8 @@ pub mod dtls {
     }
 }
 pub mod conn_limits;
+// aya's `Pod` markers, the clock its maps' timestamps follow, its map views.
+#[allow(unsafe_code)]
 pub mod fastpath;
 mod refusals;
 pub mod relay;
@@ -158,28 +162,6 @@ pub struct Running {
     pub dtls: Option<Arc<dtls::DtlsContext>>,
     /// The thread TLS handshakes run on, while there are TLS listeners.
     _handshaker: Option<tls::Handshaker>,
-}
-
-/// Run `make()`'s future on a new named thread with its own current-thread runtime, for the
-/// services that live beside the workers (HTTP, signaling). The future is made on that thread, so
-/// it need not be `Send`; a runtime that cannot start is logged and the thread ends.
-pub fn spawn_runtime_thread<F, Fut>(name: &str, make: F) -> io::Result<JoinHandle<()>>
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()>,
-{
-    let label = name.to_owned();
-    std::thread::Builder::new()
-        .name(name.into())
-        .spawn(move || {
-            match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt.block_on(make()),
-                Err(e) => tracing::error!("{label}: cannot start its runtime: {e}"),
-            }
-        })
 }
 
 /// Bind every listener for every worker, then start the workers.

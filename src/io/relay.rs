@@ -8,17 +8,16 @@
 //! registration — and a burst over many allocations is one wake-up, not one task poll each.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::ops::Range;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::Instant;
 
 use tokio::io::unix::AsyncFd;
 
-use super::udp::{RecvBatch, BATCH};
 use super::worker::{Relay, WorkerState, READ_BUDGET};
 use crate::engine::{AllocationId, FiveTuple, PeerDecision};
+use crate::sys::{Epoll, Events, RecvBatch, Trigger, BATCH};
 
 /// Ready relay sockets taken from the epoll set per system call.
 const MAX_EVENTS: usize = 256;
@@ -27,45 +26,17 @@ const MAX_EVENTS: usize = 256;
 /// Sockets are added edge-triggered, keyed by allocation id (and which of a dual allocation's two
 /// sockets), and leave the set when they are closed.
 pub(crate) struct RelayPoll {
-    epoll: AsyncFd<OwnedFd>,
+    epoll: AsyncFd<Epoll>,
 }
 
 impl RelayPoll {
     pub(crate) fn new() -> io::Result<Self> {
-        // SAFETY: epoll_create1 has no memory arguments; a non-negative result is a new fd we own.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just created and nothing else owns it.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: the AsyncFd owns the epoll fd, which stays open and unchanged until the AsyncFd
-        // is dropped.
-        let epoll =
-            unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) }
-                .map_err(io::Error::from)?;
+        let epoll = crate::sys::register(Epoll::new()?, tokio::io::Interest::READABLE)?;
         Ok(RelayPoll { epoll })
     }
 
-    fn add(&self, fd: RawFd, key: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
-            u64: key,
-        };
-        // SAFETY: both fds are open; `ev` outlives the call.
-        let rc = unsafe {
-            libc::epoll_ctl(
-                self.epoll.get_ref().as_raw_fd(),
-                libc::EPOLL_CTL_ADD,
-                fd,
-                &mut ev,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+    fn add(&self, socket: &UdpSocket, key: u64) -> io::Result<()> {
+        self.epoll.get_ref().add(socket, key, Trigger::Edge)
     }
 }
 
@@ -79,18 +50,18 @@ fn key(id: AllocationId, second: bool) -> u64 {
 const GEN_MASK: u32 = 0x7fff_ffff;
 
 /// The relay socket an epoll key names, if its allocation still has it.
-fn socket_of(relays: &[Option<Relay>], key: u64) -> Option<(AllocationId, RawFd)> {
+fn socket_of(relays: &[Option<Relay>], key: u64) -> Option<(AllocationId, &UdpSocket)> {
     let index = (key & 0xffff_ffff) as usize;
     let r = relays.get(index)?.as_ref()?;
     if u64::from(r.id.generation & GEN_MASK) != key >> 33 {
         return None;
     }
-    let fd = if key & (1 << 32) != 0 {
-        r.second.as_ref()?.as_raw_fd()
+    let socket = if key & (1 << 32) != 0 {
+        r.second.as_ref()?
     } else {
-        r.socket.as_raw_fd()
+        &r.socket
     };
-    Some((r.id, fd))
+    Some((r.id, socket))
 }
 
 /// Bind the relay socket of allocation `id` and start reading it. `second`: the IPv6 socket of a
@@ -108,7 +79,7 @@ pub(crate) fn bind(
         // The first socket is there unless the allocation ended meanwhile.
         return match relays.get_mut(id.index()).and_then(Option::as_mut) {
             Some(r) if r.id == id => {
-                st.relay_poll.add(socket.as_raw_fd(), key(id, true))?;
+                st.relay_poll.add(&socket, key(id, true))?;
                 // A replaced socket leaves the epoll set as it closes.
                 r.second = Some(socket);
                 Ok(())
@@ -116,7 +87,7 @@ pub(crate) fn bind(
             _ => Ok(()),
         };
     }
-    st.relay_poll.add(socket.as_raw_fd(), key(id, false))?;
+    st.relay_poll.add(&socket, key(id, false))?;
     if relays.len() <= id.index() {
         relays.resize_with(id.index() + 1, || None);
     }
@@ -130,9 +101,7 @@ pub(crate) fn bind(
 
 /// Read every relay socket the worker's epoll set reports, for as long as the worker runs.
 pub(crate) async fn poll_loop(st: Rc<WorkerState>) {
-    let epfd = st.relay_poll.epoll.get_ref().as_raw_fd();
-    // SAFETY: all-zero is a valid epoll_event.
-    let mut events: Vec<libc::epoll_event> = vec![unsafe { std::mem::zeroed() }; MAX_EVENTS];
+    let mut events = Events::with_capacity(MAX_EVENTS);
     // Sockets left readable when their read budget ran out: edge-triggered, the set will not
     // report them again until more arrives, so they are read again next round.
     let mut pending: Vec<u64> = Vec::new();
@@ -153,27 +122,28 @@ pub(crate) async fn poll_loop(st: Rc<WorkerState>) {
                 }
             }
         }
-        // SAFETY: `events` has room for MAX_EVENTS entries and outlives the call.
-        let n = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), MAX_EVENTS as i32, 0) };
-        let n = if n < 0 { 0 } else { n as usize };
+        let _ = st.relay_poll.epoll.get_ref().wait(&mut events, 0);
         keys.clear();
         keys.append(&mut pending);
-        keys.extend(events[..n].iter().map(|e| e.u64));
+        keys.extend(events.tokens());
         // The sockets' datagrams are read into successive slots of the worker's receive batch,
         // so that the frames for clients of several allocations leave in one sendmmsg.
         {
             let mut batch = st.batch.borrow_mut();
+            // Held through the round: relay sockets are bound and freed only by
+            // `drain_commands`, which a round never calls, so no socket closes while read.
+            let relays = st.relays.borrow();
             for &k in &keys {
-                let Some((id, fd)) = socket_of(&st.relays.borrow(), k) else {
+                let Some((id, socket)) = socket_of(&relays, k) else {
                     continue;
                 };
-                if round.drain(&st, &mut batch, id, fd) {
+                if round.drain(&st, &mut batch, id, socket) {
                     pending.push(k);
                 }
             }
             round.flush(&st, &batch);
         }
-        if n < MAX_EVENTS {
+        if !events.is_full() {
             // Every socket reported has been read to a short batch (or is pending). A datagram
             // arriving since raised a new event on the set, which clear_ready keeps.
             if let Some(mut g) = guard {
@@ -192,7 +162,7 @@ struct Round {
 }
 
 impl Round {
-    /// Read relay socket `fd` of allocation `id` into the free slots (sending what the round
+    /// Read relay socket `socket` of allocation `id` into the free slots (sending what the round
     /// holds whenever they run out) and frame each datagram for its client, up to the read
     /// budget. True when the budget ran out with datagrams perhaps still queued.
     fn drain(
@@ -200,7 +170,7 @@ impl Round {
         st: &Rc<WorkerState>,
         batch: &mut RecvBatch,
         id: AllocationId,
-        fd: RawFd,
+        socket: &UdpSocket,
     ) -> bool {
         let mut read = 0;
         let mut errors = 0;
@@ -209,7 +179,7 @@ impl Round {
                 self.flush(st, batch);
             }
             let free = BATCH - self.used;
-            let n = match batch.recv_at(fd, self.used) {
+            let n = match batch.recv_at(socket, self.used) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 // ICMP errors surface as recv errors on Linux; they concern one peer, not us.

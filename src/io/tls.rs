@@ -112,6 +112,14 @@ impl TlsSource {
 /// delay every datagram that worker relays. The connection's socket is handed over for the
 /// handshake and handed back (with the session rustls built) once it is done; from then on the
 /// worker owns it, as a plain TCP connection.
+///
+/// Nor do they run on the control plane's runtime ([`crate::control`]), the one place for
+/// everything else beside the workers: whoever reaches a TLS port can make handshakes, without
+/// credentials, as fast as the connection caps let them, and each costs CPU on the thread it
+/// runs on. On the control plane that flood (or many slow clients, each holding a handshake for
+/// its timeout) would compete with `/metrics`, the admin API, signaling and the fleet's
+/// heartbeat, which a node must renew within its 5 s TTL or drop out of the fleet. On its own
+/// thread a flood slows only other TLS handshakes.
 pub(crate) struct Handshaker {
     handle: tokio::runtime::Handle,
     /// Dropped to end the thread (its runtime then ends with it).

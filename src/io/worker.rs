@@ -13,19 +13,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use std::net::UdpSocket;
-use std::os::fd::{AsRawFd, RawFd};
 
 use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::udp::RecvBatch;
 use super::{relay, stream, tcp_relay, Control, IoStats, RunConfig, WorkerSnapshot};
 use crate::engine::server::{PEER_HEADROOM, PEER_TAILROOM};
 use crate::engine::{
     AllocationId, Bind, ClientDecision, Command, ConnectionId, FiveTuple, RelayKind, Server,
     Transport,
 };
+use crate::sys::{RecvBatch, BATCH};
 
 /// Batches read per readiness wake-up before yielding to other sockets.
 pub(crate) const READ_BUDGET: usize = 8;
@@ -144,9 +144,7 @@ pub(crate) fn run(init: WorkerInit) {
                 Ok(a) => a,
                 Err(_) => continue,
             };
-            // SAFETY: the AsyncFd owns the std socket, whose fd stays open and unchanged until
-            // the AsyncFd is dropped.
-            match unsafe { AsyncFd::register(s) } {
+            match crate::sys::register(s, Interest::READABLE | Interest::WRITABLE) {
                 Ok(s) => udp_socks.push((addr, Rc::new(s))),
                 Err(e) => tracing::error!("worker {index}: udp {addr}: {e}"),
             }
@@ -210,8 +208,7 @@ pub(crate) fn run(init: WorkerInit) {
                 let Ok(addr) = s.local_addr() else {
                     continue;
                 };
-                // SAFETY: as for the UDP listeners above.
-                match unsafe { AsyncFd::register(s) } {
+                match crate::sys::register(s, Interest::READABLE | Interest::WRITABLE) {
                     Ok(s) => {
                         let l = super::dtls::listener(st.clone(), ctx.clone(), addr, Rc::new(s));
                         tokio::task::spawn_local(l);
@@ -245,7 +242,6 @@ pub(crate) async fn read_batches(
     sock: Rc<AsyncFd<UdpSocket>>,
     mut on_batch: impl FnMut(&Rc<WorkerState>, &mut RecvBatch, Instant),
 ) {
-    let fd = sock.as_raw_fd();
     loop {
         let mut ready = match sock.readable().await {
             Ok(r) => r,
@@ -254,7 +250,7 @@ pub(crate) async fn read_batches(
                 continue;
             }
         };
-        if !read_socket(&st, fd, &mut on_batch) {
+        if !read_socket(&st, sock.get_ref(), &mut on_batch) {
             // The queue was empty when recvmmsg last returned: a datagram arriving since raised a
             // new event, which clear_ready keeps.
             ready.clear_ready();
@@ -263,19 +259,19 @@ pub(crate) async fn read_batches(
     }
 }
 
-/// Read the non-blocking UDP socket `fd` (recvmmsg into the worker's slots), up to
+/// Read the non-blocking UDP socket `sock` (recvmmsg into the worker's slots), up to
 /// [`READ_BUDGET`] batches, handing each batch to `on_batch(state, batch, now)`. Returns whether
 /// the budget ran out with datagrams perhaps still queued; false once a batch came back short
 /// (the queue was empty then: the call that would say EAGAIN is skipped) or the socket said
 /// EAGAIN.
 pub(crate) fn read_socket(
     st: &Rc<WorkerState>,
-    fd: RawFd,
+    sock: &UdpSocket,
     mut on_batch: impl FnMut(&Rc<WorkerState>, &mut RecvBatch, Instant),
 ) -> bool {
     for _ in 0..READ_BUDGET {
         let mut batch = st.batch.borrow_mut();
-        let n = match batch.recv(fd) {
+        let n = match batch.recv(sock) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
             // ICMP errors surface as recv errors on Linux; they concern one peer, not us.
@@ -286,7 +282,7 @@ pub(crate) fn read_socket(
         drop(batch);
         let us = now.elapsed().as_micros() as u64;
         st.io_stats.borrow_mut().record(n, us);
-        if n < super::udp::BATCH {
+        if n < BATCH {
             return false;
         }
     }
@@ -406,8 +402,8 @@ impl WorkerState {
         batch: &RecvBatch,
         frames: &[(std::ops::Range<usize>, Option<FiveTuple>)],
     ) {
-        let mut msgs: [(&[u8], SocketAddr); super::udp::BATCH] =
-            [(&[], SocketAddr::from(([0, 0, 0, 0], 0))); super::udp::BATCH];
+        let mut msgs: [(&[u8], SocketAddr); BATCH] =
+            [(&[], SocketAddr::from(([0, 0, 0, 0], 0))); BATCH];
         let mut n = 0;
         let mut sock: Option<&Rc<AsyncFd<UdpSocket>>> = None;
         for (range, to) in frames {
@@ -424,7 +420,7 @@ impl WorkerState {
             };
             if sock.is_some_and(|cur| !Rc::ptr_eq(cur, s)) {
                 if let Some(cur) = sock {
-                    super::udp::send_batch(cur.as_raw_fd(), &msgs[..n]);
+                    crate::sys::send_batch(cur.get_ref(), &msgs[..n]);
                 }
                 n = 0;
             }
@@ -433,7 +429,7 @@ impl WorkerState {
             n += 1;
         }
         if let (Some(s), true) = (sock, n > 0) {
-            super::udp::send_batch(s.as_raw_fd(), &msgs[..n]);
+            crate::sys::send_batch(s.get_ref(), &msgs[..n]);
         }
     }
 

@@ -593,7 +593,7 @@ impl Calls {
     }
 }
 
-/// Call metrics, shared between the signaling thread (which counts [`CallEvent`]s) and the
+/// Call metrics, shared between the signaling tasks (which count [`CallEvent`]s) and the
 /// Prometheus scrape (which reads them).
 #[derive(Debug, Default)]
 pub struct CallStats {
@@ -642,7 +642,7 @@ impl CallStats {
         };
     }
 
-    /// The shared Redis's health as the signaling thread last saw it.
+    /// The shared Redis's health as signaling last saw it.
     pub fn set_redis(&self, up: bool, outages: u64) {
         self.redis_configured.store(true, Relaxed);
         self.redis_up.store(up, Relaxed);

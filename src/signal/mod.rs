@@ -1,7 +1,8 @@
 //! The signaling companion (`--signaling-listen ADDR:PORT`, off unless given): Socket.io call
 //! signaling (protocol v5, so `socket.io-client` 4.x connects unchanged) and the TURN REST
-//! credential endpoint (draft-uberti-behave-turn-rest-00 §2), served by axum + socketioxide on a
-//! thread and runtime of their own so that signaling never delays a relay worker.
+//! credential endpoint (draft-uberti-behave-turn-rest-00 §2), served by axum + socketioxide as
+//! tasks of the control plane's runtime ([`crate::control`]), so that signaling never delays a
+//! relay worker.
 //!
 //! Handshake: `auth: {userId, token, expiry}`, where `token` = hex HMAC-SHA256(secret,
 //! `"{userId}:{expiry}"`) ([`mint_token`]) under `--signaling-secret` and `expiry` is in Unix
@@ -43,7 +44,6 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{ConnectInfo, Query, Request, State};
@@ -1381,18 +1381,20 @@ async fn engine_guard<A: Adapter>(
     next.run(req).await
 }
 
-/// The running signaling thread and its address. Dropping it leaves the thread running (it
-/// ends with the process).
+/// The running signaling task's address. Dropping it leaves the task running (it ends with the
+/// process).
 pub struct SignalHandle {
-    _thread: JoinHandle<()>,
     pub addr: SocketAddr,
     /// Call counts, for the Prometheus endpoint.
     pub calls: Arc<calls::CallStats>,
 }
 
-/// Bind `cfg.listen` and serve signaling from a new thread. Binding happens here, so a busy port
-/// is an error at start-up.
-pub fn spawn(cfg: SignalConfig) -> io::Result<SignalHandle> {
+/// Bind `cfg.listen` and serve signaling on the control plane. Binding happens here, so a busy
+/// port is an error at start-up.
+pub fn spawn(
+    control: &crate::control::ControlPlane,
+    cfg: SignalConfig,
+) -> io::Result<SignalHandle> {
     let listener = TcpListener::bind(cfg.listen).map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -1405,7 +1407,7 @@ pub fn spawn(cfg: SignalConfig) -> io::Result<SignalHandle> {
     let cfg_insecure = cfg.insecure;
     let stats = Arc::new(calls::CallStats::default());
     let st = stats.clone();
-    let thread = crate::io::spawn_runtime_thread("vigi-signal", move || serve(listener, cfg, st))?;
+    control.spawn(serve(listener, cfg, st));
     tracing::info!("signaling (Socket.io) on http://{addr}/");
     if cfg_secret_missing {
         // Config validation refuses this without --signaling-insecure.
@@ -1416,11 +1418,7 @@ pub fn spawn(cfg: SignalConfig) -> io::Result<SignalHandle> {
              relay); never use it outside a test or a closed network"
         );
     }
-    Ok(SignalHandle {
-        _thread: thread,
-        calls: stats,
-        addr,
-    })
+    Ok(SignalHandle { calls: stats, addr })
 }
 
 async fn serve(listener: TcpListener, cfg: SignalConfig, stats: Arc<calls::CallStats>) {
