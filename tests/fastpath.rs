@@ -257,11 +257,145 @@ fn pcap_frames(bytes: &[u8]) -> Vec<Vec<u8>> {
     out
 }
 
+/// A tcpdump capture of one interface in a namespace, made so that it cannot miss frames by
+/// chance: [`Capture::start`] returns only once a marker datagram sent after tcpdump said
+/// "listening" is in the file (the socket really captures, its filter is in place), and
+/// [`Capture::frames_when`] waits (bounded) until the frames a test expects are all in the file
+/// (`-U`: tcpdump flushes after every frame), then stops tcpdump with SIGINT and waits for it to
+/// exit, so the file is complete and tcpdump's own drop count can be reported.
+struct Capture {
+    proc: Proc,
+    stderr: std::thread::JoinHandle<String>,
+    pcap: std::path::PathBuf,
+}
+
+const MARKER: &[u8] = b"vt18-capture-marker";
+
+impl Capture {
+    /// Captures UDP on `iface` in `ns`; `marker_to` is an address in the namespace nobody
+    /// listens on (the marker goes there, so that it is captured once and answered by nothing).
+    fn start(ns: &Ns, iface: &str, marker_to: SocketAddr) -> Capture {
+        let pcap = std::env::temp_dir().join(format!("{}-{iface}.pcap", ns.0));
+        let _ = std::fs::remove_file(&pcap);
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns.0, "tcpdump", "-i", iface])
+            .args(["--immediate-mode", "-U", "-s", "0", "-w"])
+            .arg(&pcap)
+            .arg("udp")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tcpdump");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if line.contains("listening on") {
+                    let _ = tx.send(());
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        let proc = Proc {
+            child,
+            name: "tcpdump".into(),
+        };
+        rx.recv_timeout(WAIT).expect("tcpdump did not start");
+        let c = Capture { proc, stderr, pcap };
+        // Listening, as tcpdump says; capturing, once a marker sent now is in the file.
+        let sock = ns.run(|| {
+            UdpSocket::bind(SocketAddr::new(
+                if marker_to.is_ipv4() {
+                    IpAddr::from([0, 0, 0, 0])
+                } else {
+                    IpAddr::from([0u16; 8])
+                },
+                0,
+            ))
+            .unwrap()
+        });
+        let t0 = Instant::now();
+        loop {
+            let _ = sock.send_to(MARKER, marker_to);
+            let seen = c.wait_for(Duration::from_millis(200), |frames| {
+                frames.iter().any(|f| is_marker(f))
+            });
+            if seen.is_some() {
+                break;
+            }
+            assert!(t0.elapsed() < WAIT, "tcpdump never captured its marker");
+        }
+        c
+    }
+
+    fn read(&self) -> Vec<Vec<u8>> {
+        let bytes = std::fs::read(&self.pcap).unwrap_or_default();
+        if bytes.len() >= 24 {
+            pcap_frames(&bytes)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Polls the file until `done` holds for its frames (Some) or `limit` passes (None).
+    fn wait_for(&self, limit: Duration, done: impl Fn(&[Vec<u8>]) -> bool) -> Option<Vec<Vec<u8>>> {
+        let t0 = Instant::now();
+        loop {
+            let frames = self.read();
+            if done(&frames) {
+                return Some(frames);
+            }
+            if t0.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (at most [`WAIT`]) until `done` holds for the captured frames, stops tcpdump (SIGINT,
+    /// then waits for its exit: it flushes and prints its counts), and returns every captured
+    /// frame but the markers, with tcpdump's closing lines for a failure message.
+    fn frames_when(self, done: impl Fn(&[Vec<u8>]) -> bool) -> (Vec<Vec<u8>>, String) {
+        let _ = self.wait_for(WAIT, &done);
+        let Capture {
+            mut proc,
+            stderr,
+            pcap,
+            ..
+        } = self;
+        // SAFETY: kill(2) on a child we started and have not reaped.
+        unsafe {
+            libc::kill(proc.child.id() as i32, libc::SIGINT);
+        }
+        let t0 = Instant::now();
+        while proc.child.try_wait().ok().flatten().is_none() {
+            assert!(t0.elapsed() < WAIT, "tcpdump did not stop on SIGINT");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let summary = stderr.join().unwrap_or_default();
+        let bytes = std::fs::read(&pcap).unwrap_or_default();
+        let _ = std::fs::remove_file(&pcap);
+        let frames = if bytes.len() >= 24 {
+            pcap_frames(&bytes)
+        } else {
+            Vec::new()
+        };
+        let frames = frames.into_iter().filter(|f| !is_marker(f)).collect();
+        (frames, summary)
+    }
+}
+
+fn is_marker(f: &[u8]) -> bool {
+    f.ends_with(MARKER)
+}
+
 #[test]
 fn channel_data_is_relayed_by_the_kernel_with_valid_checksums_and_exact_counters() {
     require_tool("tcpdump");
     let ns = Ns::new("lo");
-    let pcap = std::env::temp_dir().join(format!("{}.pcap", ns.0));
     let port = PORT.to_string();
     let metrics = METRICS.to_string();
     let child = Command::new("ip")
@@ -312,35 +446,7 @@ fn channel_data_is_relayed_by_the_kernel_with_valid_checksums_and_exact_counters
             std::thread::sleep(Duration::from_millis(50));
         }
     });
-    let mut tcpdump = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.0,
-            "tcpdump",
-            "-i",
-            "lo",
-            "--immediate-mode",
-            "-U",
-            "-s",
-            "0",
-            "-w",
-        ])
-        .arg(&pcap)
-        .arg("udp")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tcpdump");
-    let mut lines = BufReader::new(tcpdump.stderr.take().unwrap()).lines();
-    assert!(
-        lines.any(|l| l.is_ok_and(|l| l.contains("listening on"))),
-        "tcpdump did not start"
-    );
-    let tcpdump = Proc {
-        child: tcpdump,
-        name: "tcpdump".into(),
-    };
+    let capture = Capture::start(&ns, "lo", "127.0.0.1:9".parse().unwrap());
 
     let lens = [1usize, 2, 3, 100, 333, 1200];
     let mut expect_to_peer = 0u64;
@@ -458,35 +564,23 @@ fn channel_data_is_relayed_by_the_kernel_with_valid_checksums_and_exact_counters
 
     // The frames the kernel made: IPv4 to the peer, and IPv4 ChannelData to the clients (on
     // `lo`, frames a local socket sent carry partial checksums, so only these are checked).
-    // tcpdump writes each frame as it sees it: wait until all are in the file.
+    // Completeness is proved at the receiving sockets above (each relayed payload was read) and
+    // by the kernel's counters; the capture must hold every one of those frames too, so that
+    // each one's checksums are checked.
     let kernel_made = |f: &Vec<u8>| {
         let v4 = f.get(12..14) == Some(&[0x08, 0x00][..]);
         let to_peer = f.get(36..38) == Some(&40100u16.to_be_bytes()[..]);
         let to_client = f.get(34..36) == Some(&PORT.to_be_bytes()[..]) && f.get(42) == Some(&0x40);
         v4 && (to_peer || to_client)
     };
-    let t0 = Instant::now();
-    let captured = loop {
-        let bytes = std::fs::read(&pcap).unwrap_or_default();
-        let frames: Vec<Vec<u8>> = if bytes.len() >= 24 {
-            pcap_frames(&bytes)
-                .into_iter()
-                .filter(kernel_made)
-                .collect()
-        } else {
-            Vec::new()
-        };
-        if frames.len() > 2 * lens.len() || t0.elapsed() > WAIT {
-            break frames;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    drop(tcpdump);
-    let _ = std::fs::remove_file(&pcap);
-    assert!(
-        captured.len() > 2 * lens.len(),
-        "kernel-relayed frames captured: {}",
-        captured.len()
+    let want = 2 * lens.len() + 1;
+    let (captured, summary) =
+        capture.frames_when(|all| all.iter().filter(|f| kernel_made(f)).count() >= want);
+    let captured: Vec<Vec<u8>> = captured.into_iter().filter(kernel_made).collect();
+    assert_eq!(
+        captured.len(),
+        want,
+        "kernel-relayed frames captured; tcpdump: {summary}"
     );
     for f in &captured {
         frames::parse(f).unwrap_or_else(|e| panic!("captured frame: {e}: {f:02x?}"));
@@ -693,7 +787,6 @@ fn native_mode_on_a_veth_relays_ipv4_and_ipv6_in_the_kernel_with_valid_checksums
     require_tool("ethtool");
     let srv = Ns::new("vsrv");
     let cli = Ns::new("vcli");
-    let pcap = std::env::temp_dir().join(format!("{}.pcap", cli.0));
     let (vs, vc) = (
         format!("vs{}", std::process::id()),
         format!("vc{}", std::process::id()),
@@ -792,35 +885,7 @@ fn native_mode_on_a_veth_relays_ipv4_and_ipv6_in_the_kernel_with_valid_checksums
             std::thread::sleep(Duration::from_millis(50));
         }
     });
-    let mut tcpdump = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &cli.0,
-            "tcpdump",
-            "-i",
-            &vc,
-            "--immediate-mode",
-            "-U",
-            "-s",
-            "0",
-        ])
-        .arg("-w")
-        .arg(&pcap)
-        .arg("udp")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tcpdump");
-    let mut lines = BufReader::new(tcpdump.stderr.take().unwrap()).lines();
-    assert!(
-        lines.any(|l| l.is_ok_and(|l| l.contains("listening on"))),
-        "tcpdump did not start"
-    );
-    let tcpdump = Proc {
-        child: tcpdump,
-        name: "tcpdump".into(),
-    };
+    let capture = Capture::start(&cli, &vc, "10.118.0.1:9".parse().unwrap());
 
     let lens = [1usize, 2, 3, 100, 333, 1200];
     for (i, (client_ip, peer_ip, server_ip)) in [
@@ -870,35 +935,18 @@ fn native_mode_on_a_veth_relays_ipv4_and_ipv6_in_the_kernel_with_valid_checksums
         });
     }
     // Every UDP frame on the client's wire: the client's and peer's own (full checksums, offload
-    // off) and the kernel's rewrites, IPv4 and IPv6. tcpdump writes each frame as it sees it:
-    // wait until the relayed ones are all in the file.
+    // off) and the kernel's rewrites, IPv4 and IPv6; the peer read every relayed one above.
     let relayed_to_peer = |f: &Vec<u8>| {
         frames::parse(f).is_ok_and(|(u, _)| u.dst.port() == 40100 && u.src.port() != 40001)
     };
-    let t0 = Instant::now();
-    let captured = loop {
-        let bytes = std::fs::read(&pcap).unwrap_or_default();
-        let all = if bytes.len() >= 24 {
-            pcap_frames(&bytes)
-        } else {
-            Vec::new()
-        };
-        let relayed = all.iter().filter(|f| relayed_to_peer(f)).count();
-        if relayed >= 2 * (lens.len() + 1) || t0.elapsed() > WAIT {
-            break all;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    drop(tcpdump);
-    let _ = std::fs::remove_file(&pcap);
+    let want = 2 * (lens.len() + 1);
+    let (captured, summary) =
+        capture.frames_when(|all| all.iter().filter(|f| relayed_to_peer(f)).count() >= want);
     for f in &captured {
         frames::parse(f).unwrap_or_else(|e| panic!("captured frame: {e}: {f:02x?}"));
     }
     let relayed = captured.iter().filter(|f| relayed_to_peer(f)).count();
-    assert!(
-        relayed >= 2 * (lens.len() + 1),
-        "relayed frames captured: {relayed}"
-    );
+    assert_eq!(relayed, want, "relayed frames captured; tcpdump: {summary}");
     drop(server);
     drop(pass);
 }
