@@ -31,6 +31,7 @@ fn main() {
     let mut fp = FastPath::load(MapLimits {
         channels: 1024,
         allocations: 1024,
+        permissions: 1024,
     })
     .expect("loading the XDP program (needs root: CAP_BPF, CAP_NET_ADMIN)");
     let data = vec![0xa5u8; 100];

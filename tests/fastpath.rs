@@ -818,6 +818,7 @@ fn native_mode_on_a_veth_relays_ipv4_and_ipv6_in_the_kernel_with_valid_checksums
     let mut pass = vigi_turn::io::fastpath::FastPath::load(vigi_turn::io::fastpath::MapLimits {
         channels: 1,
         allocations: 1,
+        permissions: 1,
     })
     .expect("load (root)");
     cli.run(|| pass.attach_pass(&vc, vigi_turn::io::fastpath::XdpMode::Native))

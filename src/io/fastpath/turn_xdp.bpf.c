@@ -1,10 +1,14 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 //
 // vigi-turn's kernel fast path (issue 18): an XDP program that relays UDP ChannelData
-// (RFC 8656 §12) for allocations whose state user space mirrored into the maps below.
+// (RFC 8656 §12) and Send/Data indications (RFC 8656 §10, §11) for allocations whose state user
+// space mirrored into the maps below.
 //
 //   client -> server:  ChannelData on a bound channel  -> UDP from the relay address to the peer
+//   client -> server:  Send indication, permission     -> DATA's value from the relay address
 //   peer   -> relay:   UDP from a peer with a channel  -> ChannelData to the client
+//   peer   -> relay:   UDP from a permitted peer IP    -> Data indication to the client
+//                      (no channel mirrored for that peer transport address)
 //
 // Headers are rewritten in place (the ChannelData header is cut or written in the 4 bytes of
 // headroom that bpf_xdp_adjust_head moves), the UDP checksum is updated incrementally
@@ -75,12 +79,38 @@ struct peer_val {
 	__u64 expires_ns;
 };
 
-// Per allocation slot: packets and payload bytes relayed each way.
+// client -> peer Send indications: from `client` to `local`, for a peer IP (`peer.port` 0).
+struct send_key {
+	struct endpoint client;
+	struct endpoint local;
+	struct endpoint peer;
+};
+
+// `expires_ns`: the earlier of the permission's and the allocation's deadlines.
+struct send_val {
+	struct endpoint relay;
+	__u32 slot;
+	__u64 expires_ns;
+};
+
+// peer -> client Data indications: keyed like PEERS, with `peer.port` 0 (a permission is per IP).
+struct data_val {
+	struct endpoint client;
+	struct endpoint local;
+	__u32 slot;
+	__u32 pad;
+	__u64 expires_ns;
+};
+
+// Per allocation slot: packets and payload bytes relayed each way, and how many of those
+// packets were Send (c2p) or Data (p2c) indications.
 struct alloc_counters {
 	__u64 c2p_packets;
 	__u64 c2p_bytes;
 	__u64 p2c_packets;
 	__u64 p2c_bytes;
+	__u64 c2p_indications;
+	__u64 p2c_indications;
 };
 
 // Global counters, one per index below.
@@ -105,6 +135,20 @@ struct {
 	__type(key, struct peer_key);
 	__type(value, struct peer_val);
 } PEERS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct send_key);
+	__type(value, struct send_val);
+} SEND_PERMS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct peer_key);
+	__type(value, struct data_val);
+} DATA_PERMS SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -150,19 +194,26 @@ static __always_inline void stat_inc(__u32 idx)
 		*v += 1;
 }
 
-static __always_inline void count(__u32 slot, int c2p, __u64 bytes)
+static __always_inline void count_kind(__u32 slot, int c2p, __u64 bytes, int indication)
 {
 	struct alloc_counters *c = bpf_map_lookup_elem(&ALLOC_COUNTERS, &slot);
 	if (c) {
 		if (c2p) {
 			c->c2p_packets += 1;
 			c->c2p_bytes += bytes;
+			c->c2p_indications += indication;
 		} else {
 			c->p2c_packets += 1;
 			c->p2c_bytes += bytes;
+			c->p2c_indications += indication;
 		}
 	}
 	stat_inc(c2p ? STAT_C2P : STAT_P2C);
+}
+
+static __always_inline void count(__u32 slot, int c2p, __u64 bytes)
+{
+	count_kind(slot, c2p, bytes, 0);
 }
 
 // One's-complement arithmetic on raw 16-bit words as they lie in memory (network order): the
@@ -236,37 +287,7 @@ static __always_inline void endpoint_v6(struct endpoint *e, const struct in6_add
 	e->family = 6;
 }
 
-// Where a rewritten packet goes: XDP_TX on loopback (a namespace's `lo` in generic mode: every
-// address on it is local) or when the route leaves by the interface it came in on, a redirect
-// when it leaves by another, and -1 (pass to user space) when the FIB cannot say.
-static __always_inline int route(struct xdp_md *ctx, struct ethhdr *eth, int family,
-				 const __u8 *src, const __u8 *dst, __u16 tot_len)
-{
-	if (ctx->ingress_ifindex == LOOPBACK_IFINDEX)
-		return XDP_TX;
-	struct bpf_fib_lookup fib;
-	__builtin_memset(&fib, 0, sizeof(fib));
-	fib.family = family;
-	fib.l4_protocol = IPPROTO_UDP;
-	fib.tot_len = tot_len;
-	fib.ifindex = ctx->ingress_ifindex;
-	if (family == AF_INET) {
-		__builtin_memcpy(&fib.ipv4_src, src, 4);
-		__builtin_memcpy(&fib.ipv4_dst, dst, 4);
-	} else {
-		__builtin_memcpy(fib.ipv6_src, src, 16);
-		__builtin_memcpy(fib.ipv6_dst, dst, 16);
-	}
-	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
-		return -1;
-	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
-	if (fib.ifindex == ctx->ingress_ifindex)
-		return XDP_TX;
-	return bpf_redirect(fib.ifindex, 0);
-}
-
-// The headers of a frame, copied to the stack. `pad` puts the IP header on a 4-byte boundary
+// The headers of a frame, copied out of it. `pad` puts the IP header on a 4-byte boundary
 // (the verifier wants aligned stack access); the wire bytes start at `eth`.
 struct v4_headers {
 	__u16 pad;
@@ -285,10 +306,295 @@ struct v6_headers {
 #define V4_HDRS (sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct udphdr))
 #define V6_HDRS (sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + sizeof(struct udphdr))
 
+// Per-CPU scratch space for what does not fit the 512-byte BPF stack of a call chain: the copied
+// headers, map keys, the FIB query and a Data indication's header under construction. A program
+// run is never re-entered on its CPU (XDP runs with preemption off; what it transmits is
+// processed later), so one entry per CPU is enough.
+struct scratch {
+	union {
+		struct v4_headers h4;
+		struct v6_headers h6;
+	};
+	struct chan_key ck;
+	struct peer_key pk;
+	struct send_key sk;
+	struct bpf_fib_lookup fib;
+	__u8 hdr[48];
+	__u8 peer[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} SCRATCH SEC(".maps");
+
+// Where a rewritten packet goes: XDP_TX on loopback (a namespace's `lo` in generic mode: every
+// address on it is local) or when the route leaves by the interface it came in on, a redirect
+// when it leaves by another, and -1 (pass to user space) when the FIB cannot say.
+static __always_inline int route(struct xdp_md *ctx, struct ethhdr *eth, int family,
+				 const __u8 *src, const __u8 *dst, __u16 tot_len)
+{
+	if (ctx->ingress_ifindex == LOOPBACK_IFINDEX)
+		return XDP_TX;
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&SCRATCH, &zero);
+	if (!sc)
+		return -1;
+	struct bpf_fib_lookup *fib = &sc->fib;
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->family = family;
+	fib->l4_protocol = IPPROTO_UDP;
+	fib->tot_len = tot_len;
+	fib->ifindex = ctx->ingress_ifindex;
+	if (family == AF_INET) {
+		__builtin_memcpy(&fib->ipv4_src, src, 4);
+		__builtin_memcpy(&fib->ipv4_dst, dst, 4);
+	} else {
+		__builtin_memcpy(fib->ipv6_src, src, 16);
+		__builtin_memcpy(fib->ipv6_dst, dst, 16);
+	}
+	if (bpf_fib_lookup(ctx, fib, sizeof(*fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+		return -1;
+	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
+	if (fib->ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(fib->ifindex, 0);
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Send and Data indications (RFC 8656 §10, §11), both families.
+
+#define STUN_COOKIE 0x2112A442
+#define STUN_SEND_INDICATION 0x0016
+#define STUN_DATA_INDICATION 0x0017
+#define ATTR_XOR_PEER_ADDRESS 0x0012
+#define ATTR_DATA 0x0013
+#define ATTR_FINGERPRINT 0x8028
+// The attributes a Send may carry before DATA that this program reads past: XOR-PEER-ADDRESS and
+// comprehension-optional ones, within the first SEND_MAX_PREFIX bytes of the message.
+#define SEND_MAX_ATTRS 4
+#define SEND_MAX_PREFIX 64
+// The largest variable offset into a frame this program reads or writes at: the verifier grants
+// access only while offset plus frame position stays below 64 KiB. Larger frames go up.
+#define MAX_VAR_OFF 0x3fff
+
+// A Data indication's header, XOR-PEER-ADDRESS and DATA's type and length.
+#define DATA_HDR_V4 36
+#define DATA_HDR_V6 48
+
+// What a Send indication says, as far as this program understands it.
+struct send_info {
+	__u8 peer[16];
+	__be16 peer_port;
+	__u8 family;
+	__u8 pad_len;
+	__u16 data_off;
+	__u16 data_len;
+};
+
+// A Send indication the engine would relay (src/engine/server/data.rs, handle_send, after
+// Message::decode): STUN header with the magic cookie, type Send/indication, a length that is a
+// multiple of 4 and fills the datagram, attributes that tile it exactly; the first XOR-PEER-ADDRESS
+// (family 1 with 8 bytes or 2 with 20) and the first DATA. This program accepts the subset it
+// can relay without guessing: XOR-PEER-ADDRESS once, then only comprehension-optional attributes
+// other than FINGERPRINT, then DATA as the last attribute with zero padding, within
+// SEND_MAX_PREFIX bytes before DATA's value. Anything else -- DONT-FRAGMENT, MESSAGE-INTEGRITY,
+// FINGERPRINT (its CRC-32 is not checked here), an unknown comprehension-required attribute,
+// attributes after DATA, non-zero padding, peer port 0 -- returns -1 (user space decides).
+static __always_inline int parse_send(__u8 *p, void *end, __u32 plen, struct send_info *si)
+{
+	if (p + 20 > (__u8 *)end)
+		return -1;
+	if (p[0] != 0 || p[1] != STUN_SEND_INDICATION)
+		return -1;
+	__u32 mlen = ((__u32)p[2] << 8) | p[3];
+	if ((mlen & 3) || mlen + 20 != plen)
+		return -1;
+	if (p[4] != 0x21 || p[5] != 0x12 || p[6] != 0xa4 || p[7] != 0x42)
+		return -1;
+	__u32 pos = 20;
+	int have_peer = 0;
+	for (int i = 0; i < SEND_MAX_ATTRS; i++) {
+		// barrier_var (bpf_helpers.h) hides the value from the optimizer, so that the bound
+		// is checked on the register the packet access then uses.
+		__u32 at = pos;
+		barrier_var(at);
+		if (at > SEND_MAX_PREFIX - 4)
+			return -1;
+		__u8 *a = p + at;
+		if (a + 4 > (__u8 *)end)
+			return -1;
+		__u16 ty = ((__u16)a[0] << 8) | a[1];
+		__u32 alen = ((__u32)a[2] << 8) | a[3];
+		__u32 padded = (alen + 3) & ~3u;
+		if (pos + 4 + padded > plen)
+			return -1;
+		if (ty == ATTR_DATA) {
+			if (!have_peer || pos + 4 + padded != plen)
+				return -1;
+			si->data_off = pos + 4;
+			si->data_len = alen;
+			si->pad_len = padded - alen;
+			__u32 off = pos + 4 + alen;
+			barrier_var(off);
+			if (off > MAX_VAR_OFF)
+				return -1;
+			__u8 *q = p + off;
+#pragma unroll
+			for (int k = 0; k < 3; k++) {
+				if (k < si->pad_len) {
+					if (q + k + 1 > (__u8 *)end)
+						return -1;
+					if (q[k])
+						return -1;
+				}
+			}
+			return 0;
+		}
+		if (ty == ATTR_XOR_PEER_ADDRESS) {
+			if (have_peer)
+				return -1;
+			if (alen == 8) {
+				if (a + 12 > (__u8 *)end || a[5] != 1)
+					return -1;
+				si->family = 4;
+				__builtin_memset(si->peer, 0, 16);
+				si->peer[0] = a[8] ^ 0x21;
+				si->peer[1] = a[9] ^ 0x12;
+				si->peer[2] = a[10] ^ 0xa4;
+				si->peer[3] = a[11] ^ 0x42;
+			} else if (alen == 20) {
+				if (a + 24 > (__u8 *)end || a[5] != 2)
+					return -1;
+				si->family = 6;
+				si->peer[0] = a[8] ^ 0x21;
+				si->peer[1] = a[9] ^ 0x12;
+				si->peer[2] = a[10] ^ 0xa4;
+				si->peer[3] = a[11] ^ 0x42;
+#pragma unroll
+				for (int k = 0; k < 12; k++)
+					si->peer[4 + k] = a[12 + k] ^ p[8 + k];
+			} else {
+				return -1;
+			}
+			__u16 port = (((__u16)a[6] << 8) | a[7]) ^ 0x2112;
+			if (port == 0)
+				return -1;
+			si->peer_port = bpf_htons(port);
+			have_peer = 1;
+		} else if (ty < 0x8000 || ty == ATTR_FINGERPRINT) {
+			return -1;
+		}
+		pos += 4 + padded;
+	}
+	return -1;
+}
+
+// Takes the 16-bit words of the first `len` bytes at `p` (even, at most SEND_MAX_PREFIX) out of
+// a checksum: the Send header and attributes cut in front of DATA's value.
+static __always_inline __u32 csum_sub_prefix(__u32 sum, __u8 *p, void *end, __u32 len)
+{
+	__u16 *w = (__u16 *)p;
+	for (int i = 0; i < SEND_MAX_PREFIX / 2; i++) {
+		if ((__u32)(2 * i) >= len)
+			break;
+		if ((void *)(w + i + 1) > end)
+			break;
+		sum = csum_sub(sum, w[i]);
+	}
+	return sum;
+}
+
+// The Data indication header (RFC 8656 §11.3) for `len` bytes from `peer` (16 bytes, IPv4 in the
+// first 4), written as the engine's message::write_data_indication_header writes it: header with
+// a fresh transaction id, XOR-PEER-ADDRESS, then DATA's type and length. Returns its length.
+static __always_inline int data_header(__u8 *hdr, const __u8 *peer, __be16 port, int v6, __u32 len)
+{
+	__u32 alen = v6 ? 20 : 8;
+	__u32 pad = (4 - (len & 3)) & 3;
+	__u32 body = 4 + alen + 4 + len + pad;
+	hdr[0] = 0;
+	hdr[1] = STUN_DATA_INDICATION;
+	hdr[2] = body >> 8;
+	hdr[3] = body;
+	hdr[4] = 0x21;
+	hdr[5] = 0x12;
+	hdr[6] = 0xa4;
+	hdr[7] = 0x42;
+	__u32 r0 = bpf_get_prandom_u32(), r1 = bpf_get_prandom_u32(), r2 = bpf_get_prandom_u32();
+	__builtin_memcpy(hdr + 8, &r0, 4);
+	__builtin_memcpy(hdr + 12, &r1, 4);
+	__builtin_memcpy(hdr + 16, &r2, 4);
+	hdr[20] = 0;
+	hdr[21] = ATTR_XOR_PEER_ADDRESS;
+	hdr[22] = 0;
+	hdr[23] = alen;
+	hdr[24] = 0;
+	hdr[25] = v6 ? 2 : 1;
+	__u16 xport = bpf_ntohs(port) ^ 0x2112;
+	hdr[26] = xport >> 8;
+	hdr[27] = xport;
+	hdr[28] = peer[0] ^ 0x21;
+	hdr[29] = peer[1] ^ 0x12;
+	hdr[30] = peer[2] ^ 0xa4;
+	hdr[31] = peer[3] ^ 0x42;
+	if (v6) {
+#pragma unroll
+		for (int k = 0; k < 12; k++)
+			hdr[32 + k] = peer[4 + k] ^ hdr[8 + k];
+	}
+	__u32 d = 24 + alen;
+	hdr[d] = 0;
+	hdr[d + 1] = ATTR_DATA;
+	hdr[d + 2] = len >> 8;
+	hdr[d + 3] = len;
+	return v6 ? DATA_HDR_V6 : DATA_HDR_V4;
+}
+
+// Grows the frame by `hlen` in front of the payload and `pad` zero bytes after it; on failure
+// the frame is as it was and -1 is returned.
+static __always_inline int grow_for_data(struct xdp_md *ctx, __u32 hdrs, __u32 len, __u32 pad,
+					 int hlen)
+{
+	if (pad) {
+		if (bpf_xdp_adjust_tail(ctx, pad))
+			return -1;
+		void *data = (void *)(long)ctx->data;
+		void *end = (void *)(long)ctx->data_end;
+		__u32 off = hdrs + len;
+		barrier_var(off);
+		if (off > MAX_VAR_OFF) {
+			bpf_xdp_adjust_tail(ctx, -(int)pad);
+			return -1;
+		}
+		__u8 *q = data + off;
+#pragma unroll
+		for (int k = 0; k < 3; k++) {
+			if (k < pad) {
+				if (q + k + 1 > (__u8 *)end) {
+					bpf_xdp_adjust_tail(ctx, -(int)pad);
+					return -1;
+				}
+				q[k] = 0;
+			}
+		}
+	}
+	if (bpf_xdp_adjust_head(ctx, -hlen)) {
+		if (pad)
+			bpf_xdp_adjust_tail(ctx, -(int)pad);
+		return -1;
+	}
+	return 0;
+}
+
 // ---------------------------------------------------------------------------------------------
 // IPv4
 
-static __always_inline int v4_client_to_peer(struct xdp_md *ctx, struct v4_headers *h,
+static __noinline int v4_client_to_peer(struct xdp_md *ctx, struct v4_headers *h,
 					     const struct chan_val *v, __u16 data_len)
 {
 	__u16 old_len = h->udp.len;
@@ -348,7 +654,7 @@ static __always_inline int v4_client_to_peer(struct xdp_md *ctx, struct v4_heade
 	return action;
 }
 
-static __always_inline int v4_peer_to_client(struct xdp_md *ctx, struct v4_headers *h,
+static __noinline int v4_peer_to_client(struct xdp_md *ctx, struct v4_headers *h,
 					     const struct peer_val *v, __u16 data_len)
 {
 	__u16 old_len = h->udp.len;
@@ -404,39 +710,208 @@ static __always_inline int v4_peer_to_client(struct xdp_md *ctx, struct v4_heade
 	return action;
 }
 
-static __always_inline int handle_v4(struct xdp_md *ctx)
+// A Send indication from a mirrored client with a live permission for its peer: DATA's value
+// leaves from the relay address (the header and the attributes before DATA are cut in front, the
+// zero padding behind).
+static __noinline int v4_send(struct xdp_md *ctx, struct v4_headers *h, __u16 payload_len)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
-	struct v4_headers h;
+	struct send_info si;
+	if (parse_send(data + V4_HDRS, end, payload_len, &si) || si.family != 4)
+		return -1;
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&SCRATCH, &zero);
+	if (!sc)
+		return -1;
+	struct send_key *key = &sc->sk;
+	__builtin_memset(key, 0, sizeof(*key));
+	endpoint_v4(&key->client, h->ip.saddr, h->udp.source);
+	endpoint_v4(&key->local, h->ip.daddr, h->udp.dest);
+	__builtin_memcpy(key->peer.addr, si.peer, 16);
+	key->peer.family = 4;
+	struct send_val *v = bpf_map_lookup_elem(&SEND_PERMS, key);
+	if (!v)
+		return -1;
+	if (v->relay.family != 4 || bpf_ktime_get_ns() >= v->expires_ns) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	__u16 data_len = si.data_len;
+	__u16 old_len = h->udp.len;
+	__u16 new_len = bpf_htons(data_len + sizeof(struct udphdr));
+	__u16 old_check = h->udp.check;
+	__u32 sum = 0;
+	if (loopback_partial_csum(ctx))
+		h->udp.check = old_check = 0;
+	if (old_check) {
+		sum = (__u16)~old_check;
+		sum = csum_sub_words(sum, (__u16 *)&h->ip.saddr, 4);
+		sum = csum_sub(sum, h->udp.source);
+		sum = csum_sub(sum, h->udp.dest);
+		sum = csum_sub(sum, old_len);
+		sum = csum_sub(sum, old_len);
+		sum = csum_sub_prefix(sum, data + V4_HDRS, end, si.data_off);
+	}
+	__builtin_memcpy(&h->ip.saddr, v->relay.addr, 4);
+	__builtin_memcpy(&h->ip.daddr, si.peer, 4);
+	h->udp.source = v->relay.port;
+	h->udp.dest = si.peer_port;
+	h->udp.len = new_len;
+	if (old_check) {
+		sum = csum_add_words(sum, (__u16 *)&h->ip.saddr, 4);
+		sum = csum_add(sum, h->udp.source);
+		sum = csum_add(sum, h->udp.dest);
+		sum = csum_add(sum, new_len);
+		sum = csum_add(sum, new_len);
+		h->udp.check = udp_csum_finish(sum);
+	}
+	__u16 tot = data_len + sizeof(struct udphdr) + sizeof(struct iphdr);
+	h->ip.tot_len = bpf_htons(tot);
+	h->ip.ttl = RELAY_TTL;
+	ipv4_csum(&h->ip);
+
+	int action = route(ctx, &h->eth, AF_INET, v->relay.addr, si.peer, tot);
+	if (action < 0) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	__u32 slot = v->slot;
+	// The padding goes first: it is zero, so growing back restores it if the head cannot move.
+	if (si.pad_len && bpf_xdp_adjust_tail(ctx, -(int)si.pad_len))
+		return XDP_PASS;
+	if (bpf_xdp_adjust_head(ctx, si.data_off)) {
+		if (si.pad_len)
+			bpf_xdp_adjust_tail(ctx, si.pad_len);
+		return XDP_PASS;
+	}
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	if (data + V4_HDRS > end)
+		return XDP_ABORTED;
+	__builtin_memcpy(data, &h->eth, V4_HDRS);
+	count_kind(slot, 1, data_len, 1);
+	return action;
+}
+
+// A datagram from a permitted peer with no channel mirrored for it: a Data indication to the
+// client (RFC 8656 §11.3), byte for byte what the engine writes but for the transaction id.
+static __noinline int v4_data(struct xdp_md *ctx, struct v4_headers *h,
+				   const struct data_val *v, __u16 data_len)
+{
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&SCRATCH, &zero);
+	if (!sc)
+		return XDP_PASS;
+	__u8 *hdr = sc->hdr;
+	__u8 *peer = sc->peer;
+	__builtin_memset(peer, 0, 16);
+	__builtin_memcpy(peer, &h->ip.saddr, 4);
+	int hlen = data_header(hdr, peer, h->udp.source, 0, data_len);
+	__u32 pad = (4 - (data_len & 3)) & 3;
+	__u16 old_len = h->udp.len;
+	__u16 new_len = bpf_htons(sizeof(struct udphdr) + DATA_HDR_V4 + data_len + pad);
+	__u16 old_check = h->udp.check;
+	__u32 sum = 0;
+	if (loopback_partial_csum(ctx))
+		h->udp.check = old_check = 0;
+	if (old_check) {
+		sum = (__u16)~old_check;
+		sum = csum_sub_words(sum, (__u16 *)&h->ip.saddr, 4);
+		sum = csum_sub(sum, h->udp.source);
+		sum = csum_sub(sum, h->udp.dest);
+		sum = csum_sub(sum, old_len);
+		sum = csum_sub(sum, old_len);
+	}
+	__builtin_memcpy(&h->ip.saddr, v->local.addr, 4);
+	__builtin_memcpy(&h->ip.daddr, v->client.addr, 4);
+	h->udp.source = v->local.port;
+	h->udp.dest = v->client.port;
+	h->udp.len = new_len;
+	if (old_check) {
+		sum = csum_add_words(sum, (__u16 *)&h->ip.saddr, 4);
+		sum = csum_add(sum, h->udp.source);
+		sum = csum_add(sum, h->udp.dest);
+		sum = csum_add(sum, new_len);
+		sum = csum_add(sum, new_len);
+		const __u16 *w = (const __u16 *)hdr;
+#pragma unroll
+		for (int i = 0; i < DATA_HDR_V4 / 2; i++)
+			sum = csum_add(sum, w[i]);
+		h->udp.check = udp_csum_finish(sum);
+	}
+	__u16 tot = sizeof(struct iphdr) + sizeof(struct udphdr) + DATA_HDR_V4 + data_len + pad;
+	h->ip.tot_len = bpf_htons(tot);
+	h->ip.ttl = RELAY_TTL;
+	ipv4_csum(&h->ip);
+
+	int action = route(ctx, &h->eth, AF_INET, v->local.addr, v->client.addr, tot);
+	if (action < 0) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	__u32 slot = v->slot;
+	if (grow_for_data(ctx, V4_HDRS, data_len, pad, hlen)) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (data + V4_HDRS + DATA_HDR_V4 > end)
+		return XDP_ABORTED;
+	__builtin_memcpy(data, &h->eth, V4_HDRS);
+	__builtin_memcpy(data + V4_HDRS, hdr, DATA_HDR_V4);
+	count_kind(slot, 0, data_len, 1);
+	return action;
+}
+
+static __noinline int handle_v4(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&SCRATCH, &zero);
+	if (!sc)
+		return XDP_PASS;
+	struct v4_headers *h = &sc->h4;
 	if (data + V4_HDRS > end)
 		return XDP_PASS;
-	__builtin_memcpy(&h.eth, data, V4_HDRS);
+	__builtin_memcpy(&h->eth, data, V4_HDRS);
 	// No options, no fragments, UDP, and lengths that agree with the frame exactly.
-	if (h.ip.ihl != 5 || h.ip.version != 4 || h.ip.protocol != IPPROTO_UDP)
+	if (h->ip.ihl != 5 || h->ip.version != 4 || h->ip.protocol != IPPROTO_UDP)
 		return XDP_PASS;
-	if (h.ip.frag_off & bpf_htons(0x3fff))
+	if (h->ip.frag_off & bpf_htons(0x3fff))
 		return XDP_PASS;
-	__u16 tot_len = bpf_ntohs(h.ip.tot_len);
+	__u16 tot_len = bpf_ntohs(h->ip.tot_len);
 	if ((long)tot_len != (long)(end - data) - (long)sizeof(struct ethhdr))
 		return XDP_PASS;
-	__u16 udp_len = bpf_ntohs(h.udp.len);
+	__u16 udp_len = bpf_ntohs(h->udp.len);
 	if (udp_len != tot_len - sizeof(struct iphdr) || udp_len < sizeof(struct udphdr))
 		return XDP_PASS;
 	__u16 payload_len = udp_len - sizeof(struct udphdr);
 	__u8 *payload = data + V4_HDRS;
+
+	// A Send indication (type 0x0016) from a mirrored client; anything else starting like one
+	// may still be a peer's datagram.
+	if (payload_len >= 20 && payload + 2 <= (__u8 *)end && payload[0] == 0 &&
+	    payload[1] == STUN_SEND_INDICATION) {
+		int r = v4_send(ctx, h, payload_len);
+		if (r >= 0)
+			return r;
+		goto from_peer;
+	}
 
 	// A ChannelData message starts with a channel number: 0x4000-0x4FFF in RFC 8656 §12,
 	// 0x4000-0x7FFF in RFC 5766, which the engine accepts too (coturn's clients use them all).
 	if (payload_len >= 4 && payload + 4 <= (__u8 *)end && (payload[0] & 0xc0) == 0x40) {
 		__u16 channel = ((__u16)payload[0] << 8) | payload[1];
 		__u16 data_len = ((__u16)payload[2] << 8) | payload[3];
-		struct chan_key key;
-		__builtin_memset(&key, 0, sizeof(key));
-		endpoint_v4(&key.client, h.ip.saddr, h.udp.source);
-		endpoint_v4(&key.local, h.ip.daddr, h.udp.dest);
-		key.channel = channel;
-		struct chan_val *v = bpf_map_lookup_elem(&CHANNELS, &key);
+		struct chan_key *key = &sc->ck;
+		__builtin_memset(key, 0, sizeof(*key));
+		endpoint_v4(&key->client, h->ip.saddr, h->udp.source);
+		endpoint_v4(&key->local, h->ip.daddr, h->udp.dest);
+		key->channel = channel;
+		struct chan_val *v = bpf_map_lookup_elem(&CHANNELS, key);
 		// A miss may still be a peer's datagram that happens to start like ChannelData.
 		if (!v)
 			goto from_peer;
@@ -447,28 +922,40 @@ static __always_inline int handle_v4(struct xdp_md *ctx)
 			stat_inc(STAT_PASS_MATCHED);
 			return XDP_PASS;
 		}
-		return v4_client_to_peer(ctx, &h, v, data_len);
+		return v4_client_to_peer(ctx, h, v, data_len);
 	}
 
 from_peer:;
-	struct peer_key pk;
-	endpoint_v4(&pk.peer, h.ip.saddr, h.udp.source);
-	endpoint_v4(&pk.relay, h.ip.daddr, h.udp.dest);
-	struct peer_val *pv = bpf_map_lookup_elem(&PEERS, &pk);
-	if (!pv)
-		return XDP_PASS;
+	struct peer_key *pk = &sc->pk;
+	endpoint_v4(&pk->peer, h->ip.saddr, h->udp.source);
+	endpoint_v4(&pk->relay, h->ip.daddr, h->udp.dest);
+	struct peer_val *pv = bpf_map_lookup_elem(&PEERS, pk);
+	if (!pv) {
+		// No channel for this peer transport address: a Data indication if its IP has a
+		// permission (the engine binds no channel the mirror did not mirror with it).
+		pk->peer.port = 0;
+		struct data_val *dv = bpf_map_lookup_elem(&DATA_PERMS, pk);
+		if (!dv)
+			return XDP_PASS;
+		if (dv->client.family != 4 || dv->local.family != 4 || payload_len > 0xffff - 64 ||
+		    bpf_ktime_get_ns() >= dv->expires_ns) {
+			stat_inc(STAT_PASS_MATCHED);
+			return XDP_PASS;
+		}
+		return v4_data(ctx, h, dv, payload_len);
+	}
 	if (pv->client.family != 4 || pv->local.family != 4 || payload_len > 0xffff - 64 ||
 	    bpf_ktime_get_ns() >= pv->expires_ns) {
 		stat_inc(STAT_PASS_MATCHED);
 		return XDP_PASS;
 	}
-	return v4_peer_to_client(ctx, &h, pv, payload_len);
+	return v4_peer_to_client(ctx, h, pv, payload_len);
 }
 
 // ---------------------------------------------------------------------------------------------
 // IPv6 (the UDP checksum is mandatory: an incoming 0 is not relayed here)
 
-static __always_inline int v6_client_to_peer(struct xdp_md *ctx, struct v6_headers *h,
+static __noinline int v6_client_to_peer(struct xdp_md *ctx, struct v6_headers *h,
 					     const struct chan_val *v, __u16 data_len)
 {
 	__u16 old_len = h->udp.len;
@@ -520,7 +1007,7 @@ static __always_inline int v6_client_to_peer(struct xdp_md *ctx, struct v6_heade
 	return action;
 }
 
-static __always_inline int v6_peer_to_client(struct xdp_md *ctx, struct v6_headers *h,
+static __noinline int v6_peer_to_client(struct xdp_md *ctx, struct v6_headers *h,
 					     const struct peer_val *v, __u16 data_len)
 {
 	__u16 old_len = h->udp.len;
@@ -569,38 +1056,202 @@ static __always_inline int v6_peer_to_client(struct xdp_md *ctx, struct v6_heade
 	return action;
 }
 
-static __always_inline int handle_v6(struct xdp_md *ctx)
+// A Send indication from a mirrored client with a live permission for its peer: DATA's value
+// leaves from the relay address (the header and the attributes before DATA are cut in front, the
+// zero padding behind).
+static __noinline int v6_send(struct xdp_md *ctx, struct v6_headers *h, __u16 payload_len)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct send_info si;
+	if (parse_send(data + V6_HDRS, end, payload_len, &si) || si.family != 6)
+		return -1;
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&SCRATCH, &zero);
+	if (!sc)
+		return -1;
+	struct send_key *key = &sc->sk;
+	__builtin_memset(key, 0, sizeof(*key));
+	endpoint_v6(&key->client, &h->ip.saddr, h->udp.source);
+	endpoint_v6(&key->local, &h->ip.daddr, h->udp.dest);
+	__builtin_memcpy(key->peer.addr, si.peer, 16);
+	key->peer.family = 6;
+	struct send_val *v = bpf_map_lookup_elem(&SEND_PERMS, key);
+	if (!v)
+		return -1;
+	if (v->relay.family != 6 || bpf_ktime_get_ns() >= v->expires_ns) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	__u16 data_len = si.data_len;
+	__u16 old_len = h->udp.len;
+	__u16 new_len = bpf_htons(data_len + sizeof(struct udphdr));
+	__u32 sum = (__u16)~h->udp.check;
+	{
+		sum = csum_sub_words(sum, (__u16 *)&h->ip.saddr, 8);
+		sum = csum_sub_words(sum, (__u16 *)&h->ip.daddr, 8);
+		sum = csum_sub(sum, h->udp.source);
+		sum = csum_sub(sum, h->udp.dest);
+		sum = csum_sub(sum, old_len);
+		sum = csum_sub(sum, old_len);
+		sum = csum_sub_prefix(sum, data + V6_HDRS, end, si.data_off);
+	}
+	__builtin_memcpy(&h->ip.saddr, v->relay.addr, 16);
+	__builtin_memcpy(&h->ip.daddr, si.peer, 16);
+	h->udp.source = v->relay.port;
+	h->udp.dest = si.peer_port;
+	h->udp.len = new_len;
+	{
+		sum = csum_add_words(sum, (__u16 *)&h->ip.saddr, 8);
+		sum = csum_add_words(sum, (__u16 *)&h->ip.daddr, 8);
+		sum = csum_add(sum, h->udp.source);
+		sum = csum_add(sum, h->udp.dest);
+		sum = csum_add(sum, new_len);
+		sum = csum_add(sum, new_len);
+		h->udp.check = udp_csum_finish(sum);
+	}
+	h->ip.payload_len = new_len;
+	h->ip.hop_limit = RELAY_TTL;
+
+	int action = route(ctx, &h->eth, AF_INET6, v->relay.addr, si.peer,
+			   data_len + sizeof(struct udphdr) + sizeof(struct ipv6hdr));
+	if (action < 0) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	__u32 slot = v->slot;
+	// The padding goes first: it is zero, so growing back restores it if the head cannot move.
+	if (si.pad_len && bpf_xdp_adjust_tail(ctx, -(int)si.pad_len))
+		return XDP_PASS;
+	if (bpf_xdp_adjust_head(ctx, si.data_off)) {
+		if (si.pad_len)
+			bpf_xdp_adjust_tail(ctx, si.pad_len);
+		return XDP_PASS;
+	}
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	if (data + V6_HDRS > end)
+		return XDP_ABORTED;
+	__builtin_memcpy(data, &h->eth, V6_HDRS);
+	count_kind(slot, 1, data_len, 1);
+	return action;
+}
+
+// A datagram from a permitted peer with no channel mirrored for it: a Data indication to the
+// client (RFC 8656 §11.3), byte for byte what the engine writes but for the transaction id.
+static __noinline int v6_data(struct xdp_md *ctx, struct v6_headers *h,
+				   const struct data_val *v, __u16 data_len)
+{
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&SCRATCH, &zero);
+	if (!sc)
+		return XDP_PASS;
+	__u8 *hdr = sc->hdr;
+	__u8 *peer = sc->peer;
+	__builtin_memcpy(peer, &h->ip.saddr, 16);
+	int hlen = data_header(hdr, peer, h->udp.source, 1, data_len);
+	__u32 pad = (4 - (data_len & 3)) & 3;
+	__u16 old_len = h->udp.len;
+	__u16 new_len = bpf_htons(sizeof(struct udphdr) + DATA_HDR_V6 + data_len + pad);
+	__u32 sum = (__u16)~h->udp.check;
+	{
+		sum = csum_sub_words(sum, (__u16 *)&h->ip.saddr, 8);
+		sum = csum_sub_words(sum, (__u16 *)&h->ip.daddr, 8);
+		sum = csum_sub(sum, h->udp.source);
+		sum = csum_sub(sum, h->udp.dest);
+		sum = csum_sub(sum, old_len);
+		sum = csum_sub(sum, old_len);
+	}
+	__builtin_memcpy(&h->ip.saddr, v->local.addr, 16);
+	__builtin_memcpy(&h->ip.daddr, v->client.addr, 16);
+	h->udp.source = v->local.port;
+	h->udp.dest = v->client.port;
+	h->udp.len = new_len;
+	{
+		sum = csum_add_words(sum, (__u16 *)&h->ip.saddr, 8);
+		sum = csum_add_words(sum, (__u16 *)&h->ip.daddr, 8);
+		sum = csum_add(sum, h->udp.source);
+		sum = csum_add(sum, h->udp.dest);
+		sum = csum_add(sum, new_len);
+		sum = csum_add(sum, new_len);
+		const __u16 *w = (const __u16 *)hdr;
+#pragma unroll
+		for (int i = 0; i < DATA_HDR_V6 / 2; i++)
+			sum = csum_add(sum, w[i]);
+		h->udp.check = udp_csum_finish(sum);
+	}
+	h->ip.payload_len = new_len;
+	h->ip.hop_limit = RELAY_TTL;
+
+	int action = route(ctx, &h->eth, AF_INET6, v->local.addr, v->client.addr,
+			   sizeof(struct ipv6hdr) + sizeof(struct udphdr) + DATA_HDR_V6 + data_len + pad);
+	if (action < 0) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	__u32 slot = v->slot;
+	if (grow_for_data(ctx, V6_HDRS, data_len, pad, hlen)) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (data + V6_HDRS + DATA_HDR_V6 > end)
+		return XDP_ABORTED;
+	__builtin_memcpy(data, &h->eth, V6_HDRS);
+	__builtin_memcpy(data + V6_HDRS, hdr, DATA_HDR_V6);
+	count_kind(slot, 0, data_len, 1);
+	return action;
+}
+
+static __noinline int handle_v6(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	if (loopback_partial_csum(ctx))
 		return XDP_PASS;
-	struct v6_headers h;
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&SCRATCH, &zero);
+	if (!sc)
+		return XDP_PASS;
+	struct v6_headers *h = &sc->h6;
 	if (data + V6_HDRS > end)
 		return XDP_PASS;
-	__builtin_memcpy(&h.eth, data, V6_HDRS);
+	__builtin_memcpy(&h->eth, data, V6_HDRS);
 	// UDP right after the fixed header (no extension headers), lengths that agree exactly, and
 	// a checksum (0 is invalid for UDP over IPv6 and left to the stack).
-	if (h.ip.version != 6 || h.ip.nexthdr != IPPROTO_UDP || h.udp.check == 0)
+	if (h->ip.version != 6 || h->ip.nexthdr != IPPROTO_UDP || h->udp.check == 0)
 		return XDP_PASS;
-	__u16 plen = bpf_ntohs(h.ip.payload_len);
+	__u16 plen = bpf_ntohs(h->ip.payload_len);
 	if ((long)plen != (long)(end - data) - (long)(sizeof(struct ethhdr) + sizeof(struct ipv6hdr)))
 		return XDP_PASS;
-	__u16 udp_len = bpf_ntohs(h.udp.len);
+	__u16 udp_len = bpf_ntohs(h->udp.len);
 	if (udp_len != plen || udp_len < sizeof(struct udphdr))
 		return XDP_PASS;
 	__u16 payload_len = udp_len - sizeof(struct udphdr);
 	__u8 *payload = data + V6_HDRS;
 
+	// A Send indication (type 0x0016) from a mirrored client; anything else starting like one
+	// may still be a peer's datagram.
+	if (payload_len >= 20 && payload + 2 <= (__u8 *)end && payload[0] == 0 &&
+	    payload[1] == STUN_SEND_INDICATION) {
+		int r = v6_send(ctx, h, payload_len);
+		if (r >= 0)
+			return r;
+		goto from_peer;
+	}
+
+	// A ChannelData message starts with a channel number: 0x4000-0x4FFF in RFC 8656 §12,
+	// 0x4000-0x7FFF in RFC 5766, which the engine accepts too (coturn's clients use them all).
 	if (payload_len >= 4 && payload + 4 <= (__u8 *)end && (payload[0] & 0xc0) == 0x40) {
 		__u16 channel = ((__u16)payload[0] << 8) | payload[1];
 		__u16 data_len = ((__u16)payload[2] << 8) | payload[3];
-		struct chan_key key;
-		__builtin_memset(&key, 0, sizeof(key));
-		endpoint_v6(&key.client, &h.ip.saddr, h.udp.source);
-		endpoint_v6(&key.local, &h.ip.daddr, h.udp.dest);
-		key.channel = channel;
-		struct chan_val *v = bpf_map_lookup_elem(&CHANNELS, &key);
+		struct chan_key *key = &sc->ck;
+		__builtin_memset(key, 0, sizeof(*key));
+		endpoint_v6(&key->client, &h->ip.saddr, h->udp.source);
+		endpoint_v6(&key->local, &h->ip.daddr, h->udp.dest);
+		key->channel = channel;
+		struct chan_val *v = bpf_map_lookup_elem(&CHANNELS, key);
 		// A miss may still be a peer's datagram that happens to start like ChannelData.
 		if (!v)
 			goto from_peer;
@@ -609,22 +1260,34 @@ static __always_inline int handle_v6(struct xdp_md *ctx)
 			stat_inc(STAT_PASS_MATCHED);
 			return XDP_PASS;
 		}
-		return v6_client_to_peer(ctx, &h, v, data_len);
+		return v6_client_to_peer(ctx, h, v, data_len);
 	}
 
 from_peer:;
-	struct peer_key pk;
-	endpoint_v6(&pk.peer, &h.ip.saddr, h.udp.source);
-	endpoint_v6(&pk.relay, &h.ip.daddr, h.udp.dest);
-	struct peer_val *pv = bpf_map_lookup_elem(&PEERS, &pk);
-	if (!pv)
-		return XDP_PASS;
+	struct peer_key *pk = &sc->pk;
+	endpoint_v6(&pk->peer, &h->ip.saddr, h->udp.source);
+	endpoint_v6(&pk->relay, &h->ip.daddr, h->udp.dest);
+	struct peer_val *pv = bpf_map_lookup_elem(&PEERS, pk);
+	if (!pv) {
+		// No channel for this peer transport address: a Data indication if its IP has a
+		// permission (the engine binds no channel the mirror did not mirror with it).
+		pk->peer.port = 0;
+		struct data_val *dv = bpf_map_lookup_elem(&DATA_PERMS, pk);
+		if (!dv)
+			return XDP_PASS;
+		if (dv->client.family != 6 || dv->local.family != 6 || payload_len > 0xffff - 64 ||
+		    bpf_ktime_get_ns() >= dv->expires_ns) {
+			stat_inc(STAT_PASS_MATCHED);
+			return XDP_PASS;
+		}
+		return v6_data(ctx, h, dv, payload_len);
+	}
 	if (pv->client.family != 6 || pv->local.family != 6 || payload_len > 0xffff - 64 ||
 	    bpf_ktime_get_ns() >= pv->expires_ns) {
 		stat_inc(STAT_PASS_MATCHED);
 		return XDP_PASS;
 	}
-	return v6_peer_to_client(ctx, &h, pv, payload_len);
+	return v6_peer_to_client(ctx, h, pv, payload_len);
 }
 
 SEC("xdp")
