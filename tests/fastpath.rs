@@ -704,7 +704,7 @@ fn fastpath_packets(ns: &Ns) -> (i64, i64, i64) {
 }
 
 #[test]
-fn turnutils_uclient_relays_with_the_fast_path_on_channels_through_the_kernel() {
+fn turnutils_uclient_relays_channels_and_send_indications_through_the_kernel() {
     let ns = Ns::new("uclient");
     let _server = start_in(&ns, &[]);
     let _peer = peer_in(&ns);
@@ -718,16 +718,36 @@ fn turnutils_uclient_relays_with_the_fast_path_on_channels_through_the_kernel() 
         "the kernel relayed ChannelData: {c2p} / {p2c}"
     );
     assert_eq!(full, 0);
-    // Send indications (-s) go through the server, which stays the fallback.
+    // Send indications (-s: DATA, XOR-PEER-ADDRESS, FINGERPRINT) and the Data indications back:
+    // nothing lost, and the kernel relays both ways (the first messages, sent before the
+    // permission is mirrored, go through the server).
     let lost = uclient_in(&ns, &["-s"]);
     assert!(
         lost.contains("Total lost packets 0"),
         "send indications: {lost}"
     );
-    assert_eq!(
-        fastpath_packets(&ns),
-        (c2p, p2c, 0),
-        "indications are not the kernel's yet"
+    let (c2p_s, p2c_s, full) = fastpath_packets(&ns);
+    assert!(
+        c2p_s > c2p && p2c_s > p2c,
+        "the kernel relayed Send and Data indications: {c2p} -> {c2p_s} / {p2c} -> {p2c_s}"
+    );
+    assert_eq!(full, 0);
+    let indications = ns.run(|| {
+        let (_, body) = http_get(METRICS, "/metrics");
+        let value = |k: &str| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(k)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .unwrap_or(-1.0) as i64
+        };
+        (
+            value("vigi_turn_relayed_indications_total{kind=\"send\"}"),
+            value("vigi_turn_relayed_indications_total{kind=\"data\"}"),
+        )
+    });
+    println!(
+        "uclient -s: the kernel relayed {} Send and {} Data indications; {indications:?} counted",
+        c2p_s - c2p,
+        p2c_s - p2c
     );
 }
 

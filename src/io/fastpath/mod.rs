@@ -31,6 +31,37 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tu
 
 pub use crate::config::XdpMode;
 
+/// CRC-32 tables for slicing by four (`CRC_TABLES` in the C program, which checks a Send
+/// indication's FINGERPRINT with them): `T[0]` the reflected table of polynomial 0xEDB88320
+/// (RFC 8489 §14.7 by way of ISO-HDLC), `T[k][n] = T[k-1][n] >> 8 ^ T[0][T[k-1][n] & 0xff]`.
+static CRC_TABLES: [u32; 1024] = crc_tables();
+
+const fn crc_tables() -> [u32; 1024] {
+    let mut t = [0u32; 1024];
+    let mut n = 0;
+    while n < 256 {
+        let mut c = n as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+            k += 1;
+        }
+        t[n] = c;
+        n += 1;
+    }
+    let mut i = 256;
+    while i < 1024 {
+        let prev = t[i - 256];
+        t[i] = (prev >> 8) ^ t[(prev & 0xff) as usize];
+        i += 1;
+    }
+    t
+}
+
 fn xdp_flags(mode: XdpMode) -> XdpFlags {
     match mode {
         XdpMode::Auto => XdpFlags::default(),
@@ -320,6 +351,7 @@ impl FastPath {
             .set_max_entries("PEERS", channels)
             .set_max_entries("SEND_PERMS", permissions)
             .set_max_entries("DATA_PERMS", permissions)
+            .set_global("CRC_TABLES", &CRC_TABLES[..], true)
             .set_max_entries("ALLOC_COUNTERS", allocations)
             .load(OBJECT)
             .map_err(|e| FastPathError::Load(e.to_string()))?;

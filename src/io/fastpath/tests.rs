@@ -591,12 +591,6 @@ fn send_indications_the_program_cannot_prove_right_go_to_user_space_unchanged() 
     let none = |_: &mut MessageBuilder| {};
     let mut cases: Vec<(&str, Vec<u8>)> = vec![
         (
-            "FINGERPRINT (its CRC is not checked in the kernel)",
-            send_with(peer, b"hello", none, |b| {
-                b.fingerprint();
-            }),
-        ),
-        (
             "DONT-FRAGMENT",
             send_with(
                 peer,
@@ -623,12 +617,6 @@ fn send_indications_the_program_cannot_prove_right_go_to_user_space_unchanged() 
                 },
                 none,
             ),
-        ),
-        (
-            "an attribute after DATA",
-            send_with(peer, b"hello", none, |b| {
-                b.attr(attr::SOFTWARE, b"x");
-            }),
         ),
         (
             "too much before DATA",
@@ -671,14 +659,20 @@ fn send_indications_the_program_cannot_prove_right_go_to_user_space_unchanged() 
     let mut family = good.clone();
     family[25] = 2; // XOR-PEER-ADDRESS family 2 with 8 bytes
     cases.push(("address family and length disagree", family));
-    let mut data_first = Vec::new();
-    {
-        let tid: [u8; 12] = rand::random();
-        let mut b = MessageBuilder::new(&mut data_first, Method::SEND, Class::Indication, &tid);
-        b.attr(attr::DATA, b"hello");
-        b.xor_address(attr::XOR_PEER_ADDRESS, &peer);
-    }
-    cases.push(("DATA before XOR-PEER-ADDRESS", data_first));
+    let mut bad_fingerprint = send_with(peer, b"hello", none, |b| {
+        b.fingerprint();
+    });
+    *bad_fingerprint.last_mut().unwrap() ^= 1;
+    cases.push(("a wrong FINGERPRINT", bad_fingerprint));
+    let after_fingerprint = send_with(peer, b"hello", none, |b| {
+        b.fingerprint();
+        b.attr(attr::SOFTWARE, b"x");
+    });
+    cases.push(("an attribute after FINGERPRINT", after_fingerprint));
+    let two_data = send_with(peer, b"hello", none, |b| {
+        b.attr(attr::DATA, b"again");
+    });
+    cases.push(("two DATA", two_data));
     let mut twice = Vec::new();
     {
         let tid: [u8; 12] = rand::random();
@@ -700,6 +694,60 @@ fn send_indications_the_program_cannot_prove_right_go_to_user_space_unchanged() 
     assert_eq!(fp.counters(slot), SlotCounters::default());
     let run = fp.test_run(&wrap(good), 1).unwrap();
     assert_eq!(run.action, XDP_TX, "the well-formed one is relayed");
+}
+
+/// What Send indications look like in the field: turnutils_uclient -s puts DATA first, then
+/// XOR-PEER-ADDRESS, then FINGERPRINT; others add SOFTWARE behind DATA. The kernel checks the
+/// FINGERPRINT and cuts everything but DATA's value.
+#[test]
+fn send_indications_with_data_first_trailing_attributes_and_fingerprint_are_relayed_trimmed() {
+    let mut fp = loaded();
+    let slot = fp.take_slot().unwrap();
+    for m in [perm_v4(slot), perm_v6(slot)] {
+        fp.add_permission(&m).unwrap();
+        let peer = SocketAddr::new(m.peer, 40001);
+        for len in [0usize, 1, 2, 3, 100, 333, 1200] {
+            let data = payload(len, len as u8);
+            let tid: [u8; 12] = rand::random();
+            let mut uclient = Vec::new();
+            MessageBuilder::new(&mut uclient, Method::SEND, Class::Indication, &tid)
+                .attr(attr::DATA, &data)
+                .xor_address(attr::XOR_PEER_ADDRESS, &peer)
+                .fingerprint();
+            let trailing = send_with(
+                peer,
+                &data,
+                |_| {},
+                |b| {
+                    b.attr(attr::SOFTWARE, b"vigi");
+                    b.fingerprint();
+                },
+            );
+            for msg in [uclient, trailing] {
+                assert!(Message::decode(&msg).is_ok());
+                let f = frame(
+                    &Udp {
+                        src: m.client,
+                        dst: m.local,
+                        payload: msg,
+                    },
+                    false,
+                );
+                let run = fp.test_run(&f, 1).unwrap();
+                assert_eq!(run.action, XDP_TX, "{len} B");
+                assert_eq!(
+                    parse_verified(&run.frame).0,
+                    Udp {
+                        src: m.relay,
+                        dst: peer,
+                        payload: data.clone()
+                    }
+                );
+            }
+        }
+    }
+    let c = fp.counters(slot);
+    assert_eq!((c.c2p_packets, c.c2p_indications), (28, 28));
 }
 
 #[test]

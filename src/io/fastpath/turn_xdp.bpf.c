@@ -374,10 +374,14 @@ static __always_inline int route(struct xdp_md *ctx, struct ethhdr *eth, int fam
 #define ATTR_XOR_PEER_ADDRESS 0x0012
 #define ATTR_DATA 0x0013
 #define ATTR_FINGERPRINT 0x8028
-// The attributes a Send may carry before DATA that this program reads past: XOR-PEER-ADDRESS and
-// comprehension-optional ones, within the first SEND_MAX_PREFIX bytes of the message.
-#define SEND_MAX_ATTRS 4
+// The attributes of a Send this program reads: at most SEND_MAX_ATTRS, with at most
+// SEND_MAX_PREFIX bytes of message in front of DATA's value and SEND_MAX_SUFFIX behind it (its
+// padding and the attributes after it), and FINGERPRINT checked over at most SEND_MAX_CRC bytes.
+#define SEND_MAX_ATTRS 6
 #define SEND_MAX_PREFIX 64
+#define SEND_MAX_SUFFIX 64
+#define SEND_MAX_CRC 2048
+#define FINGERPRINT_XOR 0x5354554e
 // The largest variable offset into a frame this program reads or writes at: the verifier grants
 // access only while offset plus frame position stays below 64 KiB. Larger frames go up.
 #define MAX_VAR_OFF 0x3fff
@@ -391,22 +395,68 @@ struct send_info {
 	__u8 peer[16];
 	__be16 peer_port;
 	__u8 family;
-	__u8 pad_len;
+	__u8 pad;
+	// DATA's value: offset from the start of the message and length.
 	__u16 data_off;
 	__u16 data_len;
+	// What follows DATA's value: its padding, then `suffix_len` bytes of attributes.
+	__u16 pad_len;
+	__u16 suffix_len;
 };
+
+// CRC-32 (ISO-HDLC, as FINGERPRINT uses it: RFC 8489 §14.7) tables for slicing by four,
+// T[k * 256 + n]; user space fills them at load (mod.rs, crc_tables), so no table is written out here.
+volatile const __u32 CRC_TABLES[4 * 256];
+
+// Whether the FINGERPRINT value `want` is the CRC-32 of the `len` bytes at `off` in the frame
+// XOR 0x5354554e. `len` is a multiple of 4 (STUN attributes are), at most SEND_MAX_CRC. A global
+// function: the verifier checks it once, not once for every path that reaches it.
+__noinline int fingerprint_ok(struct xdp_md *ctx, __u32 off, __u32 len, __u32 want)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	barrier_var(off);
+	if (off > V6_HDRS || len > SEND_MAX_CRC)
+		return 0;
+	__u8 *p = data + off;
+	__u32 crc = 0xffffffff;
+	for (__u32 i = 0; i < SEND_MAX_CRC / 4; i++) {
+		__u32 at = i * 4;
+		if (at >= len)
+			break;
+		__u32 *w = (__u32 *)(p + at);
+		if ((void *)(w + 1) > end)
+			return 0;
+		// Little-endian hosts (x86-64, arm64): the first byte is the low one, as the
+		// reflected CRC consumes them.
+		crc ^= *w;
+		crc = CRC_TABLES[3 * 256 + (crc & 0xff)] ^ CRC_TABLES[2 * 256 + ((crc >> 8) & 0xff)] ^
+		      CRC_TABLES[256 + ((crc >> 16) & 0xff)] ^ CRC_TABLES[(crc >> 24) & 0xff];
+	}
+	return (crc ^ 0xffffffff ^ FINGERPRINT_XOR) == want;
+}
 
 // A Send indication the engine would relay (src/engine/server/data.rs, handle_send, after
 // Message::decode): STUN header with the magic cookie, type Send/indication, a length that is a
-// multiple of 4 and fills the datagram, attributes that tile it exactly; the first XOR-PEER-ADDRESS
-// (family 1 with 8 bytes or 2 with 20) and the first DATA. This program accepts the subset it
-// can relay without guessing: XOR-PEER-ADDRESS once, then only comprehension-optional attributes
-// other than FINGERPRINT, then DATA as the last attribute with zero padding, within
-// SEND_MAX_PREFIX bytes before DATA's value. Anything else -- DONT-FRAGMENT, MESSAGE-INTEGRITY,
-// FINGERPRINT (its CRC-32 is not checked here), an unknown comprehension-required attribute,
-// attributes after DATA, non-zero padding, peer port 0 -- returns -1 (user space decides).
-static __always_inline int parse_send(__u8 *p, void *end, __u32 plen, struct send_info *si)
+// multiple of 4 and fills the datagram, attributes that tile it exactly, nothing after
+// FINGERPRINT and FINGERPRINT right; the first XOR-PEER-ADDRESS (family 1 with 8 bytes or 2 with
+// 20) and the first DATA. This program accepts the subset it can relay without guessing:
+// XOR-PEER-ADDRESS and DATA once each, in either order, comprehension-optional attributes
+// anywhere, FINGERPRINT last (checked), zero padding after DATA, within the bounds above.
+// Anything else -- DONT-FRAGMENT, MESSAGE-INTEGRITY, an unknown comprehension-required
+// attribute, a second XOR-PEER-ADDRESS or DATA, non-zero padding, peer port 0 -- returns -1
+// (user space decides). The message is the UDP payload at `hdrs`, `plen` bytes. A global
+// function, like fingerprint_ok: verified once.
+__noinline int parse_send(struct xdp_md *ctx, __u32 hdrs, __u32 plen, struct send_info *si)
 {
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (!si)
+		return -1;
+	barrier_var(hdrs);
+	if (hdrs > V6_HDRS)
+		return -1;
+	__u8 *p = data + hdrs;
 	if (p + 20 > (__u8 *)end)
 		return -1;
 	if (p[0] != 0 || p[1] != STUN_SEND_INDICATION)
@@ -417,13 +467,18 @@ static __always_inline int parse_send(__u8 *p, void *end, __u32 plen, struct sen
 	if (p[4] != 0x21 || p[5] != 0x12 || p[6] != 0xa4 || p[7] != 0x42)
 		return -1;
 	__u32 pos = 20;
-	int have_peer = 0;
+	int have_peer = 0, have_data = 0;
+	__u32 fp_off = 0;
 	for (int i = 0; i < SEND_MAX_ATTRS; i++) {
+		if (pos >= plen)
+			break;
+		if (fp_off)
+			return -1;
 		// barrier_var (bpf_helpers.h) hides the value from the optimizer, so that the bound
 		// is checked on the register the packet access then uses.
 		__u32 at = pos;
 		barrier_var(at);
-		if (at > SEND_MAX_PREFIX - 4)
+		if (at > MAX_VAR_OFF)
 			return -1;
 		__u8 *a = p + at;
 		if (a + 4 > (__u8 *)end)
@@ -434,8 +489,9 @@ static __always_inline int parse_send(__u8 *p, void *end, __u32 plen, struct sen
 		if (pos + 4 + padded > plen)
 			return -1;
 		if (ty == ATTR_DATA) {
-			if (!have_peer || pos + 4 + padded != plen)
+			if (have_data)
 				return -1;
+			have_data = 1;
 			si->data_off = pos + 4;
 			si->data_len = alen;
 			si->pad_len = padded - alen;
@@ -453,9 +509,7 @@ static __always_inline int parse_send(__u8 *p, void *end, __u32 plen, struct sen
 						return -1;
 				}
 			}
-			return 0;
-		}
-		if (ty == ATTR_XOR_PEER_ADDRESS) {
+		} else if (ty == ATTR_XOR_PEER_ADDRESS) {
 			if (have_peer)
 				return -1;
 			if (alen == 8) {
@@ -486,25 +540,53 @@ static __always_inline int parse_send(__u8 *p, void *end, __u32 plen, struct sen
 				return -1;
 			si->peer_port = bpf_htons(port);
 			have_peer = 1;
-		} else if (ty < 0x8000 || ty == ATTR_FINGERPRINT) {
+		} else if (ty == ATTR_FINGERPRINT) {
+			if (alen != 4 || a + 8 > (__u8 *)end)
+				return -1;
+			fp_off = pos;
+		} else if (ty < 0x8000) {
 			return -1;
 		}
 		pos += 4 + padded;
 	}
-	return -1;
+	if (pos != plen || !have_peer || !have_data || si->data_off > SEND_MAX_PREFIX)
+		return -1;
+	__u32 suffix = plen - si->data_off - si->data_len - si->pad_len;
+	if (suffix > SEND_MAX_SUFFIX)
+		return -1;
+	si->suffix_len = suffix;
+	if (fp_off) {
+		if (fp_off > SEND_MAX_CRC)
+			return -1;
+		__u32 at = fp_off;
+		barrier_var(at);
+		if (at > MAX_VAR_OFF)
+			return -1;
+		__u8 *f = p + at;
+		if (f + 8 > (__u8 *)end)
+			return -1;
+		__u32 want = ((__u32)f[4] << 24) | ((__u32)f[5] << 16) | ((__u32)f[6] << 8) | f[7];
+		if (!fingerprint_ok(ctx, hdrs, fp_off, want))
+			return -1;
+	}
+	return 0;
 }
 
-// Takes the 16-bit words of the first `len` bytes at `p` (even, at most SEND_MAX_PREFIX) out of
-// a checksum: the Send header and attributes cut in front of DATA's value.
-static __always_inline __u32 csum_sub_prefix(__u32 sum, __u8 *p, void *end, __u32 len)
+// Takes the 16-bit words of `len` bytes at `p + off` (`off` and `len` even, `len` at most 64) out
+// of a checksum: the bytes of a Send cut in front of and behind DATA's value.
+static __always_inline __u32 csum_sub_region(__u32 sum, __u8 *p, void *end, __u32 off, __u32 len)
 {
-	__u16 *w = (__u16 *)p;
-	for (int i = 0; i < SEND_MAX_PREFIX / 2; i++) {
+	for (int i = 0; i < 32; i++) {
 		if ((__u32)(2 * i) >= len)
 			break;
-		if ((void *)(w + i + 1) > end)
+		__u32 o = off + 2 * i;
+		barrier_var(o);
+		if (o > MAX_VAR_OFF)
 			break;
-		sum = csum_sub(sum, w[i]);
+		__u16 *w = (__u16 *)(p + o);
+		if ((void *)(w + 1) > end)
+			break;
+		sum = csum_sub(sum, *w);
 	}
 	return sum;
 }
@@ -712,13 +794,13 @@ static __noinline int v4_peer_to_client(struct xdp_md *ctx, struct v4_headers *h
 
 // A Send indication from a mirrored client with a live permission for its peer: DATA's value
 // leaves from the relay address (the header and the attributes before DATA are cut in front, the
-// zero padding behind).
+// zero padding and the attributes after it, FINGERPRINT included, behind).
 static __noinline int v4_send(struct xdp_md *ctx, struct v4_headers *h, __u16 payload_len)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	struct send_info si;
-	if (parse_send(data + V4_HDRS, end, payload_len, &si) || si.family != 4)
+	if (parse_send(ctx, V4_HDRS, payload_len, &si) || si.family != 4)
 		return -1;
 	__u32 zero = 0;
 	struct scratch *sc = bpf_map_lookup_elem(&SCRATCH, &zero);
@@ -751,7 +833,9 @@ static __noinline int v4_send(struct xdp_md *ctx, struct v4_headers *h, __u16 pa
 		sum = csum_sub(sum, h->udp.dest);
 		sum = csum_sub(sum, old_len);
 		sum = csum_sub(sum, old_len);
-		sum = csum_sub_prefix(sum, data + V4_HDRS, end, si.data_off);
+		sum = csum_sub_region(sum, data + V4_HDRS, end, 0, si.data_off);
+		sum = csum_sub_region(sum, data + V4_HDRS, end,
+				      si.data_off + si.data_len + si.pad_len, si.suffix_len);
 	}
 	__builtin_memcpy(&h->ip.saddr, v->relay.addr, 4);
 	__builtin_memcpy(&h->ip.daddr, si.peer, 4);
@@ -777,12 +861,12 @@ static __noinline int v4_send(struct xdp_md *ctx, struct v4_headers *h, __u16 pa
 		return XDP_PASS;
 	}
 	__u32 slot = v->slot;
-	// The padding goes first: it is zero, so growing back restores it if the head cannot move.
-	if (si.pad_len && bpf_xdp_adjust_tail(ctx, -(int)si.pad_len))
+	// The head first: if the tail cannot move, the bytes in front are still there to go back to.
+	int tail = si.pad_len + si.suffix_len;
+	if (bpf_xdp_adjust_head(ctx, si.data_off))
 		return XDP_PASS;
-	if (bpf_xdp_adjust_head(ctx, si.data_off)) {
-		if (si.pad_len)
-			bpf_xdp_adjust_tail(ctx, si.pad_len);
+	if (tail && bpf_xdp_adjust_tail(ctx, -tail)) {
+		bpf_xdp_adjust_head(ctx, -(int)si.data_off);
 		return XDP_PASS;
 	}
 	data = (void *)(long)ctx->data;
@@ -1058,13 +1142,13 @@ static __noinline int v6_peer_to_client(struct xdp_md *ctx, struct v6_headers *h
 
 // A Send indication from a mirrored client with a live permission for its peer: DATA's value
 // leaves from the relay address (the header and the attributes before DATA are cut in front, the
-// zero padding behind).
+// zero padding and the attributes after it, FINGERPRINT included, behind).
 static __noinline int v6_send(struct xdp_md *ctx, struct v6_headers *h, __u16 payload_len)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	struct send_info si;
-	if (parse_send(data + V6_HDRS, end, payload_len, &si) || si.family != 6)
+	if (parse_send(ctx, V6_HDRS, payload_len, &si) || si.family != 6)
 		return -1;
 	__u32 zero = 0;
 	struct scratch *sc = bpf_map_lookup_elem(&SCRATCH, &zero);
@@ -1094,7 +1178,9 @@ static __noinline int v6_send(struct xdp_md *ctx, struct v6_headers *h, __u16 pa
 		sum = csum_sub(sum, h->udp.dest);
 		sum = csum_sub(sum, old_len);
 		sum = csum_sub(sum, old_len);
-		sum = csum_sub_prefix(sum, data + V6_HDRS, end, si.data_off);
+		sum = csum_sub_region(sum, data + V6_HDRS, end, 0, si.data_off);
+		sum = csum_sub_region(sum, data + V6_HDRS, end,
+				      si.data_off + si.data_len + si.pad_len, si.suffix_len);
 	}
 	__builtin_memcpy(&h->ip.saddr, v->relay.addr, 16);
 	__builtin_memcpy(&h->ip.daddr, si.peer, 16);
@@ -1120,12 +1206,12 @@ static __noinline int v6_send(struct xdp_md *ctx, struct v6_headers *h, __u16 pa
 		return XDP_PASS;
 	}
 	__u32 slot = v->slot;
-	// The padding goes first: it is zero, so growing back restores it if the head cannot move.
-	if (si.pad_len && bpf_xdp_adjust_tail(ctx, -(int)si.pad_len))
+	// The head first: if the tail cannot move, the bytes in front are still there to go back to.
+	int tail = si.pad_len + si.suffix_len;
+	if (bpf_xdp_adjust_head(ctx, si.data_off))
 		return XDP_PASS;
-	if (bpf_xdp_adjust_head(ctx, si.data_off)) {
-		if (si.pad_len)
-			bpf_xdp_adjust_tail(ctx, si.pad_len);
+	if (tail && bpf_xdp_adjust_tail(ctx, -tail)) {
+		bpf_xdp_adjust_head(ctx, -(int)si.data_off);
 		return XDP_PASS;
 	}
 	data = (void *)(long)ctx->data;
