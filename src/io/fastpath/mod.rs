@@ -570,11 +570,21 @@ impl FastPath {
     /// the caller's network namespace; the frame arrives on its `lo`). Maps are live: counters
     /// count.
     pub fn test_run(&self, frame: &[u8], repeat: u32) -> std::io::Result<TestRun> {
+        self.test_run_program("turn_xdp", frame, repeat)
+    }
+
+    /// Runs the pass-everything program like [`FastPath::test_run`]: the micro-benchmark's
+    /// baseline, what a run costs the kernel's timing loop without any work of the program.
+    pub fn test_run_pass(&self, frame: &[u8], repeat: u32) -> std::io::Result<TestRun> {
+        self.test_run_program("xdp_pass", frame, repeat)
+    }
+
+    fn test_run_program(&self, name: &str, frame: &[u8], repeat: u32) -> std::io::Result<TestRun> {
         let prog: &Xdp = self
             .ebpf
-            .program("turn_xdp")
+            .program(name)
             .and_then(|p| p.try_into().ok())
-            .ok_or_else(|| std::io::Error::other("no program turn_xdp"))?;
+            .ok_or_else(|| std::io::Error::other(format!("no program {name}")))?;
         let fd = prog.fd().map_err(std::io::Error::other)?;
         let mut out = vec![0u8; frame.len() + 256];
         let (action, len, ns) = crate::io::fastpath::sys::prog_test_run(
