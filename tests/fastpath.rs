@@ -11,6 +11,9 @@
 //!   UDP checksums (recomputed by `vigi_turn::io::fastpath::frames::parse`). Once the server runs
 //!   again, `/metrics` counts exactly the payload bytes relayed (folded from the kernel's
 //!   per-allocation counters).
+//! - The same for Send and Data indications under a permission (with and without FINGERPRINT),
+//!   with the indication counters exact; `turnutils_uclient -s` moves the kernel's counters; on a
+//!   veth pair in native mode, Send and Data indications over IPv4 and IPv6.
 //!
 //! On `lo` a local sender leaves only a partial UDP checksum (offload `lo` cannot turn off), so
 //! the program relays IPv4 there without a UDP checksum (RFC 768 allows 0) and passes IPv6 up:
