@@ -922,6 +922,53 @@ fn turnutils_uclient_relays_channels_and_send_indications_through_the_kernel() {
     );
 }
 
+/// Maps sized for one channel and two permissions: of a client's two peers, one channel and its
+/// peer's permission are mirrored; the other peer's channel does not fit, is counted in
+/// `vigi_turn_fastpath_map_full_total`, and its permission (which would fit) stays out of the
+/// kernel too, so that
+/// peer's datagrams reach the client as ChannelData from the server, never as a Data indication
+/// from the kernel.
+#[test]
+fn full_maps_leave_a_channel_and_its_peers_indications_on_the_user_path() {
+    let ns = Ns::new("full");
+    let _server = start_in(
+        &ns,
+        &["--xdp-max-channels", "1", "--xdp-max-permissions", "2"],
+    );
+    ns.run(|| {
+        let server_addr: SocketAddr = "127.0.0.1:3478".parse().unwrap();
+        let p1 = UdpSocket::bind("127.0.0.1:40410").unwrap();
+        let p2 = UdpSocket::bind("127.0.0.2:40411").unwrap();
+        let a = Client::allocate("127.0.0.1:40401".parse().unwrap(), server_addr);
+        a.bind_channel(p1.local_addr().unwrap(), 0x4000);
+        a.bind_channel(p2.local_addr().unwrap(), 0x4001);
+        let mut buf = [0u8; 2048];
+        for _ in 0..3 {
+            for (p, channel) in [(&p1, 0x4000u16), (&p2, 0x4001)] {
+                p.set_read_timeout(Some(WAIT)).unwrap();
+                a.s.send_to(&channel_data(channel, b"ping"), a.server)
+                    .unwrap();
+                let (n, from) = p.recv_from(&mut buf).expect("relayed to the peer");
+                assert_eq!((&buf[..n], from), (&b"ping"[..], a.relay));
+                p.send_to(b"pong", a.relay).unwrap();
+                let (n, _) = a.s.recv_from(&mut buf).expect("relayed to the client");
+                assert_eq!(
+                    &buf[..n],
+                    &channel_data(channel, b"pong")[..],
+                    "{channel:#x}"
+                );
+            }
+        }
+    });
+    let (c2p, p2c, full) = fastpath_packets(&ns);
+    assert!(full >= 1, "the second channel did not fit: {full}");
+    assert_eq!(
+        (c2p, p2c),
+        (3, 3),
+        "the kernel relayed the mirrored channel only"
+    );
+}
+
 #[test]
 fn a_bandwidth_capped_allocation_stays_on_the_user_path() {
     let ns = Ns::new("maxbps");
