@@ -759,6 +759,79 @@ fn send_and_data_indications_are_relayed_by_the_kernel_with_valid_checksums_and_
     drop(server);
 }
 
+/// A permission that expires stops being relayed by the kernel at its deadline, with no call into
+/// user space: with `--permission-lifetime 2` and the server stopped, Send and Data indications
+/// pass while it lives; after its deadline the kernel passes them up (`vigi_turn_fastpath_passed_total`)
+/// and the engine, running again, drops them (no permission): the peer and the client get nothing.
+#[test]
+fn an_expired_permission_stops_being_relayed_by_the_kernel_at_its_deadline() {
+    let ns = Ns::new("expiry");
+    let server = start_in(&ns, &["--permission-lifetime", "2"]);
+    const LATE: usize = 3;
+    ns.run(|| {
+        let server_addr: SocketAddr = "127.0.0.1:3478".parse().unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:40500").unwrap();
+        peer.set_read_timeout(Some(WAIT)).unwrap();
+        let a = Client::allocate("127.0.0.1:40501".parse().unwrap(), server_addr);
+        let asked = Instant::now();
+        a.permit(peer.local_addr().unwrap());
+        let granted = Instant::now();
+        signal(&server, libc::SIGSTOP);
+        // Live: granted no earlier than asked, for 2 s.
+        let mut buf = [0u8; 2048];
+        a.send_indication(peer.local_addr().unwrap(), b"live", true);
+        let (n, _) = peer.recv_from(&mut buf).expect("relayed while live");
+        assert_eq!(&buf[..n], b"live");
+        peer.send_to(b"back", a.relay).unwrap();
+        assert_eq!(a.recv_data_indication().1, b"back");
+        assert!(
+            asked.elapsed() < Duration::from_millis(1500),
+            "the live phase ran late; the machine is too slow for this test"
+        );
+        // Past the deadline (granted no later than `granted`): the time itself is the condition.
+        let past = granted + Duration::from_millis(2300);
+        std::thread::sleep(past.saturating_duration_since(Instant::now()));
+        for i in 0..LATE {
+            a.send_indication(
+                peer.local_addr().unwrap(),
+                format!("late{i}").as_bytes(),
+                false,
+            );
+            peer.send_to(b"late", a.relay).unwrap();
+        }
+        signal(&server, libc::SIGCONT);
+    });
+    // The kernel passed all of them up, and the engine dropped all of them.
+    let t0 = Instant::now();
+    let (passed, dropped) = ns.run(|| loop {
+        let (_, body) = http_get(METRICS, "/metrics");
+        let value = |k: &str| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(k)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .unwrap_or(-1.0) as i64
+        };
+        let got = (
+            value("vigi_turn_fastpath_passed_total"),
+            value("vigi_turn_dropped_packets_total{reason=\"no_permission\"}"),
+        );
+        if got == (2 * LATE as i64, 2 * LATE as i64) || t0.elapsed() > WAIT {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    });
+    assert_eq!(
+        (passed, dropped),
+        (2 * LATE as i64, 2 * LATE as i64),
+        "passed up by the kernel, dropped by the engine"
+    );
+    let (c2p, p2c, _) = fastpath_packets(&ns);
+    assert_eq!(
+        (c2p, p2c),
+        (1, 1),
+        "the kernel relayed only while the permission lived"
+    );
+}
+
 /// vigi-turn in `ns` on 127.0.0.1:3478 with the fast path on `lo` and `extra` flags; returns once
 /// it serves /metrics (it binds its listeners before).
 fn start_in(ns: &Ns, extra: &[&str]) -> Proc {
