@@ -72,25 +72,20 @@ impl Mirror {
             self.remove(engine, id);
             return;
         };
-        // The program relays within one family: a channel to a peer of the other family stays
-        // on the user path.
+        // Within one family or across (a dual allocation's peer of the other family, relayed
+        // from the relay address of the peer's family).
         let client = canonical(view.client);
         let local = canonical(view.local);
         let wanted: Vec<(u16, std::net::SocketAddr, std::net::SocketAddr, u64)> = view
             .channels
             .iter()
-            .filter(|c| {
-                c.peer.is_ipv4() == client.is_ipv4() && c.relay.is_ipv4() == client.is_ipv4()
-            })
+            .filter(|c| c.peer.is_ipv4() == c.relay.is_ipv4())
             .map(|c| (c.number, c.peer, c.relay, self.ns(c.expires)))
             .collect();
-        // Permissions within the client's family, like channels.
         let wanted_perms: Vec<(std::net::IpAddr, std::net::SocketAddr, u64)> = view
             .permissions
             .iter()
-            .filter(|p| {
-                p.peer.is_ipv4() == client.is_ipv4() && p.relay.is_ipv4() == client.is_ipv4()
-            })
+            .filter(|p| p.peer.is_ipv4() == p.relay.is_ipv4())
             .map(|p| (p.peer, p.relay, self.ns(p.expires)))
             .collect();
         if wanted.is_empty() && wanted_perms.is_empty() && !self.by_alloc.contains_key(&id) {

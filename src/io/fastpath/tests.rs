@@ -276,7 +276,7 @@ fn what_the_program_cannot_prove_right_goes_to_user_space_unchanged() {
         assert_eq!(run.frame, f, "{what}: unchanged");
     }
     assert_eq!(fp.counters(slot), SlotCounters::default());
-    // A channel mirrored across families is passed up (the program relays within one family).
+    // Across families with a zero UDP checksum (IPv4 allows it, IPv6 does not): passed up.
     let cross = ChannelMirror {
         peer: sa("[fd00::3]:40001"),
         relay: sa("[fd00::1]:50000"),
@@ -284,11 +284,19 @@ fn what_the_program_cannot_prove_right_goes_to_user_space_unchanged() {
     };
     fp.remove_channel(&m);
     fp.add_channel(&cross).unwrap();
-    assert_eq!(fp.test_run(&good, 1).unwrap().action, XDP_PASS);
+    let zero = frame(
+        &Udp {
+            src: m.client,
+            dst: m.local,
+            payload: channel_data(m.channel, b"hello"),
+        },
+        true,
+    );
+    assert_eq!(fp.test_run(&zero, 1).unwrap().action, XDP_PASS);
     assert_eq!(
         fp.totals().passed_matched,
         3,
-        "two bad lengths and one cross-family"
+        "two bad lengths and one cross-family without a checksum"
     );
 }
 
@@ -811,4 +819,122 @@ fn a_full_permission_map_is_reported_and_leaves_nothing_behind() {
     let err = fp.add_permission(&perm_v6(slot)).unwrap_err();
     assert!(matches!(err, FastPathError::Full("SEND_PERMS")), "{err}");
     assert_eq!(fp.permission_count(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Across address families (dual allocations)
+
+/// A dual allocation's channel and permission to a peer of the other family: ChannelData, Send
+/// and Data indications both ways, IPv4 client with an IPv6 peer and the reverse; the IP header
+/// changes size, every checksum verifies, Data indications are the engine's bytes.
+#[test]
+fn channels_and_indications_are_relayed_across_address_families() {
+    let mut fp = loaded();
+    let slot = fp.take_slot().unwrap();
+    let cases = [
+        // (client, local, relay of the peer's family, peer)
+        (
+            "IPv4 client, IPv6 peer",
+            sa("127.0.0.2:40000"),
+            sa("127.0.0.1:3478"),
+            sa("[fd00::1]:50002"),
+            sa("[fd00::3]:40001"),
+        ),
+        (
+            "IPv6 client, IPv4 peer",
+            sa("[fd00::2]:40000"),
+            sa("[fd00::1]:3478"),
+            sa("127.0.0.1:50003"),
+            sa("127.0.0.3:40001"),
+        ),
+    ];
+    let mut expect = SlotCounters::default();
+    for (what, client, local, relay, peer) in cases {
+        let ch = ChannelMirror {
+            client,
+            local,
+            relay,
+            peer,
+            channel: 0x4abc,
+            slot,
+            expires_ns: u64::MAX,
+        };
+        fp.add_channel(&ch).unwrap();
+        fp.add_permission(&PermissionMirror {
+            client,
+            local,
+            relay,
+            peer: peer.ip(),
+            slot,
+            expires_ns: u64::MAX,
+        })
+        .unwrap();
+        let other_port = SocketAddr::new(peer.ip(), peer.port() + 1);
+        for len in [0usize, 1, 2, 3, 100, 333, 1200] {
+            let data = payload(len, len as u8 ^ 0x5a);
+            let run_ok = |input: Udp| {
+                let run = fp.test_run(&frame(&input, false), 1).unwrap();
+                assert_eq!(run.action, XDP_TX, "{what}, {len} B");
+                parse_verified(&run.frame).0
+            };
+            // ChannelData client → peer.
+            let out = run_ok(Udp {
+                src: client,
+                dst: local,
+                payload: channel_data(ch.channel, &data),
+            });
+            assert_eq!((out.src, out.dst, &out.payload), (relay, peer, &data));
+            // Send indications, plain and uclient-shaped (DATA first, FINGERPRINT).
+            let tid: [u8; 12] = rand::random();
+            let mut uclient = Vec::new();
+            MessageBuilder::new(&mut uclient, Method::SEND, Class::Indication, &tid)
+                .attr(attr::DATA, &data)
+                .xor_address(attr::XOR_PEER_ADDRESS, &other_port)
+                .fingerprint();
+            for msg in [send(peer, &data), uclient] {
+                let to = if msg[20..22] == attr::DATA.to_be_bytes() {
+                    other_port
+                } else {
+                    peer
+                };
+                let out = run_ok(Udp {
+                    src: client,
+                    dst: local,
+                    payload: msg,
+                });
+                assert_eq!((out.src, out.dst, &out.payload), (relay, to, &data));
+            }
+            // ChannelData peer → client.
+            let out = run_ok(Udp {
+                src: peer,
+                dst: relay,
+                payload: data.clone(),
+            });
+            assert_eq!(
+                (out.src, out.dst, out.payload),
+                (local, client, channel_data(ch.channel, &data))
+            );
+            // Data indication from the peer's other port.
+            let out = run_ok(Udp {
+                src: other_port,
+                dst: relay,
+                payload: data.clone(),
+            });
+            assert_eq!((out.src, out.dst), (local, client));
+            let tid: [u8; 12] = out.payload[8..20].try_into().unwrap();
+            assert_eq!(
+                out.payload,
+                engine_data_indication(other_port, &data, &tid),
+                "{what}, {len} B"
+            );
+            expect.c2p_packets += 3;
+            expect.c2p_bytes += 3 * len as u64;
+            expect.c2p_indications += 2;
+            expect.p2c_packets += 2;
+            expect.p2c_bytes += 2 * len as u64;
+            expect.p2c_indications += 1;
+        }
+    }
+    assert_eq!(fp.counters(slot), expect, "counters exact");
+    assert_eq!(fp.totals().passed_matched, 0);
 }

@@ -306,6 +306,28 @@ struct v6_headers {
 #define V4_HDRS (sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct udphdr))
 #define V6_HDRS (sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + sizeof(struct udphdr))
 
+// A relay across address families (a dual allocation: client and peer in different families),
+// planned by the path that matched and carried out by out_v4/out_v6, which write a new IP header
+// of the other size. `sum`: the UDP checksum's one's-complement sum with everything that goes
+// away already taken out (old addresses, ports, lengths, the bytes cut).
+struct xplan {
+	struct endpoint src;
+	struct endpoint dst;
+	__u32 sum;
+	__u32 slot;
+	// Payload bytes kept; `added` bytes from scratch `hdr` go in front of them, `pad` zero
+	// bytes behind; `cut` bytes after the old UDP header and `tail` at the end go away.
+	__u16 data_len;
+	__u16 added;
+	__u16 pad;
+	__u16 cut;
+	__u16 tail;
+	__u16 in_hdrs;
+	__u8 c2p;
+	__u8 indication;
+	__u16 unused;
+};
+
 // Per-CPU scratch space for what does not fit the 512-byte BPF stack of a call chain: the copied
 // headers, map keys, the FIB query and a Data indication's header under construction. A program
 // run is never re-entered on its CPU (XDP runs with preemption off; what it transmits is
@@ -321,6 +343,9 @@ struct scratch {
 	struct bpf_fib_lookup fib;
 	__u8 hdr[48];
 	__u8 peer[16];
+	struct xplan x;
+	struct v4_headers o4;
+	struct v6_headers o6;
 };
 
 struct {
@@ -674,6 +699,234 @@ static __always_inline int grow_for_data(struct xdp_md *ctx, __u32 hdrs, __u32 l
 }
 
 // ---------------------------------------------------------------------------------------------
+// Across address families (dual allocations): the IP header changes size by 20 bytes.
+
+// Adds the `added` bytes of the plan's header (scratch `hdr`, at most 48, even) to a checksum.
+static __always_inline __u32 csum_add_hdr(__u32 sum, const __u8 *hdr, __u32 added)
+{
+	const __u16 *w = (const __u16 *)hdr;
+#pragma unroll
+	for (int i = 0; i < 24; i++)
+		if ((__u32)(2 * i) < added)
+			sum = csum_add(sum, w[i]);
+	return sum;
+}
+
+// Moves the frame's edges for a plan: `delta` at the head (positive cuts), then the tail by
+// `pad - tail` (zero bytes when it grows). On failure the frame is as it was.
+static __always_inline int reshape(struct xdp_md *ctx, int delta, __u32 pad, __u32 tail,
+				   __u32 new_hdrs, __u32 kept)
+{
+	if (bpf_xdp_adjust_head(ctx, delta))
+		return -1;
+	int grow = (int)pad - (int)tail;
+	if (grow && bpf_xdp_adjust_tail(ctx, grow)) {
+		bpf_xdp_adjust_head(ctx, -delta);
+		return -1;
+	}
+	if (grow > 0) {
+		void *data = (void *)(long)ctx->data;
+		void *end = (void *)(long)ctx->data_end;
+		__u32 off = new_hdrs + kept;
+		barrier_var(off);
+		if (off > MAX_VAR_OFF)
+			return -2;
+		__u8 *q = data + off;
+#pragma unroll
+		for (int k = 0; k < 3; k++) {
+			if (k < grow) {
+				if (q + k + 1 > (__u8 *)end)
+					return -2;
+				q[k] = 0;
+			}
+		}
+	}
+	return 0;
+}
+
+// Writes the plan's `added` bytes after the headers at `at`.
+static __always_inline int put_added(struct xdp_md *ctx, __u32 at, const __u8 *hdr, __u32 added)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (added == 4) {
+		if (data + at + 4 > end)
+			return -1;
+		__builtin_memcpy(data + at, hdr, 4);
+	} else if (added == DATA_HDR_V4) {
+		if (data + at + DATA_HDR_V4 > end)
+			return -1;
+		__builtin_memcpy(data + at, hdr, DATA_HDR_V4);
+	} else if (added == DATA_HDR_V6) {
+		if (data + at + DATA_HDR_V6 > end)
+			return -1;
+		__builtin_memcpy(data + at, hdr, DATA_HDR_V6);
+	}
+	return 0;
+}
+
+// The plan as an IPv6 frame (from an IPv4 one).
+static __noinline int out_v6(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&SCRATCH, &zero);
+	if (!sc)
+		return XDP_PASS;
+	struct xplan *x = &sc->x;
+	struct v6_headers *o = &sc->o6;
+	__u32 udp_len = sizeof(struct udphdr) + x->added + x->data_len + x->pad;
+	if (udp_len > 0xffff - 64 || x->added > 48 || x->pad > 3)
+		return XDP_PASS;
+	__u16 new_len = bpf_htons(udp_len);
+	__builtin_memcpy(&o->eth, &sc->h4.eth, sizeof(struct ethhdr));
+	o->eth.h_proto = bpf_htons(ETH_P_IPV6);
+	__builtin_memset(&o->ip, 0, sizeof(o->ip));
+	o->ip.version = 6;
+	o->ip.payload_len = new_len;
+	o->ip.nexthdr = IPPROTO_UDP;
+	o->ip.hop_limit = RELAY_TTL;
+	__builtin_memcpy(&o->ip.saddr, x->src.addr, 16);
+	__builtin_memcpy(&o->ip.daddr, x->dst.addr, 16);
+	o->udp.source = x->src.port;
+	o->udp.dest = x->dst.port;
+	o->udp.len = new_len;
+	__u32 sum = x->sum;
+	sum = csum_add_words(sum, (__u16 *)&o->ip.saddr, 8);
+	sum = csum_add_words(sum, (__u16 *)&o->ip.daddr, 8);
+	sum = csum_add(sum, o->udp.source);
+	sum = csum_add(sum, o->udp.dest);
+	sum = csum_add(sum, new_len);
+	sum = csum_add(sum, new_len);
+	sum = csum_add_hdr(sum, sc->hdr, x->added);
+	o->udp.check = udp_csum_finish(sum);
+
+	int action = route(ctx, &o->eth, AF_INET6, x->src.addr, x->dst.addr,
+			   sizeof(struct ipv6hdr) + udp_len);
+	if (action < 0) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	int delta = (int)x->in_hdrs + (int)x->cut - (int)V6_HDRS - (int)x->added;
+	int r = reshape(ctx, delta, x->pad, x->tail, V6_HDRS + x->added, x->data_len);
+	if (r == -1) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	if (r < 0)
+		return XDP_ABORTED;
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (data + V6_HDRS > end)
+		return XDP_ABORTED;
+	__builtin_memcpy(data, &o->eth, V6_HDRS);
+	if (put_added(ctx, V6_HDRS, sc->hdr, x->added))
+		return XDP_ABORTED;
+	count_kind(x->slot, x->c2p, x->data_len, x->indication);
+	return action;
+}
+
+// The plan as an IPv4 frame (from an IPv6 one).
+static __noinline int out_v4(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&SCRATCH, &zero);
+	if (!sc)
+		return XDP_PASS;
+	struct xplan *x = &sc->x;
+	struct v4_headers *o = &sc->o4;
+	__u32 udp_len = sizeof(struct udphdr) + x->added + x->data_len + x->pad;
+	if (udp_len > 0xffff - 64 || x->added > 48 || x->pad > 3)
+		return XDP_PASS;
+	__u16 new_len = bpf_htons(udp_len);
+	__builtin_memcpy(&o->eth, &sc->h6.eth, sizeof(struct ethhdr));
+	o->eth.h_proto = bpf_htons(ETH_P_IP);
+	__builtin_memset(&o->ip, 0, sizeof(o->ip));
+	o->ip.version = 4;
+	o->ip.ihl = 5;
+	o->ip.tot_len = bpf_htons(sizeof(struct iphdr) + udp_len);
+	o->ip.frag_off = bpf_htons(0x4000); // DF, as the server's own UDP sockets send
+	o->ip.ttl = RELAY_TTL;
+	o->ip.protocol = IPPROTO_UDP;
+	__builtin_memcpy(&o->ip.saddr, x->src.addr, 4);
+	__builtin_memcpy(&o->ip.daddr, x->dst.addr, 4);
+	ipv4_csum(&o->ip);
+	o->udp.source = x->src.port;
+	o->udp.dest = x->dst.port;
+	o->udp.len = new_len;
+	__u32 sum = x->sum;
+	sum = csum_add_words(sum, (__u16 *)&o->ip.saddr, 4);
+	sum = csum_add(sum, o->udp.source);
+	sum = csum_add(sum, o->udp.dest);
+	sum = csum_add(sum, new_len);
+	sum = csum_add(sum, new_len);
+	sum = csum_add_hdr(sum, sc->hdr, x->added);
+	o->udp.check = udp_csum_finish(sum);
+
+	int action = route(ctx, &o->eth, AF_INET, x->src.addr, x->dst.addr,
+			   sizeof(struct iphdr) + udp_len);
+	if (action < 0) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	int delta = (int)x->in_hdrs + (int)x->cut - (int)V4_HDRS - (int)x->added;
+	int r = reshape(ctx, delta, x->pad, x->tail, V4_HDRS + x->added, x->data_len);
+	if (r == -1) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	if (r < 0)
+		return XDP_ABORTED;
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (data + V4_HDRS > end)
+		return XDP_ABORTED;
+	__builtin_memcpy(data, &o->eth, V4_HDRS);
+	if (put_added(ctx, V4_HDRS, sc->hdr, x->added))
+		return XDP_ABORTED;
+	count_kind(x->slot, x->c2p, x->data_len, x->indication);
+	return action;
+}
+
+// Plans common to every crossing: the old pseudo-header's addresses, ports and lengths out.
+static __always_inline __u32 sum_out_v4(const struct v4_headers *h)
+{
+	__u32 sum = (__u16)~h->udp.check;
+	sum = csum_sub_words(sum, (__u16 *)&h->ip.saddr, 4);
+	sum = csum_sub(sum, h->udp.source);
+	sum = csum_sub(sum, h->udp.dest);
+	sum = csum_sub(sum, h->udp.len);
+	sum = csum_sub(sum, h->udp.len);
+	return sum;
+}
+
+static __always_inline __u32 sum_out_v6(const struct v6_headers *h)
+{
+	__u32 sum = (__u16)~h->udp.check;
+	sum = csum_sub_words(sum, (__u16 *)&h->ip.saddr, 8);
+	sum = csum_sub_words(sum, (__u16 *)&h->ip.daddr, 8);
+	sum = csum_sub(sum, h->udp.source);
+	sum = csum_sub(sum, h->udp.dest);
+	sum = csum_sub(sum, h->udp.len);
+	sum = csum_sub(sum, h->udp.len);
+	return sum;
+}
+
+static __always_inline void plan(struct xplan *x, const struct endpoint *src,
+				 const struct endpoint *dst, __u32 slot, __u16 data_len)
+{
+	__builtin_memcpy(&x->src, src, sizeof(*src));
+	__builtin_memcpy(&x->dst, dst, sizeof(*dst));
+	x->slot = slot;
+	x->data_len = data_len;
+	x->added = 0;
+	x->pad = 0;
+	x->cut = 0;
+	x->tail = 0;
+	x->c2p = 0;
+	x->indication = 0;
+}
+
+// ---------------------------------------------------------------------------------------------
 // IPv4
 
 static __noinline int v4_client_to_peer(struct xdp_md *ctx, struct v4_headers *h,
@@ -800,7 +1053,7 @@ static __noinline int v4_send(struct xdp_md *ctx, struct v4_headers *h, __u16 pa
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	struct send_info si;
-	if (parse_send(ctx, V4_HDRS, payload_len, &si) || si.family != 4)
+	if (parse_send(ctx, V4_HDRS, payload_len, &si))
 		return -1;
 	__u32 zero = 0;
 	struct scratch *sc = bpf_map_lookup_elem(&SCRATCH, &zero);
@@ -811,13 +1064,38 @@ static __noinline int v4_send(struct xdp_md *ctx, struct v4_headers *h, __u16 pa
 	endpoint_v4(&key->client, h->ip.saddr, h->udp.source);
 	endpoint_v4(&key->local, h->ip.daddr, h->udp.dest);
 	__builtin_memcpy(key->peer.addr, si.peer, 16);
-	key->peer.family = 4;
+	key->peer.family = si.family;
 	struct send_val *v = bpf_map_lookup_elem(&SEND_PERMS, key);
 	if (!v)
 		return -1;
-	if (v->relay.family != 4 || bpf_ktime_get_ns() >= v->expires_ns) {
+	if (v->relay.family != si.family || bpf_ktime_get_ns() >= v->expires_ns) {
 		stat_inc(STAT_PASS_MATCHED);
 		return XDP_PASS;
+	}
+	if (si.family == 6) {
+		// A dual allocation's peer in the other family.
+		if (!h->udp.check || loopback_partial_csum(ctx)) {
+			stat_inc(STAT_PASS_MATCHED);
+			return XDP_PASS;
+		}
+		struct endpoint dst;
+		__builtin_memset(&dst, 0, sizeof(dst));
+		__builtin_memcpy(dst.addr, si.peer, 16);
+		dst.port = si.peer_port;
+		dst.family = 6;
+		struct xplan *x = &sc->x;
+		plan(x, &v->relay, &dst, v->slot, si.data_len);
+		__u32 sum = sum_out_v4(h);
+		sum = csum_sub_region(sum, data + V4_HDRS, end, 0, si.data_off);
+		sum = csum_sub_region(sum, data + V4_HDRS, end,
+				      si.data_off + si.data_len + si.pad_len, si.suffix_len);
+		x->sum = sum;
+		x->cut = si.data_off;
+		x->tail = si.pad_len + si.suffix_len;
+		x->in_hdrs = V4_HDRS;
+		x->c2p = 1;
+		x->indication = 1;
+		return out_v6(ctx);
 	}
 	__u16 data_len = si.data_len;
 	__u16 old_len = h->udp.len;
@@ -1001,8 +1279,29 @@ static __noinline int handle_v4(struct xdp_md *ctx)
 			goto from_peer;
 		// Over UDP the message fills the datagram (no padding to prove right), and the peer
 		// is in the client's family.
-		if (data_len != payload_len - 4 || v->peer.family != 4 || v->relay.family != 4 ||
+		if (data_len != payload_len - 4 || v->peer.family != v->relay.family ||
 		    bpf_ktime_get_ns() >= v->expires_ns) {
+			stat_inc(STAT_PASS_MATCHED);
+			return XDP_PASS;
+		}
+		if (v->peer.family == 6) {
+			// A dual allocation's peer in the other family. IPv6 needs a UDP checksum: one
+			// must come in to be updated.
+			if (!h->udp.check || loopback_partial_csum(ctx)) {
+				stat_inc(STAT_PASS_MATCHED);
+				return XDP_PASS;
+			}
+			__u16 w[2];
+			__builtin_memcpy(w, payload, 4);
+			struct xplan *x = &sc->x;
+			plan(x, &v->relay, &v->peer, v->slot, data_len);
+			x->sum = csum_sub(csum_sub(sum_out_v4(h), w[0]), w[1]);
+			x->cut = 4;
+			x->in_hdrs = V4_HDRS;
+			x->c2p = 1;
+			return out_v6(ctx);
+		}
+		if (v->peer.family != 4) {
 			stat_inc(STAT_PASS_MATCHED);
 			return XDP_PASS;
 		}
@@ -1021,15 +1320,55 @@ from_peer:;
 		struct data_val *dv = bpf_map_lookup_elem(&DATA_PERMS, pk);
 		if (!dv)
 			return XDP_PASS;
-		if (dv->client.family != 4 || dv->local.family != 4 || payload_len > 0xffff - 64 ||
+		if (dv->client.family != dv->local.family || payload_len > 0xffff - 64 ||
 		    bpf_ktime_get_ns() >= dv->expires_ns) {
+			stat_inc(STAT_PASS_MATCHED);
+			return XDP_PASS;
+		}
+		if (dv->client.family == 6) {
+			if (!h->udp.check || loopback_partial_csum(ctx)) {
+				stat_inc(STAT_PASS_MATCHED);
+				return XDP_PASS;
+			}
+			__builtin_memset(sc->peer, 0, 16);
+			__builtin_memcpy(sc->peer, &h->ip.saddr, 4);
+			struct xplan *x = &sc->x;
+			plan(x, &dv->local, &dv->client, dv->slot, payload_len);
+			x->sum = sum_out_v4(h);
+			x->added = data_header(sc->hdr, sc->peer, h->udp.source, 0, payload_len);
+			x->pad = (4 - (payload_len & 3)) & 3;
+			x->in_hdrs = V4_HDRS;
+			x->indication = 1;
+			return out_v6(ctx);
+		}
+		if (dv->client.family != 4) {
 			stat_inc(STAT_PASS_MATCHED);
 			return XDP_PASS;
 		}
 		return v4_data(ctx, h, dv, payload_len);
 	}
-	if (pv->client.family != 4 || pv->local.family != 4 || payload_len > 0xffff - 64 ||
+	if (pv->client.family != pv->local.family || payload_len > 0xffff - 64 ||
 	    bpf_ktime_get_ns() >= pv->expires_ns) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	if (pv->client.family == 6) {
+		if (!h->udp.check || loopback_partial_csum(ctx)) {
+			stat_inc(STAT_PASS_MATCHED);
+			return XDP_PASS;
+		}
+		struct xplan *x = &sc->x;
+		plan(x, &pv->local, &pv->client, pv->slot, payload_len);
+		x->sum = sum_out_v4(h);
+		sc->hdr[0] = pv->channel >> 8;
+		sc->hdr[1] = pv->channel;
+		sc->hdr[2] = payload_len >> 8;
+		sc->hdr[3] = payload_len;
+		x->added = 4;
+		x->in_hdrs = V4_HDRS;
+		return out_v6(ctx);
+	}
+	if (pv->client.family != 4) {
 		stat_inc(STAT_PASS_MATCHED);
 		return XDP_PASS;
 	}
@@ -1148,7 +1487,7 @@ static __noinline int v6_send(struct xdp_md *ctx, struct v6_headers *h, __u16 pa
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	struct send_info si;
-	if (parse_send(ctx, V6_HDRS, payload_len, &si) || si.family != 6)
+	if (parse_send(ctx, V6_HDRS, payload_len, &si))
 		return -1;
 	__u32 zero = 0;
 	struct scratch *sc = bpf_map_lookup_elem(&SCRATCH, &zero);
@@ -1159,13 +1498,38 @@ static __noinline int v6_send(struct xdp_md *ctx, struct v6_headers *h, __u16 pa
 	endpoint_v6(&key->client, &h->ip.saddr, h->udp.source);
 	endpoint_v6(&key->local, &h->ip.daddr, h->udp.dest);
 	__builtin_memcpy(key->peer.addr, si.peer, 16);
-	key->peer.family = 6;
+	key->peer.family = si.family;
 	struct send_val *v = bpf_map_lookup_elem(&SEND_PERMS, key);
 	if (!v)
 		return -1;
-	if (v->relay.family != 6 || bpf_ktime_get_ns() >= v->expires_ns) {
+	if (v->relay.family != si.family || bpf_ktime_get_ns() >= v->expires_ns) {
 		stat_inc(STAT_PASS_MATCHED);
 		return XDP_PASS;
+	}
+	if (si.family == 4) {
+		// A dual allocation's peer in the other family.
+		if (0) {
+			stat_inc(STAT_PASS_MATCHED);
+			return XDP_PASS;
+		}
+		struct endpoint dst;
+		__builtin_memset(&dst, 0, sizeof(dst));
+		__builtin_memcpy(dst.addr, si.peer, 16);
+		dst.port = si.peer_port;
+		dst.family = 4;
+		struct xplan *x = &sc->x;
+		plan(x, &v->relay, &dst, v->slot, si.data_len);
+		__u32 sum = sum_out_v6(h);
+		sum = csum_sub_region(sum, data + V6_HDRS, end, 0, si.data_off);
+		sum = csum_sub_region(sum, data + V6_HDRS, end,
+				      si.data_off + si.data_len + si.pad_len, si.suffix_len);
+		x->sum = sum;
+		x->cut = si.data_off;
+		x->tail = si.pad_len + si.suffix_len;
+		x->in_hdrs = V6_HDRS;
+		x->c2p = 1;
+		x->indication = 1;
+		return out_v4(ctx);
 	}
 	__u16 data_len = si.data_len;
 	__u16 old_len = h->udp.len;
@@ -1341,8 +1705,28 @@ static __noinline int handle_v6(struct xdp_md *ctx)
 		// A miss may still be a peer's datagram that happens to start like ChannelData.
 		if (!v)
 			goto from_peer;
-		if (data_len != payload_len - 4 || v->peer.family != 6 || v->relay.family != 6 ||
+		if (data_len != payload_len - 4 || v->peer.family != v->relay.family ||
 		    bpf_ktime_get_ns() >= v->expires_ns) {
+			stat_inc(STAT_PASS_MATCHED);
+			return XDP_PASS;
+		}
+		if (v->peer.family == 4) {
+			// A dual allocation's peer in the other family.
+			if (0) {
+				stat_inc(STAT_PASS_MATCHED);
+				return XDP_PASS;
+			}
+			__u16 w[2];
+			__builtin_memcpy(w, payload, 4);
+			struct xplan *x = &sc->x;
+			plan(x, &v->relay, &v->peer, v->slot, data_len);
+			x->sum = csum_sub(csum_sub(sum_out_v6(h), w[0]), w[1]);
+			x->cut = 4;
+			x->in_hdrs = V6_HDRS;
+			x->c2p = 1;
+			return out_v4(ctx);
+		}
+		if (v->peer.family != 6) {
 			stat_inc(STAT_PASS_MATCHED);
 			return XDP_PASS;
 		}
@@ -1361,15 +1745,54 @@ from_peer:;
 		struct data_val *dv = bpf_map_lookup_elem(&DATA_PERMS, pk);
 		if (!dv)
 			return XDP_PASS;
-		if (dv->client.family != 6 || dv->local.family != 6 || payload_len > 0xffff - 64 ||
+		if (dv->client.family != dv->local.family || payload_len > 0xffff - 64 ||
 		    bpf_ktime_get_ns() >= dv->expires_ns) {
+			stat_inc(STAT_PASS_MATCHED);
+			return XDP_PASS;
+		}
+		if (dv->client.family == 4) {
+			if (0) {
+				stat_inc(STAT_PASS_MATCHED);
+				return XDP_PASS;
+			}
+			__builtin_memcpy(sc->peer, &h->ip.saddr, 16);
+			struct xplan *x = &sc->x;
+			plan(x, &dv->local, &dv->client, dv->slot, payload_len);
+			x->sum = sum_out_v6(h);
+			x->added = data_header(sc->hdr, sc->peer, h->udp.source, 1, payload_len);
+			x->pad = (4 - (payload_len & 3)) & 3;
+			x->in_hdrs = V6_HDRS;
+			x->indication = 1;
+			return out_v4(ctx);
+		}
+		if (dv->client.family != 6) {
 			stat_inc(STAT_PASS_MATCHED);
 			return XDP_PASS;
 		}
 		return v6_data(ctx, h, dv, payload_len);
 	}
-	if (pv->client.family != 6 || pv->local.family != 6 || payload_len > 0xffff - 64 ||
+	if (pv->client.family != pv->local.family || payload_len > 0xffff - 64 ||
 	    bpf_ktime_get_ns() >= pv->expires_ns) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	if (pv->client.family == 4) {
+		if (0) {
+			stat_inc(STAT_PASS_MATCHED);
+			return XDP_PASS;
+		}
+		struct xplan *x = &sc->x;
+		plan(x, &pv->local, &pv->client, pv->slot, payload_len);
+		x->sum = sum_out_v6(h);
+		sc->hdr[0] = pv->channel >> 8;
+		sc->hdr[1] = pv->channel;
+		sc->hdr[2] = payload_len >> 8;
+		sc->hdr[3] = payload_len;
+		x->added = 4;
+		x->in_hdrs = V6_HDRS;
+		return out_v4(ctx);
+	}
+	if (pv->client.family != 6) {
 		stat_inc(STAT_PASS_MATCHED);
 		return XDP_PASS;
 	}
