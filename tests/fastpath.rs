@@ -154,6 +154,20 @@ fn recv_message(s: &UdpSocket, buf: &mut [u8]) -> usize {
 
 impl Client {
     fn allocate(local: SocketAddr, server: SocketAddr) -> Client {
+        let mut c = Client::allocate_plain(local, server);
+        let answer = c.request(Method::ALLOCATE, |b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        });
+        let m = Message::decode(&answer).unwrap();
+        assert_eq!(m.class(), Class::Success, "Allocate");
+        c.relay = m
+            .get_xor_address(attr::XOR_RELAYED_ADDRESS)
+            .expect("relayed address");
+        c
+    }
+
+    /// The unauthenticated Allocate's challenge: realm, nonce, key; no allocation yet.
+    fn allocate_plain(local: SocketAddr, server: SocketAddr) -> Client {
         let s = UdpSocket::bind(local).expect("client socket");
         s.set_read_timeout(Some(WAIT)).unwrap();
         let mut buf = [0u8; 2048];
@@ -166,21 +180,33 @@ impl Client {
         let realm = String::from_utf8(m.get(attr::REALM).expect("REALM").to_vec()).unwrap();
         let nonce = m.get(attr::NONCE).expect("NONCE").to_vec();
         let key = key_md5(USER, &realm, PASS);
-        let mut c = Client {
+        Client {
             s,
             server,
             key,
             realm,
             nonce,
             relay: server,
-        };
+        }
+    }
+
+    /// An allocation with one more attribute in its Allocate (ADDITIONAL-ADDRESS-FAMILY for a
+    /// dual allocation, REQUESTED-ADDRESS-FAMILY); `relay` is the last relayed address given
+    /// (a dual allocation's IPv6 one).
+    fn allocate_with(local: SocketAddr, server: SocketAddr, ty: u16, value: [u8; 4]) -> Client {
+        let mut c = Client::allocate_plain(local, server);
         let answer = c.request(Method::ALLOCATE, |b| {
             b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            b.attr(ty, &value);
         });
         let m = Message::decode(&answer).unwrap();
-        assert_eq!(m.class(), Class::Success, "Allocate");
+        assert_eq!(m.class(), Class::Success, "Allocate with {ty:#06x}");
+        let tid = *m.transaction_id();
         c.relay = m
-            .get_xor_address(attr::XOR_RELAYED_ADDRESS)
+            .attributes()
+            .filter(|a| a.ty == attr::XOR_RELAYED_ADDRESS)
+            .filter_map(|a| attr::read_xor_address(&answer[a.offset..a.offset + a.len], &tid))
+            .last()
             .expect("relayed address");
         c
     }
@@ -1270,6 +1296,80 @@ fn native_mode_on_a_veth_relays_ipv4_and_ipv6_in_the_kernel_with_valid_checksums
             a.delete();
         });
     }
+    // Across families: an IPv4 client's dual allocation to an IPv6 peer, and an IPv6 client's
+    // IPv4 relay to an IPv4 peer; ChannelData, Send and Data indications both ways, in the
+    // kernel with the server stopped.
+    for (i, (client_ip, server_ip, peer_ip, ty, value)) in [
+        (
+            "10.118.0.2",
+            "10.118.0.1",
+            "fd18::3",
+            attr::ADDITIONAL_ADDRESS_FAMILY,
+            [2, 0, 0, 0],
+        ),
+        (
+            "fd18::2",
+            "fd18::1",
+            "10.118.0.3",
+            attr::REQUESTED_ADDRESS_FAMILY,
+            [1, 0, 0, 0],
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        cli.run(|| {
+            let server_addr = SocketAddr::new(server_ip.parse().unwrap(), PORT);
+            let a = Client::allocate_with(
+                SocketAddr::new(client_ip.parse().unwrap(), 40002),
+                server_addr,
+                ty,
+                value,
+            );
+            let peer = UdpSocket::bind(SocketAddr::new(peer_ip.parse().unwrap(), 40100)).unwrap();
+            let peer2 = UdpSocket::bind(SocketAddr::new(peer_ip.parse().unwrap(), 40101)).unwrap();
+            for p in [&peer, &peer2] {
+                p.set_read_timeout(Some(WAIT)).unwrap();
+            }
+            assert_eq!(
+                a.relay.is_ipv4(),
+                peer_ip.contains('.'),
+                "relay of the peer's family"
+            );
+            a.bind_channel(peer.local_addr().unwrap(), 0x4000);
+            let mut buf = [0u8; 2048];
+            // Warm-up through the server (neighbours for the FIB).
+            a.s.send_to(&channel_data(0x4000, b"warm"), a.server)
+                .unwrap();
+            assert_eq!(peer.recv(&mut buf).unwrap(), 4);
+            peer.send_to(b"warm", a.relay).unwrap();
+            a.s.recv(&mut buf).expect("warm-up back");
+            signal(&server, libc::SIGSTOP);
+            for len in lens {
+                let data = payload(len, 90 + i as u8);
+                a.s.send_to(&channel_data(0x4000, &data), a.server).unwrap();
+                let (n, from) = peer.recv_from(&mut buf).expect("ChannelData to the peer");
+                assert_eq!((&buf[..n], from), (&data[..], a.relay), "{len} B");
+                peer.send_to(&data, a.relay).unwrap();
+                let (n, _) = a.s.recv_from(&mut buf).expect("ChannelData to the client");
+                assert_eq!(&buf[..n], &channel_data(0x4000, &data)[..]);
+                a.send_indication(peer2.local_addr().unwrap(), &data, len % 2 == 1);
+                let (n, from) = peer2.recv_from(&mut buf).expect("Send to the peer");
+                assert_eq!((&buf[..n], from), (&data[..], a.relay), "Send, {len} B");
+                if len % 4 != 0 {
+                    continue; // the tailroom a padded Data indication needs (see above)
+                }
+                peer2.send_to(&data, a.relay).unwrap();
+                assert_eq!(
+                    a.recv_data_indication(),
+                    (peer2.local_addr().unwrap(), data.clone()),
+                    "Data, {len} B"
+                );
+            }
+            signal(&server, libc::SIGCONT);
+            a.delete();
+        });
+    }
     // Every UDP frame on the client's wire: the client's and peer's own (full checksums, offload
     // off) and the kernel's rewrites, IPv4 and IPv6; the peer read every relayed one above.
     let relayed_to_peer = |f: &Vec<u8>| {
@@ -1277,8 +1377,8 @@ fn native_mode_on_a_veth_relays_ipv4_and_ipv6_in_the_kernel_with_valid_checksums
             (u.dst.port() == 40100 || u.dst.port() == 40101) && u.src.port() != 40001
         })
     };
-    // ChannelData and the warm-up one, and Send indications, each family.
-    let want = 2 * (lens.len() + 1) + 2 * lens.len();
+    // ChannelData and the warm-up one, and Send indications, each family, then across.
+    let want = 2 * (2 * (lens.len() + 1) + 2 * lens.len());
     let (captured, summary) =
         capture.frames_when(|all| all.iter().filter(|f| relayed_to_peer(f)).count() >= want);
     for f in &captured {
