@@ -488,8 +488,9 @@ impl FastPath {
         }
     }
 
-    /// Mirrors a bound channel, both directions. Both families must match (the program relays
-    /// within one family); a full map is [`FastPathError::Full`] and leaves nothing behind.
+    /// Mirrors a bound channel, both directions. `relay` and `peer` are of one family, `client`
+    /// and `local` of one (the same or the other: a dual allocation); a full map is
+    /// [`FastPathError::Full`] and leaves nothing behind.
     pub fn add_channel(&mut self, m: &ChannelMirror) -> Result<(), FastPathError> {
         let (key, val, pkey, pval) = entries(m);
         self.channels
@@ -514,8 +515,8 @@ impl FastPath {
         self.channels.keys().filter(Result::is_ok).count()
     }
 
-    /// Mirrors a permission, both directions (Send and Data indications). Both families must
-    /// match; a full map is [`FastPathError::Full`] and leaves nothing behind.
+    /// Mirrors a permission, both directions (Send and Data indications). Families as for
+    /// [`FastPath::add_channel`]; a full map is [`FastPathError::Full`] and leaves nothing behind.
     pub fn add_permission(&mut self, m: &PermissionMirror) -> Result<(), FastPathError> {
         let (key, val, pkey, pval) = permission_entries(m);
         self.send_perms

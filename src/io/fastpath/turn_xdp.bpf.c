@@ -10,12 +10,15 @@
 //   peer   -> relay:   UDP from a permitted peer IP    -> Data indication to the client
 //                      (no channel mirrored for that peer transport address)
 //
+// Each within one address family, or across for a dual allocation (out_v4/out_v6 write an IP
+// header of the other size).
+//
 // Headers are rewritten in place (the ChannelData header is cut or written in the 4 bytes of
 // headroom that bpf_xdp_adjust_head moves), the UDP checksum is updated incrementally
 // (RFC 1624) and the 20-byte IPv4 header checksum is recomputed. Anything this program does not
 // fully understand -- a map miss, an IP fragment, IPv4 options, IPv6 extension headers, a frame
-// whose lengths do not agree exactly, a channel bound across address families, a route the FIB
-// cannot give -- returns XDP_PASS, so the user-space path stays the reference and the fallback.
+// whose lengths do not agree exactly, an IPv4 datagram without a UDP checksum bound for IPv6, a
+// route the FIB cannot give -- returns XDP_PASS, so the user-space path stays the reference and the fallback.
 // Nothing here ever returns XDP_DROP.
 //
 // Per allocation (a slot user space assigns), per-CPU counters of relayed packets and payload
