@@ -31,13 +31,13 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tu
 
 pub use crate::config::XdpMode;
 
-/// CRC-32 tables for slicing by four (`CRC_TABLES` in the C program, which checks a Send
+/// CRC-32 tables for slicing by eight (`CRC_TABLES` in the C program, which checks a Send
 /// indication's FINGERPRINT with them): `T[0]` the reflected table of polynomial 0xEDB88320
 /// (RFC 8489 §14.7 by way of ISO-HDLC), `T[k][n] = T[k-1][n] >> 8 ^ T[0][T[k-1][n] & 0xff]`.
-static CRC_TABLES: [u32; 1024] = crc_tables();
+static CRC_TABLES: [u32; 2048] = crc_tables();
 
-const fn crc_tables() -> [u32; 1024] {
-    let mut t = [0u32; 1024];
+const fn crc_tables() -> [u32; 2048] {
+    let mut t = [0u32; 2048];
     let mut n = 0;
     while n < 256 {
         let mut c = n as u32;
@@ -54,7 +54,7 @@ const fn crc_tables() -> [u32; 1024] {
         n += 1;
     }
     let mut i = 256;
-    while i < 1024 {
+    while i < 2048 {
         let prev = t[i - 256];
         t[i] = (prev >> 8) ^ t[(prev & 0xff) as usize];
         i += 1;
