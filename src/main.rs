@@ -54,6 +54,7 @@ fn start_fastpath(config: &Config) -> Result<Option<io::fastpath::FastPath>> {
     let limits = io::fastpath::MapLimits {
         channels: config.xdp_max_channels,
         allocations: config.xdp_max_allocations,
+        permissions: config.xdp_max_permissions,
     };
     let mut fp = io::fastpath::FastPath::load(limits)
         .map_err(|e| anyhow::anyhow!("--xdp-interface: {e}"))?;

@@ -11,6 +11,9 @@
 //!   UDP checksums (recomputed by `vigi_turn::io::fastpath::frames::parse`). Once the server runs
 //!   again, `/metrics` counts exactly the payload bytes relayed (folded from the kernel's
 //!   per-allocation counters).
+//! - The same for Send and Data indications under a permission (with and without FINGERPRINT),
+//!   with the indication counters exact; `turnutils_uclient -s` moves the kernel's counters; on a
+//!   veth pair in native mode, Send and Data indications over IPv4 and IPv6.
 //!
 //! On `lo` a local sender leaves only a partial UDP checksum (offload `lo` cannot turn off), so
 //! the program relays IPv4 there without a UDP checksum (RFC 768 allows 0) and passes IPv6 up:
@@ -151,6 +154,20 @@ fn recv_message(s: &UdpSocket, buf: &mut [u8]) -> usize {
 
 impl Client {
     fn allocate(local: SocketAddr, server: SocketAddr) -> Client {
+        let mut c = Client::allocate_plain(local, server);
+        let answer = c.request(Method::ALLOCATE, |b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        });
+        let m = Message::decode(&answer).unwrap();
+        assert_eq!(m.class(), Class::Success, "Allocate");
+        c.relay = m
+            .get_xor_address(attr::XOR_RELAYED_ADDRESS)
+            .expect("relayed address");
+        c
+    }
+
+    /// The unauthenticated Allocate's challenge: realm, nonce, key; no allocation yet.
+    fn allocate_plain(local: SocketAddr, server: SocketAddr) -> Client {
         let s = UdpSocket::bind(local).expect("client socket");
         s.set_read_timeout(Some(WAIT)).unwrap();
         let mut buf = [0u8; 2048];
@@ -163,21 +180,33 @@ impl Client {
         let realm = String::from_utf8(m.get(attr::REALM).expect("REALM").to_vec()).unwrap();
         let nonce = m.get(attr::NONCE).expect("NONCE").to_vec();
         let key = key_md5(USER, &realm, PASS);
-        let mut c = Client {
+        Client {
             s,
             server,
             key,
             realm,
             nonce,
             relay: server,
-        };
+        }
+    }
+
+    /// An allocation with one more attribute in its Allocate (ADDITIONAL-ADDRESS-FAMILY for a
+    /// dual allocation, REQUESTED-ADDRESS-FAMILY); `relay` is the last relayed address given
+    /// (a dual allocation's IPv6 one).
+    fn allocate_with(local: SocketAddr, server: SocketAddr, ty: u16, value: [u8; 4]) -> Client {
+        let mut c = Client::allocate_plain(local, server);
         let answer = c.request(Method::ALLOCATE, |b| {
             b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            b.attr(ty, &value);
         });
         let m = Message::decode(&answer).unwrap();
-        assert_eq!(m.class(), Class::Success, "Allocate");
+        assert_eq!(m.class(), Class::Success, "Allocate with {ty:#06x}");
+        let tid = *m.transaction_id();
         c.relay = m
-            .get_xor_address(attr::XOR_RELAYED_ADDRESS)
+            .attributes()
+            .filter(|a| a.ty == attr::XOR_RELAYED_ADDRESS)
+            .filter_map(|a| attr::read_xor_address(&answer[a.offset..a.offset + a.len], &tid))
+            .last()
             .expect("relayed address");
         c
     }
@@ -207,6 +236,40 @@ impl Client {
         });
         let m = Message::decode(&answer).unwrap();
         assert_eq!(m.class(), Class::Success, "ChannelBind");
+    }
+
+    fn permit(&self, peer: SocketAddr) {
+        let answer = self.request(Method::CREATE_PERMISSION, |b| {
+            b.xor_address(attr::XOR_PEER_ADDRESS, &peer);
+        });
+        let m = Message::decode(&answer).unwrap();
+        assert_eq!(m.class(), Class::Success, "CreatePermission");
+    }
+
+    /// A Send indication to `peer` (RFC 8656 §10.1), with FINGERPRINT when asked.
+    fn send_indication(&self, peer: SocketAddr, data: &[u8], fingerprint: bool) {
+        let mut msg = Vec::new();
+        let mut b = MessageBuilder::new(&mut msg, Method::SEND, Class::Indication, &rand::random());
+        b.xor_address(attr::XOR_PEER_ADDRESS, &peer);
+        b.attr(attr::DATA, data);
+        if fingerprint {
+            b.fingerprint();
+        }
+        self.s.send_to(&msg, self.server).unwrap();
+    }
+
+    /// The next Data indication: its peer and data.
+    fn recv_data_indication(&self) -> (SocketAddr, Vec<u8>) {
+        let mut buf = [0u8; 2048];
+        let (n, from) = self.s.recv_from(&mut buf).expect("a Data indication");
+        assert_eq!(from, self.server);
+        let m = Message::decode(&buf[..n]).expect("a STUN message");
+        assert_eq!((m.method(), m.class()), (Method::DATA, Class::Indication));
+        (
+            m.get_xor_address(attr::XOR_PEER_ADDRESS)
+                .expect("XOR-PEER-ADDRESS"),
+            m.get(attr::DATA).expect("DATA").to_vec(),
+        )
     }
 
     fn delete(&self) {
@@ -257,11 +320,150 @@ fn pcap_frames(bytes: &[u8]) -> Vec<Vec<u8>> {
     out
 }
 
+/// A tcpdump capture of one interface in a namespace, made so that it cannot miss frames by
+/// chance: [`Capture::start`] returns only once a marker datagram sent after tcpdump said
+/// "listening" is in the file (the socket really captures, its filter is in place), and
+/// [`Capture::frames_when`] waits (bounded) until the frames a test expects are all in the file
+/// (`-U`: tcpdump flushes after every frame), then stops tcpdump with SIGINT and waits for it to
+/// exit, so the file is complete and tcpdump's own drop count can be reported. Its ring has room
+/// for thousands of frames, not the handful a default snapshot length leaves.
+struct Capture {
+    proc: Proc,
+    stderr: std::thread::JoinHandle<String>,
+    pcap: std::path::PathBuf,
+}
+
+const MARKER: &[u8] = b"vt18-capture-marker";
+
+impl Capture {
+    /// Captures UDP on `iface` in `ns`; `marker_to` is an address in the namespace nobody
+    /// listens on (the marker goes there, so that it is captured once and answered by nothing).
+    fn start(ns: &Ns, iface: &str, marker_to: SocketAddr) -> Capture {
+        let pcap = std::env::temp_dir().join(format!("{}-{iface}.pcap", ns.0));
+        let _ = std::fs::remove_file(&pcap);
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns.0, "tcpdump", "-i", iface])
+            // A snapshot length of 4 KiB (every frame here is smaller) and an 8 MiB buffer:
+            // with the default 256 KiB snapshot, libpcap's ring in immediate mode holds about
+            // eight frames, and a burst beyond that was "dropped by kernel" (the cause of a
+            // capture once missing 4 of 13 frames).
+            .args(["--immediate-mode", "-U", "-s", "4096", "-B", "8192", "-w"])
+            .arg(&pcap)
+            .arg("udp")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tcpdump");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if line.contains("listening on") {
+                    let _ = tx.send(());
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        let proc = Proc {
+            child,
+            name: "tcpdump".into(),
+        };
+        rx.recv_timeout(WAIT).expect("tcpdump did not start");
+        let c = Capture { proc, stderr, pcap };
+        // Listening, as tcpdump says; capturing, once a marker sent now is in the file.
+        let sock = ns.run(|| {
+            UdpSocket::bind(SocketAddr::new(
+                if marker_to.is_ipv4() {
+                    IpAddr::from([0, 0, 0, 0])
+                } else {
+                    IpAddr::from([0u16; 8])
+                },
+                0,
+            ))
+            .unwrap()
+        });
+        let t0 = Instant::now();
+        loop {
+            let _ = sock.send_to(MARKER, marker_to);
+            let seen = c.wait_for(Duration::from_millis(200), |frames| {
+                frames.iter().any(|f| is_marker(f))
+            });
+            if seen.is_some() {
+                break;
+            }
+            assert!(t0.elapsed() < WAIT, "tcpdump never captured its marker");
+        }
+        c
+    }
+
+    fn read(&self) -> Vec<Vec<u8>> {
+        let bytes = std::fs::read(&self.pcap).unwrap_or_default();
+        if bytes.len() >= 24 {
+            pcap_frames(&bytes)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Polls the file until `done` holds for its frames (Some) or `limit` passes (None).
+    fn wait_for(&self, limit: Duration, done: impl Fn(&[Vec<u8>]) -> bool) -> Option<Vec<Vec<u8>>> {
+        let t0 = Instant::now();
+        loop {
+            let frames = self.read();
+            if done(&frames) {
+                return Some(frames);
+            }
+            if t0.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (at most [`WAIT`]) until `done` holds for the captured frames, stops tcpdump (SIGINT,
+    /// then waits for its exit: it flushes and prints its counts), and returns every captured
+    /// frame but the markers, with tcpdump's closing lines for a failure message.
+    fn frames_when(self, done: impl Fn(&[Vec<u8>]) -> bool) -> (Vec<Vec<u8>>, String) {
+        let _ = self.wait_for(WAIT, &done);
+        let Capture {
+            mut proc,
+            stderr,
+            pcap,
+            ..
+        } = self;
+        // SAFETY: kill(2) on a child we started and have not reaped.
+        unsafe {
+            libc::kill(proc.child.id() as i32, libc::SIGINT);
+        }
+        let t0 = Instant::now();
+        while proc.child.try_wait().ok().flatten().is_none() {
+            assert!(t0.elapsed() < WAIT, "tcpdump did not stop on SIGINT");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let summary = stderr.join().unwrap_or_default();
+        let bytes = std::fs::read(&pcap).unwrap_or_default();
+        let _ = std::fs::remove_file(&pcap);
+        let frames = if bytes.len() >= 24 {
+            pcap_frames(&bytes)
+        } else {
+            Vec::new()
+        };
+        let frames = frames.into_iter().filter(|f| !is_marker(f)).collect();
+        (frames, summary)
+    }
+}
+
+fn is_marker(f: &[u8]) -> bool {
+    f.ends_with(MARKER)
+}
+
 #[test]
 fn channel_data_is_relayed_by_the_kernel_with_valid_checksums_and_exact_counters() {
     require_tool("tcpdump");
     let ns = Ns::new("lo");
-    let pcap = std::env::temp_dir().join(format!("{}.pcap", ns.0));
     let port = PORT.to_string();
     let metrics = METRICS.to_string();
     let child = Command::new("ip")
@@ -312,35 +514,7 @@ fn channel_data_is_relayed_by_the_kernel_with_valid_checksums_and_exact_counters
             std::thread::sleep(Duration::from_millis(50));
         }
     });
-    let mut tcpdump = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.0,
-            "tcpdump",
-            "-i",
-            "lo",
-            "--immediate-mode",
-            "-U",
-            "-s",
-            "0",
-            "-w",
-        ])
-        .arg(&pcap)
-        .arg("udp")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tcpdump");
-    let mut lines = BufReader::new(tcpdump.stderr.take().unwrap()).lines();
-    assert!(
-        lines.any(|l| l.is_ok_and(|l| l.contains("listening on"))),
-        "tcpdump did not start"
-    );
-    let tcpdump = Proc {
-        child: tcpdump,
-        name: "tcpdump".into(),
-    };
+    let capture = Capture::start(&ns, "lo", "127.0.0.1:9".parse().unwrap());
 
     let lens = [1usize, 2, 3, 100, 333, 1200];
     let mut expect_to_peer = 0u64;
@@ -458,40 +632,230 @@ fn channel_data_is_relayed_by_the_kernel_with_valid_checksums_and_exact_counters
 
     // The frames the kernel made: IPv4 to the peer, and IPv4 ChannelData to the clients (on
     // `lo`, frames a local socket sent carry partial checksums, so only these are checked).
-    // tcpdump writes each frame as it sees it: wait until all are in the file.
+    // Completeness is proved at the receiving sockets above (each relayed payload was read) and
+    // by the kernel's counters; the capture must hold every one of those frames too, so that
+    // each one's checksums are checked.
     let kernel_made = |f: &Vec<u8>| {
         let v4 = f.get(12..14) == Some(&[0x08, 0x00][..]);
         let to_peer = f.get(36..38) == Some(&40100u16.to_be_bytes()[..]);
         let to_client = f.get(34..36) == Some(&PORT.to_be_bytes()[..]) && f.get(42) == Some(&0x40);
         v4 && (to_peer || to_client)
     };
-    let t0 = Instant::now();
-    let captured = loop {
-        let bytes = std::fs::read(&pcap).unwrap_or_default();
-        let frames: Vec<Vec<u8>> = if bytes.len() >= 24 {
-            pcap_frames(&bytes)
-                .into_iter()
-                .filter(kernel_made)
-                .collect()
-        } else {
-            Vec::new()
-        };
-        if frames.len() > 2 * lens.len() || t0.elapsed() > WAIT {
-            break frames;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    drop(tcpdump);
-    let _ = std::fs::remove_file(&pcap);
-    assert!(
-        captured.len() > 2 * lens.len(),
-        "kernel-relayed frames captured: {}",
-        captured.len()
+    let want = 2 * lens.len() + 1;
+    let (captured, summary) =
+        capture.frames_when(|all| all.iter().filter(|f| kernel_made(f)).count() >= want);
+    let captured: Vec<Vec<u8>> = captured.into_iter().filter(kernel_made).collect();
+    assert_eq!(
+        captured.len(),
+        want,
+        "kernel-relayed frames captured; tcpdump: {summary}"
     );
     for f in &captured {
         frames::parse(f).unwrap_or_else(|e| panic!("captured frame: {e}: {f:02x?}"));
     }
     drop(server);
+}
+
+/// Send and Data indications (RFC 8656 §10, §11) relayed by the kernel over IPv4 on a namespace's
+/// `lo` with the server stopped: payloads intact, with and without FINGERPRINT, Data indications
+/// to any port of the permitted peer IP; a deleted allocation's permission stops at once; the
+/// captured frames' checksums verify; the counters (traffic and indications) are exact.
+#[test]
+fn send_and_data_indications_are_relayed_by_the_kernel_with_valid_checksums_and_exact_counters() {
+    require_tool("tcpdump");
+    let ns = Ns::new("ind");
+    let server = start_in(&ns, &[]);
+    let capture = Capture::start(&ns, "lo", "127.0.0.1:9".parse().unwrap());
+    let lens = [0usize, 1, 2, 3, 100, 333, 1200];
+    let (to_peer, to_client) = ns.run(|| {
+        let server_addr: SocketAddr = "127.0.0.1:3478".parse().unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:40300").unwrap();
+        let peer2 = UdpSocket::bind("127.0.0.1:40302").unwrap();
+        for p in [&peer, &peer2] {
+            p.set_read_timeout(Some(WAIT)).unwrap();
+        }
+        let a = Client::allocate("127.0.0.1:40301".parse().unwrap(), server_addr);
+        let b = Client::allocate("127.0.0.1:40303".parse().unwrap(), server_addr);
+        a.permit(peer.local_addr().unwrap());
+        b.permit(peer.local_addr().unwrap());
+        // Mirrored on the CreatePermission just answered; from here the server is stopped.
+        signal(&server, libc::SIGSTOP);
+        let mut buf = [0u8; 2048];
+        let (mut to_peer, mut to_client) = (0u64, 0u64);
+        for (i, len) in lens.into_iter().enumerate() {
+            let data = payload(len, 100 + i as u8);
+            a.send_indication(peer.local_addr().unwrap(), &data, i % 2 == 0);
+            let (n, from) = peer.recv_from(&mut buf).expect("relayed to the peer");
+            assert_eq!((&buf[..n], from), (&data[..], a.relay), "Send, {len} B");
+            to_peer += len as u64;
+            // From the permitted IP, on the port the client sent to and on another one.
+            for p in [&peer, &peer2] {
+                p.send_to(&data, a.relay).unwrap();
+                let (from, got) = a.recv_data_indication();
+                assert_eq!(
+                    (from, got),
+                    (p.local_addr().unwrap(), data.clone()),
+                    "Data, {len} B"
+                );
+                to_client += len as u64;
+            }
+        }
+        // Deleted: the kernel stops at once; the live allocation's indication, sent after the
+        // deleted one's, is the first the peer gets.
+        signal(&server, libc::SIGCONT);
+        a.delete();
+        signal(&server, libc::SIGSTOP);
+        a.send_indication(peer.local_addr().unwrap(), b"deleted", false);
+        b.send_indication(peer.local_addr().unwrap(), b"live", true);
+        let (n, from) = peer.recv_from(&mut buf).expect("relayed to the peer");
+        assert_eq!((&buf[..n], from), (&b"live"[..], b.relay));
+        to_peer += 4;
+        signal(&server, libc::SIGCONT);
+        b.delete();
+        (to_peer, to_client)
+    });
+    let n = lens.len() as i64;
+    let (got, fast) = ns.run(|| {
+        let t0 = Instant::now();
+        loop {
+            let (status, body) = http_get(METRICS, "/metrics");
+            assert_eq!(status, 200);
+            let value = |k: &str| {
+                body.lines()
+                    .find_map(|l| l.strip_prefix(k)?.strip_prefix(' ')?.parse::<f64>().ok())
+                    .unwrap_or(-1.0) as i64
+            };
+            let got = (
+                value("turn_total_traffic_peer_sentb"),
+                value("turn_total_traffic_rcvb"),
+                value("turn_total_traffic_peer_rcvb"),
+                value("turn_total_traffic_sentb"),
+                value("vigi_turn_relayed_indications_total{kind=\"send\"}"),
+                value("vigi_turn_relayed_indications_total{kind=\"data\"}"),
+            );
+            let fast = (
+                value("vigi_turn_fastpath_packets_total{direction=\"client_to_peer\"}"),
+                value("vigi_turn_fastpath_packets_total{direction=\"peer_to_client\"}"),
+                value("vigi_turn_fastpath_allocations"),
+            );
+            let want = (
+                to_peer as i64,
+                to_peer as i64,
+                to_client as i64,
+                to_client as i64,
+                n + 1,
+                2 * n,
+            );
+            if got == want || t0.elapsed() > WAIT {
+                return ((got, want), fast);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    assert_eq!(
+        got.0, got.1,
+        "traffic (peer sent, rcv, peer rcv, sent) and indications (send, data)"
+    );
+    assert_eq!(
+        fast,
+        (n + 1, 2 * n, 0),
+        "all relayed by the kernel; nothing mirrored once deleted"
+    );
+    // The kernel's frames: IPv4 to the peer from a relay port, and Data indications to the
+    // clients (0x0017 after the UDP header).
+    let kernel_made = |f: &Vec<u8>| {
+        let v4 = f.get(12..14) == Some(&[0x08, 0x00][..]);
+        let to_peer = f.get(36..38) == Some(&40300u16.to_be_bytes()[..]);
+        let data_ind = f.get(34..36) == Some(&PORT.to_be_bytes()[..])
+            && f.get(42..44) == Some(&[0x00, 0x17][..]);
+        v4 && (to_peer || data_ind)
+    };
+    let want = 3 * lens.len() + 1;
+    let (captured, summary) =
+        capture.frames_when(|all| all.iter().filter(|f| kernel_made(f)).count() >= want);
+    let captured: Vec<Vec<u8>> = captured.into_iter().filter(kernel_made).collect();
+    assert_eq!(
+        captured.len(),
+        want,
+        "kernel-relayed frames captured; tcpdump: {summary}"
+    );
+    for f in &captured {
+        frames::parse(f).unwrap_or_else(|e| panic!("captured frame: {e}: {f:02x?}"));
+    }
+    drop(server);
+}
+
+/// A permission that expires stops being relayed by the kernel at its deadline, with no call into
+/// user space: with `--permission-lifetime 2` and the server stopped, Send and Data indications
+/// pass while it lives; after its deadline the kernel passes them up (`vigi_turn_fastpath_passed_total`)
+/// and the engine, running again, drops them (no permission): the peer and the client get nothing.
+#[test]
+fn an_expired_permission_stops_being_relayed_by_the_kernel_at_its_deadline() {
+    let ns = Ns::new("expiry");
+    let server = start_in(&ns, &["--permission-lifetime", "2"]);
+    const LATE: usize = 3;
+    ns.run(|| {
+        let server_addr: SocketAddr = "127.0.0.1:3478".parse().unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:40500").unwrap();
+        peer.set_read_timeout(Some(WAIT)).unwrap();
+        let a = Client::allocate("127.0.0.1:40501".parse().unwrap(), server_addr);
+        let asked = Instant::now();
+        a.permit(peer.local_addr().unwrap());
+        let granted = Instant::now();
+        signal(&server, libc::SIGSTOP);
+        // Live: granted no earlier than asked, for 2 s.
+        let mut buf = [0u8; 2048];
+        a.send_indication(peer.local_addr().unwrap(), b"live", true);
+        let (n, _) = peer.recv_from(&mut buf).expect("relayed while live");
+        assert_eq!(&buf[..n], b"live");
+        peer.send_to(b"back", a.relay).unwrap();
+        assert_eq!(a.recv_data_indication().1, b"back");
+        assert!(
+            asked.elapsed() < Duration::from_millis(1500),
+            "the live phase ran late; the machine is too slow for this test"
+        );
+        // Past the deadline (granted no later than `granted`): the time itself is the condition.
+        let past = granted + Duration::from_millis(2300);
+        std::thread::sleep(past.saturating_duration_since(Instant::now()));
+        for i in 0..LATE {
+            a.send_indication(
+                peer.local_addr().unwrap(),
+                format!("late{i}").as_bytes(),
+                false,
+            );
+            peer.send_to(b"late", a.relay).unwrap();
+        }
+        signal(&server, libc::SIGCONT);
+    });
+    // The kernel passed all of them up, and the engine dropped all of them.
+    let t0 = Instant::now();
+    let (passed, dropped) = ns.run(|| loop {
+        let (_, body) = http_get(METRICS, "/metrics");
+        let value = |k: &str| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(k)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .unwrap_or(-1.0) as i64
+        };
+        let got = (
+            value("vigi_turn_fastpath_passed_total"),
+            value("vigi_turn_dropped_packets_total{reason=\"no_permission\"}"),
+        );
+        if got == (2 * LATE as i64, 2 * LATE as i64) || t0.elapsed() > WAIT {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    });
+    assert_eq!(
+        (passed, dropped),
+        (2 * LATE as i64, 2 * LATE as i64),
+        "passed up by the kernel, dropped by the engine"
+    );
+    let (c2p, p2c, _) = fastpath_packets(&ns);
+    assert_eq!(
+        (c2p, p2c),
+        (1, 1),
+        "the kernel relayed only while the permission lived"
+    );
 }
 
 /// vigi-turn in `ns` on 127.0.0.1:3478 with the fast path on `lo` and `extra` flags; returns once
@@ -610,7 +974,7 @@ fn fastpath_packets(ns: &Ns) -> (i64, i64, i64) {
 }
 
 #[test]
-fn turnutils_uclient_relays_with_the_fast_path_on_channels_through_the_kernel() {
+fn turnutils_uclient_relays_channels_and_send_indications_through_the_kernel() {
     let ns = Ns::new("uclient");
     let _server = start_in(&ns, &[]);
     let _peer = peer_in(&ns);
@@ -624,16 +988,83 @@ fn turnutils_uclient_relays_with_the_fast_path_on_channels_through_the_kernel() 
         "the kernel relayed ChannelData: {c2p} / {p2c}"
     );
     assert_eq!(full, 0);
-    // Send indications (-s) go through the server, which stays the fallback.
+    // Send indications (-s: DATA, XOR-PEER-ADDRESS, FINGERPRINT) and the Data indications back:
+    // nothing lost, and the kernel relays both ways (the first messages, sent before the
+    // permission is mirrored, go through the server).
     let lost = uclient_in(&ns, &["-s"]);
     assert!(
         lost.contains("Total lost packets 0"),
         "send indications: {lost}"
     );
+    let (c2p_s, p2c_s, full) = fastpath_packets(&ns);
+    assert!(
+        c2p_s > c2p && p2c_s > p2c,
+        "the kernel relayed Send and Data indications: {c2p} -> {c2p_s} / {p2c} -> {p2c_s}"
+    );
+    assert_eq!(full, 0);
+    let indications = ns.run(|| {
+        let (_, body) = http_get(METRICS, "/metrics");
+        let value = |k: &str| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(k)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .unwrap_or(-1.0) as i64
+        };
+        (
+            value("vigi_turn_relayed_indications_total{kind=\"send\"}"),
+            value("vigi_turn_relayed_indications_total{kind=\"data\"}"),
+        )
+    });
+    println!(
+        "uclient -s: the kernel relayed {} Send and {} Data indications; {indications:?} counted",
+        c2p_s - c2p,
+        p2c_s - p2c
+    );
+}
+
+/// Maps sized for one channel and two permissions: of a client's two peers, one channel and its
+/// peer's permission are mirrored; the other peer's channel does not fit, is counted in
+/// `vigi_turn_fastpath_map_full_total`, and its permission (which would fit) stays out of the
+/// kernel too, so that
+/// peer's datagrams reach the client as ChannelData from the server, never as a Data indication
+/// from the kernel.
+#[test]
+fn full_maps_leave_a_channel_and_its_peers_indications_on_the_user_path() {
+    let ns = Ns::new("full");
+    let _server = start_in(
+        &ns,
+        &["--xdp-max-channels", "1", "--xdp-max-permissions", "2"],
+    );
+    ns.run(|| {
+        let server_addr: SocketAddr = "127.0.0.1:3478".parse().unwrap();
+        let p1 = UdpSocket::bind("127.0.0.1:40410").unwrap();
+        let p2 = UdpSocket::bind("127.0.0.2:40411").unwrap();
+        let a = Client::allocate("127.0.0.1:40401".parse().unwrap(), server_addr);
+        a.bind_channel(p1.local_addr().unwrap(), 0x4000);
+        a.bind_channel(p2.local_addr().unwrap(), 0x4001);
+        let mut buf = [0u8; 2048];
+        for _ in 0..3 {
+            for (p, channel) in [(&p1, 0x4000u16), (&p2, 0x4001)] {
+                p.set_read_timeout(Some(WAIT)).unwrap();
+                a.s.send_to(&channel_data(channel, b"ping"), a.server)
+                    .unwrap();
+                let (n, from) = p.recv_from(&mut buf).expect("relayed to the peer");
+                assert_eq!((&buf[..n], from), (&b"ping"[..], a.relay));
+                p.send_to(b"pong", a.relay).unwrap();
+                let (n, _) = a.s.recv_from(&mut buf).expect("relayed to the client");
+                assert_eq!(
+                    &buf[..n],
+                    &channel_data(channel, b"pong")[..],
+                    "{channel:#x}"
+                );
+            }
+        }
+    });
+    let (c2p, p2c, full) = fastpath_packets(&ns);
+    assert!(full >= 1, "the second channel did not fit: {full}");
     assert_eq!(
-        fastpath_packets(&ns),
-        (c2p, p2c, 0),
-        "indications are not the kernel's yet"
+        (c2p, p2c),
+        (3, 3),
+        "the kernel relayed the mirrored channel only"
     );
 }
 
@@ -693,7 +1124,6 @@ fn native_mode_on_a_veth_relays_ipv4_and_ipv6_in_the_kernel_with_valid_checksums
     require_tool("ethtool");
     let srv = Ns::new("vsrv");
     let cli = Ns::new("vcli");
-    let pcap = std::env::temp_dir().join(format!("{}.pcap", cli.0));
     let (vs, vc) = (
         format!("vs{}", std::process::id()),
         format!("vc{}", std::process::id()),
@@ -725,6 +1155,7 @@ fn native_mode_on_a_veth_relays_ipv4_and_ipv6_in_the_kernel_with_valid_checksums
     let mut pass = vigi_turn::io::fastpath::FastPath::load(vigi_turn::io::fastpath::MapLimits {
         channels: 1,
         allocations: 1,
+        permissions: 1,
     })
     .expect("load (root)");
     cli.run(|| pass.attach_pass(&vc, vigi_turn::io::fastpath::XdpMode::Native))
@@ -792,35 +1223,7 @@ fn native_mode_on_a_veth_relays_ipv4_and_ipv6_in_the_kernel_with_valid_checksums
             std::thread::sleep(Duration::from_millis(50));
         }
     });
-    let mut tcpdump = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &cli.0,
-            "tcpdump",
-            "-i",
-            &vc,
-            "--immediate-mode",
-            "-U",
-            "-s",
-            "0",
-        ])
-        .arg("-w")
-        .arg(&pcap)
-        .arg("udp")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tcpdump");
-    let mut lines = BufReader::new(tcpdump.stderr.take().unwrap()).lines();
-    assert!(
-        lines.any(|l| l.is_ok_and(|l| l.contains("listening on"))),
-        "tcpdump did not start"
-    );
-    let tcpdump = Proc {
-        child: tcpdump,
-        name: "tcpdump".into(),
-    };
+    let capture = Capture::start(&cli, &vc, "10.118.0.1:9".parse().unwrap());
 
     let lens = [1usize, 2, 3, 100, 333, 1200];
     for (i, (client_ip, peer_ip, server_ip)) in [
@@ -865,40 +1268,124 @@ fn native_mode_on_a_veth_relays_ipv4_and_ipv6_in_the_kernel_with_valid_checksums
                     "peer → client, {len} B"
                 );
             }
+            // Send and Data indications with a second peer port of the same IP: no channel there,
+            // and the ChannelBind's permission covers the IP.
+            let peer2 = UdpSocket::bind(SocketAddr::new(peer_ip.parse().unwrap(), 40101)).unwrap();
+            peer2.set_read_timeout(Some(WAIT)).unwrap();
+            for len in lens {
+                let data = payload(len, 70 + i as u8);
+                a.send_indication(peer2.local_addr().unwrap(), &data, len % 2 == 1);
+                let (n, from) = peer2.recv_from(&mut buf).expect("Send relayed to the peer");
+                assert_eq!((&buf[..n], from), (&data[..], a.relay), "Send, {len} B");
+                // A Data indication of a length that is not a multiple of 4 needs padding after the
+                // payload, so the frame must grow at its tail; a veth frame built from a local
+                // socket's packet may have no tailroom, and the kernel then passes it up (a NIC
+                // driver's page-sized frames have room): only whole words here, with the server
+                // stopped. Padding is covered on `lo` and under BPF_PROG_TEST_RUN.
+                if len % 4 != 0 {
+                    continue;
+                }
+                peer2.send_to(&data, a.relay).unwrap();
+                assert_eq!(
+                    a.recv_data_indication(),
+                    (peer2.local_addr().unwrap(), data.clone()),
+                    "Data, {len} B"
+                );
+            }
+            signal(&server, libc::SIGCONT);
+            a.delete();
+        });
+    }
+    // Across families: an IPv4 client's dual allocation to an IPv6 peer, and an IPv6 client's
+    // IPv4 relay to an IPv4 peer; ChannelData, Send and Data indications both ways, in the
+    // kernel with the server stopped.
+    for (i, (client_ip, server_ip, peer_ip, ty, value)) in [
+        (
+            "10.118.0.2",
+            "10.118.0.1",
+            "fd18::3",
+            attr::ADDITIONAL_ADDRESS_FAMILY,
+            [2, 0, 0, 0],
+        ),
+        (
+            "fd18::2",
+            "fd18::1",
+            "10.118.0.3",
+            attr::REQUESTED_ADDRESS_FAMILY,
+            [1, 0, 0, 0],
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        cli.run(|| {
+            let server_addr = SocketAddr::new(server_ip.parse().unwrap(), PORT);
+            let a = Client::allocate_with(
+                SocketAddr::new(client_ip.parse().unwrap(), 40002),
+                server_addr,
+                ty,
+                value,
+            );
+            let peer = UdpSocket::bind(SocketAddr::new(peer_ip.parse().unwrap(), 40100)).unwrap();
+            let peer2 = UdpSocket::bind(SocketAddr::new(peer_ip.parse().unwrap(), 40101)).unwrap();
+            for p in [&peer, &peer2] {
+                p.set_read_timeout(Some(WAIT)).unwrap();
+            }
+            assert_eq!(
+                a.relay.is_ipv4(),
+                peer_ip.contains('.'),
+                "relay of the peer's family"
+            );
+            a.bind_channel(peer.local_addr().unwrap(), 0x4000);
+            let mut buf = [0u8; 2048];
+            // Warm-up through the server (neighbours for the FIB).
+            a.s.send_to(&channel_data(0x4000, b"warm"), a.server)
+                .unwrap();
+            assert_eq!(peer.recv(&mut buf).unwrap(), 4);
+            peer.send_to(b"warm", a.relay).unwrap();
+            a.s.recv(&mut buf).expect("warm-up back");
+            signal(&server, libc::SIGSTOP);
+            for len in lens {
+                let data = payload(len, 90 + i as u8);
+                a.s.send_to(&channel_data(0x4000, &data), a.server).unwrap();
+                let (n, from) = peer.recv_from(&mut buf).expect("ChannelData to the peer");
+                assert_eq!((&buf[..n], from), (&data[..], a.relay), "{len} B");
+                peer.send_to(&data, a.relay).unwrap();
+                let (n, _) = a.s.recv_from(&mut buf).expect("ChannelData to the client");
+                assert_eq!(&buf[..n], &channel_data(0x4000, &data)[..]);
+                a.send_indication(peer2.local_addr().unwrap(), &data, len % 2 == 1);
+                let (n, from) = peer2.recv_from(&mut buf).expect("Send to the peer");
+                assert_eq!((&buf[..n], from), (&data[..], a.relay), "Send, {len} B");
+                if len % 4 != 0 {
+                    continue; // the tailroom a padded Data indication needs (see above)
+                }
+                peer2.send_to(&data, a.relay).unwrap();
+                assert_eq!(
+                    a.recv_data_indication(),
+                    (peer2.local_addr().unwrap(), data.clone()),
+                    "Data, {len} B"
+                );
+            }
             signal(&server, libc::SIGCONT);
             a.delete();
         });
     }
     // Every UDP frame on the client's wire: the client's and peer's own (full checksums, offload
-    // off) and the kernel's rewrites, IPv4 and IPv6. tcpdump writes each frame as it sees it:
-    // wait until the relayed ones are all in the file.
+    // off) and the kernel's rewrites, IPv4 and IPv6; the peer read every relayed one above.
     let relayed_to_peer = |f: &Vec<u8>| {
-        frames::parse(f).is_ok_and(|(u, _)| u.dst.port() == 40100 && u.src.port() != 40001)
+        frames::parse(f).is_ok_and(|(u, _)| {
+            (u.dst.port() == 40100 || u.dst.port() == 40101) && u.src.port() != 40001
+        })
     };
-    let t0 = Instant::now();
-    let captured = loop {
-        let bytes = std::fs::read(&pcap).unwrap_or_default();
-        let all = if bytes.len() >= 24 {
-            pcap_frames(&bytes)
-        } else {
-            Vec::new()
-        };
-        let relayed = all.iter().filter(|f| relayed_to_peer(f)).count();
-        if relayed >= 2 * (lens.len() + 1) || t0.elapsed() > WAIT {
-            break all;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    drop(tcpdump);
-    let _ = std::fs::remove_file(&pcap);
+    // ChannelData and the warm-up one, and Send indications, each family, then across.
+    let want = 2 * (2 * (lens.len() + 1) + 2 * lens.len());
+    let (captured, summary) =
+        capture.frames_when(|all| all.iter().filter(|f| relayed_to_peer(f)).count() >= want);
     for f in &captured {
         frames::parse(f).unwrap_or_else(|e| panic!("captured frame: {e}: {f:02x?}"));
     }
     let relayed = captured.iter().filter(|f| relayed_to_peer(f)).count();
-    assert!(
-        relayed >= 2 * (lens.len() + 1),
-        "relayed frames captured: {relayed}"
-    );
+    assert_eq!(relayed, want, "relayed frames captured; tcpdump: {summary}");
     drop(server);
     drop(pass);
 }

@@ -73,7 +73,7 @@ echo_cases! {
     /// ChannelData on bound channels, two clients.
     uclient_channels_long_term: ["-m", "2", "-n", "50", "-l", "100"] => 100, kernel true;
     /// Send and Data indications (no channels), as Firefox relays.
-    uclient_send_indications: ["-s", "-m", "2", "-n", "50", "-l", "100"] => 100, kernel false;
+    uclient_send_indications: ["-s", "-m", "2", "-n", "50", "-l", "100"] => 100, kernel true;
     /// Client to client through two allocations: each message is counted at both ends.
     uclient_client_to_client: ["-y", "-m", "2", "-n", "50", "-l", "100"] => 200, kernel true;
     /// Ten clients at once.

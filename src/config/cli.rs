@@ -114,7 +114,7 @@ pub struct Cli {
     #[arg(short = 'm', long = "relay-threads", value_name = "N")]
     pub relay_threads: Option<usize>,
     /// Attach the kernel fast path (XDP) to this interface: relay ChannelData of bound channels
-    /// without waking a worker (repeatable; vigi-turn extension, issue 18). Needs CAP_BPF and
+    /// and Send/Data indications under permissions without waking a worker (repeatable; vigi-turn extension, issue 18). Needs CAP_BPF and
     /// CAP_NET_ADMIN; a server that cannot attach exits.
     #[arg(long = "xdp-interface", value_name = "IFACE")]
     pub xdp_interface: Vec<String>,
@@ -130,6 +130,11 @@ pub struct Cli {
     #[arg(long = "xdp-max-allocations", value_name = "N", default_value_t = 16_384,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub xdp_max_allocations: u32,
+    /// Permissions the fast path can mirror for Send and Data indications (map entries per
+    /// direction); beyond, user space relays that peer's indications.
+    #[arg(long = "xdp-max-permissions", value_name = "N", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub xdp_max_permissions: u32,
     /// Lowest relay port.
     #[arg(long = "min-port", value_name = "PORT", default_value_t = 49152,
           value_parser = clap::value_parser!(u16).range(1..))]

@@ -41,6 +41,11 @@ impl Permissions {
         self.list.iter().find(|p| p.ip == ip).map(|p| p.expires)
     }
 
+    /// Every permission still live at `now` (for the fast path).
+    pub fn live(&self, now: Instant) -> impl Iterator<Item = &Permission> + '_ {
+        self.list.iter().filter(move |p| p.expires > now)
+    }
+
     /// Install or refresh the permission for `ip` (RFC 8656 §9.2).
     pub fn install(&mut self, ip: IpAddr, expires: Instant) {
         match self.list.iter_mut().find(|p| p.ip == ip) {

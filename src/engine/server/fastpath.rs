@@ -1,6 +1,7 @@
 //! What the engine tells the kernel fast path (issue 18, DESIGN.md "The kernel fast path"): an
 //! outbox of allocations whose relayable state changed (a channel bound or refreshed, a permission
-//! installed, the lifetime refreshed, the config reloaded) or that ended (expiry, Refresh 0, admin
+//! installed or refreshed by CreatePermission or ChannelBind, the lifetime refreshed, the config
+//! reloaded) or that ended (expiry, Refresh 0, admin
 //! kill, a removed user, a closed transport, shutdown), which the worker drains after every input
 //! and applies to the BPF maps ([`crate::io::fastpath::mirror`]). The engine stays the authority:
 //! [`Server::fastpath_view`] says what may be relayed without it, and the kernel checks each
@@ -10,7 +11,7 @@
 //! capped allocation stays on the user path, where its token buckets are.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use super::Server;
@@ -46,6 +47,18 @@ pub struct ChannelView {
     pub expires: Instant,
 }
 
+/// A permission the fast path may relay Send indications (client → peer) and Data indications
+/// (peer → client, when no channel is bound for the peer's transport address) under, until
+/// `expires` (the earlier of the permission's and the allocation's deadlines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PermissionView {
+    pub peer: IpAddr,
+    /// The relayed address that talks to this peer (the second one of a dual allocation for an
+    /// IPv6 peer).
+    pub relay: SocketAddr,
+    pub expires: Instant,
+}
+
 /// What of one allocation the fast path may relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FastPathView {
@@ -53,6 +66,7 @@ pub struct FastPathView {
     /// The server address the client sends to.
     pub local: SocketAddr,
     pub channels: Vec<ChannelView>,
+    pub permissions: Vec<PermissionView>,
 }
 
 impl Server {
@@ -103,16 +117,17 @@ impl Server {
             return None;
         }
         let deadline = a.deadline();
+        let relay_for = |peer: IpAddr| match a.second_relay() {
+            Some(r) if peer.is_ipv6() => r,
+            _ => a.relay,
+        };
         let channels = a
             .channels
             .iter()
             .filter_map(|c| {
                 let perm = a.permissions.expires(c.peer.ip())?;
                 let expires = c.expires.min(perm).min(deadline);
-                let relay = match a.second_relay() {
-                    Some(r) if c.peer.is_ipv6() => r,
-                    _ => a.relay,
-                };
+                let relay = relay_for(c.peer.ip());
                 (expires > now).then_some(ChannelView {
                     number: c.number,
                     peer: c.peer,
@@ -121,18 +136,41 @@ impl Server {
                 })
             })
             .collect();
+        let permissions = a
+            .permissions
+            .live(now)
+            .filter_map(|p| {
+                let expires = p.expires.min(deadline);
+                (expires > now).then_some(PermissionView {
+                    peer: p.ip,
+                    relay: relay_for(p.ip),
+                    expires,
+                })
+            })
+            .collect();
         Some(FastPathView {
             client: a.five_tuple.client,
             local: a.five_tuple.server,
             channels,
+            permissions,
         })
     }
 
     /// Packets and payload bytes the fast path relayed for `id` since the last call, counted as
     /// the user path counts them (client → peer: `client_rcv` and `peer_sent`; peer → client:
     /// `peer_rcv` and `client_sent`). An allocation that already ended adds to the totals of
-    /// ended allocations.
-    pub fn add_fastpath_traffic(&mut self, id: AllocationId, to_peer: Flow, to_client: Flow) {
+    /// ended allocations. `send` and `data`: how many of those packets were Send and Data
+    /// indications, counted as the user path counts them (`vigi_turn_relayed_indications_total`).
+    pub fn add_fastpath_traffic(
+        &mut self,
+        id: AllocationId,
+        send: u64,
+        data: u64,
+        to_peer: Flow,
+        to_client: Flow,
+    ) {
+        self.counters.send_indications += send;
+        self.counters.data_indications += data;
         let add = |f: &mut Flow, d: Flow| {
             f.packets += d.packets;
             f.bytes += d.bytes;

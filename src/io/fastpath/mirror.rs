@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::{ChannelMirror, FastPath, FastPathError, SlotCounters};
+use super::{ChannelMirror, FastPath, FastPathError, PermissionMirror, SlotCounters};
 use crate::engine::server::fastpath::FastPathCommand;
 use crate::engine::stats::Flow;
 use crate::engine::{AllocationId, Server};
@@ -21,6 +21,7 @@ use crate::engine::{AllocationId, Server};
 struct Mirrored {
     slot: u32,
     entries: Vec<ChannelMirror>,
+    permissions: Vec<PermissionMirror>,
     /// The slot's counters as last folded into the engine.
     folded: SlotCounters,
 }
@@ -71,19 +72,23 @@ impl Mirror {
             self.remove(engine, id);
             return;
         };
-        // The program relays within one family: a channel to a peer of the other family stays
-        // on the user path.
+        // Within one family or across (a dual allocation's peer of the other family, relayed
+        // from the relay address of the peer's family).
         let client = canonical(view.client);
         let local = canonical(view.local);
         let wanted: Vec<(u16, std::net::SocketAddr, std::net::SocketAddr, u64)> = view
             .channels
             .iter()
-            .filter(|c| {
-                c.peer.is_ipv4() == client.is_ipv4() && c.relay.is_ipv4() == client.is_ipv4()
-            })
+            .filter(|c| c.peer.is_ipv4() == c.relay.is_ipv4())
             .map(|c| (c.number, c.peer, c.relay, self.ns(c.expires)))
             .collect();
-        if wanted.is_empty() && !self.by_alloc.contains_key(&id) {
+        let wanted_perms: Vec<(std::net::IpAddr, std::net::SocketAddr, u64)> = view
+            .permissions
+            .iter()
+            .filter(|p| p.peer.is_ipv4() == p.relay.is_ipv4())
+            .map(|p| (p.peer, p.relay, self.ns(p.expires)))
+            .collect();
+        if wanted.is_empty() && wanted_perms.is_empty() && !self.by_alloc.contains_key(&id) {
             return;
         }
         let fp = self.fp.clone();
@@ -98,6 +103,7 @@ impl Mirror {
                 e.insert(Mirrored {
                     slot,
                     entries: Vec::new(),
+                    permissions: Vec::new(),
                     folded: SlotCounters::default(),
                 })
             }
@@ -130,6 +136,50 @@ impl Mirror {
             }
         }
         m.entries = entries;
+        // A peer IP with a channel the kernel does not have (its map was full) keeps its
+        // indications on the user path too: the kernel would answer that channel's peer with a
+        // Data indication where the engine sends ChannelData.
+        let unmirrored: Vec<std::net::IpAddr> = view
+            .channels
+            .iter()
+            .filter(|c| {
+                !m.entries
+                    .iter()
+                    .any(|e| e.channel == c.number && e.peer == c.peer)
+            })
+            .map(|c| c.peer.ip())
+            .collect();
+        for old in &m.permissions {
+            if !wanted_perms
+                .iter()
+                .any(|w| w.0 == old.peer && !unmirrored.contains(&w.0))
+            {
+                fp.remove_permission(old);
+            }
+        }
+        let mut permissions = Vec::with_capacity(wanted_perms.len());
+        for (peer, relay, expires_ns) in wanted_perms {
+            if unmirrored.contains(&peer) {
+                continue;
+            }
+            let p = PermissionMirror {
+                client,
+                local,
+                relay,
+                peer,
+                slot: m.slot,
+                expires_ns,
+            };
+            match fp.add_permission(&p) {
+                Ok(()) => {
+                    tracing::debug!("fast path: permission {client} -> {peer} mirrored");
+                    permissions.push(p)
+                }
+                Err(FastPathError::Full(_)) => fp.note_full(),
+                Err(err) => tracing::warn!("fast path: {err}"),
+            }
+        }
+        m.permissions = permissions;
     }
 
     fn remove(&mut self, engine: &mut Server, id: AllocationId) {
@@ -139,6 +189,9 @@ impl Mirror {
         let mut fp = self.lock();
         for e in &m.entries {
             fp.remove_channel(e);
+        }
+        for p in &m.permissions {
+            fp.remove_permission(p);
         }
         let now = fp.counters(m.slot);
         fp.release_slot(m.slot);
@@ -172,6 +225,8 @@ fn add_delta(engine: &mut Server, id: AllocationId, then: &SlotCounters, now: &S
     };
     engine.add_fastpath_traffic(
         id,
+        now.c2p_indications.saturating_sub(then.c2p_indications),
+        now.p2c_indications.saturating_sub(then.p2c_indications),
         flow(
             now.c2p_packets,
             now.c2p_bytes,

@@ -3,8 +3,10 @@
 //! owns its maps.
 //!
 //! User space stays the authority (DESIGN.md, "The kernel fast path"): it mirrors a bound channel
-//! (RFC 8656 §12) into two hash maps, one per direction, and removes it again; the program relays
-//! ChannelData for what it finds there and passes everything else up (`XDP_PASS`). Each mirrored
+//! (RFC 8656 §12) into two hash maps, one per direction, and a permission (RFC 8656 §9) into two
+//! more, and removes them again; the program relays ChannelData, Send indications and Data
+//! indications (RFC 8656 §10, §11) for what it finds there and passes everything else up
+//! (`XDP_PASS`). Each mirrored
 //! allocation gets a counter slot whose per-CPU packets and payload bytes [`FastPath::counters`]
 //! sums for the owner to fold into its per-allocation stats.
 //!
@@ -29,6 +31,37 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tu
 
 pub use crate::config::XdpMode;
 
+/// CRC-32 tables for slicing by eight (`CRC_TABLES` in the C program, which checks a Send
+/// indication's FINGERPRINT with them): `T[0]` the reflected table of polynomial 0xEDB88320
+/// (RFC 8489 §14.7 by way of ISO-HDLC), `T[k][n] = T[k-1][n] >> 8 ^ T[0][T[k-1][n] & 0xff]`.
+static CRC_TABLES: [u32; 2048] = crc_tables();
+
+const fn crc_tables() -> [u32; 2048] {
+    let mut t = [0u32; 2048];
+    let mut n = 0;
+    while n < 256 {
+        let mut c = n as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+            k += 1;
+        }
+        t[n] = c;
+        n += 1;
+    }
+    let mut i = 256;
+    while i < 2048 {
+        let prev = t[i - 256];
+        t[i] = (prev >> 8) ^ t[(prev & 0xff) as usize];
+        i += 1;
+    }
+    t
+}
+
 fn xdp_flags(mode: XdpMode) -> XdpFlags {
     match mode {
         XdpMode::Auto => XdpFlags::default(),
@@ -52,6 +85,8 @@ pub struct MapLimits {
     pub channels: u32,
     /// Allocations with a counter slot.
     pub allocations: u32,
+    /// Permissions mirrored (each takes one entry per direction).
+    pub permissions: u32,
 }
 
 impl Default for MapLimits {
@@ -59,6 +94,7 @@ impl Default for MapLimits {
         MapLimits {
             channels: 65_536,
             allocations: 16_384,
+            permissions: 65_536,
         }
     }
 }
@@ -149,7 +185,35 @@ struct PeerVal {
     expires_ns: u64,
 }
 
-/// Relayed packets and payload bytes of one allocation slot (`struct alloc_counters`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SendKey {
+    client: Endpoint,
+    local: Endpoint,
+    /// Port 0: a permission is per IP address.
+    peer: Endpoint,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SendVal {
+    relay: Endpoint,
+    slot: u32,
+    expires_ns: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DataVal {
+    client: Endpoint,
+    local: Endpoint,
+    slot: u32,
+    pad: u32,
+    expires_ns: u64,
+}
+
+/// Relayed packets and payload bytes of one allocation slot (`struct alloc_counters`), and how
+/// many of those packets were Send (client → peer) or Data (peer → client) indications.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SlotCounters {
@@ -157,6 +221,8 @@ pub struct SlotCounters {
     pub c2p_bytes: u64,
     pub p2c_packets: u64,
     pub p2c_bytes: u64,
+    pub c2p_indications: u64,
+    pub p2c_indications: u64,
 }
 
 // SAFETY: plain `repr(C)` structs of integers and byte arrays with the C program's layout and
@@ -167,6 +233,9 @@ unsafe impl aya::Pod for ChanVal {}
 unsafe impl aya::Pod for PeerKey {}
 unsafe impl aya::Pod for PeerVal {}
 unsafe impl aya::Pod for SlotCounters {}
+unsafe impl aya::Pod for SendKey {}
+unsafe impl aya::Pod for SendVal {}
+unsafe impl aya::Pod for DataVal {}
 
 /// The global counters (`STATS` in the C program).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -188,6 +257,21 @@ pub struct ChannelMirror {
     pub relay: SocketAddr,
     pub peer: SocketAddr,
     pub channel: u16,
+    /// The allocation's counter slot ([`FastPath::take_slot`]).
+    pub slot: u32,
+    /// CLOCK_MONOTONIC nanoseconds ([`monotonic_ns`]) from which the kernel stops using it.
+    pub expires_ns: u64,
+}
+
+/// A permission as the fast path relays under it: `client` sends Send indications to `local` for
+/// the peer IP `peer`, which leave from `relay`; datagrams from `peer` (any port) to `relay` with no
+/// channel mirrored for them go to the client as Data indications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PermissionMirror {
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+    pub relay: SocketAddr,
+    pub peer: IpAddr,
     /// The allocation's counter slot ([`FastPath::take_slot`]).
     pub slot: u32,
     /// CLOCK_MONOTONIC nanoseconds ([`monotonic_ns`]) from which the kernel stops using it.
@@ -228,6 +312,8 @@ pub struct FastPath {
     ebpf: Ebpf,
     channels: HashMap<MapData, ChanKey, ChanVal>,
     peers: HashMap<MapData, PeerKey, PeerVal>,
+    send_perms: HashMap<MapData, SendKey, SendVal>,
+    data_perms: HashMap<MapData, PeerKey, DataVal>,
     counters: PerCpuArray<MapData, SlotCounters>,
     stats: PerCpuArray<MapData, u64>,
     free_slots: Vec<u32>,
@@ -259,9 +345,13 @@ impl FastPath {
     pub fn load(limits: MapLimits) -> Result<FastPath, FastPathError> {
         let channels = limits.channels.max(1);
         let allocations = limits.allocations.max(1);
+        let permissions = limits.permissions.max(1);
         let mut ebpf = EbpfLoader::new()
             .set_max_entries("CHANNELS", channels)
             .set_max_entries("PEERS", channels)
+            .set_max_entries("SEND_PERMS", permissions)
+            .set_max_entries("DATA_PERMS", permissions)
+            .set_global("CRC_TABLES", &CRC_TABLES[..], true)
             .set_max_entries("ALLOC_COUNTERS", allocations)
             .load(OBJECT)
             .map_err(|e| FastPathError::Load(e.to_string()))?;
@@ -283,6 +373,10 @@ impl FastPath {
         let channels_map =
             HashMap::try_from(take(&mut ebpf, "CHANNELS")?).map_err(map_err("CHANNELS"))?;
         let peers = HashMap::try_from(take(&mut ebpf, "PEERS")?).map_err(map_err("PEERS"))?;
+        let send_perms =
+            HashMap::try_from(take(&mut ebpf, "SEND_PERMS")?).map_err(map_err("SEND_PERMS"))?;
+        let data_perms =
+            HashMap::try_from(take(&mut ebpf, "DATA_PERMS")?).map_err(map_err("DATA_PERMS"))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "ALLOC_COUNTERS")?)
             .map_err(map_err("ALLOC_COUNTERS"))?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, "STATS")?).map_err(map_err("STATS"))?;
@@ -292,6 +386,8 @@ impl FastPath {
             ebpf,
             channels: channels_map,
             peers,
+            send_perms,
+            data_perms,
             counters,
             stats,
             free_slots: (0..allocations).rev().collect(),
@@ -392,8 +488,9 @@ impl FastPath {
         }
     }
 
-    /// Mirrors a bound channel, both directions. Both families must match (the program relays
-    /// within one family); a full map is [`FastPathError::Full`] and leaves nothing behind.
+    /// Mirrors a bound channel, both directions. `relay` and `peer` are of one family, `client`
+    /// and `local` of one (the same or the other: a dual allocation); a full map is
+    /// [`FastPathError::Full`] and leaves nothing behind.
     pub fn add_channel(&mut self, m: &ChannelMirror) -> Result<(), FastPathError> {
         let (key, val, pkey, pval) = entries(m);
         self.channels
@@ -418,6 +515,32 @@ impl FastPath {
         self.channels.keys().filter(Result::is_ok).count()
     }
 
+    /// Mirrors a permission, both directions (Send and Data indications). Families as for
+    /// [`FastPath::add_channel`]; a full map is [`FastPathError::Full`] and leaves nothing behind.
+    pub fn add_permission(&mut self, m: &PermissionMirror) -> Result<(), FastPathError> {
+        let (key, val, pkey, pval) = permission_entries(m);
+        self.send_perms
+            .insert(key, val, 0)
+            .map_err(|e| full_or(e, "SEND_PERMS"))?;
+        if let Err(e) = self.data_perms.insert(pkey, pval, 0) {
+            let _ = self.send_perms.remove(&key);
+            return Err(full_or(e, "DATA_PERMS"));
+        }
+        Ok(())
+    }
+
+    /// Stops relaying indications under a permission in the kernel, at once (both directions).
+    pub fn remove_permission(&mut self, m: &PermissionMirror) {
+        let (key, _, pkey, _) = permission_entries(m);
+        let _ = self.send_perms.remove(&key);
+        let _ = self.data_perms.remove(&pkey);
+    }
+
+    /// Number of permissions mirrored.
+    pub fn permission_count(&self) -> usize {
+        self.send_perms.keys().filter(Result::is_ok).count()
+    }
+
     /// The slot's counters summed over CPUs.
     pub fn counters(&self, slot: u32) -> SlotCounters {
         let mut sum = SlotCounters::default();
@@ -427,6 +550,8 @@ impl FastPath {
                 sum.c2p_bytes += v.c2p_bytes;
                 sum.p2c_packets += v.p2c_packets;
                 sum.p2c_bytes += v.p2c_bytes;
+                sum.c2p_indications += v.c2p_indications;
+                sum.p2c_indications += v.p2c_indications;
             }
         }
         sum
@@ -446,11 +571,21 @@ impl FastPath {
     /// the caller's network namespace; the frame arrives on its `lo`). Maps are live: counters
     /// count.
     pub fn test_run(&self, frame: &[u8], repeat: u32) -> std::io::Result<TestRun> {
+        self.test_run_program("turn_xdp", frame, repeat)
+    }
+
+    /// Runs the pass-everything program like [`FastPath::test_run`]: the micro-benchmark's
+    /// baseline, what a run costs the kernel's timing loop without any work of the program.
+    pub fn test_run_pass(&self, frame: &[u8], repeat: u32) -> std::io::Result<TestRun> {
+        self.test_run_program("xdp_pass", frame, repeat)
+    }
+
+    fn test_run_program(&self, name: &str, frame: &[u8], repeat: u32) -> std::io::Result<TestRun> {
         let prog: &Xdp = self
             .ebpf
-            .program("turn_xdp")
+            .program(name)
             .and_then(|p| p.try_into().ok())
-            .ok_or_else(|| std::io::Error::other("no program turn_xdp"))?;
+            .ok_or_else(|| std::io::Error::other(format!("no program {name}")))?;
         let fd = prog.fd().map_err(std::io::Error::other)?;
         let mut out = vec![0u8; frame.len() + 256];
         let (action, len, ns) = crate::io::fastpath::sys::prog_test_run(
@@ -492,6 +627,32 @@ fn entries(m: &ChannelMirror) -> (ChanKey, ChanVal, PeerKey, PeerVal) {
         channel: m.channel,
         pad: 0,
         slot: m.slot,
+        expires_ns: m.expires_ns,
+    };
+    (key, val, pkey, pval)
+}
+
+fn permission_entries(m: &PermissionMirror) -> (SendKey, SendVal, PeerKey, DataVal) {
+    let peer = Endpoint::new(SocketAddr::new(m.peer, 0));
+    let key = SendKey {
+        client: Endpoint::new(m.client),
+        local: Endpoint::new(m.local),
+        peer,
+    };
+    let val = SendVal {
+        relay: Endpoint::new(m.relay),
+        slot: m.slot,
+        expires_ns: m.expires_ns,
+    };
+    let pkey = PeerKey {
+        peer,
+        relay: Endpoint::new(m.relay),
+    };
+    let pval = DataVal {
+        client: Endpoint::new(m.client),
+        local: Endpoint::new(m.local),
+        slot: m.slot,
+        pad: 0,
         expires_ns: m.expires_ns,
     };
     (key, val, pkey, pval)

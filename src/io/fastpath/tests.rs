@@ -49,6 +49,7 @@ fn loaded() -> FastPath {
     FastPath::load(MapLimits {
         channels: 64,
         allocations: 8,
+        permissions: 64,
     })
     .expect("load (needs root)")
 }
@@ -275,7 +276,7 @@ fn what_the_program_cannot_prove_right_goes_to_user_space_unchanged() {
         assert_eq!(run.frame, f, "{what}: unchanged");
     }
     assert_eq!(fp.counters(slot), SlotCounters::default());
-    // A channel mirrored across families is passed up (the program relays within one family).
+    // Across families with a zero UDP checksum (IPv4 allows it, IPv6 does not): passed up.
     let cross = ChannelMirror {
         peer: sa("[fd00::3]:40001"),
         relay: sa("[fd00::1]:50000"),
@@ -283,11 +284,19 @@ fn what_the_program_cannot_prove_right_goes_to_user_space_unchanged() {
     };
     fp.remove_channel(&m);
     fp.add_channel(&cross).unwrap();
-    assert_eq!(fp.test_run(&good, 1).unwrap().action, XDP_PASS);
+    let zero = frame(
+        &Udp {
+            src: m.client,
+            dst: m.local,
+            payload: channel_data(m.channel, b"hello"),
+        },
+        true,
+    );
+    assert_eq!(fp.test_run(&zero, 1).unwrap().action, XDP_PASS);
     assert_eq!(
         fp.totals().passed_matched,
         3,
-        "two bad lengths and one cross-family"
+        "two bad lengths and one cross-family without a checksum"
     );
 }
 
@@ -296,6 +305,7 @@ fn a_full_map_is_reported_and_leaves_nothing_behind() {
     let mut fp = FastPath::load(MapLimits {
         channels: 1,
         allocations: 1,
+        permissions: 1,
     })
     .unwrap();
     let slot = fp.take_slot().unwrap();
@@ -380,4 +390,551 @@ fn on_loopback_ipv4_is_relayed_without_a_udp_checksum_and_ipv6_is_passed_up() {
     );
     let run = fp.test_run(&input, 1).unwrap();
     assert_eq!((run.action, run.frame), (XDP_PASS, input));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Send and Data indications
+
+use crate::proto::{attr, message, Class, Message, MessageBuilder, Method};
+
+fn perm_v4(slot: u32) -> PermissionMirror {
+    PermissionMirror {
+        client: sa("127.0.0.2:40000"),
+        local: sa("127.0.0.1:3478"),
+        relay: sa("127.0.0.1:50000"),
+        peer: "127.0.0.3".parse().unwrap(),
+        slot,
+        expires_ns: u64::MAX,
+    }
+}
+
+fn perm_v6(slot: u32) -> PermissionMirror {
+    PermissionMirror {
+        client: sa("[fd00::2]:40000"),
+        local: sa("[fd00::1]:3478"),
+        relay: sa("[fd00::1]:50000"),
+        peer: "fd00::3".parse().unwrap(),
+        slot,
+        expires_ns: u64::MAX,
+    }
+}
+
+/// A Send indication: `before` adds attributes after XOR-PEER-ADDRESS, `after` after DATA.
+fn send_with(
+    peer: SocketAddr,
+    data: &[u8],
+    before: impl Fn(&mut MessageBuilder),
+    after: impl Fn(&mut MessageBuilder),
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let tid: [u8; 12] = rand::random();
+    let mut b = MessageBuilder::new(&mut out, Method::SEND, Class::Indication, &tid);
+    b.xor_address(attr::XOR_PEER_ADDRESS, &peer);
+    before(&mut b);
+    b.attr(attr::DATA, data);
+    after(&mut b);
+    out
+}
+
+fn send(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
+    send_with(peer, data, |_| {}, |_| {})
+}
+
+/// The Data indication the engine writes for `data` from `peer` (handle_peer_input: its header
+/// writer, the payload, zero padding), with transaction id `tid`.
+fn engine_data_indication(peer: SocketAddr, data: &[u8], tid: &[u8; 12]) -> Vec<u8> {
+    let mut v = vec![0u8; message::data_indication_header_len(&peer)];
+    message::write_data_indication_header(&mut v, &peer, tid, data.len());
+    v.extend_from_slice(data);
+    v.resize(v.len() + (4 - data.len() % 4) % 4, 0);
+    v
+}
+
+/// Send indications client → peer and datagrams peer → client (as Data indications) for one
+/// permission; returns what the slot must have counted.
+fn indications_both_ways(fp: &FastPath, m: &PermissionMirror, zero_csum: bool) -> SlotCounters {
+    let peer = SocketAddr::new(m.peer, 40001);
+    let mut expect = SlotCounters::default();
+    let mut tids = std::collections::HashSet::new();
+    for (i, len) in [0usize, 1, 2, 3, 100, 333, 1200].into_iter().enumerate() {
+        let data = payload(len, (len as u8).wrapping_mul(7));
+        // Every other one with a comprehension-optional attribute (SOFTWARE) before DATA.
+        let msg = if i % 2 == 1 {
+            send_with(
+                peer,
+                &data,
+                |b| {
+                    b.attr(attr::SOFTWARE, b"vt");
+                },
+                |_| {},
+            )
+        } else {
+            send(peer, &data)
+        };
+        let input = Udp {
+            src: m.client,
+            dst: m.local,
+            payload: msg,
+        };
+        let run = fp.test_run(&frame(&input, zero_csum), 1).unwrap();
+        assert_eq!(run.action, XDP_TX, "Send, {len} B");
+        let (out, check) = parse_verified(&run.frame);
+        assert_eq!(
+            out,
+            Udp {
+                src: m.relay,
+                dst: peer,
+                payload: data.clone()
+            },
+            "Send, {len} B"
+        );
+        assert_eq!(check == 0, zero_csum && m.client.is_ipv4());
+        expect.c2p_packets += 1;
+        expect.c2p_bytes += len as u64;
+        expect.c2p_indications += 1;
+
+        let input = Udp {
+            src: peer,
+            dst: m.relay,
+            payload: data.clone(),
+        };
+        let run = fp.test_run(&frame(&input, zero_csum), 1).unwrap();
+        assert_eq!(run.action, XDP_TX, "Data, {len} B");
+        let (out, check) = parse_verified(&run.frame);
+        assert_eq!((out.src, out.dst), (m.local, m.client));
+        assert_eq!(check == 0, zero_csum && m.client.is_ipv4());
+        let tid: [u8; 12] = out.payload[8..20].try_into().unwrap();
+        assert!(tids.insert(tid), "a fresh transaction id per packet");
+        assert_eq!(
+            out.payload,
+            engine_data_indication(peer, &data, &tid),
+            "Data, {len} B: the engine's bytes"
+        );
+        let decoded = Message::decode(&out.payload).expect("a valid STUN message");
+        assert_eq!(decoded.get_xor_address(attr::XOR_PEER_ADDRESS), Some(peer));
+        assert_eq!(decoded.get(attr::DATA), Some(&data[..]));
+        expect.p2c_packets += 1;
+        expect.p2c_bytes += len as u64;
+        expect.p2c_indications += 1;
+    }
+    expect
+}
+
+fn add(a: &mut SlotCounters, b: SlotCounters) {
+    a.c2p_packets += b.c2p_packets;
+    a.c2p_bytes += b.c2p_bytes;
+    a.p2c_packets += b.p2c_packets;
+    a.p2c_bytes += b.p2c_bytes;
+    a.c2p_indications += b.c2p_indications;
+    a.p2c_indications += b.p2c_indications;
+}
+
+#[test]
+fn send_and_data_indications_are_relayed_over_ipv4_and_ipv6_as_the_engine_would() {
+    let mut fp = loaded();
+    let s4 = fp.take_slot().unwrap();
+    let s6 = fp.take_slot().unwrap();
+    fp.add_permission(&perm_v4(s4)).unwrap();
+    fp.add_permission(&perm_v6(s6)).unwrap();
+    assert_eq!(fp.permission_count(), 2);
+    let mut e4 = indications_both_ways(&fp, &perm_v4(s4), false);
+    add(&mut e4, indications_both_ways(&fp, &perm_v4(s4), true));
+    let e6 = indications_both_ways(&fp, &perm_v6(s6), false);
+    assert_eq!(fp.counters(s4), e4, "per-allocation counters exact");
+    assert_eq!(fp.counters(s6), e6);
+    let t = fp.totals();
+    assert_eq!(t.client_to_peer, e4.c2p_packets + e6.c2p_packets);
+    assert_eq!(t.peer_to_client, e4.p2c_packets + e6.p2c_packets);
+    assert_eq!(t.passed_matched, 0);
+}
+
+#[test]
+fn a_peer_port_with_a_channel_gets_channel_data_and_its_other_ports_data_indications() {
+    let mut fp = loaded();
+    let slot = fp.take_slot().unwrap();
+    let ch = mirror_v4(slot);
+    let perm = perm_v4(slot);
+    assert_eq!(ch.peer.ip(), perm.peer);
+    fp.add_channel(&ch).unwrap();
+    fp.add_permission(&perm).unwrap();
+    let from = |port: u16| {
+        frame(
+            &Udp {
+                src: SocketAddr::new(perm.peer, port),
+                dst: perm.relay,
+                payload: b"hello".to_vec(),
+            },
+            false,
+        )
+    };
+    let run = fp.test_run(&from(ch.peer.port()), 1).unwrap();
+    assert_eq!(
+        parse_verified(&run.frame).0.payload,
+        channel_data(ch.channel, b"hello")
+    );
+    let run = fp.test_run(&from(ch.peer.port() + 1), 1).unwrap();
+    let out = parse_verified(&run.frame).0;
+    let tid: [u8; 12] = out.payload[8..20].try_into().unwrap();
+    let peer = SocketAddr::new(perm.peer, ch.peer.port() + 1);
+    assert_eq!(out.payload, engine_data_indication(peer, b"hello", &tid));
+}
+
+#[test]
+fn send_indications_the_program_cannot_prove_right_go_to_user_space_unchanged() {
+    let mut fp = loaded();
+    let slot = fp.take_slot().unwrap();
+    let m = perm_v4(slot);
+    fp.add_permission(&m).unwrap();
+    let peer = SocketAddr::new(m.peer, 40001);
+    let wrap = |payload: Vec<u8>| {
+        frame(
+            &Udp {
+                src: m.client,
+                dst: m.local,
+                payload,
+            },
+            false,
+        )
+    };
+    let none = |_: &mut MessageBuilder| {};
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "DONT-FRAGMENT",
+            send_with(
+                peer,
+                b"hello",
+                |b| {
+                    b.attr(attr::DONT_FRAGMENT, &[]);
+                },
+                none,
+            ),
+        ),
+        (
+            "MESSAGE-INTEGRITY",
+            send_with(peer, b"hello", none, |b| {
+                b.integrity(b"key");
+            }),
+        ),
+        (
+            "unknown comprehension-required attribute",
+            send_with(
+                peer,
+                b"hello",
+                |b| {
+                    b.attr(0x7f01, b"x");
+                },
+                none,
+            ),
+        ),
+        (
+            "too much before DATA",
+            send_with(
+                peer,
+                b"hello",
+                |b| {
+                    b.attr(attr::SOFTWARE, &[b'x'; 40]);
+                },
+                none,
+            ),
+        ),
+        (
+            "no permission for the peer",
+            send(sa("127.0.0.4:40001"), b"hello"),
+        ),
+        ("peer port 0", send(sa("127.0.0.3:0"), b"hello")),
+        (
+            "a peer of the other family",
+            send(sa("[fd00::3]:40001"), b"hello"),
+        ),
+    ];
+    let good = send(peer, b"hello");
+    let mut padded = good.clone();
+    *padded.last_mut().unwrap() = 1;
+    cases.push(("non-zero padding", padded));
+    let mut classic = good.clone();
+    classic[4] ^= 1;
+    cases.push(("no magic cookie", classic));
+    let mut long = good.clone();
+    long[3] += 4;
+    cases.push(("length past the datagram", long));
+    let mut short = good.clone();
+    short.extend_from_slice(&[0; 4]);
+    cases.push(("bytes past the message", short));
+    let mut data_len = good.clone();
+    let at = data_len.len() - 12 + 3; // DATA's length (5, in 8 bytes), low byte
+    data_len[at] = 9;
+    cases.push(("DATA longer than the message", data_len));
+    let mut family = good.clone();
+    family[25] = 2; // XOR-PEER-ADDRESS family 2 with 8 bytes
+    cases.push(("address family and length disagree", family));
+    let mut bad_fingerprint = send_with(peer, b"hello", none, |b| {
+        b.fingerprint();
+    });
+    *bad_fingerprint.last_mut().unwrap() ^= 1;
+    cases.push(("a wrong FINGERPRINT", bad_fingerprint));
+    let after_fingerprint = send_with(peer, b"hello", none, |b| {
+        b.fingerprint();
+        b.attr(attr::SOFTWARE, b"x");
+    });
+    cases.push(("an attribute after FINGERPRINT", after_fingerprint));
+    let two_data = send_with(peer, b"hello", none, |b| {
+        b.attr(attr::DATA, b"again");
+    });
+    cases.push(("two DATA", two_data));
+    let mut twice = Vec::new();
+    {
+        let tid: [u8; 12] = rand::random();
+        let mut b = MessageBuilder::new(&mut twice, Method::SEND, Class::Indication, &tid);
+        b.xor_address(attr::XOR_PEER_ADDRESS, &peer);
+        b.xor_address(attr::XOR_PEER_ADDRESS, &peer);
+        b.attr(attr::DATA, b"hello");
+    }
+    cases.push(("two XOR-PEER-ADDRESS", twice));
+    let mut data_ind = good.clone();
+    data_ind[1] = 0x17;
+    cases.push(("a Data indication from the client", data_ind));
+    for (what, payload) in cases {
+        let f = wrap(payload);
+        let run = fp.test_run(&f, 1).unwrap();
+        assert_eq!(run.action, XDP_PASS, "{what}");
+        assert_eq!(run.frame, f, "{what}: unchanged");
+    }
+    assert_eq!(fp.counters(slot), SlotCounters::default());
+    let run = fp.test_run(&wrap(good), 1).unwrap();
+    assert_eq!(run.action, XDP_TX, "the well-formed one is relayed");
+}
+
+/// What Send indications look like in the field: turnutils_uclient -s puts DATA first, then
+/// XOR-PEER-ADDRESS, then FINGERPRINT; others add SOFTWARE behind DATA. The kernel checks the
+/// FINGERPRINT and cuts everything but DATA's value.
+#[test]
+fn send_indications_with_data_first_trailing_attributes_and_fingerprint_are_relayed_trimmed() {
+    let mut fp = loaded();
+    let slot = fp.take_slot().unwrap();
+    for m in [perm_v4(slot), perm_v6(slot)] {
+        fp.add_permission(&m).unwrap();
+        let peer = SocketAddr::new(m.peer, 40001);
+        for len in [0usize, 1, 2, 3, 100, 333, 1200] {
+            let data = payload(len, len as u8);
+            let tid: [u8; 12] = rand::random();
+            let mut uclient = Vec::new();
+            MessageBuilder::new(&mut uclient, Method::SEND, Class::Indication, &tid)
+                .attr(attr::DATA, &data)
+                .xor_address(attr::XOR_PEER_ADDRESS, &peer)
+                .fingerprint();
+            let trailing = send_with(
+                peer,
+                &data,
+                |_| {},
+                |b| {
+                    b.attr(attr::SOFTWARE, b"vigi");
+                    b.fingerprint();
+                },
+            );
+            for msg in [uclient, trailing] {
+                assert!(Message::decode(&msg).is_ok());
+                let f = frame(
+                    &Udp {
+                        src: m.client,
+                        dst: m.local,
+                        payload: msg,
+                    },
+                    false,
+                );
+                let run = fp.test_run(&f, 1).unwrap();
+                assert_eq!(run.action, XDP_TX, "{len} B");
+                assert_eq!(
+                    parse_verified(&run.frame).0,
+                    Udp {
+                        src: m.relay,
+                        dst: peer,
+                        payload: data.clone()
+                    }
+                );
+            }
+        }
+    }
+    let c = fp.counters(slot);
+    assert_eq!((c.c2p_packets, c.c2p_indications), (28, 28));
+}
+
+#[test]
+fn an_expired_or_removed_permission_is_passed_up_at_once_both_ways() {
+    let mut fp = loaded();
+    let slot = fp.take_slot().unwrap();
+    let live = perm_v6(slot);
+    let expired = PermissionMirror {
+        expires_ns: monotonic_ns(),
+        ..perm_v4(slot)
+    };
+    fp.add_permission(&live).unwrap();
+    fp.add_permission(&expired).unwrap();
+    let c2p = |m: &PermissionMirror| {
+        frame(
+            &Udp {
+                src: m.client,
+                dst: m.local,
+                payload: send(SocketAddr::new(m.peer, 40001), b"x"),
+            },
+            false,
+        )
+    };
+    let p2c = |m: &PermissionMirror| {
+        frame(
+            &Udp {
+                src: SocketAddr::new(m.peer, 40001),
+                dst: m.relay,
+                payload: b"y".to_vec(),
+            },
+            false,
+        )
+    };
+    assert_eq!(fp.test_run(&c2p(&live), 1).unwrap().action, XDP_TX);
+    assert_eq!(fp.test_run(&p2c(&live), 1).unwrap().action, XDP_TX);
+    for f in [c2p(&expired), p2c(&expired)] {
+        let run = fp.test_run(&f, 1).unwrap();
+        assert_eq!((run.action, run.frame), (XDP_PASS, f));
+    }
+    assert_eq!(fp.totals().passed_matched, 2);
+    fp.remove_permission(&live);
+    assert_eq!(fp.permission_count(), 1);
+    for f in [c2p(&live), p2c(&live)] {
+        let run = fp.test_run(&f, 1).unwrap();
+        assert_eq!((run.action, run.frame), (XDP_PASS, f));
+    }
+    let c = fp.counters(slot);
+    assert_eq!((c.c2p_indications, c.p2c_indications), (1, 1));
+}
+
+#[test]
+fn a_full_permission_map_is_reported_and_leaves_nothing_behind() {
+    let mut fp = FastPath::load(MapLimits {
+        channels: 1,
+        allocations: 1,
+        permissions: 1,
+    })
+    .unwrap();
+    let slot = fp.take_slot().unwrap();
+    fp.add_permission(&perm_v4(slot)).unwrap();
+    let err = fp.add_permission(&perm_v6(slot)).unwrap_err();
+    assert!(matches!(err, FastPathError::Full("SEND_PERMS")), "{err}");
+    assert_eq!(fp.permission_count(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Across address families (dual allocations)
+
+/// A dual allocation's channel and permission to a peer of the other family: ChannelData, Send
+/// and Data indications both ways, IPv4 client with an IPv6 peer and the reverse; the IP header
+/// changes size, every checksum verifies, Data indications are the engine's bytes.
+#[test]
+fn channels_and_indications_are_relayed_across_address_families() {
+    let mut fp = loaded();
+    let slot = fp.take_slot().unwrap();
+    let cases = [
+        // (client, local, relay of the peer's family, peer)
+        (
+            "IPv4 client, IPv6 peer",
+            sa("127.0.0.2:40000"),
+            sa("127.0.0.1:3478"),
+            sa("[fd00::1]:50002"),
+            sa("[fd00::3]:40001"),
+        ),
+        (
+            "IPv6 client, IPv4 peer",
+            sa("[fd00::2]:40000"),
+            sa("[fd00::1]:3478"),
+            sa("127.0.0.1:50003"),
+            sa("127.0.0.3:40001"),
+        ),
+    ];
+    let mut expect = SlotCounters::default();
+    for (what, client, local, relay, peer) in cases {
+        let ch = ChannelMirror {
+            client,
+            local,
+            relay,
+            peer,
+            channel: 0x4abc,
+            slot,
+            expires_ns: u64::MAX,
+        };
+        fp.add_channel(&ch).unwrap();
+        fp.add_permission(&PermissionMirror {
+            client,
+            local,
+            relay,
+            peer: peer.ip(),
+            slot,
+            expires_ns: u64::MAX,
+        })
+        .unwrap();
+        let other_port = SocketAddr::new(peer.ip(), peer.port() + 1);
+        for len in [0usize, 1, 2, 3, 100, 333, 1200] {
+            let data = payload(len, len as u8 ^ 0x5a);
+            let run_ok = |input: Udp| {
+                let run = fp.test_run(&frame(&input, false), 1).unwrap();
+                assert_eq!(run.action, XDP_TX, "{what}, {len} B");
+                parse_verified(&run.frame).0
+            };
+            // ChannelData client → peer.
+            let out = run_ok(Udp {
+                src: client,
+                dst: local,
+                payload: channel_data(ch.channel, &data),
+            });
+            assert_eq!((out.src, out.dst, &out.payload), (relay, peer, &data));
+            // Send indications, plain and uclient-shaped (DATA first, FINGERPRINT).
+            let tid: [u8; 12] = rand::random();
+            let mut uclient = Vec::new();
+            MessageBuilder::new(&mut uclient, Method::SEND, Class::Indication, &tid)
+                .attr(attr::DATA, &data)
+                .xor_address(attr::XOR_PEER_ADDRESS, &other_port)
+                .fingerprint();
+            for msg in [send(peer, &data), uclient] {
+                let to = if msg[20..22] == attr::DATA.to_be_bytes() {
+                    other_port
+                } else {
+                    peer
+                };
+                let out = run_ok(Udp {
+                    src: client,
+                    dst: local,
+                    payload: msg,
+                });
+                assert_eq!((out.src, out.dst, &out.payload), (relay, to, &data));
+            }
+            // ChannelData peer → client.
+            let out = run_ok(Udp {
+                src: peer,
+                dst: relay,
+                payload: data.clone(),
+            });
+            assert_eq!(
+                (out.src, out.dst, out.payload),
+                (local, client, channel_data(ch.channel, &data))
+            );
+            // Data indication from the peer's other port.
+            let out = run_ok(Udp {
+                src: other_port,
+                dst: relay,
+                payload: data.clone(),
+            });
+            assert_eq!((out.src, out.dst), (local, client));
+            let tid: [u8; 12] = out.payload[8..20].try_into().unwrap();
+            assert_eq!(
+                out.payload,
+                engine_data_indication(other_port, &data, &tid),
+                "{what}, {len} B"
+            );
+            expect.c2p_packets += 3;
+            expect.c2p_bytes += 3 * len as u64;
+            expect.c2p_indications += 2;
+            expect.p2c_packets += 2;
+            expect.p2c_bytes += 2 * len as u64;
+            expect.p2c_indications += 1;
+        }
+    }
+    assert_eq!(fp.counters(slot), expect, "counters exact");
+    assert_eq!(fp.totals().passed_matched, 0);
 }

@@ -1,17 +1,24 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 //
 // vigi-turn's kernel fast path (issue 18): an XDP program that relays UDP ChannelData
-// (RFC 8656 §12) for allocations whose state user space mirrored into the maps below.
+// (RFC 8656 §12) and Send/Data indications (RFC 8656 §10, §11) for allocations whose state user
+// space mirrored into the maps below.
 //
 //   client -> server:  ChannelData on a bound channel  -> UDP from the relay address to the peer
+//   client -> server:  Send indication, permission     -> DATA's value from the relay address
 //   peer   -> relay:   UDP from a peer with a channel  -> ChannelData to the client
+//   peer   -> relay:   UDP from a permitted peer IP    -> Data indication to the client
+//                      (no channel mirrored for that peer transport address)
+//
+// Each within one address family, or across for a dual allocation (out_v4/out_v6 write an IP
+// header of the other size).
 //
 // Headers are rewritten in place (the ChannelData header is cut or written in the 4 bytes of
 // headroom that bpf_xdp_adjust_head moves), the UDP checksum is updated incrementally
 // (RFC 1624) and the 20-byte IPv4 header checksum is recomputed. Anything this program does not
 // fully understand -- a map miss, an IP fragment, IPv4 options, IPv6 extension headers, a frame
-// whose lengths do not agree exactly, a channel bound across address families, a route the FIB
-// cannot give -- returns XDP_PASS, so the user-space path stays the reference and the fallback.
+// whose lengths do not agree exactly, an IPv4 datagram without a UDP checksum bound for IPv6, a
+// route the FIB cannot give -- returns XDP_PASS, so the user-space path stays the reference and the fallback.
 // Nothing here ever returns XDP_DROP.
 //
 // Per allocation (a slot user space assigns), per-CPU counters of relayed packets and payload
@@ -75,12 +82,38 @@ struct peer_val {
 	__u64 expires_ns;
 };
 
-// Per allocation slot: packets and payload bytes relayed each way.
+// client -> peer Send indications: from `client` to `local`, for a peer IP (`peer.port` 0).
+struct send_key {
+	struct endpoint client;
+	struct endpoint local;
+	struct endpoint peer;
+};
+
+// `expires_ns`: the earlier of the permission's and the allocation's deadlines.
+struct send_val {
+	struct endpoint relay;
+	__u32 slot;
+	__u64 expires_ns;
+};
+
+// peer -> client Data indications: keyed like PEERS, with `peer.port` 0 (a permission is per IP).
+struct data_val {
+	struct endpoint client;
+	struct endpoint local;
+	__u32 slot;
+	__u32 pad;
+	__u64 expires_ns;
+};
+
+// Per allocation slot: packets and payload bytes relayed each way, and how many of those
+// packets were Send (c2p) or Data (p2c) indications.
 struct alloc_counters {
 	__u64 c2p_packets;
 	__u64 c2p_bytes;
 	__u64 p2c_packets;
 	__u64 p2c_bytes;
+	__u64 c2p_indications;
+	__u64 p2c_indications;
 };
 
 // Global counters, one per index below.
@@ -105,6 +138,20 @@ struct {
 	__type(key, struct peer_key);
 	__type(value, struct peer_val);
 } PEERS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct send_key);
+	__type(value, struct send_val);
+} SEND_PERMS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct peer_key);
+	__type(value, struct data_val);
+} DATA_PERMS SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -150,19 +197,26 @@ static __always_inline void stat_inc(__u32 idx)
 		*v += 1;
 }
 
-static __always_inline void count(__u32 slot, int c2p, __u64 bytes)
+static __always_inline void count_kind(__u32 slot, int c2p, __u64 bytes, int indication)
 {
 	struct alloc_counters *c = bpf_map_lookup_elem(&ALLOC_COUNTERS, &slot);
 	if (c) {
 		if (c2p) {
 			c->c2p_packets += 1;
 			c->c2p_bytes += bytes;
+			c->c2p_indications += indication;
 		} else {
 			c->p2c_packets += 1;
 			c->p2c_bytes += bytes;
+			c->p2c_indications += indication;
 		}
 	}
 	stat_inc(c2p ? STAT_C2P : STAT_P2C);
+}
+
+static __always_inline void count(__u32 slot, int c2p, __u64 bytes)
+{
+	count_kind(slot, c2p, bytes, 0);
 }
 
 // One's-complement arithmetic on raw 16-bit words as they lie in memory (network order): the
@@ -236,37 +290,7 @@ static __always_inline void endpoint_v6(struct endpoint *e, const struct in6_add
 	e->family = 6;
 }
 
-// Where a rewritten packet goes: XDP_TX on loopback (a namespace's `lo` in generic mode: every
-// address on it is local) or when the route leaves by the interface it came in on, a redirect
-// when it leaves by another, and -1 (pass to user space) when the FIB cannot say.
-static __always_inline int route(struct xdp_md *ctx, struct ethhdr *eth, int family,
-				 const __u8 *src, const __u8 *dst, __u16 tot_len)
-{
-	if (ctx->ingress_ifindex == LOOPBACK_IFINDEX)
-		return XDP_TX;
-	struct bpf_fib_lookup fib;
-	__builtin_memset(&fib, 0, sizeof(fib));
-	fib.family = family;
-	fib.l4_protocol = IPPROTO_UDP;
-	fib.tot_len = tot_len;
-	fib.ifindex = ctx->ingress_ifindex;
-	if (family == AF_INET) {
-		__builtin_memcpy(&fib.ipv4_src, src, 4);
-		__builtin_memcpy(&fib.ipv4_dst, dst, 4);
-	} else {
-		__builtin_memcpy(fib.ipv6_src, src, 16);
-		__builtin_memcpy(fib.ipv6_dst, dst, 16);
-	}
-	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
-		return -1;
-	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
-	if (fib.ifindex == ctx->ingress_ifindex)
-		return XDP_TX;
-	return bpf_redirect(fib.ifindex, 0);
-}
-
-// The headers of a frame, copied to the stack. `pad` puts the IP header on a 4-byte boundary
+// The headers of a frame, copied out of it. `pad` puts the IP header on a 4-byte boundary
 // (the verifier wants aligned stack access); the wire bytes start at `eth`.
 struct v4_headers {
 	__u16 pad;
@@ -285,10 +309,648 @@ struct v6_headers {
 #define V4_HDRS (sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct udphdr))
 #define V6_HDRS (sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + sizeof(struct udphdr))
 
+// A relay across address families (a dual allocation: client and peer in different families),
+// planned by the path that matched and carried out by out_v4/out_v6, which write a new IP header
+// of the other size. `sum`: the UDP checksum's one's-complement sum with everything that goes
+// away already taken out (old addresses, ports, lengths, the bytes cut).
+struct xplan {
+	struct endpoint src;
+	struct endpoint dst;
+	__u32 sum;
+	__u32 slot;
+	// Payload bytes kept; `added` bytes from scratch `hdr` go in front of them, `pad` zero
+	// bytes behind; `cut` bytes after the old UDP header and `tail` at the end go away.
+	__u16 data_len;
+	__u16 added;
+	__u16 pad;
+	__u16 cut;
+	__u16 tail;
+	__u16 in_hdrs;
+	__u8 c2p;
+	__u8 indication;
+	__u16 unused;
+};
+
+// Per-CPU scratch space for what does not fit the 512-byte BPF stack of a call chain: the copied
+// headers, map keys, the FIB query and a Data indication's header under construction. A program
+// run is never re-entered on its CPU (XDP runs with preemption off; what it transmits is
+// processed later), so one entry per CPU is enough.
+struct scratch {
+	union {
+		struct v4_headers h4;
+		struct v6_headers h6;
+	};
+	struct chan_key ck;
+	struct peer_key pk;
+	struct send_key sk;
+	struct bpf_fib_lookup fib;
+	__u8 hdr[48];
+	__u8 peer[16];
+	struct xplan x;
+	struct v4_headers o4;
+	struct v6_headers o6;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} SCRATCH SEC(".maps");
+
+// Where a rewritten packet goes: XDP_TX on loopback (a namespace's `lo` in generic mode: every
+// address on it is local) or when the route leaves by the interface it came in on, a redirect
+// when it leaves by another, and -1 (pass to user space) when the FIB cannot say.
+static __always_inline int route(struct xdp_md *ctx, struct ethhdr *eth, int family,
+				 const __u8 *src, const __u8 *dst, __u16 tot_len)
+{
+	if (ctx->ingress_ifindex == LOOPBACK_IFINDEX)
+		return XDP_TX;
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&SCRATCH, &zero);
+	if (!sc)
+		return -1;
+	struct bpf_fib_lookup *fib = &sc->fib;
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->family = family;
+	fib->l4_protocol = IPPROTO_UDP;
+	fib->tot_len = tot_len;
+	fib->ifindex = ctx->ingress_ifindex;
+	if (family == AF_INET) {
+		__builtin_memcpy(&fib->ipv4_src, src, 4);
+		__builtin_memcpy(&fib->ipv4_dst, dst, 4);
+	} else {
+		__builtin_memcpy(fib->ipv6_src, src, 16);
+		__builtin_memcpy(fib->ipv6_dst, dst, 16);
+	}
+	if (bpf_fib_lookup(ctx, fib, sizeof(*fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+		return -1;
+	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
+	if (fib->ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(fib->ifindex, 0);
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Send and Data indications (RFC 8656 §10, §11), both families.
+
+#define STUN_COOKIE 0x2112A442
+#define STUN_SEND_INDICATION 0x0016
+#define STUN_DATA_INDICATION 0x0017
+#define ATTR_XOR_PEER_ADDRESS 0x0012
+#define ATTR_DATA 0x0013
+#define ATTR_FINGERPRINT 0x8028
+// The attributes of a Send this program reads: at most SEND_MAX_ATTRS, with at most
+// SEND_MAX_PREFIX bytes of message in front of DATA's value and SEND_MAX_SUFFIX behind it (its
+// padding and the attributes after it), and FINGERPRINT checked over at most SEND_MAX_CRC bytes.
+#define SEND_MAX_ATTRS 6
+#define SEND_MAX_PREFIX 64
+#define SEND_MAX_SUFFIX 64
+#define SEND_MAX_CRC 2048
+#define FINGERPRINT_XOR 0x5354554e
+// The largest variable offset into a frame this program reads or writes at: the verifier grants
+// access only while offset plus frame position stays below 64 KiB. Larger frames go up.
+#define MAX_VAR_OFF 0x3fff
+
+// A Data indication's header, XOR-PEER-ADDRESS and DATA's type and length.
+#define DATA_HDR_V4 36
+#define DATA_HDR_V6 48
+
+// What a Send indication says, as far as this program understands it.
+struct send_info {
+	__u8 peer[16];
+	__be16 peer_port;
+	__u8 family;
+	__u8 pad;
+	// DATA's value: offset from the start of the message and length.
+	__u16 data_off;
+	__u16 data_len;
+	// What follows DATA's value: its padding, then `suffix_len` bytes of attributes.
+	__u16 pad_len;
+	__u16 suffix_len;
+};
+
+// CRC-32 (ISO-HDLC, as FINGERPRINT uses it: RFC 8489 §14.7) tables for slicing by eight,
+// T[k * 256 + n]; user space fills them at load (mod.rs, crc_tables), so no table is written out here.
+volatile const __u32 CRC_TABLES[8 * 256];
+
+#define CRC_T(k, n) CRC_TABLES[(k) * 256 + ((n) & 0xff)]
+
+// Whether the FINGERPRINT value `want` is the CRC-32 of the `len` bytes at `off` in the frame
+// XOR 0x5354554e. `len` is a multiple of 4 (STUN attributes are), at most SEND_MAX_CRC. A global
+// function: the verifier checks it once, not once for every path that reaches it.
+__noinline int fingerprint_ok(struct xdp_md *ctx, __u32 off, __u32 len, __u32 want)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	barrier_var(off);
+	if (off > V6_HDRS || len > SEND_MAX_CRC)
+		return 0;
+	__u8 *p = data + off;
+	__u32 crc = 0xffffffff;
+	__u32 at = 0;
+	// Eight bytes a step. Little-endian hosts (x86-64, arm64): the first byte is the low one,
+	// as the reflected CRC consumes them.
+	for (__u32 i = 0; i < SEND_MAX_CRC / 8; i++) {
+		at = i * 8;
+		if (at + 8 > len)
+			break;
+		__u32 *w = (__u32 *)(p + at);
+		if ((void *)(w + 2) > end)
+			return 0;
+		__u32 one = w[0] ^ crc;
+		__u32 two = w[1];
+		crc = CRC_T(7, one) ^ CRC_T(6, one >> 8) ^ CRC_T(5, one >> 16) ^ CRC_T(4, one >> 24) ^
+		      CRC_T(3, two) ^ CRC_T(2, two >> 8) ^ CRC_T(1, two >> 16) ^ CRC_T(0, two >> 24);
+		at += 8;
+	}
+	// A last four bytes.
+	if (at + 4 == len) {
+		barrier_var(at);
+		if (at > SEND_MAX_CRC)
+			return 0;
+		__u32 *w = (__u32 *)(p + at);
+		if ((void *)(w + 1) > end)
+			return 0;
+		crc ^= *w;
+		crc = CRC_T(3, crc) ^ CRC_T(2, crc >> 8) ^ CRC_T(1, crc >> 16) ^ CRC_T(0, crc >> 24);
+	} else if (at != len) {
+		return 0;
+	}
+	return (crc ^ 0xffffffff ^ FINGERPRINT_XOR) == want;
+}
+
+// A Send indication the engine would relay (src/engine/server/data.rs, handle_send, after
+// Message::decode): STUN header with the magic cookie, type Send/indication, a length that is a
+// multiple of 4 and fills the datagram, attributes that tile it exactly, nothing after
+// FINGERPRINT and FINGERPRINT right; the first XOR-PEER-ADDRESS (family 1 with 8 bytes or 2 with
+// 20) and the first DATA. This program accepts the subset it can relay without guessing:
+// XOR-PEER-ADDRESS and DATA once each, in either order, comprehension-optional attributes
+// anywhere, FINGERPRINT last (checked), zero padding after DATA, within the bounds above.
+// Anything else -- DONT-FRAGMENT, MESSAGE-INTEGRITY, an unknown comprehension-required
+// attribute, a second XOR-PEER-ADDRESS or DATA, non-zero padding, peer port 0 -- returns -1
+// (user space decides). The message is the UDP payload at `hdrs`, `plen` bytes. A global
+// function, like fingerprint_ok: verified once.
+__noinline int parse_send(struct xdp_md *ctx, __u32 hdrs, __u32 plen, struct send_info *si)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (!si)
+		return -1;
+	barrier_var(hdrs);
+	if (hdrs > V6_HDRS)
+		return -1;
+	__u8 *p = data + hdrs;
+	if (p + 20 > (__u8 *)end)
+		return -1;
+	if (p[0] != 0 || p[1] != STUN_SEND_INDICATION)
+		return -1;
+	__u32 mlen = ((__u32)p[2] << 8) | p[3];
+	if ((mlen & 3) || mlen + 20 != plen)
+		return -1;
+	if (p[4] != 0x21 || p[5] != 0x12 || p[6] != 0xa4 || p[7] != 0x42)
+		return -1;
+	__u32 pos = 20;
+	int have_peer = 0, have_data = 0;
+	__u32 fp_off = 0;
+	for (int i = 0; i < SEND_MAX_ATTRS; i++) {
+		if (pos >= plen)
+			break;
+		if (fp_off)
+			return -1;
+		// barrier_var (bpf_helpers.h) hides the value from the optimizer, so that the bound
+		// is checked on the register the packet access then uses.
+		__u32 at = pos;
+		barrier_var(at);
+		if (at > MAX_VAR_OFF)
+			return -1;
+		__u8 *a = p + at;
+		if (a + 4 > (__u8 *)end)
+			return -1;
+		__u16 ty = ((__u16)a[0] << 8) | a[1];
+		__u32 alen = ((__u32)a[2] << 8) | a[3];
+		__u32 padded = (alen + 3) & ~3u;
+		if (pos + 4 + padded > plen)
+			return -1;
+		if (ty == ATTR_DATA) {
+			if (have_data)
+				return -1;
+			have_data = 1;
+			si->data_off = pos + 4;
+			si->data_len = alen;
+			si->pad_len = padded - alen;
+			__u32 off = pos + 4 + alen;
+			barrier_var(off);
+			if (off > MAX_VAR_OFF)
+				return -1;
+			__u8 *q = p + off;
+#pragma unroll
+			for (int k = 0; k < 3; k++) {
+				if (k < si->pad_len) {
+					if (q + k + 1 > (__u8 *)end)
+						return -1;
+					if (q[k])
+						return -1;
+				}
+			}
+		} else if (ty == ATTR_XOR_PEER_ADDRESS) {
+			if (have_peer)
+				return -1;
+			if (alen == 8) {
+				if (a + 12 > (__u8 *)end || a[5] != 1)
+					return -1;
+				si->family = 4;
+				__builtin_memset(si->peer, 0, 16);
+				si->peer[0] = a[8] ^ 0x21;
+				si->peer[1] = a[9] ^ 0x12;
+				si->peer[2] = a[10] ^ 0xa4;
+				si->peer[3] = a[11] ^ 0x42;
+			} else if (alen == 20) {
+				if (a + 24 > (__u8 *)end || a[5] != 2)
+					return -1;
+				si->family = 6;
+				si->peer[0] = a[8] ^ 0x21;
+				si->peer[1] = a[9] ^ 0x12;
+				si->peer[2] = a[10] ^ 0xa4;
+				si->peer[3] = a[11] ^ 0x42;
+#pragma unroll
+				for (int k = 0; k < 12; k++)
+					si->peer[4 + k] = a[12 + k] ^ p[8 + k];
+			} else {
+				return -1;
+			}
+			__u16 port = (((__u16)a[6] << 8) | a[7]) ^ 0x2112;
+			if (port == 0)
+				return -1;
+			si->peer_port = bpf_htons(port);
+			have_peer = 1;
+		} else if (ty == ATTR_FINGERPRINT) {
+			if (alen != 4 || a + 8 > (__u8 *)end)
+				return -1;
+			fp_off = pos;
+		} else if (ty < 0x8000) {
+			return -1;
+		}
+		pos += 4 + padded;
+	}
+	if (pos != plen || !have_peer || !have_data || si->data_off > SEND_MAX_PREFIX)
+		return -1;
+	__u32 suffix = plen - si->data_off - si->data_len - si->pad_len;
+	if (suffix > SEND_MAX_SUFFIX)
+		return -1;
+	si->suffix_len = suffix;
+	if (fp_off) {
+		if (fp_off > SEND_MAX_CRC)
+			return -1;
+		__u32 at = fp_off;
+		barrier_var(at);
+		if (at > MAX_VAR_OFF)
+			return -1;
+		__u8 *f = p + at;
+		if (f + 8 > (__u8 *)end)
+			return -1;
+		__u32 want = ((__u32)f[4] << 24) | ((__u32)f[5] << 16) | ((__u32)f[6] << 8) | f[7];
+		if (!fingerprint_ok(ctx, hdrs, fp_off, want))
+			return -1;
+	}
+	return 0;
+}
+
+// Takes the 16-bit words of `len` bytes at `p + off` (`off` and `len` even, `len` at most 64) out
+// of a checksum: the bytes of a Send cut in front of and behind DATA's value.
+static __always_inline __u32 csum_sub_region(__u32 sum, __u8 *p, void *end, __u32 off, __u32 len)
+{
+	for (int i = 0; i < 32; i++) {
+		if ((__u32)(2 * i) >= len)
+			break;
+		__u32 o = off + 2 * i;
+		barrier_var(o);
+		if (o > MAX_VAR_OFF)
+			break;
+		__u16 *w = (__u16 *)(p + o);
+		if ((void *)(w + 1) > end)
+			break;
+		sum = csum_sub(sum, *w);
+	}
+	return sum;
+}
+
+// The Data indication header (RFC 8656 §11.3) for `len` bytes from `peer` (16 bytes, IPv4 in the
+// first 4), written as the engine's message::write_data_indication_header writes it: header with
+// a fresh transaction id, XOR-PEER-ADDRESS, then DATA's type and length. Returns its length.
+static __always_inline int data_header(__u8 *hdr, const __u8 *peer, __be16 port, int v6, __u32 len)
+{
+	__u32 alen = v6 ? 20 : 8;
+	__u32 pad = (4 - (len & 3)) & 3;
+	__u32 body = 4 + alen + 4 + len + pad;
+	hdr[0] = 0;
+	hdr[1] = STUN_DATA_INDICATION;
+	hdr[2] = body >> 8;
+	hdr[3] = body;
+	hdr[4] = 0x21;
+	hdr[5] = 0x12;
+	hdr[6] = 0xa4;
+	hdr[7] = 0x42;
+	__u32 r0 = bpf_get_prandom_u32(), r1 = bpf_get_prandom_u32(), r2 = bpf_get_prandom_u32();
+	__builtin_memcpy(hdr + 8, &r0, 4);
+	__builtin_memcpy(hdr + 12, &r1, 4);
+	__builtin_memcpy(hdr + 16, &r2, 4);
+	hdr[20] = 0;
+	hdr[21] = ATTR_XOR_PEER_ADDRESS;
+	hdr[22] = 0;
+	hdr[23] = alen;
+	hdr[24] = 0;
+	hdr[25] = v6 ? 2 : 1;
+	__u16 xport = bpf_ntohs(port) ^ 0x2112;
+	hdr[26] = xport >> 8;
+	hdr[27] = xport;
+	hdr[28] = peer[0] ^ 0x21;
+	hdr[29] = peer[1] ^ 0x12;
+	hdr[30] = peer[2] ^ 0xa4;
+	hdr[31] = peer[3] ^ 0x42;
+	if (v6) {
+#pragma unroll
+		for (int k = 0; k < 12; k++)
+			hdr[32 + k] = peer[4 + k] ^ hdr[8 + k];
+	}
+	__u32 d = 24 + alen;
+	hdr[d] = 0;
+	hdr[d + 1] = ATTR_DATA;
+	hdr[d + 2] = len >> 8;
+	hdr[d + 3] = len;
+	return v6 ? DATA_HDR_V6 : DATA_HDR_V4;
+}
+
+// Grows the frame by `hlen` in front of the payload and `pad` zero bytes after it; on failure
+// the frame is as it was and -1 is returned.
+static __always_inline int grow_for_data(struct xdp_md *ctx, __u32 hdrs, __u32 len, __u32 pad,
+					 int hlen)
+{
+	if (pad) {
+		if (bpf_xdp_adjust_tail(ctx, pad))
+			return -1;
+		void *data = (void *)(long)ctx->data;
+		void *end = (void *)(long)ctx->data_end;
+		__u32 off = hdrs + len;
+		barrier_var(off);
+		if (off > MAX_VAR_OFF) {
+			bpf_xdp_adjust_tail(ctx, -(int)pad);
+			return -1;
+		}
+		__u8 *q = data + off;
+#pragma unroll
+		for (int k = 0; k < 3; k++) {
+			if (k < pad) {
+				if (q + k + 1 > (__u8 *)end) {
+					bpf_xdp_adjust_tail(ctx, -(int)pad);
+					return -1;
+				}
+				q[k] = 0;
+			}
+		}
+	}
+	if (bpf_xdp_adjust_head(ctx, -hlen)) {
+		if (pad)
+			bpf_xdp_adjust_tail(ctx, -(int)pad);
+		return -1;
+	}
+	return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Across address families (dual allocations): the IP header changes size by 20 bytes.
+
+// Adds the `added` bytes of the plan's header (scratch `hdr`, at most 48, even) to a checksum.
+static __always_inline __u32 csum_add_hdr(__u32 sum, const __u8 *hdr, __u32 added)
+{
+	const __u16 *w = (const __u16 *)hdr;
+#pragma unroll
+	for (int i = 0; i < 24; i++)
+		if ((__u32)(2 * i) < added)
+			sum = csum_add(sum, w[i]);
+	return sum;
+}
+
+// Moves the frame's edges for a plan: `delta` at the head (positive cuts), then the tail by
+// `pad - tail` (zero bytes when it grows). On failure the frame is as it was.
+static __always_inline int reshape(struct xdp_md *ctx, int delta, __u32 pad, __u32 tail,
+				   __u32 new_hdrs, __u32 kept)
+{
+	if (bpf_xdp_adjust_head(ctx, delta))
+		return -1;
+	int grow = (int)pad - (int)tail;
+	if (grow && bpf_xdp_adjust_tail(ctx, grow)) {
+		bpf_xdp_adjust_head(ctx, -delta);
+		return -1;
+	}
+	if (grow > 0) {
+		void *data = (void *)(long)ctx->data;
+		void *end = (void *)(long)ctx->data_end;
+		__u32 off = new_hdrs + kept;
+		barrier_var(off);
+		if (off > MAX_VAR_OFF)
+			return -2;
+		__u8 *q = data + off;
+#pragma unroll
+		for (int k = 0; k < 3; k++) {
+			if (k < grow) {
+				if (q + k + 1 > (__u8 *)end)
+					return -2;
+				q[k] = 0;
+			}
+		}
+	}
+	return 0;
+}
+
+// Writes the plan's `added` bytes after the headers at `at`.
+static __always_inline int put_added(struct xdp_md *ctx, __u32 at, const __u8 *hdr, __u32 added)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (added == 4) {
+		if (data + at + 4 > end)
+			return -1;
+		__builtin_memcpy(data + at, hdr, 4);
+	} else if (added == DATA_HDR_V4) {
+		if (data + at + DATA_HDR_V4 > end)
+			return -1;
+		__builtin_memcpy(data + at, hdr, DATA_HDR_V4);
+	} else if (added == DATA_HDR_V6) {
+		if (data + at + DATA_HDR_V6 > end)
+			return -1;
+		__builtin_memcpy(data + at, hdr, DATA_HDR_V6);
+	}
+	return 0;
+}
+
+// The plan as an IPv6 frame (from an IPv4 one).
+static __noinline int out_v6(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&SCRATCH, &zero);
+	if (!sc)
+		return XDP_PASS;
+	struct xplan *x = &sc->x;
+	struct v6_headers *o = &sc->o6;
+	__u32 udp_len = sizeof(struct udphdr) + x->added + x->data_len + x->pad;
+	if (udp_len > 0xffff - 64 || x->added > 48 || x->pad > 3)
+		return XDP_PASS;
+	__u16 new_len = bpf_htons(udp_len);
+	__builtin_memcpy(&o->eth, &sc->h4.eth, sizeof(struct ethhdr));
+	o->eth.h_proto = bpf_htons(ETH_P_IPV6);
+	__builtin_memset(&o->ip, 0, sizeof(o->ip));
+	o->ip.version = 6;
+	o->ip.payload_len = new_len;
+	o->ip.nexthdr = IPPROTO_UDP;
+	o->ip.hop_limit = RELAY_TTL;
+	__builtin_memcpy(&o->ip.saddr, x->src.addr, 16);
+	__builtin_memcpy(&o->ip.daddr, x->dst.addr, 16);
+	o->udp.source = x->src.port;
+	o->udp.dest = x->dst.port;
+	o->udp.len = new_len;
+	__u32 sum = x->sum;
+	sum = csum_add_words(sum, (__u16 *)&o->ip.saddr, 8);
+	sum = csum_add_words(sum, (__u16 *)&o->ip.daddr, 8);
+	sum = csum_add(sum, o->udp.source);
+	sum = csum_add(sum, o->udp.dest);
+	sum = csum_add(sum, new_len);
+	sum = csum_add(sum, new_len);
+	sum = csum_add_hdr(sum, sc->hdr, x->added);
+	o->udp.check = udp_csum_finish(sum);
+
+	int action = route(ctx, &o->eth, AF_INET6, x->src.addr, x->dst.addr,
+			   sizeof(struct ipv6hdr) + udp_len);
+	if (action < 0) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	int delta = (int)x->in_hdrs + (int)x->cut - (int)V6_HDRS - (int)x->added;
+	int r = reshape(ctx, delta, x->pad, x->tail, V6_HDRS + x->added, x->data_len);
+	if (r == -1) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	if (r < 0)
+		return XDP_ABORTED;
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (data + V6_HDRS > end)
+		return XDP_ABORTED;
+	__builtin_memcpy(data, &o->eth, V6_HDRS);
+	if (put_added(ctx, V6_HDRS, sc->hdr, x->added))
+		return XDP_ABORTED;
+	count_kind(x->slot, x->c2p, x->data_len, x->indication);
+	return action;
+}
+
+// The plan as an IPv4 frame (from an IPv6 one).
+static __noinline int out_v4(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&SCRATCH, &zero);
+	if (!sc)
+		return XDP_PASS;
+	struct xplan *x = &sc->x;
+	struct v4_headers *o = &sc->o4;
+	__u32 udp_len = sizeof(struct udphdr) + x->added + x->data_len + x->pad;
+	if (udp_len > 0xffff - 64 || x->added > 48 || x->pad > 3)
+		return XDP_PASS;
+	__u16 new_len = bpf_htons(udp_len);
+	__builtin_memcpy(&o->eth, &sc->h6.eth, sizeof(struct ethhdr));
+	o->eth.h_proto = bpf_htons(ETH_P_IP);
+	__builtin_memset(&o->ip, 0, sizeof(o->ip));
+	o->ip.version = 4;
+	o->ip.ihl = 5;
+	o->ip.tot_len = bpf_htons(sizeof(struct iphdr) + udp_len);
+	o->ip.frag_off = bpf_htons(0x4000); // DF, as the server's own UDP sockets send
+	o->ip.ttl = RELAY_TTL;
+	o->ip.protocol = IPPROTO_UDP;
+	__builtin_memcpy(&o->ip.saddr, x->src.addr, 4);
+	__builtin_memcpy(&o->ip.daddr, x->dst.addr, 4);
+	ipv4_csum(&o->ip);
+	o->udp.source = x->src.port;
+	o->udp.dest = x->dst.port;
+	o->udp.len = new_len;
+	__u32 sum = x->sum;
+	sum = csum_add_words(sum, (__u16 *)&o->ip.saddr, 4);
+	sum = csum_add(sum, o->udp.source);
+	sum = csum_add(sum, o->udp.dest);
+	sum = csum_add(sum, new_len);
+	sum = csum_add(sum, new_len);
+	sum = csum_add_hdr(sum, sc->hdr, x->added);
+	o->udp.check = udp_csum_finish(sum);
+
+	int action = route(ctx, &o->eth, AF_INET, x->src.addr, x->dst.addr,
+			   sizeof(struct iphdr) + udp_len);
+	if (action < 0) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	int delta = (int)x->in_hdrs + (int)x->cut - (int)V4_HDRS - (int)x->added;
+	int r = reshape(ctx, delta, x->pad, x->tail, V4_HDRS + x->added, x->data_len);
+	if (r == -1) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	if (r < 0)
+		return XDP_ABORTED;
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (data + V4_HDRS > end)
+		return XDP_ABORTED;
+	__builtin_memcpy(data, &o->eth, V4_HDRS);
+	if (put_added(ctx, V4_HDRS, sc->hdr, x->added))
+		return XDP_ABORTED;
+	count_kind(x->slot, x->c2p, x->data_len, x->indication);
+	return action;
+}
+
+// Plans common to every crossing: the old pseudo-header's addresses, ports and lengths out.
+static __always_inline __u32 sum_out_v4(const struct v4_headers *h)
+{
+	__u32 sum = (__u16)~h->udp.check;
+	sum = csum_sub_words(sum, (__u16 *)&h->ip.saddr, 4);
+	sum = csum_sub(sum, h->udp.source);
+	sum = csum_sub(sum, h->udp.dest);
+	sum = csum_sub(sum, h->udp.len);
+	sum = csum_sub(sum, h->udp.len);
+	return sum;
+}
+
+static __always_inline __u32 sum_out_v6(const struct v6_headers *h)
+{
+	__u32 sum = (__u16)~h->udp.check;
+	sum = csum_sub_words(sum, (__u16 *)&h->ip.saddr, 8);
+	sum = csum_sub_words(sum, (__u16 *)&h->ip.daddr, 8);
+	sum = csum_sub(sum, h->udp.source);
+	sum = csum_sub(sum, h->udp.dest);
+	sum = csum_sub(sum, h->udp.len);
+	sum = csum_sub(sum, h->udp.len);
+	return sum;
+}
+
+static __always_inline void plan(struct xplan *x, const struct endpoint *src,
+				 const struct endpoint *dst, __u32 slot, __u16 data_len)
+{
+	__builtin_memcpy(&x->src, src, sizeof(*src));
+	__builtin_memcpy(&x->dst, dst, sizeof(*dst));
+	x->slot = slot;
+	x->data_len = data_len;
+	x->added = 0;
+	x->pad = 0;
+	x->cut = 0;
+	x->tail = 0;
+	x->c2p = 0;
+	x->indication = 0;
+}
+
 // ---------------------------------------------------------------------------------------------
 // IPv4
 
-static __always_inline int v4_client_to_peer(struct xdp_md *ctx, struct v4_headers *h,
+static __noinline int v4_client_to_peer(struct xdp_md *ctx, struct v4_headers *h,
 					     const struct chan_val *v, __u16 data_len)
 {
 	__u16 old_len = h->udp.len;
@@ -348,7 +1010,7 @@ static __always_inline int v4_client_to_peer(struct xdp_md *ctx, struct v4_heade
 	return action;
 }
 
-static __always_inline int v4_peer_to_client(struct xdp_md *ctx, struct v4_headers *h,
+static __noinline int v4_peer_to_client(struct xdp_md *ctx, struct v4_headers *h,
 					     const struct peer_val *v, __u16 data_len)
 {
 	__u16 old_len = h->udp.len;
@@ -404,71 +1066,340 @@ static __always_inline int v4_peer_to_client(struct xdp_md *ctx, struct v4_heade
 	return action;
 }
 
-static __always_inline int handle_v4(struct xdp_md *ctx)
+// A Send indication from a mirrored client with a live permission for its peer: DATA's value
+// leaves from the relay address (the header and the attributes before DATA are cut in front, the
+// zero padding and the attributes after it, FINGERPRINT included, behind).
+static __noinline int v4_send(struct xdp_md *ctx, struct v4_headers *h, __u16 payload_len)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
-	struct v4_headers h;
+	struct send_info si;
+	if (parse_send(ctx, V4_HDRS, payload_len, &si))
+		return -1;
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&SCRATCH, &zero);
+	if (!sc)
+		return -1;
+	struct send_key *key = &sc->sk;
+	__builtin_memset(key, 0, sizeof(*key));
+	endpoint_v4(&key->client, h->ip.saddr, h->udp.source);
+	endpoint_v4(&key->local, h->ip.daddr, h->udp.dest);
+	__builtin_memcpy(key->peer.addr, si.peer, 16);
+	key->peer.family = si.family;
+	struct send_val *v = bpf_map_lookup_elem(&SEND_PERMS, key);
+	if (!v)
+		return -1;
+	if (v->relay.family != si.family || bpf_ktime_get_ns() >= v->expires_ns) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	if (si.family == 6) {
+		// A dual allocation's peer in the other family.
+		if (!h->udp.check || loopback_partial_csum(ctx)) {
+			stat_inc(STAT_PASS_MATCHED);
+			return XDP_PASS;
+		}
+		struct endpoint dst;
+		__builtin_memset(&dst, 0, sizeof(dst));
+		__builtin_memcpy(dst.addr, si.peer, 16);
+		dst.port = si.peer_port;
+		dst.family = 6;
+		struct xplan *x = &sc->x;
+		plan(x, &v->relay, &dst, v->slot, si.data_len);
+		__u32 sum = sum_out_v4(h);
+		sum = csum_sub_region(sum, data + V4_HDRS, end, 0, si.data_off);
+		sum = csum_sub_region(sum, data + V4_HDRS, end,
+				      si.data_off + si.data_len + si.pad_len, si.suffix_len);
+		x->sum = sum;
+		x->cut = si.data_off;
+		x->tail = si.pad_len + si.suffix_len;
+		x->in_hdrs = V4_HDRS;
+		x->c2p = 1;
+		x->indication = 1;
+		return out_v6(ctx);
+	}
+	__u16 data_len = si.data_len;
+	__u16 old_len = h->udp.len;
+	__u16 new_len = bpf_htons(data_len + sizeof(struct udphdr));
+	__u16 old_check = h->udp.check;
+	__u32 sum = 0;
+	if (loopback_partial_csum(ctx))
+		h->udp.check = old_check = 0;
+	if (old_check) {
+		sum = (__u16)~old_check;
+		sum = csum_sub_words(sum, (__u16 *)&h->ip.saddr, 4);
+		sum = csum_sub(sum, h->udp.source);
+		sum = csum_sub(sum, h->udp.dest);
+		sum = csum_sub(sum, old_len);
+		sum = csum_sub(sum, old_len);
+		sum = csum_sub_region(sum, data + V4_HDRS, end, 0, si.data_off);
+		sum = csum_sub_region(sum, data + V4_HDRS, end,
+				      si.data_off + si.data_len + si.pad_len, si.suffix_len);
+	}
+	__builtin_memcpy(&h->ip.saddr, v->relay.addr, 4);
+	__builtin_memcpy(&h->ip.daddr, si.peer, 4);
+	h->udp.source = v->relay.port;
+	h->udp.dest = si.peer_port;
+	h->udp.len = new_len;
+	if (old_check) {
+		sum = csum_add_words(sum, (__u16 *)&h->ip.saddr, 4);
+		sum = csum_add(sum, h->udp.source);
+		sum = csum_add(sum, h->udp.dest);
+		sum = csum_add(sum, new_len);
+		sum = csum_add(sum, new_len);
+		h->udp.check = udp_csum_finish(sum);
+	}
+	__u16 tot = data_len + sizeof(struct udphdr) + sizeof(struct iphdr);
+	h->ip.tot_len = bpf_htons(tot);
+	h->ip.ttl = RELAY_TTL;
+	ipv4_csum(&h->ip);
+
+	int action = route(ctx, &h->eth, AF_INET, v->relay.addr, si.peer, tot);
+	if (action < 0) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	__u32 slot = v->slot;
+	// The head first: if the tail cannot move, the bytes in front are still there to go back to.
+	int tail = si.pad_len + si.suffix_len;
+	if (bpf_xdp_adjust_head(ctx, si.data_off))
+		return XDP_PASS;
+	if (tail && bpf_xdp_adjust_tail(ctx, -tail)) {
+		bpf_xdp_adjust_head(ctx, -(int)si.data_off);
+		return XDP_PASS;
+	}
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	if (data + V4_HDRS > end)
+		return XDP_ABORTED;
+	__builtin_memcpy(data, &h->eth, V4_HDRS);
+	count_kind(slot, 1, data_len, 1);
+	return action;
+}
+
+// A datagram from a permitted peer with no channel mirrored for it: a Data indication to the
+// client (RFC 8656 §11.3), byte for byte what the engine writes but for the transaction id.
+static __noinline int v4_data(struct xdp_md *ctx, struct v4_headers *h,
+				   const struct data_val *v, __u16 data_len)
+{
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&SCRATCH, &zero);
+	if (!sc)
+		return XDP_PASS;
+	__u8 *hdr = sc->hdr;
+	__u8 *peer = sc->peer;
+	__builtin_memset(peer, 0, 16);
+	__builtin_memcpy(peer, &h->ip.saddr, 4);
+	int hlen = data_header(hdr, peer, h->udp.source, 0, data_len);
+	__u32 pad = (4 - (data_len & 3)) & 3;
+	__u16 old_len = h->udp.len;
+	__u16 new_len = bpf_htons(sizeof(struct udphdr) + DATA_HDR_V4 + data_len + pad);
+	__u16 old_check = h->udp.check;
+	__u32 sum = 0;
+	if (loopback_partial_csum(ctx))
+		h->udp.check = old_check = 0;
+	if (old_check) {
+		sum = (__u16)~old_check;
+		sum = csum_sub_words(sum, (__u16 *)&h->ip.saddr, 4);
+		sum = csum_sub(sum, h->udp.source);
+		sum = csum_sub(sum, h->udp.dest);
+		sum = csum_sub(sum, old_len);
+		sum = csum_sub(sum, old_len);
+	}
+	__builtin_memcpy(&h->ip.saddr, v->local.addr, 4);
+	__builtin_memcpy(&h->ip.daddr, v->client.addr, 4);
+	h->udp.source = v->local.port;
+	h->udp.dest = v->client.port;
+	h->udp.len = new_len;
+	if (old_check) {
+		sum = csum_add_words(sum, (__u16 *)&h->ip.saddr, 4);
+		sum = csum_add(sum, h->udp.source);
+		sum = csum_add(sum, h->udp.dest);
+		sum = csum_add(sum, new_len);
+		sum = csum_add(sum, new_len);
+		const __u16 *w = (const __u16 *)hdr;
+#pragma unroll
+		for (int i = 0; i < DATA_HDR_V4 / 2; i++)
+			sum = csum_add(sum, w[i]);
+		h->udp.check = udp_csum_finish(sum);
+	}
+	__u16 tot = sizeof(struct iphdr) + sizeof(struct udphdr) + DATA_HDR_V4 + data_len + pad;
+	h->ip.tot_len = bpf_htons(tot);
+	h->ip.ttl = RELAY_TTL;
+	ipv4_csum(&h->ip);
+
+	int action = route(ctx, &h->eth, AF_INET, v->local.addr, v->client.addr, tot);
+	if (action < 0) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	__u32 slot = v->slot;
+	if (grow_for_data(ctx, V4_HDRS, data_len, pad, hlen)) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (data + V4_HDRS + DATA_HDR_V4 > end)
+		return XDP_ABORTED;
+	__builtin_memcpy(data, &h->eth, V4_HDRS);
+	__builtin_memcpy(data + V4_HDRS, hdr, DATA_HDR_V4);
+	count_kind(slot, 0, data_len, 1);
+	return action;
+}
+
+static __noinline int handle_v4(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&SCRATCH, &zero);
+	if (!sc)
+		return XDP_PASS;
+	struct v4_headers *h = &sc->h4;
 	if (data + V4_HDRS > end)
 		return XDP_PASS;
-	__builtin_memcpy(&h.eth, data, V4_HDRS);
+	__builtin_memcpy(&h->eth, data, V4_HDRS);
 	// No options, no fragments, UDP, and lengths that agree with the frame exactly.
-	if (h.ip.ihl != 5 || h.ip.version != 4 || h.ip.protocol != IPPROTO_UDP)
+	if (h->ip.ihl != 5 || h->ip.version != 4 || h->ip.protocol != IPPROTO_UDP)
 		return XDP_PASS;
-	if (h.ip.frag_off & bpf_htons(0x3fff))
+	if (h->ip.frag_off & bpf_htons(0x3fff))
 		return XDP_PASS;
-	__u16 tot_len = bpf_ntohs(h.ip.tot_len);
+	__u16 tot_len = bpf_ntohs(h->ip.tot_len);
 	if ((long)tot_len != (long)(end - data) - (long)sizeof(struct ethhdr))
 		return XDP_PASS;
-	__u16 udp_len = bpf_ntohs(h.udp.len);
+	__u16 udp_len = bpf_ntohs(h->udp.len);
 	if (udp_len != tot_len - sizeof(struct iphdr) || udp_len < sizeof(struct udphdr))
 		return XDP_PASS;
 	__u16 payload_len = udp_len - sizeof(struct udphdr);
 	__u8 *payload = data + V4_HDRS;
+
+	// A Send indication (type 0x0016) from a mirrored client; anything else starting like one
+	// may still be a peer's datagram.
+	if (payload_len >= 20 && payload + 2 <= (__u8 *)end && payload[0] == 0 &&
+	    payload[1] == STUN_SEND_INDICATION) {
+		int r = v4_send(ctx, h, payload_len);
+		if (r >= 0)
+			return r;
+		goto from_peer;
+	}
 
 	// A ChannelData message starts with a channel number: 0x4000-0x4FFF in RFC 8656 §12,
 	// 0x4000-0x7FFF in RFC 5766, which the engine accepts too (coturn's clients use them all).
 	if (payload_len >= 4 && payload + 4 <= (__u8 *)end && (payload[0] & 0xc0) == 0x40) {
 		__u16 channel = ((__u16)payload[0] << 8) | payload[1];
 		__u16 data_len = ((__u16)payload[2] << 8) | payload[3];
-		struct chan_key key;
-		__builtin_memset(&key, 0, sizeof(key));
-		endpoint_v4(&key.client, h.ip.saddr, h.udp.source);
-		endpoint_v4(&key.local, h.ip.daddr, h.udp.dest);
-		key.channel = channel;
-		struct chan_val *v = bpf_map_lookup_elem(&CHANNELS, &key);
+		struct chan_key *key = &sc->ck;
+		__builtin_memset(key, 0, sizeof(*key));
+		endpoint_v4(&key->client, h->ip.saddr, h->udp.source);
+		endpoint_v4(&key->local, h->ip.daddr, h->udp.dest);
+		key->channel = channel;
+		struct chan_val *v = bpf_map_lookup_elem(&CHANNELS, key);
 		// A miss may still be a peer's datagram that happens to start like ChannelData.
 		if (!v)
 			goto from_peer;
 		// Over UDP the message fills the datagram (no padding to prove right), and the peer
 		// is in the client's family.
-		if (data_len != payload_len - 4 || v->peer.family != 4 || v->relay.family != 4 ||
+		if (data_len != payload_len - 4 || v->peer.family != v->relay.family ||
 		    bpf_ktime_get_ns() >= v->expires_ns) {
 			stat_inc(STAT_PASS_MATCHED);
 			return XDP_PASS;
 		}
-		return v4_client_to_peer(ctx, &h, v, data_len);
+		if (v->peer.family == 6) {
+			// A dual allocation's peer in the other family. IPv6 needs a UDP checksum: one
+			// must come in to be updated.
+			if (!h->udp.check || loopback_partial_csum(ctx)) {
+				stat_inc(STAT_PASS_MATCHED);
+				return XDP_PASS;
+			}
+			__u16 w[2];
+			__builtin_memcpy(w, payload, 4);
+			struct xplan *x = &sc->x;
+			plan(x, &v->relay, &v->peer, v->slot, data_len);
+			x->sum = csum_sub(csum_sub(sum_out_v4(h), w[0]), w[1]);
+			x->cut = 4;
+			x->in_hdrs = V4_HDRS;
+			x->c2p = 1;
+			return out_v6(ctx);
+		}
+		if (v->peer.family != 4) {
+			stat_inc(STAT_PASS_MATCHED);
+			return XDP_PASS;
+		}
+		return v4_client_to_peer(ctx, h, v, data_len);
 	}
 
 from_peer:;
-	struct peer_key pk;
-	endpoint_v4(&pk.peer, h.ip.saddr, h.udp.source);
-	endpoint_v4(&pk.relay, h.ip.daddr, h.udp.dest);
-	struct peer_val *pv = bpf_map_lookup_elem(&PEERS, &pk);
-	if (!pv)
-		return XDP_PASS;
-	if (pv->client.family != 4 || pv->local.family != 4 || payload_len > 0xffff - 64 ||
+	struct peer_key *pk = &sc->pk;
+	endpoint_v4(&pk->peer, h->ip.saddr, h->udp.source);
+	endpoint_v4(&pk->relay, h->ip.daddr, h->udp.dest);
+	struct peer_val *pv = bpf_map_lookup_elem(&PEERS, pk);
+	if (!pv) {
+		// No channel for this peer transport address: a Data indication if its IP has a
+		// permission (the engine binds no channel the mirror did not mirror with it).
+		pk->peer.port = 0;
+		struct data_val *dv = bpf_map_lookup_elem(&DATA_PERMS, pk);
+		if (!dv)
+			return XDP_PASS;
+		if (dv->client.family != dv->local.family || payload_len > 0xffff - 64 ||
+		    bpf_ktime_get_ns() >= dv->expires_ns) {
+			stat_inc(STAT_PASS_MATCHED);
+			return XDP_PASS;
+		}
+		if (dv->client.family == 6) {
+			if (!h->udp.check || loopback_partial_csum(ctx)) {
+				stat_inc(STAT_PASS_MATCHED);
+				return XDP_PASS;
+			}
+			__builtin_memset(sc->peer, 0, 16);
+			__builtin_memcpy(sc->peer, &h->ip.saddr, 4);
+			struct xplan *x = &sc->x;
+			plan(x, &dv->local, &dv->client, dv->slot, payload_len);
+			x->sum = sum_out_v4(h);
+			x->added = data_header(sc->hdr, sc->peer, h->udp.source, 0, payload_len);
+			x->pad = (4 - (payload_len & 3)) & 3;
+			x->in_hdrs = V4_HDRS;
+			x->indication = 1;
+			return out_v6(ctx);
+		}
+		if (dv->client.family != 4) {
+			stat_inc(STAT_PASS_MATCHED);
+			return XDP_PASS;
+		}
+		return v4_data(ctx, h, dv, payload_len);
+	}
+	if (pv->client.family != pv->local.family || payload_len > 0xffff - 64 ||
 	    bpf_ktime_get_ns() >= pv->expires_ns) {
 		stat_inc(STAT_PASS_MATCHED);
 		return XDP_PASS;
 	}
-	return v4_peer_to_client(ctx, &h, pv, payload_len);
+	if (pv->client.family == 6) {
+		if (!h->udp.check || loopback_partial_csum(ctx)) {
+			stat_inc(STAT_PASS_MATCHED);
+			return XDP_PASS;
+		}
+		struct xplan *x = &sc->x;
+		plan(x, &pv->local, &pv->client, pv->slot, payload_len);
+		x->sum = sum_out_v4(h);
+		sc->hdr[0] = pv->channel >> 8;
+		sc->hdr[1] = pv->channel;
+		sc->hdr[2] = payload_len >> 8;
+		sc->hdr[3] = payload_len;
+		x->added = 4;
+		x->in_hdrs = V4_HDRS;
+		return out_v6(ctx);
+	}
+	if (pv->client.family != 4) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	return v4_peer_to_client(ctx, h, pv, payload_len);
 }
 
 // ---------------------------------------------------------------------------------------------
 // IPv6 (the UDP checksum is mandatory: an incoming 0 is not relayed here)
 
-static __always_inline int v6_client_to_peer(struct xdp_md *ctx, struct v6_headers *h,
+static __noinline int v6_client_to_peer(struct xdp_md *ctx, struct v6_headers *h,
 					     const struct chan_val *v, __u16 data_len)
 {
 	__u16 old_len = h->udp.len;
@@ -520,7 +1451,7 @@ static __always_inline int v6_client_to_peer(struct xdp_md *ctx, struct v6_heade
 	return action;
 }
 
-static __always_inline int v6_peer_to_client(struct xdp_md *ctx, struct v6_headers *h,
+static __noinline int v6_peer_to_client(struct xdp_md *ctx, struct v6_headers *h,
 					     const struct peer_val *v, __u16 data_len)
 {
 	__u16 old_len = h->udp.len;
@@ -569,62 +1500,324 @@ static __always_inline int v6_peer_to_client(struct xdp_md *ctx, struct v6_heade
 	return action;
 }
 
-static __always_inline int handle_v6(struct xdp_md *ctx)
+// A Send indication from a mirrored client with a live permission for its peer: DATA's value
+// leaves from the relay address (the header and the attributes before DATA are cut in front, the
+// zero padding and the attributes after it, FINGERPRINT included, behind).
+static __noinline int v6_send(struct xdp_md *ctx, struct v6_headers *h, __u16 payload_len)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct send_info si;
+	if (parse_send(ctx, V6_HDRS, payload_len, &si))
+		return -1;
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&SCRATCH, &zero);
+	if (!sc)
+		return -1;
+	struct send_key *key = &sc->sk;
+	__builtin_memset(key, 0, sizeof(*key));
+	endpoint_v6(&key->client, &h->ip.saddr, h->udp.source);
+	endpoint_v6(&key->local, &h->ip.daddr, h->udp.dest);
+	__builtin_memcpy(key->peer.addr, si.peer, 16);
+	key->peer.family = si.family;
+	struct send_val *v = bpf_map_lookup_elem(&SEND_PERMS, key);
+	if (!v)
+		return -1;
+	if (v->relay.family != si.family || bpf_ktime_get_ns() >= v->expires_ns) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	if (si.family == 4) {
+		// A dual allocation's peer in the other family.
+		if (0) {
+			stat_inc(STAT_PASS_MATCHED);
+			return XDP_PASS;
+		}
+		struct endpoint dst;
+		__builtin_memset(&dst, 0, sizeof(dst));
+		__builtin_memcpy(dst.addr, si.peer, 16);
+		dst.port = si.peer_port;
+		dst.family = 4;
+		struct xplan *x = &sc->x;
+		plan(x, &v->relay, &dst, v->slot, si.data_len);
+		__u32 sum = sum_out_v6(h);
+		sum = csum_sub_region(sum, data + V6_HDRS, end, 0, si.data_off);
+		sum = csum_sub_region(sum, data + V6_HDRS, end,
+				      si.data_off + si.data_len + si.pad_len, si.suffix_len);
+		x->sum = sum;
+		x->cut = si.data_off;
+		x->tail = si.pad_len + si.suffix_len;
+		x->in_hdrs = V6_HDRS;
+		x->c2p = 1;
+		x->indication = 1;
+		return out_v4(ctx);
+	}
+	__u16 data_len = si.data_len;
+	__u16 old_len = h->udp.len;
+	__u16 new_len = bpf_htons(data_len + sizeof(struct udphdr));
+	__u32 sum = (__u16)~h->udp.check;
+	{
+		sum = csum_sub_words(sum, (__u16 *)&h->ip.saddr, 8);
+		sum = csum_sub_words(sum, (__u16 *)&h->ip.daddr, 8);
+		sum = csum_sub(sum, h->udp.source);
+		sum = csum_sub(sum, h->udp.dest);
+		sum = csum_sub(sum, old_len);
+		sum = csum_sub(sum, old_len);
+		sum = csum_sub_region(sum, data + V6_HDRS, end, 0, si.data_off);
+		sum = csum_sub_region(sum, data + V6_HDRS, end,
+				      si.data_off + si.data_len + si.pad_len, si.suffix_len);
+	}
+	__builtin_memcpy(&h->ip.saddr, v->relay.addr, 16);
+	__builtin_memcpy(&h->ip.daddr, si.peer, 16);
+	h->udp.source = v->relay.port;
+	h->udp.dest = si.peer_port;
+	h->udp.len = new_len;
+	{
+		sum = csum_add_words(sum, (__u16 *)&h->ip.saddr, 8);
+		sum = csum_add_words(sum, (__u16 *)&h->ip.daddr, 8);
+		sum = csum_add(sum, h->udp.source);
+		sum = csum_add(sum, h->udp.dest);
+		sum = csum_add(sum, new_len);
+		sum = csum_add(sum, new_len);
+		h->udp.check = udp_csum_finish(sum);
+	}
+	h->ip.payload_len = new_len;
+	h->ip.hop_limit = RELAY_TTL;
+
+	int action = route(ctx, &h->eth, AF_INET6, v->relay.addr, si.peer,
+			   data_len + sizeof(struct udphdr) + sizeof(struct ipv6hdr));
+	if (action < 0) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	__u32 slot = v->slot;
+	// The head first: if the tail cannot move, the bytes in front are still there to go back to.
+	int tail = si.pad_len + si.suffix_len;
+	if (bpf_xdp_adjust_head(ctx, si.data_off))
+		return XDP_PASS;
+	if (tail && bpf_xdp_adjust_tail(ctx, -tail)) {
+		bpf_xdp_adjust_head(ctx, -(int)si.data_off);
+		return XDP_PASS;
+	}
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	if (data + V6_HDRS > end)
+		return XDP_ABORTED;
+	__builtin_memcpy(data, &h->eth, V6_HDRS);
+	count_kind(slot, 1, data_len, 1);
+	return action;
+}
+
+// A datagram from a permitted peer with no channel mirrored for it: a Data indication to the
+// client (RFC 8656 §11.3), byte for byte what the engine writes but for the transaction id.
+static __noinline int v6_data(struct xdp_md *ctx, struct v6_headers *h,
+				   const struct data_val *v, __u16 data_len)
+{
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&SCRATCH, &zero);
+	if (!sc)
+		return XDP_PASS;
+	__u8 *hdr = sc->hdr;
+	__u8 *peer = sc->peer;
+	__builtin_memcpy(peer, &h->ip.saddr, 16);
+	int hlen = data_header(hdr, peer, h->udp.source, 1, data_len);
+	__u32 pad = (4 - (data_len & 3)) & 3;
+	__u16 old_len = h->udp.len;
+	__u16 new_len = bpf_htons(sizeof(struct udphdr) + DATA_HDR_V6 + data_len + pad);
+	__u32 sum = (__u16)~h->udp.check;
+	{
+		sum = csum_sub_words(sum, (__u16 *)&h->ip.saddr, 8);
+		sum = csum_sub_words(sum, (__u16 *)&h->ip.daddr, 8);
+		sum = csum_sub(sum, h->udp.source);
+		sum = csum_sub(sum, h->udp.dest);
+		sum = csum_sub(sum, old_len);
+		sum = csum_sub(sum, old_len);
+	}
+	__builtin_memcpy(&h->ip.saddr, v->local.addr, 16);
+	__builtin_memcpy(&h->ip.daddr, v->client.addr, 16);
+	h->udp.source = v->local.port;
+	h->udp.dest = v->client.port;
+	h->udp.len = new_len;
+	{
+		sum = csum_add_words(sum, (__u16 *)&h->ip.saddr, 8);
+		sum = csum_add_words(sum, (__u16 *)&h->ip.daddr, 8);
+		sum = csum_add(sum, h->udp.source);
+		sum = csum_add(sum, h->udp.dest);
+		sum = csum_add(sum, new_len);
+		sum = csum_add(sum, new_len);
+		const __u16 *w = (const __u16 *)hdr;
+#pragma unroll
+		for (int i = 0; i < DATA_HDR_V6 / 2; i++)
+			sum = csum_add(sum, w[i]);
+		h->udp.check = udp_csum_finish(sum);
+	}
+	h->ip.payload_len = new_len;
+	h->ip.hop_limit = RELAY_TTL;
+
+	int action = route(ctx, &h->eth, AF_INET6, v->local.addr, v->client.addr,
+			   sizeof(struct ipv6hdr) + sizeof(struct udphdr) + DATA_HDR_V6 + data_len + pad);
+	if (action < 0) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	__u32 slot = v->slot;
+	if (grow_for_data(ctx, V6_HDRS, data_len, pad, hlen)) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (data + V6_HDRS + DATA_HDR_V6 > end)
+		return XDP_ABORTED;
+	__builtin_memcpy(data, &h->eth, V6_HDRS);
+	__builtin_memcpy(data + V6_HDRS, hdr, DATA_HDR_V6);
+	count_kind(slot, 0, data_len, 1);
+	return action;
+}
+
+static __noinline int handle_v6(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	if (loopback_partial_csum(ctx))
 		return XDP_PASS;
-	struct v6_headers h;
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&SCRATCH, &zero);
+	if (!sc)
+		return XDP_PASS;
+	struct v6_headers *h = &sc->h6;
 	if (data + V6_HDRS > end)
 		return XDP_PASS;
-	__builtin_memcpy(&h.eth, data, V6_HDRS);
+	__builtin_memcpy(&h->eth, data, V6_HDRS);
 	// UDP right after the fixed header (no extension headers), lengths that agree exactly, and
 	// a checksum (0 is invalid for UDP over IPv6 and left to the stack).
-	if (h.ip.version != 6 || h.ip.nexthdr != IPPROTO_UDP || h.udp.check == 0)
+	if (h->ip.version != 6 || h->ip.nexthdr != IPPROTO_UDP || h->udp.check == 0)
 		return XDP_PASS;
-	__u16 plen = bpf_ntohs(h.ip.payload_len);
+	__u16 plen = bpf_ntohs(h->ip.payload_len);
 	if ((long)plen != (long)(end - data) - (long)(sizeof(struct ethhdr) + sizeof(struct ipv6hdr)))
 		return XDP_PASS;
-	__u16 udp_len = bpf_ntohs(h.udp.len);
+	__u16 udp_len = bpf_ntohs(h->udp.len);
 	if (udp_len != plen || udp_len < sizeof(struct udphdr))
 		return XDP_PASS;
 	__u16 payload_len = udp_len - sizeof(struct udphdr);
 	__u8 *payload = data + V6_HDRS;
 
+	// A Send indication (type 0x0016) from a mirrored client; anything else starting like one
+	// may still be a peer's datagram.
+	if (payload_len >= 20 && payload + 2 <= (__u8 *)end && payload[0] == 0 &&
+	    payload[1] == STUN_SEND_INDICATION) {
+		int r = v6_send(ctx, h, payload_len);
+		if (r >= 0)
+			return r;
+		goto from_peer;
+	}
+
+	// A ChannelData message starts with a channel number: 0x4000-0x4FFF in RFC 8656 §12,
+	// 0x4000-0x7FFF in RFC 5766, which the engine accepts too (coturn's clients use them all).
 	if (payload_len >= 4 && payload + 4 <= (__u8 *)end && (payload[0] & 0xc0) == 0x40) {
 		__u16 channel = ((__u16)payload[0] << 8) | payload[1];
 		__u16 data_len = ((__u16)payload[2] << 8) | payload[3];
-		struct chan_key key;
-		__builtin_memset(&key, 0, sizeof(key));
-		endpoint_v6(&key.client, &h.ip.saddr, h.udp.source);
-		endpoint_v6(&key.local, &h.ip.daddr, h.udp.dest);
-		key.channel = channel;
-		struct chan_val *v = bpf_map_lookup_elem(&CHANNELS, &key);
+		struct chan_key *key = &sc->ck;
+		__builtin_memset(key, 0, sizeof(*key));
+		endpoint_v6(&key->client, &h->ip.saddr, h->udp.source);
+		endpoint_v6(&key->local, &h->ip.daddr, h->udp.dest);
+		key->channel = channel;
+		struct chan_val *v = bpf_map_lookup_elem(&CHANNELS, key);
 		// A miss may still be a peer's datagram that happens to start like ChannelData.
 		if (!v)
 			goto from_peer;
-		if (data_len != payload_len - 4 || v->peer.family != 6 || v->relay.family != 6 ||
+		if (data_len != payload_len - 4 || v->peer.family != v->relay.family ||
 		    bpf_ktime_get_ns() >= v->expires_ns) {
 			stat_inc(STAT_PASS_MATCHED);
 			return XDP_PASS;
 		}
-		return v6_client_to_peer(ctx, &h, v, data_len);
+		if (v->peer.family == 4) {
+			// A dual allocation's peer in the other family.
+			if (0) {
+				stat_inc(STAT_PASS_MATCHED);
+				return XDP_PASS;
+			}
+			__u16 w[2];
+			__builtin_memcpy(w, payload, 4);
+			struct xplan *x = &sc->x;
+			plan(x, &v->relay, &v->peer, v->slot, data_len);
+			x->sum = csum_sub(csum_sub(sum_out_v6(h), w[0]), w[1]);
+			x->cut = 4;
+			x->in_hdrs = V6_HDRS;
+			x->c2p = 1;
+			return out_v4(ctx);
+		}
+		if (v->peer.family != 6) {
+			stat_inc(STAT_PASS_MATCHED);
+			return XDP_PASS;
+		}
+		return v6_client_to_peer(ctx, h, v, data_len);
 	}
 
 from_peer:;
-	struct peer_key pk;
-	endpoint_v6(&pk.peer, &h.ip.saddr, h.udp.source);
-	endpoint_v6(&pk.relay, &h.ip.daddr, h.udp.dest);
-	struct peer_val *pv = bpf_map_lookup_elem(&PEERS, &pk);
-	if (!pv)
-		return XDP_PASS;
-	if (pv->client.family != 6 || pv->local.family != 6 || payload_len > 0xffff - 64 ||
+	struct peer_key *pk = &sc->pk;
+	endpoint_v6(&pk->peer, &h->ip.saddr, h->udp.source);
+	endpoint_v6(&pk->relay, &h->ip.daddr, h->udp.dest);
+	struct peer_val *pv = bpf_map_lookup_elem(&PEERS, pk);
+	if (!pv) {
+		// No channel for this peer transport address: a Data indication if its IP has a
+		// permission (the engine binds no channel the mirror did not mirror with it).
+		pk->peer.port = 0;
+		struct data_val *dv = bpf_map_lookup_elem(&DATA_PERMS, pk);
+		if (!dv)
+			return XDP_PASS;
+		if (dv->client.family != dv->local.family || payload_len > 0xffff - 64 ||
+		    bpf_ktime_get_ns() >= dv->expires_ns) {
+			stat_inc(STAT_PASS_MATCHED);
+			return XDP_PASS;
+		}
+		if (dv->client.family == 4) {
+			if (0) {
+				stat_inc(STAT_PASS_MATCHED);
+				return XDP_PASS;
+			}
+			__builtin_memcpy(sc->peer, &h->ip.saddr, 16);
+			struct xplan *x = &sc->x;
+			plan(x, &dv->local, &dv->client, dv->slot, payload_len);
+			x->sum = sum_out_v6(h);
+			x->added = data_header(sc->hdr, sc->peer, h->udp.source, 1, payload_len);
+			x->pad = (4 - (payload_len & 3)) & 3;
+			x->in_hdrs = V6_HDRS;
+			x->indication = 1;
+			return out_v4(ctx);
+		}
+		if (dv->client.family != 6) {
+			stat_inc(STAT_PASS_MATCHED);
+			return XDP_PASS;
+		}
+		return v6_data(ctx, h, dv, payload_len);
+	}
+	if (pv->client.family != pv->local.family || payload_len > 0xffff - 64 ||
 	    bpf_ktime_get_ns() >= pv->expires_ns) {
 		stat_inc(STAT_PASS_MATCHED);
 		return XDP_PASS;
 	}
-	return v6_peer_to_client(ctx, &h, pv, payload_len);
+	if (pv->client.family == 4) {
+		if (0) {
+			stat_inc(STAT_PASS_MATCHED);
+			return XDP_PASS;
+		}
+		struct xplan *x = &sc->x;
+		plan(x, &pv->local, &pv->client, pv->slot, payload_len);
+		x->sum = sum_out_v6(h);
+		sc->hdr[0] = pv->channel >> 8;
+		sc->hdr[1] = pv->channel;
+		sc->hdr[2] = payload_len >> 8;
+		sc->hdr[3] = payload_len;
+		x->added = 4;
+		x->in_hdrs = V6_HDRS;
+		return out_v4(ctx);
+	}
+	if (pv->client.family != 6) {
+		stat_inc(STAT_PASS_MATCHED);
+		return XDP_PASS;
+	}
+	return v6_peer_to_client(ctx, h, pv, payload_len);
 }
 
 SEC("xdp")

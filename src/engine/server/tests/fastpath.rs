@@ -1,7 +1,7 @@
 //! The fast-path outbox (issue 18): what the engine tells the worker to mirror, and when.
 
 use super::*;
-use crate::engine::server::fastpath::FastPathCommand;
+use crate::engine::server::fastpath::{FastPathCommand, PermissionView};
 
 fn drain_fastpath(h: &mut H) -> Vec<FastPathCommand> {
     std::iter::from_fn(|| h.s.poll_fastpath()).collect()
@@ -66,4 +66,43 @@ fn a_bandwidth_capped_allocation_is_never_offered_to_the_fast_path() {
     c.channel_bind(&mut h, 0x4000, peer()).assert_ok();
     assert_eq!(drain_fastpath(&mut h), vec![FastPathCommand::Sync(id)]);
     assert_eq!(h.s.fastpath_view(id, h.now), None, "stays on the user path");
+}
+
+#[test]
+fn permissions_are_queued_and_in_the_view_with_their_relay_and_deadline_until_they_expire() {
+    let (mut h, mut c) = allocated(config());
+    h.s.enable_fastpath();
+    let id = h.alloc_id(c.five);
+    c.permit(&mut h, peer()).assert_ok();
+    assert_eq!(drain_fastpath(&mut h), vec![FastPathCommand::Sync(id)]);
+    let view = h.s.fastpath_view(id, h.now).unwrap();
+    assert_eq!(view.channels, vec![]);
+    assert_eq!(
+        view.permissions,
+        vec![PermissionView {
+            peer: peer().ip(),
+            relay: h.relay_of(c.five),
+            expires: h.now + Duration::from_secs(300),
+        }]
+    );
+    // Refreshed 200 s later: queued again, and the view carries the new deadline.
+    h.at(200);
+    c.permit(&mut h, peer()).assert_ok();
+    assert_eq!(drain_fastpath(&mut h), vec![FastPathCommand::Sync(id)]);
+    let view = h.s.fastpath_view(id, h.now).unwrap();
+    assert_eq!(
+        view.permissions[0].expires,
+        h.now + Duration::from_secs(300)
+    );
+    // The allocation (600 s) ends before a permission refreshed late: the entry ends with it.
+    h.at(500);
+    c.permit(&mut h, peer()).assert_ok();
+    let view = h.s.fastpath_view(id, h.now).unwrap();
+    assert_eq!(view.permissions[0].expires, h.t0 + Duration::from_secs(600));
+    // Expired: no longer in the view (the kernel stops at the entry's deadline by itself).
+    h.at(590);
+    c.refresh(&mut h, Some(600)).assert_ok();
+    h.at(801);
+    let view = h.s.fastpath_view(id, h.now).unwrap();
+    assert_eq!(view.permissions, vec![]);
 }
