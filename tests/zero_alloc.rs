@@ -93,3 +93,68 @@ fn relaying_allocates_nothing_after_warm_up() {
         "heap allocations during 40,000 relayed packets"
     );
 }
+
+/// Heap allocations made by `f` on this thread.
+fn allocations_in(f: impl FnOnce()) -> usize {
+    COUNTING.with(|c| c.set(true));
+    let before = ALLOCS.load(Ordering::Relaxed);
+    f();
+    let after = ALLOCS.load(Ordering::Relaxed);
+    COUNTING.with(|c| c.set(false));
+    after - before
+}
+
+/// An engine holding `n` relaying allocations of one user, publishing its top `k` and traffic
+/// per user.
+fn engine_with(n: u16, k: usize, t0: Instant) -> Server {
+    let mut cfg = testing::config(false);
+    cfg.top_allocations = k;
+    cfg.traffic_by_user = true;
+    let (mut s, _) = testing::engine_on_ports(cfg, 40000, 40000 + 2 * n, t0, 1);
+    let peer = testing::peer(5, 9000);
+    let payload = [0xAB_u8; 100];
+    for i in 0..n {
+        let mut c = testing::Client::new(testing::udp(10000 + i));
+        c.allocate(&mut s, t0);
+        c.permit(&mut s, t0, peer);
+        // Different byte counts, so that the top K changes from one publish to the next.
+        for _ in 0..(i % 7) {
+            let send = testing::send_indication(peer, &payload);
+            let _ = s.handle_client_input(t0, c.five, &send);
+        }
+    }
+    s
+}
+
+/// The 1 Hz publish allocates O(K), not O(N): the first one sizes the top-K heap and list and
+/// the per-user table, the same for 50 allocations as for 2,000; after that, nothing.
+#[test]
+fn publishing_allocates_nothing_per_allocation() {
+    use vigi_turn::engine::server::Aggregates;
+    let t0 = Instant::now();
+    let mut first = Vec::new();
+    for n in [50, 2000] {
+        let mut s = engine_with(n, 10, t0);
+        let mut out = Aggregates::default();
+        first.push(allocations_in(|| s.publish(t0, &mut out)));
+        assert_eq!(out.allocations, usize::from(n));
+        assert_eq!(out.top.len(), 10);
+        let mut now = t0;
+        let steady = allocations_in(|| {
+            for _ in 0..20 {
+                now += Duration::from_secs(1);
+                s.publish(now, &mut out);
+            }
+        });
+        assert_eq!(
+            steady, 0,
+            "heap allocations in 20 publishes of {n} allocations"
+        );
+    }
+    assert_eq!(first[0], first[1], "first publish: O(K), not O(N)");
+    assert!(
+        first[0] <= 8,
+        "{} allocations in the first publish",
+        first[0]
+    );
+}

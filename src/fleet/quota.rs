@@ -49,13 +49,13 @@ async fn run(source: QuotaSource) {
     let mut healthy: Option<bool> = None;
     loop {
         tick.tick().await;
-        // Keyed by the snapshots' shared names: counting copies no string.
+        // Keyed by the listed allocations' shared names: counting copies no string.
         let mut mine: HashMap<Arc<str>, u32> = HashMap::new();
-        for w in &source.workers {
-            let snap = w.snapshot.lock().unwrap_or_else(|e| e.into_inner());
-            for a in &snap.allocations {
-                *mine.entry(a.username.clone()).or_default() += 1;
-            }
+        let listed =
+            crate::metrics::list_allocations(&source.workers, &crate::engine::server::Select::All)
+                .await;
+        for (_, a) in &listed {
+            *mine.entry(a.username.clone()).or_default() += 1;
         }
         if conn.is_none() {
             conn = super::connect(&source.conn).await.ok();

@@ -1,0 +1,212 @@
+//! The view of the running workers that metrics, the admin API and the fleet share: their
+//! handles, their last snapshots added up ([`Totals`]), and the per-allocation listing they
+//! build when asked ([`list_allocations`]).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::engine::server::{Select, TopAllocation};
+use crate::engine::stats::AllocationStats;
+use crate::engine::{AllocationInfo, Counters, Shared};
+use crate::io::{Control, WorkerHandle, WorkerSnapshot};
+use crate::signal::calls::CallStats;
+
+use super::Options;
+
+/// How long [`list_allocations`] waits for the workers' answers (a worker answers between two
+/// batches of packets; one that does not answer by then is left out of the listing).
+pub const LIST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The live allocations `select` picks on `workers`, with the index of the worker that holds
+/// each: every worker is asked over its control channel and builds its part on its own thread.
+/// At most [`LIST_TIMEOUT`].
+pub async fn list_allocations<'a>(
+    workers: impl IntoIterator<Item = &'a WorkerHandle>,
+    select: &Select,
+) -> Vec<(usize, AllocationInfo)> {
+    let mut asked = Vec::new();
+    for w in workers {
+        let (reply, rx) = mpsc::unbounded_channel();
+        let ask = Control::List {
+            select: select.clone(),
+            reply,
+        };
+        if w.control.send(ask).is_ok() {
+            asked.push((w.index, rx));
+        }
+    }
+    let deadline = tokio::time::Instant::now() + LIST_TIMEOUT;
+    let mut out = Vec::new();
+    for (w, mut rx) in asked {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(list)) => out.extend(list.into_iter().map(|a| (w, a))),
+            Ok(None) => {} // the worker has stopped
+            Err(_) => tracing::warn!("worker {w} did not list its allocations in time"),
+        }
+    }
+    out
+}
+
+/// Every worker's snapshot added up, as the rendering and `/api/stats` read it.
+#[derive(Debug, Default)]
+pub struct Totals {
+    /// Every worker's counters added up (ended allocations' traffic and durations included).
+    pub counters: Counters,
+    /// Live allocations, and of those by transport ([`crate::engine::server::TRANSPORTS`]).
+    pub allocations: usize,
+    pub by_transport: [u64; 4],
+    pub permissions: usize,
+    pub channels: usize,
+    /// The traffic of the live allocations.
+    pub live: AllocationStats,
+    /// Ended and live allocations' traffic.
+    pub traffic: AllocationStats,
+    /// The K busiest allocations of all workers (worker index, allocation), busiest first.
+    pub top: Vec<(usize, TopAllocation)>,
+    /// Traffic per user, ended and live allocations, by name (with username labels).
+    pub by_user: Vec<(Arc<str>, AllocationStats)>,
+}
+
+impl Totals {
+    /// Add `snaps` (by worker index) up, keeping the `top_k` busiest of the workers' top lists.
+    pub fn of(snaps: &[WorkerSnapshot], top_k: usize) -> Totals {
+        let mut t = Totals::default();
+        let mut users: HashMap<&Arc<str>, AllocationStats> = HashMap::new();
+        for (w, s) in snaps.iter().enumerate() {
+            t.counters.merge(&s.counters);
+            let l = &s.live;
+            t.allocations += l.allocations;
+            for (a, b) in t.by_transport.iter_mut().zip(l.by_transport) {
+                *a += b;
+            }
+            t.permissions += l.permissions;
+            t.channels += l.channels;
+            t.live.merge(&l.live);
+            t.top.extend(l.top.iter().map(|a| (w, a.clone())));
+            for (u, st) in &l.by_user {
+                users.entry(u).or_default().merge(st);
+            }
+        }
+        t.traffic = t.counters.closed_traffic;
+        t.traffic.merge(&t.live);
+        // Each worker's list is its own top K, so the K busiest of all are among them.
+        t.top.sort_by(|a, b| {
+            b.1.key()
+                .partial_cmp(&a.1.key())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        t.top.truncate(top_k);
+        t.by_user = users.into_iter().map(|(u, s)| (u.clone(), s)).collect();
+        t.by_user.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    }
+}
+
+/// The running workers as metrics and the admin API see them.
+pub struct Monitor {
+    workers: Vec<WorkerHandle>,
+    pub(super) shared: Arc<Shared>,
+    pub opts: Options,
+    calls: OnceLock<Arc<CallStats>>,
+}
+
+impl Monitor {
+    pub fn new(workers: Vec<WorkerHandle>, shared: Arc<Shared>, opts: Options) -> Self {
+        Monitor {
+            workers,
+            shared,
+            opts,
+            calls: OnceLock::new(),
+        }
+    }
+
+    pub fn workers(&self) -> &[WorkerHandle] {
+        &self.workers
+    }
+
+    /// The last snapshot of every worker, by worker index.
+    pub fn snapshots(&self) -> Vec<WorkerSnapshot> {
+        self.workers
+            .iter()
+            .map(|w| w.snapshot.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect()
+    }
+
+    /// Every worker's snapshot as it is now (sums only: no top K, no traffic per user), asked
+    /// over its control channel; a worker that does not answer within [`LIST_TIMEOUT`] is
+    /// represented by its last published snapshot.
+    pub async fn current(&self) -> Vec<WorkerSnapshot> {
+        let mut asked = Vec::new();
+        for w in &self.workers {
+            let (reply, rx) = mpsc::unbounded_channel();
+            let sent = w.control.send(Control::Snapshot { reply }).is_ok();
+            asked.push((w, sent.then_some(rx)));
+        }
+        let deadline = tokio::time::Instant::now() + LIST_TIMEOUT;
+        let mut out = Vec::with_capacity(asked.len());
+        for (w, rx) in asked {
+            let fresh = match rx {
+                Some(mut rx) => tokio::time::timeout_at(deadline, rx.recv())
+                    .await
+                    .ok()
+                    .flatten(),
+                None => None,
+            };
+            out.push(
+                fresh.unwrap_or_else(|| {
+                    w.snapshot.lock().unwrap_or_else(|e| e.into_inner()).clone()
+                }),
+            );
+        }
+        out
+    }
+
+    /// The last snapshots added up.
+    pub fn totals(&self) -> (Vec<WorkerSnapshot>, Totals) {
+        let snaps = self.snapshots();
+        let totals = Totals::of(&snaps, self.opts.top_k);
+        (snaps, totals)
+    }
+
+    /// Every worker's counters added up.
+    pub fn total_counters(snaps: &[WorkerSnapshot]) -> Counters {
+        let mut c = Counters::default();
+        for s in snaps {
+            c.merge(&s.counters);
+        }
+        c
+    }
+
+    /// The live allocations `select` picks, from every worker (see [`list_allocations`]).
+    pub async fn list(&self, select: &Select) -> Vec<(usize, AllocationInfo)> {
+        list_allocations(&self.workers, select).await
+    }
+
+    /// Free relay ports per relay address.
+    pub fn ports_free(&self) -> Vec<(IpAddr, u32)> {
+        self.opts
+            .relay_ips
+            .iter()
+            .map(|ip| (*ip, self.shared.ports.free(*ip)))
+            .collect()
+    }
+
+    /// Export the signaling companion's call counts from now on (once; later calls are
+    /// ignored).
+    pub fn attach_calls(&self, calls: Arc<CallStats>) {
+        let _ = self.calls.set(calls);
+    }
+
+    pub(super) fn calls(&self) -> Option<&CallStats> {
+        self.calls.get().map(|c| &**c)
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn render(&self) -> String {
+        super::render::render(self)
+    }
+}
