@@ -9,8 +9,47 @@ use crate::engine::Counters;
 use crate::io::WorkerSnapshot;
 use crate::signal::calls::{CallKind, CallStats, EndReason, CALL_DURATION_BUCKETS};
 
-use super::text::{counter, escape, gauge, header, histogram, sample, traffic_family};
+use super::text::{counter, escape, family, gauge, header, histogram, sample, traffic_family};
 use super::{coturn_type, format_id, Monitor, Totals};
+
+/// Families whose series differ by one label: name, help, type.
+type Family = (&'static str, &'static str, &'static str);
+
+const TOTAL_ALLOCATIONS: Family = (
+    "turn_total_allocations",
+    "Represents current allocations number",
+    "gauge",
+);
+const ALLOCATIONS_REFUSED_BY_CODE_TOTAL: Family = (
+    "vigi_turn_allocations_refused_by_code_total",
+    "Allocate requests refused, by the error code answered (0: any other)",
+    "counter",
+);
+const AUTH_FAILURES_BY_REASON_TOTAL: Family = (
+    "vigi_turn_auth_failures_by_reason_total",
+    "Requests whose credentials were refused, by reason",
+    "counter",
+);
+const RELAY_PORTS_FREE: Family = (
+    "vigi_turn_relay_ports_free",
+    "Relay ports free, per relay address",
+    "gauge",
+);
+const FASTPATH_PACKETS_TOTAL: Family = (
+    "vigi_turn_fastpath_packets_total",
+    "Packets the kernel fast path (XDP) relayed, per direction",
+    "counter",
+);
+const CALLS_STARTED_TOTAL: Family = (
+    "vigi_turn_calls_started_total",
+    "Signaling calls placed (call_initiate that rang or found the callee busy)",
+    "counter",
+);
+const CALLS_ANSWERED_TOTAL: Family = (
+    "vigi_turn_calls_answered_total",
+    "Signaling calls answered",
+    "counter",
+);
 
 /// An unlabelled gauge read from the totals: name, help, value.
 type Gauge = (&'static str, &'static str, fn(&Totals) -> f64);
@@ -69,19 +108,12 @@ pub(super) fn render(m: &Monitor) -> String {
     // ---- the engine's counters (coturn's stun_binding_* names first), from one table ----
     render_counters(o, c);
 
-    header(
+    family(
         o,
-        "turn_total_allocations",
-        "Represents current allocations number",
-        "gauge",
+        TOTAL_ALLOCATIONS,
+        "type",
+        TRANSPORTS.map(coturn_type).into_iter().zip(t.by_transport),
     );
-    for (tr, n) in TRANSPORTS.iter().zip(t.by_transport) {
-        let _ = writeln!(
-            o,
-            "turn_total_allocations{{type=\"{}\"}} {n}",
-            coturn_type(*tr)
-        );
-    }
 
     render_durations(o, c);
 
@@ -109,36 +141,24 @@ pub(super) fn render(m: &Monitor) -> String {
     );
 
     // ---- vigi-turn's own ----
-    header(
+    family(
         o,
-        "vigi_turn_allocations_refused_by_code_total",
-        "Allocate requests refused, by the error code answered (0: any other)",
-        "counter",
-    );
-    for (code, n) in c.refused_by_code.iter() {
-        let _ = writeln!(
-            o,
-            "vigi_turn_allocations_refused_by_code_total{{code=\"{code}\"}} {n}"
-        );
-    }
-    header(
-        o,
-        "vigi_turn_auth_failures_by_reason_total",
-        "Requests whose credentials were refused, by reason",
-        "counter",
+        ALLOCATIONS_REFUSED_BY_CODE_TOTAL,
+        "code",
+        c.refused_by_code.iter(),
     );
     let r = &c.auth_failures_by_reason;
-    for (reason, n) in [
-        ("unknown_user", r.unknown_user),
-        ("wrong_credentials", r.wrong_credentials),
-        ("expired", r.expired),
-        ("algorithm", r.algorithm),
-    ] {
-        let _ = writeln!(
-            o,
-            "vigi_turn_auth_failures_by_reason_total{{reason=\"{reason}\"}} {n}"
-        );
-    }
+    family(
+        o,
+        AUTH_FAILURES_BY_REASON_TOTAL,
+        "reason",
+        [
+            ("unknown_user", r.unknown_user),
+            ("wrong_credentials", r.wrong_credentials),
+            ("expired", r.expired),
+            ("algorithm", r.algorithm),
+        ],
+    );
     counter(
         o,
         "vigi_turn_dropped_bytes_total",
@@ -164,15 +184,7 @@ pub(super) fn render(m: &Monitor) -> String {
         );
     }
 
-    header(
-        o,
-        "vigi_turn_relay_ports_free",
-        "Relay ports free, per relay address",
-        "gauge",
-    );
-    for (ip, n) in m.ports_free() {
-        let _ = writeln!(o, "vigi_turn_relay_ports_free{{ip=\"{ip}\"}} {n}");
-    }
+    family(o, RELAY_PORTS_FREE, "ip", m.ports_free());
     if let Some(fp) = &m.opts.fastpath {
         render_fastpath(o, &fp.lock().unwrap_or_else(|e| e.into_inner()));
     }
@@ -289,21 +301,15 @@ fn render_top(o: &mut String, t: &Totals) {
 /// The kernel fast path's own counts (its traffic is in the per-allocation stats already).
 fn render_fastpath(o: &mut String, fp: &crate::io::fastpath::FastPath) {
     let t = fp.totals();
-    header(
+    family(
         o,
-        "vigi_turn_fastpath_packets_total",
-        "Packets the kernel fast path (XDP) relayed, per direction",
-        "counter",
+        FASTPATH_PACKETS_TOTAL,
+        "direction",
+        [
+            ("client_to_peer", t.client_to_peer),
+            ("peer_to_client", t.peer_to_client),
+        ],
     );
-    for (direction, n) in [
-        ("client_to_peer", t.client_to_peer),
-        ("peer_to_client", t.peer_to_client),
-    ] {
-        let _ = writeln!(
-            o,
-            "vigi_turn_fastpath_packets_total{{direction=\"{direction}\"}} {n}"
-        );
-    }
     header(
         o,
         "vigi_turn_fastpath_passed_total",
@@ -330,34 +336,18 @@ fn render_fastpath(o: &mut String, fp: &crate::io::fastpath::FastPath) {
 /// the talk time of answered calls.
 fn render_calls(o: &mut String, c: &CallStats) {
     const KINDS: [CallKind; 2] = [CallKind::Voice, CallKind::Video];
-    header(
+    family(
         o,
-        "vigi_turn_calls_started_total",
-        "Signaling calls placed (call_initiate that rang or found the callee busy)",
-        "counter",
+        CALLS_STARTED_TOTAL,
+        "type",
+        KINDS.map(|k| (k.as_str(), c.started(k))),
     );
-    for k in KINDS {
-        let _ = writeln!(
-            o,
-            "vigi_turn_calls_started_total{{type=\"{}\"}} {}",
-            k.as_str(),
-            c.started(k)
-        );
-    }
-    header(
+    family(
         o,
-        "vigi_turn_calls_answered_total",
-        "Signaling calls answered",
-        "counter",
+        CALLS_ANSWERED_TOTAL,
+        "type",
+        KINDS.map(|k| (k.as_str(), c.answered(k))),
     );
-    for k in KINDS {
-        let _ = writeln!(
-            o,
-            "vigi_turn_calls_answered_total{{type=\"{}\"}} {}",
-            k.as_str(),
-            c.answered(k)
-        );
-    }
     header(
         o,
         "vigi_turn_calls_ended_total",

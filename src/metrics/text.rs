@@ -19,6 +19,19 @@ pub fn sample(o: &mut String, name: &str, labels: &str, v: impl Display) {
     }
 }
 
+/// A family whose series differ by one label: `name{key="value"} v` for each `(value, v)`.
+pub fn family<K: Display, V: Display>(
+    o: &mut String,
+    (name, help, kind): (&str, &str, &str),
+    key: &str,
+    rows: impl IntoIterator<Item = (K, V)>,
+) {
+    header(o, name, help, kind);
+    for (k, v) in rows {
+        let _ = writeln!(o, "{name}{{{key}=\"{k}\"}} {v}");
+    }
+}
+
 /// A family of one unlabelled counter.
 pub fn counter(o: &mut String, name: &str, help: &str, v: u64) {
     header(o, name, help, "counter");
