@@ -210,3 +210,73 @@ impl Monitor {
         super::render::render(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::engine::AllocationId;
+
+    /// A worker handle whose control channel is answered by `answer` (None: never read).
+    fn worker(index: usize, answer: Option<Vec<u32>>) -> WorkerHandle {
+        let (control, mut rx) = mpsc::unbounded_channel();
+        if let Some(slots) = answer {
+            tokio::spawn(async move {
+                while let Some(c) = rx.recv().await {
+                    if let Control::List { reply, .. } = c {
+                        let list = slots.iter().map(|&i| info(i)).collect();
+                        let _ = reply.send(list);
+                    }
+                }
+            });
+        } else {
+            drop(rx);
+        }
+        WorkerHandle {
+            index,
+            control,
+            snapshot: Arc::new(Mutex::new(WorkerSnapshot::default())),
+        }
+    }
+
+    fn info(index: u32) -> AllocationInfo {
+        let a: std::net::SocketAddr = ([127, 0, 0, 1], 1).into();
+        AllocationInfo {
+            id: AllocationId {
+                index,
+                generation: 0,
+            },
+            username: "u".into(),
+            five_tuple: crate::engine::FiveTuple {
+                transport: crate::engine::Transport::Udp,
+                client: a,
+                server: a,
+            },
+            relay: a,
+            reported_relay: a,
+            second: None,
+            started_unix: 0,
+            expires_in: 0,
+            permissions: 0,
+            channels: 0,
+            stats: AllocationStats::default(),
+            rate: 0.0,
+        }
+    }
+
+    #[tokio::test]
+    async fn listing_merges_the_workers_answers_and_skips_a_stopped_one() {
+        let workers = [
+            worker(0, Some(vec![3, 4])),
+            worker(1, None),
+            worker(2, Some(vec![7])),
+        ];
+        let listed: Vec<(usize, u32)> = list_allocations(&workers, &Select::All)
+            .await
+            .iter()
+            .map(|(w, a)| (*w, a.id.index))
+            .collect();
+        assert_eq!(listed, [(0, 3), (0, 4), (2, 7)]);
+    }
+}

@@ -43,8 +43,8 @@ pub struct AllocationInfo {
     pub five_tuple: FiveTuple,
     pub relay: SocketAddr,
     pub reported_relay: SocketAddr,
-    /// The IPv6 relay of a dual allocation, and what XOR-RELAYED-ADDRESS reports for it (a copy:
-    /// the 1 Hz publish allocates nothing per allocation).
+    /// The IPv6 relay of a dual allocation, and what XOR-RELAYED-ADDRESS reports for it (a copy,
+    /// not the allocation's box: a listing allocates one vector, nothing per allocation).
     pub second: Option<SecondRelay>,
     pub started_unix: u64,
     pub expires_in: u64,
