@@ -58,6 +58,11 @@ pub enum Control {
         select: Select,
         reply: mpsc::UnboundedSender<Vec<AllocationInfo>>,
     },
+    /// Send how many live allocations each user holds on this worker to `reply` (the fleet
+    /// quota, with `--redis-statsdb`, once a second: names shared, not copied).
+    CountByUser {
+        reply: mpsc::UnboundedSender<Vec<(Arc<str>, u32)>>,
+    },
     /// Send a snapshot of the worker as it is now (sums only: no top K, no traffic per user) to
     /// `reply` (`/api/stats`, which must agree with the listing).
     Snapshot {

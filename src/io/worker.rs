@@ -368,6 +368,9 @@ async fn control_loop(st: Rc<WorkerState>, mut control: mpsc::UnboundedReceiver<
                 Control::List { select, reply } => {
                     let _ = reply.send(engine.list(now, &select));
                 }
+                Control::CountByUser { reply } => {
+                    let _ = reply.send(engine.count_by_user());
+                }
                 Control::Snapshot { reply } => {
                     let mut snap = WorkerSnapshot {
                         live: engine.totals(now),

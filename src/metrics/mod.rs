@@ -49,7 +49,7 @@ use std::sync::{Arc, Mutex};
 pub use crate::engine::server::relayed_bytes;
 use crate::engine::{AllocationId, Transport};
 pub use crate::io::WorkerSnapshot;
-pub use monitor::{list_allocations, Monitor, Totals, LIST_TIMEOUT};
+pub use monitor::{ask_workers, list_allocations, Monitor, Totals, LIST_TIMEOUT};
 
 /// An allocation's id outside its worker: `w<worker>-<slot>-<generation>`, e.g. `w0-12-3`.
 pub fn format_id(worker: usize, id: AllocationId) -> String {

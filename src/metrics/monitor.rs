@@ -21,34 +21,48 @@ use super::Options;
 /// batches of packets; one that does not answer by then is left out of the listing).
 pub const LIST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The live allocations `select` picks on `workers`, with the index of the worker that holds
-/// each: every worker is asked over its control channel and builds its part on its own thread.
-/// At most [`LIST_TIMEOUT`].
-pub async fn list_allocations<'a>(
+/// Ask every worker of `workers` over its control channel with the message `ask` makes from an
+/// answer channel, and wait for the answers: (worker index, answer), in worker order. A worker
+/// that has stopped is left out, and one that has not answered within [`LIST_TIMEOUT`] of the
+/// call (a worker answers between two batches of packets) too.
+pub async fn ask_workers<'a, T>(
     workers: impl IntoIterator<Item = &'a WorkerHandle>,
-    select: &Select,
-) -> Vec<(usize, AllocationInfo)> {
+    ask: impl Fn(mpsc::UnboundedSender<T>) -> Control,
+) -> Vec<(usize, T)> {
     let mut asked = Vec::new();
     for w in workers {
         let (reply, rx) = mpsc::unbounded_channel();
-        let ask = Control::List {
-            select: select.clone(),
-            reply,
-        };
-        if w.control.send(ask).is_ok() {
+        if w.control.send(ask(reply)).is_ok() {
             asked.push((w.index, rx));
         }
     }
     let deadline = tokio::time::Instant::now() + LIST_TIMEOUT;
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(asked.len());
     for (w, mut rx) in asked {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(list)) => out.extend(list.into_iter().map(|a| (w, a))),
+            Ok(Some(answer)) => out.push((w, answer)),
             Ok(None) => {} // the worker has stopped
-            Err(_) => tracing::warn!("worker {w} did not list its allocations in time"),
+            Err(_) => tracing::warn!("worker {w} did not answer in time"),
         }
     }
     out
+}
+
+/// The live allocations `select` picks on `workers`, with the index of the worker that holds
+/// each: every worker builds its part on its own thread ([`ask_workers`]).
+pub async fn list_allocations<'a>(
+    workers: impl IntoIterator<Item = &'a WorkerHandle>,
+    select: &Select,
+) -> Vec<(usize, AllocationInfo)> {
+    let answers = ask_workers(workers, |reply| Control::List {
+        select: select.clone(),
+        reply,
+    })
+    .await;
+    answers
+        .into_iter()
+        .flat_map(|(w, list)| list.into_iter().map(move |a| (w, a)))
+        .collect()
 }
 
 /// Every worker's snapshot added up, as the rendering and `/api/stats` read it.
@@ -140,27 +154,16 @@ impl Monitor {
     /// over its control channel; a worker that does not answer within [`LIST_TIMEOUT`] is
     /// represented by its last published snapshot.
     pub async fn current(&self) -> Vec<WorkerSnapshot> {
-        let mut asked = Vec::new();
+        let mut fresh = ask_workers(&self.workers, |reply| Control::Snapshot { reply })
+            .await
+            .into_iter()
+            .peekable();
+        let mut out = Vec::with_capacity(self.workers.len());
         for w in &self.workers {
-            let (reply, rx) = mpsc::unbounded_channel();
-            let sent = w.control.send(Control::Snapshot { reply }).is_ok();
-            asked.push((w, sent.then_some(rx)));
-        }
-        let deadline = tokio::time::Instant::now() + LIST_TIMEOUT;
-        let mut out = Vec::with_capacity(asked.len());
-        for (w, rx) in asked {
-            let fresh = match rx {
-                Some(mut rx) => tokio::time::timeout_at(deadline, rx.recv())
-                    .await
-                    .ok()
-                    .flatten(),
-                None => None,
-            };
-            out.push(
-                fresh.unwrap_or_else(|| {
-                    w.snapshot.lock().unwrap_or_else(|e| e.into_inner()).clone()
-                }),
-            );
+            match fresh.next_if(|(i, _)| *i == w.index) {
+                Some((_, snap)) => out.push(snap),
+                None => out.push(w.snapshot.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+            }
         }
         out
     }

@@ -268,6 +268,16 @@ impl Server {
             .collect()
     }
 
+    /// How many live allocations each user holds (the fleet quota's count): one entry per
+    /// user, the names shared with the allocations.
+    pub fn count_by_user(&self) -> Vec<(Arc<str>, u32)> {
+        let mut by_user: HashMap<&Arc<str>, u32> = HashMap::new();
+        for a in self.allocations().filter(|a| a.state == State::Active) {
+            *by_user.entry(&a.username).or_default() += 1;
+        }
+        by_user.into_iter().map(|(u, n)| (u.clone(), n)).collect()
+    }
+
     /// Count an ended allocation into the duration histogram and, with `traffic_by_user`,
     /// into its user's traffic. Its duration runs to the worker's last one-second tick.
     pub(super) fn observe_ended(&mut self, a: &Allocation) {

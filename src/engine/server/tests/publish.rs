@@ -52,6 +52,13 @@ fn publish_sums_ranks_by_current_rate_and_forgets_ended_allocations() {
     let rate = |id| listed.iter().find(|x| x.id == id).unwrap().rate;
     assert_eq!((rate(ida), rate(idb)), (0.0, 3000.0));
     assert_eq!(h.s.list(h.now, &Select::User("bob".into())).len(), 1);
+    let mut counts: Vec<(String, u32)> =
+        h.s.count_by_user()
+            .into_iter()
+            .map(|(u, n)| (u.to_string(), n))
+            .collect();
+    counts.sort();
+    assert_eq!(counts, [("alice".into(), 1), ("bob".into(), 1)]);
     assert_eq!(
         h.s.list(h.now, &Select::Id(ida))[0].username.as_ref(),
         "alice"
