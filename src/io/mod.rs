@@ -53,7 +53,7 @@ pub enum Control {
     /// End every allocation of this user on this worker.
     KillUser(String),
     /// Send the live allocations `select` picks, with their counters and rates, to `reply`
-    /// (the admin API's listing, `--redis-statsdb`, the fleet quota: built only when asked).
+    /// (the admin API's listing and `--redis-statsdb`: built only when asked).
     List {
         select: Select,
         reply: mpsc::UnboundedSender<Vec<AllocationInfo>>,

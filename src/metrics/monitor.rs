@@ -175,15 +175,6 @@ impl Monitor {
         (snaps, totals)
     }
 
-    /// Every worker's counters added up.
-    pub fn total_counters(snaps: &[WorkerSnapshot]) -> Counters {
-        let mut c = Counters::default();
-        for s in snaps {
-            c.merge(&s.counters);
-        }
-        c
-    }
-
     /// The live allocations `select` picks, from every worker (see [`list_allocations`]).
     pub async fn list(&self, select: &Select) -> Vec<(usize, AllocationInfo)> {
         list_allocations(&self.workers, select).await

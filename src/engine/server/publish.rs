@@ -9,7 +9,8 @@
 //! publishes. In steady state the publish allocates nothing: the output's vectors, the top-K
 //! heap and the per-user table keep their capacity from one second to the next, and the names
 //! they hold are shared `Arc<str>`s. The full per-allocation listing ([`Server::list`]) is built
-//! only on demand (the admin API, `--redis-statsdb`, the fleet quota).
+//! only on demand (the admin API, `--redis-statsdb`); the fleet quota asks for counts per user
+//! ([`Server::count_by_user`]).
 
 use super::*;
 
@@ -245,7 +246,7 @@ impl Server {
     }
 
     /// Every live allocation `select` picks, with its state, counters and rate: built only
-    /// when asked (the admin API, `--redis-statsdb`, the fleet quota), never by the 1 Hz publish.
+    /// when asked (the admin API, `--redis-statsdb`), never by the 1 Hz publish.
     pub fn list(&self, now: Instant, select: &Select) -> Vec<AllocationInfo> {
         let unix = self.unix(now);
         self.allocations()
