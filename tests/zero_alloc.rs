@@ -4,7 +4,6 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use vigi_turn::engine::server::{PEER_HEADROOM, PEER_TAILROOM};
@@ -13,17 +12,22 @@ use vigi_turn::engine::{ClientDecision, PeerDecision, Server};
 
 struct Counting;
 
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
 thread_local! {
-    /// Only the test's own thread counts: the test harness's threads may allocate meanwhile.
+    /// Only the test's own thread counts, into a count of its own: the test harness's threads,
+    /// and the other test of this file, may allocate meanwhile.
     static COUNTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static ALLOCS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 fn count() {
     if COUNTING.with(|c| c.get()) {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        ALLOCS.with(|n| n.set(n.get() + 1));
     }
+}
+
+/// Allocations this thread has counted so far.
+fn counted() -> usize {
+    ALLOCS.with(|n| n.get())
 }
 
 unsafe impl GlobalAlloc for Counting {
@@ -80,12 +84,12 @@ fn relaying_allocates_nothing_after_warm_up() {
         round(now, &mut buf, &mut s);
     }
     COUNTING.with(|c| c.set(true));
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = counted();
     for _ in 0..10_000 {
         now += Duration::from_micros(10);
         round(now, &mut buf, &mut s);
     }
-    let after = ALLOCS.load(Ordering::Relaxed);
+    let after = counted();
     COUNTING.with(|c| c.set(false));
     assert_eq!(
         after - before,
@@ -97,9 +101,9 @@ fn relaying_allocates_nothing_after_warm_up() {
 /// Heap allocations made by `f` on this thread.
 fn allocations_in(f: impl FnOnce()) -> usize {
     COUNTING.with(|c| c.set(true));
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = counted();
     f();
-    let after = ALLOCS.load(Ordering::Relaxed);
+    let after = counted();
     COUNTING.with(|c| c.set(false));
     after - before
 }
