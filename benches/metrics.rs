@@ -3,9 +3,9 @@
 //! - `scrape_100k_top10`: a Prometheus scrape, [`Monitor::render`] over the two workers'
 //!   published snapshots (totals and each worker's top 10);
 //! - `publish_50k`: one worker's 1 Hz publish ([`Server::publish`]: rate samples, sums, top K);
-//! - `list_50k`: one worker's full listing ([`Server::list`], built only when the admin API,
-//!   `--redis-statsdb` or the fleet quota ask), the copy of every allocation the 1 Hz publish
-//!   made before issue 17 item 8.
+//! - `list_50k`: one worker's full listing ([`Server::list`], built only when the admin API or
+//!   `--redis-statsdb` ask), the copy of every allocation the 1 Hz publish made before issue 17
+//!   item 8.
 //!
 //! Measured on the project's machine (2 cores shared with three other builds, so criterion's wall
 //! times move by ±30 % from run to run; the instruction counts are callgrind's, over 512 and 256
@@ -21,8 +21,8 @@
 //! Both scrapes read the same snapshots and write the same 180 series (17.5 kB) but for type
 //! lines: `prometheus-client` appends `_total` to every counter's name, so coturn's counters
 //! (`turn_traffic_rcvb`, `stun_binding_request`, ...) can only keep their names typed
-//! `unknown`. The collector was measured in this file by the commit "metrics: table-driven
-//! rendering, benches/metrics.rs times a scrape ..." (with `prometheus-client` as a
+//! `unknown`. The collector was measured in this file by commit 09c9d70 ("metrics: table-driven
+//! rendering, benches/metrics.rs times a scrape ...", with `prometheus-client` as a
 //! dev-dependency), and removed with the dependency by the next one.
 
 use std::sync::{Arc, Mutex};
