@@ -56,6 +56,9 @@ pub struct RateSamples {
 pub(super) struct PublishState {
     round: u64,
     at: [Option<Instant>; RATE_SAMPLES],
+    /// Seconds from `d` rounds ago to the last round, by `d` (0: unknown): worked out once a
+    /// publish, not once an allocation.
+    span: [f64; RATE_SAMPLES],
     /// The K busiest so far in a publish, least busy on top: (rate bits, relayed bytes, slot).
     /// A non-negative `f64`'s bits order as the number does.
     heap: BinaryHeap<Reverse<(u64, u64, u32)>>,
@@ -73,18 +76,34 @@ impl PublishState {
         }
         let last = self.round;
         let first = r.since.max(last.saturating_sub(RATE_SAMPLES as u64 - 1));
-        if first >= last {
+        let span = self.span[(last.saturating_sub(first) as usize).min(RATE_SAMPLES - 1)];
+        if first >= last || span <= 0.0 {
             return 0.0;
         }
-        let slot = |round: u64| (round % RATE_SAMPLES as u64) as usize;
-        match (self.at[slot(first)], self.at[slot(last)]) {
-            (Some(t0), Some(t1)) if t1 > t0 => {
-                let b = r.bytes[slot(last)].saturating_sub(r.bytes[slot(first)]);
-                b as f64 / (t1 - t0).as_secs_f64()
-            }
-            _ => 0.0,
-        }
+        let b = r.bytes[slot(last)].saturating_sub(r.bytes[slot(first)]);
+        b as f64 / span
     }
+
+    /// Start round `round + 1` at `now`: its slot, and the spans back from it.
+    fn next_round(&mut self, now: Instant) -> usize {
+        self.round += 1;
+        let last = slot(self.round);
+        self.at[last] = Some(now);
+        for d in 1..RATE_SAMPLES {
+            let back = self.round.checked_sub(d as u64).filter(|&r| r > 0);
+            self.span[d] = match back.and_then(|r| self.at[slot(r)]) {
+                Some(t0) if now > t0 => (now - t0).as_secs_f64(),
+                _ => 0.0,
+            };
+        }
+        last
+    }
+}
+
+/// Where round `round`'s sample goes.
+#[inline]
+fn slot(round: u64) -> usize {
+    (round % RATE_SAMPLES as u64) as usize
 }
 
 /// One of a worker's busiest allocations.
@@ -160,10 +179,8 @@ impl Server {
     /// the engine have seen as many top entries and users before.
     pub fn publish(&mut self, now: Instant, out: &mut Aggregates) {
         let p = &mut self.publish;
-        p.round += 1;
+        let slot = p.next_round(now);
         let round = p.round;
-        let slot = (round % RATE_SAMPLES as u64) as usize;
-        p.at[slot] = Some(now);
         let k = self.config.top_allocations;
         let by_user = self.config.traffic_by_user;
         p.heap.clear();
