@@ -10,8 +10,10 @@
 //! - `DELETE /api/users/{name}/allocations`: end every allocation of a user;
 //! - `GET /api/stats`: the counters of every worker added up.
 //!
-//! Everything is read from the workers' snapshots (at most about a second old), and kills go to
-//! the owning worker's control channel: the HTTP tasks never touch an engine.
+//! Totals are read from the workers' snapshots (at most about a second old); the listing is
+//! asked of the workers when requested (each builds its part on its own thread and answers over
+//! a channel), and kills go to the owning worker's control channel: the HTTP tasks never
+//! touch an engine.
 
 pub mod serve;
 
@@ -19,7 +21,6 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -32,6 +33,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::{Config, Secret};
+use crate::engine::server::Select;
 use crate::engine::stats::{AllocationStats, Flow};
 use crate::engine::{AllocationInfo, Shared};
 use crate::io::{Control, RunConfig, Running};
@@ -160,15 +162,6 @@ async fn serve(
     admin: Option<(TcpListener, [u8; 32])>,
     calls: Option<crate::config::RedisConn>,
 ) {
-    let sampler = m.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(metrics::SAMPLE_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            sampler.sample(Instant::now());
-        }
-    });
     let mut tasks = Vec::new();
     if let Some(l) = prom {
         let app = Router::new()
@@ -332,7 +325,7 @@ impl AllocationJson {
             expires_in: a.expires_in,
             permissions: a.permissions,
             channels: a.channels,
-            rate_bytes_per_sec: m.rate(worker, a.id),
+            rate_bytes_per_sec: a.rate,
             traffic: (&a.stats).into(),
         }
     }
@@ -346,14 +339,16 @@ async fn list_allocations(
     if !s.authorized(&headers) {
         return unauthorized();
     }
-    let user = q.get("user");
-    let snaps = s.monitor.snapshots();
-    let list: Vec<AllocationJson> = snaps
+    let select = match q.get("user") {
+        Some(u) => Select::User(u.clone()),
+        None => Select::All,
+    };
+    let list: Vec<AllocationJson> = s
+        .monitor
+        .list(&select)
+        .await
         .iter()
-        .enumerate()
-        .flat_map(|(w, snap)| snap.allocations.iter().map(move |a| (w, a)))
-        .filter(|(_, a)| user.map_or(true, |u| &*a.username == u.as_str()))
-        .map(|(w, a)| AllocationJson::new(&s.monitor, w, a))
+        .map(|(w, a)| AllocationJson::new(&s.monitor, *w, a))
         .collect();
     Json(json!({ "allocations": list })).into_response()
 }
@@ -402,14 +397,9 @@ async fn kill_allocation(
             .into_response();
     };
     let workers = s.monitor.workers();
-    let known = workers.get(w).is_some_and(|h| {
-        h.snapshot
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .allocations
-            .iter()
-            .any(|a| a.id == aid)
-    });
+    let known = !metrics::list_allocations(workers.get(w), &Select::Id(aid))
+        .await
+        .is_empty();
     if !known {
         return (
             StatusCode::NOT_FOUND,
@@ -430,14 +420,14 @@ async fn kill_user(
     if !s.authorized(&headers) {
         return unauthorized();
     }
-    let mut killed = Vec::new();
-    for (w, snap) in s.monitor.snapshots().iter().enumerate() {
-        for a in snap.allocations.iter().filter(|a| *a.username == *name) {
-            killed.push(metrics::format_id(w, a.id));
-        }
-    }
-    // Every worker, not only those whose snapshot lists the user: an allocation made in the last
-    // second is not in a snapshot yet.
+    let killed: Vec<String> = s
+        .monitor
+        .list(&Select::User(name.clone()))
+        .await
+        .iter()
+        .map(|(w, a)| metrics::format_id(*w, a.id))
+        .collect();
+    // Every worker, not only those that listed the user: one may have made an allocation since.
     for h in s.monitor.workers() {
         let _ = h.control.send(Control::KillUser(name.clone()));
     }
@@ -450,21 +440,17 @@ async fn stats(State(s): State<Arc<Admin>>, headers: HeaderMap) -> Response {
     if !s.authorized(&headers) {
         return unauthorized();
     }
-    let snaps = s.monitor.snapshots();
-    let c = Monitor::total_counters(&snaps);
-    let mut traffic = c.closed_traffic;
-    for snap in &snaps {
-        for a in &snap.allocations {
-            traffic.merge(&a.stats);
-        }
-    }
+    // As the workers are now, so that it agrees with the listing.
+    let snaps = s.monitor.current().await;
+    let t = metrics::Totals::of(&snaps, 0);
+    let c = &t.counters;
     let workers: Vec<_> = snaps
         .iter()
         .enumerate()
         .map(|(w, snap)| {
             json!({
                 "worker": w,
-                "allocations": snap.allocations.len(),
+                "allocations": snap.live.allocations,
                 "draining": snap.draining,
             })
         })
@@ -476,14 +462,14 @@ async fn stats(State(s): State<Arc<Admin>>, headers: HeaderMap) -> Response {
         .map(|(ip, free)| json!({"ip": ip, "free": free}))
         .collect();
     let mut stats = json!({
-        "allocations": snaps.iter().map(|x| x.allocations.len()).sum::<usize>(),
-        "traffic": TrafficJson::from(&traffic),
+        "allocations": t.allocations,
+        "traffic": TrafficJson::from(&t.traffic),
         "relay_ports_free": ports,
         "workers": workers,
     });
     // Every engine counter, under its field name (engine::server::COUNTERS).
     for spec in crate::engine::server::COUNTERS {
-        stats[spec.field] = json!((spec.get)(&c));
+        stats[spec.field] = json!((spec.get)(c));
     }
     Json(stats).into_response()
 }

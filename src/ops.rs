@@ -155,7 +155,7 @@ impl Ops<'_> {
                     let snaps = self.running.snapshots();
                     // A snapshot taken before the workers saw Drain(true) proves nothing.
                     let all_draining = snaps.iter().all(|s| s.draining);
-                    let left: usize = snaps.iter().map(|s| s.allocations.len()).sum();
+                    let left: usize = snaps.iter().map(|s| s.live.allocations).sum();
                     if all_draining && left <= self.config.drain_min_allocations {
                         return Ok(Exit::Drained);
                     }

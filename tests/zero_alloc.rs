@@ -6,7 +6,6 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use vigi_turn::engine::server::{PEER_HEADROOM, PEER_TAILROOM};
@@ -15,17 +14,22 @@ use vigi_turn::engine::{ClientDecision, PeerDecision, Server};
 
 struct Counting;
 
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
 thread_local! {
-    /// Only the test's own thread counts: the test harness's threads may allocate meanwhile.
+    /// Only the test's own thread counts, into a count of its own: the test harness's threads,
+    /// and the other test of this file, may allocate meanwhile.
     static COUNTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static ALLOCS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 fn count() {
     if COUNTING.with(|c| c.get()) {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        ALLOCS.with(|n| n.set(n.get() + 1));
     }
+}
+
+/// Allocations this thread has counted so far.
+fn counted() -> usize {
+    ALLOCS.with(|n| n.get())
 }
 
 unsafe impl GlobalAlloc for Counting {
@@ -82,12 +86,12 @@ fn relaying_allocates_nothing_after_warm_up() {
         round(now, &mut buf, &mut s);
     }
     COUNTING.with(|c| c.set(true));
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = counted();
     for _ in 0..10_000 {
         now += Duration::from_micros(10);
         round(now, &mut buf, &mut s);
     }
-    let after = ALLOCS.load(Ordering::Relaxed);
+    let after = counted();
     COUNTING.with(|c| c.set(false));
     assert_eq!(
         after - before,
@@ -134,12 +138,75 @@ fn batched_socket_calls_allocate_nothing_after_warm_up() {
     for _ in 0..10 {
         round(&mut batch, &mut events);
     }
+    let n = allocations_in(|| {
+        for _ in 0..200 {
+            round(&mut batch, &mut events);
+        }
+    });
+    assert_eq!(n, 0, "heap allocations during 6,400 datagrams");
+}
+
+/// Heap allocations made by `f` on this thread.
+fn allocations_in(f: impl FnOnce()) -> usize {
     COUNTING.with(|c| c.set(true));
-    let before = ALLOCS.load(Ordering::Relaxed);
-    for _ in 0..200 {
-        round(&mut batch, &mut events);
-    }
-    let after = ALLOCS.load(Ordering::Relaxed);
+    let before = counted();
+    f();
+    let after = counted();
     COUNTING.with(|c| c.set(false));
-    assert_eq!(after - before, 0, "heap allocations during 6,400 datagrams");
+    after - before
+}
+
+/// An engine holding `n` relaying allocations of one user, publishing its top `k` and traffic
+/// per user.
+fn engine_with(n: u16, k: usize, t0: Instant) -> Server {
+    let mut cfg = testing::config(false);
+    cfg.top_allocations = k;
+    cfg.traffic_by_user = true;
+    let (mut s, _) = testing::engine_on_ports(cfg, 40000, 40000 + 2 * n, t0, 1);
+    let peer = testing::peer(5, 9000);
+    let payload = [0xAB_u8; 100];
+    for i in 0..n {
+        let mut c = testing::Client::new(testing::udp(10000 + i));
+        c.allocate(&mut s, t0);
+        c.permit(&mut s, t0, peer);
+        // Different byte counts, so that the top K changes from one publish to the next.
+        for _ in 0..(i % 7) {
+            let send = testing::send_indication(peer, &payload);
+            let _ = s.handle_client_input(t0, c.five, &send);
+        }
+    }
+    s
+}
+
+/// The 1 Hz publish allocates O(K), not O(N): the first one sizes the top-K heap and list and
+/// the per-user table, the same for 50 allocations as for 2,000; after that, nothing.
+#[test]
+fn publishing_allocates_nothing_per_allocation() {
+    use vigi_turn::engine::server::Aggregates;
+    let t0 = Instant::now();
+    let mut first = Vec::new();
+    for n in [50, 2000] {
+        let mut s = engine_with(n, 10, t0);
+        let mut out = Aggregates::default();
+        first.push(allocations_in(|| s.publish(t0, &mut out)));
+        assert_eq!(out.allocations, usize::from(n));
+        assert_eq!(out.top.len(), 10);
+        let mut now = t0;
+        let steady = allocations_in(|| {
+            for _ in 0..20 {
+                now += Duration::from_secs(1);
+                s.publish(now, &mut out);
+            }
+        });
+        assert_eq!(
+            steady, 0,
+            "heap allocations in 20 publishes of {n} allocations"
+        );
+    }
+    assert_eq!(first[0], first[1], "first publish: O(K), not O(N)");
+    assert!(
+        first[0] <= 8,
+        "{} allocations in the first publish",
+        first[0]
+    );
 }

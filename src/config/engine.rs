@@ -91,6 +91,12 @@ impl Config {
             default_family: config.allocation_default_address_family,
             strict_expiry: config.strict_expiry,
             keep_removed_users: config.reload_keeps_removed_users,
+            top_allocations: if config.prometheus {
+                config.prometheus_top_allocations
+            } else {
+                0
+            },
+            traffic_by_user: config.prometheus && config.prometheus_username_labels,
             rfc5780: config.rfc5780.then(|| {
                 Rfc5780::new(
                     &config.listening_ips,

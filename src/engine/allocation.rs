@@ -89,6 +89,8 @@ pub struct Allocation {
     /// moves the expiry later adds no entry: the entry fires, finds the later time and moves
     /// itself there, so 3 M Refreshes cost one entry, not 3 M.
     pub timer_at: Option<Instant>,
+    /// Its relayed bytes at the last few 1 Hz publishes, for its current rate.
+    pub rate: super::server::RateSamples,
 }
 
 impl Allocation {

@@ -19,7 +19,7 @@ use redis::aio::MultiplexedConnection;
 
 use crate::config::RedisConn;
 use crate::engine::auth::FleetUsage;
-use crate::io::WorkerHandle;
+use crate::io::{Control, WorkerHandle};
 
 /// Seconds a node's usage hash lives without renewal.
 pub const USAGE_TTL: u64 = 5;
@@ -49,13 +49,13 @@ async fn run(source: QuotaSource) {
     let mut healthy: Option<bool> = None;
     loop {
         tick.tick().await;
-        // Keyed by the snapshots' shared names: counting copies no string.
+        // Each worker counts its own (by the allocations' shared names: no string copied).
         let mut mine: HashMap<Arc<str>, u32> = HashMap::new();
-        for w in &source.workers {
-            let snap = w.snapshot.lock().unwrap_or_else(|e| e.into_inner());
-            for a in &snap.allocations {
-                *mine.entry(a.username.clone()).or_default() += 1;
-            }
+        let counted =
+            crate::metrics::ask_workers(&source.workers, |reply| Control::CountByUser { reply })
+                .await;
+        for (user, n) in counted.into_iter().flat_map(|(_, c)| c) {
+            *mine.entry(user).or_default() += n;
         }
         if conn.is_none() {
             conn = super::connect(&source.conn).await.ok();

@@ -25,6 +25,7 @@ use redis::aio::MultiplexedConnection;
 
 use crate::config::RedisConn;
 use crate::engine::redirect::FleetPeer;
+use crate::engine::server::Select;
 use crate::engine::stats::AllocationStats;
 use crate::engine::{AllocationId, AllocationInfo, Shared};
 use crate::io::{WorkerHandle, WorkerSnapshot};
@@ -116,15 +117,13 @@ impl Tracker {
         &mut self,
         pipe: &mut redis::Pipeline,
         realm: &str,
-        snaps: &[WorkerSnapshot],
+        listed: &[(usize, AllocationInfo)],
         unix_now: u64,
     ) {
         let mut live = std::collections::HashSet::new();
-        for (w, snap) in snaps.iter().enumerate() {
-            for a in &snap.allocations {
-                live.insert((w, a.id));
-                self.one(pipe, realm, w, a, unix_now);
-            }
+        for (w, a) in listed {
+            live.insert((*w, a.id));
+            self.one(pipe, realm, *w, a, unix_now);
         }
         let ended: Vec<_> = self
             .seen
@@ -230,7 +229,7 @@ pub fn heartbeat(
     bps: u64,
     unix_now: u64,
 ) -> String {
-    let allocations: usize = snaps.iter().map(|s| s.allocations.len()).sum();
+    let allocations: usize = snaps.iter().map(|s| s.live.allocations).sum();
     serde_json::json!({
         "name": node.name,
         "address": node.address,
@@ -331,12 +330,12 @@ async fn run(source: StatsDbSource) {
             .iter()
             .map(|w| w.snapshot.lock().unwrap_or_else(|e| e.into_inner()).clone())
             .collect();
+        let listed = crate::metrics::list_allocations(&source.workers, &Select::All).await;
         let mut pipe = redis::pipe();
-        tracker.update(&mut pipe, &source.realm, &snaps, unix);
-        let relayed: u64 = snaps
+        tracker.update(&mut pipe, &source.realm, &listed, unix);
+        let relayed: u64 = listed
             .iter()
-            .flat_map(|s| &s.allocations)
-            .map(|a| crate::metrics::relayed_bytes(&a.stats))
+            .map(|(_, a)| crate::metrics::relayed_bytes(&a.stats))
             .sum();
         let bps = tracker
             .last_relayed

@@ -42,6 +42,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::mpsc;
 
+use crate::engine::server::{Aggregates, Select};
 use crate::engine::{AllocationId, AllocationInfo, Counters, ServerConfig, Shared};
 
 /// What the rest of the process can ask of a worker.
@@ -55,13 +56,31 @@ pub enum Control {
     Kill(AllocationId),
     /// End every allocation of this user on this worker.
     KillUser(String),
+    /// Send the live allocations `select` picks, with their counters and rates, to `reply`
+    /// (the admin API's listing and `--redis-statsdb`: built only when asked).
+    List {
+        select: Select,
+        reply: mpsc::UnboundedSender<Vec<AllocationInfo>>,
+    },
+    /// Send how many live allocations each user holds on this worker to `reply` (the fleet
+    /// quota, with `--redis-statsdb`, once a second: names shared, not copied).
+    CountByUser {
+        reply: mpsc::UnboundedSender<Vec<(Arc<str>, u32)>>,
+    },
+    /// Send a snapshot of the worker as it is now (sums only: no top K, no traffic per user) to
+    /// `reply` (`/api/stats`, which must agree with the listing).
+    Snapshot {
+        reply: mpsc::UnboundedSender<WorkerSnapshot>,
+    },
 }
 
-/// What a worker last published about itself (about once a second).
+/// What a worker last published about itself (about once a second): totals, never a list of
+/// every allocation ([`Control::List`] asks for that).
 #[derive(Debug, Clone, Default)]
 pub struct WorkerSnapshot {
     pub counters: Counters,
-    pub allocations: Vec<AllocationInfo>,
+    /// Sums over its live allocations, its busiest ones, traffic per user.
+    pub live: Aggregates,
     pub draining: bool,
     pub io: IoStats,
     /// DTLS sessions established, and handshaking past the cookie exchange (0 without the

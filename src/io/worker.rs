@@ -324,6 +324,8 @@ async fn udp_listener(st: Rc<WorkerState>, local: SocketAddr, sock: Rc<AsyncFd<U
 /// Once a second: give the engine the wall clock, expire allocations (the engine's own heap
 /// orders them), and publish what the worker holds for metrics and the admin API.
 async fn timer_loop(st: Rc<WorkerState>, snapshot: Arc<Mutex<WorkerSnapshot>>) {
+    // The snapshot published the round before, swapped back: its vectors keep their capacity.
+    let mut spare = WorkerSnapshot::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -340,7 +342,7 @@ async fn timer_loop(st: Rc<WorkerState>, snapshot: Arc<Mutex<WorkerSnapshot>>) {
         if let Some(m) = &st.fastpath {
             m.borrow_mut().fold(&mut st.engine.borrow_mut());
         }
-        st.publish(now, &snapshot);
+        st.publish(now, &snapshot, &mut spare);
     }
 }
 
@@ -359,6 +361,20 @@ async fn control_loop(st: Rc<WorkerState>, mut control: mpsc::UnboundedReceiver<
                 Control::KillUser(user) => {
                     engine.kill_user(&user);
                 }
+                Control::List { select, reply } => {
+                    let _ = reply.send(engine.list(now, &select));
+                }
+                Control::CountByUser { reply } => {
+                    let _ = reply.send(engine.count_by_user());
+                }
+                Control::Snapshot { reply } => {
+                    let mut snap = WorkerSnapshot {
+                        live: engine.totals(now),
+                        ..WorkerSnapshot::default()
+                    };
+                    st.fill_snapshot(&engine, &mut snap);
+                    let _ = reply.send(snap);
+                }
             }
         }
         st.drain_commands(now);
@@ -366,22 +382,28 @@ async fn control_loop(st: Rc<WorkerState>, mut control: mpsc::UnboundedReceiver<
 }
 
 impl WorkerState {
-    fn publish(&self, now: Instant, snapshot: &Mutex<WorkerSnapshot>) {
-        let engine = self.engine.borrow();
-        #[cfg(feature = "dtls")]
-        let (dtls_sessions, dtls_handshakes) = self.dtls_sessions.borrow().counts();
-        #[cfg(not(feature = "dtls"))]
-        let (dtls_sessions, dtls_handshakes) = (0, 0);
-        let snap = WorkerSnapshot {
-            counters: *engine.counters(),
-            allocations: engine.snapshot(now),
-            draining: engine.is_draining(),
-            io: *self.io_stats.borrow(),
-            dtls_sessions,
-            dtls_handshakes,
-        };
+    /// Publish this worker's totals and top K: filled into `spare` (last round's snapshot, so
+    /// nothing is allocated), then swapped with the published one under its lock.
+    fn publish(&self, now: Instant, snapshot: &Mutex<WorkerSnapshot>, spare: &mut WorkerSnapshot) {
+        let mut engine = self.engine.borrow_mut();
+        engine.publish(now, &mut spare.live);
+        self.fill_snapshot(&engine, spare);
         drop(engine);
-        *snapshot.lock().unwrap_or_else(|e| e.into_inner()) = snap;
+        std::mem::swap(
+            &mut *snapshot.lock().unwrap_or_else(|e| e.into_inner()),
+            spare,
+        );
+    }
+
+    /// A snapshot's counters and the worker's own state (all but `live`).
+    fn fill_snapshot(&self, engine: &Server, snap: &mut WorkerSnapshot) {
+        snap.counters = *engine.counters();
+        snap.draining = engine.is_draining();
+        #[cfg(feature = "dtls")]
+        {
+            (snap.dtls_sessions, snap.dtls_handshakes) = self.dtls_sessions.borrow().counts();
+        }
+        snap.io = *self.io_stats.borrow();
     }
 
     /// Send a payload from an allocation's relay socket. Non-blocking: a full socket buffer drops

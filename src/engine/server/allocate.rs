@@ -370,6 +370,7 @@ impl Server {
             pending: Some(pending),
             credential_expiry,
             timer_at: None,
+            rate: Default::default(),
         };
         self.slots[index as usize].alloc = Some(alloc);
         self.by_five_tuple.insert(five, id);

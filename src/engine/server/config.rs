@@ -67,6 +67,12 @@ pub struct ServerConfig {
     /// database keeps its live allocations until they expire. Off by default: removing a user
     /// is how an operator revokes it, and its calls end at once.
     pub keep_removed_users: bool,
+    /// How many of its busiest allocations a worker publishes each second
+    /// (`--prometheus-top-allocations`; 0: none).
+    pub top_allocations: usize,
+    /// Publish traffic per user (`--prometheus-username-labels`): ended allocations' traffic is
+    /// kept per user for it.
+    pub traffic_by_user: bool,
 }
 
 /// The alternate addresses of RFC 5780 (§6, §7.2): each listening IP has a partner of its family,
@@ -196,6 +202,8 @@ impl Default for ServerConfig {
             default_family: DefaultFamily::Ipv4,
             rfc5780: None,
             keep_removed_users: false,
+            top_allocations: 0,
+            traffic_by_user: false,
         }
     }
 }

@@ -52,6 +52,41 @@ impl AuthFailures {
     }
 }
 
+/// Upper bounds (seconds) of the `turn_allocations_duration` buckets; one more bucket holds
+/// the longer ones.
+pub const DURATION_BUCKETS: [u64; 4] = [10, 60, 600, 3600];
+
+/// How long ended allocations lived, per transport ([`super::TRANSPORTS`] order): a histogram
+/// with non-cumulative counts per bucket (the last one +Inf) and the sum in seconds.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Durations {
+    pub buckets: [[u64; DURATION_BUCKETS.len() + 1]; 4],
+    pub sum: [u64; 4],
+}
+
+impl Durations {
+    /// Count an allocation of transport `t` ([`super::transport_index`]) that lived `secs`.
+    pub fn observe(&mut self, t: usize, secs: u64) {
+        let i = DURATION_BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.buckets[t][i] += 1;
+        self.sum[t] += secs;
+    }
+
+    pub fn merge(&mut self, o: &Durations) {
+        for (a, b) in self.buckets.iter_mut().zip(&o.buckets) {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
+        for (a, b) in self.sum.iter_mut().zip(&o.sum) {
+            *a += b;
+        }
+    }
+}
+
 /// One plain counter of [`Counters`]: where it lives, what Prometheus calls it (a family name
 /// and, for a family of several counters, the labels of this one) and what `/api/stats` calls
 /// it. [`COUNTERS`] lists every one once; the merge across workers, the Prometheus rendering and
@@ -81,6 +116,8 @@ macro_rules! counters {
             pub auth_failures_by_reason: AuthFailures,
             /// Traffic of allocations that have ended.
             pub closed_traffic: AllocationStats,
+            /// How long the allocations that have ended lived.
+            pub durations: Durations,
         }
 
         /// Every plain counter, in rendering order.
@@ -146,5 +183,6 @@ impl Counters {
         self.auth_failures_by_reason
             .merge(&o.auth_failures_by_reason);
         self.closed_traffic.merge(&o.closed_traffic);
+        self.durations.merge(&o.durations);
     }
 }

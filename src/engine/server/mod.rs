@@ -38,6 +38,7 @@ mod data;
 pub mod fastpath;
 mod operator;
 mod permission;
+mod publish;
 mod refresh;
 mod reply;
 mod shared;
@@ -45,8 +46,15 @@ mod tcp;
 
 use authenticate::Auth;
 pub use config::{DefaultFamily, Rfc5780, ServerConfig};
-pub use counters::{AuthFailures, CounterSpec, Counters, RefusedByCode, COUNTERS, REFUSAL_CODES};
+pub use counters::{
+    AuthFailures, CounterSpec, Counters, Durations, RefusedByCode, COUNTERS, DURATION_BUCKETS,
+    REFUSAL_CODES,
+};
 pub use operator::AllocationInfo;
+pub use publish::{
+    relayed_bytes, transport_index, Aggregates, RateSamples, Select, TopAllocation, RATE_SAMPLES,
+    TRANSPORTS,
+};
 pub use reply::Later;
 
 use reply::{Handled, Reply, Sign, Stop};
@@ -192,6 +200,8 @@ pub struct Server {
     conn_timers: BinaryHeap<Reverse<(Instant, ConnectionId)>>,
     /// Round-robin position in the alternate-server lists.
     alternate_turn: usize,
+    /// Rate samples, the top-K heap and per-user traffic for the 1 Hz publish.
+    publish: publish::PublishState,
 }
 
 impl Server {
@@ -228,6 +238,7 @@ impl Server {
             shard,
             conn_timers: BinaryHeap::new(),
             alternate_turn: 0,
+            publish: Default::default(),
         }
     }
 
@@ -444,6 +455,7 @@ impl Server {
         a.tcp_traffic.clear();
         self.counters.closed_traffic.merge(&a.stats);
         if a.state == State::Active {
+            self.observe_ended(&a);
             crate::engine::session_log::log_allocation_ended(&self.config.realm, &a, reason);
         }
         if a.tcp {

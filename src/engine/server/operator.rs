@@ -1,4 +1,5 @@
-//! What operators do through the worker: kill, drain, snapshots for metrics and the admin API.
+//! What operators do through the worker: kill, drain; [`AllocationInfo`], one allocation as the
+//! admin API lists it (built by [`Server::list`] in `publish.rs`).
 
 use super::*;
 
@@ -32,28 +33,6 @@ impl Server {
     pub fn is_draining(&self) -> bool {
         self.draining
     }
-
-    /// A copy of every live allocation's state and counters, for metrics and the admin API.
-    pub fn snapshot(&self, now: Instant) -> Vec<AllocationInfo> {
-        let unix = self.unix(now);
-        self.allocations()
-            .filter(|a| a.state == State::Active)
-            .map(|a| AllocationInfo {
-                id: a.id,
-                username: a.username.clone(),
-                five_tuple: a.five_tuple,
-                relay: a.relay,
-                reported_relay: a.reported_relay,
-                second: a.second.as_deref().copied(),
-                started_unix: unix
-                    .saturating_sub(now.saturating_duration_since(a.created).as_secs()),
-                expires_in: a.expires.saturating_duration_since(now).as_secs(),
-                permissions: a.permissions.len(now),
-                channels: a.channels.len(now),
-                stats: a.traffic(),
-            })
-            .collect()
-    }
 }
 
 /// One allocation as seen from outside the worker.
@@ -64,14 +43,16 @@ pub struct AllocationInfo {
     pub five_tuple: FiveTuple,
     pub relay: SocketAddr,
     pub reported_relay: SocketAddr,
-    /// The IPv6 relay of a dual allocation, and what XOR-RELAYED-ADDRESS reports for it (a copy:
-    /// the 1 Hz publish allocates nothing per allocation).
+    /// The IPv6 relay of a dual allocation, and what XOR-RELAYED-ADDRESS reports for it (a copy,
+    /// not the allocation's box: a listing allocates one vector, nothing per allocation).
     pub second: Option<SecondRelay>,
     pub started_unix: u64,
     pub expires_in: u64,
     pub permissions: usize,
     pub channels: usize,
     pub stats: AllocationStats,
+    /// Bytes/s received from the client and peers over the last few 1 Hz publishes.
+    pub rate: f64,
 }
 
 impl AllocationInfo {

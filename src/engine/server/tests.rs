@@ -500,5 +500,6 @@ mod lifetimes;
 mod limits;
 mod mutation;
 mod props;
+mod publish;
 mod redirect;
 mod tcp;

@@ -328,7 +328,7 @@ fn dual_allocation_snapshot_shows_both_relays_and_counts_both_families() {
             PeerDecision::Forward { .. }
         ));
     }
-    let snap = h.s.snapshot(h.now);
+    let snap = h.s.list(h.now, &crate::engine::server::Select::All);
     assert_eq!(snap.len(), 1);
     let a = &snap[0];
     assert!(a.relay.is_ipv4());

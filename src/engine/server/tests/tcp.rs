@@ -351,7 +351,7 @@ fn pipe_bytes_count_into_the_owning_allocation_live_and_at_its_end() {
     let id = h1.alloc_id(c.five);
     c.permit(&mut h1, peer()).assert_ok();
     let stats = |h: &H| {
-        let s = h.s.snapshot(h.now);
+        let s = h.s.list(h.now, &crate::engine::server::Select::All);
         assert_eq!(s.len(), 1);
         s[0].stats
     };
