@@ -111,9 +111,7 @@ T_START=$(date +%s)
 SRV_PFX=""; CLI_PFX=""
 [ "$PIN" = 1 ] && { SRV_PFX="taskset -c 0"; CLI_PFX="taskset -c 1"; }
 
-descendants() { local p=$1 c; echo "$p"; for c in $(ps -o pid= --ppid "$p" 2>/dev/null); do descendants "$c"; done; }
-tree_ticks() { local s=0 p t; for p in $(descendants "$1"); do t=$(awk '{print $14+$15}' /proc/$p/stat 2>/dev/null) && s=$((s + ${t:-0})); done; echo $s; }
-tree_rss_kb() { local s=0 p r; for p in $(descendants "$1"); do r=$(awk '/^VmRSS/{print $2}' /proc/$p/status 2>/dev/null) && s=$((s + ${r:-0})); done; echo $s; }
+. "$HERE/lib.sh"  # descendants, tree_ticks, tree_rss_kb, stop_tree
 port_busy() { ss -Haun "sport = :$1" 2>/dev/null | grep -q . || ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
 wait_listen() {
   local i
@@ -122,14 +120,6 @@ wait_listen() {
     sleep 0.1
   done
   return 1
-}
-stop_tree() {  # TERM, then KILL, a process tree started here (by PID)
-  local root=$1 pids p i
-  pids=$(descendants "$root" | sort -rn)
-  for p in $pids; do kill -TERM "$p" 2>/dev/null; done
-  for i in $(seq 1 30); do kill -0 "$root" 2>/dev/null || break; sleep 0.1; done
-  for p in $pids; do kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null; done
-  wait "$root" 2>/dev/null
 }
 busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
 udp_drops() { awk '/^Udp:/{n++; if (n==1) for (i=1;i<=NF;i++) h[i]=$i; else for (i=1;i<=NF;i++) if (h[i]=="RcvbufErrors" || h[i]=="SndbufErrors") d+=$i} END{print d+0}' /proc/net/snmp; }

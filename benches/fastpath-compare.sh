@@ -82,8 +82,7 @@ LPORT=3478; PEER_PORT=3480; METRICS_PORT=9641
 RMIN=49152; RMAX=65535
 TUSER=bench; TPASS=benchpw; REALM=bench.local
 
-descendants() { local p=$1 c; echo "$p"; for c in $(ps -o pid= --ppid "$p" 2>/dev/null); do descendants "$c"; done; }
-tree_ticks() { local s=0 p t; for p in $(descendants "$1"); do t=$(awk '{print $14+$15}' /proc/$p/stat 2>/dev/null) && s=$((s + ${t:-0})); done; echo $s; }
+. "$HERE/lib.sh"  # descendants, tree_ticks, stop_tree
 ksoftirqd_ticks() { local s=0 p t; for p in $(pgrep -x 'ksoftirqd/[0-9]+'); do t=$(awk '{print $14+$15}' /proc/$p/stat 2>/dev/null) && s=$((s + ${t:-0})); done; echo $s; }
 # CPU of processes outside this script's session (noise from other users of the machine).
 proc_snap() { cat /proc/[0-9]*/stat 2>/dev/null | awk '{ i=0; s=$0; while ((j=index(substr(s,i+1),")"))>0) i+=j
@@ -96,14 +95,6 @@ foreign_ticks() {  # snapA snapB my_session_id (ksoftirqd is ours: it carries th
 MYSID=$(ps -o sid= -p $$ | tr -d ' ')
 in_srv() { ip netns exec "$NS_SRV" "$@"; }
 in_load() { ip netns exec "$NS_LOAD" "$@"; }
-stop_tree() {
-  local root=$1 pids p i
-  pids=$(descendants "$root" | sort -rn)
-  for p in $pids; do kill -TERM "$p" 2>/dev/null; done
-  for i in $(seq 1 50); do kill -0 "$root" 2>/dev/null || break; sleep 0.1; done
-  for p in $pids; do kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null; done
-  wait "$root" 2>/dev/null
-}
 wait_listen() {  # port: UDP and TCP listeners in the server namespace
   local i
   for i in $(seq 1 100); do
@@ -115,7 +106,7 @@ wait_listen() {  # port: UDP and TCP listeners in the server namespace
 
 SRV_PID=""; PEER_PID=""
 cleanup() {
-  [ -n "$SRV_PID" ] && stop_tree $SRV_PID; [ -n "$PEER_PID" ] && stop_tree $PEER_PID
+  [ -n "$SRV_PID" ] && stop_tree $SRV_PID 50; [ -n "$PEER_PID" ] && stop_tree $PEER_PID 50
   ip netns del "$NS_SRV" 2>/dev/null; ip netns del "$NS_LOAD" 2>/dev/null
 }
 trap cleanup EXIT
@@ -176,7 +167,7 @@ run_one() {  # label profile run#
   cmd=$(server_cmd "$L" "$rundir"); echo "$cmd" > "$rundir/server_cmd.txt"
   in_srv timeout $((RUN_TIMEOUT_S + 60)) bash -c "ulimit -n 65536 2>/dev/null; exec $cmd" > "$rundir/server.out" 2>&1 &
   SRV_PID=$!
-  if ! wait_listen $LPORT; then echo "ERROR: $L did not listen (see $rundir)" >&2; stop_tree $SRV_PID; SRV_PID=""; return 2; fi
+  if ! wait_listen $LPORT; then echo "ERROR: $L did not listen (see $rundir)" >&2; stop_tree $SRV_PID 50; SRV_PID=""; return 2; fi
   sleep 0.5
   local s0 s1 p0 p1 k0 k1 t0 t1 ucpu urc fo fp0 fp1 sent recv loss
   fp0=0; [ "$L" = vigi-xdp ] && fp0=$(fastpath_packets)
@@ -189,7 +180,7 @@ run_one() {  # label profile run#
   t1=$(date +%s.%N); s1=$(tree_ticks $SRV_PID); p1=$(tree_ticks $PEER_PID); k1=$(ksoftirqd_ticks)
   proc_snap > "$rundir/procs1"; fo=$(foreign_ticks "$rundir/procs0" "$rundir/procs1" $MYSID); rm -f "$rundir/procs0" "$rundir/procs1"
   fp1=0; [ "$L" = vigi-xdp ] && fp1=$(fastpath_packets)
-  stop_tree $SRV_PID; SRV_PID=""
+  stop_tree $SRV_PID 50; SRV_PID=""
   ucpu=$(awk '/UCLIENT_CPU/{print $2+$3}' "$rundir/uclient.time" 2>/dev/null); ucpu=${ucpu:-0}
   read -r sent recv loss < <(uclient_totals "$rundir/uclient.out")
   awk -v L=$L -v prof=$prof -v k=$k -v urc=$urc -v sent=$sent -v recv=$recv -v loss=$loss \
@@ -258,7 +249,7 @@ main() {
       done
     done
   done
-  stop_tree $PEER_PID; PEER_PID=""
+  stop_tree $PEER_PID 50; PEER_PID=""
   summarize | tee "$OUT/summary.txt"
 }
 main "$@"

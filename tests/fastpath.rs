@@ -454,6 +454,22 @@ impl Capture {
         let frames = frames.into_iter().filter(|f| !is_marker(f)).collect();
         (frames, summary)
     }
+
+    /// Asserts that exactly `want` captured frames are ones `kernel_made` picks (with tcpdump's
+    /// counts in the message), once they are all in, and verifies each one's checksums.
+    fn assert_kernel_frames(self, want: usize, kernel_made: impl Fn(&Vec<u8>) -> bool) {
+        let (captured, summary) =
+            self.frames_when(|all| all.iter().filter(|f| kernel_made(f)).count() >= want);
+        let captured: Vec<Vec<u8>> = captured.into_iter().filter(&kernel_made).collect();
+        assert_eq!(
+            captured.len(),
+            want,
+            "kernel-relayed frames captured; tcpdump: {summary}"
+        );
+        for f in &captured {
+            frames::parse(f).unwrap_or_else(|e| panic!("captured frame: {e}: {f:02x?}"));
+        }
+    }
 }
 
 fn is_marker(f: &[u8]) -> bool {
@@ -642,17 +658,7 @@ fn channel_data_is_relayed_by_the_kernel_with_valid_checksums_and_exact_counters
         v4 && (to_peer || to_client)
     };
     let want = 2 * lens.len() + 1;
-    let (captured, summary) =
-        capture.frames_when(|all| all.iter().filter(|f| kernel_made(f)).count() >= want);
-    let captured: Vec<Vec<u8>> = captured.into_iter().filter(kernel_made).collect();
-    assert_eq!(
-        captured.len(),
-        want,
-        "kernel-relayed frames captured; tcpdump: {summary}"
-    );
-    for f in &captured {
-        frames::parse(f).unwrap_or_else(|e| panic!("captured frame: {e}: {f:02x?}"));
-    }
+    capture.assert_kernel_frames(want, kernel_made);
     drop(server);
 }
 
@@ -771,17 +777,7 @@ fn send_and_data_indications_are_relayed_by_the_kernel_with_valid_checksums_and_
         v4 && (to_peer || data_ind)
     };
     let want = 3 * lens.len() + 1;
-    let (captured, summary) =
-        capture.frames_when(|all| all.iter().filter(|f| kernel_made(f)).count() >= want);
-    let captured: Vec<Vec<u8>> = captured.into_iter().filter(kernel_made).collect();
-    assert_eq!(
-        captured.len(),
-        want,
-        "kernel-relayed frames captured; tcpdump: {summary}"
-    );
-    for f in &captured {
-        frames::parse(f).unwrap_or_else(|e| panic!("captured frame: {e}: {f:02x?}"));
-    }
+    capture.assert_kernel_frames(want, kernel_made);
     drop(server);
 }
 
