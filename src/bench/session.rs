@@ -59,8 +59,10 @@ pub enum SetupError {
     },
     #[error("the server asks for credentials: give -u and -w (or -W)")]
     NeedCredentials,
-    #[error("malformed answer to {0}")]
-    Malformed(&'static str),
+    /// `what` names the missing or broken piece and describes the answer (class, error code,
+    /// attribute types, length), so a rare failure under load can be read from one line.
+    #[error("malformed answer to {method}: {what}")]
+    Malformed { method: &'static str, what: String },
 }
 
 /// A client's socket to the server.
@@ -386,10 +388,11 @@ impl Session {
     }
 
     fn set_relay(&mut self, allocate_success: &[u8]) -> Result<(), SetupError> {
-        let m = Message::decode(allocate_success).map_err(|_| SetupError::Malformed("Allocate"))?;
+        let m = Message::decode(allocate_success)
+            .map_err(|e| malformed("Allocate", allocate_success, &format!("{e}")))?;
         self.relay = m
             .get_xor_address(attr::XOR_RELAYED_ADDRESS)
-            .ok_or(SetupError::Malformed("Allocate"))?;
+            .ok_or_else(|| malformed("Allocate", allocate_success, "no XOR-RELAYED-ADDRESS"))?;
         Ok(())
     }
 
@@ -483,7 +486,7 @@ impl Session {
         resp: &[u8],
         attempt: u32,
     ) -> Result<bool, SetupError> {
-        let m = Message::decode(resp).map_err(|_| SetupError::Malformed(name))?;
+        let m = Message::decode(resp).map_err(|e| malformed(name, resp, &format!("{e}")))?;
         match m.class() {
             Class::Success => Ok(true),
             Class::Error => {
@@ -501,11 +504,15 @@ impl Session {
                     });
                 }
                 let realm = m.get(attr::REALM).map(<[u8]>::to_vec);
-                let nonce = m.get(attr::NONCE).ok_or(SetupError::Malformed(name))?;
+                let nonce = m
+                    .get(attr::NONCE)
+                    .ok_or_else(|| malformed(name, resp, "a challenge without NONCE"))?;
                 let realm = match (realm, &self.creds) {
                     (Some(r), _) => r,
                     (None, Some(c)) => c.realm.clone(),
-                    (None, None) => return Err(SetupError::Malformed(name)),
+                    (None, None) => {
+                        return Err(malformed(name, resp, "a first challenge without REALM"))
+                    }
                 };
                 self.creds = Some(
                     self.mint_creds(cfg, &realm, nonce)
@@ -513,7 +520,7 @@ impl Session {
                 );
                 Ok(false)
             }
-            _ => Err(SetupError::Malformed(name)),
+            _ => Err(malformed(name, resp, "neither a success nor an error")),
         }
     }
 
@@ -591,8 +598,11 @@ impl Session {
                             }
                         }
                     }
-                    if framing::frame_len(&self.rx).is_err() {
-                        return Err(SetupError::Malformed(name));
+                    if let Err(e) = framing::frame_len(&self.rx) {
+                        return Err(SetupError::Malformed {
+                            method: name,
+                            what: format!("unframeable stream ({e:?})"),
+                        });
                     }
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
@@ -627,4 +637,30 @@ impl Session {
     pub fn take_rx(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.rx)
     }
+}
+
+/// A [`SetupError::Malformed`] for answer `raw` to `method`, saying what is wrong with it.
+fn malformed(method: &'static str, raw: &[u8], problem: &str) -> SetupError {
+    let what = match Message::decode(raw) {
+        Ok(m) => {
+            let code = m
+                .get(attr::ERROR_CODE)
+                .and_then(attr::read_error_code)
+                .map(|(c, r)| format!(" {c} {r:?}"))
+                .unwrap_or_default();
+            let types: Vec<String> = m.attributes().map(|a| format!("{:#06x}", a.ty)).collect();
+            format!(
+                "{problem}: {:?} {:?}{code}, {} bytes, attributes [{}]",
+                m.method(),
+                m.class(),
+                raw.len(),
+                types.join(" ")
+            )
+        }
+        Err(_) => {
+            let head: Vec<String> = raw.iter().take(24).map(|b| format!("{b:02x}")).collect();
+            format!("{problem}: {} bytes, starting {}", raw.len(), head.concat())
+        }
+    };
+    SetupError::Malformed { method, what }
 }

@@ -69,7 +69,7 @@ impl PortRegion {
             }
             let start = self.lo + at as u16;
             let end = start + (count - 1);
-            if (start..=end).all(&free) {
+            if (start..=end).all(&free) && claim(start, count) {
                 return (start, end);
             }
         }
@@ -78,6 +78,37 @@ impl PortRegion {
             self.lo,
             self.lo + self.len
         );
+    }
+}
+
+/// Claim `count` ports from `start` against other test processes on this machine (two worktrees'
+/// suites, a CI loop beside a helper's run): an open-file-description lock on bytes
+/// `start..start + count` of one shared file, held until this process exits. Without it two
+/// processes could each find a port free and both bind it, and since the server and
+/// `vigi-bench peer` both set SO_REUSEPORT, the kernel would let them share the port and spread
+/// one test's clients across the other's sockets (seen as an Allocate echoed back by a peer).
+fn claim(start: u16, count: u16) -> bool {
+    use nix::fcntl::{fcntl, FcntlArg};
+    static FILE: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    let file = FILE.get_or_init(|| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(std::env::temp_dir().join("vigi-turn-test-ports.lock"))
+            .expect("open the test port lock file")
+    });
+    let lock = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: libc::off_t::from(start),
+        l_len: libc::off_t::from(count),
+        l_pid: 0, // must be 0 for open-file-description locks
+    };
+    match fcntl(file, FcntlArg::F_OFD_SETLK(&lock)) {
+        Ok(_) => true,
+        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => false,
+        Err(e) => panic!("locking test ports {start}+{count}: {e}"),
     }
 }
 
