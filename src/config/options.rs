@@ -3,7 +3,9 @@
 //! default and its help. [`super::cli::Cli`] flattens the groups into the one parser, and
 //! [`super::Config`] holds them as they come out of it, after [`super::Config::load`] has
 //! resolved the few values that depend on other options (the fields marked *resolved*, and the
-//! `#[arg(skip)]` fields that only resolution sets).
+//! `#[arg(skip)]` fields that only resolution sets). The options that only feed a resolved
+//! value (`-K`, `-v`/`-V`, `--cpus`, ...) are `pub(super)`: outside the configuration, only the
+//! resolved value can be read.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -71,7 +73,7 @@ pub struct Listeners {
     /// Start DTLS listeners (coturn 4.17's switch). Here DTLS starts with --cert unless
     /// --no-dtls, as in coturn 4.6, so this only confirms it.
     #[arg(long = "dtls")]
-    pub dtls: bool,
+    pub(super) dtls: bool,
     /// Do not allow UDP relay endpoints.
     #[arg(long = "no-udp-relay")]
     pub no_udp_relay: bool,
@@ -85,7 +87,7 @@ pub struct Listeners {
     pub allocation_default_address_family: DefaultFamily,
     /// The same as `-A keep` (coturn's older flag).
     #[arg(short = 'K', long = "keep-address-family")]
-    pub keep_address_family: bool,
+    pub(super) keep_address_family: bool,
 }
 
 /// Relay endpoints, the kernel fast path, and which peers may be reached.
@@ -147,7 +149,7 @@ pub struct Relay {
     /// Override the CPU count that sets the default number of workers (coturn 4.17's `--cpus`,
     /// for containers that see the host's CPUs); `-m` wins.
     #[arg(long = "cpus", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub cpus: Option<u32>,
+    pub(super) cpus: Option<u32>,
 }
 
 /// What Binding requests and every answer look like.
@@ -171,7 +173,7 @@ pub struct Stun {
     /// 4.7+ (`=false` is `--no-software-attribute`); any other value replaces the text.
     #[arg(long = "software-attribute", value_name = "BOOL|TEXT", num_args = 0..=1,
           default_missing_value = "true", value_parser = parse_software)]
-    pub software: Option<Software>,
+    pub(super) software: Option<Software>,
     /// *Resolved*: `--software-attribute=TEXT` (vigi-turn extension), the text that replaces the
     /// default SOFTWARE.
     #[arg(skip)]
@@ -193,7 +195,7 @@ pub struct Stun {
     #[arg(long = "rfc3489-compatibility", value_name = "BOOL", num_args = 0..=1,
           require_equals = true, default_missing_value = "true", hide_possible_values = true,
           value_parser = BoolishValueParser::new())]
-    pub rfc3489: Option<bool>,
+    pub(super) rfc3489: Option<bool>,
     /// *Resolved*: RFC 3489 Binding requests (no magic cookie) are answered:
     /// `--rfc3489-compatibility`, else not `--no-stun-backward-compatibility`.
     #[arg(skip)]
@@ -335,13 +337,13 @@ pub struct Limits {
     pub unauthorized_ratelimit: u32,
     /// coturn 4.17's rate for `--unauthorized-ratelimit`: sets N.
     #[arg(long = "unauthorized-ratelimit-rps", value_name = "N")]
-    pub unauthorized_ratelimit_rps: Option<u32>,
+    pub(super) unauthorized_ratelimit_rps: Option<u32>,
     /// Nonces are always stateless here (HMAC-signed timestamps); `=false` is refused as a no-op
     /// with a warning.
     #[arg(long = "stateless-nonce", value_name = "BOOL", num_args = 0..=1,
           require_equals = true, default_missing_value = "true", hide_possible_values = true,
           value_parser = BoolishValueParser::new())]
-    pub stateless_nonce: Option<bool>,
+    pub(super) stateless_nonce: Option<bool>,
     /// Derive the nonce key from this secret instead of a random per-process key, so nodes
     /// sharing it accept each other's nonces across restarts and behind a load balancer.
     #[arg(long = "stateless-nonce-secret", value_name = "SECRET")]
@@ -439,10 +441,10 @@ pub struct Logging {
     pub syslog: bool,
     /// Moderate verbose mode.
     #[arg(short = 'v', long = "verbose")]
-    pub moderate_verbose: bool,
+    pub(super) moderate_verbose: bool,
     /// Extra verbose mode.
     #[arg(short = 'V', long = "Verbose")]
-    pub extra_verbose: bool,
+    pub(super) extra_verbose: bool,
     /// *Resolved*: 0 normal, 1 `-v`/`--verbose`, 2 `-V`/`--Verbose`.
     #[arg(skip)]
     pub verbose: u8,
@@ -519,7 +521,7 @@ pub struct Metrics {
     pub prometheus_address: Option<IpAddr>,
     /// Metrics path: only /metrics is served; another value is ignored with a warning.
     #[arg(long = "prometheus-path", value_name = "PATH")]
-    pub prometheus_path: Option<String>,
+    pub(super) prometheus_path: Option<String>,
     /// Label traffic metrics with user names (unbounded label set: use with care).
     #[arg(long = "prometheus-username-labels")]
     pub prometheus_username_labels: bool,
