@@ -301,6 +301,7 @@ pub const CLI_ONLY: &[&str] = &["conf-file", "help", "version"];
 /// Builds the command: the derived [`Cli`] arguments, coturn's boolean-flag convention, our
 /// `--version` (coturn's `-V` is `--Verbose`), and the [`UNSUPPORTED`] options.
 pub fn command() -> Command {
+    // The last group's heading would carry over to `--version`, which belongs under "Options".
     let cmd = Cli::command()
         .next_help_heading(None::<&str>)
         .arg(
