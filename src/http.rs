@@ -77,32 +77,32 @@ pub fn spawn(
     running: &Running,
     obs: Observe,
 ) -> io::Result<Option<HttpHandle>> {
-    if !config.prometheus && config.admin_listen.is_none() {
+    if !config.metrics.prometheus && config.admin.admin_listen.is_none() {
         return Ok(None);
     }
     let monitor = Arc::new(Monitor::new(
         running.workers.clone(),
         obs.shared,
         Options {
-            username_labels: config.prometheus_username_labels,
-            top_k: config.prometheus_top_allocations,
+            username_labels: config.metrics.prometheus_username_labels,
+            top_k: config.metrics.prometheus_top_allocations,
             realm: obs.realm,
             relay_ips: obs.relay_ips,
             fastpath: obs.fastpath,
         },
     ));
-    let prom = if config.prometheus {
-        let addr = match config.prometheus_address {
-            Some(ip) => SocketAddr::new(ip, config.prometheus_port),
-            None => default_any(config.prometheus_port),
+    let prom = if config.metrics.prometheus {
+        let addr = match config.metrics.prometheus_address {
+            Some(ip) => SocketAddr::new(ip, config.metrics.prometheus_port),
+            None => default_any(config.metrics.prometheus_port),
         };
         Some(bind(addr, "prometheus")?)
     } else {
         None
     };
     let admin = match (
-        config.admin_listen,
-        config.admin_token.as_ref().map(Secret::expose),
+        config.admin.admin_listen,
+        config.admin.admin_token.as_ref().map(Secret::expose),
     ) {
         (Some(addr), Some(token)) => Some((bind(addr, "admin API")?, token_digest(token))),
         (Some(_), None) => {
@@ -116,7 +116,7 @@ pub fn spawn(
     let metrics_addr = prom.as_ref().map(|l| l.local_addr()).transpose()?;
     let admin_addr = admin.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
     let m = monitor.clone();
-    let calls = config.signaling_redis.clone();
+    let calls = config.signaling.signaling_redis.clone();
     control.spawn(serve(m, prom, admin, calls));
     if let Some(a) = metrics_addr {
         tracing::info!("prometheus metrics on http://{a}/metrics");

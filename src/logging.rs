@@ -119,13 +119,13 @@ impl Logging {
             targets.stdout && targets.file.is_none() && io::IsTerminal::is_terminal(&io::stdout());
         let sink = Sink(Arc::new(Mutex::new(targets)));
         // `--log-json`: one JSON object per line instead of text (exactly one of the two layers).
-        let json = config.log_json.then(|| {
+        let json = config.admin.log_json.then(|| {
             tracing_subscriber::fmt::layer()
                 .json()
                 .with_target(false)
                 .with_writer(sink.clone())
         });
-        let text = (!config.log_json).then(|| {
+        let text = (!config.admin.log_json).then(|| {
             tracing_subscriber::fmt::layer()
                 .with_target(false)
                 .with_ansi(ansi)
@@ -169,7 +169,7 @@ impl Logging {
 
 fn level(config: &Config) -> &'static str {
     use vigi_turn::config::cli::LogLevel;
-    if let Some(min) = config.log_min_level {
+    if let Some(min) = config.log.log_min_level {
         return match min {
             LogLevel::Debug => "debug",
             LogLevel::Info | LogLevel::Control => "info",
@@ -177,7 +177,7 @@ fn level(config: &Config) -> &'static str {
             LogLevel::Error => "error",
         };
     }
-    match config.verbose {
+    match config.log.verbose {
         0 => "info",
         1 => "debug",
         _ => "trace",
@@ -185,7 +185,7 @@ fn level(config: &Config) -> &'static str {
 }
 
 fn wants_syslog(config: &Config) -> bool {
-    config.syslog || config.log_file.as_deref() == Some("syslog")
+    config.log.syslog || config.log.log_file.as_deref() == Some("syslog")
 }
 
 /// coturn's rules: `--log-file` is written together with stdout unless `--no-stdout-log`;
@@ -193,11 +193,11 @@ fn wants_syslog(config: &Config) -> bool {
 /// takes the lines (then no file is written, as coturn's `--syslog`).
 fn open_targets(config: &Config, journald: bool) -> (Targets, Option<String>) {
     let mut t = Targets {
-        stdout: !config.no_stdout_log,
+        stdout: !config.log.no_stdout_log,
         ..Targets::default()
     };
     let mut problem = None;
-    match config.log_file.as_deref() {
+    match config.log.log_file.as_deref() {
         Some("stdout") | Some("-") => t.stdout = true,
         None | Some("syslog") => {}
         Some(_) if journald => {}

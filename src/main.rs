@@ -21,7 +21,7 @@ fn main() {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    if config.daemon {
+    if config.log.daemon {
         // Forking is the service manager's job: a daemonizing child would escape systemd's
         // and Docker's supervision, readiness and log capture.
         eprintln!(
@@ -48,18 +48,18 @@ fn main() {
 /// why it cannot (no CAP_BPF/CAP_NET_ADMIN, an old kernel, no such interface, a driver without
 /// native XDP). Detached when the returned value drops, at exit.
 fn start_fastpath(config: &Config) -> Result<Option<io::fastpath::FastPath>> {
-    if config.xdp_interfaces.is_empty() {
+    if config.relay.xdp_interfaces.is_empty() {
         return Ok(None);
     }
     let limits = io::fastpath::MapLimits {
-        channels: config.xdp_max_channels,
-        allocations: config.xdp_max_allocations,
-        permissions: config.xdp_max_permissions,
+        channels: config.relay.xdp_max_channels,
+        allocations: config.relay.xdp_max_allocations,
+        permissions: config.relay.xdp_max_permissions,
     };
     let mut fp = io::fastpath::FastPath::load(limits)
         .map_err(|e| anyhow::anyhow!("--xdp-interface: {e}"))?;
-    for iface in &config.xdp_interfaces {
-        fp.attach(iface, config.xdp_mode)
+    for iface in &config.relay.xdp_interfaces {
+        fp.attach(iface, config.relay.xdp_mode)
             .map_err(|e| anyhow::anyhow!("--xdp-interface: {e}"))?;
         // The program asks the FIB for the next hop, which answers only for interfaces that
         // forward; without it every packet is passed up (correct, but no fast path).
@@ -77,8 +77,8 @@ fn start_fastpath(config: &Config) -> Result<Option<io::fastpath::FastPath>> {
     }
     tracing::info!(
         "XDP fast path attached to {} ({:?} mode)",
-        config.xdp_interfaces.join(", "),
-        config.xdp_mode
+        config.relay.xdp_interfaces.join(", "),
+        config.relay.xdp_mode
     );
     Ok(Some(fp))
 }
@@ -94,25 +94,25 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
     let notifier = notify::Notifier::from_env();
     // One runtime for everything beside the workers (HTTP, signaling, Redis, signals), built
     // before anything is bound so that signals are caught from here on.
-    let services = config.prometheus
-        || config.admin_listen.is_some()
-        || config.signaling_listen.is_some()
-        || config.redis_userdb.is_some()
-        || config.redis_statsdb.is_some();
+    let services = config.metrics.prometheus
+        || config.admin.admin_listen.is_some()
+        || config.signaling.signaling_listen.is_some()
+        || config.fleet.redis_userdb.is_some()
+        || config.fleet.redis_statsdb.is_some();
     let control =
         vigi_turn::control::ControlPlane::new(services).context("starting the control plane")?;
     let signals = ops::Signals::install(&control)?;
-    let listen_ips: Vec<IpAddr> = if config.listening_ips.is_empty() {
+    let listen_ips: Vec<IpAddr> = if config.listeners.listening_ips.is_empty() {
         vec![
             IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         ]
     } else {
-        config.listening_ips.clone()
+        config.listeners.listening_ips.clone()
     };
-    let wildcard_default = config.listening_ips.is_empty();
+    let wildcard_default = config.listeners.listening_ips.is_empty();
     let relay_ips = resolve_relay_ips(&config);
-    if relay_ips.is_empty() && !config.stun_only {
+    if relay_ips.is_empty() && !config.stun.stun_only {
         anyhow::bail!("no relay address: give --relay-ip or --listening-ip");
     }
     // Held until `run` returns: dropping the last reference detaches the program.
@@ -120,12 +120,12 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
     let engine = Arc::new(config.engine_config(relay_ips.clone(), &interface_addrs()));
     let nonce_key = nonce_key(&config);
     let shared = Arc::new(Shared::new(
-        config.min_port,
-        config.max_port,
+        config.relay.min_port,
+        config.relay.max_port,
         nonce_key,
         std::time::Instant::now(),
     ));
-    if let Some(conn) = &config.redis_userdb {
+    if let Some(conn) = &config.fleet.redis_userdb {
         start_userdb(&control, &config, conn, &engine.realm, &shared);
     }
     let tls_source = tls_source(&config)?;
@@ -138,38 +138,38 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         if ip.is_ipv6() && wildcard_default && !ipv6_available() {
             continue;
         }
-        let addr = SocketAddr::new(*ip, config.listening_port);
-        if !config.no_udp {
+        let addr = SocketAddr::new(*ip, config.listeners.listening_port);
+        if !config.listeners.no_udp {
             udp.push(addr);
             // RFC 5780: answers to CHANGE-REQUEST leave from the alternate port.
-            if config.rfc5780 {
-                udp.push(SocketAddr::new(*ip, config.alt_listening_port));
+            if config.stun.rfc5780 {
+                udp.push(SocketAddr::new(*ip, config.listeners.alt_listening_port));
             }
         }
-        if !config.no_tcp {
+        if !config.listeners.no_tcp {
             tcp.push(addr);
         }
         if tls_source.is_some() {
-            tls.push(SocketAddr::new(*ip, config.tls_listening_port));
+            tls.push(SocketAddr::new(*ip, config.listeners.tls_listening_port));
         }
         if dtls_context.is_some() {
-            dtls.push(SocketAddr::new(*ip, config.tls_listening_port));
+            dtls.push(SocketAddr::new(*ip, config.listeners.tls_listening_port));
         }
     }
     let rc = RunConfig {
-        max_tcp_connections_per_ip: config.max_tcp_connections_per_ip,
-        workers: config.relay_threads,
+        max_tcp_connections_per_ip: config.sockets.max_tcp_connections_per_ip,
+        workers: config.relay.relay_threads,
         udp,
         tcp,
         tls,
         tls_source,
         dtls,
         dtls_context,
-        sock_buf_size: config.sock_buf_size,
-        max_tcp_connections: if config.max_tcp_connections == 0 {
+        sock_buf_size: config.sockets.sock_buf_size,
+        max_tcp_connections: if config.sockets.max_tcp_connections == 0 {
             usize::MAX
         } else {
-            config.max_tcp_connections
+            config.sockets.max_tcp_connections
         },
         engine,
         shared,
@@ -181,7 +181,7 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
     let node = node_info(&config, &running, &relay_ips);
     let realm = config.engine_realm();
     let directory = Arc::new(vigi_turn::fleet::Directory::default());
-    if let Some(conn) = &config.redis_statsdb {
+    if let Some(conn) = &config.fleet.redis_statsdb {
         start_statsdb(
             &control,
             conn,
@@ -193,7 +193,7 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
             directory.clone(),
         );
     }
-    if let Some(conn) = &config.redis_userdb {
+    if let Some(conn) = &config.fleet.redis_userdb {
         vigi_turn::fleet::quota::spawn(
             &control,
             vigi_turn::fleet::quota::QuotaSource {
@@ -210,10 +210,14 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
     let _signal = vigi_turn::signal::SignalConfig::from_config(&config)
         .map(|mut s| {
             // With heartbeats in Redis, credentials name the nearest healthy nodes.
-            s.fleet = config.redis_statsdb.as_ref().map(|_| directory.clone());
+            s.fleet = config
+                .fleet
+                .redis_statsdb
+                .as_ref()
+                .map(|_| directory.clone());
             // With the REST secrets in Redis, credentials may be minted from its snapshot.
-            let rest_api = config.auth == AuthMode::RestApi || config.use_auth_secret;
-            let rest_in_db = rest_api && config.redis_userdb.is_some();
+            let rest_api = config.auth.mode == AuthMode::RestApi || config.auth.use_auth_secret;
+            let rest_in_db = rest_api && config.fleet.redis_userdb.is_some();
             s.userdb = rest_in_db.then(|| stats_shared.userdb.clone());
             vigi_turn::signal::spawn(&control, s)
         })
@@ -222,14 +226,16 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
     if let (Some(h), Some(sig)) = (&_http, &_signal) {
         h.monitor.attach_calls(sig.calls.clone());
     }
-    if let Some(p) = &config.pidfile {
+    if let Some(p) = &config.log.pidfile {
         if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
             tracing::warn!("cannot write pid file {}: {e}", p.display());
         }
     }
     // Every listener is bound: privileged ports are no longer needed.
-    if let Err(e) = ops::drop_privileges(config.proc_user.as_deref(), config.proc_group.as_deref())
-    {
+    if let Err(e) = ops::drop_privileges(
+        config.log.proc_user.as_deref(),
+        config.log.proc_group.as_deref(),
+    ) {
         running.shutdown();
         return Err(e.context("dropping privileges"));
     }
@@ -237,8 +243,8 @@ fn run(config: Config, args: Vec<OsString>, logging: &logging::Logging) -> Resul
         tracing::info!("{line}");
     }
     write_health_target(&running);
-    let pidfile = config.pidfile.clone();
-    let config_drain_min = config.drain_min_allocations;
+    let pidfile = config.log.pidfile.clone();
+    let config_drain_min = config.log.drain_min_allocations;
     let mut ops = ops::Ops {
         args,
         config,
@@ -305,39 +311,46 @@ fn startup_summary(config: &Config, running: &io::Running, relay_ips: &[IpAddr])
         Some(p) => format!("config file {}", p.display()),
         None => "no config file read".to_owned(),
     };
-    let redis = if config.redis_userdb.is_some() {
+    let redis = if config.fleet.redis_userdb.is_some() {
         " + Redis user database"
     } else {
         ""
     };
-    let auth = match config.auth {
+    let auth = match config.auth.mode {
         AuthMode::NoAuth => "auth: none (--no-auth: anyone may allocate)".to_owned(),
         AuthMode::LongTerm => format!(
             "auth: long-term credentials, {} static user(s){redis}",
-            config.users.len()
+            config.auth.users.len()
         ),
         AuthMode::RestApi => format!(
             "auth: TURN REST API, {} static secret(s){redis}",
-            config.static_auth_secrets.len()
+            config.auth.static_auth_secrets.len()
         ),
     };
     let off = |a: Option<String>| a.unwrap_or_else(|| "off".to_owned());
-    let prometheus = config.prometheus.then(|| match config.prometheus_address {
-        Some(ip) => format!(
-            "http://{}/metrics",
-            SocketAddr::new(ip, config.prometheus_port)
-        ),
-        None => format!("http://*:{}/metrics", config.prometheus_port),
-    });
+    let prometheus = config
+        .metrics
+        .prometheus
+        .then(|| match config.metrics.prometheus_address {
+            Some(ip) => format!(
+                "http://{}/metrics",
+                SocketAddr::new(ip, config.metrics.prometheus_port)
+            ),
+            None => format!("http://*:{}/metrics", config.metrics.prometheus_port),
+        });
     // --external-ip: what XOR-RELAYED-ADDRESS reports instead (in Docker often the output of
     // detect-external-ip, which the operator cannot see otherwise).
-    let reported = if config.external_ips.is_empty() {
+    let reported = if config.listeners.external_ips.is_empty() {
         String::new()
     } else {
-        let each = config.external_ips.iter().map(|x| match x.private {
-            Some(private) => format!("{} for {private}", x.public),
-            None => x.public.to_string(),
-        });
+        let each = config
+            .listeners
+            .external_ips
+            .iter()
+            .map(|x| match x.private {
+                Some(private) => format!("{} for {private}", x.public),
+                None => x.public.to_string(),
+            });
         format!(" (reported as {})", each.collect::<Vec<_>>().join(", "))
     };
     vec![
@@ -353,15 +366,15 @@ fn startup_summary(config: &Config, running: &io::Running, relay_ips: &[IpAddr])
             running.tls_addrs,
             running.dtls_addrs,
             relay_ips,
-            config.min_port,
-            config.max_port,
-            config.relay_threads
+            config.relay.min_port,
+            config.relay.max_port,
+            config.relay.relay_threads
         ),
         format!(
             "prometheus {}; admin API {}; signaling {}",
             off(prometheus),
-            off(config.admin_listen.map(|a| a.to_string())),
-            off(config.signaling_listen.map(|a| a.to_string())),
+            off(config.admin.admin_listen.map(|a| a.to_string())),
+            off(config.signaling.signaling_listen.map(|a| a.to_string())),
         ),
         config.engine_config(relay_ips.to_vec(), &interface_addrs()).peer_policy.describe(),
     ]
@@ -371,7 +384,7 @@ fn startup_summary(config: &Config, running: &io::Running, relay_ips: &[IpAddr])
 /// that nodes sharing the secret accept each other's nonces (coturn 4.17's option).
 fn nonce_key(config: &Config) -> [u8; 32] {
     use sha2::Digest;
-    match &config.stateless_nonce_secret {
+    match &config.limits.stateless_nonce_secret {
         Some(secret) => {
             let mut h = sha2::Sha256::new();
             h.update(b"vigi-turn nonce key\0");
@@ -398,8 +411,8 @@ fn start_userdb(
         fleet::userdb::UserDbSource {
             conn: conn.clone(),
             realm: realm.to_owned(),
-            refresh: std::time::Duration::from_secs(u64::from(config.redis_refresh)),
-            max_stale: u64::from(config.redis_max_stale),
+            refresh: std::time::Duration::from_secs(u64::from(config.fleet.redis_refresh)),
+            max_stale: u64::from(config.fleet.redis_max_stale),
             cell: shared.userdb.clone(),
         },
     );
@@ -420,8 +433,9 @@ fn node_info(
     running: &io::Running,
     relay_ips: &[IpAddr],
 ) -> vigi_turn::fleet::stats::NodeInfo {
-    let address = config.node_address.clone().unwrap_or_else(|| {
+    let address = config.fleet.node_address.clone().unwrap_or_else(|| {
         let ip = config
+            .listeners
             .external_ips
             .first()
             .map(|e| e.public)
@@ -429,13 +443,17 @@ fn node_info(
             .filter(|ip| !ip.is_unspecified())
             .or_else(|| relay_ips.first().copied())
             .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-        SocketAddr::new(ip, config.listening_port).to_string()
+        SocketAddr::new(ip, config.listeners.listening_port).to_string()
     });
     vigi_turn::fleet::stats::NodeInfo {
-        name: config.node_name.clone().unwrap_or_else(|| address.clone()),
+        name: config
+            .fleet
+            .node_name
+            .clone()
+            .unwrap_or_else(|| address.clone()),
         address,
-        region: config.node_region.clone(),
-        redirect_over_allocations: config.redirect_over_allocations,
+        region: config.fleet.node_region.clone(),
+        redirect_over_allocations: config.redirect.redirect_over_allocations,
     }
 }
 
@@ -470,23 +488,23 @@ fn start_statsdb(
 /// reads the key from the certificate file. An unusable certificate or key is a start-up error,
 /// before any socket is bound.
 fn tls_source(config: &Config) -> Result<Option<Arc<io::tls::TlsSource>>> {
-    if config.no_tls {
+    if config.listeners.no_tls {
         return Ok(None);
     }
-    let Some(cert) = config.cert.clone() else {
+    let Some(cert) = config.tls.cert.clone() else {
         tracing::info!("no --cert given: TLS listeners are off");
         return Ok(None);
     };
-    if config.cipher_list.is_some() {
+    if config.tls.cipher_list.is_some() {
         tracing::warn!(
             "--cipher-list is accepted and ignored: rustls serves its own safe suites \
              (TLS 1.3 and TLS 1.2 ECDHE-AEAD)"
         );
     }
     let settings = io::tls::TlsSettings {
-        pkey: config.pkey.clone().unwrap_or_else(|| cert.clone()),
+        pkey: config.tls.pkey.clone().unwrap_or_else(|| cert.clone()),
         cert,
-        no_tls12: config.no_tlsv1_2,
+        no_tls12: config.tls.no_tlsv1_2,
     };
     let source = io::tls::TlsSource::new(settings)?;
     Ok(Some(Arc::new(source)))
@@ -495,10 +513,15 @@ fn tls_source(config: &Config) -> Result<Option<Arc<io::tls::TlsSource>>> {
 /// The DTLS context (coturn's rule: with `--cert`, on the TLS port over UDP, unless `--no-dtls`).
 #[cfg(feature = "dtls")]
 fn dtls_context(config: &Config) -> Result<Option<Arc<io::dtls::DtlsContext>>> {
-    let Some(cert) = config.cert.clone().filter(|_| !config.no_dtls) else {
+    let Some(cert) = config
+        .tls
+        .cert
+        .clone()
+        .filter(|_| !config.listeners.no_dtls)
+    else {
         return Ok(None);
     };
-    let pkey = config.pkey.clone().unwrap_or_else(|| cert.clone());
+    let pkey = config.tls.pkey.clone().unwrap_or_else(|| cert.clone());
     let ctx =
         io::dtls::DtlsContext::new(cert.as_ref(), pkey.as_ref()).map_err(anyhow::Error::msg)?;
     Ok(Some(Arc::new(ctx)))
@@ -506,7 +529,7 @@ fn dtls_context(config: &Config) -> Result<Option<Arc<io::dtls::DtlsContext>>> {
 
 #[cfg(not(feature = "dtls"))]
 fn dtls_context(config: &Config) -> Result<Option<Arc<io::dtls::DtlsContext>>> {
-    if config.cert.is_some() && !config.no_dtls {
+    if config.tls.cert.is_some() && !config.listeners.no_dtls {
         tracing::info!("built without the `dtls` feature: no DTLS listener");
     }
     Ok(None)
@@ -519,10 +542,11 @@ fn ipv6_available() -> bool {
 /// `--relay-ip`, else the specific `--listening-ip`s, else this host's interface addresses
 /// (non-loopback first; loopback only when nothing else exists).
 fn resolve_relay_ips(config: &Config) -> Vec<IpAddr> {
-    if !config.relay_ips.is_empty() {
-        return config.relay_ips.clone();
+    if !config.listeners.relay_ips.is_empty() {
+        return config.listeners.relay_ips.clone();
     }
     let specific: Vec<IpAddr> = config
+        .listeners
         .listening_ips
         .iter()
         .copied()

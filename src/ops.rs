@@ -117,7 +117,7 @@ impl Ops<'_> {
                 }
                 _ = usr1.recv() => {
                     if drain_deadline.is_none() {
-                        let timeout = Duration::from_secs(u64::from(self.config.drain_timeout));
+                        let timeout = Duration::from_secs(u64::from(self.config.log.drain_timeout));
                         tracing::info!(
                             "SIGUSR1: draining; new allocations are refused, live ones go on for up to {}s",
                             timeout.as_secs()
@@ -156,7 +156,7 @@ impl Ops<'_> {
                     // A snapshot taken before the workers saw Drain(true) proves nothing.
                     let all_draining = snaps.iter().all(|s| s.draining);
                     let left: usize = snaps.iter().map(|s| s.live.allocations).sum();
-                    if all_draining && left <= self.config.drain_min_allocations {
+                    if all_draining && left <= self.config.log.drain_min_allocations {
                         return Ok(Exit::Drained);
                     }
                     if drain_deadline.is_some_and(|d| Instant::now() >= d) {
@@ -198,39 +198,39 @@ impl Ops<'_> {
 fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut out = Vec::new();
     macro_rules! check {
-        ($($field:ident => $name:literal),* $(,)?) => {
-            $(if old.$field != new.$field { out.push($name); })*
+        ($($group:ident . $field:ident => $name:literal),* $(,)?) => {
+            $(if old.$group.$field != new.$group.$field { out.push($name); })*
         };
     }
     check!(
-        listening_port => "listening-port",
-        tls_listening_port => "tls-listening-port",
-        alt_listening_port => "alt-listening-port",
-        alt_tls_listening_port => "alt-tls-listening-port",
-        listening_ips => "listening-ip",
-        redis_userdb => "redis-userdb",
-        rfc5780 => "rfc5780",
-        redis_refresh => "redis-refresh",
-        redis_max_stale => "redis-max-stale",
-        redis_statsdb => "redis-statsdb",
-        node_name => "node-name",
-        node_region => "node-region",
-        node_address => "node-address",
-        relay_ips => "relay-ip",
-        min_port => "min-port",
-        max_port => "max-port",
-        relay_threads => "relay-threads",
-        no_udp => "no-udp",
-        no_tcp => "no-tcp",
-        no_tls => "no-tls",
-        no_tlsv1_2 => "no-tlsv1_2",
-        cert => "cert (path; SIGUSR2 re-reads the files)",
-        pkey => "pkey (path; SIGUSR2 re-reads the files)",
-        sock_buf_size => "sock-buf-size",
-        max_tcp_connections => "max-tcp-connections",
-        proc_user => "proc-user",
-        proc_group => "proc-group",
-        pidfile => "pidfile",
+        listeners.listening_port => "listening-port",
+        listeners.tls_listening_port => "tls-listening-port",
+        listeners.alt_listening_port => "alt-listening-port",
+        listeners.alt_tls_listening_port => "alt-tls-listening-port",
+        listeners.listening_ips => "listening-ip",
+        fleet.redis_userdb => "redis-userdb",
+        stun.rfc5780 => "rfc5780",
+        fleet.redis_refresh => "redis-refresh",
+        fleet.redis_max_stale => "redis-max-stale",
+        fleet.redis_statsdb => "redis-statsdb",
+        fleet.node_name => "node-name",
+        fleet.node_region => "node-region",
+        fleet.node_address => "node-address",
+        listeners.relay_ips => "relay-ip",
+        relay.min_port => "min-port",
+        relay.max_port => "max-port",
+        relay.relay_threads => "relay-threads",
+        listeners.no_udp => "no-udp",
+        listeners.no_tcp => "no-tcp",
+        listeners.no_tls => "no-tls",
+        tls.no_tlsv1_2 => "no-tlsv1_2",
+        tls.cert => "cert (path; SIGUSR2 re-reads the files)",
+        tls.pkey => "pkey (path; SIGUSR2 re-reads the files)",
+        sockets.sock_buf_size => "sock-buf-size",
+        sockets.max_tcp_connections => "max-tcp-connections",
+        log.proc_user => "proc-user",
+        log.proc_group => "proc-group",
+        log.pidfile => "pidfile",
     );
     out
 }

@@ -3,8 +3,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::{AuthMode, Config, UserSecret};
-use crate::engine::auth::{self, Credentials};
+use super::{AuthMode, Config};
+use crate::engine::auth::Credentials;
 use crate::engine::policy::PeerPolicy;
 use crate::engine::server::Rfc5780;
 use crate::engine::ServerConfig;
@@ -12,9 +12,10 @@ use crate::engine::ServerConfig;
 impl Config {
     /// The realm the engine serves (`--realm`, else `--server-name`, else `vigi-turn`).
     pub fn engine_realm(&self) -> String {
-        self.realm
+        self.auth
+            .realm
             .clone()
-            .or_else(|| self.server_name.clone())
+            .or_else(|| self.auth.server_name.clone())
             .unwrap_or_else(|| "vigi-turn".to_owned())
     }
 
@@ -25,25 +26,22 @@ impl Config {
         let config = self;
         let realm = config.engine_realm();
         let own = own_addresses(config, &relay_ips, interfaces);
-        let mut credentials = Credentials::new(&realm, config.rest_api_separator);
-        for u in &config.users {
-            let secret = match &u.secret {
-                UserSecret::Password(p) => auth::UserSecret::Password(p.clone()),
-                UserSecret::Key(k) => auth::UserSecret::Key(*k),
-            };
-            credentials.add_user(&u.name, &secret);
+        let mut credentials = Credentials::new(&realm, config.auth.rest_api_separator);
+        for u in &config.auth.users {
+            credentials.add_user(&u.name, &u.secret);
         }
-        if config.auth == AuthMode::RestApi || config.use_auth_secret {
+        if config.auth.mode == AuthMode::RestApi || config.auth.use_auth_secret {
             credentials.set_rest_api(true);
-            for s in &config.static_auth_secrets {
+            for s in &config.auth.static_auth_secrets {
                 credentials.add_rest_secret(s.as_bytes());
             }
         }
-        let software = if config.no_software_attribute {
+        let software = if config.stun.no_software_attribute {
             None
         } else {
             Some(
                 config
+                    .stun
                     .software_attribute
                     .clone()
                     .unwrap_or_else(|| format!("vigi-turn {}", env!("CARGO_PKG_VERSION"))),
@@ -52,69 +50,72 @@ impl Config {
         ServerConfig {
             realm,
             software,
-            fingerprint: config.fingerprint,
-            no_auth: config.auth == AuthMode::NoAuth,
+            fingerprint: config.stun.fingerprint,
+            no_auth: config.auth.mode == AuthMode::NoAuth,
             credentials,
-            stun: !config.no_stun,
-            turn: !config.stun_only,
-            classic_stun: config.rfc3489_compatibility,
+            stun: !config.stun.no_stun,
+            turn: !config.stun.stun_only,
+            classic_stun: config.stun.rfc3489_compatibility,
             relay_ips,
             external_ips: config
+                .listeners
                 .external_ips
                 .iter()
                 .map(|e| (e.public, e.private))
                 .collect(),
-            default_lifetime: config.default_allocate_lifetime,
-            max_lifetime: config.max_allocate_lifetime,
-            permission_lifetime: config.permission_lifetime,
-            channel_lifetime: config.channel_lifetime,
-            nonce_lifetime: if config.stale_nonce == 0 {
+            default_lifetime: config.limits.default_allocate_lifetime,
+            max_lifetime: config.limits.max_allocate_lifetime,
+            permission_lifetime: config.limits.permission_lifetime,
+            channel_lifetime: config.limits.channel_lifetime,
+            nonce_lifetime: if config.limits.stale_nonce == 0 {
                 u32::MAX
             } else {
-                config.stale_nonce
+                config.limits.stale_nonce
             },
             peer_policy: PeerPolicy {
-                allow_loopback: config.allow_loopback_peers,
-                no_multicast: config.no_multicast_peers,
-                denied: config.denied_peer_ips.clone(),
-                allowed: config.allowed_peer_ips.clone(),
+                allow_loopback: config.relay.allow_loopback_peers,
+                no_multicast: config.relay.no_multicast_peers,
+                denied: config.relay.denied_peer_ips.clone(),
+                allowed: config.relay.allowed_peer_ips.clone(),
                 own,
             },
-            user_quota: config.user_quota,
-            total_quota: config.total_quota,
-            max_permissions: config.max_allocation_permissions,
-            max_bps: config.max_bps,
-            bps_capacity: config.bps_capacity / config.relay_threads.max(1) as u64,
-            unauthorized_ratelimit: config.unauthorized_ratelimit,
-            udp_relay: !config.no_udp_relay,
-            tcp_relay: !config.no_tcp_relay,
-            default_family: config.allocation_default_address_family,
-            strict_expiry: config.strict_expiry,
-            keep_removed_users: config.reload_keeps_removed_users,
-            top_allocations: if config.prometheus {
-                config.prometheus_top_allocations
+            user_quota: config.limits.user_quota,
+            total_quota: config.limits.total_quota,
+            max_permissions: config.limits.max_allocation_permissions,
+            max_bps: config.limits.max_bps,
+            bps_capacity: config.limits.bps_capacity / config.relay.relay_threads.max(1) as u64,
+            unauthorized_ratelimit: config.limits.unauthorized_ratelimit,
+            udp_relay: !config.listeners.no_udp_relay,
+            tcp_relay: !config.listeners.no_tcp_relay,
+            default_family: config.listeners.allocation_default_address_family,
+            strict_expiry: config.limits.strict_expiry,
+            keep_removed_users: config.limits.reload_keeps_removed_users,
+            top_allocations: if config.metrics.prometheus {
+                config.metrics.prometheus_top_allocations
             } else {
                 0
             },
-            traffic_by_user: config.prometheus && config.prometheus_username_labels,
-            rfc5780: config.rfc5780.then(|| {
+            traffic_by_user: config.metrics.prometheus && config.metrics.prometheus_username_labels,
+            rfc5780: config.stun.rfc5780.then(|| {
                 Rfc5780::new(
-                    &config.listening_ips,
-                    config.listening_port,
-                    config.alt_listening_port,
+                    &config.listeners.listening_ips,
+                    config.listeners.listening_port,
+                    config.listeners.alt_listening_port,
                 )
             }),
             alternate_servers: config
+                .redirect
                 .alternate_servers
                 .iter()
                 .filter_map(|a| parse_alternate(a, 3478))
                 .collect(),
             tls_alternate_servers: config
+                .redirect
                 .tls_alternate_servers
                 .iter()
                 .filter_map(|a| parse_alternate(a, 5349))
                 .collect(),
-            redirect_over_allocations: config.redirect_over_allocations,
+            redirect_over_allocations: config.redirect.redirect_over_allocations,
             ..ServerConfig::default()
         }
     }
@@ -125,16 +126,23 @@ impl Config {
 /// address), every relay IP, and both sides of every `--external-ip`.
 fn own_addresses(config: &Config, relay_ips: &[IpAddr], interfaces: &[IpAddr]) -> Vec<IpAddr> {
     let mut own: Vec<IpAddr> = relay_ips.to_vec();
-    if config.listening_ips.is_empty() || config.listening_ips.iter().any(IpAddr::is_unspecified) {
+    if config.listeners.listening_ips.is_empty()
+        || config
+            .listeners
+            .listening_ips
+            .iter()
+            .any(IpAddr::is_unspecified)
+    {
         own.extend(interfaces);
     }
     own.extend(
         config
+            .listeners
             .listening_ips
             .iter()
             .filter(|ip| !ip.is_unspecified()),
     );
-    for e in &config.external_ips {
+    for e in &config.listeners.external_ips {
         own.push(e.public);
         own.extend(e.private);
     }

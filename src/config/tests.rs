@@ -1,5 +1,6 @@
 use super::cli::{Policy, UNSUPPORTED};
 use super::*;
+use std::net::IpAddr;
 
 const SAMPLE: &str = include_str!("testdata/coturn_sample_options.conf");
 
@@ -153,24 +154,24 @@ fn every_option_of_turnserver_help_is_known() {
 #[test]
 fn defaults() {
     let c = load(&["vigi-turn", "-n"]).unwrap();
-    assert_eq!(c.listening_port, 3478);
-    assert_eq!(c.tls_listening_port, 5349);
-    assert_eq!(c.alt_listening_port, 3479);
-    assert_eq!(c.alt_tls_listening_port, 5350);
-    assert_eq!((c.min_port, c.max_port), (49152, 65535));
-    assert!(c.relay_threads >= 1);
-    assert_eq!(c.stale_nonce, 600);
-    assert_eq!(c.max_allocate_lifetime, 3600);
-    assert_eq!(c.default_allocate_lifetime, 600);
-    assert_eq!(c.permission_lifetime, 300);
-    assert_eq!(c.channel_lifetime, 600);
-    assert_eq!(c.prometheus_port, 9641);
-    assert_eq!(c.rest_api_separator, ':');
-    assert_eq!(c.auth, AuthMode::LongTerm);
-    assert_eq!(c.realm, None);
-    assert_eq!(c.verbose, 0);
+    assert_eq!(c.listeners.listening_port, 3478);
+    assert_eq!(c.listeners.tls_listening_port, 5349);
+    assert_eq!(c.listeners.alt_listening_port, 3479);
+    assert_eq!(c.listeners.alt_tls_listening_port, 5350);
+    assert_eq!((c.relay.min_port, c.relay.max_port), (49152, 65535));
+    assert!(c.relay.relay_threads >= 1);
+    assert_eq!(c.limits.stale_nonce, 600);
+    assert_eq!(c.limits.max_allocate_lifetime, 3600);
+    assert_eq!(c.limits.default_allocate_lifetime, 600);
+    assert_eq!(c.limits.permission_lifetime, 300);
+    assert_eq!(c.limits.channel_lifetime, 600);
+    assert_eq!(c.metrics.prometheus_port, 9641);
+    assert_eq!(c.auth.rest_api_separator, ':');
+    assert_eq!(c.auth.mode, AuthMode::LongTerm);
+    assert_eq!(c.auth.realm, None);
+    assert_eq!(c.log.verbose, 0);
     assert_eq!(c.conf_file, None);
-    assert!(!c.no_udp && !c.fingerprint && !c.allow_loopback_peers);
+    assert!(!c.listeners.no_udp && !c.stun.fingerprint && !c.relay.allow_loopback_peers);
 }
 
 #[test]
@@ -184,13 +185,13 @@ fn docker_compose_command() {
         "--realm=vigi.local",
     ];
     let c = file(&args, "").unwrap();
-    assert_eq!(c.listening_port, 3478);
-    assert_eq!(c.realm.as_deref(), Some("vigi.local"));
-    assert_eq!(c.auth, AuthMode::LongTerm);
-    assert_eq!(c.users.len(), 1);
-    assert_eq!(c.users[0].name, "vigiturn");
+    assert_eq!(c.listeners.listening_port, 3478);
+    assert_eq!(c.auth.realm.as_deref(), Some("vigi.local"));
+    assert_eq!(c.auth.mode, AuthMode::LongTerm);
+    assert_eq!(c.auth.users.len(), 1);
+    assert_eq!(c.auth.users[0].name, "vigiturn");
     assert_eq!(
-        c.users[0].secret,
+        c.auth.users[0].secret,
         UserSecret::Password("vigisecret123".into())
     );
     let mut with_n = args.to_vec();
@@ -235,17 +236,19 @@ fn benchmark_command_long_term() {
     args.extend(["--lt-cred-mech", "--user", "bench:benchpw"]);
     let c = load(&args).unwrap();
     let lo: IpAddr = "127.0.0.1".parse().unwrap();
-    assert_eq!(c.listening_ips, vec![lo]);
-    assert_eq!(c.relay_ips, vec![lo]);
-    assert_eq!(c.listening_port, 37478);
-    assert_eq!((c.min_port, c.max_port), (61000, 65535));
-    assert!(c.allow_loopback_peers && c.no_cli && c.no_tls && c.no_dtls);
-    assert!(c.simple_log && c.no_stdout_log);
-    assert_eq!(c.relay_threads, 2);
-    assert_eq!(c.auth, AuthMode::LongTerm);
-    assert_eq!(c.userdb, Some(PathBuf::from("/tmp/x/turndb")));
-    assert_eq!(c.pidfile, Some(PathBuf::from("/tmp/x/turnserver.pid")));
-    assert_eq!(c.log_file.as_deref(), Some("/tmp/x/turnserver.log"));
+    assert_eq!(c.listeners.listening_ips, vec![lo]);
+    assert_eq!(c.listeners.relay_ips, vec![lo]);
+    assert_eq!(c.listeners.listening_port, 37478);
+    assert_eq!((c.relay.min_port, c.relay.max_port), (61000, 65535));
+    assert!(
+        c.relay.allow_loopback_peers && c.log.no_cli && c.listeners.no_tls && c.listeners.no_dtls
+    );
+    assert!(c.log.simple_log && c.log.no_stdout_log);
+    assert_eq!(c.relay.relay_threads, 2);
+    assert_eq!(c.auth.mode, AuthMode::LongTerm);
+    assert_eq!(c.auth.userdb, Some(PathBuf::from("/tmp/x/turndb")));
+    assert_eq!(c.log.pidfile, Some(PathBuf::from("/tmp/x/turnserver.pid")));
+    assert_eq!(c.log.log_file.as_deref(), Some("/tmp/x/turnserver.log"));
     assert_eq!(c.conf_file, None);
     assert!(c.warnings.iter().any(|w| w.starts_with("--userdb")));
 }
@@ -255,18 +258,18 @@ fn benchmark_command_rest_api() {
     let mut args = BENCH.to_vec();
     args.extend(["--use-auth-secret", "--static-auth-secret", "benchsecret"]);
     let c = load(&args).unwrap();
-    assert_eq!(c.auth, AuthMode::RestApi);
-    assert_eq!(c.static_auth_secrets, vec!["benchsecret"]);
-    assert!(c.users.is_empty());
+    assert_eq!(c.auth.mode, AuthMode::RestApi);
+    assert_eq!(c.auth.static_auth_secrets, vec!["benchsecret"]);
+    assert!(c.auth.users.is_empty());
     // A static secret alone selects the REST API too, with a warning.
     let c = load(&["vigi-turn", "-n", "--static-auth-secret=s"]).unwrap();
-    assert_eq!(c.auth, AuthMode::RestApi);
+    assert_eq!(c.auth.mode, AuthMode::RestApi);
     assert!(c
         .warnings
         .iter()
         .any(|w| w.starts_with("--static-auth-secret")));
     let c = load(&["vigi-turn", "-n", "-z", "--static-auth-secret=s"]).unwrap();
-    assert_eq!(c.auth, AuthMode::NoAuth);
+    assert_eq!(c.auth.mode, AuthMode::NoAuth);
 }
 
 #[test]
@@ -346,13 +349,13 @@ static-auth-secret=abc#def
 --verbose
 ";
     let c = file(&["vigi-turn"], text).unwrap();
-    assert_eq!(c.listening_port, 4000);
-    assert_eq!(c.realm.as_deref(), Some("example.org"));
-    assert!(c.fingerprint);
-    assert!(!c.no_udp);
-    assert_eq!(c.static_auth_secrets, vec!["abc#def"]);
-    assert!(c.use_auth_secret);
-    assert_eq!(c.verbose, 1);
+    assert_eq!(c.listeners.listening_port, 4000);
+    assert_eq!(c.auth.realm.as_deref(), Some("example.org"));
+    assert!(c.stun.fingerprint);
+    assert!(!c.listeners.no_udp);
+    assert_eq!(c.auth.static_auth_secrets, vec!["abc#def"]);
+    assert!(c.auth.use_auth_secret);
+    assert_eq!(c.log.verbose, 1);
     assert_eq!(c.conf_file, Some(PathBuf::from("t.conf")));
 }
 
@@ -372,22 +375,22 @@ fn cli_beats_file_and_lists_accumulate() {
         text,
     )
     .unwrap();
-    assert_eq!(c.min_port, 50000);
-    assert_eq!(c.realm.as_deref(), Some("cli.org"));
-    let names: Vec<_> = c.users.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(c.relay.min_port, 50000);
+    assert_eq!(c.auth.realm.as_deref(), Some("cli.org"));
+    let names: Vec<_> = c.auth.users.iter().map(|u| u.name.as_str()).collect();
     assert_eq!(names, ["a", "b", "c"]);
-    assert_eq!(c.listening_ips.len(), 1);
-    assert!(!c.no_tcp);
-    assert_eq!(c.stale_nonce, 600);
+    assert_eq!(c.listeners.listening_ips.len(), 1);
+    assert!(!c.listeners.no_tcp);
+    assert_eq!(c.limits.stale_nonce, 600);
     // The last occurrence wins within the file too.
     let c = file(&["vigi-turn"], "realm=one\nrealm=two\n").unwrap();
-    assert_eq!(c.realm.as_deref(), Some("two"));
+    assert_eq!(c.auth.realm.as_deref(), Some("two"));
 }
 
 #[test]
 fn unknown_key_warns_and_continues() {
     let c = file(&["vigi-turn"], "realm=x\nno-such-option=1\nconf-file=/x\n").unwrap();
-    assert_eq!(c.realm.as_deref(), Some("x"));
+    assert_eq!(c.auth.realm.as_deref(), Some("x"));
     assert!(
         c.warnings
             .iter()
@@ -425,20 +428,23 @@ fn bad_file_value_names_file_and_line() {
 #[test]
 fn boolean_flags_take_coturn_values() {
     let c = load(&["vigi-turn", "-n", "--no-udp=yes", "-f", "--syslog=0"]).unwrap();
-    assert!(c.no_udp && c.fingerprint && !c.syslog);
+    assert!(c.listeners.no_udp && c.stun.fingerprint && !c.log.syslog);
     let c = file(
         &["vigi-turn"],
         "no-tcp=1\nno-tls=on\nno-dtls=t\nsyslog=false\n",
     )
     .unwrap();
-    assert!(c.no_tcp && c.no_tls && c.no_dtls && !c.syslog);
+    assert!(c.listeners.no_tcp && c.listeners.no_tls && c.listeners.no_dtls && !c.log.syslog);
 }
 
 #[test]
 fn verbosity_help_and_version() {
-    assert_eq!(load(&["vigi-turn", "-n", "-v"]).unwrap().verbose, 1);
-    assert_eq!(load(&["vigi-turn", "-n", "-V"]).unwrap().verbose, 2);
-    assert_eq!(load(&["vigi-turn", "-n", "--Verbose"]).unwrap().verbose, 2);
+    assert_eq!(load(&["vigi-turn", "-n", "-v"]).unwrap().log.verbose, 1);
+    assert_eq!(load(&["vigi-turn", "-n", "-V"]).unwrap().log.verbose, 2);
+    assert_eq!(
+        load(&["vigi-turn", "-n", "--Verbose"]).unwrap().log.verbose,
+        2
+    );
     for flag in ["--help", "-h", "--version"] {
         let e = load(&["vigi-turn", flag]).unwrap_err();
         assert!(e.is_help_or_version(), "{flag}: {e}");
@@ -483,9 +489,9 @@ fn alt_ports_and_threads() {
         "0",
     ])
     .unwrap();
-    assert_eq!(c.alt_listening_port, 0);
-    assert_eq!(c.alt_tls_listening_port, 7000);
-    assert!(c.relay_threads >= 1);
+    assert_eq!(c.listeners.alt_listening_port, 0);
+    assert_eq!(c.listeners.alt_tls_listening_port, 7000);
+    assert!(c.relay.relay_threads >= 1);
 }
 
 #[test]
@@ -504,6 +510,53 @@ fn debug_hides_secrets() {
     );
 }
 
+/// Every option that holds a password, secret, key or token, from the command line and from
+/// the file: none of them appears in the configuration's `Debug`.
+#[test]
+fn debug_hides_every_secret() {
+    let secrets = [
+        "pw-user-1",
+        "bc807ee29df3c9ffa736523fb2c4e8ee",
+        "rest-secret-2",
+        "nonce-secret-3",
+        "admin-token-4",
+        "signal-secret-5",
+        "redis-user-pw-6",
+        "redis-stats-pw-7",
+        "redis-signal-pw-8",
+        "rest-file-secret-9",
+    ];
+    let c = file(
+        &[
+            "vigi-turn",
+            "--user=bob:pw-user-1",
+            "--user=carol:0xbc807ee29df3c9ffa736523fb2c4e8ee",
+            "--static-auth-secret=rest-secret-2",
+            "--stateless-nonce-secret=nonce-secret-3",
+            "--admin-listen=127.0.0.1:9",
+            "--admin-token=admin-token-4",
+            "--signaling-listen=127.0.0.1:10",
+            "--signaling-secret=signal-secret-5",
+            "--redis-userdb=ip=127.0.0.1 password=redis-user-pw-6",
+            "--signaling-redis=redis://:redis-signal-pw-8@127.0.0.1",
+        ],
+        "redis-statsdb=\"host=127.0.0.1 password=redis-stats-pw-7\"\n\
+         static-auth-secret=rest-file-secret-9\n",
+    )
+    .unwrap();
+    assert_eq!(c.auth.static_auth_secrets.len(), 2);
+    assert!(c.fleet.redis_statsdb.as_ref().unwrap().password.is_some());
+    let s = format!("{c:?}");
+    assert!(s.contains("bob") && s.contains("carol"), "{s}");
+    for secret in secrets {
+        assert!(!s.contains(secret), "{secret} in {s}");
+    }
+    assert!(
+        !s.contains("0xbc") && !s.contains("188, 128"),
+        "hex key bytes in {s}"
+    );
+}
+
 #[test]
 fn conf_file_option() {
     let dir = std::env::temp_dir().join(format!("vigi-turn-config-{}", std::process::id()));
@@ -512,12 +565,12 @@ fn conf_file_option() {
     std::fs::write(&path, "realm=from.file\nlistening-port=4444\n").unwrap();
     let p = path.to_str().unwrap();
     let c = load(&["vigi-turn", "-c", p, "-p", "5555"]).unwrap();
-    assert_eq!(c.realm.as_deref(), Some("from.file"));
-    assert_eq!(c.listening_port, 5555);
+    assert_eq!(c.auth.realm.as_deref(), Some("from.file"));
+    assert_eq!(c.listeners.listening_port, 5555);
     assert_eq!(c.conf_file.as_deref(), Some(path.as_path()));
     // -n wins over -c.
     let c = load(&["vigi-turn", "-n", "-c", p]).unwrap();
-    assert_eq!(c.realm, None);
+    assert_eq!(c.auth.realm, None);
     let missing = dir.join("missing.conf");
     let m = err(load(&["vigi-turn", "-c", missing.to_str().unwrap()]));
     assert!(
@@ -529,16 +582,19 @@ fn conf_file_option() {
 
 #[test]
 fn unauthorized_ratelimit_flag_and_file_key() {
-    assert_eq!(load(&["vigi-turn"]).unwrap().unauthorized_ratelimit, 1000);
+    assert_eq!(
+        load(&["vigi-turn"]).unwrap().limits.unauthorized_ratelimit,
+        1000
+    );
     let c = load(&["vigi-turn", "--unauthorized-ratelimit=0"]).unwrap();
-    assert_eq!(c.unauthorized_ratelimit, 0);
+    assert_eq!(c.limits.unauthorized_ratelimit, 0);
     let c = file(&["vigi-turn"], "unauthorized-ratelimit=7\n").unwrap();
-    assert_eq!(c.unauthorized_ratelimit, 7);
+    assert_eq!(c.limits.unauthorized_ratelimit, 7);
     let c = file(
         &["vigi-turn", "--unauthorized-ratelimit", "3"],
         "unauthorized-ratelimit 7\n",
     );
-    assert_eq!(c.unwrap().unauthorized_ratelimit, 3);
+    assert_eq!(c.unwrap().limits.unauthorized_ratelimit, 3);
     let e = err(file(&["vigi-turn"], "unauthorized-ratelimit=lots\n"));
     assert!(e.contains("unauthorized-ratelimit"), "{e}");
 }
@@ -557,24 +613,30 @@ fn observability_flags() {
         "--log-json",
     ])
     .unwrap();
-    assert_eq!(c.prometheus_top_allocations, 10);
-    assert_eq!(c.admin_listen, Some("127.0.0.1:9000".parse().unwrap()));
+    assert_eq!(c.metrics.prometheus_top_allocations, 10);
     assert_eq!(
-        c.admin_token.as_ref().map(Secret::expose),
+        c.admin.admin_listen,
+        Some("127.0.0.1:9000".parse().unwrap())
+    );
+    assert_eq!(
+        c.admin.admin_token.as_ref().map(Secret::expose),
         Some("tok-s3cret")
     );
-    assert!(c.log_json);
+    assert!(c.admin.log_json);
     assert!(!format!("{c:?}").contains("tok-s3cret"), "token redacted");
     let d = load(&["vigi-turn", "-n"]).unwrap();
-    assert_eq!(d.prometheus_top_allocations, 0);
-    assert_eq!(d.admin_listen, None);
+    assert_eq!(d.metrics.prometheus_top_allocations, 0);
+    assert_eq!(d.admin.admin_listen, None);
     // The file form works too.
     let f = file(
         &["vigi-turn"],
         "admin-listen=127.0.0.1:9001\nadmin-token=t\n",
     )
     .unwrap();
-    assert_eq!(f.admin_listen, Some("127.0.0.1:9001".parse().unwrap()));
+    assert_eq!(
+        f.admin.admin_listen,
+        Some("127.0.0.1:9001".parse().unwrap())
+    );
 }
 
 #[test]
@@ -605,16 +667,17 @@ fn redirect_over_allocations_needs_the_statsdb() {
         "5",
     ])
     .unwrap();
-    assert_eq!(c.redirect_over_allocations, 5);
+    assert_eq!(c.redirect.redirect_over_allocations, 5);
     let c = file(
         &["vigi-turn", "-n", "-O", "port=6380"],
         "redirect-over-allocations=7\n",
     )
     .unwrap();
-    assert_eq!(c.redirect_over_allocations, 7);
+    assert_eq!(c.redirect.redirect_over_allocations, 7);
     assert_eq!(
         load(&["vigi-turn", "-n"])
             .unwrap()
+            .redirect
             .redirect_over_allocations,
         0
     );
@@ -625,7 +688,7 @@ fn allocation_default_address_family_values() {
     let base = ["vigi-turn", "--static-auth-secret=s"];
     let fam = |extra: &[&str]| {
         let args: Vec<&str> = base.iter().chain(extra).copied().collect();
-        load(&args).map(|c| c.allocation_default_address_family)
+        load(&args).map(|c| c.listeners.allocation_default_address_family)
     };
     assert_eq!(fam(&[]).unwrap(), DefaultFamily::Ipv4);
     assert_eq!(fam(&["-A", "ipv6"]).unwrap(), DefaultFamily::Ipv6);
@@ -638,7 +701,10 @@ fn allocation_default_address_family_values() {
     assert!(e.contains("allocation-default-address-family"), "{e}");
     // In turnserver.conf, quoted as coturn's sample has it.
     let c = file(&base, "allocation-default-address-family=\"ipv6\"\n").unwrap();
-    assert_eq!(c.allocation_default_address_family, DefaultFamily::Ipv6);
+    assert_eq!(
+        c.listeners.allocation_default_address_family,
+        DefaultFamily::Ipv6
+    );
 }
 
 #[test]
@@ -655,19 +721,19 @@ fn redis_databases_and_fleet_options() {
         "eu",
     ])
     .unwrap();
-    assert_eq!(c.auth, AuthMode::RestApi);
-    let u = c.redis_userdb.as_ref().unwrap();
+    assert_eq!(c.auth.mode, AuthMode::RestApi);
+    let u = c.fleet.redis_userdb.as_ref().unwrap();
     assert_eq!((u.host.as_str(), u.db), ("10.0.0.5", 2));
-    assert_eq!(c.redis_statsdb.as_ref().unwrap().port, 6380);
-    assert_eq!((c.redis_refresh, c.redis_max_stale), (2, 300));
-    assert_eq!(c.node_region, "eu");
+    assert_eq!(c.fleet.redis_statsdb.as_ref().unwrap().port, 6380);
+    assert_eq!((c.fleet.redis_refresh, c.fleet.redis_max_stale), (2, 300));
+    assert_eq!(c.fleet.node_region, "eu");
     assert!(
         !format!("{c:?}").contains("pw\""),
         "no Redis password in Debug"
     );
     // coturn's file syntax, quoted.
     let c = file(&["vigi-turn"], "redis-userdb=\"ip=127.0.0.1 port=7000\"\n").unwrap();
-    assert_eq!(c.redis_userdb.unwrap().port, 7000);
+    assert_eq!(c.fleet.redis_userdb.unwrap().port, 7000);
     let m = err(file(
         &["vigi-turn"],
         "redis-userdb=\"ip=127.0.0.1 nope=1\"\n",
@@ -696,7 +762,7 @@ fn redis_databases_and_fleet_options() {
         "--rfc5780",
     ])
     .unwrap();
-    assert!(c.rfc5780);
+    assert!(c.stun.rfc5780);
 }
 
 const COTURN_OPTIONS: &str = include_str!("testdata/coturn_options.txt");
@@ -846,40 +912,47 @@ fn every_coturn_option_is_known_on_the_command_line_and_in_a_file() {
 fn coturn_4_7_names_behave() {
     // software-attribute: a bare flag (4.7+), a boolean, or our text.
     let c = load(&["vigi-turn", "-n", "--software-attribute"]).unwrap();
-    assert!(!c.no_software_attribute && c.software_attribute.is_none());
+    assert!(!c.stun.no_software_attribute && c.stun.software_attribute.is_none());
     let c = load(&["vigi-turn", "-n", "--software-attribute=false"]).unwrap();
-    assert!(c.no_software_attribute);
+    assert!(c.stun.no_software_attribute);
     let c = load(&["vigi-turn", "-n", "--software-attribute", "acme relay"]).unwrap();
-    assert_eq!(c.software_attribute.as_deref(), Some("acme relay"));
+    assert_eq!(c.stun.software_attribute.as_deref(), Some("acme relay"));
     let c = file(&["vigi-turn"], "software-attribute\nfingerprint\n").unwrap();
-    assert!(!c.no_software_attribute && c.fingerprint);
+    assert!(!c.stun.no_software_attribute && c.stun.fingerprint);
     // rfc3489-compatibility beats the 4.6 name; the default answers classic clients.
-    assert!(load(&["vigi-turn", "-n"]).unwrap().rfc3489_compatibility);
+    assert!(
+        load(&["vigi-turn", "-n"])
+            .unwrap()
+            .stun
+            .rfc3489_compatibility
+    );
     let c = load(&["vigi-turn", "-n", "--no-stun-backward-compatibility"]).unwrap();
-    assert!(!c.rfc3489_compatibility);
+    assert!(!c.stun.rfc3489_compatibility);
     let c = load(&["vigi-turn", "-n", "--rfc3489-compatibility=off"]).unwrap();
-    assert!(!c.rfc3489_compatibility);
+    assert!(!c.stun.rfc3489_compatibility);
     // unauthorized-ratelimit is a boolean in 4.17, with the rate in -rps.
     let c = load(&["vigi-turn", "-n", "--unauthorized-ratelimit"]).unwrap();
-    assert_eq!(c.unauthorized_ratelimit, 1000);
+    assert_eq!(c.limits.unauthorized_ratelimit, 1000);
     let c = load(&["vigi-turn", "-n", "--unauthorized-ratelimit=false"]).unwrap();
-    assert_eq!(c.unauthorized_ratelimit, 0);
+    assert_eq!(c.limits.unauthorized_ratelimit, 0);
     let c = file(
         &["vigi-turn"],
         "unauthorized-ratelimit\nunauthorized-ratelimit-rps=10\n",
     )
     .unwrap();
-    assert_eq!(c.unauthorized_ratelimit, 10);
+    assert_eq!(c.limits.unauthorized_ratelimit, 10);
     // cpus sets the default worker count; -m wins.
     assert_eq!(
         load(&["vigi-turn", "-n", "--cpus=3"])
             .unwrap()
+            .relay
             .relay_threads,
         3
     );
     assert_eq!(
         load(&["vigi-turn", "-n", "--cpus=3", "-m", "2"])
             .unwrap()
+            .relay
             .relay_threads,
         2
     );
@@ -890,8 +963,8 @@ fn coturn_4_7_names_behave() {
         "--drain-min-allocations=4",
     ]);
     let c = c.unwrap();
-    assert_eq!(c.log_min_level, Some(cli::LogLevel::Warning));
-    assert_eq!(c.drain_min_allocations, 4);
+    assert_eq!(c.log.log_min_level, Some(cli::LogLevel::Warning));
+    assert_eq!(c.log.drain_min_allocations, 4);
     let c = load(&["vigi-turn", "-n", "--stateless-nonce-secret=k"]).unwrap();
     assert!(!format!("{c:?}").contains("\"k\""));
     // Options that are only partly honoured say so.

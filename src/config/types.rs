@@ -74,6 +74,13 @@ impl Secret {
     }
 }
 
+/// How clap reads a secret option (no check: an empty value is judged by the option).
+impl From<String> for Secret {
+    fn from(s: String) -> Secret {
+        Secret(s)
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
@@ -191,28 +198,15 @@ impl FromStr for ExternalIp {
 /// 127.0.0.1), `port` (or `p`; 6379), `dbname` (or `db`, `database`; 0), `password` (or `pwd`,
 /// `passwd`, `secret`), `user` (or `uname`, `name`, `username`: a Redis 6 ACL user, which coturn
 /// ignores) and `connect_timeout` (or `timeout`, seconds). An unknown key is an error, as in coturn.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConn {
     pub host: String,
     pub port: u16,
     pub db: i64,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Seconds; 0 = the default (10 s).
     pub connect_timeout: u64,
-}
-
-impl fmt::Debug for RedisConn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisConn")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("db", &self.db)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "[redacted]"))
-            .field("connect_timeout", &self.connect_timeout)
-            .finish()
-    }
 }
 
 /// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]` (after the scheme), onto defaults `c`.
@@ -224,7 +218,7 @@ fn parse_redis_url(url: &str, mut c: RedisConn) -> Result<RedisConn, String> {
     if let Some(a) = auth {
         let (user, pass) = a.split_once(':').unwrap_or(("", a));
         c.username = Some(user.to_owned()).filter(|u| !u.is_empty());
-        c.password = Some(pass.to_owned()).filter(|p| !p.is_empty());
+        c.password = Some(Secret::new(pass)).filter(|p| !p.expose().is_empty());
     }
     let (hostport, db) = match rest.split_once('/') {
         Some((h, d)) => (h, Some(d)),
@@ -302,7 +296,7 @@ impl FromStr for RedisConn {
                     c.username = Some(v.to_owned()).filter(|v| !v.is_empty())
                 }
                 "password" | "pwd" | "passwd" | "secret" => {
-                    c.password = Some(v.to_owned()).filter(|v| !v.is_empty())
+                    c.password = Some(Secret::new(v)).filter(|v| !v.expose().is_empty())
                 }
                 "connect_timeout" | "timeout" => {
                     c.connect_timeout = v.parse().map_err(|_| number("expected seconds"))?
@@ -340,7 +334,7 @@ mod tests {
             (c.host.as_str(), c.port, c.db, c.connect_timeout),
             ("10.0.0.2", 6380, 2, 30)
         );
-        assert_eq!(c.password.as_deref(), Some("turn"));
+        assert_eq!(c.password.as_ref().map(Secret::expose), Some("turn"));
         assert!(!format!("{c:?}").contains("turn\""), "no password in Debug");
         let d: RedisConn = "".parse().unwrap();
         assert_eq!((d.host.as_str(), d.port, d.db), ("127.0.0.1", 6379, 0));
@@ -353,7 +347,7 @@ mod tests {
             (u.host.as_str(), u.port, u.db, u.username.as_deref()),
             ("redis.internal", 6380, 3, Some("app"))
         );
-        assert_eq!(u.password.as_deref(), Some("pw"));
+        assert_eq!(u.password.as_ref().map(Secret::expose), Some("pw"));
         let u: RedisConn = "redis://:pw@[::1]".parse().unwrap();
         assert_eq!((u.host.as_str(), u.port, u.username), ("::1", 6379, None));
         let u: RedisConn = "redis://10.0.0.5".parse().unwrap();

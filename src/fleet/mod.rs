@@ -35,7 +35,7 @@ pub async fn connect(conn: &RedisConn) -> redis::RedisResult<redis::aio::Multipl
         redis: redis::RedisConnectionInfo {
             db: conn.db,
             username: conn.username.clone(),
-            password: conn.password.clone(),
+            password: conn.password.as_ref().map(|p| p.expose().to_owned()),
             ..Default::default()
         },
     };

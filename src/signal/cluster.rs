@@ -73,7 +73,7 @@ fn client(conn: &RedisConn) -> redis::RedisResult<redis::Client> {
         redis: redis::RedisConnectionInfo {
             db: conn.db,
             username: conn.username.clone(),
-            password: conn.password.clone(),
+            password: conn.password.as_ref().map(|p| p.expose().to_owned()),
             protocol: redis::ProtocolVersion::RESP3,
         },
     })

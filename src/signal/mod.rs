@@ -114,24 +114,33 @@ impl SignalConfig {
     /// `None` unless `--signaling-listen` is given.
     pub fn from_config(c: &Config) -> Option<Self> {
         Some(SignalConfig {
-            listen: c.signaling_listen?,
-            secret: c.signaling_secret.as_ref().map(|s| s.as_bytes().to_vec()),
-            cors_origins: c.signaling_cors_origins.clone(),
-            insecure: c.signaling_insecure,
-            presence: c.signaling_presence,
-            redis: c.signaling_redis.clone(),
-            rest_secret: c.static_auth_secrets.first().map(|s| s.as_bytes().to_vec()),
-            rest_separator: c.rest_api_separator,
-            credentials_ttl: c.turn_credentials_ttl,
-            turn_uris: c.turn_uris.clone(),
+            listen: c.signaling.signaling_listen?,
+            secret: c
+                .signaling
+                .signaling_secret
+                .as_ref()
+                .map(|s| s.as_bytes().to_vec()),
+            cors_origins: c.signaling.signaling_cors_origins.clone(),
+            insecure: c.signaling.signaling_insecure,
+            presence: c.signaling.signaling_presence,
+            redis: c.signaling.signaling_redis.clone(),
+            rest_secret: c
+                .auth
+                .static_auth_secrets
+                .first()
+                .map(|s| s.as_bytes().to_vec()),
+            rest_separator: c.auth.rest_api_separator,
+            credentials_ttl: c.signaling.turn_credentials_ttl,
+            turn_uris: c.signaling.turn_uris.clone(),
             default_host: c
+                .listeners
                 .listening_ips
                 .iter()
                 .copied()
                 .find(|ip| !ip.is_unspecified()),
-            turn_port: c.listening_port,
-            udp: !c.no_udp,
-            tcp: !c.no_tcp,
+            turn_port: c.listeners.listening_port,
+            udp: !c.listeners.no_udp,
+            tcp: !c.listeners.no_tcp,
             fleet: None,
             userdb: None,
         })
