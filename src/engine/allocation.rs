@@ -10,7 +10,7 @@ use super::channel::Channels;
 use super::permission::Permissions;
 use super::policy::TokenBucket;
 use super::stats::{AllocationStats, TcpTraffic};
-use super::FiveTuple;
+use super::{FiveTuple, RelayAddr};
 use crate::proto::TransactionId;
 
 /// Identifies an allocation inside one engine: a slab index and a generation, so an id kept by a
@@ -49,7 +49,7 @@ pub struct Allocation {
     pub five_tuple: FiveTuple,
     pub state: State,
     /// The address the relay socket is bound to.
-    pub relay: SocketAddr,
+    pub relay: RelayAddr,
     /// What XOR-RELAYED-ADDRESS reports (the `--external-ip` mapping of `relay`).
     pub reported_relay: SocketAddr,
     /// The IPv6 relayed address of a dual allocation (RFC 8656 §7.2, ADDITIONAL-ADDRESS-FAMILY):
@@ -106,20 +106,20 @@ impl Allocation {
 /// reports (the `--external-ip` mapping).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SecondRelay {
-    pub relay: SocketAddr,
+    pub relay: RelayAddr,
     pub reported: SocketAddr,
 }
 
 impl SecondRelay {
     /// Boxed, as [`Allocation::second`] and `AllocationInfo::second` hold it.
-    pub fn boxed(relay: SocketAddr, reported: SocketAddr) -> Box<SecondRelay> {
+    pub fn boxed(relay: RelayAddr, reported: SocketAddr) -> Box<SecondRelay> {
         Box::new(SecondRelay { relay, reported })
     }
 }
 
 impl Allocation {
     /// The IPv6 relayed address of a dual allocation.
-    pub fn second_relay(&self) -> Option<SocketAddr> {
+    pub fn second_relay(&self) -> Option<RelayAddr> {
         self.second.as_ref().map(|s| s.relay)
     }
 

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use super::tls::TlsSource;
 use super::worker::WorkerState;
-use crate::engine::{ClientDecision, FiveTuple, Transport};
+use crate::engine::{ClientAddr, ClientDecision, FiveTuple, Transport};
 use crate::proto::framing::{frame_len, MAX_FRAME};
 
 /// A connection with nothing to read for this long is closed. Clients with an allocation refresh
@@ -290,7 +290,7 @@ async fn connection<R>(
 {
     let five = FiveTuple {
         transport,
-        client,
+        client: ClientAddr::new(client),
         server: local,
     };
     st.streams.borrow_mut().insert(five, tx.clone());
@@ -338,7 +338,7 @@ async fn connection<R>(
                 payload,
             } = decision
             {
-                st.send_to_peer(relay, peer, &frame[payload]);
+                st.send_to_peer(relay, peer.addr(), &frame[payload]);
             }
             st.drain_commands(now);
             start += len;

@@ -115,7 +115,7 @@ pub(super) fn parse_allocate(
 
 impl Server {
     /// The address XOR-RELAYED-ADDRESS reports for a relay bound to `relay`.
-    pub(super) fn reported(&self, relay: SocketAddr) -> SocketAddr {
+    pub(super) fn reported(&self, relay: RelayAddr) -> SocketAddr {
         for (public, private) in &self.config.external_ips {
             match private {
                 Some(p) if *p == relay.ip() => return SocketAddr::new(*public, relay.port()),
@@ -125,7 +125,7 @@ impl Server {
                 _ => {}
             }
         }
-        relay
+        relay.addr()
     }
 
     /// Allocate (RFC 8656 §7.2). Its success answer goes when the relay socket is bound
@@ -276,7 +276,7 @@ impl Server {
             }
             port.map(|p| SocketAddr::new(ip, p))
         };
-        let Some(relay) = relay else {
+        let Some(relay) = relay.map(RelayAddr::new) else {
             return Err(refuse(508));
         };
         let AllocateRequest {
@@ -300,7 +300,7 @@ impl Server {
             match self.pick_relay_ip(true) {
                 None => address_error = Some(440),
                 Some(ip) => match self.shared.ports.take(ip, self.rng.gen(), false, false) {
-                    Some(p) => second_relay = Some(SocketAddr::new(ip, p)),
+                    Some(p) => second_relay = Some(RelayAddr::new(SocketAddr::new(ip, p))),
                     None => address_error = Some(508),
                 },
             }
@@ -481,7 +481,7 @@ impl Server {
                     .move_reservation(t, SocketAddr::new(old.ip(), port + 1));
             }
             if let Some(port) = retry {
-                let relay = SocketAddr::new(old.ip(), port);
+                let relay = RelayAddr::new(SocketAddr::new(old.ip(), port));
                 let reported = self.reported(relay);
                 let Some(a) = self.get_mut(id) else {
                     return;
@@ -504,7 +504,7 @@ impl Server {
             let Some(a) = self.get_mut(id) else {
                 return;
             };
-            a.relay = SocketAddr::new(old.ip(), 0);
+            a.relay = RelayAddr::new(SocketAddr::new(old.ip(), 0));
             let pending = a.pending.take();
             let key = a.key.clone();
             if let Some(t) = a.reservation.take() {
@@ -531,7 +531,7 @@ impl Server {
     }
 
     /// Ask the worker to bind the IPv6 socket of dual allocation `id` on `addr` (try `attempts`).
-    pub(super) fn bind_second_relay(&mut self, id: AllocationId, addr: SocketAddr, attempts: u8) {
+    pub(super) fn bind_second_relay(&mut self, id: AllocationId, addr: RelayAddr, attempts: u8) {
         let Some(a) = self.get_mut(id) else {
             return;
         };
@@ -567,7 +567,7 @@ impl Server {
                 None
             };
             self.shared.ports.release(old.ip(), old.port());
-            let next = retry.map(|p| SocketAddr::new(old.ip(), p));
+            let next = retry.map(|p| RelayAddr::new(SocketAddr::new(old.ip(), p)));
             let second = next.map(|r| SecondRelay::boxed(r, self.reported(r)));
             let Some(a) = self.get_mut(id) else {
                 return;
@@ -612,7 +612,7 @@ impl Server {
             if let Some(t) = p.reservation_token {
                 b.attr(attr::RESERVATION_TOKEN, &t.to_be_bytes());
             }
-            b.xor_address(attr::XOR_MAPPED_ADDRESS, &five.client);
+            b.xor_address(attr::XOR_MAPPED_ADDRESS, &five.client.addr());
             if let Some(code) = p.address_error {
                 let ty = if p.draft_codepoints {
                     attr::ADDRESS_ERROR_CODE_DRAFT

@@ -18,13 +18,12 @@ impl Server {
             .get(attr::CHANNEL_NUMBER)
             .and_then(attr::read_channel_number);
         let peer = m.get_xor_address(attr::XOR_PEER_ADDRESS);
-        let (Some(number), Some(peer)) = (number, peer) else {
+        // A number outside the range a client may bind is a 400 too.
+        let (Some(number), Some(peer)) = (number.and_then(ChannelNumber::new), peer) else {
             return refuse(400);
         };
-        if !(channel_data::CHANNEL_MIN..=channel_data::CHANNEL_MAX).contains(&number) {
-            return refuse(400);
-        }
-        if let Some(code) = self.peer_error(id, &peer) {
+        let peer = PeerAddr::new(peer);
+        if let Some(code) = self.peer_error(id, &peer.addr()) {
             return refuse(code);
         }
         let (max_ch, max_perm) = (self.config.max_channels, self.config.max_permissions);

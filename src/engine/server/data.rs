@@ -23,7 +23,7 @@ fn admit(
     counters: &mut Counters,
     capacity: &mut TokenBucket,
     now: Instant,
-    peer: SocketAddr,
+    peer: PeerAddr,
     len: usize,
     way: Way,
 ) -> bool {
@@ -91,7 +91,7 @@ impl Server {
         &mut self,
         now: Instant,
         id: AllocationId,
-        peer: SocketAddr,
+        peer: PeerAddr,
         payload: Range<usize>,
     ) -> ClientDecision {
         let Some(a) = slot_mut(&mut self.slots, id) else {
@@ -127,7 +127,7 @@ impl Server {
             return ClientDecision::Done;
         };
         let (Some(peer), Some(data)) = (
-            m.get_xor_address(attr::XOR_PEER_ADDRESS),
+            m.get_xor_address(attr::XOR_PEER_ADDRESS).map(PeerAddr::new),
             m.get_range(attr::DATA),
         ) else {
             self.counters.malformed += 1;
@@ -153,7 +153,7 @@ impl Server {
         &mut self,
         now: Instant,
         relay: AllocationId,
-        peer: SocketAddr,
+        peer: PeerAddr,
         buf: &mut [u8],
         payload: Range<usize>,
     ) -> PeerDecision {
@@ -198,9 +198,14 @@ impl Server {
         }
         // Data indication: header, XOR-PEER-ADDRESS, DATA (RFC 8656 §11.3).
         self.counters.data_indications += 1;
-        let start = payload.start - message::data_indication_header_len(&peer);
+        let start = payload.start - message::data_indication_header_len(&peer.addr());
         let pad = (4 - len % 4) % 4;
-        message::write_data_indication_header(&mut buf[start..payload.start], &peer, &tid, len);
+        message::write_data_indication_header(
+            &mut buf[start..payload.start],
+            &peer.addr(),
+            &tid,
+            len,
+        );
         buf[payload.end..payload.end + pad].fill(0);
         PeerDecision::Forward {
             to,

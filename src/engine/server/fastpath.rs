@@ -17,7 +17,7 @@ use std::time::Instant;
 use super::Server;
 use crate::engine::allocation::State;
 use crate::engine::stats::Flow;
-use crate::engine::{AllocationId, Transport};
+use crate::engine::{AllocationId, ChannelNumber, ClientAddr, PeerAddr, RelayAddr, Transport};
 
 /// One change for the fast path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,11 +39,11 @@ pub(super) struct Outbox {
 /// permission's and the allocation's deadlines).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelView {
-    pub number: u16,
-    pub peer: SocketAddr,
+    pub number: ChannelNumber,
+    pub peer: PeerAddr,
     /// The relayed address that talks to this peer (the second one of a dual allocation for an
     /// IPv6 peer).
-    pub relay: SocketAddr,
+    pub relay: RelayAddr,
     pub expires: Instant,
 }
 
@@ -55,14 +55,14 @@ pub struct PermissionView {
     pub peer: IpAddr,
     /// The relayed address that talks to this peer (the second one of a dual allocation for an
     /// IPv6 peer).
-    pub relay: SocketAddr,
+    pub relay: RelayAddr,
     pub expires: Instant,
 }
 
 /// What of one allocation the fast path may relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FastPathView {
-    pub client: SocketAddr,
+    pub client: ClientAddr,
     /// The server address the client sends to.
     pub local: SocketAddr,
     pub channels: Vec<ChannelView>,

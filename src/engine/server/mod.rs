@@ -25,7 +25,7 @@ use crate::engine::policy::{PeerPolicy, TokenBucket};
 use crate::engine::ports::PortPool;
 use crate::engine::redirect::FleetPeers;
 use crate::engine::stats::AllocationStats;
-use crate::engine::{FiveTuple, Transport};
+use crate::engine::{ChannelNumber, FiveTuple, PeerAddr, RelayAddr, Transport};
 use crate::proto::attr;
 use crate::proto::channel_data::{self, ChannelData};
 mod allocate;
@@ -90,7 +90,7 @@ pub enum Command {
     /// Bind a relay socket of `kind` to `addr` and report with [`Server::handle_relay_bound`].
     BindRelay {
         id: AllocationId,
-        addr: SocketAddr,
+        addr: RelayAddr,
         dont_fragment: bool,
         kind: RelayKind,
     },
@@ -100,8 +100,8 @@ pub enum Command {
     /// report with [`Server::handle_tcp_peer_connected`].
     ConnectPeer {
         cid: ConnectionId,
-        from: SocketAddr,
-        peer: SocketAddr,
+        from: RelayAddr,
+        peer: PeerAddr,
     },
     /// The client's data connection on `client` now carries the raw bytes of peer connection
     /// `cid`, both ways (after the ConnectionBind response queued just before).
@@ -140,7 +140,7 @@ pub enum ClientDecision {
     /// Send `packet[payload]` from the allocation's relay socket to `peer`.
     Forward {
         relay: AllocationId,
-        peer: SocketAddr,
+        peer: PeerAddr,
         payload: Range<usize>,
     },
     /// Nothing to relay (the packet was answered through commands, or dropped).

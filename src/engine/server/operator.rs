@@ -58,7 +58,7 @@ pub struct AllocationInfo {
 impl AllocationInfo {
     /// The IPv6 relayed address of a dual allocation.
     pub fn second_relay(&self) -> Option<SocketAddr> {
-        self.second.as_ref().map(|s| s.relay)
+        self.second.as_ref().map(|s| s.relay.addr())
     }
 
     /// What the second XOR-RELAYED-ADDRESS reports.

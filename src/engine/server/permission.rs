@@ -28,7 +28,7 @@ impl Server {
     pub(super) fn peer_error(&self, id: AllocationId, peer: &SocketAddr) -> Option<u16> {
         let a = self.get(id)?;
         // A dual allocation takes peers of either family (RFC 8656 §7.2).
-        let family_ok = |r: SocketAddr| r.is_ipv6() == peer.is_ipv6();
+        let family_ok = |r: RelayAddr| r.is_ipv6() == peer.is_ipv6();
         if !family_ok(a.relay) && !a.second_relay().is_some_and(family_ok) {
             return Some(443);
         }

@@ -234,7 +234,7 @@ impl Server {
                 agg.top.push(TopAllocation {
                     id: a.id,
                     username: a.username.clone(),
-                    relay: a.relay,
+                    relay: a.relay.addr(),
                     rate: f64::from_bits(rate),
                     stats: a.traffic(),
                 });
@@ -272,7 +272,7 @@ impl Server {
                 id: a.id,
                 username: a.username.clone(),
                 five_tuple: a.five_tuple,
-                relay: a.relay,
+                relay: a.relay.addr(),
                 reported_relay: a.reported_relay,
                 second: a.second.as_deref().copied(),
                 started_unix: unix

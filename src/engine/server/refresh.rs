@@ -15,7 +15,7 @@ impl Server {
             .get(attr::REQUESTED_ADDRESS_FAMILY)
             .and_then(attr::read_address_family)
         {
-            let family = |r: SocketAddr| {
+            let family = |r: RelayAddr| {
                 if r.is_ipv6() {
                     attr::FAMILY_IPV6
                 } else {

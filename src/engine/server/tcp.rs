@@ -200,8 +200,11 @@ impl Server {
         }
         let state = ConnState::Connecting(Later::of(m, &sign));
         let cid = self.add_connection(now, id, peer, state);
-        self.commands
-            .push_back(Command::ConnectPeer { cid, from, peer });
+        self.commands.push_back(Command::ConnectPeer {
+            cid,
+            from,
+            peer: PeerAddr::new(peer),
+        });
         Err(Stop::Nothing)
     }
 

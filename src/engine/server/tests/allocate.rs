@@ -297,7 +297,7 @@ fn allocate_success_response() {
     assert!((MIN_PORT..=MAX_PORT).contains(&relay.port()));
     assert_eq!(h.binds, vec![(h.alloc_id(c.five), relay)]);
     assert_eq!(r.lifetime(), Some(600));
-    assert_eq!(r.xor(attr::XOR_MAPPED_ADDRESS), Some(c.five.client));
+    assert_eq!(r.xor(attr::XOR_MAPPED_ADDRESS), Some(c.five.client.addr()));
     assert!(r.has(attr::SOFTWARE));
     let m = r.msg();
     assert!(m.check_integrity(&c.key()));

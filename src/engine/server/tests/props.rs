@@ -53,7 +53,7 @@ fn check(h: &H, now_ms: u64) -> Result<(), TestCaseError> {
             "allocation past its lifetime after handle_timeout"
         );
     }
-    let relays: HashSet<SocketAddr> = live.iter().map(|a| a.relay).collect();
+    let relays: HashSet<SocketAddr> = live.iter().map(|a| a.relay.addr()).collect();
     prop_assert_eq!(relays.len(), live.len(), "a relay port is double-booked");
     let size = u32::from(MAX_PORT - MIN_PORT) + 1;
     prop_assert_eq!(

@@ -73,7 +73,7 @@ fn tcp_allocations_need_a_stream_and_no_udp_only_attributes() {
     r.assert_ok();
     let a = h.s.allocation_on(&c.five).unwrap();
     assert!(a.tcp);
-    assert_eq!(r.xor(attr::XOR_RELAYED_ADDRESS), Some(a.relay));
+    assert_eq!(r.xor(attr::XOR_RELAYED_ADDRESS), Some(a.relay.addr()));
     // Over TLS too.
     let mut t = Client::alice(five(Transport::Tls, CLIENT_IP, 40001));
     allocate_tcp(&mut h, &mut t).assert_ok();
@@ -107,7 +107,7 @@ fn connect_then_connection_bind_on_a_new_connection() {
     let Some(Command::ConnectPeer { cid, from, peer: p }) = h.tcp.pop() else {
         panic!("expected ConnectPeer, got {:?}", h.tcp);
     };
-    assert_eq!((from, p), (relay, peer()));
+    assert_eq!((from.addr(), p.addr()), (relay, peer()));
     // The same peer again while connecting: 446.
     connect(&mut h, &mut c, peer()).unwrap().assert_err(446);
     h.s.handle_tcp_peer_connected(h.now, cid, true);
