@@ -188,7 +188,7 @@ fn drain(s: &mut Server, now: Instant, request_len: Option<usize>, bounded: bool
 
 fn check(s: &Server, shared: &Shared, now: Instant) {
     let live: Vec<_> = s.allocations().collect();
-    let relays: HashSet<SocketAddr> = live.iter().map(|a| a.relay.addr()).collect();
+    let relays: HashSet<SocketAddr> = live.iter().map(|a| a.relay().addr()).collect();
     assert_eq!(relays.len(), live.len(), "double-booked relay port");
     let size = u32::from(MAX_PORT - MIN_PORT) + 1;
     // EVEN-PORT with R holds a second port for up to 30 s, even after its allocation ends.
@@ -199,7 +199,7 @@ fn check(s: &Server, shared: &Shared, now: Instant) {
         (live.len() + shared.reservations_held()) as u32
     );
     for a in &live {
-        assert!(a.expires > now, "allocation outlived its lifetime");
+        assert!(a.expires() > now, "allocation outlived its lifetime");
     }
 }
 
@@ -240,7 +240,7 @@ pub fn engine(data: &[u8]) {
             2 => {
                 let len = usize::from(inp.byte());
                 let payload = inp.bytes(len).to_vec();
-                if let Some(id) = s.allocation_on(&five(who)).map(|a| a.id) {
+                if let Some(id) = s.allocation_on(&five(who)).map(|a| a.id()) {
                     let mut buf = vec![0u8; PEER_HEADROOM + payload.len() + PEER_TAILROOM];
                     buf[PEER_HEADROOM..PEER_HEADROOM + payload.len()].copy_from_slice(&payload);
                     let range = PEER_HEADROOM..PEER_HEADROOM + payload.len();

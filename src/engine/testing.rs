@@ -189,7 +189,7 @@ impl Client {
         self.ok(s, now, Method::ALLOCATE, &|b| {
             b.attr(attr::REQUESTED_TRANSPORT, &[attr::PROTO_UDP, 0, 0, 0]);
         });
-        s.allocation_on(&self.five).expect("allocated").id
+        s.allocation_on(&self.five).expect("allocated").id()
     }
 
     /// A permission for `peer`.

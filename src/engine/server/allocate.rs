@@ -340,38 +340,35 @@ impl Server {
         } else {
             None
         };
-        let alloc = Allocation {
+        let kind = match second_relay {
+            _ if tcp => AllocationKind::Tcp {
+                traffic: Vec::new(),
+            },
+            Some(r) => AllocationKind::UdpDual(SecondRelay::boxed(r, self.reported(r))),
+            None => AllocationKind::Udp,
+        };
+        let alloc = Allocation::new(Grant {
             id,
             five_tuple: five,
-            state: State::Binding { attempts: 1 },
             relay,
             reported_relay: self.reported(relay),
-            second: second_relay.map(|r| SecondRelay::boxed(r, self.reported(r))),
-            created: now,
-            expires: now + Duration::from_secs(u64::from(lifetime)),
+            kind,
+            now,
+            lifetime: Duration::from_secs(u64::from(lifetime)),
             username: auth.username.into(),
             key: auth.key,
-            permissions: Default::default(),
-            channels: Default::default(),
-            stats: Default::default(),
-            to_peer_bucket: TokenBucket::new(max_bps, now),
-            to_client_bucket: TokenBucket::new(max_bps, now),
+            max_bps,
             pipe_budget: Arc::new(crate::engine::policy::PipeBudget::new(
                 max_bps,
                 self.shared.pipe_capacity.clone(),
                 now,
             )),
             dont_fragment,
-            tcp,
-            tcp_traffic: Vec::new(),
             reservation: reservation_token,
-            last_tid: *m.transaction_id(),
-            last_response: Vec::new(),
-            pending: Some(pending),
+            tid: *m.transaction_id(),
+            pending,
             credential_expiry,
-            timer_at: None,
-            rate: Default::default(),
-        };
+        });
         self.slots[index as usize].alloc = Some(alloc);
         self.by_five_tuple.insert(five, id);
         quota.keep(); // given back in `free`
@@ -450,7 +447,7 @@ impl Server {
         let Some(a) = self.get_mut(id) else {
             return;
         };
-        let attempts = match a.state {
+        let attempts = match a.state() {
             State::Binding { attempts } => attempts,
             State::BindingSecond { attempts } => {
                 self.handle_second_relay_bound(now, id, attempts, result);
@@ -458,12 +455,12 @@ impl Server {
             }
             State::Active => return,
         };
-        let five = a.five_tuple;
+        let five = a.five_tuple();
         if result == Bind::Failed {
-            let old = a.relay;
-            let fixed = a.pending.as_ref().is_some_and(|p| p.fixed_port);
-            let even = a.pending.as_ref().is_some_and(|p| p.even);
-            let token = a.reservation;
+            let old = a.relay();
+            let fixed = a.pending().is_some_and(|p| p.fixed_port);
+            let even = a.pending().is_some_and(|p| p.even);
+            let token = a.reservation();
             // Pick the next port while the failed one is still held, so it is not picked again.
             // EVEN-PORT asks for a parity, not a port: another even port (and its successor,
             // with the R bit) will do.
@@ -486,12 +483,8 @@ impl Server {
                 let Some(a) = self.get_mut(id) else {
                     return;
                 };
-                a.relay = relay;
-                a.reported_relay = reported;
-                a.state = State::Binding {
-                    attempts: attempts + 1,
-                };
-                let (dont_fragment, tcp) = (a.dont_fragment, a.tcp);
+                a.rebind(relay, reported, attempts + 1);
+                let (dont_fragment, tcp) = (a.dont_fragment(), a.is_tcp());
                 self.commands.push_back(Command::BindRelay {
                     id,
                     addr: relay,
@@ -504,10 +497,10 @@ impl Server {
             let Some(a) = self.get_mut(id) else {
                 return;
             };
-            a.relay = RelayAddr::new(SocketAddr::new(old.ip(), 0));
-            let pending = a.pending.take();
-            let key = a.key.clone();
-            if let Some(t) = a.reservation.take() {
+            a.lose_relay_port();
+            let pending = a.take_pending();
+            let key = a.key().cloned();
+            if let Some(t) = a.take_reservation() {
                 self.shared.cancel_reservation(t);
             }
             self.counters.allocations_refused += 1;
@@ -535,8 +528,8 @@ impl Server {
         let Some(a) = self.get_mut(id) else {
             return;
         };
-        a.state = State::BindingSecond { attempts };
-        let dont_fragment = a.dont_fragment;
+        a.bind_second(attempts);
+        let dont_fragment = a.dont_fragment();
         self.commands.push_back(Command::BindRelay {
             id,
             addr,
@@ -572,12 +565,12 @@ impl Server {
             let Some(a) = self.get_mut(id) else {
                 return;
             };
-            a.second = second;
+            a.set_second(second);
             if let Some(addr) = next {
                 self.bind_second_relay(id, addr, attempts + 1);
                 return;
             }
-            if let Some(p) = a.pending.as_mut() {
+            if let Some(p) = a.pending_mut() {
                 p.address_error = Some(508);
             }
         }
@@ -590,17 +583,13 @@ impl Server {
         let Some(a) = self.get_mut(id) else {
             return;
         };
-        let five = a.five_tuple;
-        a.state = State::Active;
-        let expires =
-            now + Duration::from_secs(u64::from(a.pending.as_ref().map_or(0, |p| p.lifetime)));
-        a.expires = expires;
-        let Some(p) = a.pending.take() else {
+        let five = a.five_tuple();
+        let Some(p) = a.activate(now) else {
             return;
         };
-        let relay = a.reported_relay;
+        let relay = a.reported_relay();
         let second = a.reported_second();
-        let key = a.key.clone();
+        let key = a.key().cloned();
         let sign = self.later_sign(key.as_ref(), &p.later());
         let reply = Reply::deferred(five, Method::ALLOCATE, Class::Success, &p.tid, sign);
         let reply = reply.with(|b| {

@@ -33,19 +33,19 @@ impl Server {
             return Err(Stop::Nothing);
         };
         // A TCP allocation has no channels (RFC 6062 §5).
-        if a.tcp {
+        let Some((channels, permissions)) = a.channels_and_permissions_mut() else {
             return refuse(400);
-        }
-        match a.channels.check(number, peer, now, max_ch) {
+        };
+        match channels.check(number, peer, now, max_ch) {
             Ok(()) => {}
             Err(BindConflict::TooMany) => return refuse(508),
             Err(_) => return refuse(400),
         }
-        if !a.permissions.room_for(&[peer.ip()], now, max_perm) {
+        if !permissions.room_for(&[peer.ip()], now, max_perm) {
             return refuse(508);
         }
-        a.channels.bind(number, peer, ch_expires);
-        a.permissions.install(peer.ip(), perm_expires);
+        channels.bind(number, peer, ch_expires);
+        permissions.install(peer.ip(), perm_expires);
         self.fastpath_sync(id);
         Ok(Reply::success(five, m, &sign))
     }

@@ -19,8 +19,8 @@ impl Server {
     pub fn kill_user(&mut self, username: &str) -> usize {
         let ids: Vec<AllocationId> = self
             .allocations()
-            .filter(|a| &*a.username == username)
-            .map(|a| a.id)
+            .filter(|a| &**a.username() == username)
+            .map(|a| a.id())
             .collect();
         ids.into_iter().filter(|&id| self.kill(id)).count()
     }

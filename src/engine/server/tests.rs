@@ -262,14 +262,14 @@ impl H {
     }
 
     fn alloc_id(&self, five: FiveTuple) -> AllocationId {
-        self.s.allocation_on(&five).expect("an allocation").id
+        self.s.allocation_on(&five).expect("an allocation").id()
     }
 
     fn relay_of(&self, five: FiveTuple) -> SocketAddr {
         self.s
             .allocation_on(&five)
             .expect("an allocation")
-            .relay
+            .relay()
             .addr()
     }
 

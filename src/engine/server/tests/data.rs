@@ -116,8 +116,8 @@ fn peer_data_becomes_a_data_indication() {
     assert_eq!(d, PeerDecision::Drop);
     assert_eq!(h.s.counters().dropped_no_permission, 2);
     let a = h.s.allocation_on(&c.five).unwrap();
-    assert_eq!(a.stats.client_sent.packets, 5);
-    assert_eq!(a.stats.peer_rcv.packets, 7);
+    assert_eq!(a.stats().client_sent.packets, 5);
+    assert_eq!(a.stats().peer_rcv.packets, 7);
     assert_eq!(h.s.counters().data_indications, 5);
 }
 

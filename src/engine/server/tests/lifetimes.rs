@@ -252,8 +252,8 @@ fn bandwidth_cap_drops_excess_and_recovers() {
         PeerDecision::Forward { .. }
     ));
     let a = h.s.allocation_on(&c.five).unwrap();
-    assert_eq!(a.stats.dropped.packets, 2);
-    assert_eq!(a.stats.peer_sent.bytes, 1200);
+    assert_eq!(a.stats().dropped.packets, 2);
+    assert_eq!(a.stats().peer_sent.bytes, 1200);
 }
 
 #[test]
