@@ -133,6 +133,8 @@ pub struct Allocation {
     /// What its RFC 6062 pipes may move (the same `--max-bps`, shared by its pipes).
     pipe_budget: Arc<PipeBudget>,
     dont_fragment: bool,
+    /// Its first relay's port went back to the pool when no port could be bound.
+    relay_port_lost: bool,
     /// The port reserved alongside this one (EVEN-PORT with R), released if never claimed.
     reservation: Option<u64>,
     /// The last request answered and its response, so a retransmission gets the same answer
@@ -172,6 +174,7 @@ impl Allocation {
             to_client_bucket: TokenBucket::new(g.max_bps, g.now),
             pipe_budget: g.pipe_budget,
             dont_fragment: g.dont_fragment,
+            relay_port_lost: false,
             reservation: g.reservation,
             last_tid: g.tid,
             last_response: Vec::new(),
@@ -328,10 +331,16 @@ impl Allocation {
         self.state = State::Binding { attempts };
     }
 
-    /// No relay port could be had: the port it held is given back already, so nothing is
-    /// released again when it is freed (a port of 0 is never released).
+    /// No relay port could be had: the port it held is given back already, so
+    /// [`Self::held_relays`] no longer names it.
     pub(crate) fn lose_relay_port(&mut self) {
-        self.relay = RelayAddr::new(SocketAddr::new(self.relay.ip(), 0));
+        self.relay_port_lost = true;
+    }
+
+    /// The relayed addresses whose ports it holds in the port pool, to give back when it ends.
+    pub fn held_relays(&self) -> impl Iterator<Item = RelayAddr> {
+        let first = (!self.relay_port_lost).then_some(self.relay);
+        first.into_iter().chain(self.second_relay())
     }
 
     /// The second socket of a dual allocation binds next (try number `attempts`).

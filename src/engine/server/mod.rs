@@ -441,10 +441,8 @@ impl Server {
         slot.generation = slot.generation.wrapping_add(1);
         self.free_slots.push(id.index);
         self.by_five_tuple.remove(&a.five_tuple());
-        for r in std::iter::once(a.relay()).chain(a.second_relay()) {
-            if r.port() != 0 {
-                self.shared.ports.release(r.ip(), r.port());
-            }
+        for r in a.held_relays() {
+            self.shared.ports.release(r.ip(), r.port());
         }
         let sep = self.config.credentials.rest_separator();
         self.shared
