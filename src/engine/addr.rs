@@ -28,6 +28,12 @@ macro_rules! role {
                 self.0
             }
 
+            /// The plain address, borrowed (no copy, for functions that take `&SocketAddr`).
+            #[inline]
+            pub const fn as_addr(&self) -> &SocketAddr {
+                &self.0
+            }
+
             #[inline]
             pub const fn ip(self) -> IpAddr {
                 self.0.ip()

@@ -175,11 +175,11 @@ impl Server {
         }
         // Data indication: header, XOR-PEER-ADDRESS, DATA (RFC 8656 §11.3).
         self.counters.data_indications += 1;
-        let start = payload.start - message::data_indication_header_len(&peer.addr());
+        let start = payload.start - message::data_indication_header_len(peer.as_addr());
         let pad = (4 - len % 4) % 4;
         message::write_data_indication_header(
             &mut buf[start..payload.start],
-            &peer.addr(),
+            peer.as_addr(),
             &tid,
             len,
         );
