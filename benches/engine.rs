@@ -10,7 +10,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 
 use vigi_turn::engine::server::{PEER_HEADROOM, PEER_TAILROOM};
 use vigi_turn::engine::testing::{self, channel_data, peer, send_indication};
-use vigi_turn::engine::{ClientDecision, PeerDecision};
+use vigi_turn::engine::{ClientDecision, PeerAddr, PeerDecision};
 
 fn benches(c: &mut Criterion) {
     let (peer_chan, peer_send) = (peer(5, 9000), peer(6, 9000));
@@ -41,18 +41,34 @@ fn benches(c: &mut Criterion) {
     buf[PEER_HEADROOM..PEER_HEADROOM + payload.len()].copy_from_slice(&payload);
     let range = PEER_HEADROOM..PEER_HEADROOM + payload.len();
     assert!(matches!(
-        s.handle_peer_input(now, id, peer_chan, &mut buf, range.clone()),
+        s.handle_peer_input(now, id, PeerAddr::new(peer_chan), &mut buf, range.clone()),
         PeerDecision::Forward { .. }
     ));
     g.bench_function("peer_to_channel_data_100", |b| {
-        b.iter(|| s.handle_peer_input(now, id, peer_chan, black_box(&mut buf), range.clone()))
+        b.iter(|| {
+            s.handle_peer_input(
+                now,
+                id,
+                PeerAddr::new(peer_chan),
+                black_box(&mut buf),
+                range.clone(),
+            )
+        })
     });
     assert!(matches!(
-        s.handle_peer_input(now, id, peer_send, &mut buf, range.clone()),
+        s.handle_peer_input(now, id, PeerAddr::new(peer_send), &mut buf, range.clone()),
         PeerDecision::Forward { .. }
     ));
     g.bench_function("peer_to_data_indication_100", |b| {
-        b.iter(|| s.handle_peer_input(now, id, peer_send, black_box(&mut buf), range.clone()))
+        b.iter(|| {
+            s.handle_peer_input(
+                now,
+                id,
+                PeerAddr::new(peer_send),
+                black_box(&mut buf),
+                range.clone(),
+            )
+        })
     });
     g.finish();
 }

@@ -42,7 +42,11 @@ fn benches(c: &mut Criterion) {
         b.iter(|| key_md5(black_box("bench"), "bench.local", "benchpw"))
     });
     let mut cd = vec![0u8; 4 + 100];
-    channel_data::write_header(&mut cd, 0x4000, 100);
+    channel_data::write_header(
+        &mut cd,
+        channel_data::ChannelNumber::new(0x4000).unwrap(),
+        100,
+    );
     g.bench_function("decode_channel_data_100", |b| {
         b.iter(|| ChannelData::decode(black_box(&cd)).expect("valid"))
     });

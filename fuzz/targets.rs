@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use vigi_turn::config::Config;
 use vigi_turn::engine::server::{AMPLIFICATION_SLACK, PEER_HEADROOM, PEER_TAILROOM};
 use vigi_turn::engine::testing;
-use vigi_turn::engine::{Command, FiveTuple, Server, ServerConfig, Shared, Transport};
+use vigi_turn::engine::{
+    ClientAddr, Command, FiveTuple, PeerAddr, Server, ServerConfig, Shared, Transport,
+};
 use vigi_turn::proto::channel_data::ChannelData;
 use vigi_turn::proto::framing::{frame_len, MAX_FRAME};
 use vigi_turn::proto::{attr, demux, Class, Message, MessageBuilder, Method};
@@ -56,7 +58,7 @@ pub fn channel_data(data: &[u8]) {
     if let Ok(cd) = ChannelData::decode(data) {
         assert_eq!(kind, vigi_turn::proto::PacketKind::ChannelData);
         assert!(cd.data.len() + 4 <= data.len());
-        assert!((0x4000..=0x7FFF).contains(&cd.channel));
+        assert!((0x4000..=0x7FFF).contains(&cd.channel.get()));
     }
 }
 
@@ -144,7 +146,7 @@ fn five(i: u8) -> FiveTuple {
     };
     FiveTuple {
         transport,
-        client: SocketAddr::new(ip, 40000 + u16::from(i & 3)),
+        client: ClientAddr::new(SocketAddr::new(ip, 40000 + u16::from(i & 3))),
         server: "192.0.2.1:3478".parse().unwrap(),
     }
 }
@@ -186,7 +188,7 @@ fn drain(s: &mut Server, now: Instant, request_len: Option<usize>, bounded: bool
 
 fn check(s: &Server, shared: &Shared, now: Instant) {
     let live: Vec<_> = s.allocations().collect();
-    let relays: HashSet<SocketAddr> = live.iter().map(|a| a.relay).collect();
+    let relays: HashSet<SocketAddr> = live.iter().map(|a| a.relay().addr()).collect();
     assert_eq!(relays.len(), live.len(), "double-booked relay port");
     let size = u32::from(MAX_PORT - MIN_PORT) + 1;
     // EVEN-PORT with R holds a second port for up to 30 s, even after its allocation ends.
@@ -197,7 +199,7 @@ fn check(s: &Server, shared: &Shared, now: Instant) {
         (live.len() + shared.reservations_held()) as u32
     );
     for a in &live {
-        assert!(a.expires > now, "allocation outlived its lifetime");
+        assert!(a.expires() > now, "allocation outlived its lifetime");
     }
 }
 
@@ -238,11 +240,17 @@ pub fn engine(data: &[u8]) {
             2 => {
                 let len = usize::from(inp.byte());
                 let payload = inp.bytes(len).to_vec();
-                if let Some(id) = s.allocation_on(&five(who)).map(|a| a.id) {
+                if let Some(id) = s.allocation_on(&five(who)).map(|a| a.id()) {
                     let mut buf = vec![0u8; PEER_HEADROOM + payload.len() + PEER_TAILROOM];
                     buf[PEER_HEADROOM..PEER_HEADROOM + payload.len()].copy_from_slice(&payload);
                     let range = PEER_HEADROOM..PEER_HEADROOM + payload.len();
-                    let _ = s.handle_peer_input(now, id, peer(who >> 2), &mut buf, range);
+                    let _ = s.handle_peer_input(
+                        now,
+                        id,
+                        PeerAddr::new(peer(who >> 2)),
+                        &mut buf,
+                        range,
+                    );
                 }
             }
             3 => {

@@ -313,7 +313,7 @@ impl AllocationJson {
             username: a.username.to_string(),
             realm: m.opts.realm.clone(),
             transport: a.five_tuple.transport.as_str(),
-            client: a.five_tuple.client,
+            client: a.five_tuple.client.addr(),
             server: a.five_tuple.server,
             relay: a.relay,
             reported_relay: a.reported_relay,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use vigi_turn::engine::server::{PEER_HEADROOM, PEER_TAILROOM};
 use vigi_turn::engine::testing;
-use vigi_turn::engine::{ClientDecision, PeerDecision, Server};
+use vigi_turn::engine::{ClientDecision, PeerAddr, PeerDecision, Server};
 
 struct Counting;
 
@@ -78,7 +78,13 @@ fn relaying_allocates_nothing_after_warm_up() {
         ));
         for p in [peer, peer2] {
             buf[PEER_HEADROOM..PEER_HEADROOM + 100].copy_from_slice(&payload);
-            let d = s.handle_peer_input(now, relay, p, buf, PEER_HEADROOM..PEER_HEADROOM + 100);
+            let d = s.handle_peer_input(
+                now,
+                relay,
+                PeerAddr::new(p),
+                buf,
+                PEER_HEADROOM..PEER_HEADROOM + 100,
+            );
             assert!(matches!(d, PeerDecision::Forward { .. }));
         }
     };

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use super::session::{Conn, Session};
 use super::stats::Stats;
 use crate::proto::{
-    attr, channel_data, framing, ChannelData, Class, Message, MessageBuilder, Method,
+    attr, channel_data, framing, ChannelData, ChannelNumber, Class, Message, MessageBuilder, Method,
 };
 use crate::sys::{Epoll, Events, Trigger};
 
@@ -66,7 +66,7 @@ pub struct Flow {
     id: u32,
     conn: Conn,
     peer: SocketAddr,
-    channel: Option<u16>,
+    channel: Option<ChannelNumber>,
     rx: Vec<u8>,
     pending: Vec<u8>,
     out: Vec<u8>,
@@ -90,7 +90,8 @@ impl Flow {
             id,
             conn: s.conn,
             peer,
-            channel: s.channel,
+            // The server accepted the ChannelBind, so the number is in range.
+            channel: s.channel.and_then(ChannelNumber::new),
             rx,
             pending: Vec::new(),
             out: Vec::with_capacity(2048),

@@ -3,16 +3,18 @@
 //! unless refreshed; after it expires neither the number nor the peer address may be bound to
 //! anything else for 5 more minutes (§12, "quarantine"). Bounded per allocation.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use super::PeerAddr;
+use crate::proto::ChannelNumber;
 
 /// How long an expired binding keeps its number and peer from being rebound (RFC 8656 §12).
 pub const QUARANTINE: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, Copy)]
 pub struct Channel {
-    pub number: u16,
-    pub peer: SocketAddr,
+    pub number: ChannelNumber,
+    pub peer: PeerAddr,
     pub expires: Instant,
 }
 
@@ -32,7 +34,7 @@ pub struct Channels {
 impl Channels {
     /// The peer bound to `number` and live at `now`.
     #[inline]
-    pub fn peer(&self, number: u16, now: Instant) -> Option<SocketAddr> {
+    pub fn peer(&self, number: ChannelNumber, now: Instant) -> Option<PeerAddr> {
         self.list
             .iter()
             .find(|c| c.number == number && c.expires > now)
@@ -41,7 +43,7 @@ impl Channels {
 
     /// The live channel number bound to `peer`.
     #[inline]
-    pub fn number(&self, peer: SocketAddr, now: Instant) -> Option<u16> {
+    pub fn number(&self, peer: PeerAddr, now: Instant) -> Option<ChannelNumber> {
         self.list
             .iter()
             .find(|c| c.peer == peer && c.expires > now)
@@ -52,8 +54,8 @@ impl Channels {
     /// or the same pair again (a refresh). Entries past their quarantine are forgotten first.
     pub fn check(
         &mut self,
-        number: u16,
-        peer: SocketAddr,
+        number: ChannelNumber,
+        peer: PeerAddr,
         now: Instant,
         max: usize,
     ) -> Result<(), BindConflict> {
@@ -74,7 +76,7 @@ impl Channels {
     }
 
     /// Bind or refresh (after [`Channels::check`] said yes).
-    pub fn bind(&mut self, number: u16, peer: SocketAddr, expires: Instant) {
+    pub fn bind(&mut self, number: ChannelNumber, peer: PeerAddr, expires: Instant) {
         match self.list.iter_mut().find(|c| c.number == number) {
             Some(c) => c.expires = expires,
             None => self.list.push(Channel {
@@ -106,26 +108,30 @@ mod tests {
     #[test]
     fn rebinding_rules_and_quarantine() {
         let t0 = Instant::now();
-        let a: SocketAddr = "192.0.2.1:1000".parse().unwrap();
-        let b: SocketAddr = "192.0.2.1:1001".parse().unwrap();
+        let a = PeerAddr::new("192.0.2.1:1000".parse().unwrap());
+        let b = PeerAddr::new("192.0.2.1:1001".parse().unwrap());
+        let n = |n| ChannelNumber::new(n).unwrap();
         let mut ch = Channels::default();
-        assert_eq!(ch.check(0x4000, a, t0, 8), Ok(()));
-        ch.bind(0x4000, a, t0 + Duration::from_secs(600));
-        assert_eq!(ch.peer(0x4000, t0), Some(a));
-        assert_eq!(ch.number(a, t0), Some(0x4000));
-        assert_eq!(ch.check(0x4000, a, t0, 8), Ok(()));
-        assert_eq!(ch.check(0x4000, b, t0, 8), Err(BindConflict::NumberTaken));
-        assert_eq!(ch.check(0x4001, a, t0, 8), Err(BindConflict::PeerTaken));
+        assert_eq!(ch.check(n(0x4000), a, t0, 8), Ok(()));
+        ch.bind(n(0x4000), a, t0 + Duration::from_secs(600));
+        assert_eq!(ch.peer(n(0x4000), t0), Some(a));
+        assert_eq!(ch.number(a, t0), Some(n(0x4000)));
+        assert_eq!(ch.check(n(0x4000), a, t0, 8), Ok(()));
+        assert_eq!(
+            ch.check(n(0x4000), b, t0, 8),
+            Err(BindConflict::NumberTaken)
+        );
+        assert_eq!(ch.check(n(0x4001), a, t0, 8), Err(BindConflict::PeerTaken));
         let expired = t0 + Duration::from_secs(601);
-        assert_eq!(ch.peer(0x4000, expired), None);
+        assert_eq!(ch.peer(n(0x4000), expired), None);
         // Still quarantined five minutes after expiry...
         assert_eq!(
-            ch.check(0x4000, b, expired, 8),
+            ch.check(n(0x4000), b, expired, 8),
             Err(BindConflict::NumberTaken)
         );
         // ...and free after.
         let later = t0 + Duration::from_secs(901);
-        assert_eq!(ch.check(0x4000, b, later, 8), Ok(()));
-        assert_eq!(ch.check(0x4002, b, later, 0), Err(BindConflict::TooMany));
+        assert_eq!(ch.check(n(0x4000), b, later, 8), Ok(()));
+        assert_eq!(ch.check(n(0x4002), b, later, 0), Err(BindConflict::TooMany));
     }
 }

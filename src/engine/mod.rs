@@ -19,11 +19,18 @@
 //! lives in the files here: [`allocation`], [`permission`], [`channel`], [`ports`], [`auth`]
 //! (credentials and nonces), [`limiter`], [`policy`] (peer addresses, token buckets),
 //! [`redirect`] and [`stats`]; [`session_log`] writes coturn's session lines.
+//!
+//! Roles are types: [`addr`] holds [`ClientAddr`], [`PeerAddr`] and [`RelayAddr`], the
+//! transport addresses of RFC 8656's roles, and [`ChannelNumber`] (from [`crate::proto`]) is a
+//! number already checked to be bindable. The engine's API, its allocations, the channel table
+//! and the fast-path view take and give these, so a peer can never be passed for a client or a
+//! relayed address, and a channel number is checked once, where it is parsed.
 
 #![forbid(unsafe_code)]
 // Time comes in as a parameter (clippy.toml names the clock reads); tests may read the clock.
 #![cfg_attr(not(test), deny(clippy::disallowed_methods))]
 
+pub mod addr;
 pub mod allocation;
 pub mod auth;
 pub mod channel;
@@ -39,6 +46,8 @@ pub mod testing;
 
 use std::net::SocketAddr;
 
+pub use crate::proto::ChannelNumber;
+pub use addr::{ClientAddr, PeerAddr, RelayAddr};
 pub use allocation::AllocationId;
 pub use server::{
     AllocationInfo, Bind, ClientDecision, Command, ConnectionId, Counters, PeerDecision, RelayKind,
@@ -75,6 +84,6 @@ impl Transport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FiveTuple {
     pub transport: Transport,
-    pub client: SocketAddr,
+    pub client: ClientAddr,
     pub server: SocketAddr,
 }

@@ -19,23 +19,23 @@ fn personal(name: &str) -> &str {
 /// The line logged when an allocation becomes active (coturn: `session ...: new, realm=<..>,
 /// username=<..>, lifetime=..`).
 pub fn log_allocation_started(realm: &str, a: &Allocation, lifetime: u32) {
-    let client = a.five_tuple.client.to_string();
+    let client = a.five_tuple().client.to_string();
     tracing::info!(
         "session {}: new, realm=<{realm}>, username=<{}>, lifetime={lifetime}, transport={}, remote {}",
-        a.relay,
-        personal(&a.username),
-        a.five_tuple.transport.as_str(),
+        a.relay(),
+        personal(a.username()),
+        a.five_tuple().transport.as_str(),
         personal(&client),
     );
 }
 
 /// The lines logged when an active allocation ends, with its totals (payload bytes).
 pub fn log_allocation_ended(realm: &str, a: &Allocation, reason: &str) {
-    let user = personal(&a.username);
-    let s = &a.stats;
+    let user = personal(a.username());
+    let s = a.stats();
     tracing::info!(
         "session {}: usage: realm=<{realm}>, username=<{user}>, rp={}, rb={}, sp={}, sb={}",
-        a.relay,
+        a.relay(),
         s.client_rcv.packets,
         s.client_rcv.bytes,
         s.client_sent.packets,
@@ -43,7 +43,7 @@ pub fn log_allocation_ended(realm: &str, a: &Allocation, reason: &str) {
     );
     tracing::info!(
         "session {}: peer usage: realm=<{realm}>, username=<{user}>, rp={}, rb={}, sp={}, sb={}",
-        a.relay,
+        a.relay(),
         s.peer_rcv.packets,
         s.peer_rcv.bytes,
         s.peer_sent.packets,
@@ -51,9 +51,9 @@ pub fn log_allocation_ended(realm: &str, a: &Allocation, reason: &str) {
     );
     tracing::info!(
         "session {}: closed (2nd stage), user <{user}> realm <{realm}> origin <>, local {}, remote {}, reason: {reason}, dropped {} packets",
-        a.relay,
-        a.five_tuple.server,
-        personal(&a.five_tuple.client.to_string()),
+        a.relay(),
+        a.five_tuple().server,
+        personal(&a.five_tuple().client.to_string()),
         s.dropped.packets,
     );
 }

@@ -45,6 +45,21 @@ impl AllocationStats {
             a.bytes += b.bytes;
         }
     }
+
+    /// Add what was relayed without the engine (the kernel fast path), counted as the user path
+    /// counts it: client → peer as `client_rcv` and `peer_sent`, peer → client as `peer_rcv`
+    /// and `client_sent`.
+    pub fn add_relayed(&mut self, to_peer: Flow, to_client: Flow) {
+        for (f, d) in [
+            (&mut self.client_rcv, to_peer),
+            (&mut self.peer_sent, to_peer),
+            (&mut self.peer_rcv, to_client),
+            (&mut self.client_sent, to_client),
+        ] {
+            f.packets += d.packets;
+            f.bytes += d.bytes;
+        }
+    }
 }
 
 /// The bytes of one RFC 6062 peer connection, counted by the raw pipe that copies them. The pipe

@@ -14,7 +14,9 @@ use std::time::Instant;
 
 use super::auth::{key_md5, Credentials, UserSecret};
 use super::policy::{PeerPolicy, DOCUMENTATION};
-use super::{AllocationId, Bind, Command, FiveTuple, Server, ServerConfig, Shared, Transport};
+use super::{
+    AllocationId, Bind, ClientAddr, Command, FiveTuple, Server, ServerConfig, Shared, Transport,
+};
 use crate::proto::{attr, channel_data, Class, Message, MessageBuilder, Method};
 
 pub const REALM: &str = "test.local";
@@ -81,7 +83,10 @@ pub fn drain(s: &mut Server, now: Instant) -> Vec<Vec<u8>> {
 pub fn udp(port: u16) -> FiveTuple {
     FiveTuple {
         transport: Transport::Udp,
-        client: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)), port),
+        client: ClientAddr::new(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)),
+            port,
+        )),
         server: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 3478),
     }
 }
@@ -94,7 +99,8 @@ pub fn peer(host: u8, port: u16) -> SocketAddr {
 /// ChannelData on `number` carrying `payload`.
 pub fn channel_data(number: u16, payload: &[u8]) -> Vec<u8> {
     let mut cd = vec![0u8; channel_data::HEADER_LEN + payload.len()];
-    channel_data::write_header(&mut cd, number, payload.len());
+    cd[..2].copy_from_slice(&number.to_be_bytes());
+    cd[2..4].copy_from_slice(&(payload.len() as u16).to_be_bytes());
     cd[channel_data::HEADER_LEN..].copy_from_slice(payload);
     cd
 }
@@ -183,7 +189,7 @@ impl Client {
         self.ok(s, now, Method::ALLOCATE, &|b| {
             b.attr(attr::REQUESTED_TRANSPORT, &[attr::PROTO_UDP, 0, 0, 0]);
         });
-        s.allocation_on(&self.five).expect("allocated").id
+        s.allocation_on(&self.five).expect("allocated").id()
     }
 
     /// A permission for `peer`.

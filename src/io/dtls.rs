@@ -38,7 +38,7 @@ use openssl::ssl::{
 use tokio::io::unix::AsyncFd;
 
 use super::worker::{read_batches, WorkerState};
-use crate::engine::{ClientDecision, FiveTuple, Transport};
+use crate::engine::{ClientAddr, ClientDecision, FiveTuple, Transport};
 
 /// Sessions one worker keeps at once; beyond it new handshakes are ignored.
 pub const MAX_SESSIONS: usize = 20_000;
@@ -385,7 +385,7 @@ fn handle(
 ) {
     let five = FiveTuple {
         transport: Transport::Dtls,
-        client: from,
+        client: ClientAddr::new(from),
         server: local,
     };
     let key = (local, from);
@@ -475,7 +475,7 @@ fn handle(
             payload,
         } = decision
         {
-            st.send_to_peer(relay, peer, &r[payload]);
+            st.send_to_peer(relay, peer.addr(), &r[payload]);
         }
     }
     if closed && was_established {
@@ -487,9 +487,9 @@ fn handle(
 /// Encrypt `data` for the client on `to` and send it.
 pub(crate) fn send(st: &WorkerState, to: FiveTuple, data: &[u8]) {
     let mut sessions = st.dtls_sessions.borrow_mut();
-    if let Some(s) = sessions.map.get_mut(&(to.server, to.client)) {
+    if let Some(s) = sessions.map.get_mut(&(to.server, to.client.addr())) {
         if s.established && s.stream.ssl_write(data).is_ok() {
-            s.flush(to.client);
+            s.flush(to.client.addr());
         }
     }
 }
@@ -509,7 +509,7 @@ pub(crate) fn sweep(st: &Rc<WorkerState>, now: Instant) {
         map.retain(|(local, client), s| {
             let five = FiveTuple {
                 transport: Transport::Dtls,
-                client: *client,
+                client: ClientAddr::new(*client),
                 server: *local,
             };
             let idle = now.saturating_duration_since(s.last_seen);

@@ -145,7 +145,7 @@ mod tests {
     fn five(port: u16) -> FiveTuple {
         FiveTuple {
             transport: Transport::Udp,
-            client: ([192, 0, 2, 1], port).into(),
+            client: crate::engine::ClientAddr::new(([192, 0, 2, 1], port).into()),
             server: ([192, 0, 2, 2], 3478).into(),
         }
     }

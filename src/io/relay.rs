@@ -16,7 +16,7 @@ use std::time::Instant;
 use tokio::io::unix::AsyncFd;
 
 use super::worker::{Relay, WorkerState, READ_BUDGET};
-use crate::engine::{AllocationId, FiveTuple, PeerDecision};
+use crate::engine::{AllocationId, FiveTuple, PeerAddr, PeerDecision};
 use crate::sys::{Epoll, Events, RecvBatch, Trigger, BATCH};
 
 /// Ready relay sockets taken from the epoll set per system call.
@@ -198,10 +198,13 @@ impl Round {
                 };
                 let base = batch.slot_start(i);
                 let (slot, range) = batch.slot_mut(i);
-                let decision = st
-                    .engine
-                    .borrow_mut()
-                    .handle_peer_input(now, id, peer, slot, range);
+                let decision = st.engine.borrow_mut().handle_peer_input(
+                    now,
+                    id,
+                    PeerAddr::new(peer),
+                    slot,
+                    range,
+                );
                 if let PeerDecision::Forward { to, frame } = decision {
                     self.out
                         .push((base + frame.start..base + frame.end, Some(to)));

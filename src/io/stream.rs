@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use super::tls::TlsSource;
 use super::worker::WorkerState;
-use crate::engine::{ClientDecision, FiveTuple, Transport};
+use crate::engine::{ClientAddr, ClientDecision, FiveTuple, Transport};
 use crate::proto::framing::{frame_len, MAX_FRAME};
 
 /// A connection with nothing to read for this long is closed. Clients with an allocation refresh
@@ -134,6 +134,18 @@ pub(crate) enum StreamTx {
     Queued(mpsc::Sender<Vec<u8>>),
 }
 
+/// What became of bytes handed to a client's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// Queued for the writer.
+    Queued,
+    /// Dropped whole: the client does not read and its backlog is full (never from
+    /// [`StreamTx::send`], which waits for room).
+    Dropped,
+    /// The connection is broken or gone: nothing more will be written.
+    Closed,
+}
+
 impl StreamTx {
     fn tcp(wr: OwnedWriteHalf) -> (Rc<StreamTx>, JoinHandle<()>) {
         let tx = Rc::new(StreamTx::Tcp {
@@ -174,12 +186,13 @@ impl StreamTx {
         let _ = self.push(data);
     }
 
-    /// [`StreamTx::send_frame`]; Err when the connection is broken or gone.
-    fn push(&self, data: &[u8]) -> Result<(), ()> {
+    /// [`StreamTx::send_frame`], saying what became of the frame.
+    fn push(&self, data: &[u8]) -> Sent {
         match self {
             StreamTx::Queued(tx) => match tx.try_send(data.to_vec()) {
-                Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
-                _ => Ok(()),
+                Ok(()) => Sent::Queued,
+                Err(mpsc::error::TrySendError::Full(_)) => Sent::Dropped,
+                Err(mpsc::error::TrySendError::Closed(_)) => Sent::Closed,
             },
             StreamTx::Tcp {
                 backlog,
@@ -188,24 +201,27 @@ impl StreamTx {
                 ..
             } => {
                 if closed.get() {
-                    return Err(());
+                    return Sent::Closed;
                 }
                 let mut backlog = backlog.borrow_mut();
                 if backlog.len() + data.len() > SEND_BACKLOG {
-                    return Ok(());
+                    return Sent::Dropped;
                 }
                 backlog.extend(data);
                 wake.notify_one();
-                Ok(())
+                Sent::Queued
             }
         }
     }
 
     /// Send bytes, waiting while the client's backlog is full (the RFC 6062 raw pipe, which
-    /// must lose nothing). Err once the client is gone.
-    pub(crate) async fn send(&self, data: &[u8]) -> Result<(), ()> {
+    /// must lose nothing). [`Sent::Closed`] once the client is gone.
+    pub(crate) async fn send(&self, data: &[u8]) -> Sent {
         match self {
-            StreamTx::Queued(tx) => tx.send(data.to_vec()).await.map_err(|_| ()),
+            StreamTx::Queued(tx) => match tx.send(data.to_vec()).await {
+                Ok(()) => Sent::Queued,
+                Err(_) => Sent::Closed,
+            },
             StreamTx::Tcp {
                 backlog, drained, ..
             } => {
@@ -290,7 +306,7 @@ async fn connection<R>(
 {
     let five = FiveTuple {
         transport,
-        client,
+        client: ClientAddr::new(client),
         server: local,
     };
     st.streams.borrow_mut().insert(five, tx.clone());
@@ -338,7 +354,7 @@ async fn connection<R>(
                 payload,
             } = decision
             {
-                st.send_to_peer(relay, peer, &frame[payload]);
+                st.send_to_peer(relay, peer.addr(), &frame[payload]);
             }
             st.drain_commands(now);
             start += len;

@@ -236,7 +236,7 @@ pub(crate) async fn pipe<R>(
                     return Ok::<_, io::Error>(());
                 }
                 pace(budget.as_deref(), PipeDir::ToClient, n).await;
-                if tx.send(&buf[..n]).await.is_err() {
+                if tx.send(&buf[..n]).await == super::stream::Sent::Closed {
                     return Ok(());
                 }
                 traffic.add_down(n);

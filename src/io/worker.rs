@@ -22,8 +22,8 @@ use tokio::task::JoinHandle;
 use super::{relay, stream, tcp_relay, Control, IoStats, RunConfig, WorkerSnapshot};
 use crate::engine::server::{PEER_HEADROOM, PEER_TAILROOM};
 use crate::engine::{
-    AllocationId, Bind, ClientDecision, Command, ConnectionId, FiveTuple, RelayKind, Server,
-    Transport,
+    AllocationId, Bind, ClientAddr, ClientDecision, Command, ConnectionId, FiveTuple, RelayKind,
+    Server, Transport,
 };
 use crate::sys::{RecvBatch, BATCH};
 
@@ -298,7 +298,7 @@ async fn udp_listener(st: Rc<WorkerState>, local: SocketAddr, sock: Rc<AsyncFd<U
             };
             let five = FiveTuple {
                 transport: Transport::Udp,
-                client: from,
+                client: ClientAddr::new(from),
                 server: local,
             };
             let (slot, range) = batch.slot_mut(i);
@@ -313,7 +313,7 @@ async fn udp_listener(st: Rc<WorkerState>, local: SocketAddr, sock: Rc<AsyncFd<U
                 payload,
             } = decision
             {
-                st.send_to_peer(relay, peer, &packet[payload]);
+                st.send_to_peer(relay, peer.addr(), &packet[payload]);
             }
         }
         st.drain_commands(now);
@@ -447,7 +447,7 @@ impl WorkerState {
                 n = 0;
             }
             sock = Some(s);
-            msgs[n] = (data, to.client);
+            msgs[n] = (data, to.client.addr());
             n += 1;
         }
         if let (Some(s), true) = (sock, n > 0) {
@@ -460,7 +460,7 @@ impl WorkerState {
         match to.transport {
             Transport::Udp => {
                 if let Some((_, s)) = self.udp.iter().find(|(a, _)| *a == to.server) {
-                    let _ = s.get_ref().send_to(data, to.client);
+                    let _ = s.get_ref().send_to(data, to.client.addr());
                 }
             }
             #[cfg(feature = "dtls")]
@@ -502,9 +502,11 @@ impl WorkerState {
                     kind,
                 } => {
                     let result = match kind {
-                        RelayKind::Tcp => tcp_relay::listen(self, id, addr),
-                        RelayKind::Udp => relay::bind(self, id, addr, dont_fragment, false),
-                        RelayKind::UdpSecond => relay::bind(self, id, addr, dont_fragment, true),
+                        RelayKind::Tcp => tcp_relay::listen(self, id, addr.addr()),
+                        RelayKind::Udp => relay::bind(self, id, addr.addr(), dont_fragment, false),
+                        RelayKind::UdpSecond => {
+                            relay::bind(self, id, addr.addr(), dont_fragment, true)
+                        }
                     };
                     let outcome = match &result {
                         Ok(_) => Bind::Bound,
@@ -518,7 +520,7 @@ impl WorkerState {
                         .handle_relay_bound(now, id, outcome);
                 }
                 Command::ConnectPeer { cid, from, peer } => {
-                    tcp_relay::connect(self, cid, from, peer)
+                    tcp_relay::connect(self, cid, from.addr(), peer.addr())
                 }
                 Command::BindConnection { cid, client } => tcp_relay::bind(self, cid, client),
                 Command::CloseConnection { cid } => tcp_relay::close(self, cid),

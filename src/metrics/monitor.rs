@@ -244,7 +244,7 @@ mod tests {
             username: "u".into(),
             five_tuple: crate::engine::FiveTuple {
                 transport: crate::engine::Transport::Udp,
-                client: a,
+                client: crate::engine::ClientAddr::new(a),
                 server: a,
             },
             relay: a,

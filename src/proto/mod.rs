@@ -16,7 +16,7 @@ pub mod channel_data;
 pub mod framing;
 pub mod message;
 
-pub use channel_data::ChannelData;
+pub use channel_data::{ChannelData, ChannelNumber};
 pub use message::{Class, DecodeError, Message, MessageBuilder, Method, TransactionId};
 
 /// The fixed value in bytes 4..8 of every RFC 5389/8489 STUN message.

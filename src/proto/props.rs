@@ -166,7 +166,7 @@ proptest! {
     #[test]
     fn channel_data_round_trip_and_stream_framing(channel in 0x4000u16..=0x7FFF, data in prop::collection::vec(any::<u8>(), 0..300), tail in prop::collection::vec(any::<u8>(), 0..8)) {
         let mut out = vec![0u8; channel_data::HEADER_LEN];
-        channel_data::write_header(&mut out, channel, data.len());
+        channel_data::write_header(&mut out, channel_data::ChannelNumber::new(channel).unwrap(), data.len());
         out.extend_from_slice(&data);
         let pad = channel_data::stream_padding(data.len());
         out.extend(std::iter::repeat(0).take(pad));
@@ -174,7 +174,7 @@ proptest! {
         prop_assert_eq!(frame % 4, 0);
         out.extend_from_slice(&tail);
         let cd = ChannelData::decode(&out).unwrap();
-        prop_assert_eq!(cd.channel, channel);
+        prop_assert_eq!(cd.channel.get(), channel);
         prop_assert_eq!(cd.data, &data[..]);
         prop_assert_eq!(frame_len(&out), Ok(Some(frame)));
         // Every prefix short of the frame asks for more.

@@ -115,7 +115,7 @@ pub(super) fn parse_allocate(
 
 impl Server {
     /// The address XOR-RELAYED-ADDRESS reports for a relay bound to `relay`.
-    pub(super) fn reported(&self, relay: SocketAddr) -> SocketAddr {
+    pub(super) fn reported(&self, relay: RelayAddr) -> SocketAddr {
         for (public, private) in &self.config.external_ips {
             match private {
                 Some(p) if *p == relay.ip() => return SocketAddr::new(*public, relay.port()),
@@ -125,7 +125,7 @@ impl Server {
                 _ => {}
             }
         }
-        relay
+        relay.addr()
     }
 
     /// Allocate (RFC 8656 §7.2). Its success answer goes when the relay socket is bound
@@ -276,7 +276,7 @@ impl Server {
             }
             port.map(|p| SocketAddr::new(ip, p))
         };
-        let Some(relay) = relay else {
+        let Some(relay) = relay.map(RelayAddr::new) else {
             return Err(refuse(508));
         };
         let AllocateRequest {
@@ -300,7 +300,7 @@ impl Server {
             match self.pick_relay_ip(true) {
                 None => address_error = Some(440),
                 Some(ip) => match self.shared.ports.take(ip, self.rng.gen(), false, false) {
-                    Some(p) => second_relay = Some(SocketAddr::new(ip, p)),
+                    Some(p) => second_relay = Some(RelayAddr::new(SocketAddr::new(ip, p))),
                     None => address_error = Some(508),
                 },
             }
@@ -340,38 +340,35 @@ impl Server {
         } else {
             None
         };
-        let alloc = Allocation {
+        let kind = match second_relay {
+            _ if tcp => AllocationKind::Tcp {
+                traffic: Vec::new(),
+            },
+            Some(r) => AllocationKind::UdpDual(SecondRelay::boxed(r, self.reported(r))),
+            None => AllocationKind::Udp,
+        };
+        let alloc = Allocation::new(Grant {
             id,
             five_tuple: five,
-            state: State::Binding { attempts: 1 },
             relay,
             reported_relay: self.reported(relay),
-            second: second_relay.map(|r| SecondRelay::boxed(r, self.reported(r))),
-            created: now,
-            expires: now + Duration::from_secs(u64::from(lifetime)),
+            kind,
+            now,
+            lifetime: Duration::from_secs(u64::from(lifetime)),
             username: auth.username.into(),
             key: auth.key,
-            permissions: Default::default(),
-            channels: Default::default(),
-            stats: Default::default(),
-            to_peer_bucket: TokenBucket::new(max_bps, now),
-            to_client_bucket: TokenBucket::new(max_bps, now),
+            max_bps,
             pipe_budget: Arc::new(crate::engine::policy::PipeBudget::new(
                 max_bps,
                 self.shared.pipe_capacity.clone(),
                 now,
             )),
             dont_fragment,
-            tcp,
-            tcp_traffic: Vec::new(),
             reservation: reservation_token,
-            last_tid: *m.transaction_id(),
-            last_response: Vec::new(),
-            pending: Some(pending),
+            tid: *m.transaction_id(),
+            pending,
             credential_expiry,
-            timer_at: None,
-            rate: Default::default(),
-        };
+        });
         self.slots[index as usize].alloc = Some(alloc);
         self.by_five_tuple.insert(five, id);
         quota.keep(); // given back in `free`
@@ -450,7 +447,7 @@ impl Server {
         let Some(a) = self.get_mut(id) else {
             return;
         };
-        let attempts = match a.state {
+        let attempts = match a.state() {
             State::Binding { attempts } => attempts,
             State::BindingSecond { attempts } => {
                 self.handle_second_relay_bound(now, id, attempts, result);
@@ -458,12 +455,12 @@ impl Server {
             }
             State::Active => return,
         };
-        let five = a.five_tuple;
+        let five = a.five_tuple();
         if result == Bind::Failed {
-            let old = a.relay;
-            let fixed = a.pending.as_ref().is_some_and(|p| p.fixed_port);
-            let even = a.pending.as_ref().is_some_and(|p| p.even);
-            let token = a.reservation;
+            let old = a.relay();
+            let fixed = a.pending().is_some_and(|p| p.fixed_port);
+            let even = a.pending().is_some_and(|p| p.even);
+            let token = a.reservation();
             // Pick the next port while the failed one is still held, so it is not picked again.
             // EVEN-PORT asks for a parity, not a port: another even port (and its successor,
             // with the R bit) will do.
@@ -481,17 +478,13 @@ impl Server {
                     .move_reservation(t, SocketAddr::new(old.ip(), port + 1));
             }
             if let Some(port) = retry {
-                let relay = SocketAddr::new(old.ip(), port);
+                let relay = RelayAddr::new(SocketAddr::new(old.ip(), port));
                 let reported = self.reported(relay);
                 let Some(a) = self.get_mut(id) else {
                     return;
                 };
-                a.relay = relay;
-                a.reported_relay = reported;
-                a.state = State::Binding {
-                    attempts: attempts + 1,
-                };
-                let (dont_fragment, tcp) = (a.dont_fragment, a.tcp);
+                a.rebind(relay, reported, attempts + 1);
+                let (dont_fragment, tcp) = (a.dont_fragment(), a.is_tcp());
                 self.commands.push_back(Command::BindRelay {
                     id,
                     addr: relay,
@@ -504,10 +497,10 @@ impl Server {
             let Some(a) = self.get_mut(id) else {
                 return;
             };
-            a.relay = SocketAddr::new(old.ip(), 0);
-            let pending = a.pending.take();
-            let key = a.key.clone();
-            if let Some(t) = a.reservation.take() {
+            a.lose_relay_port();
+            let pending = a.take_pending();
+            let key = a.key().cloned();
+            if let Some(t) = a.take_reservation() {
                 self.shared.cancel_reservation(t);
             }
             self.counters.allocations_refused += 1;
@@ -531,12 +524,12 @@ impl Server {
     }
 
     /// Ask the worker to bind the IPv6 socket of dual allocation `id` on `addr` (try `attempts`).
-    pub(super) fn bind_second_relay(&mut self, id: AllocationId, addr: SocketAddr, attempts: u8) {
+    pub(super) fn bind_second_relay(&mut self, id: AllocationId, addr: RelayAddr, attempts: u8) {
         let Some(a) = self.get_mut(id) else {
             return;
         };
-        a.state = State::BindingSecond { attempts };
-        let dont_fragment = a.dont_fragment;
+        a.bind_second(attempts);
+        let dont_fragment = a.dont_fragment();
         self.commands.push_back(Command::BindRelay {
             id,
             addr,
@@ -567,17 +560,17 @@ impl Server {
                 None
             };
             self.shared.ports.release(old.ip(), old.port());
-            let next = retry.map(|p| SocketAddr::new(old.ip(), p));
+            let next = retry.map(|p| RelayAddr::new(SocketAddr::new(old.ip(), p)));
             let second = next.map(|r| SecondRelay::boxed(r, self.reported(r)));
             let Some(a) = self.get_mut(id) else {
                 return;
             };
-            a.second = second;
+            a.set_second(second);
             if let Some(addr) = next {
                 self.bind_second_relay(id, addr, attempts + 1);
                 return;
             }
-            if let Some(p) = a.pending.as_mut() {
+            if let Some(p) = a.pending_mut() {
                 p.address_error = Some(508);
             }
         }
@@ -590,17 +583,13 @@ impl Server {
         let Some(a) = self.get_mut(id) else {
             return;
         };
-        let five = a.five_tuple;
-        a.state = State::Active;
-        let expires =
-            now + Duration::from_secs(u64::from(a.pending.as_ref().map_or(0, |p| p.lifetime)));
-        a.expires = expires;
-        let Some(p) = a.pending.take() else {
+        let five = a.five_tuple();
+        let Some(p) = a.activate(now) else {
             return;
         };
-        let relay = a.reported_relay;
+        let relay = a.reported_relay();
         let second = a.reported_second();
-        let key = a.key.clone();
+        let key = a.key().cloned();
         let sign = self.later_sign(key.as_ref(), &p.later());
         let reply = Reply::deferred(five, Method::ALLOCATE, Class::Success, &p.tid, sign);
         let reply = reply.with(|b| {
@@ -612,7 +601,7 @@ impl Server {
             if let Some(t) = p.reservation_token {
                 b.attr(attr::RESERVATION_TOKEN, &t.to_be_bytes());
             }
-            b.xor_address(attr::XOR_MAPPED_ADDRESS, &five.client);
+            b.xor_address(attr::XOR_MAPPED_ADDRESS, &five.client.addr());
             if let Some(code) = p.address_error {
                 let ty = if p.draft_codepoints {
                     attr::ADDRESS_ERROR_CODE_DRAFT

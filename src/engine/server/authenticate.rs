@@ -197,7 +197,7 @@ impl Server {
         if let (Some(list), Some(owner), Some(u)) = (keys.as_mut(), owner, username.as_deref()) {
             if owner == u {
                 let held = self.by_five_tuple.get(&five).and_then(|id| self.get(*id));
-                list.extend(held.and_then(|a| a.key.clone()));
+                list.extend(held.and_then(|a| a.key().cloned()));
             }
         }
         let failure = match (&keys, &username) {

@@ -66,7 +66,7 @@ impl Server {
         let reply = Reply::success(five, m, &self.plain_sign(m)).uncached();
         let reply = if m.is_classic() {
             reply.with(|b| {
-                b.address(attr::MAPPED_ADDRESS, &five.client);
+                b.address(attr::MAPPED_ADDRESS, &five.client.addr());
                 if let Some(other) = other {
                     b.address(attr::SOURCE_ADDRESS, &from);
                     b.address(attr::CHANGED_ADDRESS, &other);
@@ -74,11 +74,11 @@ impl Server {
             })
         } else {
             reply.with(|b| {
-                b.xor_address(attr::XOR_MAPPED_ADDRESS, &five.client);
+                b.xor_address(attr::XOR_MAPPED_ADDRESS, &five.client.addr());
                 if let Some(other) = other {
                     // MAPPED-ADDRESS too, as coturn sends it to RFC 5780 clients (their tools
                     // print it).
-                    b.address(attr::MAPPED_ADDRESS, &five.client);
+                    b.address(attr::MAPPED_ADDRESS, &five.client.addr());
                     b.address(attr::RESPONSE_ORIGIN, &from);
                     b.address(attr::OTHER_ADDRESS, &other);
                 }

@@ -18,13 +18,12 @@ impl Server {
             .get(attr::CHANNEL_NUMBER)
             .and_then(attr::read_channel_number);
         let peer = m.get_xor_address(attr::XOR_PEER_ADDRESS);
-        let (Some(number), Some(peer)) = (number, peer) else {
+        // A number outside the range a client may bind is a 400 too.
+        let (Some(number), Some(peer)) = (number.and_then(ChannelNumber::new), peer) else {
             return refuse(400);
         };
-        if !(channel_data::CHANNEL_MIN..=channel_data::CHANNEL_MAX).contains(&number) {
-            return refuse(400);
-        }
-        if let Some(code) = self.peer_error(id, &peer) {
+        let peer = PeerAddr::new(peer);
+        if let Some(code) = self.peer_error(id, &peer.addr()) {
             return refuse(code);
         }
         let (max_ch, max_perm) = (self.config.max_channels, self.config.max_permissions);
@@ -34,19 +33,19 @@ impl Server {
             return Err(Stop::Nothing);
         };
         // A TCP allocation has no channels (RFC 6062 §5).
-        if a.tcp {
+        let Some((channels, permissions)) = a.channels_and_permissions_mut() else {
             return refuse(400);
-        }
-        match a.channels.check(number, peer, now, max_ch) {
+        };
+        match channels.check(number, peer, now, max_ch) {
             Ok(()) => {}
             Err(BindConflict::TooMany) => return refuse(508),
             Err(_) => return refuse(400),
         }
-        if !a.permissions.room_for(&[peer.ip()], now, max_perm) {
+        if !permissions.room_for(&[peer.ip()], now, max_perm) {
             return refuse(508);
         }
-        a.channels.bind(number, peer, ch_expires);
-        a.permissions.install(peer.ip(), perm_expires);
+        channels.bind(number, peer, ch_expires);
+        permissions.install(peer.ip(), perm_expires);
         self.fastpath_sync(id);
         Ok(Reply::success(five, m, &sign))
     }

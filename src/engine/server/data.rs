@@ -3,53 +3,30 @@
 use super::*;
 use crate::proto::message;
 
-/// Which way a relayed packet goes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Way {
-    ToPeer,
-    ToClient,
-}
-
-/// The checks both ways share, and their accounting: the allocation is live and UDP (a TCP
-/// allocation relays over its connections only, RFC 6062 §5) and has a permission for the peer
-/// (else a no-permission drop); the allocation's bucket for this way and the server's
-/// (`--max-bps`, `--bps-capacity`) have room (else a bandwidth drop). An admitted packet is
-/// counted as sent; a dropped one in the allocation's and the engine's drop counters. Always
-/// inlined: its two callers are the per-packet paths, and as a call it cost 27 instructions a
-/// packet (callgrind, tests/zero_alloc.rs in release).
+/// [`Allocation::admit`] for the packet, and the engine's drop counters for a packet it drops.
+/// Always inlined: its two callers are the per-packet paths, and as a call it cost 27
+/// instructions a packet (callgrind, tests/zero_alloc.rs in release).
 #[inline(always)]
 fn admit(
     a: &mut Allocation,
     counters: &mut Counters,
     capacity: &mut TokenBucket,
     now: Instant,
-    peer: SocketAddr,
+    peer: PeerAddr,
     len: usize,
     way: Way,
 ) -> bool {
-    if a.tcp
-        || a.state != State::Active
-        || a.expires <= now
-        || !a.permissions.allows(peer.ip(), now)
-    {
-        a.stats.dropped.add(len);
-        counters.dropped_no_permission += 1;
-        return false;
+    match a.admit(capacity, now, peer.ip(), len, way) {
+        Admission::Admitted => true,
+        Admission::NoPermission => {
+            counters.dropped_no_permission += 1;
+            false
+        }
+        Admission::NoBandwidth => {
+            counters.dropped_bandwidth += 1;
+            false
+        }
     }
-    let bucket = match way {
-        Way::ToPeer => &mut a.to_peer_bucket,
-        Way::ToClient => &mut a.to_client_bucket,
-    };
-    if !bucket.try_take(now, len) || !capacity.try_take(now, len) {
-        a.stats.dropped.add(len);
-        counters.dropped_bandwidth += 1;
-        return false;
-    }
-    match way {
-        Way::ToPeer => a.stats.peer_sent.add(len),
-        Way::ToClient => a.stats.client_sent.add(len),
-    }
-    true
 }
 
 impl Server {
@@ -71,9 +48,9 @@ impl Server {
         let Some(a) = self.get_mut(id) else {
             return ClientDecision::Done;
         };
-        a.stats.client_rcv.add(len);
-        let Some(peer) = a.channels.peer(cd.channel, now) else {
-            a.stats.dropped.add(len);
+        a.count_from_client(len);
+        let Some(peer) = a.channels().peer(cd.channel, now) else {
+            a.count_dropped(len);
             self.counters.dropped_no_permission += 1;
             return ClientDecision::Done;
         };
@@ -91,7 +68,7 @@ impl Server {
         &mut self,
         now: Instant,
         id: AllocationId,
-        peer: SocketAddr,
+        peer: PeerAddr,
         payload: Range<usize>,
     ) -> ClientDecision {
         let Some(a) = slot_mut(&mut self.slots, id) else {
@@ -127,14 +104,14 @@ impl Server {
             return ClientDecision::Done;
         };
         let (Some(peer), Some(data)) = (
-            m.get_xor_address(attr::XOR_PEER_ADDRESS),
+            m.get_xor_address(attr::XOR_PEER_ADDRESS).map(PeerAddr::new),
             m.get_range(attr::DATA),
         ) else {
             self.counters.malformed += 1;
             return ClientDecision::Done;
         };
         if let Some(a) = self.get_mut(id) {
-            a.stats.client_rcv.add(data.len());
+            a.count_from_client(data.len());
         }
         let d = self.forward_to_peer(now, id, peer, data);
         if matches!(d, ClientDecision::Forward { .. }) {
@@ -153,7 +130,7 @@ impl Server {
         &mut self,
         now: Instant,
         relay: AllocationId,
-        peer: SocketAddr,
+        peer: PeerAddr,
         buf: &mut [u8],
         payload: Range<usize>,
     ) -> PeerDecision {
@@ -169,7 +146,7 @@ impl Server {
         let Some(a) = slot_mut(&mut self.slots, relay) else {
             return PeerDecision::Drop;
         };
-        a.stats.peer_rcv.add(len);
+        a.count_from_peer(len);
         if !admit(
             a,
             &mut self.counters,
@@ -181,8 +158,8 @@ impl Server {
         ) {
             return PeerDecision::Drop;
         }
-        let to = a.five_tuple;
-        if let Some(number) = a.channels.number(peer, now) {
+        let to = a.five_tuple();
+        if let Some(number) = a.channels().number(peer, now) {
             let start = payload.start - channel_data::HEADER_LEN;
             channel_data::write_header(&mut buf[start..payload.start], number, len);
             let mut end = payload.end;
@@ -198,9 +175,14 @@ impl Server {
         }
         // Data indication: header, XOR-PEER-ADDRESS, DATA (RFC 8656 §11.3).
         self.counters.data_indications += 1;
-        let start = payload.start - message::data_indication_header_len(&peer);
+        let start = payload.start - message::data_indication_header_len(peer.as_addr());
         let pad = (4 - len % 4) % 4;
-        message::write_data_indication_header(&mut buf[start..payload.start], &peer, &tid, len);
+        message::write_data_indication_header(
+            &mut buf[start..payload.start],
+            peer.as_addr(),
+            &tid,
+            len,
+        );
         buf[payload.end..payload.end + pad].fill(0);
         PeerDecision::Forward {
             to,

@@ -15,9 +15,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use super::Server;
-use crate::engine::allocation::State;
 use crate::engine::stats::Flow;
-use crate::engine::{AllocationId, Transport};
+use crate::engine::{AllocationId, ChannelNumber, ClientAddr, PeerAddr, RelayAddr, Transport};
 
 /// One change for the fast path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,11 +38,11 @@ pub(super) struct Outbox {
 /// permission's and the allocation's deadlines).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelView {
-    pub number: u16,
-    pub peer: SocketAddr,
+    pub number: ChannelNumber,
+    pub peer: PeerAddr,
     /// The relayed address that talks to this peer (the second one of a dual allocation for an
     /// IPv6 peer).
-    pub relay: SocketAddr,
+    pub relay: RelayAddr,
     pub expires: Instant,
 }
 
@@ -55,14 +54,14 @@ pub struct PermissionView {
     pub peer: IpAddr,
     /// The relayed address that talks to this peer (the second one of a dual allocation for an
     /// IPv6 peer).
-    pub relay: SocketAddr,
+    pub relay: RelayAddr,
     pub expires: Instant,
 }
 
 /// What of one allocation the fast path may relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FastPathView {
-    pub client: SocketAddr,
+    pub client: ClientAddr,
     /// The server address the client sends to.
     pub local: SocketAddr,
     pub channels: Vec<ChannelView>,
@@ -96,7 +95,7 @@ impl Server {
     /// Every allocation again (after a reload: caps and policy may have changed).
     pub(super) fn fastpath_sync_all(&mut self) {
         if self.fastpath.on {
-            let ids: Vec<AllocationId> = self.allocations().map(|a| a.id).collect();
+            let ids: Vec<AllocationId> = self.allocations().map(|a| a.id()).collect();
             self.fastpath
                 .queue
                 .extend(ids.into_iter().map(FastPathCommand::Sync));
@@ -107,27 +106,22 @@ impl Server {
     /// active, not UDP, bandwidth-capped).
     pub fn fastpath_view(&self, id: AllocationId, now: Instant) -> Option<FastPathView> {
         let a = self.get(id)?;
-        if a.state != State::Active
-            || a.tcp
-            || a.five_tuple.transport != Transport::Udp
-            || a.to_peer_bucket.rate() != 0
-            || a.to_client_bucket.rate() != 0
+        if !a.is_active()
+            || a.is_tcp()
+            || a.five_tuple().transport != Transport::Udp
+            || a.is_capped()
             || self.config.bps_capacity != 0
         {
             return None;
         }
         let deadline = a.deadline();
-        let relay_for = |peer: IpAddr| match a.second_relay() {
-            Some(r) if peer.is_ipv6() => r,
-            _ => a.relay,
-        };
         let channels = a
-            .channels
+            .channels()
             .iter()
             .filter_map(|c| {
-                let perm = a.permissions.expires(c.peer.ip())?;
+                let perm = a.permissions().expires(c.peer.ip())?;
                 let expires = c.expires.min(perm).min(deadline);
-                let relay = relay_for(c.peer.ip());
+                let relay = a.relay_for(c.peer.ip());
                 (expires > now).then_some(ChannelView {
                     number: c.number,
                     peer: c.peer,
@@ -137,20 +131,20 @@ impl Server {
             })
             .collect();
         let permissions = a
-            .permissions
+            .permissions()
             .live(now)
             .filter_map(|p| {
                 let expires = p.expires.min(deadline);
                 (expires > now).then_some(PermissionView {
                     peer: p.ip,
-                    relay: relay_for(p.ip),
+                    relay: a.relay_for(p.ip),
                     expires,
                 })
             })
             .collect();
         Some(FastPathView {
-            client: a.five_tuple.client,
-            local: a.five_tuple.server,
+            client: a.five_tuple().client,
+            local: a.five_tuple().server,
             channels,
             permissions,
         })
@@ -171,17 +165,9 @@ impl Server {
     ) {
         self.counters.send_indications += send;
         self.counters.data_indications += data;
-        let add = |f: &mut Flow, d: Flow| {
-            f.packets += d.packets;
-            f.bytes += d.bytes;
-        };
-        let stats = match self.get_mut(id) {
-            Some(a) => &mut a.stats,
-            None => &mut self.counters.closed_traffic,
-        };
-        add(&mut stats.client_rcv, to_peer);
-        add(&mut stats.peer_sent, to_peer);
-        add(&mut stats.peer_rcv, to_client);
-        add(&mut stats.client_sent, to_client);
+        match self.get_mut(id) {
+            Some(a) => a.add_fastpath_traffic(to_peer, to_client),
+            None => self.counters.closed_traffic.add_relayed(to_peer, to_client),
+        }
     }
 }

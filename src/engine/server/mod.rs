@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::engine::allocation::{Allocation, AllocationId, PendingAllocate, SecondRelay, State};
+use crate::engine::allocation::{
+    Admission, Allocation, AllocationId, AllocationKind, Grant, PendingAllocate, SecondRelay,
+    State, Way,
+};
 use crate::engine::auth::{
     AuthFailure, Credentials, FleetUsage, Key, NonceCheck, NonceKey, PasswordAlgorithm, UserDbCell,
 };
@@ -25,7 +28,7 @@ use crate::engine::policy::{PeerPolicy, TokenBucket};
 use crate::engine::ports::PortPool;
 use crate::engine::redirect::FleetPeers;
 use crate::engine::stats::AllocationStats;
-use crate::engine::{FiveTuple, Transport};
+use crate::engine::{ChannelNumber, FiveTuple, PeerAddr, RelayAddr, Transport};
 use crate::proto::attr;
 use crate::proto::channel_data::{self, ChannelData};
 mod allocate;
@@ -90,7 +93,7 @@ pub enum Command {
     /// Bind a relay socket of `kind` to `addr` and report with [`Server::handle_relay_bound`].
     BindRelay {
         id: AllocationId,
-        addr: SocketAddr,
+        addr: RelayAddr,
         dont_fragment: bool,
         kind: RelayKind,
     },
@@ -100,8 +103,8 @@ pub enum Command {
     /// report with [`Server::handle_tcp_peer_connected`].
     ConnectPeer {
         cid: ConnectionId,
-        from: SocketAddr,
-        peer: SocketAddr,
+        from: RelayAddr,
+        peer: PeerAddr,
     },
     /// The client's data connection on `client` now carries the raw bytes of peer connection
     /// `cid`, both ways (after the ConnectionBind response queued just before).
@@ -140,7 +143,7 @@ pub enum ClientDecision {
     /// Send `packet[payload]` from the allocation's relay socket to `peer`.
     Forward {
         relay: AllocationId,
-        peer: SocketAddr,
+        peer: PeerAddr,
         payload: Range<usize>,
     },
     /// Nothing to relay (the packet was answered through commands, or dropped).
@@ -275,8 +278,8 @@ impl Server {
             |name: &str| old_users.is_static_user(name) || old_db.is_some_and(|d| d.has_user(name));
         let removed: Vec<AllocationId> = self
             .allocations()
-            .filter(|a| known_before(&a.username) && !known_now(&a.username))
-            .map(|a| a.id)
+            .filter(|a| known_before(a.username()) && !known_now(a.username()))
+            .map(|a| a.id())
             .collect();
         for id in removed {
             self.counters.allocations_deleted += 1;
@@ -354,11 +357,10 @@ impl Server {
             let Some(a) = self.get_mut(id) else {
                 continue;
             };
-            if a.timer_at != Some(t) {
+            if !a.timer_fired(t) {
                 continue; // superseded by an earlier entry for the same allocation
             }
-            a.timer_at = None;
-            let (deadline, active) = (a.deadline(), a.state == State::Active);
+            let (deadline, active) = (a.deadline(), a.is_active());
             if deadline <= now && active {
                 self.counters.allocations_expired += 1;
                 self.free(id, "allocation timeout");
@@ -377,12 +379,9 @@ impl Server {
         let Some(a) = self.get_mut(id) else {
             return;
         };
-        let deadline = a.deadline();
-        if a.timer_at.is_some_and(|t| t <= deadline) {
-            return;
+        if let Some(deadline) = a.arm_timer() {
+            self.timers.push(Reverse((deadline, id)));
         }
-        a.timer_at = Some(deadline);
-        self.timers.push(Reverse((deadline, id)));
     }
 
     /// Entries in the allocation timer heap (for tests: one per allocation at most, plus those
@@ -441,24 +440,21 @@ impl Server {
         };
         slot.generation = slot.generation.wrapping_add(1);
         self.free_slots.push(id.index);
-        self.by_five_tuple.remove(&a.five_tuple);
-        for r in std::iter::once(a.relay).chain(a.second_relay()) {
-            if r.port() != 0 {
-                self.shared.ports.release(r.ip(), r.port());
-            }
+        self.by_five_tuple.remove(&a.five_tuple());
+        for r in a.held_relays() {
+            self.shared.ports.release(r.ip(), r.port());
         }
         let sep = self.config.credentials.rest_separator();
         self.shared
-            .uncount(crate::engine::auth::quota_user(&a.username, sep));
+            .uncount(crate::engine::auth::quota_user(a.username(), sep));
         // Bytes a pipe still copies after this are not counted: it is being closed.
-        a.stats = a.traffic();
-        a.tcp_traffic.clear();
-        self.counters.closed_traffic.merge(&a.stats);
-        if a.state == State::Active {
+        let stats = a.close_traffic();
+        self.counters.closed_traffic.merge(&stats);
+        if a.is_active() {
             self.observe_ended(&a);
             crate::engine::session_log::log_allocation_ended(&self.config.realm, &a, reason);
         }
-        if a.tcp {
+        if a.is_tcp() {
             self.close_connections_of(id);
         }
         self.commands.push_back(Command::FreeRelay { id });
@@ -544,7 +540,7 @@ impl Server {
         if let Some(&id) = self.by_five_tuple.get(&five) {
             if self
                 .get(id)
-                .is_some_and(|a| a.state == State::Active && a.expires <= now)
+                .is_some_and(|a| a.is_active() && a.expires() <= now)
             {
                 self.counters.allocations_expired += 1;
                 self.free(id, "allocation timeout");
@@ -553,12 +549,12 @@ impl Server {
         // A retransmitted request on an allocation gets the cached answer (RFC 8489 §6.3.1,
         // RFC 8656 §7.2 on retransmitted Allocates).
         if let Some(a) = self.by_five_tuple.get(&five).and_then(|&id| self.get(id)) {
-            if &a.last_tid == m.transaction_id() && !a.last_response.is_empty() {
-                let data = a.last_response.clone();
+            if let Some(data) = a.cached_response(m.transaction_id()) {
+                let data = data.to_vec();
                 self.commands.push_back(Command::Send { to: five, data });
                 return Err(Stop::Nothing);
             }
-            if a.state != State::Active {
+            if !a.is_active() {
                 return Err(Stop::Nothing); // still binding: the answer will come
             }
         }

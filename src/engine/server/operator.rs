@@ -19,8 +19,8 @@ impl Server {
     pub fn kill_user(&mut self, username: &str) -> usize {
         let ids: Vec<AllocationId> = self
             .allocations()
-            .filter(|a| &*a.username == username)
-            .map(|a| a.id)
+            .filter(|a| &**a.username() == username)
+            .map(|a| a.id())
             .collect();
         ids.into_iter().filter(|&id| self.kill(id)).count()
     }
@@ -58,7 +58,7 @@ pub struct AllocationInfo {
 impl AllocationInfo {
     /// The IPv6 relayed address of a dual allocation.
     pub fn second_relay(&self) -> Option<SocketAddr> {
-        self.second.as_ref().map(|s| s.relay)
+        self.second.as_ref().map(|s| s.relay.addr())
     }
 
     /// What the second XOR-RELAYED-ADDRESS reports.

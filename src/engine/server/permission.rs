@@ -18,7 +18,7 @@ impl Server {
             let sign = self.signed(m, &auth);
             return Err(Reply::error(five, m, 437, &sign).uncached().into());
         };
-        let owner = self.get(id).map(|a| a.username.clone());
+        let owner = self.get(id).map(|a| a.username().clone());
         let auth = self.authenticate(now, five, m, owner.as_deref())?;
         Ok((id, auth))
     }
@@ -28,8 +28,8 @@ impl Server {
     pub(super) fn peer_error(&self, id: AllocationId, peer: &SocketAddr) -> Option<u16> {
         let a = self.get(id)?;
         // A dual allocation takes peers of either family (RFC 8656 §7.2).
-        let family_ok = |r: SocketAddr| r.is_ipv6() == peer.is_ipv6();
-        if !family_ok(a.relay) && !a.second_relay().is_some_and(family_ok) {
+        let family_ok = |r: RelayAddr| r.is_ipv6() == peer.is_ipv6();
+        if !family_ok(a.relay()) && !a.second_relay().is_some_and(family_ok) {
             return Some(443);
         }
         if !self.config.peer_policy.permits(peer.ip()) {
@@ -80,11 +80,11 @@ impl Server {
         let Some(a) = self.get_mut(id) else {
             return Err(Stop::Nothing);
         };
-        if !a.permissions.room_for(&ips, now, max) {
+        if !a.permissions_mut().room_for(&ips, now, max) {
             return refuse(508);
         }
         for ip in ips {
-            a.permissions.install(ip, expires);
+            a.permissions_mut().install(ip, expires);
         }
         self.fastpath_sync(id);
         Ok(Reply::success(five, m, &sign))

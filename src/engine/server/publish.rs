@@ -148,9 +148,9 @@ impl Aggregates {
     #[inline]
     fn add(&mut self, a: &Allocation, stats: &AllocationStats, now: Instant) {
         self.allocations += 1;
-        self.by_transport[transport_index(a.five_tuple.transport)] += 1;
-        self.permissions += a.permissions.len(now);
-        self.channels += a.channels.len(now);
+        self.by_transport[transport_index(a.five_tuple().transport)] += 1;
+        self.permissions += a.permissions().len(now);
+        self.channels += a.channels().len(now);
         self.live.merge(stats);
     }
 }
@@ -167,8 +167,8 @@ impl Select {
     fn matches(&self, a: &Allocation) -> bool {
         match self {
             Select::All => true,
-            Select::User(u) => *a.username == **u,
-            Select::Id(id) => a.id == *id,
+            Select::User(u) => **a.username() == **u,
+            Select::Id(id) => a.id() == *id,
         }
     }
 }
@@ -199,26 +199,27 @@ impl Server {
             let Some(a) = s.alloc.as_mut() else {
                 continue;
             };
-            if a.state != State::Active {
+            if !a.is_active() {
                 continue;
             }
             let stats = a.traffic();
             let bytes = relayed_bytes(&stats);
-            if a.rate.since == 0 {
-                a.rate.since = round;
+            let rate = a.rate_mut();
+            if rate.since == 0 {
+                rate.since = round;
             }
-            a.rate.bytes[slot] = bytes;
+            rate.bytes[slot] = bytes;
             agg.add(a, &stats, now);
             if by_user {
-                match p.users.get_mut(&a.username) {
+                match p.users.get_mut(a.username()) {
                     Some(t) => t.merge(&stats),
                     None => {
-                        p.users.insert(a.username.clone(), stats);
+                        p.users.insert(a.username().clone(), stats);
                     }
                 }
             }
             if k > 0 {
-                let entry = Reverse((p.rate(&a.rate).to_bits(), bytes, a.id.index));
+                let entry = Reverse((p.rate(a.rate()).to_bits(), bytes, a.id().index));
                 if p.heap.len() < k {
                     p.heap.push(entry);
                 } else if p.heap.peek().is_some_and(|least| entry < *least) {
@@ -232,9 +233,9 @@ impl Server {
         for Reverse((rate, _, index)) in p.heap.drain() {
             if let Some(a) = self.slots[index as usize].alloc.as_ref() {
                 agg.top.push(TopAllocation {
-                    id: a.id,
-                    username: a.username.clone(),
-                    relay: a.relay,
+                    id: a.id(),
+                    username: a.username().clone(),
+                    relay: a.relay().addr(),
                     rate: f64::from_bits(rate),
                     stats: a.traffic(),
                 });
@@ -256,7 +257,7 @@ impl Server {
     /// from the workers' present state, as it lists allocations.
     pub fn totals(&self, now: Instant) -> Aggregates {
         let mut agg = Aggregates::default();
-        for a in self.allocations().filter(|a| a.state == State::Active) {
+        for a in self.allocations().filter(|a| a.is_active()) {
             agg.add(a, &a.traffic(), now);
         }
         agg
@@ -267,21 +268,21 @@ impl Server {
     pub fn list(&self, now: Instant, select: &Select) -> Vec<AllocationInfo> {
         let unix = self.unix(now);
         self.allocations()
-            .filter(|a| a.state == State::Active && select.matches(a))
+            .filter(|a| a.is_active() && select.matches(a))
             .map(|a| AllocationInfo {
-                id: a.id,
-                username: a.username.clone(),
-                five_tuple: a.five_tuple,
-                relay: a.relay,
-                reported_relay: a.reported_relay,
-                second: a.second.as_deref().copied(),
+                id: a.id(),
+                username: a.username().clone(),
+                five_tuple: a.five_tuple(),
+                relay: a.relay().addr(),
+                reported_relay: a.reported_relay(),
+                second: a.second().copied(),
                 started_unix: unix
-                    .saturating_sub(now.saturating_duration_since(a.created).as_secs()),
-                expires_in: a.expires.saturating_duration_since(now).as_secs(),
-                permissions: a.permissions.len(now),
-                channels: a.channels.len(now),
+                    .saturating_sub(now.saturating_duration_since(a.created()).as_secs()),
+                expires_in: a.expires().saturating_duration_since(now).as_secs(),
+                permissions: a.permissions().len(now),
+                channels: a.channels().len(now),
                 stats: a.traffic(),
-                rate: self.publish.rate(&a.rate),
+                rate: self.publish.rate(a.rate()),
             })
             .collect()
     }
@@ -290,8 +291,8 @@ impl Server {
     /// user, the names shared with the allocations.
     pub fn count_by_user(&self) -> Vec<(Arc<str>, u32)> {
         let mut by_user: HashMap<&Arc<str>, u32> = HashMap::new();
-        for a in self.allocations().filter(|a| a.state == State::Active) {
-            *by_user.entry(&a.username).or_default() += 1;
+        for a in self.allocations().filter(|a| a.is_active()) {
+            *by_user.entry(a.username()).or_default() += 1;
         }
         by_user.into_iter().map(|(u, n)| (u.clone(), n)).collect()
     }
@@ -302,18 +303,18 @@ impl Server {
         let secs = self
             .unix_base
             .0
-            .saturating_duration_since(a.created)
+            .saturating_duration_since(a.created())
             .as_secs();
         self.counters
             .durations
-            .observe(transport_index(a.five_tuple.transport), secs);
+            .observe(transport_index(a.five_tuple().transport), secs);
         if self.config.traffic_by_user {
-            match self.publish.closed_by_user.get_mut(&a.username) {
-                Some(t) => t.merge(&a.stats),
+            match self.publish.closed_by_user.get_mut(a.username()) {
+                Some(t) => t.merge(a.stats()),
                 None => {
                     self.publish
                         .closed_by_user
-                        .insert(a.username.clone(), a.stats);
+                        .insert(a.username().clone(), *a.stats());
                 }
             }
         }

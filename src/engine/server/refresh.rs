@@ -15,14 +15,14 @@ impl Server {
             .get(attr::REQUESTED_ADDRESS_FAMILY)
             .and_then(attr::read_address_family)
         {
-            let family = |r: SocketAddr| {
+            let family = |r: RelayAddr| {
                 if r.is_ipv6() {
                     attr::FAMILY_IPV6
                 } else {
                     attr::FAMILY_IPV4
                 }
             };
-            if fam != family(a.relay) && a.second_relay().map(family) != Some(fam) {
+            if fam != family(a.relay()) && a.second_relay().map(family) != Some(fam) {
                 return Err(Reply::error(five, m, 443, &sign).into());
             }
         }
@@ -37,7 +37,7 @@ impl Server {
         let lifetime = self.lifetime(m);
         let expires = now + Duration::from_secs(u64::from(lifetime));
         if let Some(a) = self.get_mut(id) {
-            a.expires = expires;
+            a.refresh(expires);
         }
         self.schedule(id);
         self.fastpath_sync(id);

@@ -283,9 +283,7 @@ impl Server {
         if reply.cache && reply.from.is_none() {
             if let Some(&id) = self.by_five_tuple.get(&reply.to) {
                 if let Some(a) = self.get_mut(id) {
-                    a.last_tid.copy_from_slice(&reply.raw_tid[4..]);
-                    a.last_response.clear();
-                    a.last_response.extend_from_slice(&data);
+                    a.remember_response(&reply.raw_tid[4..], &data);
                 }
             }
         }

@@ -80,8 +80,8 @@ impl Server {
         let (username, budget) = match self.get_mut(alloc) {
             Some(a) => {
                 a.settle_tcp_traffic();
-                a.tcp_traffic.push(traffic.clone());
-                (a.username.to_string(), Some(a.pipe_budget.clone()))
+                a.add_tcp_traffic(traffic.clone());
+                (a.username().to_string(), Some(a.pipe_budget().clone()))
             }
             None => (String::new(), None),
         };
@@ -165,7 +165,7 @@ impl Server {
         let Some(a) = self.get(id) else {
             return;
         };
-        let (to, sign) = (a.five_tuple, self.later_sign(a.key.as_ref(), later));
+        let (to, sign) = (a.five_tuple(), self.later_sign(a.key(), later));
         let reply = Reply::deferred(to, Method::CONNECT, class, &later.tid, sign).with(fill);
         self.send(reply);
     }
@@ -180,10 +180,10 @@ impl Server {
             return Err(Stop::Nothing);
         };
         // Only a TCP allocation connects to peers.
-        if !a.tcp {
+        if !a.is_tcp() {
             return refuse(400);
         }
-        let from = a.relay;
+        let from = a.relay();
         let Some(peer) = m.get_xor_address(attr::XOR_PEER_ADDRESS) else {
             return refuse(400);
         };
@@ -200,8 +200,11 @@ impl Server {
         }
         let state = ConnState::Connecting(Later::of(m, &sign));
         let cid = self.add_connection(now, id, peer, state);
-        self.commands
-            .push_back(Command::ConnectPeer { cid, from, peer });
+        self.commands.push_back(Command::ConnectPeer {
+            cid,
+            from,
+            peer: PeerAddr::new(peer),
+        });
         Err(Stop::Nothing)
     }
 
@@ -250,15 +253,11 @@ impl Server {
         peer: SocketAddr,
     ) -> Option<ConnectionId> {
         let a = self.get(id)?;
-        if !a.tcp
-            || a.state != State::Active
-            || a.expires <= now
-            || !a.permissions.allows(peer.ip(), now)
-        {
+        if !a.is_tcp() || !a.is_live(now) || !a.permissions().allows(peer.ip(), now) {
             self.counters.dropped_no_permission += 1;
             return None;
         }
-        let to = a.five_tuple;
+        let to = a.five_tuple();
         if self.connections_of(id, peer).0 >= MAX_TCP_CONNECTIONS_PER_ALLOCATION {
             return None;
         }

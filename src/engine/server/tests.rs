@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use crate::engine::auth::{self, UserSecret};
 use crate::engine::policy::IpRange;
 use crate::engine::redirect::{FleetPeer, REDIRECT_MEMORY};
-use crate::engine::Transport;
+use crate::engine::{ClientAddr, Transport};
 
 const REALM: &str = "example.org";
 const UNIX0: u64 = 1_700_000_000;
@@ -32,7 +32,7 @@ fn peer() -> SocketAddr {
 fn five(transport: Transport, ip: IpAddr, port: u16) -> FiveTuple {
     FiveTuple {
         transport,
-        client: SocketAddr::new(ip, port),
+        client: ClientAddr::new(SocketAddr::new(ip, port)),
         server: sa(SERVER_ADDR),
     }
 }
@@ -200,7 +200,7 @@ impl H {
             match c {
                 Command::Send { to, data } => self.sent.push((to, data)),
                 Command::BindRelay { id, addr, .. } => {
-                    self.binds.push((id, addr));
+                    self.binds.push((id, addr.addr()));
                     let r = if self.fail_binds > 0 {
                         self.fail_binds -= 1;
                         Bind::Failed
@@ -262,11 +262,15 @@ impl H {
     }
 
     fn alloc_id(&self, five: FiveTuple) -> AllocationId {
-        self.s.allocation_on(&five).expect("an allocation").id
+        self.s.allocation_on(&five).expect("an allocation").id()
     }
 
     fn relay_of(&self, five: FiveTuple) -> SocketAddr {
-        self.s.allocation_on(&five).expect("an allocation").relay
+        self.s
+            .allocation_on(&five)
+            .expect("an allocation")
+            .relay()
+            .addr()
     }
 
     /// A peer datagram laid out as a worker does: headroom, payload, tailroom (filled with junk
@@ -283,7 +287,7 @@ impl H {
         let d = self.s.handle_peer_input(
             self.now,
             id,
-            peer,
+            PeerAddr::new(peer),
             &mut buf,
             PEER_HEADROOM..PEER_HEADROOM + payload.len(),
         );
@@ -459,8 +463,9 @@ impl Client {
 }
 
 fn channel_data(number: u16, data: &[u8]) -> Vec<u8> {
-    let mut out = vec![0u8; 4];
-    channel_data::write_header(&mut out, number, data.len());
+    // Any number, bindable or not: the tests send out-of-range ones too.
+    let mut out = number.to_be_bytes().to_vec();
+    out.extend_from_slice(&(data.len() as u16).to_be_bytes());
     out.extend_from_slice(data);
     out
 }

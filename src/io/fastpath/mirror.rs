@@ -74,19 +74,26 @@ impl Mirror {
         };
         // Within one family or across (a dual allocation's peer of the other family, relayed
         // from the relay address of the peer's family).
-        let client = canonical(view.client);
+        let client = canonical(view.client.addr());
         let local = canonical(view.local);
         let wanted: Vec<(u16, std::net::SocketAddr, std::net::SocketAddr, u64)> = view
             .channels
             .iter()
             .filter(|c| c.peer.is_ipv4() == c.relay.is_ipv4())
-            .map(|c| (c.number, c.peer, c.relay, self.ns(c.expires)))
+            .map(|c| {
+                (
+                    c.number.get(),
+                    c.peer.addr(),
+                    c.relay.addr(),
+                    self.ns(c.expires),
+                )
+            })
             .collect();
         let wanted_perms: Vec<(std::net::IpAddr, std::net::SocketAddr, u64)> = view
             .permissions
             .iter()
             .filter(|p| p.peer.is_ipv4() == p.relay.is_ipv4())
-            .map(|p| (p.peer, p.relay, self.ns(p.expires)))
+            .map(|p| (p.peer, p.relay.addr(), self.ns(p.expires)))
             .collect();
         if wanted.is_empty() && wanted_perms.is_empty() && !self.by_alloc.contains_key(&id) {
             return;
@@ -145,7 +152,7 @@ impl Mirror {
             .filter(|c| {
                 !m.entries
                     .iter()
-                    .any(|e| e.channel == c.number && e.peer == c.peer)
+                    .any(|e| e.channel == c.number.get() && e.peer == c.peer.addr())
             })
             .map(|c| c.peer.ip())
             .collect();

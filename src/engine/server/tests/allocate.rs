@@ -133,7 +133,7 @@ fn peer_policy_refusals_are_403() {
     })
     .assert_err(403);
     let id = h.alloc_id(c.five);
-    assert!(h.s.get(id).unwrap().permissions.is_empty(h.now));
+    assert!(h.s.get(id).unwrap().permissions().is_empty(h.now));
     c6.permit(&mut h, sa("[2001:db8::77]:1")).assert_ok();
     c.permit(&mut h, peer()).assert_ok();
 
@@ -297,7 +297,7 @@ fn allocate_success_response() {
     assert!((MIN_PORT..=MAX_PORT).contains(&relay.port()));
     assert_eq!(h.binds, vec![(h.alloc_id(c.five), relay)]);
     assert_eq!(r.lifetime(), Some(600));
-    assert_eq!(r.xor(attr::XOR_MAPPED_ADDRESS), Some(c.five.client));
+    assert_eq!(r.xor(attr::XOR_MAPPED_ADDRESS), Some(c.five.client.addr()));
     assert!(r.has(attr::SOFTWARE));
     let m = r.msg();
     assert!(m.check_integrity(&c.key()));
@@ -331,7 +331,7 @@ fn allocate_lifetimes() {
         });
         assert_eq!(r.assert_ok().lifetime(), Some(got), "asked {asked}");
         assert_eq!(
-            h.s.allocation_on(&c.five).unwrap().expires,
+            h.s.allocation_on(&c.five).unwrap().expires(),
             h.t0 + Duration::from_secs(u64::from(got))
         );
     }
@@ -345,8 +345,11 @@ fn external_ip_mapping_changes_xor_relayed_address() {
         cfg.external_ips = vec![(public, private)];
         let (h, c) = allocated(cfg);
         let a = h.s.allocation_on(&c.five).unwrap();
-        assert_eq!(a.relay.ip(), RELAY_IP);
-        assert_eq!(a.reported_relay, SocketAddr::new(public, a.relay.port()));
+        assert_eq!(a.relay().ip(), RELAY_IP);
+        assert_eq!(
+            a.reported_relay(),
+            SocketAddr::new(public, a.relay().port())
+        );
     }
     // A mapping for another private address leaves ours alone.
     let mut cfg = config();

@@ -156,7 +156,7 @@ fn rest_credentials_authenticate_until_they_expire() {
     let mut c = Client::new(udp(40000), &cred.username, &cred.password);
     c.allocate(&mut h).assert_ok();
     assert_eq!(
-        h.s.allocation_on(&c.five).unwrap().username.as_ref(),
+        h.s.allocation_on(&c.five).unwrap().username().as_ref(),
         cred.username.as_str()
     );
     // A bare-expiry username works too.
@@ -385,7 +385,7 @@ fn userhash_in_place_of_username() {
     r.assert_ok();
     assert!(r.msg().check_integrity(&c.key()));
     assert_eq!(
-        h.s.allocation_on(&c.five).unwrap().username.as_ref(),
+        h.s.allocation_on(&c.five).unwrap().username().as_ref(),
         "alice"
     );
     c.permit(&mut h, peer()).assert_ok();

@@ -23,7 +23,7 @@ fn send_indication_needs_a_permission() {
     else {
         panic!("expected Forward, got {d:?}");
     };
-    assert_eq!((relay, to), (id, peer()));
+    assert_eq!((relay, to), (id, PeerAddr::new(peer())));
     assert_eq!(&ind[payload], b"hello peer");
     // The permission is per IP: another port of the same peer passes.
     let other_port = c.send_indication(sa("203.0.113.5:1"), b"x");
@@ -68,7 +68,7 @@ fn channel_bind_then_channel_data_forwards() {
             h.input(c.five, &cd),
             ClientDecision::Forward {
                 relay: id,
-                peer: peer(),
+                peer: PeerAddr::new(peer()),
                 payload: 4..4 + len
             }
         );
@@ -116,8 +116,8 @@ fn peer_data_becomes_a_data_indication() {
     assert_eq!(d, PeerDecision::Drop);
     assert_eq!(h.s.counters().dropped_no_permission, 2);
     let a = h.s.allocation_on(&c.five).unwrap();
-    assert_eq!(a.stats.client_sent.packets, 5);
-    assert_eq!(a.stats.peer_rcv.packets, 7);
+    assert_eq!(a.stats().client_sent.packets, 5);
+    assert_eq!(a.stats().peer_rcv.packets, 7);
     assert_eq!(h.s.counters().data_indications, 5);
 }
 
@@ -176,7 +176,7 @@ fn peer_data_on_a_channel_gets_a_channel_data_header() {
             );
             let f = &buf[frame];
             let cd = ChannelData::decode(f).unwrap();
-            assert_eq!((cd.channel, cd.data), (0x4ABC, payload));
+            assert_eq!((cd.channel.get(), cd.data), (0x4ABC, payload));
             assert!(
                 f[4 + payload.len()..].iter().all(|&b| b == 0),
                 "padding is zeros"
@@ -217,7 +217,7 @@ fn peer_input_with_bad_buffers_is_dropped() {
     ];
     for r in cases {
         assert_eq!(
-            h.s.handle_peer_input(now, id, peer(), &mut buf, r.clone()),
+            h.s.handle_peer_input(now, id, PeerAddr::new(peer()), &mut buf, r.clone()),
             PeerDecision::Drop,
             "{r:?}"
         );
@@ -226,7 +226,7 @@ fn peer_input_with_bad_buffers_is_dropped() {
     let mut big = vec![0u8; PEER_HEADROOM + 0xFFFF + PEER_TAILROOM];
     let r = PEER_HEADROOM..PEER_HEADROOM + 0xFFFF - 63;
     assert_eq!(
-        h.s.handle_peer_input(now, id, peer(), &mut big, r),
+        h.s.handle_peer_input(now, id, PeerAddr::new(peer()), &mut big, r),
         PeerDecision::Drop
     );
     // An id from nowhere.
@@ -235,13 +235,25 @@ fn peer_input_with_bad_buffers_is_dropped() {
         generation: 3,
     };
     assert_eq!(
-        h.s.handle_peer_input(now, bogus, peer(), &mut buf, PEER_HEADROOM..60),
+        h.s.handle_peer_input(
+            now,
+            bogus,
+            PeerAddr::new(peer()),
+            &mut buf,
+            PEER_HEADROOM..60
+        ),
         PeerDecision::Drop
     );
     // The exact minimum works.
     let mut ok = vec![0u8; PEER_HEADROOM + 4 + PEER_TAILROOM];
     assert!(matches!(
-        h.s.handle_peer_input(now, id, peer(), &mut ok, PEER_HEADROOM..PEER_HEADROOM + 4),
+        h.s.handle_peer_input(
+            now,
+            id,
+            PeerAddr::new(peer()),
+            &mut ok,
+            PEER_HEADROOM..PEER_HEADROOM + 4
+        ),
         PeerDecision::Forward { .. }
     ));
 }

@@ -84,7 +84,7 @@ fn dual_allocation_relays_both_families_with_permissions_per_peer() {
     c.permit(&mut h, p6).assert_ok();
     let send = c.send_indication(p6, b"hello6");
     match h.input(c.five, &send) {
-        ClientDecision::Forward { relay, peer, .. } => assert_eq!((relay, peer), (id, p6)),
+        ClientDecision::Forward { relay, peer, .. } => assert_eq!((relay, peer.addr()), (id, p6)),
         d => panic!("expected a forward, got {d:?}"),
     }
     let (d, buf) = h.peer_sends(c.five, p6, b"from-v6");
@@ -103,7 +103,9 @@ fn dual_allocation_relays_both_families_with_permissions_per_peer() {
     c.channel_bind(&mut h, 0x4001, p6).assert_ok();
     for (n, p) in [(0x4000, p4), (0x4001, p6)] {
         match h.input(c.five, &channel_data(n, b"cd")) {
-            ClientDecision::Forward { relay, peer, .. } => assert_eq!((relay, peer), (id, p)),
+            ClientDecision::Forward { relay, peer, .. } => {
+                assert_eq!((relay, peer.addr()), (id, p))
+            }
             d => panic!("expected a forward to {p}, got {d:?}"),
         }
         let (d, buf) = h.peer_sends(c.five, p, b"back");
@@ -267,7 +269,7 @@ fn default_family_follows_the_allocation_default_address_family_flag() {
         assert_eq!(a[0].is_ipv6(), want_v6, "{family:?} for {client:?}");
         // An explicit family still wins.
         let mut c2 = Client::alice(FiveTuple {
-            client: SocketAddr::new(client.client.ip(), 40001),
+            client: ClientAddr::new(SocketAddr::new(client.client.ip(), 40001)),
             ..client
         });
         let r = c2.allocate_with(&mut h, &|b| {

@@ -28,7 +28,7 @@ fn bind_refresh_and_delete_are_queued_and_the_view_follows_the_deadlines() {
     assert_eq!(view.channels.len(), 1);
     let ch = view.channels[0];
     assert_eq!(
-        (ch.number, ch.peer, ch.relay),
+        (ch.number.get(), ch.peer.addr(), ch.relay.addr()),
         (0x4000, peer(), h.relay_of(c.five))
     );
     // The permission (300 s) ends before the channel (600 s): the entry ends with it.
@@ -81,7 +81,7 @@ fn permissions_are_queued_and_in_the_view_with_their_relay_and_deadline_until_th
         view.permissions,
         vec![PermissionView {
             peer: peer().ip(),
-            relay: h.relay_of(c.five),
+            relay: RelayAddr::new(h.relay_of(c.five)),
             expires: h.now + Duration::from_secs(300),
         }]
     );

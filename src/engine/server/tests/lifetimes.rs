@@ -29,7 +29,13 @@ fn allocation_expires_at_its_lifetime() {
     // The old id finds nothing, even though the slot is reused.
     let mut buf = vec![0u8; 64];
     assert_eq!(
-        h.s.handle_peer_input(h.now, id, peer(), &mut buf, PEER_HEADROOM..52),
+        h.s.handle_peer_input(
+            h.now,
+            id,
+            PeerAddr::new(peer()),
+            &mut buf,
+            PEER_HEADROOM..52
+        ),
         PeerDecision::Drop
     );
     assert_ne!(h.alloc_id(udp(40001)), id);
@@ -188,7 +194,7 @@ fn channel_expires_after_600s_then_quarantine() {
         h.input(c.five, &channel_data(0x4000, b"x")),
         ClientDecision::Forward {
             relay: id,
-            peer: p2,
+            peer: PeerAddr::new(p2),
             payload: 4..5
         }
     );
@@ -246,8 +252,8 @@ fn bandwidth_cap_drops_excess_and_recovers() {
         PeerDecision::Forward { .. }
     ));
     let a = h.s.allocation_on(&c.five).unwrap();
-    assert_eq!(a.stats.dropped.packets, 2);
-    assert_eq!(a.stats.peer_sent.bytes, 1200);
+    assert_eq!(a.stats().dropped.packets, 2);
+    assert_eq!(a.stats().peer_sent.bytes, 1200);
 }
 
 #[test]

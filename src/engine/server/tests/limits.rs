@@ -55,7 +55,7 @@ fn create_permission_with_many_peers_is_capped_and_deduplicated() {
     })
     .assert_err(508);
     let id = h.alloc_id(c.five);
-    assert!(h.s.get(id).unwrap().permissions.is_empty(h.now));
+    assert!(h.s.get(id).unwrap().permissions().is_empty(h.now));
     // The same four addresses, each named (with other ports) -- 4 distinct IPs, 4 attributes.
     c.request(&mut h, Method::CREATE_PERMISSION, &|b| {
         for p in &many[..4] {
@@ -63,7 +63,7 @@ fn create_permission_with_many_peers_is_capped_and_deduplicated() {
         }
     })
     .assert_ok();
-    assert_eq!(h.s.get(id).unwrap().permissions.len(h.now), 4);
+    assert_eq!(h.s.get(id).unwrap().permissions().len(h.now), 4);
     // One IP named four times is one permission: it fits beside... nothing more, but refreshes.
     c.request(&mut h, Method::CREATE_PERMISSION, &|b| {
         for port in 1..=4 {
@@ -74,7 +74,7 @@ fn create_permission_with_many_peers_is_capped_and_deduplicated() {
         }
     })
     .assert_ok();
-    assert_eq!(h.s.get(id).unwrap().permissions.len(h.now), 4);
+    assert_eq!(h.s.get(id).unwrap().permissions().len(h.now), 4);
 }
 
 #[test]

@@ -278,8 +278,13 @@ fn mutated_requests_never_panic_and_a_good_client_keeps_relaying() {
                     let b = rng.below(len + 8);
                     let peers = [peer(), sa("203.0.113.9:3"), sa("[2001:db8::1]:2")];
                     let p = peers[rng.below(peers.len())];
-                    let d =
-                        h.s.handle_peer_input(h.now, id, p, &mut buf, a.min(b)..a.max(b));
+                    let d = h.s.handle_peer_input(
+                        h.now,
+                        id,
+                        PeerAddr::new(p),
+                        &mut buf,
+                        a.min(b)..a.max(b),
+                    );
                     if let PeerDecision::Forward { frame, .. } = d {
                         assert!(frame.end <= buf.len());
                     }
@@ -321,7 +326,7 @@ fn mutated_requests_never_panic_and_a_good_client_keeps_relaying() {
         h.input(good.five, &channel_data(0x4000, b"abc")),
         ClientDecision::Forward {
             relay: id,
-            peer: peer(),
+            peer: PeerAddr::new(peer()),
             payload: 4..7
         }
     );

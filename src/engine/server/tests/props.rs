@@ -47,13 +47,13 @@ fn check(h: &H, now_ms: u64) -> Result<(), TestCaseError> {
     let now = h.t0 + Duration::from_millis(now_ms);
     let live: Vec<&Allocation> = h.s.allocations().collect();
     for a in &live {
-        prop_assert!(a.state == State::Active, "harness binds at once");
+        prop_assert!(a.state() == State::Active, "harness binds at once");
         prop_assert!(
-            a.expires > now,
+            a.expires() > now,
             "allocation past its lifetime after handle_timeout"
         );
     }
-    let relays: HashSet<SocketAddr> = live.iter().map(|a| a.relay).collect();
+    let relays: HashSet<SocketAddr> = live.iter().map(|a| a.relay().addr()).collect();
     prop_assert_eq!(relays.len(), live.len(), "a relay port is double-booked");
     let size = u32::from(MAX_PORT - MIN_PORT) + 1;
     prop_assert_eq!(
@@ -63,7 +63,7 @@ fn check(h: &H, now_ms: u64) -> Result<(), TestCaseError> {
     );
     prop_assert!(live.len() as u32 <= TOTAL_QUOTA);
     for user in ["alice", "bob"] {
-        let n = live.iter().filter(|a| &*a.username == user).count() as u32;
+        let n = live.iter().filter(|a| &**a.username() == user).count() as u32;
         prop_assert!(n <= USER_QUOTA, "{} has {} allocations", user, n);
     }
     prop_assert_eq!(
@@ -157,7 +157,7 @@ proptest! {
                     prop_assert!(h.sent.is_empty(), "data is never answered");
                     if let ClientDecision::Forward { relay, .. } = d {
                         let a = h.s.allocation_on(&five);
-                        prop_assert!(a.is_some_and(|a| a.id == relay), "forward for a live allocation only");
+                        prop_assert!(a.is_some_and(|a| a.id() == relay), "forward for a live allocation only");
                     }
                 }
                 Op::Advance(s) => {

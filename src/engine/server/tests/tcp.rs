@@ -72,8 +72,8 @@ fn tcp_allocations_need_a_stream_and_no_udp_only_attributes() {
     let r = allocate_tcp(&mut h, &mut c);
     r.assert_ok();
     let a = h.s.allocation_on(&c.five).unwrap();
-    assert!(a.tcp);
-    assert_eq!(r.xor(attr::XOR_RELAYED_ADDRESS), Some(a.relay));
+    assert!(a.is_tcp());
+    assert_eq!(r.xor(attr::XOR_RELAYED_ADDRESS), Some(a.relay().addr()));
     // Over TLS too.
     let mut t = Client::alice(five(Transport::Tls, CLIENT_IP, 40001));
     allocate_tcp(&mut h, &mut t).assert_ok();
@@ -107,7 +107,7 @@ fn connect_then_connection_bind_on_a_new_connection() {
     let Some(Command::ConnectPeer { cid, from, peer: p }) = h.tcp.pop() else {
         panic!("expected ConnectPeer, got {:?}", h.tcp);
     };
-    assert_eq!((from, p), (relay, peer()));
+    assert_eq!((from.addr(), p.addr()), (relay, peer()));
     // The same peer again while connecting: 446.
     connect(&mut h, &mut c, peer()).unwrap().assert_err(446);
     h.s.handle_tcp_peer_connected(h.now, cid, true);
@@ -391,8 +391,11 @@ fn pipe_bytes_count_into_the_owning_allocation_live_and_at_its_end() {
         assert_eq!(stats(&h1).peer_sent, flow(total.0, 1024 * (round + 1)));
     }
     // Closed connections were folded as new ones came: the allocation holds one set.
-    let a = h1.s.allocations().find(|a| a.id == id).unwrap();
-    assert_eq!(a.tcp_traffic.len(), 1);
+    let a = h1.s.allocations().find(|a| a.id() == id).unwrap();
+    let AllocationKind::Tcp { traffic } = a.kind() else {
+        panic!("a TCP allocation");
+    };
+    assert_eq!(traffic.len(), 1);
     // At its end they go to the totals.
     let live = stats(&h1);
     h1.drain();
