@@ -9,7 +9,8 @@
 //!
 //! `cargo bench --bench fastpath` (root): 100,000 single runs per path (each call runs the
 //! program once on the original frame: with `repeat` the kernel would rerun it on its own
-//! output), three rounds, the best round's mean printed. Under `cargo test` (no `--bench`) it runs each path a thousand times as a smoke test.
+//! output), three rounds; the best round's mean and the median of all runs printed, each also
+//! less an empty program's. Under `cargo test` (no `--bench`) it runs each path a thousand times as a smoke test.
 //! Every output frame is parsed back and its checksums verified before timing.
 
 use std::net::SocketAddr;
@@ -208,25 +209,37 @@ fn main() {
             XDP_TX,
         ));
     }
-    let mean = |run: &dyn Fn() -> u32| -> u64 {
-        (0..rounds)
-            .map(|_| (0..repeat).map(|_| u64::from(run())).sum::<u64>() / u64::from(repeat))
-            .min()
-            .unwrap_or(0)
+    // Per path: the best round's mean, and the median of every single run (which a run that a
+    // interrupt or another task's time lands in moves far less on a busy machine).
+    let measure = |run: &dyn Fn() -> u32| -> (u64, u64) {
+        let mut all = Vec::with_capacity((repeat * rounds) as usize);
+        let mut best = u64::MAX;
+        for _ in 0..rounds {
+            let start = all.len();
+            all.extend((0..repeat).map(|_| u64::from(run())));
+            best = best.min(all[start..].iter().sum::<u64>() / u64::from(repeat));
+        }
+        all.sort_unstable();
+        (best, all[all.len() / 2])
     };
     // What one run costs the kernel's timing loop by itself (bh off and on, two clock reads):
     // the pass-everything program on the same frame. Subtracted below.
     let base_frame = &paths[0].1;
     // A round unmeasured first: the first path timed was the slowest for no reason of its own.
-    let _ = mean(&|| fp.test_run(base_frame, 1).expect("test run").ns_per_run);
-    let base = mean(&|| {
+    let _ = measure(&|| fp.test_run(base_frame, 1).expect("test run").ns_per_run);
+    let (base, base_median) = measure(&|| {
         fp.test_run_pass(base_frame, 1)
             .expect("test run")
             .ns_per_run
     });
     println!(
-        "XDP fast path, BPF_PROG_TEST_RUN, mean of {repeat} single runs, best of {rounds} rounds; \
-         an empty program measures {base} ns here, subtracted in the last column:"
+        "XDP fast path, BPF_PROG_TEST_RUN, {repeat} single runs a round, {rounds} rounds: the best \
+         round's mean and the median of all runs; an empty program measures {base} ns (mean) and \
+         {base_median} ns (median) here, subtracted in the per-packet columns:"
+    );
+    println!(
+        "  {:<40} {:>8} {:>8} {:>10} {:>10}",
+        "path", "mean", "median", "mean-base", "med-base"
     );
     for (name, input, action) in &paths {
         let check = fp.test_run(input, 1).expect("test run");
@@ -235,10 +248,11 @@ fn main() {
         // One run per call: with `repeat` > 1 the kernel runs the program again on the frame
         // it just rewrote (it does not restore the input between runs), so every run after
         // the first would time the miss the relayed frame is.
-        let raw = mean(&|| fp.test_run(input, 1).expect("test run").ns_per_run);
+        let (raw, median) = measure(&|| fp.test_run(input, 1).expect("test run").ns_per_run);
         println!(
-            "  {name:<40} {raw:>5} ns  {:>5} ns/packet",
-            raw.saturating_sub(base)
+            "  {name:<40} {raw:>5} ns {median:>5} ns {:>7} ns {:>7} ns",
+            raw.saturating_sub(base),
+            median.saturating_sub(base_median)
         );
     }
 }

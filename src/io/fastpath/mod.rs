@@ -259,7 +259,8 @@ pub struct ChannelMirror {
     pub channel: u16,
     /// The allocation's counter slot ([`FastPath::take_slot`]).
     pub slot: u32,
-    /// CLOCK_MONOTONIC nanoseconds ([`monotonic_ns`]) from which the kernel stops using it.
+    /// CLOCK_MONOTONIC nanoseconds ([`monotonic_ns`]) by which the kernel has stopped using it
+    /// (the program stops up to 50 ms before: `EXPIRY_MARGIN_NS`, early and never late).
     pub expires_ns: u64,
 }
 
@@ -274,12 +275,13 @@ pub struct PermissionMirror {
     pub peer: IpAddr,
     /// The allocation's counter slot ([`FastPath::take_slot`]).
     pub slot: u32,
-    /// CLOCK_MONOTONIC nanoseconds ([`monotonic_ns`]) from which the kernel stops using it.
+    /// CLOCK_MONOTONIC nanoseconds ([`monotonic_ns`]) by which the kernel has stopped using it
+    /// (the program stops up to 50 ms before: `EXPIRY_MARGIN_NS`, early and never late).
     pub expires_ns: u64,
 }
 
-/// CLOCK_MONOTONIC now, in nanoseconds: the clock of `bpf_ktime_get_ns` (and of [`std::time::Instant`]
-/// on Linux).
+/// CLOCK_MONOTONIC now, in nanoseconds: the clock of `bpf_ktime_get_ns` and
+/// `bpf_ktime_get_coarse_ns` (and of [`std::time::Instant`] on Linux).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,

@@ -56,9 +56,10 @@ struct chan_key {
 	__u16 pad;
 };
 
-// `expires_ns`: CLOCK_MONOTONIC (bpf_ktime_get_ns) past which the entry is not used: user space
-// sets it to the earliest of the channel's, its permission's and the allocation's deadlines, so
-// an entry lapses when the engine would refuse it, with no timer.
+// `expires_ns`: CLOCK_MONOTONIC past which the entry is not used: user space sets it to the
+// earliest of the channel's, its permission's and the allocation's deadlines, and the program
+// stops using it EXPIRY_MARGIN_NS before (see `expired`), so an entry lapses no later than the
+// engine would refuse it, with no timer.
 struct chan_val {
 	struct endpoint relay;
 	struct endpoint peer;
@@ -219,45 +220,62 @@ static __always_inline void count(__u32 slot, int c2p, __u64 bytes)
 	count_kind(slot, c2p, bytes, 0);
 }
 
-// One's-complement arithmetic on raw 16-bit words as they lie in memory (network order): the
-// sum is the same whichever byte order both sides use, so no word is ever byte-swapped.
-static __always_inline __u32 csum_add(__u32 sum, __u16 word)
+// One's-complement arithmetic on raw words as they lie in memory (network order): the sum is
+// the same whichever byte order both sides use, so no word is ever byte-swapped. Sums are kept
+// in 64 bits and take 32-bit words where the data has them (a 32-bit word adds its two 16-bit
+// halves, since 2^16 = 1 modulo 0xffff; its complement takes them out); csum_fold brings a sum
+// back to 16 bits.
+static __always_inline __u64 csum_add(__u64 sum, __u16 word)
 {
 	return sum + word;
 }
 
-static __always_inline __u32 csum_sub(__u32 sum, __u16 word)
+static __always_inline __u64 csum_sub(__u64 sum, __u16 word)
 {
 	return sum + (__u16)~word;
 }
 
-static __always_inline __u16 csum_fold(__u32 sum)
+static __always_inline __u64 csum_add32(__u64 sum, __u32 word)
 {
+	return sum + word;
+}
+
+static __always_inline __u64 csum_sub32(__u64 sum, __u32 word)
+{
+	return sum + (__u32)~word;
+}
+
+// A sum of fewer than 2^32 words to 16 bits: the first two folds leave at most 0xffffffff.
+static __always_inline __u16 csum_fold(__u64 sum)
+{
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	sum = (sum & 0xffffffff) + (sum >> 32);
 	sum = (sum & 0xffff) + (sum >> 16);
 	sum = (sum & 0xffff) + (sum >> 16);
 	return (__u16)sum;
 }
 
-static __always_inline __u32 csum_sub_words(__u32 sum, const __u16 *w, int n)
+// `n` 16-bit words (4 or 8: an address) at `w`, taken out or added as 32-bit words.
+static __always_inline __u64 csum_sub_words(__u64 sum, const __u16 *w, int n)
 {
 #pragma unroll
-	for (int i = 0; i < 8; i++)
-		if (i < n)
-			sum = csum_sub(sum, w[i]);
+	for (int i = 0; i < 4; i++)
+		if (2 * i < n)
+			sum = csum_sub32(sum, ((const __u32 *)w)[i]);
 	return sum;
 }
 
-static __always_inline __u32 csum_add_words(__u32 sum, const __u16 *w, int n)
+static __always_inline __u64 csum_add_words(__u64 sum, const __u16 *w, int n)
 {
 #pragma unroll
-	for (int i = 0; i < 8; i++)
-		if (i < n)
-			sum = csum_add(sum, w[i]);
+	for (int i = 0; i < 4; i++)
+		if (2 * i < n)
+			sum = csum_add32(sum, ((const __u32 *)w)[i]);
 	return sum;
 }
 
 // The UDP checksum after an update `sum` (RFC 1624 eqn. 3: ~(~HC + ~m + m')); 0 is sent as 0xffff.
-static __always_inline __u16 udp_csum_finish(__u32 sum)
+static __always_inline __u16 udp_csum_finish(__u64 sum)
 {
 	__u16 c = ~csum_fold(sum);
 	return c ? c : 0xffff;
@@ -265,11 +283,11 @@ static __always_inline __u16 udp_csum_finish(__u32 sum)
 
 static __always_inline void ipv4_csum(struct iphdr *ip)
 {
-	__u16 *w = (__u16 *)ip;
-	__u32 sum = 0;
+	const __u32 *w = (const __u32 *)ip;
+	__u64 sum = 0;
 	ip->check = 0;
 #pragma unroll
-	for (int i = 0; i < 10; i++)
+	for (int i = 0; i < 5; i++)
 		sum += w[i];
 	ip->check = ~csum_fold(sum);
 }
@@ -309,6 +327,37 @@ struct v6_headers {
 #define V4_HDRS (sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct udphdr))
 #define V6_HDRS (sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + sizeof(struct udphdr))
 
+// Copies the headers between a frame and scratch space eight bytes at a time. Neither side is
+// 8-byte aligned (the IP header sits 14 bytes into the frame), which the verifier allows for
+// packet and map value pointers on hosts with efficient unaligned access (x86-64, arm64);
+// __builtin_memcpy would move them a byte at a time, since clang cannot know the alignment.
+#define LD64(p, o) (*(__u64 *)((__u8 *)(p) + (o)))
+#define LD32(p, o) (*(__u32 *)((__u8 *)(p) + (o)))
+#define LD16(p, o) (*(__u16 *)((__u8 *)(p) + (o)))
+
+static __always_inline void put_v4(void *dst, const void *src)
+{
+	LD64(dst, 0) = LD64(src, 0);
+	LD64(dst, 8) = LD64(src, 8);
+	LD64(dst, 16) = LD64(src, 16);
+	LD64(dst, 24) = LD64(src, 24);
+	LD64(dst, 32) = LD64(src, 32);
+	LD16(dst, 40) = LD16(src, 40);
+}
+
+static __always_inline void put_v6(void *dst, const void *src)
+{
+	LD64(dst, 0) = LD64(src, 0);
+	LD64(dst, 8) = LD64(src, 8);
+	LD64(dst, 16) = LD64(src, 16);
+	LD64(dst, 24) = LD64(src, 24);
+	LD64(dst, 32) = LD64(src, 32);
+	LD64(dst, 40) = LD64(src, 40);
+	LD64(dst, 48) = LD64(src, 48);
+	LD32(dst, 56) = LD32(src, 56);
+	LD16(dst, 60) = LD16(src, 60);
+}
+
 // A relay across address families (a dual allocation: client and peer in different families),
 // planned by the path that matched and carried out by out_v4/out_v6, which write a new IP header
 // of the other size. `sum`: the UDP checksum's one's-complement sum with everything that goes
@@ -316,7 +365,7 @@ struct v6_headers {
 struct xplan {
 	struct endpoint src;
 	struct endpoint dst;
-	__u32 sum;
+	__u64 sum;
 	__u32 slot;
 	// Payload bytes kept; `added` bytes from scratch `hdr` go in front of them, `pad` zero
 	// bytes behind; `cut` bytes after the old UDP header and `tail` at the end go away.
@@ -340,11 +389,16 @@ struct scratch {
 		struct v4_headers h4;
 		struct v6_headers h6;
 	};
-	struct chan_key ck;
-	struct peer_key pk;
-	struct send_key sk;
+	struct chan_key ck __attribute__((aligned(8)));
+	struct peer_key pk __attribute__((aligned(8)));
+	struct send_key sk __attribute__((aligned(8)));
 	struct bpf_fib_lookup fib;
-	__u8 hdr[48];
+	__u8 hdr[48] __attribute__((aligned(8)));
+	// The transaction id generator's state (see txn_word); 0 until first used on this CPU.
+	__u64 rng;
+	// The clock as `expired` last read it, and the jiffies it was read in.
+	__u64 clock_jiffies;
+	__u64 clock_ns;
 	__u8 peer[16];
 	struct xplan x;
 	struct v4_headers o4;
@@ -357,6 +411,24 @@ struct {
 	__type(key, __u32);
 	__type(value, struct scratch);
 } SCRATCH SEC(".maps");
+
+// How much earlier than its `expires_ns` an entry stops being used. The time compared is the
+// coarse clock (CLOCK_MONOTONIC as of the last tick), read once a tick per CPU and kept in
+// scratch with the jiffies it was read in: bpf_jiffies64 is inlined by the verifier to one load,
+// while any clock helper call measured about 30 ns a packet here. The time used therefore lags the
+// real time by up to about two ticks (20 ms at HZ=100), so entries lapse early, never late: a
+// packet this program does not take goes to user space, which decides as the authority.
+#define EXPIRY_MARGIN_NS 50000000ULL
+
+static __always_inline int expired(struct scratch *sc, __u64 expires_ns)
+{
+	__u64 j = bpf_jiffies64();
+	if (j != sc->clock_jiffies || !sc->clock_ns) {
+		sc->clock_ns = bpf_ktime_get_coarse_ns();
+		sc->clock_jiffies = j;
+	}
+	return sc->clock_ns + EXPIRY_MARGIN_NS >= expires_ns;
+}
 
 // Where a rewritten packet goes: XDP_TX on loopback (a namespace's `lo` in generic mode: every
 // address on it is local) or when the route leaves by the interface it came in on, a redirect
@@ -436,7 +508,7 @@ struct send_info {
 // T[k * 256 + n]; user space fills them at load (mod.rs, crc_tables), so no table is written out here.
 volatile const __u32 CRC_TABLES[8 * 256];
 
-#define CRC_T(k, n) CRC_TABLES[(k) * 256 + ((n) & 0xff)]
+#define CRC_T(k, n) T[(k) * 256 + ((n) & 0xff)]
 
 // Whether the FINGERPRINT value `want` is the CRC-32 of the `len` bytes at `off` in the frame
 // XOR 0x5354554e. `len` is a multiple of 4 (STUN attributes are), at most SEND_MAX_CRC. A global
@@ -451,21 +523,26 @@ __noinline int fingerprint_ok(struct xdp_md *ctx, __u32 off, __u32 len, __u32 wa
 	__u8 *p = data + off;
 	__u32 crc = 0xffffffff;
 	__u32 at = 0;
+	// The tables through one pointer kept in a register (each volatile access to CRC_TABLES would
+	// load its address again); barrier_var keeps clang from reading the tables' zero initial value.
+	const __u32 *T = (const __u32 *)CRC_TABLES;
+	barrier_var(T);
 	// Eight bytes a step. Little-endian hosts (x86-64, arm64): the first byte is the low one,
 	// as the reflected CRC consumes them.
+	__u32 steps = len >> 3;
 	for (__u32 i = 0; i < SEND_MAX_CRC / 8; i++) {
-		at = i * 8;
-		if (at + 8 > len)
+		if (i >= steps)
 			break;
-		__u32 *w = (__u32 *)(p + at);
-		if ((void *)(w + 2) > end)
+		__u64 *w = (__u64 *)(p + i * 8);
+		if ((void *)(w + 1) > end)
 			return 0;
-		__u32 one = w[0] ^ crc;
-		__u32 two = w[1];
+		__u64 v = *w;
+		__u32 one = (__u32)v ^ crc;
+		__u32 two = v >> 32;
 		crc = CRC_T(7, one) ^ CRC_T(6, one >> 8) ^ CRC_T(5, one >> 16) ^ CRC_T(4, one >> 24) ^
 		      CRC_T(3, two) ^ CRC_T(2, two >> 8) ^ CRC_T(1, two >> 16) ^ CRC_T(0, two >> 24);
-		at += 8;
 	}
+	at = steps * 8;
 	// A last four bytes.
 	if (at + 4 == len) {
 		barrier_var(at);
@@ -618,21 +695,37 @@ __noinline int parse_send(struct xdp_md *ctx, __u32 hdrs, __u32 plen, struct sen
 	return 0;
 }
 
-// Takes the 16-bit words of `len` bytes at `p + off` (`off` and `len` even, `len` at most 64) out
-// of a checksum: the bytes of a Send cut in front of and behind DATA's value.
-static __always_inline __u32 csum_sub_region(__u32 sum, __u8 *p, void *end, __u32 off, __u32 len)
+// Takes the `len` bytes at `p + off` (`off` and `len` multiples of 4, as STUN attributes are;
+// `len` at most 64) out of a checksum: the bytes of a Send cut in front of and behind DATA's value.
+static __always_inline __u64 csum_sub_region(__u64 sum, __u8 *p, void *end, __u32 off, __u32 len)
 {
-	for (int i = 0; i < 32; i++) {
-		if ((__u32)(2 * i) >= len)
+	for (int i = 0; i < 16; i++) {
+		if ((__u32)(4 * i) >= len)
 			break;
-		__u32 o = off + 2 * i;
+		__u32 o = off + 4 * i;
 		barrier_var(o);
 		if (o > MAX_VAR_OFF)
 			break;
-		__u16 *w = (__u16 *)(p + o);
+		__u32 *w = (__u32 *)(p + o);
 		if ((void *)(w + 1) > end)
 			break;
-		sum = csum_sub(sum, *w);
+		sum = csum_sub32(sum, *w);
+	}
+	return sum;
+}
+
+// Takes the first `len` bytes at `p` (a multiple of 4, at most SEND_MAX_PREFIX) out of a checksum:
+// a Send's header and the attributes in front of DATA's value. Constant offsets, so unrolled with
+// one bound check a word.
+static __always_inline __u64 csum_sub_prefix(__u64 sum, __u8 *p, void *end, __u32 len)
+{
+#pragma unroll
+	for (int i = 0; i < SEND_MAX_PREFIX / 4; i++) {
+		if ((__u32)(4 * i) >= len)
+			break;
+		if ((void *)(p + 4 * i + 4) > end)
+			break;
+		sum = csum_sub32(sum, *(__u32 *)(p + 4 * i));
 	}
 	return sum;
 }
@@ -640,47 +733,72 @@ static __always_inline __u32 csum_sub_region(__u32 sum, __u8 *p, void *end, __u3
 // The Data indication header (RFC 8656 §11.3) for `len` bytes from `peer` (16 bytes, IPv4 in the
 // first 4), written as the engine's message::write_data_indication_header writes it: header with
 // a fresh transaction id, XOR-PEER-ADDRESS, then DATA's type and length. Returns its length.
-static __always_inline int data_header(__u8 *hdr, const __u8 *peer, __be16 port, int v6, __u32 len)
+// 64 bits for a Data indication's transaction id: splitmix64 over a per-CPU state (in scratch)
+// seeded from bpf_get_prandom_u32 on first use. The ids only need to differ (RFC 8489 §6: an
+// indication gets no answer to match); bpf_get_prandom_u32 is no cryptographic generator either,
+// and calling it three times a packet measured about 50 ns.
+static __always_inline __u64 txn_word(__u64 *state)
+{
+	__u64 z = *state;
+	if (!z)
+		z = ((__u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32() | 1;
+	z += 0x9e3779b97f4a7c15ULL;
+	*state = z;
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+static __always_inline int data_header(__u8 *hdr, __u64 *rng, const __u8 *peer, __be16 port,
+				       int v6, __u32 len)
 {
 	__u32 alen = v6 ? 20 : 8;
 	__u32 pad = (4 - (len & 3)) & 3;
 	__u32 body = 4 + alen + 4 + len + pad;
-	hdr[0] = 0;
-	hdr[1] = STUN_DATA_INDICATION;
-	hdr[2] = body >> 8;
-	hdr[3] = body;
-	hdr[4] = 0x21;
-	hdr[5] = 0x12;
-	hdr[6] = 0xa4;
-	hdr[7] = 0x42;
-	__u32 r0 = bpf_get_prandom_u32(), r1 = bpf_get_prandom_u32(), r2 = bpf_get_prandom_u32();
-	__builtin_memcpy(hdr + 8, &r0, 4);
-	__builtin_memcpy(hdr + 12, &r1, 4);
-	__builtin_memcpy(hdr + 16, &r2, 4);
-	hdr[20] = 0;
-	hdr[21] = ATTR_XOR_PEER_ADDRESS;
-	hdr[22] = 0;
-	hdr[23] = alen;
-	hdr[24] = 0;
-	hdr[25] = v6 ? 2 : 1;
+	// 32-bit words as they lie in memory (little-endian hosts: the first byte is the low one);
+	// `hdr` is 8-byte aligned in scratch.
+	__u32 *w = (__u32 *)hdr;
+	const __u32 cookie = bpf_htonl(STUN_COOKIE);
+	w[0] = (STUN_DATA_INDICATION << 8) | ((__u32)bpf_htons(body) << 16);
+	w[1] = cookie;
+	__u64 r0 = txn_word(rng), r1 = txn_word(rng);
+	w[2] = r0;
+	w[3] = r0 >> 32;
+	w[4] = r1;
+	// XOR-PEER-ADDRESS: type, length; reserved, family, port; address.
+	w[5] = (ATTR_XOR_PEER_ADDRESS << 8) | (alen << 24);
 	__u16 xport = bpf_ntohs(port) ^ 0x2112;
-	hdr[26] = xport >> 8;
-	hdr[27] = xport;
-	hdr[28] = peer[0] ^ 0x21;
-	hdr[29] = peer[1] ^ 0x12;
-	hdr[30] = peer[2] ^ 0xa4;
-	hdr[31] = peer[3] ^ 0x42;
+	w[6] = ((v6 ? 2 : 1) << 8) | ((__u32)bpf_htons(xport) << 16);
+	w[7] = LD32(peer, 0) ^ cookie;
 	if (v6) {
-#pragma unroll
-		for (int k = 0; k < 12; k++)
-			hdr[32 + k] = peer[4 + k] ^ hdr[8 + k];
+		w[8] = LD32(peer, 4) ^ w[2];
+		w[9] = LD32(peer, 8) ^ w[3];
+		w[10] = LD32(peer, 12) ^ w[4];
+		w[11] = (ATTR_DATA << 8) | ((__u32)bpf_htons(len) << 16);
+		return DATA_HDR_V6;
 	}
-	__u32 d = 24 + alen;
-	hdr[d] = 0;
-	hdr[d + 1] = ATTR_DATA;
-	hdr[d + 2] = len >> 8;
-	hdr[d + 3] = len;
-	return v6 ? DATA_HDR_V6 : DATA_HDR_V4;
+	w[8] = (ATTR_DATA << 8) | ((__u32)bpf_htons(len) << 16);
+	return DATA_HDR_V4;
+}
+
+// Writes a Data indication's header from scratch into the frame, eight bytes at a time.
+static __always_inline void put_data_hdr_v4(void *dst, const __u8 *hdr)
+{
+	LD64(dst, 0) = LD64(hdr, 0);
+	LD64(dst, 8) = LD64(hdr, 8);
+	LD64(dst, 16) = LD64(hdr, 16);
+	LD64(dst, 24) = LD64(hdr, 24);
+	LD32(dst, 32) = LD32(hdr, 32);
+}
+
+static __always_inline void put_data_hdr_v6(void *dst, const __u8 *hdr)
+{
+	LD64(dst, 0) = LD64(hdr, 0);
+	LD64(dst, 8) = LD64(hdr, 8);
+	LD64(dst, 16) = LD64(hdr, 16);
+	LD64(dst, 24) = LD64(hdr, 24);
+	LD64(dst, 32) = LD64(hdr, 32);
+	LD64(dst, 40) = LD64(hdr, 40);
 }
 
 // Grows the frame by `hlen` in front of the payload and `pad` zero bytes after it; on failure
@@ -722,14 +840,15 @@ static __always_inline int grow_for_data(struct xdp_md *ctx, __u32 hdrs, __u32 l
 // ---------------------------------------------------------------------------------------------
 // Across address families (dual allocations): the IP header changes size by 20 bytes.
 
-// Adds the `added` bytes of the plan's header (scratch `hdr`, at most 48, even) to a checksum.
-static __always_inline __u32 csum_add_hdr(__u32 sum, const __u8 *hdr, __u32 added)
+// Adds the `added` bytes of the plan's header (scratch `hdr`, at most 48, a multiple of 4) to a
+// checksum.
+static __always_inline __u64 csum_add_hdr(__u64 sum, const __u8 *hdr, __u32 added)
 {
-	const __u16 *w = (const __u16 *)hdr;
+	const __u32 *w = (const __u32 *)hdr;
 #pragma unroll
-	for (int i = 0; i < 24; i++)
-		if ((__u32)(2 * i) < added)
-			sum = csum_add(sum, w[i]);
+	for (int i = 0; i < 12; i++)
+		if ((__u32)(4 * i) < added)
+			sum = csum_add32(sum, w[i]);
 	return sum;
 }
 
@@ -773,21 +892,21 @@ static __always_inline int put_added(struct xdp_md *ctx, __u32 at, const __u8 *h
 	if (added == 4) {
 		if (data + at + 4 > end)
 			return -1;
-		__builtin_memcpy(data + at, hdr, 4);
+		LD32(data, at) = LD32(hdr, 0);
 	} else if (added == DATA_HDR_V4) {
 		if (data + at + DATA_HDR_V4 > end)
 			return -1;
-		__builtin_memcpy(data + at, hdr, DATA_HDR_V4);
+		put_data_hdr_v4(data + at, hdr);
 	} else if (added == DATA_HDR_V6) {
 		if (data + at + DATA_HDR_V6 > end)
 			return -1;
-		__builtin_memcpy(data + at, hdr, DATA_HDR_V6);
+		put_data_hdr_v6(data + at, hdr);
 	}
 	return 0;
 }
 
 // The plan as an IPv6 frame (from an IPv4 one).
-static __noinline int out_v6(struct xdp_md *ctx)
+static __always_inline int out_v6(struct xdp_md *ctx)
 {
 	__u32 zero = 0;
 	struct scratch *sc = bpf_map_lookup_elem(&SCRATCH, &zero);
@@ -811,7 +930,7 @@ static __noinline int out_v6(struct xdp_md *ctx)
 	o->udp.source = x->src.port;
 	o->udp.dest = x->dst.port;
 	o->udp.len = new_len;
-	__u32 sum = x->sum;
+	__u64 sum = x->sum;
 	sum = csum_add_words(sum, (__u16 *)&o->ip.saddr, 8);
 	sum = csum_add_words(sum, (__u16 *)&o->ip.daddr, 8);
 	sum = csum_add(sum, o->udp.source);
@@ -839,7 +958,7 @@ static __noinline int out_v6(struct xdp_md *ctx)
 	void *end = (void *)(long)ctx->data_end;
 	if (data + V6_HDRS > end)
 		return XDP_ABORTED;
-	__builtin_memcpy(data, &o->eth, V6_HDRS);
+	put_v6(data, &o->eth);
 	if (put_added(ctx, V6_HDRS, sc->hdr, x->added))
 		return XDP_ABORTED;
 	count_kind(x->slot, x->c2p, x->data_len, x->indication);
@@ -847,7 +966,7 @@ static __noinline int out_v6(struct xdp_md *ctx)
 }
 
 // The plan as an IPv4 frame (from an IPv6 one).
-static __noinline int out_v4(struct xdp_md *ctx)
+static __always_inline int out_v4(struct xdp_md *ctx)
 {
 	__u32 zero = 0;
 	struct scratch *sc = bpf_map_lookup_elem(&SCRATCH, &zero);
@@ -874,7 +993,7 @@ static __noinline int out_v4(struct xdp_md *ctx)
 	o->udp.source = x->src.port;
 	o->udp.dest = x->dst.port;
 	o->udp.len = new_len;
-	__u32 sum = x->sum;
+	__u64 sum = x->sum;
 	sum = csum_add_words(sum, (__u16 *)&o->ip.saddr, 4);
 	sum = csum_add(sum, o->udp.source);
 	sum = csum_add(sum, o->udp.dest);
@@ -901,7 +1020,7 @@ static __noinline int out_v4(struct xdp_md *ctx)
 	void *end = (void *)(long)ctx->data_end;
 	if (data + V4_HDRS > end)
 		return XDP_ABORTED;
-	__builtin_memcpy(data, &o->eth, V4_HDRS);
+	put_v4(data, &o->eth);
 	if (put_added(ctx, V4_HDRS, sc->hdr, x->added))
 		return XDP_ABORTED;
 	count_kind(x->slot, x->c2p, x->data_len, x->indication);
@@ -909,9 +1028,9 @@ static __noinline int out_v4(struct xdp_md *ctx)
 }
 
 // Plans common to every crossing: the old pseudo-header's addresses, ports and lengths out.
-static __always_inline __u32 sum_out_v4(const struct v4_headers *h)
+static __always_inline __u64 sum_out_v4(const struct v4_headers *h)
 {
-	__u32 sum = (__u16)~h->udp.check;
+	__u64 sum = (__u16)~h->udp.check;
 	sum = csum_sub_words(sum, (__u16 *)&h->ip.saddr, 4);
 	sum = csum_sub(sum, h->udp.source);
 	sum = csum_sub(sum, h->udp.dest);
@@ -920,9 +1039,9 @@ static __always_inline __u32 sum_out_v4(const struct v4_headers *h)
 	return sum;
 }
 
-static __always_inline __u32 sum_out_v6(const struct v6_headers *h)
+static __always_inline __u64 sum_out_v6(const struct v6_headers *h)
 {
-	__u32 sum = (__u16)~h->udp.check;
+	__u64 sum = (__u16)~h->udp.check;
 	sum = csum_sub_words(sum, (__u16 *)&h->ip.saddr, 8);
 	sum = csum_sub_words(sum, (__u16 *)&h->ip.daddr, 8);
 	sum = csum_sub(sum, h->udp.source);
@@ -950,13 +1069,13 @@ static __always_inline void plan(struct xplan *x, const struct endpoint *src,
 // ---------------------------------------------------------------------------------------------
 // IPv4
 
-static __noinline int v4_client_to_peer(struct xdp_md *ctx, struct v4_headers *h,
+static __always_inline int v4_client_to_peer(struct xdp_md *ctx, struct v4_headers *h,
 					     const struct chan_val *v, __u16 data_len)
 {
 	__u16 old_len = h->udp.len;
 	__u16 new_len = bpf_htons(data_len + sizeof(struct udphdr));
 	__u16 old_check = h->udp.check;
-	__u32 sum = 0;
+	__u64 sum = 0;
 	if (loopback_partial_csum(ctx))
 		h->udp.check = old_check = 0;
 	void *data = (void *)(long)ctx->data;
@@ -1005,19 +1124,19 @@ static __noinline int v4_client_to_peer(struct xdp_md *ctx, struct v4_headers *h
 	end = (void *)(long)ctx->data_end;
 	if (data + V4_HDRS > end)
 		return XDP_ABORTED;
-	__builtin_memcpy(data, &h->eth, V4_HDRS);
+	put_v4(data, &h->eth);
 	count(v->slot, 1, data_len);
 	return action;
 }
 
-static __noinline int v4_peer_to_client(struct xdp_md *ctx, struct v4_headers *h,
+static __always_inline int v4_peer_to_client(struct xdp_md *ctx, struct v4_headers *h,
 					     const struct peer_val *v, __u16 data_len)
 {
 	__u16 old_len = h->udp.len;
 	__u16 new_len = bpf_htons(data_len + 4 + sizeof(struct udphdr));
 	__u16 old_check = h->udp.check;
-	__u16 cd[2] = {bpf_htons(v->channel), bpf_htons(data_len)};
-	__u32 sum = 0;
+	__u16 cd[2] __attribute__((aligned(4))) = {bpf_htons(v->channel), bpf_htons(data_len)};
+	__u64 sum = 0;
 	if (loopback_partial_csum(ctx))
 		h->udp.check = old_check = 0;
 
@@ -1060,8 +1179,8 @@ static __noinline int v4_peer_to_client(struct xdp_md *ctx, struct v4_headers *h
 	void *end = (void *)(long)ctx->data_end;
 	if (data + V4_HDRS + 4 > end)
 		return XDP_ABORTED;
-	__builtin_memcpy(data, &h->eth, V4_HDRS);
-	__builtin_memcpy(data + V4_HDRS, cd, 4);
+	put_v4(data, &h->eth);
+	LD32(data, V4_HDRS) = LD32(cd, 0);
 	count(v->slot, 0, data_len);
 	return action;
 }
@@ -1069,7 +1188,7 @@ static __noinline int v4_peer_to_client(struct xdp_md *ctx, struct v4_headers *h
 // A Send indication from a mirrored client with a live permission for its peer: DATA's value
 // leaves from the relay address (the header and the attributes before DATA are cut in front, the
 // zero padding and the attributes after it, FINGERPRINT included, behind).
-static __noinline int v4_send(struct xdp_md *ctx, struct v4_headers *h, __u16 payload_len)
+static __always_inline int v4_send(struct xdp_md *ctx, struct v4_headers *h, __u16 payload_len)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
@@ -1089,7 +1208,7 @@ static __noinline int v4_send(struct xdp_md *ctx, struct v4_headers *h, __u16 pa
 	struct send_val *v = bpf_map_lookup_elem(&SEND_PERMS, key);
 	if (!v)
 		return -1;
-	if (v->relay.family != si.family || bpf_ktime_get_ns() >= v->expires_ns) {
+	if (v->relay.family != si.family || expired(sc, v->expires_ns)) {
 		stat_inc(STAT_PASS_MATCHED);
 		return XDP_PASS;
 	}
@@ -1106,8 +1225,8 @@ static __noinline int v4_send(struct xdp_md *ctx, struct v4_headers *h, __u16 pa
 		dst.family = 6;
 		struct xplan *x = &sc->x;
 		plan(x, &v->relay, &dst, v->slot, si.data_len);
-		__u32 sum = sum_out_v4(h);
-		sum = csum_sub_region(sum, data + V4_HDRS, end, 0, si.data_off);
+		__u64 sum = sum_out_v4(h);
+		sum = csum_sub_prefix(sum, data + V4_HDRS, end, si.data_off);
 		sum = csum_sub_region(sum, data + V4_HDRS, end,
 				      si.data_off + si.data_len + si.pad_len, si.suffix_len);
 		x->sum = sum;
@@ -1122,7 +1241,7 @@ static __noinline int v4_send(struct xdp_md *ctx, struct v4_headers *h, __u16 pa
 	__u16 old_len = h->udp.len;
 	__u16 new_len = bpf_htons(data_len + sizeof(struct udphdr));
 	__u16 old_check = h->udp.check;
-	__u32 sum = 0;
+	__u64 sum = 0;
 	if (loopback_partial_csum(ctx))
 		h->udp.check = old_check = 0;
 	if (old_check) {
@@ -1132,7 +1251,7 @@ static __noinline int v4_send(struct xdp_md *ctx, struct v4_headers *h, __u16 pa
 		sum = csum_sub(sum, h->udp.dest);
 		sum = csum_sub(sum, old_len);
 		sum = csum_sub(sum, old_len);
-		sum = csum_sub_region(sum, data + V4_HDRS, end, 0, si.data_off);
+		sum = csum_sub_prefix(sum, data + V4_HDRS, end, si.data_off);
 		sum = csum_sub_region(sum, data + V4_HDRS, end,
 				      si.data_off + si.data_len + si.pad_len, si.suffix_len);
 	}
@@ -1172,14 +1291,14 @@ static __noinline int v4_send(struct xdp_md *ctx, struct v4_headers *h, __u16 pa
 	end = (void *)(long)ctx->data_end;
 	if (data + V4_HDRS > end)
 		return XDP_ABORTED;
-	__builtin_memcpy(data, &h->eth, V4_HDRS);
+	put_v4(data, &h->eth);
 	count_kind(slot, 1, data_len, 1);
 	return action;
 }
 
 // A datagram from a permitted peer with no channel mirrored for it: a Data indication to the
 // client (RFC 8656 §11.3), byte for byte what the engine writes but for the transaction id.
-static __noinline int v4_data(struct xdp_md *ctx, struct v4_headers *h,
+static __always_inline int v4_data(struct xdp_md *ctx, struct v4_headers *h,
 				   const struct data_val *v, __u16 data_len)
 {
 	__u32 zero = 0;
@@ -1190,12 +1309,12 @@ static __noinline int v4_data(struct xdp_md *ctx, struct v4_headers *h,
 	__u8 *peer = sc->peer;
 	__builtin_memset(peer, 0, 16);
 	__builtin_memcpy(peer, &h->ip.saddr, 4);
-	int hlen = data_header(hdr, peer, h->udp.source, 0, data_len);
+	int hlen = data_header(hdr, &sc->rng, peer, h->udp.source, 0, data_len);
 	__u32 pad = (4 - (data_len & 3)) & 3;
 	__u16 old_len = h->udp.len;
 	__u16 new_len = bpf_htons(sizeof(struct udphdr) + DATA_HDR_V4 + data_len + pad);
 	__u16 old_check = h->udp.check;
-	__u32 sum = 0;
+	__u64 sum = 0;
 	if (loopback_partial_csum(ctx))
 		h->udp.check = old_check = 0;
 	if (old_check) {
@@ -1217,10 +1336,10 @@ static __noinline int v4_data(struct xdp_md *ctx, struct v4_headers *h,
 		sum = csum_add(sum, h->udp.dest);
 		sum = csum_add(sum, new_len);
 		sum = csum_add(sum, new_len);
-		const __u16 *w = (const __u16 *)hdr;
+		const __u32 *w = (const __u32 *)hdr;
 #pragma unroll
-		for (int i = 0; i < DATA_HDR_V4 / 2; i++)
-			sum = csum_add(sum, w[i]);
+		for (int i = 0; i < DATA_HDR_V4 / 4; i++)
+			sum = csum_add32(sum, w[i]);
 		h->udp.check = udp_csum_finish(sum);
 	}
 	__u16 tot = sizeof(struct iphdr) + sizeof(struct udphdr) + DATA_HDR_V4 + data_len + pad;
@@ -1242,13 +1361,13 @@ static __noinline int v4_data(struct xdp_md *ctx, struct v4_headers *h,
 	void *end = (void *)(long)ctx->data_end;
 	if (data + V4_HDRS + DATA_HDR_V4 > end)
 		return XDP_ABORTED;
-	__builtin_memcpy(data, &h->eth, V4_HDRS);
-	__builtin_memcpy(data + V4_HDRS, hdr, DATA_HDR_V4);
+	put_v4(data, &h->eth);
+	put_data_hdr_v4(data + V4_HDRS, hdr);
 	count_kind(slot, 0, data_len, 1);
 	return action;
 }
 
-static __noinline int handle_v4(struct xdp_md *ctx)
+static __always_inline int handle_v4(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
@@ -1259,7 +1378,7 @@ static __noinline int handle_v4(struct xdp_md *ctx)
 	struct v4_headers *h = &sc->h4;
 	if (data + V4_HDRS > end)
 		return XDP_PASS;
-	__builtin_memcpy(&h->eth, data, V4_HDRS);
+	put_v4(&h->eth, data);
 	// No options, no fragments, UDP, and lengths that agree with the frame exactly.
 	if (h->ip.ihl != 5 || h->ip.version != 4 || h->ip.protocol != IPPROTO_UDP)
 		return XDP_PASS;
@@ -1301,7 +1420,7 @@ static __noinline int handle_v4(struct xdp_md *ctx)
 		// Over UDP the message fills the datagram (no padding to prove right), and the peer
 		// is in the client's family.
 		if (data_len != payload_len - 4 || v->peer.family != v->relay.family ||
-		    bpf_ktime_get_ns() >= v->expires_ns) {
+		    expired(sc, v->expires_ns)) {
 			stat_inc(STAT_PASS_MATCHED);
 			return XDP_PASS;
 		}
@@ -1342,7 +1461,7 @@ from_peer:;
 		if (!dv)
 			return XDP_PASS;
 		if (dv->client.family != dv->local.family || payload_len > 0xffff - 64 ||
-		    bpf_ktime_get_ns() >= dv->expires_ns) {
+		    expired(sc, dv->expires_ns)) {
 			stat_inc(STAT_PASS_MATCHED);
 			return XDP_PASS;
 		}
@@ -1356,7 +1475,7 @@ from_peer:;
 			struct xplan *x = &sc->x;
 			plan(x, &dv->local, &dv->client, dv->slot, payload_len);
 			x->sum = sum_out_v4(h);
-			x->added = data_header(sc->hdr, sc->peer, h->udp.source, 0, payload_len);
+			x->added = data_header(sc->hdr, &sc->rng, sc->peer, h->udp.source, 0, payload_len);
 			x->pad = (4 - (payload_len & 3)) & 3;
 			x->in_hdrs = V4_HDRS;
 			x->indication = 1;
@@ -1369,7 +1488,7 @@ from_peer:;
 		return v4_data(ctx, h, dv, payload_len);
 	}
 	if (pv->client.family != pv->local.family || payload_len > 0xffff - 64 ||
-	    bpf_ktime_get_ns() >= pv->expires_ns) {
+	    expired(sc, pv->expires_ns)) {
 		stat_inc(STAT_PASS_MATCHED);
 		return XDP_PASS;
 	}
@@ -1399,7 +1518,7 @@ from_peer:;
 // ---------------------------------------------------------------------------------------------
 // IPv6 (the UDP checksum is mandatory: an incoming 0 is not relayed here)
 
-static __noinline int v6_client_to_peer(struct xdp_md *ctx, struct v6_headers *h,
+static __always_inline int v6_client_to_peer(struct xdp_md *ctx, struct v6_headers *h,
 					     const struct chan_val *v, __u16 data_len)
 {
 	__u16 old_len = h->udp.len;
@@ -1410,7 +1529,7 @@ static __noinline int v6_client_to_peer(struct xdp_md *ctx, struct v6_headers *h
 		return XDP_PASS;
 	__u16 *cd = data + V6_HDRS;
 
-	__u32 sum = (__u16)~h->udp.check;
+	__u64 sum = (__u16)~h->udp.check;
 	sum = csum_sub_words(sum, (__u16 *)&h->ip.saddr, 8);
 	sum = csum_sub_words(sum, (__u16 *)&h->ip.daddr, 8);
 	sum = csum_sub(sum, h->udp.source);
@@ -1446,19 +1565,19 @@ static __noinline int v6_client_to_peer(struct xdp_md *ctx, struct v6_headers *h
 	end = (void *)(long)ctx->data_end;
 	if (data + V6_HDRS > end)
 		return XDP_ABORTED;
-	__builtin_memcpy(data, &h->eth, V6_HDRS);
+	put_v6(data, &h->eth);
 	count(v->slot, 1, data_len);
 	return action;
 }
 
-static __noinline int v6_peer_to_client(struct xdp_md *ctx, struct v6_headers *h,
+static __always_inline int v6_peer_to_client(struct xdp_md *ctx, struct v6_headers *h,
 					     const struct peer_val *v, __u16 data_len)
 {
 	__u16 old_len = h->udp.len;
 	__u16 new_len = bpf_htons(data_len + 4 + sizeof(struct udphdr));
-	__u16 cd[2] = {bpf_htons(v->channel), bpf_htons(data_len)};
+	__u16 cd[2] __attribute__((aligned(4))) = {bpf_htons(v->channel), bpf_htons(data_len)};
 
-	__u32 sum = (__u16)~h->udp.check;
+	__u64 sum = (__u16)~h->udp.check;
 	sum = csum_sub_words(sum, (__u16 *)&h->ip.saddr, 8);
 	sum = csum_sub_words(sum, (__u16 *)&h->ip.daddr, 8);
 	sum = csum_sub(sum, h->udp.source);
@@ -1494,8 +1613,8 @@ static __noinline int v6_peer_to_client(struct xdp_md *ctx, struct v6_headers *h
 	void *end = (void *)(long)ctx->data_end;
 	if (data + V6_HDRS + 4 > end)
 		return XDP_ABORTED;
-	__builtin_memcpy(data, &h->eth, V6_HDRS);
-	__builtin_memcpy(data + V6_HDRS, cd, 4);
+	put_v6(data, &h->eth);
+	LD32(data, V6_HDRS) = LD32(cd, 0);
 	count(v->slot, 0, data_len);
 	return action;
 }
@@ -1503,7 +1622,7 @@ static __noinline int v6_peer_to_client(struct xdp_md *ctx, struct v6_headers *h
 // A Send indication from a mirrored client with a live permission for its peer: DATA's value
 // leaves from the relay address (the header and the attributes before DATA are cut in front, the
 // zero padding and the attributes after it, FINGERPRINT included, behind).
-static __noinline int v6_send(struct xdp_md *ctx, struct v6_headers *h, __u16 payload_len)
+static __always_inline int v6_send(struct xdp_md *ctx, struct v6_headers *h, __u16 payload_len)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
@@ -1523,7 +1642,7 @@ static __noinline int v6_send(struct xdp_md *ctx, struct v6_headers *h, __u16 pa
 	struct send_val *v = bpf_map_lookup_elem(&SEND_PERMS, key);
 	if (!v)
 		return -1;
-	if (v->relay.family != si.family || bpf_ktime_get_ns() >= v->expires_ns) {
+	if (v->relay.family != si.family || expired(sc, v->expires_ns)) {
 		stat_inc(STAT_PASS_MATCHED);
 		return XDP_PASS;
 	}
@@ -1540,8 +1659,8 @@ static __noinline int v6_send(struct xdp_md *ctx, struct v6_headers *h, __u16 pa
 		dst.family = 4;
 		struct xplan *x = &sc->x;
 		plan(x, &v->relay, &dst, v->slot, si.data_len);
-		__u32 sum = sum_out_v6(h);
-		sum = csum_sub_region(sum, data + V6_HDRS, end, 0, si.data_off);
+		__u64 sum = sum_out_v6(h);
+		sum = csum_sub_prefix(sum, data + V6_HDRS, end, si.data_off);
 		sum = csum_sub_region(sum, data + V6_HDRS, end,
 				      si.data_off + si.data_len + si.pad_len, si.suffix_len);
 		x->sum = sum;
@@ -1555,7 +1674,7 @@ static __noinline int v6_send(struct xdp_md *ctx, struct v6_headers *h, __u16 pa
 	__u16 data_len = si.data_len;
 	__u16 old_len = h->udp.len;
 	__u16 new_len = bpf_htons(data_len + sizeof(struct udphdr));
-	__u32 sum = (__u16)~h->udp.check;
+	__u64 sum = (__u16)~h->udp.check;
 	{
 		sum = csum_sub_words(sum, (__u16 *)&h->ip.saddr, 8);
 		sum = csum_sub_words(sum, (__u16 *)&h->ip.daddr, 8);
@@ -1563,7 +1682,7 @@ static __noinline int v6_send(struct xdp_md *ctx, struct v6_headers *h, __u16 pa
 		sum = csum_sub(sum, h->udp.dest);
 		sum = csum_sub(sum, old_len);
 		sum = csum_sub(sum, old_len);
-		sum = csum_sub_region(sum, data + V6_HDRS, end, 0, si.data_off);
+		sum = csum_sub_prefix(sum, data + V6_HDRS, end, si.data_off);
 		sum = csum_sub_region(sum, data + V6_HDRS, end,
 				      si.data_off + si.data_len + si.pad_len, si.suffix_len);
 	}
@@ -1603,14 +1722,14 @@ static __noinline int v6_send(struct xdp_md *ctx, struct v6_headers *h, __u16 pa
 	end = (void *)(long)ctx->data_end;
 	if (data + V6_HDRS > end)
 		return XDP_ABORTED;
-	__builtin_memcpy(data, &h->eth, V6_HDRS);
+	put_v6(data, &h->eth);
 	count_kind(slot, 1, data_len, 1);
 	return action;
 }
 
 // A datagram from a permitted peer with no channel mirrored for it: a Data indication to the
 // client (RFC 8656 §11.3), byte for byte what the engine writes but for the transaction id.
-static __noinline int v6_data(struct xdp_md *ctx, struct v6_headers *h,
+static __always_inline int v6_data(struct xdp_md *ctx, struct v6_headers *h,
 				   const struct data_val *v, __u16 data_len)
 {
 	__u32 zero = 0;
@@ -1620,11 +1739,11 @@ static __noinline int v6_data(struct xdp_md *ctx, struct v6_headers *h,
 	__u8 *hdr = sc->hdr;
 	__u8 *peer = sc->peer;
 	__builtin_memcpy(peer, &h->ip.saddr, 16);
-	int hlen = data_header(hdr, peer, h->udp.source, 1, data_len);
+	int hlen = data_header(hdr, &sc->rng, peer, h->udp.source, 1, data_len);
 	__u32 pad = (4 - (data_len & 3)) & 3;
 	__u16 old_len = h->udp.len;
 	__u16 new_len = bpf_htons(sizeof(struct udphdr) + DATA_HDR_V6 + data_len + pad);
-	__u32 sum = (__u16)~h->udp.check;
+	__u64 sum = (__u16)~h->udp.check;
 	{
 		sum = csum_sub_words(sum, (__u16 *)&h->ip.saddr, 8);
 		sum = csum_sub_words(sum, (__u16 *)&h->ip.daddr, 8);
@@ -1645,10 +1764,10 @@ static __noinline int v6_data(struct xdp_md *ctx, struct v6_headers *h,
 		sum = csum_add(sum, h->udp.dest);
 		sum = csum_add(sum, new_len);
 		sum = csum_add(sum, new_len);
-		const __u16 *w = (const __u16 *)hdr;
+		const __u32 *w = (const __u32 *)hdr;
 #pragma unroll
-		for (int i = 0; i < DATA_HDR_V6 / 2; i++)
-			sum = csum_add(sum, w[i]);
+		for (int i = 0; i < DATA_HDR_V6 / 4; i++)
+			sum = csum_add32(sum, w[i]);
 		h->udp.check = udp_csum_finish(sum);
 	}
 	h->ip.payload_len = new_len;
@@ -1669,13 +1788,13 @@ static __noinline int v6_data(struct xdp_md *ctx, struct v6_headers *h,
 	void *end = (void *)(long)ctx->data_end;
 	if (data + V6_HDRS + DATA_HDR_V6 > end)
 		return XDP_ABORTED;
-	__builtin_memcpy(data, &h->eth, V6_HDRS);
-	__builtin_memcpy(data + V6_HDRS, hdr, DATA_HDR_V6);
+	put_v6(data, &h->eth);
+	put_data_hdr_v6(data + V6_HDRS, hdr);
 	count_kind(slot, 0, data_len, 1);
 	return action;
 }
 
-static __noinline int handle_v6(struct xdp_md *ctx)
+static __always_inline int handle_v6(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
@@ -1688,7 +1807,7 @@ static __noinline int handle_v6(struct xdp_md *ctx)
 	struct v6_headers *h = &sc->h6;
 	if (data + V6_HDRS > end)
 		return XDP_PASS;
-	__builtin_memcpy(&h->eth, data, V6_HDRS);
+	put_v6(&h->eth, data);
 	// UDP right after the fixed header (no extension headers), lengths that agree exactly, and
 	// a checksum (0 is invalid for UDP over IPv6 and left to the stack).
 	if (h->ip.version != 6 || h->ip.nexthdr != IPPROTO_UDP || h->udp.check == 0)
@@ -1727,7 +1846,7 @@ static __noinline int handle_v6(struct xdp_md *ctx)
 		if (!v)
 			goto from_peer;
 		if (data_len != payload_len - 4 || v->peer.family != v->relay.family ||
-		    bpf_ktime_get_ns() >= v->expires_ns) {
+		    expired(sc, v->expires_ns)) {
 			stat_inc(STAT_PASS_MATCHED);
 			return XDP_PASS;
 		}
@@ -1767,7 +1886,7 @@ from_peer:;
 		if (!dv)
 			return XDP_PASS;
 		if (dv->client.family != dv->local.family || payload_len > 0xffff - 64 ||
-		    bpf_ktime_get_ns() >= dv->expires_ns) {
+		    expired(sc, dv->expires_ns)) {
 			stat_inc(STAT_PASS_MATCHED);
 			return XDP_PASS;
 		}
@@ -1780,7 +1899,7 @@ from_peer:;
 			struct xplan *x = &sc->x;
 			plan(x, &dv->local, &dv->client, dv->slot, payload_len);
 			x->sum = sum_out_v6(h);
-			x->added = data_header(sc->hdr, sc->peer, h->udp.source, 1, payload_len);
+			x->added = data_header(sc->hdr, &sc->rng, sc->peer, h->udp.source, 1, payload_len);
 			x->pad = (4 - (payload_len & 3)) & 3;
 			x->in_hdrs = V6_HDRS;
 			x->indication = 1;
@@ -1793,7 +1912,7 @@ from_peer:;
 		return v6_data(ctx, h, dv, payload_len);
 	}
 	if (pv->client.family != pv->local.family || payload_len > 0xffff - 64 ||
-	    bpf_ktime_get_ns() >= pv->expires_ns) {
+	    expired(sc, pv->expires_ns)) {
 		stat_inc(STAT_PASS_MATCHED);
 		return XDP_PASS;
 	}
