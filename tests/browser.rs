@@ -593,15 +593,24 @@ fn firefox_call_relays_through_the_kernel_fast_path() {
         "no call in:\n{text}"
     );
     let metrics = ns.run(|| wait_allocations_ended(NS_PROM[0], "UDP", 2));
-    let series_sum = |prefix: &str| -> u64 {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
-    };
-    let indications = series_sum("vigi_turn_relayed_indications_total{");
-    let kernel = series_sum("vigi_turn_fastpath_packets_total{");
+    let indications = ["send", "data"]
+        .map(|k| {
+            metric(
+                &metrics,
+                &format!("vigi_turn_relayed_indications_total{{kind=\"{k}\"}}"),
+            )
+        })
+        .iter()
+        .sum::<u64>();
+    let kernel = ["client_to_peer", "peer_to_client"]
+        .map(|d| {
+            metric(
+                &metrics,
+                &format!("vigi_turn_fastpath_packets_total{{direction=\"{d}\"}}"),
+            )
+        })
+        .iter()
+        .sum::<u64>();
     println!("{indications} indications relayed, {kernel} of the packets by the kernel");
     // Both allocations relayed over 10 kB each way (call.mjs): at least 4 x 9 indications.
     assert!(indications >= 36, "{indications} indications relayed");
