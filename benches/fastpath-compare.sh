@@ -16,12 +16,14 @@
 # per relayed packet is printed too.
 #
 # Topology, created here and removed on exit: two namespaces joined by one veth pair.
-#   vfc-srv-PID   10.119.0.1/24 on vfs   the TURN server (XDP native on vfs for vigi-xdp)
+#   vfc-srv-PID   10.119.0.1/24 on vfs   the TURN server (XDP on vfs for vigi-xdp)
 #   vfc-load-PID  10.119.0.2/24 on vfl   turnutils_uclient and turnutils_peer
 # Both ends have transmit checksum offload off (a veth sender otherwise leaves partial checksums,
-# which the fast path passes up). A veth delivers frames its far end sends with XDP_TX only if its
-# own NAPI is on, which an XDP program turns on: vfl gets a pass-everything program, compiled here
-# with clang (6 lines of C, below). The same topology and flags serve every server.
+# which the fast path passes up). With XDP_MODE=native only: a veth delivers frames its far end
+# sends with XDP_TX only if its own NAPI is on, which an XDP program turns on, so vfl then gets a
+# pass-everything program, compiled here with clang (6 lines of C, below). In generic mode (what
+# `--xdp-mode auto` picks on a veth) the program's frames leave through vfs like any other and
+# vfl needs none. The same topology and flags serve every server of a run.
 # XDP is attached only to vfs, inside the namespace; nothing touches this machine's interfaces.
 #
 # Safety: every process runs under `timeout`; each load is a fixed number of messages; no new run
@@ -34,7 +36,7 @@
 #   RUNS          runs per (server, profile), interleaved [3]
 #   CLIENTS MSGS INTERVAL_MS   uclient -m -n -z [50 10000 1]: 50 clients x 1,000 msg/s, 10 s
 #   THREADS       relay threads (-m) of both servers [2]
-#   XDP_MODE      native | generic [native]
+#   XDP_MODE      auto | native | generic [auto: generic on this veth, see docs/fast-path.md]
 #   COTURN_BIN    [/opt/coturn-4.17/bin/turnserver]
 #   TU_BIN_DIR    where turnutils_uclient and turnutils_peer are [/usr/bin: Debian's coturn package;
 #                 4.17.1's own uclient stalls before sending with -s here]
@@ -65,7 +67,7 @@ CLIENTS=${CLIENTS:-50}
 MSGS=${MSGS:-10000}
 INTERVAL_MS=${INTERVAL_MS:-1}
 THREADS=${THREADS:-2}
-XDP_MODE=${XDP_MODE:-native}
+XDP_MODE=${XDP_MODE:-auto}
 COTURN_BIN=${COTURN_BIN:-/opt/coturn-4.17/bin/turnserver}
 TU_BIN_DIR=${TU_BIN_DIR:-/usr/bin}
 COTURN_EXTRA=${COTURN_EXTRA---rfc5766-channel-numbers}
@@ -119,6 +121,10 @@ setup_netns() {
   in_srv ip link set lo up; in_load ip link set lo up
   in_srv ip link set vfs up; in_load ip link set vfl up
   in_srv ethtool -K vfs tx off >/dev/null; in_load ethtool -K vfl tx off >/dev/null
+  # bpf_fib_lookup answers only for interfaces that forward (the server's namespace only).
+  in_srv sysctl -qw net.ipv4.conf.all.forwarding=1
+  in_load ip route get $SRV_IP >/dev/null || { echo "ERROR: no route between the namespaces" >&2; return 1; }
+  [ "$XDP_MODE" = native ] || return 0
   cat > "$OUT/xdp_pass.c" <<'EOC'
 #include <linux/bpf.h>
 __attribute__((section("xdp"), used)) int xdp_pass(struct xdp_md *ctx) { return XDP_PASS; }
@@ -126,9 +132,6 @@ char LICENSE[] __attribute__((section("license"), used)) = "GPL";
 EOC
   clang -O2 -target bpf -c "$OUT/xdp_pass.c" -o "$OUT/xdp_pass.o" || { echo "ERROR: clang could not build the pass program" >&2; return 1; }
   in_load ip link set dev vfl xdpdrv obj "$OUT/xdp_pass.o" sec xdp || { echo "ERROR: cannot attach the pass program to vfl" >&2; return 1; }
-  # bpf_fib_lookup answers only for interfaces that forward (the server's namespace only).
-  in_srv sysctl -qw net.ipv4.conf.all.forwarding=1
-  in_load ip route get $SRV_IP >/dev/null || { echo "ERROR: no route between the namespaces" >&2; return 1; }
 }
 
 server_cmd() {  # label rundir

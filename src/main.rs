@@ -58,9 +58,12 @@ fn start_fastpath(config: &Config) -> Result<Option<io::fastpath::FastPath>> {
     };
     let mut fp = io::fastpath::FastPath::load(limits)
         .map_err(|e| anyhow::anyhow!("--xdp-interface: {e}"))?;
+    let mut attached = Vec::new();
     for iface in &config.relay.xdp_interfaces {
-        fp.attach(iface, config.relay.xdp_mode)
+        let mode = fp
+            .attach(iface, config.relay.xdp_mode)
             .map_err(|e| anyhow::anyhow!("--xdp-interface: {e}"))?;
+        attached.push(format!("{iface} ({} mode)", io::fastpath::mode_name(mode)));
         // The program asks the FIB for the next hop, which answers only for interfaces that
         // forward; without it every packet is passed up (correct, but no fast path).
         if iface != "lo" {
@@ -75,11 +78,7 @@ fn start_fastpath(config: &Config) -> Result<Option<io::fastpath::FastPath>> {
             }
         }
     }
-    tracing::info!(
-        "XDP fast path attached to {} ({:?} mode)",
-        config.relay.xdp_interfaces.join(", "),
-        config.relay.xdp_mode
-    );
+    tracing::info!("XDP fast path attached to {}", attached.join(", "));
     Ok(Some(fp))
 }
 

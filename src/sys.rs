@@ -1,8 +1,9 @@
 //! The one audited module for raw system calls (DESIGN.md, "Safe by default" and the house
 //! style): batched UDP receive and send (`recvmmsg(2)`, `sendmmsg(2)`) into caller-owned slots,
 //! the epoll sets that watch many sockets from one task or thread, handing a socket to tokio's
-//! reactor, `IP_MTU_DISCOVER` (RFC 8656 §7.2 step 4, DONT-FRAGMENT), and OpenSSL's stateless
-//! DTLS cookie exchange (feature `dtls`).
+//! reactor, `IP_MTU_DISCOVER` (RFC 8656 §7.2 step 4, DONT-FRAGMENT), an interface's driver name
+//! (`SIOCETHTOOL`, for `--xdp-mode auto`), and OpenSSL's stateless DTLS cookie exchange (feature
+//! `dtls`).
 //!
 //! Everything else in the crate is safe code: the library denies `unsafe_code` at its root and
 //! allows it here and in `io/fastpath` only (aya's `Pod` marker for the BPF maps' value types,
@@ -534,6 +535,46 @@ pub fn set_dont_fragment(sock: impl AsFd, v6: bool) -> io::Result<()> {
     }
 }
 
+/// The name of the driver behind network interface `iface` ("veth", "mlx5_core", ...), as
+/// `ethtool -i` shows it (`SIOCETHTOOL`, `ETHTOOL_GDRVINFO`; no privilege needed), or `None` when
+/// the interface does not exist or its driver does not answer. `--xdp-mode auto` asks it
+/// (src/io/fastpath). Neither `nix` nor `socket2` wraps this ioctl.
+pub fn interface_driver(iface: &str) -> Option<String> {
+    // struct ethtool_drvinfo (linux/ethtool.h): cmd, then driver[32] and the rest of the answer.
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 32 * 4 + 12 + 5 * 4],
+    }
+    const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
+    let name = iface.as_bytes();
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(&0) {
+        return None;
+    }
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).ok()?;
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 32 * 4 + 12 + 5 * 4],
+    };
+    // SAFETY: ifreq is plain old data, valid all-zero.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name) {
+        *dst = *src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    // SAFETY: the socket is open for the call; `req` names the interface (NUL-terminated, checked
+    // above) and points at `info`, a struct ethtool_drvinfo on this frame that outlives the call
+    // and is as large as the kernel writes for ETHTOOL_GDRVINFO.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut req) };
+    if rc != 0 {
+        return None;
+    }
+    let len = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Some(String::from_utf8_lossy(&info.driver[..len]).into_owned())
+}
+
 /// The soft limit on open files (`RLIMIT_NOFILE`), if it can be read.
 pub fn open_files_limit() -> Option<u64> {
     nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
@@ -593,6 +634,14 @@ mod tests {
         let a = UdpSocket::bind("127.0.0.1:0").unwrap();
         let b = UdpSocket::bind("127.0.0.1:0").unwrap();
         (a, b)
+    }
+
+    #[test]
+    fn an_interface_that_does_not_exist_or_cannot_be_named_has_no_driver() {
+        assert_eq!(interface_driver("vigi-nosuch0"), None);
+        assert_eq!(interface_driver(""), None);
+        assert_eq!(interface_driver("a-name-too-long-for-linux"), None);
+        assert_eq!(interface_driver("bad\0name"), None);
     }
 
     /// Bounded wait for `n` datagrams on a non-blocking socket, through an epoll set.

@@ -1116,13 +1116,31 @@ fn the_turn_crate_client_relays_with_the_fast_path_on() {
 /// live in the client namespace, so the relayed frames leave by the interface they came in on.
 #[test]
 fn native_mode_on_a_veth_relays_ipv4_and_ipv6_in_the_kernel_with_valid_checksums() {
+    veth_relays_in_the_kernel("native", true);
+}
+
+/// `--xdp-mode auto` on a veth (a container's interface) attaches in generic mode, which needs no
+/// program on the far end: the frames the program transmits leave through the veth like any
+/// other (native mode there would lose them, see `native_mode_on_a_veth...`).
+#[test]
+fn auto_mode_on_a_veth_is_generic_and_relays_with_no_program_on_the_far_end() {
+    veth_relays_in_the_kernel("auto", false);
+}
+
+/// A veth pair between the server's namespace and one for client and peers; the server with
+/// `--xdp-mode mode` on its end, and the pass-everything program on the far end if
+/// `pass_far_end`. ChannelData, Send and Data indications, IPv4, IPv6 and across, relayed with the
+/// server stopped, every frame on the client's wire captured and checked.
+fn veth_relays_in_the_kernel(mode: &str, pass_far_end: bool) {
     require_tool("tcpdump");
     require_tool("ethtool");
-    let srv = Ns::new("vsrv");
-    let cli = Ns::new("vcli");
+    // Names of their own per mode: the tests of one process run at once.
+    let t = &mode[..1];
+    let srv = Ns::new(&format!("vsrv{t}"));
+    let cli = Ns::new(&format!("vcli{t}"));
     let (vs, vc) = (
-        format!("vs{}", std::process::id()),
-        format!("vc{}", std::process::id()),
+        format!("vs{t}{}", std::process::id()),
+        format!("vc{t}{}", std::process::id()),
     );
     srv.exec(&[
         "ip", "link", "add", &vs, "type", "veth", "peer", "name", &vc, "netns", &cli.0,
@@ -1154,8 +1172,10 @@ fn native_mode_on_a_veth_relays_ipv4_and_ipv6_in_the_kernel_with_valid_checksums
         permissions: 1,
     })
     .expect("load (root)");
-    cli.run(|| pass.attach_pass(&vc, vigi_turn::io::fastpath::XdpMode::Native))
-        .expect("xdp_pass on the client end");
+    if pass_far_end {
+        cli.run(|| pass.attach_pass(&vc, vigi_turn::io::fastpath::XdpMode::Native))
+            .expect("xdp_pass on the client end");
+    }
 
     let port = PORT.to_string();
     let metrics = METRICS.to_string();
@@ -1202,7 +1222,7 @@ fn native_mode_on_a_veth_relays_ipv4_and_ipv6_in_the_kernel_with_valid_checksums
             "--prometheus-port",
             &metrics,
         ])
-        .args(["--xdp-interface", &vs, "--xdp-mode", "native"])
+        .args(["--xdp-interface", &vs, "--xdp-mode", mode])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -1219,6 +1239,21 @@ fn native_mode_on_a_veth_relays_ipv4_and_ipv6_in_the_kernel_with_valid_checksums
             std::thread::sleep(Duration::from_millis(50));
         }
     });
+    // What the kernel attached: `ip link` names generic mode `xdpgeneric`, native `xdp`.
+    let link = Command::new("ip")
+        .args([
+            "netns", "exec", &srv.0, "ip", "-d", "link", "show", "dev", &vs,
+        ])
+        .output()
+        .expect("ip link");
+    let link = String::from_utf8_lossy(&link.stdout);
+    let generic = link.contains("xdpgeneric");
+    assert_eq!(
+        generic,
+        mode != "native",
+        "--xdp-mode {mode} on a veth attached in the wrong mode: {link}"
+    );
+    assert!(link.contains("prog/xdp"), "no XDP program on {vs}: {link}");
     let capture = Capture::start(&cli, &vc, "10.118.0.1:9".parse().unwrap());
 
     let lens = [1usize, 2, 3, 100, 333, 1200];

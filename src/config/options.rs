@@ -109,7 +109,8 @@ pub struct Relay {
     /// CAP_NET_ADMIN; a server that cannot attach exits.
     #[arg(long = "xdp-interface", value_name = "IFACE")]
     pub xdp_interfaces: Vec<String>,
-    /// How the fast path attaches: auto, native (driver hook) or generic (any interface).
+    /// How the fast path attaches: auto (generic on a veth or lo, else the kernel's choice),
+    /// native (driver hook) or generic (any interface).
     #[arg(long = "xdp-mode", value_name = "MODE", value_enum, ignore_case = true,
           default_value_t = XdpMode::Auto)]
     pub xdp_mode: XdpMode,

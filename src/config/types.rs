@@ -34,7 +34,8 @@ impl clap::ValueEnum for DefaultFamily {
 /// How `--xdp-mode` attaches the kernel fast path (issue 18).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum XdpMode {
-    /// The kernel picks: the driver's native hook when it has one, else generic.
+    /// Generic on a veth (a container's interface) and on `lo`; elsewhere the kernel picks: the
+    /// driver's native hook when it has one, else generic.
     #[default]
     Auto,
     /// The driver's hook only (fails on a driver without XDP support).

@@ -62,6 +62,23 @@ const fn crc_tables() -> [u32; 2048] {
     t
 }
 
+/// What `--xdp-mode auto` means for `iface` whose driver is `driver`: generic mode on a veth,
+/// native (or, where the driver has no hook, generic: the kernel's choice) elsewhere.
+///
+/// Why not native on a veth: a veth sends what the program transmits (XDP_TX, a redirect) only
+/// to a far end whose own XDP program turned its NAPI on, so native mode on a container's
+/// interface would lose every relayed packet unless the host's end had a program too; and even
+/// then, native mode copies each frame a local sender (the host's bridge) hands it into a page of
+/// its own, which cost the whole path more than generic mode in benches/fastpath-compare.sh
+/// (docs/fast-path.md). Generic mode runs on the skb the veth already has and transmits through
+/// the device like any other packet.
+pub fn effective_mode(mode: XdpMode, iface: &str, driver: Option<&str>) -> XdpMode {
+    match mode {
+        XdpMode::Auto if iface == "lo" || driver == Some("veth") => XdpMode::Generic,
+        other => other,
+    }
+}
+
 fn xdp_flags(mode: XdpMode) -> XdpFlags {
     match mode {
         XdpMode::Auto => XdpFlags::default(),
@@ -70,7 +87,8 @@ fn xdp_flags(mode: XdpMode) -> XdpFlags {
     }
 }
 
-fn mode_name(mode: XdpMode) -> &'static str {
+/// The name `--xdp-mode` takes for `mode`.
+pub fn mode_name(mode: XdpMode) -> &'static str {
     match mode {
         XdpMode::Auto => "auto",
         XdpMode::Native => "native",
@@ -402,11 +420,15 @@ impl FastPath {
 
     /// Attaches the relay program to `iface`. The link lives as long as `self`. On `lo` the
     /// program is told that UDP checksums there are partial (see `CONFIG` in the C program).
-    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), FastPathError> {
+    /// Attaches the relay program to `iface`; returns the mode asked of the kernel (`auto`
+    /// resolved by [`effective_mode`]).
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<XdpMode, FastPathError> {
         if iface == "lo" {
             self.set_loopback_partial_csum(true)?;
         }
-        self.attach_program("turn_xdp", iface, mode)
+        let mode = effective_mode(mode, iface, crate::sys::interface_driver(iface).as_deref());
+        self.attach_program("turn_xdp", iface, mode)?;
+        Ok(mode)
     }
 
     /// Tells the program that frames arriving on `lo` carry partial UDP checksums (IPv4 is then
@@ -760,5 +782,26 @@ mod sys {
             (attr.data_size_out as usize).min(data_out.len()),
             attr.duration,
         ))
+    }
+}
+
+#[cfg(test)]
+mod mode_tests {
+    use super::*;
+
+    #[test]
+    fn auto_is_generic_on_a_veth_and_on_lo_and_the_kernels_choice_elsewhere() {
+        assert_eq!(
+            effective_mode(XdpMode::Auto, "eth0", Some("veth")),
+            XdpMode::Generic
+        );
+        assert_eq!(effective_mode(XdpMode::Auto, "lo", None), XdpMode::Generic);
+        for driver in [Some("mlx5_core"), Some("virtio_net"), None] {
+            assert_eq!(effective_mode(XdpMode::Auto, "eth0", driver), XdpMode::Auto);
+        }
+        // What the operator asked for explicitly stands.
+        for mode in [XdpMode::Native, XdpMode::Generic] {
+            assert_eq!(effective_mode(mode, "eth0", Some("veth")), mode);
+        }
     }
 }
