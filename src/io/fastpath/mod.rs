@@ -99,6 +99,16 @@ impl Default for MapLimits {
     }
 }
 
+/// How the program treats what it relays, fixed at load (constants in the program, so the
+/// verifier drops the branches not taken: no per-packet cost).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProgramOptions {
+    /// `--xdp-verify-fingerprint`: check a Send indication's FINGERPRINT (CRC-32) in the kernel
+    /// and pass a wrong one up, as the user path drops it. Off, FINGERPRINT is trimmed
+    /// unchecked (docs/fast-path.md, "FINGERPRINT").
+    pub verify_fingerprint: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FastPathError {
     #[error("cannot load the XDP program: {0}")]
@@ -342,9 +352,18 @@ fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> FastPathError {
 }
 
 impl FastPath {
-    /// Loads the program into the kernel (verifier included) and creates its maps; attaches
-    /// nothing.
+    /// Loads the program into the kernel (verifier included) with the default
+    /// [`ProgramOptions`] and creates its maps; attaches nothing.
     pub fn load(limits: MapLimits) -> Result<FastPath, FastPathError> {
+        FastPath::load_with(limits, ProgramOptions::default())
+    }
+
+    /// [`FastPath::load`] with `options` set in the program.
+    pub fn load_with(
+        limits: MapLimits,
+        options: ProgramOptions,
+    ) -> Result<FastPath, FastPathError> {
+        let verify_fingerprint = u32::from(options.verify_fingerprint);
         let channels = limits.channels.max(1);
         let allocations = limits.allocations.max(1);
         let permissions = limits.permissions.max(1);
@@ -354,6 +373,7 @@ impl FastPath {
             .set_max_entries("SEND_PERMS", permissions)
             .set_max_entries("DATA_PERMS", permissions)
             .set_global("CRC_TABLES", &CRC_TABLES[..], true)
+            .set_global("VERIFY_FINGERPRINT", &verify_fingerprint, true)
             .set_max_entries("ALLOC_COUNTERS", allocations)
             .load(OBJECT)
             .map_err(|e| FastPathError::Load(e.to_string()))?;

@@ -667,11 +667,6 @@ fn send_indications_the_program_cannot_prove_right_go_to_user_space_unchanged() 
     let mut family = good.clone();
     family[25] = 2; // XOR-PEER-ADDRESS family 2 with 8 bytes
     cases.push(("address family and length disagree", family));
-    let mut bad_fingerprint = send_with(peer, b"hello", none, |b| {
-        b.fingerprint();
-    });
-    *bad_fingerprint.last_mut().unwrap() ^= 1;
-    cases.push(("a wrong FINGERPRINT", bad_fingerprint));
     let after_fingerprint = send_with(peer, b"hello", none, |b| {
         b.fingerprint();
         b.attr(attr::SOFTWARE, b"x");
@@ -704,12 +699,102 @@ fn send_indications_the_program_cannot_prove_right_go_to_user_space_unchanged() 
     assert_eq!(run.action, XDP_TX, "the well-formed one is relayed");
 }
 
+/// A Send indication whose FINGERPRINT is wrong, as the kernel sees it under each setting of
+/// `--xdp-verify-fingerprint`.
+fn bad_fingerprint_send(fp: &FastPath, m: &PermissionMirror, data: &[u8]) -> (Vec<u8>, TestRun) {
+    let peer = SocketAddr::new(m.peer, 40001);
+    let mut msg = send_with(
+        peer,
+        data,
+        |_| {},
+        |b| {
+            b.fingerprint();
+        },
+    );
+    *msg.last_mut().unwrap() ^= 1;
+    assert!(Message::decode(&msg).is_err(), "the engine refuses it");
+    let f = frame(
+        &Udp {
+            src: m.client,
+            dst: m.local,
+            payload: msg,
+        },
+        false,
+    );
+    let run = fp.test_run(&f, 1).unwrap();
+    (f, run)
+}
+
+/// By default the kernel trims FINGERPRINT without checking its CRC (docs/fast-path.md,
+/// "FINGERPRINT"): a wrong one is relayed like a right one, payload intact and counted.
+#[test]
+fn a_wrong_fingerprint_is_trimmed_unchecked_by_default() {
+    let mut fp = loaded();
+    let slot = fp.take_slot().unwrap();
+    for m in [perm_v4(slot), perm_v6(slot)] {
+        fp.add_permission(&m).unwrap();
+        let data = payload(100, 7);
+        let (_, run) = bad_fingerprint_send(&fp, &m, &data);
+        assert_eq!(run.action, XDP_TX);
+        assert_eq!(
+            parse_verified(&run.frame).0,
+            Udp {
+                src: m.relay,
+                dst: SocketAddr::new(m.peer, 40001),
+                payload: data,
+            }
+        );
+    }
+    let c = fp.counters(slot);
+    assert_eq!((c.c2p_packets, c.c2p_bytes, c.c2p_indications), (2, 200, 2));
+}
+
+/// With `--xdp-verify-fingerprint` the kernel checks the CRC: a wrong FINGERPRINT goes to user
+/// space unchanged and uncounted (the engine drops it); a right one is still relayed.
+#[test]
+fn with_verify_fingerprint_a_wrong_fingerprint_goes_to_user_space_unchanged() {
+    let mut fp = FastPath::load_with(
+        MapLimits {
+            channels: 64,
+            allocations: 8,
+            permissions: 64,
+        },
+        ProgramOptions {
+            verify_fingerprint: true,
+        },
+    )
+    .expect("load (needs root)");
+    let slot = fp.take_slot().unwrap();
+    for m in [perm_v4(slot), perm_v6(slot)] {
+        fp.add_permission(&m).unwrap();
+        let (f, run) = bad_fingerprint_send(&fp, &m, b"hello");
+        assert_eq!(run.action, XDP_PASS);
+        assert_eq!(run.frame, f, "unchanged");
+    }
+    assert_eq!(fp.counters(slot), SlotCounters::default());
+    assert_eq!(fp.totals().passed_matched, 0);
+}
+
 /// What Send indications look like in the field: turnutils_uclient -s puts DATA first, then
-/// XOR-PEER-ADDRESS, then FINGERPRINT; others add SOFTWARE behind DATA. The kernel checks the
-/// FINGERPRINT and cuts everything but DATA's value.
+/// XOR-PEER-ADDRESS, then FINGERPRINT; others add SOFTWARE behind DATA. The kernel cuts
+/// everything but DATA's value, with FINGERPRINT checked (`--xdp-verify-fingerprint`) or not.
 #[test]
 fn send_indications_with_data_first_trailing_attributes_and_fingerprint_are_relayed_trimmed() {
-    let mut fp = loaded();
+    for verify_fingerprint in [false, true] {
+        send_indications_relayed_trimmed(ProgramOptions { verify_fingerprint });
+    }
+}
+
+fn send_indications_relayed_trimmed(options: ProgramOptions) {
+    let mut fp = FastPath::load_with(
+        MapLimits {
+            channels: 64,
+            allocations: 8,
+            permissions: 64,
+        },
+        options,
+    )
+    .expect("load (needs root)");
     let slot = fp.take_slot().unwrap();
     for m in [perm_v4(slot), perm_v6(slot)] {
         fp.add_permission(&m).unwrap();

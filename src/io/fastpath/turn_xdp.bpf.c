@@ -508,6 +508,12 @@ struct send_info {
 // T[k * 256 + n]; user space fills them at load (mod.rs, crc_tables), so no table is written out here.
 volatile const __u32 CRC_TABLES[8 * 256];
 
+// Non-zero: a Send indication's FINGERPRINT is checked here and a wrong one passed up
+// (`--xdp-verify-fingerprint`); zero, the default: FINGERPRINT is trimmed unchecked (see
+// docs/fast-path.md, "FINGERPRINT"). Set by the loader: the program sees a constant and the
+// verifier drops the branch not taken, so neither setting costs a lookup per packet.
+volatile const __u32 VERIFY_FINGERPRINT;
+
 #define CRC_T(k, n) T[(k) * 256 + ((n) & 0xff)]
 
 // Whether the FINGERPRINT value `want` is the CRC-32 of the `len` bytes at `off` in the frame
@@ -565,9 +571,11 @@ __noinline int fingerprint_ok(struct xdp_md *ctx, __u32 off, __u32 len, __u32 wa
 // FINGERPRINT and FINGERPRINT right; the first XOR-PEER-ADDRESS (family 1 with 8 bytes or 2 with
 // 20) and the first DATA. This program accepts the subset it can relay without guessing:
 // XOR-PEER-ADDRESS and DATA once each, in either order, comprehension-optional attributes
-// anywhere, FINGERPRINT last (checked), zero padding after DATA, within the bounds above.
+// anywhere, FINGERPRINT last (its CRC checked only with VERIFY_FINGERPRINT), zero padding after
+// DATA, within the bounds above.
 // Anything else -- DONT-FRAGMENT, MESSAGE-INTEGRITY, an unknown comprehension-required
-// attribute, a second XOR-PEER-ADDRESS or DATA, non-zero padding, peer port 0 -- returns -1
+// attribute, a second XOR-PEER-ADDRESS or DATA, non-zero padding, peer port 0, anything after
+// FINGERPRINT, a wrong FINGERPRINT when it is checked -- returns -1
 // (user space decides). The message is the UDP payload at `hdrs`, `plen` bytes. A global
 // function, like fingerprint_ok: verified once.
 __noinline int parse_send(struct xdp_md *ctx, __u32 hdrs, __u32 plen, struct send_info *si)
@@ -678,7 +686,7 @@ __noinline int parse_send(struct xdp_md *ctx, __u32 hdrs, __u32 plen, struct sen
 	if (suffix > SEND_MAX_SUFFIX)
 		return -1;
 	si->suffix_len = suffix;
-	if (fp_off) {
+	if (fp_off && VERIFY_FINGERPRINT) {
 		if (fp_off > SEND_MAX_CRC)
 			return -1;
 		__u32 at = fp_off;
