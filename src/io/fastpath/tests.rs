@@ -688,6 +688,41 @@ fn send_indications_the_program_cannot_prove_right_go_to_user_space_unchanged() 
     let mut data_ind = good.clone();
     data_ind[1] = 0x17;
     cases.push(("a Data indication from the client", data_ind));
+    // DATA first, as turnutils_uclient -s sends it (the program checks this layout at fixed
+    // offsets before its general scan): the same faults there.
+    let data_first = |fingerprint: bool| {
+        let mut out = Vec::new();
+        let tid: [u8; 12] = rand::random();
+        let mut b = MessageBuilder::new(&mut out, Method::SEND, Class::Indication, &tid);
+        b.attr(attr::DATA, b"hello");
+        b.xor_address(attr::XOR_PEER_ADDRESS, &peer);
+        if fingerprint {
+            b.fingerprint();
+        }
+        out
+    };
+    for fingerprint in [false, true] {
+        let good = data_first(fingerprint);
+        let mut padded = good.clone();
+        padded[29] = 1; // the first padding byte after "hello"
+        cases.push(("DATA first, non-zero padding", padded));
+        let mut family = good.clone();
+        family[37] = 2; // XOR-PEER-ADDRESS family 2 with 8 bytes
+        cases.push(("DATA first, address family and length disagree", family));
+        let mut port0 = good.clone();
+        port0[38] = 0x21; // X-Port 0x2112: port 0
+        port0[39] = 0x12;
+        cases.push(("DATA first, peer port 0", port0));
+        let mut short = good.clone();
+        short.extend_from_slice(&[0; 4]);
+        short[3] += 4;
+        cases.push(("DATA first, then a comprehension-required type 0", short));
+    }
+    let mut peer_twice = data_first(false);
+    let xpa = peer_twice[32..].to_vec();
+    peer_twice.extend_from_slice(&xpa);
+    peer_twice[3] += xpa.len() as u8;
+    cases.push(("DATA first, two XOR-PEER-ADDRESS", peer_twice));
     for (what, payload) in cases {
         let f = wrap(payload);
         let run = fp.test_run(&f, 1).unwrap();
@@ -697,6 +732,10 @@ fn send_indications_the_program_cannot_prove_right_go_to_user_space_unchanged() 
     assert_eq!(fp.counters(slot), SlotCounters::default());
     let run = fp.test_run(&wrap(good), 1).unwrap();
     assert_eq!(run.action, XDP_TX, "the well-formed one is relayed");
+    for fingerprint in [false, true] {
+        let run = fp.test_run(&wrap(data_first(fingerprint)), 1).unwrap();
+        assert_eq!(run.action, XDP_TX, "DATA first, well-formed");
+    }
 }
 
 /// A Send indication whose FINGERPRINT is wrong, as the kernel sees it under each setting of
@@ -773,6 +812,28 @@ fn with_verify_fingerprint_a_wrong_fingerprint_goes_to_user_space_unchanged() {
     }
     assert_eq!(fp.counters(slot), SlotCounters::default());
     assert_eq!(fp.totals().passed_matched, 0);
+    for m in [perm_v4(slot), perm_v6(slot)] {
+        let peer = SocketAddr::new(m.peer, 40001);
+        let msg = send_with(
+            peer,
+            b"hello",
+            |_| {},
+            |b| {
+                b.fingerprint();
+            },
+        );
+        let f = frame(
+            &Udp {
+                src: m.client,
+                dst: m.local,
+                payload: msg,
+            },
+            false,
+        );
+        let run = fp.test_run(&f, 1).unwrap();
+        assert_eq!(run.action, XDP_TX, "a right FINGERPRINT is relayed");
+        assert_eq!(parse_verified(&run.frame).0.payload, b"hello");
+    }
 }
 
 /// What Send indications look like in the field: turnutils_uclient -s puts DATA first, then

@@ -578,6 +578,86 @@ __noinline int fingerprint_ok(struct xdp_md *ctx, __u32 off, __u32 len, __u32 wa
 // FINGERPRINT, a wrong FINGERPRINT when it is checked -- returns -1
 // (user space decides). The message is the UDP payload at `hdrs`, `plen` bytes. A global
 // function, like fingerprint_ok: verified once.
+// XOR-PEER-ADDRESS's value at `a` (its header; `alen` from it) into `si`: family 1 with 8 bytes
+// or 2 with 20, port not 0. `p`: the message (the transaction id unmasks an IPv6 address).
+static __always_inline int read_peer(__u8 *a, __u8 *p, void *end, __u32 alen, struct send_info *si)
+{
+	if (alen == 8) {
+		if (a + 12 > (__u8 *)end || a[5] != 1)
+			return -1;
+		si->family = 4;
+		__builtin_memset(si->peer, 0, 16);
+		si->peer[0] = a[8] ^ 0x21;
+		si->peer[1] = a[9] ^ 0x12;
+		si->peer[2] = a[10] ^ 0xa4;
+		si->peer[3] = a[11] ^ 0x42;
+	} else if (alen == 20) {
+		if (a + 24 > (__u8 *)end || a[5] != 2)
+			return -1;
+		si->family = 6;
+		si->peer[0] = a[8] ^ 0x21;
+		si->peer[1] = a[9] ^ 0x12;
+		si->peer[2] = a[10] ^ 0xa4;
+		si->peer[3] = a[11] ^ 0x42;
+#pragma unroll
+		for (int k = 0; k < 12; k++)
+			si->peer[4 + k] = a[12 + k] ^ p[8 + k];
+	} else {
+		return -1;
+	}
+	__u16 port = (((__u16)a[6] << 8) | a[7]) ^ 0x2112;
+	if (port == 0)
+		return -1;
+	si->peer_port = bpf_htons(port);
+	return 0;
+}
+
+// DATA's value at `off` in the message `p`, `alen` bytes: records it in `si` and checks that its
+// padding is zero.
+static __always_inline int read_data(__u8 *p, void *end, __u32 off, __u32 alen,
+				     struct send_info *si)
+{
+	__u32 padded = (alen + 3) & ~3u;
+	si->data_off = off;
+	si->data_len = alen;
+	si->pad_len = padded - alen;
+	__u32 at = off + alen;
+	barrier_var(at);
+	if (at > MAX_VAR_OFF)
+		return -1;
+	__u8 *q = p + at;
+#pragma unroll
+	for (int k = 0; k < 3; k++) {
+		if (k < si->pad_len) {
+			if (q + k + 1 > (__u8 *)end)
+				return -1;
+			if (q[k])
+				return -1;
+		}
+	}
+	return 0;
+}
+
+// Whether the message `p` of `plen` bytes ends at `pos` or with a FINGERPRINT there; returns
+// FINGERPRINT's offset, 0 without one, -1 for anything else.
+static __always_inline int tail_at(__u8 *p, void *end, __u32 pos, __u32 plen)
+{
+	if (pos == plen)
+		return 0;
+	if (pos + 8 != plen)
+		return -1;
+	__u32 at = pos;
+	barrier_var(at);
+	if (at > MAX_VAR_OFF)
+		return -1;
+	__u8 *f = p + at;
+	if (f + 4 > (__u8 *)end)
+		return -1;
+	if (f[0] != 0x80 || f[1] != 0x28 || f[2] != 0 || f[3] != 4)
+		return -1;
+	return pos;
+}
+
 __noinline int parse_send(struct xdp_md *ctx, __u32 hdrs, __u32 plen, struct send_info *si)
 {
 	void *data = (void *)(long)ctx->data;
@@ -588,7 +668,7 @@ __noinline int parse_send(struct xdp_md *ctx, __u32 hdrs, __u32 plen, struct sen
 	if (hdrs > V6_HDRS)
 		return -1;
 	__u8 *p = data + hdrs;
-	if (p + 20 > (__u8 *)end)
+	if (p + 24 > (__u8 *)end)
 		return -1;
 	if (p[0] != 0 || p[1] != STUN_SEND_INDICATION)
 		return -1;
@@ -597,9 +677,56 @@ __noinline int parse_send(struct xdp_md *ctx, __u32 hdrs, __u32 plen, struct sen
 		return -1;
 	if (p[4] != 0x21 || p[5] != 0x12 || p[6] != 0xa4 || p[7] != 0x42)
 		return -1;
+	int fp_off = -1;
+
+	// The two layouts clients send, checked at the offsets they imply before the general scan
+	// below: XOR-PEER-ADDRESS then DATA (browsers), DATA then XOR-PEER-ADDRESS (turnutils_uclient
+	// -s), either followed by FINGERPRINT or nothing. What does not fit goes to the scan, which
+	// accepts the same messages and more.
+	{
+		__u16 ty = ((__u16)p[20] << 8) | p[21];
+		__u32 alen = ((__u32)p[22] << 8) | p[23];
+		if (ty == ATTR_XOR_PEER_ADDRESS && (alen == 8 || alen == 20)) {
+			// DATA's header right behind, at 32 or 44.
+			__u32 d = 24 + alen;
+			barrier_var(d);
+			if (d <= 44 && p + 48 <= (__u8 *)end &&
+			    !read_peer(p + 20, p, end, alen, si)) {
+				__u8 *a = p + d;
+				if (a + 4 > (__u8 *)end)
+					goto scan;
+				__u32 dlen = ((__u32)a[2] << 8) | a[3];
+				if (a[0] == 0 && a[1] == ATTR_DATA && d + 4 + dlen <= plen &&
+				    !read_data(p, end, d + 4, dlen, si)) {
+					fp_off = tail_at(p, end, d + 4 + ((dlen + 3) & ~3u), plen);
+				}
+			}
+		} else if (ty == ATTR_DATA && 24 + alen <= plen) {
+			__u32 x = 24 + ((alen + 3) & ~3u);
+			if (!read_data(p, end, 24, alen, si)) {
+				barrier_var(x);
+				if (x <= MAX_VAR_OFF) {
+					__u8 *a = p + x;
+					if (a + 4 <= (__u8 *)end && a[0] == 0 &&
+					    a[1] == ATTR_XOR_PEER_ADDRESS) {
+						__u32 xlen = ((__u32)a[2] << 8) | a[3];
+						if ((xlen == 8 || xlen == 20) &&
+						    !read_peer(a, p, end, xlen, si))
+							fp_off = tail_at(p, end, x + 4 + xlen, plen);
+					}
+				}
+			}
+		}
+		if (fp_off >= 0) {
+			si->suffix_len = plen - si->data_off - si->data_len - si->pad_len;
+			goto fingerprint;
+		}
+	}
+
+scan:;
 	__u32 pos = 20;
 	int have_peer = 0, have_data = 0;
-	__u32 fp_off = 0;
+	fp_off = 0;
 	for (int i = 0; i < SEND_MAX_ATTRS; i++) {
 		if (pos >= plen)
 			break;
@@ -623,53 +750,13 @@ __noinline int parse_send(struct xdp_md *ctx, __u32 hdrs, __u32 plen, struct sen
 			if (have_data)
 				return -1;
 			have_data = 1;
-			si->data_off = pos + 4;
-			si->data_len = alen;
-			si->pad_len = padded - alen;
-			__u32 off = pos + 4 + alen;
-			barrier_var(off);
-			if (off > MAX_VAR_OFF)
+			if (read_data(p, end, pos + 4, alen, si))
 				return -1;
-			__u8 *q = p + off;
-#pragma unroll
-			for (int k = 0; k < 3; k++) {
-				if (k < si->pad_len) {
-					if (q + k + 1 > (__u8 *)end)
-						return -1;
-					if (q[k])
-						return -1;
-				}
-			}
 		} else if (ty == ATTR_XOR_PEER_ADDRESS) {
 			if (have_peer)
 				return -1;
-			if (alen == 8) {
-				if (a + 12 > (__u8 *)end || a[5] != 1)
-					return -1;
-				si->family = 4;
-				__builtin_memset(si->peer, 0, 16);
-				si->peer[0] = a[8] ^ 0x21;
-				si->peer[1] = a[9] ^ 0x12;
-				si->peer[2] = a[10] ^ 0xa4;
-				si->peer[3] = a[11] ^ 0x42;
-			} else if (alen == 20) {
-				if (a + 24 > (__u8 *)end || a[5] != 2)
-					return -1;
-				si->family = 6;
-				si->peer[0] = a[8] ^ 0x21;
-				si->peer[1] = a[9] ^ 0x12;
-				si->peer[2] = a[10] ^ 0xa4;
-				si->peer[3] = a[11] ^ 0x42;
-#pragma unroll
-				for (int k = 0; k < 12; k++)
-					si->peer[4 + k] = a[12 + k] ^ p[8 + k];
-			} else {
+			if (read_peer(a, p, end, alen, si))
 				return -1;
-			}
-			__u16 port = (((__u16)a[6] << 8) | a[7]) ^ 0x2112;
-			if (port == 0)
-				return -1;
-			si->peer_port = bpf_htons(port);
 			have_peer = 1;
 		} else if (ty == ATTR_FINGERPRINT) {
 			if (alen != 4 || a + 8 > (__u8 *)end)
@@ -686,6 +773,8 @@ __noinline int parse_send(struct xdp_md *ctx, __u32 hdrs, __u32 plen, struct sen
 	if (suffix > SEND_MAX_SUFFIX)
 		return -1;
 	si->suffix_len = suffix;
+
+fingerprint:
 	if (fp_off && VERIFY_FINGERPRINT) {
 		if (fp_off > SEND_MAX_CRC)
 			return -1;
