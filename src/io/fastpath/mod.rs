@@ -212,6 +212,53 @@ struct SendVal {
     expires_ns: u64,
 }
 
+/// The IPv4 maps' keys (`struct chan_key4`, `peer_key4`, `send_key4`): addresses and ports as
+/// they lie on the wire.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ChanKey4 {
+    client_addr: [u8; 4],
+    local_addr: [u8; 4],
+    client_port: u16,
+    local_port: u16,
+    channel: u16,
+    pad: u16,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PeerKey4 {
+    peer_addr: [u8; 4],
+    relay_addr: [u8; 4],
+    peer_port: u16,
+    relay_port: u16,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SendKey4 {
+    client_addr: [u8; 4],
+    local_addr: [u8; 4],
+    peer_addr: [u8; 4],
+    client_port: u16,
+    local_port: u16,
+}
+
+/// A key for the IPv4 map (`V4`) or the other one (`Any`: IPv6, or a key mixing the families).
+#[derive(Debug, Clone, Copy)]
+enum Fam<K4, K> {
+    V4(K4),
+    Any(K),
+}
+
+/// An IPv4 socket address as the IPv4 keys hold it: address and port in network order.
+fn v4_parts(a: SocketAddr) -> Option<([u8; 4], u16)> {
+    match a {
+        SocketAddr::V4(a) => Some((a.ip().octets(), u16::from_ne_bytes(a.port().to_be_bytes()))),
+        SocketAddr::V6(_) => None,
+    }
+}
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct DataVal {
@@ -246,6 +293,9 @@ unsafe impl aya::Pod for SlotCounters {}
 unsafe impl aya::Pod for SendKey {}
 unsafe impl aya::Pod for SendVal {}
 unsafe impl aya::Pod for DataVal {}
+unsafe impl aya::Pod for ChanKey4 {}
+unsafe impl aya::Pod for PeerKey4 {}
+unsafe impl aya::Pod for SendKey4 {}
 
 /// The global counters (`STATS` in the C program).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -326,6 +376,17 @@ pub struct FastPath {
     peers: HashMap<MapData, PeerKey, PeerVal>,
     send_perms: HashMap<MapData, SendKey, SendVal>,
     data_perms: HashMap<MapData, PeerKey, DataVal>,
+    /// The same for IPv4 (compact keys); an entry is in one map of each pair, by family.
+    channels4: HashMap<MapData, ChanKey4, ChanVal>,
+    peers4: HashMap<MapData, PeerKey4, PeerVal>,
+    send_perms4: HashMap<MapData, SendKey4, SendVal>,
+    data_perms4: HashMap<MapData, PeerKey4, DataVal>,
+    /// Channels and permissions mirrored, over both families, and the limits on them
+    /// (`--xdp-max-channels`, `--xdp-max-permissions`): each map is sized to the limit, and the
+    /// sum over a pair is kept within it here.
+    channel_entries: u32,
+    permission_entries: u32,
+    limits: MapLimits,
     counters: PerCpuArray<MapData, SlotCounters>,
     stats: PerCpuArray<MapData, u64>,
     free_slots: Vec<u32>,
@@ -372,6 +433,10 @@ impl FastPath {
             .set_max_entries("PEERS", channels)
             .set_max_entries("SEND_PERMS", permissions)
             .set_max_entries("DATA_PERMS", permissions)
+            .set_max_entries("CHANNELS4", channels)
+            .set_max_entries("PEERS4", channels)
+            .set_max_entries("SEND_PERMS4", permissions)
+            .set_max_entries("DATA_PERMS4", permissions)
             .set_global("CRC_TABLES", &CRC_TABLES[..], true)
             .set_global("VERIFY_FINGERPRINT", &verify_fingerprint, true)
             .set_max_entries("ALLOC_COUNTERS", allocations)
@@ -399,6 +464,13 @@ impl FastPath {
             HashMap::try_from(take(&mut ebpf, "SEND_PERMS")?).map_err(map_err("SEND_PERMS"))?;
         let data_perms =
             HashMap::try_from(take(&mut ebpf, "DATA_PERMS")?).map_err(map_err("DATA_PERMS"))?;
+        let channels4 =
+            HashMap::try_from(take(&mut ebpf, "CHANNELS4")?).map_err(map_err("CHANNELS4"))?;
+        let peers4 = HashMap::try_from(take(&mut ebpf, "PEERS4")?).map_err(map_err("PEERS4"))?;
+        let send_perms4 =
+            HashMap::try_from(take(&mut ebpf, "SEND_PERMS4")?).map_err(map_err("SEND_PERMS4"))?;
+        let data_perms4 =
+            HashMap::try_from(take(&mut ebpf, "DATA_PERMS4")?).map_err(map_err("DATA_PERMS4"))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "ALLOC_COUNTERS")?)
             .map_err(map_err("ALLOC_COUNTERS"))?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, "STATS")?).map_err(map_err("STATS"))?;
@@ -410,6 +482,17 @@ impl FastPath {
             peers,
             send_perms,
             data_perms,
+            channels4,
+            peers4,
+            send_perms4,
+            data_perms4,
+            channel_entries: 0,
+            permission_entries: 0,
+            limits: MapLimits {
+                channels,
+                allocations,
+                permissions,
+            },
             counters,
             stats,
             free_slots: (0..allocations).rev().collect(),
@@ -515,52 +598,112 @@ impl FastPath {
     /// [`FastPathError::Full`] and leaves nothing behind.
     pub fn add_channel(&mut self, m: &ChannelMirror) -> Result<(), FastPathError> {
         let (key, val, pkey, pval) = entries(m);
-        self.channels
-            .insert(key, val, 0)
-            .map_err(|e| full_or(e, "CHANNELS"))?;
-        if let Err(e) = self.peers.insert(pkey, pval, 0) {
-            let _ = self.channels.remove(&key);
+        let new = match key {
+            Fam::V4(k) => self.channels4.get(&k, 0).is_err(),
+            Fam::Any(k) => self.channels.get(&k, 0).is_err(),
+        };
+        if new && self.channel_entries >= self.limits.channels {
+            return Err(FastPathError::Full("CHANNELS"));
+        }
+        match key {
+            Fam::V4(k) => self.channels4.insert(k, val, 0),
+            Fam::Any(k) => self.channels.insert(k, val, 0),
+        }
+        .map_err(|e| full_or(e, "CHANNELS"))?;
+        if new {
+            self.channel_entries += 1;
+        }
+        let peer = match pkey {
+            Fam::V4(k) => self.peers4.insert(k, pval, 0),
+            Fam::Any(k) => self.peers.insert(k, pval, 0),
+        };
+        if let Err(e) = peer {
+            self.remove_channel_key(key);
             return Err(full_or(e, "PEERS"));
         }
         Ok(())
     }
 
+    fn remove_channel_key(&mut self, key: Fam<ChanKey4, ChanKey>) {
+        let removed = match key {
+            Fam::V4(k) => self.channels4.remove(&k),
+            Fam::Any(k) => self.channels.remove(&k),
+        };
+        if removed.is_ok() {
+            self.channel_entries = self.channel_entries.saturating_sub(1);
+        }
+    }
+
     /// Stops relaying a channel in the kernel, at once (both directions).
     pub fn remove_channel(&mut self, m: &ChannelMirror) {
         let (key, _, pkey, _) = entries(m);
-        let _ = self.channels.remove(&key);
-        let _ = self.peers.remove(&pkey);
+        self.remove_channel_key(key);
+        let _ = match pkey {
+            Fam::V4(k) => self.peers4.remove(&k),
+            Fam::Any(k) => self.peers.remove(&k),
+        };
     }
 
-    /// Number of channels mirrored.
+    /// Number of channels mirrored (both families).
     pub fn channel_count(&self) -> usize {
         self.channels.keys().filter(Result::is_ok).count()
+            + self.channels4.keys().filter(Result::is_ok).count()
     }
 
     /// Mirrors a permission, both directions (Send and Data indications). Families as for
     /// [`FastPath::add_channel`]; a full map is [`FastPathError::Full`] and leaves nothing behind.
     pub fn add_permission(&mut self, m: &PermissionMirror) -> Result<(), FastPathError> {
         let (key, val, pkey, pval) = permission_entries(m);
-        self.send_perms
-            .insert(key, val, 0)
-            .map_err(|e| full_or(e, "SEND_PERMS"))?;
-        if let Err(e) = self.data_perms.insert(pkey, pval, 0) {
-            let _ = self.send_perms.remove(&key);
+        let new = match key {
+            Fam::V4(k) => self.send_perms4.get(&k, 0).is_err(),
+            Fam::Any(k) => self.send_perms.get(&k, 0).is_err(),
+        };
+        if new && self.permission_entries >= self.limits.permissions {
+            return Err(FastPathError::Full("SEND_PERMS"));
+        }
+        match key {
+            Fam::V4(k) => self.send_perms4.insert(k, val, 0),
+            Fam::Any(k) => self.send_perms.insert(k, val, 0),
+        }
+        .map_err(|e| full_or(e, "SEND_PERMS"))?;
+        if new {
+            self.permission_entries += 1;
+        }
+        let data = match pkey {
+            Fam::V4(k) => self.data_perms4.insert(k, pval, 0),
+            Fam::Any(k) => self.data_perms.insert(k, pval, 0),
+        };
+        if let Err(e) = data {
+            self.remove_send_key(key);
             return Err(full_or(e, "DATA_PERMS"));
         }
         Ok(())
     }
 
+    fn remove_send_key(&mut self, key: Fam<SendKey4, SendKey>) {
+        let removed = match key {
+            Fam::V4(k) => self.send_perms4.remove(&k),
+            Fam::Any(k) => self.send_perms.remove(&k),
+        };
+        if removed.is_ok() {
+            self.permission_entries = self.permission_entries.saturating_sub(1);
+        }
+    }
+
     /// Stops relaying indications under a permission in the kernel, at once (both directions).
     pub fn remove_permission(&mut self, m: &PermissionMirror) {
         let (key, _, pkey, _) = permission_entries(m);
-        let _ = self.send_perms.remove(&key);
-        let _ = self.data_perms.remove(&pkey);
+        self.remove_send_key(key);
+        let _ = match pkey {
+            Fam::V4(k) => self.data_perms4.remove(&k),
+            Fam::Any(k) => self.data_perms.remove(&k),
+        };
     }
 
-    /// Number of permissions mirrored.
+    /// Number of permissions mirrored (both families).
     pub fn permission_count(&self) -> usize {
         self.send_perms.keys().filter(Result::is_ok).count()
+            + self.send_perms4.keys().filter(Result::is_ok).count()
     }
 
     /// The slot's counters summed over CPUs.
@@ -625,12 +768,31 @@ impl FastPath {
     }
 }
 
-fn entries(m: &ChannelMirror) -> (ChanKey, ChanVal, PeerKey, PeerVal) {
-    let key = ChanKey {
-        client: Endpoint::new(m.client),
-        local: Endpoint::new(m.local),
-        channel: m.channel,
-        pad: 0,
+/// A channel's entries: the client → peer key in CHANNELS4 for an IPv4 client, the peer →
+/// client key in PEERS4 for an IPv4 peer; CHANNELS and PEERS otherwise.
+fn entries(
+    m: &ChannelMirror,
+) -> (
+    Fam<ChanKey4, ChanKey>,
+    ChanVal,
+    Fam<PeerKey4, PeerKey>,
+    PeerVal,
+) {
+    let key = match (v4_parts(m.client), v4_parts(m.local)) {
+        (Some((client_addr, client_port)), Some((local_addr, local_port))) => Fam::V4(ChanKey4 {
+            client_addr,
+            local_addr,
+            client_port,
+            local_port,
+            channel: m.channel,
+            pad: 0,
+        }),
+        _ => Fam::Any(ChanKey {
+            client: Endpoint::new(m.client),
+            local: Endpoint::new(m.local),
+            channel: m.channel,
+            pad: 0,
+        }),
     };
     let val = ChanVal {
         relay: Endpoint::new(m.relay),
@@ -639,10 +801,7 @@ fn entries(m: &ChannelMirror) -> (ChanKey, ChanVal, PeerKey, PeerVal) {
         pad: 0,
         expires_ns: m.expires_ns,
     };
-    let pkey = PeerKey {
-        peer: Endpoint::new(m.peer),
-        relay: Endpoint::new(m.relay),
-    };
+    let pkey = peer_key(m.peer, m.relay);
     let pval = PeerVal {
         client: Endpoint::new(m.client),
         local: Endpoint::new(m.local),
@@ -654,22 +813,58 @@ fn entries(m: &ChannelMirror) -> (ChanKey, ChanVal, PeerKey, PeerVal) {
     (key, val, pkey, pval)
 }
 
-fn permission_entries(m: &PermissionMirror) -> (SendKey, SendVal, PeerKey, DataVal) {
-    let peer = Endpoint::new(SocketAddr::new(m.peer, 0));
-    let key = SendKey {
-        client: Endpoint::new(m.client),
-        local: Endpoint::new(m.local),
-        peer,
+/// The peer → client key (PEERS4 and DATA_PERMS4 for an IPv4 peer, PEERS and DATA_PERMS
+/// otherwise); `peer`'s port 0 for a permission.
+fn peer_key(peer: SocketAddr, relay: SocketAddr) -> Fam<PeerKey4, PeerKey> {
+    match (v4_parts(peer), v4_parts(relay)) {
+        (Some((peer_addr, peer_port)), Some((relay_addr, relay_port))) => Fam::V4(PeerKey4 {
+            peer_addr,
+            relay_addr,
+            peer_port,
+            relay_port,
+        }),
+        _ => Fam::Any(PeerKey {
+            peer: Endpoint::new(peer),
+            relay: Endpoint::new(relay),
+        }),
+    }
+}
+
+/// A permission's entries: SEND_PERMS4 for an IPv4 client and an IPv4 peer, SEND_PERMS
+/// otherwise; DATA_PERMS4 for an IPv4 peer, DATA_PERMS otherwise.
+fn permission_entries(
+    m: &PermissionMirror,
+) -> (
+    Fam<SendKey4, SendKey>,
+    SendVal,
+    Fam<PeerKey4, PeerKey>,
+    DataVal,
+) {
+    let peer_sa = SocketAddr::new(m.peer, 0);
+    let key = match (v4_parts(m.client), v4_parts(m.local), v4_parts(peer_sa)) {
+        (
+            Some((client_addr, client_port)),
+            Some((local_addr, local_port)),
+            Some((peer_addr, _)),
+        ) => Fam::V4(SendKey4 {
+            client_addr,
+            local_addr,
+            peer_addr,
+            client_port,
+            local_port,
+        }),
+        _ => Fam::Any(SendKey {
+            client: Endpoint::new(m.client),
+            local: Endpoint::new(m.local),
+            peer: Endpoint::new(peer_sa),
+        }),
     };
     let val = SendVal {
         relay: Endpoint::new(m.relay),
         slot: m.slot,
         expires_ns: m.expires_ns,
     };
-    let pkey = PeerKey {
-        peer,
-        relay: Endpoint::new(m.relay),
-    };
+    let pkey = peer_key(peer_sa, m.relay);
     let pval = DataVal {
         client: Endpoint::new(m.client),
         local: Endpoint::new(m.local),

@@ -316,6 +316,61 @@ fn a_full_map_is_reported_and_leaves_nothing_behind() {
     assert_eq!(fp.channel_count(), 1);
 }
 
+/// IPv4 entries live in their own maps (compact keys), yet the limits hold over both families:
+/// refreshing an entry at the limit is no new entry, removing one makes room for either family.
+#[test]
+fn the_map_limits_hold_over_both_families_and_a_refresh_is_not_a_new_entry() {
+    let mut fp = FastPath::load(MapLimits {
+        channels: 1,
+        allocations: 1,
+        permissions: 1,
+    })
+    .unwrap();
+    let slot = fp.take_slot().unwrap();
+    for (first, second) in [
+        (mirror_v4(slot), mirror_v6(slot)),
+        (mirror_v6(slot), mirror_v4(slot)),
+    ] {
+        fp.add_channel(&first).unwrap();
+        fp.add_channel(&ChannelMirror {
+            expires_ns: 1,
+            ..first
+        })
+        .unwrap();
+        assert!(matches!(
+            fp.add_channel(&second),
+            Err(FastPathError::Full("CHANNELS"))
+        ));
+        assert_eq!(fp.channel_count(), 1);
+        fp.remove_channel(&first);
+        fp.add_channel(&second).unwrap();
+        assert_eq!(fp.channel_count(), 1);
+        fp.remove_channel(&second);
+        assert_eq!(fp.channel_count(), 0);
+    }
+    for (first, second) in [
+        (perm_v4(slot), perm_v6(slot)),
+        (perm_v6(slot), perm_v4(slot)),
+    ] {
+        fp.add_permission(&first).unwrap();
+        fp.add_permission(&PermissionMirror {
+            expires_ns: 1,
+            ..first
+        })
+        .unwrap();
+        assert!(matches!(
+            fp.add_permission(&second),
+            Err(FastPathError::Full("SEND_PERMS"))
+        ));
+        assert_eq!(fp.permission_count(), 1);
+        fp.remove_permission(&first);
+        fp.add_permission(&second).unwrap();
+        assert_eq!(fp.permission_count(), 1);
+        fp.remove_permission(&second);
+        assert_eq!(fp.permission_count(), 0);
+    }
+}
+
 #[test]
 fn an_entry_past_its_expiry_is_passed_up_without_user_space_touching_the_map() {
     let mut fp = loaded();

@@ -106,6 +106,34 @@ struct data_val {
 	__u64 expires_ns;
 };
 
+// IPv4 keys: the same entries for an IPv4 client (CHANNELS4, SEND_PERMS4 when the peer is IPv4
+// too) or an IPv4 peer (PEERS4, DATA_PERMS4), in 12-16 bytes instead of 40-60 (a hash lookup costs
+// by its key's length: hashing and comparing it). Addresses and ports in network order.
+struct chan_key4 {
+	__be32 client_addr;
+	__be32 local_addr;
+	__be16 client_port;
+	__be16 local_port;
+	__u16 channel;
+	__u16 pad;
+};
+
+// PEERS4 (peer -> client, channel) and DATA_PERMS4 (`peer_port` 0).
+struct peer_key4 {
+	__be32 peer_addr;
+	__be32 relay_addr;
+	__be16 peer_port;
+	__be16 relay_port;
+};
+
+struct send_key4 {
+	__be32 client_addr;
+	__be32 local_addr;
+	__be32 peer_addr;
+	__be16 client_port;
+	__be16 local_port;
+};
+
 // Per allocation slot: packets and payload bytes relayed each way, and how many of those
 // packets were Send (c2p) or Data (p2c) indications.
 struct alloc_counters {
@@ -153,6 +181,36 @@ struct {
 	__type(key, struct peer_key);
 	__type(value, struct data_val);
 } DATA_PERMS SEC(".maps");
+
+// The IPv4 maps (keys above); the four above hold the IPv6 and cross-family entries. User space
+// puts each entry in one of the two by family and keeps their sum within the configured limit.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct chan_key4);
+	__type(value, struct chan_val);
+} CHANNELS4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct peer_key4);
+	__type(value, struct peer_val);
+} PEERS4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct send_key4);
+	__type(value, struct send_val);
+} SEND_PERMS4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct peer_key4);
+	__type(value, struct data_val);
+} DATA_PERMS4 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -1296,13 +1354,25 @@ static __always_inline int v4_send(struct xdp_md *ctx, struct v4_headers *h, __u
 	struct scratch *sc = bpf_map_lookup_elem(&SCRATCH, &zero);
 	if (!sc)
 		return -1;
-	struct send_key *key = &sc->sk;
-	__builtin_memset(key, 0, sizeof(*key));
-	endpoint_v4(&key->client, h->ip.saddr, h->udp.source);
-	endpoint_v4(&key->local, h->ip.daddr, h->udp.dest);
-	__builtin_memcpy(key->peer.addr, si.peer, 16);
-	key->peer.family = si.family;
-	struct send_val *v = bpf_map_lookup_elem(&SEND_PERMS, key);
+	struct send_val *v;
+	if (si.family == 4) {
+		struct send_key4 k4 = {
+			.client_addr = h->ip.saddr,
+			.local_addr = h->ip.daddr,
+			.peer_addr = LD32(si.peer, 0),
+			.client_port = h->udp.source,
+			.local_port = h->udp.dest,
+		};
+		v = bpf_map_lookup_elem(&SEND_PERMS4, &k4);
+	} else {
+		struct send_key *key = &sc->sk;
+		__builtin_memset(key, 0, sizeof(*key));
+		endpoint_v4(&key->client, h->ip.saddr, h->udp.source);
+		endpoint_v4(&key->local, h->ip.daddr, h->udp.dest);
+		__builtin_memcpy(key->peer.addr, si.peer, 16);
+		key->peer.family = si.family;
+		v = bpf_map_lookup_elem(&SEND_PERMS, key);
+	}
 	if (!v)
 		return -1;
 	if (v->relay.family != si.family || expired(sc, v->expires_ns)) {
@@ -1505,12 +1575,14 @@ static __always_inline int handle_v4(struct xdp_md *ctx)
 	if (payload_len >= 4 && payload + 4 <= (__u8 *)end && (payload[0] & 0xc0) == 0x40) {
 		__u16 channel = ((__u16)payload[0] << 8) | payload[1];
 		__u16 data_len = ((__u16)payload[2] << 8) | payload[3];
-		struct chan_key *key = &sc->ck;
-		__builtin_memset(key, 0, sizeof(*key));
-		endpoint_v4(&key->client, h->ip.saddr, h->udp.source);
-		endpoint_v4(&key->local, h->ip.daddr, h->udp.dest);
-		key->channel = channel;
-		struct chan_val *v = bpf_map_lookup_elem(&CHANNELS, key);
+		struct chan_key4 key = {
+			.client_addr = h->ip.saddr,
+			.local_addr = h->ip.daddr,
+			.client_port = h->udp.source,
+			.local_port = h->udp.dest,
+			.channel = channel,
+		};
+		struct chan_val *v = bpf_map_lookup_elem(&CHANNELS4, &key);
 		// A miss may still be a peer's datagram that happens to start like ChannelData.
 		if (!v)
 			goto from_peer;
@@ -1546,15 +1618,18 @@ static __always_inline int handle_v4(struct xdp_md *ctx)
 	}
 
 from_peer:;
-	struct peer_key *pk = &sc->pk;
-	endpoint_v4(&pk->peer, h->ip.saddr, h->udp.source);
-	endpoint_v4(&pk->relay, h->ip.daddr, h->udp.dest);
-	struct peer_val *pv = bpf_map_lookup_elem(&PEERS, pk);
+	struct peer_key4 pk = {
+		.peer_addr = h->ip.saddr,
+		.relay_addr = h->ip.daddr,
+		.peer_port = h->udp.source,
+		.relay_port = h->udp.dest,
+	};
+	struct peer_val *pv = bpf_map_lookup_elem(&PEERS4, &pk);
 	if (!pv) {
 		// No channel for this peer transport address: a Data indication if its IP has a
 		// permission (the engine binds no channel the mirror did not mirror with it).
-		pk->peer.port = 0;
-		struct data_val *dv = bpf_map_lookup_elem(&DATA_PERMS, pk);
+		pk.peer_port = 0;
+		struct data_val *dv = bpf_map_lookup_elem(&DATA_PERMS4, &pk);
 		if (!dv)
 			return XDP_PASS;
 		if (dv->client.family != dv->local.family || payload_len > 0xffff - 64 ||
