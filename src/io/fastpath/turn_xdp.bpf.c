@@ -156,6 +156,7 @@ enum {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 65536);
 	__type(key, struct chan_key);
 	__type(value, struct chan_val);
@@ -163,6 +164,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 65536);
 	__type(key, struct peer_key);
 	__type(value, struct peer_val);
@@ -170,6 +172,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 65536);
 	__type(key, struct send_key);
 	__type(value, struct send_val);
@@ -177,6 +180,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 65536);
 	__type(key, struct peer_key);
 	__type(value, struct data_val);
@@ -184,8 +188,11 @@ struct {
 
 // The IPv4 maps (keys above); the four above hold the IPv6 and cross-family entries. User space
 // puts each entry in one of the two by family and keeps their sum within the configured limit.
+// No hash map is preallocated: with two maps per kind sized to the limit each, preallocation would
+// take twice the memory of the entries that can ever be in them; lookups cost the same.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 65536);
 	__type(key, struct chan_key4);
 	__type(value, struct chan_val);
@@ -193,6 +200,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 65536);
 	__type(key, struct peer_key4);
 	__type(value, struct peer_val);
@@ -200,6 +208,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 65536);
 	__type(key, struct send_key4);
 	__type(value, struct send_val);
@@ -207,6 +216,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 65536);
 	__type(key, struct peer_key4);
 	__type(value, struct data_val);
