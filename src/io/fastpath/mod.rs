@@ -3,8 +3,9 @@
 //! owns its maps.
 //!
 //! User space stays the authority (DESIGN.md, "The kernel fast path"): it mirrors a bound channel
-//! (RFC 8656 §12) into two hash maps, one per direction, and a permission (RFC 8656 §9) into two
-//! more, and removes them again; the program relays ChannelData, Send indications and Data
+//! (RFC 8656 §12) and a permission (RFC 8656 §9) into hash maps, client → peer one entry each,
+//! peer → client one entry per peer IP for both (IPv4 in maps of their own with compact keys),
+//! and removes them again; the program relays ChannelData, Send indications and Data
 //! indications (RFC 8656 §10, §11) for what it finds there and passes everything else up
 //! (`XDP_PASS`). Each mirrored
 //! allocation gets a counter slot whose per-CPU packets and payload bytes [`FastPath::counters`]
@@ -186,17 +187,6 @@ struct PeerKey {
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct PeerVal {
-    client: Endpoint,
-    local: Endpoint,
-    channel: u16,
-    pad: u16,
-    slot: u32,
-    expires_ns: u64,
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct SendKey {
     client: Endpoint,
     local: Endpoint,
@@ -269,6 +259,36 @@ struct DataVal {
     expires_ns: u64,
 }
 
+/// Channels the kernel relays per peer IP and allocation (`PEER_CHANNELS`); more are
+/// [`FastPathError::Full`] (the mirror then keeps that peer's permission out as well).
+const PEER_CHANNELS: usize = 4;
+
+/// A channel bound to one port of a peer IP (`struct peer_chan`); port 0: a free place.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct PeerChan {
+    /// Network order.
+    port: u16,
+    channel: u16,
+    pad: u32,
+    expires_ns: u64,
+}
+
+/// Peer → client for one peer IP and relayed address (`struct peer_ip_val`): the permission
+/// (`perm.expires_ns` 0 when none is mirrored) and the channels bound to that IP's ports.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PeerIpVal {
+    perm: DataVal,
+    chans: [PeerChan; PEER_CHANNELS],
+}
+
+impl PeerIpVal {
+    fn is_empty(&self) -> bool {
+        self.perm.expires_ns == 0 && self.chans.iter().all(|c| c.port == 0)
+    }
+}
+
 /// Relayed packets and payload bytes of one allocation slot (`struct alloc_counters`), and how
 /// many of those packets were Send (client → peer) or Data (peer → client) indications.
 #[repr(C)]
@@ -288,7 +308,8 @@ unsafe impl aya::Pod for Endpoint {}
 unsafe impl aya::Pod for ChanKey {}
 unsafe impl aya::Pod for ChanVal {}
 unsafe impl aya::Pod for PeerKey {}
-unsafe impl aya::Pod for PeerVal {}
+unsafe impl aya::Pod for PeerChan {}
+unsafe impl aya::Pod for PeerIpVal {}
 unsafe impl aya::Pod for SlotCounters {}
 unsafe impl aya::Pod for SendKey {}
 unsafe impl aya::Pod for SendVal {}
@@ -373,14 +394,13 @@ pub const XDP_REDIRECT: u32 = 4;
 pub struct FastPath {
     ebpf: Ebpf,
     channels: HashMap<MapData, ChanKey, ChanVal>,
-    peers: HashMap<MapData, PeerKey, PeerVal>,
+    /// Peer → client, ChannelData and Data indications: one entry per peer IP and relayed address.
+    peer_ips: HashMap<MapData, PeerKey, PeerIpVal>,
     send_perms: HashMap<MapData, SendKey, SendVal>,
-    data_perms: HashMap<MapData, PeerKey, DataVal>,
     /// The same for IPv4 (compact keys); an entry is in one map of each pair, by family.
     channels4: HashMap<MapData, ChanKey4, ChanVal>,
-    peers4: HashMap<MapData, PeerKey4, PeerVal>,
+    peer_ips4: HashMap<MapData, PeerKey4, PeerIpVal>,
     send_perms4: HashMap<MapData, SendKey4, SendVal>,
-    data_perms4: HashMap<MapData, PeerKey4, DataVal>,
     /// Channels and permissions mirrored, over both families, and the limits on them
     /// (`--xdp-max-channels`, `--xdp-max-permissions`): each map is sized to the limit, and the
     /// sum over a pair is kept within it here.
@@ -428,15 +448,16 @@ impl FastPath {
         let channels = limits.channels.max(1);
         let allocations = limits.allocations.max(1);
         let permissions = limits.permissions.max(1);
+        // A peer IP's entry holds its permission and its channels: at most one per channel or
+        // permission mirrored.
+        let peer_ips = channels.saturating_add(permissions);
         let mut ebpf = EbpfLoader::new()
             .set_max_entries("CHANNELS", channels)
-            .set_max_entries("PEERS", channels)
+            .set_max_entries("PEER_IPS", peer_ips)
             .set_max_entries("SEND_PERMS", permissions)
-            .set_max_entries("DATA_PERMS", permissions)
             .set_max_entries("CHANNELS4", channels)
-            .set_max_entries("PEERS4", channels)
+            .set_max_entries("PEER_IPS4", peer_ips)
             .set_max_entries("SEND_PERMS4", permissions)
-            .set_max_entries("DATA_PERMS4", permissions)
             .set_global("CRC_TABLES", &CRC_TABLES[..], true)
             .set_global("VERIFY_FINGERPRINT", &verify_fingerprint, true)
             .set_max_entries("ALLOC_COUNTERS", allocations)
@@ -459,18 +480,16 @@ impl FastPath {
         };
         let channels_map =
             HashMap::try_from(take(&mut ebpf, "CHANNELS")?).map_err(map_err("CHANNELS"))?;
-        let peers = HashMap::try_from(take(&mut ebpf, "PEERS")?).map_err(map_err("PEERS"))?;
+        let peer_ips =
+            HashMap::try_from(take(&mut ebpf, "PEER_IPS")?).map_err(map_err("PEER_IPS"))?;
         let send_perms =
             HashMap::try_from(take(&mut ebpf, "SEND_PERMS")?).map_err(map_err("SEND_PERMS"))?;
-        let data_perms =
-            HashMap::try_from(take(&mut ebpf, "DATA_PERMS")?).map_err(map_err("DATA_PERMS"))?;
         let channels4 =
             HashMap::try_from(take(&mut ebpf, "CHANNELS4")?).map_err(map_err("CHANNELS4"))?;
-        let peers4 = HashMap::try_from(take(&mut ebpf, "PEERS4")?).map_err(map_err("PEERS4"))?;
+        let peer_ips4 =
+            HashMap::try_from(take(&mut ebpf, "PEER_IPS4")?).map_err(map_err("PEER_IPS4"))?;
         let send_perms4 =
             HashMap::try_from(take(&mut ebpf, "SEND_PERMS4")?).map_err(map_err("SEND_PERMS4"))?;
-        let data_perms4 =
-            HashMap::try_from(take(&mut ebpf, "DATA_PERMS4")?).map_err(map_err("DATA_PERMS4"))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "ALLOC_COUNTERS")?)
             .map_err(map_err("ALLOC_COUNTERS"))?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, "STATS")?).map_err(map_err("STATS"))?;
@@ -479,13 +498,11 @@ impl FastPath {
         Ok(FastPath {
             ebpf,
             channels: channels_map,
-            peers,
+            peer_ips,
             send_perms,
-            data_perms,
             channels4,
-            peers4,
+            peer_ips4,
             send_perms4,
-            data_perms4,
             channel_entries: 0,
             permission_entries: 0,
             limits: MapLimits {
@@ -613,15 +630,64 @@ impl FastPath {
         if new {
             self.channel_entries += 1;
         }
-        let peer = match pkey {
-            Fam::V4(k) => self.peers4.insert(k, pval, 0),
-            Fam::Any(k) => self.peers.insert(k, pval, 0),
+        let port = u16::from_ne_bytes(m.peer.port().to_be_bytes());
+        let chan = PeerChan {
+            port,
+            channel: m.channel,
+            pad: 0,
+            expires_ns: m.expires_ns,
         };
+        let peer = self.update_peer_ip(pkey, pval, |v| {
+            let at = v
+                .chans
+                .iter()
+                .position(|c| c.port == port)
+                .or_else(|| v.chans.iter().position(|c| c.port == 0))?;
+            v.chans[at] = chan;
+            Some(())
+        });
         if let Err(e) = peer {
             self.remove_channel_key(key);
-            return Err(full_or(e, "PEERS"));
+            return Err(e);
         }
         Ok(())
+    }
+
+    /// Changes the peer → client entry of `key` with `change` (from an empty one if there is
+    /// none; `None` from it: no room, [`FastPathError::Full`]), `base` giving the allocation's
+    /// client, server address and slot; removes the entry when nothing is left in it.
+    fn update_peer_ip(
+        &mut self,
+        key: Fam<PeerKey4, PeerKey>,
+        base: DataVal,
+        change: impl FnOnce(&mut PeerIpVal) -> Option<()>,
+    ) -> Result<(), FastPathError> {
+        let old = match key {
+            Fam::V4(k) => self.peer_ips4.get(&k, 0).ok(),
+            Fam::Any(k) => self.peer_ips.get(&k, 0).ok(),
+        };
+        let mut v = old.unwrap_or(PeerIpVal {
+            perm: DataVal {
+                expires_ns: 0,
+                ..base
+            },
+            chans: [PeerChan::default(); PEER_CHANNELS],
+        });
+        v.perm = DataVal {
+            expires_ns: v.perm.expires_ns,
+            ..base
+        };
+        change(&mut v).ok_or(FastPathError::Full("PEER_IPS"))?;
+        let result = match (key, v.is_empty()) {
+            (Fam::V4(k), true) => self.peer_ips4.remove(&k),
+            (Fam::Any(k), true) => self.peer_ips.remove(&k),
+            (Fam::V4(k), false) => self.peer_ips4.insert(k, v, 0),
+            (Fam::Any(k), false) => self.peer_ips.insert(k, v, 0),
+        };
+        match result {
+            Err(_) if v.is_empty() => Ok(()),
+            r => r.map_err(|e| full_or(e, "PEER_IPS")),
+        }
     }
 
     fn remove_channel_key(&mut self, key: Fam<ChanKey4, ChanKey>) {
@@ -636,12 +702,15 @@ impl FastPath {
 
     /// Stops relaying a channel in the kernel, at once (both directions).
     pub fn remove_channel(&mut self, m: &ChannelMirror) {
-        let (key, _, pkey, _) = entries(m);
+        let (key, _, pkey, pval) = entries(m);
         self.remove_channel_key(key);
-        let _ = match pkey {
-            Fam::V4(k) => self.peers4.remove(&k),
-            Fam::Any(k) => self.peers.remove(&k),
-        };
+        let port = u16::from_ne_bytes(m.peer.port().to_be_bytes());
+        let _ = self.update_peer_ip(pkey, pval, |v| {
+            for c in v.chans.iter_mut().filter(|c| c.port == port) {
+                *c = PeerChan::default();
+            }
+            Some(())
+        });
     }
 
     /// Number of channels mirrored (both families).
@@ -669,13 +738,15 @@ impl FastPath {
         if new {
             self.permission_entries += 1;
         }
-        let data = match pkey {
-            Fam::V4(k) => self.data_perms4.insert(k, pval, 0),
-            Fam::Any(k) => self.data_perms.insert(k, pval, 0),
-        };
+        // 0 means no permission in the kernel's entry.
+        let expires_ns = pval.expires_ns.max(1);
+        let data = self.update_peer_ip(pkey, pval, |v| {
+            v.perm.expires_ns = expires_ns;
+            Some(())
+        });
         if let Err(e) = data {
             self.remove_send_key(key);
-            return Err(full_or(e, "DATA_PERMS"));
+            return Err(e);
         }
         Ok(())
     }
@@ -692,12 +763,12 @@ impl FastPath {
 
     /// Stops relaying indications under a permission in the kernel, at once (both directions).
     pub fn remove_permission(&mut self, m: &PermissionMirror) {
-        let (key, _, pkey, _) = permission_entries(m);
+        let (key, _, pkey, pval) = permission_entries(m);
         self.remove_send_key(key);
-        let _ = match pkey {
-            Fam::V4(k) => self.data_perms4.remove(&k),
-            Fam::Any(k) => self.data_perms.remove(&k),
-        };
+        let _ = self.update_peer_ip(pkey, pval, |v| {
+            v.perm.expires_ns = 0;
+            Some(())
+        });
     }
 
     /// Number of permissions mirrored (both families).
@@ -768,15 +839,16 @@ impl FastPath {
     }
 }
 
-/// A channel's entries: the client → peer key in CHANNELS4 for an IPv4 client, the peer →
-/// client key in PEERS4 for an IPv4 peer; CHANNELS and PEERS otherwise.
+/// A channel's entries: the client → peer key in CHANNELS4 for an IPv4 client, CHANNELS
+/// otherwise; the peer → client key of its peer IP (PEER_IPS4 or PEER_IPS) and what that entry
+/// says of the allocation.
 fn entries(
     m: &ChannelMirror,
 ) -> (
     Fam<ChanKey4, ChanKey>,
     ChanVal,
     Fam<PeerKey4, PeerKey>,
-    PeerVal,
+    DataVal,
 ) {
     let key = match (v4_parts(m.client), v4_parts(m.local)) {
         (Some((client_addr, client_port)), Some((local_addr, local_port))) => Fam::V4(ChanKey4 {
@@ -801,20 +873,19 @@ fn entries(
         pad: 0,
         expires_ns: m.expires_ns,
     };
-    let pkey = peer_key(m.peer, m.relay);
-    let pval = PeerVal {
+    let pkey = peer_key(SocketAddr::new(m.peer.ip(), 0), m.relay);
+    let pval = DataVal {
         client: Endpoint::new(m.client),
         local: Endpoint::new(m.local),
-        channel: m.channel,
-        pad: 0,
         slot: m.slot,
-        expires_ns: m.expires_ns,
+        pad: 0,
+        expires_ns: 0,
     };
     (key, val, pkey, pval)
 }
 
-/// The peer → client key (PEERS4 and DATA_PERMS4 for an IPv4 peer, PEERS and DATA_PERMS
-/// otherwise); `peer`'s port 0 for a permission.
+/// The peer → client key (PEER_IPS4 for an IPv4 peer, PEER_IPS otherwise); `peer`'s port is 0:
+/// an entry covers the IP.
 fn peer_key(peer: SocketAddr, relay: SocketAddr) -> Fam<PeerKey4, PeerKey> {
     match (v4_parts(peer), v4_parts(relay)) {
         (Some((peer_addr, peer_port)), Some((relay_addr, relay_port))) => Fam::V4(PeerKey4 {
@@ -831,7 +902,7 @@ fn peer_key(peer: SocketAddr, relay: SocketAddr) -> Fam<PeerKey4, PeerKey> {
 }
 
 /// A permission's entries: SEND_PERMS4 for an IPv4 client and an IPv4 peer, SEND_PERMS
-/// otherwise; DATA_PERMS4 for an IPv4 peer, DATA_PERMS otherwise.
+/// otherwise; the peer → client entry of its peer IP (PEER_IPS4 or PEER_IPS) with the permission.
 fn permission_entries(
     m: &PermissionMirror,
 ) -> (

@@ -634,6 +634,74 @@ fn a_peer_port_with_a_channel_gets_channel_data_and_its_other_ports_data_indicat
     assert_eq!(out.payload, engine_data_indication(peer, b"hello", &tid));
 }
 
+/// Channels and the permission of one peer IP share the kernel's peer → client entry (one lookup
+/// for either kind): each can go without the other, a channel alone sends the IP's other ports
+/// up, and a fifth channel to one IP does not fit and leaves nothing behind.
+#[test]
+fn a_peer_ips_channels_and_permission_come_and_go_independently() {
+    let mut fp = loaded();
+    let slot = fp.take_slot().unwrap();
+    let ch = mirror_v4(slot);
+    let perm = perm_v4(slot);
+    let from = |port: u16| {
+        frame(
+            &Udp {
+                src: SocketAddr::new(perm.peer, port),
+                dst: perm.relay,
+                payload: b"hello".to_vec(),
+            },
+            false,
+        )
+    };
+    let kind = |fp: &FastPath, port: u16| {
+        let run = fp.test_run(&from(port), 1).unwrap();
+        if run.action == XDP_PASS {
+            assert_eq!(run.frame, from(port), "passed up unchanged");
+            return "up";
+        }
+        let out = parse_verified(&run.frame).0;
+        if out.payload == channel_data(ch.channel, b"hello") {
+            "channel"
+        } else {
+            assert_eq!(out.payload[..2], [0x00, 0x17]);
+            "data"
+        }
+    };
+    let (port, other) = (ch.peer.port(), ch.peer.port() + 1);
+    fp.add_channel(&ch).unwrap();
+    assert_eq!((kind(&fp, port), kind(&fp, other)), ("channel", "up"));
+    fp.add_permission(&perm).unwrap();
+    assert_eq!((kind(&fp, port), kind(&fp, other)), ("channel", "data"));
+    fp.remove_channel(&ch);
+    assert_eq!((kind(&fp, port), kind(&fp, other)), ("data", "data"));
+    fp.add_channel(&ch).unwrap();
+    fp.remove_permission(&perm);
+    assert_eq!((kind(&fp, port), kind(&fp, other)), ("channel", "up"));
+    // Four more channels to other ports of the same IP: three fit beside the first.
+    let more = |i: u16| ChannelMirror {
+        peer: SocketAddr::new(ch.peer.ip(), 41000 + i),
+        channel: 0x4100 + i,
+        ..ch
+    };
+    for i in 0..3 {
+        fp.add_channel(&more(i)).unwrap();
+    }
+    assert!(matches!(
+        fp.add_channel(&more(3)),
+        Err(FastPathError::Full("PEER_IPS"))
+    ));
+    assert_eq!(fp.channel_count(), 4, "the refused one left nothing behind");
+    assert_eq!(kind(&fp, 41003), "up");
+    fp.remove_channel(&ch);
+    assert_eq!(kind(&fp, port), "up");
+    fp.add_channel(&more(3)).unwrap();
+    for i in 0..4 {
+        fp.remove_channel(&more(i));
+    }
+    assert_eq!(fp.channel_count(), 0);
+    assert_eq!(kind(&fp, 41000), "up");
+}
+
 #[test]
 fn send_indications_the_program_cannot_prove_right_go_to_user_space_unchanged() {
     let mut fp = loaded();

@@ -68,19 +68,11 @@ struct chan_val {
 	__u64 expires_ns;
 };
 
-// peer -> client: a UDP datagram from `peer` to the relayed address `relay`.
+// peer -> client (PEER_IPS): a UDP datagram from the IP of `peer` (`peer.port` 0: the entry
+// covers every port of that IP) to the relayed address `relay`.
 struct peer_key {
 	struct endpoint peer;
 	struct endpoint relay;
-};
-
-struct peer_val {
-	struct endpoint client;
-	struct endpoint local;
-	__u16 channel;
-	__u16 pad;
-	__u32 slot;
-	__u64 expires_ns;
 };
 
 // client -> peer Send indications: from `client` to `local`, for a peer IP (`peer.port` 0).
@@ -97,7 +89,9 @@ struct send_val {
 	__u64 expires_ns;
 };
 
-// peer -> client Data indications: keyed like PEERS, with `peer.port` 0 (a permission is per IP).
+// peer -> client: where a datagram from a permitted peer IP goes (a Data indication, or ChannelData
+// from a port with a channel: the same client and allocation) and, in `expires_ns`, the earlier of
+// the permission's and the allocation's deadlines.
 struct data_val {
 	struct endpoint client;
 	struct endpoint local;
@@ -106,8 +100,27 @@ struct data_val {
 	__u64 expires_ns;
 };
 
+// peer -> client, both kinds in one lookup: per peer IP and relayed address (`peer.port` 0 in
+// the key), the permission (`perm`; its `expires_ns` 0 when only channels are mirrored for that
+// IP, so its other ports' datagrams go up) and up to PEER_CHANNELS channels bound to that IP's
+// ports (`port` in network order, 0 for a free place), each with its own expiry. A datagram from
+// a port with a channel becomes ChannelData, from any other port a Data indication.
+#define PEER_CHANNELS 4
+
+struct peer_chan {
+	__be16 port;
+	__u16 channel;
+	__u32 pad;
+	__u64 expires_ns;
+};
+
+struct peer_ip_val {
+	struct data_val perm;
+	struct peer_chan chans[PEER_CHANNELS];
+};
+
 // IPv4 keys: the same entries for an IPv4 client (CHANNELS4, SEND_PERMS4 when the peer is IPv4
-// too) or an IPv4 peer (PEERS4, DATA_PERMS4), in 12-16 bytes instead of 40-60 (a hash lookup costs
+// too) or an IPv4 peer (PEER_IPS4), in 12-16 bytes instead of 40-60 (a hash lookup costs
 // by its key's length: hashing and comparing it). Addresses and ports in network order.
 struct chan_key4 {
 	__be32 client_addr;
@@ -118,7 +131,7 @@ struct chan_key4 {
 	__u16 pad;
 };
 
-// PEERS4 (peer -> client, channel) and DATA_PERMS4 (`peer_port` 0).
+// PEER_IPS4 (`peer_port` 0: an entry covers every port of the peer IP).
 struct peer_key4 {
 	__be32 peer_addr;
 	__be32 relay_addr;
@@ -167,8 +180,8 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 65536);
 	__type(key, struct peer_key);
-	__type(value, struct peer_val);
-} PEERS SEC(".maps");
+	__type(value, struct peer_ip_val);
+} PEER_IPS SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -178,13 +191,6 @@ struct {
 	__type(value, struct send_val);
 } SEND_PERMS SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 65536);
-	__type(key, struct peer_key);
-	__type(value, struct data_val);
-} DATA_PERMS SEC(".maps");
 
 // The IPv4 maps (keys above); the four above hold the IPv6 and cross-family entries. User space
 // puts each entry in one of the two by family and keeps their sum within the configured limit.
@@ -203,8 +209,8 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 65536);
 	__type(key, struct peer_key4);
-	__type(value, struct peer_val);
-} PEERS4 SEC(".maps");
+	__type(value, struct peer_ip_val);
+} PEER_IPS4 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -214,13 +220,6 @@ struct {
 	__type(value, struct send_val);
 } SEND_PERMS4 SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 65536);
-	__type(key, struct peer_key4);
-	__type(value, struct data_val);
-} DATA_PERMS4 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -1295,12 +1294,12 @@ static __always_inline int v4_client_to_peer(struct xdp_md *ctx, struct v4_heade
 }
 
 static __always_inline int v4_peer_to_client(struct xdp_md *ctx, struct v4_headers *h,
-					     const struct peer_val *v, __u16 data_len)
+					     const struct data_val *v, __u16 channel, __u16 data_len)
 {
 	__u16 old_len = h->udp.len;
 	__u16 new_len = bpf_htons(data_len + 4 + sizeof(struct udphdr));
 	__u16 old_check = h->udp.check;
-	__u16 cd[2] __attribute__((aligned(4))) = {bpf_htons(v->channel), bpf_htons(data_len)};
+	__u16 cd[2] __attribute__((aligned(4))) = {bpf_htons(channel), bpf_htons(data_len)};
 	__u64 sum = 0;
 	if (loopback_partial_csum(ctx))
 		h->udp.check = old_check = 0;
@@ -1544,6 +1543,18 @@ static __always_inline int v4_data(struct xdp_md *ctx, struct v4_headers *h,
 	return action;
 }
 
+// The channel bound to the peer's source port `port`, if any.
+static __always_inline const struct peer_chan *find_chan(const struct peer_ip_val *v, __be16 port)
+{
+	if (!port)
+		return 0;
+#pragma unroll
+	for (int i = 0; i < PEER_CHANNELS; i++)
+		if (v->chans[i].port == port)
+			return &v->chans[i];
+	return 0;
+}
+
 static __always_inline int handle_v4(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -1631,16 +1642,18 @@ from_peer:;
 	struct peer_key4 pk = {
 		.peer_addr = h->ip.saddr,
 		.relay_addr = h->ip.daddr,
-		.peer_port = h->udp.source,
 		.relay_port = h->udp.dest,
 	};
-	struct peer_val *pv = bpf_map_lookup_elem(&PEERS4, &pk);
-	if (!pv) {
+	struct peer_ip_val *pip = bpf_map_lookup_elem(&PEER_IPS4, &pk);
+	if (!pip)
+		return XDP_PASS;
+	struct data_val *pv = &pip->perm;
+	const struct peer_chan *ch = find_chan(pip, h->udp.source);
+	if (!ch) {
 		// No channel for this peer transport address: a Data indication if its IP has a
 		// permission (the engine binds no channel the mirror did not mirror with it).
-		pk.peer_port = 0;
-		struct data_val *dv = bpf_map_lookup_elem(&DATA_PERMS4, &pk);
-		if (!dv)
+		struct data_val *dv = pv;
+		if (!dv->expires_ns)
 			return XDP_PASS;
 		if (dv->client.family != dv->local.family || payload_len > 0xffff - 64 ||
 		    expired(sc, dv->expires_ns)) {
@@ -1670,7 +1683,7 @@ from_peer:;
 		return v4_data(ctx, h, dv, payload_len);
 	}
 	if (pv->client.family != pv->local.family || payload_len > 0xffff - 64 ||
-	    expired(sc, pv->expires_ns)) {
+	    expired(sc, ch->expires_ns)) {
 		stat_inc(STAT_PASS_MATCHED);
 		return XDP_PASS;
 	}
@@ -1682,8 +1695,8 @@ from_peer:;
 		struct xplan *x = &sc->x;
 		plan(x, &pv->local, &pv->client, pv->slot, payload_len);
 		x->sum = sum_out_v4(h);
-		sc->hdr[0] = pv->channel >> 8;
-		sc->hdr[1] = pv->channel;
+		sc->hdr[0] = ch->channel >> 8;
+		sc->hdr[1] = ch->channel;
 		sc->hdr[2] = payload_len >> 8;
 		sc->hdr[3] = payload_len;
 		x->added = 4;
@@ -1694,7 +1707,7 @@ from_peer:;
 		stat_inc(STAT_PASS_MATCHED);
 		return XDP_PASS;
 	}
-	return v4_peer_to_client(ctx, h, pv, payload_len);
+	return v4_peer_to_client(ctx, h, pv, ch->channel, payload_len);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1753,11 +1766,11 @@ static __always_inline int v6_client_to_peer(struct xdp_md *ctx, struct v6_heade
 }
 
 static __always_inline int v6_peer_to_client(struct xdp_md *ctx, struct v6_headers *h,
-					     const struct peer_val *v, __u16 data_len)
+					     const struct data_val *v, __u16 channel, __u16 data_len)
 {
 	__u16 old_len = h->udp.len;
 	__u16 new_len = bpf_htons(data_len + 4 + sizeof(struct udphdr));
-	__u16 cd[2] __attribute__((aligned(4))) = {bpf_htons(v->channel), bpf_htons(data_len)};
+	__u16 cd[2] __attribute__((aligned(4))) = {bpf_htons(channel), bpf_htons(data_len)};
 
 	__u64 sum = (__u16)~h->udp.check;
 	sum = csum_sub_words(sum, (__u16 *)&h->ip.saddr, 8);
@@ -2057,15 +2070,18 @@ static __always_inline int handle_v6(struct xdp_md *ctx)
 
 from_peer:;
 	struct peer_key *pk = &sc->pk;
-	endpoint_v6(&pk->peer, &h->ip.saddr, h->udp.source);
+	endpoint_v6(&pk->peer, &h->ip.saddr, 0);
 	endpoint_v6(&pk->relay, &h->ip.daddr, h->udp.dest);
-	struct peer_val *pv = bpf_map_lookup_elem(&PEERS, pk);
-	if (!pv) {
+	struct peer_ip_val *pip = bpf_map_lookup_elem(&PEER_IPS, pk);
+	if (!pip)
+		return XDP_PASS;
+	struct data_val *pv = &pip->perm;
+	const struct peer_chan *ch = find_chan(pip, h->udp.source);
+	if (!ch) {
 		// No channel for this peer transport address: a Data indication if its IP has a
 		// permission (the engine binds no channel the mirror did not mirror with it).
-		pk->peer.port = 0;
-		struct data_val *dv = bpf_map_lookup_elem(&DATA_PERMS, pk);
-		if (!dv)
+		struct data_val *dv = pv;
+		if (!dv->expires_ns)
 			return XDP_PASS;
 		if (dv->client.family != dv->local.family || payload_len > 0xffff - 64 ||
 		    expired(sc, dv->expires_ns)) {
@@ -2094,7 +2110,7 @@ from_peer:;
 		return v6_data(ctx, h, dv, payload_len);
 	}
 	if (pv->client.family != pv->local.family || payload_len > 0xffff - 64 ||
-	    expired(sc, pv->expires_ns)) {
+	    expired(sc, ch->expires_ns)) {
 		stat_inc(STAT_PASS_MATCHED);
 		return XDP_PASS;
 	}
@@ -2106,8 +2122,8 @@ from_peer:;
 		struct xplan *x = &sc->x;
 		plan(x, &pv->local, &pv->client, pv->slot, payload_len);
 		x->sum = sum_out_v6(h);
-		sc->hdr[0] = pv->channel >> 8;
-		sc->hdr[1] = pv->channel;
+		sc->hdr[0] = ch->channel >> 8;
+		sc->hdr[1] = ch->channel;
 		sc->hdr[2] = payload_len >> 8;
 		sc->hdr[3] = payload_len;
 		x->added = 4;
@@ -2118,7 +2134,7 @@ from_peer:;
 		stat_inc(STAT_PASS_MATCHED);
 		return XDP_PASS;
 	}
-	return v6_peer_to_client(ctx, h, pv, payload_len);
+	return v6_peer_to_client(ctx, h, pv, ch->channel, payload_len);
 }
 
 SEC("xdp")
