@@ -2,7 +2,8 @@
 //! frame per path `BPF_PROG_TEST_RUN`-style and reports its own mean time per run, so the figure
 //! is the program alone (no syscall, no copy to user space). Paths, IPv4 and IPv6, a 100-byte
 //! payload: ChannelData client → peer and peer → client; Send indications client → peer, plain
-//! and with FINGERPRINT (checked in the kernel); Data indications peer → client (a 100-byte and a
+//! and with FINGERPRINT (trimmed unchecked, the default, and checked in the kernel as with
+//! `--xdp-verify-fingerprint`); Data indications peer → client (a 100-byte and a
 //! 101-byte payload, which needs padding); and a miss (a datagram for nobody, passed up).
 //! The frame arrives on the caller's `lo`, so the route step is the loopback shortcut (XDP_TX);
 //! on another interface `bpf_fib_lookup` adds its own cost.
@@ -17,12 +18,12 @@ use std::net::SocketAddr;
 
 use vigi_turn::io::fastpath::frames::{frame, parse, Udp};
 use vigi_turn::io::fastpath::{
-    ChannelMirror, FastPath, MapLimits, PermissionMirror, XDP_PASS, XDP_TX,
+    ChannelMirror, FastPath, MapLimits, PermissionMirror, ProgramOptions, XDP_PASS, XDP_TX,
 };
 use vigi_turn::proto::{attr, Class, MessageBuilder, Method};
 
 /// A Send indication as browsers send it (XOR-PEER-ADDRESS, DATA) or, with `uclient`, as
-/// turnutils_uclient -s does (DATA, XOR-PEER-ADDRESS, FINGERPRINT: the kernel checks the CRC).
+/// turnutils_uclient -s does (DATA, XOR-PEER-ADDRESS, FINGERPRINT).
 fn send_indication(peer: SocketAddr, data: &[u8], uclient: bool) -> Vec<u8> {
     let mut out = Vec::new();
     let mut b = MessageBuilder::new(&mut out, Method::SEND, Class::Indication, &[7; 12]);
@@ -51,12 +52,35 @@ fn channel_data(channel: u16, data: &[u8]) -> Vec<u8> {
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
     let (repeat, rounds) = if bench { (100_000u32, 3) } else { (1_000, 1) };
-    let mut fp = FastPath::load(MapLimits {
+    let limits = MapLimits {
         channels: 1024,
         allocations: 1024,
         permissions: 1024,
-    })
-    .expect("loading the XDP program (needs root: CAP_BPF, CAP_NET_ADMIN)");
+    };
+    let load = |verify_fingerprint| {
+        FastPath::load_with(limits, ProgramOptions { verify_fingerprint })
+            .expect("loading the XDP program (needs root: CAP_BPF, CAP_NET_ADMIN)")
+    };
+    // The default program, and one with `--xdp-verify-fingerprint` for the checked Send; both
+    // get the same mirrors (and so the same slots).
+    let mut fp = load(false);
+    let mut fp_checked = load(true);
+    let mut mirror = |m: &ChannelMirror| {
+        for f in [&mut fp, &mut fp_checked] {
+            assert_eq!(f.take_slot(), Some(m.slot));
+            f.add_channel(m).expect("mirror");
+            f.add_permission(&PermissionMirror {
+                client: m.client,
+                local: m.local,
+                relay: m.relay,
+                peer: m.peer.ip(),
+                slot: m.slot,
+                expires_ns: u64::MAX,
+            })
+            .expect("mirror");
+        }
+    };
+    let mut next_slot = 0;
     let data = vec![0xa5u8; 100];
     let mut paths = Vec::new();
     for (family, client, local, relay, peer) in [
@@ -75,26 +99,17 @@ fn main() {
             "[fd00::3]:40001",
         ),
     ] {
-        let slot = fp.take_slot().expect("slot");
         let m = ChannelMirror {
             client: sa(client),
             local: sa(local),
             relay: sa(relay),
             peer: sa(peer),
             channel: 0x4000,
-            slot,
+            slot: next_slot,
             expires_ns: u64::MAX,
         };
-        fp.add_channel(&m).expect("mirror");
-        fp.add_permission(&PermissionMirror {
-            client: m.client,
-            local: m.local,
-            relay: m.relay,
-            peer: m.peer.ip(),
-            slot,
-            expires_ns: u64::MAX,
-        })
-        .expect("mirror");
+        next_slot += 1;
+        mirror(&m);
         // Another port of the permitted peer: no channel, so a Data indication.
         let other_port = SocketAddr::new(m.peer.ip(), m.peer.port() + 1);
         let c2p = Udp {
@@ -116,24 +131,30 @@ fn main() {
             format!("ChannelData client → peer, {family}"),
             frame(&c2p, false),
             XDP_TX,
+            false,
         ));
         paths.push((
             format!("peer → client ChannelData, {family}"),
             frame(&p2c, false),
             XDP_TX,
+            false,
         ));
-        for uclient in [false, true] {
+        for (uclient, checked, what) in [
+            (false, false, "Send indication → peer"),
+            (true, false, "Send (+FINGERPRINT) → peer"),
+            (true, true, "Send (+FP, checked) → peer"),
+        ] {
             let send = Udp {
                 src: m.client,
                 dst: m.local,
                 payload: send_indication(m.peer, &data, uclient),
             };
-            let what = if uclient {
-                "Send (+FINGERPRINT) → peer"
-            } else {
-                "Send indication → peer"
-            };
-            paths.push((format!("{what}, {family}"), frame(&send, false), XDP_TX));
+            paths.push((
+                format!("{what}, {family}"),
+                frame(&send, false),
+                XDP_TX,
+                checked,
+            ));
         }
         for len in [100usize, 101] {
             let p2c = Udp {
@@ -145,38 +166,29 @@ fn main() {
                 format!("peer → client Data ind. {len} B, {family}"),
                 frame(&p2c, false),
                 XDP_TX,
+                false,
             ));
         }
         paths.push((
             format!("miss (passed up), {family}"),
             frame(&miss, false),
             XDP_PASS,
+            false,
         ));
     }
     // Across families: an IPv4 client's dual allocation with an IPv6 peer.
     {
-        let slot = fp.take_slot().expect("slot");
         let (client, local) = (sa("127.0.0.2:40010"), sa("127.0.0.1:3478"));
         let (relay, peer) = (sa("[fd00::1]:50010"), sa("[fd00::3]:40011"));
-        let m = ChannelMirror {
+        mirror(&ChannelMirror {
             client,
             local,
             relay,
             peer,
             channel: 0x4001,
-            slot,
+            slot: next_slot,
             expires_ns: u64::MAX,
-        };
-        fp.add_channel(&m).expect("mirror");
-        fp.add_permission(&PermissionMirror {
-            client,
-            local,
-            relay,
-            peer: peer.ip(),
-            slot,
-            expires_ns: u64::MAX,
-        })
-        .expect("mirror");
+        });
         let other_port = SocketAddr::new(peer.ip(), peer.port() + 1);
         let to_peer = |payload| Udp {
             src: client,
@@ -192,21 +204,25 @@ fn main() {
             "ChannelData client → peer, 4 → 6".into(),
             frame(&to_peer(channel_data(0x4001, &data)), false),
             XDP_TX,
+            false,
         ));
         paths.push((
             "Send indication → peer, 4 → 6".into(),
             frame(&to_peer(send_indication(peer, &data, false)), false),
             XDP_TX,
+            false,
         ));
         paths.push((
             "peer → client ChannelData, 6 → 4".into(),
             frame(&from(peer), false),
             XDP_TX,
+            false,
         ));
         paths.push((
             "peer → client Data ind. 100 B, 6 → 4".into(),
             frame(&from(other_port), false),
             XDP_TX,
+            false,
         ));
     }
     // Per path: the best round's mean, and the median of every single run (which a run that a
@@ -241,7 +257,8 @@ fn main() {
         "  {:<40} {:>8} {:>8} {:>10} {:>10}",
         "path", "mean", "median", "mean-base", "med-base"
     );
-    for (name, input, action) in &paths {
+    for (name, input, action, checked) in &paths {
+        let fp = if *checked { &fp_checked } else { &fp };
         let check = fp.test_run(input, 1).expect("test run");
         assert_eq!(check.action, *action, "{name}");
         parse(&check.frame).expect("output frame parses with valid checksums");

@@ -56,7 +56,10 @@ fn start_fastpath(config: &Config) -> Result<Option<io::fastpath::FastPath>> {
         allocations: config.relay.xdp_max_allocations,
         permissions: config.relay.xdp_max_permissions,
     };
-    let mut fp = io::fastpath::FastPath::load(limits)
+    let options = io::fastpath::ProgramOptions {
+        verify_fingerprint: config.relay.xdp_verify_fingerprint,
+    };
+    let mut fp = io::fastpath::FastPath::load_with(limits, options)
         .map_err(|e| anyhow::anyhow!("--xdp-interface: {e}"))?;
     let mut attached = Vec::new();
     for iface in &config.relay.xdp_interfaces {

@@ -114,6 +114,11 @@ pub struct Relay {
     #[arg(long = "xdp-mode", value_name = "MODE", value_enum, ignore_case = true,
           default_value_t = XdpMode::Auto)]
     pub xdp_mode: XdpMode,
+    /// Check a Send indication's FINGERPRINT (CRC-32) in the kernel and leave a wrong one to user
+    /// space, which drops it; by default the fast path trims FINGERPRINT unchecked (a cheaper
+    /// Send; see docs/fast-path.md).
+    #[arg(long = "xdp-verify-fingerprint")]
+    pub xdp_verify_fingerprint: bool,
     /// Channels the fast path can mirror (map entries per direction); beyond, user space relays.
     #[arg(long = "xdp-max-channels", value_name = "N", default_value_t = 65_536,
           value_parser = clap::value_parser!(u32).range(1..))]

@@ -3,8 +3,9 @@
 //! owns its maps.
 //!
 //! User space stays the authority (DESIGN.md, "The kernel fast path"): it mirrors a bound channel
-//! (RFC 8656 §12) into two hash maps, one per direction, and a permission (RFC 8656 §9) into two
-//! more, and removes them again; the program relays ChannelData, Send indications and Data
+//! (RFC 8656 §12) and a permission (RFC 8656 §9) into hash maps, client → peer one entry each,
+//! peer → client one entry per peer IP for both (IPv4 in maps of their own with compact keys),
+//! and removes them again; the program relays ChannelData, Send indications and Data
 //! indications (RFC 8656 §10, §11) for what it finds there and passes everything else up
 //! (`XDP_PASS`). Each mirrored
 //! allocation gets a counter slot whose per-CPU packets and payload bytes [`FastPath::counters`]
@@ -117,6 +118,16 @@ impl Default for MapLimits {
     }
 }
 
+/// How the program treats what it relays, fixed at load (constants in the program, so the
+/// verifier drops the branches not taken: no per-packet cost).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProgramOptions {
+    /// `--xdp-verify-fingerprint`: check a Send indication's FINGERPRINT (CRC-32) in the kernel
+    /// and pass a wrong one up, as the user path drops it. Off, FINGERPRINT is trimmed
+    /// unchecked (docs/fast-path.md, "FINGERPRINT").
+    pub verify_fingerprint: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FastPathError {
     #[error("cannot load the XDP program: {0}")]
@@ -194,17 +205,6 @@ struct PeerKey {
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct PeerVal {
-    client: Endpoint,
-    local: Endpoint,
-    channel: u16,
-    pad: u16,
-    slot: u32,
-    expires_ns: u64,
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct SendKey {
     client: Endpoint,
     local: Endpoint,
@@ -220,6 +220,53 @@ struct SendVal {
     expires_ns: u64,
 }
 
+/// The IPv4 maps' keys (`struct chan_key4`, `peer_key4`, `send_key4`): addresses and ports as
+/// they lie on the wire.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ChanKey4 {
+    client_addr: [u8; 4],
+    local_addr: [u8; 4],
+    client_port: u16,
+    local_port: u16,
+    channel: u16,
+    pad: u16,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PeerKey4 {
+    peer_addr: [u8; 4],
+    relay_addr: [u8; 4],
+    peer_port: u16,
+    relay_port: u16,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SendKey4 {
+    client_addr: [u8; 4],
+    local_addr: [u8; 4],
+    peer_addr: [u8; 4],
+    client_port: u16,
+    local_port: u16,
+}
+
+/// A key for the IPv4 map (`V4`) or the other one (`Any`: IPv6, or a key mixing the families).
+#[derive(Debug, Clone, Copy)]
+enum Fam<K4, K> {
+    V4(K4),
+    Any(K),
+}
+
+/// An IPv4 socket address as the IPv4 keys hold it: address and port in network order.
+fn v4_parts(a: SocketAddr) -> Option<([u8; 4], u16)> {
+    match a {
+        SocketAddr::V4(a) => Some((a.ip().octets(), u16::from_ne_bytes(a.port().to_be_bytes()))),
+        SocketAddr::V6(_) => None,
+    }
+}
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct DataVal {
@@ -228,6 +275,36 @@ struct DataVal {
     slot: u32,
     pad: u32,
     expires_ns: u64,
+}
+
+/// Channels the kernel relays per peer IP and allocation (`PEER_CHANNELS`); more are
+/// [`FastPathError::Full`] (the mirror then keeps that peer's permission out as well).
+const PEER_CHANNELS: usize = 4;
+
+/// A channel bound to one port of a peer IP (`struct peer_chan`); port 0: a free place.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct PeerChan {
+    /// Network order.
+    port: u16,
+    channel: u16,
+    pad: u32,
+    expires_ns: u64,
+}
+
+/// Peer → client for one peer IP and relayed address (`struct peer_ip_val`): the permission
+/// (`perm.expires_ns` 0 when none is mirrored) and the channels bound to that IP's ports.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PeerIpVal {
+    perm: DataVal,
+    chans: [PeerChan; PEER_CHANNELS],
+}
+
+impl PeerIpVal {
+    fn is_empty(&self) -> bool {
+        self.perm.expires_ns == 0 && self.chans.iter().all(|c| c.port == 0)
+    }
 }
 
 /// Relayed packets and payload bytes of one allocation slot (`struct alloc_counters`), and how
@@ -249,11 +326,15 @@ unsafe impl aya::Pod for Endpoint {}
 unsafe impl aya::Pod for ChanKey {}
 unsafe impl aya::Pod for ChanVal {}
 unsafe impl aya::Pod for PeerKey {}
-unsafe impl aya::Pod for PeerVal {}
+unsafe impl aya::Pod for PeerChan {}
+unsafe impl aya::Pod for PeerIpVal {}
 unsafe impl aya::Pod for SlotCounters {}
 unsafe impl aya::Pod for SendKey {}
 unsafe impl aya::Pod for SendVal {}
 unsafe impl aya::Pod for DataVal {}
+unsafe impl aya::Pod for ChanKey4 {}
+unsafe impl aya::Pod for PeerKey4 {}
+unsafe impl aya::Pod for SendKey4 {}
 
 /// The global counters (`STATS` in the C program).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -331,9 +412,19 @@ pub const XDP_REDIRECT: u32 = 4;
 pub struct FastPath {
     ebpf: Ebpf,
     channels: HashMap<MapData, ChanKey, ChanVal>,
-    peers: HashMap<MapData, PeerKey, PeerVal>,
+    /// Peer → client, ChannelData and Data indications: one entry per peer IP and relayed address.
+    peer_ips: HashMap<MapData, PeerKey, PeerIpVal>,
     send_perms: HashMap<MapData, SendKey, SendVal>,
-    data_perms: HashMap<MapData, PeerKey, DataVal>,
+    /// The same for IPv4 (compact keys); an entry is in one map of each pair, by family.
+    channels4: HashMap<MapData, ChanKey4, ChanVal>,
+    peer_ips4: HashMap<MapData, PeerKey4, PeerIpVal>,
+    send_perms4: HashMap<MapData, SendKey4, SendVal>,
+    /// Channels and permissions mirrored, over both families, and the limits on them
+    /// (`--xdp-max-channels`, `--xdp-max-permissions`): each map is sized to the limit, and the
+    /// sum over a pair is kept within it here.
+    channel_entries: u32,
+    permission_entries: u32,
+    limits: MapLimits,
     counters: PerCpuArray<MapData, SlotCounters>,
     stats: PerCpuArray<MapData, u64>,
     free_slots: Vec<u32>,
@@ -360,18 +451,33 @@ fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> FastPathError {
 }
 
 impl FastPath {
-    /// Loads the program into the kernel (verifier included) and creates its maps; attaches
-    /// nothing.
+    /// Loads the program into the kernel (verifier included) with the default
+    /// [`ProgramOptions`] and creates its maps; attaches nothing.
     pub fn load(limits: MapLimits) -> Result<FastPath, FastPathError> {
+        FastPath::load_with(limits, ProgramOptions::default())
+    }
+
+    /// [`FastPath::load`] with `options` set in the program.
+    pub fn load_with(
+        limits: MapLimits,
+        options: ProgramOptions,
+    ) -> Result<FastPath, FastPathError> {
+        let verify_fingerprint = u32::from(options.verify_fingerprint);
         let channels = limits.channels.max(1);
         let allocations = limits.allocations.max(1);
         let permissions = limits.permissions.max(1);
+        // A peer IP's entry holds its permission and its channels: at most one per channel or
+        // permission mirrored.
+        let peer_ips = channels.saturating_add(permissions);
         let mut ebpf = EbpfLoader::new()
             .set_max_entries("CHANNELS", channels)
-            .set_max_entries("PEERS", channels)
+            .set_max_entries("PEER_IPS", peer_ips)
             .set_max_entries("SEND_PERMS", permissions)
-            .set_max_entries("DATA_PERMS", permissions)
+            .set_max_entries("CHANNELS4", channels)
+            .set_max_entries("PEER_IPS4", peer_ips)
+            .set_max_entries("SEND_PERMS4", permissions)
             .set_global("CRC_TABLES", &CRC_TABLES[..], true)
+            .set_global("VERIFY_FINGERPRINT", &verify_fingerprint, true)
             .set_max_entries("ALLOC_COUNTERS", allocations)
             .load(OBJECT)
             .map_err(|e| FastPathError::Load(e.to_string()))?;
@@ -392,11 +498,16 @@ impl FastPath {
         };
         let channels_map =
             HashMap::try_from(take(&mut ebpf, "CHANNELS")?).map_err(map_err("CHANNELS"))?;
-        let peers = HashMap::try_from(take(&mut ebpf, "PEERS")?).map_err(map_err("PEERS"))?;
+        let peer_ips =
+            HashMap::try_from(take(&mut ebpf, "PEER_IPS")?).map_err(map_err("PEER_IPS"))?;
         let send_perms =
             HashMap::try_from(take(&mut ebpf, "SEND_PERMS")?).map_err(map_err("SEND_PERMS"))?;
-        let data_perms =
-            HashMap::try_from(take(&mut ebpf, "DATA_PERMS")?).map_err(map_err("DATA_PERMS"))?;
+        let channels4 =
+            HashMap::try_from(take(&mut ebpf, "CHANNELS4")?).map_err(map_err("CHANNELS4"))?;
+        let peer_ips4 =
+            HashMap::try_from(take(&mut ebpf, "PEER_IPS4")?).map_err(map_err("PEER_IPS4"))?;
+        let send_perms4 =
+            HashMap::try_from(take(&mut ebpf, "SEND_PERMS4")?).map_err(map_err("SEND_PERMS4"))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "ALLOC_COUNTERS")?)
             .map_err(map_err("ALLOC_COUNTERS"))?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, "STATS")?).map_err(map_err("STATS"))?;
@@ -405,9 +516,18 @@ impl FastPath {
         Ok(FastPath {
             ebpf,
             channels: channels_map,
-            peers,
+            peer_ips,
             send_perms,
-            data_perms,
+            channels4,
+            peer_ips4,
+            send_perms4,
+            channel_entries: 0,
+            permission_entries: 0,
+            limits: MapLimits {
+                channels,
+                allocations,
+                permissions,
+            },
             counters,
             stats,
             free_slots: (0..allocations).rev().collect(),
@@ -517,52 +637,166 @@ impl FastPath {
     /// [`FastPathError::Full`] and leaves nothing behind.
     pub fn add_channel(&mut self, m: &ChannelMirror) -> Result<(), FastPathError> {
         let (key, val, pkey, pval) = entries(m);
-        self.channels
-            .insert(key, val, 0)
-            .map_err(|e| full_or(e, "CHANNELS"))?;
-        if let Err(e) = self.peers.insert(pkey, pval, 0) {
-            let _ = self.channels.remove(&key);
-            return Err(full_or(e, "PEERS"));
+        let new = match key {
+            Fam::V4(k) => self.channels4.get(&k, 0).is_err(),
+            Fam::Any(k) => self.channels.get(&k, 0).is_err(),
+        };
+        if new && self.channel_entries >= self.limits.channels {
+            return Err(FastPathError::Full("CHANNELS"));
+        }
+        match key {
+            Fam::V4(k) => self.channels4.insert(k, val, 0),
+            Fam::Any(k) => self.channels.insert(k, val, 0),
+        }
+        .map_err(|e| full_or(e, "CHANNELS"))?;
+        if new {
+            self.channel_entries += 1;
+        }
+        let port = u16::from_ne_bytes(m.peer.port().to_be_bytes());
+        let chan = PeerChan {
+            port,
+            channel: m.channel,
+            pad: 0,
+            expires_ns: m.expires_ns,
+        };
+        let peer = self.update_peer_ip(pkey, pval, |v| {
+            let at = v
+                .chans
+                .iter()
+                .position(|c| c.port == port)
+                .or_else(|| v.chans.iter().position(|c| c.port == 0))?;
+            v.chans[at] = chan;
+            Some(())
+        });
+        if let Err(e) = peer {
+            self.remove_channel_key(key);
+            return Err(e);
         }
         Ok(())
     }
 
-    /// Stops relaying a channel in the kernel, at once (both directions).
-    pub fn remove_channel(&mut self, m: &ChannelMirror) {
-        let (key, _, pkey, _) = entries(m);
-        let _ = self.channels.remove(&key);
-        let _ = self.peers.remove(&pkey);
+    /// Changes the peer → client entry of `key` with `change` (from an empty one if there is
+    /// none; `None` from it: no room, [`FastPathError::Full`]), `base` giving the allocation's
+    /// client, server address and slot; removes the entry when nothing is left in it.
+    fn update_peer_ip(
+        &mut self,
+        key: Fam<PeerKey4, PeerKey>,
+        base: DataVal,
+        change: impl FnOnce(&mut PeerIpVal) -> Option<()>,
+    ) -> Result<(), FastPathError> {
+        let old = match key {
+            Fam::V4(k) => self.peer_ips4.get(&k, 0).ok(),
+            Fam::Any(k) => self.peer_ips.get(&k, 0).ok(),
+        };
+        let mut v = old.unwrap_or(PeerIpVal {
+            perm: DataVal {
+                expires_ns: 0,
+                ..base
+            },
+            chans: [PeerChan::default(); PEER_CHANNELS],
+        });
+        v.perm = DataVal {
+            expires_ns: v.perm.expires_ns,
+            ..base
+        };
+        change(&mut v).ok_or(FastPathError::Full("PEER_IPS"))?;
+        let result = match (key, v.is_empty()) {
+            (Fam::V4(k), true) => self.peer_ips4.remove(&k),
+            (Fam::Any(k), true) => self.peer_ips.remove(&k),
+            (Fam::V4(k), false) => self.peer_ips4.insert(k, v, 0),
+            (Fam::Any(k), false) => self.peer_ips.insert(k, v, 0),
+        };
+        match result {
+            Err(_) if v.is_empty() => Ok(()),
+            r => r.map_err(|e| full_or(e, "PEER_IPS")),
+        }
     }
 
-    /// Number of channels mirrored.
+    fn remove_channel_key(&mut self, key: Fam<ChanKey4, ChanKey>) {
+        let removed = match key {
+            Fam::V4(k) => self.channels4.remove(&k),
+            Fam::Any(k) => self.channels.remove(&k),
+        };
+        if removed.is_ok() {
+            self.channel_entries = self.channel_entries.saturating_sub(1);
+        }
+    }
+
+    /// Stops relaying a channel in the kernel, at once (both directions).
+    pub fn remove_channel(&mut self, m: &ChannelMirror) {
+        let (key, _, pkey, pval) = entries(m);
+        self.remove_channel_key(key);
+        let port = u16::from_ne_bytes(m.peer.port().to_be_bytes());
+        let _ = self.update_peer_ip(pkey, pval, |v| {
+            for c in v.chans.iter_mut().filter(|c| c.port == port) {
+                *c = PeerChan::default();
+            }
+            Some(())
+        });
+    }
+
+    /// Number of channels mirrored (both families).
     pub fn channel_count(&self) -> usize {
         self.channels.keys().filter(Result::is_ok).count()
+            + self.channels4.keys().filter(Result::is_ok).count()
     }
 
     /// Mirrors a permission, both directions (Send and Data indications). Families as for
     /// [`FastPath::add_channel`]; a full map is [`FastPathError::Full`] and leaves nothing behind.
     pub fn add_permission(&mut self, m: &PermissionMirror) -> Result<(), FastPathError> {
         let (key, val, pkey, pval) = permission_entries(m);
-        self.send_perms
-            .insert(key, val, 0)
-            .map_err(|e| full_or(e, "SEND_PERMS"))?;
-        if let Err(e) = self.data_perms.insert(pkey, pval, 0) {
-            let _ = self.send_perms.remove(&key);
-            return Err(full_or(e, "DATA_PERMS"));
+        let new = match key {
+            Fam::V4(k) => self.send_perms4.get(&k, 0).is_err(),
+            Fam::Any(k) => self.send_perms.get(&k, 0).is_err(),
+        };
+        if new && self.permission_entries >= self.limits.permissions {
+            return Err(FastPathError::Full("SEND_PERMS"));
+        }
+        match key {
+            Fam::V4(k) => self.send_perms4.insert(k, val, 0),
+            Fam::Any(k) => self.send_perms.insert(k, val, 0),
+        }
+        .map_err(|e| full_or(e, "SEND_PERMS"))?;
+        if new {
+            self.permission_entries += 1;
+        }
+        // 0 means no permission in the kernel's entry.
+        let expires_ns = pval.expires_ns.max(1);
+        let data = self.update_peer_ip(pkey, pval, |v| {
+            v.perm.expires_ns = expires_ns;
+            Some(())
+        });
+        if let Err(e) = data {
+            self.remove_send_key(key);
+            return Err(e);
         }
         Ok(())
     }
 
-    /// Stops relaying indications under a permission in the kernel, at once (both directions).
-    pub fn remove_permission(&mut self, m: &PermissionMirror) {
-        let (key, _, pkey, _) = permission_entries(m);
-        let _ = self.send_perms.remove(&key);
-        let _ = self.data_perms.remove(&pkey);
+    fn remove_send_key(&mut self, key: Fam<SendKey4, SendKey>) {
+        let removed = match key {
+            Fam::V4(k) => self.send_perms4.remove(&k),
+            Fam::Any(k) => self.send_perms.remove(&k),
+        };
+        if removed.is_ok() {
+            self.permission_entries = self.permission_entries.saturating_sub(1);
+        }
     }
 
-    /// Number of permissions mirrored.
+    /// Stops relaying indications under a permission in the kernel, at once (both directions).
+    pub fn remove_permission(&mut self, m: &PermissionMirror) {
+        let (key, _, pkey, pval) = permission_entries(m);
+        self.remove_send_key(key);
+        let _ = self.update_peer_ip(pkey, pval, |v| {
+            v.perm.expires_ns = 0;
+            Some(())
+        });
+    }
+
+    /// Number of permissions mirrored (both families).
     pub fn permission_count(&self) -> usize {
         self.send_perms.keys().filter(Result::is_ok).count()
+            + self.send_perms4.keys().filter(Result::is_ok).count()
     }
 
     /// The slot's counters summed over CPUs.
@@ -627,12 +861,32 @@ impl FastPath {
     }
 }
 
-fn entries(m: &ChannelMirror) -> (ChanKey, ChanVal, PeerKey, PeerVal) {
-    let key = ChanKey {
-        client: Endpoint::new(m.client),
-        local: Endpoint::new(m.local),
-        channel: m.channel,
-        pad: 0,
+/// A channel's entries: the client → peer key in CHANNELS4 for an IPv4 client, CHANNELS
+/// otherwise; the peer → client key of its peer IP (PEER_IPS4 or PEER_IPS) and what that entry
+/// says of the allocation.
+fn entries(
+    m: &ChannelMirror,
+) -> (
+    Fam<ChanKey4, ChanKey>,
+    ChanVal,
+    Fam<PeerKey4, PeerKey>,
+    DataVal,
+) {
+    let key = match (v4_parts(m.client), v4_parts(m.local)) {
+        (Some((client_addr, client_port)), Some((local_addr, local_port))) => Fam::V4(ChanKey4 {
+            client_addr,
+            local_addr,
+            client_port,
+            local_port,
+            channel: m.channel,
+            pad: 0,
+        }),
+        _ => Fam::Any(ChanKey {
+            client: Endpoint::new(m.client),
+            local: Endpoint::new(m.local),
+            channel: m.channel,
+            pad: 0,
+        }),
     };
     let val = ChanVal {
         relay: Endpoint::new(m.relay),
@@ -641,37 +895,69 @@ fn entries(m: &ChannelMirror) -> (ChanKey, ChanVal, PeerKey, PeerVal) {
         pad: 0,
         expires_ns: m.expires_ns,
     };
-    let pkey = PeerKey {
-        peer: Endpoint::new(m.peer),
-        relay: Endpoint::new(m.relay),
-    };
-    let pval = PeerVal {
+    let pkey = peer_key(SocketAddr::new(m.peer.ip(), 0), m.relay);
+    let pval = DataVal {
         client: Endpoint::new(m.client),
         local: Endpoint::new(m.local),
-        channel: m.channel,
-        pad: 0,
         slot: m.slot,
-        expires_ns: m.expires_ns,
+        pad: 0,
+        expires_ns: 0,
     };
     (key, val, pkey, pval)
 }
 
-fn permission_entries(m: &PermissionMirror) -> (SendKey, SendVal, PeerKey, DataVal) {
-    let peer = Endpoint::new(SocketAddr::new(m.peer, 0));
-    let key = SendKey {
-        client: Endpoint::new(m.client),
-        local: Endpoint::new(m.local),
-        peer,
+/// The peer → client key (PEER_IPS4 for an IPv4 peer, PEER_IPS otherwise); `peer`'s port is 0:
+/// an entry covers the IP.
+fn peer_key(peer: SocketAddr, relay: SocketAddr) -> Fam<PeerKey4, PeerKey> {
+    match (v4_parts(peer), v4_parts(relay)) {
+        (Some((peer_addr, peer_port)), Some((relay_addr, relay_port))) => Fam::V4(PeerKey4 {
+            peer_addr,
+            relay_addr,
+            peer_port,
+            relay_port,
+        }),
+        _ => Fam::Any(PeerKey {
+            peer: Endpoint::new(peer),
+            relay: Endpoint::new(relay),
+        }),
+    }
+}
+
+/// A permission's entries: SEND_PERMS4 for an IPv4 client and an IPv4 peer, SEND_PERMS
+/// otherwise; the peer → client entry of its peer IP (PEER_IPS4 or PEER_IPS) with the permission.
+fn permission_entries(
+    m: &PermissionMirror,
+) -> (
+    Fam<SendKey4, SendKey>,
+    SendVal,
+    Fam<PeerKey4, PeerKey>,
+    DataVal,
+) {
+    let peer_sa = SocketAddr::new(m.peer, 0);
+    let key = match (v4_parts(m.client), v4_parts(m.local), v4_parts(peer_sa)) {
+        (
+            Some((client_addr, client_port)),
+            Some((local_addr, local_port)),
+            Some((peer_addr, _)),
+        ) => Fam::V4(SendKey4 {
+            client_addr,
+            local_addr,
+            peer_addr,
+            client_port,
+            local_port,
+        }),
+        _ => Fam::Any(SendKey {
+            client: Endpoint::new(m.client),
+            local: Endpoint::new(m.local),
+            peer: Endpoint::new(peer_sa),
+        }),
     };
     let val = SendVal {
         relay: Endpoint::new(m.relay),
         slot: m.slot,
         expires_ns: m.expires_ns,
     };
-    let pkey = PeerKey {
-        peer,
-        relay: Endpoint::new(m.relay),
-    };
+    let pkey = peer_key(peer_sa, m.relay);
     let pval = DataVal {
         client: Endpoint::new(m.client),
         local: Endpoint::new(m.local),

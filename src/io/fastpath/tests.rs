@@ -316,6 +316,61 @@ fn a_full_map_is_reported_and_leaves_nothing_behind() {
     assert_eq!(fp.channel_count(), 1);
 }
 
+/// IPv4 entries live in their own maps (compact keys), yet the limits hold over both families:
+/// refreshing an entry at the limit is no new entry, removing one makes room for either family.
+#[test]
+fn the_map_limits_hold_over_both_families_and_a_refresh_is_not_a_new_entry() {
+    let mut fp = FastPath::load(MapLimits {
+        channels: 1,
+        allocations: 1,
+        permissions: 1,
+    })
+    .unwrap();
+    let slot = fp.take_slot().unwrap();
+    for (first, second) in [
+        (mirror_v4(slot), mirror_v6(slot)),
+        (mirror_v6(slot), mirror_v4(slot)),
+    ] {
+        fp.add_channel(&first).unwrap();
+        fp.add_channel(&ChannelMirror {
+            expires_ns: 1,
+            ..first
+        })
+        .unwrap();
+        assert!(matches!(
+            fp.add_channel(&second),
+            Err(FastPathError::Full("CHANNELS"))
+        ));
+        assert_eq!(fp.channel_count(), 1);
+        fp.remove_channel(&first);
+        fp.add_channel(&second).unwrap();
+        assert_eq!(fp.channel_count(), 1);
+        fp.remove_channel(&second);
+        assert_eq!(fp.channel_count(), 0);
+    }
+    for (first, second) in [
+        (perm_v4(slot), perm_v6(slot)),
+        (perm_v6(slot), perm_v4(slot)),
+    ] {
+        fp.add_permission(&first).unwrap();
+        fp.add_permission(&PermissionMirror {
+            expires_ns: 1,
+            ..first
+        })
+        .unwrap();
+        assert!(matches!(
+            fp.add_permission(&second),
+            Err(FastPathError::Full("SEND_PERMS"))
+        ));
+        assert_eq!(fp.permission_count(), 1);
+        fp.remove_permission(&first);
+        fp.add_permission(&second).unwrap();
+        assert_eq!(fp.permission_count(), 1);
+        fp.remove_permission(&second);
+        assert_eq!(fp.permission_count(), 0);
+    }
+}
+
 #[test]
 fn an_entry_past_its_expiry_is_passed_up_without_user_space_touching_the_map() {
     let mut fp = loaded();
@@ -579,6 +634,74 @@ fn a_peer_port_with_a_channel_gets_channel_data_and_its_other_ports_data_indicat
     assert_eq!(out.payload, engine_data_indication(peer, b"hello", &tid));
 }
 
+/// Channels and the permission of one peer IP share the kernel's peer → client entry (one lookup
+/// for either kind): each can go without the other, a channel alone sends the IP's other ports
+/// up, and a fifth channel to one IP does not fit and leaves nothing behind.
+#[test]
+fn a_peer_ips_channels_and_permission_come_and_go_independently() {
+    let mut fp = loaded();
+    let slot = fp.take_slot().unwrap();
+    let ch = mirror_v4(slot);
+    let perm = perm_v4(slot);
+    let from = |port: u16| {
+        frame(
+            &Udp {
+                src: SocketAddr::new(perm.peer, port),
+                dst: perm.relay,
+                payload: b"hello".to_vec(),
+            },
+            false,
+        )
+    };
+    let kind = |fp: &FastPath, port: u16| {
+        let run = fp.test_run(&from(port), 1).unwrap();
+        if run.action == XDP_PASS {
+            assert_eq!(run.frame, from(port), "passed up unchanged");
+            return "up";
+        }
+        let out = parse_verified(&run.frame).0;
+        if out.payload == channel_data(ch.channel, b"hello") {
+            "channel"
+        } else {
+            assert_eq!(out.payload[..2], [0x00, 0x17]);
+            "data"
+        }
+    };
+    let (port, other) = (ch.peer.port(), ch.peer.port() + 1);
+    fp.add_channel(&ch).unwrap();
+    assert_eq!((kind(&fp, port), kind(&fp, other)), ("channel", "up"));
+    fp.add_permission(&perm).unwrap();
+    assert_eq!((kind(&fp, port), kind(&fp, other)), ("channel", "data"));
+    fp.remove_channel(&ch);
+    assert_eq!((kind(&fp, port), kind(&fp, other)), ("data", "data"));
+    fp.add_channel(&ch).unwrap();
+    fp.remove_permission(&perm);
+    assert_eq!((kind(&fp, port), kind(&fp, other)), ("channel", "up"));
+    // Four more channels to other ports of the same IP: three fit beside the first.
+    let more = |i: u16| ChannelMirror {
+        peer: SocketAddr::new(ch.peer.ip(), 41000 + i),
+        channel: 0x4100 + i,
+        ..ch
+    };
+    for i in 0..3 {
+        fp.add_channel(&more(i)).unwrap();
+    }
+    assert!(matches!(
+        fp.add_channel(&more(3)),
+        Err(FastPathError::Full("PEER_IPS"))
+    ));
+    assert_eq!(fp.channel_count(), 4, "the refused one left nothing behind");
+    assert_eq!(kind(&fp, 41003), "up");
+    fp.remove_channel(&ch);
+    assert_eq!(kind(&fp, port), "up");
+    fp.add_channel(&more(3)).unwrap();
+    for i in 0..4 {
+        fp.remove_channel(&more(i));
+    }
+    assert_eq!(fp.channel_count(), 0);
+    assert_eq!(kind(&fp, 41000), "up");
+}
+
 #[test]
 fn send_indications_the_program_cannot_prove_right_go_to_user_space_unchanged() {
     let mut fp = loaded();
@@ -667,11 +790,6 @@ fn send_indications_the_program_cannot_prove_right_go_to_user_space_unchanged() 
     let mut family = good.clone();
     family[25] = 2; // XOR-PEER-ADDRESS family 2 with 8 bytes
     cases.push(("address family and length disagree", family));
-    let mut bad_fingerprint = send_with(peer, b"hello", none, |b| {
-        b.fingerprint();
-    });
-    *bad_fingerprint.last_mut().unwrap() ^= 1;
-    cases.push(("a wrong FINGERPRINT", bad_fingerprint));
     let after_fingerprint = send_with(peer, b"hello", none, |b| {
         b.fingerprint();
         b.attr(attr::SOFTWARE, b"x");
@@ -693,6 +811,41 @@ fn send_indications_the_program_cannot_prove_right_go_to_user_space_unchanged() 
     let mut data_ind = good.clone();
     data_ind[1] = 0x17;
     cases.push(("a Data indication from the client", data_ind));
+    // DATA first, as turnutils_uclient -s sends it (the program checks this layout at fixed
+    // offsets before its general scan): the same faults there.
+    let data_first = |fingerprint: bool| {
+        let mut out = Vec::new();
+        let tid: [u8; 12] = rand::random();
+        let mut b = MessageBuilder::new(&mut out, Method::SEND, Class::Indication, &tid);
+        b.attr(attr::DATA, b"hello");
+        b.xor_address(attr::XOR_PEER_ADDRESS, &peer);
+        if fingerprint {
+            b.fingerprint();
+        }
+        out
+    };
+    for fingerprint in [false, true] {
+        let good = data_first(fingerprint);
+        let mut padded = good.clone();
+        padded[29] = 1; // the first padding byte after "hello"
+        cases.push(("DATA first, non-zero padding", padded));
+        let mut family = good.clone();
+        family[37] = 2; // XOR-PEER-ADDRESS family 2 with 8 bytes
+        cases.push(("DATA first, address family and length disagree", family));
+        let mut port0 = good.clone();
+        port0[38] = 0x21; // X-Port 0x2112: port 0
+        port0[39] = 0x12;
+        cases.push(("DATA first, peer port 0", port0));
+        let mut short = good.clone();
+        short.extend_from_slice(&[0; 4]);
+        short[3] += 4;
+        cases.push(("DATA first, then a comprehension-required type 0", short));
+    }
+    let mut peer_twice = data_first(false);
+    let xpa = peer_twice[32..].to_vec();
+    peer_twice.extend_from_slice(&xpa);
+    peer_twice[3] += xpa.len() as u8;
+    cases.push(("DATA first, two XOR-PEER-ADDRESS", peer_twice));
     for (what, payload) in cases {
         let f = wrap(payload);
         let run = fp.test_run(&f, 1).unwrap();
@@ -702,14 +855,130 @@ fn send_indications_the_program_cannot_prove_right_go_to_user_space_unchanged() 
     assert_eq!(fp.counters(slot), SlotCounters::default());
     let run = fp.test_run(&wrap(good), 1).unwrap();
     assert_eq!(run.action, XDP_TX, "the well-formed one is relayed");
+    for fingerprint in [false, true] {
+        let run = fp.test_run(&wrap(data_first(fingerprint)), 1).unwrap();
+        assert_eq!(run.action, XDP_TX, "DATA first, well-formed");
+    }
+}
+
+/// A Send indication whose FINGERPRINT is wrong, as the kernel sees it under each setting of
+/// `--xdp-verify-fingerprint`.
+fn bad_fingerprint_send(fp: &FastPath, m: &PermissionMirror, data: &[u8]) -> (Vec<u8>, TestRun) {
+    let peer = SocketAddr::new(m.peer, 40001);
+    let mut msg = send_with(
+        peer,
+        data,
+        |_| {},
+        |b| {
+            b.fingerprint();
+        },
+    );
+    *msg.last_mut().unwrap() ^= 1;
+    assert!(Message::decode(&msg).is_err(), "the engine refuses it");
+    let f = frame(
+        &Udp {
+            src: m.client,
+            dst: m.local,
+            payload: msg,
+        },
+        false,
+    );
+    let run = fp.test_run(&f, 1).unwrap();
+    (f, run)
+}
+
+/// By default the kernel trims FINGERPRINT without checking its CRC (docs/fast-path.md,
+/// "FINGERPRINT"): a wrong one is relayed like a right one, payload intact and counted.
+#[test]
+fn a_wrong_fingerprint_is_trimmed_unchecked_by_default() {
+    let mut fp = loaded();
+    let slot = fp.take_slot().unwrap();
+    for m in [perm_v4(slot), perm_v6(slot)] {
+        fp.add_permission(&m).unwrap();
+        let data = payload(100, 7);
+        let (_, run) = bad_fingerprint_send(&fp, &m, &data);
+        assert_eq!(run.action, XDP_TX);
+        assert_eq!(
+            parse_verified(&run.frame).0,
+            Udp {
+                src: m.relay,
+                dst: SocketAddr::new(m.peer, 40001),
+                payload: data,
+            }
+        );
+    }
+    let c = fp.counters(slot);
+    assert_eq!((c.c2p_packets, c.c2p_bytes, c.c2p_indications), (2, 200, 2));
+}
+
+/// With `--xdp-verify-fingerprint` the kernel checks the CRC: a wrong FINGERPRINT goes to user
+/// space unchanged and uncounted (the engine drops it); a right one is still relayed.
+#[test]
+fn with_verify_fingerprint_a_wrong_fingerprint_goes_to_user_space_unchanged() {
+    let mut fp = FastPath::load_with(
+        MapLimits {
+            channels: 64,
+            allocations: 8,
+            permissions: 64,
+        },
+        ProgramOptions {
+            verify_fingerprint: true,
+        },
+    )
+    .expect("load (needs root)");
+    let slot = fp.take_slot().unwrap();
+    for m in [perm_v4(slot), perm_v6(slot)] {
+        fp.add_permission(&m).unwrap();
+        let (f, run) = bad_fingerprint_send(&fp, &m, b"hello");
+        assert_eq!(run.action, XDP_PASS);
+        assert_eq!(run.frame, f, "unchanged");
+    }
+    assert_eq!(fp.counters(slot), SlotCounters::default());
+    assert_eq!(fp.totals().passed_matched, 0);
+    for m in [perm_v4(slot), perm_v6(slot)] {
+        let peer = SocketAddr::new(m.peer, 40001);
+        let msg = send_with(
+            peer,
+            b"hello",
+            |_| {},
+            |b| {
+                b.fingerprint();
+            },
+        );
+        let f = frame(
+            &Udp {
+                src: m.client,
+                dst: m.local,
+                payload: msg,
+            },
+            false,
+        );
+        let run = fp.test_run(&f, 1).unwrap();
+        assert_eq!(run.action, XDP_TX, "a right FINGERPRINT is relayed");
+        assert_eq!(parse_verified(&run.frame).0.payload, b"hello");
+    }
 }
 
 /// What Send indications look like in the field: turnutils_uclient -s puts DATA first, then
-/// XOR-PEER-ADDRESS, then FINGERPRINT; others add SOFTWARE behind DATA. The kernel checks the
-/// FINGERPRINT and cuts everything but DATA's value.
+/// XOR-PEER-ADDRESS, then FINGERPRINT; others add SOFTWARE behind DATA. The kernel cuts
+/// everything but DATA's value, with FINGERPRINT checked (`--xdp-verify-fingerprint`) or not.
 #[test]
 fn send_indications_with_data_first_trailing_attributes_and_fingerprint_are_relayed_trimmed() {
-    let mut fp = loaded();
+    for verify_fingerprint in [false, true] {
+        send_indications_relayed_trimmed(ProgramOptions { verify_fingerprint });
+    }
+}
+
+fn send_indications_relayed_trimmed(options: ProgramOptions) {
+    let mut fp = FastPath::load_with(
+        MapLimits {
+            channels: 64,
+            allocations: 8,
+            permissions: 64,
+        },
+        options,
+    )
+    .expect("load (needs root)");
     let slot = fp.take_slot().unwrap();
     for m in [perm_v4(slot), perm_v6(slot)] {
         fp.add_permission(&m).unwrap();

@@ -68,19 +68,11 @@ struct chan_val {
 	__u64 expires_ns;
 };
 
-// peer -> client: a UDP datagram from `peer` to the relayed address `relay`.
+// peer -> client (PEER_IPS): a UDP datagram from the IP of `peer` (`peer.port` 0: the entry
+// covers every port of that IP) to the relayed address `relay`.
 struct peer_key {
 	struct endpoint peer;
 	struct endpoint relay;
-};
-
-struct peer_val {
-	struct endpoint client;
-	struct endpoint local;
-	__u16 channel;
-	__u16 pad;
-	__u32 slot;
-	__u64 expires_ns;
 };
 
 // client -> peer Send indications: from `client` to `local`, for a peer IP (`peer.port` 0).
@@ -97,13 +89,62 @@ struct send_val {
 	__u64 expires_ns;
 };
 
-// peer -> client Data indications: keyed like PEERS, with `peer.port` 0 (a permission is per IP).
+// peer -> client: where a datagram from a permitted peer IP goes (a Data indication, or ChannelData
+// from a port with a channel: the same client and allocation) and, in `expires_ns`, the earlier of
+// the permission's and the allocation's deadlines.
 struct data_val {
 	struct endpoint client;
 	struct endpoint local;
 	__u32 slot;
 	__u32 pad;
 	__u64 expires_ns;
+};
+
+// peer -> client, both kinds in one lookup: per peer IP and relayed address (`peer.port` 0 in
+// the key), the permission (`perm`; its `expires_ns` 0 when only channels are mirrored for that
+// IP, so its other ports' datagrams go up) and up to PEER_CHANNELS channels bound to that IP's
+// ports (`port` in network order, 0 for a free place), each with its own expiry. A datagram from
+// a port with a channel becomes ChannelData, from any other port a Data indication.
+#define PEER_CHANNELS 4
+
+struct peer_chan {
+	__be16 port;
+	__u16 channel;
+	__u32 pad;
+	__u64 expires_ns;
+};
+
+struct peer_ip_val {
+	struct data_val perm;
+	struct peer_chan chans[PEER_CHANNELS];
+};
+
+// IPv4 keys: the same entries for an IPv4 client (CHANNELS4, SEND_PERMS4 when the peer is IPv4
+// too) or an IPv4 peer (PEER_IPS4), in 12-16 bytes instead of 40-60 (a hash lookup costs
+// by its key's length: hashing and comparing it). Addresses and ports in network order.
+struct chan_key4 {
+	__be32 client_addr;
+	__be32 local_addr;
+	__be16 client_port;
+	__be16 local_port;
+	__u16 channel;
+	__u16 pad;
+};
+
+// PEER_IPS4 (`peer_port` 0: an entry covers every port of the peer IP).
+struct peer_key4 {
+	__be32 peer_addr;
+	__be32 relay_addr;
+	__be16 peer_port;
+	__be16 relay_port;
+};
+
+struct send_key4 {
+	__be32 client_addr;
+	__be32 local_addr;
+	__be32 peer_addr;
+	__be16 client_port;
+	__be16 local_port;
 };
 
 // Per allocation slot: packets and payload bytes relayed each way, and how many of those
@@ -128,6 +169,7 @@ enum {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 65536);
 	__type(key, struct chan_key);
 	__type(value, struct chan_val);
@@ -135,24 +177,49 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 65536);
 	__type(key, struct peer_key);
-	__type(value, struct peer_val);
-} PEERS SEC(".maps");
+	__type(value, struct peer_ip_val);
+} PEER_IPS SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 65536);
 	__type(key, struct send_key);
 	__type(value, struct send_val);
 } SEND_PERMS SEC(".maps");
 
+
+// The IPv4 maps (keys above); the four above hold the IPv6 and cross-family entries. User space
+// puts each entry in one of the two by family and keeps their sum within the configured limit.
+// No hash map is preallocated: with two maps per kind sized to the limit each, preallocation would
+// take twice the memory of the entries that can ever be in them; lookups cost the same.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 65536);
-	__type(key, struct peer_key);
-	__type(value, struct data_val);
-} DATA_PERMS SEC(".maps");
+	__type(key, struct chan_key4);
+	__type(value, struct chan_val);
+} CHANNELS4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
+	__type(key, struct peer_key4);
+	__type(value, struct peer_ip_val);
+} PEER_IPS4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
+	__type(key, struct send_key4);
+	__type(value, struct send_val);
+} SEND_PERMS4 SEC(".maps");
+
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -508,6 +575,12 @@ struct send_info {
 // T[k * 256 + n]; user space fills them at load (mod.rs, crc_tables), so no table is written out here.
 volatile const __u32 CRC_TABLES[8 * 256];
 
+// Non-zero: a Send indication's FINGERPRINT is checked here and a wrong one passed up
+// (`--xdp-verify-fingerprint`); zero, the default: FINGERPRINT is trimmed unchecked (see
+// docs/fast-path.md, "FINGERPRINT"). Set by the loader: the program sees a constant and the
+// verifier drops the branch not taken, so neither setting costs a lookup per packet.
+volatile const __u32 VERIFY_FINGERPRINT;
+
 #define CRC_T(k, n) T[(k) * 256 + ((n) & 0xff)]
 
 // Whether the FINGERPRINT value `want` is the CRC-32 of the `len` bytes at `off` in the frame
@@ -565,11 +638,93 @@ __noinline int fingerprint_ok(struct xdp_md *ctx, __u32 off, __u32 len, __u32 wa
 // FINGERPRINT and FINGERPRINT right; the first XOR-PEER-ADDRESS (family 1 with 8 bytes or 2 with
 // 20) and the first DATA. This program accepts the subset it can relay without guessing:
 // XOR-PEER-ADDRESS and DATA once each, in either order, comprehension-optional attributes
-// anywhere, FINGERPRINT last (checked), zero padding after DATA, within the bounds above.
+// anywhere, FINGERPRINT last (its CRC checked only with VERIFY_FINGERPRINT), zero padding after
+// DATA, within the bounds above.
 // Anything else -- DONT-FRAGMENT, MESSAGE-INTEGRITY, an unknown comprehension-required
-// attribute, a second XOR-PEER-ADDRESS or DATA, non-zero padding, peer port 0 -- returns -1
+// attribute, a second XOR-PEER-ADDRESS or DATA, non-zero padding, peer port 0, anything after
+// FINGERPRINT, a wrong FINGERPRINT when it is checked -- returns -1
 // (user space decides). The message is the UDP payload at `hdrs`, `plen` bytes. A global
 // function, like fingerprint_ok: verified once.
+// XOR-PEER-ADDRESS's value at `a` (its header; `alen` from it) into `si`: family 1 with 8 bytes
+// or 2 with 20, port not 0. `p`: the message (the transaction id unmasks an IPv6 address).
+static __always_inline int read_peer(__u8 *a, __u8 *p, void *end, __u32 alen, struct send_info *si)
+{
+	if (alen == 8) {
+		if (a + 12 > (__u8 *)end || a[5] != 1)
+			return -1;
+		si->family = 4;
+		__builtin_memset(si->peer, 0, 16);
+		si->peer[0] = a[8] ^ 0x21;
+		si->peer[1] = a[9] ^ 0x12;
+		si->peer[2] = a[10] ^ 0xa4;
+		si->peer[3] = a[11] ^ 0x42;
+	} else if (alen == 20) {
+		if (a + 24 > (__u8 *)end || a[5] != 2)
+			return -1;
+		si->family = 6;
+		si->peer[0] = a[8] ^ 0x21;
+		si->peer[1] = a[9] ^ 0x12;
+		si->peer[2] = a[10] ^ 0xa4;
+		si->peer[3] = a[11] ^ 0x42;
+#pragma unroll
+		for (int k = 0; k < 12; k++)
+			si->peer[4 + k] = a[12 + k] ^ p[8 + k];
+	} else {
+		return -1;
+	}
+	__u16 port = (((__u16)a[6] << 8) | a[7]) ^ 0x2112;
+	if (port == 0)
+		return -1;
+	si->peer_port = bpf_htons(port);
+	return 0;
+}
+
+// DATA's value at `off` in the message `p`, `alen` bytes: records it in `si` and checks that its
+// padding is zero.
+static __always_inline int read_data(__u8 *p, void *end, __u32 off, __u32 alen,
+				     struct send_info *si)
+{
+	__u32 padded = (alen + 3) & ~3u;
+	si->data_off = off;
+	si->data_len = alen;
+	si->pad_len = padded - alen;
+	__u32 at = off + alen;
+	barrier_var(at);
+	if (at > MAX_VAR_OFF)
+		return -1;
+	__u8 *q = p + at;
+#pragma unroll
+	for (int k = 0; k < 3; k++) {
+		if (k < si->pad_len) {
+			if (q + k + 1 > (__u8 *)end)
+				return -1;
+			if (q[k])
+				return -1;
+		}
+	}
+	return 0;
+}
+
+// Whether the message `p` of `plen` bytes ends at `pos` or with a FINGERPRINT there; returns
+// FINGERPRINT's offset, 0 without one, -1 for anything else.
+static __always_inline int tail_at(__u8 *p, void *end, __u32 pos, __u32 plen)
+{
+	if (pos == plen)
+		return 0;
+	if (pos + 8 != plen)
+		return -1;
+	__u32 at = pos;
+	barrier_var(at);
+	if (at > MAX_VAR_OFF)
+		return -1;
+	__u8 *f = p + at;
+	if (f + 4 > (__u8 *)end)
+		return -1;
+	if (f[0] != 0x80 || f[1] != 0x28 || f[2] != 0 || f[3] != 4)
+		return -1;
+	return pos;
+}
+
 __noinline int parse_send(struct xdp_md *ctx, __u32 hdrs, __u32 plen, struct send_info *si)
 {
 	void *data = (void *)(long)ctx->data;
@@ -580,7 +735,7 @@ __noinline int parse_send(struct xdp_md *ctx, __u32 hdrs, __u32 plen, struct sen
 	if (hdrs > V6_HDRS)
 		return -1;
 	__u8 *p = data + hdrs;
-	if (p + 20 > (__u8 *)end)
+	if (p + 24 > (__u8 *)end)
 		return -1;
 	if (p[0] != 0 || p[1] != STUN_SEND_INDICATION)
 		return -1;
@@ -589,9 +744,56 @@ __noinline int parse_send(struct xdp_md *ctx, __u32 hdrs, __u32 plen, struct sen
 		return -1;
 	if (p[4] != 0x21 || p[5] != 0x12 || p[6] != 0xa4 || p[7] != 0x42)
 		return -1;
+	int fp_off = -1;
+
+	// The two layouts clients send, checked at the offsets they imply before the general scan
+	// below: XOR-PEER-ADDRESS then DATA (browsers), DATA then XOR-PEER-ADDRESS (turnutils_uclient
+	// -s), either followed by FINGERPRINT or nothing. What does not fit goes to the scan, which
+	// accepts the same messages and more.
+	{
+		__u16 ty = ((__u16)p[20] << 8) | p[21];
+		__u32 alen = ((__u32)p[22] << 8) | p[23];
+		if (ty == ATTR_XOR_PEER_ADDRESS && (alen == 8 || alen == 20)) {
+			// DATA's header right behind, at 32 or 44.
+			__u32 d = 24 + alen;
+			barrier_var(d);
+			if (d <= 44 && p + 48 <= (__u8 *)end &&
+			    !read_peer(p + 20, p, end, alen, si)) {
+				__u8 *a = p + d;
+				if (a + 4 > (__u8 *)end)
+					goto scan;
+				__u32 dlen = ((__u32)a[2] << 8) | a[3];
+				if (a[0] == 0 && a[1] == ATTR_DATA && d + 4 + dlen <= plen &&
+				    !read_data(p, end, d + 4, dlen, si)) {
+					fp_off = tail_at(p, end, d + 4 + ((dlen + 3) & ~3u), plen);
+				}
+			}
+		} else if (ty == ATTR_DATA && 24 + alen <= plen) {
+			__u32 x = 24 + ((alen + 3) & ~3u);
+			if (!read_data(p, end, 24, alen, si)) {
+				barrier_var(x);
+				if (x <= MAX_VAR_OFF) {
+					__u8 *a = p + x;
+					if (a + 4 <= (__u8 *)end && a[0] == 0 &&
+					    a[1] == ATTR_XOR_PEER_ADDRESS) {
+						__u32 xlen = ((__u32)a[2] << 8) | a[3];
+						if ((xlen == 8 || xlen == 20) &&
+						    !read_peer(a, p, end, xlen, si))
+							fp_off = tail_at(p, end, x + 4 + xlen, plen);
+					}
+				}
+			}
+		}
+		if (fp_off >= 0) {
+			si->suffix_len = plen - si->data_off - si->data_len - si->pad_len;
+			goto fingerprint;
+		}
+	}
+
+scan:;
 	__u32 pos = 20;
 	int have_peer = 0, have_data = 0;
-	__u32 fp_off = 0;
+	fp_off = 0;
 	for (int i = 0; i < SEND_MAX_ATTRS; i++) {
 		if (pos >= plen)
 			break;
@@ -615,53 +817,13 @@ __noinline int parse_send(struct xdp_md *ctx, __u32 hdrs, __u32 plen, struct sen
 			if (have_data)
 				return -1;
 			have_data = 1;
-			si->data_off = pos + 4;
-			si->data_len = alen;
-			si->pad_len = padded - alen;
-			__u32 off = pos + 4 + alen;
-			barrier_var(off);
-			if (off > MAX_VAR_OFF)
+			if (read_data(p, end, pos + 4, alen, si))
 				return -1;
-			__u8 *q = p + off;
-#pragma unroll
-			for (int k = 0; k < 3; k++) {
-				if (k < si->pad_len) {
-					if (q + k + 1 > (__u8 *)end)
-						return -1;
-					if (q[k])
-						return -1;
-				}
-			}
 		} else if (ty == ATTR_XOR_PEER_ADDRESS) {
 			if (have_peer)
 				return -1;
-			if (alen == 8) {
-				if (a + 12 > (__u8 *)end || a[5] != 1)
-					return -1;
-				si->family = 4;
-				__builtin_memset(si->peer, 0, 16);
-				si->peer[0] = a[8] ^ 0x21;
-				si->peer[1] = a[9] ^ 0x12;
-				si->peer[2] = a[10] ^ 0xa4;
-				si->peer[3] = a[11] ^ 0x42;
-			} else if (alen == 20) {
-				if (a + 24 > (__u8 *)end || a[5] != 2)
-					return -1;
-				si->family = 6;
-				si->peer[0] = a[8] ^ 0x21;
-				si->peer[1] = a[9] ^ 0x12;
-				si->peer[2] = a[10] ^ 0xa4;
-				si->peer[3] = a[11] ^ 0x42;
-#pragma unroll
-				for (int k = 0; k < 12; k++)
-					si->peer[4 + k] = a[12 + k] ^ p[8 + k];
-			} else {
+			if (read_peer(a, p, end, alen, si))
 				return -1;
-			}
-			__u16 port = (((__u16)a[6] << 8) | a[7]) ^ 0x2112;
-			if (port == 0)
-				return -1;
-			si->peer_port = bpf_htons(port);
 			have_peer = 1;
 		} else if (ty == ATTR_FINGERPRINT) {
 			if (alen != 4 || a + 8 > (__u8 *)end)
@@ -678,7 +840,9 @@ __noinline int parse_send(struct xdp_md *ctx, __u32 hdrs, __u32 plen, struct sen
 	if (suffix > SEND_MAX_SUFFIX)
 		return -1;
 	si->suffix_len = suffix;
-	if (fp_off) {
+
+fingerprint:
+	if (fp_off && VERIFY_FINGERPRINT) {
 		if (fp_off > SEND_MAX_CRC)
 			return -1;
 		__u32 at = fp_off;
@@ -1130,12 +1294,12 @@ static __always_inline int v4_client_to_peer(struct xdp_md *ctx, struct v4_heade
 }
 
 static __always_inline int v4_peer_to_client(struct xdp_md *ctx, struct v4_headers *h,
-					     const struct peer_val *v, __u16 data_len)
+					     const struct data_val *v, __u16 channel, __u16 data_len)
 {
 	__u16 old_len = h->udp.len;
 	__u16 new_len = bpf_htons(data_len + 4 + sizeof(struct udphdr));
 	__u16 old_check = h->udp.check;
-	__u16 cd[2] __attribute__((aligned(4))) = {bpf_htons(v->channel), bpf_htons(data_len)};
+	__u16 cd[2] __attribute__((aligned(4))) = {bpf_htons(channel), bpf_htons(data_len)};
 	__u64 sum = 0;
 	if (loopback_partial_csum(ctx))
 		h->udp.check = old_check = 0;
@@ -1199,13 +1363,25 @@ static __always_inline int v4_send(struct xdp_md *ctx, struct v4_headers *h, __u
 	struct scratch *sc = bpf_map_lookup_elem(&SCRATCH, &zero);
 	if (!sc)
 		return -1;
-	struct send_key *key = &sc->sk;
-	__builtin_memset(key, 0, sizeof(*key));
-	endpoint_v4(&key->client, h->ip.saddr, h->udp.source);
-	endpoint_v4(&key->local, h->ip.daddr, h->udp.dest);
-	__builtin_memcpy(key->peer.addr, si.peer, 16);
-	key->peer.family = si.family;
-	struct send_val *v = bpf_map_lookup_elem(&SEND_PERMS, key);
+	struct send_val *v;
+	if (si.family == 4) {
+		struct send_key4 k4 = {
+			.client_addr = h->ip.saddr,
+			.local_addr = h->ip.daddr,
+			.peer_addr = LD32(si.peer, 0),
+			.client_port = h->udp.source,
+			.local_port = h->udp.dest,
+		};
+		v = bpf_map_lookup_elem(&SEND_PERMS4, &k4);
+	} else {
+		struct send_key *key = &sc->sk;
+		__builtin_memset(key, 0, sizeof(*key));
+		endpoint_v4(&key->client, h->ip.saddr, h->udp.source);
+		endpoint_v4(&key->local, h->ip.daddr, h->udp.dest);
+		__builtin_memcpy(key->peer.addr, si.peer, 16);
+		key->peer.family = si.family;
+		v = bpf_map_lookup_elem(&SEND_PERMS, key);
+	}
 	if (!v)
 		return -1;
 	if (v->relay.family != si.family || expired(sc, v->expires_ns)) {
@@ -1367,6 +1543,18 @@ static __always_inline int v4_data(struct xdp_md *ctx, struct v4_headers *h,
 	return action;
 }
 
+// The channel bound to the peer's source port `port`, if any.
+static __always_inline const struct peer_chan *find_chan(const struct peer_ip_val *v, __be16 port)
+{
+	if (!port)
+		return 0;
+#pragma unroll
+	for (int i = 0; i < PEER_CHANNELS; i++)
+		if (v->chans[i].port == port)
+			return &v->chans[i];
+	return 0;
+}
+
 static __always_inline int handle_v4(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -1408,12 +1596,14 @@ static __always_inline int handle_v4(struct xdp_md *ctx)
 	if (payload_len >= 4 && payload + 4 <= (__u8 *)end && (payload[0] & 0xc0) == 0x40) {
 		__u16 channel = ((__u16)payload[0] << 8) | payload[1];
 		__u16 data_len = ((__u16)payload[2] << 8) | payload[3];
-		struct chan_key *key = &sc->ck;
-		__builtin_memset(key, 0, sizeof(*key));
-		endpoint_v4(&key->client, h->ip.saddr, h->udp.source);
-		endpoint_v4(&key->local, h->ip.daddr, h->udp.dest);
-		key->channel = channel;
-		struct chan_val *v = bpf_map_lookup_elem(&CHANNELS, key);
+		struct chan_key4 key = {
+			.client_addr = h->ip.saddr,
+			.local_addr = h->ip.daddr,
+			.client_port = h->udp.source,
+			.local_port = h->udp.dest,
+			.channel = channel,
+		};
+		struct chan_val *v = bpf_map_lookup_elem(&CHANNELS4, &key);
 		// A miss may still be a peer's datagram that happens to start like ChannelData.
 		if (!v)
 			goto from_peer;
@@ -1449,16 +1639,21 @@ static __always_inline int handle_v4(struct xdp_md *ctx)
 	}
 
 from_peer:;
-	struct peer_key *pk = &sc->pk;
-	endpoint_v4(&pk->peer, h->ip.saddr, h->udp.source);
-	endpoint_v4(&pk->relay, h->ip.daddr, h->udp.dest);
-	struct peer_val *pv = bpf_map_lookup_elem(&PEERS, pk);
-	if (!pv) {
+	struct peer_key4 pk = {
+		.peer_addr = h->ip.saddr,
+		.relay_addr = h->ip.daddr,
+		.relay_port = h->udp.dest,
+	};
+	struct peer_ip_val *pip = bpf_map_lookup_elem(&PEER_IPS4, &pk);
+	if (!pip)
+		return XDP_PASS;
+	struct data_val *pv = &pip->perm;
+	const struct peer_chan *ch = find_chan(pip, h->udp.source);
+	if (!ch) {
 		// No channel for this peer transport address: a Data indication if its IP has a
 		// permission (the engine binds no channel the mirror did not mirror with it).
-		pk->peer.port = 0;
-		struct data_val *dv = bpf_map_lookup_elem(&DATA_PERMS, pk);
-		if (!dv)
+		struct data_val *dv = pv;
+		if (!dv->expires_ns)
 			return XDP_PASS;
 		if (dv->client.family != dv->local.family || payload_len > 0xffff - 64 ||
 		    expired(sc, dv->expires_ns)) {
@@ -1488,7 +1683,7 @@ from_peer:;
 		return v4_data(ctx, h, dv, payload_len);
 	}
 	if (pv->client.family != pv->local.family || payload_len > 0xffff - 64 ||
-	    expired(sc, pv->expires_ns)) {
+	    expired(sc, ch->expires_ns)) {
 		stat_inc(STAT_PASS_MATCHED);
 		return XDP_PASS;
 	}
@@ -1500,8 +1695,8 @@ from_peer:;
 		struct xplan *x = &sc->x;
 		plan(x, &pv->local, &pv->client, pv->slot, payload_len);
 		x->sum = sum_out_v4(h);
-		sc->hdr[0] = pv->channel >> 8;
-		sc->hdr[1] = pv->channel;
+		sc->hdr[0] = ch->channel >> 8;
+		sc->hdr[1] = ch->channel;
 		sc->hdr[2] = payload_len >> 8;
 		sc->hdr[3] = payload_len;
 		x->added = 4;
@@ -1512,7 +1707,7 @@ from_peer:;
 		stat_inc(STAT_PASS_MATCHED);
 		return XDP_PASS;
 	}
-	return v4_peer_to_client(ctx, h, pv, payload_len);
+	return v4_peer_to_client(ctx, h, pv, ch->channel, payload_len);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1571,11 +1766,11 @@ static __always_inline int v6_client_to_peer(struct xdp_md *ctx, struct v6_heade
 }
 
 static __always_inline int v6_peer_to_client(struct xdp_md *ctx, struct v6_headers *h,
-					     const struct peer_val *v, __u16 data_len)
+					     const struct data_val *v, __u16 channel, __u16 data_len)
 {
 	__u16 old_len = h->udp.len;
 	__u16 new_len = bpf_htons(data_len + 4 + sizeof(struct udphdr));
-	__u16 cd[2] __attribute__((aligned(4))) = {bpf_htons(v->channel), bpf_htons(data_len)};
+	__u16 cd[2] __attribute__((aligned(4))) = {bpf_htons(channel), bpf_htons(data_len)};
 
 	__u64 sum = (__u16)~h->udp.check;
 	sum = csum_sub_words(sum, (__u16 *)&h->ip.saddr, 8);
@@ -1875,15 +2070,18 @@ static __always_inline int handle_v6(struct xdp_md *ctx)
 
 from_peer:;
 	struct peer_key *pk = &sc->pk;
-	endpoint_v6(&pk->peer, &h->ip.saddr, h->udp.source);
+	endpoint_v6(&pk->peer, &h->ip.saddr, 0);
 	endpoint_v6(&pk->relay, &h->ip.daddr, h->udp.dest);
-	struct peer_val *pv = bpf_map_lookup_elem(&PEERS, pk);
-	if (!pv) {
+	struct peer_ip_val *pip = bpf_map_lookup_elem(&PEER_IPS, pk);
+	if (!pip)
+		return XDP_PASS;
+	struct data_val *pv = &pip->perm;
+	const struct peer_chan *ch = find_chan(pip, h->udp.source);
+	if (!ch) {
 		// No channel for this peer transport address: a Data indication if its IP has a
 		// permission (the engine binds no channel the mirror did not mirror with it).
-		pk->peer.port = 0;
-		struct data_val *dv = bpf_map_lookup_elem(&DATA_PERMS, pk);
-		if (!dv)
+		struct data_val *dv = pv;
+		if (!dv->expires_ns)
 			return XDP_PASS;
 		if (dv->client.family != dv->local.family || payload_len > 0xffff - 64 ||
 		    expired(sc, dv->expires_ns)) {
@@ -1912,7 +2110,7 @@ from_peer:;
 		return v6_data(ctx, h, dv, payload_len);
 	}
 	if (pv->client.family != pv->local.family || payload_len > 0xffff - 64 ||
-	    expired(sc, pv->expires_ns)) {
+	    expired(sc, ch->expires_ns)) {
 		stat_inc(STAT_PASS_MATCHED);
 		return XDP_PASS;
 	}
@@ -1924,8 +2122,8 @@ from_peer:;
 		struct xplan *x = &sc->x;
 		plan(x, &pv->local, &pv->client, pv->slot, payload_len);
 		x->sum = sum_out_v6(h);
-		sc->hdr[0] = pv->channel >> 8;
-		sc->hdr[1] = pv->channel;
+		sc->hdr[0] = ch->channel >> 8;
+		sc->hdr[1] = ch->channel;
 		sc->hdr[2] = payload_len >> 8;
 		sc->hdr[3] = payload_len;
 		x->added = 4;
@@ -1936,7 +2134,7 @@ from_peer:;
 		stat_inc(STAT_PASS_MATCHED);
 		return XDP_PASS;
 	}
-	return v6_peer_to_client(ctx, h, pv, payload_len);
+	return v6_peer_to_client(ctx, h, pv, ch->channel, payload_len);
 }
 
 SEC("xdp")
