@@ -8,10 +8,11 @@
 //! The frame arrives on the caller's `lo`, so the route step is the loopback shortcut (XDP_TX);
 //! on another interface `bpf_fib_lookup` adds its own cost.
 //!
-//! `cargo bench --bench fastpath` (root): 100,000 single runs per path (each call runs the
-//! program once on the original frame: with `repeat` the kernel would rerun it on its own
-//! output), three rounds; the best round's mean and the median of all runs printed, each also
-//! less an empty program's. Under `cargo test` (no `--bench`) it runs each path a thousand times as a smoke test.
+//! `cargo bench --bench fastpath` (root): twelve rounds; in each, every path in turn (and an
+//! empty program, the baseline) runs 20,000 times, one run per call (each call runs the program
+//! once on the original frame: with `repeat` the kernel would rerun it on its own output). The
+//! best round's mean and the median of all runs are printed, each also less the empty program's.
+//! Under `cargo test` (no `--bench`) it runs each path a thousand times as a smoke test.
 //! Every output frame is parsed back and its checksums verified before timing.
 
 use std::net::SocketAddr;
@@ -51,7 +52,7 @@ fn channel_data(channel: u16, data: &[u8]) -> Vec<u8> {
 
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
-    let (repeat, rounds) = if bench { (100_000u32, 3) } else { (1_000, 1) };
+    let (repeat, rounds) = if bench { (20_000u32, 12) } else { (1_000, 1) };
     let limits = MapLimits {
         channels: 1024,
         allocations: 1024,
@@ -225,47 +226,69 @@ fn main() {
             false,
         ));
     }
-    // Per path: the best round's mean, and the median of every single run (which a run that a
-    // interrupt or another task's time lands in moves far less on a busy machine).
-    let measure = |run: &dyn Fn() -> u32| -> (u64, u64) {
-        let mut all = Vec::with_capacity((repeat * rounds) as usize);
-        let mut best = u64::MAX;
-        for _ in 0..rounds {
-            let start = all.len();
-            all.extend((0..repeat).map(|_| u64::from(run())));
-            best = best.min(all[start..].iter().sum::<u64>() / u64::from(repeat));
-        }
-        all.sort_unstable();
-        (best, all[all.len() / 2])
-    };
-    // What one run costs the kernel's timing loop by itself (bh off and on, two clock reads):
-    // the pass-everything program on the same frame. Subtracted below.
+    // Every path and the baseline are timed in turn, `repeat` runs each, `rounds` times over:
+    // a stretch of noise (another task, an interrupt storm, a neighbour on the host) then lands
+    // on some rounds of every path alike rather than on all of one path, and the best round's
+    // mean leaves it out. The median of all runs is printed too.
     let base_frame = &paths[0].1;
-    // A round unmeasured first: the first path timed was the slowest for no reason of its own.
-    let _ = measure(&|| fp.test_run(base_frame, 1).expect("test run").ns_per_run);
-    let (base, base_median) = measure(&|| {
-        fp.test_run_pass(base_frame, 1)
-            .expect("test run")
-            .ns_per_run
-    });
-    println!(
-        "XDP fast path, BPF_PROG_TEST_RUN, {repeat} single runs a round, {rounds} rounds: the best \
-         round's mean and the median of all runs; an empty program measures {base} ns (mean) and \
-         {base_median} ns (median) here, subtracted in the per-packet columns:"
-    );
-    println!(
-        "  {:<40} {:>8} {:>8} {:>10} {:>10}",
-        "path", "mean", "median", "mean-base", "med-base"
-    );
     for (name, input, action, checked) in &paths {
         let fp = if *checked { &fp_checked } else { &fp };
         let check = fp.test_run(input, 1).expect("test run");
         assert_eq!(check.action, *action, "{name}");
         parse(&check.frame).expect("output frame parses with valid checksums");
-        // One run per call: with `repeat` > 1 the kernel runs the program again on the frame
-        // it just rewrote (it does not restore the input between runs), so every run after
-        // the first would time the miss the relayed frame is.
-        let (raw, median) = measure(&|| fp.test_run(input, 1).expect("test run").ns_per_run);
+    }
+    // A round unmeasured first: the first path timed was the slowest for no reason of its own.
+    for _ in 0..repeat {
+        fp.test_run(base_frame, 1).expect("test run");
+    }
+    // Index 0: what one run costs the kernel's timing loop by itself (bh off and on, two clock
+    // reads), the pass-everything program on the same frame; subtracted below.
+    let mut samples: Vec<Vec<u32>> =
+        vec![Vec::with_capacity((repeat * rounds) as usize); paths.len() + 1];
+    let mut best = vec![u64::MAX; paths.len() + 1];
+    for _ in 0..rounds {
+        for (i, (samples, best)) in samples.iter_mut().zip(best.iter_mut()).enumerate() {
+            let start = samples.len();
+            if i == 0 {
+                samples.extend((0..repeat).map(|_| {
+                    fp.test_run_pass(base_frame, 1)
+                        .expect("test run")
+                        .ns_per_run
+                }));
+            } else {
+                let (_, input, _, checked) = &paths[i - 1];
+                let fp = if *checked { &fp_checked } else { &fp };
+                // One run per call: with `repeat` > 1 the kernel runs the program again on the
+                // frame it just rewrote (it does not restore the input between runs), so every
+                // run after the first would time the miss the relayed frame is.
+                samples.extend(
+                    (0..repeat).map(|_| fp.test_run(input, 1).expect("test run").ns_per_run),
+                );
+            }
+            let mean =
+                samples[start..].iter().map(|&n| u64::from(n)).sum::<u64>() / u64::from(repeat);
+            *best = (*best).min(mean);
+        }
+    }
+    let medians: Vec<u64> = samples
+        .iter_mut()
+        .map(|s| {
+            s.sort_unstable();
+            u64::from(s[s.len() / 2])
+        })
+        .collect();
+    let (base, base_median) = (best[0], medians[0]);
+    println!(
+        "XDP fast path, BPF_PROG_TEST_RUN, {rounds} rounds of {repeat} single runs a path, the paths \
+         in turn: the best round's mean and the median of all runs; an empty program measures \
+         {base} ns (mean) and {base_median} ns (median) here, subtracted in the per-packet columns:"
+    );
+    println!(
+        "  {:<40} {:>8} {:>8} {:>10} {:>10}",
+        "path", "mean", "median", "mean-base", "med-base"
+    );
+    for (i, (name, ..)) in paths.iter().enumerate() {
+        let (raw, median) = (best[i + 1], medians[i + 1]);
         println!(
             "  {name:<40} {raw:>5} ns {median:>5} ns {:>7} ns {:>7} ns",
             raw.saturating_sub(base),

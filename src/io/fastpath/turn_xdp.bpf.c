@@ -359,20 +359,50 @@ static __always_inline void ipv4_csum(struct iphdr *ip)
 	ip->check = ~csum_fold(sum);
 }
 
+// Copies the headers between a frame and scratch space eight bytes at a time. Neither side is
+// 8-byte aligned (the IP header sits 14 bytes into the frame), which the verifier allows for
+// packet and map value pointers on hosts with efficient unaligned access (x86-64, arm64);
+// __builtin_memcpy would move them a byte at a time, since clang cannot know the alignment.
+#define LD64(p, o) (*(__u64 *)((__u8 *)(p) + (o)))
+#define LD32(p, o) (*(__u32 *)((__u8 *)(p) + (o)))
+#define LD16(p, o) (*(__u16 *)((__u8 *)(p) + (o)))
+
+// Every byte of an endpoint written (padding included, as hash keys need), a word at a time:
+// the last word is port, family and pad as they lie in memory on the little-endian hosts XDP
+// runs on here (x86-64, arm64). Endpoints sit at 4-byte offsets in scratch.
+#define EP_TAIL(port, family) ((__u32)(__u16)(port) | ((__u32)(family) << 16))
+
 static __always_inline void endpoint_v4(struct endpoint *e, __be32 addr, __be16 port)
 {
-	__builtin_memset(e, 0, sizeof(*e));
-	__builtin_memcpy(e->addr, &addr, 4);
-	e->port = port;
-	e->family = 4;
+	__u32 *w = (__u32 *)e;
+	w[0] = addr;
+	w[1] = 0;
+	w[2] = 0;
+	w[3] = 0;
+	w[4] = EP_TAIL(port, 4);
 }
 
 static __always_inline void endpoint_v6(struct endpoint *e, const struct in6_addr *addr, __be16 port)
 {
-	__builtin_memset(e, 0, sizeof(*e));
-	__builtin_memcpy(e->addr, addr, 16);
-	e->port = port;
-	e->family = 6;
+	__u32 *w = (__u32 *)e;
+	const __u32 *a = (const __u32 *)addr;
+	w[0] = a[0];
+	w[1] = a[1];
+	w[2] = a[2];
+	w[3] = a[3];
+	w[4] = EP_TAIL(port, 6);
+}
+
+// A peer address from a Send indication (16 bytes, 8-byte aligned; IPv4 in the first 4, the
+// rest zero), port 0.
+static __always_inline void endpoint_peer(struct endpoint *e, const __u8 *peer, __u8 family)
+{
+	__u32 *w = (__u32 *)e;
+	w[0] = LD32(peer, 0);
+	w[1] = LD32(peer, 4);
+	w[2] = LD32(peer, 8);
+	w[3] = LD32(peer, 12);
+	w[4] = EP_TAIL(0, family);
 }
 
 // The headers of a frame, copied out of it. `pad` puts the IP header on a 4-byte boundary
@@ -394,13 +424,6 @@ struct v6_headers {
 #define V4_HDRS (sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct udphdr))
 #define V6_HDRS (sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + sizeof(struct udphdr))
 
-// Copies the headers between a frame and scratch space eight bytes at a time. Neither side is
-// 8-byte aligned (the IP header sits 14 bytes into the frame), which the verifier allows for
-// packet and map value pointers on hosts with efficient unaligned access (x86-64, arm64);
-// __builtin_memcpy would move them a byte at a time, since clang cannot know the alignment.
-#define LD64(p, o) (*(__u64 *)((__u8 *)(p) + (o)))
-#define LD32(p, o) (*(__u32 *)((__u8 *)(p) + (o)))
-#define LD16(p, o) (*(__u16 *)((__u8 *)(p) + (o)))
 
 static __always_inline void put_v4(void *dst, const void *src)
 {
@@ -558,8 +581,9 @@ static __always_inline int route(struct xdp_md *ctx, struct ethhdr *eth, int fam
 #define DATA_HDR_V6 48
 
 // What a Send indication says, as far as this program understands it.
+// 8-byte aligned, so that the address moves as words (the stack is strictly aligned).
 struct send_info {
-	__u8 peer[16];
+	__u8 peer[16] __attribute__((aligned(8)));
 	__be16 peer_port;
 	__u8 family;
 	__u8 pad;
@@ -653,22 +677,18 @@ static __always_inline int read_peer(__u8 *a, __u8 *p, void *end, __u32 alen, st
 		if (a + 12 > (__u8 *)end || a[5] != 1)
 			return -1;
 		si->family = 4;
-		__builtin_memset(si->peer, 0, 16);
-		si->peer[0] = a[8] ^ 0x21;
-		si->peer[1] = a[9] ^ 0x12;
-		si->peer[2] = a[10] ^ 0xa4;
-		si->peer[3] = a[11] ^ 0x42;
+		LD32(si->peer, 0) = LD32(a, 8) ^ bpf_htonl(STUN_COOKIE);
+		LD32(si->peer, 4) = 0;
+		LD64(si->peer, 8) = 0;
 	} else if (alen == 20) {
 		if (a + 24 > (__u8 *)end || a[5] != 2)
 			return -1;
 		si->family = 6;
-		si->peer[0] = a[8] ^ 0x21;
-		si->peer[1] = a[9] ^ 0x12;
-		si->peer[2] = a[10] ^ 0xa4;
-		si->peer[3] = a[11] ^ 0x42;
-#pragma unroll
-		for (int k = 0; k < 12; k++)
-			si->peer[4 + k] = a[12 + k] ^ p[8 + k];
+		// XOR with the cookie, then the transaction id (p + 8), word by word.
+		LD32(si->peer, 0) = LD32(a, 8) ^ bpf_htonl(STUN_COOKIE);
+		LD32(si->peer, 4) = LD32(a, 12) ^ LD32(p, 8);
+		LD32(si->peer, 8) = LD32(a, 16) ^ LD32(p, 12);
+		LD32(si->peer, 12) = LD32(a, 20) ^ LD32(p, 16);
 	} else {
 		return -1;
 	}
@@ -861,8 +881,35 @@ fingerprint:
 
 // Takes the `len` bytes at `p + off` (`off` and `len` multiples of 4, as STUN attributes are;
 // `len` at most 64) out of a checksum: the bytes of a Send cut in front of and behind DATA's value.
+static __always_inline __u64 csum_sub_at(__u64 sum, const __u8 *q, int words)
+{
+#pragma unroll
+	for (int i = 0; i < words; i++)
+		sum = csum_sub32(sum, LD32(q, 4 * i));
+	return sum;
+}
+
 static __always_inline __u64 csum_sub_region(__u64 sum, __u8 *p, void *end, __u32 off, __u32 len)
 {
+	if (!len)
+		return sum;
+	// The suffixes clients send, each with one bound check: XOR-PEER-ADDRESS (IPv6 24, IPv4 12
+	// bytes) with or without FINGERPRINT (8), or FINGERPRINT alone.
+	__u32 at = off;
+	barrier_var(at);
+	if (at <= MAX_VAR_OFF) {
+		__u8 *q = p + at;
+		if (len == 32 && q + 32 <= (__u8 *)end)
+			return csum_sub_at(sum, q, 8);
+		if (len == 24 && q + 24 <= (__u8 *)end)
+			return csum_sub_at(sum, q, 6);
+		if (len == 20 && q + 20 <= (__u8 *)end)
+			return csum_sub_at(sum, q, 5);
+		if (len == 12 && q + 12 <= (__u8 *)end)
+			return csum_sub_at(sum, q, 3);
+		if (len == 8 && q + 8 <= (__u8 *)end)
+			return csum_sub_at(sum, q, 2);
+	}
 	for (int i = 0; i < 16; i++) {
 		if ((__u32)(4 * i) >= len)
 			break;
@@ -1375,11 +1422,9 @@ static __always_inline int v4_send(struct xdp_md *ctx, struct v4_headers *h, __u
 		v = bpf_map_lookup_elem(&SEND_PERMS4, &k4);
 	} else {
 		struct send_key *key = &sc->sk;
-		__builtin_memset(key, 0, sizeof(*key));
 		endpoint_v4(&key->client, h->ip.saddr, h->udp.source);
 		endpoint_v4(&key->local, h->ip.daddr, h->udp.dest);
-		__builtin_memcpy(key->peer.addr, si.peer, 16);
-		key->peer.family = si.family;
+		endpoint_peer(&key->peer, si.peer, si.family);
 		v = bpf_map_lookup_elem(&SEND_PERMS, key);
 	}
 	if (!v)
@@ -1829,11 +1874,9 @@ static __always_inline int v6_send(struct xdp_md *ctx, struct v6_headers *h, __u
 	if (!sc)
 		return -1;
 	struct send_key *key = &sc->sk;
-	__builtin_memset(key, 0, sizeof(*key));
 	endpoint_v6(&key->client, &h->ip.saddr, h->udp.source);
 	endpoint_v6(&key->local, &h->ip.daddr, h->udp.dest);
-	__builtin_memcpy(key->peer.addr, si.peer, 16);
-	key->peer.family = si.family;
+	endpoint_peer(&key->peer, si.peer, si.family);
 	struct send_val *v = bpf_map_lookup_elem(&SEND_PERMS, key);
 	if (!v)
 		return -1;
@@ -1843,10 +1886,6 @@ static __always_inline int v6_send(struct xdp_md *ctx, struct v6_headers *h, __u
 	}
 	if (si.family == 4) {
 		// A dual allocation's peer in the other family.
-		if (0) {
-			stat_inc(STAT_PASS_MATCHED);
-			return XDP_PASS;
-		}
 		struct endpoint dst;
 		__builtin_memset(&dst, 0, sizeof(dst));
 		__builtin_memcpy(dst.addr, si.peer, 16);
@@ -2032,10 +2071,9 @@ static __always_inline int handle_v6(struct xdp_md *ctx)
 		__u16 channel = ((__u16)payload[0] << 8) | payload[1];
 		__u16 data_len = ((__u16)payload[2] << 8) | payload[3];
 		struct chan_key *key = &sc->ck;
-		__builtin_memset(key, 0, sizeof(*key));
 		endpoint_v6(&key->client, &h->ip.saddr, h->udp.source);
 		endpoint_v6(&key->local, &h->ip.daddr, h->udp.dest);
-		key->channel = channel;
+		LD32(&key->channel, 0) = channel;
 		struct chan_val *v = bpf_map_lookup_elem(&CHANNELS, key);
 		// A miss may still be a peer's datagram that happens to start like ChannelData.
 		if (!v)
@@ -2115,10 +2153,6 @@ from_peer:;
 		return XDP_PASS;
 	}
 	if (pv->client.family == 4) {
-		if (0) {
-			stat_inc(STAT_PASS_MATCHED);
-			return XDP_PASS;
-		}
 		struct xplan *x = &sc->x;
 		plan(x, &pv->local, &pv->client, pv->slot, payload_len);
 		x->sum = sum_out_v6(h);
