@@ -259,6 +259,88 @@ enum Fam<K4, K> {
     Any(K),
 }
 
+/// A kind of entry in two maps, the IPv4 one (compact keys) and the other, as the program has
+/// them; `entries` counts what is in both, kept within `limit` (each map is sized to it).
+struct MapPair<K4, K, V> {
+    v4: HashMap<MapData, K4, V>,
+    any: HashMap<MapData, K, V>,
+    entries: u32,
+    limit: u32,
+    /// The name a full pair is reported by.
+    name: &'static str,
+}
+
+impl<K4: aya::Pod, K: aya::Pod, V: aya::Pod> MapPair<K4, K, V> {
+    fn take(
+        ebpf: &mut Ebpf,
+        v4: &'static str,
+        any: &'static str,
+        limit: u32,
+    ) -> Result<Self, FastPathError> {
+        Ok(MapPair {
+            v4: take_hash(ebpf, v4)?,
+            any: take_hash(ebpf, any)?,
+            entries: 0,
+            limit,
+            name: any,
+        })
+    }
+
+    fn get(&self, key: &Fam<K4, K>) -> Option<V> {
+        match key {
+            Fam::V4(k) => self.v4.get(k, 0).ok(),
+            Fam::Any(k) => self.any.get(k, 0).ok(),
+        }
+    }
+
+    /// Adds or refreshes an entry; a new one beyond `limit`, or one the kernel has no room
+    /// for, is [`FastPathError::Full`].
+    fn insert(&mut self, key: Fam<K4, K>, val: V) -> Result<(), FastPathError> {
+        let new = self.get(&key).is_none();
+        if new && self.entries >= self.limit {
+            return Err(FastPathError::Full(self.name));
+        }
+        match key {
+            Fam::V4(k) => self.v4.insert(k, val, 0),
+            Fam::Any(k) => self.any.insert(k, val, 0),
+        }
+        .map_err(|e| full_or(e, self.name))?;
+        if new {
+            self.entries += 1;
+        }
+        Ok(())
+    }
+
+    /// Removes an entry; whether there was one.
+    fn remove(&mut self, key: Fam<K4, K>) -> bool {
+        let removed = match key {
+            Fam::V4(k) => self.v4.remove(&k),
+            Fam::Any(k) => self.any.remove(&k),
+        }
+        .is_ok();
+        if removed {
+            self.entries = self.entries.saturating_sub(1);
+        }
+        removed
+    }
+
+    /// Entries in the kernel's maps (not the count kept here).
+    fn count(&self) -> usize {
+        self.v4.keys().filter(Result::is_ok).count() + self.any.keys().filter(Result::is_ok).count()
+    }
+}
+
+fn take_hash<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>, FastPathError> {
+    let map = ebpf.take_map(name).ok_or(FastPathError::Map {
+        map: name,
+        reason: "missing".into(),
+    })?;
+    HashMap::try_from(map).map_err(map_err(name))
+}
+
 /// An IPv4 socket address as the IPv4 keys hold it: address and port in network order.
 fn v4_parts(a: SocketAddr) -> Option<([u8; 4], u16)> {
     match a {
@@ -411,20 +493,13 @@ pub const XDP_REDIRECT: u32 = 4;
 /// The loaded program and its maps. Dropping it detaches the program from every interface.
 pub struct FastPath {
     ebpf: Ebpf,
-    channels: HashMap<MapData, ChanKey, ChanVal>,
-    /// Peer → client, ChannelData and Data indications: one entry per peer IP and relayed address.
-    peer_ips: HashMap<MapData, PeerKey, PeerIpVal>,
-    send_perms: HashMap<MapData, SendKey, SendVal>,
-    /// The same for IPv4 (compact keys); an entry is in one map of each pair, by family.
-    channels4: HashMap<MapData, ChanKey4, ChanVal>,
-    peer_ips4: HashMap<MapData, PeerKey4, PeerIpVal>,
-    send_perms4: HashMap<MapData, SendKey4, SendVal>,
-    /// Channels and permissions mirrored, over both families, and the limits on them
-    /// (`--xdp-max-channels`, `--xdp-max-permissions`): each map is sized to the limit, and the
-    /// sum over a pair is kept within it here.
-    channel_entries: u32,
-    permission_entries: u32,
-    limits: MapLimits,
+    /// Client → peer ChannelData, within `--xdp-max-channels`.
+    channels: MapPair<ChanKey4, ChanKey, ChanVal>,
+    /// Peer → client, ChannelData and Data indications: one entry per peer IP and relayed
+    /// address, at most one per channel or permission mirrored.
+    peer_ips: MapPair<PeerKey4, PeerKey, PeerIpVal>,
+    /// Client → peer Send indications, within `--xdp-max-permissions`.
+    send_perms: MapPair<SendKey4, SendKey, SendVal>,
     counters: PerCpuArray<MapData, SlotCounters>,
     stats: PerCpuArray<MapData, u64>,
     free_slots: Vec<u32>,
@@ -496,18 +571,9 @@ impl FastPath {
                 reason: "missing".into(),
             })
         };
-        let channels_map =
-            HashMap::try_from(take(&mut ebpf, "CHANNELS")?).map_err(map_err("CHANNELS"))?;
-        let peer_ips =
-            HashMap::try_from(take(&mut ebpf, "PEER_IPS")?).map_err(map_err("PEER_IPS"))?;
-        let send_perms =
-            HashMap::try_from(take(&mut ebpf, "SEND_PERMS")?).map_err(map_err("SEND_PERMS"))?;
-        let channels4 =
-            HashMap::try_from(take(&mut ebpf, "CHANNELS4")?).map_err(map_err("CHANNELS4"))?;
-        let peer_ips4 =
-            HashMap::try_from(take(&mut ebpf, "PEER_IPS4")?).map_err(map_err("PEER_IPS4"))?;
-        let send_perms4 =
-            HashMap::try_from(take(&mut ebpf, "SEND_PERMS4")?).map_err(map_err("SEND_PERMS4"))?;
+        let channels = MapPair::take(&mut ebpf, "CHANNELS4", "CHANNELS", channels)?;
+        let peer_ips = MapPair::take(&mut ebpf, "PEER_IPS4", "PEER_IPS", peer_ips)?;
+        let send_perms = MapPair::take(&mut ebpf, "SEND_PERMS4", "SEND_PERMS", permissions)?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "ALLOC_COUNTERS")?)
             .map_err(map_err("ALLOC_COUNTERS"))?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, "STATS")?).map_err(map_err("STATS"))?;
@@ -515,19 +581,9 @@ impl FastPath {
             .map_err(|(what, e)| FastPathError::Load(format!("{what}: {e}")))?;
         Ok(FastPath {
             ebpf,
-            channels: channels_map,
+            channels,
             peer_ips,
             send_perms,
-            channels4,
-            peer_ips4,
-            send_perms4,
-            channel_entries: 0,
-            permission_entries: 0,
-            limits: MapLimits {
-                channels,
-                allocations,
-                permissions,
-            },
             counters,
             stats,
             free_slots: (0..allocations).rev().collect(),
@@ -637,21 +693,7 @@ impl FastPath {
     /// [`FastPathError::Full`] and leaves nothing behind.
     pub fn add_channel(&mut self, m: &ChannelMirror) -> Result<(), FastPathError> {
         let (key, val, pkey, pval) = entries(m);
-        let new = match key {
-            Fam::V4(k) => self.channels4.get(&k, 0).is_err(),
-            Fam::Any(k) => self.channels.get(&k, 0).is_err(),
-        };
-        if new && self.channel_entries >= self.limits.channels {
-            return Err(FastPathError::Full("CHANNELS"));
-        }
-        match key {
-            Fam::V4(k) => self.channels4.insert(k, val, 0),
-            Fam::Any(k) => self.channels.insert(k, val, 0),
-        }
-        .map_err(|e| full_or(e, "CHANNELS"))?;
-        if new {
-            self.channel_entries += 1;
-        }
+        self.channels.insert(key, val)?;
         let port = u16::from_ne_bytes(m.peer.port().to_be_bytes());
         let chan = PeerChan {
             port,
@@ -669,7 +711,7 @@ impl FastPath {
             Some(())
         });
         if let Err(e) = peer {
-            self.remove_channel_key(key);
+            self.channels.remove(key);
             return Err(e);
         }
         Ok(())
@@ -684,11 +726,7 @@ impl FastPath {
         base: DataVal,
         change: impl FnOnce(&mut PeerIpVal) -> Option<()>,
     ) -> Result<(), FastPathError> {
-        let old = match key {
-            Fam::V4(k) => self.peer_ips4.get(&k, 0).ok(),
-            Fam::Any(k) => self.peer_ips.get(&k, 0).ok(),
-        };
-        let mut v = old.unwrap_or(PeerIpVal {
+        let mut v = self.peer_ips.get(&key).unwrap_or(PeerIpVal {
             perm: DataVal {
                 expires_ns: 0,
                 ..base
@@ -700,32 +738,18 @@ impl FastPath {
             ..base
         };
         change(&mut v).ok_or(FastPathError::Full("PEER_IPS"))?;
-        let result = match (key, v.is_empty()) {
-            (Fam::V4(k), true) => self.peer_ips4.remove(&k),
-            (Fam::Any(k), true) => self.peer_ips.remove(&k),
-            (Fam::V4(k), false) => self.peer_ips4.insert(k, v, 0),
-            (Fam::Any(k), false) => self.peer_ips.insert(k, v, 0),
-        };
-        match result {
-            Err(_) if v.is_empty() => Ok(()),
-            r => r.map_err(|e| full_or(e, "PEER_IPS")),
-        }
-    }
-
-    fn remove_channel_key(&mut self, key: Fam<ChanKey4, ChanKey>) {
-        let removed = match key {
-            Fam::V4(k) => self.channels4.remove(&k),
-            Fam::Any(k) => self.channels.remove(&k),
-        };
-        if removed.is_ok() {
-            self.channel_entries = self.channel_entries.saturating_sub(1);
+        if v.is_empty() {
+            self.peer_ips.remove(key);
+            Ok(())
+        } else {
+            self.peer_ips.insert(key, v)
         }
     }
 
     /// Stops relaying a channel in the kernel, at once (both directions).
     pub fn remove_channel(&mut self, m: &ChannelMirror) {
         let (key, _, pkey, pval) = entries(m);
-        self.remove_channel_key(key);
+        self.channels.remove(key);
         let port = u16::from_ne_bytes(m.peer.port().to_be_bytes());
         let _ = self.update_peer_ip(pkey, pval, |v| {
             for c in v.chans.iter_mut().filter(|c| c.port == port) {
@@ -737,29 +761,14 @@ impl FastPath {
 
     /// Number of channels mirrored (both families).
     pub fn channel_count(&self) -> usize {
-        self.channels.keys().filter(Result::is_ok).count()
-            + self.channels4.keys().filter(Result::is_ok).count()
+        self.channels.count()
     }
 
     /// Mirrors a permission, both directions (Send and Data indications). Families as for
     /// [`FastPath::add_channel`]; a full map is [`FastPathError::Full`] and leaves nothing behind.
     pub fn add_permission(&mut self, m: &PermissionMirror) -> Result<(), FastPathError> {
         let (key, val, pkey, pval) = permission_entries(m);
-        let new = match key {
-            Fam::V4(k) => self.send_perms4.get(&k, 0).is_err(),
-            Fam::Any(k) => self.send_perms.get(&k, 0).is_err(),
-        };
-        if new && self.permission_entries >= self.limits.permissions {
-            return Err(FastPathError::Full("SEND_PERMS"));
-        }
-        match key {
-            Fam::V4(k) => self.send_perms4.insert(k, val, 0),
-            Fam::Any(k) => self.send_perms.insert(k, val, 0),
-        }
-        .map_err(|e| full_or(e, "SEND_PERMS"))?;
-        if new {
-            self.permission_entries += 1;
-        }
+        self.send_perms.insert(key, val)?;
         // 0 means no permission in the kernel's entry.
         let expires_ns = pval.expires_ns.max(1);
         let data = self.update_peer_ip(pkey, pval, |v| {
@@ -767,26 +776,16 @@ impl FastPath {
             Some(())
         });
         if let Err(e) = data {
-            self.remove_send_key(key);
+            self.send_perms.remove(key);
             return Err(e);
         }
         Ok(())
     }
 
-    fn remove_send_key(&mut self, key: Fam<SendKey4, SendKey>) {
-        let removed = match key {
-            Fam::V4(k) => self.send_perms4.remove(&k),
-            Fam::Any(k) => self.send_perms.remove(&k),
-        };
-        if removed.is_ok() {
-            self.permission_entries = self.permission_entries.saturating_sub(1);
-        }
-    }
-
     /// Stops relaying indications under a permission in the kernel, at once (both directions).
     pub fn remove_permission(&mut self, m: &PermissionMirror) {
         let (key, _, pkey, pval) = permission_entries(m);
-        self.remove_send_key(key);
+        self.send_perms.remove(key);
         let _ = self.update_peer_ip(pkey, pval, |v| {
             v.perm.expires_ns = 0;
             Some(())
@@ -795,8 +794,7 @@ impl FastPath {
 
     /// Number of permissions mirrored (both families).
     pub fn permission_count(&self) -> usize {
-        self.send_perms.keys().filter(Result::is_ok).count()
-            + self.send_perms4.keys().filter(Result::is_ok).count()
+        self.send_perms.count()
     }
 
     /// The slot's counters summed over CPUs.

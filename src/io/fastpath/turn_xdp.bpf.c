@@ -167,59 +167,27 @@ enum {
 	STAT_COUNT = 3,
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 65536);
-	__type(key, struct chan_key);
-	__type(value, struct chan_val);
-} CHANNELS SEC(".maps");
+// A hash map the loader sizes (max_entries is set from the limits), not preallocated: with two
+// maps per kind sized to the limit each, preallocation would take twice the memory of the entries
+// that can ever be in them; lookups cost the same.
+#define HASH_MAP(name, key_type, value_type)                     \
+	struct {                                                   \
+		__uint(type, BPF_MAP_TYPE_HASH);                   \
+		__uint(map_flags, BPF_F_NO_PREALLOC);              \
+		__uint(max_entries, 65536);                        \
+		__type(key, key_type);                             \
+		__type(value, value_type);                         \
+	} name SEC(".maps")
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 65536);
-	__type(key, struct peer_key);
-	__type(value, struct peer_ip_val);
-} PEER_IPS SEC(".maps");
+HASH_MAP(CHANNELS, struct chan_key, struct chan_val);
+HASH_MAP(PEER_IPS, struct peer_key, struct peer_ip_val);
+HASH_MAP(SEND_PERMS, struct send_key, struct send_val);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 65536);
-	__type(key, struct send_key);
-	__type(value, struct send_val);
-} SEND_PERMS SEC(".maps");
-
-
-// The IPv4 maps (keys above); the four above hold the IPv6 and cross-family entries. User space
+// The IPv4 maps (keys above); the ones above hold the IPv6 and cross-family entries. User space
 // puts each entry in one of the two by family and keeps their sum within the configured limit.
-// No hash map is preallocated: with two maps per kind sized to the limit each, preallocation would
-// take twice the memory of the entries that can ever be in them; lookups cost the same.
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 65536);
-	__type(key, struct chan_key4);
-	__type(value, struct chan_val);
-} CHANNELS4 SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 65536);
-	__type(key, struct peer_key4);
-	__type(value, struct peer_ip_val);
-} PEER_IPS4 SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 65536);
-	__type(key, struct send_key4);
-	__type(value, struct send_val);
-} SEND_PERMS4 SEC(".maps");
-
+HASH_MAP(CHANNELS4, struct chan_key4, struct chan_val);
+HASH_MAP(PEER_IPS4, struct peer_key4, struct peer_ip_val);
+HASH_MAP(SEND_PERMS4, struct send_key4, struct send_val);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
