@@ -297,6 +297,11 @@ impl<K4: aya::Pod, K: aya::Pod, V: aya::Pod> MapPair<K4, K, V> {
     /// for, is [`FastPathError::Full`].
     fn insert(&mut self, key: Fam<K4, K>, val: V) -> Result<(), FastPathError> {
         let new = self.get(&key).is_none();
+        self.put(key, val, new)
+    }
+
+    /// [`MapPair::insert`] for a caller that has just looked the key up: `new` if it was absent.
+    fn put(&mut self, key: Fam<K4, K>, val: V, new: bool) -> Result<(), FastPathError> {
         if new && self.entries >= self.limit {
             return Err(FastPathError::Full(self.name));
         }
@@ -330,15 +335,19 @@ impl<K4: aya::Pod, K: aya::Pod, V: aya::Pod> MapPair<K4, K, V> {
     }
 }
 
+/// The program's map `name`, taken out of the loaded object.
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, FastPathError> {
+    ebpf.take_map(name).ok_or(FastPathError::Map {
+        map: name,
+        reason: "missing".into(),
+    })
+}
+
 fn take_hash<K: aya::Pod, V: aya::Pod>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<HashMap<MapData, K, V>, FastPathError> {
-    let map = ebpf.take_map(name).ok_or(FastPathError::Map {
-        map: name,
-        reason: "missing".into(),
-    })?;
-    HashMap::try_from(map).map_err(map_err(name))
+    HashMap::try_from(take_map(ebpf, name)?).map_err(map_err(name))
 }
 
 /// An IPv4 socket address as the IPv4 keys hold it: address and port in network order.
@@ -565,18 +574,13 @@ impl FastPath {
             prog.load()
                 .map_err(|e| FastPathError::Load(verifier_error(e)))?;
         }
-        let take = |ebpf: &mut Ebpf, name: &'static str| {
-            ebpf.take_map(name).ok_or(FastPathError::Map {
-                map: name,
-                reason: "missing".into(),
-            })
-        };
         let channels = MapPair::take(&mut ebpf, "CHANNELS4", "CHANNELS", channels)?;
         let peer_ips = MapPair::take(&mut ebpf, "PEER_IPS4", "PEER_IPS", peer_ips)?;
         let send_perms = MapPair::take(&mut ebpf, "SEND_PERMS4", "SEND_PERMS", permissions)?;
-        let counters = PerCpuArray::try_from(take(&mut ebpf, "ALLOC_COUNTERS")?)
+        let counters = PerCpuArray::try_from(take_map(&mut ebpf, "ALLOC_COUNTERS")?)
             .map_err(map_err("ALLOC_COUNTERS"))?;
-        let stats = PerCpuArray::try_from(take(&mut ebpf, "STATS")?).map_err(map_err("STATS"))?;
+        let stats =
+            PerCpuArray::try_from(take_map(&mut ebpf, "STATS")?).map_err(map_err("STATS"))?;
         let cpus = aya::util::nr_cpus()
             .map_err(|(what, e)| FastPathError::Load(format!("{what}: {e}")))?;
         Ok(FastPath {
@@ -594,10 +598,9 @@ impl FastPath {
         })
     }
 
-    /// Attaches the relay program to `iface`. The link lives as long as `self`. On `lo` the
-    /// program is told that UDP checksums there are partial (see `CONFIG` in the C program).
     /// Attaches the relay program to `iface`; returns the mode asked of the kernel (`auto`
-    /// resolved by [`effective_mode`]).
+    /// resolved by [`effective_mode`]). The link lives as long as `self`. On `lo` the program is
+    /// told that UDP checksums there are partial (see `CONFIG` in the C program).
     pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<XdpMode, FastPathError> {
         if iface == "lo" {
             self.set_loopback_partial_csum(true)?;
@@ -726,7 +729,9 @@ impl FastPath {
         base: DataVal,
         change: impl FnOnce(&mut PeerIpVal) -> Option<()>,
     ) -> Result<(), FastPathError> {
-        let mut v = self.peer_ips.get(&key).unwrap_or(PeerIpVal {
+        let old = self.peer_ips.get(&key);
+        let new = old.is_none();
+        let mut v = old.unwrap_or(PeerIpVal {
             perm: DataVal {
                 expires_ns: 0,
                 ..base
@@ -742,7 +747,7 @@ impl FastPath {
             self.peer_ips.remove(key);
             Ok(())
         } else {
-            self.peer_ips.insert(key, v)
+            self.peer_ips.put(key, v, new)
         }
     }
 

@@ -847,8 +847,7 @@ fingerprint:
 	return 0;
 }
 
-// Takes the `len` bytes at `p + off` (`off` and `len` multiples of 4, as STUN attributes are;
-// `len` at most 64) out of a checksum: the bytes of a Send cut in front of and behind DATA's value.
+// Takes `words` 32-bit words at `q` out of a checksum (the caller has checked them in bounds).
 static __always_inline __u64 csum_sub_at(__u64 sum, const __u8 *q, int words)
 {
 #pragma unroll
@@ -857,6 +856,8 @@ static __always_inline __u64 csum_sub_at(__u64 sum, const __u8 *q, int words)
 	return sum;
 }
 
+// Takes the `len` bytes at `p + off` (`off` and `len` multiples of 4, as STUN attributes are;
+// `len` at most 64) out of a checksum: the bytes of a Send cut in front of and behind DATA's value.
 static __always_inline __u64 csum_sub_region(__u64 sum, __u8 *p, void *end, __u32 off, __u32 len)
 {
 	if (!len)
@@ -2041,7 +2042,7 @@ static __always_inline int handle_v6(struct xdp_md *ctx)
 		struct chan_key *key = &sc->ck;
 		endpoint_v6(&key->client, &h->ip.saddr, h->udp.source);
 		endpoint_v6(&key->local, &h->ip.daddr, h->udp.dest);
-		LD32(&key->channel, 0) = channel;
+		LD32(&key->channel, 0) = channel; // and the pad after it, zero
 		struct chan_val *v = bpf_map_lookup_elem(&CHANNELS, key);
 		// A miss may still be a peer's datagram that happens to start like ChannelData.
 		if (!v)
